@@ -1,0 +1,36 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install protos lint test demo bench interop clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m streaminfer.protos.build
+	touch $(STAMP)
+
+protos: install
+	$(BIN)/python -m streaminfer.protos.build
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest tests
+
+demo: install
+	$(BIN)/streaminfer demo
+
+bench: install
+	$(BIN)/streaminfer bench
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,1 @@
+"""The ``streaminfer`` command: one subcommand per job."""

@@ -1,0 +1,29 @@
+"""The two kinds of failure the whole product distinguishes.
+
+A ``RecordError`` is the fault of one input (a bad URL, not an image, an unknown
+model): the worker sends that record to the dead-letter topic and goes on, and the
+server answers 4xx / INVALID_ARGUMENT / NOT_FOUND.  An ``InfrastructureError`` is a
+fault of something around the record (a model server down, a broker hiccup): the
+record is retried, never dead-lettered.  ``ConfigError`` is a user's bad setting and
+ends a command with a one-line message.
+"""
+
+from __future__ import annotations
+
+
+class StreamInferError(Exception):
+    """Base of every error streaminfer raises on purpose."""
+
+
+class ConfigError(StreamInferError):
+    """A bad flag, setting or environment: the command stops with this message."""
+
+
+class RecordError(StreamInferError):
+    """The input itself cannot be processed; ``reason`` is a stable short code."""
+
+    reason = "invalid_record"
+
+
+class InfrastructureError(StreamInferError):
+    """Something the record depends on is unavailable; retrying may succeed."""

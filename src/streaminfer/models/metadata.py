@@ -1,0 +1,84 @@
+"""The metadata file that sits beside every model version: ``<repo>/<model>/<version>/model.json``.
+
+It says what the model expects (its signature), how to turn an image into that input
+(``preprocess``, absent for plain tensor models), where its class names are, and how
+many classes to report by default.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from streaminfer.errors import ConfigError
+
+METADATA_FILE = "model.json"
+
+DType = Literal[
+    "float32", "float16", "float64", "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64", "bool", "string",
+]
+
+
+class TensorSpec(BaseModel):
+    """One input or output of a model; ``-1`` in ``shape`` is a dynamic dimension."""
+
+    name: str
+    dtype: DType
+    shape: list[int]
+
+
+class Signature(BaseModel):
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class ImagePreprocess(BaseModel):
+    """How an encoded image becomes the model's float input.
+
+    The image is decoded to RGB, its shorter side resized to ``resize_shorter``
+    (default: the crop size, i.e. no margin), center-cropped to ``size``, scaled to
+    [0, 1], then normalized with ``mean`` and ``std`` per channel.
+    """
+
+    kind: Literal["image"] = "image"
+    size: tuple[int, int] = (224, 224)  # height, width
+    resize_shorter: int | None = None
+    resample: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+
+
+class ModelMetadata(BaseModel):
+    format: Literal["onnx"] = "onnx"
+    model_file: str = "model.onnx"
+    signature: Signature
+    preprocess: ImagePreprocess | None = None
+    labels_file: str | None = None
+    top_k: int = Field(default=5, ge=1)
+
+    @property
+    def is_image_model(self) -> bool:
+        return self.preprocess is not None
+
+    @classmethod
+    def read(cls, version_dir: Path) -> ModelMetadata:
+        path = version_dir / METADATA_FILE
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: missing metadata file") from exc
+        except (ValueError, ValidationError) as exc:
+            raise ConfigError(f"{path}: invalid metadata: {exc}") from exc
+
+    def write(self, version_dir: Path) -> None:
+        (version_dir / METADATA_FILE).write_text(self.model_dump_json(indent=2) + "\n")
+
+    def labels(self, version_dir: Path) -> list[str] | None:
+        if self.labels_file is None:
+            return None
+        return (version_dir / self.labels_file).read_text().splitlines()
