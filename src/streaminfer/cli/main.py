@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import typer
@@ -21,7 +23,17 @@ for module in (kafka, models, serve, run, demo, bench):
     module.register(app)
 
 
+def _configure_logging() -> None:
+    level = os.environ.get("STREAMINFER_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # librdkafka retries connections loudly; its failures reach the user as one error anyway.
+    logging.getLogger("librdkafka").setLevel(
+        os.environ.get("STREAMINFER_LIBRDKAFKA_LOG_LEVEL", "CRITICAL").upper()
+    )
+
+
 def main() -> None:
+    _configure_logging()
     try:
         app()
     except (StreamInferError, KafkaException) as exc:

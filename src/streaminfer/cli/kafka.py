@@ -1,0 +1,247 @@
+"""``streaminfer kafka`` (a local broker), ``topics``, ``produce`` and ``consume`` (kcat-like)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streaminfer.cli.options import (
+    BootstrapOpt,
+    ConfigFileOpt,
+    PropertiesFileOpt,
+    PropertyOpt,
+)
+from streaminfer.errors import ConfigError
+from streaminfer.kafka.admin import TopicAdmin
+from streaminfer.kafka.broker import KAFKA_VERSION, LocalBroker, wait_until_ready
+from streaminfer.kafka.config import kafka_settings, parse_property
+from streaminfer.kafka.records import Record, consume, produce
+
+kafka_app = typer.Typer(help="Run a local single-node Apache Kafka (KRaft) for demos and tests.")
+topics_app = typer.Typer(help="Create, list, describe and delete topics.")
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Broker data dir [default: user data dir].")
+]
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(kafka_app, name="kafka")
+    app.add_typer(topics_app, name="topics")
+    app.command("produce")(produce_cmd)
+    app.command("consume")(consume_cmd)
+
+
+@kafka_app.command("start")
+def kafka_start(
+    port: Annotated[
+        int | None, typer.Option(help="Client port [default 9092, or as before].")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    foreground: Annotated[bool, typer.Option(help="Stay attached; Ctrl-C stops it.")] = False,
+) -> None:
+    """Start the broker; returns when it answers and prints its bootstrap address."""
+    broker = LocalBroker(data_dir)
+    if foreground:
+        raise typer.Exit(broker.run_foreground(port))
+    with console.status(f"Starting Kafka {KAFKA_VERSION} (first run resolves the jars with mvn)"):
+        state = broker.start(port)
+    console.print(f"Kafka {KAFKA_VERSION} running (pid {state.pid}), data in {broker.data_dir}")
+    print(state.bootstrap)
+
+
+@kafka_app.command("stop")
+def kafka_stop(data_dir: DataDirOpt = None) -> None:
+    """Stop the broker of a data dir; its topics and records stay for the next start."""
+    if LocalBroker(data_dir).stop():
+        console.print("Kafka stopped")
+    else:
+        console.print("no broker was running")
+
+
+@kafka_app.command("status")
+def kafka_status(data_dir: DataDirOpt = None) -> None:
+    """Say whether the broker runs and answers; exit 1 if it does not."""
+    broker = LocalBroker(data_dir)
+    state, pid = broker.state(), broker.running_pid()
+    if state is None or pid is None:
+        console.print(f"not running (data dir {broker.data_dir})")
+        raise typer.Exit(1)
+    wait_until_ready(state.bootstrap, 5.0)
+    console.print(f"running: pid {pid}, bootstrap {state.bootstrap}, cluster {state.cluster_id}")
+
+
+@topics_app.command("create")
+def topics_create(
+    name: str,
+    partitions: Annotated[int, typer.Option(min=1)] = 1,
+    replication_factor: Annotated[int, typer.Option(min=1)] = 1,
+    config: Annotated[
+        list[str] | None, typer.Option("--config-entry", "-c", help="Topic config key=value.")
+    ] = None,
+    if_not_exists: bool = False,
+    bootstrap_servers: BootstrapOpt = None,
+    x: PropertyOpt = None,
+    properties_file: PropertiesFileOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Create a topic."""
+    admin = TopicAdmin(kafka_settings(bootstrap_servers, x, properties_file, config_file))
+    entries = dict(parse_property(c) for c in config or [])
+    created = admin.create(name, partitions, replication_factor, entries, if_not_exists)
+    console.print(f"created {name}" if created else f"{name} already exists")
+
+
+@topics_app.command("list")
+def topics_list(
+    internal: Annotated[bool, typer.Option(help="Include __internal topics.")] = False,
+    bootstrap_servers: BootstrapOpt = None,
+    x: PropertyOpt = None,
+    properties_file: PropertiesFileOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """List topic names, one per line."""
+    admin = TopicAdmin(kafka_settings(bootstrap_servers, x, properties_file, config_file))
+    for name in admin.names(include_internal=internal):
+        print(name)
+
+
+@topics_app.command("describe")
+def topics_describe(
+    name: str,
+    bootstrap_servers: BootstrapOpt = None,
+    x: PropertyOpt = None,
+    properties_file: PropertiesFileOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Show a topic's partitions, leaders, replicas and non-default config."""
+    info = TopicAdmin(kafka_settings(bootstrap_servers, x, properties_file, config_file)).describe(
+        name
+    )
+    table = Table(title=f"{info.name}: {len(info.partitions)} partitions")
+    for column in ("partition", "leader", "replicas", "in-sync"):
+        table.add_column(column)
+    for p in info.partitions:
+        table.add_row(
+            str(p.id), str(p.leader), ",".join(map(str, p.replicas)), ",".join(map(str, p.isrs))
+        )
+    console.print(table)
+    for key, value in sorted(info.config.items()):
+        console.print(f"  {key}={value}")
+
+
+@topics_app.command("delete")
+def topics_delete(
+    name: str,
+    bootstrap_servers: BootstrapOpt = None,
+    x: PropertyOpt = None,
+    properties_file: PropertiesFileOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Delete a topic."""
+    TopicAdmin(kafka_settings(bootstrap_servers, x, properties_file, config_file)).delete(name)
+    console.print(f"deleted {name}")
+
+
+def produce_cmd(
+    topic: str,
+    value: Annotated[list[str] | None, typer.Option("--value", help="A value; repeatable.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="Read lines from this file.")] = None,
+    key: Annotated[str | None, typer.Option("--key", "-k", help="Key for every record.")] = None,
+    key_delimiter: Annotated[
+        str | None, typer.Option("-K", help="Split each line at this delimiter into key and value.")
+    ] = None,
+    header: Annotated[
+        list[str] | None, typer.Option("--header", "-H", help="Header k=v; repeatable.")
+    ] = None,
+    bootstrap_servers: BootstrapOpt = None,
+    x: PropertyOpt = None,
+    properties_file: PropertiesFileOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Write records: --value options, else the lines of --file, else the lines of stdin."""
+    settings = kafka_settings(bootstrap_servers, x, properties_file, config_file)
+    if value:
+        values = [v.encode() for v in value]
+    else:
+        try:
+            stream = file.open("rb") if file else sys.stdin.buffer
+        except OSError as exc:
+            raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc
+        values = [line.rstrip(b"\r\n") for line in stream if line.strip()]
+    headers: list[tuple[str, str | bytes | None]] = []
+    for h in header or []:
+        name, sep, text = h.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"malformed header {h!r}: expected name=value")
+        headers.append((name, text.encode()))
+    count = produce(
+        settings,
+        topic,
+        values,
+        key=key.encode() if key is not None else None,
+        key_delimiter=key_delimiter.encode() if key_delimiter else None,
+        headers=headers or None,
+    )
+    console.print(f"produced {count} records to {topic}", highlight=False)
+
+
+def consume_cmd(
+    topic: str,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning")] = False,
+    count: Annotated[int | None, typer.Option("--count", "-c", min=1)] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds without a record.")
+    ] = None,
+    isolation: Annotated[
+        str, typer.Option(help="read_committed or read_uncommitted.")
+    ] = "read_committed",
+    fmt: Annotated[str, typer.Option("--format", help="json or text.")] = "text",
+    bootstrap_servers: BootstrapOpt = None,
+    x: PropertyOpt = None,
+    properties_file: PropertiesFileOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Print records with key, partition, offset, headers and timestamp."""
+    if isolation not in ("read_committed", "read_uncommitted"):
+        raise ConfigError(
+            f"--isolation must be read_committed or read_uncommitted, not {isolation!r}"
+        )
+    if fmt not in ("json", "text"):
+        raise ConfigError(f"--format must be json or text, not {fmt!r}")
+    settings = kafka_settings(bootstrap_servers, x, properties_file, config_file)
+    for record in consume(settings, topic, from_beginning, count, timeout, isolation):
+        print(format_json(record) if fmt == "json" else format_text(record), flush=True)
+
+
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else data.decode("utf-8", errors="backslashreplace")
+
+
+def format_json(record: Record) -> str:
+    doc: dict[str, object] = {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp_ms,
+        "key": _text(record.key),
+        "headers": {k: _text(v) for k, v in record.headers},
+    }
+    try:
+        doc["value"] = None if record.value is None else record.value.decode("utf-8")
+    except UnicodeDecodeError:
+        doc["value_b64"] = base64.b64encode(record.value or b"").decode()
+    return json.dumps(doc, ensure_ascii=False)
+
+
+def format_text(record: Record) -> str:
+    headers = ",".join(f"{k}={_text(v)}" for k, v in record.headers)
+    meta = f"p{record.partition}@{record.offset} ts={record.timestamp_ms} key={_text(record.key)}"
+    return f"{meta}{' ' + headers if headers else ''}\t{_text(record.value)}"

@@ -1,0 +1,108 @@
+"""Topic administration: thin wrappers over confluent-kafka's AdminClient with clear errors."""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streaminfer.errors import ConfigError, InfrastructureError
+from streaminfer.kafka.config import KafkaSettings
+
+
+@dataclass
+class PartitionInfo:
+    id: int
+    leader: int
+    replicas: list[int]
+    isrs: list[int]
+
+
+@dataclass
+class TopicInfo:
+    name: str
+    partitions: list[PartitionInfo]
+    config: dict[str, str]
+
+
+class TopicAdmin:
+    def __init__(self, settings: KafkaSettings, timeout: float = 10.0) -> None:
+        self._admin = AdminClient(settings.client_config())
+        self._bootstrap = settings.bootstrap_servers
+        self._timeout = timeout
+
+    def _metadata(self, topic: str | None = None) -> Any:
+        try:
+            return self._admin.list_topics(topic=topic, timeout=self._timeout)
+        except KafkaException as exc:
+            raise InfrastructureError(
+                f"cannot reach Kafka at {self._bootstrap}: {exc.args[0].str()}"
+            ) from exc
+
+    def names(self, include_internal: bool = False) -> list[str]:
+        topics = self._metadata().topics
+        return sorted(t for t in topics if include_internal or not t.startswith("__"))
+
+    def exists(self, name: str) -> bool:
+        return name in self._metadata().topics
+
+    def create(
+        self,
+        name: str,
+        partitions: int = 1,
+        replication_factor: int = 1,
+        config: dict[str, str] | None = None,
+        if_not_exists: bool = False,
+    ) -> bool:
+        """Create a topic and wait for it; returns False if it existed and ``if_not_exists``."""
+        futures = self._admin.create_topics(
+            [NewTopic(name, partitions, replication_factor, config=config or {})],
+            operation_timeout=self._timeout,
+        )
+        try:
+            futures[name].result(timeout=self._timeout)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() == KafkaError.TOPIC_ALREADY_EXISTS and if_not_exists:
+                return False
+            raise ConfigError(f"cannot create topic {name!r}: {error.str()}") from exc
+        return True
+
+    def ensure(self, names: builtins.list[str], partitions: int = 1) -> None:
+        for name in names:
+            self.create(name, partitions=partitions, if_not_exists=True)
+
+    def delete(self, name: str) -> None:
+        self._require(name)
+        futures = self._admin.delete_topics([name], operation_timeout=self._timeout)
+        try:
+            futures[name].result(timeout=self._timeout)
+        except KafkaException as exc:
+            raise ConfigError(f"cannot delete topic {name!r}: {exc.args[0].str()}") from exc
+
+    def describe(self, name: str) -> TopicInfo:
+        self._require(name)
+        topic = self._metadata(name).topics[name]
+        partitions = [
+            PartitionInfo(p.id, p.leader, list(p.replicas), list(p.isrs))
+            for p in sorted(topic.partitions.values(), key=lambda p: p.id)
+        ]
+        from confluent_kafka.admin import ConfigResource
+
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        entries = self._admin.describe_configs([resource])[resource].result(timeout=self._timeout)
+        config = {
+            k: v.value for k, v in entries.items() if not v.is_default and v.value is not None
+        }
+        return TopicInfo(name, partitions, config)
+
+    def partitions(self, name: str) -> builtins.list[int]:
+        self._require(name)
+        return sorted(self._metadata(name).topics[name].partitions)
+
+    def _require(self, name: str) -> None:
+        if not self.exists(name):
+            raise ConfigError(f"unknown topic {name!r} on {self._bootstrap}")

@@ -1,0 +1,383 @@
+"""A real single-node Apache Kafka (KRaft, combined broker + controller) on loopback.
+
+The broker comes from ``KAFKA_HOME`` (an unpacked distribution) if set, otherwise from
+the official jars that ``mvn`` resolves once with the pom shipped beside this module
+and that are cached under the user's cache directory.  Each data dir is formatted once
+and keeps its cluster id, ports and records across stop and start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from confluent_kafka.admin import AdminClient
+
+from streaminfer.errors import ConfigError, InfrastructureError
+from streaminfer.kafka.config import LIBRDKAFKA_LOGGER
+
+KAFKA_VERSION = "4.1.1"
+_STATE_FILE = "broker.json"
+_LOG_FILE = "broker.log"
+_MIN_JAVA = 17
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("streaminfer")) / "kafka"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def java_executable() -> str:
+    """The ``java`` to run the broker with; Java 17+ is required."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise ConfigError(
+            f"Java {_MIN_JAVA}+ is required to run the local Kafka broker but no `java` was found "
+            "(install a JDK, e.g. `apt-get install openjdk-17-jre-headless`, or set JAVA_HOME)"
+        )
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    major = int(match.group(1)) if match else 0
+    if major == 1 and match and match.group(2):  # "1.8.0" style
+        major = int(match.group(2))
+    if major < _MIN_JAVA:
+        raise ConfigError(f"Java {_MIN_JAVA}+ is required to run Kafka, found {java} ({major})")
+    return java
+
+
+def broker_classpath() -> str:
+    """``KAFKA_HOME/libs`` if set, else the cached Maven-resolved jars (resolved on first use)."""
+    kafka_home = os.environ.get("KAFKA_HOME")
+    if kafka_home:
+        libs = Path(kafka_home) / "libs"
+        if not any(libs.glob("kafka_*.jar")):
+            raise ConfigError(
+                f"KAFKA_HOME={kafka_home} has no libs/kafka_*.jar: not a Kafka install"
+            )
+        return str(libs / "*")
+    libs = Path(platformdirs.user_cache_dir("streaminfer")) / f"kafka-{KAFKA_VERSION}" / "libs"
+    if not libs.is_dir():
+        _resolve_jars(libs)
+    return str(libs / "*")
+
+
+def _resolve_jars(target: Path) -> None:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ConfigError(
+            "Maven (`mvn`) is needed once to fetch the Kafka broker jars; "
+            "install it or set KAFKA_HOME"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".libs-", dir=target.parent))
+    pom = resources.files("streaminfer.kafka") / "pom.xml"
+    with resources.as_file(pom) as pom_path:
+        result = subprocess.run(
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(pom_path),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={staging}",
+            ],
+            capture_output=True,
+            text=True,
+        )
+    if result.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
+        raise InfrastructureError("mvn could not resolve the Kafka jars: " + " | ".join(tail))
+    try:
+        staging.rename(target)  # atomic: a concurrent resolver either wins or finds it done
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass
+class BrokerState:
+    """What a data dir remembers about its broker (``broker.json``)."""
+
+    cluster_id: str
+    port: int
+    controller_port: int
+    host: str = "127.0.0.1"
+    pid: int | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class LocalBroker:
+    """Start, stop and inspect the broker that lives in one data dir."""
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self.data_dir = (data_dir or default_data_dir()).resolve()
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / _LOG_FILE
+
+    def state(self) -> BrokerState | None:
+        path = self.data_dir / _STATE_FILE
+        if not path.exists():
+            return None
+        return BrokerState(**json.loads(path.read_text()))
+
+    def _save(self, state: BrokerState) -> None:
+        tmp = self.data_dir / (_STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(asdict(state), indent=2))
+        tmp.replace(self.data_dir / _STATE_FILE)
+
+    def running_pid(self) -> int | None:
+        state = self.state()
+        if state is None or state.pid is None:
+            return None
+        try:
+            os.kill(state.pid, 0)
+        except ProcessLookupError:
+            return None
+        cmdline = Path(f"/proc/{state.pid}/cmdline")
+        if cmdline.exists() and b"kafka.Kafka" not in cmdline.read_bytes():
+            return None  # the pid was reused by another process
+        return state.pid
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, port: int | None = None, timeout: float = 90.0) -> BrokerState:
+        """Start in the background and return once the broker answers metadata requests."""
+        process = self._spawn(port, stdout=None)
+        state = self.state()
+        assert state is not None
+        try:
+            wait_until_ready(state.bootstrap, timeout, process, self.log_file)
+        except BaseException:
+            self.stop()
+            raise
+        return state
+
+    def run_foreground(self, port: int | None = None) -> int:
+        """Run attached to the terminal until Ctrl-C / SIGTERM; returns the broker's exit code."""
+        process = self._spawn(port, stdout=subprocess.DEVNULL)
+        state = self.state()
+        assert state is not None
+        wait_until_ready(state.bootstrap, 90.0, process, self.log_file)
+        print(f"Kafka {KAFKA_VERSION} ready at {state.bootstrap} (Ctrl-C to stop)", flush=True)
+        previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            process.terminate()
+            return process.wait(timeout=60)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _spawn(self, port: int | None, stdout: int | None) -> subprocess.Popen[bytes]:
+        if self.running_pid() is not None:
+            raise ConfigError(f"a broker is already running for {self.data_dir}")
+        java = java_executable()
+        classpath = broker_classpath()
+        state = self._prepare(port, java, classpath)
+        log = self.log_file.open("ab")
+        log4j = resources.files("streaminfer.kafka") / "log4j2.properties"
+        with resources.as_file(log4j) as log4j_path:
+            process = subprocess.Popen(
+                [
+                    java,
+                    "-Xms256m",
+                    "-Xmx512m",
+                    "-XX:+UseG1GC",
+                    "-Djava.awt.headless=true",
+                    f"-Dlog4j2.configurationFile={log4j_path}",
+                    "-cp",
+                    classpath,
+                    "kafka.Kafka",
+                    str(self.data_dir / "server.properties"),
+                ],
+                stdout=log if stdout is None else stdout,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        log.close()
+        state.pid = process.pid
+        self._save(state)
+        return process
+
+    def _prepare(self, port: int | None, java: str, classpath: str) -> BrokerState:
+        """Write the config and format the storage the first time a data dir is used."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        state = self.state()
+        if state is None:
+            state = BrokerState(
+                cluster_id=_new_cluster_id(), port=port or 9092, controller_port=free_port()
+            )
+        elif port is not None:
+            state.port = port
+        if not _port_is_free(state.host, state.port):
+            raise ConfigError(
+                f"port {state.port} on {state.host} is in use; pick another with --port"
+            )
+        if not _port_is_free(state.host, state.controller_port):
+            state.controller_port = free_port()
+        (self.data_dir / "server.properties").write_text(_server_properties(state, self.data_dir))
+        self._save(state)
+        if not (self.data_dir / "logs" / "meta.properties").exists():
+            result = subprocess.run(
+                [
+                    java,
+                    "-cp",
+                    classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    state.cluster_id,
+                    "-c",
+                    str(self.data_dir / "server.properties"),
+                ],
+                capture_output=True,
+                text=True,
+            )
+            if result.returncode != 0:
+                raise InfrastructureError(
+                    f"formatting Kafka storage failed: {result.stdout.strip()}"
+                )
+        return state
+
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Stop the broker (SIGTERM, then SIGKILL after ``timeout``); False if none was running."""
+        pid = self.running_pid()
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        state = self.state()
+        if state is not None:
+            state.pid = None
+            self._save(state)
+        return True
+
+    def log_tail(self, lines: int = 20) -> str:
+        return _tail(self.log_file, lines)
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap our own child so it doesn't linger as a zombie
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat")
+    return not (status.exists() and status.read_text().split()[2] == "Z")
+
+
+def _tail(path: Path, lines: int) -> str:
+    if not path.exists():
+        return "(no broker log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _new_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _server_properties(state: BrokerState, data_dir: Path) -> str:
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{state.host}:{state.controller_port}",
+        "listeners": f"PLAINTEXT://{state.host}:{state.port},CONTROLLER://{state.host}:{state.controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{state.host}:{state.port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(data_dir / "logs"),
+        # One node: every internal topic has one replica, including the transaction log,
+        # or transactional producers could never initialise.
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "10",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "10",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        "num.partitions": "1",
+        "auto.create.topics.enable": "false",
+        "group.initial.rebalance.delay.ms": "0",
+        "log.retention.hours": "168",
+    }
+    return "".join(f"{k}={v}\n" for k, v in settings.items())
+
+
+def wait_until_ready(
+    bootstrap: str,
+    timeout: float,
+    process: subprocess.Popen[bytes] | None = None,
+    log_file: Path | None = None,
+) -> None:
+    """Block until a metadata request to ``bootstrap`` succeeds; fail with the log tail."""
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOGGER}
+    admin = AdminClient(config)
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            tail = _tail(log_file, 20) if log_file else ""
+            raise InfrastructureError(
+                f"the Kafka broker exited with code {process.returncode}; log tail:\n{tail}"
+            )
+        try:
+            metadata = admin.list_topics(timeout=1.0)
+            if metadata.brokers:
+                return
+        except Exception:  # not up yet: librdkafka raises KafkaException until it connects
+            pass
+        if time.monotonic() > deadline:
+            tail = _tail(log_file, 20) if log_file else ""
+            raise InfrastructureError(
+                f"the Kafka broker at {bootstrap} did not answer within {timeout:.0f}s; "
+                f"log tail:\n{tail}"
+            )
+        time.sleep(0.2)

@@ -1,0 +1,140 @@
+"""Produce and consume plain records, as kcat does: the tools behind ``produce`` / ``consume``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    Producer,
+    TopicPartition,
+)
+
+from streaminfer.errors import ConfigError, InfrastructureError
+from streaminfer.kafka.admin import TopicAdmin
+from streaminfer.kafka.config import KafkaSettings
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    timestamp_ms: int | None = None
+
+    @classmethod
+    def from_message(cls, msg: Any) -> Record:
+        ts_type, ts = msg.timestamp()
+        return cls(
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            key=msg.key(),
+            value=msg.value(),
+            headers=list(msg.headers() or []),
+            timestamp_ms=ts if ts_type else None,
+        )
+
+
+def split_key(line: bytes, delimiter: bytes | None) -> tuple[bytes | None, bytes]:
+    """``key<delim>value`` → (key, value); a line without the delimiter has no key."""
+    if delimiter is None or delimiter not in line:
+        return None, line
+    key, _, value = line.partition(delimiter)
+    return key, value
+
+
+def produce(
+    settings: KafkaSettings,
+    topic: str,
+    values: Iterable[bytes],
+    key: bytes | None = None,
+    key_delimiter: bytes | None = None,
+    headers: list[tuple[str, str | bytes | None]] | None = None,
+) -> int:
+    """Write each value as one record and wait until all are acknowledged; returns the count."""
+    if not TopicAdmin(settings).exists(topic):
+        raise ConfigError(f"unknown topic {topic!r} on {settings.bootstrap_servers}")
+    producer = Producer(settings.client_config(**{"enable.idempotence": True}))
+    failures: list[str] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            failures.append(err.str())
+
+    count = 0
+    for value in values:
+        record_key, record_value = split_key(value, key_delimiter)
+        while True:
+            try:
+                producer.produce(
+                    topic,
+                    record_value,
+                    record_key if record_key is not None else key,
+                    headers=headers,
+                    on_delivery=on_delivery,
+                )
+                break
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                producer.poll(0.1)
+        producer.poll(0)
+        count += 1
+    remaining = producer.flush(30)
+    if failures or remaining:
+        reason = failures[0] if failures else f"{remaining} records not acknowledged in 30 s"
+        raise InfrastructureError(f"producing to {topic!r} failed: {reason}")
+    return count
+
+
+def consume(
+    settings: KafkaSettings,
+    topic: str,
+    from_beginning: bool = False,
+    count: int | None = None,
+    timeout: float | None = None,
+    isolation: str = "read_committed",
+) -> Iterator[Record]:
+    """Read every partition of ``topic`` without a consumer group.
+
+    Stops after ``count`` records, or when no record arrived for ``timeout`` seconds.
+    """
+    partitions = TopicAdmin(settings).partitions(topic)
+    consumer = Consumer(
+        settings.client_config(
+            **{
+                "group.id": "streaminfer-consume",  # required by librdkafka; never committed
+                "enable.auto.commit": False,
+                "isolation.level": isolation,
+            }
+        )
+    )
+    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+    consumer.assign([TopicPartition(topic, p, start) for p in partitions])
+    seen = 0
+    last_record = time.monotonic()
+    try:
+        while count is None or seen < count:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                if timeout is not None and time.monotonic() - last_record > timeout:
+                    return
+                continue
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise InfrastructureError(f"consuming {topic!r} failed: {error.str()}")
+            last_record = time.monotonic()
+            seen += 1
+            yield Record.from_message(msg)
+    finally:
+        consumer.close()

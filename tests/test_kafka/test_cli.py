@@ -1,0 +1,136 @@
+"""The kcat-like commands and the local broker, driven through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from streaminfer.kafka.broker import LocalBroker, free_port
+from streaminfer.kafka.config import KafkaSettings
+from streaminfer.kafka.records import consume, produce
+from tests.support import run_cli
+
+
+def test_round_trip_through_cli(bootstrap: str, tmp_path: Path) -> None:
+    topic = f"cli-{free_port()}"
+    created = run_cli("topics", "create", topic, "--partitions", "3", "-b", bootstrap)
+    assert created.returncode == 0, created.stderr
+    listed = run_cli("topics", "list", "-b", bootstrap)
+    assert topic in listed.stdout.split()
+    described = run_cli("topics", "describe", topic, "-b", bootstrap)
+    assert "3 partitions" in described.stdout
+
+    lines = tmp_path / "in.txt"
+    lines.write_text("k1:first\nk2:second\nthird\n")
+    produced = run_cli(
+        "produce", topic, "--file", str(lines), "-K", ":", "-H", "src=test", "-b", bootstrap
+    )
+    assert produced.returncode == 0, produced.stderr
+    produced = run_cli("produce", topic, "--value", "fourth", "--key", "k4", "-b", bootstrap)
+    assert produced.returncode == 0, produced.stderr
+
+    consumed = run_cli(
+        "consume", topic, "--from-beginning", "--count", "4", "--format", "json", "-b", bootstrap
+    )
+    assert consumed.returncode == 0, consumed.stderr
+    records = [json.loads(line) for line in consumed.stdout.splitlines()]
+    by_value = {r["value"]: r for r in records}
+    assert set(by_value) == {"first", "second", "third", "fourth"}
+    assert by_value["first"]["key"] == "k1" and by_value["first"]["headers"] == {"src": "test"}
+    assert by_value["third"]["key"] is None
+    assert by_value["fourth"]["key"] == "k4"
+    assert all(r["timestamp"] > 0 and r["offset"] >= 0 for r in records)
+
+    stdin = run_cli("produce", topic, "-b", bootstrap, input=b"from-stdin\n")
+    assert stdin.returncode == 0, stdin.stderr
+    text = run_cli("consume", topic, "--from-beginning", "--count", "5", "-b", bootstrap)
+    assert "from-stdin" in text.stdout
+
+    deleted = run_cli("topics", "delete", topic, "-b", bootstrap)
+    assert deleted.returncode == 0, deleted.stderr
+    assert topic not in run_cli("topics", "list", "-b", bootstrap).stdout.split()
+
+
+def _one_line_error(result: object, needle: str) -> None:
+    assert result.returncode != 0  # type: ignore[attr-defined]
+    stderr = result.stderr.strip()  # type: ignore[attr-defined]
+    assert "Traceback" not in stderr
+    assert needle in stderr, stderr
+    assert len(stderr.splitlines()) == 1, stderr
+
+
+def test_bad_input_gives_one_line_errors(bootstrap: str) -> None:
+    _one_line_error(run_cli("consume", "no-such-topic", "-b", bootstrap), "unknown topic")
+    _one_line_error(
+        run_cli("produce", "no-such-topic", "--value", "x", "-b", bootstrap), "unknown topic"
+    )
+    _one_line_error(
+        run_cli("topics", "list", "-b", bootstrap, "-X", "nonsense"), "malformed property"
+    )
+    _one_line_error(
+        run_cli("topics", "list", "-b", bootstrap, "-X", "no.such.property=1"),
+        "No such configuration property",
+    )
+    dead = f"127.0.0.1:{free_port()}"
+    _one_line_error(
+        run_cli("topics", "list", "-b", dead, "-X", "socket.timeout.ms=2000"), "cannot reach Kafka"
+    )
+
+
+def test_missing_java_is_a_clear_error(tmp_path: Path) -> None:
+    env = {"PATH": str(tmp_path), "JAVA_HOME": str(tmp_path / "nojava"), "HOME": str(tmp_path)}
+    result = run_cli("kafka", "start", "--data-dir", str(tmp_path / "k"), env=env)
+    _one_line_error(result, "Java 17+ is required")
+
+
+def test_properties_file_and_config_precedence(bootstrap: str, tmp_path: Path) -> None:
+    props = tmp_path / "client.properties"
+    props.write_text(f"# comment\nbootstrap.servers={bootstrap}\nclient.id=from-file\n")
+    listed = run_cli("topics", "list", "-F", str(props))
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_transactions_commit_and_abort(
+    kafka_settings: KafkaSettings, topic_factory: Callable[..., str]
+) -> None:
+    from confluent_kafka import Producer
+
+    topic = topic_factory("txn")
+    producer = Producer(kafka_settings.client_config(**{"transactional.id": f"t-{topic}"}))
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(topic, b"aborted")
+    producer.flush()
+    producer.abort_transaction(30)
+    producer.begin_transaction()
+    producer.produce(topic, b"committed")
+    producer.commit_transaction(30)
+
+    committed = [r.value for r in consume(kafka_settings, topic, True, timeout=3)]
+    assert committed == [b"committed"]
+    uncommitted = [
+        r.value
+        for r in consume(kafka_settings, topic, True, timeout=3, isolation="read_uncommitted")
+    ]
+    assert uncommitted == [b"aborted", b"committed"]
+
+
+def test_stop_and_start_keep_records(tmp_path: Path) -> None:
+    broker = LocalBroker(tmp_path / "data")
+    state = broker.start(port=free_port())
+    try:
+        settings = KafkaSettings(bootstrap_servers=state.bootstrap)
+        run_cli("topics", "create", "kept", "-b", state.bootstrap)
+        assert produce(settings, "kept", [b"one", b"two"]) == 2
+        status = run_cli("kafka", "status", "--data-dir", str(broker.data_dir))
+        assert status.returncode == 0 and "running" in status.stdout
+        assert broker.stop()
+        down = run_cli("kafka", "status", "--data-dir", str(broker.data_dir))
+        assert down.returncode == 1 and "not running" in down.stdout
+        again = broker.start()
+        assert again.cluster_id == state.cluster_id and again.port == state.port
+        values = [r.value for r in consume(settings, "kept", True, count=2, timeout=20)]
+        assert values == [b"one", b"two"]
+    finally:
+        broker.stop()
