@@ -18,8 +18,19 @@ from streaminfer.errors import ConfigError
 METADATA_FILE = "model.json"
 
 DType = Literal[
-    "float32", "float16", "float64", "int8", "int16", "int32", "int64",
-    "uint8", "uint16", "uint32", "uint64", "bool", "string",
+    "float32",
+    "float16",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+    "string",
 ]
 
 
