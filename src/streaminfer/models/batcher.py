@@ -1,0 +1,163 @@
+"""Dynamic batching: concurrent single requests coalesce into one batched model run.
+
+Callers submit tensors whose first axis is their own batch (often 1).  A runner thread
+takes the first waiting request, then keeps taking more until ``max_batch_size`` rows
+are gathered or ``max_batch_delay_ms`` has passed since the first, runs the model once,
+and hands every caller its own slice of the outputs.  Requests whose non-batch shapes
+differ are never mixed in one run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from streaminfer.errors import InfrastructureError
+
+Tensors = dict[str, np.ndarray]
+
+
+class BatchingConfig(BaseModel):
+    enabled: bool = True
+    max_batch_size: int = Field(default=16, ge=1)
+    max_batch_delay_ms: float = Field(default=2.0, ge=0)
+    max_queue: int = Field(default=1024, ge=1)  # waiting requests before callers are refused
+    runners: int = Field(default=1, ge=1)  # threads running the model at once
+
+
+class Overloaded(InfrastructureError):
+    """The batch queue is full: the caller should back off (HTTP 429 / RESOURCE_EXHAUSTED)."""
+
+
+@dataclass
+class _Request:
+    inputs: Tensors
+    rows: int
+    key: tuple[tuple[str, tuple[int, ...], str], ...]
+    future: Future[Tensors] = field(default_factory=Future)
+
+
+_STOP = object()
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        run: Callable[[Tensors], Tensors],
+        config: BatchingConfig,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._run = run
+        self.config = config
+        self._on_batch = on_batch
+        self._queue: queue.Queue[_Request | object] = queue.Queue()
+        self._held: _Request | None = None  # a request that did not fit the previous batch
+        self._lock = threading.Lock()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"batcher-{i}", daemon=True)
+            for i in range(config.runners)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, inputs: Tensors) -> Future[Tensors]:
+        if self._closed:  # unloading: late callers still get an answer, just unbatched
+            late: Future[Tensors] = Future()
+            late.set_result(self._run(inputs))
+            return late
+        if self._queue.qsize() >= self.config.max_queue:
+            raise Overloaded(f"more than {self.config.max_queue} requests waiting for this model")
+        rows = {a.shape[0] for a in inputs.values()}
+        if len(rows) != 1:
+            raise ValueError("all inputs of one request must have the same batch size")
+        key = tuple(sorted((n, a.shape[1:], a.dtype.str) for n, a in inputs.items()))
+        request = _Request(inputs, rows.pop(), key)
+        self._queue.put(request)
+        return request.future
+
+    def infer(self, inputs: Tensors, timeout: float | None = None) -> Tensors:
+        return self.submit(inputs).result(timeout)
+
+    async def infer_async(self, inputs: Tensors) -> Tensors:
+        return await asyncio.wrap_future(self.submit(inputs))
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the runner threads."""
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for thread in self._threads:
+            thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._gather()
+            if batch is None:
+                return
+            self._execute(batch)
+
+    def _gather(self) -> list[_Request] | None:
+        with self._lock:  # one runner gathers at a time, so batches fill up
+            first = self._held or self._queue.get()
+            self._held = None
+            if first is _STOP:
+                return None
+            assert isinstance(first, _Request)
+            batch, rows = [first], first.rows
+            deadline = time.monotonic() + self.config.max_batch_delay_ms / 1000
+            while rows < self.config.max_batch_size:
+                remaining = deadline - time.monotonic()
+                try:
+                    item = (
+                        self._queue.get(timeout=remaining)
+                        if remaining > 0
+                        else (self._queue.get_nowait())
+                    )
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    self._queue.put(_STOP)
+                    break
+                assert isinstance(item, _Request)
+                if item.key != first.key or rows + item.rows > self.config.max_batch_size:
+                    self._held = item
+                    break
+                batch.append(item)
+                rows += item.rows
+            return batch
+
+    def _execute(self, batch: list[_Request]) -> None:
+        live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        try:
+            if len(live) == 1:
+                outputs = self._run(live[0].inputs)
+            else:
+                names = live[0].inputs.keys()
+                joined = {n: np.concatenate([r.inputs[n] for r in live]) for n in names}
+                outputs = self._run(joined)
+        except BaseException as exc:  # every caller must hear about the failure
+            for request in live:
+                request.future.set_exception(exc)
+            return
+        if self._on_batch is not None:
+            self._on_batch(sum(r.rows for r in live))
+        start = 0
+        for request in live:
+            end = start + request.rows
+            request.future.set_result({n: v[start:end] for n, v in outputs.items()})
+            start = end

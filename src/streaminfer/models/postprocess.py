@@ -1,0 +1,42 @@
+"""From logits to the top-k classes a user reads: class id, label, probability."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Prediction:
+    class_id: int
+    label: str
+    score: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    result: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
+    return result
+
+
+def top_k(logits: np.ndarray, k: int, class_names: list[str] | None) -> list[list[Prediction]]:
+    """Top ``k`` classes per row of a ``[N, classes]`` logit matrix, best first."""
+    probabilities = softmax(np.asarray(logits, dtype=np.float32))
+    k = min(k, probabilities.shape[-1])
+    best = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
+    return [
+        [
+            Prediction(
+                int(c),
+                class_names[c] if class_names and c < len(class_names) else str(c),
+                float(row[c]),
+            )
+            for c in ids
+        ]
+        for row, ids in zip(probabilities, best, strict=True)
+    ]

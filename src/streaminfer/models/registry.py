@@ -1,0 +1,360 @@
+"""The model registry: which versions of which models are loaded, under which labels.
+
+It reads a repository laid out as ``<root>/<model>/<version>/`` (version a positive
+integer), loads the versions each model's policy asks for, and keeps them current: a
+poller notices new, removed and replaced versions.  A version that fails to load is
+reported and whatever served before keeps serving.  Both the embedded worker and the
+model server stand on this class.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from streaminfer.errors import ConfigError, RecordError
+from streaminfer.models.batcher import BatchingConfig, DynamicBatcher, Tensors
+from streaminfer.models.metadata import ModelMetadata
+from streaminfer.models.runtime import OnnxModel, RuntimeOptions
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFound(RecordError):
+    """No such model, version or label is being served (NOT_FOUND / 404)."""
+
+    reason = "unknown_model"
+
+
+class BadLabel(RecordError):
+    """A label that names no loaded version (INVALID_ARGUMENT / 400, as TF Serving)."""
+
+    reason = "unknown_label"
+
+
+class VersionPolicy(BaseModel):
+    """Which versions to serve: the latest N (default 1), all, or specific ones."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    num_versions: int = Field(default=1, ge=1)
+    versions: list[int] = Field(default_factory=list)
+
+    def select(self, available: list[int]) -> list[int]:
+        ordered = sorted(available)
+        if self.kind == "all":
+            return ordered
+        if self.kind == "specific":
+            return [v for v in ordered if v in self.versions]
+        return ordered[-self.num_versions :]
+
+
+class ModelConfig(BaseModel):
+    """Per-model serving settings; models without one get the defaults."""
+
+    name: str
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    labels: dict[str, int] = Field(default_factory=dict)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+
+    @model_validator(mode="after")
+    def _labels_are_versions(self) -> ModelConfig:
+        for label, version in self.labels.items():
+            if version < 1:
+                raise ValueError(f"label {label!r} must point at a positive version")
+        return self
+
+
+class VersionState(StrEnum):
+    """TF Serving's ``ModelVersionStatus.State`` names."""
+
+    LOADING = "LOADING"
+    AVAILABLE = "AVAILABLE"
+    UNLOADING = "UNLOADING"
+    END = "END"
+
+
+@dataclass
+class VersionStatus:
+    version: int
+    state: VersionState
+    error: str = ""
+
+
+@dataclass
+class LoadedVersion:
+    """One servable: a model version with its session, batcher, labels and metadata."""
+
+    name: str
+    version: int
+    path: Path
+    metadata: ModelMetadata
+    model: OnnxModel
+    batcher: DynamicBatcher | None
+    class_names: list[str] | None
+    fingerprint: tuple[tuple[str, int, int], ...] = field(repr=False, default=())
+
+    def infer(self, inputs: Tensors) -> Tensors:
+        """Validate and run, through the batcher when one is configured (blocking)."""
+        checked = self.model.validate(inputs)
+        if self.batcher is None:
+            return self.model.run(checked)
+        return self.batcher.infer(checked)
+
+    async def infer_async(self, inputs: Tensors) -> Tensors:
+        checked = self.model.validate(inputs)
+        if self.batcher is None:
+            import asyncio
+
+            return await asyncio.to_thread(self.model.run, checked)
+        return await self.batcher.infer_async(checked)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+Listener = Callable[[str, str, int, str], None]  # (event, model, version, detail)
+
+
+def scan_repository(root: Path) -> dict[str, dict[int, Path]]:
+    """``{model: {version: dir}}`` for every complete-looking version under ``root``.
+
+    Folders whose name is not a positive integer (such as an export's temporary
+    ``.tmp-*`` folder) are not versions and are ignored.
+    """
+    found: dict[str, dict[int, Path]] = {}
+    if not root.is_dir():
+        raise ConfigError(f"model repository {root} does not exist")
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = {
+            int(v.name): v
+            for v in model_dir.iterdir()
+            if v.is_dir() and v.name.isdigit() and int(v.name) > 0
+        }
+        if versions:
+            found[model_dir.name] = versions
+    return found
+
+
+def fingerprint(version_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and mtimes of a version's files: a change means it was replaced."""
+    entries = []
+    for path in sorted(version_dir.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            entries.append((str(path.relative_to(version_dir)), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        root: Path,
+        configs: list[ModelConfig] | None = None,
+        runtime: RuntimeOptions | None = None,
+        default_batching: BatchingConfig | None = None,
+        only_configured: bool = False,
+        on_batch: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.root = root.resolve()
+        self.runtime = runtime or RuntimeOptions()
+        self.default_batching = default_batching or BatchingConfig()
+        self.only_configured = only_configured
+        self._configs = {c.name: c for c in configs or []}
+        self._on_batch = on_batch
+        self._loaded: dict[str, dict[int, LoadedVersion]] = {}
+        self._status: dict[str, dict[int, VersionStatus]] = {}
+        self._failed: dict[tuple[str, int], tuple[tuple[str, int, int], ...]] = {}
+        self._listeners: list[Listener] = []
+        self._lock = threading.RLock()  # guards the maps; loading happens outside it
+        self._reload_lock = threading.Lock()  # one reload at a time
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    # -- configuration ---------------------------------------------------------------------
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def config(self, name: str) -> ModelConfig:
+        return self._configs.get(name) or ModelConfig(name=name, batching=self.default_batching)
+
+    def set_configs(self, configs: list[ModelConfig], only_configured: bool | None = None) -> None:
+        """Replace the per-model configs (TF Serving's HandleReloadConfigRequest), then reload."""
+        with self._lock:
+            self._configs = {c.name: c for c in configs}
+            if only_configured is not None:
+                self.only_configured = only_configured
+        self.reload()
+
+    # -- lookups ---------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        with self._lock:
+            return sorted(name for name, versions in self._loaded.items() if versions)
+
+    def versions(self, name: str) -> list[int]:
+        with self._lock:
+            return sorted(self._loaded.get(name, {}))
+
+    def labels(self, name: str) -> dict[str, int]:
+        """Labels of a model that point at a loaded version."""
+        with self._lock:
+            loaded = self._loaded.get(name, {})
+            return {k: v for k, v in self.config(name).labels.items() if v in loaded}
+
+    def status(self, name: str) -> list[VersionStatus]:
+        with self._lock:
+            if name not in self._status:
+                raise ModelNotFound(f"model {name!r} is not known to this server")
+            return sorted(self._status[name].values(), key=lambda s: s.version)
+
+    def resolve(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> LoadedVersion:
+        """The version to serve: the one named, the one a label points at, or the latest."""
+        with self._lock:
+            versions = self._loaded.get(name)
+            if not versions:
+                known = ", ".join(self.models()) or "none"
+                raise ModelNotFound(f"model {name!r} is not served (models: {known})")
+            if version is not None and label is not None:
+                raise BadLabel("give a version or a label, not both")
+            if label is not None:
+                target = self.config(name).labels.get(label)
+                if target is None or target not in versions:
+                    labels = ", ".join(sorted(self.labels(name))) or "none"
+                    raise BadLabel(
+                        f"label {label!r} of model {name!r} points at no loaded version "
+                        f"(labels: {labels})"
+                    )
+                return versions[target]
+            if version is not None:
+                if version not in versions:
+                    served = ", ".join(map(str, sorted(versions)))
+                    raise ModelNotFound(
+                        f"version {version} of model {name!r} is not served (versions: {served})"
+                    )
+                return versions[version]
+            return versions[max(versions)]
+
+    def __iter__(self) -> Iterator[LoadedVersion]:
+        with self._lock:
+            return iter([v for versions in self._loaded.values() for v in versions.values()])
+
+    # -- loading ---------------------------------------------------------------------------
+    def reload(self) -> None:
+        """Bring the loaded set in line with the repository and the configs."""
+        with self._reload_lock:
+            wanted = self._wanted()
+            for name, versions in wanted.items():
+                for version, path in versions.items():
+                    self._load_if_changed(name, version, path)
+            self._unload_unwanted(wanted)
+            self._check_labels()
+
+    def _wanted(self) -> dict[str, dict[int, Path]]:
+        found = scan_repository(self.root)
+        if self.only_configured:
+            found = {n: v for n, v in found.items() if n in self._configs}
+        wanted = {}
+        for name, versions in found.items():
+            chosen = self.config(name).version_policy.select(list(versions))
+            wanted[name] = {v: versions[v] for v in chosen}
+        return wanted
+
+    def _load_if_changed(self, name: str, version: int, path: Path) -> None:
+        current = self._loaded.get(name, {}).get(version)
+        prints = fingerprint(path)
+        if current is not None and current.fingerprint == prints:
+            return
+        if self._failed.get((name, version)) == prints:
+            return  # already reported; wait for the files to change
+        self._set_status(name, version, VersionState.LOADING)
+        try:
+            loaded = self._load(name, version, path, prints)
+        except Exception as exc:  # any failure to load leaves the serving set untouched
+            self._failed[(name, version)] = prints
+            state = VersionState.AVAILABLE if current else VersionState.END
+            self._set_status(name, version, state, str(exc))
+            self._emit("failed", name, version, str(exc))
+            return
+        self._failed.pop((name, version), None)
+        with self._lock:
+            self._loaded.setdefault(name, {})[version] = loaded
+            self._set_status(name, version, VersionState.AVAILABLE)
+        self._emit("reloaded" if current else "loaded", name, version, str(path))
+        if current is not None:
+            current.close()
+
+    def _load(
+        self, name: str, version: int, path: Path, prints: tuple[tuple[str, int, int], ...]
+    ) -> LoadedVersion:
+        metadata = ModelMetadata.read(path)
+        model = OnnxModel(path, metadata, self.runtime)
+        model.warm_up()
+        class_names = metadata.labels(path)
+        batching = self.config(name).batching
+        batcher = None
+        if batching.enabled:
+            on_batch = self._on_batch
+            batcher = DynamicBatcher(
+                model.run, batching, (lambda n: on_batch(name, n)) if on_batch else None
+            )
+        return LoadedVersion(name, version, path, metadata, model, batcher, class_names, prints)
+
+    def _unload_unwanted(self, wanted: dict[str, dict[int, Path]]) -> None:
+        for name in list(self._loaded):
+            for version in list(self._loaded[name]):
+                if version in wanted.get(name, {}):
+                    continue
+                with self._lock:
+                    gone = self._loaded[name].pop(version)
+                    self._set_status(name, version, VersionState.END)
+                self._emit("unloaded", name, version, "")
+                gone.close()  # in-flight requests already hold their batcher; they finish
+
+    def _check_labels(self) -> None:
+        for name in self._loaded:
+            for label, version in self.config(name).labels.items():
+                if version not in self._loaded[name]:
+                    self._emit("label-unresolved", name, version, label)
+
+    def _set_status(self, name: str, version: int, state: VersionState, error: str = "") -> None:
+        with self._lock:
+            self._status.setdefault(name, {})[version] = VersionStatus(version, state, error)
+
+    def _emit(self, event: str, name: str, version: int, detail: str) -> None:
+        level = logging.WARNING if event in ("failed", "label-unresolved") else logging.INFO
+        log.log(level, "%s model %s version %d %s", event, name, version, detail)
+        for listener in self._listeners:
+            listener(event, name, version, detail)
+
+    # -- watching --------------------------------------------------------------------------
+    def start_watching(self, interval: float = 2.0) -> None:
+        """Poll the repository every ``interval`` seconds in a background thread."""
+
+        def watch() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.reload()
+                except Exception:  # a bad scan must not kill the watcher; it retries
+                    log.exception("reloading the model repository failed")
+
+        self._watcher = threading.Thread(target=watch, name="model-watcher", daemon=True)
+        self._watcher.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join()
+        with self._lock:
+            loaded = [v for versions in self._loaded.values() for v in versions.values()]
+            self._loaded.clear()
+        for version in loaded:
+            version.close()

@@ -1,0 +1,114 @@
+"""ONNX Runtime sessions: one per loaded version, inputs checked against the model's signature."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from streaminfer.errors import ConfigError, RecordError
+from streaminfer.models.metadata import ModelMetadata, TensorSpec
+
+Tensors = dict[str, np.ndarray]
+
+
+class InvalidInput(RecordError):
+    """A tensor is missing, has the wrong dtype or the wrong shape for the model."""
+
+    reason = "invalid_input"
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """ONNX Runtime threading: ``intra_op_threads=0`` lets ORT use every core."""
+
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+
+
+def _numpy_dtype(spec: TensorSpec) -> np.dtype:
+    return np.dtype(object) if spec.dtype == "string" else np.dtype(spec.dtype)
+
+
+class OnnxModel:
+    """A loaded ONNX model; ``run`` is thread-safe (ORT sessions allow concurrent runs)."""
+
+    def __init__(self, version_dir: Path, metadata: ModelMetadata, options: RuntimeOptions) -> None:
+        self.metadata = metadata
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.inter_op_num_threads = options.inter_op_threads
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        path = version_dir / metadata.model_file
+        try:
+            self._session = ort.InferenceSession(
+                str(path), session_options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own exception types for every load failure
+            raise ConfigError(f"cannot load {path}: {exc}") from exc
+        self._output_names = [o.name for o in metadata.signature.outputs]
+        self._check_signature()
+
+    def _check_signature(self) -> None:
+        declared = {i.name for i in self.metadata.signature.inputs}
+        actual = {i.name for i in self._session.get_inputs()}
+        if declared != actual:
+            raise ConfigError(f"model.json declares inputs {declared}, the model has {actual}")
+        outputs = {o.name for o in self._session.get_outputs()}
+        missing = set(self._output_names) - outputs
+        if missing:
+            raise ConfigError(f"model.json declares outputs {missing} the model does not have")
+
+    def validate(self, inputs: Tensors) -> Tensors:
+        """Check names, dtypes and shapes; cast losslessly where numpy can. Raises InvalidInput."""
+        checked: Tensors = {}
+        for spec in self.metadata.signature.inputs:
+            if spec.name not in inputs:
+                raise InvalidInput(
+                    f"missing input {spec.name!r} (expected {spec.dtype} {_shape_text(spec.shape)})"
+                )
+            array = np.asarray(inputs[spec.name])
+            want = _numpy_dtype(spec)
+            if array.dtype != want:
+                if not np.can_cast(array.dtype, want, casting="same_kind"):
+                    raise InvalidInput(
+                        f"input {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}"
+                    )
+                array = array.astype(want)
+            if not _shape_matches(array.shape, spec.shape):
+                raise InvalidInput(
+                    f"input {spec.name!r} has shape {list(array.shape)}, "
+                    f"expected {_shape_text(spec.shape)}"
+                )
+            checked[spec.name] = array
+        unknown = set(inputs) - set(checked)
+        if unknown:
+            raise InvalidInput(
+                f"unknown inputs {sorted(unknown)}; the model takes {sorted(checked)}"
+            )
+        return checked
+
+    def run(self, inputs: Tensors) -> Tensors:
+        """Run already validated inputs (a batch along axis 0)."""
+        results = self._session.run(self._output_names, inputs)
+        return dict(zip(self._output_names, results, strict=True))
+
+    def warm_up(self) -> None:
+        """One run on zeros, so the first real request doesn't pay for lazy initialisation."""
+        dummy = {}
+        for spec in self.metadata.signature.inputs:
+            shape = [1 if d < 0 else d for d in spec.shape]
+            dummy[spec.name] = np.zeros(shape, dtype=_numpy_dtype(spec))
+        self.run(dummy)
+
+
+def _shape_matches(shape: tuple[int, ...], expected: list[int]) -> bool:
+    return len(shape) == len(expected) and all(
+        e < 0 or s == e for s, e in zip(shape, expected, strict=True)
+    )
+
+
+def _shape_text(shape: list[int]) -> str:
+    return "[" + ", ".join("N" if d < 0 else str(d) for d in shape) + "]"
