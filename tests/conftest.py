@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +48,52 @@ def topic_factory(kafka_settings: KafkaSettings) -> Callable[..., str]:
         return name
 
     return create
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository holding the exported EfficientNet-Lite0 as version 1 (exported once)."""
+    from streaminfer.models.export import export_efficientnet_lite0
+
+    repo = tmp_path_factory.mktemp("repo")
+    export_efficientnet_lite0(repo, version=1)
+    return repo
+
+
+SAMPLE_IMAGES = ("chelsea", "coffee", "rocket")
+
+
+@pytest.fixture(scope="session")
+def sample_jpegs() -> dict[str, bytes]:
+    """JPEG bytes of the images scikit-image ships: a cat, an espresso, a rocket."""
+    from PIL import Image
+    from skimage import data
+
+    encoded = {}
+    for name in SAMPLE_IMAGES:
+        buffer = io.BytesIO()
+        Image.fromarray(getattr(data, name)()).convert("RGB").save(buffer, "JPEG", quality=92)
+        encoded[name] = buffer.getvalue()
+    return encoded
+
+
+@pytest.fixture(scope="session")
+def image_host(
+    tmp_path_factory: pytest.TempPathFactory, sample_jpegs: dict[str, bytes]
+) -> Iterator[str]:
+    """A real HTTP server on loopback serving ``<name>.jpg``; yields its base URL."""
+    root = tmp_path_factory.mktemp("images")
+    for name, jpeg in sample_jpegs.items():
+        (root / f"{name}.jpg").write_bytes(jpeg)
+    (root / "page.html").write_text("<html>not an image</html>")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

@@ -1,0 +1,57 @@
+"""One interface for every way of getting a prediction: ``predict(batch) -> results``.
+
+The stream worker hands a predictor a micro-batch of requests (one per record) and gets
+back, position by position, either a ``PredictResult`` or the ``RecordError`` that
+explains why that one record cannot be served (it goes to the dead-letter topic).  A
+failure of the predictor itself (server down, deadline exceeded) raises an
+``InfrastructureError`` for the whole batch: the worker retries it and never
+dead-letters it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streaminfer.errors import RecordError
+from streaminfer.models.postprocess import Prediction
+
+
+@dataclass
+class PredictRequest:
+    """What one record asks for: an encoded image, or named tensors for a tensor model."""
+
+    model: str
+    version: int | None = None
+    label: str | None = None
+    image: bytes | None = None
+    tensors: dict[str, np.ndarray] | None = None
+    top_k: int | None = None  # None: the model's default
+
+
+@dataclass
+class PredictResult:
+    model: str
+    version: int
+    mode: str  # who served it, e.g. "embedded", "tfserving-grpc", "embedded-fallback"
+    predictions: list[Prediction] | None = None  # image models: top-k, best first
+    outputs: dict[str, np.ndarray] | None = None  # tensor models: the raw outputs
+    timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, inference
+
+
+Outcome = PredictResult | RecordError
+
+
+class Predictor(ABC):
+    """Thread-safe: the worker calls ``predict`` from several threads at once."""
+
+    mode: str
+
+    @abstractmethod
+    def predict(self, batch: list[PredictRequest]) -> list[Outcome]:
+        """One outcome per request, in order; raises InfrastructureError if none can be served."""
+
+    def close(self) -> None:  # noqa: B027 - most predictors hold nothing to release
+        """Release connections, threads and sessions."""
