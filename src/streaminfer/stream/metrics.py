@@ -1,0 +1,111 @@
+"""The worker's Prometheus metrics and its ``/metrics``, ``/healthz`` and ``/readyz`` endpoint."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.records_in = Counter("streaminfer_records_in", "Records consumed", registry=r)
+        self.records_out = Counter(
+            "streaminfer_records_out",
+            "Predictions produced",
+            ["model", "version", "mode"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "streaminfer_records_dead_lettered", "Records sent to the DLQ", ["reason"], registry=r
+        )
+        self.end_to_end = Histogram(
+            "streaminfer_end_to_end_seconds",
+            "Record timestamp to output produced",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage = Histogram(
+            "streaminfer_stage_seconds",
+            "Time per stage",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "streaminfer_batch_size",
+            "Records per predictor call",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "streaminfer_in_flight", "Records consumed, not yet produced", registry=r
+        )
+        self.lag = Gauge(
+            "streaminfer_consumer_lag",
+            "Records behind the high watermark",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.circuit = Gauge(
+            "streaminfer_circuit_open", "1 while the remote circuit is open", registry=r
+        )
+        self.retries = Counter("streaminfer_predict_retries", "Predictor calls retried", registry=r)
+        self.transactions = Counter(
+            "streaminfer_transactions", "Transactions by outcome", ["outcome"], registry=r
+        )
+
+
+class MetricsServer:
+    """A tiny HTTP server on its own thread; ``ready`` decides what ``/readyz`` answers."""
+
+    def __init__(
+        self, metrics: WorkerMetrics, port: int, ready: Callable[[], bool], host: str = "127.0.0.1"
+    ) -> None:
+        registry = metrics.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/metrics":
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif self.path == "/healthz":
+                    self._send(200, b"ok\n", "text/plain")
+                elif self.path == "/readyz":
+                    ok = ready()
+                    self._send(
+                        200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain"
+                    )
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

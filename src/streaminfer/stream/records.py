@@ -1,0 +1,210 @@
+"""What an input record asks for, and the output and dead-letter records the worker writes.
+
+Input values the worker understands:
+
+* a bare URL (``http(s)://``, ``file://``, ``data:``) or an absolute file path — the seed's format;
+* raw image bytes (JPEG, PNG, GIF, BMP, WebP; recognised by their magic numbers);
+* JSON ``{"url": ...}`` or ``{"image_b64": ...}`` with optional ``id``, ``model``,
+  ``version`` or ``label``, and ``top_k``;
+* for tensor models, a TF Serving REST-style body: ``{"inputs": {name: values}}`` or
+  ``{"instances": [{name: value}, ...]}`` (plus the optional fields above).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streaminfer.errors import RecordError
+from streaminfer.models.postprocess import Prediction
+
+TRACE_HEADER = "streaminfer.trace.id"
+Headers = list[tuple[str, str | bytes | None]]
+_URL_PREFIXES = ("http://", "https://", "file://", "data:")
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+class BadRecord(RecordError):
+    """The record's value is not something the worker understands."""
+
+    def __init__(self, message: str, reason: str = "bad_record") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Request:
+    """A parsed input record: where its image is, or its tensors, and what to run it on."""
+
+    id: str | None = None
+    url: str | None = None
+    image: bytes | None = None
+    tensors: dict[str, np.ndarray] | None = None
+    model: str | None = None
+    version: int | None = None
+    label: str | None = None
+    top_k: int | None = None
+
+
+def parse_value(value: bytes | None) -> Request:
+    """Turn a record value into a Request; raises BadRecord with a reason a user can act on."""
+    if not value or not value.strip():
+        raise BadRecord(
+            "empty record value: expected an image URL, image bytes or JSON", "empty_record"
+        )
+    if value.startswith(_IMAGE_MAGIC) or (value[:4] == b"RIFF" and value[8:12] == b"WEBP"):
+        return Request(image=value)
+    text = _text(value)
+    if text.startswith("{"):
+        return _parse_json(text)
+    if text.startswith(_URL_PREFIXES) or text.startswith("/"):
+        return Request(url=text if not text.startswith("/") else "file://" + text)
+    raise BadRecord(
+        f"unrecognised record value {text[:60]!r}: expected an image URL, image bytes or JSON"
+    )
+
+
+def _text(value: bytes) -> str:
+    try:
+        return value.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise BadRecord("record value is neither a known image format nor UTF-8 text") from exc
+
+
+def _parse_json(text: str) -> Request:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRecord(f"invalid JSON: {exc}", "bad_json") from exc
+    if not isinstance(doc, dict):
+        raise BadRecord("JSON record must be an object")
+    request = Request(
+        id=_optional(doc, "id", str),
+        model=_optional(doc, "model", str),
+        label=_optional(doc, "label", str),
+        version=_optional(doc, "version", int),
+        top_k=_optional(doc, "top_k", int),
+    )
+    if request.version is not None and request.label is not None:
+        raise BadRecord("give either 'version' or 'label', not both")
+    if request.top_k is not None and request.top_k < 1:
+        raise BadRecord("'top_k' must be at least 1")
+    sources = [k for k in ("url", "image_b64", "inputs", "instances") if k in doc]
+    if len(sources) != 1:
+        raise BadRecord(
+            "JSON record needs exactly one of 'url', 'image_b64', 'inputs', 'instances'"
+        )
+    source = sources[0]
+    if source == "url":
+        request.url = _optional(doc, "url", str)
+    elif source == "image_b64":
+        try:
+            request.image = base64.b64decode(_optional(doc, "image_b64", str) or "", validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadRecord("'image_b64' is not valid base64") from exc
+    else:
+        request.tensors = _tensors(doc[source], columnar=source == "inputs")
+    return request
+
+
+def _optional(doc: dict[str, Any], key: str, kind: type) -> Any:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+        raise BadRecord(f"'{key}' must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _tensors(body: Any, columnar: bool) -> dict[str, np.ndarray]:
+    """TF Serving REST bodies: columnar ``{name: values}``, or rows ``[{name: value}, ...]``."""
+    if columnar:
+        if not isinstance(body, dict) or not body:
+            raise BadRecord("'inputs' must be an object of named tensors")
+        columns = body
+    else:
+        if not isinstance(body, list) or not body or not all(isinstance(r, dict) for r in body):
+            raise BadRecord("'instances' must be a non-empty list of objects of named values")
+        names = set(body[0])
+        if any(set(row) != names for row in body):
+            raise BadRecord("every instance must have the same input names")
+        columns = {name: [row[name] for row in body] for name in names}
+    tensors = {}
+    for name, values in columns.items():
+        try:
+            array = np.asarray(values)
+        except ValueError as exc:
+            raise BadRecord(f"input {name!r} is a ragged list: {exc}") from exc
+        if array.dtype == object or array.dtype.kind in "USV":
+            raise BadRecord(f"input {name!r} must hold numbers")
+        tensors[name] = array
+    return tensors
+
+
+def trace_headers(headers: Headers | None) -> Headers:
+    """The input's headers, plus a trace id if it had none."""
+    kept = list(headers or [])
+    if any(k == TRACE_HEADER for k, _ in kept):
+        return kept
+    return [*kept, (TRACE_HEADER, uuid.uuid4().hex.encode())]
+
+
+@dataclass
+class Source:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int | None
+
+
+def output_value(
+    request: Request | None,
+    source: Source,
+    model: str,
+    version: int,
+    mode: str,
+    predictions: list[Prediction] | None,
+    outputs: dict[str, np.ndarray] | None,
+    timings_ms: dict[str, float],
+) -> bytes:
+    doc: dict[str, Any] = {
+        "id": (
+            request.id
+            if request and request.id
+            else f"{source.topic}-{source.partition}-{source.offset}"
+        ),
+        "source": {
+            "topic": source.topic,
+            "partition": source.partition,
+            "offset": source.offset,
+            "timestamp": source.timestamp,
+        },
+        "model": {"name": model, "version": version},
+        "mode": mode,
+    }
+    if predictions is not None:
+        doc["predictions"] = [p.as_dict() for p in predictions]
+    if outputs is not None:
+        doc["outputs"] = {name: array.tolist() for name, array in outputs.items()}
+    doc["timings_ms"] = {k: round(v, 3) for k, v in timings_ms.items()}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def dead_letter_headers(headers: Headers, error: RecordError, source: Source) -> Headers:
+    """The original headers plus why and where the record failed."""
+    return [
+        *headers,
+        ("streaminfer.error.type", error.reason.encode()),
+        ("streaminfer.error.message", str(error).encode()[:2000]),
+        ("streaminfer.source.topic", source.topic.encode()),
+        ("streaminfer.source.partition", str(source.partition).encode()),
+        ("streaminfer.source.offset", str(source.offset).encode()),
+        ("streaminfer.failed.at", str(int(time.time() * 1000)).encode()),
+    ]

@@ -1,0 +1,68 @@
+"""The worker's settings, named after what they do (as Kafka Streams names its own)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from streaminfer.config import Settings
+
+Mode = Literal["embedded", "tfserving-grpc", "tfserving-rest", "kserve-grpc", "kserve-http"]
+REMOTE_DEFAULT_PORTS = {
+    "tfserving-grpc": 8500,
+    "tfserving-rest": 8501,
+    "kserve-grpc": 8500,
+    "kserve-http": 8501,
+}
+
+
+class WorkerSettings(Settings):
+    """``[worker]`` in the config file; ``STREAMINFER_<FIELD>`` in the environment."""
+
+    file_section = "worker"
+
+    input: str = "ImageInputTopic"
+    output: str = "ImageOutputTopic"
+    dlq: str | None = None  # default: "<input>.dlq"
+    group_id: str = "streaminfer"
+    model: str = "efficientnet-lite0"
+    version: int | None = Field(default=None, ge=1)
+    label: str | None = None
+    mode: Mode = "embedded"
+    repo: Path | None = None
+    server: str | None = None  # host:port of the model server in remote modes
+    processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
+    batch_size: int = Field(default=16, ge=1)
+    max_in_flight: int = Field(default=4, ge=1)
+    commit_interval_ms: int = Field(default=100, ge=1)
+    top_k: int | None = Field(default=None, ge=1)
+    fallback: Literal["embedded"] | None = None
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    decode_threads: int = Field(default=2, ge=1)
+    fetch_threads: int = Field(default=8, ge=1)
+    allow_networks: list[str] = Field(default_factory=list)  # image hosts past the SSRF guard
+    create_topics: bool = True  # create output and dead-letter topics if missing
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WorkerSettings:
+        if self.version is not None and self.label is not None:
+            raise ValueError("give --version or --label, not both")
+        if self.mode == "embedded" and self.repo is None:
+            raise ValueError("--mode embedded needs --repo (the model repository)")
+        if self.mode != "embedded" and self.server is None:
+            self.server = f"127.0.0.1:{REMOTE_DEFAULT_PORTS[self.mode]}"
+        if self.fallback == "embedded" and self.repo is None:
+            raise ValueError("--fallback embedded needs --repo (the model repository)")
+        return self
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq or f"{self.input}.dlq"
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == "exactly-once"
