@@ -1,9 +1,147 @@
-"""`streaminfer run` (not built yet)."""
+"""``streaminfer run``: the stream worker."""
 
 from __future__ import annotations
 
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from streaminfer.cli.options import BootstrapOpt, ConfigFileOpt, PropertiesFileOpt, PropertyOpt
+from streaminfer.errors import ConfigError
+from streaminfer.images import FetchPolicy, ImageFetcher
+from streaminfer.kafka.admin import TopicAdmin
+from streaminfer.kafka.config import kafka_settings
+from streaminfer.predictors.base import Predictor
+from streaminfer.stream.metrics import MetricsServer, WorkerMetrics
+from streaminfer.stream.settings import WorkerSettings
+from streaminfer.stream.worker import Worker
+
+log = logging.getLogger("streaminfer.run")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the main app."""
+    app.command("run")(run)
+
+
+def run(
+    input: Annotated[
+        str | None, typer.Option("--input", help="Input topic [ImageInputTopic].")
+    ] = None,
+    output: Annotated[str | None, typer.Option(help="Output topic [ImageOutputTopic].")] = None,
+    dlq: Annotated[str | None, typer.Option(help="Dead-letter topic [<input>.dlq].")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name [efficientnet-lite0].")] = None,
+    version: Annotated[int | None, typer.Option(help="Pin a model version.")] = None,
+    label: Annotated[str | None, typer.Option(help="Serve the version this label names.")] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="embedded | tfserving-grpc | tfserving-rest | kserve-grpc | kserve-http."
+        ),
+    ] = None,
+    repo: Annotated[
+        Path | None, typer.Option(help="Model repository (embedded, fallback).")
+    ] = None,
+    server: Annotated[
+        str | None, typer.Option(help="Model server host:port (remote modes).")
+    ] = None,
+    group_id: Annotated[str | None, typer.Option(help="Consumer group [streaminfer].")] = None,
+    processing_guarantee: Annotated[
+        str | None, typer.Option(help="exactly-once | at-least-once [exactly-once].")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Records per micro-batch [16].")] = None,
+    max_in_flight: Annotated[
+        int | None, typer.Option(help="Micro-batches being processed at once [4].")
+    ] = None,
+    commit_interval_ms: Annotated[
+        int | None, typer.Option(help="Commit (transaction) interval [100].")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Classes per prediction.")] = None,
+    fallback: Annotated[
+        str | None, typer.Option(help="embedded: serve in process while the server is down.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve /metrics, /healthz, /readyz on this port.")
+    ] = None,
+    allow_network: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-network",
+            help="CIDR that image URLs may reach although private, e.g. 127.0.0.0/8; repeatable.",
+        ),
+    ] = None,
+    bootstrap_servers: BootstrapOpt = None,
+    x: PropertyOpt = None,
+    properties_file: PropertiesFileOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Consume records, predict (embedded or remote), produce predictions exactly once."""
+    settings = WorkerSettings.load(
+        config_file,
+        input=input,
+        output=output,
+        dlq=dlq,
+        model=model,
+        version=version,
+        label=label,
+        mode=mode,
+        repo=repo,
+        server=server,
+        group_id=group_id,
+        processing_guarantee=processing_guarantee,
+        batch_size=batch_size,
+        max_in_flight=max_in_flight,
+        commit_interval_ms=commit_interval_ms,
+        top_k=top_k,
+        fallback=fallback,
+        metrics_port=metrics_port,
+        allow_networks=allow_network,
+    )
+    kafka = kafka_settings(bootstrap_servers, x, properties_file, config_file)
+    admin = TopicAdmin(kafka)
+    if not admin.exists(settings.input):
+        raise ConfigError(
+            f"input topic {settings.input!r} does not exist on {kafka.bootstrap_servers}"
+        )
+    if settings.create_topics:
+        partitions = len(admin.partitions(settings.input))
+        admin.ensure([settings.output, settings.dead_letter_topic], partitions)
+
+    predictor = _predictor(settings)
+    fetcher = ImageFetcher(FetchPolicy(allow_networks=settings.allow_networks))
+    metrics = WorkerMetrics()
+    worker = Worker(settings, kafka, predictor, fetcher, metrics)
+    endpoint = None
+    if settings.metrics_port is not None:
+        endpoint = MetricsServer(metrics, settings.metrics_port, lambda: worker.ready)
+        log.info("metrics on http://127.0.0.1:%d/metrics", endpoint.port)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop())
+    log.info(
+        "worker %s: %s -> %s (mode %s, %s)",
+        settings.group_id,
+        settings.input,
+        settings.output,
+        settings.mode,
+        settings.processing_guarantee,
+    )
+    try:
+        worker.run()
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+        predictor.close()
+        fetcher.close()
+
+
+def _predictor(settings: WorkerSettings) -> Predictor:
+    from streaminfer.models.registry import ModelRegistry
+    from streaminfer.predictors.embedded import EmbeddedPredictor
+
+    assert settings.repo is not None
+    registry = ModelRegistry(settings.repo)
+    registry.reload()
+    registry.start_watching()
+    return EmbeddedPredictor(registry, settings.decode_threads)

@@ -1,0 +1,303 @@
+"""The worker end to end: a real broker, real image host, worker processes, read_committed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from streaminfer.kafka.config import KafkaSettings
+from streaminfer.kafka.records import produce
+from streaminfer.models.export.tiny import tiny_reference
+from tests.support import CliProcess, run_cli, wait_for
+from tests.test_stream.conftest import decoded, high_watermark, outputs
+
+CATS = {281, 282, 285}
+ESPRESSO = 967
+
+
+def embedded_worker(
+    start: Callable[..., CliProcess], repo: Path, inp: str, out: str, *extra: str
+) -> CliProcess:
+    return start(
+        "--input",
+        inp,
+        "--output",
+        out,
+        "--mode",
+        "embedded",
+        "--repo",
+        str(repo),
+        "--group-id",
+        f"g-{inp}",
+        "--allow-network",
+        "127.0.0.0/8",
+        *extra,
+    )
+
+
+def test_embedded_predictions_and_output_format(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+    image_host: str,
+    sample_jpegs: dict[str, bytes],
+) -> None:
+    inp, out = topic_factory("in"), topic_factory("out")
+    embedded_worker(start_worker, stream_repo, inp, out)
+    produce(
+        kafka_settings,
+        inp,
+        [f"{image_host}/chelsea.jpg".encode()],
+        key=b"cat-key",
+        headers=[("origin", b"test")],
+    )
+    produce(
+        kafka_settings,
+        inp,
+        [
+            json.dumps({"url": f"{image_host}/coffee.jpg", "id": "coffee-1", "top_k": 2}).encode(),
+            json.dumps({"image_b64": base64.b64encode(sample_jpegs["chelsea"]).decode()}).encode(),
+            sample_jpegs["coffee"],
+        ],
+    )
+    records = outputs(kafka_settings, out, 4)
+    docs = decoded(records)
+
+    cat = docs[0]
+    assert records[0].key == b"cat-key"
+    headers = dict(records[0].headers)
+    assert headers["origin"] == b"test" and headers["streaminfer.trace.id"]
+    assert cat["predictions"][0]["class_id"] in CATS
+    assert len(cat["predictions"]) == 5 and cat["mode"] == "embedded"
+    assert cat["model"] == {"name": "efficientnet-lite0", "version": 1}
+    assert cat["source"]["topic"] == inp and cat["source"]["offset"] == 0
+    assert set(cat["timings_ms"]) >= {"fetch", "preprocess", "inference", "total"}
+    scores = [p["score"] for p in cat["predictions"]]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
+
+    assert docs[1]["id"] == "coffee-1" and len(docs[1]["predictions"]) == 2
+    assert docs[1]["predictions"][0]["class_id"] == ESPRESSO
+    assert docs[1]["predictions"][0]["label"] == "espresso"
+    assert docs[2]["predictions"][0]["class_id"] in CATS
+    assert docs[3]["predictions"][0]["class_id"] == ESPRESSO
+
+
+def test_bad_records_are_dead_lettered_and_good_ones_keep_order(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+    image_host: str,
+    sample_jpegs: dict[str, bytes],
+    tmp_path: Path,
+) -> None:
+    inp, out = topic_factory("in"), topic_factory("out")
+    dlq = topic_factory("dlq")
+    oversized = tmp_path / "big.jpg"
+    oversized.write_bytes(b"\xff\xd8\xff" + b"\0" * (21 * 1024 * 1024))
+    good = f"{image_host}/coffee.jpg".encode()
+    tiny_bad_shape = json.dumps({"model": "tiny", "inputs": {"x": [[1, 2, 3]]}}).encode()
+    bad = {
+        b"{not json": "bad_json",
+        b"http://127.0.0.1:1/unreachable.jpg": "fetch_failed",
+        f"{image_host}/missing.jpg".encode(): "not_found",
+        f"{image_host}/page.html".encode(): "not_an_image",
+        sample_jpegs["chelsea"][: len(sample_jpegs["chelsea"]) // 3]: "corrupt_image",
+        f"file://{oversized}".encode(): "too_large",
+        b"http://169.254.169.254/latest/meta-data": "forbidden_address",
+        json.dumps({"url": f"{image_host}/coffee.jpg", "model": "nope"}).encode(): "unknown_model",
+        tiny_bad_shape: "invalid_input",
+        b"   ": "empty_record",
+    }
+    values = []
+    for value in bad:
+        values += [good, value]
+    values.append(good)
+    worker = embedded_worker(start_worker, stream_repo, inp, out, "--dlq", dlq)
+    produce(kafka_settings, inp, values)
+
+    dead = outputs(kafka_settings, dlq, len(bad))
+    reasons = {}
+    for record in dead:
+        headers = dict(record.headers)
+        assert headers["streaminfer.source.topic"] == inp.encode()
+        assert headers["streaminfer.error.message"]
+        offset = int(headers["streaminfer.source.offset"])
+        assert record.value == values[offset]
+        reasons[record.value] = (headers["streaminfer.error.type"] or b"").decode()
+    assert reasons == bad
+
+    good_outputs = decoded(outputs(kafka_settings, out, len(bad) + 1))
+    offsets = [d["source"]["offset"] for d in good_outputs]
+    assert offsets == sorted(offsets) == list(range(0, len(values), 2))
+    assert all(d["predictions"][0]["class_id"] == ESPRESSO for d in good_outputs)
+    assert worker.alive(), worker.log()
+
+
+def test_tensor_records(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+) -> None:
+    inp, out = topic_factory("in"), topic_factory("out")
+    embedded_worker(start_worker, stream_repo, inp, out, "--model", "tiny")
+    rows = [[1.0, 2.0, 3.0, 4.0], [0.5, 0.0, -1.0, 2.0]]
+    produce(
+        kafka_settings,
+        inp,
+        [
+            json.dumps({"inputs": {"x": rows}}).encode(),
+            json.dumps({"instances": [{"x": rows[0]}, {"x": rows[1]}]}).encode(),
+        ],
+    )
+    for doc in decoded(outputs(kafka_settings, out, 2)):
+        assert doc["model"] == {"name": "tiny", "version": 1}
+        np.testing.assert_allclose(doc["outputs"]["y"], tiny_reference(np.array(rows)), rtol=1e-6)
+
+
+def _tensor_inputs(count: int) -> list[tuple[bytes, bytes]]:
+    return [
+        (
+            f"k{i % 97}".encode(),
+            json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [[i, 0, 0, 0]]}}).encode(),
+        )
+        for i in range(count)
+    ]
+
+
+def _produce_keyed(settings: KafkaSettings, topic: str, pairs: list[tuple[bytes, bytes]]) -> None:
+    produce(settings, topic, [k + b"\t" + v for k, v in pairs], key_delimiter=b"\t")
+
+
+def _assert_exactly_once_in_order(docs: list[dict], count: int) -> None:
+    ids = [int(d["id"]) for d in docs]
+    assert sorted(ids) == list(range(count)), "every input exactly once"
+    by_partition: dict[int, list[int]] = defaultdict(list)
+    for doc in docs:
+        by_partition[doc["source"]["partition"]].append(doc["source"]["offset"])
+        assert (
+            doc["outputs"]["y"][0][0] == tiny_reference(np.array([[int(doc["id"]), 0, 0, 0]]))[0][0]
+        )
+    for offsets in by_partition.values():
+        assert offsets == sorted(offsets), "input order kept within each partition"
+
+
+def test_sigkill_mid_run_loses_nothing_and_duplicates_nothing(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+) -> None:
+    count = 4000
+    inp, out = topic_factory("in", partitions=3), topic_factory("out", partitions=3)
+    _produce_keyed(kafka_settings, inp, _tensor_inputs(count))
+    args = ("--model", "tiny", "--batch-size", "8", "--max-in-flight", "2")
+    for kill_at in (count // 5, count // 2, 3 * count // 4):
+        worker = embedded_worker(start_worker, stream_repo, inp, out, *args)
+        wait_for(
+            lambda: high_watermark(kafka_settings, out, 3) >= kill_at or not worker.alive(),
+            90,
+            f"{kill_at} outputs before the kill",
+        )
+        assert worker.alive(), worker.log()
+        worker.signal(signal.SIGKILL)
+        worker.process.wait()
+    embedded_worker(start_worker, stream_repo, inp, out, *args)
+    docs = decoded(outputs(kafka_settings, out, count, timeout=90))
+    _assert_exactly_once_in_order(docs, count)
+
+
+def test_group_members_share_partitions_and_survive_a_kill(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+) -> None:
+    count = 3000
+    inp, out = topic_factory("in", partitions=6), topic_factory("out", partitions=6)
+    args = ("--model", "tiny", "--batch-size", "8", "--max-in-flight", "2")
+    workers = [embedded_worker(start_worker, stream_repo, inp, out, *args) for _ in range(3)]
+    for worker in workers:
+        wait_for(
+            lambda w=worker: (
+                "assigned" in w.log()
+                and "nothing" not in w.log().split("assigned")[-1].splitlines()[0]
+            ),
+            60,
+            "every worker to own partitions",
+        )
+    _produce_keyed(kafka_settings, inp, _tensor_inputs(count))
+    wait_for(lambda: high_watermark(kafka_settings, out, 6) >= count // 3, 60, "a third done")
+    workers[0].signal(signal.SIGKILL)
+    docs = decoded(outputs(kafka_settings, out, count, timeout=90))
+    _assert_exactly_once_in_order(docs, count)
+    served_by = {d["source"]["partition"] for d in docs}
+    assert served_by == set(range(6))
+
+
+def test_sigterm_finishes_and_exits_zero(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+) -> None:
+    inp, out = topic_factory("in"), topic_factory("out")
+    worker = embedded_worker(start_worker, stream_repo, inp, out, "--model", "tiny")
+    _produce_keyed(kafka_settings, inp, _tensor_inputs(200))
+    outputs(kafka_settings, out, 200)
+    worker.signal(signal.SIGTERM)
+    assert worker.process.wait(60) == 0, worker.log()
+
+
+def test_seed_flow_with_the_cli(
+    bootstrap: str,
+    kafka_settings: KafkaSettings,
+    start_worker: Callable,
+    stream_repo: Path,
+    image_host: str,
+) -> None:
+    """The original demo's flow: bare URLs into ImageInputTopic, predictions out."""
+    assert (
+        run_cli(
+            "topics", "create", "ImageInputTopic", "-b", bootstrap, "--if-not-exists"
+        ).returncode
+        == 0
+    )
+    start_worker("--mode", "embedded", "--repo", str(stream_repo), "--allow-network", "127.0.0.0/8")
+    urls = f"{image_host}/chelsea.jpg\n{image_host}/coffee.jpg\n".encode()
+    produced = run_cli("produce", "ImageInputTopic", "-b", bootstrap, input=urls)
+    assert produced.returncode == 0, produced.stderr
+    consumed = run_cli(
+        "consume",
+        "ImageOutputTopic",
+        "--from-beginning",
+        "--count",
+        "2",
+        "--timeout",
+        "60",
+        "--format",
+        "json",
+        "-b",
+        bootstrap,
+    )
+    assert consumed.returncode == 0, consumed.stderr
+    docs = [json.loads(json.loads(line)["value"]) for line in consumed.stdout.splitlines()]
+    assert [d["predictions"][0]["class_id"] in CATS | {ESPRESSO} for d in docs] == [True, True]
+    assert docs[0]["predictions"][0]["class_id"] in CATS
+
+
+def test_bad_configuration_is_one_line(bootstrap: str, tmp_path: Path) -> None:
+    result = run_cli("run", "-b", bootstrap, "--mode", "embedded")
+    assert result.returncode != 0 and "needs --repo" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_cli("run", "-b", bootstrap, "--input", "no-such-topic", "--repo", str(tmp_path))
+    assert result.returncode != 0 and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
