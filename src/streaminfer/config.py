@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from streaminfer.errors import ConfigError
 
@@ -23,10 +23,10 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, config_file: Path | None = None, **flags: Any) -> Self:
-        """Merge the sources: a flag left at ``None`` falls through to env, then file, then default."""
+        """Merge sources: a flag left at ``None`` falls through to env, then file, then default."""
         file_values = read_config_file(config_file).get(cls.file_section, {}) if config_file else {}
         try:
-            env_values = cls().model_dump(exclude_unset=True)
+            env_values = EnvSettingsSource(cls)()
             given = {k: v for k, v in flags.items() if v is not None}
             return cls(**{**file_values, **env_values, **given})
         except ValidationError as exc:

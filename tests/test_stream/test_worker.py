@@ -203,7 +203,9 @@ def test_sigkill_mid_run_loses_nothing_and_duplicates_nothing(
     for kill_at in (count // 5, count // 2, 3 * count // 4):
         worker = embedded_worker(start_worker, stream_repo, inp, out, *args)
         wait_for(
-            lambda: high_watermark(kafka_settings, out, 3) >= kill_at or not worker.alive(),
+            lambda w=worker, n=kill_at: (
+                high_watermark(kafka_settings, out, 3) >= n or not w.alive()
+            ),
             90,
             f"{kill_at} outputs before the kill",
         )
