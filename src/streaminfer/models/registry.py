@@ -251,10 +251,13 @@ class ModelRegistry:
     def reload(self) -> None:
         """Bring the loaded set in line with the repository and the configs."""
         with self._reload_lock:
-            wanted = self._wanted()
-            for name, versions in wanted.items():
-                for version, path in versions.items():
-                    self._load_if_changed(name, version, path)
+            # Twice: a version that fails to load drops out of the second choice, so the
+            # policy falls back to the versions that did load (an older one keeps serving).
+            for _ in range(2):
+                wanted = self._wanted()
+                for name, versions in wanted.items():
+                    for version, path in versions.items():
+                        self._load_if_changed(name, version, path)
             self._unload_unwanted(wanted)
             self._check_labels()
 
@@ -264,7 +267,12 @@ class ModelRegistry:
             found = {n: v for n, v in found.items() if n in self._configs}
         wanted = {}
         for name, versions in found.items():
-            chosen = self.config(name).version_policy.select(list(versions))
+            loadable = [
+                v
+                for v, path in versions.items()
+                if (name, v) not in self._failed or self._failed[(name, v)] != fingerprint(path)
+            ]
+            chosen = self.config(name).version_policy.select(loadable)
             wanted[name] = {v: versions[v] for v in chosen}
         return wanted
 

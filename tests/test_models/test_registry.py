@@ -1,0 +1,192 @@
+"""The repository, version policies, labels, the watcher, the runtime and the batcher."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streaminfer.models.batcher import BatchingConfig, DynamicBatcher
+from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
+from streaminfer.models.pipeline import classify, preprocess_images
+from streaminfer.models.registry import (
+    BadLabel,
+    ModelConfig,
+    ModelNotFound,
+    ModelRegistry,
+    VersionPolicy,
+    VersionState,
+)
+from streaminfer.models.runtime import InvalidInput
+from tests.support import wait_for
+
+
+def _tiny_repo(root: Path, versions: tuple[int, ...] = (1,)) -> Path:
+    for version in versions:
+        export_tiny_model(root, version)
+    return root
+
+
+def _copy_version(repo: Path, model: str, source: int, target: int) -> None:
+    """Drop in a new version the way an exporter should: complete, then renamed."""
+    staging = repo / model / f".tmp-{target}"
+    shutil.copytree(repo / model / str(source), staging)
+    staging.rename(repo / model / str(target))
+
+
+def test_policies_pick_versions(tmp_path: Path) -> None:
+    repo = _tiny_repo(tmp_path, (1, 2, 3))
+    cases = {
+        "latest": (VersionPolicy(), [3]),
+        "latest-2": (VersionPolicy(num_versions=2), [2, 3]),
+        "all": (VersionPolicy(kind="all"), [1, 2, 3]),
+        "specific": (VersionPolicy(kind="specific", versions=[1, 3]), [1, 3]),
+    }
+    for policy, expected in cases.values():
+        registry = ModelRegistry(repo, [ModelConfig(name="tiny", version_policy=policy)])
+        registry.reload()
+        assert registry.versions("tiny") == expected
+        assert registry.resolve("tiny").version == max(expected)
+        registry.close()
+
+
+def test_labels_resolve_only_to_loaded_versions(tmp_path: Path) -> None:
+    repo = _tiny_repo(tmp_path, (1, 2))
+    config = ModelConfig(
+        name="tiny",
+        version_policy=VersionPolicy(kind="all"),
+        labels={"stable": 1, "canary": 2, "gone": 7},
+    )
+    registry = ModelRegistry(repo, [config])
+    registry.reload()
+    assert registry.resolve("tiny", label="stable").version == 1
+    assert registry.resolve("tiny", label="canary").version == 2
+    assert registry.labels("tiny") == {"stable": 1, "canary": 2}
+    with pytest.raises(BadLabel, match="points at no loaded version"):
+        registry.resolve("tiny", label="gone")
+    with pytest.raises(BadLabel):
+        registry.resolve("tiny", label="nope")
+    with pytest.raises(ModelNotFound, match="version 5"):
+        registry.resolve("tiny", version=5)
+    with pytest.raises(ModelNotFound, match="'other' is not served"):
+        registry.resolve("other")
+    registry.close()
+
+
+def test_watcher_serves_new_versions_and_survives_broken_ones(tmp_path: Path) -> None:
+    repo = _tiny_repo(tmp_path)
+    registry = ModelRegistry(repo)
+    events: list[tuple[str, int]] = []
+    registry.add_listener(lambda event, _name, version, _detail: events.append((event, version)))
+    registry.reload()
+    registry.start_watching(interval=0.05)
+    try:
+        _copy_version(repo, "tiny", 1, 2)
+        wait_for(lambda: registry.resolve("tiny").version == 2, 20, "version 2 to be served")
+        assert ("loaded", 2) in events and ("unloaded", 1) in events
+
+        broken = repo / "tiny" / ".tmp-3"
+        shutil.copytree(repo / "tiny" / "2", broken)
+        (broken / "model.onnx").write_bytes(b"this is not onnx")
+        broken.rename(repo / "tiny" / "3")
+        wait_for(lambda: ("failed", 3) in events, 20, "version 3 to fail to load")
+        assert registry.resolve("tiny").version == 2, "the previous version keeps serving"
+        assert registry.status("tiny")[-1].state == VersionState.END
+        assert "cannot load" in registry.status("tiny")[-1].error
+
+        shutil.rmtree(repo / "tiny" / "3")
+        _copy_version(repo, "tiny", 2, 4)
+        wait_for(lambda: registry.resolve("tiny").version == 4, 20, "version 4 to be served")
+        x = np.ones((2, 4), dtype=np.float32)
+        np.testing.assert_allclose(
+            registry.resolve("tiny").infer({"x": x})["y"], tiny_reference(x), rtol=1e-6
+        )
+    finally:
+        registry.close()
+
+
+def test_replaced_version_is_reloaded(tmp_path: Path) -> None:
+    repo = _tiny_repo(tmp_path)
+    registry = ModelRegistry(repo)
+    registry.reload()
+    before = registry.resolve("tiny")
+    (repo / "tiny" / "1" / "model.json").write_text(
+        (repo / "tiny" / "1" / "model.json").read_text().replace('"top_k": 1', '"top_k": 3')
+    )
+    registry.reload()
+    after = registry.resolve("tiny")
+    assert after is not before and after.metadata.top_k == 3
+    registry.close()
+
+
+def test_runtime_validation_names_the_input(tmp_path: Path) -> None:
+    registry = ModelRegistry(_tiny_repo(tmp_path))
+    registry.reload()
+    served = registry.resolve("tiny")
+    with pytest.raises(InvalidInput, match=r"'x' has shape \[2, 3\], expected \[N, 4\]"):
+        served.infer({"x": np.zeros((2, 3), dtype=np.float32)})
+    with pytest.raises(InvalidInput, match="missing input 'x'"):
+        served.infer({"z": np.zeros((1, 4), dtype=np.float32)})
+    with pytest.raises(InvalidInput, match="dtype"):
+        served.infer({"x": np.array([["a", "b", "c", "d"]])})
+    ints = served.infer({"x": np.ones((1, 4), dtype=np.int64)})["y"]
+    np.testing.assert_allclose(ints, tiny_reference(np.ones((1, 4))), rtol=1e-6)
+    registry.close()
+
+
+def test_batcher_coalesces_concurrent_callers() -> None:
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(len(inputs["x"]))
+        gate.wait(5)  # hold the first run so the others queue up behind it
+        return {"y": inputs["x"] * 2}
+
+    batcher = DynamicBatcher(run, BatchingConfig(max_batch_size=8, max_batch_delay_ms=50))
+    rows = [np.full((1, 4), i, dtype=np.float32) for i in range(17)]
+    with ThreadPoolExecutor(17) as pool:
+        futures = [pool.submit(batcher.infer, {"x": row}) for row in rows]
+        wait_for(lambda: calls and batcher.queue_depth == 17 - calls[0], 10, "callers to queue")
+        gate.set()
+        results = [f.result(10) for f in futures]
+    batcher.close()
+    for row, result in zip(rows, results, strict=True):
+        np.testing.assert_array_equal(result["y"], row * 2)
+    assert sum(calls) == 17 and max(calls) == 8 and len(calls) < 17
+
+
+def test_batcher_keeps_different_shapes_apart_and_reports_errors() -> None:
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if inputs["x"].shape[1] == 3:
+            raise ValueError("three is bad")
+        return {"y": inputs["x"].sum(axis=1)}
+
+    batcher = DynamicBatcher(run, BatchingConfig(max_batch_size=4, max_batch_delay_ms=20))
+    with ThreadPoolExecutor(4) as pool:
+        good = pool.submit(batcher.infer, {"x": np.ones((2, 4), dtype=np.float32)})
+        bad = pool.submit(batcher.infer, {"x": np.ones((1, 3), dtype=np.float32)})
+        np.testing.assert_array_equal(good.result(5)["y"], [4, 4])
+        with pytest.raises(ValueError, match="three is bad"):
+            bad.result(5)
+    batcher.close()
+
+
+def test_image_batches_equal_one_by_one(model_repo: Path, sample_jpegs: dict[str, bytes]) -> None:
+    registry = ModelRegistry(model_repo)
+    registry.reload()
+    served = registry.resolve("efficientnet-lite0")
+    images = list(sample_jpegs.values())
+    together = classify(served, preprocess_images(served, images), 5)
+    alone = [classify(served, preprocess_images(served, [image]), 5)[0] for image in images]
+    for a, b in zip(together, alone, strict=True):
+        assert [p.class_id for p in a] == [p.class_id for p in b]
+        np.testing.assert_allclose([p.score for p in a], [p.score for p in b], atol=1e-5)
+    assert together[0][0].class_id in {281, 282, 285}
+    assert together[1][0].label == "espresso"
+    assert {p.class_id for p in together[2][:3]} & {657, 744, 812}
+    registry.close()
