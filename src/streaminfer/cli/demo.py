@@ -1,9 +1,46 @@
-"""`streaminfer demo` (not built yet)."""
+"""``streaminfer demo``: Kafka, the model server and two workers, with sample images."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+
+from streaminfer.demo import Demo, DemoOptions, stop_running_demo
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the main app."""
+    app.command("demo")(demo)
+
+
+def demo(
+    bootstrap_servers: Annotated[
+        str | None,
+        typer.Option("--bootstrap-servers", "-b", help="Use this Kafka instead of starting one."),
+    ] = None,
+    keep_running: Annotated[
+        bool, typer.Option(help="Leave the stack up and print how to send your own images.")
+    ] = False,
+    stop: Annotated[
+        bool, typer.Option("--stop", help="Stop a stack left by --keep-running.")
+    ] = False,
+    home: Annotated[
+        Path | None,
+        typer.Option(help="Where the demo keeps its model repository, broker data and logs."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the predictions.")] = 90.0,
+) -> None:
+    """Run the whole pipeline on this machine and print predictions as they arrive."""
+    console = Console()
+    options = DemoOptions(
+        bootstrap_servers=bootstrap_servers, keep_running=keep_running, timeout_s=timeout
+    )
+    if home is not None:
+        options.home = home
+    if stop:
+        stopped = stop_running_demo(options.home)
+        console.print("demo stopped" if stopped else "no demo was running")
+        return
+    Demo(options, console).run()

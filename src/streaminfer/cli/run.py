@@ -14,7 +14,10 @@ from streaminfer.errors import ConfigError
 from streaminfer.images import FetchPolicy, ImageFetcher
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import kafka_settings
+from streaminfer.models.registry import ModelRegistry
 from streaminfer.predictors.base import Predictor
+from streaminfer.predictors.factory import create_predictor
+from streaminfer.predictors.remote import RemoteOptions
 from streaminfer.stream.metrics import MetricsServer, WorkerMetrics
 from streaminfer.stream.settings import WorkerSettings
 from streaminfer.stream.worker import Worker
@@ -109,7 +112,7 @@ def run(
         partitions = len(admin.partitions(settings.input))
         admin.ensure([settings.output, settings.dead_letter_topic], partitions)
 
-    predictor = _predictor(settings)
+    predictor, registry = _predictor(settings)
     fetcher = ImageFetcher(FetchPolicy(allow_networks=settings.allow_networks))
     metrics = WorkerMetrics()
     worker = Worker(settings, kafka, predictor, fetcher, metrics)
@@ -134,14 +137,28 @@ def run(
             endpoint.close()
         predictor.close()
         fetcher.close()
+        if registry is not None:
+            registry.close()
 
 
-def _predictor(settings: WorkerSettings) -> Predictor:
-    from streaminfer.models.registry import ModelRegistry
-    from streaminfer.predictors.embedded import EmbeddedPredictor
-
-    assert settings.repo is not None
-    registry = ModelRegistry(settings.repo)
-    registry.reload()
-    registry.start_watching()
-    return EmbeddedPredictor(registry, settings.decode_threads)
+def _predictor(settings: WorkerSettings) -> tuple[Predictor, ModelRegistry | None]:
+    """The mode's predictor, and the registry it serves from (watched for new versions)."""
+    registry = None
+    if settings.repo is not None and (settings.mode == "embedded" or settings.fallback):
+        registry = ModelRegistry(settings.repo)
+        registry.reload()
+        registry.start_watching()
+    options = RemoteOptions(
+        timeout_s=settings.request_timeout_s,
+        max_concurrency=settings.max_in_flight * 2,
+        max_batch_rows=settings.batch_size,
+    )
+    predictor = create_predictor(
+        settings.mode,
+        registry=registry,
+        server=settings.server,
+        options=options,
+        fallback=settings.fallback == "embedded",
+        decode_workers=settings.decode_threads,
+    )
+    return predictor, registry

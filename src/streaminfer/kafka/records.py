@@ -97,17 +97,18 @@ def produce(
 
 def consume(
     settings: KafkaSettings,
-    topic: str,
+    topic: str | list[str],
     from_beginning: bool = False,
     count: int | None = None,
     timeout: float | None = None,
     isolation: str = "read_committed",
 ) -> Iterator[Record]:
-    """Read every partition of ``topic`` without a consumer group.
+    """Read every partition of ``topic`` (or of several topics) without a consumer group.
 
     Stops after ``count`` records, or when no record arrived for ``timeout`` seconds.
     """
-    partitions = TopicAdmin(settings).partitions(topic)
+    topics = [topic] if isinstance(topic, str) else topic
+    admin = TopicAdmin(settings)
     consumer = Consumer(
         settings.client_config(
             **{
@@ -118,7 +119,7 @@ def consume(
         )
     )
     start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-    consumer.assign([TopicPartition(topic, p, start) for p in partitions])
+    consumer.assign([TopicPartition(t, p, start) for t in topics for p in admin.partitions(t)])
     seen = 0
     last_record = time.monotonic()
     try:
@@ -132,7 +133,7 @@ def consume(
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     continue
-                raise InfrastructureError(f"consuming {topic!r} failed: {error.str()}")
+                raise InfrastructureError(f"consuming {topics} failed: {error.str()}")
             last_record = time.monotonic()
             seen += 1
             yield Record.from_message(msg)

@@ -8,14 +8,12 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from streaminfer.config import Settings
+from streaminfer.predictors.factory import default_server
 
-Mode = Literal["embedded", "tfserving-grpc", "tfserving-rest", "kserve-grpc", "kserve-http"]
-REMOTE_DEFAULT_PORTS = {
-    "tfserving-grpc": 8500,
-    "tfserving-rest": 8501,
-    "kserve-grpc": 8500,
-    "kserve-http": 8501,
-}
+# seed-style: the original demo's one-channel-per-record call, kept as a benchmark baseline.
+Mode = Literal[
+    "embedded", "tfserving-grpc", "tfserving-rest", "kserve-grpc", "kserve-http", "seed-style"
+]
 
 
 class WorkerSettings(Settings):
@@ -54,7 +52,7 @@ class WorkerSettings(Settings):
         if self.mode == "embedded" and self.repo is None:
             raise ValueError("--mode embedded needs --repo (the model repository)")
         if self.mode != "embedded" and self.server is None:
-            self.server = f"127.0.0.1:{REMOTE_DEFAULT_PORTS[self.mode]}"
+            self.server = default_server(self.mode)
         if self.fallback == "embedded" and self.repo is None:
             raise ValueError("--fallback embedded needs --repo (the model repository)")
         return self

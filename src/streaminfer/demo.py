@@ -1,0 +1,327 @@
+"""The whole pipeline on a laptop, in one command: the seed's architecture, working.
+
+Kafka, the model server and two workers (remote gRPC, the seed's way, and embedded) are
+started as processes; sample images are served over local HTTP, their URLs produced,
+and the predictions printed as they arrive.  Everything started is stopped at the end,
+also on Ctrl-C, unless ``keep_running`` leaves the stack up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+
+import httpx
+import platformdirs
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from streaminfer.errors import ConfigError, InfrastructureError
+from streaminfer.kafka.admin import TopicAdmin
+from streaminfer.kafka.broker import LocalBroker, free_port
+from streaminfer.kafka.config import KafkaSettings
+from streaminfer.kafka.records import Record, consume, produce
+from streaminfer.models.registry import scan_repository
+
+INPUT, OUTPUT, EMBEDDED_OUTPUT = "ImageInputTopic", "ImageOutputTopic", "ImageOutputTopic.embedded"
+DLQ = f"{INPUT}.dlq"
+MODEL = "efficientnet-lite0"
+SAMPLES = ("chelsea", "coffee", "rocket", "astronaut")
+STATE_FILE = "demo.json"
+
+
+@dataclass
+class DemoOptions:
+    home: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("streaminfer")))
+    bootstrap_servers: str | None = None  # None: start a local broker
+    keep_running: bool = False
+    timeout_s: float = 90.0
+
+    @property
+    def repo(self) -> Path:
+        return self.home / "models"
+
+
+class Demo:
+    def __init__(self, options: DemoOptions, console: Console) -> None:
+        self.options = options
+        self.console = console
+        self.broker: LocalBroker | None = None
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.image_server: ThreadingHTTPServer | None = None
+        self.logs = options.home / "demo-logs"
+
+    def run(self) -> None:
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            self._run()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if not self.options.keep_running:
+                self.stop()
+
+    def _run(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        bootstrap = self._kafka()
+        kafka = KafkaSettings(bootstrap_servers=bootstrap)
+        self._export_model()
+        grpc_port = self._server()
+        admin = TopicAdmin(kafka)
+        admin.ensure([INPUT, OUTPUT, EMBEDDED_OUTPUT, DLQ])
+        base = ["run", "-b", bootstrap, "--input", INPUT, "--model", MODEL, "--repo",
+                str(self.options.repo), "--allow-network", "127.0.0.0/8"]  # fmt: skip
+        workers = {
+            "worker-remote": ["--output", OUTPUT, "--mode", "tfserving-grpc", "--server",
+                              f"127.0.0.1:{grpc_port}", "--group-id", "demo-remote"],
+            "worker-embedded": ["--output", EMBEDDED_OUTPUT, "--mode", "embedded", "--group-id",
+                                "demo-embedded", "--dlq", f"{DLQ}.embedded"],
+        }  # fmt: skip
+        with self.console.status("Starting the workers (remote gRPC and embedded)"):
+            for name, args in workers.items():
+                port = free_port()
+                process = self._spawn(name, *base, *args, "--metrics-port", str(port))
+                _wait_ready(f"http://127.0.0.1:{port}/readyz", process,
+                            self.logs / f"{name}.log", self.options.timeout_s)  # fmt: skip
+        self.console.print(
+            f"[green]✓[/green] workers ready: remote gRPC → {OUTPUT}, embedded → {EMBEDDED_OUTPUT}"
+        )
+        urls = self._serve_images()
+        bad = urls[0].rsplit("/", 1)[0] + "/no-such-image.jpg"
+        self._show_predictions(kafka, [*urls, bad])
+        if self.options.keep_running:
+            self._save_state(bootstrap)
+            self._explain(bootstrap)
+
+    # -- the stack -------------------------------------------------------------------------
+    def _kafka(self) -> str:
+        if self.options.bootstrap_servers:
+            return self.options.bootstrap_servers
+        self.broker = LocalBroker(self.options.home / "demo-kafka")
+        if self.broker.running_pid() is not None:
+            raise ConfigError("a demo is already running; stop it with `streaminfer demo --stop`")
+        with self.console.status("Starting Apache Kafka (the first run resolves its jars)"):
+            state = self.broker.start(port=free_port())
+        self.console.print(f"[green]✓[/green] Kafka running at {state.bootstrap}")
+        return state.bootstrap
+
+    def _export_model(self) -> None:
+        if MODEL in _models(self.options.repo):
+            self.console.print(f"[green]✓[/green] model {MODEL} found in {self.options.repo}")
+            return
+        from streaminfer.models.export import export_efficientnet_lite0
+
+        with self.console.status(f"Exporting {MODEL} to ONNX (once)"):
+            export_efficientnet_lite0(self.options.repo)
+        self.console.print(f"[green]✓[/green] exported {MODEL} into {self.options.repo}")
+
+    def _server(self) -> int:
+        grpc_port, rest_port = free_port(), free_port()
+        server = self._spawn(
+            "server",
+            "serve",
+            "--repo",
+            str(self.options.repo),
+            "--grpc-port",
+            str(grpc_port),
+            "--rest-port",
+            str(rest_port),
+        )
+        with self.console.status("Starting the model server"):
+            _wait_ready(
+                f"http://127.0.0.1:{rest_port}/v2/health/ready",
+                server,
+                self.logs / "server.log",
+                self.options.timeout_s,
+            )
+        self.console.print(
+            f"[green]✓[/green] model server: gRPC 127.0.0.1:{grpc_port}, REST 127.0.0.1:{rest_port}"
+        )
+        return grpc_port
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streaminfer.cli.main", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches us; we stop them in order
+        )
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def _serve_images(self) -> list[str]:
+        try:
+            from PIL import Image
+            from skimage import data
+        except ImportError as exc:
+            raise ConfigError(
+                "the demo's sample images come from scikit-image: "
+                "pip install 'streaminfer[demo]' (make demo does this)"
+            ) from exc
+        folder = self.options.home / "demo-images"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in SAMPLES:
+            path = folder / f"{name}.jpg"
+            if not path.exists():
+                buffer = io.BytesIO()
+                Image.fromarray(getattr(data, name)()).convert("RGB").save(buffer, "JPEG")
+                path.write_bytes(buffer.getvalue())
+
+        class Quiet(SimpleHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.image_server = ThreadingHTTPServer(
+            ("127.0.0.1", 0 if not self.options.keep_running else free_port()),
+            partial(Quiet, directory=str(folder)),
+        )
+        threading.Thread(target=self.image_server.serve_forever, daemon=True).start()
+        port = self.image_server.server_address[1]
+        return [f"http://127.0.0.1:{port}/{name}.jpg" for name in SAMPLES]
+
+    # -- the show --------------------------------------------------------------------------
+    def _show_predictions(self, kafka: KafkaSettings, urls: list[str]) -> None:
+        run = f"demo-{int(time.time())}"
+        records = [json.dumps({"id": f"{run}/{u.rsplit('/', 1)[-1]}", "url": u}) for u in urls]
+        produce(kafka, INPUT, [r.encode() for r in records])
+        self.console.print(
+            f"[green]✓[/green] produced {len(urls)} image URLs to {INPUT} "
+            "(the last one is missing on purpose)"
+        )
+        table = Table(title="Predictions: remote gRPC (the seed's architecture) and embedded")
+        for column in ("image", "mode", "top-3", "model", "latency"):
+            table.add_column(column, overflow="fold")
+        wanted = 2 * (len(urls) - 1) + 1
+        deadline = time.monotonic() + self.options.timeout_s
+        shown = 0
+        topics = [OUTPUT, EMBEDDED_OUTPUT, DLQ]
+        with Live(table, console=self.console, refresh_per_second=8):
+            for record in consume(kafka, topics, True, timeout=self.options.timeout_s):
+                row = _row(record, run)
+                if row is not None:
+                    table.add_row(*row)
+                    shown += 1
+                    if shown == wanted:
+                        break
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    break
+        if shown < wanted:
+            raise InfrastructureError(
+                f"only {shown} of {wanted} results arrived within {self.options.timeout_s:.0f}s; "
+                f"see the logs in {self.logs}"
+            )
+
+    def _check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise InfrastructureError(f"the {name} process exited; see {self.logs / name}.log")
+
+    def _explain(self, bootstrap: str) -> None:
+        self.console.print(
+            "\nThe stack keeps running. Send your own images (a URL or a file path):\n"
+            f"  streaminfer produce {INPUT} -b {bootstrap} --value /path/to/image.jpg\n"
+            "Read the predictions:\n"
+            f"  streaminfer consume {OUTPUT} -b {bootstrap} --from-beginning\n"
+            f"  streaminfer consume {EMBEDDED_OUTPUT} -b {bootstrap} --from-beginning\n"
+            f"Logs: {self.logs}\nStop it all: streaminfer demo --stop",
+            highlight=False,
+        )
+
+    # -- stopping --------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop what this run started: workers and server first, then the broker."""
+        for process in reversed(self.processes.values()):
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self.image_server is not None:
+            self.image_server.shutdown()
+            self.image_server.server_close()
+        if self.broker is not None:
+            self.broker.stop()
+
+    def _save_state(self, bootstrap: str) -> None:
+        state = {
+            "pids": [p.pid for p in self.processes.values()],
+            "bootstrap": bootstrap,
+        }
+        (self.options.home / STATE_FILE).write_text(json.dumps(state))
+        self.processes = {}  # theirs to keep now
+        self.broker = None
+
+
+def stop_running_demo(home: Path) -> bool:
+    """Stop a stack that ``--keep-running`` left up; False if there was none."""
+    path = home / STATE_FILE
+    broker = LocalBroker(home / "demo-kafka")
+    stopped = False
+    if path.exists():
+        for pid in json.loads(path.read_text())["pids"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+                stopped = True
+        path.unlink()
+    return broker.stop() or stopped
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _models(repo: Path) -> dict[str, dict[int, Path]]:
+    return scan_repository(repo) if repo.is_dir() else {}
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
+            raise InfrastructureError(f"{log.stem} exited:\n{tail}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise InfrastructureError(f"{log.stem} was not ready within {timeout:.0f}s (see {log})")
+
+
+def _row(record: Record, run: str) -> tuple[str, str, str, str, str] | None:
+    """A table row for one output or dead-letter record of this run (None for others)."""
+    if record.topic == DLQ:
+        sent = json.loads(record.value or b"{}")
+        if not str(sent.get("id", "")).startswith(run):
+            return None
+        headers = {k: (v or b"").decode() for k, v in record.headers}
+        reason = headers.get("streaminfer.error.type", "")
+        image = sent["id"].split("/", 1)[1]
+        return (image, "[red]dead-letter[/red]", f"[red]{reason}[/red]", "", "")
+    doc = json.loads(record.value or b"{}")
+    if not str(doc.get("id", "")).startswith(run):
+        return None
+    top = ", ".join(f"{p['label']} {p['score']:.0%}" for p in doc["predictions"][:3])
+    latency = ""
+    if doc["source"]["timestamp"] and record.timestamp_ms:
+        latency = f"{record.timestamp_ms - doc['source']['timestamp']} ms"
+    image = doc["id"].split("/", 1)[1]
+    return (image, doc["mode"], top, f"v{doc['model']['version']}", latency)
