@@ -42,7 +42,7 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     for expected in (
-        "tiger cat",
+        "Egyptian cat",
         "espresso",
         "missile",
         "no-such-image.jpg",

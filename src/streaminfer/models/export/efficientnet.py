@@ -73,12 +73,9 @@ LITE0_STAGES = (
 # As the TensorFlow reference evaluates: keep the central 224/(224+32) of the image, i.e.
 # resize the shorter side to 256 and crop 224; scale pixels to about [-1, 1] with mean 127 and
 # std 128 (of 255), the "inception-style" normalization the Lite models were trained with.
-LITE0_PREPROCESS = ImagePreprocess(
-    size=(IMAGE_SIZE, IMAGE_SIZE),
-    resize_shorter=256,
-    mean=(127 / 255, 127 / 255, 127 / 255),
-    std=(128 / 255, 128 / 255, 128 / 255),
-)
+# The model's input contract: ImageNet mean/std normalisation (ImagePreprocess's defaults),
+# shorter side to 256 then a 224 center crop, as torchvision-style ImageNet evaluation.
+LITE0_PREPROCESS = ImagePreprocess(size=(IMAGE_SIZE, IMAGE_SIZE), resize_shorter=256)
 
 
 def lite0_weights_path() -> Path:
