@@ -1,0 +1,131 @@
+"""The model inside the worker process: no second service, the lowest latency.
+
+Images of a micro-batch are decoded on a thread pool (Pillow releases the GIL), each
+record's failure stays that record's outcome, and all valid records of one model
+version go through the model as one batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import numpy as np
+
+from streaminfer.errors import RecordError
+from streaminfer.models.pipeline import classify, preprocess_one
+from streaminfer.models.registry import LoadedVersion, ModelRegistry
+from streaminfer.models.runtime import InvalidInput
+from streaminfer.predictors.base import Outcome, Predictor, PredictRequest, PredictResult
+from streaminfer.predictors.grouping import (
+    Tensors,
+    check_kind,
+    concat_rows,
+    group_by,
+    split_rows,
+    stack_key,
+    tensor_rows,
+)
+
+T = TypeVar("T")
+_Item = tuple[int, LoadedVersion]  # a request's position in the batch, and its version
+
+
+class EmbeddedPredictor(Predictor):
+    mode = "embedded"
+
+    def __init__(
+        self, registry: ModelRegistry, decode_workers: int = 2, *, owns_registry: bool = False
+    ) -> None:
+        self.registry = registry
+        self._owns_registry = owns_registry  # made for this predictor: close it with us
+        self._pool = ThreadPoolExecutor(max(1, decode_workers), thread_name_prefix="decode")
+
+    def predict(self, batch: list[PredictRequest]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        images: list[_Item] = []
+        tensors: list[_Item] = []
+        for index, request in enumerate(batch):
+            try:
+                check_kind(request)
+                version = self.registry.resolve(request.model, request.version, request.label)
+            except RecordError as exc:
+                outcomes[index] = exc
+                continue
+            (images if request.image is not None else tensors).append((index, version))
+        self._classify(batch, images, outcomes)
+        self._run_tensors(batch, tensors, outcomes)
+        assert all(o is not None for o in outcomes)
+        return outcomes  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self._owns_registry:
+            self.registry.close()
+
+    def _classify(
+        self, batch: list[PredictRequest], items: list[_Item], outcomes: list[Outcome | None]
+    ) -> None:
+        decoding = [
+            (index, version, self._pool.submit(_timed, preprocess_one, version, batch[index].image))
+            for index, version in items
+        ]
+        decoded: list[tuple[int, LoadedVersion, np.ndarray, float]] = []
+        for index, version, future in decoding:
+            try:
+                row, preprocess_ms = future.result()
+            except RecordError as exc:
+                outcomes[index] = exc
+                continue
+            decoded.append((index, version, row, preprocess_ms))
+        for group in group_by(decoded, lambda item: id(item[1])):
+            version = group[0][1]
+            wanted = [batch[index].top_k or version.metadata.top_k for index, *_ in group]
+            rows = np.stack([row for _, _, row, _ in group])
+            ranked, inference_ms = _timed(classify, version, rows, max(wanted))
+            for (index, _, _, preprocess_ms), predictions, k in zip(
+                group, ranked, wanted, strict=True
+            ):
+                outcomes[index] = PredictResult(
+                    version.name,
+                    version.version,
+                    self.mode,
+                    predictions=predictions[:k],
+                    timings_ms={"preprocess": preprocess_ms, "inference": inference_ms},
+                )
+
+    def _run_tensors(
+        self, batch: list[PredictRequest], items: list[_Item], outcomes: list[Outcome | None]
+    ) -> None:
+        checked: list[tuple[int, LoadedVersion, Tensors]] = []
+        for index, version in items:
+            try:
+                tensors = version.model.validate(batch[index].tensors or {})
+                if tensor_rows(tensors) is None:
+                    raise InvalidInput("every input of a request needs the same batch size")
+            except RecordError as exc:
+                outcomes[index] = exc
+                continue
+            checked.append((index, version, tensors))
+        for group in group_by(checked, lambda item: (id(item[1]), stack_key(item[2]))):
+            version = group[0][1]
+            parts = [tensors for _, _, tensors in group]
+            outputs, inference_ms = _timed(version.infer, concat_rows(parts))
+            sliced = split_rows(outputs, [tensor_rows(p) or 0 for p in parts])
+            for (index, *_), result in zip(group, sliced, strict=True):
+                outcomes[index] = PredictResult(
+                    version.name,
+                    version.version,
+                    self.mode,
+                    outputs=result,
+                    timings_ms={"preprocess": 0.0, "inference": inference_ms},
+                )
+
+
+def _timed(function: Callable[..., T], *args: object) -> tuple[T, float]:
+    """``function(*args)`` and how long it took, in milliseconds."""
+    started = time.perf_counter()
+    result = function(*args)
+    return result, (time.perf_counter() - started) * 1000

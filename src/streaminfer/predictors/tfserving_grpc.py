@@ -1,0 +1,67 @@
+"""TensorFlow Serving's gRPC API: ``tensorflow.serving.PredictionService/Predict``.
+
+N encoded images go as one ``DT_STRING`` tensor ``images`` of shape ``[N]``; tensors as
+raw ``tensor_content``.  Works against TensorFlow Serving itself and our own server.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streaminfer.models.postprocess import Prediction
+from streaminfer.predictors.grouping import Tensors
+from streaminfer.predictors.grpc_transport import GrpcTransport
+from streaminfer.predictors.remote import (
+    IMAGES_INPUT,
+    TOP_K_PARAMETER,
+    ModelRef,
+    RemoteOptions,
+    RemotePredictor,
+    rank_from_classes,
+)
+from streaminfer.predictors.wire import tf_array, tf_strings, tf_tensor
+from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc
+
+
+class TFServingGrpcPredictor(RemotePredictor):
+    mode = "tfserving-grpc"
+
+    def __init__(self, target: str, options: RemoteOptions | None = None) -> None:
+        super().__init__(target, options)
+        self._grpc = GrpcTransport(target, self.options)
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._grpc.channel)
+
+    def close(self) -> None:
+        self._grpc.close()
+
+    def _infer_images(
+        self, ref: ModelRef, images: list[bytes], top_k: int | None
+    ) -> tuple[int, list[list[Prediction]]]:
+        request = self._request_for(ref)
+        request.inputs[IMAGES_INPUT].CopyFrom(tf_strings(images))
+        if top_k is not None:
+            request.inputs[TOP_K_PARAMETER].CopyFrom(tf_tensor(np.asarray(top_k, np.int32)))
+        version, outputs = self._predict(request)
+        return version, rank_from_classes(outputs, len(images), self.target)
+
+    def _infer_tensors(self, ref: ModelRef, inputs: Tensors) -> tuple[int, Tensors]:
+        request = self._request_for(ref)
+        for name, array in inputs.items():
+            request.inputs[name].CopyFrom(tf_tensor(array))
+        return self._predict(request)
+
+    def _request_for(self, ref: ModelRef) -> predict_pb2.PredictRequest:
+        request = predict_pb2.PredictRequest()
+        spec = request.model_spec
+        spec.name = ref.name
+        spec.signature_name = self.options.signature_name
+        if ref.version is not None:
+            spec.version.value = ref.version
+        elif ref.label is not None:
+            spec.version_label = ref.label
+        return request
+
+    def _predict(self, request: predict_pb2.PredictRequest) -> tuple[int, Tensors]:
+        response = self._grpc.call(self._stub.Predict, request)
+        outputs = {name: tf_array(proto) for name, proto in response.outputs.items()}
+        return response.model_spec.version.value, outputs

@@ -1,0 +1,87 @@
+"""The requests every predictor must answer alike, and the checks on its answers."""
+
+from __future__ import annotations
+
+from streaminfer.errors import InfrastructureError, RecordError
+from streaminfer.models.export.efficientnet import imagenet_labels
+from streaminfer.models.postprocess import Prediction
+from streaminfer.predictors import UNKNOWN_CLASS_ID
+from streaminfer.predictors.base import Outcome, PredictRequest, PredictResult
+
+MODEL = "efficientnet-lite0"
+CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
+ESPRESSO = 967
+LABELS = imagenet_labels()
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand, so cool-downs pass without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def is_cat(prediction: Prediction) -> bool:
+    """A remote server may name the class without its id; the name must then match."""
+    if prediction.class_id == UNKNOWN_CLASS_ID:
+        return prediction.label in {LABELS[c] for c in CAT_CLASSES}
+    return prediction.class_id in CAT_CLASSES and prediction.label == LABELS[prediction.class_id]
+
+
+def is_espresso(prediction: Prediction) -> bool:
+    return prediction.label == LABELS[ESPRESSO] and prediction.class_id in (
+        ESPRESSO,
+        UNKNOWN_CLASS_ID,
+    )
+
+
+def served_version(mode: str) -> int:
+    """The version results report: TF's REST answer does not say which one served it."""
+    return 0 if mode == "tfserving-rest" else 1
+
+
+def image_batch(jpegs: dict[str, bytes]) -> list[PredictRequest]:
+    return [
+        PredictRequest(model=MODEL, image=jpegs["chelsea"]),
+        PredictRequest(model=MODEL, image=jpegs["coffee"], top_k=3),
+    ]
+
+
+def assert_classified(outcomes: list[Outcome], mode: str) -> None:
+    cat, coffee = outcomes
+    assert isinstance(cat, PredictResult) and isinstance(coffee, PredictResult)
+    assert cat.predictions and coffee.predictions
+    assert is_cat(cat.predictions[0]), cat.predictions[0]
+    assert is_espresso(coffee.predictions[0]), coffee.predictions[0]
+    assert len(cat.predictions) == 5 and len(coffee.predictions) == 3
+    assert cat.predictions[0].score >= cat.predictions[1].score
+    assert 0.0 < coffee.predictions[0].score <= 1.0
+    assert (cat.model, cat.version, cat.mode) == (MODEL, served_version(mode), mode)
+    assert cat.timings_ms["inference"] > 0
+
+
+def mixed_batch(jpegs: dict[str, bytes]) -> list[PredictRequest]:
+    return [
+        PredictRequest(model=MODEL, image=jpegs["chelsea"]),
+        PredictRequest(model=MODEL, image=b"not an image"),
+        PredictRequest(model="no-such-model", image=jpegs["coffee"]),
+        PredictRequest(model=MODEL, image=jpegs["coffee"]),
+        PredictRequest(model=MODEL, version=99, image=jpegs["coffee"]),
+        PredictRequest(model=MODEL, image=jpegs["rocket"]),
+    ]
+
+
+def assert_mixed(outcomes: list[Outcome]) -> None:
+    cat, junk, unknown, coffee, no_version, rocket = outcomes
+    assert isinstance(cat, PredictResult) and cat.predictions
+    assert is_cat(cat.predictions[0])
+    assert isinstance(coffee, PredictResult) and coffee.predictions
+    assert is_espresso(coffee.predictions[0])
+    assert isinstance(rocket, PredictResult)
+    for bad in (junk, unknown, no_version):
+        assert isinstance(bad, RecordError), bad
+        assert not isinstance(bad, InfrastructureError)
+    assert unknown.reason == no_version.reason == "unknown_model"  # type: ignore[union-attr]

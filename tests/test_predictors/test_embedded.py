@@ -1,0 +1,94 @@
+"""The in-process predictor on the real exported model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streaminfer.errors import RecordError
+from streaminfer.models.export.efficientnet import INPUT_NAME, OUTPUT_NAME
+from streaminfer.models.registry import ModelRegistry
+from streaminfer.predictors.base import PredictRequest, PredictResult
+from streaminfer.predictors.embedded import EmbeddedPredictor
+from tests.test_predictors.cases import (
+    CAT_CLASSES,
+    ESPRESSO,
+    MODEL,
+    assert_classified,
+    assert_mixed,
+    image_batch,
+    mixed_batch,
+)
+
+
+@pytest.fixture
+def embedded(registry: ModelRegistry) -> Iterator[EmbeddedPredictor]:
+    predictor = EmbeddedPredictor(registry, decode_workers=2)
+    yield predictor
+    predictor.close()
+
+
+def test_classifies_a_micro_batch(embedded: EmbeddedPredictor, sample_jpegs: dict) -> None:
+    outcomes = embedded.predict(image_batch(sample_jpegs))
+    assert_classified(outcomes, "embedded")
+    cat, coffee = (
+        o.predictions[0] for o in outcomes if isinstance(o, PredictResult) and o.predictions
+    )
+    assert cat.class_id in CAT_CLASSES and coffee.class_id == ESPRESSO  # ids, not only names
+    assert all(o.timings_ms["preprocess"] > 0 for o in outcomes if isinstance(o, PredictResult))
+
+
+def test_bad_records_fail_alone(embedded: EmbeddedPredictor, sample_jpegs: dict) -> None:
+    outcomes = embedded.predict(mixed_batch(sample_jpegs))
+    assert_mixed(outcomes)
+    assert outcomes[1].reason == "not_an_image"  # type: ignore[union-attr]
+
+
+def test_tensor_requests_are_validated_and_run(embedded: EmbeddedPredictor) -> None:
+    rng = np.random.default_rng(0)
+    one, two = (rng.standard_normal((n, 3, 224, 224), dtype=np.float32) for n in (1, 2))
+    batch = [
+        PredictRequest(model=MODEL, tensors={INPUT_NAME: one}),
+        PredictRequest(model=MODEL, tensors={INPUT_NAME: np.zeros((1, 3, 8, 8), np.float32)}),
+        PredictRequest(model=MODEL, tensors={INPUT_NAME: two}),
+        PredictRequest(model=MODEL, tensors={"wrong": one}),
+        PredictRequest(model=MODEL),
+    ]
+    ok1, bad_shape, ok2, bad_name, empty = embedded.predict(batch)
+    for bad in (bad_shape, bad_name, empty):
+        assert isinstance(bad, RecordError) and bad.reason == "invalid_input"
+    assert isinstance(ok1, PredictResult) and isinstance(ok2, PredictResult)
+    assert ok1.outputs and ok2.outputs
+    assert ok1.outputs[OUTPUT_NAME].shape == (1, 1000)
+    assert ok2.outputs[OUTPUT_NAME].shape == (2, 1000)
+    (alone,) = embedded.predict([PredictRequest(model=MODEL, tensors={INPUT_NAME: two})])
+    assert isinstance(alone, PredictResult) and alone.outputs
+    np.testing.assert_allclose(
+        alone.outputs[OUTPUT_NAME], ok2.outputs[OUTPUT_NAME], rtol=1e-4, atol=1e-4
+    )
+
+
+def test_one_model_run_per_version(model_repo: Path, sample_jpegs: dict) -> None:
+    runs: list[tuple[str, int]] = []
+    registry = ModelRegistry(model_repo, on_batch=lambda name, rows: runs.append((name, rows)))
+    registry.reload()
+    runs.clear()  # the warm-up is no concern here
+    predictor = EmbeddedPredictor(registry, decode_workers=2)
+    try:
+        outcomes = predictor.predict([*mixed_batch(sample_jpegs), *image_batch(sample_jpegs)])
+    finally:
+        predictor.close()
+        registry.close()
+    assert sum(isinstance(o, PredictResult) for o in outcomes) == 5
+    assert runs == [(MODEL, 5)]
+
+
+def test_concurrent_callers(embedded: EmbeddedPredictor, sample_jpegs: dict) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(embedded.predict, [image_batch(sample_jpegs)] * 8))
+    for outcomes in answers:
+        assert_classified(outcomes, "embedded")

@@ -1,0 +1,188 @@
+"""Every remote client against a real ``streaminfer serve`` process on loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streaminfer.errors import InfrastructureError, RecordError
+from streaminfer.models.export.efficientnet import INPUT_NAME, OUTPUT_NAME
+from streaminfer.models.registry import ModelRegistry
+from streaminfer.predictors import (
+    MODES,
+    RemoteOptions,
+    RemotePredictor,
+    SeedStylePredictor,
+    create_predictor,
+)
+from streaminfer.predictors.base import PredictRequest, PredictResult
+from streaminfer.predictors.factory import REMOTE
+from tests.test_predictors.cases import (
+    MODEL,
+    assert_classified,
+    assert_mixed,
+    image_batch,
+    is_cat,
+    is_espresso,
+    mixed_batch,
+    served_version,
+)
+from tests.test_predictors.conftest import ServerProcess
+
+
+@pytest.fixture(params=list(REMOTE))
+def client(request: pytest.FixtureRequest, server: ServerProcess) -> Iterator[RemotePredictor]:
+    mode = request.param
+    predictor = REMOTE[mode](server.target(mode), RemoteOptions(timeout_s=20.0))
+    yield predictor
+    predictor.close()
+
+
+def test_classifies_a_micro_batch_in_one_request(
+    client: RemotePredictor, server: ServerProcess, sample_jpegs: dict
+) -> None:
+    batch = image_batch(sample_jpegs)
+    before = server.requests_served()
+    outcomes = client.predict(batch)
+    # Two requests: the coffee asks for 3 classes, the cat for the model's default.
+    assert server.requests_served() - before == 2
+    assert_classified(outcomes, client.mode)
+    batch[0].top_k = 5
+    before = server.requests_served()
+    outcomes = client.predict([*batch, *batch])
+    assert server.requests_served() - before == 1
+    assert_classified(outcomes[:2], client.mode)
+    assert_classified(outcomes[2:], client.mode)
+
+
+def test_each_record_gets_its_own_top_k(client: RemotePredictor, sample_jpegs: dict) -> None:
+    batch = [
+        PredictRequest(model=MODEL, image=sample_jpegs[name], top_k=k)
+        for name, k in (("chelsea", 2), ("coffee", 7), ("rocket", 1))
+    ]
+    outcomes = client.predict(batch)
+    assert [len(o.predictions or []) for o in outcomes if isinstance(o, PredictResult)] == [2, 7, 1]
+
+
+def test_bad_records_fail_alone(client: RemotePredictor, sample_jpegs: dict) -> None:
+    outcomes = client.predict(mixed_batch(sample_jpegs))
+    assert_mixed(outcomes)
+    assert outcomes[1].reason == "rejected_by_server"  # type: ignore[union-attr]
+
+
+def test_large_groups_are_split_and_a_bad_image_is_found(
+    server: ServerProcess, sample_jpegs: dict
+) -> None:
+    options = RemoteOptions(timeout_s=20.0, max_batch_rows=3)
+    predictor = REMOTE["kserve-grpc"](server.grpc_target, options)
+    batch = [PredictRequest(model=MODEL, image=sample_jpegs["chelsea"]) for _ in range(7)]
+    batch[4] = PredictRequest(model=MODEL, image=sample_jpegs["chelsea"][:200])  # truncated
+    try:
+        outcomes = predictor.predict(batch)
+    finally:
+        predictor.close()
+    assert isinstance(outcomes[4], RecordError)
+    good = [o for i, o in enumerate(outcomes) if i != 4]
+    assert all(
+        isinstance(o, PredictResult) and o.predictions and is_cat(o.predictions[0]) for o in good
+    )
+
+
+def test_tensor_requests(client: RemotePredictor) -> None:
+    rng = np.random.default_rng(1)
+    one, two = (rng.standard_normal((n, 3, 224, 224), dtype=np.float32) for n in (1, 2))
+    batch = [
+        PredictRequest(model=MODEL, tensors={INPUT_NAME: one}),
+        PredictRequest(model=MODEL, tensors={INPUT_NAME: np.zeros((1, 3, 8, 8), np.float32)}),
+        PredictRequest(model=MODEL, tensors={INPUT_NAME: two}),
+    ]
+    ok1, bad, ok2 = client.predict(batch)
+    assert isinstance(bad, RecordError) and not isinstance(bad, InfrastructureError)
+    assert isinstance(ok1, PredictResult) and ok1.outputs is not None
+    assert isinstance(ok2, PredictResult) and ok2.outputs is not None
+    assert ok1.outputs[OUTPUT_NAME].shape == (1, 1000)
+    assert ok2.outputs[OUTPUT_NAME].shape == (2, 1000)
+    assert ok1.version == served_version(client.mode)
+    (alone,) = client.predict([PredictRequest(model=MODEL, tensors={INPUT_NAME: two})])
+    assert isinstance(alone, PredictResult) and alone.outputs is not None
+    np.testing.assert_allclose(
+        alone.outputs[OUTPUT_NAME], ok2.outputs[OUTPUT_NAME], rtol=1e-3, atol=1e-3
+    )
+
+
+def test_seed_style_classifies_one_record_per_call(
+    server: ServerProcess, sample_jpegs: dict
+) -> None:
+    predictor = SeedStylePredictor(server.grpc_target)
+    cat, junk = predictor.predict(
+        [
+            PredictRequest(model=MODEL, image=sample_jpegs["chelsea"]),
+            PredictRequest(model=MODEL, image=b"not an image"),
+        ]
+    )
+    assert isinstance(cat, PredictResult) and cat.predictions and is_cat(cat.predictions[0])
+    assert cat.mode == "seed-style"
+    assert isinstance(junk, RecordError)
+
+
+def test_concurrent_callers_share_one_connection(
+    client: RemotePredictor, sample_jpegs: dict
+) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(client.predict, [image_batch(sample_jpegs)] * 8))
+    for outcomes in answers:
+        assert_classified(outcomes, client.mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_factory_builds_every_mode(
+    mode: str, server: ServerProcess, registry: ModelRegistry, sample_jpegs: dict
+) -> None:
+    predictor = create_predictor(
+        mode, registry=registry, server=server.target(mode), fallback=mode in REMOTE
+    )
+    try:
+        (outcome,) = predictor.predict([PredictRequest(model=MODEL, image=sample_jpegs["chelsea"])])
+    finally:
+        predictor.close()
+    assert isinstance(outcome, PredictResult) and outcome.predictions
+    assert is_cat(outcome.predictions[0]) and outcome.mode == mode
+
+
+def test_versions_and_labels(client: RemotePredictor, sample_jpegs: dict) -> None:
+    coffee = sample_jpegs["coffee"]
+    pinned, labelled = client.predict(
+        [
+            PredictRequest(model=MODEL, version=1, image=coffee),
+            PredictRequest(model=MODEL, label="canary", image=coffee),  # no such label
+        ]
+    )
+    assert isinstance(pinned, PredictResult) and pinned.predictions
+    assert pinned.version == 1 and is_espresso(pinned.predictions[0])
+    assert isinstance(labelled, RecordError) and not isinstance(labelled, InfrastructureError)
+
+
+@pytest.mark.parametrize("mode", ["kserve-grpc", "kserve-http"])
+def test_requests_too_large_for_the_server_are_split(
+    mode: str, model_repo: Path, tmp_path: Path
+) -> None:
+    """A server that takes at most 1 MiB refuses 4 x 600 KB; halves of halves get through."""
+    small = ServerProcess(
+        model_repo, tmp_path / "serve.log", env={"STREAMINFER_MAX_REQUEST_MB": "1"}
+    )
+    small.start()
+    options = RemoteOptions(timeout_s=20.0, max_request_bytes=64 * 1024 * 1024)
+    predictor = REMOTE[mode](small.target(mode), options)
+    tensor = np.zeros((1, 3, 224, 224), np.float32)
+    try:
+        outcomes = predictor.predict(
+            [PredictRequest(model=MODEL, tensors={INPUT_NAME: tensor})] * 4
+        )
+    finally:
+        predictor.close()
+        small.stop()
+    assert all(isinstance(o, PredictResult) for o in outcomes), outcomes
