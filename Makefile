@@ -32,5 +32,11 @@ demo: install
 bench: install
 	$(BIN)/streaminfer bench
 
+# TF Serving's official client pulls tensorflow: it gets a venv of its own.
+interop: install
+	test -x .venv-interop/bin/python || $(PYTHON) -m venv .venv-interop
+	.venv-interop/bin/python -m pip install --quiet --upgrade pip tensorflow-serving-api
+	$(BIN)/python interop/run_interop.py .venv-interop/bin/python
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,88 @@
+"""What a request failure means on each protocol: one table from exception to gRPC and HTTP.
+
+The data plane raises the product's own errors (``RecordError`` for a bad request,
+``InfrastructureError`` for a busy or stopping server); every door translates them here,
+so a given mistake gets the same status whether it came over REST or gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from streaminfer.errors import ConfigError, InfrastructureError, RecordError
+from streaminfer.models.batcher import Overloaded
+from streaminfer.models.registry import ModelNotFound
+
+log = logging.getLogger(__name__)
+
+
+class InvalidRequest(RecordError):
+    """The request is malformed: bad JSON, wrong types, a tensor that does not add up."""
+
+    reason = "invalid_request"
+
+
+class Unimplemented(RecordError):
+    """A method this server does not offer (TF Serving's Classify and Regress)."""
+
+    reason = "unimplemented"
+
+
+class Unauthenticated(RecordError):
+    """No bearer token, or the wrong one."""
+
+    reason = "unauthenticated"
+
+
+class Unavailable(InfrastructureError):
+    """The server is shutting down and takes no new work."""
+
+
+@dataclass(frozen=True)
+class Status:
+    code: grpc.StatusCode
+    http: int
+
+    @property
+    def name(self) -> str:
+        """The lower-case gRPC code name, as metrics label it."""
+        return str(self.code.name).lower()
+
+
+OK = Status(grpc.StatusCode.OK, 200)
+_INVALID = Status(grpc.StatusCode.INVALID_ARGUMENT, 400)
+_INTERNAL = Status(grpc.StatusCode.INTERNAL, 500)
+_BY_TYPE: list[tuple[type[BaseException], Status]] = [
+    (ModelNotFound, Status(grpc.StatusCode.NOT_FOUND, 404)),
+    (Unimplemented, Status(grpc.StatusCode.UNIMPLEMENTED, 501)),
+    (Unauthenticated, Status(grpc.StatusCode.UNAUTHENTICATED, 401)),
+    (RecordError, _INVALID),  # bad labels, inputs, images and requests alike
+    (ConfigError, _INVALID),  # a model config sent to HandleReloadConfigRequest
+    (Overloaded, Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 429)),
+    (InfrastructureError, Status(grpc.StatusCode.UNAVAILABLE, 503)),
+    (asyncio.CancelledError, Status(grpc.StatusCode.CANCELLED, 499)),  # the client went away
+]
+
+
+def status_of(exc: BaseException) -> Status:
+    """The status a failure is answered with; anything unforeseen is 500 / INTERNAL."""
+    for kind, status in _BY_TYPE:
+        if isinstance(exc, kind):
+            return status
+    return _INTERNAL
+
+
+def describe(exc: BaseException) -> tuple[Status, str]:
+    """The status and message that tell a client what went wrong.
+
+    Unforeseen errors are logged with their traceback and answered without internals.
+    """
+    status = status_of(exc)
+    if status is _INTERNAL:
+        log.error("request failed unexpectedly", exc_info=exc)
+        return status, f"internal error ({type(exc).__name__}); see the server log"
+    return status, str(exc)

@@ -1,0 +1,122 @@
+"""JSON values ⇄ numpy arrays, for the two REST APIs.
+
+JSON is parsed by the stdlib; numbers then become an array in one ``numpy.asarray`` call.
+Binary values travel as ``{"b64": "..."}`` (TF Serving's convention, also accepted in V2
+JSON); text strings become UTF-8 ``bytes``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import numpy as np
+
+from streaminfer.serving.codec import BYTES, bytes_array, element_count
+from streaminfer.serving.errors import InvalidRequest
+
+JSON = Any
+
+
+def parse_body(body: bytes) -> JSON:
+    """The request body as JSON, or InvalidRequest saying why it is not."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+
+
+def dumps(document: JSON) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def is_binary(value: JSON) -> bool:
+    """True for TF Serving's binary value ``{"b64": "..."}``."""
+    return isinstance(value, dict) and list(value) == ["b64"]
+
+
+def from_json(name: str, value: JSON, dtype: np.dtype | None = None) -> np.ndarray:
+    """A JSON scalar or nested list as an array: numbers, booleans, strings or b64 values.
+
+    ``dtype`` fixes the numeric type (V2 declares it); without it numpy infers one, and
+    the model's input check casts it where that loses nothing.
+    """
+    leaf = value
+    while isinstance(leaf, list) and leaf:
+        leaf = leaf[0]
+    if isinstance(leaf, str | dict) or dtype == BYTES:
+        return _bytes_from_json(name, value)
+    try:
+        array = np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise InvalidRequest(f"input {name!r}: not a rectangular array of numbers ({exc})") from exc
+    if array.dtype.kind not in "biuf":
+        raise InvalidRequest(f"input {name!r}: expected numbers, booleans, strings or b64 values")
+    return array
+
+
+def _bytes_from_json(name: str, value: JSON) -> np.ndarray:
+    shape: list[int] = []
+    level = value
+    while isinstance(level, list):
+        shape.append(len(level))
+        if not level:
+            break
+        level = level[0]
+    element_count(name, shape)
+    items: list[bytes] = []
+    _collect(name, value, shape, items)
+    return bytes_array(items).reshape(shape)
+
+
+def _collect(name: str, value: JSON, shape: list[int], items: list[bytes]) -> None:
+    if not shape:
+        items.append(_item_bytes(name, value))
+        return
+    if not isinstance(value, list) or len(value) != shape[0]:
+        raise InvalidRequest(f"input {name!r}: the nested lists are not rectangular")
+    for element in value:
+        _collect(name, element, shape[1:], items)
+
+
+def _item_bytes(name: str, value: JSON) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if is_binary(value) and isinstance(value["b64"], str):
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequest(f"input {name!r}: invalid base64 ({exc})") from exc
+    raise InvalidRequest(
+        f'input {name!r}: expected a string or {{"b64": "..."}}, got {json.dumps(value)[:60]}'
+    )
+
+
+def to_json(array: np.ndarray, b64: bool = False) -> JSON:
+    """An array as nested JSON lists; bytes become text, or ``{"b64"}`` when not UTF-8."""
+    if array.dtype != BYTES:
+        return array.tolist()
+    flat = [_item_json(item, b64) for item in array.ravel().tolist()]
+    return _nest(flat, list(array.shape))
+
+
+def _item_json(item: bytes | str, b64: bool) -> JSON:
+    if isinstance(item, str):
+        return item
+    if not b64:
+        try:
+            return item.decode()
+        except UnicodeDecodeError:
+            pass
+    return {"b64": base64.b64encode(item).decode()}
+
+
+def _nest(flat: list[JSON], shape: list[int]) -> JSON:
+    if not shape:
+        return flat[0]
+    if len(shape) == 1:
+        return flat
+    step = len(flat) // shape[0] if shape[0] else 0
+    return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]

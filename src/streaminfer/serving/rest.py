@@ -1,0 +1,54 @@
+"""The REST port: TF Serving and KServe V2 routes, metrics, auth and ``{"error": ...}`` bodies."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from streaminfer.serving.auth import BearerAuth
+from streaminfer.serving.dataplane import DataPlane
+from streaminfer.serving.errors import describe
+from streaminfer.serving.kserve_rest import KServeRest
+from streaminfer.serving.metrics import CONTENT_TYPE, ServerMetrics
+from streaminfer.serving.tfserving_rest import STATUS_PATH, TFServingRest, json_response
+
+METRICS_PATHS = ("/monitoring/prometheus/metrics", "/metrics")
+_HEALTH = re.compile(r"^/v2/health/(?:live|ready)$|^/v2/models/[^/]+(?:/versions/[^/]+)?/ready$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _is_open(request: web.Request) -> bool:
+    """Liveness, readiness and model status answer without a token (load balancers ask)."""
+    if _HEALTH.match(request.path):
+        return True
+    return request.method == "GET" and STATUS_PATH.match(request.path) is not None
+
+
+def build_app(
+    plane: DataPlane, metrics: ServerMetrics, auth: BearerAuth | None, max_request_bytes: int
+) -> web.Application:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if auth is not None and not _is_open(request):
+                auth.check(request.headers.get("Authorization"))
+            return await handler(request)
+        except web.HTTPException as exc:  # routing: unknown path, wrong method, body too large
+            if exc.status < 400:
+                raise
+            return json_response({"error": exc.text or exc.reason}, exc.status)
+        except Exception as exc:
+            status, message = describe(exc)
+            return json_response({"error": message}, status.http)
+
+    async def prometheus(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    app = web.Application(middlewares=[errors], client_max_size=max_request_bytes)
+    app.add_routes(TFServingRest(plane, metrics).routes())
+    app.add_routes(KServeRest(plane, metrics).routes())
+    app.add_routes([web.get(path, prometheus) for path in METRICS_PATHS])
+    return app

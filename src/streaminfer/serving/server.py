@@ -1,0 +1,158 @@
+"""The model server: one event loop hosting the gRPC and REST ports over one data plane.
+
+Start-up loads the repository, then listens; SIGTERM (or SIGINT) stops accepting,
+lets in-flight requests finish within the grace period, and unloads the models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import ssl
+
+import grpc
+from aiohttp import web
+
+from streaminfer.errors import ConfigError
+from streaminfer.models.registry import ModelConfig, ModelRegistry
+from streaminfer.protos.tfserving import model_server_config_pb2
+from streaminfer.serving import kserve_grpc, tfserving_grpc
+from streaminfer.serving.auth import BearerAuth
+from streaminfer.serving.dataplane import DataPlane
+from streaminfer.serving.grpc_services import create_server
+from streaminfer.serving.metrics import ServerMetrics
+from streaminfer.serving.model_config import model_configs, read_model_config_file
+from streaminfer.serving.rest import build_app
+from streaminfer.serving.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+class ModelServer:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        configs, only_configured = self._initial_configs()
+        self.registry = ModelRegistry(
+            settings.repo,
+            configs,
+            default_batching=settings.default_batching,
+            only_configured=only_configured,
+            on_batch=self.metrics.on_batch,
+        )
+        self.metrics.attach(self.registry)
+        self.plane = DataPlane(self.registry, settings.default_model, settings.decode_threads)
+        self.auth = (
+            BearerAuth.from_file(settings.auth_token_file) if settings.auth_token_file else None
+        )
+        self.grpc_port = settings.grpc_port
+        self.rest_port = settings.rest_port
+        self._grpc: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+
+    def to_configs(self, config: model_server_config_pb2.ModelServerConfig) -> list[ModelConfig]:
+        """Registry configs for a ModelServerConfig, with this server's batching settings."""
+        return model_configs(
+            config, self.registry.root, self.settings.default_batching, self.settings.model_batching
+        )
+
+    def _initial_configs(self) -> tuple[list[ModelConfig], bool]:
+        """From --model-config-file (serving only its models), else per-model batching only."""
+        settings = self.settings
+        if settings.model_config_file is None:
+            configs = [
+                ModelConfig(name=name, batching=batching)
+                for name, batching in settings.model_batching.items()
+            ]
+            return configs, False
+        parsed = read_model_config_file(settings.model_config_file)
+        return model_configs(
+            parsed, settings.repo.resolve(), settings.default_batching, settings.model_batching
+        ), True
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.settings.tls_cert else "http"
+
+    async def start(self) -> None:
+        """Load the models, then listen on both ports."""
+        settings = self.settings
+        await asyncio.to_thread(self.registry.reload)
+        self.registry.start_watching(settings.poll_interval)
+        self._grpc = create_server(self.auth, settings.max_request_bytes)
+        tfserving_grpc.add_services(self._grpc, self.plane, self.metrics, self.to_configs)
+        kserve_grpc.add_services(self._grpc, self.plane, self.metrics)
+        address = f"{settings.host}:{settings.grpc_port}"
+        try:
+            if settings.tls_cert and settings.tls_key:
+                credentials = grpc.ssl_server_credentials(
+                    [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+                )
+                self.grpc_port = self._grpc.add_secure_port(address, credentials)
+            else:
+                self.grpc_port = self._grpc.add_insecure_port(address)
+        except (OSError, RuntimeError) as exc:
+            raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from exc
+        await self._grpc.start()
+        app = build_app(self.plane, self.metrics, self.auth, settings.max_request_bytes)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, settings.host, settings.rest_port, ssl_context=self._ssl_context()
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen for REST on {settings.host}:{settings.rest_port}: {exc}"
+            ) from exc
+        self.rest_port = self._runner.addresses[0][1]
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not (self.settings.tls_cert and self.settings.tls_key):
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the TLS certificate or key: {exc}") from exc
+        return context
+
+    async def stop(self) -> None:
+        """Stop accepting, drain in-flight requests within the grace period, unload."""
+        self.plane.stop_accepting()
+        grace = self.settings.shutdown_grace
+        draining = []
+        if self._grpc is not None:
+            draining.append(self._grpc.stop(grace))
+        if self._runner is not None:
+            draining.append(self._runner.cleanup())
+        await asyncio.gather(*draining)
+        await asyncio.to_thread(self.registry.close)
+        self.plane.close()
+
+    async def serve(self) -> None:
+        """Run until SIGTERM or SIGINT, then shut down gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, functools.partial(_request_stop, stop, signum))
+        try:
+            await self.start()
+            models = ", ".join(self.registry.models()) or "none yet"
+            print(
+                f"streaminfer server ready: gRPC {self.settings.host}:{self.grpc_port}, "
+                f"REST {self.scheme}://{self.settings.host}:{self.rest_port} (models: {models})",
+                flush=True,
+            )
+            await stop.wait()
+        finally:
+            await self.stop()
+        log.info("server stopped")
+
+
+def _request_stop(stop: asyncio.Event, signum: int) -> None:
+    log.info("%s received: draining in-flight requests", signal.Signals(signum).name)
+    stop.set()

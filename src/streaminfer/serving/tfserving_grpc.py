@@ -1,0 +1,160 @@
+"""TF Serving's gRPC services: PredictionService, ModelService and the legacy InceptionService."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeAlias
+
+import grpc
+
+from streaminfer.models.registry import ModelConfig
+from streaminfer.protos.tfserving import (
+    error_codes_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inception_pb2,
+    inception_pb2_grpc,
+    inference_pb2,
+    model_management_pb2,
+    model_server_config_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    status_pb2,
+)
+from streaminfer.serving import tfserving_messages as messages
+from streaminfer.serving.codec import from_tensor_proto, to_tensor_proto
+from streaminfer.serving.dataplane import DEFAULT_SIGNATURE, DataPlane, InferRequest
+from streaminfer.serving.errors import Unimplemented
+from streaminfer.serving.grpc_services import rpc
+from streaminfer.serving.metrics import ServerMetrics
+
+PROTOCOL = "tfserving_grpc"
+LEGACY_PROTOCOL = "inception_grpc"
+LEGACY_TOP_K = 5
+Context: TypeAlias = grpc.aio.ServicerContext
+ConfigConverter = Callable[[model_server_config_pb2.ModelServerConfig], list[ModelConfig]]
+
+
+def _unimplemented(method: str) -> Unimplemented:
+    return Unimplemented(
+        f"{method} works on tf.Example inputs, which this server's ONNX models do not take; "
+        "use Predict"
+    )
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, plane: DataPlane, metrics: ServerMetrics) -> None:
+        self._plane = plane
+        self._metrics = metrics
+
+    @rpc
+    async def Predict(
+        self, request: predict_pb2.PredictRequest, context: Context
+    ) -> predict_pb2.PredictResponse:
+        name, version, label = messages.spec_target(request.model_spec)
+        with self._metrics.track(PROTOCOL, name) as observation:
+            self._plane.resolve(name, version, label)  # NOT_FOUND before INVALID_ARGUMENT
+            inputs = {key: from_tensor_proto(key, tensor) for key, tensor in request.inputs.items()}
+            signature = request.model_spec.signature_name
+            result = await self._plane.infer(
+                InferRequest(
+                    name,
+                    inputs,
+                    version,
+                    label,
+                    signature=signature,
+                    output_filter=list(request.output_filter),
+                )
+            )
+            observation.version = str(result.version)
+            response = predict_pb2.PredictResponse(
+                model_spec=messages.answered_spec(
+                    result.model, result.version, signature or DEFAULT_SIGNATURE
+                )
+            )
+            for key, array in result.outputs.items():
+                response.outputs[key].CopyFrom(to_tensor_proto(array))
+            return response
+
+    @rpc
+    async def GetModelMetadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: Context
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        messages.check_metadata_fields(list(request.metadata_field))
+        version = self._plane.resolve(*messages.spec_target(request.model_spec))
+        return messages.metadata_response(version)
+
+    @rpc
+    async def Classify(
+        self, request: inference_pb2.ClassificationRequest, context: Context
+    ) -> inference_pb2.ClassificationResponse:
+        raise _unimplemented("Classify")
+
+    @rpc
+    async def Regress(
+        self, request: inference_pb2.RegressionRequest, context: Context
+    ) -> inference_pb2.RegressionResponse:
+        raise _unimplemented("Regress")
+
+    @rpc
+    async def MultiInference(
+        self, request: inference_pb2.MultiInferenceRequest, context: Context
+    ) -> inference_pb2.MultiInferenceResponse:
+        raise _unimplemented("MultiInference")
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, plane: DataPlane, to_configs: ConfigConverter) -> None:
+        self._plane = plane
+        self._to_configs = to_configs
+
+    @rpc
+    async def GetModelStatus(
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: Context
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        return messages.model_status(self._plane, *messages.spec_target(request.model_spec))
+
+    @rpc
+    async def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context: Context
+    ) -> model_management_pb2.ReloadConfigResponse:
+        await self._plane.set_configs(self._to_configs(request.config))
+        return model_management_pb2.ReloadConfigResponse(
+            status=status_pb2.StatusProto(error_code=error_codes_pb2.OK)
+        )
+
+
+class InceptionService(inception_pb2_grpc.InceptionServiceServicer):
+    """The seed's Java demo API: one JPEG in, the default image model's top 5 out."""
+
+    def __init__(self, plane: DataPlane, metrics: ServerMetrics) -> None:
+        self._plane = plane
+        self._metrics = metrics
+
+    @rpc
+    async def Classify(
+        self, request: inception_pb2.InceptionRequest, context: Context
+    ) -> inception_pb2.InceptionResponse:
+        model = self._plane.default_image_model()
+        with self._metrics.track(LEGACY_PROTOCOL, model) as observation:
+            result = await self._plane.classify([request.jpeg_encoded], LEGACY_TOP_K, model)
+            observation.version = str(result.version)
+            return inception_pb2.InceptionResponse(
+                scores=result.outputs["scores"][0].tolist(),
+                classes=[label.decode() for label in result.outputs["classes"][0]],
+            )
+
+
+def add_services(
+    server: grpc.aio.Server, plane: DataPlane, metrics: ServerMetrics, to_configs: ConfigConverter
+) -> None:
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(plane, metrics), server
+    )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelService(plane, to_configs), server
+    )
+    inception_pb2_grpc.add_InceptionServiceServicer_to_server(
+        InceptionService(plane, metrics), server
+    )

@@ -1,0 +1,168 @@
+"""Every mistake a client can make gets the right status and a message that says what to fix."""
+
+from __future__ import annotations
+
+import base64
+
+import grpc
+import pytest
+
+from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
+from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
+from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc, types_pb2
+from streaminfer.serving.codec import to_tensor_proto
+from tests.test_serving.conftest import MODEL
+from tests.test_serving.server_process import ServerProcess
+
+PREDICT = f"/v1/models/{MODEL}:predict"
+INFER = f"/v2/models/{MODEL}/infer"
+NOT_AN_IMAGE = {"b64": base64.b64encode(b"<html>no</html>").decode()}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "words"),
+    [
+        ("/v1/models/nope:predict", {"instances": [1]}, 404, "not served"),
+        (f"/v1/models/{MODEL}/versions/3:predict", {"instances": [1]}, 404, "versions: 1"),
+        (f"/v1/models/{MODEL}/labels/canary:predict", {"instances": [1]}, 400, "label 'canary'"),
+        (PREDICT, {"instances": [[1, 2]]}, 400, "expected [N, 3, 224, 224]"),
+        (PREDICT, {"inputs": {"wrong": [[1.0]]}}, 400, "missing input 'input'"),
+        (PREDICT, {"instances": [NOT_AN_IMAGE]}, 400, "not a JPEG"),
+        (PREDICT, {"instances": [1], "inputs": [1]}, 400, "exactly one"),
+        (PREDICT, {"instances": [[1, "a"]]}, 400, "input"),
+        (PREDICT, {"signature_name": "x", "instances": [1]}, 400, "no signature 'x'"),
+        (PREDICT, [1, 2], 400, "JSON object"),
+        (
+            INFER,
+            {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
+            400,
+            "expected [N, 3, 224, 224]",
+        ),
+        (
+            INFER,
+            {"inputs": [{"name": "input", "shape": [-1], "datatype": "FP32", "data": [1]}]},
+            400,
+            "negative dimension",
+        ),
+        (
+            INFER,
+            {"inputs": [{"name": "input", "shape": [2], "datatype": "FP32", "data": [1]}]},
+            400,
+            "shape [2] needs 2",
+        ),
+        (
+            INFER,
+            {"inputs": [{"name": "input", "shape": [1 << 40], "datatype": "FP32", "data": [1]}]},
+            400,
+            "more than",
+        ),
+        (
+            INFER,
+            {"inputs": [{"name": "input", "shape": [1], "datatype": "FP8", "data": [1]}]},
+            400,
+            "not supported",
+        ),
+        (
+            INFER,
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 3, 224, 224],
+                        "datatype": "FP32",
+                        "data": [0] * 150528,
+                    },
+                    {"name": "extra", "shape": [1], "datatype": "FP32", "data": [0]},
+                ]
+            },
+            400,
+            "unknown inputs ['extra']",
+        ),
+        ("/v2/models/nope/infer", {"inputs": []}, 404, "not served"),
+        (f"/v2/models/{MODEL}/versions/x/infer", {"inputs": []}, 400, "positive integer"),
+    ],
+)
+def test_rest_errors(
+    server: ServerProcess, path: str, body: object, status: int, words: str
+) -> None:
+    with server.client() as client:
+        reply = client.post(path, json=body)
+    assert reply.status_code == status, reply.text
+    assert words in reply.json()["error"]
+
+
+def test_rest_malformed_bodies_are_400(server: ServerProcess) -> None:
+    with server.client() as client:
+        for body in (b"{", b"\xff\xfe", b"[" * 100_000, b""):
+            reply = client.post(PREDICT, content=body)
+            assert reply.status_code == 400
+            assert "not valid JSON" in reply.json()["error"]
+        reply = client.post(INFER, content=b"{}", headers={"Inference-Header-Content-Length": "99"})
+        assert reply.status_code == 400
+        assert "Inference-Header-Content-Length" in reply.json()["error"]
+
+
+def test_unknown_paths_and_methods_are_json_4xx(server: ServerProcess) -> None:
+    with server.client() as client:
+        assert client.get("/nowhere").json()["error"]
+        assert client.post(f"/v1/models/{MODEL}:explode", json={}).status_code == 404
+        assert client.get(PREDICT).status_code == 405
+
+
+def _predict(channel: grpc.Channel, request: predict_pb2.PredictRequest) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as failure:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request)
+    return failure.value
+
+
+def test_grpc_errors(channel: grpc.Channel) -> None:
+    unknown = predict_pb2.PredictRequest()
+    unknown.model_spec.name = "nope"
+    assert _predict(channel, unknown).code() == grpc.StatusCode.NOT_FOUND
+
+    label = predict_pb2.PredictRequest()
+    label.model_spec.name = MODEL
+    label.model_spec.version_label = "stable"
+    error = _predict(channel, label)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "label 'stable'" in error.details()
+
+    mismatch = predict_pb2.PredictRequest()
+    mismatch.model_spec.name = MODEL
+    tensor = mismatch.inputs["input"]
+    tensor.dtype = types_pb2.DT_FLOAT
+    tensor.tensor_shape.dim.add(size=1)
+    tensor.tensor_shape.dim.add(size=3)
+    tensor.tensor_content = b"\0" * 8
+    error = _predict(channel, mismatch)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "8 bytes" in error.details() and "needs 12" in error.details()
+
+    image = predict_pb2.PredictRequest()
+    image.model_spec.name = MODEL
+    image.inputs["images"].CopyFrom(to_tensor_proto(_bytes_tensor(b"GIF89a broken")))
+    error = _predict(channel, image)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    empty = predict_pb2.PredictRequest()
+    assert "model_spec.name" in _predict(channel, empty).details()
+
+
+def test_grpc_v2_errors(channel: grpc.Channel) -> None:
+    stub = v2_grpc.GRPCInferenceServiceStub(channel)
+    request = v2.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 3, 224, 224])
+    request.raw_input_contents.extend([b"1234", b"5678"])
+    with pytest.raises(grpc.RpcError) as failure:
+        stub.ModelInfer(request)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "one per input" in failure.value.details()
+    with pytest.raises(grpc.RpcError) as failure:
+        stub.ModelMetadata(v2.ModelMetadataRequest(name="nope"))
+    assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _bytes_tensor(item: bytes):  # type: ignore[no-untyped-def]
+    from streaminfer.serving.codec import bytes_array
+
+    return bytes_array([item])

@@ -1,0 +1,121 @@
+"""--model-config-file and HandleReloadConfigRequest: policies, labels, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from streaminfer.errors import ConfigError
+from streaminfer.models.batcher import BatchingConfig
+from streaminfer.protos.tfserving import (
+    get_model_status_pb2,
+    model_management_pb2,
+    model_server_config_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+from streaminfer.serving.codec import to_tensor_proto
+from streaminfer.serving.model_config import model_configs, read_model_config_file
+from tests.test_serving.conftest import MODEL, add_version, copy_repo
+from tests.test_serving.server_process import ServerProcess
+
+AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+END = get_model_status_pb2.ModelVersionStatus.END
+
+
+def _config_text(repo: Path, policy: str, labels: dict[str, int]) -> str:
+    entries = "".join(f'version_labels {{ key: "{k}" value: {v} }}\n' for k, v in labels.items())
+    return (
+        "model_config_list {\n  config {\n"
+        f'    name: "{MODEL}"\n    base_path: "{repo / MODEL}"\n    model_platform: "onnx"\n'
+        f"    model_version_policy {{ {policy} }}\n    {entries}  }}\n}}\n"
+    )
+
+
+def test_text_config_becomes_registry_configs(tmp_path: Path) -> None:
+    path = tmp_path / "models.config"
+    path.write_text(_config_text(tmp_path, "specific { versions: 1 versions: 3 }", {"stable": 3}))
+    batching = BatchingConfig(max_batch_size=4)
+    (config,) = model_configs(read_model_config_file(path), tmp_path, batching, {})
+    assert config.name == MODEL
+    assert config.version_policy.kind == "specific"
+    assert config.version_policy.versions == [1, 3]
+    assert config.labels == {"stable": 3}
+    assert config.batching.max_batch_size == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("model_config_list { config { nme: 'x' } }", "nme"),
+        ("model_config_list { config { name: 'a/b' } }", "invalid model name"),
+        ("model_config_list { config { name: 'm' base_path: '/elsewhere/m' } }", "--repo"),
+        (
+            "model_config_list { config { name: 'm' version_labels { key: 'x' value: 0 } } }",
+            "positive",
+        ),
+        ("", "model_config_list"),
+    ],
+)
+def test_bad_configs_are_config_errors(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "bad.config"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=words):
+        model_configs(read_model_config_file(path), tmp_path, BatchingConfig(), {})
+
+
+def _status(channel: grpc.Channel) -> dict[int, int]:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = MODEL
+    response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request)
+    return {s.version: s.state for s in response.model_version_status}
+
+
+def _version_for_label(channel: grpc.Channel, label: str) -> int:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.version_label = label
+    request.inputs["input"].CopyFrom(to_tensor_proto(np.zeros((1, 3, 224, 224), np.float32)))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    return int(stub.Predict(request).model_spec.version.value)
+
+
+def test_config_file_labels_and_reload_request(model_repo: Path, tmp_path: Path) -> None:
+    repo = copy_repo(model_repo, tmp_path / "repo")
+    add_version(repo / MODEL, repo / MODEL / "1", 2)
+    config_file = tmp_path / "models.config"
+    config_file.write_text(_config_text(repo, "all {}", {"stable": 1, "canary": 2}))
+    with (
+        ServerProcess(repo, "--model-config-file", str(config_file)) as server,
+        grpc.insecure_channel(server.grpc_address) as channel,
+    ):
+        assert _status(channel) == {1: AVAILABLE, 2: AVAILABLE}
+        assert _version_for_label(channel, "stable") == 1
+        assert _version_for_label(channel, "canary") == 2
+        with server.client() as client:
+            reply = client.get(f"/v1/models/{MODEL}/labels/canary")
+            assert reply.json()["model_version_status"][0]["version"] == "2"
+
+        reload = model_management_pb2.ReloadConfigRequest()
+        text_format.Parse(
+            _config_text(repo, "specific { versions: 2 }", {"stable": 2}),
+            reload.config,
+        )
+        service = model_service_pb2_grpc.ModelServiceStub(channel)
+        assert service.HandleReloadConfigRequest(reload).status.error_code == 0
+        assert _status(channel) == {1: END, 2: AVAILABLE}
+        assert _version_for_label(channel, "stable") == 2
+
+        bad = model_management_pb2.ReloadConfigRequest(
+            config=model_server_config_pb2.ModelServerConfig()
+        )
+        bad.config.model_config_list.config.add(name=MODEL, base_path="/elsewhere")
+        with pytest.raises(grpc.RpcError) as failure:
+            service.HandleReloadConfigRequest(bad)
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert _status(channel) == {1: END, 2: AVAILABLE}

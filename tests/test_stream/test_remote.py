@@ -1,0 +1,170 @@
+"""The worker in remote modes, against a real `streaminfer serve` process that may die."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from streaminfer.kafka.broker import free_port
+from streaminfer.kafka.config import KafkaSettings
+from streaminfer.kafka.records import consume, produce
+from tests.support import CliProcess, wait_for
+from tests.test_stream.conftest import decoded, outputs
+
+CATS = {281, 282, 285}
+GRPC_MODES = ("tfserving-grpc", "kserve-grpc")
+
+
+class Server:
+    def __init__(self, repo: Path, log: Path) -> None:
+        self.repo, self.log = repo, log
+        self.grpc_port, self.rest_port = free_port(), free_port()
+        self.process: CliProcess | None = None
+
+    def start(self) -> None:
+        self.process = CliProcess(
+            "serve",
+            "--repo",
+            str(self.repo),
+            "--grpc-port",
+            str(self.grpc_port),
+            "--rest-port",
+            str(self.rest_port),
+            log_path=self.log,
+        )
+        wait_for(self._ready, 60, "the model server to be ready")
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        assert self.process.alive(), self.process.log()
+        try:
+            url = f"http://127.0.0.1:{self.rest_port}/v2/health/ready"
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.signal(signal.SIGKILL)
+        self.process.stop()
+
+    def address(self, mode: str) -> str:
+        return f"127.0.0.1:{self.grpc_port if mode in GRPC_MODES else self.rest_port}"
+
+
+@pytest.fixture
+def server(stream_repo: Path, tmp_path: Path) -> Iterator[Server]:
+    server = Server(stream_repo, tmp_path / "server.log")
+    server.start()
+    yield server
+    if server.process is not None:
+        server.process.stop()
+
+
+def remote_worker(
+    start: Callable[..., CliProcess], server: Server, mode: str, inp: str, out: str, *extra: str
+) -> CliProcess:
+    return start(
+        "--input",
+        inp,
+        "--output",
+        out,
+        "--mode",
+        mode,
+        "--server",
+        server.address(mode),
+        "--group-id",
+        f"g-{inp}",
+        "--allow-network",
+        "127.0.0.0/8",
+        *extra,
+    )
+
+
+@pytest.mark.parametrize("mode", ["tfserving-grpc", "tfserving-rest", "kserve-grpc", "kserve-http"])
+def test_each_remote_mode_predicts(
+    mode: str,
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    server: Server,
+    image_host: str,
+) -> None:
+    inp, out = topic_factory("in"), topic_factory("out")
+    remote_worker(start_worker, server, mode, inp, out)
+    produce(
+        kafka_settings,
+        inp,
+        [
+            f"{image_host}/chelsea.jpg".encode(),
+            f"{image_host}/coffee.jpg".encode(),
+            json.dumps({"model": "tiny", "inputs": {"x": [[1, 0, 0, 0]]}}).encode(),
+        ],
+    )
+    docs = decoded(outputs(kafka_settings, out, 3))
+    assert [d["mode"] for d in docs] == [mode] * 3
+    assert docs[0]["predictions"][0]["class_id"] in CATS
+    assert docs[1]["predictions"][0]["label"] == "espresso"
+    assert docs[1]["model"] == {"name": "efficientnet-lite0", "version": 1}
+    assert docs[2]["outputs"]["y"] == [[1.0, 1.1, 1.2, 1.3]]
+
+
+def _tiny_records(count: int) -> list[bytes]:
+    return [
+        json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [[i, 0, 0, 0]]}}).encode()
+        for i in range(count)
+    ]
+
+
+def test_server_killed_and_restarted_loses_nothing(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    server: Server,
+) -> None:
+    inp, out, dlq = topic_factory("in"), topic_factory("out"), topic_factory("dlq")
+    worker = remote_worker(start_worker, server, "tfserving-grpc", inp, out, "--dlq", dlq)
+    produce(kafka_settings, inp, _tiny_records(100))
+    outputs(kafka_settings, out, 100)
+    server.kill()
+    produce(kafka_settings, inp, _tiny_records(200)[100:])
+    wait_for(lambda: "retrying" in worker.log(), 60, "the worker to notice the server is down")
+    server.start()
+    docs = decoded(outputs(kafka_settings, out, 200, timeout=90))
+    assert sorted(int(d["id"]) for d in docs) == list(range(200))
+    assert [d["source"]["offset"] for d in docs] == list(range(200))
+    assert not list(consume(kafka_settings, dlq, from_beginning=True, timeout=2))
+    assert worker.alive()
+
+
+def test_fallback_serves_while_the_server_is_down(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    server: Server,
+    stream_repo: Path,
+) -> None:
+    inp, out = topic_factory("in"), topic_factory("out")
+    remote_worker(
+        start_worker,
+        server,
+        "kserve-grpc",
+        inp,
+        out,
+        "--fallback",
+        "embedded",
+        "--repo",
+        str(stream_repo),
+    )
+    produce(kafka_settings, inp, _tiny_records(50))
+    assert {d["mode"] for d in decoded(outputs(kafka_settings, out, 50))} == {"kserve-grpc"}
+    server.kill()
+    produce(kafka_settings, inp, _tiny_records(150)[50:])
+    docs = decoded(outputs(kafka_settings, out, 150))
+    assert {d["mode"] for d in docs[50:]} == {"embedded-fallback"}
+    assert sorted(int(d["id"]) for d in docs) == list(range(150))
