@@ -31,7 +31,7 @@ def test_health_and_metadata(server: ServerProcess) -> None:
     inputs = {t["name"]: t for t in metadata["inputs"]}
     assert inputs["input"] == {"name": "input", "datatype": "FP32", "shape": [-1, 3, 224, 224]}
     assert inputs["images"]["datatype"] == "BYTES"
-    assert {t["name"] for t in metadata["outputs"]} == {"logits", "classes", "scores"}
+    assert {t["name"] for t in metadata["outputs"]} == {"logits", "classes", "scores", "class_ids"}
 
 
 def test_rest_json_float_infer(

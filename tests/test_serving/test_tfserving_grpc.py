@@ -101,7 +101,7 @@ def test_metadata_describes_both_signatures(channel: grpc.Channel) -> None:
     for name in ("serving_images", "predict_images"):
         images = defs.signature_def[name]
         assert set(images.inputs) == {"images"}
-        assert set(images.outputs) == {"classes", "scores"}
+        assert set(images.outputs) == {"classes", "scores", "class_ids"}
     assert response.model_spec.version.value == 1
 
 

@@ -111,7 +111,7 @@ def test_each_remote_mode_predicts(
     assert docs[0]["predictions"][0]["class_id"] in CATS
     assert docs[1]["predictions"][0]["label"] == "espresso"
     assert docs[1]["model"] == {"name": "efficientnet-lite0", "version": 1}
-    assert docs[2]["outputs"]["y"] == [[1.0, 1.1, 1.2, 1.3]]
+    assert docs[2]["outputs"]["y"][0] == pytest.approx([1.0, 1.1, 1.2, 1.3], rel=1e-6)
 
 
 def _tiny_records(count: int) -> list[bytes]:

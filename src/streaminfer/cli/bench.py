@@ -1,9 +1,137 @@
-"""`streaminfer bench` (not built yet)."""
+"""``streaminfer bench``: one workload through every way of serving it, side by side."""
 
 from __future__ import annotations
 
+import shlex
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from streaminfer.bench.configs import CONFIGS, QUICK_CONFIGS, select_configs
+from streaminfer.bench.report import write_report
+from streaminfer.bench.results import BenchResult
+from streaminfer.bench.suite import FULL, QUICK, BenchPlan, run_bench
+from streaminfer.bench.table import SHORT_HEADERS, build_rows
+from streaminfer.bench.workloads import WORKLOADS
+from streaminfer.cli.options import BootstrapOpt, PropertiesFileOpt, PropertyOpt
+from streaminfer.errors import ConfigError
+from streaminfer.kafka.config import kafka_settings
+
+_CONFIG_NAMES = ", ".join(c.name for c in CONFIGS)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
+    app.command("bench")(bench)
+
+
+def bench(
+    workload: Annotated[
+        str | None,
+        typer.Option(help="images | tensor | all [all; images with --quick]."),
+    ] = None,
+    configs: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Comma-separated configurations [all; with --quick: {','.join(QUICK_CONFIGS)}]. "
+            f"Known: {_CONFIG_NAMES}."
+        ),
+    ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            help=f"A short run: a fifth of the records, one load ({QUICK.loads[0]:.0%}), "
+            f"{QUICK.duration_s:g} s per load, fewer configurations."
+        ),
+    ] = False,
+    records: Annotated[
+        int | None,
+        typer.Option(
+            min=10, help="Records per saturation run [images 1000, tensor 5000; seed-style 1/5]."
+        ),
+    ] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(min=1.0, help=f"Seconds per offered load [{FULL.duration_s:g}]."),
+    ] = None,
+    loads: Annotated[
+        str | None,
+        typer.Option(
+            help="Offered loads as fractions of embedded's saturation rate "
+            f"[{','.join(f'{x:g}' for x in FULL.loads)}]."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory [bench-results/<timestamp>].")
+    ] = None,
+    bootstrap_servers: BootstrapOpt = None,
+    x: PropertyOpt = None,
+    properties_file: PropertiesFileOpt = None,
+) -> None:
+    """Measure throughput, latency, CPU and memory of every mode; write a report and plots.
+
+    Starts a throw-away Kafka broker unless --bootstrap-servers names one.
+    """
+    plan = BenchPlan.build(
+        workloads=_workloads(workload, quick),
+        configs=select_configs(_split(configs), quick),
+        out=out or Path("bench-results") / datetime.now().strftime("%Y%m%d-%H%M%S"),
+        quick=quick,
+        records=records,
+        loads=_loads(loads),
+        duration_s=duration,
+    )
+    kafka = kafka_settings(bootstrap_servers, x, properties_file) if bootstrap_servers else None
+    console = Console()
+    command = "streaminfer " + shlex.join(sys.argv[1:])
+    result = run_bench(plan, kafka, command, lambda line: console.print(line, highlight=False))
+    report = write_report(result, plan.out)
+    for table in _tables(result):
+        console.print(table)
+    minutes, seconds = divmod(round(result.elapsed_s), 60)
+    console.print(f"took {minutes} min {seconds} s; report: {report}", highlight=False)
+    if any(c.error for w in result.workloads for c in w.configs):
+        raise typer.Exit(1)
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def _workloads(choice: str | None, quick: bool) -> list[str]:
+    name = choice or ("images" if quick else "all")
+    if name == "all":
+        return list(WORKLOADS)
+    if name not in WORKLOADS:
+        raise ConfigError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}, all")
+    return [name]
+
+
+def _loads(text: str | None) -> list[float] | None:
+    parts = _split(text)
+    if parts is None:
+        return None
+    try:
+        values = [float(part) for part in parts]
+    except ValueError as exc:
+        raise ConfigError(f"--loads takes fractions like 0.25,0.5: {exc}") from exc
+    if any(v <= 0 for v in values):
+        raise ConfigError("--loads must be positive fractions of the saturation rate")
+    return values
+
+
+def _tables(result: BenchResult) -> list[Table]:
+    tables = []
+    for workload in result.workloads:
+        table = Table(title=f"{workload.name}: {workload.title}", title_justify="left")
+        for header in SHORT_HEADERS:
+            table.add_column(header, overflow="fold")
+        for row in build_rows(workload):
+            table.add_row(*row.short_cells(), style="red" if row.error else None)
+        tables.append(table)
+    return tables

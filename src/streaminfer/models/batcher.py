@@ -70,6 +70,10 @@ class DynamicBatcher:
             thread.start()
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def queue_depth(self) -> int:
         return self._queue.qsize()
 

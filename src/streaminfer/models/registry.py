@@ -9,6 +9,7 @@ model server stand on this class.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -108,10 +109,9 @@ class LoadedVersion:
         return self.batcher.infer(checked)
 
     async def infer_async(self, inputs: Tensors) -> Tensors:
+        """Never runs the model on the event loop: an unloading version runs in a thread."""
         checked = self.model.validate(inputs)
-        if self.batcher is None:
-            import asyncio
-
+        if self.batcher is None or self.batcher.closed:
             return await asyncio.to_thread(self.model.run, checked)
         return await self.batcher.infer_async(checked)
 

@@ -68,10 +68,9 @@ class HttpTransport:
             raise ServerRejected(message)
         raise InfrastructureError(message)
 
-    def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def post_json(self, path: str, body: dict[str, Any]) -> httpx.Response:
         content = json.dumps(body, separators=(",", ":")).encode()
-        response = self.post(path, content, {"content-type": "application/json"})
-        return parse_json(response.content, self.base_url + path)
+        return self.post(path, content, {"content-type": "application/json"})
 
     def close(self) -> None:
         self._client.close()

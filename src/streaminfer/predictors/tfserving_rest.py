@@ -15,7 +15,7 @@ import numpy as np
 from streaminfer.errors import InfrastructureError
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.grouping import Tensors
-from streaminfer.predictors.http_transport import HttpTransport
+from streaminfer.predictors.http_transport import HttpTransport, parse_json
 from streaminfer.predictors.remote import (
     IMAGES_INPUT,
     TOP_K_PARAMETER,
@@ -53,14 +53,17 @@ class TFServingRestPredictor(RemotePredictor):
 
     def _predict(self, ref: ModelRef, inputs: dict[str, Any]) -> tuple[int, Tensors]:
         body = {"signature_name": self.options.signature_name, "inputs": inputs}
-        answer = self._http.post_json(_path(ref, ":predict"), body)
+        response = self._http.post_json(_path(ref, ":predict"), body)
+        answer = parse_json(response.content, self.target)
         outputs = answer.get("outputs")
         if outputs is None:
             raise InfrastructureError(f"{self.target}: the answer has no 'outputs'")
         if not isinstance(outputs, dict):  # the one output of a model comes without its name
             outputs = {self._only_output(ref): outputs}
-        # This API does not say which version answered: 0 unless one was asked for.
-        return ref.version or 0, {name: np.asarray(value) for name, value in outputs.items()}
+        # TF Serving does not say which version answered; streaminfer's server adds a header.
+        served = response.headers.get("x-model-version", "")
+        version = int(served) if served.isdigit() else ref.version or 0
+        return version, {name: np.asarray(value) for name, value in outputs.items()}
 
     def _only_output(self, ref: ModelRef) -> str:
         """The name of a single-output model's output, from its metadata (looked up once)."""

@@ -8,75 +8,25 @@ Strings (encoded images) are lists of bytes in TF and length-prefixed bytes in V
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import numpy as np
 
 from streaminfer.errors import InfrastructureError
 from streaminfer.models.runtime import InvalidInput
+from streaminfer.protos.dtypes import (
+    BYTES,
+    LENGTH_PREFIX,
+    TF_DTYPES,
+    TF_VALUE_FIELDS,
+    V2_CONTENT_FIELDS,
+    V2_DTYPES,
+)
 from streaminfer.protos.tfserving import tensor_pb2, types_pb2
 
-_TF_DTYPES: dict[int, np.dtype] = {
-    types_pb2.DT_FLOAT: np.dtype("<f4"),
-    types_pb2.DT_DOUBLE: np.dtype("<f8"),
-    types_pb2.DT_HALF: np.dtype("<f2"),
-    types_pb2.DT_INT8: np.dtype("i1"),
-    types_pb2.DT_INT16: np.dtype("<i2"),
-    types_pb2.DT_INT32: np.dtype("<i4"),
-    types_pb2.DT_INT64: np.dtype("<i8"),
-    types_pb2.DT_UINT8: np.dtype("u1"),
-    types_pb2.DT_UINT16: np.dtype("<u2"),
-    types_pb2.DT_UINT32: np.dtype("<u4"),
-    types_pb2.DT_UINT64: np.dtype("<u8"),
-    types_pb2.DT_BOOL: np.dtype("?"),
-}
-_TF_BY_KIND: dict[str, Any] = {dtype.str.lstrip("<|"): code for code, dtype in _TF_DTYPES.items()}
-# Where TF puts values that are not in ``tensor_content``.
-_TF_VALUE_FIELDS = {
-    types_pb2.DT_FLOAT: "float_val",
-    types_pb2.DT_DOUBLE: "double_val",
-    types_pb2.DT_HALF: "half_val",
-    types_pb2.DT_INT8: "int_val",
-    types_pb2.DT_INT16: "int_val",
-    types_pb2.DT_INT32: "int_val",
-    types_pb2.DT_UINT8: "int_val",
-    types_pb2.DT_UINT16: "int_val",
-    types_pb2.DT_INT64: "int64_val",
-    types_pb2.DT_UINT32: "uint32_val",
-    types_pb2.DT_UINT64: "uint64_val",
-    types_pb2.DT_BOOL: "bool_val",
-}
-
-_V2_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-_V2_BY_KIND = {dtype.str.lstrip("<|"): name for name, dtype in _V2_DTYPES.items()}
-_V2_CONTENT_FIELDS = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
+# Numeric dtypes by kind ("f4", "i8"...); strings travel in their own fields.
+_TF_BY_KIND = {_d.str.lstrip("<>|="): code for code, _d in TF_DTYPES.items() if _d != BYTES}
+_V2_BY_KIND = {_d.str.lstrip("<>|="): name for name, _d in V2_DTYPES.items() if _d != BYTES}
 
 
 def _kind(array: np.ndarray) -> str:
@@ -112,13 +62,13 @@ def tf_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
     shape = tuple(d.size for d in proto.tensor_shape.dim)
     if proto.dtype == types_pb2.DT_STRING:
         return np.array(list(proto.string_val), dtype=object).reshape(shape)
-    dtype = _TF_DTYPES.get(proto.dtype)
+    dtype = TF_DTYPES.get(proto.dtype)
     if dtype is None:
         raise InfrastructureError(f"the server answered with unsupported dtype {proto.dtype}")
     if proto.tensor_content:
         values = np.frombuffer(proto.tensor_content, dtype=dtype)
     else:
-        listed = np.asarray(getattr(proto, _TF_VALUE_FIELDS[proto.dtype]))
+        listed = np.asarray(getattr(proto, TF_VALUE_FIELDS[proto.dtype]))
         if proto.dtype == types_pb2.DT_HALF:  # half_val holds the float16 bit patterns
             values = listed.astype(np.uint16).view(dtype)
         else:
@@ -144,7 +94,7 @@ def v2_raw(array: np.ndarray) -> bytes:
 
 def v2_pack_bytes(values: list[bytes]) -> bytes:
     """A BYTES tensor's raw form: each element prefixed by its 4-byte little-endian length."""
-    return b"".join(struct.pack("<I", len(v)) + v for v in values)
+    return b"".join(LENGTH_PREFIX.pack(len(v)) + v for v in values)
 
 
 def v2_unpack_bytes(raw: bytes) -> list[bytes]:
@@ -152,7 +102,7 @@ def v2_unpack_bytes(raw: bytes) -> list[bytes]:
     while offset < len(raw):
         if offset + 4 > len(raw):
             raise InfrastructureError("the server sent a truncated BYTES tensor")
-        (length,) = struct.unpack_from("<I", raw, offset)
+        (length,) = LENGTH_PREFIX.unpack_from(raw, offset)
         offset += 4
         values.append(raw[offset : offset + length])
         offset += length
@@ -161,7 +111,7 @@ def v2_unpack_bytes(raw: bytes) -> list[bytes]:
 
 def v2_dtype(datatype: str) -> np.dtype:
     """The numpy dtype of a numeric V2 datatype in an answer."""
-    dtype = _V2_DTYPES.get(datatype)
+    dtype = V2_DTYPES.get(datatype)
     if dtype is None:
         raise InfrastructureError(f"the server answered with unsupported datatype {datatype}")
     return dtype
@@ -176,7 +126,7 @@ def v2_array(datatype: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
 
 def v2_array_from_contents(datatype: str, shape: tuple[int, ...], contents: Any) -> np.ndarray:
     """A V2 tensor sent as typed ``contents`` (servers that don't use the raw fields)."""
-    field = _V2_CONTENT_FIELDS.get(datatype)
+    field = V2_CONTENT_FIELDS.get(datatype)
     if field is None:
         raise InfrastructureError(f"the server answered with unsupported datatype {datatype}")
     values = list(getattr(contents, field))

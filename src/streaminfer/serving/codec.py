@@ -9,11 +9,18 @@ on a client's tensor happens here, before anything is allocated from a claimed s
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 
 import numpy as np
 
+from streaminfer.protos.dtypes import (
+    BYTES,
+    LENGTH_PREFIX,
+    TF_DTYPES,
+    TF_VALUE_FIELDS,
+    V2_CONTENT_FIELDS,
+    V2_DTYPES,
+)
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.tfserving import tensor_pb2, tensor_shape_pb2, types_pb2
 from streaminfer.serving.errors import InvalidRequest
@@ -21,73 +28,8 @@ from streaminfer.serving.errors import InvalidRequest
 MAX_ELEMENTS = 1 << 25
 """Largest tensor a request may describe (32 Mi elements, 128 MB of float32)."""
 
-BYTES = np.dtype(object)
-"""Strings and encoded images are object arrays of ``bytes``."""
-
-_TF_DTYPES: dict[types_pb2.DataType, np.dtype] = {
-    types_pb2.DT_FLOAT: np.dtype(np.float32),
-    types_pb2.DT_DOUBLE: np.dtype(np.float64),
-    types_pb2.DT_HALF: np.dtype(np.float16),
-    types_pb2.DT_INT8: np.dtype(np.int8),
-    types_pb2.DT_INT16: np.dtype(np.int16),
-    types_pb2.DT_INT32: np.dtype(np.int32),
-    types_pb2.DT_INT64: np.dtype(np.int64),
-    types_pb2.DT_UINT8: np.dtype(np.uint8),
-    types_pb2.DT_UINT16: np.dtype(np.uint16),
-    types_pb2.DT_UINT32: np.dtype(np.uint32),
-    types_pb2.DT_UINT64: np.dtype(np.uint64),
-    types_pb2.DT_BOOL: np.dtype(np.bool_),
-    types_pb2.DT_STRING: BYTES,
-}
-_TF_ENUMS = {dtype: enum for enum, dtype in _TF_DTYPES.items()}
-# The TensorProto field that carries each dtype's values when tensor_content is empty.
-_TF_VALUES = {
-    types_pb2.DT_FLOAT: "float_val",
-    types_pb2.DT_DOUBLE: "double_val",
-    types_pb2.DT_HALF: "half_val",
-    types_pb2.DT_INT8: "int_val",
-    types_pb2.DT_INT16: "int_val",
-    types_pb2.DT_INT32: "int_val",
-    types_pb2.DT_UINT8: "int_val",
-    types_pb2.DT_UINT16: "int_val",
-    types_pb2.DT_INT64: "int64_val",
-    types_pb2.DT_UINT32: "uint32_val",
-    types_pb2.DT_UINT64: "uint64_val",
-    types_pb2.DT_BOOL: "bool_val",
-}
-
-_V2_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": BYTES,
-}
-_V2_NAMES = {dtype: name for name, dtype in _V2_DTYPES.items()}
-# The InferTensorContents field of each datatype; FP16 travels only as raw bytes.
-_V2_CONTENTS = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-_LENGTH = struct.Struct("<I")
+_TF_ENUMS = {dtype: enum for enum, dtype in TF_DTYPES.items()}
+_V2_NAMES = {dtype: name for name, dtype in V2_DTYPES.items()}
 
 
 # -- dtypes and shapes -----------------------------------------------------------------------
@@ -108,9 +50,9 @@ def v2_datatype(dtype: np.dtype) -> str:
 
 def v2_numpy_dtype(name: str, datatype: str) -> np.dtype:
     try:
-        return _V2_DTYPES[datatype]
+        return V2_DTYPES[datatype]
     except KeyError:
-        known = ", ".join(_V2_DTYPES)
+        known = ", ".join(V2_DTYPES)
         raise InvalidRequest(
             f"input {name!r}: datatype {datatype!r} is not supported (use one of {known})"
         ) from None
@@ -177,7 +119,7 @@ def to_raw(array: np.ndarray) -> bytes:
     """The inverse of :func:`from_raw`."""
     if array.dtype == BYTES:
         return b"".join(
-            _LENGTH.pack(len(item)) + item for item in map(_as_bytes, array.ravel().tolist())
+            LENGTH_PREFIX.pack(len(item)) + item for item in map(_as_bytes, array.ravel().tolist())
         )
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
@@ -188,7 +130,7 @@ def _split_length_prefixed(name: str, data: bytes) -> list[bytes]:
     while offset < len(data):
         if offset + 4 > len(data):
             raise InvalidRequest(f"input {name!r}: BYTES data ends inside a length prefix")
-        (size,) = _LENGTH.unpack_from(view, offset)
+        (size,) = LENGTH_PREFIX.unpack_from(view, offset)
         offset += 4
         if offset + size > len(data):
             raise InvalidRequest(f"input {name!r}: BYTES element of {size} bytes runs past the end")
@@ -200,7 +142,7 @@ def _split_length_prefixed(name: str, data: bytes) -> list[bytes]:
 # -- TF Serving TensorProto ------------------------------------------------------------------
 def from_tensor_proto(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
     """A TF Serving tensor as an array: ``tensor_content`` zero-copy, else the typed values."""
-    dtype = _TF_DTYPES.get(proto.dtype)
+    dtype = TF_DTYPES.get(proto.dtype)
     if dtype is None:
         label = (
             types_pb2.DataType.Name(proto.dtype)
@@ -215,7 +157,7 @@ def from_tensor_proto(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
         return _fill(name, bytes_array(list(proto.string_val)), shape)
     if proto.tensor_content:
         return from_raw(name, dtype, shape, proto.tensor_content)
-    values = getattr(proto, _TF_VALUES[proto.dtype])
+    values = getattr(proto, TF_VALUE_FIELDS[proto.dtype])
     if proto.dtype == types_pb2.DT_HALF:  # half_val holds the float16 bit patterns
         return _fill(name, _from_values(name, values, np.dtype(np.uint16)).view(np.float16), shape)
     return _fill(name, _from_values(name, values, dtype), shape)
@@ -251,7 +193,7 @@ def from_v2_input(tensor: v2.ModelInferRequest.InferInputTensor, raw: bytes | No
     shape = list(tensor.shape)
     if raw is not None:
         return from_raw(tensor.name, dtype, shape, raw)
-    field = _V2_CONTENTS.get(tensor.datatype)
+    field = V2_CONTENT_FIELDS.get(tensor.datatype)
     if field is None:
         raise InvalidRequest(
             f"input {tensor.name!r}: {tensor.datatype} data must be sent as raw_input_contents"

@@ -163,7 +163,12 @@ class DataPlane:
         for row, predictions in enumerate(ranked):
             classes[row, :] = [p.label.encode() for p in predictions]
         scores = np.array([[p.score for p in row] for row in ranked], dtype=np.float32)
-        return {"classes": classes, "scores": scores.reshape(classes.shape)}
+        class_ids = np.array([[p.class_id for p in row] for row in ranked], dtype=np.int64)
+        return {
+            "classes": classes,
+            "scores": scores.reshape(classes.shape),
+            "class_ids": class_ids.reshape(classes.shape),
+        }
 
     # -- management --------------------------------------------------------------------------
     async def set_configs(self, configs: list[ModelConfig]) -> None:
@@ -181,6 +186,7 @@ def signatures(version: LoadedVersion) -> dict[str, Signature]:
             outputs=[
                 TensorSpec(name="classes", dtype="string", shape=[-1, k]),
                 TensorSpec(name="scores", dtype="float32", shape=[-1, k]),
+                TensorSpec(name="class_ids", dtype="int64", shape=[-1, k]),
             ],
         )
         found.update(dict.fromkeys(IMAGE_SIGNATURES, image))

@@ -30,6 +30,9 @@ STATUS_PATH = re.compile(r"^/v1/models/[^/:]+(?:/(?:versions|labels)/[^/:]+)?$")
 """Model status, TF Serving's health check: open without a token."""
 
 
+MODEL_VERSION_HEADER = "X-Model-Version"
+
+
 def json_response(document: JSON, status: int = 200) -> web.Response:
     return web.Response(body=dumps(document), status=status, content_type="application/json")
 
@@ -95,9 +98,15 @@ class TFServingRest:
                 )
             )
             observation.version = str(result.version)
-            if row_format:
-                return json_response({"predictions": _rows(result.outputs)})
-            return json_response({"outputs": _columns(result.outputs)})
+            body = (
+                {"predictions": _rows(result.outputs)}
+                if row_format
+                else {"outputs": _columns(result.outputs)}
+            )
+            response = json_response(body)
+            # TF Serving's body does not say which version answered; this header does.
+            response.headers[MODEL_VERSION_HEADER] = str(result.version)
+            return response
 
 
 def _inputs(body: dict[str, Any]) -> tuple[Tensors, bool]:

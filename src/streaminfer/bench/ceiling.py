@@ -1,0 +1,120 @@
+"""The ceiling: the workload run in one process with no Kafka, so every ratio has a top.
+
+Two figures matter.  Bare inference (ONNX Runtime on a ready tensor) is the model's own
+limit.  The in-process pipeline (fetch + decode + preprocess + inference, every core
+busy) is the best a worker could ever do on this machine: TARGETS.md's "best in-process
+pipeline rate".  It runs the very predictor the worker's embedded mode builds, in a few
+shapes of concurrency, and keeps the best.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from streaminfer.bench.measure import cpu_seconds, per_thousand
+from streaminfer.bench.results import CeilingResult
+from streaminfer.bench.workloads import Workload
+from streaminfer.errors import InfrastructureError
+from streaminfer.models.pipeline import image_input_name, preprocess_one
+from streaminfer.models.registry import LoadedVersion, ModelRegistry
+from streaminfer.models.runtime import Tensors
+from streaminfer.predictors import Predictor, PredictRequest, PredictResult, create_predictor
+
+BATCH = 16  # the worker's default --batch-size
+FETCH_THREADS = 8  # the worker's default fetch threads
+LANES = (1, 2, 4)  # batches in flight at once; the worker's default --max-in-flight is 4
+
+
+def measure_ceiling(workload: Workload, repo: Path, seconds: float) -> CeilingResult:
+    """Bare inference and the in-process pipeline, each timed for ``seconds``."""
+    registry = ModelRegistry(repo)
+    registry.reload()
+    predictor = create_predictor("embedded", registry=registry)
+    try:
+        version = registry.resolve(workload.model)
+        sample = workload.request(workload.record(0))
+        one, batch = model_input(version, sample, 1), model_input(version, sample, BATCH)
+        inference, _ = _timed_rate(lambda: _run(version, one), seconds)
+        batched, _ = _timed_rate(lambda: _run(version, batch), seconds)
+        records = itertools.count()
+        single, _ = _timed_rate(
+            lambda: _predict(predictor, [workload.request(workload.record(next(records)))]),
+            seconds,
+        )
+        variants: dict[str, tuple[float, float]] = {}
+        with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="bench-fetch") as fetches:
+            for lanes in LANES:
+
+                def one_batch() -> int:
+                    values = [workload.record(next(records)) for _ in range(BATCH)]
+                    return _predict(predictor, list(fetches.map(workload.request, values)))
+
+                variants[f"batch {BATCH} x {lanes} in flight"] = _timed_rate(
+                    one_batch, seconds, lanes
+                )
+    finally:
+        predictor.close()
+        registry.close()
+    best = max(variants, key=lambda name: variants[name][0])
+    return CeilingResult(
+        pipeline_rps=variants[best][0],
+        pipeline_variant=best,
+        pipeline_one_thread_rps=single,
+        inference_rps=inference,
+        inference_batched_rps=batched,
+        cpu_s_per_1k=variants[best][1],
+        variants={name: rate for name, (rate, _) in variants.items()},
+    )
+
+
+def model_input(version: LoadedVersion, sample: PredictRequest, rows: int) -> Tensors:
+    """``rows`` copies of a sample request as the model's checked input tensors."""
+    if sample.image is not None:
+        row = preprocess_one(version, sample.image)
+        return version.model.validate({image_input_name(version): np.stack([row] * rows)})
+    assert sample.tensors is not None
+    repeated = {name: np.repeat(array, rows, axis=0) for name, array in sample.tensors.items()}
+    return version.model.validate(repeated)
+
+
+def _run(version: LoadedVersion, inputs: Tensors) -> int:
+    outputs = version.model.run(inputs)
+    return len(next(iter(outputs.values())))
+
+
+def _predict(predictor: Predictor, requests: list[PredictRequest]) -> int:
+    """Predict and insist that every record was served: a failing ceiling would flatter."""
+    outcomes = predictor.predict(requests)
+    failed = [o for o in outcomes if not isinstance(o, PredictResult)]
+    if failed:
+        raise InfrastructureError(f"the in-process pipeline failed a record: {failed[0]}")
+    return len(outcomes)
+
+
+def _timed_rate(work: Callable[[], int], seconds: float, lanes: int = 1) -> tuple[float, float]:
+    """Records per second and CPU seconds per 1,000 records of ``lanes`` threads calling
+    ``work`` (which returns records done) for ``seconds``, after one warm-up call."""
+    work()
+    done = [0] * lanes
+    started, cpu_started = time.perf_counter(), cpu_seconds(os.getpid())
+    deadline = started + seconds
+
+    def lane(index: int) -> None:
+        while time.perf_counter() < deadline:
+            done[index] += work()
+
+    threads = [threading.Thread(target=lane, args=(i,)) for i in range(lanes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds(os.getpid()) - cpu_started
+    return sum(done) / elapsed, per_thousand(cpu, sum(done))

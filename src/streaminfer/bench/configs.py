@@ -1,0 +1,87 @@
+"""The configurations a benchmark compares: the same workload, served each way in turn."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from streaminfer.errors import ConfigError
+
+Guarantee = Literal["exactly-once", "at-least-once"]
+BARE = "bare"
+EMBEDDED = "embedded"
+SEED_STYLE = "seed-style"
+_REST_MODES = ("tfserving-rest", "kserve-http")
+_ALL_WORKLOADS = frozenset({"images", "tensor"})
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One way of serving the workload: the worker's predictor mode and its settings."""
+
+    name: str
+    mode: str  # "bare" (no worker, no Kafka) or the worker's --mode
+    guarantee: Guarantee | None  # None: bare, which has no Kafka
+    description: str
+    worker_args: tuple[str, ...] = ()
+    workloads: frozenset[str] = _ALL_WORKLOADS
+    records_share: float = 1.0  # of the workload's saturation records: slow ones need fewer
+
+    @property
+    def remote(self) -> bool:
+        """Whether a model server must run for this configuration."""
+        return self.mode not in (BARE, EMBEDDED)
+
+    @property
+    def rest(self) -> bool:
+        """Whether the worker talks to the server's REST port (else its gRPC port)."""
+        return self.mode in _REST_MODES
+
+    def applies_to(self, workload: str) -> bool:
+        return workload in self.workloads
+
+
+def _worker(mode: str, guarantee: Guarantee, description: str) -> BenchConfig:
+    suffix = "" if guarantee == "exactly-once" else "-alo"
+    return BenchConfig(mode + suffix, mode, guarantee, description)
+
+
+CONFIGS: tuple[BenchConfig, ...] = (
+    BenchConfig(
+        BARE,
+        BARE,
+        None,
+        "in-process pipeline, every core, no Kafka: the ceiling",
+    ),
+    _worker(EMBEDDED, "exactly-once", "worker, ONNX Runtime in process"),
+    _worker(EMBEDDED, "at-least-once", "worker, ONNX Runtime in process"),
+    _worker("tfserving-grpc", "exactly-once", "worker -> server, TF Serving gRPC Predict"),
+    _worker("tfserving-grpc", "at-least-once", "worker -> server, TF Serving gRPC Predict"),
+    _worker("tfserving-rest", "exactly-once", "worker -> server, TF Serving REST :predict"),
+    _worker("kserve-grpc", "exactly-once", "worker -> server, KServe V2 gRPC ModelInfer"),
+    _worker("kserve-http", "exactly-once", "worker -> server, KServe V2 HTTP infer"),
+    BenchConfig(
+        SEED_STYLE,
+        SEED_STYLE,
+        "at-least-once",
+        "the original demo: one record at a time, a new gRPC channel and a blocking "
+        "InceptionService/Classify per record",
+        worker_args=("--batch-size", "1", "--max-in-flight", "1"),
+        workloads=frozenset({"images"}),  # the legacy API classifies JPEGs only
+        records_share=0.2,
+    ),
+)
+QUICK_CONFIGS = (BARE, EMBEDDED, "tfserving-grpc", SEED_STYLE)
+
+
+def select_configs(names: Sequence[str] | None, quick: bool) -> list[BenchConfig]:
+    """The configurations to run, in the canonical order (embedded first: loads derive from it)."""
+    wanted = list(names) if names else list(QUICK_CONFIGS if quick else (c.name for c in CONFIGS))
+    known = [c.name for c in CONFIGS]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise ConfigError(
+            f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(known)}"
+        )
+    return [c for c in CONFIGS if c.name in wanted]

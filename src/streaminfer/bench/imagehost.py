@@ -1,0 +1,31 @@
+"""A static file host for the images workload: ``python -m streaminfer.bench.imagehost DIR PORT``.
+
+``python -m http.server`` would do, but with HTTP/1.1 keep-alive it writes headers and
+body separately with Nagle's algorithm on, so every response waits ~40 ms for the
+client's delayed ACK: that would measure the host, not the worker.  This one speaks
+HTTP/1.1 with ``TCP_NODELAY``, as a real web server does.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # one line per request would cost more than serving it
+
+
+def serve(directory: str, port: int) -> None:
+    handler = partial(_Handler, directory=directory)
+    with ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], int(sys.argv[2]))

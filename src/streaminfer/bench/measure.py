@@ -1,0 +1,110 @@
+"""The figures a benchmark reports, computed from raw observations.
+
+Pure functions (percentiles, rates) plus readers of ``/proc`` for a process's CPU time
+and peak memory, so that a worker or server measured from outside pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Percentiles of one set of end-to-end latencies, in milliseconds."""
+
+    count: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100), interpolated linearly between the closest ranks."""
+    if not values:
+        raise ValueError("no values to take a percentile of")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is outside 0..100")
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def summarize_latencies(latencies_ms: Sequence[float]) -> LatencySummary:
+    return LatencySummary(
+        count=len(latencies_ms),
+        p50_ms=percentile(latencies_ms, 50),
+        p95_ms=percentile(latencies_ms, 95),
+        p99_ms=percentile(latencies_ms, 99),
+        max_ms=float(max(latencies_ms)),
+        mean_ms=float(np.mean(latencies_ms)),
+    )
+
+
+@dataclass(frozen=True)
+class Window:
+    """The steady part of a run: records completed between the first and last output."""
+
+    records: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds
+
+
+def saturation_window(arrivals: Sequence[float]) -> Window | None:
+    """Time from the first output seen to the last, and the records completed after the first.
+
+    Outputs become visible in groups (one per transaction), so the records of the first
+    group count as the start line, not as work done in the window.  ``None`` when every
+    output arrived at once and there is no window to time.
+    """
+    if not arrivals:
+        return None
+    first, last = min(arrivals), max(arrivals)
+    if last <= first:
+        return None
+    in_first_group = sum(1 for t in arrivals if t == first)
+    return Window(records=len(arrivals) - in_first_group, seconds=last - first)
+
+
+def per_thousand(amount: float, records: int) -> float:
+    """``amount`` (e.g. CPU seconds) spent per 1,000 records."""
+    return amount / records * 1000
+
+
+def parse_cpu_seconds(stat: str) -> float:
+    """User + system CPU seconds from the text of ``/proc/<pid>/stat``.
+
+    The command name (field 2) is in parentheses and may hold spaces, so fields are
+    counted from the last ``)``: utime and stime are fields 14 and 15 of the line.
+    """
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / _CLOCK_TICKS
+
+
+def parse_peak_rss_mb(status: str) -> float:
+    """``VmHWM`` (the peak resident set size) from ``/proc/<pid>/status``, in MB."""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            kilobytes = int(line.split()[1])
+            return kilobytes / 1024
+    raise ValueError("no VmHWM line in the process status")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time the process has used so far (its threads included, its children not)."""
+    return parse_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
+
+
+def peak_rss_mb(pid: int) -> float:
+    return parse_peak_rss_mb(Path(f"/proc/{pid}/status").read_text())

@@ -1,0 +1,141 @@
+"""What a run leaves behind: ``results.json`` (every figure), ``report.md`` and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from streaminfer.bench.plots import plot_latency, plot_throughput
+from streaminfer.bench.results import BenchResult, LatencyPoint, WorkloadResult
+from streaminfer.bench.table import HEADERS, Row, build_rows
+
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.md"
+
+METHOD = """\
+## How the figures are measured
+
+- **Saturation throughput.** The records are produced to a fresh one-partition topic
+  *before* the worker starts, so it never waits for input. A `read_committed` consumer
+  in the benchmark process notes when each output becomes visible; throughput is the
+  records completed after the first visible output, divided by the time from the first
+  visible output to the last. Worker start-up, model loading and the group join are
+  outside that window.
+- **End-to-end latency.** A producer writes at a steady offered rate (`linger.ms=0`) for
+  a fixed time; an output's latency runs from its input record's timestamp to the moment
+  the `read_committed` consumer sees it, so under exactly-once it includes waiting for the
+  transaction to commit. Offered loads are fractions of the reference configuration's
+  saturation rate (normally `embedded`), the same absolute rates for every
+  configuration; a load above 90 % of a configuration's own saturation rate is skipped,
+  since there latency measures only how long the queue has been growing.
+- **CPU.** User + system time from `/proc/<pid>/stat` of the worker and, in remote modes,
+  of the model server, over the saturation window, per 1,000 records. For `bare`, the
+  benchmark's own process during the best pipeline variant.
+- **Memory.** Peak resident set (`VmHWM` in `/proc/<pid>/status`) of the worker and the
+  server over the whole configuration.
+- **Ceiling.** `bare` runs the worker's own embedded predictor in the benchmark process:
+  fetch + decode + preprocess + inference on every core, batches of 16 with 1, 2 or 4
+  batches in flight, and keeps the best rate; no Kafka. `bare-inference` is ONNX Runtime
+  alone on a ready tensor, batch 1, one caller: the model's own limit.
+- **seed-style** re-creates the original demo: the worker one record at a time
+  (`--batch-size 1 --max-in-flight 1`, at-least-once), a new gRPC channel and one
+  blocking `tensorflow.serving.InceptionService/Classify` call per record. Being slow,
+  it is timed on a fifth of the records.
+- **Remote modes** run against `streaminfer serve` (dynamic batching on, its defaults),
+  started for each configuration on free loopback ports.
+- **Targets** are those of TARGETS.md. Throughput ratios apply to the `images` workload
+  (they were set for EfficientNet-Lite0); `—` means a target does not apply. Not covered
+  here: the comparisons with Quix Streams and the server-alone targets.
+- Configurations run one after another on the same broker, model repository and input
+  records; a busy machine (see the load averages) makes every figure noisier.
+"""
+
+
+def write_report(result: BenchResult, out: Path) -> Path:
+    """Write the JSON, the plots and the Markdown report into ``out``; returns the report."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULTS_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    sections = []
+    for workload in result.workloads:
+        rows = build_rows(workload)
+        throughput_png = f"throughput-{workload.name}.png"
+        plot_throughput(workload, rows, out / throughput_png)
+        latency_png: str | None = f"latency-{workload.name}.png"
+        if not plot_latency(workload, out / str(latency_png)):
+            latency_png = None
+        sections.append(workload_section(workload, rows, throughput_png, latency_png))
+    report = out / REPORT_FILE
+    report.write_text("\n".join([_header(result), *sections, METHOD]))
+    return report
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(headers), line(["---"] * len(headers)), *(line(r) for r in rows)])
+
+
+def workload_section(
+    workload: WorkloadResult, rows: list[Row], throughput_png: str, latency_png: str | None
+) -> str:
+    parts = [f"## {workload.name}: {workload.title}\n", _workload_setup(workload)]
+    parts.append(markdown_table(HEADERS, [row.cells() for row in rows]) + "\n")
+    failures = [f"- **{row.name}** failed: {row.error}" for row in rows if row.error]
+    if failures:
+        parts.append("\n".join(failures) + "\n")
+    latency_rows = [
+        _latency_cells(config.name, point)
+        for config in workload.configs
+        for point in config.latency
+    ]
+    if latency_rows:
+        headers = ["configuration", "load", "offered records/s", "records"]
+        headers += ["p50 ms", "p95 ms", "p99 ms", "max ms"]
+        parts.append("### Latency at fixed offered loads\n")
+        parts.append(markdown_table(headers, latency_rows) + "\n")
+    parts.append(f"![throughput]({throughput_png})\n")
+    if latency_png is not None:
+        parts.append(f"![latency]({latency_png})\n")
+    return "\n".join(parts)
+
+
+def _latency_cells(name: str, point: LatencyPoint) -> list[str]:
+    cells = [name, f"{point.load:.0%}", f"{point.offered_rps:,.1f}"]
+    summary = point.latency
+    if summary is None:
+        return [*cells, point.skipped or "—", "", "", "", ""]
+    figures = (summary.p50_ms, summary.p95_ms, summary.p99_ms, summary.max_ms)
+    return [*cells, str(point.records), *(f"{v:.1f}" for v in figures)]
+
+
+def _workload_setup(workload: WorkloadResult) -> str:
+    lines = [f"{workload.records:,} records per saturation run."]
+    if workload.reference_rps is not None:
+        lines.append(
+            f"Offered loads are fractions of `{workload.reference}`'s saturation rate, "
+            f"{workload.reference_rps:,.1f} records/s."
+        )
+    ceiling = workload.ceiling
+    if ceiling is not None:
+        lines.append(
+            f"Ceiling (in-process pipeline, {ceiling.pipeline_variant}): "
+            f"{ceiling.pipeline_rps:,.1f} records/s; one thread, batch 1: "
+            f"{ceiling.pipeline_one_thread_rps:,.1f}; bare inference: "
+            f"{ceiling.inference_rps:,.1f}/s at batch 1, "
+            f"{ceiling.inference_batched_rps:,.1f}/s at batch 16."
+        )
+    return " ".join(lines) + "\n"
+
+
+def _header(result: BenchResult) -> str:
+    machine = result.machine
+    minutes, seconds = divmod(round(result.elapsed_s), 60)
+    return (
+        "# streaminfer bench\n\n"
+        f"Run at {result.started_at}, took {minutes} min {seconds} s: `{result.command}`.\n\n"
+        f"Machine: {machine.get('cpus')} CPUs ({machine.get('cpu_model') or 'unknown model'}), "
+        f"Python {machine.get('python')}; load average {machine.get('load_average_start'):.2f} "
+        f"at the start, {machine.get('load_average_end', 0.0):.2f} at the end.\n"
+    )

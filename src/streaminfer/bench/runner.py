@@ -1,0 +1,203 @@
+"""Runs one configuration on one workload: fresh topics, a worker process, the measurements.
+
+A run has three parts on the same worker:
+
+1. **Saturation.**  ``records`` inputs are produced before the worker starts, so it is
+   never short of work.  Throughput is timed from the first output a read_committed
+   reader sees to the last (start-up and model loading are outside the window); CPU
+   time of the worker and of the model server is read from ``/proc`` at both ends.
+2. **Latency.**  For each offered load, a paced producer writes at that steady rate for
+   a fixed time; each output's latency is its input's timestamp to the moment the
+   reader saw it.  Loads beyond 90 % of this configuration's own saturation rate are
+   skipped: there the latency only measures how long the queue has been growing.
+3. **Memory.**  The peak resident set (``VmHWM``) of the worker and the server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from streaminfer.bench.configs import EMBEDDED, BenchConfig
+from streaminfer.bench.measure import per_thousand, saturation_window, summarize_latencies
+from streaminfer.bench.processes import ManagedProcess, ModelServerProcess, worker_process
+from streaminfer.bench.results import ConfigResult, LatencyPoint
+from streaminfer.bench.traffic import Arrival, OutputCollector, produce_paced
+from streaminfer.bench.workloads import Workload
+from streaminfer.errors import InfrastructureError
+from streaminfer.kafka.admin import TopicAdmin
+from streaminfer.kafka.config import KafkaSettings
+from streaminfer.kafka.records import produce
+
+FIRST_OUTPUT_TIMEOUT_S = 120.0  # a worker starting: model load, group join, first batch
+STALL_TIMEOUT_S = 60.0  # outputs flowing, then none for this long: the run has failed
+OVERLOAD = 0.9  # offered loads above this fraction of saturation are not latency-measured
+
+
+@dataclass(frozen=True)
+class Topics:
+    input: str
+    output: str
+    dead_letter: str
+
+    @classmethod
+    def fresh(cls, workload: str, config: str) -> Topics:
+        stem = f"bench-{workload}-{config}-{uuid.uuid4().hex[:8]}"
+        return cls(f"{stem}.in", f"{stem}.out", f"{stem}.dlq")
+
+    def all(self) -> list[str]:
+        return [self.input, self.output, self.dead_letter]
+
+
+class ConfigRun:
+    """One configuration's worker (and server), measured phase by phase; fills ``result``."""
+
+    def __init__(
+        self,
+        config: BenchConfig,
+        workload: Workload,
+        kafka: KafkaSettings,
+        repo: Path,
+        log_dir: Path,
+    ) -> None:
+        self.config = config
+        self.workload = workload
+        self.kafka = kafka
+        self.repo = repo
+        self.log_dir = log_dir
+        self.result = ConfigResult(config.name, config.mode, config.guarantee, config.description)
+        self.topics = Topics.fresh(workload.name, config.name)
+        self._admin = TopicAdmin(kafka)
+        self._stack = ExitStack()
+        self._collector: OutputCollector | None = None
+        self._worker: ManagedProcess | None = None
+        self._server: ModelServerProcess | None = None
+        self._produced = 0
+
+    def __enter__(self) -> Self:
+        for topic in self.topics.all():
+            self._admin.create(topic, partitions=1)
+        self._stack.callback(self._delete_topics)
+        self._collector = OutputCollector(self.kafka, self.topics.output, self.topics.dead_letter)
+        self._stack.callback(self._collector.close)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stack.close()
+
+    # -- phases ------------------------------------------------------------------------------
+    def saturate(self, records: int) -> None:
+        """Pre-produce ``records``, start the worker, time the outputs from first to last."""
+        values = (self.workload.record(i) for i in range(records))
+        self._produced = produce(self.kafka, self.topics.input, values)
+        stem = f"{self.workload.name}-{self.config.name}"
+        if self.config.remote:
+            self._server = ModelServerProcess(self.repo, self.log_dir / f"{stem}-server.log")
+            self._stack.enter_context(self._server)
+        self._worker = worker_process(self._worker_args(), self.log_dir / f"{stem}-worker.log")
+        self._stack.enter_context(self._worker)
+        self._wait_for(1)
+        cpu_first = self._cpu()
+        self._wait_for(self._produced)
+        cpu_last = self._cpu()
+        arrivals = self._outputs(0, self._produced)
+        window = saturation_window([a.seen_at for a in arrivals])
+        if window is None:
+            raise InfrastructureError("every output arrived at once: raise --records to time them")
+        self.result.throughput_rps = window.rate
+        self.result.window_records, self.result.window_s = window.records, window.seconds
+        self.result.worker_cpu_s_per_1k = per_thousand(cpu_last[0] - cpu_first[0], window.records)
+        if self._server is not None:
+            spent = cpu_last[1] - cpu_first[1]
+            self.result.server_cpu_s_per_1k = per_thousand(spent, window.records)
+
+    def offer(self, load: float, rate: float, duration_s: float) -> None:
+        """Produce at ``rate`` records/s for ``duration_s``; record the latency percentiles."""
+        point = LatencyPoint(load=load, offered_rps=rate)
+        self.result.latency.append(point)
+        saturation = self.result.throughput_rps or 0.0
+        if rate > OVERLOAD * saturation:
+            point.skipped = (
+                f"overloaded: {rate:.1f}/s offered, saturation {saturation:.1f}/s "
+                f"(latency is measured up to {OVERLOAD:.0%} of it)"
+            )
+            return
+        first = self._produced
+        point.records = produce_paced(
+            self.kafka, self.topics.input, self.workload.record, first, rate, duration_s
+        )
+        self._produced += point.records
+        self._wait_for(self._produced)
+        latencies = [a.latency_ms for a in self._outputs(first, self._produced)]
+        measured = [ms for ms in latencies if ms is not None]
+        if not measured:
+            raise InfrastructureError("no output carried its input's timestamp")
+        point.latency = summarize_latencies(measured)
+
+    def finish(self) -> None:
+        """Peak memory, who served the outputs, and whether that is who should have."""
+        assert self._worker is not None and self._collector is not None
+        self.result.worker_peak_rss_mb = self._worker.peak_rss_mb()
+        if self._server is not None:
+            self.result.server_peak_rss_mb = self._server.peak_rss_mb()
+        self.result.dead_lettered = self._collector.dead_lettered
+        outputs = self._outputs(0, self._produced)
+        self.result.served_by = sorted({a.mode for a in outputs})
+        if self.result.served_by != [self.config.mode]:
+            raise InfrastructureError(
+                f"outputs were served by {', '.join(self.result.served_by) or 'nobody'}, "
+                f"not by {self.config.mode}: the worker does not run this mode"
+            )
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _worker_args(self) -> list[str]:
+        config, topics = self.config, self.topics
+        assert config.guarantee is not None
+        args = ["-b", self.kafka.bootstrap_servers]
+        for key, value in self.kafka.properties.items():
+            args += ["-X", f"{key}={value}"]
+        args += [
+            "--input", topics.input,
+            "--output", topics.output,
+            "--dlq", topics.dead_letter,
+            "--group-id", f"bench-{config.name}-{uuid.uuid4().hex[:8]}",
+            "--mode", config.mode,
+            "--processing-guarantee", config.guarantee,
+            *self.workload.worker_args,
+            *config.worker_args,
+        ]  # fmt: skip
+        if config.mode == EMBEDDED:
+            return [*args, "--repo", str(self.repo)]
+        assert self._server is not None
+        return [*args, "--server", self._server.address(config.rest)]
+
+    def _wait_for(self, count: int) -> None:
+        assert self._collector is not None and self._worker is not None
+        worker = self._worker
+        try:
+            self._collector.wait_for(count, worker.alive, FIRST_OUTPUT_TIMEOUT_S, STALL_TIMEOUT_S)
+        except InfrastructureError as exc:
+            raise worker.failure(str(exc)) from exc
+
+    def _cpu(self) -> tuple[float, float]:
+        """CPU seconds used so far by the worker and by the server (0 without one)."""
+        assert self._worker is not None
+        server = self._server.cpu_seconds() if self._server is not None else 0.0
+        return self._worker.cpu_seconds(), server
+
+    def _outputs(self, first: int, end: int) -> list[Arrival]:
+        assert self._collector is not None
+        return self._collector.arrivals(first, end)
+
+    def _delete_topics(self) -> None:
+        for topic in self.topics.all():
+            self._admin.delete(topic)

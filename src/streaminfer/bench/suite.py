@@ -1,0 +1,218 @@
+"""The whole benchmark: one broker and one model repository, every configuration in turn.
+
+Configurations run one after another, never side by side, so each has the machine to
+itself; the first worker configuration (``embedded`` unless left out) sets the
+workload's reference rate, and every configuration's offered loads are fractions of it,
+so all of them are measured at the same absolute loads.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaException
+
+from streaminfer.bench.ceiling import measure_ceiling
+from streaminfer.bench.configs import BARE, BenchConfig
+from streaminfer.bench.results import BenchResult, ConfigResult, WorkloadResult
+from streaminfer.bench.runner import ConfigRun
+from streaminfer.bench.workloads import Workload, default_records, open_workload
+from streaminfer.errors import StreamInferError
+from streaminfer.kafka.broker import LocalBroker, free_port
+from streaminfer.kafka.config import KafkaSettings
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Preset:
+    records_divisor: int  # of each workload's default record count
+    loads: tuple[float, ...]
+    duration_s: float
+    ceiling_s: float
+
+
+FULL = Preset(records_divisor=1, loads=(0.25, 0.5, 0.75), duration_s=10.0, ceiling_s=5.0)
+MIN_RECORDS = 10
+QUICK = Preset(records_divisor=5, loads=(0.5,), duration_s=5.0, ceiling_s=2.0)
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What to run, and how long each measurement lasts."""
+
+    workloads: list[str]
+    configs: list[BenchConfig]
+    records: dict[str, int]  # per workload: records pre-produced for the saturation run
+    loads: list[float]  # offered loads, as fractions of the reference rate
+    duration_s: float  # of each offered load
+    ceiling_s: float  # of each in-process measurement
+    out: Path
+
+    @classmethod
+    def build(
+        cls,
+        workloads: list[str],
+        configs: list[BenchConfig],
+        out: Path,
+        quick: bool = False,
+        records: int | None = None,
+        loads: list[float] | None = None,
+        duration_s: float | None = None,
+    ) -> BenchPlan:
+        """A plan from a preset (``quick`` or full), with any figure the user gave instead."""
+        preset = QUICK if quick else FULL
+        return cls(
+            workloads=workloads,
+            configs=configs,
+            records={w: records or default_records(w) // preset.records_divisor for w in workloads},
+            loads=loads or list(preset.loads),
+            duration_s=duration_s or preset.duration_s,
+            ceiling_s=preset.ceiling_s,
+            out=out,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "workloads": self.workloads,
+            "configs": [c.name for c in self.configs],
+            "records": self.records,
+            "loads": self.loads,
+            "duration_s": self.duration_s,
+            "ceiling_s": self.ceiling_s,
+        }
+
+
+def run_bench(
+    plan: BenchPlan, kafka: KafkaSettings | None, command: str, progress: Progress
+) -> BenchResult:
+    """Run the plan; a configuration that fails is reported with its error, not fatal."""
+    started = time.monotonic()
+    result = BenchResult(
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        command=command,
+        machine=machine_info(),
+        settings=plan.describe(),
+    )
+    log_dir = plan.out / "logs"
+    with ExitStack() as stack:
+        if kafka is None:
+            progress("starting a Kafka broker")
+            kafka = stack.enter_context(local_broker())
+        repo = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="streaminfer-repo-")))
+        for name in plan.workloads:
+            with open_workload(name, log_dir) as workload:
+                workload.export(repo)
+                result.workloads.append(_run_workload(plan, workload, kafka, repo, progress))
+    result.machine["load_average_end"] = os.getloadavg()[0]
+    result.elapsed_s = time.monotonic() - started
+    return result
+
+
+@contextmanager
+def local_broker() -> Iterator[KafkaSettings]:
+    """A throw-away single-node Kafka on a free loopback port."""
+    with tempfile.TemporaryDirectory(prefix="streaminfer-kafka-") as folder:
+        broker = LocalBroker(Path(folder))
+        state = broker.start(port=free_port())
+        try:
+            yield KafkaSettings(bootstrap_servers=state.bootstrap)
+        finally:
+            broker.stop()
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on; absolute figures mean little without it."""
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_start": os.getloadavg()[0],
+    }
+
+
+def _run_workload(
+    plan: BenchPlan, workload: Workload, kafka: KafkaSettings, repo: Path, progress: Progress
+) -> WorkloadResult:
+    result = WorkloadResult(
+        workload.name, workload.model, workload.title, plan.records[workload.name]
+    )
+    for config in plan.configs:
+        if not config.applies_to(workload.name):
+            continue
+        progress(f"{workload.name} / {config.name}: {config.description}")
+        started = time.monotonic()
+        if config.mode == BARE:
+            outcome = _run_bare(plan, config, workload, repo, result)
+        else:
+            outcome = _run_worker(plan, config, workload, kafka, repo, result)
+        outcome.elapsed_s = time.monotonic() - started
+        result.configs.append(outcome)
+        progress(_summary(outcome))
+    return result
+
+
+def _run_bare(
+    plan: BenchPlan, config: BenchConfig, workload: Workload, repo: Path, into: WorkloadResult
+) -> ConfigResult:
+    outcome = ConfigResult(config.name, config.mode, config.guarantee, config.description)
+    try:
+        into.ceiling = ceiling = measure_ceiling(workload, repo, plan.ceiling_s)
+    except StreamInferError as exc:
+        outcome.error = str(exc)
+        return outcome
+    outcome.throughput_rps = ceiling.pipeline_rps
+    outcome.worker_cpu_s_per_1k = ceiling.cpu_s_per_1k
+    return outcome
+
+
+def _run_worker(
+    plan: BenchPlan,
+    config: BenchConfig,
+    workload: Workload,
+    kafka: KafkaSettings,
+    repo: Path,
+    into: WorkloadResult,
+) -> ConfigResult:
+    run = ConfigRun(config, workload, kafka, repo, plan.out / "logs")
+    try:
+        with run:
+            run.saturate(max(MIN_RECORDS, round(into.records * config.records_share)))
+            if into.reference_rps is None:
+                into.reference, into.reference_rps = config.name, run.result.throughput_rps
+            assert into.reference_rps is not None
+            for load in plan.loads:
+                run.offer(load, load * into.reference_rps, plan.duration_s)
+            run.finish()
+    except (StreamInferError, KafkaException) as exc:
+        run.result.error = str(exc)
+    return run.result
+
+
+def _summary(outcome: ConfigResult) -> str:
+    if outcome.error is not None:
+        return f"  failed: {outcome.error.splitlines()[0]}"
+    rate = f"{outcome.throughput_rps:.1f} records/s" if outcome.throughput_rps else "-"
+    points = [
+        f"{p.load:.0%}: p50 {p.latency.p50_ms:.0f} ms, p99 {p.latency.p99_ms:.0f} ms"
+        for p in outcome.latency
+        if p.latency is not None
+    ]
+    return "  " + "; ".join([rate, *points]) + f" ({outcome.elapsed_s:.0f}s)"

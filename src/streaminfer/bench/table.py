@@ -1,0 +1,219 @@
+"""The comparison table: each configuration as a ratio to the ceiling and to seed-style,
+checked against the targets of TARGETS.md.
+
+Pure functions over the results, shared by the Markdown report and the terminal table,
+so both always say the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from streaminfer.bench.configs import BARE, EMBEDDED, SEED_STYLE
+from streaminfer.bench.measure import LatencySummary
+from streaminfer.bench.results import ConfigResult, WorkloadResult
+
+# TARGETS.md: worker throughput as a fraction of the best in-process pipeline rate.
+CEILING_FLOORS = {
+    EMBEDDED: 0.85,
+    "tfserving-grpc": 0.75,
+    "kserve-grpc": 0.75,
+    "tfserving-rest": 0.6,
+    "kserve-http": 0.6,
+}
+SEED_MULTIPLE = 3.0  # at least three times the original demo's rate
+LATENCY_LOAD = 0.5  # exactly-once latency is judged at half the saturation load
+P50_MAX_MS, P99_MAX_MS = 100.0, 300.0
+WORKER_RSS_MAX_MB, SERVER_RSS_MAX_MB = 500.0, 600.0
+# The throughput ratios of TARGETS.md were set for EfficientNet-Lite0 on images.
+RATIO_TARGET_WORKLOADS = frozenset({"images"})
+BARE_INFERENCE = "bare-inference"
+
+CHECK_COLUMNS = {  # key: header
+    "ceiling": "target: x ceiling",
+    "seed": "target: x seed-style",
+    "latency": "target: EOS latency",
+    "memory": "target: memory MB",
+}
+HEADERS = (
+    "configuration",
+    "guarantee",
+    "records/s",
+    "x ceiling",
+    "x seed-style",
+    "p50 / p95 / p99 ms @50%",
+    "CPU s / 1k records (worker + server)",
+    "peak RSS MB (worker / server)",
+    *CHECK_COLUMNS.values(),
+)
+
+# The terminal's narrower table: the targets in one column.
+SHORT_HEADERS = (*HEADERS[:5], "p50 / p99 ms @50%", "CPU s / 1k", "RSS MB", "targets")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One target as it applies to one row."""
+
+    target: str  # e.g. "≥ 0.85"
+    passed: bool
+
+    def text(self) -> str:
+        return f"{'pass' if self.passed else 'FAIL'} ({self.target})"
+
+
+@dataclass
+class Row:
+    name: str
+    mode: str
+    guarantee: str
+    throughput_rps: float | None = None
+    vs_ceiling: float | None = None
+    vs_seed: float | None = None
+    latency: LatencySummary | None = None  # at LATENCY_LOAD
+    worker_cpu: float | None = None
+    server_cpu: float | None = None
+    worker_rss: float | None = None
+    server_rss: float | None = None
+    checks: dict[str, Check | None] = field(default_factory=dict)
+    error: str | None = None
+
+    def cells(self) -> list[str]:
+        """The row as the text of each column in ``HEADERS``."""
+        return [
+            self.name,
+            self.guarantee,
+            "failed" if self.error else _number(self.throughput_rps, 1),
+            _ratio(self.vs_ceiling),
+            _ratio(self.vs_seed),
+            _latency(self.latency),
+            _pair(self.worker_cpu, self.server_cpu, 3, " + "),
+            _pair(self.worker_rss, self.server_rss, 0, " / "),
+            *(c.text() if (c := self.checks.get(k)) else "—" for k in CHECK_COLUMNS),
+        ]
+
+    def short_cells(self) -> list[str]:
+        """The row for ``SHORT_HEADERS``."""
+        cells = self.cells()
+        latency = "—" if self.latency is None else _join(self.latency.p50_ms, self.latency.p99_ms)
+        return [*cells[:5], latency, cells[6], cells[7], self.verdict()]
+
+    def verdict(self) -> str:
+        """ "pass" if every applicable target passed, else the ones that failed."""
+        applicable = {k: c for k, c in self.checks.items() if c is not None}
+        failed = [k for k, c in applicable.items() if not c.passed]
+        if failed:
+            return "FAIL " + ", ".join(failed)
+        return "pass" if applicable else "—"
+
+
+def ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or not base:
+        return None
+    return value / base
+
+
+def build_rows(workload: WorkloadResult) -> list[Row]:
+    """One row per configuration, plus bare inference right after the ceiling."""
+    ceiling = workload.ceiling.pipeline_rps if workload.ceiling else None
+    seed = workload.config(SEED_STYLE)
+    seed_rps = seed.throughput_rps if seed else None
+    rows = []
+    for config in workload.configs:
+        rows.append(_row(workload, config, ceiling, seed_rps))
+        if config.mode == BARE and workload.ceiling is not None:
+            inference = workload.ceiling.inference_rps
+            rows.append(
+                Row(
+                    BARE_INFERENCE,
+                    BARE_INFERENCE,
+                    "—",
+                    throughput_rps=inference,
+                    vs_ceiling=ratio(inference, ceiling),
+                    vs_seed=ratio(inference, seed_rps),
+                )
+            )
+    return rows
+
+
+def _row(
+    workload: WorkloadResult, config: ConfigResult, ceiling: float | None, seed: float | None
+) -> Row:
+    row = Row(
+        config.name,
+        config.mode,
+        config.guarantee or "—",
+        throughput_rps=config.throughput_rps,
+        vs_ceiling=ratio(config.throughput_rps, ceiling),
+        vs_seed=ratio(config.throughput_rps, seed),
+        latency=config.latency_at(LATENCY_LOAD),
+        worker_cpu=config.worker_cpu_s_per_1k,
+        server_cpu=config.server_cpu_s_per_1k,
+        worker_rss=config.worker_peak_rss_mb,
+        server_rss=config.server_peak_rss_mb,
+        error=config.error,
+    )
+    if config.error is None:
+        row.checks = {
+            "ceiling": ceiling_check(workload.name, config.mode, row.vs_ceiling),
+            "seed": seed_check(workload.name, config.mode, row.vs_seed),
+            "latency": latency_check(config.guarantee, row.latency),
+            "memory": memory_check(config.worker_peak_rss_mb, config.server_peak_rss_mb),
+        }
+    return row
+
+
+def ceiling_check(workload: str, mode: str, vs_ceiling: float | None) -> Check | None:
+    floor = CEILING_FLOORS.get(mode)
+    if floor is None or vs_ceiling is None or workload not in RATIO_TARGET_WORKLOADS:
+        return None
+    return Check(f"≥ {floor:g}", vs_ceiling >= floor)
+
+
+def seed_check(workload: str, mode: str, vs_seed: float | None) -> Check | None:
+    if mode in (BARE, SEED_STYLE) or vs_seed is None or workload not in RATIO_TARGET_WORKLOADS:
+        return None
+    return Check(f"≥ {SEED_MULTIPLE:g}", vs_seed >= SEED_MULTIPLE)
+
+
+def latency_check(guarantee: str | None, latency: LatencySummary | None) -> Check | None:
+    if guarantee != "exactly-once" or latency is None:
+        return None
+    passed = latency.p50_ms <= P50_MAX_MS and latency.p99_ms <= P99_MAX_MS
+    return Check(f"p50 ≤ {P50_MAX_MS:g}, p99 ≤ {P99_MAX_MS:g}", passed)
+
+
+def memory_check(worker_mb: float | None, server_mb: float | None) -> Check | None:
+    """Worker ≤ 500 MB; the server, where there is one, ≤ 600 MB."""
+    if worker_mb is None:
+        return None
+    passed = worker_mb <= WORKER_RSS_MAX_MB and (
+        server_mb is None or server_mb <= SERVER_RSS_MAX_MB
+    )
+    limits = f"≤ {WORKER_RSS_MAX_MB:g}" + ("" if server_mb is None else f" / {SERVER_RSS_MAX_MB:g}")
+    return Check(limits, passed)
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def _pair(worker: float | None, server: float | None, digits: int, separator: str) -> str:
+    """The worker's figure alone, or the worker's and the server's when there is a server."""
+    if server is None:
+        return _number(worker, digits)
+    return f"{_number(worker, digits)}{separator}{_number(server, digits)}"
+
+
+def _latency(summary: LatencySummary | None) -> str:
+    if summary is None:
+        return "—"
+    return _join(summary.p50_ms, summary.p95_ms, summary.p99_ms)
+
+
+def _join(*milliseconds: float) -> str:
+    return " / ".join(f"{ms:.0f}" for ms in milliseconds)

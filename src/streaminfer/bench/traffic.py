@@ -1,0 +1,184 @@
+"""Traffic for a benchmark: a producer at a steady rate, and a reader of what comes out.
+
+The reader is a ``read_committed`` consumer, so an output counts when a downstream
+application could see it: under exactly-once, when its transaction commits.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+from streaminfer.errors import InfrastructureError
+from streaminfer.kafka.config import KafkaSettings
+
+_FLUSH_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One output as the reader saw it."""
+
+    seen_at: float  # wall clock (time.time()) when the reader received it
+    offset: int  # the input record's offset
+    timestamp_ms: int | None  # the input record's timestamp
+    mode: str  # who served it, as the worker wrote it
+
+    @property
+    def latency_ms(self) -> float | None:
+        """Input record's timestamp to output visible to a read_committed consumer."""
+        if self.timestamp_ms is None:
+            return None
+        return self.seen_at * 1000 - self.timestamp_ms
+
+
+def produce_paced(
+    kafka: KafkaSettings,
+    topic: str,
+    value: Callable[[int], bytes],
+    first_index: int,
+    rate: float,
+    duration_s: float,
+) -> int:
+    """Produce ``rate`` records a second for ``duration_s`` seconds; returns how many.
+
+    Each record is sent when it is due (``linger.ms=0``), so its timestamp is the moment
+    an event source would have written it and the producer adds no batching delay.
+    """
+    total = max(1, round(rate * duration_s))
+    producer = Producer(kafka.client_config(**{"enable.idempotence": True, "linger.ms": 0}))
+    failures: list[str] = []
+
+    def on_delivery(error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            failures.append(error.str())
+
+    start = time.monotonic()
+    sent = 0
+    while sent < total:
+        due = min(total, int((time.monotonic() - start) * rate) + 1)
+        while sent < due:
+            producer.produce(topic, value(first_index + sent), on_delivery=on_delivery)
+            sent += 1
+        producer.poll(0)
+        time.sleep(max(0.0, start + sent / rate - time.monotonic()))  # pacing, by design
+    remaining = producer.flush(_FLUSH_TIMEOUT_S)
+    if failures or remaining:
+        reason = failures[0] if failures else f"{remaining} records not acknowledged"
+        raise InfrastructureError(f"producing to {topic!r} failed: {reason}")
+    return total
+
+
+class OutputCollector:
+    """Reads the output and dead-letter topics from the start on a background thread."""
+
+    def __init__(self, kafka: KafkaSettings, output: str, dead_letter: str) -> None:
+        self._output = output
+        self._consumer = Consumer(
+            kafka.client_config(
+                **{
+                    "group.id": f"streaminfer-bench-{uuid.uuid4().hex[:8]}",  # never committed
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                }
+            )
+        )
+        self._consumer.assign(
+            [TopicPartition(t, 0, OFFSET_BEGINNING) for t in (output, dead_letter)]
+        )
+        self._arrivals: list[Arrival] = []
+        self._dead_lettered = 0
+        self._error: str | None = None
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="bench-collector", daemon=True)
+        self._thread.start()
+
+    @property
+    def dead_lettered(self) -> int:
+        with self._changed:
+            return self._dead_lettered
+
+    def arrivals(self, first: int, end: int) -> list[Arrival]:
+        """Outputs for input offsets ``first`` to ``end - 1``, first sighting of each."""
+        with self._changed:
+            seen: dict[int, Arrival] = {}
+            for arrival in self._arrivals:
+                if first <= arrival.offset < end:
+                    seen.setdefault(arrival.offset, arrival)
+            return list(seen.values())
+
+    def wait_for(
+        self, count: int, alive: Callable[[], bool], first_timeout: float, stall_timeout: float
+    ) -> None:
+        """Block until ``count`` records are done; raise if the worker dies or stops producing.
+
+        ``first_timeout`` bounds the wait when nothing at all arrives (a worker starting);
+        ``stall_timeout`` the wait for the next output once they flow.
+        """
+        with self._changed:
+            last_progress, last_done = time.monotonic(), self._done_locked()
+            while self._done_locked() < count:
+                if self._error is not None:
+                    raise InfrastructureError(f"reading the outputs failed: {self._error}")
+                if not alive():
+                    raise InfrastructureError("the worker exited")
+                if self._done_locked() != last_done:
+                    last_progress, last_done = time.monotonic(), self._done_locked()
+                limit = stall_timeout if last_done else first_timeout
+                if time.monotonic() - last_progress > limit:
+                    raise InfrastructureError(
+                        f"no output for {limit:.0f}s ({last_done} of {count} records done)"
+                    )
+                self._changed.wait(0.5)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._consumer.close()
+
+    def _done_locked(self) -> int:
+        """Input records finished so far: outputs plus dead-lettered records."""
+        return len(self._arrivals) + self._dead_lettered
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                messages = self._consumer.consume(1000, timeout=0.1)
+            except Exception as exc:  # surfaced to the waiting thread with its message
+                with self._changed:
+                    self._error = str(exc)
+                    self._changed.notify_all()
+                return
+            if not messages:
+                continue
+            seen_at = time.time()
+            arrivals, dead = [], 0
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        with self._changed:
+                            self._error = error.str()
+                    continue
+                if message.topic() == self._output:
+                    arrivals.append(_arrival(message.value(), seen_at))
+                else:
+                    dead += 1
+            with self._changed:
+                self._arrivals.extend(arrivals)
+                self._dead_lettered += dead
+                self._changed.notify_all()
+
+
+def _arrival(value: bytes | None, seen_at: float) -> Arrival:
+    doc = json.loads(value or b"{}")
+    source = doc["source"]
+    return Arrival(seen_at, int(source["offset"]), source.get("timestamp"), str(doc["mode"]))

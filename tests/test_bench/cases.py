@@ -1,0 +1,87 @@
+"""A hand-made workload result with round figures, for the table and report tests."""
+
+from __future__ import annotations
+
+from streaminfer.bench.measure import LatencySummary
+from streaminfer.bench.results import (
+    BenchResult,
+    CeilingResult,
+    ConfigResult,
+    LatencyPoint,
+    WorkloadResult,
+)
+
+
+def latency(p50: float, p99: float) -> LatencySummary:
+    return LatencySummary(
+        count=100, p50_ms=p50, p95_ms=(p50 + p99) / 2, p99_ms=p99, max_ms=p99 + 1, mean_ms=p50
+    )
+
+
+def config(
+    name: str,
+    mode: str,
+    guarantee: str | None,
+    rate: float,
+    p50: float = 50.0,
+    p99: float = 200.0,
+    worker_rss: float | None = 300.0,
+    server_rss: float | None = None,
+) -> ConfigResult:
+    result = ConfigResult(name, mode, guarantee, f"{name} for tests", throughput_rps=rate)
+    if guarantee is not None:
+        result.worker_cpu_s_per_1k = 10.0
+        result.worker_peak_rss_mb = worker_rss
+        result.server_peak_rss_mb = server_rss
+        if server_rss is not None:
+            result.server_cpu_s_per_1k = 12.0
+        result.latency = [
+            LatencyPoint(0.25, rate / 4, 100, latency(p50 / 2, p99 / 2)),
+            LatencyPoint(0.5, rate / 2, 200, latency(p50, p99)),
+            LatencyPoint(0.75, rate * 0.75, 0, None, skipped="overloaded"),
+        ]
+    return result
+
+
+def images_result() -> WorkloadResult:
+    """Ceiling 100/s; embedded 90/s (passes); gRPC 70/s (fails 0.75); seed 20/s."""
+    ceiling = CeilingResult(
+        pipeline_rps=100.0,
+        pipeline_variant="batch 16 x 2 in flight",
+        pipeline_one_thread_rps=50.0,
+        inference_rps=200.0,
+        inference_batched_rps=250.0,
+        cpu_s_per_1k=9.0,
+    )
+    workload = WorkloadResult(
+        "images", "efficientnet-lite0", "images for tests", 1000, "embedded", 90.0, ceiling
+    )
+    bare = ConfigResult("bare", "bare", None, "ceiling", throughput_rps=100.0)
+    workload.configs = [
+        bare,
+        config("embedded", "embedded", "exactly-once", 90.0, worker_rss=520.0),
+        config(
+            "tfserving-grpc", "tfserving-grpc", "exactly-once", 70.0, p99=400.0, server_rss=450.0
+        ),
+        config("kserve-http", "kserve-http", "at-least-once", 65.0, server_rss=450.0),
+        config("seed-style", "seed-style", "at-least-once", 20.0),
+        ConfigResult("kserve-grpc", "kserve-grpc", "exactly-once", "broken", error="worker exited"),
+    ]
+    return workload
+
+
+def bench_result() -> BenchResult:
+    return BenchResult(
+        started_at="2026-01-01T00:00:00+00:00",
+        command="streaminfer bench --quick",
+        machine={
+            "cpus": 2,
+            "cpu_model": "test",
+            "python": "3.11",
+            "load_average_start": 0.5,
+            "load_average_end": 0.7,
+        },
+        settings={"quick": True},
+        elapsed_s=75.0,
+        workloads=[images_result()],
+    )

@@ -1,0 +1,84 @@
+"""The pure figures: percentiles, the saturation window, and what /proc says."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from streaminfer.bench.measure import (
+    Window,
+    cpu_seconds,
+    parse_cpu_seconds,
+    parse_peak_rss_mb,
+    peak_rss_mb,
+    per_thousand,
+    percentile,
+    saturation_window,
+    summarize_latencies,
+)
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [10.0, 20.0, 30.0, 40.0]
+    assert percentile(values, 0) == 10.0
+    assert percentile(values, 100) == 40.0
+    assert percentile(values, 50) == 25.0
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_percentile_rejects_nothing_and_out_of_range() -> None:
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_summary_of_one_to_a_hundred() -> None:
+    summary = summarize_latencies([float(v) for v in range(1, 101)])
+    assert summary.count == 100
+    assert summary.p50_ms == pytest.approx(50.5)
+    assert summary.p95_ms == pytest.approx(95.05)
+    assert summary.p99_ms == pytest.approx(99.01)
+    assert summary.max_ms == 100.0 and summary.mean_ms == pytest.approx(50.5)
+
+
+def test_saturation_window_counts_from_the_first_visible_group() -> None:
+    # A transaction of three becomes visible at t=10, then one output every 0.5 s.
+    arrivals = [10.0, 10.0, 10.0, 10.5, 11.0, 11.5, 12.0]
+    window = saturation_window(arrivals)
+    assert window == Window(records=4, seconds=2.0)
+    assert window.rate == 2.0
+
+
+def test_saturation_window_needs_two_moments() -> None:
+    assert saturation_window([]) is None
+    assert saturation_window([5.0, 5.0]) is None
+
+
+def test_per_thousand() -> None:
+    assert per_thousand(2.5, 500) == 5.0
+
+
+STAT = (
+    "4242 (python -m streaminfer) S 1 4242 4242 0 -1 4194304 1000 0 0 0 "
+    "250 50 0 0 20 0 12 0 100 200000000 5000 18446744073709551615"
+)
+
+
+def test_cpu_seconds_are_utime_plus_stime_even_with_spaces_in_the_name() -> None:
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert parse_cpu_seconds(STAT) == pytest.approx(300 / ticks)
+
+
+def test_peak_rss_is_vmhwm() -> None:
+    status = "Name:\tpython\nVmPeak:\t  900000 kB\nVmHWM:\t  512000 kB\nVmRSS:\t  400000 kB\n"
+    assert parse_peak_rss_mb(status) == 500.0
+    with pytest.raises(ValueError):
+        parse_peak_rss_mb("Name:\tkthreadd\n")
+
+
+def test_readers_work_on_this_process() -> None:
+    sum(i * i for i in range(200_000))  # some CPU time to read back
+    assert cpu_seconds(os.getpid()) > 0
+    assert peak_rss_mb(os.getpid()) > 1

@@ -1,0 +1,30 @@
+"""The files a run leaves: JSON of every figure, a Markdown report, PNGs that open."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from streaminfer.bench.report import RESULTS_FILE, write_report
+from tests.test_bench.cases import bench_result
+
+
+def test_report_json_markdown_and_plots(tmp_path: Path) -> None:
+    report = write_report(bench_result(), tmp_path)
+
+    doc = json.loads((tmp_path / RESULTS_FILE).read_text())
+    images = doc["workloads"][0]
+    assert images["ceiling"]["pipeline_rps"] == 100.0
+    assert images["configs"][1]["latency"][1]["latency"]["p99_ms"] == 200.0
+
+    text = report.read_text()
+    assert "| embedded | exactly-once | 90.0 | 0.90x | 4.50x |" in text
+    assert "**kserve-grpc** failed: worker exited" in text
+    assert "overloaded" in text  # the skipped load is listed with its reason
+    assert "![throughput](throughput-images.png)" in text
+    assert "![latency](latency-images.png)" in text
+    for png in ("throughput-images.png", "latency-images.png"):
+        with Image.open(tmp_path / png) as image:
+            image.verify()

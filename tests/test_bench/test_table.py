@@ -1,0 +1,114 @@
+"""Ratios to the ceiling and to seed-style, and the TARGETS.md checks, on made-up figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from streaminfer.bench.configs import CONFIGS, QUICK_CONFIGS, select_configs
+from streaminfer.bench.report import markdown_table
+from streaminfer.bench.table import (
+    HEADERS,
+    SHORT_HEADERS,
+    Row,
+    build_rows,
+    ceiling_check,
+    latency_check,
+    memory_check,
+    ratio,
+)
+from streaminfer.errors import ConfigError
+from tests.test_bench.cases import images_result, latency
+
+
+def rows_by_name() -> dict[str, Row]:
+    return {row.name: row for row in build_rows(images_result())}
+
+
+def test_rows_keep_the_run_order_with_bare_inference_after_the_ceiling() -> None:
+    names = [row.name for row in build_rows(images_result())]
+    assert names == [
+        "bare",
+        "bare-inference",
+        "embedded",
+        "tfserving-grpc",
+        "kserve-http",
+        "seed-style",
+        "kserve-grpc",
+    ]
+
+
+def test_ratios_to_the_ceiling_and_to_seed_style() -> None:
+    rows = rows_by_name()
+    assert rows["bare"].vs_ceiling == 1.0
+    assert rows["bare-inference"].vs_ceiling == 2.0
+    assert rows["embedded"].vs_ceiling == pytest.approx(0.9)
+    assert rows["embedded"].vs_seed == pytest.approx(4.5)
+    assert rows["seed-style"].vs_seed == 1.0
+    assert ratio(None, 10.0) is None and ratio(5.0, None) is None and ratio(5.0, 0.0) is None
+
+
+def test_checks_follow_the_targets() -> None:
+    rows = rows_by_name()
+    embedded = rows["embedded"].checks
+    assert embedded["ceiling"] is not None and embedded["ceiling"].passed  # 0.90 >= 0.85
+    assert embedded["seed"] is not None and embedded["seed"].passed  # 4.5 >= 3
+    assert embedded["latency"] is not None and embedded["latency"].passed  # 50 / 200 ms
+    assert embedded["memory"] is not None and not embedded["memory"].passed  # 520 > 500 MB
+    grpc = rows["tfserving-grpc"].checks
+    assert grpc["ceiling"] is not None and not grpc["ceiling"].passed  # 0.70 < 0.75
+    assert grpc["latency"] is not None and not grpc["latency"].passed  # p99 400 > 300
+    assert grpc["memory"] is not None and grpc["memory"].passed  # 300 / 450 MB
+    rest = rows["kserve-http"].checks
+    assert rest["ceiling"] is not None and rest["ceiling"].passed  # 0.65 >= 0.6
+    assert rest["latency"] is None  # at-least-once: the latency target is for exactly-once
+    seed = rows["seed-style"].checks
+    assert seed["seed"] is None and seed["ceiling"] is None
+    assert rows["bare"].checks["memory"] is None
+    assert rows["kserve-grpc"].checks == {}
+
+
+def test_throughput_targets_apply_to_images_only() -> None:
+    assert ceiling_check("tensor", "embedded", 0.5) is None
+    assert ceiling_check("images", "seed-style", 0.1) is None
+    check = ceiling_check("images", "tfserving-rest", 0.61)
+    assert check is not None and check.passed and check.target == "≥ 0.6"
+
+
+def test_latency_and_memory_limits_are_inclusive() -> None:
+    at_limit = latency_check("exactly-once", latency(100.0, 300.0))
+    assert at_limit is not None and at_limit.passed
+    assert latency_check("exactly-once", None) is None
+    check = memory_check(500.0, 600.0)
+    assert check is not None and check.passed
+    check = memory_check(100.0, 601.0)
+    assert check is not None and not check.passed
+    assert memory_check(None, None) is None
+
+
+def test_cells_and_verdicts() -> None:
+    rows = rows_by_name()
+    embedded = rows["embedded"]
+    assert len(embedded.cells()) == len(HEADERS)
+    assert len(embedded.short_cells()) == len(SHORT_HEADERS)
+    assert embedded.cells()[2:5] == ["90.0", "0.90x", "4.50x"]
+    assert embedded.cells()[5] == "50 / 125 / 200"
+    assert embedded.verdict() == "FAIL memory"
+    assert rows["kserve-http"].verdict() == "pass"
+    assert rows["bare"].verdict() == "—"
+    assert rows["kserve-grpc"].cells()[2] == "failed"
+    assert rows["tfserving-grpc"].cells()[6] == "10.000 + 12.000"
+    assert rows["tfserving-grpc"].cells()[7] == "300 / 450"
+
+
+def test_markdown_table_escapes_pipes() -> None:
+    text = markdown_table(["a", "b"], [["1|2", "3"]])
+    assert text.splitlines() == ["| a | b |", "| --- | --- |", "| 1\\|2 | 3 |"]
+
+
+def test_config_selection() -> None:
+    assert [c.name for c in select_configs(None, quick=True)] == list(QUICK_CONFIGS)
+    assert [c.name for c in select_configs(None, quick=False)] == [c.name for c in CONFIGS]
+    chosen = select_configs(["seed-style", "embedded"], quick=False)
+    assert [c.name for c in chosen] == ["embedded", "seed-style"]  # canonical order
+    with pytest.raises(ConfigError, match="nope"):
+        select_configs(["embedded", "nope"], quick=False)
