@@ -34,7 +34,12 @@ def run_cli(
     )
 
 
-def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+def wait_for(
+    condition: Callable[[], T],
+    timeout: float = 60,
+    what: str = "a condition",
+    interval: float = 0.02,
+) -> T:
     """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:

@@ -20,8 +20,8 @@ from streaminfer.predictors import (
 )
 from streaminfer.predictors.base import Outcome, Predictor, PredictRequest
 from streaminfer.predictors.factory import REMOTE
+from tests.servers import ServerProcess
 from tests.test_predictors.cases import FakeClock, assert_classified, image_batch
-from tests.test_predictors.conftest import ServerProcess
 
 RECOVERY_DEADLINE_S = 30.0
 NO_RETRY = RetryPolicy(max_attempts=1)

@@ -22,6 +22,7 @@ from streaminfer.predictors import (
 )
 from streaminfer.predictors.base import PredictRequest, PredictResult
 from streaminfer.predictors.factory import REMOTE
+from tests.servers import ServerProcess
 from tests.test_predictors.cases import (
     CAT_CLASSES,
     LABELS,
@@ -33,7 +34,6 @@ from tests.test_predictors.cases import (
     is_espresso,
     mixed_batch,
 )
-from tests.test_predictors.conftest import ServerProcess
 
 
 @pytest.fixture(params=list(REMOTE))
@@ -178,7 +178,7 @@ def test_requests_too_large_for_the_server_are_split(
 ) -> None:
     """A server that takes at most 1 MiB refuses 4 x 600 KB; halves of halves get through."""
     small = ServerProcess(
-        model_repo, tmp_path / "serve.log", env={"STREAMINFER_MAX_REQUEST_MB": "1"}
+        model_repo, log=tmp_path / "serve.log", env={"STREAMINFER_MAX_REQUEST_MB": "1"}
     )
     small.start()
     options = RemoteOptions(timeout_s=20.0, max_request_bytes=64 * 1024 * 1024)

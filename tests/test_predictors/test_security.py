@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,37 +10,19 @@ import pytest
 from streaminfer.errors import InfrastructureError, RecordError
 from streaminfer.predictors import RemoteOptions
 from streaminfer.predictors.factory import REMOTE
+from tests.servers import TOKEN, ServerProcess, secure_server_args
 from tests.test_predictors.cases import assert_classified, image_batch
-from tests.test_predictors.conftest import ServerProcess
-
-TOKEN = "s3cret-token"
 
 
 @pytest.fixture(scope="module")
 def secure_server(
     model_repo: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[ServerProcess, Path]]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
     folder = tmp_path_factory.mktemp("tls")
-    cert, key, token = folder / "cert.pem", folder / "key.pem", folder / "token"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)),
-            *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    token.write_text(TOKEN + "\n")
-    process = ServerProcess(
-        model_repo,
-        folder / "serve.log",
-        *("--tls-cert", str(cert), "--tls-key", str(key), "--auth-token-file", str(token)),
-    )
+    process = ServerProcess(model_repo, *secure_server_args(folder), log=folder / "serve.log")
     process.start()
-    yield process, cert
+    assert process.ca_cert is not None
+    yield process, process.ca_cert
     process.stop()
 
 

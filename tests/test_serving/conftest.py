@@ -13,7 +13,7 @@ import pytest
 
 from streaminfer.models.pipeline import classify, preprocess_images
 from streaminfer.models.registry import LoadedVersion, ModelRegistry
-from tests.test_serving.server_process import ServerProcess
+from tests.servers import ServerProcess
 
 MODEL = "efficientnet-lite0"
 EXPECTED = {"chelsea": {281, 282, 285}, "coffee": {967}}  # tabby/tiger/Egyptian cat, espresso
@@ -54,7 +54,7 @@ def expected_labels(embedded: LoadedVersion, sample_jpegs: dict[str, bytes]) -> 
 
 @pytest.fixture
 def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(server.grpc_address) as chan:
+    with grpc.insecure_channel(server.grpc_target) as chan:
         yield chan
 
 

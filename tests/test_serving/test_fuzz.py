@@ -18,8 +18,8 @@ from streaminfer.protos.tfserving import (
     tensor_pb2,
     tensor_shape_pb2,
 )
+from tests.servers import ServerProcess
 from tests.test_serving.conftest import MODEL
-from tests.test_serving.server_process import ServerProcess
 
 FUZZ = settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -116,7 +116,7 @@ def test_grpc_predict_requests(
     request.model_spec.signature_name = signature
     for name, tensor in inputs.items():
         request.inputs[name].CopyFrom(tensor)
-    with grpc.insecure_channel(server.grpc_address) as channel:
+    with grpc.insecure_channel(server.grpc_target) as channel:
         try:
             prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
         except grpc.RpcError as exc:
@@ -143,7 +143,7 @@ def test_grpc_model_infer_requests(
     server: ServerProcess, inputs: list[Any], raw: list[bytes]
 ) -> None:
     request = v2.ModelInferRequest(model_name=MODEL, inputs=inputs, raw_input_contents=raw)
-    with grpc.insecure_channel(server.grpc_address) as channel:
+    with grpc.insecure_channel(server.grpc_target) as channel:
         try:
             v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
         except grpc.RpcError as exc:

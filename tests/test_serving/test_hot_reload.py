@@ -11,9 +11,9 @@ import numpy as np
 
 from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc
 from streaminfer.serving.codec import to_tensor_proto
+from tests.servers import ServerProcess
+from tests.support import wait_for
 from tests.test_serving.conftest import MODEL, add_version, copy_repo
-from tests.test_serving.server_process import ServerProcess
-from tests.test_serving.waiting import wait_for
 
 
 def test_new_version_takes_over_with_zero_failed_requests(
@@ -31,7 +31,7 @@ def test_new_version_takes_over_with_zero_failed_requests(
     with ServerProcess(repo, "--poll-interval", "0.2") as server:
 
         def send_continuously() -> None:
-            with grpc.insecure_channel(server.grpc_address) as channel:
+            with grpc.insecure_channel(server.grpc_target) as channel:
                 stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
                 while not stop.is_set():
                     try:

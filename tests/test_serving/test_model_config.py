@@ -21,8 +21,8 @@ from streaminfer.protos.tfserving import (
 )
 from streaminfer.serving.codec import to_tensor_proto
 from streaminfer.serving.model_config import model_configs, read_model_config_file
+from tests.servers import ServerProcess
 from tests.test_serving.conftest import MODEL, add_version, copy_repo
-from tests.test_serving.server_process import ServerProcess
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
@@ -92,7 +92,7 @@ def test_config_file_labels_and_reload_request(model_repo: Path, tmp_path: Path)
     config_file.write_text(_config_text(repo, "all {}", {"stable": 1, "canary": 2}))
     with (
         ServerProcess(repo, "--model-config-file", str(config_file)) as server,
-        grpc.insecure_channel(server.grpc_address) as channel,
+        grpc.insecure_channel(server.grpc_target) as channel,
     ):
         assert _status(channel) == {1: AVAILABLE, 2: AVAILABLE}
         assert _version_for_label(channel, "stable") == 1

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from tests.servers import ServerProcess
+from tests.support import wait_for
 from tests.test_serving.conftest import MODEL
-from tests.test_serving.server_process import ServerProcess
-from tests.test_serving.waiting import wait_for
 
 IN_FLIGHT = re.compile(r'streaminfer_server_in_flight_requests\{protocol="tfserving_rest"\} (\S+)')
 

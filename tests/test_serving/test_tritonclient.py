@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from streaminfer.models.registry import LoadedVersion
+from tests.servers import ServerProcess
 from tests.test_serving.conftest import MODEL
-from tests.test_serving.server_process import ServerProcess
 
 SCRIPT = Path(__file__).with_name("triton_client.py")
 
@@ -30,7 +30,7 @@ def test_tritonclient_metadata_and_inference(
             sys.executable,
             str(SCRIPT),
             f"127.0.0.1:{server.rest_port}",
-            server.grpc_address,
+            server.grpc_target,
             MODEL,
             str(jpeg),
         ],

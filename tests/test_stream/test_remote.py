@@ -3,71 +3,33 @@
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from streaminfer.kafka.broker import free_port
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import consume, produce
+from tests.servers import ServerProcess
 from tests.support import CliProcess, wait_for
 from tests.test_stream.conftest import decoded, outputs
 
 CATS = {281, 282, 285}
-GRPC_MODES = ("tfserving-grpc", "kserve-grpc")
-
-
-class Server:
-    def __init__(self, repo: Path, log: Path) -> None:
-        self.repo, self.log = repo, log
-        self.grpc_port, self.rest_port = free_port(), free_port()
-        self.process: CliProcess | None = None
-
-    def start(self) -> None:
-        self.process = CliProcess(
-            "serve",
-            "--repo",
-            str(self.repo),
-            "--grpc-port",
-            str(self.grpc_port),
-            "--rest-port",
-            str(self.rest_port),
-            log_path=self.log,
-        )
-        wait_for(self._ready, 60, "the model server to be ready")
-
-    def _ready(self) -> bool:
-        assert self.process is not None
-        assert self.process.alive(), self.process.log()
-        try:
-            url = f"http://127.0.0.1:{self.rest_port}/v2/health/ready"
-            return httpx.get(url, timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.signal(signal.SIGKILL)
-        self.process.stop()
-
-    def address(self, mode: str) -> str:
-        return f"127.0.0.1:{self.grpc_port if mode in GRPC_MODES else self.rest_port}"
 
 
 @pytest.fixture
-def server(stream_repo: Path, tmp_path: Path) -> Iterator[Server]:
-    server = Server(stream_repo, tmp_path / "server.log")
-    server.start()
-    yield server
-    if server.process is not None:
-        server.process.stop()
+def server(stream_repo: Path, tmp_path: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(stream_repo, log=tmp_path / "server.log") as server:
+        yield server
 
 
 def remote_worker(
-    start: Callable[..., CliProcess], server: Server, mode: str, inp: str, out: str, *extra: str
+    start: Callable[..., CliProcess],
+    server: ServerProcess,
+    mode: str,
+    inp: str,
+    out: str,
+    *extra: str,
 ) -> CliProcess:
     return start(
         "--input",
@@ -77,7 +39,7 @@ def remote_worker(
         "--mode",
         mode,
         "--server",
-        server.address(mode),
+        server.target(mode),
         "--group-id",
         f"g-{inp}",
         "--allow-network",
@@ -92,7 +54,7 @@ def test_each_remote_mode_predicts(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],
     start_worker: Callable,
-    server: Server,
+    server: ServerProcess,
     image_host: str,
 ) -> None:
     inp, out = topic_factory("in"), topic_factory("out")
@@ -125,7 +87,7 @@ def test_server_killed_and_restarted_loses_nothing(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],
     start_worker: Callable,
-    server: Server,
+    server: ServerProcess,
 ) -> None:
     inp, out, dlq = topic_factory("in"), topic_factory("out"), topic_factory("dlq")
     worker = remote_worker(start_worker, server, "tfserving-grpc", inp, out, "--dlq", dlq)
@@ -146,7 +108,7 @@ def test_fallback_serves_while_the_server_is_down(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],
     start_worker: Callable,
-    server: Server,
+    server: ServerProcess,
     stream_repo: Path,
 ) -> None:
     inp, out = topic_factory("in"), topic_factory("out")

@@ -1,0 +1,179 @@
+"""A real ``streaminfer serve`` subprocess on free loopback ports, restartable on the same ports."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import signal
+import ssl
+import subprocess
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from prometheus_client.parser import text_string_to_metric_families
+
+from streaminfer.kafka.broker import free_port
+from tests.support import STREAMINFER, wait_for
+
+START_TIMEOUT = 90.0
+TOKEN = "s3cret-token"
+REST_MODES = ("tfserving-rest", "kserve-http")
+
+
+class ServerProcess:
+    """Starts the server, waits until its readiness endpoint answers, stops it with SIGTERM.
+
+    With ``--tls-cert`` among ``args`` the certificate (self-signed) is also the CA the
+    test clients trust.
+    """
+
+    def __init__(
+        self, repo: Path, *args: str, log: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        self.repo, self.args = repo, args
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log or Path(tempfile.mkstemp(prefix="serve-", suffix=".log")[1])
+        self.grpc_port, self.rest_port = free_port(), free_port()
+        self.ca_cert = Path(args[args.index("--tls-cert") + 1]) if "--tls-cert" in args else None
+        self.scheme = "https" if self.ca_cert else "http"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def rest_target(self) -> str:
+        return f"127.0.0.1:{self.rest_port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"{self.scheme}://{self.rest_target}"
+
+    def target(self, mode: str) -> str:
+        """The address a predictor of ``mode`` talks to."""
+        return self.rest_target if mode in REST_MODES else self.grpc_target
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        """An HTTP client for the REST port (trusting the test certificate under TLS)."""
+        verify = ssl.create_default_context(cafile=self.ca_cert) if self.ca_cert else True
+        return httpx.Client(base_url=self.rest_url, verify=verify, timeout=60, **kwargs)  # type: ignore[arg-type]
+
+    def start(self) -> ServerProcess:
+        command = [*STREAMINFER, "serve", "--repo", str(self.repo), "--host", "127.0.0.1",
+                   "--grpc-port", str(self.grpc_port), "--rest-port", str(self.rest_port),
+                   *self.args]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.env,
+            )  # fmt: skip
+        wait_for(self._ready, START_TIMEOUT, f"the model server to be ready:\n{self.log_path}")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log}")
+        try:
+            with self.client() as client:
+                return client.get("/v2/health/ready", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self, timeout: float = 60) -> int | None:
+        """SIGTERM, then the exit code (None if it was not running)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        finally:
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies without a word, as in a crash."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        self.process = None
+
+    def requests_served(self) -> float:
+        """Inference requests the server has counted, from its Prometheus metrics."""
+        with self.client() as client:
+            text = client.get("/metrics", timeout=5).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "streaminfer_server_requests"
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        )
+
+    def __enter__(self) -> ServerProcess:
+        return self if self.process is not None else self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def secure_server_args(folder: Path) -> list[str]:
+    """Flags for a server with TLS (a fresh self-signed certificate) and the bearer TOKEN."""
+    cert, key = self_signed(folder)
+    token = folder / "token"
+    token.write_text(TOKEN + "\n")
+    return ["--tls-cert", str(cert), "--tls-key", str(key), "--auth-token-file", str(token)]
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
