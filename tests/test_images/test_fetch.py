@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import ipaddress
@@ -18,7 +17,6 @@ from pydantic import ValidationError
 
 from streaminfer.errors import RecordError
 from streaminfer.images import (
-    AsyncImageFetcher,
     CorruptImage,
     DecompressionBomb,
     FetchPolicy,
@@ -319,34 +317,3 @@ def test_raw_bytes(chelsea_jpeg: bytes) -> None:
         assert fetcher.fetch(chelsea_jpeg) == chelsea_jpeg
         with pytest.raises(ImageTooLarge):
             fetcher.fetch(chelsea_jpeg + b"\0")
-
-
-# --- async ----------------------------------------------------------------------------------
-
-
-def test_async_fetcher(
-    image_server: ImageServer,
-    loopback_policy: FetchPolicy,
-    chelsea_jpeg: bytes,
-    tmp_path: Path,
-    connections: list[tuple[str, int]],
-) -> None:
-    path = tmp_path / "cat.jpg"
-    path.write_bytes(chelsea_jpeg)
-
-    async def scenario() -> None:
-        async with AsyncImageFetcher(loopback_policy) as fetcher:
-            uris = [image_server.url("/chain/2"), path.as_uri(), image_server.url("/chelsea.jpg")]
-            results = await asyncio.gather(*(fetcher.fetch(uri) for uri in uris))
-            assert results == [chelsea_jpeg] * 3
-            with pytest.raises(ImageFetchTimeout):
-                await fetcher.fetch(image_server.url("/stall"))
-            with pytest.raises(ImageTooLarge):
-                await fetcher.fetch(image_server.url("/huge/chunked"))
-            with pytest.raises(ForbiddenAddress):
-                await fetcher.fetch("http://169.254.169.254/")
-            with pytest.raises(ImageNotFound):
-                await fetcher.fetch(image_server.url("/missing"))
-
-    asyncio.run(scenario())
-    assert {host for host, _ in connections} == {"127.0.0.1"}

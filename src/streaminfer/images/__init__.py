@@ -18,13 +18,12 @@ from streaminfer.images.errors import (
     NotAnImage,
     TooManyRedirects,
 )
-from streaminfer.images.fetch import AsyncImageFetcher, FetchPolicy, ImageFetcher
+from streaminfer.images.fetch import FetchPolicy, ImageFetcher
 from streaminfer.images.preprocess import preprocess_array, preprocess_image
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "FORMATS",
-    "AsyncImageFetcher",
     "CorruptImage",
     "DecompressionBomb",
     "FetchPolicy",

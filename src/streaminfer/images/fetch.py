@@ -33,8 +33,6 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Self
 
-import anyio
-import anyio.to_thread
 import httpcore
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -167,14 +165,6 @@ class AddressGuard:
             raise ImageFetchFailed(f"cannot resolve host {host!r}: {exc.strerror}") from exc
         return self.check(host, [str(info[4][0]) for info in infos])
 
-    async def resolve_async(self, host: str, port: int) -> list[str]:
-        """Like :meth:`resolve`, without blocking the event loop."""
-        try:
-            infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise ImageFetchFailed(f"cannot resolve host {host!r}: {exc.strerror}") from exc
-        return self.check(host, [str(info[4][0]) for info in infos])
-
 
 class _GuardedBackend(httpcore.SyncBackend):
     """Opens connections only to addresses the guard accepted."""
@@ -195,29 +185,6 @@ class _GuardedBackend(httpcore.SyncBackend):
             with contextlib.suppress(httpcore.ConnectError):
                 return super().connect_tcp(address, port, timeout, local_address, socket_options)
         return super().connect_tcp(last, port, timeout, local_address, socket_options)
-
-
-class _GuardedAsyncBackend(httpcore.AnyIOBackend):
-    """The event-loop twin of :class:`_GuardedBackend`."""
-
-    def __init__(self, guard: AddressGuard) -> None:
-        self._guard = guard
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        *others, last = await self._guard.resolve_async(host, port)
-        for address in others:
-            with contextlib.suppress(httpcore.ConnectError):
-                return await super().connect_tcp(
-                    address, port, timeout, local_address, socket_options
-                )
-        return await super().connect_tcp(last, port, timeout, local_address, socket_options)
 
 
 def _scheme(uri: str) -> str:
@@ -478,62 +445,3 @@ class ImageFetcher:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-
-class AsyncImageFetcher:
-    """The asyncio (or trio) twin of :class:`ImageFetcher`, for servers with an event loop."""
-
-    def __init__(self, policy: FetchPolicy | None = None, *, max_connections: int = 100) -> None:
-        self.policy = policy or FetchPolicy()
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpcore.default_ssl_context(),
-            max_connections=max_connections,
-            keepalive_expiry=_KEEPALIVE_EXPIRY,
-            network_backend=_GuardedAsyncBackend(AddressGuard(self.policy)),
-        )
-
-    async def fetch(self, source: str | bytes) -> bytes:
-        """Like :meth:`ImageFetcher.fetch`; files are read in a worker thread."""
-        if isinstance(source, bytes):
-            return _check_size(source, self.policy.max_bytes, "image bytes")
-        scheme = _scheme(source)
-        if scheme in _HTTP_SCHEMES:
-            return await self._fetch_http(source)
-        return await anyio.to_thread.run_sync(_fetch_local, source, scheme, self.policy)
-
-    async def _fetch_http(self, uri: str) -> bytes:
-        url = _http_url(uri)
-        deadline = time.monotonic() + self.policy.total_timeout
-        for _ in range(self.policy.max_redirects + 1):
-            with _transport_errors(url, self.policy):
-                response = await self._pool.handle_async_request(
-                    _request(url, deadline, self.policy)
-                )
-                try:
-                    target = _redirect_target(response, url)
-                    if target is None:
-                        body = _Body(url, response, deadline, self.policy)
-                        async for chunk in response.aiter_stream():
-                            body.add(chunk)
-                        return body.value()
-                finally:
-                    await response.aclose()
-            url = target
-        raise TooManyRedirects(
-            f"{_short(uri)}: more than {self.policy.max_redirects} redirects "
-            "(FetchPolicy.max_redirects)"
-        )
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
