@@ -20,7 +20,7 @@ from streaminfer.protos.tfserving import (
     prediction_service_pb2_grpc,
 )
 from streaminfer.serving.codec import to_tensor_proto
-from streaminfer.serving.model_config import model_configs, read_model_config_file
+from streaminfer.models.model_config import model_configs, read_model_config_file
 from tests.servers import ServerProcess
 from tests.test_serving.conftest import MODEL, add_version, copy_repo
 

@@ -9,8 +9,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 
+from streaminfer.kafka.broker import free_port
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import produce
 from streaminfer.models.export.tiny import tiny_reference
@@ -303,3 +305,43 @@ def test_bad_configuration_is_one_line(bootstrap: str, tmp_path: Path) -> None:
     result = run_cli("run", "-b", bootstrap, "--input", "no-such-topic", "--repo", str(tmp_path))
     assert result.returncode != 0 and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_at_least_once_and_metrics(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+) -> None:
+    inp, out = topic_factory("in"), topic_factory("out")
+    port = free_port()
+    embedded_worker(
+        start_worker,
+        stream_repo,
+        inp,
+        out,
+        "--model",
+        "tiny",
+        "--processing-guarantee",
+        "at-least-once",
+        "--metrics-port",
+        str(port),
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _get(base + "/readyz") == 200, 60, "the worker to be ready")
+    assert _get(base + "/healthz") == 200
+    _produce_keyed(kafka_settings, inp, _tensor_inputs(100))
+    _assert_exactly_once_in_order(decoded(outputs(kafka_settings, out, 100)), 100)
+    metrics = httpx.get(base + "/metrics").text
+    assert (
+        'streaminfer_records_out_total{mode="embedded",model="tiny",route="",version="1"} 100.0'
+        in metrics
+    )
+    assert "streaminfer_records_in_total 100.0" in metrics
+
+
+def _get(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0

@@ -14,7 +14,9 @@ from streaminfer.errors import ConfigError
 from streaminfer.images import FetchPolicy, ImageFetcher
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import kafka_settings
-from streaminfer.models.registry import ModelRegistry
+from streaminfer.models.batcher import BatchingConfig
+from streaminfer.models.model_config import model_configs, read_model_config_file
+from streaminfer.models.registry import ModelConfig, ModelRegistry, VersionPolicy
 from streaminfer.predictors.base import Predictor
 from streaminfer.predictors.factory import create_predictor
 from streaminfer.predictors.remote import RemoteOptions
@@ -68,6 +70,26 @@ def run(
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve /metrics, /healthz, /readyz on this port.")
     ] = None,
+    route: Annotated[
+        str | None,
+        typer.Option(
+            help="Weighted split over labels or versions, sticky per key: stable=90,canary=10."
+        ),
+    ] = None,
+    shadow: Annotated[
+        str | None,
+        typer.Option(help="Also predict with this version or label; results to --shadow-topic."),
+    ] = None,
+    shadow_sample: Annotated[
+        float | None, typer.Option(help="Fraction of records mirrored to --shadow [1.0].")
+    ] = None,
+    model_config_file: Annotated[
+        Path | None,
+        typer.Option(help="TF Serving-style model config: versions and labels (embedded)."),
+    ] = None,
+    shadow_topic: Annotated[
+        str | None, typer.Option(help="Where shadow results go [<output>.shadow].")
+    ] = None,
     allow_network: Annotated[
         list[str] | None,
         typer.Option(
@@ -101,6 +123,11 @@ def run(
         fallback=fallback,
         metrics_port=metrics_port,
         allow_networks=allow_network,
+        route=route,
+        shadow=shadow,
+        shadow_sample=shadow_sample,
+        shadow_topic=shadow_topic,
+        model_config_file=model_config_file,
     )
     kafka = kafka_settings(bootstrap_servers, x, properties_file, config_file)
     admin = TopicAdmin(kafka)
@@ -110,12 +137,17 @@ def run(
         )
     if settings.create_topics:
         partitions = len(admin.partitions(settings.input))
-        admin.ensure([settings.output, settings.dead_letter_topic], partitions)
+        topics = [settings.output, settings.dead_letter_topic]
+        admin.ensure(
+            [*topics, settings.shadow_output_topic] if settings.shadow else topics, partitions
+        )
 
     predictor, registry = _predictor(settings)
+    # The shadow gets its own connections and circuit breaker: its failures stay its own.
+    shadow_predictor = _predictor(settings, registry)[0] if settings.shadow else None
     fetcher = ImageFetcher(FetchPolicy(allow_networks=settings.allow_networks))
     metrics = WorkerMetrics()
-    worker = Worker(settings, kafka, predictor, fetcher, metrics)
+    worker = Worker(settings, kafka, predictor, fetcher, metrics, shadow_predictor)
     endpoint = None
     if settings.metrics_port is not None:
         endpoint = MetricsServer(metrics, settings.metrics_port, lambda: worker.ready)
@@ -136,16 +168,31 @@ def run(
         if endpoint is not None:
             endpoint.close()
         predictor.close()
+        if shadow_predictor is not None:
+            shadow_predictor.close()
         fetcher.close()
         if registry is not None:
             registry.close()
 
 
-def _predictor(settings: WorkerSettings) -> tuple[Predictor, ModelRegistry | None]:
+def _model_configs(settings: WorkerSettings) -> list[ModelConfig]:
+    """The model config file's, else: a route or shadow needs every version of the model."""
+    assert settings.repo is not None
+    if settings.model_config_file is not None:
+        parsed = read_model_config_file(settings.model_config_file)
+        return model_configs(parsed, settings.repo, BatchingConfig(), {})
+    if settings.route or settings.shadow:
+        return [ModelConfig(name=settings.model, version_policy=VersionPolicy(kind="all"))]
+    return []
+
+
+def _predictor(
+    settings: WorkerSettings, registry: ModelRegistry | None = None
+) -> tuple[Predictor, ModelRegistry | None]:
     """The mode's predictor, and the registry it serves from (watched for new versions)."""
-    registry = None
-    if settings.repo is not None and (settings.mode == "embedded" or settings.fallback):
-        registry = ModelRegistry(settings.repo)
+    needs_registry = settings.mode == "embedded" or settings.fallback
+    if registry is None and settings.repo is not None and needs_registry:
+        registry = ModelRegistry(settings.repo, _model_configs(settings))
         registry.reload()
         registry.start_watching()
     options = RemoteOptions(

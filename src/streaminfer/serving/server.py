@@ -23,7 +23,7 @@ from streaminfer.serving.auth import BearerAuth
 from streaminfer.serving.dataplane import DataPlane
 from streaminfer.serving.grpc_services import create_server
 from streaminfer.serving.metrics import ServerMetrics
-from streaminfer.serving.model_config import model_configs, read_model_config_file
+from streaminfer.models.model_config import model_configs, read_model_config_file
 from streaminfer.serving.rest import build_app
 from streaminfer.serving.settings import ServerSettings
 

@@ -26,7 +26,7 @@ class WorkerMetrics:
         self.records_out = Counter(
             "streaminfer_records_out",
             "Predictions produced",
-            ["model", "version", "mode"],
+            ["model", "version", "mode", "route"],
             registry=r,
         )
         self.dead_lettered = Counter(
@@ -64,6 +64,9 @@ class WorkerMetrics:
             "streaminfer_circuit_open", "1 while the remote circuit is open", registry=r
         )
         self.retries = Counter("streaminfer_predict_retries", "Predictor calls retried", registry=r)
+        self.shadow_dropped = Counter(
+            "streaminfer_shadow_dropped", "Shadow predictions dropped: queue full", registry=r
+        )
         self.transactions = Counter(
             "streaminfer_transactions", "Transactions by outcome", ["outcome"], registry=r
         )

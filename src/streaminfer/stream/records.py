@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from streaminfer.errors import RecordError
-from streaminfer.models.postprocess import Prediction
+from streaminfer.predictors.base import PredictResult
 
 TRACE_HEADER = "streaminfer.trace.id"
 Headers = list[tuple[str, str | bytes | None]]
@@ -164,16 +164,27 @@ class Source:
     timestamp: int | None
 
 
-def output_value(
+def result_fields(result: PredictResult) -> dict[str, Any]:
+    """Who served a record and what it answered: the model, mode and predictions or outputs."""
+    fields: dict[str, Any] = {
+        "model": {"name": result.model, "version": result.version},
+        "mode": result.mode,
+    }
+    if result.predictions is not None:
+        fields["predictions"] = [p.as_dict() for p in result.predictions]
+    if result.outputs is not None:
+        fields["outputs"] = {name: array.tolist() for name, array in result.outputs.items()}
+    return fields
+
+
+def output_document(
     request: Request | None,
     source: Source,
-    model: str,
-    version: int,
-    mode: str,
-    predictions: list[Prediction] | None,
-    outputs: dict[str, np.ndarray] | None,
+    result: PredictResult,
     timings_ms: dict[str, float],
-) -> bytes:
+    route: str | None = None,
+) -> dict[str, Any]:
+    """The output record's value (as a dict): the README documents this format."""
     doc: dict[str, Any] = {
         "id": (
             request.id
@@ -186,15 +197,12 @@ def output_value(
             "offset": source.offset,
             "timestamp": source.timestamp,
         },
-        "model": {"name": model, "version": version},
-        "mode": mode,
+        **result_fields(result),
     }
-    if predictions is not None:
-        doc["predictions"] = [p.as_dict() for p in predictions]
-    if outputs is not None:
-        doc["outputs"] = {name: array.tolist() for name, array in outputs.items()}
+    if route is not None:
+        doc["route"] = route
     doc["timings_ms"] = {k: round(v, 3) for k, v in timings_ms.items()}
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return doc
 
 
 def dead_letter_headers(headers: Headers, error: RecordError, source: Source) -> Headers:

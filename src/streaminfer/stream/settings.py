@@ -30,6 +30,7 @@ class WorkerSettings(Settings):
     label: str | None = None
     mode: Mode = "embedded"
     repo: Path | None = None
+    model_config_file: Path | None = None  # versions and labels, TF Serving's text format
     server: str | None = None  # host:port of the model server in remote modes
     processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
     batch_size: int = Field(default=16, ge=1)
@@ -42,6 +43,10 @@ class WorkerSettings(Settings):
     decode_threads: int = Field(default=2, ge=1)
     fetch_threads: int = Field(default=8, ge=1)
     allow_networks: list[str] = Field(default_factory=list)  # image hosts past the SSRF guard
+    route: str | None = None  # weighted split, e.g. "stable=90,canary=10"
+    shadow: str | None = None  # a version or label that also predicts, for comparison
+    shadow_sample: float = Field(default=1.0, gt=0, le=1)
+    shadow_topic: str | None = None  # default: "<output>.shadow"
     create_topics: bool = True  # create output and dead-letter topics if missing
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
 
@@ -53,6 +58,8 @@ class WorkerSettings(Settings):
             raise ValueError("--mode embedded needs --repo (the model repository)")
         if self.mode != "embedded" and self.server is None:
             self.server = default_server(self.mode)
+        if self.route and (self.version is not None or self.label is not None):
+            raise ValueError("--route chooses the version itself: drop --version / --label")
         if self.fallback == "embedded" and self.repo is None:
             raise ValueError("--fallback embedded needs --repo (the model repository)")
         return self
@@ -60,6 +67,10 @@ class WorkerSettings(Settings):
     @property
     def dead_letter_topic(self) -> str:
         return self.dlq or f"{self.input}.dlq"
+
+    @property
+    def shadow_output_topic(self) -> str:
+        return self.shadow_topic or f"{self.output}.shadow"
 
     @property
     def exactly_once(self) -> bool:

@@ -19,6 +19,7 @@ How it keeps its promises:
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -49,10 +50,11 @@ from streaminfer.stream.records import (
     Request,
     Source,
     dead_letter_headers,
-    output_value,
+    output_document,
     parse_value,
     trace_headers,
 )
+from streaminfer.stream.routing import Route, ShadowJob, ShadowRunner, Target
 from streaminfer.stream.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ class _Done:
     """The outcome for one record: a result, or the record error that dead-letters it."""
 
     request: Request | None
+    routing_key: bytes = b""
+    route: str | None = None  # the route target that served it, when a route is set
     result: PredictResult | None = None
     error: RecordError | None = None
     fetch_ms: float = 0.0
@@ -90,6 +94,7 @@ class Worker:
         predictor: Predictor,
         fetcher: ImageFetcher,
         metrics: WorkerMetrics | None = None,
+        shadow_predictor: Predictor | None = None,
     ) -> None:
         self.settings = settings
         self.predictor = predictor
@@ -133,6 +138,17 @@ class Worker:
             )
         self.consumer = Consumer(consumer_config)
         self.producer = Producer(kafka.client_config(**producer_extra))
+        self.route = Route.parse(settings.route) if settings.route else None
+        self.shadow = None
+        if settings.shadow:
+            self.shadow = ShadowRunner(
+                shadow_predictor or predictor,
+                Target.parse(settings.shadow),
+                Producer(kafka.client_config(**{"enable.idempotence": True, "linger.ms": 20})),
+                settings.shadow_output_topic,
+                settings.shadow_sample,
+                on_drop=self.metrics.shadow_dropped.inc,
+            )
 
     # -- control -----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -210,9 +226,12 @@ class Worker:
         done = list(self._fetches.map(self._parse_and_fetch, messages))
         todo = [d for d in done if d.error is None]
         if todo:
-            results = self._predict_until_served(
-                [self._predict_request(d) for d in todo], abandoned
-            )
+            requests = [self._predict_request(d) for d in todo]
+            if self.route is not None:
+                for item, request in zip(todo, requests, strict=True):
+                    if request.version is not None or request.label is not None:
+                        item.route = Target(request.version, request.label).name
+            results = self._predict_until_served(requests, abandoned)
             for item, outcome in zip(todo, results, strict=True):
                 if isinstance(outcome, RecordError):
                     item.error = outcome
@@ -226,7 +245,7 @@ class Worker:
             request = parse_value(message.value())
         except RecordError as exc:
             return _Done(None, error=exc)
-        item = _Done(request)
+        item = _Done(request, routing_key=_routing_key(message))
         if request.url is not None:
             try:
                 request.image = self.fetcher.fetch(request.url)
@@ -236,13 +255,19 @@ class Worker:
         return item
 
     def _predict_request(self, item: _Done) -> PredictRequest:
+        """What to run a record on: its own pin, else the route's pick by key, else the flags."""
         request = item.request
         assert request is not None
-        pinned = request.version is not None or request.label is not None
+        version, label = self.settings.version, self.settings.label
+        if request.version is not None or request.label is not None:
+            version, label = request.version, request.label
+        elif self.route is not None and request.model in (None, self.settings.model):
+            target = self.route.choose(item.routing_key)
+            version, label = target.version, target.label
         return PredictRequest(
             model=request.model or self.settings.model,
-            version=request.version if pinned else self.settings.version,
-            label=request.label if pinned else self.settings.label,
+            version=version,
+            label=label,
             image=request.image,
             tensors=request.tensors,
             top_k=request.top_k or self.settings.top_k,
@@ -303,18 +328,16 @@ class Worker:
                 **result.timings_ms,
                 "total": (time.monotonic() - consumed_at) * 1000,
             }
-            value = output_value(
-                item.request,
-                source,
-                result.model,
-                result.version,
-                result.mode,
-                result.predictions,
-                result.outputs,
-                timings,
-            )
+            document = output_document(item.request, source, result, timings, item.route)
+            value = json.dumps(document, separators=(",", ":")).encode()
             self._produce(self.settings.output, message.key(), value, headers)
-            self.metrics.records_out.labels(result.model, str(result.version), result.mode).inc()
+            self.metrics.records_out.labels(
+                result.model, str(result.version), result.mode, item.route or ""
+            ).inc()
+            if self.shadow is not None and self.shadow.sampled(_routing_key(message)):
+                self.shadow.submit(
+                    ShadowJob(self._predict_request(item), document, message.key(), headers)
+                )
             if source.timestamp is not None:
                 self.metrics.end_to_end.observe(max(0.0, time.time() - source.timestamp / 1000))
         self._offsets[(source.topic, source.partition)] = source.offset + 1
@@ -441,6 +464,8 @@ class Worker:
             if self._in_transaction:
                 self.producer.abort_transaction(10)
             self.producer.flush(10)
+            if self.shadow is not None:
+                self.shadow.close()
 
     def _update_lag(self) -> None:
         now = time.monotonic()
@@ -451,6 +476,11 @@ class Worker:
             _, high = self.consumer.get_watermark_offsets(tp, cached=True)
             if tp.offset >= 0 and high >= 0:
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+
+def _routing_key(message: Message) -> bytes:
+    """The key a route hashes: the record key, else its place in the log."""
+    return message.key() or f"{message.partition()}:{message.offset()}".encode()
 
 
 def _source(message: Message) -> Source:
