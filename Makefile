@@ -19,8 +19,8 @@ protos: install
 	$(BIN)/python -m streaminfer.protos.build
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks interop
+	$(BIN)/ruff format --check src tests benchmarks interop
 	$(BIN)/mypy
 
 test: lint
