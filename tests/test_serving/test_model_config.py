@@ -11,6 +11,7 @@ from google.protobuf import text_format
 
 from streaminfer.errors import ConfigError
 from streaminfer.models.batcher import BatchingConfig
+from streaminfer.models.model_config import model_configs, read_model_config_file
 from streaminfer.protos.tfserving import (
     get_model_status_pb2,
     model_management_pb2,
@@ -20,7 +21,6 @@ from streaminfer.protos.tfserving import (
     prediction_service_pb2_grpc,
 )
 from streaminfer.serving.codec import to_tensor_proto
-from streaminfer.models.model_config import model_configs, read_model_config_file
 from tests.servers import ServerProcess
 from tests.test_serving.conftest import MODEL, add_version, copy_repo
 

@@ -1,23 +1,45 @@
-"""``streaminfer models export|list`` and ``streaminfer predict``."""
+"""``streaminfer models export|list|digest|publish`` and ``streaminfer predict``."""
 
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from streaminfer.cli.options import BootstrapOpt, ConfigFileOpt, PropertiesFileOpt, PropertyOpt
 from streaminfer.errors import ConfigError, RecordError
 from streaminfer.images import FetchPolicy, ImageFetcher
+from streaminfer.kafka.config import KafkaSettings, kafka_settings
 from streaminfer.models.batcher import BatchingConfig
+from streaminfer.models.control import (
+    DEFAULT_CONTROL_TOPIC,
+    ModelState,
+    VersionSource,
+    check_name,
+    deploy_state,
+    label_state,
+    publish_state,
+    read_latest_state,
+    retire_state,
+)
+from streaminfer.models.deploy import DeployLimits, digest, prepare, to_location
+from streaminfer.models.export.version import parse_version
 from streaminfer.models.pipeline import classify, preprocess_one
 from streaminfer.models.registry import ModelRegistry, scan_repository
 
 models_app = typer.Typer(help="Export models into a repository and inspect it.")
 console = Console()
+publish_app = typer.Typer(help="Publish deployments to the control topic; followers apply them.")
+models_app.add_typer(publish_app, name="publish")
 RepoOpt = Annotated[Path, typer.Option("--repo", help="Model repository root.")]
+ControlTopicOpt = Annotated[
+    str, typer.Option("--control-topic", help="Compacted topic of model deployments.")
+]
 EXPORTABLE = ("efficientnet-lite0", "tiny")
 
 
@@ -57,6 +79,96 @@ def list_models(repo: RepoOpt) -> None:
     """List the models and versions in a repository."""
     for name, versions in scan_repository(repo).items():
         print(f"{name}: versions {', '.join(map(str, sorted(versions)))}")
+
+
+@models_app.command("digest")
+def digest_cmd(
+    path: Annotated[Path, typer.Argument(help="A version folder or an archive of one.")],
+) -> None:
+    """Print the sha256 that `models publish deploy --sha256` expects for PATH."""
+    print(digest(path))
+
+
+@publish_app.command("deploy")
+def publish_deploy(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str, typer.Argument(help="Version number (a positive integer).")],
+    location: Annotated[
+        str,
+        typer.Option(
+            "--from", help="Path or URL of the version folder or of a .tar.gz/.zip archive of it."
+        ),
+    ],
+    sha256: Annotated[
+        str | None, typer.Option(help="Expected digest (computed if omitted).")
+    ] = None,
+    control_topic: ControlTopicOpt = DEFAULT_CONTROL_TOPIC,
+    bootstrap_servers: BootstrapOpt = None,
+    x: PropertyOpt = None,
+    properties_file: PropertiesFileOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Deploy a version: checked here (reachable, digest, loads), then installed by followers."""
+    check_name(model, "model")
+    number = _version(version)
+    url = to_location(location)
+    with tempfile.TemporaryDirectory(prefix="streaminfer-check-") as folder:
+        checked = prepare(url, sha256 and sha256.lower(), Path(folder), DeployLimits())
+    source = VersionSource(location=url, sha256=checked)
+    kafka = kafka_settings(bootstrap_servers, x, properties_file, config_file)
+    _publish(kafka, control_topic, model, lambda state: deploy_state(state, model, number, source))
+
+
+@publish_app.command("label")
+def publish_label(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    label: Annotated[str, typer.Argument(help="Label, e.g. stable or canary.")],
+    version: Annotated[str, typer.Argument(help="A deployed version.")],
+    control_topic: ControlTopicOpt = DEFAULT_CONTROL_TOPIC,
+    bootstrap_servers: BootstrapOpt = None,
+    x: PropertyOpt = None,
+    properties_file: PropertiesFileOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Point LABEL at a deployed, non-retired version."""
+    number = _version(version)
+    kafka = kafka_settings(bootstrap_servers, x, properties_file, config_file)
+    _publish(kafka, control_topic, model, lambda state: label_state(state, model, label, number))
+
+
+@publish_app.command("retire")
+def publish_retire(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str, typer.Argument(help="A deployed version no label points at.")],
+    control_topic: ControlTopicOpt = DEFAULT_CONTROL_TOPIC,
+    bootstrap_servers: BootstrapOpt = None,
+    x: PropertyOpt = None,
+    properties_file: PropertiesFileOpt = None,
+    config_file: ConfigFileOpt = None,
+) -> None:
+    """Retire a version: followers unload it and remove it from their repositories."""
+    number = _version(version)
+    kafka = kafka_settings(bootstrap_servers, x, properties_file, config_file)
+    _publish(kafka, control_topic, model, lambda state: retire_state(state, model, number))
+
+
+def _version(text: str) -> int:
+    version = parse_version(text)
+    if version is None:
+        raise ConfigError(f"version must be a positive integer, got {text!r}")
+    return version
+
+
+def _publish(
+    kafka: KafkaSettings,
+    topic: str,
+    model: str,
+    change: Callable[[ModelState | None], ModelState],
+) -> None:
+    """Read the model's latest state, apply one change, and publish the whole next state."""
+    state = change(read_latest_state(kafka, topic, model))
+    publish_state(kafka, topic, state)
+    print(f"published {state.event} of {model} version {state.version} to {topic}")
 
 
 def predict(

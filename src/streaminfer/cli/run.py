@@ -15,6 +15,7 @@ from streaminfer.images import FetchPolicy, ImageFetcher
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import kafka_settings
 from streaminfer.models.batcher import BatchingConfig
+from streaminfer.models.control import ControlFollower
 from streaminfer.models.model_config import model_configs, read_model_config_file
 from streaminfer.models.registry import ModelConfig, ModelRegistry, VersionPolicy
 from streaminfer.predictors.base import Predictor
@@ -83,6 +84,10 @@ def run(
     shadow_sample: Annotated[
         float | None, typer.Option(help="Fraction of records mirrored to --shadow [1.0].")
     ] = None,
+    control_topic: Annotated[
+        str | None,
+        typer.Option(help="Follow model deployments published to this compacted topic."),
+    ] = None,
     model_config_file: Annotated[
         Path | None,
         typer.Option(help="TF Serving-style model config: versions and labels (embedded)."),
@@ -145,6 +150,15 @@ def run(
     predictor, registry = _predictor(settings)
     # The shadow gets its own connections and circuit breaker: its failures stay its own.
     shadow_predictor = _predictor(settings, registry)[0] if settings.shadow else None
+    follower = None
+    if control_topic is not None:
+        if registry is None or settings.repo is None:
+            raise ConfigError(
+                "--control-topic needs --repo with --mode embedded or --fallback embedded"
+            )
+        follower = ControlFollower(kafka, control_topic, settings.repo, registry)
+        follower.start()
+        follower.wait_until_current(60)  # apply the current deployments before any record
     fetcher = ImageFetcher(FetchPolicy(allow_networks=settings.allow_networks))
     metrics = WorkerMetrics()
     worker = Worker(settings, kafka, predictor, fetcher, metrics, shadow_predictor)
@@ -171,6 +185,8 @@ def run(
         if shadow_predictor is not None:
             shadow_predictor.close()
         fetcher.close()
+        if follower is not None:
+            follower.close()
         if registry is not None:
             registry.close()
 

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from streaminfer.cli.options import ConfigFileOpt
+from streaminfer.cli.options import BootstrapOpt, ConfigFileOpt, PropertiesFileOpt, PropertyOpt
+from streaminfer.kafka.config import kafka_settings
 from streaminfer.serving import ModelServer, ServerSettings
 
 
@@ -54,6 +55,13 @@ def serve_cmd(
     shutdown_grace: Annotated[
         float | None, typer.Option(help="Seconds in-flight requests get at shutdown [default 10].")
     ] = None,
+    control_topic: Annotated[
+        str | None,
+        typer.Option(help="Follow model deployments published to this topic (needs -b)."),
+    ] = None,
+    bootstrap_servers: BootstrapOpt = None,
+    x: PropertyOpt = None,
+    properties_file: PropertiesFileOpt = None,
     config: ConfigFileOpt = None,
 ) -> None:
     """Serve the repository's models over TF Serving and KServe V2, REST and gRPC."""
@@ -73,5 +81,7 @@ def serve_cmd(
         tls_key=tls_key,
         auth_token_file=auth_token_file,
         shutdown_grace=shutdown_grace,
+        control_topic=control_topic,
     )
-    asyncio.run(ModelServer(settings).serve())
+    kafka = kafka_settings(bootstrap_servers, x, properties_file, config)
+    asyncio.run(ModelServer(settings, kafka).serve())

@@ -46,14 +46,17 @@ class VersionPolicy(BaseModel):
     kind: Literal["latest", "all", "specific"] = "latest"
     num_versions: int = Field(default=1, ge=1)
     versions: list[int] = Field(default_factory=list)
+    pinned: list[int] = Field(default_factory=list)  # also served: versions labels point at
 
     def select(self, available: list[int]) -> list[int]:
         ordered = sorted(available)
         if self.kind == "all":
-            return ordered
-        if self.kind == "specific":
-            return [v for v in ordered if v in self.versions]
-        return ordered[-self.num_versions :]
+            chosen = ordered
+        elif self.kind == "specific":
+            chosen = [v for v in ordered if v in self.versions]
+        else:
+            chosen = ordered[-self.num_versions :]
+        return sorted({*chosen, *(v for v in ordered if v in self.pinned)})
 
 
 class ModelConfig(BaseModel):
@@ -192,6 +195,22 @@ class ModelRegistry:
             if only_configured is not None:
                 self.only_configured = only_configured
         self.reload()
+
+    def set_labels(self, name: str, labels: dict[str, int]) -> None:
+        """Move one model's labels and keep their versions loaded beside the policy's choice.
+
+        For deployments through the control topic: with the ``latest`` policy unlabelled
+        traffic still moves to the newest version while ``stable`` stays put.  The caller
+        reloads.
+        """
+        with self._lock:
+            config = self.config(name)
+            policy = config.version_policy.model_copy(
+                update={"pinned": sorted(set(labels.values()))}
+            )
+            self._configs[name] = config.model_copy(
+                update={"labels": dict(labels), "version_policy": policy}
+            )
 
     # -- lookups ---------------------------------------------------------------------------
     def models(self) -> list[str]:

@@ -16,6 +16,9 @@ import grpc
 from aiohttp import web
 
 from streaminfer.errors import ConfigError
+from streaminfer.kafka.config import KafkaSettings
+from streaminfer.models.control import ControlFollower
+from streaminfer.models.model_config import model_configs, read_model_config_file
 from streaminfer.models.registry import ModelConfig, ModelRegistry
 from streaminfer.protos.tfserving import model_server_config_pb2
 from streaminfer.serving import kserve_grpc, tfserving_grpc
@@ -23,7 +26,6 @@ from streaminfer.serving.auth import BearerAuth
 from streaminfer.serving.dataplane import DataPlane
 from streaminfer.serving.grpc_services import create_server
 from streaminfer.serving.metrics import ServerMetrics
-from streaminfer.models.model_config import model_configs, read_model_config_file
 from streaminfer.serving.rest import build_app
 from streaminfer.serving.settings import ServerSettings
 
@@ -31,8 +33,10 @@ log = logging.getLogger(__name__)
 
 
 class ModelServer:
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, kafka: KafkaSettings | None = None) -> None:
         self.settings = settings
+        self.kafka = kafka or KafkaSettings()  # only used with settings.control_topic
+        self.follower: ControlFollower | None = None
         self.metrics = ServerMetrics()
         configs, only_configured = self._initial_configs()
         self.registry = ModelRegistry(
@@ -80,6 +84,8 @@ class ModelServer:
         """Load the models, then listen on both ports."""
         settings = self.settings
         await asyncio.to_thread(self.registry.reload)
+        if settings.control_topic:
+            await asyncio.to_thread(self._follow, settings.control_topic)
         self.registry.start_watching(settings.poll_interval)
         self._grpc = create_server(self.auth, settings.max_request_bytes)
         tfserving_grpc.add_services(self._grpc, self.plane, self.metrics, self.to_configs)
@@ -120,6 +126,12 @@ class ModelServer:
             raise ConfigError(f"cannot load the TLS certificate or key: {exc}") from exc
         return context
 
+    def _follow(self, topic: str) -> None:
+        """Apply the control topic's deployments before serving, then keep following it."""
+        self.follower = ControlFollower(self.kafka, topic, self.settings.repo, self.registry)
+        self.follower.start()
+        self.follower.wait_until_current(self.settings.control_timeout)
+
     async def stop(self) -> None:
         """Stop accepting, drain in-flight requests within the grace period, unload."""
         self.plane.stop_accepting()
@@ -130,6 +142,8 @@ class ModelServer:
         if self._runner is not None:
             draining.append(self._runner.cleanup())
         await asyncio.gather(*draining)
+        if self.follower is not None:
+            await asyncio.to_thread(self.follower.close)
         await asyncio.to_thread(self.registry.close)
         self.plane.close()
 

@@ -1,0 +1,377 @@
+"""Deployments through the control topic: states, digests, safe unpacking, and the follower."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import shutil
+import tarfile
+import threading
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from streaminfer.errors import ConfigError
+from streaminfer.kafka.config import KafkaSettings
+from streaminfer.kafka.records import produce
+from streaminfer.models.batcher import BatchingConfig
+from streaminfer.models.control import (
+    ControlFollower,
+    ModelState,
+    VersionSource,
+    deploy_state,
+    label_state,
+    publish_state,
+    read_latest_state,
+    retire_state,
+)
+from streaminfer.models.deploy import (
+    DeployError,
+    DeployLimits,
+    digest,
+    file_digest,
+    install_version,
+    prepare,
+    unpack,
+)
+from streaminfer.models.export.tiny import export_tiny_model
+from streaminfer.models.registry import ModelRegistry
+from tests.support import run_cli, wait_for
+
+MODEL = "tiny"
+SHA = "0" * 64
+LIMITS = DeployLimits()
+
+
+def _source(location: str = "file:///nowhere", sha256: str = SHA) -> VersionSource:
+    return VersionSource(location=location, sha256=sha256)
+
+
+# -- states --------------------------------------------------------------------------------
+def test_states_carry_the_whole_desired_state() -> None:
+    state = deploy_state(None, MODEL, 1, _source())
+    state = deploy_state(state, MODEL, 2, _source(sha256="1" * 64))
+    state = label_state(state, MODEL, "stable", 1)
+    state = label_state(state, MODEL, "canary", 2)
+    assert (state.event, state.version, state.label) == ("label", 2, "canary")
+    assert set(state.versions) == {1, 2}
+    assert state.labels == {"stable": 1, "canary": 2}
+
+    state = label_state(state, MODEL, "stable", 2)
+    state = retire_state(state, MODEL, 1)
+    assert set(state.versions) == {2} and state.retired == [1]
+    assert state.labels == {"stable": 2, "canary": 2}
+    assert ModelState.model_validate_json(state.model_dump_json()) == state
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: deploy_state(s, MODEL, 2, _source(sha256="2" * 64)), "immutable"),
+        (lambda s: deploy_state(s, MODEL, 1, _source()), "was retired"),
+        (lambda s: deploy_state(s, MODEL, 0, _source()), "positive integer"),
+        (lambda s: deploy_state(s, "../evil", 3, _source()), "invalid model name"),
+        (lambda s: label_state(s, MODEL, "stable", 1), "was retired"),
+        (lambda s: label_state(s, MODEL, "stable", 7), "not deployed (deployed: 2)"),
+        (lambda s: label_state(s, MODEL, "no/slash", 2), "invalid label name"),
+        (lambda s: label_state(None, MODEL, "stable", 1), "deployed: none"),
+        (lambda s: retire_state(s, MODEL, 2), "label 'stable' of model 'tiny' points at"),
+        (lambda s: retire_state(s, MODEL, 1), "was retired"),
+    ],
+)
+def test_invalid_changes_are_refused(
+    change: Callable[[ModelState], ModelState], message: str
+) -> None:
+    state = deploy_state(None, MODEL, 1, _source())
+    state = deploy_state(state, MODEL, 2, _source(sha256="1" * 64))
+    state = label_state(state, MODEL, "stable", 2)
+    state = retire_state(state, MODEL, 1)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        change(state)
+
+
+# -- digests and archives ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def staging(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported as version 1 outside any served repository."""
+    root = tmp_path_factory.mktemp("staging")
+    return export_tiny_model(root, 1)
+
+
+def _tar(path: Path, files: dict[str, bytes], symlink: str | None = None) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if symlink is not None:
+            link = tarfile.TarInfo(symlink)
+            link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(link)
+    return path
+
+
+def test_folder_digest_is_the_digest_of_its_manifest(staging: Path) -> None:
+    lines = sorted(
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(staging).as_posix()}\n"
+        for p in staging.rglob("*")
+        if p.is_file()
+    )
+    assert digest(staging) == hashlib.sha256("".join(lines).encode()).hexdigest()
+    archive = shutil.make_archive(str(staging.parent / "v1"), "gztar", staging)
+    assert digest(Path(archive)) == hashlib.sha256(Path(archive).read_bytes()).hexdigest()
+
+
+def test_archives_unpack_from_root_or_one_folder(staging: Path, tmp_path: Path) -> None:
+    files = {p.name: p.read_bytes() for p in staging.iterdir()}
+    for layout, names in (("root", files), ("folder", {f"v1/{n}": d for n, d in files.items()})):
+        target = tmp_path / layout
+        target.mkdir()
+        unpack(_tar(tmp_path / f"{layout}.tar.gz", names), target, 10**6)
+        assert sorted(p.name for p in target.iterdir()) == sorted(files)
+
+
+@pytest.mark.parametrize("kind", ["tar-parent", "tar-absolute", "tar-symlink", "zip-parent"])
+def test_unsafe_archives_are_refused(kind: str, tmp_path: Path) -> None:
+    archive = tmp_path / "bad"
+    if kind == "tar-parent":
+        _tar(archive, {"model.json": b"{}", "../evil": b"x"})
+    elif kind == "tar-absolute":
+        _tar(archive, {"/tmp/evil": b"x"})
+    elif kind == "tar-symlink":
+        _tar(archive, {"model.json": b"{}"}, symlink="labels.txt")
+    else:
+        with zipfile.ZipFile(archive, "w") as zipped:
+            zipped.writestr("../evil", b"x")
+    target = tmp_path / "target"
+    target.mkdir()
+    with pytest.raises(DeployError, match=r"unsafe path|not a file or folder"):
+        unpack(archive, target, 10**6)
+    assert not (tmp_path / "evil").exists()
+
+
+@pytest.mark.parametrize(
+    ("location", "sha256", "message"),
+    [
+        ("missing", None, "no such file or folder"),
+        ("staging", SHA, "digest mismatch"),
+        ("broken", None, "not a valid model: cannot load model.onnx"),
+        ("empty", None, "not a valid model: model.json: missing metadata file"),
+    ],
+)
+def test_versions_are_checked_before_they_are_installed(
+    location: str, sha256: str | None, message: str, staging: Path, tmp_path: Path
+) -> None:
+    sources = {"staging": staging, "broken": _broken_copy(staging, tmp_path / "broken")}
+    (tmp_path / "empty").mkdir()
+    source = sources.get(location, tmp_path / location)
+    expected = sha256 or (digest(source) if source.exists() else SHA)
+    with pytest.raises(DeployError, match=re.escape(message)):
+        install_version(tmp_path / "repo" / MODEL, 1, source.as_uri(), expected, LIMITS)
+    with pytest.raises(DeployError, match=re.escape(message)):
+        prepare(source.as_uri(), sha256, tmp_path / "prepared", LIMITS)
+    assert not (tmp_path / "repo" / MODEL / "1").exists()
+
+
+def test_publish_errors_are_one_line(staging: Path, tmp_path: Path) -> None:
+    dead = ["-b", "127.0.0.1:1"]  # never reached: each case fails before Kafka
+    broken = str(_broken_copy(staging, tmp_path / "broken"))
+    cases = [
+        (("0", "--from", str(staging)), "version must be a positive integer, got '0'"),
+        (("1", "--from", broken), "not a valid model: cannot load model.onnx"),
+    ]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        results = pool.map(
+            lambda case: run_cli("models", "publish", "deploy", MODEL, *case[0], *dead), cases
+        )
+        for (_, message), result in zip(cases, results, strict=True):
+            assert result.returncode == 2 and message in result.stderr, result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def _broken_copy(staging: Path, target: Path) -> Path:
+    """The tiny version with its ONNX file replaced by garbage: a correct digest can't save it."""
+    shutil.copytree(staging, target)
+    (target / "model.onnx").write_bytes(b"not an onnx model")
+    return target
+
+
+# -- the follower, against the session broker ----------------------------------------------
+@pytest.fixture
+def control_topic() -> str:
+    """A fresh control topic name; the first publisher or follower creates it, compacted."""
+    return f"models-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="module")
+def archive_host(
+    staging: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """A real HTTP server on loopback serving an archive of the tiny model: (URL, sha256)."""
+    root = tmp_path_factory.mktemp("archives")
+    archive = Path(shutil.make_archive(str(root / "v1"), "gztar", staging))
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/{archive.name}", file_digest(archive)
+    server.shutdown()
+    server.server_close()
+
+
+class Following:
+    """A registry over ``repo`` kept current by a ControlFollower; records its events."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str, repo: Path) -> None:
+        self.events: list[tuple[str, str, int, str]] = []
+        self.registry = ModelRegistry(repo, default_batching=BatchingConfig(enabled=False))
+        self.follower = ControlFollower(
+            kafka, topic, repo, self.registry, listener=lambda *e: self.events.append(e)
+        )
+        self.follower.start()
+        self.follower.wait_until_current(30)
+
+    def wait(self, event: str, version: int) -> str:
+        """The detail of the first ``event`` about ``version`` (waits for it)."""
+
+        def detail() -> str:
+            found = [d for e, _, v, d in self.events if (e, v) == (event, version)]
+            return (found[0] or "-") if found else ""
+
+        return wait_for(detail, timeout=30, what=f"{event} of version {version}")
+
+    def close(self) -> None:
+        self.follower.close()
+        self.registry.close()
+
+
+@pytest.fixture
+def follow(
+    kafka_settings: KafkaSettings, control_topic: str
+) -> Iterator[Callable[[Path], Following]]:
+    """Start followers of the test's control topic; all are closed at the end of the test."""
+    started: list[Following] = []
+
+    def start(repo: Path) -> Following:
+        started.append(Following(kafka_settings, control_topic, repo))
+        return started[-1]
+
+    yield start
+    for following in started:
+        following.close()
+
+
+def _publish(
+    kafka: KafkaSettings, topic: str, change: Callable[[ModelState | None], ModelState]
+) -> None:
+    publish_state(kafka, topic, change(read_latest_state(kafka, topic, MODEL)))
+
+
+def _deploy(kafka: KafkaSettings, topic: str, version: int, location: str, sha256: str) -> None:
+    source = VersionSource(location=location, sha256=sha256)
+    _publish(kafka, topic, lambda s: deploy_state(s, MODEL, version, source))
+
+
+def test_published_versions_switch_a_running_registry(
+    kafka_settings: KafkaSettings,
+    control_topic: str,
+    follow: Callable[[Path], Following],
+    staging: Path,
+    archive_host: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    following = follow(repo)
+    assert following.registry.models() == []
+
+    _deploy(kafka_settings, control_topic, 1, staging.as_uri(), digest(staging))
+    following.wait("applied", 1)
+    assert following.registry.resolve(MODEL).version == 1
+
+    _deploy(kafka_settings, control_topic, 2, *archive_host)
+    following.wait("applied", 2)
+    assert following.registry.resolve(MODEL).version == 2
+    assert sorted(p.name for p in (repo / MODEL / "2").iterdir()) == ["model.json", "model.onnx"]
+
+    _publish(kafka_settings, control_topic, lambda s: retire_state(s, MODEL, 1))
+    following.wait("retired", 1)
+    wait_for(lambda: following.registry.versions(MODEL) == [2], what="version 1 unloaded")
+    assert [p.name for p in (repo / MODEL).iterdir()] == ["2"]
+
+
+def test_corrupt_versions_are_rejected_and_the_old_one_keeps_serving(
+    kafka_settings: KafkaSettings,
+    control_topic: str,
+    follow: Callable[[Path], Following],
+    staging: Path,
+    tmp_path: Path,
+) -> None:
+    following = follow(tmp_path / "repo")
+    _deploy(kafka_settings, control_topic, 1, staging.as_uri(), digest(staging))
+    _publish(kafka_settings, control_topic, lambda s: label_state(s, MODEL, "stable", 1))
+    following.wait("applied", 1)
+    produce(kafka_settings, control_topic, [b"not a state"], key=MODEL.encode())
+    assert "invalid state" in following.wait("rejected", 0)  # publishers skip it too
+
+    _deploy(kafka_settings, control_topic, 2, staging.as_uri(), SHA)
+    assert "digest mismatch" in following.wait("rejected", 2)
+    broken = _broken_copy(staging, tmp_path / "broken")
+    _deploy(kafka_settings, control_topic, 3, broken.as_uri(), digest(broken))
+    assert "not a valid model" in following.wait("rejected", 3)
+    _publish(kafka_settings, control_topic, lambda s: label_state(s, MODEL, "stable", 3))
+    following.wait("label-refused", 3)
+
+    assert following.registry.resolve(MODEL).version == 1
+    assert following.registry.resolve(MODEL, label="stable").version == 1
+    assert sorted(p.name for p in (tmp_path / "repo" / MODEL).iterdir()) == ["1"]
+
+
+def test_a_late_follower_applies_the_current_state_before_it_returns(
+    kafka_settings: KafkaSettings,
+    control_topic: str,
+    follow: Callable[[Path], Following],
+    staging: Path,
+    archive_host: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    _deploy(kafka_settings, control_topic, 1, staging.as_uri(), digest(staging))
+    _deploy(kafka_settings, control_topic, 2, *archive_host)
+    _publish(kafka_settings, control_topic, lambda s: label_state(s, MODEL, "stable", 1))
+    _publish(kafka_settings, control_topic, lambda s: label_state(s, MODEL, "canary", 2))
+
+    registry = follow(tmp_path / "repo").registry  # returns once current: no waiting here
+
+    assert registry.versions(MODEL) == [1, 2]
+    assert registry.labels(MODEL) == {"stable": 1, "canary": 2}
+    assert registry.resolve(MODEL).version == 2
+    assert registry.resolve(MODEL, label="stable").version == 1
+
+
+def test_publish_cli_builds_on_the_latest_state(
+    bootstrap: str, kafka_settings: KafkaSettings, control_topic: str, staging: Path
+) -> None:
+    common = ["-b", bootstrap, "--control-topic", control_topic]
+    published = run_cli("models", "publish", "deploy", MODEL, "1", "--from", str(staging), *common)
+    assert published.returncode == 0, published.stderr
+    refused = run_cli("models", "publish", "label", MODEL, "stable", "2", *common)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith(
+        "version 2 of model 'tiny' is not deployed (deployed: 1)"
+    )
+    labelled = run_cli("models", "publish", "label", MODEL, "stable", "1", *common)
+    assert labelled.returncode == 0, labelled.stderr
+
+    state = read_latest_state(kafka_settings, control_topic, MODEL)
+    assert state is not None
+    assert state.versions == {1: VersionSource(location=staging.as_uri(), sha256=digest(staging))}
+    assert state.labels == {"stable": 1}

@@ -1,0 +1,102 @@
+"""Embedded workers follow model deployments published to the control topic."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from streaminfer.kafka.config import KafkaSettings
+from streaminfer.kafka.records import consume, produce
+from streaminfer.models.control import (
+    VersionSource,
+    deploy_state,
+    publish_state,
+    read_latest_state,
+)
+from streaminfer.models.export.tiny import export_tiny_model
+from tests.support import CliProcess, run_cli, wait_for
+from tests.test_stream.conftest import decoded, outputs
+
+RECORD = json.dumps({"inputs": {"x": [[1, 2, 3, 4]]}}).encode()
+
+
+def test_worker_switches_versions_rejects_corrupt_ones_and_late_workers_catch_up(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    bootstrap: str,
+    tmp_path: Path,
+) -> None:
+    staging = tmp_path / "staging"
+    for version in (1, 2):
+        export_tiny_model(staging, version)
+    topic = f"models-{uuid.uuid4().hex[:8]}"
+    control = ["-b", bootstrap, "--control-topic", topic]
+
+    def publish(version: int) -> None:
+        folder = str(staging / "tiny" / str(version))
+        result = run_cli(
+            "models", "publish", "deploy", "tiny", str(version), "--from", folder, *control
+        )
+        assert result.returncode == 0, result.stderr
+
+    def worker(out: str, repo: Path) -> CliProcess:
+        repo.mkdir()
+        return start_worker(
+            "--input",
+            inp,
+            "--output",
+            out,
+            "--mode",
+            "embedded",
+            "--repo",
+            str(repo),
+            "--model",
+            "tiny",
+            "--group-id",
+            f"g-{out}",
+            *control[2:],
+        )
+
+    inp, out, dlq = topic_factory("in"), topic_factory("out"), topic_factory("dlq")
+    publish(1)
+    first = worker(out, tmp_path / "repo-a")
+    sent = 0
+
+    def send(count: int) -> None:
+        nonlocal sent
+        produce(kafka_settings, inp, [RECORD] * count)
+        sent += count
+
+    send(50)
+    assert {d["model"]["version"] for d in decoded(outputs(kafka_settings, out, 50))} == {1}
+
+    publish(2)  # while records keep coming, the worker moves to version 2 between two records
+
+    def switched() -> bool:
+        send(20)
+        docs = decoded(list(consume(kafka_settings, out, True, count=sent, timeout=30)))
+        return len(docs) == sent and docs[-1]["model"]["version"] == 2
+
+    wait_for(switched, 60, "outputs from version 2")
+    docs = decoded(outputs(kafka_settings, out, sent))
+    versions = [d["model"]["version"] for d in docs]
+    assert versions == sorted(versions), "version 1 until the switch, version 2 after it"
+    assert not list(consume(kafka_settings, dlq, True, timeout=1))
+
+    # A version whose bytes don't match the published digest (the CLI would refuse to
+    # publish it, so the event is written directly): rejected, version 2 keeps serving.
+    bad = VersionSource(location=(staging / "tiny" / "2").as_uri(), sha256="0" * 64)
+    state = read_latest_state(kafka_settings, topic, "tiny")
+    publish_state(kafka_settings, topic, deploy_state(state, "tiny", 3, bad))
+    wait_for(lambda: "rejected" in first.log(), 60, "the worker to reject version 3")
+    send(10)
+    assert {d["model"]["version"] for d in decoded(outputs(kafka_settings, out, sent))[-10:]} == {2}
+
+    late_out = topic_factory("late")
+    worker(late_out, tmp_path / "repo-b")  # starts later: applies the topic's state first
+    late = decoded(outputs(kafka_settings, late_out, sent))
+    assert late[0]["model"]["version"] == 2
+    assert first.alive()
