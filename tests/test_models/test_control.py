@@ -22,14 +22,12 @@ from streaminfer.errors import ConfigError
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import produce
 from streaminfer.models.batcher import BatchingConfig
-from streaminfer.models.control import (
-    ControlFollower,
+from streaminfer.models.control import ControlFollower, publish_state, read_latest_state
+from streaminfer.models.control_state import (
     ModelState,
     VersionSource,
     deploy_state,
     label_state,
-    publish_state,
-    read_latest_state,
     retire_state,
 )
 from streaminfer.models.deploy import (

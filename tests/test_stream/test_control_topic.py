@@ -9,12 +9,8 @@ from pathlib import Path
 
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import consume, produce
-from streaminfer.models.control import (
-    VersionSource,
-    deploy_state,
-    publish_state,
-    read_latest_state,
-)
+from streaminfer.models.control import publish_state, read_latest_state
+from streaminfer.models.control_state import VersionSource, deploy_state
 from streaminfer.models.export.tiny import export_tiny_model
 from tests.support import CliProcess, run_cli, wait_for
 from tests.test_stream.conftest import decoded, outputs

@@ -16,15 +16,13 @@ from streaminfer.errors import ConfigError, RecordError
 from streaminfer.images import FetchPolicy, ImageFetcher
 from streaminfer.kafka.config import KafkaSettings, kafka_settings
 from streaminfer.models.batcher import BatchingConfig
-from streaminfer.models.control import (
-    DEFAULT_CONTROL_TOPIC,
+from streaminfer.models.control import DEFAULT_CONTROL_TOPIC, publish_state, read_latest_state
+from streaminfer.models.control_state import (
     ModelState,
     VersionSource,
     check_name,
     deploy_state,
     label_state,
-    publish_state,
-    read_latest_state,
     retire_state,
 )
 from streaminfer.models.deploy import DeployLimits, digest, prepare, to_location
