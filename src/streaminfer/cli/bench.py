@@ -33,12 +33,13 @@ def register(app: typer.Typer) -> None:
 def bench(
     workload: Annotated[
         str | None,
-        typer.Option(help="images | tensor | all [all; images with --quick]."),
+        typer.Option(help="images | tensor | all (default: all; images with --quick)."),
     ] = None,
     configs: Annotated[
         str | None,
         typer.Option(
-            help=f"Comma-separated configurations [all; with --quick: {','.join(QUICK_CONFIGS)}]. "
+            help="Comma-separated configurations (default: all; with --quick: "
+            f"{','.join(QUICK_CONFIGS)}). "
             f"Known: {_CONFIG_NAMES}."
         ),
     ] = None,
@@ -52,22 +53,23 @@ def bench(
     records: Annotated[
         int | None,
         typer.Option(
-            min=10, help="Records per saturation run [images 1000, tensor 5000; seed-style 1/5]."
+            min=10,
+            help="Records per saturation run (default: images 1000, tensor 5000; seed-style 1/5).",
         ),
     ] = None,
     duration: Annotated[
         float | None,
-        typer.Option(min=1.0, help=f"Seconds per offered load [{FULL.duration_s:g}]."),
+        typer.Option(min=1.0, help=f"Seconds per offered load (default: {FULL.duration_s:g})."),
     ] = None,
     loads: Annotated[
         str | None,
         typer.Option(
             help="Offered loads as fractions of embedded's saturation rate "
-            f"[{','.join(f'{x:g}' for x in FULL.loads)}]."
+            f"(default: {','.join(f'{x:g}' for x in FULL.loads)})."
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Output directory [bench-results/<timestamp>].")
+        Path | None, typer.Option(help="Output directory (default: bench-results/<timestamp>).")
     ] = None,
     bootstrap_servers: BootstrapOpt = None,
     x: PropertyOpt = None,

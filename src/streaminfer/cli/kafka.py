@@ -27,7 +27,7 @@ from streaminfer.kafka.records import Record, consume, produce
 kafka_app = typer.Typer(help="Run a local single-node Apache Kafka (KRaft) for demos and tests.")
 topics_app = typer.Typer(help="Create, list, describe and delete topics.")
 DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Broker data dir [default: user data dir].")
+    Path | None, typer.Option("--data-dir", help="Broker data dir (default: user data dir).")
 ]
 console = Console()
 
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
 @kafka_app.command("start")
 def kafka_start(
     port: Annotated[
-        int | None, typer.Option(help="Client port [default 9092, or as before].")
+        int | None, typer.Option(help="Client port (default 9092, or as before).")
     ] = None,
     data_dir: DataDirOpt = None,
     foreground: Annotated[bool, typer.Option(help="Stay attached; Ctrl-C stops it.")] = False,

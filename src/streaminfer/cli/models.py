@@ -55,9 +55,9 @@ def export(
         ),
     ],
     repo: RepoOpt,
-    version: Annotated[int | None, typer.Option(min=1, help="[default: next version]")] = None,
+    version: Annotated[int | None, typer.Option(min=1, help="(default: next version)")] = None,
     name: Annotated[
-        str | None, typer.Option(help="Name in the repository [default: model].")
+        str | None, typer.Option(help="Name in the repository (default: model).")
     ] = None,
 ) -> None:
     """Convert a pretrained model that a package ships into a new version in the repository."""

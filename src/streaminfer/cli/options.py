@@ -12,7 +12,7 @@ BootstrapOpt = Annotated[
     typer.Option(
         "--bootstrap-servers",
         "-b",
-        help="Kafka bootstrap servers [env STREAMINFER_BOOTSTRAP_SERVERS, default 127.0.0.1:9092].",
+        help="Kafka bootstrap servers (env STREAMINFER_BOOTSTRAP_SERVERS, default 127.0.0.1:9092).",
     ),
 ]
 PropertyOpt = Annotated[

@@ -34,11 +34,11 @@ def register(app: typer.Typer) -> None:
 
 def run(
     input: Annotated[
-        str | None, typer.Option("--input", help="Input topic [ImageInputTopic].")
+        str | None, typer.Option("--input", help="Input topic (ImageInputTopic).")
     ] = None,
-    output: Annotated[str | None, typer.Option(help="Output topic [ImageOutputTopic].")] = None,
-    dlq: Annotated[str | None, typer.Option(help="Dead-letter topic [<input>.dlq].")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name [efficientnet-lite0].")] = None,
+    output: Annotated[str | None, typer.Option(help="Output topic (ImageOutputTopic).")] = None,
+    dlq: Annotated[str | None, typer.Option(help="Dead-letter topic (<input>.dlq).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name (efficientnet-lite0).")] = None,
     version: Annotated[int | None, typer.Option(help="Pin a model version.")] = None,
     label: Annotated[str | None, typer.Option(help="Serve the version this label names.")] = None,
     mode: Annotated[
@@ -53,16 +53,16 @@ def run(
     server: Annotated[
         str | None, typer.Option(help="Model server host:port (remote modes).")
     ] = None,
-    group_id: Annotated[str | None, typer.Option(help="Consumer group [streaminfer].")] = None,
+    group_id: Annotated[str | None, typer.Option(help="Consumer group (streaminfer).")] = None,
     processing_guarantee: Annotated[
-        str | None, typer.Option(help="exactly-once | at-least-once [exactly-once].")
+        str | None, typer.Option(help="exactly-once | at-least-once (exactly-once).")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Records per micro-batch [16].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Records per micro-batch (16).")] = None,
     max_in_flight: Annotated[
-        int | None, typer.Option(help="Micro-batches being processed at once [4].")
+        int | None, typer.Option(help="Micro-batches being processed at once (4).")
     ] = None,
     commit_interval_ms: Annotated[
-        int | None, typer.Option(help="Commit (transaction) interval [100].")
+        int | None, typer.Option(help="Commit (transaction) interval (100).")
     ] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Classes per prediction.")] = None,
     fallback: Annotated[
@@ -82,7 +82,7 @@ def run(
         typer.Option(help="Also predict with this version or label; results to --shadow-topic."),
     ] = None,
     shadow_sample: Annotated[
-        float | None, typer.Option(help="Fraction of records mirrored to --shadow [1.0].")
+        float | None, typer.Option(help="Fraction of records mirrored to --shadow (1.0).")
     ] = None,
     control_topic: Annotated[
         str | None,
@@ -93,7 +93,7 @@ def run(
         typer.Option(help="TF Serving-style model config: versions and labels (embedded)."),
     ] = None,
     shadow_topic: Annotated[
-        str | None, typer.Option(help="Where shadow results go [<output>.shadow].")
+        str | None, typer.Option(help="Where shadow results go (<output>.shadow).")
     ] = None,
     allow_network: Annotated[
         list[str] | None,

@@ -22,28 +22,28 @@ def serve_cmd(
     repo: Annotated[
         Path | None, typer.Option(help="Model repository: <repo>/<model>/<version>/.")
     ] = None,
-    grpc_port: Annotated[int | None, typer.Option(help="gRPC port [default 8500].")] = None,
-    rest_port: Annotated[int | None, typer.Option(help="REST port [default 8501].")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 8500).")] = None,
+    rest_port: Annotated[int | None, typer.Option(help="REST port (default 8501).")] = None,
     host: Annotated[
-        str | None, typer.Option(help="Address to listen on [default 127.0.0.1].")
+        str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")
     ] = None,
     model_config_file: Annotated[
         Path | None,
         typer.Option(help="TF Serving ModelServerConfig (text format): serve only its models."),
     ] = None,
     poll_interval: Annotated[
-        float | None, typer.Option(help="Seconds between repository scans [default 2].")
+        float | None, typer.Option(help="Seconds between repository scans (default 2).")
     ] = None,
     default_model: Annotated[
         str | None,
-        typer.Option(help="Model of the legacy InceptionService [default: the only image model]."),
+        typer.Option(help="Model of the legacy InceptionService (default: the only image model)."),
     ] = None,
     batching: Annotated[
-        bool | None, typer.Option("--batching/--no-batching", help="Dynamic batching [default on].")
+        bool | None, typer.Option("--batching/--no-batching", help="Dynamic batching (default on).")
     ] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="Rows per batch [default 16].")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Rows per batch (default 16).")] = None,
     max_batch_delay_ms: Annotated[
-        float | None, typer.Option(help="Wait for a batch to fill [default 2 ms].")
+        float | None, typer.Option(help="Wait for a batch to fill (default 2 ms).")
     ] = None,
     tls_cert: Annotated[
         Path | None, typer.Option(help="PEM certificate: TLS on both ports.")
@@ -53,7 +53,7 @@ def serve_cmd(
         Path | None, typer.Option(help="File holding the bearer token clients must send.")
     ] = None,
     shutdown_grace: Annotated[
-        float | None, typer.Option(help="Seconds in-flight requests get at shutdown [default 10].")
+        float | None, typer.Option(help="Seconds in-flight requests get at shutdown (default 10).")
     ] = None,
     control_topic: Annotated[
         str | None,

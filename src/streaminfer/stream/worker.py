@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,7 @@ from streaminfer.stream.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 _BACKOFF_MAX_S = 5.0
+_PAUSE_AFTER_S = 1.0  # a full buffer for this long pauses the partitions
 
 
 class Abandoned(Exception):
@@ -103,6 +104,7 @@ class Worker:
         self._stop = threading.Event()
         self._assigned: list[TopicPartition] = []
         self._paused = False
+        self._full_since: float | None = None  # since when the buffer has been full
         self._pending: deque[_Chunk] = deque()
         self._pending_records = 0
         self._offsets: dict[tuple[str, int], int] = {}  # next offset to commit, per partition
@@ -174,7 +176,6 @@ class Worker:
                 self._poll()
                 self._emit_finished()
                 self._maybe_commit()
-                self._apply_backpressure()
                 self._update_lag()
             self._drain(self.settings.shutdown_timeout_s)
         finally:
@@ -182,14 +183,37 @@ class Worker:
 
     # -- consuming ---------------------------------------------------------------------------
     def _poll(self) -> None:
-        if self._paused or self._pending_records >= self._max_buffered:
-            self.consumer.poll(0.01 if self._pending else 0.05)  # serve callbacks only
+        if self._pending_records >= self._max_buffered:
+            self._wait_for_room()
             return
-        wait = 0.002 if self._pending else 0.05
-        first = self.consumer.poll(wait)
-        if first is None:
-            return
-        messages = [first, *self.consumer.consume(self.settings.batch_size - 1, timeout=0)]
+        self._full_since = None
+        if self._paused:
+            self.consumer.resume(self._assigned)
+            self._paused = False
+        first = self.consumer.poll(0.002 if self._pending else 0.05)
+        if first is not None:
+            self._take([first, *self.consumer.consume(self.settings.batch_size - 1, timeout=0)])
+
+    def _wait_for_room(self) -> None:
+        """Backpressure: wait for the oldest chunk; pause the partitions if that takes long.
+
+        A short wait needs no pause (pausing drops librdkafka's prefetched records and
+        costs a fetch round trip on resume); a long one (the server is down) must keep
+        polling, so the group's callbacks are served, and that needs the pause.
+        """
+        now = time.monotonic()
+        self._full_since = self._full_since or now
+        if self._pending:
+            wait([self._pending[0].future], timeout=0.05)
+        if not self._paused and self._assigned and now - self._full_since > _PAUSE_AFTER_S:
+            self.consumer.pause(self._assigned)
+            self._paused = True
+        if self._paused:
+            first = self.consumer.poll(0)  # a record of a newly assigned partition may come
+            if first is not None:
+                self._take([first])
+
+    def _take(self, messages: list[Message]) -> None:
         good = [m for m in messages if self._usable(m)]
         if good:
             self._submit(good)
@@ -210,16 +234,6 @@ class Worker:
         self._pending.append(chunk)
         self._pending_records += len(messages)
         self.metrics.in_flight.set(self._pending_records)
-
-    def _apply_backpressure(self) -> None:
-        if not self._assigned:
-            return
-        if not self._paused and self._pending_records >= self._max_buffered:
-            self.consumer.pause(self._assigned)
-            self._paused = True
-        elif self._paused and self._pending_records <= self._max_buffered // 2:
-            self.consumer.resume(self._assigned)
-            self._paused = False
 
     # -- processing (on the chunk threads) ---------------------------------------------------
     def _process(self, messages: list[Message], abandoned: threading.Event) -> list[_Done]:
