@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,7 @@ class Worker:
         self._full_since: float | None = None  # since when the buffer has been full
         self._pending: deque[_Chunk] = deque()
         self._pending_records = 0
+        self._forming: list[Message] = []  # polled, waiting for a free chunk thread
         self._offsets: dict[tuple[str, int], int] = {}  # next offset to commit, per partition
         self._in_transaction = False
         self._last_commit = time.monotonic()
@@ -137,6 +138,13 @@ class Worker:
             # output until it times out: keep that short, as Kafka Streams does.
             producer_extra["transaction.timeout.ms"] = kafka.properties.get(
                 "transaction.timeout.ms", 10000
+            )
+            # The broker answers CONCURRENT_TRANSACTIONS until the previous commit's markers
+            # are written; librdkafka's default 100 ms retry backoff made every commit
+            # cost 100 ms, which capped the whole loop.
+            producer_extra["retry.backoff.ms"] = kafka.properties.get("retry.backoff.ms", 5)
+            producer_extra["retry.backoff.max.ms"] = kafka.properties.get(
+                "retry.backoff.max.ms", 50
             )
         self.consumer = Consumer(consumer_config)
         self.producer = Producer(kafka.client_config(**producer_extra))
@@ -183,19 +191,36 @@ class Worker:
 
     # -- consuming ---------------------------------------------------------------------------
     def _poll(self) -> None:
-        if self._pending_records >= self._max_buffered:
+        """Poll into the forming chunk; hand it to a chunk thread as soon as one is free.
+
+        While every chunk thread is busy, records gather in the forming chunk (up to
+        ``batch_size``), so batches grow with the load instead of queueing many tiny ones.
+        """
+        room = self._pending_records + len(self._forming) < self._max_buffered
+        if not room or len(self._forming) >= self.settings.batch_size:
+            self._submit_forming()
             self._wait_for_room()
             return
         self._full_since = None
         if self._paused:
             self.consumer.resume(self._assigned)
             self._paused = False
-        first = self.consumer.poll(0.002 if self._pending else 0.05)
+        first = self.consumer.poll(0.002 if self._pending or self._forming else 0.05)
         if first is not None:
-            self._take([first, *self.consumer.consume(self.settings.batch_size - 1, timeout=0)])
+            more = self.settings.batch_size - len(self._forming) - 1
+            self._take([first, *self.consumer.consume(more, timeout=0)] if more else [first])
+        self._submit_forming()
+
+    def _running(self) -> list[Future[list[_Done]]]:
+        return [c.future for c in self._pending if not c.future.done()]
+
+    def _submit_forming(self) -> None:
+        if self._forming and len(self._running()) < self.settings.max_in_flight:
+            self._submit(self._forming)
+            self._forming = []
 
     def _wait_for_room(self) -> None:
-        """Backpressure: wait for the oldest chunk; pause the partitions if that takes long.
+        """Backpressure: wait for a chunk to finish; pause the partitions if that takes long.
 
         A short wait needs no pause (pausing drops librdkafka's prefetched records and
         costs a fetch round trip on resume); a long one (the server is down) must keep
@@ -203,8 +228,9 @@ class Worker:
         """
         now = time.monotonic()
         self._full_since = self._full_since or now
-        if self._pending:
-            wait([self._pending[0].future], timeout=0.05)
+        running = self._running()
+        if running:
+            wait(running, timeout=0.05, return_when=FIRST_COMPLETED)
         if not self._paused and self._assigned and now - self._full_since > _PAUSE_AFTER_S:
             self.consumer.pause(self._assigned)
             self._paused = True
@@ -214,9 +240,7 @@ class Worker:
                 self._take([first])
 
     def _take(self, messages: list[Message]) -> None:
-        good = [m for m in messages if self._usable(m)]
-        if good:
-            self._submit(good)
+        self._forming.extend(m for m in messages if self._usable(m))
 
     def _usable(self, message: Message) -> bool:
         error = message.error()
@@ -430,6 +454,7 @@ class Worker:
             chunk.abandoned.set()
         self._pending.clear()
         self._pending_records = 0
+        self._forming = []  # not yet submitted: redone from the committed offsets
         self._offsets.clear()
         self.metrics.in_flight.set(0)
 
