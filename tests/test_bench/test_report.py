@@ -21,7 +21,7 @@ def test_report_json_markdown_and_plots(tmp_path: Path) -> None:
 
     text = report.read_text()
     assert "| embedded | exactly-once | 90.0 | 0.90x | 4.50x |" in text
-    assert "**kserve-grpc** failed: worker exited" in text
+    assert "**kserve-grpc** failed:\n\n```\nworker exited\n```" in text
     assert "overloaded" in text  # the skipped load is listed with its reason
     assert "![throughput](throughput-images.png)" in text
     assert "![latency](latency-images.png)" in text

@@ -57,9 +57,9 @@ class ManagedProcess:
     def failure(self, what: str) -> InfrastructureError:
         """An error naming the process, its exit code if it died, and the end of its log."""
         code = self.process.poll()
-        state = f"exited with code {code}" if code is not None else "is still running"
+        state = f"exit code {code}" if code is not None else "still running"
         return InfrastructureError(
-            f"{self.name} {what} ({state}; log {self.log_path}):\n{self.log_tail()}"
+            f"{self.name}: {what} ({state}; log {self.log_path}):\n{self.log_tail()}"
         )
 
     def stop(self, timeout: float = 30.0) -> int:

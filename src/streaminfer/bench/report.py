@@ -24,11 +24,12 @@ METHOD = """\
   outside that window.
 - **End-to-end latency.** A producer writes at a steady offered rate (`linger.ms=0`) for
   a fixed time; an output's latency runs from its input record's timestamp to the moment
-  the `read_committed` consumer sees it, so under exactly-once it includes waiting for the
-  transaction to commit. Offered loads are fractions of the reference configuration's
-  saturation rate (normally `embedded`), the same absolute rates for every
-  configuration; a load above 90 % of a configuration's own saturation rate is skipped,
-  since there latency measures only how long the queue has been growing.
+  the `read_committed` consumer (tuned with `fetch.wait.max.ms=10`) sees it, so under
+  exactly-once it includes waiting for the transaction to commit. Offered loads are
+  fractions of the reference configuration's saturation rate (normally `embedded`), the
+  same absolute rates for every configuration; a load above 90 % of a configuration's
+  own saturation rate is skipped, since there latency measures only how long the queue
+  has been growing.
 - **CPU.** User + system time from `/proc/<pid>/stat` of the worker and, in remote modes,
   of the model server, over the saturation window, per 1,000 records. For `bare`, the
   benchmark's own process during the best pipeline variant.
@@ -36,7 +37,8 @@ METHOD = """\
   server over the whole configuration.
 - **Ceiling.** `bare` runs the worker's own embedded predictor in the benchmark process:
   fetch + decode + preprocess + inference on every core, batches of 16 with 1, 2 or 4
-  batches in flight, and keeps the best rate; no Kafka. `bare-inference` is ONNX Runtime
+  batches in flight, and keeps the best rate; no Kafka. It runs first and again after
+  the last configuration, and the better run counts. `bare-inference` is ONNX Runtime
   alone on a ready tensor, batch 1, one caller: the model's own limit.
 - **seed-style** re-creates the original demo: the worker one record at a time
   (`--batch-size 1 --max-in-flight 1`, at-least-once), a new gRPC channel and one
@@ -82,9 +84,9 @@ def workload_section(
 ) -> str:
     parts = [f"## {workload.name}: {workload.title}\n", _workload_setup(workload)]
     parts.append(markdown_table(HEADERS, [row.cells() for row in rows]) + "\n")
-    failures = [f"- **{row.name}** failed: {row.error}" for row in rows if row.error]
-    if failures:
-        parts.append("\n".join(failures) + "\n")
+    for row in rows:
+        if row.error:
+            parts.append(f"**{row.name}** failed:\n\n```\n{row.error}\n```\n")
     latency_rows = [
         _latency_cells(config.name, point)
         for config in workload.configs

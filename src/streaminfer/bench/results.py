@@ -37,6 +37,7 @@ class ConfigResult:
     dead_lettered: int = 0
     error: str | None = None
     elapsed_s: float = 0.0
+    load_average: float | None = None  # the machine's 1-minute load average at the end
 
     def latency_at(self, load: float) -> LatencySummary | None:
         for point in self.latency:
@@ -55,7 +56,8 @@ class CeilingResult:
     inference_rps: float  # bare ONNX Runtime, batch 1, one caller
     inference_batched_rps: float  # bare ONNX Runtime, batch 16, one caller
     cpu_s_per_1k: float  # of the best pipeline variant
-    variants: dict[str, float] = field(default_factory=dict)
+    variants: dict[str, float] = field(default_factory=dict)  # pipeline rate of each shape
+    runs: list[float] = field(default_factory=list)  # best pipeline rate of each measurement
 
 
 @dataclass

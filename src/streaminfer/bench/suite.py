@@ -164,8 +164,14 @@ def _run_workload(
         else:
             outcome = _run_worker(plan, config, workload, kafka, repo, result)
         outcome.elapsed_s = time.monotonic() - started
+        outcome.load_average = os.getloadavg()[0]
         result.configs.append(outcome)
         progress(_summary(outcome))
+    bare = result.config(BARE)
+    if bare is not None and bare.error is None and len(result.configs) > 1:
+        progress(f"{workload.name} / {BARE} again: the ceiling is the better of two runs")
+        _measure_bare(plan, workload, repo, bare, result)
+        progress(_summary(bare))
     return result
 
 
@@ -173,14 +179,25 @@ def _run_bare(
     plan: BenchPlan, config: BenchConfig, workload: Workload, repo: Path, into: WorkloadResult
 ) -> ConfigResult:
     outcome = ConfigResult(config.name, config.mode, config.guarantee, config.description)
+    _measure_bare(plan, workload, repo, outcome, into)
+    return outcome
+
+
+def _measure_bare(
+    plan: BenchPlan, workload: Workload, repo: Path, outcome: ConfigResult, into: WorkloadResult
+) -> None:
+    """Measure the ceiling and keep the best run so far: a busy moment must not lower it."""
     try:
-        into.ceiling = ceiling = measure_ceiling(workload, repo, plan.ceiling_s)
+        ceiling = measure_ceiling(workload, repo, plan.ceiling_s)
     except StreamInferError as exc:
         outcome.error = str(exc)
-        return outcome
-    outcome.throughput_rps = ceiling.pipeline_rps
-    outcome.worker_cpu_s_per_1k = ceiling.cpu_s_per_1k
-    return outcome
+        return
+    runs = [*(into.ceiling.runs if into.ceiling else []), ceiling.pipeline_rps]
+    if into.ceiling is None or ceiling.pipeline_rps > into.ceiling.pipeline_rps:
+        into.ceiling = ceiling
+        outcome.throughput_rps = ceiling.pipeline_rps
+        outcome.worker_cpu_s_per_1k = ceiling.cpu_s_per_1k
+    into.ceiling.runs = runs
 
 
 def _run_worker(

@@ -87,6 +87,8 @@ class OutputCollector:
                     "group.id": f"streaminfer-bench-{uuid.uuid4().hex[:8]}",  # never committed
                     "enable.auto.commit": False,
                     "isolation.level": "read_committed",
+                    # A fetch the broker holds open must not add its wait to the latency.
+                    "fetch.wait.max.ms": 10,
                 }
             )
         )
@@ -129,7 +131,7 @@ class OutputCollector:
                 if self._error is not None:
                     raise InfrastructureError(f"reading the outputs failed: {self._error}")
                 if not alive():
-                    raise InfrastructureError("the worker exited")
+                    raise InfrastructureError("exited")
                 if self._done_locked() != last_done:
                     last_progress, last_done = time.monotonic(), self._done_locked()
                 limit = stall_timeout if last_done else first_timeout

@@ -26,6 +26,7 @@ class RuntimeOptions:
 
     intra_op_threads: int = 0
     inter_op_threads: int = 1
+    spin: bool = False  # let idle ORT threads spin: lower latency only on otherwise idle cores
 
 
 def _numpy_dtype(spec: TensorSpec) -> np.dtype:
@@ -41,6 +42,10 @@ class OnnxModel:
         session_options.intra_op_num_threads = options.intra_op_threads
         session_options.inter_op_num_threads = options.inter_op_threads
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not options.spin:
+            # Spinning threads burn the cores that decoding and Kafka need between runs.
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         path = version_dir / metadata.model_file
         try:
             self._session = ort.InferenceSession(
