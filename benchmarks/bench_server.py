@@ -15,11 +15,7 @@ import argparse
 import base64
 import io
 import json
-import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,8 +26,8 @@ import grpc
 import httpx
 import numpy as np
 
-from streaminfer.kafka.broker import free_port
 from streaminfer.models.registry import ModelRegistry
+from streaminfer.processes import ModelServerProcess
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc
@@ -169,38 +165,6 @@ def clients(
     }
 
 
-def start_server(repo: Path, batching: bool) -> tuple[subprocess.Popen[bytes], str, str]:
-    grpc_port, rest_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streaminfer.cli.main",
-            "serve",
-            "--repo",
-            str(repo),
-            "--grpc-port",
-            str(grpc_port),
-            "--rest-port",
-            str(rest_port),
-            "--batching" if batching else "--no-batching",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "STREAMINFER_LOG_LEVEL": "WARNING"},
-    )
-    rest_url = f"http://127.0.0.1:{rest_port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(rest_url + "/v2/health/ready").status_code == 200:
-                return process, f"127.0.0.1:{grpc_port}", rest_url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the server did not become ready")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, help="repository holding efficientnet-lite0")
@@ -225,8 +189,11 @@ def main() -> None:
         f"{'bare/s':>7} {'x bare':>7}"
     )
     for batching in (True, False):
-        process, grpc_address, rest_url = start_server(args.repo, batching)
-        try:
+        flag = "--batching" if batching else "--no-batching"
+        log = Path(tempfile.mkdtemp()) / "server.log"
+        with ModelServerProcess(args.repo, log, flag) as server:
+            grpc_address = server.address(rest=False)
+            rest_url = "http://" + server.address(rest=True)
             for name, make in clients(grpc_address, rest_url, tensor, jpeg).items():
                 if args.only and name not in args.only:
                     continue
@@ -239,9 +206,6 @@ def main() -> None:
                         f"{ceiling:7.1f} {result['rps'] / ceiling:7.2f}",
                         flush=True,
                     )
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(60)
 
 
 if __name__ == "__main__":

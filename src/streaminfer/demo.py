@@ -13,8 +13,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,8 +20,8 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
-import httpx
 import platformdirs
 from rich.console import Console
 from rich.live import Live
@@ -35,12 +33,14 @@ from streaminfer.kafka.broker import LocalBroker, free_port
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import Record, consume, produce
 from streaminfer.models.registry import scan_repository
+from streaminfer.processes import STREAMINFER, ManagedProcess, ModelServerProcess, wait_http_ok
 
 INPUT, OUTPUT, EMBEDDED_OUTPUT = "ImageInputTopic", "ImageOutputTopic", "ImageOutputTopic.embedded"
 DLQ = f"{INPUT}.dlq"
 MODEL = "efficientnet-lite0"
 SAMPLES = ("chelsea", "coffee", "rocket", "astronaut")
 STATE_FILE = "demo.json"
+T = TypeVar("T", bound=ManagedProcess)
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Demo:
         self.options = options
         self.console = console
         self.broker: LocalBroker | None = None
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes: list[ManagedProcess] = []
         self.image_server: ThreadingHTTPServer | None = None
         self.logs = options.home / "demo-logs"
 
@@ -92,9 +92,10 @@ class Demo:
         with self.console.status("Starting the workers (remote gRPC and embedded)"):
             for name, args in workers.items():
                 port = free_port()
-                process = self._spawn(name, *base, *args, "--metrics-port", str(port))
-                _wait_ready(f"http://127.0.0.1:{port}/readyz", process,
-                            self.logs / f"{name}.log", self.options.timeout_s)  # fmt: skip
+                worker = self._start(ManagedProcess(
+                    name, [*STREAMINFER, *base, *args, "--metrics-port", str(port)],
+                    self.logs / f"{name}.log"))  # fmt: skip
+                wait_http_ok(worker, port, "/readyz", self.options.timeout_s)
         self.console.print(
             f"[green]✓[/green] workers ready: remote gRPC → {OUTPUT}, embedded → {EMBEDDED_OUTPUT}"
         )
@@ -128,40 +129,16 @@ class Demo:
         self.console.print(f"[green]✓[/green] exported {MODEL} into {self.options.repo}")
 
     def _server(self) -> int:
-        grpc_port, rest_port = free_port(), free_port()
-        server = self._spawn(
-            "server",
-            "serve",
-            "--repo",
-            str(self.options.repo),
-            "--grpc-port",
-            str(grpc_port),
-            "--rest-port",
-            str(rest_port),
-        )
         with self.console.status("Starting the model server"):
-            _wait_ready(
-                f"http://127.0.0.1:{rest_port}/v2/health/ready",
-                server,
-                self.logs / "server.log",
-                self.options.timeout_s,
-            )
+            server = self._start(ModelServerProcess(self.options.repo, self.logs / "server.log"))
         self.console.print(
-            f"[green]✓[/green] model server: gRPC 127.0.0.1:{grpc_port}, REST 127.0.0.1:{rest_port}"
+            f"[green]✓[/green] model server: gRPC {server.address(rest=False)}, "
+            f"REST {server.address(rest=True)}"
         )
-        return grpc_port
+        return server.grpc_port
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{name}.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streaminfer.cli.main", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches us; we stop them in order
-        )
-        log.close()
-        self.processes[name] = process
+    def _start(self, process: T) -> T:
+        self.processes.append(process)
         return process
 
     def _serve_images(self) -> list[str]:
@@ -228,9 +205,9 @@ class Demo:
             )
 
     def _check_alive(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                raise InfrastructureError(f"the {name} process exited; see {self.logs / name}.log")
+        for process in self.processes:
+            if not process.alive():
+                raise process.failure("exited")
 
     def _explain(self, bootstrap: str) -> None:
         self.console.print(
@@ -246,15 +223,8 @@ class Demo:
     # -- stopping --------------------------------------------------------------------------
     def stop(self) -> None:
         """Stop what this run started: workers and server first, then the broker."""
-        for process in reversed(self.processes.values()):
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        for process in reversed(self.processes):
+            process.stop()
         if self.image_server is not None:
             self.image_server.shutdown()
             self.image_server.server_close()
@@ -263,11 +233,11 @@ class Demo:
 
     def _save_state(self, bootstrap: str) -> None:
         state = {
-            "pids": [p.pid for p in self.processes.values()],
+            "pids": [p.pid for p in self.processes],
             "bootstrap": bootstrap,
         }
         (self.options.home / STATE_FILE).write_text(json.dumps(state))
-        self.processes = {}  # theirs to keep now
+        self.processes = []  # theirs to keep now
         self.broker = None
 
 
@@ -291,19 +261,6 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def _models(repo: Path) -> dict[str, dict[int, Path]]:
     return scan_repository(repo) if repo.is_dir() else {}
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-10:])
-            raise InfrastructureError(f"{log.stem} exited:\n{tail}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise InfrastructureError(f"{log.stem} was not ready within {timeout:.0f}s (see {log})")
 
 
 def _row(record: Record, run: str) -> tuple[str, str, str, str, str] | None:

@@ -23,8 +23,14 @@ from types import TracebackType
 from typing import Self
 
 from streaminfer.bench.configs import EMBEDDED, BenchConfig
-from streaminfer.bench.measure import per_thousand, saturation_window, summarize_latencies
-from streaminfer.bench.processes import ManagedProcess, ModelServerProcess, worker_process
+from streaminfer.bench.measure import (
+    cpu_seconds,
+    peak_rss_mb,
+    per_thousand,
+    saturation_window,
+    summarize_latencies,
+)
+from streaminfer.bench.processes import worker_process
 from streaminfer.bench.results import ConfigResult, LatencyPoint
 from streaminfer.bench.traffic import Arrival, OutputCollector, produce_paced
 from streaminfer.bench.workloads import Workload
@@ -32,6 +38,7 @@ from streaminfer.errors import InfrastructureError
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import produce
+from streaminfer.processes import ManagedProcess, ModelServerProcess
 
 FIRST_OUTPUT_TIMEOUT_S = 120.0  # a worker starting: model load, group join, first batch
 STALL_TIMEOUT_S = 60.0  # outputs flowing, then none for this long: the run has failed
@@ -146,9 +153,9 @@ class ConfigRun:
     def finish(self) -> None:
         """Peak memory, who served the outputs, and whether that is who should have."""
         assert self._worker is not None and self._collector is not None
-        self.result.worker_peak_rss_mb = self._worker.peak_rss_mb()
+        self.result.worker_peak_rss_mb = peak_rss_mb(self._worker.pid)
         if self._server is not None:
-            self.result.server_peak_rss_mb = self._server.peak_rss_mb()
+            self.result.server_peak_rss_mb = peak_rss_mb(self._server.pid)
         self.result.dead_lettered = self._collector.dead_lettered
         outputs = self._outputs(0, self._produced)
         self.result.served_by = sorted({a.mode for a in outputs})
@@ -191,8 +198,8 @@ class ConfigRun:
     def _cpu(self) -> tuple[float, float]:
         """CPU seconds used so far by the worker and by the server (0 without one)."""
         assert self._worker is not None
-        server = self._server.cpu_seconds() if self._server is not None else 0.0
-        return self._worker.cpu_seconds(), server
+        server = cpu_seconds(self._server.pid) if self._server is not None else 0.0
+        return cpu_seconds(self._worker.pid), server
 
     def _outputs(self, first: int, end: int) -> list[Arrival]:
         assert self._collector is not None

@@ -1,0 +1,122 @@
+"""Child processes of streaminfer's own commands: a model server, a worker, a helper host.
+
+The demo and the benchmark start the parts of a pipeline as separate OS processes, as
+they run in production; this module starts one, waits until it answers, reports its log
+when it dies, and stops it (SIGTERM, then SIGKILL).  Each gets its own session, so a
+Ctrl-C reaches the parent, which then stops its children in order.
+"""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from streaminfer.errors import InfrastructureError
+from streaminfer.kafka.broker import free_port
+
+STREAMINFER = (sys.executable, "-m", "streaminfer.cli.main")
+_READY_TIMEOUT_S = 90.0
+_POLL_S = 0.05
+
+
+class ManagedProcess:
+    """A child process writing to a log file; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def failure(self, what: str) -> InfrastructureError:
+        """An error naming the process, its exit code if it died, and the end of its log."""
+        code = self.process.poll()
+        state = f"exit code {code}" if code is not None else "still running"
+        return InfrastructureError(
+            f"{self.name}: {what} ({state}; log {self.log_path}):\n{self.log_tail()}"
+        )
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def wait_http_ok(
+    process: ManagedProcess, port: int, path: str, timeout: float = _READY_TIMEOUT_S
+) -> None:
+    """Poll ``http://127.0.0.1:<port><path>`` until it answers 200; fail early if it dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise process.failure("did not start")
+        if _answers_ok(port, path):
+            return
+        time.sleep(_POLL_S)
+    process.stop()
+    raise process.failure(f"was not ready within {timeout:.0f}s")
+
+
+def _answers_ok(port: int, path: str) -> bool:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2.0)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+class ModelServerProcess(ManagedProcess):
+    """``streaminfer serve`` on free loopback ports, returned once it reports ready."""
+
+    def __init__(self, repo: Path, log_path: Path, *extra: str) -> None:
+        self.grpc_port, self.rest_port = free_port(), free_port()
+        args = [*STREAMINFER, "serve", "--repo", str(repo), "--grpc-port", str(self.grpc_port),
+                "--rest-port", str(self.rest_port), *extra]  # fmt: skip
+        super().__init__("model server", args, log_path)
+        wait_http_ok(self, self.rest_port, "/v2/health/ready")
+
+    def address(self, rest: bool) -> str:
+        """``host:port`` of the REST or the gRPC port."""
+        return f"127.0.0.1:{self.rest_port if rest else self.grpc_port}"
