@@ -9,10 +9,13 @@ import signal
 import ssl
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 from types import TracebackType
 
+import grpc
 import httpx
+import numpy as np
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -20,6 +23,8 @@ from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from streaminfer.kafka.broker import free_port
+from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc
+from streaminfer.serving.codec import to_tensor_proto
 from tests.support import STREAMINFER, wait_for
 
 START_TIMEOUT = 90.0
@@ -177,3 +182,42 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
         )
     )
     return cert_file, key_file
+
+
+class ContinuousPredictions:
+    """A client thread sending one Predict after another, noting versions and failures."""
+
+    def __init__(self, target: str, model: str, name: str, value: np.ndarray) -> None:
+        self.request = predict_pb2.PredictRequest()
+        self.request.model_spec.name = model
+        self.request.inputs[name].CopyFrom(to_tensor_proto(value))
+        self.target = target
+        self.versions: list[int] = []
+        self.failures: list[grpc.RpcError] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._send)
+
+    def _send(self) -> None:
+        with grpc.insecure_channel(self.target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            while not self._stop.is_set():
+                try:
+                    answer = stub.Predict(self.request, timeout=30)
+                    self.versions.append(answer.model_spec.version.value)
+                except grpc.RpcError as exc:
+                    self.failures.append(exc)
+
+    def assert_switched_cleanly(self, old: int, new: int) -> None:
+        """No failure, and every answer from ``old`` until the first from ``new``."""
+        assert self.failures == []
+        switch = self.versions.index(new)
+        assert set(self.versions[:switch]) == {old}
+        assert set(self.versions[switch:]) == {new}
+
+    def __enter__(self) -> ContinuousPredictions:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()

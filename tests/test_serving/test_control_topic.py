@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import threading
 import uuid
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from streaminfer.models.export.tiny import export_tiny_model
-from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc
-from streaminfer.serving.codec import to_tensor_proto
-from tests.servers import ServerProcess
+from tests.servers import ContinuousPredictions, ServerProcess
 from tests.support import run_cli, wait_for
 
 MODEL = "tiny"
@@ -34,37 +30,14 @@ def test_published_version_takes_over_with_zero_failed_requests(
     publish("1", str(staging / "1"))  # before the server starts: it applies it before ready
     repo = tmp_path / "repo"
     repo.mkdir()
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = MODEL
-    request.inputs["x"].CopyFrom(to_tensor_proto(np.ones((1, 4), dtype=np.float32)))
-    versions: list[int] = []
-    failures: list[grpc.RpcError] = []
-    stop = threading.Event()
-
-    with ServerProcess(repo, *kafka) as server:
-
-        def send_continuously() -> None:
-            with grpc.insecure_channel(server.grpc_target) as channel:
-                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-                while not stop.is_set():
-                    try:
-                        versions.append(stub.Predict(request, timeout=30).model_spec.version.value)
-                    except grpc.RpcError as exc:
-                        failures.append(exc)
-
-        client = threading.Thread(target=send_continuously)
-        client.start()
-        try:
-            wait_for(lambda: len(versions) >= 3, what="the first answers")
-            publish("2", archive)
-            wait_for(lambda: versions[-1] == 2, what="answers from version 2")
-        finally:
-            stop.set()
-            client.join()
-        assert "installed model tiny version 2" in server.log
-
-    assert failures == []
-    assert versions[0] == 1
-    switch = versions.index(2)
-    assert set(versions[:switch]) == {1}
-    assert set(versions[switch:]) == {2}
+    value = np.ones((1, 4), dtype=np.float32)
+    with (
+        ServerProcess(repo, *kafka) as server,
+        ContinuousPredictions(server.grpc_target, MODEL, "x", value) as client,
+    ):
+        wait_for(lambda: len(client.versions) >= 3, what="the first answers")
+        publish("2", archive)
+        wait_for(lambda: client.versions[-1] == 2, what="answers from version 2")
+    assert "installed model tiny version 2" in server.log
+    assert client.versions[0] == 1
+    client.assert_switched_cleanly(1, 2)
