@@ -23,7 +23,7 @@ def positive_figures(doc: dict[str, Any], *names: str) -> None:
 def test_quick_bench_writes_positive_figures_a_report_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "results"
     result = run_cli(
-        "bench", "--quick", "--records", "60", "--duration", "3", "--out", str(out), timeout=280
+        "bench", "--quick", "--records", "250", "--duration", "3", "--out", str(out), timeout=400
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"report: {out / 'report.md'}" in result.stdout.replace("\n", "")
