@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
+import io
+from pathlib import Path
 
 import grpc
 import pytest
+from PIL import Image
 
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc, types_pb2
-from streaminfer.serving.codec import to_tensor_proto
+from streaminfer.serving.codec import bytes_array, to_tensor_proto
 from tests.servers import ServerProcess
 from tests.test_serving.conftest import MODEL
 
@@ -166,3 +169,25 @@ def _bytes_tensor(item: bytes):  # type: ignore[no-untyped-def]
     from streaminfer.serving.codec import bytes_array
 
     return bytes_array([item])
+
+
+def test_past_the_deadline_is_504_and_deadline_exceeded(model_repo: Path) -> None:
+    jpeg = base64.b64encode(_tiny_jpeg()).decode()
+    with ServerProcess(model_repo, "--request-timeout", "0.0001") as server:
+        with server.client() as client:
+            answer = client.post(PREDICT, json={"instances": [{"b64": jpeg}]})
+        assert answer.status_code == 504 and "deadline" in answer.json()["error"]
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = MODEL
+            request.inputs["images"].CopyFrom(to_tensor_proto(bytes_array([_tiny_jpeg()])))
+            with pytest.raises(grpc.RpcError) as failed:
+                stub.Predict(request, timeout=30)
+        assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def _tiny_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buffer, "JPEG")
+    return buffer.getvalue()

@@ -52,6 +52,9 @@ def serve_cmd(
     auth_token_file: Annotated[
         Path | None, typer.Option(help="File holding the bearer token clients must send.")
     ] = None,
+    request_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a request may take; then 504 (default 30).")
+    ] = None,
     shutdown_grace: Annotated[
         float | None, typer.Option(help="Seconds in-flight requests get at shutdown (default 10).")
     ] = None,
@@ -81,6 +84,7 @@ def serve_cmd(
         tls_key=tls_key,
         auth_token_file=auth_token_file,
         shutdown_grace=shutdown_grace,
+        request_timeout=request_timeout,
         control_topic=control_topic,
     )
     kafka = kafka_settings(bootstrap_servers, x, properties_file, config)

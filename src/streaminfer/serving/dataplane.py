@@ -20,7 +20,7 @@ from streaminfer.models.pipeline import classify_async, preprocess_images
 from streaminfer.models.registry import LoadedVersion, ModelConfig, ModelRegistry
 from streaminfer.models.runtime import Tensors
 from streaminfer.serving.codec import BYTES
-from streaminfer.serving.errors import InvalidRequest, Unavailable
+from streaminfer.serving.errors import DeadlineExceeded, InvalidRequest, Unavailable
 
 UNNAMED = ""
 """Key of a tensor sent without a name (TF REST ``instances``): the model's only input."""
@@ -56,8 +56,13 @@ class InferResult:
 
 class DataPlane:
     def __init__(
-        self, registry: ModelRegistry, default_model: str | None = None, decode_threads: int = 4
+        self,
+        registry: ModelRegistry,
+        default_model: str | None = None,
+        decode_threads: int = 4,
+        request_timeout: float = 30.0,
     ) -> None:
+        self.request_timeout = request_timeout
         self.registry = registry
         self.server_name = "streaminfer"
         self.server_version = __version__
@@ -95,7 +100,16 @@ class DataPlane:
 
     # -- inference ---------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResult:
-        """Run one request: float tensors through the model, image bytes through classify."""
+        """Run one request within the server's deadline (504 / DEADLINE_EXCEEDED past it)."""
+        try:
+            return await asyncio.wait_for(self._infer(request), self.request_timeout)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(
+                f"the request took longer than the server's {self.request_timeout:g} s deadline"
+            ) from exc
+
+    async def _infer(self, request: InferRequest) -> InferResult:
+        """Float tensors through the model, image bytes through classify."""
         if not self._accepting:
             raise Unavailable("the server is shutting down")
         version = self.registry.resolve(request.model, request.version, request.label)

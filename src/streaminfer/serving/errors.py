@@ -42,6 +42,10 @@ class Unavailable(InfrastructureError):
     """The server is shutting down and takes no new work."""
 
 
+class DeadlineExceeded(InfrastructureError):
+    """The request took longer than the server's ``request_timeout``."""
+
+
 @dataclass(frozen=True)
 class Status:
     code: grpc.StatusCode
@@ -63,6 +67,7 @@ _BY_TYPE: list[tuple[type[BaseException], Status]] = [
     (RecordError, _INVALID),  # bad labels, inputs, images and requests alike
     (ConfigError, _INVALID),  # a model config sent to HandleReloadConfigRequest
     (Overloaded, Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 429)),
+    (DeadlineExceeded, Status(grpc.StatusCode.DEADLINE_EXCEEDED, 504)),
     (InfrastructureError, Status(grpc.StatusCode.UNAVAILABLE, 503)),
     (asyncio.CancelledError, Status(grpc.StatusCode.CANCELLED, 499)),  # the client went away
 ]

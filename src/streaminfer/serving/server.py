@@ -47,7 +47,9 @@ class ModelServer:
             on_batch=self.metrics.on_batch,
         )
         self.metrics.attach(self.registry)
-        self.plane = DataPlane(self.registry, settings.default_model, settings.decode_threads)
+        self.plane = DataPlane(
+            self.registry, settings.default_model, settings.decode_threads, settings.request_timeout
+        )
         self.auth = (
             BearerAuth.from_file(settings.auth_token_file) if settings.auth_token_file else None
         )

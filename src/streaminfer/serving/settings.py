@@ -32,6 +32,7 @@ class ServerSettings(Settings):
     max_request_mb: int = Field(default=64, ge=1)
     shutdown_grace: float = Field(default=10.0, ge=0)
     decode_threads: int = Field(default=4, ge=1)
+    request_timeout: float = Field(default=30.0, gt=0)  # seconds; past it: 504
     control_topic: str | None = None  # follow model deployments published to this topic
     control_timeout: float = Field(default=60.0, gt=0)  # to apply it before serving
 
