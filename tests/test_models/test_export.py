@@ -28,7 +28,7 @@ from streaminfer.models.export import (
     write_version_atomically,
 )
 from streaminfer.models.export.efficientnet import lite0_weights_path
-from streaminfer.models.export.version import parse_version
+from streaminfer.models.layout import parse_version
 from streaminfer.models.metadata import ImagePreprocess, ModelMetadata
 from tests.test_models import reference_numpy
 

@@ -6,7 +6,6 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from streaminfer.bench.plots import plot_latency, plot_throughput
 from streaminfer.bench.results import BenchResult, LatencyPoint, WorkloadResult
 from streaminfer.bench.table import HEADERS, Row, build_rows
 
@@ -56,6 +55,8 @@ METHOD = """\
 
 def write_report(result: BenchResult, out: Path) -> Path:
     """Write the JSON, the plots and the Markdown report into ``out``; returns the report."""
+    from streaminfer.bench.plots import plot_latency, plot_throughput  # matplotlib: only here
+
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULTS_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
     sections = []

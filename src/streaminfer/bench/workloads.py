@@ -20,8 +20,6 @@ import numpy as np
 from streaminfer.bench.processes import ImageHostProcess
 from streaminfer.errors import ConfigError
 from streaminfer.images import FetchPolicy, ImageFetcher
-from streaminfer.models.export import export_efficientnet_lite0
-from streaminfer.models.export.tiny import export_tiny_model
 from streaminfer.predictors.base import PredictRequest
 
 LOOPBACK = "127.0.0.0/8"
@@ -63,6 +61,8 @@ class ImagesWorkload(Workload):
         self._fetcher = ImageFetcher(FetchPolicy(allow_networks=[LOOPBACK]))
 
     def export(self, repo: Path) -> None:
+        from streaminfer.models.export import export_efficientnet_lite0  # onnx: only here
+
         export_efficientnet_lite0(repo, version=1, model_name=self.model)
 
     def record(self, index: int) -> bytes:
@@ -85,6 +85,8 @@ class TensorWorkload(Workload):
     worker_args = ("--model", "tiny")
 
     def export(self, repo: Path) -> None:
+        from streaminfer.models.export.tiny import export_tiny_model  # onnx: only here
+
         export_tiny_model(repo, version=1, model_name=self.model)
 
     def record(self, index: int) -> bytes:

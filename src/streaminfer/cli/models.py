@@ -26,7 +26,7 @@ from streaminfer.models.control_state import (
     retire_state,
 )
 from streaminfer.models.deploy import DeployLimits, digest, prepare, to_location
-from streaminfer.models.export.version import parse_version
+from streaminfer.models.layout import parse_version
 from streaminfer.models.pipeline import classify, preprocess_one
 from streaminfer.models.registry import ModelRegistry, scan_repository
 

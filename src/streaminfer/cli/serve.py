@@ -10,7 +10,6 @@ import typer
 
 from streaminfer.cli.options import BootstrapOpt, ConfigFileOpt, PropertiesFileOpt, PropertyOpt
 from streaminfer.kafka.config import kafka_settings
-from streaminfer.serving import ModelServer, ServerSettings
 
 
 def register(app: typer.Typer) -> None:
@@ -68,6 +67,8 @@ def serve_cmd(
     config: ConfigFileOpt = None,
 ) -> None:
     """Serve the repository's models over TF Serving and KServe V2, REST and gRPC."""
+    from streaminfer.serving import ModelServer, ServerSettings  # aiohttp/grpc: serve only
+
     settings = ServerSettings.load(
         config,
         repo=repo,

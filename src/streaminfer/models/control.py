@@ -27,7 +27,7 @@ from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import produce
 from streaminfer.models.control_state import ModelState, first_problem
 from streaminfer.models.deploy import DeployLimits, install_version
-from streaminfer.models.export.version import TEMP_PREFIX
+from streaminfer.models.layout import TEMP_PREFIX
 from streaminfer.models.registry import Listener, ModelRegistry
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from streaminfer.errors import ConfigError
-from streaminfer.models.export.version import write_version_atomically
+from streaminfer.models.layout import write_version_atomically
 from streaminfer.models.metadata import METADATA_FILE, ModelMetadata
 from streaminfer.models.runtime import OnnxModel, RuntimeOptions
 

@@ -15,7 +15,7 @@ from streaminfer.models.export.efficientnet import (
     uncovered_weights,
 )
 from streaminfer.models.export.pth import load_state_dict, parameter_count
-from streaminfer.models.export.version import next_version, write_version_atomically
+from streaminfer.models.layout import next_version, write_version_atomically
 
 __all__ = [
     "build_efficientnet_lite0",

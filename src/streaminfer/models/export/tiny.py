@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from streaminfer.models.export.version import write_version_atomically
+from streaminfer.models.layout import write_version_atomically
 from streaminfer.models.metadata import ModelMetadata, Signature, TensorSpec
 
 WIDTH = 4
