@@ -153,7 +153,10 @@ class OutputCollector:
     def _read(self) -> None:
         while not self._stop.is_set():
             try:
-                messages = self._consumer.consume(1000, timeout=0.1)
+                # poll returns as soon as one record is there (consume would wait for
+                # the timeout unless 1000 came, adding up to 0.1 s to every latency).
+                first = self._consumer.poll(0.1)
+                messages = [first, *self._consumer.consume(999, timeout=0)] if first else []
             except Exception as exc:  # surfaced to the waiting thread with its message
                 with self._changed:
                     self._error = str(exc)
