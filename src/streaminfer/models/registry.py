@@ -324,9 +324,9 @@ class ModelRegistry:
     ) -> LoadedVersion:
         metadata = ModelMetadata.read(path)
         model = OnnxModel(path, metadata, self.runtime)
-        model.warm_up()
-        class_names = metadata.labels(path)
         batching = self.config(name).batching
+        model.warm_up((1, batching.max_batch_size) if batching.enabled else (1,))
+        class_names = metadata.labels(path)
         batcher = None
         if batching.enabled:
             on_batch = self._on_batch
