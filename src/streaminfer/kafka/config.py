@@ -26,8 +26,11 @@ class KafkaSettings(Settings):
     bootstrap_servers: str = DEFAULT_BOOTSTRAP
     properties: dict[str, str] = Field(default_factory=dict)
 
-    def client_config(self, **required: Any) -> dict[str, Any]:
-        """The config for one client: user properties, then what the command requires.
+    def client_config(
+        self, defaults: dict[str, Any] | None = None, /, **required: Any
+    ) -> dict[str, Any]:
+        """The config for one client: ``defaults`` a user property may override, then the
+        user's properties, then what the command requires.
 
         librdkafka's own log lines go to the ``librdkafka`` Python logger, so a CLI prints
         one clear error instead of a screen of connection retries.
@@ -35,6 +38,7 @@ class KafkaSettings(Settings):
         config: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "logger": LIBRDKAFKA_LOGGER,
+            **(defaults or {}),
         }
         config.update(self.properties)
         config.update(required)

@@ -8,6 +8,7 @@ Records without a key are spread by their partition and offset.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -88,7 +89,7 @@ def bucket(key: bytes) -> int:
 
 @dataclass
 class ShadowJob:
-    request: PredictRequest
+    request: PredictRequest  # the primary's; the shadow runs a copy on its own target
     primary: dict[str, Any]  # the primary output record's value, for comparison
     key: bytes | None
     headers: list[tuple[str, str | bytes | None]]
@@ -135,8 +136,9 @@ class ShadowRunner:
 
     def _loop(self) -> None:
         while (job := self._queue.get()) is not None:
-            request = job.request
-            request.version, request.label = self.target.version, self.target.label
+            request = dataclasses.replace(
+                job.request, version=self.target.version, label=self.target.label
+            )
             document: dict[str, Any] = {"primary": job.primary, "shadow_target": self.target.name}
             try:
                 (outcome,) = self.predictor.predict([request])

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import (
@@ -73,7 +73,7 @@ class _Done:
 
     request: Request | None
     routing_key: bytes = b""
-    route: str | None = None  # the route target that served it, when a route is set
+    predict: PredictRequest | None = None  # what it was run on
     result: PredictResult | None = None
     error: RecordError | None = None
     fetch_ms: float = 0.0
@@ -84,7 +84,7 @@ class _Chunk:
     messages: list[Message]
     consumed_at: float
     future: Future[list[_Done]]
-    abandoned: threading.Event = field(default_factory=threading.Event)
+    abandoned: threading.Event
 
 
 class Worker:
@@ -116,38 +116,35 @@ class Worker:
         self._chunks = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="chunk")
         self._fetches = ThreadPoolExecutor(settings.fetch_threads, thread_name_prefix="fetch")
 
-        consumer_config = kafka.client_config(
-            **{
-                "group.id": settings.group_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": kafka.properties.get("auto.offset.reset", "earliest"),
-                "isolation.level": "read_committed",
-                "enable.partition.eof": False,
-            }
+        self.consumer = Consumer(
+            kafka.client_config(
+                {"auto.offset.reset": "earliest"},
+                **{
+                    "group.id": settings.group_id,
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "isolation.level": "read_committed",
+                    "enable.partition.eof": False,
+                },
+            )
         )
-        producer_extra: dict[str, Any] = {
-            "enable.idempotence": True,
-            "linger.ms": kafka.properties.get("linger.ms", 5),
-        }
+        producer_defaults: dict[str, Any] = {"linger.ms": 5}
+        producer_required: dict[str, Any] = {"enable.idempotence": True}
         if settings.exactly_once:
-            producer_extra["transactional.id"] = (
+            producer_required["transactional.id"] = (
                 f"streaminfer-{settings.group_id}-{uuid.uuid4().hex[:12]}"
             )
-            # A killed worker's open transaction blocks read_committed readers of the
-            # output until it times out: keep that short, as Kafka Streams does.
-            producer_extra["transaction.timeout.ms"] = kafka.properties.get(
-                "transaction.timeout.ms", 10000
-            )
-            # The broker answers CONCURRENT_TRANSACTIONS until the previous commit's markers
-            # are written; librdkafka's default 100 ms retry backoff made every commit
-            # cost 100 ms, which capped the whole loop.
-            producer_extra["retry.backoff.ms"] = kafka.properties.get("retry.backoff.ms", 5)
-            producer_extra["retry.backoff.max.ms"] = kafka.properties.get(
-                "retry.backoff.max.ms", 50
-            )
-        self.consumer = Consumer(consumer_config)
-        self.producer = Producer(kafka.client_config(**producer_extra))
+            producer_defaults |= {
+                # A killed worker's open transaction blocks read_committed readers of the
+                # output until it times out: keep that short, as Kafka Streams does.
+                "transaction.timeout.ms": 10000,
+                # The broker answers CONCURRENT_TRANSACTIONS until the previous commit's
+                # markers are written; librdkafka's default 100 ms retry backoff made every
+                # commit cost 100 ms, which capped the whole loop.
+                "retry.backoff.ms": 5,
+                "retry.backoff.max.ms": 50,
+            }
+        self.producer = Producer(kafka.client_config(producer_defaults, **producer_required))
         self.route = Route.parse(settings.route) if settings.route else None
         self.shadow = None
         if settings.shadow:
@@ -253,9 +250,9 @@ class Worker:
 
     def _submit(self, messages: list[Message]) -> None:
         self.metrics.records_in.inc(len(messages))
-        chunk = _Chunk(messages, time.monotonic(), Future())
-        chunk.future = self._chunks.submit(self._process, messages, chunk.abandoned)
-        self._pending.append(chunk)
+        abandoned = threading.Event()
+        future = self._chunks.submit(self._process, messages, abandoned)
+        self._pending.append(_Chunk(messages, time.monotonic(), future, abandoned))
         self._pending_records += len(messages)
         self.metrics.in_flight.set(self._pending_records)
 
@@ -265,10 +262,8 @@ class Worker:
         todo = [d for d in done if d.error is None]
         if todo:
             requests = [self._predict_request(d) for d in todo]
-            if self.route is not None:
-                for item, request in zip(todo, requests, strict=True):
-                    if request.version is not None or request.label is not None:
-                        item.route = Target(request.version, request.label).name
+            for item, request in zip(todo, requests, strict=True):
+                item.predict = request
             results = self._predict_until_served(requests, abandoned)
             for item, outcome in zip(todo, results, strict=True):
                 if isinstance(outcome, RecordError):
@@ -310,6 +305,15 @@ class Worker:
             tensors=request.tensors,
             top_k=request.top_k or self.settings.top_k,
         )
+
+    def _route_name(self, item: _Done) -> str | None:
+        """With a route set, the version or label that served the record."""
+        predict = item.predict
+        if self.route is None or predict is None:
+            return None
+        if predict.version is None and predict.label is None:
+            return None  # a record of another model, outside the route
+        return Target(predict.version, predict.label).name
 
     def _predict_until_served(
         self, batch: list[PredictRequest], abandoned: threading.Event
@@ -366,16 +370,16 @@ class Worker:
                 **result.timings_ms,
                 "total": (time.monotonic() - consumed_at) * 1000,
             }
-            document = output_document(item.request, source, result, timings, item.route)
+            route = self._route_name(item)
+            document = output_document(item.request, source, result, timings, route)
             value = json.dumps(document, separators=(",", ":")).encode()
             self._produce(self.settings.output, message.key(), value, headers)
             self.metrics.records_out.labels(
-                result.model, str(result.version), result.mode, item.route or ""
+                result.model, str(result.version), result.mode, route or ""
             ).inc()
-            if self.shadow is not None and self.shadow.sampled(_routing_key(message)):
-                self.shadow.submit(
-                    ShadowJob(self._predict_request(item), document, message.key(), headers)
-                )
+            if self.shadow is not None and self.shadow.sampled(item.routing_key):
+                assert item.predict is not None
+                self.shadow.submit(ShadowJob(item.predict, document, message.key(), headers))
             if source.timestamp is not None:
                 self.metrics.end_to_end.observe(max(0.0, time.time() - source.timestamp / 1000))
         self._offsets[(source.topic, source.partition)] = source.offset + 1
@@ -468,17 +472,16 @@ class Worker:
         log.info("revoked %s", _names(partitions))
         self._emit_finished()
         self._maybe_commit(force=True)
-        self._abandon_pending()
-        if self._in_transaction:  # nothing left in it once the pending work is dropped
-            self.producer.abort_transaction(30)
-            self._in_transaction = False
-        self._assigned = []
-        self._paused = False
+        self._drop_partitions()
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("lost %s: their uncommitted work will be redone", _names(partitions))
+        self._drop_partitions()
+
+    def _drop_partitions(self) -> None:
+        """Forget the partitions and everything not committed for them."""
         self._abandon_pending()
-        if self._in_transaction:
+        if self._in_transaction:  # nothing left in it once the pending work is dropped
             self.producer.abort_transaction(30)
             self._in_transaction = False
         self._assigned = []
