@@ -72,3 +72,17 @@ def high_watermark(settings: KafkaSettings, topic: str, partitions: int) -> int:
         )
     finally:
         consumer.close()
+
+
+def embedded_worker(
+    start: Callable[..., CliProcess],
+    repo: Path,
+    inp: str,
+    out: str,
+    *extra: str,
+    group: str | None = None,
+) -> CliProcess:
+    """An embedded-mode worker from ``inp`` to ``out``; image hosts on loopback allowed."""
+    return start("--input", inp, "--output", out, "--mode", "embedded", "--repo", str(repo),
+                 "--group-id", group or f"g-{inp}", "--allow-network", "127.0.0.0/8",
+                 *extra)  # fmt: skip

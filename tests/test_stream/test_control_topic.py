@@ -13,7 +13,7 @@ from streaminfer.models.control import publish_state, read_latest_state
 from streaminfer.models.control_state import VersionSource, deploy_state
 from streaminfer.models.export.tiny import export_tiny_model
 from tests.support import CliProcess, run_cli, wait_for
-from tests.test_stream.conftest import decoded, outputs
+from tests.test_stream.conftest import decoded, embedded_worker, outputs
 
 RECORD = json.dumps({"inputs": {"x": [[1, 2, 3, 4]]}}).encode()
 
@@ -40,20 +40,8 @@ def test_worker_switches_versions_rejects_corrupt_ones_and_late_workers_catch_up
 
     def worker(out: str, repo: Path) -> CliProcess:
         repo.mkdir()
-        return start_worker(
-            "--input",
-            inp,
-            "--output",
-            out,
-            "--mode",
-            "embedded",
-            "--repo",
-            str(repo),
-            "--model",
-            "tiny",
-            "--group-id",
-            f"g-{out}",
-            *control[2:],
+        return embedded_worker(
+            start_worker, repo, inp, out, "--model", "tiny", *control[2:], group=f"g-{out}"
         )
 
     inp, out, dlq = topic_factory("in"), topic_factory("out"), topic_factory("dlq")

@@ -15,8 +15,8 @@ from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import produce
 from streaminfer.models.export.tiny import export_tiny_model
 from streaminfer.stream.routing import Route, Target
-from tests.support import CliProcess, wait_for
-from tests.test_stream.conftest import decoded, outputs
+from tests.support import wait_for
+from tests.test_stream.conftest import decoded, embedded_worker, outputs
 
 
 def test_route_parsing() -> None:
@@ -66,22 +66,7 @@ def test_worker_splits_90_10_and_a_key_keeps_its_version(
     two_versions: Path,
 ) -> None:
     inp, out = topic_factory("in", partitions=2), topic_factory("out", partitions=2)
-    start_worker(
-        "--input",
-        inp,
-        "--output",
-        out,
-        "--mode",
-        "embedded",
-        "--repo",
-        str(two_versions),
-        "--model",
-        "tiny",
-        "--route",
-        "1=90,2=10",
-        "--group-id",
-        f"g-{inp}",
-    )
+    embedded_worker(start_worker, two_versions, inp, out, "--model", "tiny", "--route", "1=90,2=10")
     produce(kafka_settings, inp, _keyed(1500, 2), key_delimiter=b"\t")
     records = outputs(kafka_settings, out, 3000)
     versions_by_key: dict[bytes | None, set[int]] = defaultdict(set)
@@ -102,26 +87,10 @@ def test_shadow_results_and_a_dead_shadow_leave_the_primary_alone(
 ) -> None:
     inp, out = topic_factory("in"), topic_factory("out")
     shadow = topic_factory("shadow")
-    worker: CliProcess = start_worker(
-        "--input",
-        inp,
-        "--output",
-        out,
-        "--mode",
-        "embedded",
-        "--repo",
-        str(two_versions),
-        "--model",
-        "tiny",
-        "--version",
-        "1",
-        "--shadow",
-        "2",
-        "--shadow-topic",
-        shadow,
-        "--group-id",
-        f"g-{inp}",
-    )
+    worker = embedded_worker(
+        start_worker, two_versions, inp, out, "--model", "tiny", "--version", "1",
+        "--shadow", "2", "--shadow-topic", shadow,
+    )  # fmt: skip
     produce(kafka_settings, inp, _keyed(50, 1), key_delimiter=b"\t")
     primary = decoded(outputs(kafka_settings, out, 50))
     assert {d["model"]["version"] for d in primary} == {1}

@@ -16,31 +16,11 @@ from streaminfer.kafka.broker import free_port
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import produce
 from streaminfer.models.export.tiny import tiny_reference
-from tests.support import CliProcess, run_cli, wait_for
-from tests.test_stream.conftest import decoded, high_watermark, outputs
+from tests.support import run_cli, wait_for
+from tests.test_stream.conftest import decoded, embedded_worker, high_watermark, outputs
 
 CATS = {281, 282, 285}
 ESPRESSO = 967
-
-
-def embedded_worker(
-    start: Callable[..., CliProcess], repo: Path, inp: str, out: str, *extra: str
-) -> CliProcess:
-    return start(
-        "--input",
-        inp,
-        "--output",
-        out,
-        "--mode",
-        "embedded",
-        "--repo",
-        str(repo),
-        "--group-id",
-        f"g-{inp}",
-        "--allow-network",
-        "127.0.0.0/8",
-        *extra,
-    )
 
 
 def test_embedded_predictions_and_output_format(
