@@ -133,6 +133,7 @@ def run(
         shadow_sample=shadow_sample,
         shadow_topic=shadow_topic,
         model_config_file=model_config_file,
+        control_topic=control_topic,
     )
     kafka = kafka_settings(bootstrap_servers, x, properties_file, config_file)
     admin = TopicAdmin(kafka)
@@ -151,12 +152,9 @@ def run(
     # The shadow gets its own connections and circuit breaker: its failures stay its own.
     shadow_predictor = _predictor(settings, registry)[0] if settings.shadow else None
     follower = None
-    if control_topic is not None:
-        if registry is None or settings.repo is None:
-            raise ConfigError(
-                "--control-topic needs --repo with --mode embedded or --fallback embedded"
-            )
-        follower = ControlFollower(kafka, control_topic, settings.repo, registry)
+    if settings.control_topic is not None:
+        assert registry is not None and settings.repo is not None  # checked by the settings
+        follower = ControlFollower(kafka, settings.control_topic, settings.repo, registry)
         follower.start()
         follower.wait_until_current(60)  # apply the current deployments before any record
     fetcher = ImageFetcher(FetchPolicy(allow_networks=settings.allow_networks))

@@ -31,6 +31,7 @@ class WorkerSettings(Settings):
     mode: Mode = "embedded"
     repo: Path | None = None
     model_config_file: Path | None = None  # versions and labels, TF Serving's text format
+    control_topic: str | None = None  # follow model deployments published to this topic
     server: str | None = None  # host:port of the model server in remote modes
     processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
     batch_size: int = Field(default=16, ge=1)
@@ -60,6 +61,9 @@ class WorkerSettings(Settings):
             self.server = default_server(self.mode)
         if self.route and (self.version is not None or self.label is not None):
             raise ValueError("--route chooses the version itself: drop --version / --label")
+        in_process = self.mode == "embedded" or self.fallback == "embedded"
+        if self.control_topic and not in_process:
+            raise ValueError("--control-topic needs --mode embedded or --fallback embedded")
         if self.fallback == "embedded" and self.repo is None:
             raise ValueError("--fallback embedded needs --repo (the model repository)")
         return self
