@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from streaminfer.images import samples
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.broker import LocalBroker, free_port
 from streaminfer.kafka.config import KafkaSettings
@@ -60,21 +60,10 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
-SAMPLE_IMAGES = ("chelsea", "coffee", "rocket")
-
-
 @pytest.fixture(scope="session")
 def sample_jpegs() -> dict[str, bytes]:
     """JPEG bytes of the images scikit-image ships: a cat, an espresso, a rocket."""
-    from PIL import Image
-    from skimage import data
-
-    encoded = {}
-    for name in SAMPLE_IMAGES:
-        buffer = io.BytesIO()
-        Image.fromarray(getattr(data, name)()).convert("RGB").save(buffer, "JPEG", quality=92)
-        encoded[name] = buffer.getvalue()
-    return encoded
+    return samples.sample_jpegs(("chelsea", "coffee", "rocket"))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ also on Ctrl-C, unless ``keep_running`` leaves the stack up.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import signal
@@ -28,6 +27,7 @@ from rich.live import Live
 from rich.table import Table
 
 from streaminfer.errors import ConfigError, InfrastructureError
+from streaminfer.images.samples import SAMPLE_IMAGES, sample_jpegs
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.broker import LocalBroker, free_port
 from streaminfer.kafka.config import KafkaSettings
@@ -38,7 +38,6 @@ from streaminfer.processes import STREAMINFER, ManagedProcess, ModelServerProces
 INPUT, OUTPUT, EMBEDDED_OUTPUT = "ImageInputTopic", "ImageOutputTopic", "ImageOutputTopic.embedded"
 DLQ = f"{INPUT}.dlq"
 MODEL = "efficientnet-lite0"
-SAMPLES = ("chelsea", "coffee", "rocket", "astronaut")
 STATE_FILE = "demo.json"
 T = TypeVar("T", bound=ManagedProcess)
 
@@ -142,22 +141,10 @@ class Demo:
         return process
 
     def _serve_images(self) -> list[str]:
-        try:
-            from PIL import Image
-            from skimage import data
-        except ImportError as exc:
-            raise ConfigError(
-                "the demo's sample images come from scikit-image: "
-                "pip install 'streaminfer[demo]' (make demo does this)"
-            ) from exc
         folder = self.options.home / "demo-images"
         folder.mkdir(parents=True, exist_ok=True)
-        for name in SAMPLES:
-            path = folder / f"{name}.jpg"
-            if not path.exists():
-                buffer = io.BytesIO()
-                Image.fromarray(getattr(data, name)()).convert("RGB").save(buffer, "JPEG")
-                path.write_bytes(buffer.getvalue())
+        for name, jpeg in sample_jpegs().items():
+            (folder / f"{name}.jpg").write_bytes(jpeg)
 
         class Quiet(SimpleHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
@@ -169,7 +156,7 @@ class Demo:
         )
         threading.Thread(target=self.image_server.serve_forever, daemon=True).start()
         port = self.image_server.server_address[1]
-        return [f"http://127.0.0.1:{port}/{name}.jpg" for name in SAMPLES]
+        return [f"http://127.0.0.1:{port}/{name}.jpg" for name in SAMPLE_IMAGES]
 
     # -- the show --------------------------------------------------------------------------
     def _show_predictions(self, kafka: KafkaSettings, urls: list[str]) -> None:

@@ -7,7 +7,6 @@ per-record overhead of Kafka, the worker and the wire protocols dominates instea
 
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 from abc import ABC, abstractmethod
@@ -20,10 +19,10 @@ import numpy as np
 from streaminfer.bench.processes import ImageHostProcess
 from streaminfer.errors import ConfigError
 from streaminfer.images import FetchPolicy, ImageFetcher
+from streaminfer.images.samples import SAMPLE_IMAGES, sample_jpegs
 from streaminfer.predictors.base import PredictRequest
 
 LOOPBACK = "127.0.0.0/8"
-SAMPLE_IMAGES = ("chelsea", "coffee", "rocket", "astronaut")
 
 
 class Workload(ABC):
@@ -108,25 +107,6 @@ WORKLOADS = tuple(_KINDS)
 def default_records(workload: str) -> int:
     """Records per full saturation run: enough for several seconds of steady work."""
     return _KINDS[workload].default_records
-
-
-def sample_jpegs() -> dict[str, bytes]:
-    """The photos scikit-image ships (a cat, an espresso, a rocket, an astronaut) as JPEGs."""
-    try:
-        from skimage import data
-    except ImportError as exc:
-        raise ConfigError(
-            "the images workload needs scikit-image for its sample photos "
-            "(pip install scikit-image), or run --workload tensor"
-        ) from exc
-    from PIL import Image
-
-    encoded = {}
-    for name in SAMPLE_IMAGES:
-        buffer = io.BytesIO()
-        Image.fromarray(getattr(data, name)()).convert("RGB").save(buffer, "JPEG", quality=92)
-        encoded[name] = buffer.getvalue()
-    return encoded
 
 
 @contextmanager
