@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from streaminfer.bench.imagehost import serve_in_thread
 from streaminfer.images import samples
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.broker import LocalBroker, free_port
@@ -76,13 +74,7 @@ def image_host(
         (root / f"{name}.jpg").write_bytes(jpeg)
     (root / "page.html").write_text("<html>not an image</html>")
 
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = serve_in_thread(str(root))
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()

@@ -12,11 +12,9 @@ import contextlib
 import json
 import os
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 from typing import TypeVar
@@ -26,6 +24,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from streaminfer.bench.imagehost import serve_in_thread
 from streaminfer.errors import ConfigError, InfrastructureError
 from streaminfer.images.samples import SAMPLE_IMAGES, sample_jpegs
 from streaminfer.kafka.admin import TopicAdmin
@@ -145,16 +144,7 @@ class Demo:
         folder.mkdir(parents=True, exist_ok=True)
         for name, jpeg in sample_jpegs().items():
             (folder / f"{name}.jpg").write_bytes(jpeg)
-
-        class Quiet(SimpleHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.image_server = ThreadingHTTPServer(
-            ("127.0.0.1", 0 if not self.options.keep_running else free_port()),
-            partial(Quiet, directory=str(folder)),
-        )
-        threading.Thread(target=self.image_server.serve_forever, daemon=True).start()
+        self.image_server = serve_in_thread(str(folder))
         port = self.image_server.server_address[1]
         return [f"http://127.0.0.1:{port}/{name}.jpg" for name in SAMPLE_IMAGES]
 

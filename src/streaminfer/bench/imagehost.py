@@ -9,6 +9,7 @@ HTTP/1.1 with ``TCP_NODELAY``, as a real web server does.
 from __future__ import annotations
 
 import sys
+import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -25,6 +26,16 @@ def serve(directory: str, port: int) -> None:
     handler = partial(_Handler, directory=directory)
     with ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
         server.serve_forever()
+
+
+def serve_in_thread(directory: str, port: int = 0) -> ThreadingHTTPServer:
+    """The same host on a daemon thread of this process (``port`` 0: a free one).
+
+    Stop it with ``shutdown()`` and ``server_close()``.
+    """
+    server = ThreadingHTTPServer(("127.0.0.1", port), partial(_Handler, directory=directory))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 if __name__ == "__main__":
