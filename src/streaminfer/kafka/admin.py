@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streaminfer.errors import ConfigError, InfrastructureError
 from streaminfer.kafka.config import KafkaSettings
@@ -90,8 +90,6 @@ class TopicAdmin:
             PartitionInfo(p.id, p.leader, list(p.replicas), list(p.isrs))
             for p in sorted(topic.partitions.values(), key=lambda p: p.id)
         ]
-        from confluent_kafka.admin import ConfigResource
-
         resource = ConfigResource(ConfigResource.Type.TOPIC, name)
         entries = self._admin.describe_configs([resource])[resource].result(timeout=self._timeout)
         config = {

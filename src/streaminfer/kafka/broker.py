@@ -8,6 +8,7 @@ and keeps its cluster id, ports and records across stop and start.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -317,8 +318,6 @@ def _tail(path: Path, lines: int) -> str:
 
 def _new_cluster_id() -> str:
     """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
-    import base64
-
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
