@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from streaminfer.kafka.broker import LocalBroker, free_port
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import consume, produce
@@ -116,10 +118,14 @@ def test_transactions_commit_and_abort(
     assert uncommitted == [b"aborted", b"committed"]
 
 
-def test_stop_and_start_keep_records(tmp_path: Path) -> None:
+def test_stop_and_start_keep_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_HEAP_OPTS", "-Xms64m -Xmx384m")  # as Kafka's scripts read it
     broker = LocalBroker(tmp_path / "data")
     state = broker.start(port=free_port())
     try:
+        flags = Path(f"/proc/{state.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"-Xmx384m" in flags and b"-Xmx512m" not in flags
+        assert b"-XX:TieredStopAtLevel=1" in flags  # the default performance options stay
         settings = KafkaSettings(bootstrap_servers=state.bootstrap)
         run_cli("topics", "create", "kept", "-b", state.bootstrap)
         assert produce(settings, "kept", [b"one", b"two"]) == 2

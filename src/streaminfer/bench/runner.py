@@ -32,12 +32,11 @@ from streaminfer.bench.measure import (
 )
 from streaminfer.bench.processes import worker_process
 from streaminfer.bench.results import ConfigResult, LatencyPoint
-from streaminfer.bench.traffic import Arrival, OutputCollector, produce_paced
+from streaminfer.bench.traffic import Arrival, InputProducer, OutputCollector
 from streaminfer.bench.workloads import Workload
 from streaminfer.errors import InfrastructureError
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
-from streaminfer.kafka.records import produce
 from streaminfer.processes import ManagedProcess, ModelServerProcess
 
 FIRST_OUTPUT_TIMEOUT_S = 120.0  # a worker starting: model load, group join, first batch
@@ -83,7 +82,7 @@ class ConfigRun:
         self._collector: OutputCollector | None = None
         self._worker: ManagedProcess | None = None
         self._server: ModelServerProcess | None = None
-        self._produced = 0
+        self._inputs: InputProducer | None = None
 
     def __enter__(self) -> Self:
         for topic in self.topics.all():
@@ -91,6 +90,7 @@ class ConfigRun:
         self._stack.callback(self._delete_topics)
         self._collector = OutputCollector(self.kafka, self.topics.output, self.topics.dead_letter)
         self._stack.callback(self._collector.close)
+        self._inputs = InputProducer(self.kafka, self.topics.input, self.workload.record)
         return self
 
     def __exit__(
@@ -104,8 +104,8 @@ class ConfigRun:
     # -- phases ------------------------------------------------------------------------------
     def saturate(self, records: int) -> None:
         """Pre-produce ``records``, start the worker, time the outputs from first to last."""
-        values = (self.workload.record(i) for i in range(records))
-        self._produced = produce(self.kafka, self.topics.input, values)
+        assert self._inputs is not None
+        self._inputs.send_all(records)
         stem = f"{self.workload.name}-{self.config.name}"
         if self.config.remote:
             self._server = ModelServerProcess(self.repo, self.log_dir / f"{stem}-server.log")
@@ -114,9 +114,9 @@ class ConfigRun:
         self._stack.enter_context(self._worker)
         self._wait_for(1)
         cpu_first = self._cpu()
-        self._wait_for(self._produced)
+        self._wait_for(records)
         cpu_last = self._cpu()
-        arrivals = self._outputs(0, self._produced)
+        arrivals = self._outputs(0, records)
         window = saturation_window([a.seen_at for a in arrivals])
         if window is None:
             raise InfrastructureError("every output arrived at once: raise --records to time them")
@@ -138,13 +138,11 @@ class ConfigRun:
                 f"(latency is measured up to {OVERLOAD:.0%} of it)"
             )
             return
-        first = self._produced
-        point.records = produce_paced(
-            self.kafka, self.topics.input, self.workload.record, first, rate, duration_s
-        )
-        self._produced += point.records
-        self._wait_for(self._produced)
-        latencies = [a.latency_ms for a in self._outputs(first, self._produced)]
+        assert self._inputs is not None
+        first = self._inputs.sent
+        point.records = self._inputs.send_paced(rate, duration_s)
+        self._wait_for(self._inputs.sent)
+        latencies = [a.latency_ms for a in self._outputs(first, self._inputs.sent)]
         measured = [ms for ms in latencies if ms is not None]
         if not measured:
             raise InfrastructureError("no output carried its input's timestamp")
@@ -157,7 +155,8 @@ class ConfigRun:
         if self._server is not None:
             self.result.server_peak_rss_mb = peak_rss_mb(self._server.pid)
         self.result.dead_lettered = self._collector.dead_lettered
-        outputs = self._outputs(0, self._produced)
+        assert self._inputs is not None
+        outputs = self._outputs(0, self._inputs.sent)
         self.result.served_by = sorted({a.mode for a in outputs})
         if self.result.served_by != [self.config.mode]:
             raise InfrastructureError(

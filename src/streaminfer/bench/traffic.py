@@ -39,41 +39,67 @@ class Arrival:
         return self.seen_at * 1000 - self.timestamp_ms
 
 
-def produce_paced(
-    kafka: KafkaSettings,
-    topic: str,
-    value: Callable[[int], bytes],
-    first_index: int,
-    rate: float,
-    duration_s: float,
-) -> int:
-    """Produce ``rate`` records a second for ``duration_s`` seconds; returns how many.
+class InputProducer:
+    """Writes a run's inputs: all at once for saturation, then at steady rates.
 
-    Each record is sent when it is due (``linger.ms=0``), so its timestamp is the moment
-    an event source would have written it and the producer adds no batching delay.
+    One producer serves every phase, so by the first paced record it is connected and
+    has its producer id: a fresh one would hold its first records back for that
+    handshake while their timestamps already run, and show it as worker latency.
     """
-    total = max(1, round(rate * duration_s))
-    producer = Producer(kafka.client_config(**{"enable.idempotence": True, "linger.ms": 0}))
-    failures: list[str] = []
 
-    def on_delivery(error: KafkaError | None, _message: Any) -> None:
+    def __init__(self, kafka: KafkaSettings, topic: str, value: Callable[[int], bytes]) -> None:
+        self._topic = topic
+        self._value = value
+        self._sent = 0  # index of the next record
+        self._failures: list[str] = []
+        # linger.ms=0: each record leaves when produced, so its timestamp is the moment an
+        # event source would have written it and the producer adds no batching delay.
+        self._producer = Producer(
+            kafka.client_config(**{"enable.idempotence": True, "linger.ms": 0})
+        )
+
+    @property
+    def sent(self) -> int:
+        return self._sent
+
+    def send_all(self, count: int) -> None:
+        """Produce ``count`` records as fast as the producer takes them."""
+        for _ in range(count):
+            self._send()
+        self._flush()
+
+    def send_paced(self, rate: float, duration_s: float) -> int:
+        """Produce ``rate`` records a second for ``duration_s`` seconds; returns how many."""
+        total = max(1, round(rate * duration_s))
+        start = time.monotonic()
+        for sent in range(total):
+            time.sleep(max(0.0, start + sent / rate - time.monotonic()))  # pacing, by design
+            self._send()
+        self._flush()
+        return total
+
+    def _send(self) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    self._topic, self._value(self._sent), on_delivery=self._on_delivery
+                )
+                break
+            except BufferError:  # the local queue is full: let deliveries drain
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+        self._sent += 1
+
+    def _on_delivery(self, error: KafkaError | None, _message: Any) -> None:
         if error is not None:
-            failures.append(error.str())
+            self._failures.append(error.str())
 
-    start = time.monotonic()
-    sent = 0
-    while sent < total:
-        due = min(total, int((time.monotonic() - start) * rate) + 1)
-        while sent < due:
-            producer.produce(topic, value(first_index + sent), on_delivery=on_delivery)
-            sent += 1
-        producer.poll(0)
-        time.sleep(max(0.0, start + sent / rate - time.monotonic()))  # pacing, by design
-    remaining = producer.flush(_FLUSH_TIMEOUT_S)
-    if failures or remaining:
-        reason = failures[0] if failures else f"{remaining} records not acknowledged"
-        raise InfrastructureError(f"producing to {topic!r} failed: {reason}")
-    return total
+    def _flush(self) -> None:
+        remaining = self._producer.flush(_FLUSH_TIMEOUT_S)
+        if self._failures or remaining:
+            unacknowledged = f"{remaining} records not acknowledged"
+            reason = self._failures[0] if self._failures else unacknowledged
+            raise InfrastructureError(f"producing to {self._topic!r} failed: {reason}")
 
 
 class OutputCollector:
