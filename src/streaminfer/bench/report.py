@@ -24,9 +24,8 @@ METHOD = """\
 - **End-to-end latency.** A producer writes at a steady offered rate (`linger.ms=0`) for
   a fixed time; it is the one that wrote the saturation records, so it is connected and
   holds its producer id before the first timed record. An output's latency runs from its
-  input record's timestamp to the moment the `read_committed` consumer (tuned with
-  `fetch.wait.max.ms=10`) sees it, so under exactly-once it includes waiting for the
-  transaction to commit. Offered loads are
+  input record's timestamp to the moment the `read_committed` consumer sees it, so under
+  exactly-once it includes waiting for the transaction to commit. Offered loads are
   fractions of the reference configuration's saturation rate (normally `embedded`), the
   same absolute rates for every configuration; a load above 90 % of a configuration's
   own saturation rate is skipped, since there latency measures only how long the queue
