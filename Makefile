@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+QUIX_VENV := .venv-quix
+QUIX_STAMP := $(QUIX_VENV)/.installed
 
-.PHONY: install protos lint test demo bench interop clean
+.PHONY: install quix protos lint test demo bench interop clean
 
 install: $(STAMP)
 
@@ -15,6 +17,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m streaminfer.protos.build
 	touch $(STAMP)
 
+# Quix Streams pins an older confluent-kafka than streaminfer: the bench's Quix app
+# (streaminfer.bench.quixapp) runs from a venv of its own.
+quix: $(QUIX_STAMP)
+
+$(QUIX_STAMP): pyproject.toml
+	test -x $(QUIX_VENV)/bin/python || $(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(QUIX_VENV)/bin/python -m pip install --quiet -e . 'quixstreams>=3.28,<4'
+	touch $(QUIX_STAMP)
+
 protos: install
 	$(BIN)/python -m streaminfer.protos.build
 
@@ -23,14 +35,14 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks interop
 	$(BIN)/mypy
 
-test: lint
+test: lint quix
 	$(BIN)/python -m pytest tests
 
 demo: install
 	$(BIN)/streaminfer demo
 
-bench: install
-	$(BIN)/streaminfer bench
+bench: install quix
+	$(BIN)/streaminfer bench --quix-python $(QUIX_VENV)/bin/python
 
 # TF Serving's official client pulls tensorflow: it gets a venv of its own.
 interop: install
@@ -39,4 +51,4 @@ interop: install
 	$(BIN)/python interop/run_interop.py .venv-interop/bin/python
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) $(QUIX_VENV) build src/*.egg-info

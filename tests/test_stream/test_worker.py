@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -318,6 +319,28 @@ def test_at_least_once_and_metrics(
         in metrics
     )
     assert "streaminfer_records_in_total 100.0" in metrics
+
+
+def test_a_saturated_worker_commits_less_often(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+) -> None:
+    """Input waiting behind a full buffer stretches transactions to 5 commit intervals."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    port, interval_s, count = free_port(), 0.02, 30_000
+    embedded_worker(start_worker, stream_repo, inp, out, "--model", "tiny",
+                    "--commit-interval-ms", str(int(interval_s * 1000)),
+                    "--metrics-port", str(port))  # fmt: skip
+    wait_for(lambda: _get(f"http://127.0.0.1:{port}/readyz") == 200, 60, "the worker to be ready")
+    started = time.monotonic()
+    produce(kafka_settings, inp, [b'{"model":"tiny","inputs":{"x":[[1,2,3,4]]}}'] * count)
+    outputs(kafka_settings, out, count, timeout=120)
+    elapsed = time.monotonic() - started
+    commits = high_watermark(kafka_settings, out, 1) - count  # one marker per transaction
+    # Every interval would be about elapsed / interval_s commits, over twice this bound.
+    assert 1 <= commits <= elapsed / (5 * interval_s) + 5, (commits, elapsed)
 
 
 def _get(url: str) -> int:

@@ -12,6 +12,7 @@ Guarantee = Literal["exactly-once", "at-least-once"]
 BARE = "bare"
 EMBEDDED = "embedded"
 SEED_STYLE = "seed-style"
+QUIX = "quix"
 _REST_MODES = ("tfserving-rest", "kserve-http")
 _ALL_WORKLOADS = frozenset({"images", "tensor"})
 
@@ -31,7 +32,7 @@ class BenchConfig:
     @property
     def remote(self) -> bool:
         """Whether a model server must run for this configuration."""
-        return self.mode not in (BARE, EMBEDDED)
+        return self.mode not in (BARE, EMBEDDED, QUIX)
 
     @property
     def rest(self) -> bool:
@@ -70,6 +71,12 @@ CONFIGS: tuple[BenchConfig, ...] = (
         worker_args=("--batch-size", "1", "--max-in-flight", "1"),
         workloads=frozenset({"images"}),  # the legacy API classifies JPEGs only
         records_share=0.2,
+    ),
+    BenchConfig(
+        QUIX,
+        QUIX,
+        "at-least-once",
+        "Quix Streams app, one message at a time, the same model code in process",
     ),
 )
 QUICK_CONFIGS = (BARE, EMBEDDED, "tfserving-grpc", SEED_STYLE)

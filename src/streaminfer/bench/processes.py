@@ -26,3 +26,9 @@ class ImageHostProcess(ManagedProcess):
 def worker_process(args: list[str], log_path: Path) -> ManagedProcess:
     """``streaminfer run`` with ``args``; its readiness shows as its first output."""
     return ManagedProcess("worker", [*STREAMINFER, "run", *args], log_path)
+
+
+def quix_process(python: Path, args: list[str], log_path: Path) -> ManagedProcess:
+    """The Quix Streams application (:mod:`streaminfer.bench.quixapp`) under ``python``."""
+    command = [str(python), "-m", "streaminfer.bench.quixapp", *args]
+    return ManagedProcess("Quix Streams app", command, log_path)

@@ -44,11 +44,17 @@ METHOD = """\
   (`--batch-size 1 --max-in-flight 1`, at-least-once), a new gRPC channel and one
   blocking `tensorflow.serving.InceptionService/Classify` call per record. Being slow,
   it is timed on a fifth of the records.
+- **quix** is the same job written as a Quix Streams application
+  (`streaminfer.bench.quixapp`): one message at a time through a dataframe, at-least-once
+  (its fastest guarantee), fetching, decoding and classifying with streaminfer's own
+  embedded code, so the comparison is between the two ways of streaming. It runs under
+  the interpreter of `--quix-python` (`make bench` builds `.venv-quix`).
 - **Remote modes** run against `streaminfer serve` (dynamic batching on, its defaults),
   started for each configuration on free loopback ports.
 - **Targets** are those of TARGETS.md. Throughput ratios apply to the `images` workload
-  (they were set for EfficientNet-Lite0); `—` means a target does not apply. Not covered
-  here: the comparisons with Quix Streams and the server-alone targets.
+  (they were set for EfficientNet-Lite0), except `x quix`: the embedded worker against
+  Quix Streams, ≥ 1.8x on images and ≥ 3x on the tensor workload. `—` means a target does
+  not apply. Not covered here: the server-alone targets (`benchmarks/bench_server.py`).
 - Configurations run one after another on the same broker, model repository and input
   records; a busy machine (see the load averages) makes every figure noisier.
 """

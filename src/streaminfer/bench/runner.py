@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from streaminfer.bench.configs import EMBEDDED, BenchConfig
+from streaminfer.bench.configs import EMBEDDED, QUIX, BenchConfig
 from streaminfer.bench.measure import (
     cpu_seconds,
     peak_rss_mb,
@@ -30,7 +30,7 @@ from streaminfer.bench.measure import (
     saturation_window,
     summarize_latencies,
 )
-from streaminfer.bench.processes import worker_process
+from streaminfer.bench.processes import quix_process, worker_process
 from streaminfer.bench.results import ConfigResult, LatencyPoint
 from streaminfer.bench.traffic import Arrival, InputProducer, OutputCollector
 from streaminfer.bench.workloads import Workload
@@ -69,12 +69,14 @@ class ConfigRun:
         kafka: KafkaSettings,
         repo: Path,
         log_dir: Path,
+        quix_python: Path | None = None,
     ) -> None:
         self.config = config
         self.workload = workload
         self.kafka = kafka
         self.repo = repo
         self.log_dir = log_dir
+        self.quix_python = quix_python
         self.result = ConfigResult(config.name, config.mode, config.guarantee, config.description)
         self.topics = Topics.fresh(workload.name, config.name)
         self._admin = TopicAdmin(kafka)
@@ -110,7 +112,7 @@ class ConfigRun:
         if self.config.remote:
             self._server = ModelServerProcess(self.repo, self.log_dir / f"{stem}-server.log")
             self._stack.enter_context(self._server)
-        self._worker = worker_process(self._worker_args(), self.log_dir / f"{stem}-worker.log")
+        self._worker = self._start_worker(self.log_dir / f"{stem}-worker.log")
         self._stack.enter_context(self._worker)
         self._wait_for(1)
         cpu_first = self._cpu()
@@ -165,7 +167,8 @@ class ConfigRun:
             )
 
     # -- helpers -----------------------------------------------------------------------------
-    def _worker_args(self) -> list[str]:
+    def _start_worker(self, log_path: Path) -> ManagedProcess:
+        """``streaminfer run`` in this configuration's mode, or the Quix Streams app."""
         config, topics = self.config, self.topics
         assert config.guarantee is not None
         args = ["-b", self.kafka.bootstrap_servers]
@@ -174,17 +177,21 @@ class ConfigRun:
         args += [
             "--input", topics.input,
             "--output", topics.output,
-            "--dlq", topics.dead_letter,
             "--group-id", f"bench-{config.name}-{uuid.uuid4().hex[:8]}",
-            "--mode", config.mode,
             "--processing-guarantee", config.guarantee,
             *self.workload.worker_args,
             *config.worker_args,
         ]  # fmt: skip
+        if config.mode == QUIX:
+            assert self.quix_python is not None  # the command leaves quix out without one
+            return quix_process(self.quix_python, [*args, "--repo", str(self.repo)], log_path)
+        args += ["--dlq", topics.dead_letter, "--mode", config.mode]
         if config.mode == EMBEDDED:
-            return [*args, "--repo", str(self.repo)]
-        assert self._server is not None
-        return [*args, "--server", self._server.address(config.rest)]
+            args += ["--repo", str(self.repo)]
+        else:
+            assert self._server is not None
+            args += ["--server", self._server.address(config.rest)]
+        return worker_process(args, log_path)
 
     def _wait_for(self, count: int) -> None:
         assert self._collector is not None and self._worker is not None

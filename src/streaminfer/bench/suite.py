@@ -57,6 +57,7 @@ class BenchPlan:
     duration_s: float  # of each offered load
     ceiling_s: float  # of each in-process measurement
     out: Path
+    quix_python: Path | None = None  # an interpreter with quixstreams, for the quix config
 
     @classmethod
     def build(
@@ -68,6 +69,7 @@ class BenchPlan:
         records: int | None = None,
         loads: list[float] | None = None,
         duration_s: float | None = None,
+        quix_python: Path | None = None,
     ) -> BenchPlan:
         """A plan from a preset (``quick`` or full), with any figure the user gave instead."""
         preset = QUICK if quick else FULL
@@ -79,6 +81,7 @@ class BenchPlan:
             duration_s=duration_s or preset.duration_s,
             ceiling_s=preset.ceiling_s,
             out=out,
+            quix_python=quix_python,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -208,7 +211,7 @@ def _run_worker(
     repo: Path,
     into: WorkloadResult,
 ) -> ConfigResult:
-    run = ConfigRun(config, workload, kafka, repo, plan.out / "logs")
+    run = ConfigRun(config, workload, kafka, repo, plan.out / "logs", plan.quix_python)
     try:
         with run:
             run.saturate(max(MIN_RECORDS, round(into.records * config.records_share)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from streaminfer.bench.configs import BARE, EMBEDDED, SEED_STYLE
+from streaminfer.bench.configs import BARE, EMBEDDED, QUIX, SEED_STYLE
 from streaminfer.bench.measure import LatencySummary
 from streaminfer.bench.results import ConfigResult, WorkloadResult
 
@@ -22,6 +22,8 @@ CEILING_FLOORS = {
     "kserve-http": 0.6,
 }
 SEED_MULTIPLE = 3.0  # at least three times the original demo's rate
+# The embedded worker against Quix Streams on the same job and broker, per workload.
+QUIX_MULTIPLES = {"images": 1.8, "tensor": 3.0}
 LATENCY_LOAD = 0.5  # exactly-once latency is judged at half the saturation load
 P50_MAX_MS, P99_MAX_MS = 100.0, 300.0
 WORKER_RSS_MAX_MB, SERVER_RSS_MAX_MB = 500.0, 600.0
@@ -32,6 +34,7 @@ BARE_INFERENCE = "bare-inference"
 CHECK_COLUMNS = {  # key: header
     "ceiling": "target: x ceiling",
     "seed": "target: x seed-style",
+    "quix": "target: x quix",
     "latency": "target: EOS latency",
     "memory": "target: memory MB",
 }
@@ -41,6 +44,7 @@ HEADERS = (
     "records/s",
     "x ceiling",
     "x seed-style",
+    "x quix",
     "p50 / p95 / p99 ms @50%",
     "CPU s / 1k records (worker + server)",
     "peak RSS MB (worker / server)",
@@ -48,7 +52,7 @@ HEADERS = (
 )
 
 # The terminal's narrower table: the targets in one column.
-SHORT_HEADERS = (*HEADERS[:5], "p50 / p99 ms @50%", "CPU s / 1k", "RSS MB", "targets")
+SHORT_HEADERS = (*HEADERS[:6], "p50 / p99 ms @50%", "CPU s / 1k", "RSS MB", "targets")
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class Row:
     throughput_rps: float | None = None
     vs_ceiling: float | None = None
     vs_seed: float | None = None
+    vs_quix: float | None = None
     latency: LatencySummary | None = None  # at LATENCY_LOAD
     worker_cpu: float | None = None
     server_cpu: float | None = None
@@ -86,6 +91,7 @@ class Row:
             "failed" if self.error else _number(self.throughput_rps, 1),
             _ratio(self.vs_ceiling),
             _ratio(self.vs_seed),
+            _ratio(self.vs_quix),
             _latency(self.latency),
             _pair(self.worker_cpu, self.server_cpu, 3, " + "),
             _pair(self.worker_rss, self.server_rss, 0, " / "),
@@ -96,7 +102,7 @@ class Row:
         """The row for ``SHORT_HEADERS``."""
         cells = self.cells()
         latency = "—" if self.latency is None else _join(self.latency.p50_ms, self.latency.p99_ms)
-        return [*cells[:5], latency, cells[6], cells[7], self.verdict()]
+        return [*cells[:6], latency, cells[7], cells[8], self.verdict()]
 
     def verdict(self) -> str:
         """ "pass" if every applicable target passed, else the ones that failed."""
@@ -116,11 +122,10 @@ def ratio(value: float | None, base: float | None) -> float | None:
 def build_rows(workload: WorkloadResult) -> list[Row]:
     """One row per configuration, plus bare inference right after the ceiling."""
     ceiling = workload.ceiling.pipeline_rps if workload.ceiling else None
-    seed = workload.config(SEED_STYLE)
-    seed_rps = seed.throughput_rps if seed else None
+    seed_rps, quix_rps = _rate(workload, SEED_STYLE), _rate(workload, QUIX)
     rows = []
     for config in workload.configs:
-        rows.append(_row(workload, config, ceiling, seed_rps))
+        rows.append(_row(workload, config, ceiling, seed_rps, quix_rps))
         if config.mode == BARE and workload.ceiling is not None:
             inference = workload.ceiling.inference_rps
             rows.append(
@@ -131,13 +136,23 @@ def build_rows(workload: WorkloadResult) -> list[Row]:
                     throughput_rps=inference,
                     vs_ceiling=ratio(inference, ceiling),
                     vs_seed=ratio(inference, seed_rps),
+                    vs_quix=ratio(inference, quix_rps),
                 )
             )
     return rows
 
 
+def _rate(workload: WorkloadResult, name: str) -> float | None:
+    config = workload.config(name)
+    return config.throughput_rps if config else None
+
+
 def _row(
-    workload: WorkloadResult, config: ConfigResult, ceiling: float | None, seed: float | None
+    workload: WorkloadResult,
+    config: ConfigResult,
+    ceiling: float | None,
+    seed: float | None,
+    quix: float | None,
 ) -> Row:
     row = Row(
         config.name,
@@ -146,6 +161,7 @@ def _row(
         throughput_rps=config.throughput_rps,
         vs_ceiling=ratio(config.throughput_rps, ceiling),
         vs_seed=ratio(config.throughput_rps, seed),
+        vs_quix=ratio(config.throughput_rps, quix),
         latency=config.latency_at(LATENCY_LOAD),
         worker_cpu=config.worker_cpu_s_per_1k,
         server_cpu=config.server_cpu_s_per_1k,
@@ -157,6 +173,7 @@ def _row(
         row.checks = {
             "ceiling": ceiling_check(workload.name, config.mode, row.vs_ceiling),
             "seed": seed_check(workload.name, config.mode, row.vs_seed),
+            "quix": quix_check(workload.name, config.mode, row.vs_quix),
             "latency": latency_check(config.guarantee, row.latency),
             "memory": memory_check(config.worker_peak_rss_mb, config.server_peak_rss_mb),
         }
@@ -174,6 +191,13 @@ def seed_check(workload: str, mode: str, vs_seed: float | None) -> Check | None:
     if mode in (BARE, SEED_STYLE) or vs_seed is None or workload not in RATIO_TARGET_WORKLOADS:
         return None
     return Check(f"≥ {SEED_MULTIPLE:g}", vs_seed >= SEED_MULTIPLE)
+
+
+def quix_check(workload: str, mode: str, vs_quix: float | None) -> Check | None:
+    multiple = QUIX_MULTIPLES.get(workload)
+    if mode != EMBEDDED or multiple is None or vs_quix is None:
+        return None
+    return Check(f"≥ {multiple:g}", vs_quix >= multiple)
 
 
 def latency_check(guarantee: str | None, latency: LatencySummary | None) -> Check | None:

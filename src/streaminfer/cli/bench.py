@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streaminfer.bench.configs import CONFIGS, QUICK_CONFIGS, select_configs
+from streaminfer.bench.configs import CONFIGS, QUICK_CONFIGS, QUIX, BenchConfig, select_configs
 from streaminfer.bench.report import write_report
 from streaminfer.bench.results import BenchResult
 from streaminfer.bench.suite import FULL, QUICK, BenchPlan, run_bench
@@ -23,6 +23,7 @@ from streaminfer.errors import ConfigError
 from streaminfer.kafka.config import kafka_settings
 
 _CONFIG_NAMES = ", ".join(c.name for c in CONFIGS)
+DEFAULT_QUIX_PYTHON = Path(".venv-quix/bin/python")  # what `make bench` builds
 
 
 def register(app: typer.Typer) -> None:
@@ -71,6 +72,13 @@ def bench(
     out: Annotated[
         Path | None, typer.Option(help="Output directory (default: bench-results/<timestamp>).")
     ] = None,
+    quix_python: Annotated[
+        Path | None,
+        typer.Option(
+            help="A Python with quixstreams, for the quix configuration "
+            f"(default: {DEFAULT_QUIX_PYTHON} if present; without one, quix is left out)."
+        ),
+    ] = None,
     bootstrap_servers: BootstrapOpt = None,
     x: PropertyOpt = None,
     properties_file: PropertiesFileOpt = None,
@@ -79,17 +87,21 @@ def bench(
 
     Starts a throw-away Kafka broker unless --bootstrap-servers names one.
     """
+    console = Console()
+    named = _split(configs)
+    python = _quix_python(quix_python)
+    selected = _without_quix(select_configs(named, quick), python, named, console)
     plan = BenchPlan.build(
         workloads=_workloads(workload, quick),
-        configs=select_configs(_split(configs), quick),
+        configs=selected,
         out=out or Path("bench-results") / datetime.now().strftime("%Y%m%d-%H%M%S"),
         quick=quick,
         records=records,
         loads=_loads(loads),
         duration_s=duration,
+        quix_python=python,
     )
     kafka = kafka_settings(bootstrap_servers, x, properties_file) if bootstrap_servers else None
-    console = Console()
     command = "streaminfer " + shlex.join(sys.argv[1:])
     result = run_bench(plan, kafka, command, lambda line: console.print(line, highlight=False))
     report = write_report(result, plan.out)
@@ -99,6 +111,29 @@ def bench(
     console.print(f"took {minutes} min {seconds} s; report: {report}", highlight=False)
     if any(c.error for w in result.workloads for c in w.configs):
         raise typer.Exit(1)
+
+
+def _quix_python(given: Path | None) -> Path | None:
+    if given is None:
+        return DEFAULT_QUIX_PYTHON.absolute() if DEFAULT_QUIX_PYTHON.exists() else None
+    if not given.exists():
+        raise ConfigError(f"--quix-python {given}: no such file")
+    return given.absolute()
+
+
+def _without_quix(
+    configs: list[BenchConfig], python: Path | None, named: list[str] | None, console: Console
+) -> list[BenchConfig]:
+    """Leave quix out of a default run when no Python with quixstreams is at hand."""
+    if python is not None or all(c.name != QUIX for c in configs):
+        return configs
+    if named is not None:
+        raise ConfigError(
+            f"the {QUIX} configuration needs a Python with quixstreams: `make bench` builds "
+            f"{DEFAULT_QUIX_PYTHON}, or pass --quix-python"
+        )
+    console.print(f"leaving out {QUIX}: no {DEFAULT_QUIX_PYTHON} (`make bench` builds it)")
+    return [c for c in configs if c.name != QUIX]
 
 
 def _split(text: str | None) -> list[str] | None:

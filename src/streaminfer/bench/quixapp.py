@@ -1,0 +1,108 @@
+"""The bench's Quix Streams application: the job of ``streaminfer run --mode embedded``.
+
+Quix Streams hands an application one message at a time, so this is the shape its users
+write: a dataframe that fetches, decodes and classifies each record with the same
+streaminfer code the worker uses, and writes the same output document.  The comparison
+then measures the two ways of streaming, not two implementations of the model.
+
+It needs an interpreter with ``quixstreams`` installed (``make bench`` builds
+``.venv-quix``); quixstreams pins an older confluent-kafka than streaminfer, so it does
+not live in the project's own environment.  A bench-only job: every input is good, so a
+record that fails stops it instead of being dead-lettered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from quixstreams import Application, message_context
+
+from streaminfer.errors import RecordError
+from streaminfer.images import FetchPolicy, ImageFetcher
+from streaminfer.models.registry import ModelRegistry
+from streaminfer.predictors.base import PredictRequest
+from streaminfer.predictors.embedded import EmbeddedPredictor
+from streaminfer.stream.records import Source, output_document, parse_value
+
+MODE = "quix"  # the output's "mode": who served it
+
+
+class Classifier:
+    """Turns one input value into its output document, the way the worker does."""
+
+    def __init__(self, repo: Path, model: str, fetcher: ImageFetcher, topic: str) -> None:
+        registry = ModelRegistry(repo)
+        registry.reload()
+        self.predictor = EmbeddedPredictor(registry, decode_workers=1, owns_registry=True)
+        self.model = model
+        self.fetcher = fetcher
+        self.topic = topic
+
+    def __call__(self, value: bytes, key: Any, timestamp: int, headers: Any) -> bytes:
+        started = time.perf_counter()
+        request = parse_value(value)
+        image = self.fetcher.fetch(request.url) if request.url is not None else request.image
+        fetched = time.perf_counter()
+        predict = PredictRequest(
+            model=request.model or self.model, image=image, tensors=request.tensors
+        )
+        (outcome,) = self.predictor.predict([predict])
+        if isinstance(outcome, RecordError):
+            raise outcome
+        context = message_context()
+        source = Source(self.topic, context.partition, context.offset, timestamp)
+        timings = {
+            "fetch": (fetched - started) * 1000,
+            **outcome.timings_ms,
+            "total": (time.perf_counter() - started) * 1000,
+        }
+        document = output_document(request, source, outcome, timings)
+        document["mode"] = MODE
+        return json.dumps(document, separators=(",", ":")).encode()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    extra = dict(pair.split("=", 1) for pair in args.property)
+    app = Application(
+        broker_address=args.bootstrap_servers,
+        consumer_group=args.group_id,
+        auto_offset_reset="earliest",
+        processing_guarantee=args.processing_guarantee,
+        consumer_extra_config=extra,
+        producer_extra_config=extra,
+    )
+    fetcher = ImageFetcher(FetchPolicy(allow_networks=args.allow_network))
+    classify = Classifier(Path(args.repo), args.model, fetcher, args.input)
+    inputs = app.topic(args.input, value_deserializer="bytes")
+    outputs = app.topic(args.output, value_serializer="bytes")
+    frame = app.dataframe(inputs).apply(classify, metadata=True)
+    frame.to_topic(outputs)
+    try:
+        app.run()
+    finally:
+        classify.predictor.close()
+        fetcher.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-b", "--bootstrap-servers", required=True)
+    parser.add_argument("-X", dest="property", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--group-id", required=True)
+    parser.add_argument("--processing-guarantee", default="at-least-once")
+    parser.add_argument("--repo", required=True)
+    parser.add_argument("--model", default="efficientnet-lite0")
+    parser.add_argument("--allow-network", action="append", default=[])
+    return parser
+
+
+if __name__ == "__main__":
+    main()
