@@ -23,6 +23,7 @@ from streaminfer.bench.measure import cpu_seconds, per_thousand
 from streaminfer.bench.results import CeilingResult
 from streaminfer.bench.workloads import Workload
 from streaminfer.errors import InfrastructureError
+from streaminfer.models.batcher import BatchingConfig
 from streaminfer.models.pipeline import image_input_name, preprocess_one
 from streaminfer.models.registry import LoadedVersion, ModelRegistry
 from streaminfer.models.runtime import Tensors
@@ -45,10 +46,7 @@ def measure_ceiling(workload: Workload, repo: Path, seconds: float) -> CeilingRe
         inference, _ = _timed_rate(lambda: _run(version, one), seconds)
         batched, _ = _timed_rate(lambda: _run(version, batch), seconds)
         records = itertools.count()
-        single, _ = _timed_rate(
-            lambda: _predict(predictor, [workload.request(workload.record(next(records)))]),
-            seconds,
-        )
+        single = _one_thread_rate(workload, repo, records, seconds)
         variants: dict[str, tuple[float, float]] = {}
         with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="bench-fetch") as fetches:
             for lanes in LANES:
@@ -73,6 +71,25 @@ def measure_ceiling(workload: Workload, repo: Path, seconds: float) -> CeilingRe
         cpu_s_per_1k=variants[best][1],
         variants={name: rate for name, (rate, _) in variants.items()},
     )
+
+
+def _one_thread_rate(
+    workload: Workload, repo: Path, records: itertools.count[int], seconds: float
+) -> float:
+    """One record at a time on one thread, as a one-message-at-a-time app does it; without
+    a batcher, whose delay would be all it added for a lone caller."""
+    registry = ModelRegistry(repo, default_batching=BatchingConfig(enabled=False))
+    registry.reload()
+    predictor = create_predictor("embedded", registry=registry, decode_workers=1)
+    try:
+        rate, _ = _timed_rate(
+            lambda: _predict(predictor, [workload.request(workload.record(next(records)))]),
+            seconds,
+        )
+        return rate
+    finally:
+        predictor.close()
+        registry.close()
 
 
 def model_input(version: LoadedVersion, sample: PredictRequest, rows: int) -> Tensors:

@@ -24,6 +24,7 @@ from quixstreams import Application, message_context
 
 from streaminfer.errors import RecordError
 from streaminfer.images import FetchPolicy, ImageFetcher
+from streaminfer.models.batcher import BatchingConfig
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.predictors.base import PredictRequest
 from streaminfer.predictors.embedded import EmbeddedPredictor
@@ -36,7 +37,8 @@ class Classifier:
     """Turns one input value into its output document, the way the worker does."""
 
     def __init__(self, repo: Path, model: str, fetcher: ImageFetcher, topic: str) -> None:
-        registry = ModelRegistry(repo)
+        # One message at a time leaves nothing to batch: a batcher would only add its delay.
+        registry = ModelRegistry(repo, default_batching=BatchingConfig(enabled=False))
         registry.reload()
         self.predictor = EmbeddedPredictor(registry, decode_workers=1, owns_registry=True)
         self.model = model

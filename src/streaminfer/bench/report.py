@@ -38,7 +38,9 @@ METHOD = """\
 - **Ceiling.** `bare` runs the worker's own embedded predictor in the benchmark process:
   fetch + decode + preprocess + inference on every core, batches of 16 with 1, 2 or 4
   batches in flight, and keeps the best rate; no Kafka. It runs first and again after
-  the last configuration, and the better run counts. `bare-inference` is ONNX Runtime
+  the last configuration, and the better run counts. "One thread, batch 1" is the same
+  pipeline one record at a time, without the batcher (a lone caller has nothing to
+  batch), as a one-message-at-a-time app runs it. `bare-inference` is ONNX Runtime
   alone on a ready tensor, batch 1, one caller: the model's own limit.
 - **seed-style** re-creates the original demo: the worker one record at a time
   (`--batch-size 1 --max-in-flight 1`, at-least-once), a new gRPC channel and one
