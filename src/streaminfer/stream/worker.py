@@ -264,7 +264,14 @@ class Worker:
 
     # -- processing (on the chunk threads) ---------------------------------------------------
     def _process(self, messages: list[Message], abandoned: threading.Event) -> list[_Done]:
-        done = list(self._fetches.map(self._parse_and_fetch, messages))
+        done = [self._parse(m) for m in messages]
+        # Only downloads go to the fetch threads: a hop per record would cost more than
+        # parsing one, and tensor records have nothing to wait for.
+        downloads = [d for d in done if d.request is not None and d.request.url is not None]
+        if len(downloads) == 1:
+            self._fetch(downloads[0])
+        elif downloads:
+            list(self._fetches.map(self._fetch, downloads))
         todo = [d for d in done if d.error is None]
         if todo:
             requests = [self._predict_request(d) for d in todo]
@@ -278,20 +285,21 @@ class Worker:
                     item.result = outcome
         return done
 
-    def _parse_and_fetch(self, message: Message) -> _Done:
-        started = time.perf_counter()
+    def _parse(self, message: Message) -> _Done:
         try:
             request = parse_value(message.value())
         except RecordError as exc:
             return _Done(None, error=exc)
-        item = _Done(request, routing_key=_routing_key(message))
-        if request.url is not None:
-            try:
-                request.image = self.fetcher.fetch(request.url)
-            except RecordError as exc:
-                item.error = exc
+        return _Done(request, routing_key=_routing_key(message))
+
+    def _fetch(self, item: _Done) -> None:
+        assert item.request is not None and item.request.url is not None
+        started = time.perf_counter()
+        try:
+            item.request.image = self.fetcher.fetch(item.request.url)
+        except RecordError as exc:
+            item.error = exc
         item.fetch_ms = (time.perf_counter() - started) * 1000
-        return item
 
     def _predict_request(self, item: _Done) -> PredictRequest:
         """What to run a record on: its own pin, else the route's pick by key, else the flags."""
