@@ -9,11 +9,13 @@ from streaminfer.bench.report import markdown_table
 from streaminfer.bench.table import (
     HEADERS,
     SHORT_HEADERS,
+    Check,
     Row,
     build_rows,
     ceiling_check,
     latency_check,
     memory_check,
+    quix_check,
     ratio,
 )
 from streaminfer.errors import ConfigError
@@ -90,14 +92,22 @@ def test_cells_and_verdicts() -> None:
     embedded = rows["embedded"]
     assert len(embedded.cells()) == len(HEADERS)
     assert len(embedded.short_cells()) == len(SHORT_HEADERS)
-    assert embedded.cells()[2:5] == ["90.0", "0.90x", "4.50x"]
-    assert embedded.cells()[5] == "50 / 125 / 200"
+    assert embedded.cells()[2:6] == ["90.0", "0.90x", "4.50x", "—"]  # no quix run here
+    assert embedded.cells()[6] == "50 / 125 / 200"
     assert embedded.verdict() == "FAIL memory"
     assert rows["kserve-http"].verdict() == "pass"
     assert rows["bare"].verdict() == "—"
     assert rows["kserve-grpc"].cells()[2] == "failed"
-    assert rows["tfserving-grpc"].cells()[6] == "10.000 + 12.000"
-    assert rows["tfserving-grpc"].cells()[7] == "300 / 450"
+    assert rows["tfserving-grpc"].cells()[7] == "10.000 + 12.000"
+    assert rows["tfserving-grpc"].cells()[8] == "300 / 450"
+
+
+def test_quix_targets_apply_to_embedded_per_workload() -> None:
+    assert quix_check("images", "embedded", 1.8) == Check("≥ 1.8", True)
+    assert quix_check("images", "embedded", 1.79) == Check("≥ 1.8", False)
+    assert quix_check("tensor", "embedded", 2.9) == Check("≥ 3", False)
+    assert quix_check("images", "kserve-grpc", 5.0) is None
+    assert quix_check("images", "embedded", None) is None
 
 
 def test_markdown_table_escapes_pipes() -> None:

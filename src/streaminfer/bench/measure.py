@@ -61,11 +61,11 @@ class Window:
 
 
 def saturation_window(arrivals: Sequence[float]) -> Window | None:
-    """Time from the first output seen to the last, and the records completed after the first.
+    """Time from the first output to the last, and the records completed after the first.
 
-    Outputs become visible in groups (one per transaction), so the records of the first
-    group count as the start line, not as work done in the window.  ``None`` when every
-    output arrived at once and there is no window to time.
+    Outputs carry their time in groups (of one millisecond, or of one transaction when
+    timed by visibility), so the records of the first group count as the start line, not
+    as work done in the window.  ``None`` when every output has the same time.
     """
     if not arrivals:
         return None

@@ -17,10 +17,11 @@ METHOD = """\
 
 - **Saturation throughput.** The records are produced to a fresh one-partition topic
   *before* the worker starts, so it never waits for input. A `read_committed` consumer
-  in the benchmark process notes when each output becomes visible; throughput is the
-  records completed after the first visible output, divided by the time from the first
-  visible output to the last. Worker start-up, model loading and the group join are
-  outside that window.
+  in the benchmark process reads every output; throughput is the records completed after
+  the first output, divided by the time from the first output to the last, both taken
+  from the outputs' own timestamps (when the worker wrote them), so the grouping of
+  outputs into transactions does not blur a short run. Worker start-up, model loading and
+  the group join are outside that window.
 - **End-to-end latency.** A producer writes at a steady offered rate (`linger.ms=0`) for
   a fixed time; it is the one that wrote the saturation records, so it is connected and
   holds its producer id before the first timed record. An output's latency runs from its

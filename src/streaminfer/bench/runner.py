@@ -3,9 +3,11 @@
 A run has three parts on the same worker:
 
 1. **Saturation.**  ``records`` inputs are produced before the worker starts, so it is
-   never short of work.  Throughput is timed from the first output a read_committed
-   reader sees to the last (start-up and model loading are outside the window); CPU
-   time of the worker and of the model server is read from ``/proc`` at both ends.
+   never short of work.  Throughput is timed from the first output the worker wrote to
+   the last, by the outputs' own timestamps, once a read_committed reader has seen them
+   all (start-up and model loading are outside the window; so is the grouping of
+   outputs by commits); CPU time of the worker and of the model server is read from
+   ``/proc`` when the first and the last output are seen.
 2. **Latency.**  For each offered load, a paced producer writes at that steady rate for
    a fixed time; each output's latency is its input's timestamp to the moment the
    reader saw it.  Loads beyond 90 % of this configuration's own saturation rate are
@@ -119,7 +121,7 @@ class ConfigRun:
         self._wait_for(records)
         cpu_last = self._cpu()
         arrivals = self._outputs(0, records)
-        window = saturation_window([a.seen_at for a in arrivals])
+        window = saturation_window([a.emitted_at for a in arrivals])
         if window is None:
             raise InfrastructureError("every output arrived at once: raise --records to time them")
         self.result.throughput_rps = window.rate

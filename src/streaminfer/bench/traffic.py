@@ -14,7 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from streaminfer.errors import InfrastructureError
 from streaminfer.kafka.config import KafkaSettings
@@ -27,6 +34,7 @@ class Arrival:
     """One output as the reader saw it."""
 
     seen_at: float  # wall clock (time.time()) when the reader received it
+    emitted_at: float  # the output record's own timestamp: when the worker wrote it
     offset: int  # the input record's offset
     timestamp_ms: int | None  # the input record's timestamp
     mode: str  # who served it, as the worker wrote it
@@ -201,7 +209,7 @@ class OutputCollector:
                             self._error = error.str()
                     continue
                 if message.topic() == self._output:
-                    arrivals.append(_arrival(message.value(), seen_at))
+                    arrivals.append(_arrival(message, seen_at))
                 else:
                     dead += 1
             with self._changed:
@@ -210,7 +218,10 @@ class OutputCollector:
                 self._changed.notify_all()
 
 
-def _arrival(value: bytes | None, seen_at: float) -> Arrival:
-    doc = json.loads(value or b"{}")
+def _arrival(message: Message, seen_at: float) -> Arrival:
+    doc = json.loads(message.value() or b"{}")
     source = doc["source"]
-    return Arrival(seen_at, int(source["offset"]), source.get("timestamp"), str(doc["mode"]))
+    _, emitted_ms = message.timestamp()
+    return Arrival(
+        seen_at, emitted_ms / 1000, int(source["offset"]), source.get("timestamp"), str(doc["mode"])
+    )

@@ -80,7 +80,7 @@ class TensorWorkload(Workload):
     name = "tensor"
     model = "tiny"
     title = "tiny tensor model (4 floats in, 4 out): per-record overhead"
-    default_records = 5000
+    default_records = 20_000
     worker_args = ("--model", "tiny")
 
     def export(self, repo: Path) -> None:

@@ -55,7 +55,7 @@ def bench(
         int | None,
         typer.Option(
             min=10,
-            help="Records per saturation run (default: images 1000, tensor 5000; seed-style 1/5).",
+            help="Records per saturation run (default: images 1000, tensor 20000; seed-style 1/5).",
         ),
     ] = None,
     duration: Annotated[

@@ -61,10 +61,12 @@ log = logging.getLogger(__name__)
 
 _BACKOFF_MAX_S = 5.0
 _PAUSE_AFTER_S = 1.0  # a full buffer for this long pauses the partitions
-# While input waits behind a full buffer, commit at most every this many intervals: each
-# transaction costs the worker and the broker CPU the backlog needs, and a record that
-# queued for a second or more gains nothing from becoming visible 400 ms sooner.
-_SATURATED_COMMIT_FACTOR = 5
+# Backlogged (more input waiting than the worker got through in the last interval),
+# commit at most every this many intervals: each transaction costs the worker and the
+# broker CPU the backlog needs, and a record that queued that long gains nothing from
+# becoming visible 400 ms sooner.  A short stall that leaves a few records waiting is
+# no backlog.
+_BACKLOG_COMMIT_FACTOR = 5
 
 
 class Abandoned(Exception):
@@ -109,7 +111,8 @@ class Worker:
         self._assigned: list[TopicPartition] = []
         self._paused = False
         self._full_since: float | None = None  # since when the buffer has been full
-        self._saturated = False  # the buffer was full since the last commit
+        self._emitted = 0  # records emitted since the last commit
+        self._backlogged: bool | None = None  # decided once the interval is up
         self._pending: deque[_Chunk] = deque()
         self._pending_records = 0
         self._forming: list[Message] = []  # polled, waiting for a free chunk thread
@@ -230,7 +233,6 @@ class Worker:
         """
         now = time.monotonic()
         self._full_since = self._full_since or now
-        self._saturated = True
         running = self._running()
         if running:
             wait(running, timeout=0.05, return_when=FIRST_COMPLETED)
@@ -397,6 +399,7 @@ class Worker:
             if source.timestamp is not None:
                 self.metrics.end_to_end.observe(max(0.0, time.time() - source.timestamp / 1000))
         self._offsets[(source.topic, source.partition)] = source.offset + 1
+        self._emitted += 1
 
     def _produce(
         self,
@@ -419,11 +422,7 @@ class Worker:
             self._in_transaction = True
 
     def _maybe_commit(self, force: bool = False) -> None:
-        interval = self.settings.commit_interval_ms / 1000
-        if self._saturated:
-            interval *= _SATURATED_COMMIT_FACTOR
-        due = time.monotonic() - self._last_commit >= interval
-        if not self._offsets or not (due or force):
+        if not self._offsets or not (force or self._commit_due()):
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
         try:
@@ -442,7 +441,17 @@ class Worker:
         self.metrics.transactions.labels("committed").inc()
         self._offsets.clear()
         self._last_commit = time.monotonic()
-        self._saturated = False
+        self._emitted, self._backlogged = 0, None
+
+    def _commit_due(self) -> bool:
+        interval = self.settings.commit_interval_ms / 1000
+        elapsed = time.monotonic() - self._last_commit
+        if elapsed < interval:
+            return False
+        if self._backlogged is None:
+            waiting = sum(self._lags().values())
+            self._backlogged = waiting > max(self._max_buffered, self._emitted)
+        return not self._backlogged or elapsed >= interval * _BACKLOG_COMMIT_FACTOR
 
     def _flush_or_raise(self) -> None:
         if self.producer.flush(30) > 0:
@@ -532,10 +541,17 @@ class Worker:
         if now - self._last_lag < 5 or not self._assigned:
             return
         self._last_lag = now
+        for (topic, partition), lag in self._lags().items():
+            self.metrics.lag.labels(topic, str(partition)).set(lag)
+
+    def _lags(self) -> dict[tuple[str, int], int]:
+        """Records not yet consumed, per assigned partition, from the last fetched watermarks."""
+        lags = {}
         for tp in self.consumer.position(self._assigned):
             _, high = self.consumer.get_watermark_offsets(tp, cached=True)
             if tp.offset >= 0 and high >= 0:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+                lags[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        return lags
 
 
 def _routing_key(message: Message) -> bytes:
