@@ -20,7 +20,7 @@ def test_quix_app_serves_the_job_and_the_embedded_worker_is_compared_with_it(
     out = tmp_path / "results"
     result = run_cli(
         "bench", "--workload", "tensor", "--configs", "embedded,quix",
-        "--records", "300", "--loads", "0.25", "--duration", "2",
+        "--records", "20000", "--loads", "0.25", "--duration", "2",
         "--quix-python", str(QUIX_PYTHON), "--out", str(out),
         timeout=300,
     )  # fmt: skip
