@@ -32,7 +32,8 @@ METHOD = """\
   own saturation rate is skipped, since there latency measures only how long the queue
   has been growing.
 - **CPU.** User + system time from `/proc/<pid>/stat` of the worker and, in remote modes,
-  of the model server, over the saturation window, per 1,000 records. For `bare`, the
+  of the model server, from the first visible output to the last, per 1,000 records that
+  became visible in between. For `bare`, the
   benchmark's own process during the best pipeline variant.
 - **Memory.** Peak resident set (`VmHWM` in `/proc/<pid>/status`) of the worker and the
   server over the whole configuration.

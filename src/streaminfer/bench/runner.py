@@ -7,7 +7,8 @@ A run has three parts on the same worker:
    the last, by the outputs' own timestamps, once a read_committed reader has seen them
    all (start-up and model loading are outside the window; so is the grouping of
    outputs by commits); CPU time of the worker and of the model server is read from
-   ``/proc`` when the first and the last output are seen.
+   ``/proc`` when the first and the last output are seen, and divided by the records
+   that became visible in between.
 2. **Latency.**  For each offered load, a paced producer writes at that steady rate for
    a fixed time; each output's latency is its input's timestamp to the moment the
    reader saw it.  Loads beyond 90 % of this configuration's own saturation rate are
@@ -126,10 +127,16 @@ class ConfigRun:
             raise InfrastructureError("every output arrived at once: raise --records to time them")
         self.result.throughput_rps = window.rate
         self.result.window_records, self.result.window_s = window.records, window.seconds
-        self.result.worker_cpu_s_per_1k = per_thousand(cpu_last[0] - cpu_first[0], window.records)
+        # CPU was read as the first and the last output became visible: divide it by the
+        # records that became visible in between, not by those the emission window counts.
+        visible = saturation_window([a.seen_at for a in arrivals])
+        if visible is None:
+            return  # every output became visible at once: no CPU window to attribute
+        spent = cpu_last[0] - cpu_first[0]
+        self.result.worker_cpu_s_per_1k = per_thousand(spent, visible.records)
         if self._server is not None:
             spent = cpu_last[1] - cpu_first[1]
-            self.result.server_cpu_s_per_1k = per_thousand(spent, window.records)
+            self.result.server_cpu_s_per_1k = per_thousand(spent, visible.records)
 
     def offer(self, load: float, rate: float, duration_s: float) -> None:
         """Produce at ``rate`` records/s for ``duration_s``; record the latency percentiles."""
