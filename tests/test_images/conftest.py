@@ -111,6 +111,7 @@ class ImageServer(ThreadingHTTPServer):
     """Serves the routes of :class:`_Handler`; :meth:`stop` ends every handler thread."""
 
     daemon_threads = False  # server_close() joins them: nothing outlives the fixture
+    request_queue_size = 128  # the default backlog of 5 drops SYNs of concurrent fetches
 
     def __init__(self, files: dict[str, tuple[str, bytes]]) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)

@@ -22,9 +22,15 @@ class _Handler(SimpleHTTPRequestHandler):
         pass  # one line per request would cost more than serving it
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: a burst of new connections (a worker's
+    # fetch threads) overflows it, and each dropped SYN waits a 1 s retransmit.
+    request_queue_size = 128
+
+
 def serve(directory: str, port: int) -> None:
     handler = partial(_Handler, directory=directory)
-    with ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+    with _Server(("127.0.0.1", port), handler) as server:
         server.serve_forever()
 
 
@@ -33,7 +39,7 @@ def serve_in_thread(directory: str, port: int = 0) -> ThreadingHTTPServer:
 
     Stop it with ``shutdown()`` and ``server_close()``.
     """
-    server = ThreadingHTTPServer(("127.0.0.1", port), partial(_Handler, directory=directory))
+    server = _Server(("127.0.0.1", port), partial(_Handler, directory=directory))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
