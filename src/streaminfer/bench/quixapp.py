@@ -24,6 +24,7 @@ from quixstreams import Application, message_context
 
 from streaminfer.errors import RecordError
 from streaminfer.images import FetchPolicy, ImageFetcher
+from streaminfer.kafka.config import parse_property
 from streaminfer.models.batcher import BatchingConfig
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.predictors.base import PredictRequest
@@ -70,7 +71,7 @@ class Classifier:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    extra = dict(pair.split("=", 1) for pair in args.property)
+    extra = dict(parse_property(pair) for pair in args.property)
     app = Application(
         broker_address=args.bootstrap_servers,
         consumer_group=args.group_id,

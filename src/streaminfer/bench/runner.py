@@ -87,7 +87,7 @@ class ConfigRun:
         self._collector: OutputCollector | None = None
         self._worker: ManagedProcess | None = None
         self._server: ModelServerProcess | None = None
-        self._inputs: InputProducer | None = None
+        self._inputs = InputProducer(kafka, self.topics.input, workload.record)
 
     def __enter__(self) -> Self:
         for topic in self.topics.all():
@@ -95,7 +95,6 @@ class ConfigRun:
         self._stack.callback(self._delete_topics)
         self._collector = OutputCollector(self.kafka, self.topics.output, self.topics.dead_letter)
         self._stack.callback(self._collector.close)
-        self._inputs = InputProducer(self.kafka, self.topics.input, self.workload.record)
         return self
 
     def __exit__(
@@ -109,7 +108,6 @@ class ConfigRun:
     # -- phases ------------------------------------------------------------------------------
     def saturate(self, records: int) -> None:
         """Pre-produce ``records``, start the worker, time the outputs from first to last."""
-        assert self._inputs is not None
         self._inputs.send_all(records)
         stem = f"{self.workload.name}-{self.config.name}"
         if self.config.remote:
@@ -149,7 +147,6 @@ class ConfigRun:
                 f"(latency is measured up to {OVERLOAD:.0%} of it)"
             )
             return
-        assert self._inputs is not None
         first = self._inputs.sent
         point.records = self._inputs.send_paced(rate, duration_s)
         self._wait_for(self._inputs.sent)
@@ -166,7 +163,6 @@ class ConfigRun:
         if self._server is not None:
             self.result.server_peak_rss_mb = peak_rss_mb(self._server.pid)
         self.result.dead_lettered = self._collector.dead_lettered
-        assert self._inputs is not None
         outputs = self._outputs(0, self._inputs.sent)
         self.result.served_by = sorted({a.mode for a in outputs})
         if self.result.served_by != [self.config.mode]:
