@@ -286,8 +286,9 @@ class LocalBroker:
                 text=True,
             )
             if result.returncode != 0:
+                output = (result.stderr.strip() or result.stdout.strip())[-2000:]
                 raise InfrastructureError(
-                    f"formatting Kafka storage failed: {result.stdout.strip()}"
+                    f"formatting Kafka storage failed (exit {result.returncode}): {output}"
                 )
         return state
 
