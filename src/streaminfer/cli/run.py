@@ -159,7 +159,12 @@ def run(
         follower.wait_until_current(60)  # apply the current deployments before any record
     fetcher = ImageFetcher(FetchPolicy(allow_networks=settings.allow_networks))
     metrics = WorkerMetrics()
-    worker = Worker(settings, kafka, predictor, fetcher, metrics, shadow_predictor)
+    max_bytes = {
+        t: admin.max_message_bytes(t) for t in (settings.output, settings.dead_letter_topic)
+    }
+    worker = Worker(
+        settings, kafka, predictor, fetcher, metrics, shadow_predictor, max_bytes=max_bytes
+    )
     endpoint = None
     if settings.metrics_port is not None:
         endpoint = MetricsServer(metrics, settings.metrics_port, lambda: worker.ready)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,30 @@ class Record:
         )
 
 
+Headers = list[tuple[str, str | bytes | None]]
+DeliveryCallback = Callable[[KafkaError | None, Any], None]
+
+
+def produce_waiting(
+    producer: Producer,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None = None,
+    headers: Headers | None = None,
+    on_delivery: DeliveryCallback | None = None,
+) -> None:
+    """``producer.produce``, waiting for room while librdkafka's local queue is full."""
+    while True:
+        try:
+            if on_delivery is None:
+                producer.produce(topic, value, key, headers=headers)
+            else:
+                producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+            return
+        except BufferError:  # the local queue is full: let deliveries drain, then retry
+            producer.poll(0.05)
+
+
 def split_key(line: bytes, delimiter: bytes | None) -> tuple[bytes | None, bytes]:
     """``key<delim>value`` → (key, value); a line without the delimiter has no key."""
     if delimiter is None or delimiter not in line:
@@ -59,7 +83,7 @@ def produce(
     values: Iterable[bytes],
     key: bytes | None = None,
     key_delimiter: bytes | None = None,
-    headers: list[tuple[str, str | bytes | None]] | None = None,
+    headers: Headers | None = None,
 ) -> int:
     """Write each value as one record and wait until all are acknowledged; returns the count."""
     if not TopicAdmin(settings).exists(topic):
@@ -74,18 +98,14 @@ def produce(
     count = 0
     for value in values:
         record_key, record_value = split_key(value, key_delimiter)
-        while True:
-            try:
-                producer.produce(
-                    topic,
-                    record_value,
-                    record_key if record_key is not None else key,
-                    headers=headers,
-                    on_delivery=on_delivery,
-                )
-                break
-            except BufferError:  # local queue full: let deliveries drain, then retry
-                producer.poll(0.1)
+        produce_waiting(
+            producer,
+            topic,
+            record_value,
+            record_key if record_key is not None else key,
+            headers,
+            on_delivery,
+        )
         producer.poll(0)
         count += 1
     remaining = producer.flush(30)

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from streaminfer.errors import RecordError
+from streaminfer.kafka.records import Headers
 from streaminfer.predictors.base import PredictResult
 
 TRACE_HEADER = "streaminfer.trace.id"
-Headers = list[tuple[str, str | bytes | None]]
 _URL_PREFIXES = ("http://", "https://", "file://", "data:")
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
@@ -209,10 +209,15 @@ def dead_letter_headers(headers: Headers, error: RecordError, source: Source) ->
     """The original headers plus why and where the record failed."""
     return [
         *headers,
-        ("streaminfer.error.type", error.reason.encode()),
-        ("streaminfer.error.message", str(error).encode()[:2000]),
+        ("streaminfer.error.type", _header_text(error.reason)),
+        ("streaminfer.error.message", _header_text(str(error))[:2000]),
         ("streaminfer.source.topic", source.topic.encode()),
         ("streaminfer.source.partition", str(source.partition).encode()),
         ("streaminfer.source.offset", str(source.offset).encode()),
         ("streaminfer.failed.at", str(int(time.time() * 1000)).encode()),
     ]
+
+
+def _header_text(text: str) -> bytes:
+    """UTF-8 that always encodes: a message may quote lone surrogates from hostile input."""
+    return text.encode("utf-8", "backslashreplace")

@@ -21,6 +21,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from streaminfer.errors import ConfigError, StreamInferError
+from streaminfer.kafka.records import Headers, produce_waiting
 from streaminfer.predictors.base import Predictor, PredictRequest, PredictResult
 from streaminfer.stream.records import result_fields
 
@@ -87,12 +88,12 @@ def bucket(key: bytes) -> int:
     return int.from_bytes(digest, "big") % _BUCKETS
 
 
-@dataclass
+@dataclass(frozen=True)
 class ShadowJob:
     request: PredictRequest  # the primary's; the shadow runs a copy on its own target
-    primary: dict[str, Any]  # the primary output record's value, for comparison
+    primary: bytes  # the primary output record's value, for comparison
     key: bytes | None
-    headers: list[tuple[str, str | bytes | None]]
+    headers: Headers
 
 
 class ShadowRunner:
@@ -139,7 +140,10 @@ class ShadowRunner:
             request = dataclasses.replace(
                 job.request, version=self.target.version, label=self.target.label
             )
-            document: dict[str, Any] = {"primary": job.primary, "shadow_target": self.target.name}
+            document: dict[str, Any] = {
+                "primary": json.loads(job.primary),
+                "shadow_target": self.target.name,
+            }
             try:
                 (outcome,) = self.predictor.predict([request])
             except StreamInferError as exc:  # the shadow may be down: report, never retry
@@ -150,10 +154,5 @@ class ShadowRunner:
                 else:
                     document["shadow_error"] = {"type": outcome.reason, "message": str(outcome)}
             value = json.dumps(document, separators=(",", ":")).encode()
-            while True:
-                try:
-                    self.producer.produce(self.topic, value, job.key, headers=job.headers)
-                    break
-                except BufferError:
-                    self.producer.poll(0.1)
+            produce_waiting(self.producer, self.topic, value, job.key, job.headers)
             self.producer.poll(0)
