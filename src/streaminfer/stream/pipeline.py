@@ -350,7 +350,9 @@ def _attempt(step: str, work: Work, fn: Callable[[], T]) -> T | RecordError:
     except RecordError as exc:
         return exc
     except Exception as exc:  # isolation: this record's failure alone
-        log.warning("record %s: %s raised %r", _where(work), step, exc, exc_info=True)
+        # One line per record (hostile input may come in floods); the traceback for debugging.
+        log.warning("record %s: %s raised %s", _where(work), step, type(exc).__name__)
+        log.debug("record %s: %s raised", _where(work), step, exc_info=True)
         return InternalError(step, exc)
 
 
