@@ -101,6 +101,10 @@ class Checkpoint:
     def written(self) -> int:
         return self._written
 
+    @property
+    def since_commit_s(self) -> float:
+        return self._clock() - self._last_commit
+
     def write(self, record: Produced, source: Source) -> None:
         """Produce a record into the checkpoint and mark its input done."""
         if self.exactly_once and not self._in_transaction:
@@ -122,16 +126,21 @@ class Checkpoint:
             self._clock() - self._last_commit, backlogged
         )
 
-    def commit(self) -> Commit:
-        """Commit what was written; ``ABORTED`` means redo everything since the last commit."""
+    def commit(self, group_metadata: Any = None) -> Commit:
+        """Commit what was written; ``ABORTED`` means redo everything since the last commit.
+
+        Under exactly-once it may run on another thread than the consumer's poll loop, given
+        the consumer's ``group_metadata`` taken on the loop's thread (librdkafka's call for
+        it blocks while the consumer is being polled).  At-least-once commits through the
+        consumer, so it runs on the loop's thread.
+        """
         if not self._offsets:
             return Commit.NOTHING
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
         try:
             if self.exactly_once:
-                self.producer.send_offsets_to_transaction(
-                    offsets, self.consumer.consumer_group_metadata(), _TIMEOUT_S
-                )
+                metadata = group_metadata or self.consumer.consumer_group_metadata()
+                self.producer.send_offsets_to_transaction(offsets, metadata, _TIMEOUT_S)
                 self.producer.commit_transaction(_TIMEOUT_S)
                 self._in_transaction = False
             else:

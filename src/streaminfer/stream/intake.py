@@ -21,6 +21,38 @@ from streaminfer.stream.records import Source
 log = logging.getLogger(__name__)
 
 PAUSE_AFTER_S = 1.0  # a full buffer for this long pauses the partitions
+_SMOOTHING = 0.3  # weight of the newest observation in the moving averages
+
+
+class BufferBudget:
+    """How much polled input may wait in the worker: enough work to cover a commit.
+
+    While a transaction commits, the outputs wait, but polling and predicting go on; the
+    buffer must hold what the pipeline gets through meanwhile, or its threads idle.  So
+    it is sized by time (twice a commit's duration at the recent throughput), never
+    below ``floor`` records, and bounded by bytes so that large records cannot exhaust
+    memory.
+    """
+
+    def __init__(self, floor: int, max_bytes: int = 64 * 2**20) -> None:
+        self.floor = floor
+        self.max_bytes = max_bytes
+        self.records_per_s = 0.0
+        self.commit_s = 0.0
+
+    def observe(self, records: int, interval_s: float, commit_s: float) -> None:
+        """After a commit: ``records`` were written in the ``interval_s`` it closed."""
+        if interval_s > 0:
+            rate = records / interval_s
+            self.records_per_s += _SMOOTHING * (rate - self.records_per_s)
+        self.commit_s += _SMOOTHING * (commit_s - self.commit_s)
+
+    @property
+    def records(self) -> int:
+        return max(self.floor, int(self.records_per_s * self.commit_s * 2))
+
+    def has_room(self, records: int, size: int) -> bool:
+        return records < self.records and size < self.max_bytes
 
 
 class Intake:
@@ -29,6 +61,7 @@ class Intake:
         self.batch_size = batch_size
         self.assigned: list[TopicPartition] = []
         self.forming: list[InputRecord] = []  # polled, waiting for a free chunk thread
+        self.idle = False  # the last poll found nothing waiting
         self._paused = False
         self._full_since: float | None = None  # since when the buffer has been full
 
@@ -39,6 +72,7 @@ class Intake:
             self.consumer.resume(self.assigned)
             self._paused = False
         first = self.consumer.poll(timeout)
+        self.idle = first is None
         if first is None:
             return
         more = self.batch_size - len(self.forming) - 1
@@ -51,6 +85,7 @@ class Intake:
         if not self._paused and self.assigned and now - self._full_since > PAUSE_AFTER_S:
             self.consumer.pause(self.assigned)
             self._paused = True
+        self.idle = False
         if self._paused:
             first = self.consumer.poll(0)  # a record of a newly assigned partition may come
             if first is not None:

@@ -16,6 +16,11 @@ How it keeps its promises:
 * **Exactly once.**  A record's offset is only committed together with its output or
   dead letter; when a commit cannot keep that, the uncommitted work is dropped and redone
   from the last commit.
+* **Commits off the critical path.**  An exactly-once commit runs on its own thread
+  while the loop keeps polling and the pipeline keeps predicting; the finished outputs
+  wait and go into the next transaction as soon as the commit returns.  A commit is due
+  every ``commit_interval_ms`` under load, and as soon as the pipeline drains (no input
+  waiting, nothing in flight) below it, so a lone record is visible in one round trip.
 * **Rebalances.**  On revocation the finished outputs are committed with their offsets
   and everything still in flight is abandoned, to be redone by the partitions' next owner.
 """
@@ -28,6 +33,7 @@ import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -36,7 +42,7 @@ from streaminfer.kafka.config import KafkaSettings
 from streaminfer.predictors.base import Predictor
 from streaminfer.stream import clients
 from streaminfer.stream.checkpoint import Checkpoint, Commit, CommitPolicy
-from streaminfer.stream.intake import Intake
+from streaminfer.stream.intake import BufferBudget, Intake
 from streaminfer.stream.metrics import WorkerMetrics
 from streaminfer.stream.pipeline import Defaults, InputRecord, Pipeline, Work
 from streaminfer.stream.routing import Route, ShadowJob, ShadowRunner, Target
@@ -50,6 +56,15 @@ class _Chunk:
     records: list[InputRecord]
     future: Future[list[Work]]
     abandoned: threading.Event
+    size: int  # bytes of input values
+
+
+@dataclass(frozen=True)
+class _Committed:
+    outcome: Commit
+    written: int  # records the commit covered
+    interval_s: float  # since the commit before
+    duration_s: float
 
 
 class Worker:
@@ -72,9 +87,12 @@ class Worker:
         self._stop = threading.Event()
         self._pending: deque[_Chunk] = deque()
         self._pending_records = 0
-        self._max_buffered = settings.batch_size * settings.max_in_flight * 2
+        self._pending_bytes = 0
+        self._budget = BufferBudget(floor=settings.batch_size * settings.max_in_flight * 2)
         self._last_lag = 0.0
         self._chunks = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="chunk")
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="commit")
+        self._commit: Future[_Committed] | None = None  # the commit in flight
 
         producer_config = clients.producer_config(settings, kafka)
         self.consumer = consumer or clients.consumer(settings, kafka)
@@ -139,8 +157,9 @@ class Worker:
         try:
             while not self._stop.is_set():
                 self._fill()
-                self._emit_finished()
-                self._maybe_commit()
+                if self._commit is None:  # a committing producer takes no new outputs
+                    self._emit_finished()
+                self._advance_commit()
                 self._update_lag()
             self._drain(self.settings.shutdown_timeout_s)
         finally:
@@ -154,7 +173,7 @@ class Worker:
         ``batch_size``), so batches grow with the load instead of queueing many tiny ones.
         """
         forming = len(self.intake.forming)
-        room = self._pending_records + forming < self._max_buffered
+        room = self._budget.has_room(self._pending_records + forming, self._pending_bytes)
         if not room or forming >= self.settings.batch_size:
             self._submit_forming()
             running = self._running()
@@ -174,8 +193,10 @@ class Worker:
             self.metrics.records_in.inc(len(records))
             abandoned = threading.Event()
             future = self._chunks.submit(self.pipeline.process, records, abandoned)
-            self._pending.append(_Chunk(records, future, abandoned))
+            chunk = _Chunk(records, future, abandoned, sum(len(r.value or b"") for r in records))
+            self._pending.append(chunk)
             self._pending_records += len(records)
+            self._pending_bytes += chunk.size
             self.metrics.in_flight.set(self._pending_records)
 
     # -- emitting ----------------------------------------------------------------------------
@@ -184,6 +205,7 @@ class Worker:
         while self._pending and self._pending[0].future.done():
             chunk = self._pending.popleft()
             self._pending_records -= len(chunk.records)
+            self._pending_bytes -= chunk.size
             for work in chunk.future.result():
                 self._emit(work)
             self.metrics.in_flight.set(self._pending_records)
@@ -209,23 +231,57 @@ class Worker:
             self.metrics.end_to_end.observe(max(0.0, time.time() - timestamp / 1000))
 
     # -- committing --------------------------------------------------------------------------
-    def _maybe_commit(self, force: bool = False) -> None:
-        if not force and not self.checkpoint.due(self._backlogged):
+    def _advance_commit(self) -> None:
+        """Settle a finished commit; start the next one when it is due."""
+        if self._commit is not None:
+            if not self._commit.done():
+                return
+            self._settle(self._commit.result())
+        if not self._commit_due():
             return
-        if self.checkpoint.commit() is Commit.ABORTED:
+        if self.settings.exactly_once:
+            metadata = self.consumer.consumer_group_metadata()
+            self._commit = self._committer.submit(self._timed_commit, metadata)
+        else:
+            self._settle(self._timed_commit())
+
+    def _commit_now(self) -> None:
+        """Commit everything finished, and wait for it (rebalance, shutdown)."""
+        if self._commit is not None:
+            self._settle(self._commit.result())
+        self._emit_finished()
+        self._settle(self._timed_commit())
+
+    def _commit_due(self) -> bool:
+        drained = not self._pending and not self.intake.forming and self.intake.idle
+        return self.checkpoint.due(self._backlogged) or (drained and self.checkpoint.written > 0)
+
+    def _timed_commit(self, group_metadata: Any = None) -> _Committed:
+        written, since = self.checkpoint.written, self.checkpoint.since_commit_s
+        started = time.monotonic()
+        outcome = self.checkpoint.commit(group_metadata)
+        return _Committed(outcome, written, since, time.monotonic() - started)
+
+    def _settle(self, done: _Committed) -> None:
+        """On the loop's thread: act on a commit's outcome."""
+        self._commit = None
+        if done.outcome is Commit.COMMITTED:
+            self._budget.observe(done.written, done.interval_s, done.duration_s)
+        elif done.outcome is Commit.ABORTED:
             self._abandon_pending()
             self.checkpoint.rewind(self.intake.assigned)
 
     def _backlogged(self) -> bool:
         """More input waiting than the buffer holds and the last interval got through."""
         waiting = sum(self.intake.lags().values())
-        return waiting > max(self._max_buffered, self.checkpoint.written)
+        return waiting > max(self._budget.records, self.checkpoint.written)
 
     def _abandon_pending(self) -> None:
         for chunk in self._pending:
             chunk.abandoned.set()
         self._pending.clear()
         self._pending_records = 0
+        self._pending_bytes = 0
         self.intake.forming = []  # not yet submitted: redone from the committed offsets
         self.metrics.in_flight.set(0)
 
@@ -236,12 +292,13 @@ class Worker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("revoked %s", _names(partitions))
-        self._emit_finished()
-        self._maybe_commit(force=True)
+        self._commit_now()
         self._drop_partitions()
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("lost %s: their uncommitted work will be redone", _names(partitions))
+        if self._commit is not None:
+            self._settle(self._commit.result())
         self._drop_partitions()
 
     def _drop_partitions(self) -> None:
@@ -255,13 +312,16 @@ class Worker:
         deadline = time.monotonic() + timeout
         while self._pending and time.monotonic() < deadline:
             self.consumer.poll(0.01)
-            self._emit_finished()
-        self._maybe_commit(force=True)
+            if self._commit is None:
+                self._emit_finished()
+            self._advance_commit()
+        self._commit_now()
 
     def _close(self) -> None:
         for chunk in self._pending:
             chunk.abandoned.set()
         self._chunks.shutdown(wait=False, cancel_futures=True)
+        self._committer.shutdown(wait=True)  # a commit in flight ends before the clients close
         self.pipeline.close()
         try:
             self.consumer.close()  # revokes: commits what was emitted
