@@ -111,7 +111,7 @@ def test_hostile_records_each_fail_alone(tiny: EmbeddedPredictor) -> None:
         headers = dict(letter.headers)
         assert headers["streaminfer.error.type"] == work.error.reason.encode(), name
     reasons = {name: w.error.reason for name, w in zip(HOSTILE, done[1:-1], strict=True) if w.error}
-    assert reasons["deep JSON"] == "internal_error"
+    assert reasons["deep JSON"] == "bad_json"
     assert reasons["wrong width"] != "internal_error"
 
 

@@ -16,7 +16,6 @@ dead-lettered for something that is not its fault.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import random
 import threading
@@ -38,6 +37,7 @@ from streaminfer.stream.records import (
     dead_letter_headers,
     output_document,
     parse_value,
+    to_json,
     trace_headers,
 )
 from streaminfer.stream.routing import Route
@@ -189,7 +189,7 @@ def output(topic: str, work: Work) -> Produced:
         "total": (time.monotonic() - record.consumed_at) * 1000,
     }
     document = output_document(work.request, record.source, result, timings, work.route)
-    value = json.dumps(document, separators=(",", ":")).encode()
+    value = to_json(document)
     return Produced(topic, record.key, value, trace_headers(record.headers))
 
 

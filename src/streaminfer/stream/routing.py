@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import queue
 import threading
@@ -18,12 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from confluent_kafka import Producer
 
 from streaminfer.errors import ConfigError, StreamInferError
 from streaminfer.kafka.records import Headers, produce_waiting
 from streaminfer.predictors.base import Predictor, PredictRequest, PredictResult
-from streaminfer.stream.records import result_fields
+from streaminfer.stream.records import result_fields, to_json
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class ShadowRunner:
                 job.request, version=self.target.version, label=self.target.label
             )
             document: dict[str, Any] = {
-                "primary": json.loads(job.primary),
+                "primary": orjson.loads(job.primary),
                 "shadow_target": self.target.name,
             }
             try:
@@ -153,6 +153,6 @@ class ShadowRunner:
                     document["shadow"] = result_fields(outcome)
                 else:
                     document["shadow_error"] = {"type": outcome.reason, "message": str(outcome)}
-            value = json.dumps(document, separators=(",", ":")).encode()
+            value = to_json(document)
             produce_waiting(self.producer, self.topic, value, job.key, job.headers)
             self.producer.poll(0)
