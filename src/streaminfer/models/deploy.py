@@ -131,6 +131,7 @@ def _manifest(folder: Path) -> bytes:
 
 def _copy_folder(source: Path, target: Path, max_bytes: int) -> None:
     """Copy a version folder's files, at most ``max_bytes`` in all, whatever sizes they claim."""
+    target.mkdir(parents=True, exist_ok=True)
     left = max_bytes
     for name in _folder_files(source):
         copy = target / name
