@@ -15,8 +15,7 @@ timeouts apply.
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
@@ -61,17 +60,6 @@ def _bounded(operation: Callable[[float | None], _T], timeout: float | None) -> 
         if cut:  # it was the deadline, not the operation's own timeout, that ran out
             raise DeadlinePassed("the deadline passed") from exc
         raise
-    except httpcore.NetworkError as exc:
-        if time.monotonic() >= at:  # the watchdog of a TLS handshake shut the socket
-            raise DeadlinePassed("the deadline passed") from exc
-        raise
-
-
-def _shut(sock: socket.socket | None) -> None:
-    """Wake a thread blocked on ``sock``: its pending recv returns and the handshake fails."""
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
 
 
 class _DeadlineStream(httpcore.NetworkStream):
@@ -91,22 +79,14 @@ class _DeadlineStream(httpcore.NetworkStream):
 
     def start_tls(
         self,
-        ssl_context: Any,
+        ssl_context: ssl.SSLContext,
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        def handshake(limit: float | None) -> httpcore.NetworkStream:
-            if limit is None:
-                return self._inner.start_tls(ssl_context, server_hostname, limit)
-            # The handshake is many reads, each with its own timeout: a watchdog bounds the sum.
-            watchdog = threading.Timer(limit, _shut, (self._inner.get_extra_info("socket"),))
-            watchdog.start()
-            try:
-                return self._inner.start_tls(ssl_context, server_hostname, limit)
-            finally:
-                watchdog.cancel()
-
-        return _DeadlineStream(_bounded(handshake, timeout))
+        # One bound covers the whole handshake: CPython applies a socket's timeout to it all.
+        return _DeadlineStream(
+            _bounded(lambda t: self._inner.start_tls(ssl_context, server_hostname, t), timeout)
+        )
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)

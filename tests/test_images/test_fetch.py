@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import os
 import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -159,6 +160,35 @@ def test_slow_status_line_and_headers_hit_the_total_deadline(image_server: Image
     # The headers alone take over a minute to arrive: only the deadline can end the fetch here.
     assert time.monotonic() - start < policy.read_timeout
     assert ImageFetchTimeout.reason == "timeout"
+
+
+def test_slow_tls_handshake_hits_the_total_deadline() -> None:
+    """A TLS record header, then its body one byte at a time: the handshake never completes."""
+    stop = threading.Event()
+
+    def trickle(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)  # the ClientHello
+            conn.sendall(b"\x16\x03\x03\x40\x00")  # a handshake record of 16 KiB follows
+            while not stop.wait(0.2):
+                conn.sendall(b"\x00")
+
+    policy = FetchPolicy(
+        allow_networks=["127.0.0.0/8"], connect_timeout=5.0, read_timeout=5.0, total_timeout=1.5
+    )
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        server = threading.Thread(target=trickle, args=(listener,))
+        server.start()
+        start = time.monotonic()
+        try:
+            url = f"https://127.0.0.1:{listener.getsockname()[1]}/x.jpg"
+            with ImageFetcher(policy) as fetcher, pytest.raises(ImageFetchTimeout, match="total"):
+                fetcher.fetch(url)
+            assert time.monotonic() - start < policy.connect_timeout
+        finally:
+            stop.set()
+            server.join()
 
 
 def test_redirect_chain_within_the_limit(
