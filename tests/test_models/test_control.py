@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -259,6 +259,31 @@ def test_a_download_is_bounded_as_a_whole(tmp_path: Path) -> None:
         _SlowHost.stopping.set()
         host.shutdown()
         host.server_close()
+
+
+def test_downloads_follow_redirects_to_http_only(
+    archive_host: tuple[str, str], tmp_path: Path
+) -> None:
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", archive_host[0] if self.path == "/ok" else "file:///etc")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert prepare(f"{base}/ok", None, tmp_path / "ok", LIMITS) == archive_host[1]
+        with pytest.raises(DeployError, match="cannot fetch file:///etc"):
+            prepare(f"{base}/file", None, tmp_path / "file", LIMITS)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_publish_errors_are_one_line(staging: Path, tmp_path: Path) -> None:

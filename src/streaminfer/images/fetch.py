@@ -358,13 +358,10 @@ def _redirect_target(response: httpcore.Response, url: httpx.URL) -> httpx.URL |
 
 
 class _Body:
-    """Collects a response body within the size limit and the fetch deadline."""
+    """Collects a response body within the size limit (the streams keep the deadline)."""
 
-    def __init__(
-        self, url: httpx.URL, response: httpcore.Response, ends: float, policy: FetchPolicy
-    ) -> None:
+    def __init__(self, url: httpx.URL, response: httpcore.Response, policy: FetchPolicy) -> None:
         self._url = url
-        self._ends = ends
         self._policy = policy
         self._chunks: list[bytes] = []
         self._size = 0
@@ -376,7 +373,6 @@ class _Body:
         self._size += len(chunk)
         if self._size > self._policy.max_bytes:
             raise _too_large(str(self._url), self._policy.max_bytes)
-        _remaining(self._url, self._ends, self._policy)
         self._chunks.append(chunk)
 
     def value(self) -> bytes:
@@ -447,7 +443,7 @@ class ImageFetcher:
                     try:
                         target = _redirect_target(response, url)
                         if target is None:
-                            body = _Body(url, response, ends, self.policy)
+                            body = _Body(url, response, self.policy)
                             for chunk in response.iter_stream():
                                 body.add(chunk)
                             return body.value()

@@ -195,10 +195,13 @@ def _download(url: str, target: Path, limits: DeployLimits) -> None:
             raise DeployError(f"cannot fetch {url}: more than {_MAX_REDIRECTS} redirects")
     except DeadlinePassed as exc:
         raise DeployError(f"fetching {url} took longer than {limits.timeout:.0f} s") from exc
-    except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
+    except (
+        httpcore.TimeoutException,
+        httpcore.NetworkError,
+        httpcore.ProtocolError,
+        httpcore.UnsupportedProtocol,  # e.g. a redirect to file://
+    ) as exc:
         raise DeployError(f"cannot fetch {url}: {exc or type(exc).__name__}") from exc
-    except httpcore.UnsupportedProtocol as exc:
-        raise DeployError(f"cannot fetch {url}: {exc}") from exc
 
 
 def _timeouts(limits: DeployLimits) -> dict[str, float]:
