@@ -340,6 +340,8 @@ def test_file_uris(tmp_path: Path, chelsea_jpeg: bytes) -> None:
         fetcher.fetch(tmp_path.as_uri())
     with pytest.raises(InvalidImageURI, match="local path"):
         fetcher.fetch("file://example.com/a.jpg")
+    with pytest.raises(InvalidImageURI, match="NUL"):
+        fetcher.fetch(f"{tmp_path.as_uri()}/a%00b.jpg")
 
 
 def test_file_over_max_bytes(tmp_path: Path) -> None:

@@ -245,6 +245,8 @@ def _allowed_path(uri: str, folders: list[Path]) -> str:
     path = urllib.request.url2pathname(parts.path)
     if not os.path.isabs(path):
         raise InvalidImageURI(f"{_short(uri)}: a file URI needs an absolute path")
+    if "\0" in path:
+        raise InvalidImageURI(f"{_short(uri)}: a file URI may not hold a NUL character")
     real = Path(os.path.realpath(path))  # symbolic links and ".." resolved
     if not any(real.is_relative_to(folder) for folder in folders):
         where = "no folder is" if not folders else "the path is not under a folder"

@@ -95,7 +95,7 @@ def _local_kind(path: Path, max_bytes: int | None) -> str:
     """ "folder" or "file" for a deployable local source no larger than ``max_bytes``."""
     try:
         info = path.stat()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         raise DeployError(f"{path}: no such file or folder") from exc
     if stat.S_ISDIR(info.st_mode):
         size = sum(info.st_size for info in _folder_files(path).values())
