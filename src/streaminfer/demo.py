@@ -52,6 +52,11 @@ class DemoOptions:
     def repo(self) -> Path:
         return self.home / "models"
 
+    @property
+    def images(self) -> Path:
+        """The sample images, and the one folder whose files records may name by path."""
+        return self.home / "demo-images"
+
 
 class Demo:
     def __init__(self, options: DemoOptions, console: Console) -> None:
@@ -79,8 +84,10 @@ class Demo:
         grpc_port = self._server()
         admin = TopicAdmin(kafka)
         admin.ensure([INPUT, OUTPUT, EMBEDDED_OUTPUT, DLQ])
+        self.options.images.mkdir(parents=True, exist_ok=True)
         base = ["run", "-b", bootstrap, "--input", INPUT, "--model", MODEL, "--repo",
-                str(self.options.repo), "--allow-network", "127.0.0.0/8"]  # fmt: skip
+                str(self.options.repo), "--allow-network", "127.0.0.0/8",
+                "--allow-files", str(self.options.images)]  # fmt: skip
         workers = {
             "worker-remote": ["--output", OUTPUT, "--mode", "tfserving-grpc", "--server",
                               f"127.0.0.1:{grpc_port}", "--group-id", "demo-remote"],
@@ -140,8 +147,7 @@ class Demo:
         return process
 
     def _serve_images(self) -> list[str]:
-        folder = self.options.home / "demo-images"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self.options.images
         for name, jpeg in sample_jpegs().items():
             (folder / f"{name}.jpg").write_bytes(jpeg)
         self.image_server = serve_in_thread(str(folder))
@@ -188,8 +194,10 @@ class Demo:
 
     def _explain(self, bootstrap: str) -> None:
         self.console.print(
-            "\nThe stack keeps running. Send your own images (a URL or a file path):\n"
-            f"  streaminfer produce {INPUT} -b {bootstrap} --value /path/to/image.jpg\n"
+            "\nThe stack keeps running. Send your own images (a URL, or the path of a file "
+            f"you put in {self.options.images}):\n"
+            f"  streaminfer produce {INPUT} -b {bootstrap} "
+            f"--value {self.options.images / 'chelsea.jpg'}\n"
             "Read the predictions:\n"
             f"  streaminfer consume {OUTPUT} -b {bootstrap} --from-beginning\n"
             f"  streaminfer consume {EMBEDDED_OUTPUT} -b {bootstrap} --from-beginning\n"

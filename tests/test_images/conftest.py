@@ -28,6 +28,7 @@ from streaminfer.images import FetchPolicy
 
 HUGE_BYTES = 30 * 1024 * 1024
 TRICKLE_INTERVAL = 0.05
+SLOW_HEADER_INTERVAL = 1.0
 
 _connect_log: list[tuple[str, int]] | None = None
 
@@ -183,6 +184,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.stopping.wait(30)
         elif first == "trickle":
             self._trickle()
+        elif first == "slow-headers":
+            self._slow_headers()
         elif first == "huge":
             self._huge(chunked=rest == "chunked")
         else:
@@ -212,6 +215,16 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self.wfile.write(b"x")
             self.wfile.flush()
+
+    def _slow_headers(self) -> None:
+        """The status line and headers one byte a second: every read gets data in time."""
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 4\r\n\r\n"
+        for byte in head + b"\xff\xd8\xff\xd9":
+            if self.server.stopping.wait(SLOW_HEADER_INTERVAL):
+                return
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+        self.close_connection = True
 
     def _huge(self, *, chunked: bool) -> None:
         self.send_response(200)

@@ -94,6 +94,7 @@ def test_bad_records_are_dead_lettered_and_good_ones_keep_order(
         f"{image_host}/page.html".encode(): "not_an_image",
         sample_jpegs["chelsea"][: len(sample_jpegs["chelsea"]) // 3]: "corrupt_image",
         f"file://{oversized}".encode(): "too_large",
+        b"/etc/passwd": "forbidden",  # outside the --allow-files folder
         b"http://169.254.169.254/latest/meta-data": "forbidden_address",
         json.dumps({"url": f"{image_host}/coffee.jpg", "model": "nope"}).encode(): "unknown_model",
         tiny_bad_shape: "invalid_input",
@@ -103,7 +104,9 @@ def test_bad_records_are_dead_lettered_and_good_ones_keep_order(
     for value in bad:
         values += [good, value]
     values.append(good)
-    worker = embedded_worker(start_worker, stream_repo, inp, out, "--dlq", dlq)
+    worker = embedded_worker(
+        start_worker, stream_repo, inp, out, "--dlq", dlq, "--allow-files", str(tmp_path)
+    )
     produce(kafka_settings, inp, values)
 
     dead = outputs(kafka_settings, dlq, len(bad))

@@ -7,6 +7,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import typer
 from rich.console import Console
@@ -187,13 +189,13 @@ def predict(
     try:
         served = registry.resolve(model, version, label)
         failed = False
-        with ImageFetcher(FetchPolicy(allow_private=allow_private)) as fetcher:
-            for source in images:
-                uri = (
-                    source
-                    if "://" in source or source.startswith("data:")
-                    else (Path(source).resolve().as_uri())
-                )
+        uris = [_uri(source) for source in images]
+        # The user named these files on the command line: their folders may be read.
+        folders = [Path(url2pathname(urlsplit(uri).path)).parent for uri in uris
+                   if uri.startswith("file:")]  # fmt: skip
+        policy = FetchPolicy(allow_private=allow_private, allow_files=folders)
+        with ImageFetcher(policy) as fetcher:
+            for source, uri in zip(images, uris, strict=True):
                 try:
                     row = preprocess_one(served, fetcher.fetch(uri))
                 except RecordError as exc:
@@ -221,6 +223,13 @@ def predict(
         registry.close()
     if failed:
         raise typer.Exit(1)
+
+
+def _uri(source: str) -> str:
+    """A URL as given; a local path as an absolute ``file://`` URI."""
+    if "://" in source or source.startswith("data:"):
+        return source
+    return Path(source).resolve().as_uri()
 
 
 def _report_failure(source: str, exc: RecordError, as_json: bool) -> None:

@@ -102,6 +102,12 @@ def run(
             help="CIDR that image URLs may reach although private, e.g. 127.0.0.0/8; repeatable.",
         ),
     ] = None,
+    allow_files: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--allow-files", help="Folder whose files records may name (file://); repeatable."
+        ),
+    ] = None,
     bootstrap_servers: BootstrapOpt = None,
     x: PropertyOpt = None,
     properties_file: PropertiesFileOpt = None,
@@ -128,6 +134,7 @@ def run(
         fallback=fallback,
         metrics_port=metrics_port,
         allow_networks=allow_network,
+        allow_files=allow_files,
         route=route,
         shadow=shadow,
         shadow_sample=shadow_sample,
@@ -157,7 +164,9 @@ def run(
         follower = ControlFollower(kafka, settings.control_topic, settings.repo, registry)
         follower.start()
         follower.wait_until_current(60)  # apply the current deployments before any record
-    fetcher = ImageFetcher(FetchPolicy(allow_networks=settings.allow_networks))
+    fetcher = ImageFetcher(
+        FetchPolicy(allow_networks=settings.allow_networks, allow_files=settings.allow_files)
+    )
     metrics = WorkerMetrics()
     max_bytes = {
         t: admin.max_message_bytes(t) for t in (settings.output, settings.dead_letter_topic)

@@ -57,7 +57,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _port_is_free(host: str, port: int) -> bool:
+    """Whether a listener could bind ``port``: as the broker does, with SO_REUSEADDR, so the
+    TIME_WAIT connections of a broker just stopped do not count as "in use"."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
