@@ -11,8 +11,9 @@ import pytest
 from streaminfer.bench.imagehost import serve_in_thread
 from streaminfer.images import samples
 from streaminfer.kafka.admin import TopicAdmin
-from streaminfer.kafka.broker import LocalBroker, free_port
+from streaminfer.kafka.broker import LocalBroker
 from streaminfer.kafka.config import KafkaSettings
+from streaminfer.net import free_port
 
 
 @pytest.fixture(scope="session")

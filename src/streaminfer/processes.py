@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Self
 
 from streaminfer.errors import InfrastructureError
-from streaminfer.kafka.broker import free_port
+from streaminfer.net import free_port
 
 STREAMINFER = (sys.executable, "-m", "streaminfer.cli.main")
 _READY_TIMEOUT_S = 90.0

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from streaminfer.kafka.broker import free_port
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import produce
 from streaminfer.models.export.tiny import tiny_reference
+from streaminfer.net import free_port
 from tests.support import run_cli, wait_for
 from tests.test_stream.conftest import decoded, embedded_worker, high_watermark, outputs
 

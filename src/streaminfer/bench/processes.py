@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from streaminfer.kafka.broker import free_port
+from streaminfer.net import free_port
 from streaminfer.processes import STREAMINFER, ManagedProcess, wait_http_ok
 
 

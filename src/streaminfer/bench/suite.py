@@ -27,8 +27,9 @@ from streaminfer.bench.results import BenchResult, ConfigResult, WorkloadResult
 from streaminfer.bench.runner import ConfigRun
 from streaminfer.bench.workloads import Workload, default_records, open_workload
 from streaminfer.errors import StreamInferError
-from streaminfer.kafka.broker import LocalBroker, free_port
+from streaminfer.kafka.broker import LocalBroker
 from streaminfer.kafka.config import KafkaSettings
+from streaminfer.net import free_port
 
 Progress = Callable[[str], None]
 
