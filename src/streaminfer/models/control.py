@@ -25,14 +25,13 @@ from streaminfer.errors import ConfigError, InfrastructureError
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import produce
-from streaminfer.models.control_state import ModelState, first_problem
+from streaminfer.models.control_state import DEFAULT_CONTROL_TOPIC, ModelState, first_problem
 from streaminfer.models.deploy import DeployLimits, install_version
 from streaminfer.models.layout import TEMP_PREFIX
 from streaminfer.models.registry import Listener, ModelRegistry
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONTROL_TOPIC = "streaminfer.models"
 _BATCH = 1000  # records applied together, then one registry reload
 _NOT_READY = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART)
 
