@@ -24,8 +24,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from streaminfer.bench.imagehost import serve_in_thread
 from streaminfer.errors import ConfigError, InfrastructureError
+from streaminfer.imagehost import serve_in_thread
 from streaminfer.images.samples import SAMPLE_IMAGES, sample_jpegs
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.broker import LocalBroker

@@ -25,7 +25,7 @@ from streaminfer.errors import ConfigError, InfrastructureError
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import produce
-from streaminfer.models.control_state import DEFAULT_CONTROL_TOPIC, ModelState, first_problem
+from streaminfer.models.control_state import ModelState, first_problem
 from streaminfer.models.deploy import DeployLimits, install_version
 from streaminfer.models.layout import TEMP_PREFIX
 from streaminfer.models.registry import Listener, ModelRegistry
