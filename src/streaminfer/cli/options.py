@@ -2,10 +2,10 @@
 
 * :func:`kafka_options` gives a command the Kafka options (``-b``, ``-X``, ``-F``,
   ``--config``) as one :class:`KafkaOptions` argument.
-* :func:`setting` makes an option for a field of a settings model: the option's value
-  is ``None`` unless given (so the environment, then the config file, then the field's
-  default fill it, see :mod:`streaminfer.config`), and its help shows that default.
-  :func:`given_settings` collects those options' values for ``Settings.load``.
+* :func:`given_settings` passes a command's options to its settings model by name.  Such
+  an option is ``None`` unless given, so the environment, then the config file, then the
+  field's default fill it (:mod:`streaminfer.config`); it shows the field's default with
+  ``show_default`` (tests/test_cli/test_main.py checks each against the model).
 
 Only typer and the standard library load here: ``streaminfer --help`` stays light.
 """
@@ -94,13 +94,6 @@ def kafka_options(command: Callable[..., None]) -> Callable[..., None]:
     with_kafka.__signature__ = signature  # type: ignore[attr-defined]  # what typer reads
     with_kafka.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
     return with_kafka
-
-
-def setting(model: type[BaseModel], field: str, help: str, *names: str, **kwargs: Any) -> Any:
-    """A ``typer.Option`` for ``model``'s ``field``, showing the field's default."""
-    default = model.model_fields[field].get_default(call_default_factory=True)
-    shown = str(default) if default not in (None, [], {}) else False
-    return typer.Option(*names, help=help, show_default=shown, **kwargs)
 
 
 def given_settings(ctx: typer.Context, model: type[BaseModel]) -> dict[str, Any]:

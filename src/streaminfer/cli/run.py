@@ -21,7 +21,7 @@ log = logging.getLogger("streaminfer.run")
 
 
 # Each option is a field of WorkerSettings with the same name; its shown default is the
-# field's (tests/test_cli/test_options.py checks both).
+# field's (tests/test_cli/test_main.py checks both).
 @kafka_options
 def run(
     ctx: typer.Context,

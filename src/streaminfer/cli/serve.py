@@ -12,7 +12,7 @@ from streaminfer.cli.options import KafkaOptions, given_settings, kafka_options
 
 
 # Each option is a field of ServerSettings with the same name; its shown default is the
-# field's (tests/test_cli/test_options.py checks both).  The settings are imported only
+# field's (tests/test_cli/test_main.py checks both).  The settings are imported only
 # to run: the serving package loads aiohttp and gRPC.
 @kafka_options
 def serve_cmd(
