@@ -91,15 +91,17 @@ class LazyCommands(TyperGroup):
 
     _listing = False
 
-    def list_commands(self, ctx: Any) -> list[str]:
-        return list(COMMANDS)
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        # Stand-ins with a name and a summary: for the help listing and "did you mean".
+        self.commands = {
+            name: TyperCommand(name, short_help=c.summary) for name, c in COMMANDS.items()
+        }
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
-        if cmd_name not in COMMANDS:
+        if cmd_name not in self.commands:
             return None
-        if self._listing:  # the top-level help needs only names and summaries
-            return TyperCommand(cmd_name, short_help=COMMANDS[cmd_name].summary)
-        return load_command(cmd_name)
+        return self.commands[cmd_name] if self._listing else load_command(cmd_name)
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         self._listing = True
