@@ -24,14 +24,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from streaminfer.bench.imagehost import serve_in_thread
 from streaminfer.errors import ConfigError, InfrastructureError
+from streaminfer.imagehost import serve_in_thread
 from streaminfer.images.samples import SAMPLE_IMAGES, sample_jpegs
 from streaminfer.kafka.admin import TopicAdmin
-from streaminfer.kafka.broker import LocalBroker, free_port
+from streaminfer.kafka.broker import LocalBroker
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import Record, consume, produce
 from streaminfer.models.registry import scan_repository
+from streaminfer.net import free_port
 from streaminfer.processes import STREAMINFER, ManagedProcess, ModelServerProcess, wait_http_ok
 
 INPUT, OUTPUT, EMBEDDED_OUTPUT = "ImageInputTopic", "ImageOutputTopic", "ImageOutputTopic.embedded"

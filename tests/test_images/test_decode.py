@@ -21,8 +21,7 @@ from streaminfer.images import (
 from streaminfer.images.decode import open_image
 from streaminfer.images.preprocess import _draft_size
 from streaminfer.models.metadata import ImagePreprocess
-
-from .conftest import bomb_png, encode
+from tests.test_images.cases import bomb_png, encode
 
 
 def unnormalized(**options: Any) -> ImagePreprocess:

@@ -35,8 +35,7 @@ from streaminfer.images import (
     decode_image,
 )
 from streaminfer.images.fetch import AddressGuard
-
-from .conftest import ImageServer
+from tests.test_images.cases import ImageServer
 
 
 @pytest.fixture

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from streaminfer.kafka.broker import LocalBroker, free_port
+from streaminfer.kafka.broker import LocalBroker
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import consume, produce
+from streaminfer.net import free_port
 from tests.support import run_cli, wait_for
 
 

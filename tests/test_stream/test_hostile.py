@@ -20,9 +20,10 @@ import pytest
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import consume, produce
+from streaminfer.processes import ManagedProcess
 from tests.servers import ServerProcess
-from tests.support import CliProcess, wait_for
-from tests.test_stream.conftest import decoded, embedded_worker, outputs
+from tests.support import wait_for
+from tests.workers import decoded, embedded_worker, outputs
 
 SEED = 20261130
 
@@ -98,7 +99,7 @@ def server(stream_repo: Path, tmp_path: Path) -> Iterator[ServerProcess]:
 def test_hostile_records_embedded(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],
-    start_worker: Callable[..., CliProcess],
+    start_worker: Callable[..., ManagedProcess],
     stream_repo: Path,
     sample_jpegs: dict[str, bytes],
 ) -> None:
@@ -107,13 +108,13 @@ def test_hostile_records_embedded(
     worker = embedded_worker(start_worker, stream_repo, inp, out, "--batch-size", "8")
     produce(kafka_settings, inp, values)
     assert_all_accounted_for(kafka_settings, out, f"{inp}.dlq", len(values), ids)
-    assert worker.alive, worker.log
+    assert worker.alive(), worker.log_tail(40)
 
 
 def test_hostile_records_remote(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],
-    start_worker: Callable[..., CliProcess],
+    start_worker: Callable[..., ManagedProcess],
     server: ServerProcess,
     sample_jpegs: dict[str, bytes],
 ) -> None:
@@ -126,13 +127,13 @@ def test_hostile_records_remote(
     )  # fmt: skip
     produce(kafka_settings, inp, values)
     assert_all_accounted_for(kafka_settings, out, f"{inp}.dlq", len(values), ids)
-    assert worker.alive, worker.log
+    assert worker.alive(), worker.log_tail(40)
 
 
 def test_an_oversized_output_is_dead_lettered_across_kills(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],
-    start_worker: Callable[..., CliProcess],
+    start_worker: Callable[..., ManagedProcess],
     stream_repo: Path,
 ) -> None:
     inp = topic_factory("in")
@@ -145,13 +146,13 @@ def test_an_oversized_output_is_dead_lettered_across_kills(
     before = [valid(i) for i in range(20)]
     after = [valid(i) for i in range(20, 40)]
 
-    def start() -> CliProcess:
+    def start() -> ManagedProcess:
         return embedded_worker(start_worker, stream_repo, inp, small_out, "--batch-size", "2")
 
     worker = start()
     produce(kafka_settings, inp, before)
     wait_for(lambda: len(list(consume(kafka_settings, small_out, True, timeout=1))) >= 5)
-    worker.signal(signal.SIGKILL)
+    worker.send_signal(signal.SIGKILL)
     produce(kafka_settings, inp, [big.encode(), *after])
     worker = start()
     wait_for(
@@ -161,7 +162,7 @@ def test_an_oversized_output_is_dead_lettered_across_kills(
         timeout=120,
         what="the big record in the DLQ",
     )
-    worker.signal(signal.SIGKILL)
+    worker.send_signal(signal.SIGKILL)
     start()
     docs = decoded(outputs(kafka_settings, small_out, 40, timeout=120))
     assert [d["id"] for d in docs] == [f"ok-{i}" for i in range(40)]  # none lost, none twice

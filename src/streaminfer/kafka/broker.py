@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 
 from streaminfer.errors import ConfigError, InfrastructureError
 from streaminfer.kafka.config import LIBRDKAFKA_LOGGER
+from streaminfer.net import free_port
 
 KAFKA_VERSION = "4.1.1"
 _STATE_FILE = "broker.json"
@@ -48,12 +49,6 @@ _JVM_OPTIONS = {
 
 def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("streaminfer")) / "kafka"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _port_is_free(host: str, port: int) -> bool:

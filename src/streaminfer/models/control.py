@@ -32,7 +32,6 @@ from streaminfer.models.registry import Listener, ModelRegistry
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONTROL_TOPIC = "streaminfer.models"
 _BATCH = 1000  # records applied together, then one registry reload
 _CLOSE_TIMEOUT = 10.0  # seconds close() waits for a deployment in progress
 _NOT_READY = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART)

@@ -8,7 +8,6 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from streaminfer.config import Settings
-from streaminfer.predictors.factory import default_server
 
 # seed-style: the original demo's one-channel-per-record call, kept as a benchmark baseline.
 Mode = Literal[
@@ -59,6 +58,8 @@ class WorkerSettings(Settings):
         if self.mode == "embedded" and self.repo is None:
             raise ValueError("--mode embedded needs --repo (the model repository)")
         if self.mode != "embedded" and self.server is None:
+            from streaminfer.predictors.factory import default_server  # light `--help`
+
             self.server = default_server(self.mode)
         if self.route and (self.version is not None or self.label is not None):
             raise ValueError("--route chooses the version itself: drop --version / --label")
