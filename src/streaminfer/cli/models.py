@@ -72,6 +72,40 @@ def export(
     console.print(f"exported {model} to {path}")
 
 
+@models_app.command("add")
+def add(
+    source: Annotated[Path, typer.Argument(help="An ONNX file.")],
+    repo: RepoOpt,
+    name: Annotated[str, typer.Option(help="Name in the repository.")],
+    version: Annotated[int | None, typer.Option(min=1, help="(default: next version)")] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Class names, one a line, in output order.")
+    ] = None,
+    preprocess: Annotated[
+        str | None,
+        typer.Option(help="Make it an image model: imagenet, inception or raw (see README)."),
+    ] = None,
+    input_size: Annotated[
+        str | None, typer.Option(help="Image input size N or HxW, if the model leaves it open.")
+    ] = None,
+    layout: Annotated[
+        str | None, typer.Option(help="NCHW or NHWC, if the input shape does not tell.")
+    ] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(help="Make it a tabular model: comma-separated names, or a file of them."),
+    ] = None,
+) -> None:
+    """Check an ONNX model in ONNX Runtime and add it as a new version in the repository."""
+    from streaminfer.images.presets import ImageOptions
+    from streaminfer.models.add import add_onnx_model, read_features
+
+    image = ImageOptions.parse(preprocess, input_size, layout) if preprocess else None
+    names = read_features(features) if features is not None else None
+    path = add_onnx_model(source, repo, name, version, labels=labels, image=image, features=names)
+    console.print(f"added {source} as {path}")
+
+
 @models_app.command("list")
 def list_models(repo: RepoOpt) -> None:
     """List the models and versions in a repository."""
