@@ -106,6 +106,42 @@ def add(
     console.print(f"added {source} as {path}")
 
 
+@models_app.command("import")
+def import_cmd(
+    source: Annotated[Path, typer.Argument(help="A model file (pickle, XGBoost or LightGBM).")],
+    repo: RepoOpt,
+    name: Annotated[str, typer.Option(help="Name in the repository.")],
+    version: Annotated[int | None, typer.Option(min=1, help="(default: next version)")] = None,
+    format: Annotated[
+        str | None,
+        typer.Option(help="sklearn, xgboost or lightgbm (default: from the file name)."),
+    ] = None,
+    trust_pickle: Annotated[
+        bool, typer.Option(help="Load a pickle, which runs any code it contains.")
+    ] = False,
+    sample: Annotated[
+        Path | None,
+        typer.Option(help="Rows to verify on: .npy, or CSV with a header of feature names."),
+    ] = None,
+    features: Annotated[
+        str | None, typer.Option(help="Feature names (comma-separated or a file), in order.")
+    ] = None,
+) -> None:
+    """Convert a scikit-learn, XGBoost or LightGBM model to ONNX, verify it, add it."""
+    from streaminfer.models.add import read_features
+    from streaminfer.models.imports import FORMATS, import_model
+
+    if format is not None and format not in FORMATS:
+        raise ConfigError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
+    names = read_features(features) if features is not None else None
+    with console.status(f"Converting and verifying {source}"):
+        path = import_model(
+            source, repo, name, version, format=format, trust_pickle=trust_pickle,  # type: ignore[arg-type]
+            sample=sample, features=names,
+        )  # fmt: skip
+    console.print(f"imported {source} as {path}")
+
+
 @models_app.command("list")
 def list_models(repo: RepoOpt) -> None:
     """List the models and versions in a repository."""
