@@ -21,7 +21,13 @@ from sklearn.preprocessing import StandardScaler
 
 from streaminfer.errors import ConfigError
 from streaminfer.models.batcher import BatchingConfig
-from streaminfer.models.features import classify_rows, feature_batch, feature_row, split_rows
+from streaminfer.models.features import (
+    feature_batch,
+    feature_row,
+    output_rows,
+    predict_rows,
+    record_features,
+)
 from streaminfer.models.imports import PROBABILITY_TOLERANCE, import_model, verify
 from streaminfer.models.imports.tabular import convert
 from streaminfer.models.metadata import Feature, ModelMetadata
@@ -45,16 +51,22 @@ def serve_records(repo: Path, name: str, frame: pd.DataFrame) -> tuple[list[str]
     registry.reload()
     try:
         served = registry.resolve(name, None, None)
-        metadata = served.metadata
-        assert metadata.features is not None
-        records = [json.loads(json.dumps({"features": r})) for r in frame.to_dict("records")]
-        rows = [feature_row(r["features"], metadata.features) for r in records]
-        outputs = served.infer(feature_batch(rows, metadata))
-        ranked = classify_rows(outputs, metadata, served.class_names, k=None)
+        documents = [json.loads(json.dumps({"features": r})) for r in frame.to_dict("records")]
+        outcomes = predict_rows(
+            [record_features(d) for d in documents],
+            served.metadata,
+            served.class_names,
+            served.infer,
+        )
     finally:
         registry.close()
-    assert metadata.probabilities_output is not None
-    return [r[0].label for r in ranked], outputs[metadata.probabilities_output]
+    labels, probabilities = [], np.zeros((len(frame), len(served.class_names or [])))
+    for row, ranked in enumerate(outcomes):
+        assert isinstance(ranked, list)  # every class, best first
+        labels.append(ranked[0].label)
+        for prediction in ranked:
+            probabilities[row, prediction.class_id] = prediction.score
+    return labels, probabilities
 
 
 def declared(metadata: ModelMetadata) -> list[Feature]:
@@ -170,7 +182,7 @@ def test_regressor_reports_its_outputs(tmp_path: Path) -> None:
     try:
         served = registry.resolve("minutes", None, None)
         rows = [feature_row(r, declared(metadata)) for r in HELD_OUT[FEATURES].to_dict("records")]
-        per_row = split_rows(served.infer(feature_batch(rows, metadata)))
+        per_row = output_rows(served.infer(feature_batch(rows, metadata)))
     finally:
         registry.close()
     got = np.array([row["variable"] for row in per_row]).reshape(-1)

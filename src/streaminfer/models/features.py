@@ -21,7 +21,7 @@ Nothing here does I/O; the worker and the server call these per record and per b
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -31,6 +31,8 @@ from streaminfer.models.postprocess import Prediction, rank
 
 Row = tuple[float | int | bool, ...]
 Tensors = dict[str, np.ndarray]
+# Per record: a classifier's ranked classes, a regressor's outputs, or why it failed.
+RowOutcome = list[Prediction] | Tensors | RecordError
 
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 
@@ -65,14 +67,6 @@ def check_features(features: Sequence[Feature], signature: Signature) -> None:
         _check_fits(by_name[spec.name], spec)
 
 
-def _check_fits(feature: Feature, spec: TensorSpec) -> None:
-    """A fractional feature cannot go into an integer input without losing its fraction."""
-    if feature.dtype.startswith("float") and not spec.dtype.startswith("float"):
-        raise ConfigError(
-            f"feature {feature.name!r} is {feature.dtype} but input {spec.name!r} is {spec.dtype}"
-        )
-
-
 def record_features(document: object, ignore: Collection[str] = ()) -> Mapping[str, object]:
     """The feature values of a parsed JSON record: its ``features`` object, or the object.
 
@@ -95,6 +89,9 @@ def feature_row(values: Mapping[str, object], features: Sequence[Feature]) -> Ro
     unknown = sorted(str(k) for k in values if k not in declared)
     if unknown:
         raise BadFeatures(f"unknown feature {unknown[0]!r}" + _others(unknown))
+    missing = [f.name for f in features if values.get(f.name) is None and f.default is None]
+    if missing:
+        raise BadFeatures(f"missing feature {missing[0]!r}" + _others(missing))
     return tuple(_value(feature, values.get(feature.name)) for feature in features)
 
 
@@ -115,6 +112,40 @@ def feature_batch(rows: Sequence[Row], metadata: ModelMetadata) -> Tensors:
     return tensors
 
 
+def predict_rows(
+    records: Sequence[Mapping[str, object]],
+    metadata: ModelMetadata,
+    class_names: list[str] | None,
+    infer: Callable[[Tensors], Tensors],
+    k: int | None = None,
+) -> list[RowOutcome]:
+    """Feature values of many records through one model run, one outcome per record.
+
+    A record whose features are bad gets its ``BadFeatures`` and stays out of the batch;
+    ``infer`` (a loaded version's ``infer``) runs the rest together, and what it raises
+    concerns them all.
+    """
+    features = metadata.features or []
+    outcomes: list[RecordError | None] = []  # None: in the batch
+    rows: list[Row] = []
+    for values in records:
+        try:
+            rows.append(feature_row(values, features))
+            outcomes.append(None)
+        except BadFeatures as exc:
+            outcomes.append(exc)
+    if not rows:
+        return [o for o in outcomes if o is not None]  # every record failed
+    outputs = infer(feature_batch(rows, metadata))
+    answers: list[RowOutcome] = []
+    if metadata.probabilities_output is not None:
+        answers.extend(classify_rows(outputs, metadata, class_names, k))
+    else:
+        answers.extend(output_rows(outputs))
+    served = iter(answers)
+    return [next(served) if o is None else o for o in outcomes]
+
+
 def classify_rows(
     outputs: Tensors, metadata: ModelMetadata, class_names: list[str] | None, k: int | None
 ) -> list[list[Prediction]]:
@@ -126,7 +157,7 @@ def classify_rows(
     return rank(probabilities, k or metadata.top_k, class_names)
 
 
-def split_rows(outputs: Tensors) -> list[Tensors]:
+def output_rows(outputs: Tensors) -> list[Tensors]:
     """A regressor's batch outputs as one ``{output: value}`` per row."""
     counts = {len(array) for array in outputs.values()}
     if len(counts) != 1:
@@ -151,15 +182,13 @@ def tabular_value(
         ]
     return [
         {"outputs": {name: value.tolist() for name, value in row.items()}}
-        for row in split_rows(outputs)
+        for row in output_rows(outputs)
     ]
 
 
 def _value(feature: Feature, value: object) -> float | int | bool:
     """A JSON value as the feature's type, or its default when absent."""
     if value is None:
-        if feature.default is None:
-            raise BadFeatures(f"missing feature {feature.name!r}")
         value = feature.default
     if isinstance(value, bool):
         value = int(value)
@@ -183,6 +212,14 @@ def _value(feature: Feature, value: object) -> float | int | bool:
     if feature.dtype == "float32" and abs(value) > float(np.finfo(np.float32).max):
         raise BadFeatures(f"feature {feature.name!r} is out of the float32 range")
     return float(value)
+
+
+def _check_fits(feature: Feature, spec: TensorSpec) -> None:
+    """A fractional feature cannot go into an integer input without losing its fraction."""
+    if feature.dtype.startswith("float") and not spec.dtype.startswith("float"):
+        raise ConfigError(
+            f"feature {feature.name!r} is {feature.dtype} but input {spec.name!r} is {spec.dtype}"
+        )
 
 
 def _is_packed(features: Sequence[Feature], signature: Signature) -> bool:

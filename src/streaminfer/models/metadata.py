@@ -109,6 +109,10 @@ class ModelMetadata(BaseModel):
     def is_image_model(self) -> bool:
         return self.preprocess is not None
 
+    @property
+    def is_tabular_model(self) -> bool:
+        return self.features is not None
+
     @classmethod
     def read(cls, version_dir: Path) -> ModelMetadata:
         path = version_dir / METADATA_FILE
