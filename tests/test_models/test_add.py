@@ -297,3 +297,19 @@ def test_cli_adds_a_model_and_refuses_a_broken_one(tmp_path: Path) -> None:
     assert "is not an ONNX model" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     assert versions(repo, "notes") == []
+
+
+def test_external_weights_are_folded_into_one_file(tmp_path: Path) -> None:
+    model = linear_model(64, 64)  # 16 KiB of weights: above the external-data threshold
+    expected = numpy_helper.to_array(model.graph.initializer[0])
+    source = tmp_path / "src" / "big.onnx"
+    source.parent.mkdir()
+    onnx.save(model, str(source), save_as_external_data=True, location="big.weights")
+    assert (tmp_path / "src" / "big.weights").is_file()
+
+    folder = add_onnx_model(source, tmp_path / "repo", "big")
+
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.onnx"]
+    saved = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    weights = next(t for t in saved.graph.initializer if t.name == "W")
+    np.testing.assert_array_equal(numpy_helper.to_array(weights), expected)
