@@ -313,3 +313,29 @@ def test_external_weights_are_folded_into_one_file(tmp_path: Path) -> None:
     saved = onnx.load(str(folder / "model.onnx"), load_external_data=False)
     weights = next(t for t in saved.graph.initializer if t.name == "W")
     np.testing.assert_array_equal(numpy_helper.to_array(weights), expected)
+
+
+def test_missing_external_weights_are_refused(tmp_path: Path) -> None:
+    source = tmp_path / "big.onnx"
+    onnx.save(linear_model(64, 64), str(source), save_as_external_data=True, location="w.bin")
+    (tmp_path / "w.bin").unlink()
+    with pytest.raises(ConfigError, match="cannot read the weights of"):
+        add_onnx_model(source, tmp_path / "repo", "big")
+
+
+def test_bad_names_and_mismatched_kinds_are_refused(tmp_path: Path) -> None:
+    source = save(linear_model(4, 2), tmp_path / "lin.onnx")
+    with pytest.raises(ConfigError, match=r"invalid model name '\.\./up'"):
+        add_onnx_model(source, tmp_path / "repo", "../up")
+    integers = make_model(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", 8, 8, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, ["N", 8, 8, 3])],
+    )
+    with pytest.raises(ConfigError, match="first input is float, 'x' is uint8"):
+        add_onnx_model(save(integers, tmp_path / "u8.onnx"), tmp_path / "repo", "u8",
+                       image=ImageOptions("raw"))  # fmt: skip
+    with pytest.raises(ConfigError, match="images or features, not both"):
+        add_onnx_model(source, tmp_path / "repo", "lin", image=ImageOptions("raw"),
+                       features=[Feature(name="a")])  # fmt: skip
+    assert not (tmp_path / "repo").exists()

@@ -258,3 +258,27 @@ def test_cli_names_the_extra_when_a_converter_is_missing(tmp_path: Path) -> None
     assert result.returncode == 2
     assert "pip install 'streaminfer[sklearn]'" in result.stderr
     assert not (tmp_path / "repo" / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("model.txt", b"hello\n", "is not a LightGBM model: Unknown model format"),
+        ("model.json", b'{"a": 1}', "is not an XGBoost model: Invalid cast"),
+        ("model.bin", b"\x00\x01", "cannot tell the format of .*; give --format"),
+        ("model.pkl", None, "cannot import a dict: not a model of a known framework"),
+        ("model.pkl", b"not a pickle", "cannot unpickle"),
+    ],
+)
+def test_files_that_are_no_model_are_refused(
+    tmp_path: Path, name: str, content: bytes | None, message: str
+) -> None:
+    source = tmp_path / name
+    if content is None:
+        joblib.dump({"a": 1}, source)
+    else:
+        source.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as caught:
+        import_model(source, tmp_path / "repo", "m", trust_pickle=True)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "repo").exists()

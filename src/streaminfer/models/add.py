@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from streaminfer.errors import ConfigError
 from streaminfer.images.presets import ImageOptions
+from streaminfer.models.control_state import check_name
 from streaminfer.models.features import check_features
 from streaminfer.models.layout import write_version_atomically
 from streaminfer.models.metadata import (
@@ -83,6 +84,9 @@ def add_onnx_model(
         raise ConfigError("a model takes images or features, not both")
     model = read_onnx(source)
     signature = read_signature(model)
+    if image is not None and not signature.inputs[0].dtype.startswith("float"):
+        first = signature.inputs[0]
+        raise ConfigError(f"an image model's first input is float, {first.name!r} is {first.dtype}")
     class_names = _read_labels(labels) if labels is not None else None
     metadata = ModelMetadata(
         signature=signature,
@@ -125,8 +129,10 @@ def read_onnx(path: Path) -> onnx.ModelProto:
     """Parse an ONNX file (weights in external data files are pulled in)."""
     try:
         model = onnx.load(str(path))
-    except (DecodeError, RuntimeWarning) as exc:
+    except DecodeError as exc:
         raise ConfigError(f"{path} is not an ONNX model ({exc})") from exc
+    except onnx.checker.ValidationError as exc:  # its external data file is missing
+        raise ConfigError(f"cannot read the weights of {path}: {_first_line(exc)}") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if not model.HasField("graph") or not model.graph.node or model.ir_version == 0:
@@ -156,12 +162,15 @@ def write_model_version(
     repo: Path, name: str, version: int | None, files: ModelFiles, metadata: ModelMetadata
 ) -> Path:
     """Run the model once on zeros, then write the version atomically; return its folder."""
-    check_name(name)
+    check_name(name, "model")
     if metadata.features is not None:
         check_features(metadata.features, metadata.signature)
     if files.labels is not None:
         _check_class_count(files.labels, metadata)
-    serialized = files.model.SerializeToString()
+    try:
+        serialized = files.model.SerializeToString()
+    except ValueError as exc:  # protobuf refuses messages over 2 GB
+        raise ConfigError(f"the model cannot be saved as one file: {exc}") from exc
     session = load_session(serialized)
     try:
         quiet = ort.RunOptions()
@@ -178,11 +187,6 @@ def write_model_version(
         metadata.write(folder)
 
     return write_version_atomically(repo / name, version, fill)
-
-
-def check_name(name: str) -> None:
-    if name in ("", ".", "..") or "/" in name or "\\" in name:
-        raise ConfigError(f"invalid model name {name!r}")
 
 
 def load_session(serialized: bytes) -> ort.InferenceSession:
@@ -287,6 +291,10 @@ def _read_labels(path: Path) -> list[str]:
     if not lines:
         raise ConfigError(f"labels file {path} is empty")
     return lines
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _ort_reason(exc: Exception) -> str:

@@ -87,7 +87,9 @@ def read_xgboost(path: Path) -> object:
     try:
         return xgb.Booster(model_file=str(path))
     except xgb.core.XGBoostError as exc:
-        raise ConfigError(f"{path} is not an XGBoost model: {_first_line(exc)}") from exc
+        # "[20:03:35] /path/to/json.h:88: Invalid cast ..." -> "Invalid cast ..."
+        reason = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", _first_line(exc))
+        raise ConfigError(f"{path} is not an XGBoost model: {reason}") from exc
 
 
 def read_lightgbm(path: Path) -> object:
