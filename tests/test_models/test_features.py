@@ -21,7 +21,9 @@ from streaminfer.models.features import (
     feature_row,
     output_rows,
     predict_rows,
+    record_answer,
     record_features,
+    record_tensors,
     tabular_value,
 )
 from streaminfer.models.metadata import Feature, ModelMetadata, Signature, TensorSpec
@@ -294,3 +296,20 @@ def test_predict_rows_of_a_regressor_gives_outputs_per_record() -> None:
         [{"a": 2}, {"a": 5}], metadata, None, lambda t: {"variable": t["input"] * 10}
     )
     assert [o["variable"].tolist() for o in outcomes] == [[20.0], [50.0]]  # type: ignore[index]
+
+
+def test_one_record_as_a_tensor_request_and_its_answer() -> None:
+    features = [Feature(name="a"), Feature(name="b", default=2)]
+    metadata = packed(features, probabilities_output="probabilities")
+    tensors = record_tensors({"a": 1}, metadata)
+    np.testing.assert_array_equal(tensors["input"], np.array([[1.0, 2.0]], dtype=np.float32))
+    with pytest.raises(BadFeatures, match="missing feature 'a'"):
+        record_tensors({"b": 1}, metadata)
+
+    outputs = {"probabilities": np.array([[0.3, 0.7]])}
+    ranked = record_answer(outputs, metadata, ["no", "yes"], k=None)
+    assert [(p.label, p.score) for p in ranked] == [("yes", 0.7), ("no", 0.3)]  # type: ignore[union-attr]
+    regressor = packed(features)
+    assert record_answer({"variable": np.array([[4.0]])}, regressor, None, None) == {
+        "variable": pytest.approx(np.array([[4.0]]))
+    }

@@ -112,6 +112,23 @@ def feature_batch(rows: Sequence[Row], metadata: ModelMetadata) -> Tensors:
     return tensors
 
 
+def record_tensors(values: Mapping[str, object], metadata: ModelMetadata) -> Tensors:
+    """One record's feature values as a one-row tensor request (``BadFeatures`` if bad).
+
+    Predictors batch such requests like any tensor requests, locally or over the wire.
+    """
+    return feature_batch([feature_row(values, metadata.features or [])], metadata)
+
+
+def record_answer(
+    outputs: Tensors, metadata: ModelMetadata, class_names: list[str] | None, k: int | None
+) -> list[Prediction] | Tensors:
+    """What one record's outputs (one row each) mean: ranked classes or the raw outputs."""
+    if metadata.probabilities_output is None:
+        return outputs
+    return classify_rows(outputs, metadata, class_names, k)[0]
+
+
 def predict_rows(
     records: Sequence[Mapping[str, object]],
     metadata: ModelMetadata,
