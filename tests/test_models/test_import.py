@@ -282,3 +282,25 @@ def test_files_that_are_no_model_are_refused(
         import_model(source, tmp_path / "repo", "m", trust_pickle=True)
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "repo").exists()
+
+
+def test_an_xgboost_softmax_booster_is_refused(tmp_path: Path) -> None:
+    booster = xgb.train(
+        {"objective": "multi:softmax", "num_class": 3},
+        xgb.DMatrix(TRAIN[FEATURES], label=TRAIN["status"].astype("category").cat.codes),
+        num_boost_round=3,
+    )
+    source = tmp_path / "softmax.ubj"
+    booster.save_model(source)
+    with pytest.raises(ConfigError, match="use multi:softprob"):
+        import_model(source, tmp_path / "repo", "m")
+
+
+def test_xgboost_regressor_pickle(tmp_path: Path) -> None:
+    model = xgb.XGBRegressor(n_estimators=30).fit(TRAIN[FEATURES], TRAIN["arr_delay"])
+    source = tmp_path / "regressor.pkl"
+    joblib.dump(model, source)
+    folder = import_model(source, tmp_path / "repo", "minutes", trust_pickle=True)
+    metadata = ModelMetadata.read(folder)
+    assert metadata.probabilities_output is None
+    assert [f.name for f in declared(metadata)] == FEATURES

@@ -82,7 +82,10 @@ def verify(converted: tabular.Converted, model: onnx.ModelProto, rows: np.ndarra
     want = converted.predict(rows.astype(np.float64))
     what = f"the converted model disagrees with {converted.framework}"
     if converted.class_names is None:
-        got = np.asarray(outputs[names[0]], dtype=np.float64).reshape(want.shape)
+        got = np.asarray(outputs[names[0]], dtype=np.float64)
+        if got.size != want.size:
+            raise ConfigError(f"{what}: outputs of shape {got.shape}, expected {want.shape}")
+        got = got.reshape(want.shape)
         close = np.isclose(got, want, rtol=REGRESSION_RTOL, atol=REGRESSION_ATOL)
         if not close.all():
             row = int(np.argwhere(~close)[0][0])

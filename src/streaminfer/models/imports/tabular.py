@@ -176,6 +176,8 @@ def convert_xgboost(obj: Any) -> Converted:
     unnamed.feature_names = None
     width = booster.num_features()
     objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
+    if objective == "multi:softmax":
+        raise ConfigError("a multi:softmax booster predicts no probabilities; use multi:softprob")
     model = _onnxmltools("convert_xgboost", unnamed, width)
 
     def raw(rows: np.ndarray) -> np.ndarray:
