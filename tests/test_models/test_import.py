@@ -28,8 +28,9 @@ from streaminfer.models.features import (
     predict_rows,
     record_features,
 )
-from streaminfer.models.imports import PROBABILITY_TOLERANCE, import_model, verify
+from streaminfer.models.imports import import_model
 from streaminfer.models.imports.tabular import convert
+from streaminfer.models.imports.verify import PROBABILITY_TOLERANCE, verify_tabular
 from streaminfer.models.metadata import Feature, ModelMetadata
 from streaminfer.models.registry import ModelRegistry
 from tests.support import run_cli
@@ -203,14 +204,14 @@ def test_verification_rejects_a_framework_that_disagrees() -> None:
     model.fit(TRAIN[FEATURES], TRAIN["delayed"])
     converted = convert(model)
     rows = HELD_OUT[FEATURES].to_numpy(np.float32)
-    verify(converted, converted.model, rows)  # agrees as converted
+    verify_tabular(converted, converted.model, rows)  # agrees as converted
 
     shifted = 3 * PROBABILITY_TOLERANCE
     skewed = dataclasses.replace(
         converted, predict=lambda r: converted.predict(r) + np.array([-shifted, shifted])
     )
     with pytest.raises(ConfigError, match=r"disagrees with scikit-learn on \d+ of 400 sample rows"):
-        verify(skewed, converted.model, rows)
+        verify_tabular(skewed, converted.model, rows)
 
 
 def test_sample_must_name_every_feature(tmp_path: Path) -> None:

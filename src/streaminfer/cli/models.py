@@ -108,26 +108,35 @@ def add(
 
 @models_app.command("import")
 def import_cmd(
-    source: Annotated[Path, typer.Argument(help="A model file (pickle, XGBoost or LightGBM).")],
+    source: Annotated[
+        Path,
+        typer.Argument(help="A SavedModel folder, .keras file, pickle, XGBoost or LightGBM file."),
+    ],
     repo: RepoOpt,
     name: Annotated[str, typer.Option(help="Name in the repository.")],
     version: Annotated[int | None, typer.Option(min=1, help="(default: next version)")] = None,
     format: Annotated[
         str | None,
-        typer.Option(help="sklearn, xgboost or lightgbm (default: from the file name)."),
+        typer.Option(
+            help="savedmodel, keras, sklearn, xgboost or lightgbm (default: from SOURCE)."
+        ),
     ] = None,
     trust_pickle: Annotated[
         bool, typer.Option(help="Load a pickle, which runs any code it contains.")
     ] = False,
     sample: Annotated[
         Path | None,
-        typer.Option(help="Rows to verify on: .npy, or CSV with a header of feature names."),
+        typer.Option(
+            help="Inputs to verify on: .npy rows or CSV with feature names (tabular), "
+            ".npz of named inputs (TensorFlow)."
+        ),
     ] = None,
     features: Annotated[
         str | None, typer.Option(help="Feature names (comma-separated or a file), in order.")
     ] = None,
 ) -> None:
-    """Convert a scikit-learn, XGBoost or LightGBM model to ONNX, verify it, add it."""
+    """Convert a TensorFlow, scikit-learn, XGBoost or LightGBM model to ONNX, verify it
+    against the framework, and add it as a new version."""
     from streaminfer.models.add import read_features
     from streaminfer.models.imports import FORMATS, import_model
 

@@ -26,7 +26,7 @@ from streaminfer.errors import ConfigError
 log = logging.getLogger(__name__)
 
 INPUT = "input"
-EXTRA_HINT = "pip install 'streaminfer[sklearn]'"
+EXTRA = "sklearn"
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 
 
@@ -45,12 +45,14 @@ class Converted:
     predict_labels: Callable[[np.ndarray], list[str]] | None
 
 
-def require(module: str) -> Any:
+def require(module: str, extra: str = EXTRA) -> Any:
     """Import a converter dependency, or say which extra brings it."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ConfigError(f"importing this model needs {module}: {EXTRA_HINT}") from exc
+        raise ConfigError(
+            f"importing this model needs {module}: pip install 'streaminfer[{extra}]'"
+        ) from exc
 
 
 def load_pickle(path: Path, trust_pickle: bool) -> object:
@@ -65,7 +67,9 @@ def load_pickle(path: Path, trust_pickle: bool) -> object:
     try:
         return joblib.load(path)
     except ModuleNotFoundError as exc:
-        raise ConfigError(f"{path} needs module {exc.name}: {EXTRA_HINT}") from exc
+        raise ConfigError(
+            f"{path} needs module {exc.name}: pip install 'streaminfer[{EXTRA}]'"
+        ) from exc
     except Exception as exc:  # unpickling raises whatever the pickled code raises
         raise ConfigError(f"cannot unpickle {path}: {type(exc).__name__}: {exc}") from exc
 
@@ -88,7 +92,7 @@ def read_xgboost(path: Path) -> object:
         return xgb.Booster(model_file=str(path))
     except xgb.core.XGBoostError as exc:
         # "[20:03:35] /path/to/json.h:88: Invalid cast ..." -> "Invalid cast ..."
-        reason = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", _first_line(exc))
+        reason = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", first_line(exc))
         raise ConfigError(f"{path} is not an XGBoost model: {reason}") from exc
 
 
@@ -97,7 +101,7 @@ def read_lightgbm(path: Path) -> object:
     try:
         return lgb.Booster(model_file=str(path))
     except lgb.basic.LightGBMError as exc:
-        raise ConfigError(f"{path} is not a LightGBM model: {_first_line(exc)}") from exc
+        raise ConfigError(f"{path} is not a LightGBM model: {first_line(exc)}") from exc
 
 
 def convert_sklearn(estimator: Any) -> Converted:
@@ -118,7 +122,7 @@ def convert_sklearn(estimator: Any) -> Converted:
             custom_conversion_functions={preprocessing.StandardScaler: _standard_scaler},
         )
     except Exception as exc:  # skl2onnx raises several types for unsupported models
-        raise ConfigError(f"skl2onnx cannot convert it: {_first_line(exc)}") from exc
+        raise ConfigError(f"skl2onnx cannot convert it: {first_line(exc)}") from exc
     names = _names(getattr(estimator, "feature_names_in_", None))
 
     def framed(rows: np.ndarray) -> Any:
@@ -241,7 +245,7 @@ def _onnxmltools(function: str, model: Any, width: int, **options: Any) -> onnx.
             model, initial_types=[(INPUT, data_types.FloatTensorType([None, width]))], **options
         )
     except Exception as exc:  # the converters raise several types for unsupported models
-        raise ConfigError(f"onnxmltools cannot convert it: {_first_line(exc)}") from exc
+        raise ConfigError(f"onnxmltools cannot convert it: {first_line(exc)}") from exc
     return converted
 
 
@@ -253,5 +257,6 @@ def _names(names: Any) -> list[str] | None:
     return [str(n) for n in names] if names is not None else None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception's message on one line, for a one-line refusal."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
