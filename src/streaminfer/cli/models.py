@@ -135,8 +135,7 @@ def import_cmd(
         str | None, typer.Option(help="Feature names (comma-separated or a file), in order.")
     ] = None,
 ) -> None:
-    """Convert a TensorFlow, scikit-learn, XGBoost or LightGBM model to ONNX, verify it
-    against the framework, and add it as a new version."""
+    """Convert a TensorFlow/scikit-learn/XGBoost/LightGBM model to ONNX, verify, add it."""
     from streaminfer.models.add import read_features
     from streaminfer.models.imports import FORMATS, import_model
 
