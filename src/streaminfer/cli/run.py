@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, get_args
 
@@ -108,6 +110,13 @@ def run(
             "--allow-files", help="Folder whose files records may name (file://); repeatable."
         ),
     ] = None,
+    processes: Annotated[
+        str | None,
+        typer.Option(
+            help="Group members to run under one supervisor; auto: one per usable core.",
+            show_default="1",
+        ),
+    ] = None,
     *,
     kafka: KafkaOptions,
 ) -> None:
@@ -115,6 +124,7 @@ def run(
     from streaminfer.kafka.admin import TopicAdmin
     from streaminfer.models.control import ControlFollower
     from streaminfer.stream.metrics import MetricsServer, WorkerMetrics
+    from streaminfer.stream.supervisor import MEMBER_ENV, member_count, report_member_endpoint
     from streaminfer.stream.worker import Worker
 
     settings = WorkerSettings.load(kafka.config_file, **given_settings(ctx, WorkerSettings))
@@ -130,6 +140,10 @@ def run(
         admin.ensure(
             [*topics, settings.shadow_output_topic] if settings.shadow else topics, partitions
         )
+
+    member = os.environ.get(MEMBER_ENV) is not None
+    if not member and member_count(settings.processes) > 1:
+        raise typer.Exit(_supervise(settings))
 
     predictor, registry = _predictor(settings)
     # The shadow gets its own connections and circuit breaker: its failures stay its own.
@@ -151,7 +165,9 @@ def run(
     )
     endpoint = None
     if settings.metrics_port is not None:
-        endpoint = MetricsServer(metrics, settings.metrics_port, lambda: worker.ready)
+        port = 0 if member else settings.metrics_port  # the supervisor serves the given port
+        endpoint = MetricsServer(metrics.registry, port, lambda: worker.ready)
+        report_member_endpoint(endpoint.port)
         log.info("metrics on http://127.0.0.1:%d/metrics", endpoint.port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
@@ -176,6 +192,19 @@ def run(
             follower.close()
         if registry is not None:
             registry.close()
+
+
+def _supervise(settings: WorkerSettings) -> int:
+    """Run this same command as ``--processes`` members; returns the exit code."""
+    from streaminfer.stream.supervisor import Supervisor, member_count
+
+    command = [sys.executable, "-m", "streaminfer.cli.main", *sys.argv[1:]]
+    count = member_count(settings.processes)
+    supervisor = Supervisor(command, count, settings.metrics_port, settings.shutdown_timeout_s)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: supervisor.stop())
+    log.info("supervising %d members of group %s", count, settings.group_id)
+    return supervisor.run()
 
 
 def _model_configs(settings: WorkerSettings) -> list[ModelConfig]:

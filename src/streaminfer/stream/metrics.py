@@ -51,17 +51,25 @@ class WorkerMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
+        # The multiprocess modes say how ``--processes N`` members' gauges add up.
         self.in_flight = Gauge(
-            "streaminfer_in_flight", "Records consumed, not yet produced", registry=r
+            "streaminfer_in_flight",
+            "Records consumed, not yet produced",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.lag = Gauge(
             "streaminfer_consumer_lag",
             "Records behind the high watermark",
             ["topic", "partition"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.circuit = Gauge(
-            "streaminfer_circuit_open", "1 while the remote circuit is open", registry=r
+            "streaminfer_circuit_open",
+            "1 while the remote circuit is open",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.retries = Counter("streaminfer_predict_retries", "Predictor calls retried", registry=r)
         self.shadow_dropped = Counter(
@@ -76,9 +84,12 @@ class MetricsServer:
     """A tiny HTTP server on its own thread; ``ready`` decides what ``/readyz`` answers."""
 
     def __init__(
-        self, metrics: WorkerMetrics, port: int, ready: Callable[[], bool], host: str = "127.0.0.1"
+        self,
+        registry: CollectorRegistry,
+        port: int,
+        ready: Callable[[], bool],
+        host: str = "127.0.0.1",
     ) -> None:
-        registry = metrics.registry
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -50,6 +50,8 @@ class WorkerSettings(Settings):
     shadow_topic: str | None = None  # default: "<output>.shadow"
     create_topics: bool = True  # create output and dead-letter topics if missing
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    # Group members under one supervisor; "auto": one per usable core.
+    processes: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
 
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:

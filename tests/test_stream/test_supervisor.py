@@ -1,0 +1,104 @@
+"""``streaminfer run --processes 2``: one command, two group members, exactly once across kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from streaminfer.kafka.config import KafkaSettings
+from streaminfer.kafka.records import Record, produce
+from streaminfer.net import free_port
+from streaminfer.processes import ManagedProcess
+from tests.support import wait_for
+from tests.workers import decoded, embedded_worker, outputs
+
+PARTITIONS = 2
+
+
+def members(supervisor: ManagedProcess) -> list[int]:
+    children = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children")
+    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+
+def send(settings: KafkaSettings, topic: str, start: int, count: int) -> None:
+    """Records keyed by their number, so each partition gets an increasing sequence."""
+    for i in range(start, start + count):
+        value = json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [[i, 0, 0, 0]]}})
+        produce(settings, topic, [value.encode()], key=str(i).encode())
+
+
+def assert_once_in_order(records: list[Record], count: int) -> None:
+    ids = [int(doc["id"]) for doc in decoded(records)]
+    assert sorted(ids) == list(range(count))  # every input once: nothing lost, nothing twice
+    by_partition: dict[int, list[int]] = defaultdict(list)
+    for record, i in zip(records, ids, strict=True):
+        by_partition[record.partition].append(i)
+    for sequence in by_partition.values():
+        assert sequence == sorted(sequence)  # order per partition kept
+
+
+def test_two_members_share_the_work_and_one_endpoint(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable[..., ManagedProcess],
+    stream_repo: Path,
+) -> None:
+    inp, out = topic_factory("in", PARTITIONS), topic_factory("out", PARTITIONS)
+    port = free_port()
+    supervisor = embedded_worker(
+        start_worker, stream_repo, inp, out, "--processes", "2", "--metrics-port", str(port)
+    )
+    wait_for(lambda: len(members(supervisor)) == 2, what="two members")
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=90, what="ready")
+    send(kafka_settings, inp, 0, 40)
+    assert_once_in_order(outputs(kafka_settings, out, 40), 40)
+    metrics = httpx.get(f"{url}/metrics").text
+    consumed = [
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("streaminfer_records_in_total")
+    ]
+    assert consumed == [40.0]  # the members' counters, added up
+    assert supervisor.stop() == 0  # SIGTERM drains every member
+
+
+def test_exactly_once_when_a_member_and_then_the_supervisor_are_killed(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable[..., ManagedProcess],
+    stream_repo: Path,
+) -> None:
+    inp, out = topic_factory("in", PARTITIONS), topic_factory("out", PARTITIONS)
+    group = f"g-{inp}"
+
+    def start() -> ManagedProcess:
+        return embedded_worker(start_worker, stream_repo, inp, out, "--processes", "2", group=group)
+
+    supervisor = start()
+    wait_for(lambda: len(members(supervisor)) == 2, what="two members")
+    send(kafka_settings, inp, 0, 30)
+    outputs(kafka_settings, out, 30, timeout=90)
+    victim = members(supervisor)[0]
+    os.kill(victim, signal.SIGKILL)
+    send(kafka_settings, inp, 30, 30)
+    wait_for(
+        lambda: len(members(supervisor)) == 2 and victim not in members(supervisor),
+        what="the member restarted",
+    )
+    outputs(kafka_settings, out, 60, timeout=90)
+    orphans = members(supervisor)
+    supervisor.send_signal(signal.SIGKILL)
+    wait_for(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in orphans),
+        what="members ending with their supervisor",
+    )
+    send(kafka_settings, inp, 60, 30)
+    start()
+    assert_once_in_order(outputs(kafka_settings, out, 90, timeout=120), 90)
