@@ -275,8 +275,8 @@ class LocalBroker:
                     classpath,
                     "kafka.tools.StorageTool",
                     "format",
-                    "-t",
-                    state.cluster_id,
+                    # "=": a random id may start with "-", which would read as an option
+                    f"--cluster-id={state.cluster_id}",
                     "-c",
                     str(self.data_dir / "server.properties"),
                 ],

@@ -1,8 +1,8 @@
-"""The record pipeline: parse → fetch → route → predict → output, one record isolated from the next.
+"""The record pipeline: parse → fetch → route → features → predict → explain → output.
 
 Each step is a plain function from one immutable record-in-progress (``Work``) to the
-next; nothing here touches Kafka.  A record whose step fails becomes a dead letter with
-its reason, and the others in its batch go on:
+next; nothing here touches Kafka.  One record is isolated from the next: a record whose
+step fails becomes a dead letter with its reason, and the others in its batch go on:
 
 * a ``RecordError`` carries its own reason (``bad_json``, ``fetch_failed``, ...);
 * any other exception while handling one record is a bug or an input nobody imagined: it
@@ -41,6 +41,7 @@ from streaminfer.stream.records import (
     trace_headers,
 )
 from streaminfer.stream.routing import Route
+from streaminfer.stream.tabular import TabularModels
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,24 @@ def route(defaults: Defaults, work: Work) -> Work:
     return dataclasses.replace(work, predict=predict, route=chosen)
 
 
+def tabulate(models: TabularModels, work: Work) -> Work:
+    """A tabular record's features as its model's input row (other records pass as they are)."""
+    request, predict = work.request, work.predict
+    if request is None or request.features is None or predict is None:
+        return work
+    model = models.get(predict.model, predict.version)
+    return dataclasses.replace(work, predict=model.request(request.features, predict))
+
+
+def explain(models: TabularModels, work: Work) -> Work:
+    """A tabular record's outputs as what a user reads: ranked classes, or named values."""
+    request, predict, result = work.request, work.predict, work.result
+    if request is None or request.features is None or predict is None or result is None:
+        return work
+    model = models.get(predict.model, predict.version)
+    return dataclasses.replace(work, result=model.result(result, predict.top_k))
+
+
 def output(topic: str, work: Work) -> Produced:
     """The output record of a served record (its value is the README's output format)."""
     result = work.result
@@ -231,6 +250,7 @@ class Pipeline:
         dead_letter_topic: str,
         fetch_threads: int = 8,
         max_bytes: dict[str, int],
+        tabular: TabularModels | None = None,
         retry: RetryPolicy = OUTAGE_RETRY,
         rng: random.Random | None = None,
     ) -> None:
@@ -241,6 +261,7 @@ class Pipeline:
         self.output_topic = output_topic
         self.dead_letter_topic = dead_letter_topic
         self.max_bytes = max_bytes  # the largest record the output and DLQ topics accept
+        self.tabular = tabular or TabularModels(None)
         self.retry = retry
         self._rng = rng or random.Random()
         self._fetches = ThreadPoolExecutor(fetch_threads, thread_name_prefix="fetch")
@@ -250,11 +271,12 @@ class Pipeline:
         batch = [isolated("parse", Work(r), parse) for r in records]
         batch = self._fetch_all(batch)
         batch = [isolated("route", w, lambda w: route(self.defaults, w)) for w in batch]
+        batch = [isolated("features", w, lambda w: tabulate(self.tabular, w)) for w in batch]
         todo = [i for i, w in enumerate(batch) if not w.failed]
         if todo:
             served = self._predict([batch[i] for i in todo], abandoned)
             for i, work in zip(todo, served, strict=True):
-                batch[i] = work
+                batch[i] = isolated("explain", work, lambda w: explain(self.tabular, w))
         return batch
 
     def produced(self, work: Work) -> Produced:

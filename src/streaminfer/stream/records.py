@@ -7,7 +7,9 @@ Input values the worker understands:
 * JSON ``{"url": ...}`` or ``{"image_b64": ...}`` with optional ``id``, ``model``,
   ``version`` or ``label``, and ``top_k``;
 * for tensor models, a TF Serving REST-style body: ``{"inputs": {name: values}}`` or
-  ``{"instances": [{name: value}, ...]}`` (plus the optional fields above).
+  ``{"instances": [{name: value}, ...]}`` (plus the optional fields above);
+* for tabular models, ``{"features": {name: value}}`` or a flat JSON object of named
+  values (plus the optional fields above).
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ import orjson
 
 from streaminfer.errors import RecordError
 from streaminfer.kafka.records import Headers
+from streaminfer.models.features import record_features
 from streaminfer.predictors.base import PredictResult
 
 TRACE_HEADER = "streaminfer.trace.id"
+_SOURCES = ("url", "image_b64", "inputs", "instances")
+_ROUTING_FIELDS = frozenset({"id", "model", "version", "label", "top_k"})
 _URL_PREFIXES = ("http://", "https://", "file://", "data:")
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
@@ -47,6 +52,7 @@ class Request:
     url: str | None = None
     image: bytes | None = None
     tensors: dict[str, np.ndarray] | None = None
+    features: dict[str, Any] | None = None  # a tabular record's named values
     model: str | None = None
     version: int | None = None
     label: str | None = None
@@ -96,11 +102,12 @@ def _parse_json(value: bytes) -> Request:
         raise BadRecord("give either 'version' or 'label', not both")
     if request.top_k is not None and request.top_k < 1:
         raise BadRecord("'top_k' must be at least 1")
-    sources = [k for k in ("url", "image_b64", "inputs", "instances") if k in doc]
-    if len(sources) != 1:
-        raise BadRecord(
-            "JSON record needs exactly one of 'url', 'image_b64', 'inputs', 'instances'"
-        )
+    sources = [k for k in _SOURCES if k in doc]
+    if len(sources) > 1:
+        raise BadRecord(f"JSON record needs one of {', '.join(map(repr, _SOURCES))}, not several")
+    if not sources:  # a tabular record: its "features" object, else its other fields
+        request.features = dict(record_features(doc, ignore=_ROUTING_FIELDS))
+        return request
     source = sources[0]
     if source == "url":
         request.url = _optional(doc, "url", str)

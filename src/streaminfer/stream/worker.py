@@ -47,6 +47,7 @@ from streaminfer.stream.metrics import WorkerMetrics
 from streaminfer.stream.pipeline import Defaults, InputRecord, Pipeline, Work
 from streaminfer.stream.routing import Route, ShadowJob, ShadowRunner, Target
 from streaminfer.stream.settings import WorkerSettings
+from streaminfer.stream.tabular import TabularModels
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class Worker:
             dead_letter_topic=settings.dead_letter_topic,
             fetch_threads=settings.fetch_threads,
             max_bytes=limits,
+            tabular=TabularModels(settings.repo),
         )
         self.shadow = None
         if settings.shadow:

@@ -1,0 +1,80 @@
+"""Tabular records in the worker: named features in, the model's input row out, and its
+outputs back as ranked classes (classifiers) or named values (regressors).
+
+The conversion happens in the worker, before the predictor, so one record format serves
+every mode: the embedded runtime and any server get an ordinary tensor request.  The
+worker reads each tabular model's ``model.json`` (its features, classes and
+probabilities output) from ``--repo``, the same folder layout the server serves; for a
+model served elsewhere, point ``--repo`` at a copy of its version folders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from streaminfer.models.features import BadFeatures, record_answer, record_tensors
+from streaminfer.models.layout import parse_version
+from streaminfer.models.metadata import ModelMetadata
+from streaminfer.predictors.base import PredictRequest, PredictResult
+
+
+@dataclass(frozen=True)
+class TabularModel:
+    metadata: ModelMetadata
+    class_names: list[str] | None
+
+    def request(self, values: dict[str, object], predict: PredictRequest) -> PredictRequest:
+        """The record's features as the model's one-row input tensors."""
+        return dataclasses.replace(predict, tensors=record_tensors(values, self.metadata))
+
+    def result(self, result: PredictResult, top_k: int | None) -> PredictResult:
+        """A classifier's probabilities as ranked classes; a regressor's outputs as they are."""
+        assert result.outputs is not None
+        answer = record_answer(result.outputs, self.metadata, self.class_names, top_k)
+        if isinstance(answer, list):
+            return dataclasses.replace(result, predictions=answer, outputs=None)
+        return result
+
+
+class TabularModels:
+    """The tabular models of a repository, read once per model version; thread-safe."""
+
+    def __init__(self, repo: Path | None) -> None:
+        self.repo = repo
+        self._cache: dict[tuple[str, int | None], TabularModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model: str, version: int | None) -> TabularModel:
+        """The model's features: of ``version``, else of its newest version."""
+        with self._lock:
+            found = self._cache.get((model, version))
+        if found is None:
+            found = self._read(model, version)
+            with self._lock:
+                self._cache[(model, version)] = found
+        return found
+
+    def _read(self, model: str, version: int | None) -> TabularModel:
+        if self.repo is None:
+            raise BadFeatures(f"a tabular record for {model!r} needs the worker's --repo")
+        folder = self._version_dir(self.repo / model, version)
+        metadata = ModelMetadata.read(folder)
+        if not metadata.is_tabular_model:
+            raise BadFeatures(f"model {model!r} declares no features: it takes no tabular records")
+        return TabularModel(metadata, metadata.labels(folder))
+
+    @staticmethod
+    def _version_dir(model_dir: Path, version: int | None) -> Path:
+        versions = [v for v in (parse_version(p.name) for p in _dirs(model_dir)) if v is not None]
+        chosen = version if version is not None else max(versions, default=None)
+        if chosen is None or chosen not in versions:
+            which = "no version" if chosen is None else f"no version {chosen}"
+            raise BadFeatures(f"model {model_dir.name!r} has {which} in the repository")
+        return model_dir / str(chosen)
+
+
+def _dirs(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
