@@ -31,8 +31,8 @@ protos: install
 	$(BIN)/python -m streaminfer.protos.build
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks interop
-	$(BIN)/ruff format --check src tests benchmarks interop
+	$(BIN)/ruff check src tests benchmarks interop setup.py
+	$(BIN)/ruff format --check src tests benchmarks interop setup.py
 	$(BIN)/mypy
 
 test: lint quix

@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -40,9 +41,14 @@ class ServerProcess:
     """
 
     def __init__(
-        self, repo: Path, *args: str, log: Path | None = None, env: dict[str, str] | None = None
+        self,
+        repo: Path,
+        *args: str,
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
+        program: Sequence[str] = STREAMINFER,
     ) -> None:
-        self.repo, self.args = repo, args
+        self.repo, self.args, self.program = repo, args, program
         self.env = {**os.environ, **(env or {})}
         self.log_path = log or Path(tempfile.mkstemp(prefix="serve-", suffix=".log")[1])
         self.grpc_port, self.rest_port = free_port(), free_port()
@@ -76,7 +82,7 @@ class ServerProcess:
         return httpx.Client(base_url=self.rest_url, verify=verify, timeout=60, **kwargs)  # type: ignore[arg-type]
 
     def start(self) -> ServerProcess:
-        command = [*STREAMINFER, "serve", "--repo", str(self.repo), "--host", "127.0.0.1",
+        command = [*self.program, "serve", "--repo", str(self.repo), "--host", "127.0.0.1",
                    "--grpc-port", str(self.grpc_port), "--rest-port", str(self.rest_port),
                    *self.args]  # fmt: skip
         with self.log_path.open("ab") as log:

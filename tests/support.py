@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -52,14 +52,23 @@ def wait_for(
 
 
 class CliProcess:
-    """A long-running ``streaminfer`` subcommand (worker, server) in its own process."""
+    """A long-running ``streaminfer`` subcommand (worker, server) in its own process.
 
-    def __init__(self, *args: str, log_path: Path, env: dict[str, str] | None = None) -> None:
+    ``program`` starts streaminfer: by default this checkout's, through the test interpreter.
+    """
+
+    def __init__(
+        self,
+        *args: str,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        program: Sequence[str] = STREAMINFER,
+    ) -> None:
         self.args = args
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [*STREAMINFER, *args],
+            [*program, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
