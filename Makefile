@@ -6,7 +6,15 @@ STAMP := $(VENV)/.installed
 QUIX_VENV := .venv-quix
 QUIX_STAMP := $(QUIX_VENV)/.installed
 
-.PHONY: install quix protos lint test demo bench interop clean
+.PHONY: install quix protos lint deploy-tools test demo bench interop clean
+
+# Deployment checks (tests/test_deploy): helm and kubeconform built with `go install`,
+# Prometheus and promtool from Debian.  Builds and downloads are cached under ~/.cache.
+TOOLS_BIN := $(HOME)/.cache/streaminfer/bin
+GO_CACHE := $(HOME)/.cache/streaminfer/go
+HELM_VERSION := v3.22.0
+KUBECONFORM_VERSION := v0.8.0
+GO_INSTALL := GOBIN=$(TOOLS_BIN) GOMODCACHE=$(GO_CACHE)/mod GOCACHE=$(GO_CACHE)/build go install
 
 install: $(STAMP)
 
@@ -31,11 +39,24 @@ protos: install
 	$(BIN)/python -m streaminfer.protos.build
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks interop setup.py
-	$(BIN)/ruff format --check src tests benchmarks interop setup.py
+	$(BIN)/ruff check src tests benchmarks interop deploy setup.py
+	$(BIN)/ruff format --check src tests benchmarks interop deploy setup.py
 	$(BIN)/mypy
 
-test: lint quix
+deploy-tools: $(TOOLS_BIN)/.helm-$(HELM_VERSION) $(TOOLS_BIN)/.kubeconform-$(KUBECONFORM_VERSION)
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	   apt-get install -y -qq --no-install-recommends prometheus)
+
+$(TOOLS_BIN)/.helm-$(HELM_VERSION):
+	$(GO_INSTALL) helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	touch $@
+
+$(TOOLS_BIN)/.kubeconform-$(KUBECONFORM_VERSION):
+	$(GO_INSTALL) github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+	touch $@
+
+test: lint quix deploy-tools
 	$(BIN)/python -m pytest tests
 
 demo: install

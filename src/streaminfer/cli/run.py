@@ -162,8 +162,10 @@ def run(
     worker = Worker(settings, kafka, predictor, fetcher, metrics, shadow_predictor)
     endpoint = None
     if settings.metrics_port is not None:
-        endpoint = MetricsServer(metrics, settings.metrics_port, lambda: worker.ready)
-        log.info("metrics on http://127.0.0.1:%d/metrics", endpoint.port)
+        endpoint = MetricsServer(
+            metrics, settings.metrics_port, lambda: worker.ready, settings.metrics_host
+        )
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, endpoint.port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
     log.info(
