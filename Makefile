@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 QUIX_VENV := .venv-quix
 QUIX_STAMP := $(QUIX_VENV)/.installed
 
-.PHONY: install quix protos lint deploy-tools test demo bench interop clean
+.PHONY: install quix protos lint deploy-tools image test demo bench interop clean
 
-# Deployment checks (tests/test_deploy): helm and kubeconform built with `go install`,
-# Prometheus and promtool from Debian.  Builds and downloads are cached under ~/.cache.
+# Deployment checks (tests/test_deploy, tests/test_packaging): helm and kubeconform built
+# with `go install`; Prometheus, promtool and podman (with runc, debootstrap for the base
+# image) from Debian.  Builds and downloads are cached under ~/.cache.
 TOOLS_BIN := $(HOME)/.cache/streaminfer/bin
 GO_CACHE := $(HOME)/.cache/streaminfer/go
 HELM_VERSION := v3.22.0
@@ -44,9 +45,10 @@ lint: install
 	$(BIN)/mypy
 
 deploy-tools: $(TOOLS_BIN)/.helm-$(HELM_VERSION) $(TOOLS_BIN)/.kubeconform-$(KUBECONFORM_VERSION)
-	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	   apt-get install -y -qq --no-install-recommends prometheus)
+	missing=; for tool in prometheus promtool podman buildah runc debootstrap; do \
+	  command -v $$tool >/dev/null || missing=1; done; \
+	test -z "$$missing" || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends prometheus podman buildah runc debootstrap uidmap)
 
 $(TOOLS_BIN)/.helm-$(HELM_VERSION):
 	$(GO_INSTALL) helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
@@ -55,6 +57,10 @@ $(TOOLS_BIN)/.helm-$(HELM_VERSION):
 $(TOOLS_BIN)/.kubeconform-$(KUBECONFORM_VERSION):
 	$(GO_INSTALL) github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
 	touch $@
+
+# The container image, localhost/streaminfer:<version>, built offline (see the Containerfile).
+image: install deploy-tools
+	deploy/container/build-image.sh $(BIN)/python
 
 test: lint quix deploy-tools
 	$(BIN)/python -m pytest tests
