@@ -1,4 +1,4 @@
-"""Where the deployment tools are: helm, kubeconform (``make deploy-tools`` builds them)."""
+"""Where the deployment tools are: helm, kubeconform, promtool, podman (``make deploy-tools``)."""
 
 from __future__ import annotations
 

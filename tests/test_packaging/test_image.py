@@ -23,6 +23,7 @@ from streaminfer.kafka.broker import free_port
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import consume, produce
 from tests.support import wait_for
+from tests.test_deploy.tools import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/streaminfer:test"
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.timeout(900)  # the first build also makes the base ima
 
 def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["podman", *args], capture_output=True, text=True, timeout=timeout, env=ENV
+        [tool("podman"), *args], capture_output=True, text=True, timeout=timeout, env=ENV
     )
 
 
