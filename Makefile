@@ -8,7 +8,16 @@ QUIX_STAMP := $(QUIX_VENV)/.installed
 TF_VENV := .venv-tf
 TF_STAMP := $(TF_VENV)/.installed
 
-.PHONY: install quix tf protos lint test demo bench interop clean
+.PHONY: install quix tf protos lint deploy-tools image test demo bench interop clean
+
+# Deployment checks (tests/test_deploy, tests/test_packaging): helm and kubeconform built
+# with `go install`; Prometheus, promtool and podman (with runc, debootstrap for the base
+# image) from Debian.  Builds and downloads are cached under ~/.cache.
+TOOLS_BIN := $(HOME)/.cache/streaminfer/bin
+GO_CACHE := $(HOME)/.cache/streaminfer/go
+HELM_VERSION := v3.22.0
+KUBECONFORM_VERSION := v0.8.0
+GO_INSTALL := GOBIN=$(TOOLS_BIN) GOMODCACHE=$(GO_CACHE)/mod GOCACHE=$(GO_CACHE)/build go install
 
 install: $(STAMP)
 
@@ -43,11 +52,29 @@ protos: install
 	$(BIN)/python -m streaminfer.protos.build
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks interop
-	$(BIN)/ruff format --check src tests benchmarks interop
+	$(BIN)/ruff check src tests benchmarks interop deploy setup.py
+	$(BIN)/ruff format --check src tests benchmarks interop deploy setup.py
 	$(BIN)/mypy
 
-test: lint quix tf
+deploy-tools: $(TOOLS_BIN)/.helm-$(HELM_VERSION) $(TOOLS_BIN)/.kubeconform-$(KUBECONFORM_VERSION)
+	missing=; for tool in prometheus promtool podman buildah runc debootstrap; do \
+	  command -v $$tool >/dev/null || missing=1; done; \
+	test -z "$$missing" || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends prometheus podman buildah runc debootstrap uidmap)
+
+$(TOOLS_BIN)/.helm-$(HELM_VERSION):
+	$(GO_INSTALL) helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	touch $@
+
+$(TOOLS_BIN)/.kubeconform-$(KUBECONFORM_VERSION):
+	$(GO_INSTALL) github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+	touch $@
+
+# The container image, localhost/streaminfer:<version>, built offline (see the Containerfile).
+image: install deploy-tools
+	deploy/container/build-image.sh $(BIN)/python
+
+test: lint quix tf deploy-tools
 	$(BIN)/python -m pytest tests
 
 demo: install

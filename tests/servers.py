@@ -8,6 +8,7 @@ import signal
 import ssl
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -39,9 +40,14 @@ class ServerProcess:
     """
 
     def __init__(
-        self, repo: Path, *args: str, log: Path | None = None, env: dict[str, str] | None = None
+        self,
+        repo: Path,
+        *args: str,
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
+        program: Sequence[str] = STREAMINFER,
     ) -> None:
-        self.repo, self.args, self.env = repo, args, env
+        self.repo, self.args, self.env, self.program = repo, args, env, program
         self.log_path = log or Path(tempfile.mkstemp(prefix="serve-", suffix=".log")[1])
         self.grpc_port, self.rest_port = free_port(), free_port()
         self.ca_cert = Path(args[args.index("--tls-cert") + 1]) if "--tls-cert" in args else None
@@ -74,7 +80,7 @@ class ServerProcess:
         return httpx.Client(base_url=self.rest_url, verify=verify, timeout=60, **kwargs)  # type: ignore[arg-type]
 
     def start(self) -> ServerProcess:
-        command = [*STREAMINFER, "serve", "--repo", str(self.repo), "--host", "127.0.0.1",
+        command = [*self.program, "serve", "--repo", str(self.repo), "--host", "127.0.0.1",
                    "--grpc-port", str(self.grpc_port), "--rest-port", str(self.rest_port),
                    *self.args]  # fmt: skip
         self.process = ManagedProcess("model server", command, self.log_path, self.env)

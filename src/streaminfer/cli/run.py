@@ -165,10 +165,12 @@ def run(
     )
     endpoint = None
     if settings.metrics_port is not None:
-        port = 0 if member else settings.metrics_port  # the supervisor serves the given port
-        endpoint = MetricsServer(metrics.registry, port, lambda: worker.ready)
+        # A member's endpoint is for its supervisor: on loopback, on a free port.
+        host = "127.0.0.1" if member else settings.metrics_host
+        port = 0 if member else settings.metrics_port
+        endpoint = MetricsServer(metrics.registry, port, lambda: worker.ready, host)
         report_member_endpoint(endpoint.port)
-        log.info("metrics on http://127.0.0.1:%d/metrics", endpoint.port)
+        log.info("metrics on http://%s:%d/metrics", host, endpoint.port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
     log.info(
@@ -200,7 +202,9 @@ def _supervise(settings: WorkerSettings) -> int:
 
     command = [sys.executable, "-m", "streaminfer.cli.main", *sys.argv[1:]]
     count = member_count(settings.processes)
-    supervisor = Supervisor(command, count, settings.metrics_port, settings.shutdown_timeout_s)
+    supervisor = Supervisor(
+        command, count, settings.metrics_port, settings.metrics_host, settings.shutdown_timeout_s
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.stop())
     log.info("supervising %d members of group %s", count, settings.group_id)

@@ -1,4 +1,9 @@
-"""Generate the Python gRPC/protobuf modules from this package's ``.proto`` files."""
+"""Generate the Python gRPC/protobuf modules from this package's ``.proto`` files.
+
+Run as ``python -m streaminfer.protos.build`` to generate them beside the ``.proto`` files
+(a development checkout); ``setup.py`` loads this file by path to generate them into a
+wheel or sdist, so it must import nothing from ``streaminfer``.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +14,27 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 SOURCE_ROOT = PACKAGE_DIR.parent.parent  # the folder that holds ``streaminfer/``
 
 
-def generate() -> list[Path]:
+def generate(source_root: Path = SOURCE_ROOT, out_root: Path | None = None) -> list[Path]:
+    """Compile every ``streaminfer/protos/**/*.proto`` under ``source_root`` into ``out_root``.
+
+    ``out_root`` (default: ``source_root``) is the folder that holds the ``streaminfer``
+    package being built; the generated modules land at the same relative paths.
+    """
     from grpc_tools import protoc  # build-time dependency only
 
-    protos = sorted(PACKAGE_DIR.rglob("*.proto"))
+    out = str(out_root or source_root)
+    protos = sorted((source_root / "streaminfer" / "protos").rglob("*.proto"))
     if not protos:
         return []
     include = Path(protoc.__file__).parent / "_proto"
     args = [
         "protoc",
-        f"--proto_path={SOURCE_ROOT}",
+        f"--proto_path={source_root}",
         f"--proto_path={include}",
-        f"--python_out={SOURCE_ROOT}",
-        f"--pyi_out={SOURCE_ROOT}",
-        f"--grpc_python_out={SOURCE_ROOT}",
-        *(str(p.relative_to(SOURCE_ROOT)) for p in protos),
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *(str(p.relative_to(source_root)) for p in protos),
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed on " + ", ".join(p.name for p in protos))

@@ -39,6 +39,7 @@ class WorkerSettings(Settings):
     top_k: int | None = Field(default=None, ge=1)
     fallback: Literal["embedded"] | None = None
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a pod, for probes and Prometheus
     request_timeout_s: float = Field(default=10.0, gt=0)
     decode_threads: int = Field(default=2, ge=1)
     fetch_threads: int = Field(default=8, ge=1)

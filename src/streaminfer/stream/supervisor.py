@@ -62,11 +62,13 @@ class Supervisor:
         command: list[str],
         count: int,
         metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
         shutdown_timeout_s: float = 30.0,
     ) -> None:
         self.command = command
         self.count = count
         self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
         self.shutdown_timeout_s = shutdown_timeout_s
         self._folder = Path(tempfile.mkdtemp(prefix="streaminfer-members-"))
         self._stopping = threading.Event()
@@ -80,7 +82,9 @@ class Supervisor:
         """Supervise until stopped; returns the exit code for the command."""
         endpoint = None
         if self.metrics_port is not None:
-            endpoint = MetricsServer(self._registry(), self.metrics_port, self._any_ready)
+            endpoint = MetricsServer(
+                self._registry(), self.metrics_port, self._any_ready, self.metrics_host
+            )
             log.info("metrics of %d members on port %d", self.count, endpoint.port)
         try:
             for index in range(self.count):
