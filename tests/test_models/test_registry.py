@@ -11,17 +11,12 @@ import numpy as np
 import pytest
 
 from streaminfer.models.batcher import BatchingConfig, DynamicBatcher
+from streaminfer.models.errors import BadLabel, InvalidInput, ModelNotFound
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
+from streaminfer.models.model_config import ModelConfig, VersionPolicy
 from streaminfer.models.pipeline import classify, preprocess_images
-from streaminfer.models.registry import (
-    BadLabel,
-    ModelConfig,
-    ModelNotFound,
-    ModelRegistry,
-    VersionPolicy,
-    VersionState,
-)
-from streaminfer.models.runtime import InvalidInput
+from streaminfer.models.registry import ModelRegistry
+from streaminfer.models.status import VersionState
 from tests.support import wait_for
 
 

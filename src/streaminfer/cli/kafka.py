@@ -23,6 +23,7 @@ from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.broker import KAFKA_VERSION, LocalBroker, wait_until_ready
 from streaminfer.kafka.config import kafka_settings, parse_property
 from streaminfer.kafka.records import Record, consume, produce
+from streaminfer.types import Headers
 
 kafka_app = typer.Typer(help="Run a local single-node Apache Kafka (KRaft) for demos and tests.")
 topics_app = typer.Typer(help="Create, list, describe and delete topics.")
@@ -176,7 +177,7 @@ def produce_cmd(
         except OSError as exc:
             raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc
         values = [line.rstrip(b"\r\n") for line in stream if line.strip()]
-    headers: list[tuple[str, str | bytes | None]] = []
+    headers: Headers = []
     for h in header or []:
         name, sep, text = h.partition("=")
         if not sep or not name:

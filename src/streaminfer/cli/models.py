@@ -26,9 +26,9 @@ from streaminfer.models.control_state import (
     retire_state,
 )
 from streaminfer.models.deploy import DeployLimits, digest, prepare, to_location
-from streaminfer.models.layout import parse_version
+from streaminfer.models.layout import parse_version, scan_repository
 from streaminfer.models.pipeline import classify, preprocess_one
-from streaminfer.models.registry import ModelRegistry, scan_repository
+from streaminfer.models.registry import ModelRegistry
 
 models_app = typer.Typer(help="Export models into a repository and inspect it.")
 console = Console()

@@ -16,8 +16,13 @@ from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import kafka_settings
 from streaminfer.models.batcher import BatchingConfig
 from streaminfer.models.control import ControlFollower
-from streaminfer.models.model_config import model_configs, read_model_config_file
-from streaminfer.models.registry import ModelConfig, ModelRegistry, VersionPolicy
+from streaminfer.models.model_config import (
+    ModelConfig,
+    VersionPolicy,
+    model_configs,
+    read_model_config_file,
+)
+from streaminfer.models.registry import ModelRegistry
 from streaminfer.predictors.base import Predictor
 from streaminfer.predictors.factory import create_predictor
 from streaminfer.predictors.remote import RemoteOptions

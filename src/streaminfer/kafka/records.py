@@ -19,6 +19,7 @@ from confluent_kafka import (
 from streaminfer.errors import ConfigError, InfrastructureError
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
+from streaminfer.types import Headers
 
 
 @dataclass
@@ -59,7 +60,7 @@ def produce(
     values: Iterable[bytes],
     key: bytes | None = None,
     key_delimiter: bytes | None = None,
-    headers: list[tuple[str, str | bytes | None]] | None = None,
+    headers: Headers | None = None,
 ) -> int:
     """Write each value as one record and wait until all are acknowledged; returns the count."""
     if not TopicAdmin(settings).exists(topic):

@@ -21,8 +21,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from streaminfer.errors import InfrastructureError
-
-Tensors = dict[str, np.ndarray]
+from streaminfer.types import Tensors
 
 
 class BatchingConfig(BaseModel):

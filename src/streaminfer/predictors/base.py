@@ -13,10 +13,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from streaminfer.errors import RecordError
 from streaminfer.models.postprocess import Prediction
+from streaminfer.types import Tensors
 
 
 @dataclass
@@ -27,7 +26,7 @@ class PredictRequest:
     version: int | None = None
     label: str | None = None
     image: bytes | None = None
-    tensors: dict[str, np.ndarray] | None = None
+    tensors: Tensors | None = None
     top_k: int | None = None  # None: the model's default
 
 
@@ -37,7 +36,7 @@ class PredictResult:
     version: int
     mode: str  # who served it, e.g. "embedded", "tfserving-grpc", "embedded-fallback"
     predictions: list[Prediction] | None = None  # image models: top-k, best first
-    outputs: dict[str, np.ndarray] | None = None  # tensor models: the raw outputs
+    outputs: Tensors | None = None  # tensor models: the raw outputs
     timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, inference
 
 

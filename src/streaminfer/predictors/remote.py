@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streaminfer.errors import InfrastructureError, RecordError
+from streaminfer.models.errors import InvalidInput
 from streaminfer.models.postprocess import Prediction
-from streaminfer.models.runtime import InvalidInput
 from streaminfer.predictors.base import Outcome, Predictor, PredictRequest, PredictResult
 from streaminfer.predictors.grouping import (
-    Tensors,
     check_kind,
     chunks,
     concat_rows,
@@ -33,6 +32,7 @@ from streaminfer.predictors.grouping import (
     stack_key,
     tensor_rows,
 )
+from streaminfer.types import ModelRef, Tensors
 
 # Below what model servers accept (ours: 64 MiB); a server that refuses a request as too
 # large (gRPC's default limit is 4 MiB) gets it again in halves.
@@ -62,15 +62,6 @@ class RemoteOptions:
 
     def read_ca(self) -> bytes | None:
         return self.ca_file.read_bytes() if self.ca_file else None
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Which servable a request addresses."""
-
-    name: str
-    version: int | None = None
-    label: str | None = None
 
 
 def numbered_version(ref: ModelRef, protocol: str) -> str:

@@ -24,9 +24,9 @@ import numpy as np
 
 from streaminfer.errors import RecordError
 from streaminfer.predictors.base import PredictResult
+from streaminfer.types import Headers, Tensors
 
 TRACE_HEADER = "streaminfer.trace.id"
-Headers = list[tuple[str, str | bytes | None]]
 _URL_PREFIXES = ("http://", "https://", "file://", "data:")
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
@@ -46,7 +46,7 @@ class Request:
     id: str | None = None
     url: str | None = None
     image: bytes | None = None
-    tensors: dict[str, np.ndarray] | None = None
+    tensors: Tensors | None = None
     model: str | None = None
     version: int | None = None
     label: str | None = None
@@ -123,7 +123,7 @@ def _optional(doc: dict[str, Any], key: str, kind: type) -> Any:
     return value
 
 
-def _tensors(body: Any, columnar: bool) -> dict[str, np.ndarray]:
+def _tensors(body: Any, columnar: bool) -> Tensors:
     """TF Serving REST bodies: columnar ``{name: values}``, or rows ``[{name: value}, ...]``."""
     if columnar:
         if not isinstance(body, dict) or not body:

@@ -23,6 +23,7 @@ from confluent_kafka import Producer
 from streaminfer.errors import ConfigError, StreamInferError
 from streaminfer.predictors.base import Predictor, PredictRequest, PredictResult
 from streaminfer.stream.records import result_fields
+from streaminfer.types import Headers
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class ShadowJob:
     request: PredictRequest  # the primary's; the shadow runs a copy on its own target
     primary: dict[str, Any]  # the primary output record's value, for comparison
     key: bytes | None
-    headers: list[tuple[str, str | bytes | None]]
+    headers: Headers
 
 
 class ShadowRunner:

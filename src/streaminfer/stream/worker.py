@@ -47,7 +47,6 @@ from streaminfer.kafka.config import KafkaSettings
 from streaminfer.predictors.base import Predictor, PredictRequest, PredictResult
 from streaminfer.stream.metrics import WorkerMetrics
 from streaminfer.stream.records import (
-    Headers,
     Request,
     Source,
     dead_letter_headers,
@@ -57,6 +56,7 @@ from streaminfer.stream.records import (
 )
 from streaminfer.stream.routing import Route, ShadowJob, ShadowRunner, Target
 from streaminfer.stream.settings import WorkerSettings
+from streaminfer.types import Headers
 
 log = logging.getLogger(__name__)
 
