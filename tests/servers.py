@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import signal
 import ssl
-import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -22,10 +20,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
-from streaminfer.kafka.broker import free_port
+from streaminfer.net import free_port
+from streaminfer.processes import STREAMINFER, ManagedProcess
 from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc
 from streaminfer.serving.codec import to_tensor_proto
-from tests.support import STREAMINFER, wait_for
+from tests.support import wait_for
 
 START_TIMEOUT = 90.0
 TOKEN = "s3cret-token"
@@ -42,13 +41,12 @@ class ServerProcess:
     def __init__(
         self, repo: Path, *args: str, log: Path | None = None, env: dict[str, str] | None = None
     ) -> None:
-        self.repo, self.args = repo, args
-        self.env = {**os.environ, **(env or {})}
+        self.repo, self.args, self.env = repo, args, env
         self.log_path = log or Path(tempfile.mkstemp(prefix="serve-", suffix=".log")[1])
         self.grpc_port, self.rest_port = free_port(), free_port()
         self.ca_cert = Path(args[args.index("--tls-cert") + 1]) if "--tls-cert" in args else None
         self.scheme = "https" if self.ca_cert else "http"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: ManagedProcess | None = None
 
     @property
     def grpc_target(self) -> str:
@@ -79,18 +77,14 @@ class ServerProcess:
         command = [*STREAMINFER, "serve", "--repo", str(self.repo), "--host", "127.0.0.1",
                    "--grpc-port", str(self.grpc_port), "--rest-port", str(self.rest_port),
                    *self.args]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.env,
-            )  # fmt: skip
+        self.process = ManagedProcess("model server", command, self.log_path, self.env)
         wait_for(self._ready, START_TIMEOUT, f"the model server to be ready:\n{self.log_path}")
         return self
 
     def _ready(self) -> bool:
         assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log}")
+        if not self.process.alive():
+            raise self.process.failure("exited")
         try:
             with self.client() as client:
                 return client.get("/v2/health/ready", timeout=2).status_code == 200
@@ -101,20 +95,15 @@ class ServerProcess:
         """SIGTERM, then the exit code (None if it was not running)."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
+            return self.process.stop(timeout)
         finally:
             self.process = None
 
     def kill(self) -> None:
         """SIGKILL: the server dies without a word, as in a crash."""
         assert self.process is not None
-        self.process.kill()
+        self.process.send_signal(signal.SIGKILL)
         self.process.wait()
         self.process = None
 

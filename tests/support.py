@@ -1,18 +1,16 @@
-"""Helpers the tests share (fixtures live in conftest.py)."""
+"""Helpers the tests share: running the CLI, awaiting a condition (fixtures: tests/fixtures/)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-T = TypeVar("T")
+from streaminfer.processes import STREAMINFER
 
-STREAMINFER = [sys.executable, "-m", "streaminfer.cli.main"]
+T = TypeVar("T")
 
 
 def run_cli(
@@ -49,39 +47,3 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
-
-
-class CliProcess:
-    """A long-running ``streaminfer`` subcommand (worker, server) in its own process."""
-
-    def __init__(self, *args: str, log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.args = args
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            [*STREAMINFER, *args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def signal(self, sig: int) -> None:
-        self.process.send_signal(sig)
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.alive():
-            self.process.terminate()
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        self._log.close()
-        return code

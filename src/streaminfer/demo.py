@@ -24,14 +24,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from streaminfer.bench.imagehost import serve_in_thread
 from streaminfer.errors import ConfigError, InfrastructureError
+from streaminfer.imagehost import serve_in_thread
 from streaminfer.images.samples import SAMPLE_IMAGES, sample_jpegs
 from streaminfer.kafka.admin import TopicAdmin
-from streaminfer.kafka.broker import LocalBroker, free_port
+from streaminfer.kafka.broker import LocalBroker
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import Record, consume, produce
 from streaminfer.models.layout import scan_repository
+from streaminfer.net import free_port
 from streaminfer.processes import STREAMINFER, ManagedProcess, ModelServerProcess, wait_http_ok
 
 INPUT, OUTPUT, EMBEDDED_OUTPUT = "ImageInputTopic", "ImageOutputTopic", "ImageOutputTopic.embedded"
@@ -51,6 +52,11 @@ class DemoOptions:
     @property
     def repo(self) -> Path:
         return self.home / "models"
+
+    @property
+    def images(self) -> Path:
+        """The sample images, and the one folder whose files records may name by path."""
+        return self.home / "demo-images"
 
 
 class Demo:
@@ -79,8 +85,10 @@ class Demo:
         grpc_port = self._server()
         admin = TopicAdmin(kafka)
         admin.ensure([INPUT, OUTPUT, EMBEDDED_OUTPUT, DLQ])
+        self.options.images.mkdir(parents=True, exist_ok=True)
         base = ["run", "-b", bootstrap, "--input", INPUT, "--model", MODEL, "--repo",
-                str(self.options.repo), "--allow-network", "127.0.0.0/8"]  # fmt: skip
+                str(self.options.repo), "--allow-network", "127.0.0.0/8",
+                "--allow-files", str(self.options.images)]  # fmt: skip
         workers = {
             "worker-remote": ["--output", OUTPUT, "--mode", "tfserving-grpc", "--server",
                               f"127.0.0.1:{grpc_port}", "--group-id", "demo-remote"],
@@ -140,8 +148,7 @@ class Demo:
         return process
 
     def _serve_images(self) -> list[str]:
-        folder = self.options.home / "demo-images"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self.options.images
         for name, jpeg in sample_jpegs().items():
             (folder / f"{name}.jpg").write_bytes(jpeg)
         self.image_server = serve_in_thread(str(folder))
@@ -188,8 +195,10 @@ class Demo:
 
     def _explain(self, bootstrap: str) -> None:
         self.console.print(
-            "\nThe stack keeps running. Send your own images (a URL or a file path):\n"
-            f"  streaminfer produce {INPUT} -b {bootstrap} --value /path/to/image.jpg\n"
+            "\nThe stack keeps running. Send your own images (a URL, or the path of a file "
+            f"you put in {self.options.images}):\n"
+            f"  streaminfer produce {INPUT} -b {bootstrap} "
+            f"--value {self.options.images / 'chelsea.jpg'}\n"
             "Read the predictions:\n"
             f"  streaminfer consume {OUTPUT} -b {bootstrap} --from-beginning\n"
             f"  streaminfer consume {EMBEDDED_OUTPUT} -b {bootstrap} --from-beginning\n"

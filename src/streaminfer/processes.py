@@ -1,14 +1,16 @@
-"""Child processes of streaminfer's own commands: a model server, a worker, a helper host.
+"""Child processes of streaminfer's own commands: a model server, a worker, an image host.
 
-The demo and the benchmark start the parts of a pipeline as separate OS processes, as
-they run in production; this module starts one, waits until it answers, reports its log
-when it dies, and stops it (SIGTERM, then SIGKILL).  Each gets its own session, so a
-Ctrl-C reaches the parent, which then stops its children in order.
+The demo, the benchmark and the tests start the parts of a pipeline as separate OS
+processes, as they run in production; this module is the one place that starts one,
+waits until it answers, reports its log when it dies, and stops it (SIGTERM, then
+SIGKILL).  Each gets its own session, so a Ctrl-C reaches the parent, which then stops
+its children in order.
 """
 
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +20,7 @@ from types import TracebackType
 from typing import Self
 
 from streaminfer.errors import InfrastructureError
-from streaminfer.kafka.broker import free_port
+from streaminfer.net import free_port
 
 STREAMINFER = (sys.executable, "-m", "streaminfer.cli.main")
 _READY_TIMEOUT_S = 90.0
@@ -28,7 +30,10 @@ _POLL_S = 0.05
 class ManagedProcess:
     """A child process writing to a log file; stopped with SIGTERM, then SIGKILL."""
 
-    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
+    def __init__(
+        self, name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
+        """Start ``args``; ``env`` adds to (or overrides) this process's environment."""
         self.name = name
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,6 +44,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env={**os.environ, **env} if env else None,
             )
 
     @property
@@ -48,9 +54,19 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def send_signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit code, once it exits (``subprocess.TimeoutExpired`` past ``timeout``)."""
+        return self.process.wait(timeout)
+
+    def log(self) -> str:
+        """Everything the process has written so far (stdout and stderr)."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
     def log_tail(self, lines: int = 15) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(self.log().splitlines()[-lines:])
 
     def failure(self, what: str) -> InfrastructureError:
         """An error naming the process, its exit code if it died, and the end of its log."""
@@ -120,3 +136,17 @@ class ModelServerProcess(ManagedProcess):
     def address(self, rest: bool) -> str:
         """``host:port`` of the REST or the gRPC port."""
         return f"127.0.0.1:{self.rest_port if rest else self.grpc_port}"
+
+
+class ImageHostProcess(ManagedProcess):
+    """The image host (:mod:`streaminfer.imagehost`) serving ``directory`` on a free port."""
+
+    def __init__(self, directory: Path, probe_file: str, log_path: Path) -> None:
+        self.port = free_port()
+        args = [sys.executable, "-m", "streaminfer.imagehost", str(directory), str(self.port)]
+        super().__init__("image host", args, log_path)
+        wait_http_ok(self, self.port, f"/{probe_file}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"

@@ -1,7 +1,7 @@
 """Types every layer shares, at the bottom of the dependency graph (it imports only numpy).
 
-``Tensors`` is what a model takes and gives, ``Headers`` is what a produced Kafka record
-carries, and ``ModelRef`` says which servable a request addresses.
+``Tensors`` is what a model takes and gives; ``ModelRef`` says which servable a request
+addresses.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ import numpy as np
 
 Tensors = dict[str, np.ndarray]
 """Named arrays; the first axis of each is the batch."""
-
-Headers = list[tuple[str, str | bytes | None]]
-"""Headers of a record to produce, as confluent-kafka's ``produce`` accepts them."""
 
 
 @dataclass(frozen=True)

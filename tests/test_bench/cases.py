@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from streaminfer.bench.measure import LatencySummary
 from streaminfer.bench.results import (
     BenchResult,
@@ -85,3 +87,9 @@ def bench_result() -> BenchResult:
         elapsed_s=75.0,
         workloads=[images_result()],
     )
+
+
+def positive_figures(doc: dict[str, Any], *names: str) -> None:
+    """Each named figure of ``doc`` (a results.json object) is a positive float."""
+    for name in names:
+        assert isinstance(doc[name], float) and doc[name] > 0, f"{doc.get('name')}: {name}"

@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 
 from streaminfer.bench.configs import QUICK_CONFIGS
 from tests.support import run_cli
-
-
-def positive_figures(doc: dict[str, Any], *names: str) -> None:
-    for name in names:
-        assert isinstance(doc[name], float) and doc[name] > 0, f"{doc.get('name')}: {name}"
+from tests.test_bench.cases import positive_figures
 
 
 def test_quick_bench_writes_positive_figures_a_report_and_plots(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from tests.support import run_cli
-from tests.test_bench.test_cli import positive_figures
+from tests.test_bench.cases import positive_figures
 
 QUIX_PYTHON = Path(__file__).resolve().parents[2] / ".venv-quix" / "bin" / "python"
 

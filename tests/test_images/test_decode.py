@@ -21,8 +21,7 @@ from streaminfer.images import (
 from streaminfer.images.decode import open_image
 from streaminfer.images.preprocess import _draft_size
 from streaminfer.models.metadata import ImagePreprocess
-
-from .conftest import bomb_png, encode
+from tests.test_images.cases import bomb_png, encode
 
 
 def unnormalized(**options: Any) -> ImagePreprocess:
@@ -49,14 +48,16 @@ def test_supported_formats_decode_to_rgb(fmt: str) -> None:
     ("data", "match"),
     [
         (b"", "empty"),
-        (b"\x00garbage" * 10, "garbage"),
-        (b"<html><body>Forbidden</body></html>", "html"),
+        (b"\x00garbage" * 10, r"unknown binary data, 80 bytes"),
+        (b"<html><body>Forbidden</body></html>", "HTML"),
+        (b"user=root password=hunter2", "looks like text"),
         (encode(Image.new("RGB", (8, 8)), "TIFF"), "JPEG, PNG, WebP, GIF or BMP"),
     ],
 )
 def test_not_an_image(data: bytes, match: str) -> None:
-    with pytest.raises(NotAnImage, match=match):
+    with pytest.raises(NotAnImage, match=match) as caught:
         decode_image(data)
+    assert data[1:8] not in str(caught.value).encode() or not data  # never quotes the bytes
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import ipaddress
+import os
 import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ from streaminfer.images import (
     DecompressionBomb,
     FetchPolicy,
     ForbiddenAddress,
+    ForbiddenFile,
     ImageFetcher,
     ImageFetchFailed,
     ImageFetchTimeout,
@@ -32,8 +35,7 @@ from streaminfer.images import (
     decode_image,
 )
 from streaminfer.images.fetch import AddressGuard
-
-from .conftest import ImageServer
+from tests.test_images.cases import ImageServer
 
 
 @pytest.fixture
@@ -51,6 +53,7 @@ def test_reasons_are_stable_record_errors() -> None:
         ImageTooLarge: "too_large",
         TooManyRedirects: "too_many_redirects",
         ForbiddenAddress: "forbidden_address",
+        ForbiddenFile: "forbidden",
         NotAnImage: "not_an_image",
         CorruptImage: "corrupt_image",
         DecompressionBomb: "decompression_bomb",
@@ -147,6 +150,46 @@ def test_trickling_server_hits_the_total_deadline(image_server: ImageServer) -> 
     assert time.monotonic() - start < policy.total_timeout + policy.read_timeout
 
 
+def test_slow_status_line_and_headers_hit_the_total_deadline(image_server: ImageServer) -> None:
+    """One byte a second never trips the read timeout; the deadline covers the headers too."""
+    policy = FetchPolicy(allow_networks=["127.0.0.0/8"], read_timeout=3.0, total_timeout=2.0)
+    start = time.monotonic()
+    with ImageFetcher(policy) as fetcher, pytest.raises(ImageFetchTimeout, match="total_timeout"):
+        fetcher.fetch(image_server.url("/slow-headers"))
+    # The headers alone take over a minute to arrive: only the deadline can end the fetch here.
+    assert time.monotonic() - start < policy.read_timeout
+    assert ImageFetchTimeout.reason == "timeout"
+
+
+def test_slow_tls_handshake_hits_the_total_deadline() -> None:
+    """A TLS record header, then its body one byte at a time: the handshake never completes."""
+    stop = threading.Event()
+
+    def trickle(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)  # the ClientHello
+            conn.sendall(b"\x16\x03\x03\x40\x00")  # a handshake record of 16 KiB follows
+            while not stop.wait(0.2):
+                conn.sendall(b"\x00")
+
+    policy = FetchPolicy(
+        allow_networks=["127.0.0.0/8"], connect_timeout=5.0, read_timeout=5.0, total_timeout=1.5
+    )
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        server = threading.Thread(target=trickle, args=(listener,))
+        server.start()
+        start = time.monotonic()
+        try:
+            url = f"https://127.0.0.1:{listener.getsockname()[1]}/x.jpg"
+            with ImageFetcher(policy) as fetcher, pytest.raises(ImageFetchTimeout, match="total"):
+                fetcher.fetch(url)
+            assert time.monotonic() - start < policy.connect_timeout
+        finally:
+            stop.set()
+            server.join()
+
+
 def test_redirect_chain_within_the_limit(
     fetcher: ImageFetcher, image_server: ImageServer, chelsea_jpeg: bytes
 ) -> None:
@@ -172,8 +215,9 @@ def test_body_over_max_bytes_is_too_large(
 
 def test_html_page_is_not_an_image(fetcher: ImageFetcher, image_server: ImageServer) -> None:
     data = fetcher.fetch(image_server.url("/page.html"))
-    with pytest.raises(NotAnImage, match="DOCTYPE"):
+    with pytest.raises(NotAnImage, match="looks like HTML") as caught:
         decode_image(data)
+    assert "Sign in" not in str(caught.value)  # the page itself is never quoted
 
 
 def test_served_bomb_and_truncated_jpeg(fetcher: ImageFetcher, image_server: ImageServer) -> None:
@@ -283,9 +327,10 @@ def test_data_uri_over_max_bytes() -> None:
         fetcher.fetch("data:;base64,aGVsbG8=")
 
 
-def test_file_uris(fetcher: ImageFetcher, tmp_path: Path, chelsea_jpeg: bytes) -> None:
+def test_file_uris(tmp_path: Path, chelsea_jpeg: bytes) -> None:
     path = tmp_path / "a cat #1.jpg"
     path.write_bytes(chelsea_jpeg)
+    fetcher = ImageFetcher(FetchPolicy(allow_files=[tmp_path]))
     assert fetcher.fetch(path.as_uri()) == chelsea_jpeg
     assert fetcher.fetch("file://localhost" + urllib.parse.quote(str(path))) == chelsea_jpeg
     with pytest.raises(ImageNotFound):
@@ -294,22 +339,59 @@ def test_file_uris(fetcher: ImageFetcher, tmp_path: Path, chelsea_jpeg: bytes) -
         fetcher.fetch(tmp_path.as_uri())
     with pytest.raises(InvalidImageURI, match="local path"):
         fetcher.fetch("file://example.com/a.jpg")
+    with pytest.raises(InvalidImageURI, match="NUL"):
+        fetcher.fetch(f"{tmp_path.as_uri()}/a%00b.jpg")
 
 
 def test_file_over_max_bytes(tmp_path: Path) -> None:
     path = tmp_path / "big.jpg"
     path.write_bytes(b"\xff" * 100)
-    with ImageFetcher(FetchPolicy(max_bytes=99)) as fetcher, pytest.raises(ImageTooLarge):
+    policy = FetchPolicy(max_bytes=99, allow_files=[tmp_path])
+    with ImageFetcher(policy) as fetcher, pytest.raises(ImageTooLarge):
         fetcher.fetch(path.as_uri())
 
 
-def test_file_uris_can_be_disabled(tmp_path: Path, chelsea_jpeg: bytes) -> None:
-    path = tmp_path / "cat.jpg"
-    path.write_bytes(chelsea_jpeg)
-    with ImageFetcher(FetchPolicy(allow_file=False)) as fetcher:
-        with pytest.raises(ForbiddenAddress, match="allow_file"):
-            fetcher.fetch(path.as_uri())
-        assert fetcher.fetch(chelsea_jpeg) == chelsea_jpeg
+@pytest.mark.parametrize("uri", ["file:///etc/passwd", "file:///proc/self/environ"])
+def test_file_access_is_refused_by_default(uri: str) -> None:
+    with ImageFetcher() as fetcher, pytest.raises(ForbiddenFile, match="--allow-files") as caught:
+        fetcher.fetch(uri)
+    assert caught.value.reason == "forbidden"
+    assert "root" not in str(caught.value) and "PATH" not in str(caught.value)
+
+
+def test_only_regular_files_under_allowed_folders_are_read(
+    tmp_path: Path, chelsea_jpeg: bytes
+) -> None:
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (allowed / "cat.jpg").write_bytes(chelsea_jpeg)
+    secret = outside / "secret.txt"
+    secret.write_bytes(b"the secret contents")
+    (allowed / "escape.jpg").symlink_to(secret)
+    (allowed / "up").symlink_to(outside)
+    os.mkfifo(allowed / "fifo.jpg")
+    with ImageFetcher(FetchPolicy(allow_files=[allowed])) as fetcher:
+        assert fetcher.fetch((allowed / "cat.jpg").as_uri()) == chelsea_jpeg
+        assert fetcher.fetch(f"file://{outside}/../allowed/cat.jpg") == chelsea_jpeg
+        for escape in ("escape.jpg", "up/secret.txt", "../outside/secret.txt"):
+            with pytest.raises(ForbiddenFile, match="not under a folder") as caught:
+                fetcher.fetch(f"file://{allowed}/{escape}")
+            assert "secret contents" not in str(caught.value)
+        with pytest.raises(ImageFetchFailed, match="not a regular file"):  # and does not hang
+            fetcher.fetch((allowed / "fifo.jpg").as_uri())
+        with pytest.raises(ForbiddenFile):  # a folder whose name only starts like an allowed one
+            fetcher.fetch((tmp_path / "allowed-not" / "cat.jpg").as_uri())
+
+
+def test_not_an_image_never_quotes_the_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "notes.jpg"
+    path.write_bytes(b"password=hunter2\n")
+    with ImageFetcher(FetchPolicy(allow_files=[tmp_path])) as fetcher:
+        data = fetcher.fetch(path.as_uri())
+    with pytest.raises(NotAnImage) as caught:
+        decode_image(data)
+    assert "hunter2" not in str(caught.value)
 
 
 def test_raw_bytes(chelsea_jpeg: bytes) -> None:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from streaminfer.kafka.broker import LocalBroker, free_port
+from streaminfer.kafka.broker import LocalBroker
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import consume, produce
-from tests.support import run_cli
+from streaminfer.net import free_port
+from tests.support import run_cli, wait_for
 
 
 def test_round_trip_through_cli(bootstrap: str, tmp_path: Path) -> None:
@@ -140,3 +142,35 @@ def test_stop_and_start_keep_records(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert values == [b"one", b"two"]
     finally:
         broker.stop()
+
+
+def _time_wait_on(port: int) -> bool:
+    """Whether a TCP connection in TIME_WAIT holds ``port`` as its local port (IPv4 or IPv6)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if int(local.rsplit(":", 1)[1], 16) == port and state == "06":
+                return True
+    return False
+
+
+def test_kafka_stop_then_start_on_the_same_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stopped broker closes its clients' connections first: TIME_WAIT must not block it."""
+    monkeypatch.setenv("KAFKA_HEAP_OPTS", "-Xms64m -Xmx384m")
+    port, data = free_port(), ["--data-dir", str(tmp_path / "data")]
+    started = run_cli("kafka", "start", "--port", str(port), *data, timeout=180)
+    assert started.returncode == 0, started.stderr
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            stopped = run_cli("kafka", "stop", *data, timeout=120)
+            assert stopped.returncode == 0, stopped.stderr
+            client.settimeout(30)
+            assert client.recv(1) == b""  # the broker hung up: its side of the port is closing
+        wait_for(lambda: _time_wait_on(port), what=f"a TIME_WAIT connection on port {port}")
+        again = run_cli("kafka", "start", "--port", str(port), *data, timeout=180)
+        assert again.returncode == 0, again.stderr
+        assert run_cli("topics", "list", "-b", f"127.0.0.1:{port}").returncode == 0
+    finally:
+        run_cli("kafka", "stop", *data, timeout=120)

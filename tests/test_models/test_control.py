@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import shutil
+import socketserver
 import tarfile
 import threading
+import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -178,6 +181,111 @@ def test_versions_are_checked_before_they_are_installed(
     assert not (tmp_path / "repo" / MODEL / "1").exists()
 
 
+@pytest.mark.parametrize("kind", ["device", "fifo", "fifo-in-folder", "link-out-of-folder"])
+def test_only_regular_files_and_folders_are_read(kind: str, staging: Path, tmp_path: Path) -> None:
+    """Nothing that could block a reader forever or lead outside is read, let alone copied."""
+    folder = tmp_path / "version"
+    shutil.copytree(staging, folder)
+    location = {
+        "device": Path("/dev/zero"),
+        "fifo": tmp_path / "v1.tar.gz",
+        "fifo-in-folder": folder,
+        "link-out-of-folder": folder,
+    }[kind]
+    if kind == "fifo":
+        os.mkfifo(location)
+    elif kind == "fifo-in-folder":
+        os.mkfifo(folder / "labels.txt")
+    elif kind == "link-out-of-folder":
+        (folder / "labels.txt").symlink_to("/etc/passwd")
+    message = {
+        "device": "not a regular file or folder",
+        "fifo": "not a regular file or folder",
+        "fifo-in-folder": "is not a regular file",
+        "link-out-of-folder": "symbolic link",
+    }
+    target = tmp_path / "prepared"
+    with pytest.raises(DeployError, match=message[kind]):
+        prepare(location.as_uri(), SHA, target, LIMITS)
+    with pytest.raises(DeployError, match=message[kind]):
+        digest(location)  # what `models publish` computes
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("what", ["folder", "archive"])
+def test_max_bytes_is_checked_before_copying(what: str, staging: Path, tmp_path: Path) -> None:
+    location = staging if what == "folder" else Path(shutil.make_archive(
+        str(tmp_path / "v1"), "gztar", staging))  # fmt: skip
+    target = tmp_path / "prepared"
+    with pytest.raises(DeployError, match="holds more than 100 bytes"):
+        prepare(location.as_uri(), None, target, DeployLimits(max_bytes=100))
+    assert not target.exists()
+
+
+class _SlowHost(socketserver.ThreadingTCPServer):
+    """Answers every request with a status line and headers sent one byte a second."""
+
+    daemon_threads = True
+    stopping = threading.Event()
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _SlowHeaders)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1.tar.gz"
+
+
+class _SlowHeaders(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.recv(65536)
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/gzip\r\nContent-Length: 9\r\n":
+            if _SlowHost.stopping.wait(1.0):
+                return
+            self.request.sendall(bytes([byte]))
+
+
+def test_a_download_is_bounded_as_a_whole(tmp_path: Path) -> None:
+    host = _SlowHost()
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    limits = DeployLimits(timeout=2.0, read_timeout=5.0)
+    start = time.monotonic()
+    try:
+        with pytest.raises(DeployError, match="took longer than 2 s"):
+            prepare(host.url, SHA, tmp_path / "prepared", limits)
+        # Its headers alone would take a minute: only the whole-download deadline ends it.
+        assert time.monotonic() - start < limits.read_timeout
+    finally:
+        _SlowHost.stopping.set()
+        host.shutdown()
+        host.server_close()
+
+
+def test_downloads_follow_redirects_to_http_only(
+    archive_host: tuple[str, str], tmp_path: Path
+) -> None:
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", archive_host[0] if self.path == "/ok" else "file:///etc")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert prepare(f"{base}/ok", None, tmp_path / "ok", LIMITS) == archive_host[1]
+        with pytest.raises(DeployError, match="cannot fetch file:///etc"):
+            prepare(f"{base}/file", None, tmp_path / "file", LIMITS)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_publish_errors_are_one_line(staging: Path, tmp_path: Path) -> None:
     dead = ["-b", "127.0.0.1:1"]  # never reached: each case fails before Kafka
     broken = str(_broken_copy(staging, tmp_path / "broken"))
@@ -332,6 +440,22 @@ def test_corrupt_versions_are_rejected_and_the_old_one_keeps_serving(
     assert following.registry.resolve(MODEL).version == 1
     assert following.registry.resolve(MODEL, label="stable").version == 1
     assert sorted(p.name for p in (tmp_path / "repo" / MODEL).iterdir()) == ["1"]
+
+
+def test_a_device_file_deploy_is_rejected_and_later_deploys_apply(
+    kafka_settings: KafkaSettings,
+    control_topic: str,
+    follow: Callable[[Path], Following],
+    staging: Path,
+    tmp_path: Path,
+) -> None:
+    _deploy(kafka_settings, control_topic, 1, "file:///dev/zero", SHA)
+    following = follow(tmp_path / "repo")  # current although version 1 can never be read
+    assert "not a regular file or folder" in following.wait("rejected", 1)
+    _deploy(kafka_settings, control_topic, 2, staging.as_uri(), digest(staging))
+    following.wait("applied", 2)
+    assert following.registry.resolve(MODEL).version == 2
+    assert [p.name for p in (tmp_path / "repo" / MODEL).iterdir()] == ["2"]
 
 
 def test_a_late_follower_applies_the_current_state_before_it_returns(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streaminfer.errors import ConfigError, InfrastructureError, RecordError
-from streaminfer.kafka.broker import free_port
+from streaminfer.net import free_port
 from streaminfer.predictors import MODES, RemoteOptions, SeedStylePredictor, create_predictor
 from streaminfer.predictors.base import PredictRequest
 from streaminfer.predictors.factory import REMOTE

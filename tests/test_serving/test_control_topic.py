@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from streaminfer.kafka.config import KafkaSettings
+from streaminfer.models.control import publish_state
+from streaminfer.models.control_state import VersionSource, deploy_state
 from streaminfer.models.export.tiny import export_tiny_model
 from tests.servers import ContinuousPredictions, ServerProcess
 from tests.support import run_cli, wait_for
@@ -41,3 +44,32 @@ def test_published_version_takes_over_with_zero_failed_requests(
     assert "installed model tiny version 2" in server.log
     assert client.versions[0] == 1
     client.assert_switched_cleanly(1, 2)
+
+
+def test_a_device_file_deploy_blocks_neither_the_server_nor_its_restart(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    """``file:///dev/zero`` once made the follower hash forever, on every restart (compaction)."""
+    staging = export_tiny_model(tmp_path / "staging", 2).parent
+    topic = f"models-{uuid.uuid4().hex[:10]}"
+    kafka = ["-b", bootstrap, "--control-topic", topic]
+    hostile = VersionSource(location="file:///dev/zero", sha256="0" * 64)
+    publish_state(KafkaSettings(bootstrap_servers=bootstrap), topic,
+                  deploy_state(None, MODEL, 1, hostile))  # fmt: skip
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def serves_version_2(server: ServerProcess) -> bool:
+        with server.client() as client:
+            return client.get(f"/v2/models/{MODEL}/versions/2/ready").status_code == 200
+
+    with ServerProcess(repo, *kafka) as server:  # ready: version 1 was rejected, not read
+        published = run_cli(
+            "models", "publish", "deploy", MODEL, "2", "--from", str(staging / "2"), *kafka
+        )
+        assert published.returncode == 0, published.stderr
+        wait_for(lambda: serves_version_2(server), what="version 2 installed and served")
+        assert "rejected model tiny version 1" in server.log
+        assert server.stop() == 0  # SIGTERM
+    with ServerProcess(repo, *kafka) as server:  # the hostile event is still on the topic
+        assert serves_version_2(server)

@@ -14,8 +14,8 @@ from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc, types_pb2
 from streaminfer.serving.codec import bytes_array, to_tensor_proto
+from tests.repository import MODEL
 from tests.servers import ServerProcess
-from tests.test_serving.conftest import MODEL
 
 PREDICT = f"/v1/models/{MODEL}:predict"
 INFER = f"/v2/models/{MODEL}/infer"

@@ -18,8 +18,8 @@ from streaminfer.protos.tfserving import (
     tensor_pb2,
     tensor_shape_pb2,
 )
+from tests.repository import MODEL
 from tests.servers import ServerProcess
-from tests.test_serving.conftest import MODEL
 
 FUZZ = settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.repository import MODEL, add_version, copy_repo
 from tests.servers import ContinuousPredictions, ServerProcess
 from tests.support import wait_for
-from tests.test_serving.conftest import MODEL, add_version, copy_repo
 
 
 def test_new_version_takes_over_with_zero_failed_requests(

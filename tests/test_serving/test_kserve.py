@@ -12,8 +12,8 @@ import numpy as np
 from streaminfer.models.registry import LoadedVersion
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
+from tests.repository import MODEL
 from tests.servers import ServerProcess
-from tests.test_serving.conftest import MODEL
 
 INFER = f"/v2/models/{MODEL}/infer"
 

@@ -21,8 +21,8 @@ from streaminfer.protos.tfserving import (
     prediction_service_pb2_grpc,
 )
 from streaminfer.serving.codec import to_tensor_proto
+from tests.repository import MODEL, add_version, copy_repo
 from tests.servers import ServerProcess
-from tests.test_serving.conftest import MODEL, add_version, copy_repo
 
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END

@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from tests.repository import MODEL
 from tests.servers import ServerProcess
 from tests.support import wait_for
-from tests.test_serving.conftest import MODEL
 
 IN_FLIGHT = re.compile(r'streaminfer_server_in_flight_requests\{protocol="tfserving_rest"\} (\S+)')
 

@@ -18,7 +18,7 @@ from streaminfer.protos.tfserving import (
     prediction_service_pb2_grpc,
 )
 from streaminfer.serving.codec import bytes_array, from_tensor_proto, to_tensor_proto
-from tests.test_serving.conftest import MODEL
+from tests.repository import MODEL
 
 
 def _predict(channel: grpc.Channel, **inputs: np.ndarray) -> predict_pb2.PredictResponse:

@@ -7,8 +7,8 @@ import base64
 import numpy as np
 
 from streaminfer.models.registry import LoadedVersion
+from tests.repository import MODEL
 from tests.servers import ServerProcess
-from tests.test_serving.conftest import MODEL
 
 PREDICT = f"/v1/models/{MODEL}:predict"
 

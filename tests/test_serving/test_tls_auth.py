@@ -11,8 +11,8 @@ import pytest
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.protos.tfserving import get_model_status_pb2, model_service_pb2_grpc
+from tests.repository import MODEL
 from tests.servers import TOKEN, ServerProcess, secure_server_args
-from tests.test_serving.conftest import MODEL
 
 
 @pytest.fixture(scope="module")

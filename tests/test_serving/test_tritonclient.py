@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from streaminfer.models.registry import LoadedVersion
+from tests.repository import MODEL
 from tests.servers import ServerProcess
-from tests.test_serving.conftest import MODEL
 
 SCRIPT = Path(__file__).with_name("triton_client.py")
 

@@ -12,8 +12,9 @@ from streaminfer.kafka.records import consume, produce
 from streaminfer.models.control import publish_state, read_latest_state
 from streaminfer.models.control_state import VersionSource, deploy_state
 from streaminfer.models.export.tiny import export_tiny_model
-from tests.support import CliProcess, run_cli, wait_for
-from tests.test_stream.conftest import decoded, embedded_worker, outputs
+from streaminfer.processes import ManagedProcess
+from tests.support import run_cli, wait_for
+from tests.workers import decoded, embedded_worker, outputs
 
 RECORD = json.dumps({"inputs": {"x": [[1, 2, 3, 4]]}}).encode()
 
@@ -38,7 +39,7 @@ def test_worker_switches_versions_rejects_corrupt_ones_and_late_workers_catch_up
         )
         assert result.returncode == 0, result.stderr
 
-    def worker(out: str, repo: Path) -> CliProcess:
+    def worker(out: str, repo: Path) -> ManagedProcess:
         repo.mkdir()
         return embedded_worker(
             start_worker, repo, inp, out, "--model", "tiny", *control[2:], group=f"g-{out}"

@@ -10,9 +10,10 @@ import pytest
 
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import consume, produce
+from streaminfer.processes import ManagedProcess
 from tests.servers import ServerProcess
-from tests.support import CliProcess, wait_for
-from tests.test_stream.conftest import decoded, outputs
+from tests.support import wait_for
+from tests.workers import decoded, outputs
 
 CATS = {281, 282, 285}
 
@@ -24,13 +25,13 @@ def server(stream_repo: Path, tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 def remote_worker(
-    start: Callable[..., CliProcess],
+    start: Callable[..., ManagedProcess],
     server: ServerProcess,
     mode: str,
     inp: str,
     out: str,
     *extra: str,
-) -> CliProcess:
+) -> ManagedProcess:
     return start(
         "--input",
         inp,

@@ -16,7 +16,7 @@ from streaminfer.kafka.records import produce
 from streaminfer.models.export.tiny import export_tiny_model
 from streaminfer.stream.routing import Route, Target
 from tests.support import wait_for
-from tests.test_stream.conftest import decoded, embedded_worker, outputs
+from tests.workers import decoded, embedded_worker, outputs
 
 
 def test_route_parsing() -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from streaminfer.kafka.broker import free_port
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import produce
 from streaminfer.models.export.tiny import tiny_reference
+from streaminfer.net import free_port
 from tests.support import run_cli, wait_for
-from tests.test_stream.conftest import decoded, embedded_worker, high_watermark, outputs
+from tests.workers import decoded, embedded_worker, high_watermark, outputs
 
 CATS = {281, 282, 285}
 ESPRESSO = 967
@@ -94,6 +94,7 @@ def test_bad_records_are_dead_lettered_and_good_ones_keep_order(
         f"{image_host}/page.html".encode(): "not_an_image",
         sample_jpegs["chelsea"][: len(sample_jpegs["chelsea"]) // 3]: "corrupt_image",
         f"file://{oversized}".encode(): "too_large",
+        b"/etc/passwd": "forbidden",  # outside the --allow-files folder
         b"http://169.254.169.254/latest/meta-data": "forbidden_address",
         json.dumps({"url": f"{image_host}/coffee.jpg", "model": "nope"}).encode(): "unknown_model",
         tiny_bad_shape: "invalid_input",
@@ -103,7 +104,9 @@ def test_bad_records_are_dead_lettered_and_good_ones_keep_order(
     for value in bad:
         values += [good, value]
     values.append(good)
-    worker = embedded_worker(start_worker, stream_repo, inp, out, "--dlq", dlq)
+    worker = embedded_worker(
+        start_worker, stream_repo, inp, out, "--dlq", dlq, "--allow-files", str(tmp_path)
+    )
     produce(kafka_settings, inp, values)
 
     dead = outputs(kafka_settings, dlq, len(bad))
@@ -193,7 +196,7 @@ def test_sigkill_mid_run_loses_nothing_and_duplicates_nothing(
             f"{kill_at} outputs before the kill",
         )
         assert worker.alive(), worker.log()
-        worker.signal(signal.SIGKILL)
+        worker.send_signal(signal.SIGKILL)
         worker.process.wait()
     embedded_worker(start_worker, stream_repo, inp, out, *args)
     docs = decoded(outputs(kafka_settings, out, count, timeout=90))
@@ -221,7 +224,7 @@ def test_group_members_share_partitions_and_survive_a_kill(
         )
     _produce_keyed(kafka_settings, inp, _tensor_inputs(count))
     wait_for(lambda: high_watermark(kafka_settings, out, 6) >= count // 3, 60, "a third done")
-    workers[0].signal(signal.SIGKILL)
+    workers[0].send_signal(signal.SIGKILL)
     docs = decoded(outputs(kafka_settings, out, count, timeout=90))
     _assert_exactly_once_in_order(docs, count)
     served_by = {d["source"]["partition"] for d in docs}
@@ -238,7 +241,7 @@ def test_sigterm_finishes_and_exits_zero(
     worker = embedded_worker(start_worker, stream_repo, inp, out, "--model", "tiny")
     _produce_keyed(kafka_settings, inp, _tensor_inputs(200))
     outputs(kafka_settings, out, 200)
-    worker.signal(signal.SIGTERM)
+    worker.send_signal(signal.SIGTERM)
     assert worker.process.wait(60) == 0, worker.log()
 
 

@@ -1,4 +1,8 @@
-"""The configurations a benchmark compares: the same workload, served each way in turn."""
+"""The configurations a benchmark compares (the same workload, served each way in turn), and
+the run sizes: a full run and ``--quick``.
+
+Light on purpose: ``streaminfer bench --help`` shows these without loading the benchmark.
+"""
 
 from __future__ import annotations
 
@@ -92,3 +96,17 @@ def select_configs(names: Sequence[str] | None, quick: bool) -> list[BenchConfig
             f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(known)}"
         )
     return [c for c in CONFIGS if c.name in wanted]
+
+
+# How much of each: a full run, and `--quick`.
+@dataclass(frozen=True)
+class Preset:
+    records_divisor: int  # of each workload's default record count
+    loads: tuple[float, ...]
+    duration_s: float
+    ceiling_s: float
+
+
+FULL = Preset(records_divisor=1, loads=(0.25, 0.5, 0.75), duration_s=10.0, ceiling_s=5.0)
+MIN_RECORDS = 10
+QUICK = Preset(records_divisor=5, loads=(0.5,), duration_s=5.0, ceiling_s=2.0)

@@ -14,7 +14,6 @@ record that fails stops it instead of being dead-lettered.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ from streaminfer.models.batcher import BatchingConfig
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.predictors.base import PredictRequest
 from streaminfer.predictors.embedded import EmbeddedPredictor
-from streaminfer.stream.records import Source, output_document, parse_value
+from streaminfer.stream.records import Source, output_document, parse_value, to_json
 
 MODE = "quix"  # the output's "mode": who served it
 
@@ -66,7 +65,7 @@ class Classifier:
         }
         document = output_document(request, source, outcome, timings)
         document["mode"] = MODE
-        return json.dumps(document, separators=(",", ":")).encode()
+        return to_json(document)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -33,14 +33,13 @@ from streaminfer.bench.measure import (
     saturation_window,
     summarize_latencies,
 )
-from streaminfer.bench.processes import quix_process, worker_process
 from streaminfer.bench.results import ConfigResult, LatencyPoint
 from streaminfer.bench.traffic import Arrival, InputProducer, OutputCollector
 from streaminfer.bench.workloads import Workload
 from streaminfer.errors import InfrastructureError
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
-from streaminfer.processes import ManagedProcess, ModelServerProcess
+from streaminfer.processes import STREAMINFER, ManagedProcess, ModelServerProcess
 
 FIRST_OUTPUT_TIMEOUT_S = 120.0  # a worker starting: model load, group join, first batch
 STALL_TIMEOUT_S = 60.0  # outputs flowing, then none for this long: the run has failed
@@ -189,14 +188,16 @@ class ConfigRun:
         ]  # fmt: skip
         if config.mode == QUIX:
             assert self.quix_python is not None  # the command leaves quix out without one
-            return quix_process(self.quix_python, [*args, "--repo", str(self.repo)], log_path)
+            quixapp = [str(self.quix_python), "-m", "streaminfer.bench.quixapp"]
+            command = [*quixapp, *args, "--repo", str(self.repo)]
+            return ManagedProcess("Quix Streams app", command, log_path)
         args += ["--dlq", topics.dead_letter, "--mode", config.mode]
         if config.mode == EMBEDDED:
             args += ["--repo", str(self.repo)]
         else:
             assert self._server is not None
             args += ["--server", self._server.address(config.rest)]
-        return worker_process(args, log_path)
+        return ManagedProcess("worker", [*STREAMINFER, "run", *args], log_path)
 
     def _wait_for(self, count: int) -> None:
         assert self._collector is not None and self._worker is not None

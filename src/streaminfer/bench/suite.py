@@ -22,28 +22,16 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from streaminfer.bench.ceiling import measure_ceiling
-from streaminfer.bench.configs import BARE, BenchConfig
+from streaminfer.bench.configs import BARE, FULL, MIN_RECORDS, QUICK, BenchConfig
 from streaminfer.bench.results import BenchResult, ConfigResult, WorkloadResult
 from streaminfer.bench.runner import ConfigRun
 from streaminfer.bench.workloads import Workload, default_records, open_workload
 from streaminfer.errors import StreamInferError
-from streaminfer.kafka.broker import LocalBroker, free_port
+from streaminfer.kafka.broker import LocalBroker
 from streaminfer.kafka.config import KafkaSettings
+from streaminfer.net import free_port
 
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Preset:
-    records_divisor: int  # of each workload's default record count
-    loads: tuple[float, ...]
-    duration_s: float
-    ceiling_s: float
-
-
-FULL = Preset(records_divisor=1, loads=(0.25, 0.5, 0.75), duration_s=10.0, ceiling_s=5.0)
-MIN_RECORDS = 10
-QUICK = Preset(records_divisor=5, loads=(0.5,), duration_s=5.0, ceiling_s=2.0)
 
 
 @dataclass(frozen=True)

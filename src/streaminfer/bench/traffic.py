@@ -25,6 +25,7 @@ from confluent_kafka import (
 
 from streaminfer.errors import InfrastructureError
 from streaminfer.kafka.config import KafkaSettings
+from streaminfer.kafka.records import produce_waiting
 
 _FLUSH_TIMEOUT_S = 30.0
 
@@ -87,14 +88,9 @@ class InputProducer:
         return total
 
     def _send(self) -> None:
-        while True:
-            try:
-                self._producer.produce(
-                    self._topic, self._value(self._sent), on_delivery=self._on_delivery
-                )
-                break
-            except BufferError:  # the local queue is full: let deliveries drain
-                self._producer.poll(0.1)
+        produce_waiting(
+            self._producer, self._topic, self._value(self._sent), on_delivery=self._on_delivery
+        )
         self._producer.poll(0)
         self._sent += 1
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from streaminfer.bench.processes import ImageHostProcess
 from streaminfer.errors import ConfigError
 from streaminfer.images import FetchPolicy, ImageFetcher
 from streaminfer.images.samples import SAMPLE_IMAGES, sample_jpegs
 from streaminfer.predictors.base import PredictRequest
+from streaminfer.processes import ImageHostProcess
 
 LOOPBACK = "127.0.0.0/8"
 

@@ -2,35 +2,40 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from streaminfer.bench.configs import CONFIGS, QUICK_CONFIGS, QUIX, BenchConfig, select_configs
-from streaminfer.bench.report import write_report
-from streaminfer.bench.results import BenchResult
-from streaminfer.bench.suite import FULL, QUICK, BenchPlan, run_bench
-from streaminfer.bench.table import SHORT_HEADERS, build_rows
-from streaminfer.bench.workloads import WORKLOADS
-from streaminfer.cli.options import BootstrapOpt, PropertiesFileOpt, PropertyOpt
+from streaminfer.bench.configs import (
+    CONFIGS,
+    FULL,
+    QUICK,
+    QUICK_CONFIGS,
+    QUIX,
+    BenchConfig,
+    select_configs,
+)
+from streaminfer.cli.options import KafkaOptions, kafka_options
 from streaminfer.errors import ConfigError
-from streaminfer.kafka.config import kafka_settings
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from streaminfer.bench.results import BenchResult
 
 _CONFIG_NAMES = ", ".join(c.name for c in CONFIGS)
 DEFAULT_QUIX_PYTHON = Path(".venv-quix/bin/python")  # what `make bench` builds
+# The benchmark's optional dependencies (the `bench` extra), checked before a run starts.
+_EXTRA_MODULES = ("matplotlib",)
 
 
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the main app."""
-    app.command("bench")(bench)
-
-
+@kafka_options
 def bench(
     workload: Annotated[
         str | None,
@@ -79,14 +84,16 @@ def bench(
             f"(default: {DEFAULT_QUIX_PYTHON} if present; without one, quix is left out)."
         ),
     ] = None,
-    bootstrap_servers: BootstrapOpt = None,
-    x: PropertyOpt = None,
-    properties_file: PropertiesFileOpt = None,
+    *,
+    kafka: KafkaOptions,
 ) -> None:
-    """Measure throughput, latency, CPU and memory of every mode; write a report and plots.
+    """Starts a throw-away Kafka broker unless --bootstrap-servers names one."""
+    _check_extra()
+    from rich.console import Console
 
-    Starts a throw-away Kafka broker unless --bootstrap-servers names one.
-    """
+    from streaminfer.bench.report import write_report
+    from streaminfer.bench.suite import BenchPlan, run_bench
+
     console = Console()
     named = _split(configs)
     python = _quix_python(quix_python)
@@ -101,9 +108,9 @@ def bench(
         duration_s=duration,
         quix_python=python,
     )
-    kafka = kafka_settings(bootstrap_servers, x, properties_file) if bootstrap_servers else None
+    given = kafka.settings() if kafka.bootstrap_servers else None
     command = "streaminfer " + shlex.join(sys.argv[1:])
-    result = run_bench(plan, kafka, command, lambda line: console.print(line, highlight=False))
+    result = run_bench(plan, given, command, lambda line: console.print(line, highlight=False))
     report = write_report(result, plan.out)
     for table in _tables(result):
         console.print(table)
@@ -111,6 +118,14 @@ def bench(
     console.print(f"took {minutes} min {seconds} s; report: {report}", highlight=False)
     if any(c.error for w in result.workloads for c in w.configs):
         raise typer.Exit(1)
+
+
+def _check_extra() -> None:
+    missing = [name for name in _EXTRA_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"the benchmark needs {', '.join(missing)}: pip install 'streaminfer[bench]'"
+        )
 
 
 def _quix_python(given: Path | None) -> Path | None:
@@ -141,6 +156,8 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def _workloads(choice: str | None, quick: bool) -> list[str]:
+    from streaminfer.bench.workloads import WORKLOADS
+
     name = choice or ("images" if quick else "all")
     if name == "all":
         return list(WORKLOADS)
@@ -163,6 +180,10 @@ def _loads(text: str | None) -> list[float] | None:
 
 
 def _tables(result: BenchResult) -> list[Table]:
+    from rich.table import Table
+
+    from streaminfer.bench.table import SHORT_HEADERS, build_rows
+
     tables = []
     for workload in result.workloads:
         table = Table(title=f"{workload.name}: {workload.title}", title_justify="left")

@@ -6,13 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-
-from streaminfer.demo import Demo, DemoOptions, stop_running_demo
-
-
-def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
 
 
 def demo(
@@ -32,7 +25,10 @@ def demo(
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the predictions.")] = 90.0,
 ) -> None:
-    """Run the whole pipeline on this machine and print predictions as they arrive."""
+    from rich.console import Console
+
+    from streaminfer.demo import Demo, DemoOptions, stop_running_demo
+
     console = Console()
     options = DemoOptions(
         bootstrap_servers=bootstrap_servers, keep_running=keep_running, timeout_s=timeout

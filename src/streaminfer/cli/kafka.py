@@ -12,32 +12,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streaminfer.cli.options import (
-    BootstrapOpt,
-    ConfigFileOpt,
-    PropertiesFileOpt,
-    PropertyOpt,
-)
+from streaminfer.cli.options import KafkaOptions, kafka_options
 from streaminfer.errors import ConfigError
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.broker import KAFKA_VERSION, LocalBroker, wait_until_ready
-from streaminfer.kafka.config import kafka_settings, parse_property
-from streaminfer.kafka.records import Record, consume, produce
-from streaminfer.types import Headers
+from streaminfer.kafka.config import parse_property
+from streaminfer.kafka.records import Headers, Record, consume, produce
 
-kafka_app = typer.Typer(help="Run a local single-node Apache Kafka (KRaft) for demos and tests.")
-topics_app = typer.Typer(help="Create, list, describe and delete topics.")
+kafka_app = typer.Typer()
+topics_app = typer.Typer()
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Broker data dir (default: user data dir).")
 ]
 console = Console()
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(kafka_app, name="kafka")
-    app.add_typer(topics_app, name="topics")
-    app.command("produce")(produce_cmd)
-    app.command("consume")(consume_cmd)
 
 
 @kafka_app.command("start")
@@ -80,6 +67,7 @@ def kafka_status(data_dir: DataDirOpt = None) -> None:
 
 
 @topics_app.command("create")
+@kafka_options
 def topics_create(
     name: str,
     partitions: Annotated[int, typer.Option(min=1)] = 1,
@@ -88,44 +76,38 @@ def topics_create(
         list[str] | None, typer.Option("--config-entry", "-c", help="Topic config key=value.")
     ] = None,
     if_not_exists: bool = False,
-    bootstrap_servers: BootstrapOpt = None,
-    x: PropertyOpt = None,
-    properties_file: PropertiesFileOpt = None,
-    config_file: ConfigFileOpt = None,
+    *,
+    kafka: KafkaOptions,
 ) -> None:
     """Create a topic."""
-    admin = TopicAdmin(kafka_settings(bootstrap_servers, x, properties_file, config_file))
+    admin = TopicAdmin(kafka.settings())
     entries = dict(parse_property(c) for c in config or [])
     created = admin.create(name, partitions, replication_factor, entries, if_not_exists)
     console.print(f"created {name}" if created else f"{name} already exists")
 
 
 @topics_app.command("list")
+@kafka_options
 def topics_list(
     internal: Annotated[bool, typer.Option(help="Include __internal topics.")] = False,
-    bootstrap_servers: BootstrapOpt = None,
-    x: PropertyOpt = None,
-    properties_file: PropertiesFileOpt = None,
-    config_file: ConfigFileOpt = None,
+    *,
+    kafka: KafkaOptions,
 ) -> None:
     """List topic names, one per line."""
-    admin = TopicAdmin(kafka_settings(bootstrap_servers, x, properties_file, config_file))
+    admin = TopicAdmin(kafka.settings())
     for name in admin.names(include_internal=internal):
         print(name)
 
 
 @topics_app.command("describe")
+@kafka_options
 def topics_describe(
     name: str,
-    bootstrap_servers: BootstrapOpt = None,
-    x: PropertyOpt = None,
-    properties_file: PropertiesFileOpt = None,
-    config_file: ConfigFileOpt = None,
+    *,
+    kafka: KafkaOptions,
 ) -> None:
     """Show a topic's partitions, leaders, replicas and non-default config."""
-    info = TopicAdmin(kafka_settings(bootstrap_servers, x, properties_file, config_file)).describe(
-        name
-    )
+    info = TopicAdmin(kafka.settings()).describe(name)
     table = Table(title=f"{info.name}: {len(info.partitions)} partitions")
     for column in ("partition", "leader", "replicas", "in-sync"):
         table.add_column(column)
@@ -139,18 +121,18 @@ def topics_describe(
 
 
 @topics_app.command("delete")
+@kafka_options
 def topics_delete(
     name: str,
-    bootstrap_servers: BootstrapOpt = None,
-    x: PropertyOpt = None,
-    properties_file: PropertiesFileOpt = None,
-    config_file: ConfigFileOpt = None,
+    *,
+    kafka: KafkaOptions,
 ) -> None:
     """Delete a topic."""
-    TopicAdmin(kafka_settings(bootstrap_servers, x, properties_file, config_file)).delete(name)
+    TopicAdmin(kafka.settings()).delete(name)
     console.print(f"deleted {name}")
 
 
+@kafka_options
 def produce_cmd(
     topic: str,
     value: Annotated[list[str] | None, typer.Option("--value", help="A value; repeatable.")] = None,
@@ -162,13 +144,10 @@ def produce_cmd(
     header: Annotated[
         list[str] | None, typer.Option("--header", "-H", help="Header k=v; repeatable.")
     ] = None,
-    bootstrap_servers: BootstrapOpt = None,
-    x: PropertyOpt = None,
-    properties_file: PropertiesFileOpt = None,
-    config_file: ConfigFileOpt = None,
+    *,
+    kafka: KafkaOptions,
 ) -> None:
-    """Write records: --value options, else the lines of --file, else the lines of stdin."""
-    settings = kafka_settings(bootstrap_servers, x, properties_file, config_file)
+    settings = kafka.settings()
     if value:
         values = [v.encode() for v in value]
     else:
@@ -194,6 +173,7 @@ def produce_cmd(
     console.print(f"produced {count} records to {topic}", highlight=False)
 
 
+@kafka_options
 def consume_cmd(
     topic: str,
     from_beginning: Annotated[bool, typer.Option("--from-beginning")] = False,
@@ -205,19 +185,16 @@ def consume_cmd(
         str, typer.Option(help="read_committed or read_uncommitted.")
     ] = "read_committed",
     fmt: Annotated[str, typer.Option("--format", help="json or text.")] = "text",
-    bootstrap_servers: BootstrapOpt = None,
-    x: PropertyOpt = None,
-    properties_file: PropertiesFileOpt = None,
-    config_file: ConfigFileOpt = None,
+    *,
+    kafka: KafkaOptions,
 ) -> None:
-    """Print records with key, partition, offset, headers and timestamp."""
     if isolation not in ("read_committed", "read_uncommitted"):
         raise ConfigError(
             f"--isolation must be read_committed or read_uncommitted, not {isolation!r}"
         )
     if fmt not in ("json", "text"):
         raise ConfigError(f"--format must be json or text, not {fmt!r}")
-    settings = kafka_settings(bootstrap_servers, x, properties_file, config_file)
+    settings = kafka.settings()
     for record in consume(settings, topic, from_beginning, count, timeout, isolation):
         print(format_json(record) if fmt == "json" else format_text(record), flush=True)
 

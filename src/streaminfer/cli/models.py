@@ -6,18 +6,17 @@ import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import typer
 from rich.console import Console
 
-from streaminfer.cli.options import BootstrapOpt, ConfigFileOpt, PropertiesFileOpt, PropertyOpt
+from streaminfer.cli.options import KafkaOptions, kafka_options
 from streaminfer.errors import ConfigError, RecordError
-from streaminfer.images import FetchPolicy, ImageFetcher
-from streaminfer.kafka.config import KafkaSettings, kafka_settings
-from streaminfer.models.batcher import BatchingConfig
-from streaminfer.models.control import DEFAULT_CONTROL_TOPIC, publish_state, read_latest_state
 from streaminfer.models.control_state import (
+    DEFAULT_CONTROL_TOPIC,
     ModelState,
     VersionSource,
     check_name,
@@ -25,12 +24,15 @@ from streaminfer.models.control_state import (
     label_state,
     retire_state,
 )
-from streaminfer.models.deploy import DeployLimits, digest, prepare, to_location
-from streaminfer.models.layout import parse_version, scan_repository
-from streaminfer.models.pipeline import classify, preprocess_one
-from streaminfer.models.registry import ModelRegistry
+from streaminfer.models.layout import parse_version
 
-models_app = typer.Typer(help="Export models into a repository and inspect it.")
+if TYPE_CHECKING:
+    from streaminfer.kafka.config import KafkaSettings
+
+# The commands import the registry, images and deployment modules (numpy, ONNX Runtime,
+# Pillow, the Kafka client) in their bodies: `--help` and other commands do not load them.
+
+models_app = typer.Typer()
 console = Console()
 publish_app = typer.Typer(help="Publish deployments to the control topic; followers apply them.")
 models_app.add_typer(publish_app, name="publish")
@@ -39,11 +41,6 @@ ControlTopicOpt = Annotated[
     str, typer.Option("--control-topic", help="Compacted topic of model deployments.")
 ]
 EXPORTABLE = ("efficientnet-lite0", "tiny")
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(models_app, name="models")
-    app.command("predict")(predict)
 
 
 @models_app.command("export")
@@ -75,6 +72,8 @@ def export(
 @models_app.command("list")
 def list_models(repo: RepoOpt) -> None:
     """List the models and versions in a repository."""
+    from streaminfer.models.layout import scan_repository
+
     for name, versions in scan_repository(repo).items():
         print(f"{name}: versions {', '.join(map(str, sorted(versions)))}")
 
@@ -84,10 +83,13 @@ def digest_cmd(
     path: Annotated[Path, typer.Argument(help="A version folder or an archive of one.")],
 ) -> None:
     """Print the sha256 that `models publish deploy --sha256` expects for PATH."""
+    from streaminfer.models.deploy import digest
+
     print(digest(path))
 
 
 @publish_app.command("deploy")
+@kafka_options
 def publish_deploy(
     model: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[str, typer.Argument(help="Version number (a positive integer).")],
@@ -101,53 +103,60 @@ def publish_deploy(
         str | None, typer.Option(help="Expected digest (computed if omitted).")
     ] = None,
     control_topic: ControlTopicOpt = DEFAULT_CONTROL_TOPIC,
-    bootstrap_servers: BootstrapOpt = None,
-    x: PropertyOpt = None,
-    properties_file: PropertiesFileOpt = None,
-    config_file: ConfigFileOpt = None,
+    *,
+    kafka: KafkaOptions,
 ) -> None:
     """Deploy a version: checked here (reachable, digest, loads), then installed by followers."""
+    from streaminfer.models.deploy import DeployLimits, prepare, to_location
+
     check_name(model, "model")
     number = _version(version)
     url = to_location(location)
     with tempfile.TemporaryDirectory(prefix="streaminfer-check-") as folder:
         checked = prepare(url, sha256 and sha256.lower(), Path(folder), DeployLimits())
     source = VersionSource(location=url, sha256=checked)
-    kafka = kafka_settings(bootstrap_servers, x, properties_file, config_file)
-    _publish(kafka, control_topic, model, lambda state: deploy_state(state, model, number, source))
+    _publish(
+        kafka.settings(),
+        control_topic,
+        model,
+        lambda state: deploy_state(state, model, number, source),
+    )
 
 
 @publish_app.command("label")
+@kafka_options
 def publish_label(
     model: Annotated[str, typer.Argument(help="Model name.")],
     label: Annotated[str, typer.Argument(help="Label, e.g. stable or canary.")],
     version: Annotated[str, typer.Argument(help="A deployed version.")],
     control_topic: ControlTopicOpt = DEFAULT_CONTROL_TOPIC,
-    bootstrap_servers: BootstrapOpt = None,
-    x: PropertyOpt = None,
-    properties_file: PropertiesFileOpt = None,
-    config_file: ConfigFileOpt = None,
+    *,
+    kafka: KafkaOptions,
 ) -> None:
     """Point LABEL at a deployed, non-retired version."""
     number = _version(version)
-    kafka = kafka_settings(bootstrap_servers, x, properties_file, config_file)
-    _publish(kafka, control_topic, model, lambda state: label_state(state, model, label, number))
+    _publish(
+        kafka.settings(),
+        control_topic,
+        model,
+        lambda state: label_state(state, model, label, number),
+    )
 
 
 @publish_app.command("retire")
+@kafka_options
 def publish_retire(
     model: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[str, typer.Argument(help="A deployed version no label points at.")],
     control_topic: ControlTopicOpt = DEFAULT_CONTROL_TOPIC,
-    bootstrap_servers: BootstrapOpt = None,
-    x: PropertyOpt = None,
-    properties_file: PropertiesFileOpt = None,
-    config_file: ConfigFileOpt = None,
+    *,
+    kafka: KafkaOptions,
 ) -> None:
     """Retire a version: followers unload it and remove it from their repositories."""
     number = _version(version)
-    kafka = kafka_settings(bootstrap_servers, x, properties_file, config_file)
-    _publish(kafka, control_topic, model, lambda state: retire_state(state, model, number))
+    _publish(
+        kafka.settings(), control_topic, model, lambda state: retire_state(state, model, number)
+    )
 
 
 def _version(text: str) -> int:
@@ -164,6 +173,8 @@ def _publish(
     change: Callable[[ModelState | None], ModelState],
 ) -> None:
     """Read the model's latest state, apply one change, and publish the whole next state."""
+    from streaminfer.models.control import publish_state, read_latest_state
+
     state = change(read_latest_state(kafka, topic, model))
     publish_state(kafka, topic, state)
     print(f"published {state.event} of {model} version {state.version} to {topic}")
@@ -181,19 +192,23 @@ def predict(
         bool, typer.Option(help="Let http(s) URLs reach loopback and private addresses.")
     ] = False,
 ) -> None:
-    """Classify images with a model from the repository, in this process."""
+    from streaminfer.images import FetchPolicy, ImageFetcher
+    from streaminfer.models.batcher import BatchingConfig
+    from streaminfer.models.pipeline import classify, preprocess_one
+    from streaminfer.models.registry import ModelRegistry
+
     registry = ModelRegistry(repo, default_batching=BatchingConfig(enabled=False))
     registry.reload()
     try:
         served = registry.resolve(model, version, label)
         failed = False
-        with ImageFetcher(FetchPolicy(allow_private=allow_private)) as fetcher:
-            for source in images:
-                uri = (
-                    source
-                    if "://" in source or source.startswith("data:")
-                    else (Path(source).resolve().as_uri())
-                )
+        uris = [_uri(source) for source in images]
+        # The user named these files on the command line: their folders may be read.
+        folders = [Path(url2pathname(urlsplit(uri).path)).parent for uri in uris
+                   if uri.startswith("file:")]  # fmt: skip
+        policy = FetchPolicy(allow_private=allow_private, allow_files=folders)
+        with ImageFetcher(policy) as fetcher:
+            for source, uri in zip(images, uris, strict=True):
                 try:
                     row = preprocess_one(served, fetcher.fetch(uri))
                 except RecordError as exc:
@@ -221,6 +236,13 @@ def predict(
         registry.close()
     if failed:
         raise typer.Exit(1)
+
+
+def _uri(source: str) -> str:
+    """A URL as given; a local path as an absolute ``file://`` URI."""
+    if "://" in source or source.startswith("data:"):
+        return source
+    return Path(source).resolve().as_uri()
 
 
 def _report_failure(source: str, exc: RecordError, as_json: bool) -> None:

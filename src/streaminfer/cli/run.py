@@ -5,52 +5,41 @@ from __future__ import annotations
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, get_args
 
 import typer
 
-from streaminfer.cli.options import BootstrapOpt, ConfigFileOpt, PropertiesFileOpt, PropertyOpt
+from streaminfer.cli.options import KafkaOptions, given_settings, kafka_options
 from streaminfer.errors import ConfigError
-from streaminfer.images import FetchPolicy, ImageFetcher
-from streaminfer.kafka.admin import TopicAdmin
-from streaminfer.kafka.config import kafka_settings
-from streaminfer.models.batcher import BatchingConfig
-from streaminfer.models.control import ControlFollower
-from streaminfer.models.model_config import (
-    ModelConfig,
-    VersionPolicy,
-    model_configs,
-    read_model_config_file,
-)
-from streaminfer.models.registry import ModelRegistry
-from streaminfer.predictors.base import Predictor
-from streaminfer.predictors.factory import create_predictor
-from streaminfer.predictors.remote import RemoteOptions
-from streaminfer.stream.metrics import MetricsServer, WorkerMetrics
-from streaminfer.stream.settings import WorkerSettings
-from streaminfer.stream.worker import Worker
+from streaminfer.stream.settings import Mode, WorkerSettings
+
+if TYPE_CHECKING:
+    from streaminfer.models.model_config import ModelConfig
+    from streaminfer.models.registry import ModelRegistry
+    from streaminfer.predictors.base import Predictor
 
 log = logging.getLogger("streaminfer.run")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("run")(run)
-
-
+# Each option is a field of WorkerSettings with the same name; its shown default is the
+# field's (tests/test_cli/test_main.py checks both).
+@kafka_options
 def run(
+    ctx: typer.Context,
     input: Annotated[
-        str | None, typer.Option("--input", help="Input topic (ImageInputTopic).")
+        str | None, typer.Option("--input", help="Input topic.", show_default="ImageInputTopic")
     ] = None,
-    output: Annotated[str | None, typer.Option(help="Output topic (ImageOutputTopic).")] = None,
+    output: Annotated[
+        str | None, typer.Option(help="Output topic.", show_default="ImageOutputTopic")
+    ] = None,
     dlq: Annotated[str | None, typer.Option(help="Dead-letter topic (<input>.dlq).")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name (efficientnet-lite0).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model name.", show_default="efficientnet-lite0")
+    ] = None,
     version: Annotated[int | None, typer.Option(help="Pin a model version.")] = None,
     label: Annotated[str | None, typer.Option(help="Serve the version this label names.")] = None,
     mode: Annotated[
-        str | None,
-        typer.Option(
-            help="embedded | tfserving-grpc | tfserving-rest | kserve-grpc | kserve-http."
-        ),
+        str | None, typer.Option(help=f"{' | '.join(get_args(Mode))}.", show_default="embedded")
     ] = None,
     repo: Annotated[
         Path | None, typer.Option(help="Model repository (embedded, fallback).")
@@ -58,16 +47,22 @@ def run(
     server: Annotated[
         str | None, typer.Option(help="Model server host:port (remote modes).")
     ] = None,
-    group_id: Annotated[str | None, typer.Option(help="Consumer group (streaminfer).")] = None,
-    processing_guarantee: Annotated[
-        str | None, typer.Option(help="exactly-once | at-least-once (exactly-once).")
+    group_id: Annotated[
+        str | None, typer.Option(help="Consumer group.", show_default="streaminfer")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Records per micro-batch (16).")] = None,
+    processing_guarantee: Annotated[
+        str | None,
+        typer.Option(help="exactly-once | at-least-once.", show_default="exactly-once"),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Records per micro-batch.", show_default="16")
+    ] = None,
     max_in_flight: Annotated[
-        int | None, typer.Option(help="Micro-batches being processed at once (4).")
+        int | None,
+        typer.Option(help="Micro-batches being processed at once.", show_default="4"),
     ] = None,
     commit_interval_ms: Annotated[
-        int | None, typer.Option(help="Commit (transaction) interval (100).")
+        int | None, typer.Option(help="Commit (transaction) interval.", show_default="100")
     ] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Classes per prediction.")] = None,
     fallback: Annotated[
@@ -87,7 +82,8 @@ def run(
         typer.Option(help="Also predict with this version or label; results to --shadow-topic."),
     ] = None,
     shadow_sample: Annotated[
-        float | None, typer.Option(help="Fraction of records mirrored to --shadow (1.0).")
+        float | None,
+        typer.Option(help="Fraction of records mirrored to --shadow.", show_default="1.0"),
     ] = None,
     control_topic: Annotated[
         str | None,
@@ -100,51 +96,34 @@ def run(
     shadow_topic: Annotated[
         str | None, typer.Option(help="Where shadow results go (<output>.shadow).")
     ] = None,
-    allow_network: Annotated[
+    allow_networks: Annotated[
         list[str] | None,
         typer.Option(
             "--allow-network",
             help="CIDR that image URLs may reach although private, e.g. 127.0.0.0/8; repeatable.",
         ),
     ] = None,
-    bootstrap_servers: BootstrapOpt = None,
-    x: PropertyOpt = None,
-    properties_file: PropertiesFileOpt = None,
-    config_file: ConfigFileOpt = None,
+    allow_files: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--allow-files", help="Folder whose files records may name (file://); repeatable."
+        ),
+    ] = None,
+    *,
+    kafka: KafkaOptions,
 ) -> None:
-    """Consume records, predict (embedded or remote), produce predictions exactly once."""
-    settings = WorkerSettings.load(
-        config_file,
-        input=input,
-        output=output,
-        dlq=dlq,
-        model=model,
-        version=version,
-        label=label,
-        mode=mode,
-        repo=repo,
-        server=server,
-        group_id=group_id,
-        processing_guarantee=processing_guarantee,
-        batch_size=batch_size,
-        max_in_flight=max_in_flight,
-        commit_interval_ms=commit_interval_ms,
-        top_k=top_k,
-        fallback=fallback,
-        metrics_port=metrics_port,
-        allow_networks=allow_network,
-        route=route,
-        shadow=shadow,
-        shadow_sample=shadow_sample,
-        shadow_topic=shadow_topic,
-        model_config_file=model_config_file,
-        control_topic=control_topic,
-    )
-    kafka = kafka_settings(bootstrap_servers, x, properties_file, config_file)
-    admin = TopicAdmin(kafka)
+    from streaminfer.images import FetchPolicy, ImageFetcher
+    from streaminfer.kafka.admin import TopicAdmin
+    from streaminfer.models.control import ControlFollower
+    from streaminfer.stream.metrics import MetricsServer, WorkerMetrics
+    from streaminfer.stream.worker import Worker
+
+    settings = WorkerSettings.load(kafka.config_file, **given_settings(ctx, WorkerSettings))
+    client = kafka.settings()
+    admin = TopicAdmin(client)
     if not admin.exists(settings.input):
         raise ConfigError(
-            f"input topic {settings.input!r} does not exist on {kafka.bootstrap_servers}"
+            f"input topic {settings.input!r} does not exist on {client.bootstrap_servers}"
         )
     if settings.create_topics:
         partitions = len(admin.partitions(settings.input))
@@ -159,12 +138,18 @@ def run(
     follower = None
     if settings.control_topic is not None:
         assert registry is not None and settings.repo is not None  # checked by the settings
-        follower = ControlFollower(kafka, settings.control_topic, settings.repo, registry)
+        follower = ControlFollower(client, settings.control_topic, settings.repo, registry)
         follower.start()
         follower.wait_until_current(60)  # apply the current deployments before any record
-    fetcher = ImageFetcher(FetchPolicy(allow_networks=settings.allow_networks))
+    fetcher = ImageFetcher(
+        FetchPolicy(allow_networks=settings.allow_networks, allow_files=settings.allow_files)
+    )
     metrics = WorkerMetrics()
-    worker = Worker(settings, kafka, predictor, fetcher, metrics, shadow_predictor)
+    outputs = (settings.output, settings.dead_letter_topic)
+    max_bytes = {t: admin.max_message_bytes(t) for t in outputs if admin.exists(t)}
+    worker = Worker(
+        settings, client, predictor, fetcher, metrics, shadow_predictor, max_bytes=max_bytes
+    )
     endpoint = None
     if settings.metrics_port is not None:
         endpoint = MetricsServer(metrics, settings.metrics_port, lambda: worker.ready)
@@ -196,6 +181,14 @@ def run(
 
 def _model_configs(settings: WorkerSettings) -> list[ModelConfig]:
     """The model config file's, else: a route or shadow needs every version of the model."""
+    from streaminfer.models.batcher import BatchingConfig
+    from streaminfer.models.model_config import (
+        ModelConfig,
+        VersionPolicy,
+        model_configs,
+        read_model_config_file,
+    )
+
     assert settings.repo is not None
     if settings.model_config_file is not None:
         parsed = read_model_config_file(settings.model_config_file)
@@ -209,6 +202,10 @@ def _predictor(
     settings: WorkerSettings, registry: ModelRegistry | None = None
 ) -> tuple[Predictor, ModelRegistry | None]:
     """The mode's predictor, and the registry it serves from (watched for new versions)."""
+    from streaminfer.models.registry import ModelRegistry
+    from streaminfer.predictors.factory import create_predictor
+    from streaminfer.predictors.remote import RemoteOptions
+
     needs_registry = settings.mode == "embedded" or settings.fallback
     if registry is None and settings.repo is not None and needs_registry:
         registry = ModelRegistry(settings.repo, _model_configs(settings))

@@ -46,7 +46,7 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageFil
         raise DecompressionBomb(f"image refused as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise NotAnImage(
-            f"not a JPEG, PNG, WebP, GIF or BMP image (it starts with {data[:24]!r})"
+            f"not a JPEG, PNG, WebP, GIF or BMP image ({_looks_like(data)}, {len(data)} bytes)"
         ) from exc
     except _DECODE_ERRORS as exc:
         raise CorruptImage(f"cannot read the image header: {exc}") from exc
@@ -58,6 +58,16 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageFil
             f"of {limit} (max_pixels)"
         )
     return image
+
+
+def _looks_like(data: bytes) -> str:
+    """What unrecognised bytes seem to be, never quoting them: they may be a file's contents."""
+    head = data[:512].lstrip()
+    if head.startswith(b"<"):
+        return "it looks like HTML or XML"
+    if head.isascii() and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "it looks like text"
+    return "unknown binary data"
 
 
 def load_rgb(image: Image.Image) -> Image.Image:

@@ -75,3 +75,9 @@ class DecompressionBomb(ImageError):
     """The image claims more pixels than the decoder's ``max_pixels`` allows."""
 
     reason = "decompression_bomb"
+
+
+class ForbiddenFile(ImageError):
+    """A ``file:`` URI or path names a file outside the folders allowed with ``--allow-files``."""
+
+    reason = "forbidden"

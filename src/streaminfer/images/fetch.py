@@ -3,8 +3,15 @@
 Records name their images by ``http``, ``https``, ``file`` or ``data:`` URI, or carry
 the bytes themselves.  A URI comes from whoever wrote the record, so by default an
 http(s) fetch may only reach public addresses (an SSRF guard: no cloud metadata
-endpoint, no service on the private network), is bounded in size, time and redirects,
-and fails with one specific :mod:`streaminfer.images.errors` error per cause.
+endpoint, no service on the private network), a ``file:`` URI may read nothing, every
+fetch is bounded in size, time and redirects, and each fails with one specific
+:mod:`streaminfer.images.errors` error per cause.
+
+``total_timeout`` bounds the whole fetch — connect, TLS handshake, status line, headers
+and body of every redirect — however slowly the server sends (see
+:mod:`streaminfer.http_deadline`).  Local files are opt-in: ``allow_files`` names the
+folders whose regular files may be read, checked after resolving symbolic links and
+``..``; device files, FIFOs and sockets are never read.
 
 The guard resolves each host name once, refuses the name if any of its addresses is
 forbidden, and connects to the checked address itself, so a DNS answer that changes
@@ -30,6 +37,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -38,8 +46,10 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from streaminfer import __version__
+from streaminfer.http_deadline import DeadlineBackend, DeadlinePassed, deadline
 from streaminfer.images.errors import (
     ForbiddenAddress,
+    ForbiddenFile,
     ImageFetchFailed,
     ImageFetchTimeout,
     ImageNotFound,
@@ -67,12 +77,7 @@ _HEADERS = [
 
 
 class FetchPolicy(BaseModel):
-    """Limits on fetching one image; the defaults suit URIs from untrusted records.
-
-    ``allow_file`` is on by default because the CLI reads local files; a service that
-    follows URIs written by other people should turn it off, or any record can read
-    any file the process can.
-    """
+    """Limits on fetching one image; the defaults suit URIs from untrusted records."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -82,8 +87,8 @@ class FetchPolicy(BaseModel):
     total_timeout: float = Field(
         default=30.0,
         gt=0,
-        description="Seconds for the whole fetch, redirects included, so a server that "
-        "trickles bytes still times out (it may overrun by at most one read_timeout).",
+        description="Seconds for the whole fetch: connect, TLS, status line, headers and "
+        "body, redirects included, so a server that trickles bytes still times out.",
     )
     max_redirects: int = Field(default=3, ge=0, description="Redirects followed per fetch.")
     allow_networks: list[str] = Field(
@@ -94,12 +99,20 @@ class FetchPolicy(BaseModel):
         default=False,
         description="Let http(s) reach loopback and private-network addresses (not link-local).",
     )
-    allow_file: bool = Field(default=True, description="Accept file:// URIs.")
+    allow_files: list[Path] = Field(
+        default_factory=list,
+        description="Folders whose regular files file:// URIs may name; none: file:// is refused.",
+    )
 
     @field_validator("allow_networks")
     @classmethod
     def _normalize_networks(cls, value: list[str]) -> list[str]:
         return [str(ipaddress.ip_network(network, strict=False)) for network in value]
+
+    @field_validator("allow_files")
+    @classmethod
+    def _resolve_folders(cls, value: list[Path]) -> list[Path]:
+        return [Path(os.path.realpath(folder)) for folder in value]
 
 
 def _short(uri: str) -> str:
@@ -166,8 +179,8 @@ class AddressGuard:
         return self.check(host, [str(info[4][0]) for info in infos])
 
 
-class _GuardedBackend(httpcore.SyncBackend):
-    """Opens connections only to addresses the guard accepted."""
+class _GuardedBackend(DeadlineBackend):
+    """Opens connections only to addresses the guard accepted, bounded by the fetch deadline."""
 
     def __init__(self, guard: AddressGuard) -> None:
         self._guard = guard
@@ -222,7 +235,8 @@ def _decode_data_uri(uri: str) -> bytes:
         raise InvalidImageURI(f"{_short(uri)}: invalid base64 payload ({exc})") from exc
 
 
-def _read_file(uri: str, max_bytes: int) -> bytes:
+def _allowed_path(uri: str, folders: list[Path]) -> str:
+    """The real path a file URI names, if it lies inside one of ``folders``."""
     parts = urllib.parse.urlsplit(uri)
     if parts.netloc not in ("", "localhost"):
         raise InvalidImageURI(
@@ -231,9 +245,24 @@ def _read_file(uri: str, max_bytes: int) -> bytes:
     path = urllib.request.url2pathname(parts.path)
     if not os.path.isabs(path):
         raise InvalidImageURI(f"{_short(uri)}: a file URI needs an absolute path")
+    if "\0" in path:
+        raise InvalidImageURI(f"{_short(uri)}: a file URI may not hold a NUL character")
+    real = Path(os.path.realpath(path))  # symbolic links and ".." resolved
+    if not any(real.is_relative_to(folder) for folder in folders):
+        where = "no folder is" if not folders else "the path is not under a folder"
+        raise ForbiddenFile(
+            f"{_short(uri)}: reading local files is refused ({where} allowed with --allow-files)"
+        )
+    return str(real)
+
+
+def _read_file(uri: str, policy: FetchPolicy) -> bytes:
+    path = _allowed_path(uri, policy.allow_files)
+    max_bytes = policy.max_bytes
     try:
-        # O_NONBLOCK: opening a FIFO must not hang the worker waiting for a writer.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        # O_NONBLOCK: opening a FIFO must not hang the worker waiting for a writer;
+        # O_NOFOLLOW: a link swapped in after the check is not followed out of the folder.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise ImageNotFound(f"{path}: no such file") from exc
     except OSError as exc:
@@ -256,11 +285,7 @@ def _fetch_local(uri: str, scheme: str, policy: FetchPolicy) -> bytes:
     if scheme == "data":
         return _check_size(_decode_data_uri(uri), policy.max_bytes, "data: URI")
     if scheme == "file":
-        if not policy.allow_file:
-            raise ForbiddenAddress(
-                f"{_short(uri)}: file:// URIs are disabled here (FetchPolicy.allow_file)"
-            )
-        return _read_file(uri, policy.max_bytes)
+        return _read_file(uri, policy)
     raise InvalidImageURI(
         f"{_short(uri)}: unsupported scheme {scheme!r}; use http, https, file or data"
     )
@@ -276,8 +301,8 @@ def _http_url(uri: str) -> httpx.URL:
     return url
 
 
-def _remaining(url: httpx.URL, deadline: float, policy: FetchPolicy) -> float:
-    left = deadline - time.monotonic()
+def _remaining(url: httpx.URL, ends: float, policy: FetchPolicy) -> float:
+    left = ends - time.monotonic()
     if left <= 0:
         raise ImageFetchTimeout(
             f"{url}: fetch took longer than {policy.total_timeout}s (FetchPolicy.total_timeout)"
@@ -285,8 +310,8 @@ def _remaining(url: httpx.URL, deadline: float, policy: FetchPolicy) -> float:
     return left
 
 
-def _request(url: httpx.URL, deadline: float, policy: FetchPolicy) -> httpcore.Request:
-    left = _remaining(url, deadline, policy)
+def _request(url: httpx.URL, ends: float, policy: FetchPolicy) -> httpcore.Request:
+    left = _remaining(url, ends, policy)
     wait = min(policy.read_timeout, left)
     return httpcore.Request(
         "GET",
@@ -335,13 +360,10 @@ def _redirect_target(response: httpcore.Response, url: httpx.URL) -> httpx.URL |
 
 
 class _Body:
-    """Collects a response body within the size limit and the fetch deadline."""
+    """Collects a response body within the size limit (the streams keep the deadline)."""
 
-    def __init__(
-        self, url: httpx.URL, response: httpcore.Response, deadline: float, policy: FetchPolicy
-    ) -> None:
+    def __init__(self, url: httpx.URL, response: httpcore.Response, policy: FetchPolicy) -> None:
         self._url = url
-        self._deadline = deadline
         self._policy = policy
         self._chunks: list[bytes] = []
         self._size = 0
@@ -353,7 +375,6 @@ class _Body:
         self._size += len(chunk)
         if self._size > self._policy.max_bytes:
             raise _too_large(str(self._url), self._policy.max_bytes)
-        _remaining(self._url, self._deadline, self._policy)
         self._chunks.append(chunk)
 
     def value(self) -> bytes:
@@ -365,6 +386,10 @@ def _transport_errors(url: httpx.URL, policy: FetchPolicy) -> Iterator[None]:
     """Turn httpcore's exceptions into ours; our own errors pass through untouched."""
     try:
         yield
+    except DeadlinePassed as exc:
+        raise ImageFetchTimeout(
+            f"{url}: fetch took longer than {policy.total_timeout}s (FetchPolicy.total_timeout)"
+        ) from exc
     except httpcore.ConnectTimeout as exc:
         raise ImageFetchTimeout(
             f"{url}: no connection within {policy.connect_timeout}s (FetchPolicy.connect_timeout)"
@@ -413,20 +438,20 @@ class ImageFetcher:
 
     def _fetch_http(self, uri: str) -> bytes:
         url = _http_url(uri)
-        deadline = time.monotonic() + self.policy.total_timeout
-        for _ in range(self.policy.max_redirects + 1):
-            with _transport_errors(url, self.policy):
-                response = self._pool.handle_request(_request(url, deadline, self.policy))
-                try:
-                    target = _redirect_target(response, url)
-                    if target is None:
-                        body = _Body(url, response, deadline, self.policy)
-                        for chunk in response.iter_stream():
-                            body.add(chunk)
-                        return body.value()
-                finally:
-                    response.close()
-            url = target
+        with deadline(self.policy.total_timeout) as ends:
+            for _ in range(self.policy.max_redirects + 1):
+                with _transport_errors(url, self.policy):
+                    response = self._pool.handle_request(_request(url, ends, self.policy))
+                    try:
+                        target = _redirect_target(response, url)
+                        if target is None:
+                            body = _Body(url, response, self.policy)
+                            for chunk in response.iter_stream():
+                                body.add(chunk)
+                            return body.value()
+                    finally:
+                        response.close()
+                url = target
         raise TooManyRedirects(
             f"{_short(uri)}: more than {self.policy.max_redirects} redirects "
             "(FetchPolicy.max_redirects)"

@@ -97,6 +97,19 @@ class TopicAdmin:
         }
         return TopicInfo(name, partitions, config)
 
+    def max_message_bytes(self, name: str) -> int:
+        """The largest record the topic accepts (its ``max.message.bytes``, default included)."""
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        try:
+            entries = self._admin.describe_configs([resource])[resource].result(
+                timeout=self._timeout
+            )
+        except KafkaException as exc:
+            raise InfrastructureError(
+                f"cannot read the config of topic {name!r}: {exc.args[0].str()}"
+            ) from exc
+        return int(entries["max.message.bytes"].value)
+
     def partitions(self, name: str) -> builtins.list[int]:
         self._require(name)
         return sorted(self._metadata(name).topics[name].partitions)

@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 
 from streaminfer.errors import ConfigError, InfrastructureError
 from streaminfer.kafka.config import LIBRDKAFKA_LOGGER
+from streaminfer.net import free_port
 
 KAFKA_VERSION = "4.1.1"
 _STATE_FILE = "broker.json"
@@ -50,14 +51,11 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("streaminfer")) / "kafka"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def _port_is_free(host: str, port: int) -> bool:
+    """Whether a listener could bind ``port``: as the broker does, with SO_REUSEADDR, so the
+    TIME_WAIT connections of a broker just stopped do not count as "in use"."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

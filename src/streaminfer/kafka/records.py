@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,6 @@ from confluent_kafka import (
 from streaminfer.errors import ConfigError, InfrastructureError
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
-from streaminfer.types import Headers
 
 
 @dataclass
@@ -44,6 +43,30 @@ class Record:
             headers=list(msg.headers() or []),
             timestamp_ms=ts if ts_type else None,
         )
+
+
+Headers = list[tuple[str, str | bytes | None]]
+DeliveryCallback = Callable[[KafkaError | None, Any], None]
+
+
+def produce_waiting(
+    producer: Producer,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None = None,
+    headers: Headers | None = None,
+    on_delivery: DeliveryCallback | None = None,
+) -> None:
+    """``producer.produce``, waiting for room while librdkafka's local queue is full."""
+    while True:
+        try:
+            if on_delivery is None:
+                producer.produce(topic, value, key, headers=headers)
+            else:
+                producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+            return
+        except BufferError:  # the local queue is full: let deliveries drain, then retry
+            producer.poll(0.05)
 
 
 def split_key(line: bytes, delimiter: bytes | None) -> tuple[bytes | None, bytes]:
@@ -75,18 +98,14 @@ def produce(
     count = 0
     for value in values:
         record_key, record_value = split_key(value, key_delimiter)
-        while True:
-            try:
-                producer.produce(
-                    topic,
-                    record_value,
-                    record_key if record_key is not None else key,
-                    headers=headers,
-                    on_delivery=on_delivery,
-                )
-                break
-            except BufferError:  # local queue full: let deliveries drain, then retry
-                producer.poll(0.1)
+        produce_waiting(
+            producer,
+            topic,
+            record_value,
+            record_key if record_key is not None else key,
+            headers,
+            on_delivery,
+        )
         producer.poll(0)
         count += 1
     remaining = producer.flush(30)

@@ -32,8 +32,8 @@ from streaminfer.models.registry import Listener, ModelRegistry
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONTROL_TOPIC = "streaminfer.models"
 _BATCH = 1000  # records applied together, then one registry reload
+_CLOSE_TIMEOUT = 10.0  # seconds close() waits for a deployment in progress
 _NOT_READY = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART)
 
 
@@ -176,9 +176,11 @@ class ControlFollower:
     deployed versions it lacks (fetched, verified, checked, renamed into place), removes
     retired ones, moves labels, and reloads the registry, which swaps versions under its
     lock while serving.  A version that cannot be installed is rejected and reported; what
-    served before keeps serving.  Listeners get ``(event, model, version, detail)`` with
-    event ``installed``, ``rejected``, ``retired``, ``labelled``, ``label-refused`` or
-    ``applied`` (a model's state is done and the registry reloaded).
+    served before keeps serving, and later events still apply: local locations that are not
+    regular files or folders (``file:///dev/zero``, a FIFO) are refused without being read,
+    and downloads are bounded by :class:`DeployLimits`.  Listeners get ``(event, model,
+    version, detail)`` with event ``installed``, ``rejected``, ``retired``, ``labelled``,
+    ``label-refused`` or ``applied`` (a model's state is done and the registry reloaded).
     """
 
     def __init__(
@@ -220,10 +222,17 @@ class ControlFollower:
         if self._failure is not None:
             raise InfrastructureError(f"following {self.topic!r} failed: {self._failure}")
 
-    def close(self) -> None:
+    def close(self, timeout: float = _CLOSE_TIMEOUT) -> None:
+        """Stop following; a deployment still running after ``timeout`` s is abandoned.
+
+        The thread is a daemon, so an abandoned download ends with the process, leaving at
+        most a temporary folder that the registry ignores: shutdown never waits on a server.
+        """
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("a deployment from %s was still running at shutdown", self.topic)
 
     def _run(self) -> None:
         assert self._reader is not None

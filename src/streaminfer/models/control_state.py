@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from streaminfer.errors import ConfigError
 
+DEFAULT_CONTROL_TOPIC = "streaminfer.models"  # the compacted topic of these states
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # a safe folder (or label) name
 
 

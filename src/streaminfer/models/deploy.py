@@ -14,12 +14,18 @@ installs the model the publisher checked:
 Unpacking never escapes the target: absolute paths, ``..``, links and device files are
 refused and the unpacked size is bounded.  An archive may hold the version's files at its
 root or inside one top-level folder.
+
+A local location must be a regular file or a folder holding only regular files and
+folders (no device files, FIFOs, sockets or symbolic links, which could block a reader
+forever or lead outside); its size is checked before anything is copied or hashed.  A
+download is bounded by ``DeployLimits.timeout`` as a whole — connect, headers and body,
+however slowly the server sends.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
+import os
 import stat
 import tarfile
 import tempfile
@@ -32,14 +38,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import httpx
+import httpcore
 
 from streaminfer.errors import ConfigError
+from streaminfer.http_deadline import DeadlineBackend, DeadlinePassed, deadline
 from streaminfer.models.layout import write_version_atomically
 from streaminfer.models.metadata import METADATA_FILE, ModelMetadata
 from streaminfer.models.runtime import OnnxModel, RuntimeOptions
 
 _CHUNK = 1 << 20
+_MAX_REDIRECTS = 3
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 class DeployError(ConfigError):
@@ -55,15 +64,21 @@ class DeployLimits:
     from reading its own filesystem when publishers do not share one with it.
     """
 
-    max_bytes: int = 4 * 1024**3  # download size, and unpacked size
+    max_bytes: int = 4 * 1024**3  # download size, local size, and unpacked size
     timeout: float = 600.0  # whole download
     connect_timeout: float = 10.0
+    read_timeout: float = 60.0  # longest silence within a download
     allow_file: bool = True
 
 
 def file_digest(path: Path) -> str:
+    """The sha256 of a regular file; anything else (a FIFO, a device) is refused unread."""
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DeployError(f"{path} is not a regular file")
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -71,22 +86,62 @@ def file_digest(path: Path) -> str:
 
 def digest(path: Path) -> str:
     """The digest of a version folder (its manifest) or of an archive file (its bytes)."""
-    if path.is_dir():
+    if _local_kind(path, max_bytes=None) == "folder":
         return hashlib.sha256(_manifest(path)).hexdigest()
-    if path.is_file():
-        return file_digest(path)
-    raise DeployError(f"{path}: no such file or folder")
+    return file_digest(path)
+
+
+def _local_kind(path: Path, max_bytes: int | None) -> str:
+    """ "folder" or "file" for a deployable local source no larger than ``max_bytes``."""
+    try:
+        info = path.stat()
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise DeployError(f"{path}: no such file or folder") from exc
+    if stat.S_ISDIR(info.st_mode):
+        size = sum(info.st_size for info in _folder_files(path).values())
+        kind = "folder"
+    elif stat.S_ISREG(info.st_mode):
+        size, kind = info.st_size, "file"
+    else:
+        raise DeployError(f"{path} is not a regular file or folder")
+    if max_bytes is not None and size > max_bytes:
+        raise DeployError(f"{path} holds more than {max_bytes} bytes")
+    return kind
+
+
+def _folder_files(folder: Path) -> dict[str, os.stat_result]:
+    """A version folder's files by relative path; anything but files and folders is refused."""
+    files = {}
+    for root, folders, names in os.walk(folder):
+        for name in [*folders, *names]:
+            path = Path(root, name)
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode):
+                files[path.relative_to(folder).as_posix()] = info
+            elif not stat.S_ISDIR(info.st_mode):
+                kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a regular file"
+                raise DeployError(f"{path} is {kind}; a version holds regular files only")
+    return files
 
 
 def _manifest(folder: Path) -> bytes:
-    lines = []
-    for path in folder.rglob("*"):
-        if path.is_symlink():
-            raise DeployError(f"{path} is a symbolic link; a version holds regular files only")
-        if path.is_file():
-            lines.append((path.relative_to(folder).as_posix(), file_digest(path)))
-    lines.sort(key=lambda line: line[0].encode())
-    return "".join(f"{sha}  {name}\n" for name, sha in lines).encode()
+    lines = sorted((name.encode(), file_digest(folder / name)) for name in _folder_files(folder))
+    return b"".join(f"{sha}  ".encode() + name + b"\n" for name, sha in lines)
+
+
+def _copy_folder(source: Path, target: Path, max_bytes: int) -> None:
+    """Copy a version folder's files, at most ``max_bytes`` in all, whatever sizes they claim."""
+    target.mkdir(parents=True, exist_ok=True)
+    left = max_bytes
+    for name in _folder_files(source):
+        copy = target / name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        with (source / name).open("rb") as reading, copy.open("wb") as writing:
+            while chunk := reading.read(min(_CHUNK, left + 1)):
+                left -= len(chunk)
+                if left < 0:
+                    raise DeployError(f"{source} holds more than {max_bytes} bytes")
+                writing.write(chunk)
 
 
 def to_location(text: str) -> str:
@@ -114,32 +169,54 @@ def fetched(location: str, limits: DeployLimits) -> Iterator[Path]:
     path = (
         Path(urllib.request.url2pathname(parts.path)) if parts.scheme == "file" else Path(location)
     )
-    if not path.exists():
-        raise DeployError(f"{location}: no such file or folder")
+    _local_kind(path, limits.max_bytes)  # before anything reads it
     yield path
 
 
 def _download(url: str, target: Path, limits: DeployLimits) -> None:
-    deadline = time.monotonic() + limits.timeout
-    timeout = httpx.Timeout(limits.timeout, connect=limits.connect_timeout)
-    size = 0
+    """Stream ``url`` into ``target``, following redirects, all within ``limits.timeout``."""
     try:
         with (
-            httpx.Client(timeout=timeout, follow_redirects=True, max_redirects=3) as client,
-            client.stream("GET", url) as response,
-            target.open("wb") as out,
+            httpcore.ConnectionPool(network_backend=DeadlineBackend()) as pool,
+            deadline(limits.timeout),
         ):
-            if response.status_code != 200:
-                raise DeployError(f"cannot fetch {url}: HTTP {response.status_code}")
-            for chunk in response.iter_bytes(_CHUNK):
-                size += len(chunk)
-                if size > limits.max_bytes:
-                    raise DeployError(f"{url} is larger than {limits.max_bytes} bytes")
-                if time.monotonic() > deadline:
-                    raise DeployError(f"fetching {url} took longer than {limits.timeout:.0f} s")
-                out.write(chunk)
-    except httpx.HTTPError as exc:
+            for _ in range(_MAX_REDIRECTS + 1):
+                with pool.stream("GET", url, extensions={"timeout": _timeouts(limits)}) as response:
+                    location = next(
+                        (v for k, v in response.headers if k.lower() == b"location"), None
+                    )
+                    if response.status in _REDIRECT_STATUSES and location is not None:
+                        url = urllib.parse.urljoin(url, location.decode("latin-1"))
+                        continue
+                    if response.status != 200:
+                        raise DeployError(f"cannot fetch {url}: HTTP {response.status}")
+                    _save(response, target, url, limits.max_bytes)
+                    return
+            raise DeployError(f"cannot fetch {url}: more than {_MAX_REDIRECTS} redirects")
+    except DeadlinePassed as exc:
+        raise DeployError(f"fetching {url} took longer than {limits.timeout:.0f} s") from exc
+    except (
+        httpcore.TimeoutException,
+        httpcore.NetworkError,
+        httpcore.ProtocolError,
+        httpcore.UnsupportedProtocol,  # e.g. a redirect to file://
+    ) as exc:
         raise DeployError(f"cannot fetch {url}: {exc or type(exc).__name__}") from exc
+
+
+def _timeouts(limits: DeployLimits) -> dict[str, float]:
+    read = limits.read_timeout
+    return {"connect": limits.connect_timeout, "read": read, "write": read, "pool": read}
+
+
+def _save(response: httpcore.Response, target: Path, url: str, max_bytes: int) -> None:
+    size = 0
+    with target.open("wb") as out:
+        for chunk in response.iter_stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise DeployError(f"{url} is larger than {max_bytes} bytes")
+            out.write(chunk)
 
 
 def unpack(archive: Path, target: Path, max_bytes: int) -> None:
@@ -211,7 +288,7 @@ def prepare(location: str, sha256: str | None, target: Path, limits: DeployLimit
     """
     with fetched(location, limits) as source:
         if source.is_dir():
-            shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+            _copy_folder(source, target, limits.max_bytes)
             actual = digest(target)  # of the copy: what was checked is what is installed
         else:
             actual = file_digest(source)

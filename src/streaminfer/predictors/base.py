@@ -52,5 +52,9 @@ class Predictor(ABC):
     def predict(self, batch: list[PredictRequest]) -> list[Outcome]:
         """One outcome per request, in order; raises InfrastructureError if none can be served."""
 
+    def circuit_state(self) -> int:
+        """The circuit breaker's state as a gauge (0 closed, 1 open, 2 half-open); 0 if none."""
+        return 0
+
     def close(self) -> None:  # noqa: B027 - most predictors hold nothing to release
         """Release connections, threads and sessions."""

@@ -39,6 +39,9 @@ class FallbackPredictor(Predictor):
         self._note(False, None)
         return outcomes
 
+    def circuit_state(self) -> int:
+        return self.primary.circuit_state()
+
     def close(self) -> None:
         self.primary.close()
         self.fallback.close()

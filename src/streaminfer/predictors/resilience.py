@@ -213,6 +213,9 @@ class ResilientPredictor(Predictor):
             self.breaker.record_success()
             return outcomes
 
+    def circuit_state(self) -> int:
+        return int(self.breaker.state)
+
     def close(self) -> None:
         self._closed.set()
         self.inner.close()

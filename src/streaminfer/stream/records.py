@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from streaminfer.errors import RecordError
+from streaminfer.kafka.records import Headers
 from streaminfer.predictors.base import PredictResult
-from streaminfer.types import Headers, Tensors
+from streaminfer.types import Tensors
 
 TRACE_HEADER = "streaminfer.trace.id"
 _URL_PREFIXES = ("http://", "https://", "file://", "data:")
@@ -61,9 +62,9 @@ def parse_value(value: bytes | None) -> Request:
         )
     if value.startswith(_IMAGE_MAGIC) or (value[:4] == b"RIFF" and value[8:12] == b"WEBP"):
         return Request(image=value)
+    if value.lstrip()[:1] == b"{":
+        return _parse_json(value)
     text = _text(value)
-    if text.startswith("{"):
-        return _parse_json(text)
     if text.startswith(_URL_PREFIXES) or text.startswith("/"):
         return Request(url=text if not text.startswith("/") else "file://" + text)
     raise BadRecord(
@@ -78,10 +79,10 @@ def _text(value: bytes) -> str:
         raise BadRecord("record value is neither a known image format nor UTF-8 text") from exc
 
 
-def _parse_json(text: str) -> Request:
+def _parse_json(value: bytes) -> Request:
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
+        doc = orjson.loads(value)  # nesting past 1024 levels is an error, not a RecursionError
+    except orjson.JSONDecodeError as exc:
         raise BadRecord(f"invalid JSON: {exc}", "bad_json") from exc
     if not isinstance(doc, dict):
         raise BadRecord("JSON record must be an object")
@@ -173,8 +174,20 @@ def result_fields(result: PredictResult) -> dict[str, Any]:
     if result.predictions is not None:
         fields["predictions"] = [p.as_dict() for p in result.predictions]
     if result.outputs is not None:
-        fields["outputs"] = {name: array.tolist() for name, array in result.outputs.items()}
+        fields["outputs"] = result.outputs  # arrays: to_json writes them without Python lists
     return fields
+
+
+def to_json(document: dict[str, Any]) -> bytes:
+    """A document as compact JSON; numpy arrays written natively, non-finite floats as null."""
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY, default=_numpy_fallback)
+
+
+def _numpy_fallback(value: Any) -> Any:
+    """What orjson cannot write natively: strided or exotic arrays, numpy scalars."""
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 def output_document(
@@ -209,10 +222,15 @@ def dead_letter_headers(headers: Headers, error: RecordError, source: Source) ->
     """The original headers plus why and where the record failed."""
     return [
         *headers,
-        ("streaminfer.error.type", error.reason.encode()),
-        ("streaminfer.error.message", str(error).encode()[:2000]),
+        ("streaminfer.error.type", _header_text(error.reason)),
+        ("streaminfer.error.message", _header_text(str(error))[:2000]),
         ("streaminfer.source.topic", source.topic.encode()),
         ("streaminfer.source.partition", str(source.partition).encode()),
         ("streaminfer.source.offset", str(source.offset).encode()),
         ("streaminfer.failed.at", str(int(time.time() * 1000)).encode()),
     ]
+
+
+def _header_text(text: str) -> bytes:
+    """UTF-8 that always encodes: a message may quote lone surrogates from hostile input."""
+    return text.encode("utf-8", "backslashreplace")

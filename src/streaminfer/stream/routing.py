@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import queue
 import threading
@@ -18,12 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from confluent_kafka import Producer
 
 from streaminfer.errors import ConfigError, StreamInferError
+from streaminfer.kafka.records import Headers, produce_waiting
 from streaminfer.predictors.base import Predictor, PredictRequest, PredictResult
-from streaminfer.stream.records import result_fields
-from streaminfer.types import Headers
+from streaminfer.stream.records import result_fields, to_json
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,10 @@ def bucket(key: bytes) -> int:
     return int.from_bytes(digest, "big") % _BUCKETS
 
 
-@dataclass
+@dataclass(frozen=True)
 class ShadowJob:
     request: PredictRequest  # the primary's; the shadow runs a copy on its own target
-    primary: dict[str, Any]  # the primary output record's value, for comparison
+    primary: bytes  # the primary output record's value, for comparison
     key: bytes | None
     headers: Headers
 
@@ -140,7 +140,10 @@ class ShadowRunner:
             request = dataclasses.replace(
                 job.request, version=self.target.version, label=self.target.label
             )
-            document: dict[str, Any] = {"primary": job.primary, "shadow_target": self.target.name}
+            document: dict[str, Any] = {
+                "primary": orjson.loads(job.primary),
+                "shadow_target": self.target.name,
+            }
             try:
                 (outcome,) = self.predictor.predict([request])
             except StreamInferError as exc:  # the shadow may be down: report, never retry
@@ -150,11 +153,6 @@ class ShadowRunner:
                     document["shadow"] = result_fields(outcome)
                 else:
                     document["shadow_error"] = {"type": outcome.reason, "message": str(outcome)}
-            value = json.dumps(document, separators=(",", ":")).encode()
-            while True:
-                try:
-                    self.producer.produce(self.topic, value, job.key, headers=job.headers)
-                    break
-                except BufferError:
-                    self.producer.poll(0.1)
+            value = to_json(document)
+            produce_waiting(self.producer, self.topic, value, job.key, job.headers)
             self.producer.poll(0)

@@ -8,7 +8,6 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from streaminfer.config import Settings
-from streaminfer.predictors.factory import default_server
 
 # seed-style: the original demo's one-channel-per-record call, kept as a benchmark baseline.
 Mode = Literal[
@@ -44,6 +43,7 @@ class WorkerSettings(Settings):
     decode_threads: int = Field(default=2, ge=1)
     fetch_threads: int = Field(default=8, ge=1)
     allow_networks: list[str] = Field(default_factory=list)  # image hosts past the SSRF guard
+    allow_files: list[Path] = Field(default_factory=list)  # folders file:// records may read
     route: str | None = None  # weighted split, e.g. "stable=90,canary=10"
     shadow: str | None = None  # a version or label that also predicts, for comparison
     shadow_sample: float = Field(default=1.0, gt=0, le=1)
@@ -58,6 +58,8 @@ class WorkerSettings(Settings):
         if self.mode == "embedded" and self.repo is None:
             raise ValueError("--mode embedded needs --repo (the model repository)")
         if self.mode != "embedded" and self.server is None:
+            from streaminfer.predictors.factory import default_server  # light `--help`
+
             self.server = default_server(self.mode)
         if self.route and (self.version is not None or self.label is not None):
             raise ValueError("--route chooses the version itself: drop --version / --label")
@@ -66,6 +68,9 @@ class WorkerSettings(Settings):
             raise ValueError("--control-topic needs --mode embedded or --fallback embedded")
         if self.fallback == "embedded" and self.repo is None:
             raise ValueError("--fallback embedded needs --repo (the model repository)")
+        for folder in self.allow_files:
+            if not folder.is_dir():
+                raise ValueError(f"--allow-files {folder}: not a folder")
         return self
 
     @property

@@ -1,17 +1,16 @@
-"""Fixtures for worker tests: a repository with both demo models, worker processes."""
+"""Worker test helpers: ``streaminfer run`` arguments, and reading what a worker wrote."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import Record, consume
-from tests.support import CliProcess
+from streaminfer.processes import ManagedProcess
 
 # Quick failure detection so a killed worker's partitions move on in seconds.
 FAST_GROUP = [
@@ -22,33 +21,6 @@ FAST_GROUP = [
     "-X",
     "transaction.timeout.ms=5000",
 ]
-
-
-@pytest.fixture(scope="session")
-def stream_repo(tmp_path_factory: pytest.TempPathFactory, model_repo: Path) -> Path:
-    """EfficientNet-Lite0 (linked from ``model_repo``) and the tiny tensor model."""
-    from streaminfer.models.export.tiny import export_tiny_model
-
-    repo = tmp_path_factory.mktemp("stream-repo")
-    (repo / "efficientnet-lite0").symlink_to(model_repo / "efficientnet-lite0")
-    export_tiny_model(repo, version=1)
-    return repo
-
-
-@pytest.fixture
-def start_worker(bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., CliProcess]]:
-    """Start ``streaminfer run`` processes; all are stopped at the end of the test."""
-    started: list[CliProcess] = []
-
-    def start(*args: str) -> CliProcess:
-        log = tmp_path / f"worker-{len(started)}.log"
-        worker = CliProcess("run", "-b", bootstrap, *FAST_GROUP, *args, log_path=log)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 def outputs(settings: KafkaSettings, topic: str, count: int, timeout: float = 60) -> list[Record]:
@@ -75,13 +47,13 @@ def high_watermark(settings: KafkaSettings, topic: str, partitions: int) -> int:
 
 
 def embedded_worker(
-    start: Callable[..., CliProcess],
+    start: Callable[..., ManagedProcess],
     repo: Path,
     inp: str,
     out: str,
     *extra: str,
     group: str | None = None,
-) -> CliProcess:
+) -> ManagedProcess:
     """An embedded-mode worker from ``inp`` to ``out``; image hosts on loopback allowed."""
     return start("--input", inp, "--output", out, "--mode", "embedded", "--repo", str(repo),
                  "--group-id", group or f"g-{inp}", "--allow-network", "127.0.0.0/8",

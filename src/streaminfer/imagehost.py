@@ -1,4 +1,6 @@
-"""A static file host for the images workload: ``python -m streaminfer.bench.imagehost DIR PORT``.
+"""A static file host for image URLs (the demo, the images benchmark, the tests).
+
+Run it as ``python -m streaminfer.imagehost DIR PORT``, or in a thread: :func:`serve_in_thread`.
 
 ``python -m http.server`` would do, but with HTTP/1.1 keep-alive it writes headers and
 body separately with Nagle's algorithm on, so every response waits ~40 ms for the

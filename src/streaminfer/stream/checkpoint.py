@@ -1,0 +1,209 @@
+"""The checkpoint: outputs and consumed offsets, committed together or not at all.
+
+One object owns the open transaction, the offsets to commit, the delivery reports and
+the commit policy; the worker's loop only writes records into it and asks "due?" and
+"commit".  Its promise: an offset is never committed unless the record's output (or
+dead letter) was written in the same transaction (exactly-once) or acknowledged before
+the commit (at-least-once).  When that cannot be kept, ``commit`` reports
+``ABORTED``: the caller drops its uncommitted work and rewinds to the last commit, so
+the records are redone rather than lost.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+
+from streaminfer.kafka.records import produce_waiting
+from streaminfer.stream.metrics import WorkerMetrics
+from streaminfer.stream.pipeline import Produced
+from streaminfer.stream.records import Source
+
+log = logging.getLogger(__name__)
+
+_TIMEOUT_S = 30.0
+
+
+@dataclass
+class CommitPolicy:
+    """When to commit: every ``interval_s``; while backlogged, every ``backlog_factor`` intervals.
+
+    Backlogged (more input waiting than the worker got through in the last interval), a
+    transaction costs the worker and the broker CPU the backlog needs, and a record that
+    queued that long gains nothing from becoming visible 400 ms sooner.  A short stall
+    that leaves a few records waiting is no backlog.  Whether the worker is backlogged
+    is decided once per interval, when it is up, and forgotten at the commit.
+    """
+
+    interval_s: float
+    backlog_factor: int = 5
+    _backlogged: bool | None = None
+
+    def due(self, elapsed_s: float, backlogged: Callable[[], bool]) -> bool:
+        if elapsed_s < self.interval_s:
+            return False
+        if self._backlogged is None:
+            self._backlogged = backlogged()
+        return not self._backlogged or elapsed_s >= self.interval_s * self.backlog_factor
+
+    def committed(self) -> None:
+        self._backlogged = None
+
+
+class Commit(enum.Enum):
+    NOTHING = "nothing"  # nothing written since the last commit
+    COMMITTED = "committed"
+    RETRY = "retry"  # a retriable error: the same checkpoint is committed later
+    ABORTED = "aborted"  # the uncommitted work is lost: redo it from the last commit
+
+
+class Checkpoint:
+    """The outputs written and offsets consumed since the last commit."""
+
+    def __init__(
+        self,
+        producer: Producer,
+        consumer: Consumer,
+        *,
+        exactly_once: bool,
+        policy: CommitPolicy,
+        metrics: WorkerMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.producer = producer
+        self.consumer = consumer
+        self.exactly_once = exactly_once
+        self.policy = policy
+        self.metrics = metrics
+        self._clock = clock
+        self._offsets: dict[tuple[str, int], int] = {}  # next offset to commit, per partition
+        self._written = 0  # records written since the last commit
+        self._in_transaction = False
+        self._last_commit = clock()
+        self._failed_delivery: str | None = None  # set from librdkafka's delivery thread
+        self._lock = threading.Lock()
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    @property
+    def since_commit_s(self) -> float:
+        return self._clock() - self._last_commit
+
+    def write(self, record: Produced, source: Source) -> None:
+        """Produce a record into the checkpoint and mark its input done."""
+        if self.exactly_once and not self._in_transaction:
+            self.producer.begin_transaction()
+            self._in_transaction = True
+        produce_waiting(
+            self.producer,
+            record.topic,
+            record.value,
+            record.key,
+            record.headers,
+            self._on_delivery,
+        )
+        self._offsets[(source.topic, source.partition)] = source.offset + 1
+        self._written += 1
+
+    def due(self, backlogged: Callable[[], bool]) -> bool:
+        return bool(self._offsets) and self.policy.due(
+            self._clock() - self._last_commit, backlogged
+        )
+
+    def commit(self, group_metadata: Any = None) -> Commit:
+        """Commit what was written; ``ABORTED`` means redo everything since the last commit.
+
+        Under exactly-once it may run on another thread than the consumer's poll loop, given
+        the consumer's ``group_metadata`` taken on the loop's thread (librdkafka's call for
+        it blocks while the consumer is being polled).  At-least-once commits through the
+        consumer, so it runs on the loop's thread.
+        """
+        if not self._offsets:
+            return Commit.NOTHING
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
+        try:
+            if self.exactly_once:
+                metadata = group_metadata or self.consumer.consumer_group_metadata()
+                self.producer.send_offsets_to_transaction(offsets, metadata, _TIMEOUT_S)
+                self.producer.commit_transaction(_TIMEOUT_S)
+                self._in_transaction = False
+            else:
+                self._deliver_all()
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            return self._failed(exc.args[0])
+        self.metrics.transactions.labels("committed").inc()
+        self._offsets.clear()
+        self._written = 0
+        self._last_commit = self._clock()
+        self.policy.committed()
+        return Commit.COMMITTED
+
+    def abort(self) -> None:
+        """Forget everything since the last commit (the caller redoes or drops that work)."""
+        if self._in_transaction:
+            self.producer.abort_transaction(_TIMEOUT_S)
+            self._in_transaction = False
+            self.metrics.transactions.labels("aborted").inc()
+        self._offsets.clear()
+        self._written = 0
+        with self._lock:
+            self._failed_delivery = None
+
+    def rewind(self, partitions: list[TopicPartition]) -> None:
+        """Seek ``partitions`` back to their committed offsets."""
+        if not partitions:
+            return
+        for tp in self.consumer.committed(partitions, timeout=_TIMEOUT_S):
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def close(self) -> None:
+        if self._in_transaction:
+            self.producer.abort_transaction(10)
+            self._in_transaction = False
+        self.producer.flush(10)
+
+    def _deliver_all(self) -> None:
+        """At-least-once: every output acknowledged before its offset is committed."""
+        remaining = self.producer.flush(_TIMEOUT_S)
+        with self._lock:
+            failed, self._failed_delivery = self._failed_delivery, None
+        if remaining or failed:
+            why = failed or f"{remaining} outputs not acknowledged in {_TIMEOUT_S:.0f} s"
+            # Never retriable here: the failed outputs are gone, only a redo brings them back.
+            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, why, retriable=False))
+
+    def _failed(self, error: KafkaError) -> Commit:
+        if self.exactly_once and error.txn_requires_abort():
+            log.warning("transaction aborted, reprocessing from the last commit: %s", error.str())
+        elif not self.exactly_once and not error.retriable():
+            log.warning("outputs not delivered, reprocessing from the last commit: %s", error.str())
+        elif error.retriable():
+            log.warning("commit failed, will retry: %s", error.str())
+            return Commit.RETRY
+        else:
+            raise KafkaException(error)  # fatal (e.g. fenced by a newer instance): stop, clearly
+        self.abort()
+        return Commit.ABORTED
+
+    def _on_delivery(self, error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            with self._lock:
+                self._failed_delivery = self._failed_delivery or error.str()

@@ -1,0 +1,139 @@
+"""The intake: polls records into the forming batch, and pauses the partitions when full.
+
+Backpressure works in two steps.  A short wait for room needs no pause: pausing drops
+librdkafka's prefetched records and costs a fetch round trip on resume.  A long one (the
+model server is down) must keep polling so the group's callbacks are served, and that
+needs the pause; polling a paused consumer still delivers records of a partition that
+was just assigned, so those are kept too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from streaminfer.kafka.records import Headers
+from streaminfer.stream.pipeline import InputRecord
+from streaminfer.stream.records import Source
+
+log = logging.getLogger(__name__)
+
+PAUSE_AFTER_S = 1.0  # a full buffer for this long pauses the partitions
+_SMOOTHING = 0.3  # weight of the newest observation in the moving averages
+
+
+class BufferBudget:
+    """How much polled input may wait in the worker: enough work to cover a commit.
+
+    While a transaction commits, the outputs wait, but polling and predicting go on; the
+    buffer must hold what the pipeline gets through meanwhile, or its threads idle.  So
+    it is sized by time (twice a commit's duration at the recent throughput), never
+    below ``floor`` records, and bounded by bytes so that large records cannot exhaust
+    memory.
+    """
+
+    def __init__(self, floor: int, max_bytes: int = 64 * 2**20) -> None:
+        self.floor = floor
+        self.max_bytes = max_bytes
+        self.records_per_s = 0.0
+        self.commit_s = 0.0
+
+    def observe(self, records: int, interval_s: float, commit_s: float) -> None:
+        """After a commit: ``records`` were written in the ``interval_s`` it closed."""
+        if interval_s > 0:
+            rate = records / interval_s
+            self.records_per_s += _SMOOTHING * (rate - self.records_per_s)
+        self.commit_s += _SMOOTHING * (commit_s - self.commit_s)
+
+    @property
+    def records(self) -> int:
+        return max(self.floor, int(self.records_per_s * self.commit_s * 2))
+
+    def has_room(self, records: int, size: int) -> bool:
+        return records < self.records and size < self.max_bytes
+
+
+class Intake:
+    def __init__(self, consumer: Consumer, batch_size: int) -> None:
+        self.consumer = consumer
+        self.batch_size = batch_size
+        self.assigned: list[TopicPartition] = []
+        self.forming: list[InputRecord] = []  # polled, waiting for a free chunk thread
+        self.idle = False  # the last poll found nothing waiting
+        self._paused = False
+        self._full_since: float | None = None  # since when the buffer has been full
+
+    def poll(self, timeout: float) -> None:
+        """Poll up to what the forming batch has room for; resumes paused partitions."""
+        self._full_since = None
+        if self._paused:
+            self.consumer.resume(self.assigned)
+            self._paused = False
+        first = self.consumer.poll(timeout)
+        self.idle = first is None
+        if first is None:
+            return
+        more = self.batch_size - len(self.forming) - 1
+        self._take([first, *self.consumer.consume(more, timeout=0)] if more > 0 else [first])
+
+    def hold(self) -> None:
+        """The buffer is full: pause once that has lasted; keep serving the group meanwhile."""
+        now = time.monotonic()
+        self._full_since = self._full_since or now
+        if not self._paused and self.assigned and now - self._full_since > PAUSE_AFTER_S:
+            self.consumer.pause(self.assigned)
+            self._paused = True
+        self.idle = False
+        if self._paused:
+            first = self.consumer.poll(0)  # a record of a newly assigned partition may come
+            if first is not None:
+                self._take([first])
+
+    def take_batch(self) -> list[InputRecord]:
+        batch, self.forming = self.forming, []
+        return batch
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = list(partitions)
+        self._paused = False
+
+    def drop(self) -> None:
+        """Forget the partitions and the records polled but not yet handed on."""
+        self.assigned = []
+        self.forming = []
+        self._paused = False
+
+    def lags(self) -> dict[tuple[str, int], int]:
+        """Records not yet consumed, per assigned partition, from the last fetched watermarks."""
+        lags = {}
+        for tp in self.consumer.position(self.assigned):
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset >= 0 and high >= 0:
+                lags[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        return lags
+
+    def _take(self, messages: list[Message]) -> None:
+        now = time.monotonic()
+        self.forming.extend(input_record(m, now) for m in messages if _usable(m))
+
+
+def input_record(message: Message, consumed_at: float) -> InputRecord:
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None
+    ts_type, ts = message.timestamp()
+    raw = message.headers() or []
+    headers: Headers = list(raw.items()) if isinstance(raw, dict) else list(raw)
+    source = Source(topic, partition, offset, ts if ts_type else None)
+    return InputRecord(message.key(), message.value(), headers, source, consumed_at)
+
+
+def _usable(message: Message) -> bool:
+    error = message.error()
+    if error is None:
+        return True
+    if error.fatal():
+        raise KafkaException(error)
+    log.warning("consumer: %s", error.str())
+    return False

@@ -1,0 +1,141 @@
+"""The checkpoint: its commit policy in process, its transactions against the real broker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from streaminfer.kafka.admin import TopicAdmin
+from streaminfer.kafka.config import KafkaSettings
+from streaminfer.kafka.records import consume
+from streaminfer.stream.checkpoint import Checkpoint, Commit, CommitPolicy
+from streaminfer.stream.metrics import WorkerMetrics
+from streaminfer.stream.pipeline import Produced
+from streaminfer.stream.records import Source
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_policy_commits_every_interval_when_not_backlogged() -> None:
+    policy = CommitPolicy(interval_s=0.1)
+    assert not policy.due(0.05, lambda: False)
+    assert policy.due(0.1, lambda: False)
+
+
+def test_policy_stretches_the_interval_while_backlogged_and_decides_once() -> None:
+    policy = CommitPolicy(interval_s=0.1, backlog_factor=5)
+    asked = []
+
+    def backlogged() -> bool:
+        asked.append(1)
+        return True
+
+    assert not policy.due(0.1, backlogged)
+    assert not policy.due(0.3, backlogged)
+    assert policy.due(0.5, backlogged)
+    assert len(asked) == 1  # decided once per interval
+    policy.committed()
+    assert policy.due(0.1, lambda: False)  # a new interval decides afresh
+
+
+@pytest.fixture
+def clients(
+    kafka_settings: KafkaSettings,
+) -> Iterator[Callable[[bool], tuple[Producer, Consumer]]]:
+    made: list[tuple[Producer, Consumer]] = []
+
+    def make(exactly_once: bool) -> tuple[Producer, Consumer]:
+        extra = {"transactional.id": f"t-{uuid.uuid4().hex}"} if exactly_once else {}
+        producer = Producer(kafka_settings.client_config(**{"enable.idempotence": True, **extra}))
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        consumer = Consumer(kafka_settings.client_config(**{"group.id": group}))
+        if exactly_once:
+            producer.init_transactions(30)
+        made.append((producer, consumer))
+        return producer, consumer
+
+    yield make
+    for _, consumer in made:
+        consumer.close()
+
+
+def checkpoint(producer: Producer, consumer: Consumer, exactly_once: bool) -> Checkpoint:
+    return Checkpoint(
+        producer,
+        consumer,
+        exactly_once=exactly_once,
+        policy=CommitPolicy(0.1),
+        metrics=WorkerMetrics(),
+        clock=Clock(),
+    )
+
+
+def committed_offset(consumer: Consumer, topic: str) -> int:
+    (tp,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+    return int(tp.offset)
+
+
+@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
+def test_commit_makes_outputs_and_offsets_visible_together(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    clients: Callable[[bool], tuple[Producer, Consumer]],
+    exactly_once: bool,
+) -> None:
+    inp, out = topic_factory("in"), topic_factory("out")
+    producer, consumer = clients(exactly_once)
+    cp = checkpoint(producer, consumer, exactly_once)
+    assert cp.commit() is Commit.NOTHING
+    for offset in range(3):
+        cp.write(Produced(out, None, f"v{offset}".encode(), []), Source(inp, 0, offset, None))
+    assert cp.commit() is Commit.COMMITTED
+    values = [
+        r.value for r in consume(kafka_settings, out, from_beginning=True, count=3, timeout=20)
+    ]
+    assert values == [b"v0", b"v1", b"v2"]
+    assert committed_offset(consumer, inp) == 3
+
+
+def test_abort_leaves_neither_outputs_nor_offsets(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    clients: Callable[[bool], tuple[Producer, Consumer]],
+) -> None:
+    inp, out = topic_factory("in"), topic_factory("out")
+    producer, consumer = clients(True)
+    cp = checkpoint(producer, consumer, True)
+    cp.write(Produced(out, None, b"dropped", []), Source(inp, 0, 0, None))
+    cp.abort()
+    cp.write(Produced(out, None, b"kept", []), Source(inp, 0, 0, None))
+    assert cp.commit() is Commit.COMMITTED
+    values = [r.value for r in consume(kafka_settings, out, from_beginning=True, timeout=3)]
+    assert values == [b"kept"]
+
+
+@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
+def test_a_failed_delivery_never_lets_the_offset_move_past_it(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    clients: Callable[[bool], tuple[Producer, Consumer]],
+    exactly_once: bool,
+) -> None:
+    inp = topic_factory("in")
+    small = f"small-{uuid.uuid4().hex[:8]}"
+    TopicAdmin(kafka_settings).create(small, config={"max.message.bytes": "1000"})
+    producer, consumer = clients(exactly_once)
+    cp = checkpoint(producer, consumer, exactly_once)
+    cp.write(Produced(small, None, b"fits", []), Source(inp, 0, 0, None))
+    cp.write(Produced(small, None, b"x" * 5000, []), Source(inp, 0, 1, None))
+    cp.write(Produced(small, None, b"after", []), Source(inp, 0, 2, None))
+    assert cp.commit() is Commit.ABORTED
+    assert committed_offset(consumer, inp) < 0  # nothing committed: all three are redone
+    assert cp.written == 0 and cp.commit() is Commit.NOTHING

@@ -1,0 +1,170 @@
+"""Hostile records through real workers: every record ends in the output or the DLQ, in order.
+
+The generator is structure-aware: it mutates the shapes the worker understands (JSON
+records, URLs, image bytes, tensor bodies) rather than throwing only random bytes, so
+the records reach past the first parser.  Valid records are interleaved and must come
+out in their input order; the worker must never exit.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from streaminfer.kafka.admin import TopicAdmin
+from streaminfer.kafka.config import KafkaSettings
+from streaminfer.kafka.records import consume, produce
+from streaminfer.processes import ManagedProcess
+from tests.servers import ServerProcess
+from tests.support import wait_for
+from tests.workers import decoded, embedded_worker, outputs
+
+SEED = 20261130
+
+
+def valid(i: int) -> bytes:
+    return json.dumps({"id": f"ok-{i}", "model": "tiny", "inputs": {"x": [[i, 0, 0, 1]]}}).encode()
+
+
+def hostile(rng: random.Random, jpeg: bytes) -> bytes:
+    """One malformed record, of a shape picked at random."""
+    deep = rng.randint(50, 200_000)
+    shapes: list[Callable[[], bytes]] = [
+        lambda: b'{"model":"tiny","inputs":{"x":' + b"[" * deep + b"]" * deep + b"}}",
+        lambda: b'{"inputs":{"x":[[' + b"9" * rng.randint(4000, 9000) + b"]]}}",
+        lambda: json.dumps(
+            {"url": "http://" + "\u0130" * rng.randint(64, 300) + "/a.jpg"}
+        ).encode(),
+        lambda: b'{"url":"http://\\udc80.invalid/x.jpg","id":"\\ud800"}',
+        lambda: ("http://[" + "f" * rng.randint(1, 60) + "]/x.jpg").encode(),
+        lambda: b"file:///etc/passwd",
+        lambda: b"/proc/self/environ",
+        lambda: b"data:image/jpeg;base64," + base64.b64encode(jpeg[: rng.randint(3, 200)]),
+        lambda: jpeg[: rng.randint(3, len(jpeg) - 1)],
+        lambda: b"\xff\xd8\xff" + rng.randbytes(rng.randint(0, 2000)),
+        lambda: json.dumps({"image_b64": base64.b64encode(rng.randbytes(64)).decode()}).encode(),
+        lambda: json.dumps({"model": "tiny", "inputs": {"x": [[1, 2], [3]]}}).encode(),
+        lambda: json.dumps({"model": "tiny", "inputs": {"x": [["a"] * 4]}}).encode(),
+        lambda: json.dumps({"model": "tiny", "inputs": {"x": [[0] * 4]}, "top_k": -3}).encode(),
+        lambda: json.dumps({"model": "no-such-model", "inputs": {"x": [[0] * 4]}}).encode(),
+        lambda: json.dumps(
+            {"model": "tiny", "version": 10**30, "inputs": {"x": [[0] * 4]}}
+        ).encode(),
+        lambda: json.dumps([1, 2, 3]).encode(),
+        lambda: rng.randbytes(rng.randint(1, 300)),
+        lambda: b"",
+    ]
+    return rng.choice(shapes)()
+
+
+def mixed_records(jpeg: bytes, count: int) -> tuple[list[bytes], list[str]]:
+    """``count`` hostile records with valid ones between them; the valid ids in order."""
+    rng = random.Random(SEED)
+    values, ids = [], []
+    for i in range(count):
+        values.append(hostile(rng, jpeg))
+        if i % 3 == 0:
+            values.append(valid(i))
+            ids.append(f"ok-{i}")
+    return values, ids
+
+
+def assert_all_accounted_for(
+    settings: KafkaSettings, out: str, dlq: str, sent: int, ids: list[str]
+) -> None:
+    outs = outputs(settings, out, len(ids), timeout=120)
+    docs = decoded(outs)
+    assert [d["id"] for d in docs] == ids  # order of the valid ones kept
+    letters = list(consume(settings, dlq, from_beginning=True, count=sent - len(ids), timeout=60))
+    assert len(letters) == sent - len(ids)
+    for letter in letters:
+        headers = dict(letter.headers)
+        assert headers["streaminfer.error.type"], letter
+        message = headers["streaminfer.error.message"] or b""
+        assert b"root:" not in message and b"PATH=" not in message  # no local file quoted
+
+
+@pytest.fixture
+def server(stream_repo: Path, tmp_path: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(stream_repo, log=tmp_path / "server.log") as server:
+        yield server
+
+
+def test_hostile_records_embedded(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable[..., ManagedProcess],
+    stream_repo: Path,
+    sample_jpegs: dict[str, bytes],
+) -> None:
+    inp, out = topic_factory("in"), topic_factory("out")
+    values, ids = mixed_records(sample_jpegs["chelsea"], 90)
+    worker = embedded_worker(start_worker, stream_repo, inp, out, "--batch-size", "8")
+    produce(kafka_settings, inp, values)
+    assert_all_accounted_for(kafka_settings, out, f"{inp}.dlq", len(values), ids)
+    assert worker.alive(), worker.log_tail(40)
+
+
+def test_hostile_records_remote(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable[..., ManagedProcess],
+    server: ServerProcess,
+    sample_jpegs: dict[str, bytes],
+) -> None:
+    inp, out = topic_factory("in"), topic_factory("out")
+    values, ids = mixed_records(sample_jpegs["coffee"], 60)
+    worker = start_worker(
+        "--input", inp, "--output", out, "--mode", "kserve-grpc",
+        "--server", server.target("kserve-grpc"), "--group-id", f"g-{inp}",
+        "--model", "tiny", "--batch-size", "8",
+    )  # fmt: skip
+    produce(kafka_settings, inp, values)
+    assert_all_accounted_for(kafka_settings, out, f"{inp}.dlq", len(values), ids)
+    assert worker.alive(), worker.log_tail(40)
+
+
+def test_an_oversized_output_is_dead_lettered_across_kills(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable[..., ManagedProcess],
+    stream_repo: Path,
+) -> None:
+    inp = topic_factory("in")
+    out = topic_factory("out")
+    TopicAdmin(kafka_settings).create(f"{inp}.dlq", if_not_exists=True)
+    # The output topic takes at most 20 kB: a 2,000-row request's output does not fit.
+    small_out = f"{out}-small"
+    TopicAdmin(kafka_settings).create(small_out, config={"max.message.bytes": "20000"})
+    big = json.dumps({"id": "big", "model": "tiny", "inputs": {"x": [[1, 0, 0, 0]] * 2000}})
+    before = [valid(i) for i in range(20)]
+    after = [valid(i) for i in range(20, 40)]
+
+    def start() -> ManagedProcess:
+        return embedded_worker(start_worker, stream_repo, inp, small_out, "--batch-size", "2")
+
+    worker = start()
+    produce(kafka_settings, inp, before)
+    wait_for(lambda: len(list(consume(kafka_settings, small_out, True, timeout=1))) >= 5)
+    worker.send_signal(signal.SIGKILL)
+    produce(kafka_settings, inp, [big.encode(), *after])
+    worker = start()
+    wait_for(
+        lambda: any(
+            r.value == big.encode() for r in consume(kafka_settings, f"{inp}.dlq", True, timeout=1)
+        ),
+        timeout=120,
+        what="the big record in the DLQ",
+    )
+    worker.send_signal(signal.SIGKILL)
+    start()
+    docs = decoded(outputs(kafka_settings, small_out, 40, timeout=120))
+    assert [d["id"] for d in docs] == [f"ok-{i}" for i in range(40)]  # none lost, none twice
+    letters = list(consume(kafka_settings, f"{inp}.dlq", from_beginning=True, timeout=5))
+    assert [dict(r.headers)["streaminfer.error.type"] for r in letters] == [b"too_large"]

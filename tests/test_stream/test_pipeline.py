@@ -1,0 +1,185 @@
+"""The record pipeline in process: a real embedded model and image fetcher, no Kafka."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streaminfer.errors import InfrastructureError
+from streaminfer.images import FetchPolicy, ImageFetcher
+from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
+from streaminfer.models.registry import ModelRegistry
+from streaminfer.predictors.base import Outcome, Predictor, PredictRequest
+from streaminfer.predictors.embedded import EmbeddedPredictor
+from streaminfer.predictors.resilience import RetryPolicy
+from streaminfer.stream.metrics import WorkerMetrics
+from streaminfer.stream.pipeline import (
+    TRUNCATED_HEADER,
+    Defaults,
+    InputRecord,
+    Pipeline,
+    Work,
+    parse,
+    route,
+    size,
+)
+from streaminfer.stream.records import Source
+from streaminfer.stream.routing import Route
+
+OUT, DLQ = "out", "out.dlq"
+LIMITS = {OUT: 1_000_000, DLQ: 1_000_000}
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Iterator[EmbeddedPredictor]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as repo:
+        export_tiny_model(Path(repo), version=1)
+        registry = ModelRegistry(Path(repo))
+        registry.reload()
+        predictor = EmbeddedPredictor(registry, 1)
+        yield predictor
+        predictor.close()
+        registry.close()
+
+
+def record(value: bytes | None, offset: int = 0, key: bytes | None = None) -> InputRecord:
+    return InputRecord(key, value, [], Source("in", 0, offset, None), consumed_at=0.0)
+
+
+def tensor(rows: list[list[float]], **fields: object) -> bytes:
+    return json.dumps({"model": "tiny", "inputs": {"x": rows}, **fields}).encode()
+
+
+def pipeline(predictor: Predictor, limits: dict[str, int] = LIMITS, **defaults: object) -> Pipeline:
+    settings = Defaults(model="tiny", **defaults)  # type: ignore[arg-type]
+    fetcher = ImageFetcher(FetchPolicy())
+    return Pipeline(
+        settings,
+        predictor,
+        fetcher,
+        WorkerMetrics(),
+        output_topic=OUT,
+        dead_letter_topic=DLQ,
+        max_bytes=limits,
+        retry=RetryPolicy(max_attempts=None, initial_backoff_s=0.001, max_backoff_s=0.001),
+    )
+
+
+def run(p: Pipeline, *values: bytes | None) -> list[Work]:
+    return p.process([record(v, i) for i, v in enumerate(values)], threading.Event())
+
+
+def test_each_record_gets_its_own_answer(tiny: EmbeddedPredictor) -> None:
+    rows = [[1.0, 2.0, 3.0, 4.0]], [[0.0, 0.0, 0.0, 1.0], [5.0, 5.0, 5.0, 5.0]]
+    done = run(pipeline(tiny), *(tensor(r) for r in rows))
+    for work, x in zip(done, rows, strict=True):
+        assert work.error is None and work.result is not None and work.result.outputs
+        np.testing.assert_allclose(work.result.outputs["y"], tiny_reference(np.array(x)), 1e-6)
+
+
+HOSTILE = {
+    "deep JSON": b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "5000-digit int": b'{"model":"tiny","top_k":' + b"9" * 5000 + b',"inputs":{"x":[[1,2,3,4]]}}',
+    "IDNA-refused host": ("http://" + "\u0130" * 70 + ".example/x.jpg").encode(),
+    "lone surrogate in JSON": b'{"url":"http://\\ud800.example/"}',
+    "not UTF-8": b"\xff\xfe\x00garbage",
+    "empty": b"",
+    "None": None,
+    "ragged tensor": tensor([[1.0, 2.0], [1.0]]),
+    "strings as floats": tensor([["a", "b", "c", "d"]]),
+    "wrong width": tensor([[1.0, 2.0, 3.0]]),
+}
+
+
+def test_hostile_records_each_fail_alone(tiny: EmbeddedPredictor) -> None:
+    good = tensor([[1.0, 1.0, 1.0, 1.0]])
+    values = [good, *HOSTILE.values(), good]
+    p = pipeline(tiny)
+    done = run(p, *values)
+    assert done[0].error is None and done[-1].error is None
+    for name, work in zip(HOSTILE, done[1:-1], strict=True):
+        assert work.error is not None, name
+        letter = p.produced(work)
+        assert letter.topic == DLQ and letter.value == work.record.value, name
+        headers = dict(letter.headers)
+        assert headers["streaminfer.error.type"] == work.error.reason.encode(), name
+    reasons = {name: w.error.reason for name, w in zip(HOSTILE, done[1:-1], strict=True) if w.error}
+    assert reasons["deep JSON"] == "bad_json"
+    assert reasons["wrong width"] != "internal_error"
+
+
+class Flaky(Predictor):
+    """Our own predictor interface around the real model: the way a bug looks to the worker."""
+
+    mode = "flaky"
+
+    def __init__(self, inner: Predictor, outages: int = 0) -> None:
+        self.inner = inner
+        self.outages = outages
+        self.calls = 0
+
+    def predict(self, batch: list[PredictRequest]) -> list[Outcome]:
+        self.calls += 1
+        if self.outages:
+            self.outages -= 1
+            raise InfrastructureError("server down")
+        if any(r.tensors is not None and r.tensors["x"][0][0] == 666 for r in batch):
+            raise ZeroDivisionError("a bug that only this record triggers")
+        return self.inner.predict(batch)
+
+
+def test_an_unexpected_predict_failure_is_narrowed_to_its_record(tiny: EmbeddedPredictor) -> None:
+    values = [tensor([[float(i), 0, 0, 0]]) for i in range(7)]
+    values[4] = tensor([[666.0, 0, 0, 0]])
+    done = run(pipeline(Flaky(tiny)), *values)
+    assert [w.error is None for w in done] == [True] * 4 + [False] + [True] * 2
+    failed = done[4].error
+    assert failed is not None and failed.reason == "internal_error"
+    assert "ZeroDivisionError" in str(failed)
+
+
+def test_an_outage_is_retried_until_served(tiny: EmbeddedPredictor) -> None:
+    flaky = Flaky(tiny, outages=3)
+    done = run(pipeline(flaky), tensor([[1.0, 0, 0, 0]]))
+    assert done[0].error is None and flaky.calls == 4
+
+
+def test_an_output_too_large_for_its_topic_is_dead_lettered(tiny: EmbeddedPredictor) -> None:
+    small, big = tensor([[1.0, 0, 0, 0]]), tensor([[1.0, 0, 0, 0]] * 200)
+    p = pipeline(tiny, {OUT: 2_000, DLQ: 100_000})
+    done = run(p, small, big)
+    first, second = (p.produced(w) for w in done)
+    assert first.topic == OUT and first.error is None
+    assert second.topic == DLQ and second.error is not None
+    assert second.error.reason == "too_large" and second.value == big
+
+
+def test_a_dead_letter_too_large_is_cut_and_says_so(tiny: EmbeddedPredictor) -> None:
+    big = tensor([[1.0, 0, 0, 0]] * 200)
+    p = pipeline(tiny, {OUT: 2_000, DLQ: 1_500})
+    (letter,) = (p.produced(w) for w in run(p, big))
+    assert letter.topic == DLQ and size(letter) <= 1_500 - 512
+    assert dict(letter.headers)[TRUNCATED_HEADER] == str(len(big)).encode()
+    assert letter.value == big[: len(letter.value or b"")]
+
+
+def parsed(value: bytes, key: bytes | None = None) -> Work:
+    return parse(Work(record(value, key=key)))
+
+
+def test_a_pin_beats_the_route_and_the_route_sticks_to_the_key() -> None:
+    defaults = Defaults(model="tiny", route=Route.parse("stable=50,canary=50"))
+    pinned = route(defaults, parsed(tensor([[1.0, 0, 0, 0]], version=3)))
+    assert pinned.predict is not None and pinned.predict.version == 3 and pinned.route is None
+    for key in (b"a", b"b", b"c"):
+        chosen = {route(defaults, parsed(tensor([[1.0, 0, 0, 0]]), key)).route for _ in range(3)}
+        assert len(chosen) == 1 and chosen <= {"stable", "canary"}
+    other = route(defaults, parsed(json.dumps({"model": "m2", "inputs": {"x": [1]}}).encode()))
+    assert other.predict is not None and other.predict.model == "m2" and other.route is None
