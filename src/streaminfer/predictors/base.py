@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from streaminfer.errors import RecordError
 from streaminfer.models.postprocess import Prediction
-from streaminfer.types import Tensors
+from streaminfer.types import ModelRef, Tensors
 
 
 @dataclass
@@ -28,6 +28,10 @@ class PredictRequest:
     image: bytes | None = None
     tensors: Tensors | None = None
     top_k: int | None = None  # None: the model's default
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(self.model, self.version, self.label)
 
 
 @dataclass

@@ -177,7 +177,7 @@ class RemotePredictor(Predictor):
 
     def _request(self, requests: list[PredictRequest]) -> list[PredictResult]:
         first = requests[0]
-        ref = ModelRef(first.model, first.version, first.label)
+        ref = first.ref
         started = time.perf_counter()
         with self._slots:
             if first.image is not None:
@@ -205,13 +205,12 @@ class RemotePredictor(Predictor):
 
 def _group_key(index: int, request: PredictRequest) -> Hashable:
     """Records with equal keys may travel in one request."""
-    ref = (request.model, request.version, request.label)
     if request.image is not None:  # one top_k for all: the largest, cut per record after
-        return ("image", *ref, request.top_k is None)
+        return ("image", request.ref, request.top_k is None)
     assert request.tensors is not None
     if tensor_rows(request.tensors) is None:
         return ("alone", index)  # scalars or ragged rows: not stackable with others
-    return ("tensors", *ref, stack_key(request.tensors))
+    return ("tensors", request.ref, stack_key(request.tensors))
 
 
 def _weight(request: PredictRequest) -> tuple[int, int]:
