@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 QUIX_VENV := .venv-quix
 QUIX_STAMP := $(QUIX_VENV)/.installed
+TF_VENV := .venv-tf
+TF_STAMP := $(TF_VENV)/.installed
 
-.PHONY: install quix protos lint test demo bench interop clean
+.PHONY: install quix tf protos lint test demo bench interop clean
 
 install: $(STAMP)
 
@@ -27,6 +29,16 @@ $(QUIX_STAMP): pyproject.toml
 	$(QUIX_VENV)/bin/python -m pip install --quiet -e . 'quixstreams>=3.28,<4'
 	touch $(QUIX_STAMP)
 
+# TensorFlow (for `models import` of SavedModels and Keras files) is large: a venv of its
+# own. protobuf stays below 7, the major version our generated modules are tested with.
+tf: $(TF_STAMP)
+
+$(TF_STAMP): pyproject.toml
+	test -x $(TF_VENV)/bin/python || $(PYTHON) -m venv $(TF_VENV)
+	$(TF_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TF_VENV)/bin/python -m pip install --quiet -e '.[tensorflow]' 'protobuf<7'
+	touch $(TF_STAMP)
+
 protos: install
 	$(BIN)/python -m streaminfer.protos.build
 
@@ -35,7 +47,7 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks interop
 	$(BIN)/mypy
 
-test: lint quix
+test: lint quix tf
 	$(BIN)/python -m pytest tests
 
 demo: install
@@ -51,4 +63,4 @@ interop: install
 	$(BIN)/python interop/run_interop.py .venv-interop/bin/python
 
 clean:
-	rm -rf $(VENV) $(QUIX_VENV) build src/*.egg-info
+	rm -rf $(VENV) $(QUIX_VENV) $(TF_VENV) build src/*.egg-info

@@ -69,6 +69,84 @@ def export(
     console.print(f"exported {model} to {path}")
 
 
+@models_app.command("add")
+def add(
+    source: Annotated[Path, typer.Argument(help="An ONNX file.")],
+    repo: RepoOpt,
+    name: Annotated[str, typer.Option(help="Name in the repository.")],
+    version: Annotated[int | None, typer.Option(min=1, help="(default: next version)")] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Class names, one a line, in output order.")
+    ] = None,
+    preprocess: Annotated[
+        str | None,
+        typer.Option(help="Make it an image model: imagenet, inception or raw (see README)."),
+    ] = None,
+    input_size: Annotated[
+        str | None, typer.Option(help="Image input size N or HxW, if the model leaves it open.")
+    ] = None,
+    layout: Annotated[
+        str | None, typer.Option(help="NCHW or NHWC, if the input shape does not tell.")
+    ] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(help="Make it a tabular model: comma-separated names, or a file of them."),
+    ] = None,
+) -> None:
+    """Check an ONNX model in ONNX Runtime and add it as a new version in the repository."""
+    from streaminfer.images.presets import ImageOptions
+    from streaminfer.models.add import add_onnx_model, read_features
+
+    image = ImageOptions.parse(preprocess, input_size, layout) if preprocess else None
+    names = read_features(features) if features is not None else None
+    path = add_onnx_model(source, repo, name, version, labels=labels, image=image, features=names)
+    console.print(f"added {source} as {path}")
+
+
+@models_app.command("import")
+def import_cmd(
+    source: Annotated[
+        Path,
+        typer.Argument(help="A SavedModel folder, .keras file, pickle, XGBoost or LightGBM file."),
+    ],
+    repo: RepoOpt,
+    name: Annotated[str, typer.Option(help="Name in the repository.")],
+    version: Annotated[int | None, typer.Option(min=1, help="(default: next version)")] = None,
+    format: Annotated[
+        str | None,
+        typer.Option(
+            help="savedmodel, keras, sklearn, xgboost or lightgbm (default: from SOURCE)."
+        ),
+    ] = None,
+    trust_pickle: Annotated[
+        bool, typer.Option(help="Load a pickle, which runs any code it contains.")
+    ] = False,
+    sample: Annotated[
+        Path | None,
+        typer.Option(
+            help="Inputs to verify on: .npy rows or CSV with feature names (tabular), "
+            ".npz of named inputs (TensorFlow)."
+        ),
+    ] = None,
+    features: Annotated[
+        str | None, typer.Option(help="Feature names (comma-separated or a file), in order.")
+    ] = None,
+) -> None:
+    """Convert a TensorFlow/scikit-learn/XGBoost/LightGBM model to ONNX, verify, add it."""
+    from streaminfer.models.add import read_features
+    from streaminfer.models.imports import FORMATS, import_model
+
+    if format is not None and format not in FORMATS:
+        raise ConfigError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
+    names = read_features(features) if features is not None else None
+    with console.status(f"Converting and verifying {source}"):
+        path = import_model(
+            source, repo, name, version, format=format, trust_pickle=trust_pickle,  # type: ignore[arg-type]
+            sample=sample, features=names,
+        )  # fmt: skip
+    console.print(f"imported {source} as {path}")
+
+
 @models_app.command("list")
 def list_models(repo: RepoOpt) -> None:
     """List the models and versions in a repository."""

@@ -1,8 +1,9 @@
 """The metadata file that sits beside every model version: ``<repo>/<model>/<version>/model.json``.
 
 It says what the model expects (its signature), how to turn an image into that input
-(``preprocess``, absent for plain tensor models), where its class names are, and how
-many classes to report by default.
+(``preprocess``, absent for plain tensor models), which named features a tabular record
+carries (``features``, in input order), where its class names are, which output holds a
+classifier's per-class probabilities, and how many classes to report by default.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from streaminfer.errors import ConfigError
 
@@ -64,17 +65,53 @@ class ImagePreprocess(BaseModel):
     layout: Literal["NCHW", "NHWC"] = "NCHW"
 
 
+FeatureDType = Literal["float32", "float64", "int32", "int64", "bool"]
+
+
+class Feature(BaseModel):
+    """One named column of a tabular record; ``default`` fills it when a record omits it."""
+
+    name: str = Field(min_length=1)
+    dtype: FeatureDType = "float32"
+    default: float | None = None
+
+
 class ModelMetadata(BaseModel):
     format: Literal["onnx"] = "onnx"
     model_file: str = "model.onnx"
     signature: Signature
     preprocess: ImagePreprocess | None = None
+    features: list[Feature] | None = None
     labels_file: str | None = None
+    # The output of per-class probabilities [N, classes] for a tabular classifier; a
+    # tabular model without it is a regressor whose outputs are reported as they are.
+    probabilities_output: str | None = None
     top_k: int = Field(default=5, ge=1)
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _names_are_features(cls, value: object) -> object:
+        """``"features": ["a", "b"]`` is short for float32 features without defaults."""
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("features")
+    @classmethod
+    def _unique_features(cls, value: list[Feature] | None) -> list[Feature] | None:
+        names = [f.name for f in value or []]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"features listed twice: {', '.join(duplicated)}")
+        return value
 
     @property
     def is_image_model(self) -> bool:
         return self.preprocess is not None
+
+    @property
+    def is_tabular_model(self) -> bool:
+        return self.features is not None
 
     @classmethod
     def read(cls, version_dir: Path) -> ModelMetadata:

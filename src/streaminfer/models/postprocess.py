@@ -1,4 +1,4 @@
-"""From logits to the top-k classes a user reads: class id, label, probability."""
+"""From logits or probabilities to the top-k classes a user reads: id, label, probability."""
 
 from __future__ import annotations
 
@@ -26,7 +26,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def top_k(logits: np.ndarray, k: int, class_names: list[str] | None) -> list[list[Prediction]]:
     """Top ``k`` classes per row of a ``[N, classes]`` logit matrix, best first."""
-    probabilities = softmax(np.asarray(logits, dtype=np.float32))
+    return rank(softmax(np.asarray(logits, dtype=np.float32)), k, class_names)
+
+
+def rank(
+    probabilities: np.ndarray, k: int, class_names: list[str] | None
+) -> list[list[Prediction]]:
+    """Top ``k`` classes per row of a ``[N, classes]`` probability matrix, best first."""
     k = min(k, probabilities.shape[-1])
     best = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
     return [
