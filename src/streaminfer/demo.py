@@ -31,7 +31,7 @@ from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.broker import LocalBroker
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import Record, consume, produce
-from streaminfer.models.registry import scan_repository
+from streaminfer.models.layout import scan_repository
 from streaminfer.net import free_port
 from streaminfer.processes import STREAMINFER, ManagedProcess, ModelServerProcess, wait_http_ok
 

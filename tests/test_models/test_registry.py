@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from streaminfer.models.batcher import BatchingConfig, DynamicBatcher
+from streaminfer.models.errors import BadLabel, InvalidInput, ModelNotFound
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
+from streaminfer.models.model_config import ModelConfig, VersionPolicy
 from streaminfer.models.pipeline import classify, preprocess_images
-from streaminfer.models.registry import (
-    BadLabel,
-    ModelConfig,
-    ModelNotFound,
-    ModelRegistry,
-    VersionPolicy,
-    VersionState,
-)
-from streaminfer.models.runtime import InvalidInput
+from streaminfer.models.registry import ModelRegistry
+from streaminfer.models.status import VersionState
 from tests.support import wait_for
 
 
@@ -174,6 +170,42 @@ def test_batcher_keeps_different_shapes_apart_and_reports_errors() -> None:
         with pytest.raises(ValueError, match="three is bad"):
             bad.result(5)
     batcher.close()
+
+
+def _close_while_submitting(batcher: DynamicBatcher) -> list[Future[dict[str, np.ndarray]]]:
+    """Three threads submit 200 requests each; the batcher closes once they are under way."""
+    futures: list[Future[dict[str, np.ndarray]]] = []
+    busy = threading.Event()
+
+    def submit_many() -> None:
+        for i in range(200):
+            futures.append(batcher.submit({"x": np.full((1, 2), i)}))
+            if i == 20:
+                busy.set()
+
+    clients = [threading.Thread(target=submit_many) for _ in range(3)]
+    for client in clients:
+        client.start()
+    busy.wait(10)
+    batcher.close()
+    for client in clients:
+        client.join(10)
+    return futures
+
+
+def test_batcher_answers_every_request_submitted_while_it_closes() -> None:
+    """A submit racing close() is either queued ahead of the stop or answered unbatched,
+    never stranded behind it (as an unloading version's late callers would be)."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so the race shows up in a few trials
+    try:
+        for _ in range(30):
+            config = BatchingConfig(max_batch_delay_ms=0, max_queue=10_000)
+            futures = _close_while_submitting(DynamicBatcher(lambda inputs: inputs, config))
+            stranded = wait(futures, timeout=10).not_done
+            assert not stranded, f"{len(stranded)} of {len(futures)} requests never answered"
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def test_image_batches_equal_one_by_one(model_repo: Path, sample_jpegs: dict[str, bytes]) -> None:

@@ -26,8 +26,8 @@ from streaminfer.errors import InfrastructureError
 from streaminfer.models.batcher import BatchingConfig
 from streaminfer.models.pipeline import image_input_name, preprocess_one
 from streaminfer.models.registry import LoadedVersion, ModelRegistry
-from streaminfer.models.runtime import Tensors
 from streaminfer.predictors import Predictor, PredictRequest, PredictResult, create_predictor
+from streaminfer.types import Tensors
 
 BATCH = 16  # the worker's default --batch-size
 FETCH_THREADS = 8  # the worker's default fetch threads

@@ -17,7 +17,7 @@ from streaminfer.errors import ConfigError
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.broker import KAFKA_VERSION, LocalBroker, wait_until_ready
 from streaminfer.kafka.config import parse_property
-from streaminfer.kafka.records import Record, consume, produce
+from streaminfer.kafka.records import Headers, Record, consume, produce
 
 kafka_app = typer.Typer()
 topics_app = typer.Typer()
@@ -156,7 +156,7 @@ def produce_cmd(
         except OSError as exc:
             raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc
         values = [line.rstrip(b"\r\n") for line in stream if line.strip()]
-    headers: list[tuple[str, str | bytes | None]] = []
+    headers: Headers = []
     for h in header or []:
         name, sep, text = h.partition("=")
         if not sep or not name:

@@ -150,7 +150,7 @@ def import_cmd(
 @models_app.command("list")
 def list_models(repo: RepoOpt) -> None:
     """List the models and versions in a repository."""
-    from streaminfer.models.registry import scan_repository
+    from streaminfer.models.layout import scan_repository
 
     for name, versions in scan_repository(repo).items():
         print(f"{name}: versions {', '.join(map(str, sorted(versions)))}")

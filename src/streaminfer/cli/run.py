@@ -16,7 +16,8 @@ from streaminfer.errors import ConfigError
 from streaminfer.stream.settings import Mode, WorkerSettings
 
 if TYPE_CHECKING:
-    from streaminfer.models.registry import ModelConfig, ModelRegistry
+    from streaminfer.models.model_config import ModelConfig
+    from streaminfer.models.registry import ModelRegistry
     from streaminfer.predictors.base import Predictor
 
 log = logging.getLogger("streaminfer.run")
@@ -214,8 +215,12 @@ def _supervise(settings: WorkerSettings) -> int:
 def _model_configs(settings: WorkerSettings) -> list[ModelConfig]:
     """The model config file's, else: a route or shadow needs every version of the model."""
     from streaminfer.models.batcher import BatchingConfig
-    from streaminfer.models.model_config import model_configs, read_model_config_file
-    from streaminfer.models.registry import ModelConfig, VersionPolicy
+    from streaminfer.models.model_config import (
+        ModelConfig,
+        VersionPolicy,
+        model_configs,
+        read_model_config_file,
+    )
 
     assert settings.repo is not None
     if settings.model_config_file is not None:

@@ -35,6 +35,7 @@ from streaminfer.models.metadata import (
     Signature,
     TensorSpec,
 )
+from streaminfer.types import Tensors
 
 LABELS_FILE = "labels.txt"
 
@@ -202,9 +203,9 @@ def load_session(serialized: bytes) -> ort.InferenceSession:
         ) from exc
 
 
-def dummy_inputs(metadata: ModelMetadata) -> dict[str, np.ndarray]:
+def dummy_inputs(metadata: ModelMetadata) -> Tensors:
     """A batch of one row of zeros ("" for strings), image inputs at the preprocessed size."""
-    inputs: dict[str, np.ndarray] = {}
+    inputs: Tensors = {}
     for index, spec in enumerate(metadata.signature.inputs):
         shape = [1 if d < 0 else d for d in spec.shape]
         if index == 0 and metadata.preprocess is not None:

@@ -21,8 +21,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from streaminfer.errors import InfrastructureError
-
-Tensors = dict[str, np.ndarray]
+from streaminfer.types import Tensors
 
 
 class BatchingConfig(BaseModel):
@@ -60,7 +59,8 @@ class DynamicBatcher:
         self._on_batch = on_batch
         self._queue: queue.Queue[_Request | object] = queue.Queue()
         self._held: _Request | None = None  # a request that did not fit the previous batch
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one runner gathers at a time
+        self._closing = threading.Lock()  # orders submissions against close()
         self._closed = False
         self._threads = [
             threading.Thread(target=self._loop, name=f"batcher-{i}", daemon=True)
@@ -78,10 +78,14 @@ class DynamicBatcher:
         return self._queue.qsize()
 
     def submit(self, inputs: Tensors) -> Future[Tensors]:
-        if self._closed:  # unloading: late callers still get an answer, just unbatched
-            late: Future[Tensors] = Future()
-            late.set_result(self._run(inputs))
-            return late
+        with self._closing:  # close() cannot come between the check and the put
+            if not self._closed:
+                return self._enqueue(inputs)
+        late: Future[Tensors] = Future()  # unloading: late callers get an unbatched answer
+        late.set_result(self._run(inputs))
+        return late
+
+    def _enqueue(self, inputs: Tensors) -> Future[Tensors]:
         if self._queue.qsize() >= self.config.max_queue:
             raise Overloaded(f"more than {self.config.max_queue} requests waiting for this model")
         rows = {a.shape[0] for a in inputs.values()}
@@ -100,7 +104,8 @@ class DynamicBatcher:
 
     def close(self) -> None:
         """Finish what is queued, then stop the runner threads."""
-        self._closed = True
+        with self._closing:  # no request is queued after this, so the stop marks follow them all
+            self._closed = True
         for _ in self._threads:
             self._queue.put(_STOP)
         for thread in self._threads:

@@ -28,9 +28,9 @@ import numpy as np
 from streaminfer.errors import ConfigError, RecordError
 from streaminfer.models.metadata import Feature, ModelMetadata, Signature, TensorSpec
 from streaminfer.models.postprocess import Prediction, rank
+from streaminfer.types import Tensors
 
 Row = tuple[float | int | bool, ...]
-Tensors = dict[str, np.ndarray]
 # Per record: a classifier's ranked classes, a regressor's outputs, or why it failed.
 RowOutcome = list[Prediction] | Tensors | RecordError
 

@@ -1,9 +1,9 @@
-"""Write a model version so that readers only ever see it complete.
+"""The model repository on disk: finding its versions, and writing one atomically.
 
-A repository holds ``<repo>/<model>/<version>/`` folders named by positive integers.  A
-new version is filled in a sibling folder whose name is not a positive integer (readers
-ignore it), then renamed into place in one step.  Versions are immutable: an existing one
-is never replaced.
+A repository holds ``<repo>/<model>/<version>/`` folders named by positive integers;
+any other name (such as a writer's ``.tmp-*`` folder) is not a version.  A new version
+is filled in such a sibling folder, then renamed into place in one step, so readers
+only ever see it complete.  Versions are immutable: an existing one is never replaced.
 """
 
 from __future__ import annotations
@@ -19,12 +19,41 @@ from streaminfer.errors import ConfigError
 
 TEMP_PREFIX = ".tmp-"
 
+Fingerprint = tuple[tuple[str, int, int], ...]
+"""Each file of a version folder as (relative path, size, mtime in ns)."""
+
 
 def parse_version(name: str) -> int | None:
     """The version a folder name denotes, or None if it is not a positive integer."""
     if name.isascii() and name.isdigit() and int(name) > 0:
         return int(name)
     return None
+
+
+def scan_repository(root: Path) -> dict[str, dict[int, Path]]:
+    """``{model: {version: dir}}`` for every version folder under ``root``."""
+    if not root.is_dir():
+        raise ConfigError(f"model repository {root} does not exist")
+    found: dict[str, dict[int, Path]] = {}
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = {}
+        for folder in model_dir.iterdir():
+            version = parse_version(folder.name)
+            if version is not None and folder.is_dir():
+                versions[version] = folder
+        if versions:
+            found[model_dir.name] = versions
+    return found
+
+
+def fingerprint(version_dir: Path) -> Fingerprint:
+    """Names, sizes and mtimes of a version's files: a change means it was replaced."""
+    entries = []
+    for path in sorted(version_dir.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            entries.append((str(path.relative_to(version_dir)), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
 
 
 def next_version(model_dir: Path) -> int:

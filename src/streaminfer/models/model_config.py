@@ -1,20 +1,57 @@
-"""TF Serving's ``--model_config_file`` (text-format ModelServerConfig) as registry configs.
+"""Per-model serving settings: the schema, and TF Serving's ``--model_config_file`` for them.
 
-The same conversion serves the file at start-up and ``HandleReloadConfigRequest`` later,
-so both accept exactly the same configs.
+A ``ModelConfig`` says which versions of a model to serve, its labels and its batching;
+models without one get the defaults.  The text-format ModelServerConfig converts into
+these, and the same conversion serves the file at start-up and
+``HandleReloadConfigRequest`` later, so both accept exactly the same configs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from google.protobuf import text_format
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from streaminfer.errors import ConfigError
 from streaminfer.models.batcher import BatchingConfig
-from streaminfer.models.registry import ModelConfig, VersionPolicy
 from streaminfer.protos.tfserving import model_server_config_pb2 as msc
+
+
+class VersionPolicy(BaseModel):
+    """Which versions to serve: the latest N (default 1), all, or specific ones."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    num_versions: int = Field(default=1, ge=1)
+    versions: list[int] = Field(default_factory=list)
+    pinned: list[int] = Field(default_factory=list)  # also served: versions labels point at
+
+    def select(self, available: list[int]) -> list[int]:
+        ordered = sorted(available)
+        if self.kind == "all":
+            chosen = ordered
+        elif self.kind == "specific":
+            chosen = [v for v in ordered if v in self.versions]
+        else:
+            chosen = ordered[-self.num_versions :]
+        return sorted({*chosen, *(v for v in ordered if v in self.pinned)})
+
+
+class ModelConfig(BaseModel):
+    """One model's serving settings."""
+
+    name: str
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    labels: dict[str, int] = Field(default_factory=dict)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+
+    @model_validator(mode="after")
+    def _labels_are_versions(self) -> ModelConfig:
+        for label, version in self.labels.items():
+            if version < 1:
+                raise ValueError(f"label {label!r} must point at a positive version")
+        return self
 
 
 def read_model_config_file(path: Path) -> msc.ModelServerConfig:

@@ -8,9 +8,10 @@ from concurrent.futures import Executor
 import numpy as np
 
 from streaminfer.images import preprocess_image
+from streaminfer.models.errors import InvalidInput
 from streaminfer.models.postprocess import Prediction, top_k
 from streaminfer.models.registry import LoadedVersion
-from streaminfer.models.runtime import InvalidInput, Tensors
+from streaminfer.types import Tensors
 
 
 def preprocess_one(version: LoadedVersion, data: bytes) -> np.ndarray:

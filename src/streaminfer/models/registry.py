@@ -14,81 +14,18 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
-
-from streaminfer.errors import ConfigError, RecordError
-from streaminfer.models.batcher import BatchingConfig, DynamicBatcher, Tensors
+from streaminfer.models.batcher import BatchingConfig, DynamicBatcher
+from streaminfer.models.errors import BadLabel, ModelNotFound
+from streaminfer.models.layout import Fingerprint, fingerprint, scan_repository
 from streaminfer.models.metadata import ModelMetadata
+from streaminfer.models.model_config import ModelConfig
 from streaminfer.models.runtime import OnnxModel, RuntimeOptions
+from streaminfer.models.status import VersionState, VersionStatus
+from streaminfer.types import Tensors
 
 log = logging.getLogger(__name__)
-
-
-class ModelNotFound(RecordError):
-    """No such model, version or label is being served (NOT_FOUND / 404)."""
-
-    reason = "unknown_model"
-
-
-class BadLabel(RecordError):
-    """A label that names no loaded version (INVALID_ARGUMENT / 400, as TF Serving)."""
-
-    reason = "unknown_label"
-
-
-class VersionPolicy(BaseModel):
-    """Which versions to serve: the latest N (default 1), all, or specific ones."""
-
-    kind: Literal["latest", "all", "specific"] = "latest"
-    num_versions: int = Field(default=1, ge=1)
-    versions: list[int] = Field(default_factory=list)
-    pinned: list[int] = Field(default_factory=list)  # also served: versions labels point at
-
-    def select(self, available: list[int]) -> list[int]:
-        ordered = sorted(available)
-        if self.kind == "all":
-            chosen = ordered
-        elif self.kind == "specific":
-            chosen = [v for v in ordered if v in self.versions]
-        else:
-            chosen = ordered[-self.num_versions :]
-        return sorted({*chosen, *(v for v in ordered if v in self.pinned)})
-
-
-class ModelConfig(BaseModel):
-    """Per-model serving settings; models without one get the defaults."""
-
-    name: str
-    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
-    labels: dict[str, int] = Field(default_factory=dict)
-    batching: BatchingConfig = Field(default_factory=BatchingConfig)
-
-    @model_validator(mode="after")
-    def _labels_are_versions(self) -> ModelConfig:
-        for label, version in self.labels.items():
-            if version < 1:
-                raise ValueError(f"label {label!r} must point at a positive version")
-        return self
-
-
-class VersionState(StrEnum):
-    """TF Serving's ``ModelVersionStatus.State`` names."""
-
-    LOADING = "LOADING"
-    AVAILABLE = "AVAILABLE"
-    UNLOADING = "UNLOADING"
-    END = "END"
-
-
-@dataclass
-class VersionStatus:
-    version: int
-    state: VersionState
-    error: str = ""
 
 
 @dataclass
@@ -102,7 +39,7 @@ class LoadedVersion:
     model: OnnxModel
     batcher: DynamicBatcher | None
     class_names: list[str] | None
-    fingerprint: tuple[tuple[str, int, int], ...] = field(repr=False, default=())
+    fingerprint: Fingerprint = field(repr=False, default=())
 
     def infer(self, inputs: Tensors) -> Tensors:
         """Validate and run, through the batcher when one is configured (blocking)."""
@@ -126,37 +63,15 @@ class LoadedVersion:
 Listener = Callable[[str, str, int, str], None]  # (event, model, version, detail)
 
 
-def scan_repository(root: Path) -> dict[str, dict[int, Path]]:
-    """``{model: {version: dir}}`` for every complete-looking version under ``root``.
-
-    Folders whose name is not a positive integer (such as an export's temporary
-    ``.tmp-*`` folder) are not versions and are ignored.
-    """
-    found: dict[str, dict[int, Path]] = {}
-    if not root.is_dir():
-        raise ConfigError(f"model repository {root} does not exist")
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = {
-            int(v.name): v
-            for v in model_dir.iterdir()
-            if v.is_dir() and v.name.isdigit() and int(v.name) > 0
-        }
-        if versions:
-            found[model_dir.name] = versions
-    return found
-
-
-def fingerprint(version_dir: Path) -> tuple[tuple[str, int, int], ...]:
-    """Names, sizes and mtimes of a version's files: a change means it was replaced."""
-    entries = []
-    for path in sorted(version_dir.rglob("*")):
-        if path.is_file():
-            stat = path.stat()
-            entries.append((str(path.relative_to(version_dir)), stat.st_size, stat.st_mtime_ns))
-    return tuple(entries)
-
-
 class ModelRegistry:
+    """Thread-safe: lookups, reloads and the watcher run on any thread.
+
+    ``_lock`` guards every map that lookups read (loaded versions, statuses, configs,
+    listeners) and is held wherever they are read; loading a model happens outside it,
+    so requests keep being served meanwhile.  ``_reload_lock`` lets one reload run at a
+    time and guards what only a reload touches (the fingerprints of failed loads).
+    """
+
     def __init__(
         self,
         root: Path,
@@ -169,31 +84,34 @@ class ModelRegistry:
         self.root = root.resolve()
         self.runtime = runtime or RuntimeOptions()
         self.default_batching = default_batching or BatchingConfig()
-        self.only_configured = only_configured
-        self._configs = {c.name: c for c in configs or []}
         self._on_batch = on_batch
+        self._lock = threading.RLock()
+        self._configs = {c.name: c for c in configs or []}
+        self._only_configured = only_configured
         self._loaded: dict[str, dict[int, LoadedVersion]] = {}
         self._status: dict[str, dict[int, VersionStatus]] = {}
-        self._failed: dict[tuple[str, int], tuple[tuple[str, int, int], ...]] = {}
         self._listeners: list[Listener] = []
-        self._lock = threading.RLock()  # guards the maps; loading happens outside it
-        self._reload_lock = threading.Lock()  # one reload at a time
+        self._reload_lock = threading.Lock()
+        self._failed: dict[tuple[str, int], Fingerprint] = {}
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
     # -- configuration ---------------------------------------------------------------------
     def add_listener(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+        with self._lock:
+            self._listeners.append(listener)
 
     def config(self, name: str) -> ModelConfig:
-        return self._configs.get(name) or ModelConfig(name=name, batching=self.default_batching)
+        with self._lock:
+            configured = self._configs.get(name)
+        return configured or ModelConfig(name=name, batching=self.default_batching)
 
     def set_configs(self, configs: list[ModelConfig], only_configured: bool | None = None) -> None:
         """Replace the per-model configs (TF Serving's HandleReloadConfigRequest), then reload."""
         with self._lock:
             self._configs = {c.name: c for c in configs}
             if only_configured is not None:
-                self.only_configured = only_configured
+                self._only_configured = only_configured
         self.reload()
 
     def set_labels(self, name: str, labels: dict[str, int]) -> None:
@@ -263,8 +181,15 @@ class ModelRegistry:
             return versions[max(versions)]
 
     def __iter__(self) -> Iterator[LoadedVersion]:
+        return iter(self._all_loaded())
+
+    def _all_loaded(self) -> list[LoadedVersion]:
         with self._lock:
-            return iter([v for versions in self._loaded.values() for v in versions.values()])
+            return [v for versions in self._loaded.values() for v in versions.values()]
+
+    def _current(self, name: str, version: int) -> LoadedVersion | None:
+        with self._lock:
+            return self._loaded.get(name, {}).get(version)
 
     # -- loading ---------------------------------------------------------------------------
     def reload(self) -> None:
@@ -282,8 +207,9 @@ class ModelRegistry:
 
     def _wanted(self) -> dict[str, dict[int, Path]]:
         found = scan_repository(self.root)
-        if self.only_configured:
-            found = {n: v for n, v in found.items() if n in self._configs}
+        with self._lock:
+            if self._only_configured:
+                found = {n: v for n, v in found.items() if n in self._configs}
         wanted = {}
         for name, versions in found.items():
             loadable = [
@@ -296,7 +222,7 @@ class ModelRegistry:
         return wanted
 
     def _load_if_changed(self, name: str, version: int, path: Path) -> None:
-        current = self._loaded.get(name, {}).get(version)
+        current = self._current(name, version)
         prints = fingerprint(path)
         if current is not None and current.fingerprint == prints:
             return
@@ -319,9 +245,7 @@ class ModelRegistry:
         if current is not None:
             current.close()
 
-    def _load(
-        self, name: str, version: int, path: Path, prints: tuple[tuple[str, int, int], ...]
-    ) -> LoadedVersion:
+    def _load(self, name: str, version: int, path: Path, prints: Fingerprint) -> LoadedVersion:
         metadata = ModelMetadata.read(path)
         model = OnnxModel(path, metadata, self.runtime)
         batching = self.config(name).batching
@@ -336,21 +260,30 @@ class ModelRegistry:
         return LoadedVersion(name, version, path, metadata, model, batcher, class_names, prints)
 
     def _unload_unwanted(self, wanted: dict[str, dict[int, Path]]) -> None:
-        for name in list(self._loaded):
-            for version in list(self._loaded[name]):
-                if version in wanted.get(name, {}):
-                    continue
-                with self._lock:
-                    gone = self._loaded[name].pop(version)
-                    self._set_status(name, version, VersionState.END)
-                self._emit("unloaded", name, version, "")
-                gone.close()  # in-flight requests already hold their batcher; they finish
+        with self._lock:
+            unwanted = [
+                (name, version)
+                for name, versions in self._loaded.items()
+                for version in versions
+                if version not in wanted.get(name, {})
+            ]
+        for name, version in unwanted:
+            with self._lock:
+                gone = self._loaded[name].pop(version)
+                self._set_status(name, version, VersionState.END)
+            self._emit("unloaded", name, version, "")
+            gone.close()  # in-flight requests already hold their batcher; they finish
 
     def _check_labels(self) -> None:
-        for name in self._loaded:
-            for label, version in self.config(name).labels.items():
-                if version not in self._loaded[name]:
-                    self._emit("label-unresolved", name, version, label)
+        with self._lock:
+            unresolved = [
+                (name, label, version)
+                for name, versions in self._loaded.items()
+                for label, version in self.config(name).labels.items()
+                if version not in versions
+            ]
+        for name, label, version in unresolved:
+            self._emit("label-unresolved", name, version, label)
 
     def _set_status(self, name: str, version: int, state: VersionState, error: str = "") -> None:
         with self._lock:
@@ -359,7 +292,9 @@ class ModelRegistry:
     def _emit(self, event: str, name: str, version: int, detail: str) -> None:
         level = logging.WARNING if event in ("failed", "label-unresolved") else logging.INFO
         log.log(level, "%s model %s version %d %s", event, name, version, detail)
-        for listener in self._listeners:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:  # outside the lock: a listener may call back into us
             listener(event, name, version, detail)
 
     # -- watching --------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""ONNX Runtime sessions: one per loaded version, inputs checked against the model's signature."""
+"""ONNX Runtime sessions: one per loaded version, inputs checked against the model's signature.
+
+ONNX Runtime itself is imported when the first model is loaded, not with this module:
+remote clients and the server's adapters reach this package without ever running a model.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from streaminfer.errors import ConfigError, RecordError
+from streaminfer.errors import ConfigError
+from streaminfer.models.errors import InvalidInput
 from streaminfer.models.metadata import ModelMetadata, TensorSpec
-
-Tensors = dict[str, np.ndarray]
-
-
-class InvalidInput(RecordError):
-    """A tensor is missing, has the wrong dtype or the wrong shape for the model."""
-
-    reason = "invalid_input"
+from streaminfer.types import Tensors
 
 
 @dataclass(frozen=True)
@@ -37,6 +34,8 @@ class OnnxModel:
     """A loaded ONNX model; ``run`` is thread-safe (ORT sessions allow concurrent runs)."""
 
     def __init__(self, version_dir: Path, metadata: ModelMetadata, options: RuntimeOptions) -> None:
+        import onnxruntime as ort  # here, not at the top: see the module docstring
+
         self.metadata = metadata
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = options.intra_op_threads

@@ -13,10 +13,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from streaminfer.errors import RecordError
 from streaminfer.models.postprocess import Prediction
+from streaminfer.types import ModelRef, Tensors
 
 
 @dataclass
@@ -27,8 +26,12 @@ class PredictRequest:
     version: int | None = None
     label: str | None = None
     image: bytes | None = None
-    tensors: dict[str, np.ndarray] | None = None
+    tensors: Tensors | None = None
     top_k: int | None = None  # None: the model's default
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(self.model, self.version, self.label)
 
 
 @dataclass
@@ -37,7 +40,7 @@ class PredictResult:
     version: int
     mode: str  # who served it, e.g. "embedded", "tfserving-grpc", "embedded-fallback"
     predictions: list[Prediction] | None = None  # image models: top-k, best first
-    outputs: dict[str, np.ndarray] | None = None  # tensor models: the raw outputs
+    outputs: Tensors | None = None  # tensor models: the raw outputs
     timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, inference
 
 

@@ -15,12 +15,11 @@ from typing import TypeVar
 import numpy as np
 
 from streaminfer.errors import RecordError
+from streaminfer.models.errors import InvalidInput
 from streaminfer.models.pipeline import classify, preprocess_one
 from streaminfer.models.registry import LoadedVersion, ModelRegistry
-from streaminfer.models.runtime import InvalidInput
 from streaminfer.predictors.base import Outcome, Predictor, PredictRequest, PredictResult
 from streaminfer.predictors.grouping import (
-    Tensors,
     check_kind,
     concat_rows,
     group_by,
@@ -28,6 +27,7 @@ from streaminfer.predictors.grouping import (
     stack_key,
     tensor_rows,
 )
+from streaminfer.types import Tensors
 
 T = TypeVar("T")
 _Item = tuple[int, LoadedVersion]  # a request's position in the batch, and its version

@@ -13,10 +13,10 @@ from typing import TypeVar
 
 import numpy as np
 
-from streaminfer.models.runtime import InvalidInput
+from streaminfer.models.errors import InvalidInput
 from streaminfer.predictors.base import PredictRequest
+from streaminfer.types import Tensors
 
-Tensors = dict[str, np.ndarray]
 T = TypeVar("T")
 
 

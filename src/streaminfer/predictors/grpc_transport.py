@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import grpc
 
 from streaminfer.errors import InfrastructureError, StreamInferError
-from streaminfer.models.registry import ModelNotFound
+from streaminfer.models.errors import ModelNotFound
 from streaminfer.predictors.remote import RemoteOptions, ServerRejected
 
 Reply = TypeVar("Reply")

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from streaminfer.errors import InfrastructureError
-from streaminfer.models.registry import ModelNotFound
+from streaminfer.models.errors import ModelNotFound
 from streaminfer.predictors.remote import RemoteOptions, ServerRejected
 
 

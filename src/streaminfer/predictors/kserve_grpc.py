@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from streaminfer.errors import InfrastructureError
 from streaminfer.models.postprocess import Prediction
-from streaminfer.predictors.grouping import Tensors
 from streaminfer.predictors.grpc_transport import GrpcTransport
 from streaminfer.predictors.remote import (
     IMAGES_INPUT,
     TOP_K_PARAMETER,
-    ModelRef,
     RemoteOptions,
     RemotePredictor,
     numbered_version,
@@ -30,6 +28,7 @@ from streaminfer.predictors.wire import (
 )
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
+from streaminfer.types import ModelRef, Tensors
 
 
 class KServeGrpcPredictor(RemotePredictor):

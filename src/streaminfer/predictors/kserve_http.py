@@ -17,12 +17,10 @@ import numpy as np
 
 from streaminfer.errors import InfrastructureError
 from streaminfer.models.postprocess import Prediction
-from streaminfer.predictors.grouping import Tensors
 from streaminfer.predictors.http_transport import HttpTransport, parse_json
 from streaminfer.predictors.remote import (
     IMAGES_INPUT,
     TOP_K_PARAMETER,
-    ModelRef,
     RemoteOptions,
     RemotePredictor,
     numbered_version,
@@ -30,6 +28,7 @@ from streaminfer.predictors.remote import (
     version_number,
 )
 from streaminfer.predictors.wire import v2_array, v2_datatype, v2_dtype, v2_pack_bytes, v2_raw
+from streaminfer.types import ModelRef, Tensors
 
 HEADER_LENGTH = "inference-header-content-length"
 

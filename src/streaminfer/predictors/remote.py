@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streaminfer.errors import InfrastructureError, RecordError
+from streaminfer.models.errors import InvalidInput
 from streaminfer.models.postprocess import Prediction
-from streaminfer.models.runtime import InvalidInput
 from streaminfer.predictors.base import Outcome, Predictor, PredictRequest, PredictResult
 from streaminfer.predictors.grouping import (
-    Tensors,
     check_kind,
     chunks,
     concat_rows,
@@ -33,6 +32,7 @@ from streaminfer.predictors.grouping import (
     stack_key,
     tensor_rows,
 )
+from streaminfer.types import ModelRef, Tensors
 
 # Below what model servers accept (ours: 64 MiB); a server that refuses a request as too
 # large (gRPC's default limit is 4 MiB) gets it again in halves.
@@ -62,15 +62,6 @@ class RemoteOptions:
 
     def read_ca(self) -> bytes | None:
         return self.ca_file.read_bytes() if self.ca_file else None
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Which servable a request addresses."""
-
-    name: str
-    version: int | None = None
-    label: str | None = None
 
 
 def numbered_version(ref: ModelRef, protocol: str) -> str:
@@ -186,7 +177,7 @@ class RemotePredictor(Predictor):
 
     def _request(self, requests: list[PredictRequest]) -> list[PredictResult]:
         first = requests[0]
-        ref = ModelRef(first.model, first.version, first.label)
+        ref = first.ref
         started = time.perf_counter()
         with self._slots:
             if first.image is not None:
@@ -214,13 +205,12 @@ class RemotePredictor(Predictor):
 
 def _group_key(index: int, request: PredictRequest) -> Hashable:
     """Records with equal keys may travel in one request."""
-    ref = (request.model, request.version, request.label)
     if request.image is not None:  # one top_k for all: the largest, cut per record after
-        return ("image", *ref, request.top_k is None)
+        return ("image", request.ref, request.top_k is None)
     assert request.tensors is not None
     if tensor_rows(request.tensors) is None:
         return ("alone", index)  # scalars or ragged rows: not stackable with others
-    return ("tensors", *ref, stack_key(request.tensors))
+    return ("tensors", request.ref, stack_key(request.tensors))
 
 
 def _weight(request: PredictRequest) -> tuple[int, int]:

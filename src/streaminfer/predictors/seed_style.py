@@ -12,8 +12,8 @@ import time
 import grpc
 
 from streaminfer.errors import RecordError
+from streaminfer.models.errors import InvalidInput
 from streaminfer.models.postprocess import Prediction
-from streaminfer.models.runtime import InvalidInput
 from streaminfer.predictors.base import Outcome, Predictor, PredictRequest, PredictResult
 from streaminfer.predictors.grpc_transport import status_error
 from streaminfer.predictors.remote import class_id

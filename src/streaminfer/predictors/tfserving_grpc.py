@@ -9,18 +9,17 @@ from __future__ import annotations
 import numpy as np
 
 from streaminfer.models.postprocess import Prediction
-from streaminfer.predictors.grouping import Tensors
 from streaminfer.predictors.grpc_transport import GrpcTransport
 from streaminfer.predictors.remote import (
     IMAGES_INPUT,
     TOP_K_PARAMETER,
-    ModelRef,
     RemoteOptions,
     RemotePredictor,
     rank_from_classes,
 )
 from streaminfer.predictors.wire import tf_array, tf_strings, tf_tensor
 from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc
+from streaminfer.types import ModelRef, Tensors
 
 
 class TFServingGrpcPredictor(RemotePredictor):

@@ -14,16 +14,15 @@ import numpy as np
 
 from streaminfer.errors import InfrastructureError
 from streaminfer.models.postprocess import Prediction
-from streaminfer.predictors.grouping import Tensors
 from streaminfer.predictors.http_transport import HttpTransport, parse_json
 from streaminfer.predictors.remote import (
     IMAGES_INPUT,
     TOP_K_PARAMETER,
-    ModelRef,
     RemoteOptions,
     RemotePredictor,
     rank_from_classes,
 )
+from streaminfer.types import ModelRef, Tensors
 
 
 class TFServingRestPredictor(RemotePredictor):

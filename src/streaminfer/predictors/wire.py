@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from streaminfer.errors import InfrastructureError
-from streaminfer.models.runtime import InvalidInput
+from streaminfer.models.errors import InvalidInput
 from streaminfer.protos.dtypes import (
     BYTES,
     LENGTH_PREFIX,

@@ -16,11 +16,12 @@ import numpy as np
 
 from streaminfer import __version__
 from streaminfer.models.metadata import Signature, TensorSpec
+from streaminfer.models.model_config import ModelConfig
 from streaminfer.models.pipeline import classify_async, preprocess_images
-from streaminfer.models.registry import LoadedVersion, ModelConfig, ModelRegistry
-from streaminfer.models.runtime import Tensors
+from streaminfer.models.registry import LoadedVersion, ModelRegistry
 from streaminfer.serving.codec import BYTES
 from streaminfer.serving.errors import DeadlineExceeded, InvalidRequest, Unavailable
+from streaminfer.types import Tensors
 
 UNNAMED = ""
 """Key of a tensor sent without a name (TF REST ``instances``): the model's only input."""

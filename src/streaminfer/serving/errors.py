@@ -15,7 +15,7 @@ import grpc
 
 from streaminfer.errors import ConfigError, InfrastructureError, RecordError
 from streaminfer.models.batcher import Overloaded
-from streaminfer.models.registry import ModelNotFound
+from streaminfer.models.errors import ModelNotFound
 
 log = logging.getLogger(__name__)
 

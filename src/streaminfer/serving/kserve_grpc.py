@@ -7,7 +7,7 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf import json_format
 
-from streaminfer.models.registry import ModelNotFound
+from streaminfer.models.errors import ModelNotFound
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.serving import kserve_messages as messages

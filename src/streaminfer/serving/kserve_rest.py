@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from streaminfer.models.runtime import Tensors
 from streaminfer.serving import kserve_messages as messages
 from streaminfer.serving.codec import from_raw, shaped, to_raw, v2_datatype, v2_numpy_dtype
 from streaminfer.serving.dataplane import DataPlane, InferRequest
@@ -21,6 +20,7 @@ from streaminfer.serving.errors import InvalidRequest, Unavailable
 from streaminfer.serving.json_codec import JSON, dumps, from_json, parse_body, to_json
 from streaminfer.serving.metrics import ServerMetrics
 from streaminfer.serving.tfserving_rest import json_response
+from streaminfer.types import Tensors
 
 PROTOCOL = "kserve_rest"
 HEADER_LENGTH = "Inference-Header-Content-Length"

@@ -18,8 +18,8 @@ from aiohttp import web
 from streaminfer.errors import ConfigError
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.models.control import ControlFollower
-from streaminfer.models.model_config import model_configs, read_model_config_file
-from streaminfer.models.registry import ModelConfig, ModelRegistry
+from streaminfer.models.model_config import ModelConfig, model_configs, read_model_config_file
+from streaminfer.models.registry import ModelRegistry
 from streaminfer.protos.tfserving import model_server_config_pb2
 from streaminfer.serving import kserve_grpc, tfserving_grpc
 from streaminfer.serving.auth import BearerAuth

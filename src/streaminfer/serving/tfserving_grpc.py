@@ -7,7 +7,7 @@ from typing import TypeAlias
 
 import grpc
 
-from streaminfer.models.registry import ModelConfig
+from streaminfer.models.model_config import ModelConfig
 from streaminfer.protos.tfserving import (
     error_codes_pb2,
     get_model_metadata_pb2,

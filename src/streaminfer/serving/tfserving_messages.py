@@ -7,7 +7,8 @@ from typing import Any
 from google.protobuf import json_format, wrappers_pb2
 
 from streaminfer.models.metadata import TensorSpec
-from streaminfer.models.registry import LoadedVersion, VersionState, VersionStatus
+from streaminfer.models.registry import LoadedVersion
+from streaminfer.models.status import VersionState, VersionStatus
 from streaminfer.protos.tfserving import (
     error_codes_pb2,
     get_model_metadata_pb2,

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from streaminfer.models.runtime import Tensors
 from streaminfer.serving import tfserving_messages as messages
 from streaminfer.serving.dataplane import UNNAMED, DataPlane, InferRequest
 from streaminfer.serving.errors import InvalidRequest, Unimplemented
 from streaminfer.serving.json_codec import JSON, dumps, from_json, is_binary, parse_body, to_json
 from streaminfer.serving.metrics import ServerMetrics
+from streaminfer.types import Tensors
 
 PROTOCOL = "tfserving_rest"
 PREFIX = "/v1/models/"

@@ -28,6 +28,7 @@ from streaminfer.errors import RecordError
 from streaminfer.kafka.records import Headers
 from streaminfer.models.features import record_features
 from streaminfer.predictors.base import PredictResult
+from streaminfer.types import Tensors
 
 TRACE_HEADER = "streaminfer.trace.id"
 _SOURCES = ("url", "image_b64", "inputs", "instances")
@@ -51,7 +52,7 @@ class Request:
     id: str | None = None
     url: str | None = None
     image: bytes | None = None
-    tensors: dict[str, np.ndarray] | None = None
+    tensors: Tensors | None = None
     features: dict[str, Any] | None = None  # a tabular record's named values
     model: str | None = None
     version: int | None = None
@@ -130,7 +131,7 @@ def _optional(doc: dict[str, Any], key: str, kind: type) -> Any:
     return value
 
 
-def _tensors(body: Any, columnar: bool) -> dict[str, np.ndarray]:
+def _tensors(body: Any, columnar: bool) -> Tensors:
     """TF Serving REST bodies: columnar ``{name: values}``, or rows ``[{name: value}, ...]``."""
     if columnar:
         if not isinstance(body, dict) or not body:

@@ -28,12 +28,11 @@ from streaminfer.errors import ConfigError
 from streaminfer.models.add import read_signature
 from streaminfer.models.imports.tabular import first_line, require
 from streaminfer.models.imports.verify import generated_tensors, read_tensor_sample
+from streaminfer.types import Tensors
 
 EXTRA = "tensorflow"
 OPSET = 17
 SERVING_SIGNATURE = "serving_default"
-
-Tensors = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)

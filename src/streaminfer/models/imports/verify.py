@@ -21,6 +21,7 @@ from streaminfer.errors import ConfigError
 from streaminfer.models.add import load_session
 from streaminfer.models.imports import tabular
 from streaminfer.models.metadata import Feature, Signature
+from streaminfer.types import Tensors
 
 PROBABILITY_TOLERANCE = 1e-5
 REGRESSION_RTOL = 1e-4
@@ -29,8 +30,6 @@ TENSOR_TOLERANCE = 1e-4
 GENERATED_ROWS = 512
 GENERATED_BATCH = 4
 OPEN_DIMENSION = 32  # a generated tensor's size along a dynamic axis other than the batch
-
-Tensors = dict[str, np.ndarray]
 
 
 def verify_tabular(converted: tabular.Converted, model: onnx.ModelProto, rows: np.ndarray) -> None:
