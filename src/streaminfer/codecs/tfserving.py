@@ -110,5 +110,7 @@ def _fill(name: str, flat: np.ndarray, shape: list[int]) -> np.ndarray:
     """TF's rule: a single value fills the whole shape; otherwise the counts must agree."""
     count = element_count(name, shape)
     if flat.size == 1 and count > 1:
-        return np.full(shape, flat[0], dtype=flat.dtype)
+        filled = np.empty(shape, dtype=flat.dtype)
+        filled.fill(flat[0])  # np.full would pass bytes through numpy's "S" type: b"a\0" -> b"a"
+        return filled
     return shaped(name, flat, shape)

@@ -67,40 +67,28 @@ _INVALID = Status(grpc.StatusCode.INVALID_ARGUMENT, 400)
 _INTERNAL = Status(grpc.StatusCode.INTERNAL, 500)
 
 
-class StatusTable:
-    """Statuses by exception class, looked up along the exception's MRO."""
-
-    def __init__(self, statuses: Mapping[type[BaseException], Status]) -> None:
-        self._statuses = dict(statuses)
-
-    def status_of(self, exc: BaseException) -> Status:
-        """The status of the most specific class of ``exc`` in the table; else 500 / INTERNAL."""
-        for kind in type(exc).__mro__:
-            status = self._statuses.get(kind)
-            if status is not None:
-                return status
-        return _INTERNAL
-
-
-STATUSES = StatusTable(
-    {
-        ModelNotFound: Status(grpc.StatusCode.NOT_FOUND, 404),
-        Unimplemented: Status(grpc.StatusCode.UNIMPLEMENTED, 501),
-        Unauthenticated: Status(grpc.StatusCode.UNAUTHENTICATED, 401),
-        RecordError: _INVALID,  # bad labels, inputs, images and requests alike
-        DecodeError: _INVALID,  # a tensor or body that does not add up
-        ConfigError: _INVALID,  # a model config sent to HandleReloadConfigRequest
-        Overloaded: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
-        DeadlineExceeded: Status(grpc.StatusCode.DEADLINE_EXCEEDED, 504),
-        InfrastructureError: Status(grpc.StatusCode.UNAVAILABLE, 503),
-        asyncio.CancelledError: Status(grpc.StatusCode.CANCELLED, 499),  # the client went away
-    }
-)
+STATUS_BY_TYPE: Mapping[type[BaseException], Status] = {
+    ModelNotFound: Status(grpc.StatusCode.NOT_FOUND, 404),
+    Unimplemented: Status(grpc.StatusCode.UNIMPLEMENTED, 501),
+    Unauthenticated: Status(grpc.StatusCode.UNAUTHENTICATED, 401),
+    RecordError: _INVALID,  # bad labels, inputs, images and requests alike
+    DecodeError: _INVALID,  # a tensor or body that does not add up
+    ConfigError: _INVALID,  # a model config sent to HandleReloadConfigRequest
+    Overloaded: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    DeadlineExceeded: Status(grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+    InfrastructureError: Status(grpc.StatusCode.UNAVAILABLE, 503),
+    asyncio.CancelledError: Status(grpc.StatusCode.CANCELLED, 499),  # the client went away
+}
 
 
-def status_of(exc: BaseException) -> Status:
-    """The status a failure is answered with; anything unforeseen is 500 / INTERNAL."""
-    return STATUSES.status_of(exc)
+def status_of(
+    exc: BaseException, table: Mapping[type[BaseException], Status] = STATUS_BY_TYPE
+) -> Status:
+    """The status of the nearest class of ``exc`` the table names; else 500 / INTERNAL."""
+    for kind in type(exc).__mro__:
+        if kind in table:
+            return table[kind]
+    return _INTERNAL
 
 
 def describe(exc: BaseException) -> tuple[Status, str]:
