@@ -6,25 +6,11 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from streaminfer.codecs.arrays import bytes_array
+from streaminfer.codecs.arrays import BYTES, bytes_array
+from streaminfer.codecs.v2 import DATATYPES
 
-NUMERIC_DTYPES = [
-    np.dtype(name)
-    for name in (
-        "bool",
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "uint8",
-        "uint16",
-        "uint32",
-        "uint64",
-        "float16",
-        "float32",
-        "float64",
-    )
-]
+NUMERIC_DTYPES = [dtype for dtype in DATATYPES.values() if dtype != BYTES]
+"""Every numeric dtype both protocols carry: bool, (u)int8 to 64, float16 to 64."""
 
 shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=4)
 """Any rank up to 4, zero-size dimensions included."""
