@@ -26,12 +26,14 @@ import grpc
 import httpx
 import numpy as np
 
+from streaminfer.codecs.arrays import bytes_array
+from streaminfer.codecs.raw import to_raw
+from streaminfer.codecs.tfserving import to_tensor_proto
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.processes import ModelServerProcess
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc
-from streaminfer.serving.codec import bytes_array, to_raw, to_tensor_proto
 
 MODEL = "efficientnet-lite0"
 Call = Callable[[], None]

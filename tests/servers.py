@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
+from streaminfer.codecs.tfserving import to_tensor_proto
 from streaminfer.net import free_port
 from streaminfer.processes import STREAMINFER, ManagedProcess
 from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc
-from streaminfer.serving.codec import to_tensor_proto
 from tests.support import wait_for
 
 START_TIMEOUT = 90.0

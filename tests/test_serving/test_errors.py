@@ -10,10 +10,11 @@ import grpc
 import pytest
 from PIL import Image
 
+from streaminfer.codecs.arrays import bytes_array
+from streaminfer.codecs.tfserving import to_tensor_proto
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc, types_pb2
-from streaminfer.serving.codec import bytes_array, to_tensor_proto
 from tests.repository import MODEL
 from tests.servers import ServerProcess
 
@@ -32,7 +33,7 @@ NOT_AN_IMAGE = {"b64": base64.b64encode(b"<html>no</html>").decode()}
         (PREDICT, {"inputs": {"wrong": [[1.0]]}}, 400, "missing input 'input'"),
         (PREDICT, {"instances": [NOT_AN_IMAGE]}, 400, "not a JPEG"),
         (PREDICT, {"instances": [1], "inputs": [1]}, 400, "exactly one"),
-        (PREDICT, {"instances": [[1, "a"]]}, 400, "input"),
+        (PREDICT, {"instances": [[1, "a"]]}, 400, "'instances'"),
         (PREDICT, {"signature_name": "x", "instances": [1]}, 400, "no signature 'x'"),
         (PREDICT, [1, 2], 400, "JSON object"),
         (
@@ -143,7 +144,7 @@ def test_grpc_errors(channel: grpc.Channel) -> None:
 
     image = predict_pb2.PredictRequest()
     image.model_spec.name = MODEL
-    image.inputs["images"].CopyFrom(to_tensor_proto(_bytes_tensor(b"GIF89a broken")))
+    image.inputs["images"].CopyFrom(to_tensor_proto(bytes_array([b"GIF89a broken"])))
     error = _predict(channel, image)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -163,12 +164,6 @@ def test_grpc_v2_errors(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as failure:
         stub.ModelMetadata(v2.ModelMetadataRequest(name="nope"))
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND
-
-
-def _bytes_tensor(item: bytes):  # type: ignore[no-untyped-def]
-    from streaminfer.serving.codec import bytes_array
-
-    return bytes_array([item])
 
 
 def test_past_the_deadline_is_504_and_deadline_exceeded(model_repo: Path) -> None:

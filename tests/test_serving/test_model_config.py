@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from streaminfer.codecs.tfserving import to_tensor_proto
 from streaminfer.errors import ConfigError
 from streaminfer.models.batcher import BatchingConfig
 from streaminfer.models.model_config import model_configs, read_model_config_file
@@ -20,7 +21,6 @@ from streaminfer.protos.tfserving import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from streaminfer.serving.codec import to_tensor_proto
 from tests.repository import MODEL, add_version, copy_repo
 from tests.servers import ServerProcess
 

@@ -6,6 +6,8 @@ import grpc
 import numpy as np
 import pytest
 
+from streaminfer.codecs.arrays import bytes_array
+from streaminfer.codecs.tfserving import from_tensor_proto, to_tensor_proto
 from streaminfer.models.registry import LoadedVersion
 from streaminfer.protos.tfserving import (
     get_model_metadata_pb2,
@@ -17,7 +19,6 @@ from streaminfer.protos.tfserving import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from streaminfer.serving.codec import bytes_array, from_tensor_proto, to_tensor_proto
 from tests.repository import MODEL
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from streaminfer.codecs.jsonvalues import dumps
 from streaminfer.errors import InfrastructureError
 from streaminfer.models.errors import ModelNotFound
 from streaminfer.predictors.remote import RemoteOptions, ServerRejected
@@ -69,8 +70,7 @@ class HttpTransport:
         raise InfrastructureError(message)
 
     def post_json(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        content = json.dumps(body, separators=(",", ":")).encode()
-        return self.post(path, content, {"content-type": "application/json"})
+        return self.post(path, dumps(body), {"content-type": "application/json"})
 
     def close(self) -> None:
         self._client.close()

@@ -15,10 +15,12 @@ from __future__ import annotations
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from streaminfer.codecs.errors import DecodeError, EncodeError
 from streaminfer.errors import InfrastructureError, RecordError
 from streaminfer.models.errors import InvalidInput
 from streaminfer.models.postprocess import Prediction
@@ -179,7 +181,7 @@ class RemotePredictor(Predictor):
         first = requests[0]
         ref = first.ref
         started = time.perf_counter()
-        with self._slots:
+        with self._slots, _codec_errors(self.target):
             if first.image is not None:
                 images = [r.image for r in requests if r.image is not None]
                 wanted = [r.top_k for r in requests]  # all None, or all numbers: see _group_key
@@ -201,6 +203,18 @@ class RemotePredictor(Predictor):
         for result in results:
             result.timings_ms["inference"] = elapsed
         return results
+
+
+@contextmanager
+def _codec_errors(where: str) -> Iterator[None]:
+    """A tensor the protocol cannot carry is the record's fault; an answer that does not
+    decode is the server's, and retrying may reach a healthy one."""
+    try:
+        yield
+    except EncodeError as exc:
+        raise InvalidInput(str(exc)) from exc
+    except DecodeError as exc:
+        raise InfrastructureError(f"{where}: the answer does not decode: {exc}") from exc
 
 
 def _group_key(index: int, request: PredictRequest) -> Hashable:

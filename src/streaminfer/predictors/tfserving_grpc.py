@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from streaminfer.codecs.arrays import bytes_array
+from streaminfer.codecs.tfserving import from_tensor_proto, to_tensor_proto
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.grpc_transport import GrpcTransport
 from streaminfer.predictors.remote import (
@@ -17,7 +19,6 @@ from streaminfer.predictors.remote import (
     RemotePredictor,
     rank_from_classes,
 )
-from streaminfer.predictors.wire import tf_array, tf_strings, tf_tensor
 from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc
 from streaminfer.types import ModelRef, Tensors
 
@@ -37,16 +38,16 @@ class TFServingGrpcPredictor(RemotePredictor):
         self, ref: ModelRef, images: list[bytes], top_k: int | None
     ) -> tuple[int, list[list[Prediction]]]:
         request = self._request_for(ref)
-        request.inputs[IMAGES_INPUT].CopyFrom(tf_strings(images))
+        request.inputs[IMAGES_INPUT].CopyFrom(to_tensor_proto(bytes_array(images)))
         if top_k is not None:
-            request.inputs[TOP_K_PARAMETER].CopyFrom(tf_tensor(np.asarray(top_k, np.int32)))
+            request.inputs[TOP_K_PARAMETER].CopyFrom(to_tensor_proto(np.asarray(top_k, np.int32)))
         version, outputs = self._predict(request)
         return version, rank_from_classes(outputs, len(images), self.target)
 
     def _infer_tensors(self, ref: ModelRef, inputs: Tensors) -> tuple[int, Tensors]:
         request = self._request_for(ref)
         for name, array in inputs.items():
-            request.inputs[name].CopyFrom(tf_tensor(array))
+            request.inputs[name].CopyFrom(to_tensor_proto(array))
         return self._predict(request)
 
     def _request_for(self, ref: ModelRef) -> predict_pb2.PredictRequest:
@@ -62,5 +63,5 @@ class TFServingGrpcPredictor(RemotePredictor):
 
     def _predict(self, request: predict_pb2.PredictRequest) -> tuple[int, Tensors]:
         response = self._grpc.call(self._stub.Predict, request)
-        outputs = {name: tf_array(proto) for name, proto in response.outputs.items()}
+        outputs = {name: from_tensor_proto(name, proto) for name, proto in response.outputs.items()}
         return response.model_spec.version.value, outputs

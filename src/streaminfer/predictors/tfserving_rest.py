@@ -6,12 +6,13 @@ request; tensors as JSON lists, the only encoding this API has.
 
 from __future__ import annotations
 
-import base64
-from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 
+from streaminfer.codecs.arrays import bytes_array
+from streaminfer.codecs.jsonvalues import to_json
+from streaminfer.codecs.tfserving_json import MODEL_VERSION_HEADER, UNNAMED, read_columns
 from streaminfer.errors import InfrastructureError
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.http_transport import HttpTransport, parse_json
@@ -39,30 +40,31 @@ class TFServingRestPredictor(RemotePredictor):
     def _infer_images(
         self, ref: ModelRef, images: list[bytes], top_k: int | None
     ) -> tuple[int, list[list[Prediction]]]:
-        inputs: dict[str, Any] = {
-            IMAGES_INPUT: [{"b64": base64.b64encode(image).decode()} for image in images]
-        }
+        inputs = {IMAGES_INPUT: bytes_array(images)}
         if top_k is not None:
-            inputs[TOP_K_PARAMETER] = top_k
+            inputs[TOP_K_PARAMETER] = np.asarray(top_k)
         version, outputs = self._predict(ref, inputs)
         return version, rank_from_classes(outputs, len(images), self.target)
 
     def _infer_tensors(self, ref: ModelRef, inputs: Tensors) -> tuple[int, Tensors]:
-        return self._predict(ref, {name: a.tolist() for name, a in inputs.items()})
+        return self._predict(ref, inputs)
 
-    def _predict(self, ref: ModelRef, inputs: dict[str, Any]) -> tuple[int, Tensors]:
-        body = {"signature_name": self.options.signature_name, "inputs": inputs}
+    def _predict(self, ref: ModelRef, inputs: Tensors) -> tuple[int, Tensors]:
+        body = {
+            "signature_name": self.options.signature_name,
+            "inputs": {name: to_json(array, b64=True) for name, array in inputs.items()},
+        }
         response = self._http.post_json(_path(ref, ":predict"), body)
         answer = parse_json(response.content, self.target)
-        outputs = answer.get("outputs")
-        if outputs is None:
+        if "outputs" not in answer:
             raise InfrastructureError(f"{self.target}: the answer has no 'outputs'")
-        if not isinstance(outputs, dict):  # the one output of a model comes without its name
-            outputs = {self._only_output(ref): outputs}
+        outputs = read_columns(answer["outputs"], "outputs")
+        if UNNAMED in outputs:  # the one output of a model comes without its name
+            outputs = {self._only_output(ref): outputs[UNNAMED]}
         # TF Serving does not say which version answered; streaminfer's server adds a header.
-        served = response.headers.get("x-model-version", "")
+        served = response.headers.get(MODEL_VERSION_HEADER, "")
         version = int(served) if served.isdigit() else ref.version or 0
-        return version, {name: np.asarray(value) for name, value in outputs.items()}
+        return version, outputs
 
     def _only_output(self, ref: ModelRef) -> str:
         """The name of a single-output model's output, from its metadata (looked up once)."""

@@ -1,7 +1,7 @@
 """The model server: TF Serving and KServe V2 APIs, REST and gRPC, over the model repository."""
 
-from streaminfer.serving.dataplane import DataPlane, InferRequest, InferResult
+from streaminfer.serving.dataplane import DataPlane, ModelHandle
 from streaminfer.serving.server import ModelServer
 from streaminfer.serving.settings import ServerSettings
 
-__all__ = ["DataPlane", "InferRequest", "InferResult", "ModelServer", "ServerSettings"]
+__all__ = ["DataPlane", "ModelHandle", "ModelServer", "ServerSettings"]

@@ -1,30 +1,34 @@
-"""The one data plane behind every door: resolve a model, run a request, describe a model.
+"""The one data plane behind every door: find a model, run a request, describe a model.
 
-The REST and gRPC adapters of TF Serving and KServe V2 translate their wire format into
-an :class:`InferRequest` of numpy arrays and call :meth:`DataPlane.infer`; a fix made here
-reaches every protocol.  Image models answer two kinds of request: their own float input
-returns the model's outputs, encoded image bytes return ``classes`` and ``scores`` top-k.
+A door (TF Serving or KServe V2, REST or gRPC) asks for a model once with
+``plane.model(name, version, label)`` (an unknown one is NOT_FOUND before the body is
+even read), translates its wire format into numpy arrays and calls ``handle.infer``;
+metadata, status and readiness come from the plane and the handle too, so no door
+touches the registry and a fix made here reaches every protocol.
+
+Image models answer two kinds of request: their own float input returns the model's
+outputs, encoded image bytes return ``classes``, ``scores`` and ``class_ids`` top-k.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
 from streaminfer import __version__
+from streaminfer.codecs.arrays import BYTES, bytes_array
+from streaminfer.codecs.tfserving_json import UNNAMED
 from streaminfer.models.metadata import Signature, TensorSpec
 from streaminfer.models.model_config import ModelConfig
 from streaminfer.models.pipeline import classify_async, preprocess_images
 from streaminfer.models.registry import LoadedVersion, ModelRegistry
-from streaminfer.serving.codec import BYTES
+from streaminfer.models.status import VersionStatus
 from streaminfer.serving.errors import DeadlineExceeded, InvalidRequest, Unavailable
 from streaminfer.types import Tensors
-
-UNNAMED = ""
-"""Key of a tensor sent without a name (TF REST ``instances``): the model's only input."""
 
 IMAGE_INPUT_NAMES = ("images", "image_bytes")
 """Names under which an image model accepts encoded images, besides its own input's name."""
@@ -34,25 +38,26 @@ IMAGE_SIGNATURES = ("serving_images", "predict_images")
 TOP_K_INPUT = "top_k"
 FALLBACK_IMAGE_MODEL = "efficientnet-lite0"
 
-
-@dataclass
-class InferRequest:
-    """A request in wire-neutral terms; ``version`` and ``label`` are exclusive."""
-
-    model: str
-    inputs: Tensors
-    version: int | None = None
-    label: str | None = None
-    signature: str = ""
-    output_filter: list[str] = field(default_factory=list)
-    top_k: int | None = None
+T = TypeVar("T")
 
 
-@dataclass
-class InferResult:
-    model: str
-    version: int
-    outputs: Tensors
+class _Gate:
+    """Admits requests while the server accepts them, and holds each to the deadline."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.accepting = True
+
+    async def run(self, work: Coroutine[Any, Any, T]) -> T:
+        if not self.accepting:
+            work.close()
+            raise Unavailable("the server is shutting down")
+        try:
+            return await asyncio.wait_for(work, self.timeout)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(
+                f"the request took longer than the server's {self.timeout:g} s deadline"
+            ) from exc
 
 
 class DataPlane:
@@ -63,91 +68,136 @@ class DataPlane:
         decode_threads: int = 4,
         request_timeout: float = 30.0,
     ) -> None:
-        self.request_timeout = request_timeout
-        self.registry = registry
         self.server_name = "streaminfer"
         self.server_version = __version__
+        self._registry = registry
         self._default_model = default_model
         self._decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="image-decode")
-        self._accepting = True
+        self._gate = _Gate(request_timeout)
 
     # -- health ------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self._accepting
+        return self._gate.accepting
 
     def stop_accepting(self) -> None:
         """From now on inference requests get UNAVAILABLE; those in flight finish."""
-        self._accepting = False
+        self._gate.accepting = False
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=True)
 
-    def model_ready(self, name: str, version: int | None = None, label: str | None = None) -> bool:
-        self.registry.resolve(name, version, label)  # raises for unknown models and versions
-        return self._accepting
+    # -- models ------------------------------------------------------------------------------
+    def model(self, name: str, version: int | None = None, label: str | None = None) -> ModelHandle:
+        """The version to serve: the one named, the one a label points at, or the latest.
 
-    def resolve(
-        self, name: str, version: int | None = None, label: str | None = None
-    ) -> LoadedVersion:
-        return self.registry.resolve(name, version, label)
+        Raises NOT_FOUND for a model or version not served, INVALID_ARGUMENT for a label
+        that points at none.
+        """
+        loaded = self._registry.resolve(name, version, label)
+        return ModelHandle(loaded, self._gate, self._decode_pool)
 
     def default_image_model(self) -> str:
         """The model the legacy Inception API classifies with."""
         if self._default_model:
             return self._default_model
-        images = {v.name for v in self.registry if v.metadata.is_image_model}
+        images = {v.name for v in self._registry if v.metadata.is_image_model}
         return images.pop() if len(images) == 1 else FALLBACK_IMAGE_MODEL
 
-    # -- inference ---------------------------------------------------------------------------
-    async def infer(self, request: InferRequest) -> InferResult:
-        """Run one request within the server's deadline (504 / DEADLINE_EXCEEDED past it)."""
-        try:
-            return await asyncio.wait_for(self._infer(request), self.request_timeout)
-        except TimeoutError as exc:
-            raise DeadlineExceeded(
-                f"the request took longer than the server's {self.request_timeout:g} s deadline"
-            ) from exc
+    def versions(self, name: str) -> list[int]:
+        """The versions of ``name`` being served, oldest first."""
+        return self._registry.versions(name)
 
-    async def _infer(self, request: InferRequest) -> InferResult:
-        """Float tensors through the model, image bytes through classify."""
-        if not self._accepting:
-            raise Unavailable("the server is shutting down")
-        version = self.registry.resolve(request.model, request.version, request.label)
-        inputs = dict(request.inputs)
-        top_k = _pop_top_k(inputs, request.top_k)
-        images = self._image_input(version, inputs, request.signature)
+    def status(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> list[VersionStatus]:
+        """Every version's state (failed and unloaded ones too), or that of the one named."""
+        statuses = self._registry.status(name)
+        if label is not None:
+            version = self._registry.resolve(name, label=label).version
+        if version is None:
+            return statuses
+        named = [s for s in statuses if s.version == version]
+        if not named:
+            self._registry.resolve(name, version)  # raises NOT_FOUND listing the served versions
+        return named
+
+    async def set_configs(self, configs: list[ModelConfig]) -> None:
+        """Serve exactly the configured models (TF Serving's HandleReloadConfigRequest)."""
+        await asyncio.to_thread(self._registry.set_configs, configs, True)
+
+
+class ModelHandle:
+    """One served version of a model, found once per request: run it, describe it."""
+
+    def __init__(self, loaded: LoadedVersion, gate: _Gate, decode_pool: ThreadPoolExecutor) -> None:
+        self.name = loaded.name
+        self.version = loaded.version
+        self._loaded = loaded
+        self._gate = gate
+        self._decode_pool = decode_pool
+
+    @property
+    def ready(self) -> bool:
+        return self._gate.accepting
+
+    def signatures(self) -> dict[str, Signature]:
+        """The signatures this version answers: its own tensors, and images for image models."""
+        found = {DEFAULT_SIGNATURE: self._loaded.metadata.signature}
+        if self._loaded.metadata.is_image_model:
+            k = self._loaded.metadata.top_k
+            image = Signature(
+                inputs=[TensorSpec(name=IMAGE_INPUT_NAMES[0], dtype="string", shape=[-1])],
+                outputs=[
+                    TensorSpec(name="classes", dtype="string", shape=[-1, k]),
+                    TensorSpec(name="scores", dtype="float32", shape=[-1, k]),
+                    TensorSpec(name="class_ids", dtype="int64", shape=[-1, k]),
+                ],
+            )
+            found.update(dict.fromkeys(IMAGE_SIGNATURES, image))
+        return found
+
+    async def infer(
+        self,
+        inputs: Tensors,
+        signature: str = "",
+        output_filter: Sequence[str] = (),
+        top_k: int | None = None,
+    ) -> Tensors:
+        """Float tensors through the model, image bytes through classify.
+
+        ``top_k`` may also come as a ``top_k`` input (TF Serving); ``output_filter``
+        keeps only the outputs named.
+        """
+        return await self._gate.run(self._infer(dict(inputs), signature, output_filter, top_k))
+
+    async def classify(self, images: list[bytes], top_k: int | None = None) -> Tensors:
+        """``classes``, ``scores`` and ``class_ids`` of encoded images, top ``top_k`` each."""
+        return await self._gate.run(self._classify(bytes_array(images), top_k))
+
+    async def _infer(
+        self, inputs: Tensors, signature: str, output_filter: Sequence[str], top_k: int | None
+    ) -> Tensors:
+        top_k = _pop_top_k(inputs, top_k)
+        images = self._image_input(inputs, signature)
         if images is not None:
-            outputs = await self._classify(version, images, top_k)
+            outputs = await self._classify(images, top_k)
         else:
-            outputs = await version.infer_async(_named(version, inputs))
-        return InferResult(version.name, version.version, _filtered(outputs, request.output_filter))
+            outputs = await self._loaded.infer_async(self._named(inputs))
+        return _filtered(outputs, output_filter)
 
-    async def classify(
-        self, images: list[bytes], top_k: int | None = None, model: str | None = None
-    ) -> InferResult:
-        """Classify encoded images with an image model (the default one if none is named)."""
-        if not self._accepting:
-            raise Unavailable("the server is shutting down")
-        version = self.registry.resolve(model or self.default_image_model())
-        array = np.empty(len(images), dtype=BYTES)
-        array[:] = images
-        outputs = await self._classify(version, array, top_k)
-        return InferResult(version.name, version.version, outputs)
-
-    def _image_input(
-        self, version: LoadedVersion, inputs: Tensors, signature: str
-    ) -> np.ndarray | None:
+    def _image_input(self, inputs: Tensors, signature: str) -> np.ndarray | None:
         """The encoded images of a request, or None when it carries the model's own tensors."""
         wants_images = signature in IMAGE_SIGNATURES
         if signature and not wants_images and signature != DEFAULT_SIGNATURE:
-            names = ", ".join(signatures(version))
+            names = ", ".join(self.signatures())
             raise InvalidRequest(
-                f"model {version.name!r} has no signature {signature!r} (signatures: {names})"
+                f"model {self.name!r} has no signature {signature!r} (signatures: {names})"
             )
-        if not version.metadata.is_image_model:
+        metadata = self._loaded.metadata
+        if not metadata.is_image_model:
             return None
-        own = version.metadata.signature.inputs[0].name
+        own = metadata.signature.inputs[0].name
         for name in (*IMAGE_INPUT_NAMES, own, UNNAMED):
             if name in inputs and inputs[name].dtype == BYTES:
                 images = inputs.pop(name)
@@ -168,12 +218,10 @@ class DataPlane:
             )
         return None
 
-    async def _classify(
-        self, version: LoadedVersion, images: np.ndarray, top_k: int | None
-    ) -> Tensors:
+    async def _classify(self, images: np.ndarray, top_k: int | None) -> Tensors:
         encoded: list[bytes] = images.tolist()
-        batch = await asyncio.to_thread(preprocess_images, version, encoded, self._decode_pool)
-        ranked = await classify_async(version, batch, top_k)
+        batch = await asyncio.to_thread(preprocess_images, self._loaded, encoded, self._decode_pool)
+        ranked = await classify_async(self._loaded, batch, top_k)
         classes = np.empty((len(ranked), len(ranked[0]) if ranked else 0), dtype=BYTES)
         for row, predictions in enumerate(ranked):
             classes[row, :] = [p.label.encode() for p in predictions]
@@ -185,27 +233,20 @@ class DataPlane:
             "class_ids": class_ids.reshape(classes.shape),
         }
 
-    # -- management --------------------------------------------------------------------------
-    async def set_configs(self, configs: list[ModelConfig]) -> None:
-        """Serve exactly the configured models (TF Serving's HandleReloadConfigRequest)."""
-        await asyncio.to_thread(self.registry.set_configs, configs, True)
-
-
-def signatures(version: LoadedVersion) -> dict[str, Signature]:
-    """The signatures a version answers: its own tensors, and for image models the image one."""
-    found = {DEFAULT_SIGNATURE: version.metadata.signature}
-    if version.metadata.is_image_model:
-        k = version.metadata.top_k
-        image = Signature(
-            inputs=[TensorSpec(name=IMAGE_INPUT_NAMES[0], dtype="string", shape=[-1])],
-            outputs=[
-                TensorSpec(name="classes", dtype="string", shape=[-1, k]),
-                TensorSpec(name="scores", dtype="float32", shape=[-1, k]),
-                TensorSpec(name="class_ids", dtype="int64", shape=[-1, k]),
-            ],
-        )
-        found.update(dict.fromkeys(IMAGE_SIGNATURES, image))
-    return found
+    def _named(self, inputs: Tensors) -> Tensors:
+        """Give an unnamed tensor the model's only input name, and check the batch is sane."""
+        if UNNAMED in inputs:
+            specs = self._loaded.metadata.signature.inputs
+            if len(specs) != 1 or len(inputs) != 1:
+                names = [s.name for s in specs]
+                raise InvalidRequest(f"model {self.name!r} takes inputs {names}; name each one")
+            inputs = {specs[0].name: inputs[UNNAMED]}
+        rows = {array.shape[0] if array.ndim else None for array in inputs.values()}
+        if None in rows or 0 in rows:
+            raise InvalidRequest("every input needs a batch dimension with at least one row")
+        if len(rows) > 1:
+            raise InvalidRequest(f"inputs disagree on the batch size: {sorted(rows)}")  # type: ignore[type-var]
+        return inputs
 
 
 def _pop_top_k(inputs: Tensors, given: int | None) -> int | None:
@@ -220,23 +261,7 @@ def _pop_top_k(inputs: Tensors, given: int | None) -> int | None:
     return given
 
 
-def _named(version: LoadedVersion, inputs: Tensors) -> Tensors:
-    """Give an unnamed tensor the model's only input name, and check the batch is sane."""
-    if UNNAMED in inputs:
-        specs = version.metadata.signature.inputs
-        if len(specs) != 1 or len(inputs) != 1:
-            names = [s.name for s in specs]
-            raise InvalidRequest(f"model {version.name!r} takes inputs {names}; name each one")
-        inputs = {specs[0].name: inputs[UNNAMED]}
-    rows = {array.shape[0] if array.ndim else None for array in inputs.values()}
-    if None in rows or 0 in rows:
-        raise InvalidRequest("every input needs a batch dimension with at least one row")
-    if len(rows) > 1:
-        raise InvalidRequest(f"inputs disagree on the batch size: {sorted(rows)}")  # type: ignore[type-var]
-    return inputs
-
-
-def _filtered(outputs: Tensors, wanted: list[str]) -> Tensors:
+def _filtered(outputs: Tensors, wanted: Sequence[str]) -> Tensors:
     if not wanted:
         return outputs
     unknown = sorted(set(wanted) - set(outputs))

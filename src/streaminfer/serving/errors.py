@@ -1,18 +1,23 @@
 """What a request failure means on each protocol: one table from exception to gRPC and HTTP.
 
 The data plane raises the product's own errors (``RecordError`` for a bad request,
-``InfrastructureError`` for a busy or stopping server); every door translates them here,
-so a given mistake gets the same status whether it came over REST or gRPC.
+``InfrastructureError`` for a busy or stopping server) and the codecs ``DecodeError`` for
+a tensor that does not add up; every door translates them here, so a given mistake gets
+the same status whether it came over REST or gRPC.  The status of an exception is that of
+the nearest class in its MRO that the table names, so a specific class wins over its
+parent whatever order the table lists them in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
 
+from streaminfer.codecs.errors import DecodeError
 from streaminfer.errors import ConfigError, InfrastructureError, RecordError
 from streaminfer.models.batcher import Overloaded
 from streaminfer.models.errors import ModelNotFound
@@ -60,24 +65,29 @@ class Status:
 OK = Status(grpc.StatusCode.OK, 200)
 _INVALID = Status(grpc.StatusCode.INVALID_ARGUMENT, 400)
 _INTERNAL = Status(grpc.StatusCode.INTERNAL, 500)
-_BY_TYPE: list[tuple[type[BaseException], Status]] = [
-    (ModelNotFound, Status(grpc.StatusCode.NOT_FOUND, 404)),
-    (Unimplemented, Status(grpc.StatusCode.UNIMPLEMENTED, 501)),
-    (Unauthenticated, Status(grpc.StatusCode.UNAUTHENTICATED, 401)),
-    (RecordError, _INVALID),  # bad labels, inputs, images and requests alike
-    (ConfigError, _INVALID),  # a model config sent to HandleReloadConfigRequest
-    (Overloaded, Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 429)),
-    (DeadlineExceeded, Status(grpc.StatusCode.DEADLINE_EXCEEDED, 504)),
-    (InfrastructureError, Status(grpc.StatusCode.UNAVAILABLE, 503)),
-    (asyncio.CancelledError, Status(grpc.StatusCode.CANCELLED, 499)),  # the client went away
-]
 
 
-def status_of(exc: BaseException) -> Status:
-    """The status a failure is answered with; anything unforeseen is 500 / INTERNAL."""
-    for kind, status in _BY_TYPE:
-        if isinstance(exc, kind):
-            return status
+STATUS_BY_TYPE: Mapping[type[BaseException], Status] = {
+    ModelNotFound: Status(grpc.StatusCode.NOT_FOUND, 404),
+    Unimplemented: Status(grpc.StatusCode.UNIMPLEMENTED, 501),
+    Unauthenticated: Status(grpc.StatusCode.UNAUTHENTICATED, 401),
+    RecordError: _INVALID,  # bad labels, inputs, images and requests alike
+    DecodeError: _INVALID,  # a tensor or body that does not add up
+    ConfigError: _INVALID,  # a model config sent to HandleReloadConfigRequest
+    Overloaded: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    DeadlineExceeded: Status(grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+    InfrastructureError: Status(grpc.StatusCode.UNAVAILABLE, 503),
+    asyncio.CancelledError: Status(grpc.StatusCode.CANCELLED, 499),  # the client went away
+}
+
+
+def status_of(
+    exc: BaseException, table: Mapping[type[BaseException], Status] = STATUS_BY_TYPE
+) -> Status:
+    """The status of the nearest class of ``exc`` the table names; else 500 / INTERNAL."""
+    for kind in type(exc).__mro__:
+        if kind in table:
+            return table[kind]
     return _INTERNAL
 
 

@@ -7,13 +7,12 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf import json_format
 
+from streaminfer.codecs.v2 import add_grpc_tensors, read_grpc_tensors
 from streaminfer.models.errors import ModelNotFound
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.serving import kserve_messages as messages
-from streaminfer.serving.codec import from_v2_input, to_v2_output
-from streaminfer.serving.dataplane import DataPlane, InferRequest
-from streaminfer.serving.errors import InvalidRequest
+from streaminfer.serving.dataplane import DataPlane
 from streaminfer.serving.grpc_services import rpc
 from streaminfer.serving.metrics import ServerMetrics
 
@@ -44,9 +43,10 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
     ) -> v2.ModelReadyResponse:
         version = messages.parse_version(request.version)
         try:
-            return v2.ModelReadyResponse(ready=self._plane.model_ready(request.name, version))
+            model = self._plane.model(request.name, version)
         except ModelNotFound:
             return v2.ModelReadyResponse(ready=False)
+        return v2.ModelReadyResponse(ready=model.ready)
 
     @rpc
     async def ServerMetadata(
@@ -60,9 +60,9 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: v2.ModelMetadataRequest, context: Context
     ) -> v2.ModelMetadataResponse:
-        version = self._plane.resolve(request.name, messages.parse_version(request.version))
+        model = self._plane.model(request.name, messages.parse_version(request.version))
         return json_format.ParseDict(
-            messages.model_metadata(self._plane, version), v2.ModelMetadataResponse()
+            messages.model_metadata(self._plane, model), v2.ModelMetadataResponse()
         )
 
     @rpc
@@ -71,39 +71,18 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
     ) -> v2.ModelInferResponse:
         with self._metrics.track(PROTOCOL, request.model_name) as observation:
             version = messages.parse_version(request.model_version)
-            self._plane.resolve(request.model_name, version)  # NOT_FOUND before INVALID_ARGUMENT
-            result = await self._plane.infer(
-                InferRequest(
-                    request.model_name,
-                    _inputs(request),
-                    version,
-                    output_filter=[output.name for output in request.outputs],
-                    top_k=messages.top_k_parameter(_parameters(request.parameters)),
-                )
+            model = self._plane.model(request.model_name, version)  # NOT_FOUND first
+            outputs = await model.infer(
+                read_grpc_tensors(request.inputs, request.raw_input_contents, "input"),
+                output_filter=[output.name for output in request.outputs],
+                top_k=messages.top_k_parameter(_parameters(request.parameters)),
             )
-            observation.version = str(result.version)
+            observation.version = str(model.version)
             response = v2.ModelInferResponse(
-                model_name=result.model, model_version=observation.version, id=request.id
+                model_name=model.name, model_version=observation.version, id=request.id
             )
-            for name, array in result.outputs.items():
-                tensor, raw = to_v2_output(name, array)
-                response.outputs.append(tensor)
-                response.raw_output_contents.append(raw)
+            add_grpc_tensors(outputs, response.outputs, response.raw_output_contents)
             return response
-
-
-def _inputs(request: v2.ModelInferRequest) -> dict[str, Any]:
-    raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidRequest(
-            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per input"
-        )
-    inputs = {}
-    for index, tensor in enumerate(request.inputs):
-        if tensor.name in inputs:
-            raise InvalidRequest(f"input {tensor.name!r} is given twice")
-        inputs[tensor.name] = from_v2_input(tensor, raw[index] if raw else None)
-    return inputs
 
 
 def _parameters(parameters: Any) -> dict[str, Any]:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from streaminfer.codecs.arrays import numpy_dtype
+from streaminfer.codecs.v2 import datatype
 from streaminfer.models.metadata import TensorSpec
-from streaminfer.models.registry import LoadedVersion
-from streaminfer.serving.codec import numpy_dtype, v2_datatype
-from streaminfer.serving.dataplane import DEFAULT_SIGNATURE, IMAGE_SIGNATURES, DataPlane, signatures
+from streaminfer.serving.dataplane import (
+    DEFAULT_SIGNATURE,
+    IMAGE_SIGNATURES,
+    DataPlane,
+    ModelHandle,
+)
 from streaminfer.serving.errors import InvalidRequest
 
 PLATFORM = "onnxruntime_onnx"
@@ -19,15 +24,15 @@ def server_metadata(plane: DataPlane) -> dict[str, Any]:
     return {"name": plane.server_name, "version": plane.server_version, "extensions": EXTENSIONS}
 
 
-def model_metadata(plane: DataPlane, version: LoadedVersion) -> dict[str, Any]:
+def model_metadata(plane: DataPlane, model: ModelHandle) -> dict[str, Any]:
     """The model's tensors; an image model lists its ``images`` input and ranked outputs too."""
-    found = signatures(version)
+    found = model.signatures()
     chosen = [found[DEFAULT_SIGNATURE]]
     if IMAGE_SIGNATURES[0] in found:
         chosen.append(found[IMAGE_SIGNATURES[0]])
     return {
-        "name": version.name,
-        "versions": [str(v) for v in plane.registry.versions(version.name)],
+        "name": model.name,
+        "versions": [str(v) for v in plane.versions(model.name)],
         "platform": PLATFORM,
         "inputs": [_tensor(spec) for sig in chosen for spec in sig.inputs],
         "outputs": [_tensor(spec) for sig in chosen for spec in sig.outputs],
@@ -37,7 +42,7 @@ def model_metadata(plane: DataPlane, version: LoadedVersion) -> dict[str, Any]:
 def _tensor(spec: TensorSpec) -> dict[str, Any]:
     return {
         "name": spec.name,
-        "datatype": v2_datatype(numpy_dtype(spec.dtype)),
+        "datatype": datatype(numpy_dtype(spec.dtype)),
         "shape": list(spec.shape),
     }
 

@@ -12,7 +12,8 @@ from streaminfer.serving.dataplane import DataPlane
 from streaminfer.serving.errors import describe
 from streaminfer.serving.kserve_rest import KServeRest
 from streaminfer.serving.metrics import CONTENT_TYPE, ServerMetrics
-from streaminfer.serving.tfserving_rest import STATUS_PATH, TFServingRest, json_response
+from streaminfer.serving.responses import json_response
+from streaminfer.serving.tfserving_rest import STATUS_PATH, TFServingRest
 
 METRICS_PATHS = ("/monitoring/prometheus/metrics", "/metrics")
 _HEALTH = re.compile(r"^/v2/health/(?:live|ready)$|^/v2/models/[^/]+(?:/versions/[^/]+)?/ready$")

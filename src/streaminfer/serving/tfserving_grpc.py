@@ -7,6 +7,7 @@ from typing import TypeAlias
 
 import grpc
 
+from streaminfer.codecs.tfserving import from_tensor_proto, to_tensor_proto
 from streaminfer.models.model_config import ModelConfig
 from streaminfer.protos.tfserving import (
     error_codes_pb2,
@@ -23,8 +24,7 @@ from streaminfer.protos.tfserving import (
     status_pb2,
 )
 from streaminfer.serving import tfserving_messages as messages
-from streaminfer.serving.codec import from_tensor_proto, to_tensor_proto
-from streaminfer.serving.dataplane import DEFAULT_SIGNATURE, DataPlane, InferRequest
+from streaminfer.serving.dataplane import DEFAULT_SIGNATURE, DataPlane
 from streaminfer.serving.errors import Unimplemented
 from streaminfer.serving.grpc_services import rpc
 from streaminfer.serving.metrics import ServerMetrics
@@ -54,26 +54,20 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     ) -> predict_pb2.PredictResponse:
         name, version, label = messages.spec_target(request.model_spec)
         with self._metrics.track(PROTOCOL, name) as observation:
-            self._plane.resolve(name, version, label)  # NOT_FOUND before INVALID_ARGUMENT
-            inputs = {key: from_tensor_proto(key, tensor) for key, tensor in request.inputs.items()}
+            model = self._plane.model(name, version, label)  # NOT_FOUND before INVALID_ARGUMENT
             signature = request.model_spec.signature_name
-            result = await self._plane.infer(
-                InferRequest(
-                    name,
-                    inputs,
-                    version,
-                    label,
-                    signature=signature,
-                    output_filter=list(request.output_filter),
-                )
+            outputs = await model.infer(
+                {key: from_tensor_proto(key, tensor) for key, tensor in request.inputs.items()},
+                signature,
+                output_filter=list(request.output_filter),
             )
-            observation.version = str(result.version)
+            observation.version = str(model.version)
             response = predict_pb2.PredictResponse(
                 model_spec=messages.answered_spec(
-                    result.model, result.version, signature or DEFAULT_SIGNATURE
+                    model.name, model.version, signature or DEFAULT_SIGNATURE
                 )
             )
-            for key, array in result.outputs.items():
+            for key, array in outputs.items():
                 response.outputs[key].CopyFrom(to_tensor_proto(array))
             return response
 
@@ -82,8 +76,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: Context
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
         messages.check_metadata_fields(list(request.metadata_field))
-        version = self._plane.resolve(*messages.spec_target(request.model_spec))
-        return messages.metadata_response(version)
+        model = self._plane.model(*messages.spec_target(request.model_spec))
+        return messages.metadata_response(model)
 
     @rpc
     async def Classify(
@@ -136,13 +130,14 @@ class InceptionService(inception_pb2_grpc.InceptionServiceServicer):
     async def Classify(
         self, request: inception_pb2.InceptionRequest, context: Context
     ) -> inception_pb2.InceptionResponse:
-        model = self._plane.default_image_model()
-        with self._metrics.track(LEGACY_PROTOCOL, model) as observation:
-            result = await self._plane.classify([request.jpeg_encoded], LEGACY_TOP_K, model)
-            observation.version = str(result.version)
+        name = self._plane.default_image_model()
+        with self._metrics.track(LEGACY_PROTOCOL, name) as observation:
+            model = self._plane.model(name)
+            outputs = await model.classify([request.jpeg_encoded], LEGACY_TOP_K)
+            observation.version = str(model.version)
             return inception_pb2.InceptionResponse(
-                scores=result.outputs["scores"][0].tolist(),
-                classes=[label.decode() for label in result.outputs["classes"][0]],
+                scores=outputs["scores"][0].tolist(),
+                classes=[label.decode() for label in outputs["classes"][0]],
             )
 
 

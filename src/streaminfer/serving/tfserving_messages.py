@@ -1,4 +1,8 @@
-"""TF Serving's model status and metadata messages, built once for its gRPC and REST doors."""
+"""TF Serving's model status and metadata messages, built once for its gRPC and REST doors.
+
+Everything they say comes from the data plane: a model handle's signatures, the
+plane's version statuses.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,9 @@ from typing import Any
 
 from google.protobuf import json_format, wrappers_pb2
 
+from streaminfer.codecs.arrays import numpy_dtype
+from streaminfer.codecs.tfserving import data_type
 from streaminfer.models.metadata import TensorSpec
-from streaminfer.models.registry import LoadedVersion
 from streaminfer.models.status import VersionState, VersionStatus
 from streaminfer.protos.tfserving import (
     error_codes_pb2,
@@ -18,8 +23,7 @@ from streaminfer.protos.tfserving import (
     status_pb2,
     tensor_shape_pb2,
 )
-from streaminfer.serving.codec import numpy_dtype, tf_dtype
-from streaminfer.serving.dataplane import DataPlane, signatures
+from streaminfer.serving.dataplane import DataPlane, ModelHandle
 from streaminfer.serving.errors import InvalidRequest
 
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -53,15 +57,8 @@ def model_status(
     plane: DataPlane, name: str, version: int | None, label: str | None
 ) -> get_model_status_pb2.GetModelStatusResponse:
     """Every version's state, or the one version named by number or label."""
-    statuses = plane.registry.status(name)
-    if label is not None:
-        version = plane.resolve(name, label=label).version
-    if version is not None:
-        statuses = [s for s in statuses if s.version == version]
-        if not statuses:
-            plane.resolve(name, version)  # raises NOT_FOUND listing the served versions
     return get_model_status_pb2.GetModelStatusResponse(
-        model_version_status=[_version_status(s) for s in statuses]
+        model_version_status=[_version_status(s) for s in plane.status(name, version, label)]
     )
 
 
@@ -74,9 +71,9 @@ def _version_status(status: VersionStatus) -> get_model_status_pb2.ModelVersionS
     )
 
 
-def signature_defs(version: LoadedVersion) -> get_model_metadata_pb2.SignatureDefMap:
+def signature_defs(model: ModelHandle) -> get_model_metadata_pb2.SignatureDefMap:
     defs = get_model_metadata_pb2.SignatureDefMap()
-    for name, signature in signatures(version).items():
+    for name, signature in model.signatures().items():
         entry = defs.signature_def[name]
         entry.method_name = PREDICT_METHOD
         for spec in signature.inputs:
@@ -89,7 +86,7 @@ def signature_defs(version: LoadedVersion) -> get_model_metadata_pb2.SignatureDe
 def _tensor_info(spec: TensorSpec) -> meta_graph_pb2.TensorInfo:
     return meta_graph_pb2.TensorInfo(
         name=spec.name,
-        dtype=tf_dtype(numpy_dtype(spec.dtype)),
+        dtype=data_type(numpy_dtype(spec.dtype)),
         tensor_shape=tensor_shape_pb2.TensorShapeProto(
             dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in spec.shape]
         ),
@@ -102,11 +99,11 @@ def check_metadata_fields(fields: list[str]) -> None:
         raise InvalidRequest(f"metadata fields {unknown} are not supported; ask for signature_def")
 
 
-def metadata_response(version: LoadedVersion) -> get_model_metadata_pb2.GetModelMetadataResponse:
+def metadata_response(model: ModelHandle) -> get_model_metadata_pb2.GetModelMetadataResponse:
     response = get_model_metadata_pb2.GetModelMetadataResponse(
-        model_spec=answered_spec(version.name, version.version)
+        model_spec=answered_spec(model.name, model.version)
     )
-    response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_defs(version))
+    response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_defs(model))
     return response
 
 
@@ -118,9 +115,9 @@ def as_json(message: Any) -> dict[str, Any]:
     return result
 
 
-def metadata_json(version: LoadedVersion) -> dict[str, Any]:
+def metadata_json(model: ModelHandle) -> dict[str, Any]:
     """TF Serving's REST metadata: the SignatureDefMap unpacked, not as an Any."""
     return {
-        "model_spec": as_json(answered_spec(version.name, version.version)),
-        "metadata": {SIGNATURE_DEF_FIELD: as_json(signature_defs(version))},
+        "model_spec": as_json(answered_spec(model.name, model.version)),
+        "metadata": {SIGNATURE_DEF_FIELD: as_json(signature_defs(model))},
     }

@@ -10,14 +10,21 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import numpy as np
 from aiohttp import web
 
+from streaminfer.codecs.jsonvalues import JSON, loads
+from streaminfer.codecs.tfserving_json import (
+    MODEL_VERSION_HEADER,
+    read_columns,
+    read_instances,
+    tensor_json,
+    write_columns,
+)
 from streaminfer.serving import tfserving_messages as messages
-from streaminfer.serving.dataplane import UNNAMED, DataPlane, InferRequest
+from streaminfer.serving.dataplane import DataPlane
 from streaminfer.serving.errors import InvalidRequest, Unimplemented
-from streaminfer.serving.json_codec import JSON, dumps, from_json, is_binary, parse_body, to_json
 from streaminfer.serving.metrics import ServerMetrics
+from streaminfer.serving.responses import json_response
 from streaminfer.types import Tensors
 
 PROTOCOL = "tfserving_rest"
@@ -28,13 +35,6 @@ _TARGET = re.compile(
 )
 STATUS_PATH = re.compile(r"^/v1/models/[^/:]+(?:/(?:versions|labels)/[^/:]+)?$")
 """Model status, TF Serving's health check: open without a token."""
-
-
-MODEL_VERSION_HEADER = "X-Model-Version"
-
-
-def json_response(document: JSON, status: int = 200) -> web.Response:
-    return web.Response(body=dumps(document), status=status, content_type="application/json")
 
 
 class _Target:
@@ -69,8 +69,8 @@ class TFServingRest:
         if target.verb is not None:
             raise web.HTTPMethodNotAllowed("GET", ["POST"])
         if target.metadata:
-            version = self._plane.resolve(target.model, target.version, target.label)
-            return json_response(messages.metadata_json(version))
+            model = self._plane.model(target.model, target.version, target.label)
+            return json_response(messages.metadata_json(model))
         status = messages.model_status(self._plane, target.model, target.version, target.label)
         return json_response(messages.as_json(status))
 
@@ -84,71 +84,44 @@ class TFServingRest:
         if target.verb != "predict":
             raise web.HTTPNotFound(text=f"no such endpoint: {request.path} (use :predict)")
         with self._metrics.track(PROTOCOL, target.model) as observation:
-            self._plane.resolve(target.model, target.version, target.label)  # 404 before 400
-            body = parse_body(await request.read())
-            if not isinstance(body, dict):
-                raise InvalidRequest('the body must be a JSON object with "instances" or "inputs"')
-            inputs, row_format = _inputs(body)
-            signature = body.get("signature_name", "")
-            if not isinstance(signature, str):
-                raise InvalidRequest('"signature_name" must be a string')
-            result = await self._plane.infer(
-                InferRequest(
-                    target.model, inputs, target.version, target.label, signature=signature
-                )
-            )
-            observation.version = str(result.version)
-            body = (
-                {"predictions": _rows(result.outputs)}
+            model = self._plane.model(target.model, target.version, target.label)  # 404 first
+            inputs, row_format, signature = _predict_request(loads(await request.read()))
+            outputs = await model.infer(inputs, signature)
+            observation.version = str(model.version)
+            answer = (
+                {"predictions": _rows(outputs)}
                 if row_format
-                else {"outputs": _columns(result.outputs)}
+                else {"outputs": write_columns(outputs)}
             )
-            response = json_response(body)
+            response = json_response(answer)
             # TF Serving's body does not say which version answered; this header does.
-            response.headers[MODEL_VERSION_HEADER] = str(result.version)
+            response.headers[MODEL_VERSION_HEADER] = str(model.version)
             return response
 
 
-def _inputs(body: dict[str, Any]) -> tuple[Tensors, bool]:
-    """The request's tensors, and whether it used the row format."""
+def _predict_request(body: JSON) -> tuple[Tensors, bool, str]:
+    """The inputs, whether they came in the row format, and the signature asked for."""
+    if not isinstance(body, dict):
+        raise InvalidRequest('the body must be a JSON object with "instances" or "inputs"')
     if ("instances" in body) == ("inputs" in body):
         raise InvalidRequest('give exactly one of "instances" (row format) or "inputs" (columnar)')
-    if "inputs" in body:
-        return _named_or_single(body["inputs"]), False
-    instances = body["instances"]
-    if not isinstance(instances, list) or not instances:
-        raise InvalidRequest('"instances" must be a non-empty list')
-    if not all(isinstance(i, dict) and not is_binary(i) for i in instances):
-        return {UNNAMED: from_json("instances", instances)}, True
-    names = set(instances[0])
-    if any(set(i) != names for i in instances):
-        raise InvalidRequest("every instance must name the same inputs")
-    return {name: from_json(name, [i[name] for i in instances]) for name in names}, True
-
-
-def _named_or_single(value: JSON) -> Tensors:
-    if isinstance(value, dict) and not is_binary(value):
-        return {str(name): from_json(str(name), item) for name, item in value.items()}
-    return {UNNAMED: from_json("inputs", value)}
-
-
-def _json(name: str, array: np.ndarray) -> JSON:
-    return to_json(array, b64=name.endswith("_bytes"))
+    row_format = "instances" in body
+    inputs = (
+        read_instances(body["instances"]) if row_format else read_columns(body["inputs"], "inputs")
+    )
+    signature = body.get("signature_name", "")
+    if not isinstance(signature, str):
+        raise InvalidRequest('"signature_name" must be a string')
+    return inputs, row_format, signature
 
 
 def _rows(outputs: Tensors) -> JSON:
+    """The row format of the answer: one entry per batch row (a bare value for one output)."""
     if len(outputs) == 1:
         ((name, array),) = outputs.items()
-        return _json(name, array)
+        return tensor_json(name, array)
     rows = {array.shape[0] for array in outputs.values()}
     if len(rows) != 1:
         raise InvalidRequest("outputs differ in batch size; use the columnar format (inputs)")
-    columns = {name: _json(name, array) for name, array in outputs.items()}
+    columns: dict[str, Any] = {name: tensor_json(name, array) for name, array in outputs.items()}
     return [{name: column[i] for name, column in columns.items()} for i in range(rows.pop())]
-
-
-def _columns(outputs: Tensors) -> JSON:
-    if len(outputs) == 1:
-        ((name, array),) = outputs.items()
-        return _json(name, array)
-    return {name: _json(name, array) for name, array in outputs.items()}

@@ -1,8 +1,8 @@
-"""JSON values ⇄ numpy arrays, for the two REST APIs.
+"""JSON text and values ⇄ numpy arrays, for both REST APIs.
 
-JSON is parsed by the stdlib; numbers then become an array in one ``numpy.asarray`` call.
-Binary values travel as ``{"b64": "..."}`` (TF Serving's convention, also accepted in V2
-JSON); text strings become UTF-8 ``bytes``.
+JSON is parsed by the stdlib; numbers then become an array in one ``numpy.asarray``
+call.  Binary values travel as ``{"b64": "..."}`` (TF Serving's convention, also accepted
+in V2 JSON); text strings become UTF-8 ``bytes``.
 """
 
 from __future__ import annotations
@@ -14,22 +14,29 @@ from typing import Any
 
 import numpy as np
 
-from streaminfer.serving.codec import BYTES, bytes_array, element_count
-from streaminfer.serving.errors import InvalidRequest
+from streaminfer.codecs.arrays import BYTES, bytes_array, element_count
+from streaminfer.codecs.errors import DecodeError
 
 JSON = Any
 
 
-def parse_body(body: bytes) -> JSON:
-    """The request body as JSON, or InvalidRequest saying why it is not."""
+def loads(body: bytes) -> JSON:
+    """A body as JSON, or DecodeError saying why it is not."""
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+        raise DecodeError(f"the body is not valid JSON: {exc}") from exc
 
 
 def dumps(document: JSON) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
+
+
+def json_object(value: JSON, what: str) -> dict[str, Any]:
+    """``value`` if it is a JSON object; ``what`` names it in the error."""
+    if not isinstance(value, dict):
+        raise DecodeError(f'"{what}" must be a JSON object')
+    return value
 
 
 def is_binary(value: JSON) -> bool:
@@ -40,8 +47,8 @@ def is_binary(value: JSON) -> bool:
 def from_json(name: str, value: JSON, dtype: np.dtype | None = None) -> np.ndarray:
     """A JSON scalar or nested list as an array: numbers, booleans, strings or b64 values.
 
-    ``dtype`` fixes the numeric type (V2 declares it); without it numpy infers one, and
-    the model's input check casts it where that loses nothing.
+    ``dtype`` fixes the type (V2 declares it); without it numpy infers one, and the
+    model's input check casts it where that loses nothing.
     """
     leaf = value
     while isinstance(leaf, list) and leaf:
@@ -51,9 +58,9 @@ def from_json(name: str, value: JSON, dtype: np.dtype | None = None) -> np.ndarr
     try:
         array = np.asarray(value, dtype=dtype)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise InvalidRequest(f"input {name!r}: not a rectangular array of numbers ({exc})") from exc
+        raise DecodeError(f"tensor {name!r}: not a rectangular array of numbers ({exc})") from exc
     if array.dtype.kind not in "biuf":
-        raise InvalidRequest(f"input {name!r}: expected numbers, booleans, strings or b64 values")
+        raise DecodeError(f"tensor {name!r}: expected numbers, booleans, strings or b64 values")
     return array
 
 
@@ -76,7 +83,7 @@ def _collect(name: str, value: JSON, shape: list[int], items: list[bytes]) -> No
         items.append(_item_bytes(name, value))
         return
     if not isinstance(value, list) or len(value) != shape[0]:
-        raise InvalidRequest(f"input {name!r}: the nested lists are not rectangular")
+        raise DecodeError(f"tensor {name!r}: the nested lists are not rectangular")
     for element in value:
         _collect(name, element, shape[1:], items)
 
@@ -88,14 +95,14 @@ def _item_bytes(name: str, value: JSON) -> bytes:
         try:
             return base64.b64decode(value["b64"], validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise InvalidRequest(f"input {name!r}: invalid base64 ({exc})") from exc
-    raise InvalidRequest(
-        f'input {name!r}: expected a string or {{"b64": "..."}}, got {json.dumps(value)[:60]}'
+            raise DecodeError(f"tensor {name!r}: invalid base64 ({exc})") from exc
+    raise DecodeError(
+        f'tensor {name!r}: expected a string or {{"b64": "..."}}, got {json.dumps(value)[:60]}'
     )
 
 
 def to_json(array: np.ndarray, b64: bool = False) -> JSON:
-    """An array as nested JSON lists; bytes become text, or ``{"b64"}`` when not UTF-8."""
+    """An array as nested JSON lists; bytes become text, or ``{"b64"}`` when asked or not UTF-8."""
     if array.dtype != BYTES:
         return array.tolist()
     flat = [_item_json(item, b64) for item in array.ravel().tolist()]

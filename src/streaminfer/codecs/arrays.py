@@ -1,0 +1,76 @@
+"""The arrays every codec hands out, and the checks on a tensor a peer describes.
+
+Strings and encoded images are object arrays of ``bytes`` (``BYTES``); numbers keep
+their own dtype.  A peer's claimed shape is checked here
+before anything is allocated from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from streaminfer.codecs.errors import DecodeError
+
+BYTES = np.dtype(object)
+"""Strings and encoded images are object arrays of ``bytes``."""
+
+"""Named arrays: a request's inputs or an answer's outputs."""
+
+MAX_ELEMENTS = 1 << 25
+"""Largest tensor a peer may describe (32 Mi elements, 128 MB of float32)."""
+
+
+def numpy_dtype(model_dtype: str) -> np.dtype:
+    """The array dtype of a model.json dtype name ("float32", "string", ...)."""
+    return BYTES if model_dtype == "string" else np.dtype(model_dtype)
+
+
+def native(dtype: np.dtype) -> np.dtype:
+    """``dtype`` in this machine's byte order, as the dtype tables are keyed."""
+    return dtype.newbyteorder("=")
+
+
+def bytes_array(items: Sequence[bytes]) -> np.ndarray:
+    """A 1-D object array of ``bytes`` (``np.array`` would try to make a char matrix)."""
+    array = np.empty(len(items), dtype=BYTES)
+    array[:] = items
+    return array
+
+
+def as_bytes(item: object) -> bytes:
+    """One element of a string array as bytes (models may answer with ``str``)."""
+    return item.encode() if isinstance(item, str) else bytes(item)  # type: ignore[call-overload]
+
+
+def element_count(name: str, shape: Sequence[int]) -> int:
+    """Elements in ``shape``, refusing negative dimensions and absurd sizes."""
+    count = 1
+    for dim in shape:
+        if dim < 0:
+            raise DecodeError(f"tensor {name!r}: shape {list(shape)} has a negative dimension")
+        count *= dim
+        if count > MAX_ELEMENTS:
+            raise DecodeError(
+                f"tensor {name!r}: shape {list(shape)} has more than {MAX_ELEMENTS} elements"
+            )
+    return count
+
+
+def shaped(name: str, flat: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``flat`` reshaped to ``shape``, if it holds exactly that many elements."""
+    count = element_count(name, shape)
+    if flat.size != count:
+        raise DecodeError(
+            f"tensor {name!r}: {flat.size} values given, shape {list(shape)} needs {count}"
+        )
+    return flat.reshape(shape)
+
+
+def from_values(name: str, values: Sequence[object], dtype: np.dtype) -> np.ndarray:
+    """A flat array of ``dtype`` from a list of numbers, refusing values that do not fit."""
+    try:
+        return np.array(values, dtype=dtype)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise DecodeError(f"tensor {name!r}: values do not fit {dtype}: {exc}") from exc

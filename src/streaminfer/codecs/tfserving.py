@@ -1,0 +1,116 @@
+"""TF Serving's ``TensorProto`` ⇄ numpy arrays.
+
+Numbers are written as raw ``tensor_content``; they are read from it zero-copy, or
+from the typed ``*_val`` fields other clients fill, where TF's rule holds that a single
+value fills the whole shape.  ``half_val`` holds float16 bit patterns.  Strings travel
+as ``string_val``, a list of bytes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streaminfer.codecs.arrays import (
+    BYTES,
+    as_bytes,
+    bytes_array,
+    element_count,
+    from_values,
+    native,
+    shaped,
+)
+from streaminfer.codecs.errors import DecodeError, EncodeError
+from streaminfer.codecs.raw import from_raw, to_raw
+from streaminfer.protos.tfserving import tensor_pb2, tensor_shape_pb2, types_pb2
+
+DTYPES: dict[types_pb2.DataType, np.dtype] = {
+    types_pb2.DT_FLOAT: np.dtype(np.float32),
+    types_pb2.DT_DOUBLE: np.dtype(np.float64),
+    types_pb2.DT_HALF: np.dtype(np.float16),
+    types_pb2.DT_INT8: np.dtype(np.int8),
+    types_pb2.DT_INT16: np.dtype(np.int16),
+    types_pb2.DT_INT32: np.dtype(np.int32),
+    types_pb2.DT_INT64: np.dtype(np.int64),
+    types_pb2.DT_UINT8: np.dtype(np.uint8),
+    types_pb2.DT_UINT16: np.dtype(np.uint16),
+    types_pb2.DT_UINT32: np.dtype(np.uint32),
+    types_pb2.DT_UINT64: np.dtype(np.uint64),
+    types_pb2.DT_BOOL: np.dtype(np.bool_),
+    types_pb2.DT_STRING: BYTES,
+}
+VALUE_FIELDS = {
+    types_pb2.DT_FLOAT: "float_val",
+    types_pb2.DT_DOUBLE: "double_val",
+    types_pb2.DT_HALF: "half_val",
+    types_pb2.DT_INT8: "int_val",
+    types_pb2.DT_INT16: "int_val",
+    types_pb2.DT_INT32: "int_val",
+    types_pb2.DT_UINT8: "int_val",
+    types_pb2.DT_UINT16: "int_val",
+    types_pb2.DT_INT64: "int64_val",
+    types_pb2.DT_UINT32: "uint32_val",
+    types_pb2.DT_UINT64: "uint64_val",
+    types_pb2.DT_BOOL: "bool_val",
+    types_pb2.DT_STRING: "string_val",
+}
+"""The TensorProto field that carries each dtype's values when ``tensor_content`` is empty."""
+
+_ENUMS = {dtype: enum for enum, dtype in DTYPES.items()}
+
+
+def data_type(dtype: np.dtype) -> types_pb2.DataType:
+    """TF Serving's ``DataType`` of an array dtype."""
+    enum = _ENUMS.get(native(dtype))
+    if enum is None:
+        raise EncodeError(f"dtype {dtype} has no TensorFlow Serving type")
+    return enum
+
+
+def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """An array as a TensorProto: numbers as ``tensor_content``, strings as ``string_val``."""
+    proto = tensor_pb2.TensorProto(
+        dtype=data_type(array.dtype),
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in array.shape]
+        ),
+    )
+    if array.dtype == BYTES:
+        proto.string_val.extend(map(as_bytes, array.ravel().tolist()))
+    else:
+        proto.tensor_content = to_raw(array)
+    return proto
+
+
+def from_tensor_proto(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """The array a TensorProto holds, in whichever field it was sent."""
+    dtype = DTYPES.get(proto.dtype)
+    if dtype is None:
+        label = (
+            types_pb2.DataType.Name(proto.dtype)
+            if proto.dtype in types_pb2.DataType.values()
+            else str(proto.dtype)
+        )
+        raise DecodeError(f"tensor {name!r}: dtype {label} is not supported")
+    if proto.tensor_shape.unknown_rank:
+        raise DecodeError(f"tensor {name!r}: the tensor's shape must be known")
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if proto.tensor_content and dtype != BYTES:
+        return from_raw(name, dtype, shape, proto.tensor_content)
+    values = getattr(proto, VALUE_FIELDS[proto.dtype])
+    if dtype == BYTES:
+        flat = bytes_array(list(values))
+    elif proto.dtype == types_pb2.DT_HALF:
+        flat = from_values(name, values, np.dtype(np.uint16)).view(np.float16)
+    else:
+        flat = from_values(name, values, dtype)
+    return _fill(name, flat, shape)
+
+
+def _fill(name: str, flat: np.ndarray, shape: list[int]) -> np.ndarray:
+    """TF's rule: a single value fills the whole shape; otherwise the counts must agree."""
+    count = element_count(name, shape)
+    if flat.size == 1 and count > 1:
+        filled = np.empty(shape, dtype=flat.dtype)
+        filled.fill(flat[0])  # np.full would pass bytes through numpy's "S" type: b"a\0" -> b"a"
+        return filled
+    return shaped(name, flat, shape)

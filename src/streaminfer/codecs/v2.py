@@ -1,0 +1,120 @@
+"""KServe V2 (Open Inference Protocol) datatypes, and its gRPC tensors ⇄ numpy arrays.
+
+A gRPC tensor is described by name, datatype and shape; its data is either the matching
+entry of ``raw_input_contents`` / ``raw_output_contents`` (which we always write) or the
+typed ``contents`` other peers may fill.  FP16 has no typed field and travels raw only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+import numpy as np
+from google.protobuf.internal.containers import (
+    RepeatedCompositeFieldContainer,
+    RepeatedScalarFieldContainer,
+)
+
+from streaminfer.codecs.arrays import BYTES, bytes_array, from_values, native, shaped
+from streaminfer.codecs.errors import DecodeError, EncodeError
+from streaminfer.codecs.raw import from_raw, to_raw
+from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
+from streaminfer.types import Tensors
+
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": BYTES,
+}
+CONTENT_FIELDS = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+"""The ``InferTensorContents`` field of each datatype."""
+
+GrpcTensor: TypeAlias = (
+    v2.ModelInferRequest.InferInputTensor | v2.ModelInferResponse.InferOutputTensor
+)
+
+_NAMES = {dtype: name for name, dtype in DATATYPES.items()}
+
+
+def datatype(dtype: np.dtype) -> str:
+    """The V2 datatype name ("FP32", "BYTES", ...) of an array dtype."""
+    name = _NAMES.get(native(dtype))
+    if name is None:
+        raise EncodeError(f"dtype {dtype} has no KServe V2 datatype")
+    return name
+
+
+def numpy_dtype(name: str, datatype: str) -> np.dtype:
+    """The array dtype of tensor ``name``'s V2 datatype."""
+    try:
+        return DATATYPES[datatype]
+    except KeyError:
+        known = ", ".join(DATATYPES)
+        raise DecodeError(
+            f"tensor {name!r}: datatype {datatype!r} is not supported (use one of {known})"
+        ) from None
+
+
+def add_grpc_tensors(
+    tensors: Tensors,
+    described: RepeatedCompositeFieldContainer[Any],
+    raw: RepeatedScalarFieldContainer[bytes],
+) -> None:
+    """Append each array's description to ``described`` and its raw bytes to ``raw``."""
+    for name, array in tensors.items():
+        described.add(name=name, datatype=datatype(array.dtype), shape=array.shape)
+        raw.append(to_raw(array))
+
+
+def read_grpc_tensors(tensors: Sequence[GrpcTensor], raw: Sequence[bytes], kind: str) -> Tensors:
+    """The arrays of a request's inputs or an answer's outputs (``kind``: "input", "output")."""
+    if raw and len(raw) != len(tensors):
+        raise DecodeError(
+            f"{len(raw)} raw_{kind}_contents for {len(tensors)} {kind}s; give one per {kind}"
+        )
+    arrays: Tensors = {}
+    for index, tensor in enumerate(tensors):
+        if tensor.name in arrays:
+            raise DecodeError(f"{kind} {tensor.name!r} is given twice")
+        arrays[tensor.name] = _read_grpc_tensor(tensor, raw[index] if raw else None)
+    return arrays
+
+
+def _read_grpc_tensor(tensor: GrpcTensor, raw: bytes | None) -> np.ndarray:
+    dtype = numpy_dtype(tensor.name, tensor.datatype)
+    shape = list(tensor.shape)
+    if raw is not None:
+        return from_raw(tensor.name, dtype, shape, raw)
+    field = CONTENT_FIELDS.get(tensor.datatype)
+    if field is None:
+        raise DecodeError(
+            f"tensor {tensor.name!r}: {tensor.datatype} data must be sent as raw contents"
+        )
+    values = getattr(tensor.contents, field)
+    if dtype == BYTES:
+        return shaped(tensor.name, bytes_array(list(values)), shape)
+    return shaped(tensor.name, from_values(tensor.name, values, dtype), shape)

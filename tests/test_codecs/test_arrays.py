@@ -1,0 +1,48 @@
+"""The arrays the codecs hand out: string arrays of bytes, shapes checked before allocating."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streaminfer.codecs.arrays import (
+    BYTES,
+    MAX_ELEMENTS,
+    as_bytes,
+    bytes_array,
+    element_count,
+    from_values,
+    numpy_dtype,
+    shaped,
+)
+from streaminfer.codecs.errors import DecodeError
+
+
+def test_model_dtype_names() -> None:
+    assert numpy_dtype("string") == BYTES
+    assert numpy_dtype("float32") == np.dtype(np.float32)
+
+
+def test_bytes_arrays_hold_bytes_objects_not_a_char_matrix() -> None:
+    array = bytes_array([b"ab", b"", b"c\0"])
+    assert array.dtype == BYTES and array.shape == (3,)
+    assert array.tolist() == [b"ab", b"", b"c\0"]
+    assert as_bytes("é") == "é".encode() and as_bytes(b"\xff") == b"\xff"
+
+
+def test_claimed_shapes_are_checked_before_anything_is_allocated() -> None:
+    assert element_count("t", []) == 1
+    assert element_count("t", [2, 0, 7]) == 0
+    with pytest.raises(DecodeError, match="negative dimension"):
+        element_count("t", [2, -1])
+    with pytest.raises(DecodeError, match=f"more than {MAX_ELEMENTS}"):
+        element_count("t", [1 << 20, 1 << 20, 0])  # refused before the zero is reached
+    assert shaped("t", np.arange(6), [2, 3]).shape == (2, 3)
+    with pytest.raises(DecodeError, match="6 values given, shape \\[4\\] needs 4"):
+        shaped("t", np.arange(6), [4])
+
+
+def test_values_that_do_not_fit_the_dtype_are_refused() -> None:
+    assert from_values("t", [1, 2], np.dtype(np.uint8)).tolist() == [1, 2]
+    with pytest.raises(DecodeError, match="do not fit uint8"):
+        from_values("t", [256], np.dtype(np.uint8))

@@ -1,0 +1,122 @@
+"""TensorProtos round-trip every dtype and shape, in raw content and in the typed fields."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streaminfer.codecs.arrays import BYTES, bytes_array
+from streaminfer.codecs.errors import DecodeError, EncodeError
+from streaminfer.codecs.tfserving import (
+    VALUE_FIELDS,
+    data_type,
+    from_tensor_proto,
+    to_tensor_proto,
+)
+from streaminfer.protos.tfserving import tensor_pb2, types_pb2
+from tests.test_codecs.strategies import arrays, assert_same, full_shapes, shapes
+
+
+@given(arrays())
+def test_round_trip(array: np.ndarray) -> None:
+    proto = to_tensor_proto(array)
+    assert [d.size for d in proto.tensor_shape.dim] == list(array.shape)
+    if array.dtype != BYTES and array.size:
+        assert proto.tensor_content and not proto.float_val  # raw bytes, no per-value fields
+    assert_same(from_tensor_proto("t", proto), array)
+
+
+def _typed(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """``array`` in the typed ``*_val`` field other clients fill, as they would write it."""
+    proto = tensor_pb2.TensorProto(dtype=data_type(array.dtype))
+    for size in array.shape:
+        proto.tensor_shape.dim.add(size=size)
+    values = array.ravel()
+    if array.dtype == np.float16:  # half_val holds the bit patterns
+        values = values.view(np.uint16)
+    getattr(proto, VALUE_FIELDS[proto.dtype]).extend(values.tolist())
+    return proto
+
+
+@given(arrays())
+def test_typed_fields_round_trip(array: np.ndarray) -> None:
+    native = array.astype(array.dtype.newbyteorder("="))
+    assert_same(from_tensor_proto("t", _typed(native)), native)
+
+
+@given(arrays(shape=st.just((1,))), full_shapes)
+def test_one_value_fills_the_shape(one: np.ndarray, shape: tuple[int, ...]) -> None:
+    one = one.astype(one.dtype.newbyteorder("="))
+    proto = _typed(one)
+    proto.tensor_shape.Clear()
+    for size in shape:
+        proto.tensor_shape.dim.add(size=size)
+    expected = np.empty(shape, dtype=one.dtype)
+    expected.fill(one[0])
+    assert_same(from_tensor_proto("t", proto), expected)
+
+
+def test_one_string_fills_the_shape_with_its_trailing_zero_bytes() -> None:
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[b"a\0"])
+    proto.tensor_shape.dim.add(size=3)
+    assert from_tensor_proto("t", proto).tolist() == [b"a\0"] * 3
+
+
+@given(shapes)
+def test_values_that_do_not_fill_the_shape_are_refused(shape: tuple[int, ...]) -> None:
+    count = int(np.prod(shape))
+    proto = _typed(np.zeros(count + 2, np.int32))
+    proto.tensor_shape.Clear()
+    for size in shape:
+        proto.tensor_shape.dim.add(size=size)
+    with pytest.raises(DecodeError, match=f"{count + 2} values given"):
+        from_tensor_proto("t", proto)
+
+
+def test_big_endian_arrays_are_sent_little_endian() -> None:
+    proto = to_tensor_proto(np.array([1.5, -2.0], dtype=">f4"))
+    assert proto.dtype == types_pb2.DT_FLOAT
+    assert proto.tensor_content == np.array([1.5, -2.0], dtype="<f4").tobytes()
+
+
+def test_strings_travel_as_string_val() -> None:
+    images = [b"\xff\xd8jpeg", b"", b"png"]
+    proto = to_tensor_proto(bytes_array(images))
+    assert proto.dtype == types_pb2.DT_STRING and list(proto.string_val) == images
+    assert from_tensor_proto("images", proto).tolist() == images
+
+
+def test_a_dtype_tf_serving_lacks_cannot_be_sent() -> None:
+    with pytest.raises(EncodeError, match="complex128"):
+        to_tensor_proto(np.array([1 + 2j]))
+
+
+@pytest.mark.parametrize(
+    ("proto", "words"),
+    [
+        (tensor_pb2.TensorProto(dtype=types_pb2.DT_COMPLEX64), "DT_COMPLEX64 is not supported"),
+        (tensor_pb2.TensorProto(dtype=999), "dtype 999 is not supported"),
+        (
+            tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape={"unknown_rank": True}),
+            "must be known",
+        ),
+        (
+            tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_FLOAT, tensor_shape={"dim": [{"size": 2}]}, tensor_content=b"1"
+            ),
+            "1 bytes of data",
+        ),
+        (
+            tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_HALF, tensor_shape={"dim": [{"size": 1}]}, half_val=[1 << 20]
+            ),
+            "do not fit uint16",
+        ),
+    ],
+)
+def test_malformed_protos_are_refused(proto: tensor_pb2.TensorProto, words: str) -> None:
+    with pytest.raises(DecodeError, match="tensor 't'") as refused:
+        from_tensor_proto("t", proto)
+    assert words in str(refused.value)
