@@ -11,8 +11,8 @@ import pytest
 
 from streaminfer.codecs.v2 import add_grpc_tensors, read_grpc_tensors
 from streaminfer.errors import InfrastructureError
-from streaminfer.models.postprocess import Prediction
 from streaminfer.models.errors import InvalidInput
+from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.base import PredictRequest, PredictResult
 from streaminfer.predictors.remote import ModelRef, RemotePredictor
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
