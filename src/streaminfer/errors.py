@@ -27,3 +27,9 @@ class RecordError(StreamInferError):
 
 class InfrastructureError(StreamInferError):
     """Something the record depends on is unavailable; retrying may succeed."""
+
+
+class RequestFailed(StreamInferError):
+    """A server that answers other requests failed this one (gRPC ``INTERNAL``, HTTP 500 or
+    422): not an outage.  The worker narrows it down to the record that causes it, retries
+    that record alone a few times, then dead-letters it as ``server_error``."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streaminfer.errors import InfrastructureError
+from streaminfer.errors import InfrastructureError, RequestFailed
 from streaminfer.images import FetchPolicy, ImageFetcher
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
 from streaminfer.models.registry import ModelRegistry
@@ -132,6 +132,8 @@ class Flaky(Predictor):
             raise InfrastructureError("server down")
         if any(r.tensors is not None and r.tensors["x"][0][0] == 666 for r in batch):
             raise ZeroDivisionError("a bug that only this record triggers")
+        if any(r.tensors is not None and r.tensors["x"][0][0] == 777 for r in batch):
+            raise RequestFailed("INTERNAL: the backend failed on this input")
         return self.inner.predict(batch)
 
 
@@ -143,6 +145,20 @@ def test_an_unexpected_predict_failure_is_narrowed_to_its_record(tiny: EmbeddedP
     failed = done[4].error
     assert failed is not None and failed.reason == "internal_error"
     assert "ZeroDivisionError" in str(failed)
+
+
+def test_a_record_a_healthy_server_refuses_is_dead_lettered_alone(
+    tiny: EmbeddedPredictor,
+) -> None:
+    values = [tensor([[float(i), 0, 0, 0]]) for i in range(6)]
+    values[2] = tensor([[777.0, 0, 0, 0]])
+    flaky = Flaky(tiny)
+    done = run(pipeline(flaky), *values)
+    assert [w.error is None for w in done] == [True, True, False, True, True, True]
+    failed = done[2].error
+    assert failed is not None and failed.reason == "server_error" and "INTERNAL" in str(failed)
+    # 1 batch call, then a split search (log2 of 6 levels), then 3 tries of the culprit alone
+    assert flaky.calls <= 1 + 2 * 3 + 3
 
 
 def test_an_outage_is_retried_until_served(tiny: EmbeddedPredictor) -> None:

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from streaminfer.errors import InfrastructureError, RecordError
+from streaminfer.errors import InfrastructureError, RecordError, RequestFailed
 from streaminfer.images import ImageFetcher
 from streaminfer.kafka.records import Headers
 from streaminfer.predictors.base import Predictor, PredictRequest, PredictResult
@@ -51,6 +51,7 @@ TRUNCATED_HEADER = "streaminfer.value.truncated"  # the original length of a cut
 # librdkafka and the broker count a record's framing too: keep this much below their limit.
 RECORD_OVERHEAD_BYTES = 512
 
+SERVER_ERROR_ATTEMPTS = 3  # a record a healthy server fails is tried alone this often
 # An outage is retried without limit; the wait grows to 5 s so a dead server is probed
 # a few times a minute, not hammered.
 OUTAGE_RETRY = RetryPolicy(max_attempts=None, initial_backoff_s=0.1, max_backoff_s=5.0)
@@ -60,6 +61,12 @@ class TooLarge(RecordError):
     """The record's output is larger than its topic accepts."""
 
     reason = "too_large"
+
+
+class ServerError(RecordError):
+    """A healthy server kept failing this record's request."""
+
+    reason = "server_error"
 
 
 class Abandoned(Exception):
@@ -321,21 +328,33 @@ class Pipeline:
                 batch[i] = work
         return batch
 
-    def _predict(self, batch: list[Work], abandoned: threading.Event) -> list[Work]:
-        """Predict a batch; a batch that fails unexpectedly is split, so only its culprit fails."""
+    def _predict(
+        self, batch: list[Work], abandoned: threading.Event, attempt: int = 1
+    ) -> list[Work]:
+        """Predict a batch; a batch that fails unexpectedly is split, so only its culprit fails
+        (a record the server refuses gets ``SERVER_ERROR_ATTEMPTS`` tries on its own)."""
         requests = [w.predict for w in batch]
         assert all(r is not None for r in requests)
         try:
             outcomes = self._until_served([r for r in requests if r is not None], abandoned)
         except (Abandoned, InfrastructureError):
             raise
-        except Exception as exc:  # a bug or a hostile input: find its record
-            if len(batch) == 1:
-                return [dataclasses.replace(batch[0], error=InternalError("predict", exc))]
-            middle = len(batch) // 2
-            return self._predict(batch[:middle], abandoned) + self._predict(
-                batch[middle:], abandoned
+        except Exception as exc:  # a bug, a hostile input or a refusing server: find its record
+            if len(batch) > 1:
+                middle = len(batch) // 2
+                return self._predict(batch[:middle], abandoned) + self._predict(
+                    batch[middle:], abandoned
+                )
+            if isinstance(exc, RequestFailed) and attempt < SERVER_ERROR_ATTEMPTS:
+                if abandoned.wait(self.retry.delay(attempt, self._rng)):
+                    raise Abandoned from exc
+                return self._predict(batch, abandoned, attempt + 1)
+            error: RecordError = (
+                ServerError(str(exc))
+                if isinstance(exc, RequestFailed)
+                else InternalError("predict", exc)
             )
+            return [dataclasses.replace(batch[0], error=error)]
         return [
             dataclasses.replace(w, error=o)
             if isinstance(o, RecordError)
