@@ -2,14 +2,15 @@
 
 A run has three parts on the same worker:
 
-1. **Saturation.**  ``records`` inputs for each of ``repeats`` runs are produced before
-   the worker starts, so it is never short of work; each run is the next ``records`` of
-   them.  A run's throughput is timed from the first output the worker wrote to the
-   last, by the outputs' own timestamps, once a read_committed reader has seen them all
-   (start-up and model loading are outside the first window; so is the grouping of
-   outputs by commits).  CPU time of the worker and of the model server is read from
-   ``/proc`` when the first output and each run's last output are seen, and divided by
-   the records that became visible in between.
+1. **Saturation.**  A tenth of ``records`` to warm the worker up, then ``records`` inputs
+   for each of ``repeats`` runs, are produced before the worker starts, so it is never
+   short of work; each run is the next ``records`` of them.  A run's throughput is timed
+   from the first output the worker wrote to the last, by the outputs' own timestamps,
+   once a read_committed reader has seen them all (start-up, model loading and the
+   first batches are outside every window; so is the grouping of outputs by commits).
+   CPU time of the worker and of the model server is read from ``/proc`` as the
+   warm-up's last output and each run's last output are seen, and divided by the
+   records that became visible in between.
 2. **Latency.**  For each offered load, a paced producer writes at that steady rate for
    a fixed time; each output's latency is its input's timestamp to the moment the
    reader saw it.  Loads beyond 90 % of this configuration's own saturation rate are
@@ -47,6 +48,7 @@ from streaminfer.processes import STREAMINFER, ManagedProcess, ModelServerProces
 FIRST_OUTPUT_TIMEOUT_S = 120.0  # a worker starting: model load, group join, first batch
 STALL_TIMEOUT_S = 60.0  # outputs flowing, then none for this long: the run has failed
 OVERLOAD = 0.9  # offered loads above this fraction of saturation are not latency-measured
+WARM_UP_SHARE = 0.1  # of a run's records, done before the first run: threads, first commit
 
 
 @dataclass(frozen=True)
@@ -121,21 +123,22 @@ class ConfigRun:
     def saturate(self, records: int, repeats: int) -> None:
         """Pre-produce ``records`` for each of ``repeats`` runs, start the worker, and time
         each run's outputs from first to last."""
-        self._inputs.send_all(records * repeats)
+        warm_up = max(1, round(records * WARM_UP_SHARE))
+        self._inputs.send_all(warm_up + records * repeats)
         stem = f"{self.workload.name}-{self.config.name}"
         if self.config.remote:
             self._server = ModelServerProcess(self.repo, self.log_dir / f"{stem}-server.log")
             self._stack.enter_context(self._server)
         self._worker = self._start_worker(self.log_dir / f"{stem}-worker.log")
         self._stack.enter_context(self._worker)
-        self._wait_for(1)
-        marks = [self._cpu()]  # as the first output, then each run's last, became visible
-        for run in range(1, repeats + 1):
-            self._wait_for(run * records)
+        ends = [warm_up + run * records for run in range(repeats + 1)]
+        marks = []  # as the warm-up's last output, then each run's last, became visible
+        for count in ends:
+            self._wait_for(count)
             marks.append(self._cpu())
         rates, worker_cpu, server_cpu = [], [], []
         for run, (start, end) in enumerate(itertools.pairwise(marks)):
-            arrivals = self._outputs(run * records, (run + 1) * records)
+            arrivals = self._outputs(ends[run], ends[run + 1])
             window = saturation_window([a.emitted_at for a in arrivals])
             if window is None:
                 raise InfrastructureError(

@@ -31,7 +31,7 @@ from streaminfer.bench.configs import BARE, FULL, MIN_RECORDS, QUICK, BenchConfi
 from streaminfer.bench.measure import Spread
 from streaminfer.bench.results import BenchResult, ConfigResult, WorkloadResult
 from streaminfer.bench.runner import ConfigRun
-from streaminfer.bench.table import spread_text
+from streaminfer.bench.table import figure_text
 from streaminfer.bench.workloads import Workload, default_records, open_workload
 from streaminfer.errors import StreamInferError
 from streaminfer.kafka.broker import LocalBroker
@@ -252,7 +252,7 @@ def _summary(outcome: ConfigResult) -> str:
     if outcome.error is not None:
         return f"  failed: {outcome.error.splitlines()[0]}"
     spread = outcome.throughput
-    rate = "-" if spread is None else f"{spread.median:.1f} records/s ({spread_text(spread, 1)})"
+    rate = "-" if spread is None else f"{figure_text(spread, 1)} records/s"
     points = [
         f"{p.load:.0%}: p50 {p.latency.p50_ms:.0f} ms, p99 {p.latency.p99_ms:.0f} ms"
         for p in outcome.latency

@@ -92,12 +92,12 @@ class Row:
         return [
             self.name,
             self.guarantee,
-            "failed" if self.error else _figure(self.throughput, 1),
-            _figure(self.vs_ceiling, 2, "x"),
-            _figure(self.vs_seed, 2, "x"),
-            _figure(self.vs_quix, 2, "x"),
+            "failed" if self.error else figure_text(self.throughput, 1),
+            figure_text(self.vs_ceiling, 2, "x"),
+            figure_text(self.vs_seed, 2, "x"),
+            figure_text(self.vs_quix, 2, "x"),
             _latency(self.latency),
-            _pair(_figure(self.worker_cpu, 3), _figure(self.server_cpu, 3), " + "),
+            _pair(figure_text(self.worker_cpu, 3), figure_text(self.server_cpu, 3), " + "),
             _pair(_number(self.worker_rss, 0), _number(self.server_rss, 0), " / "),
             *(c.text() if (c := self.checks.get(k)) else "—" for k in CHECK_COLUMNS),
         ]
@@ -106,8 +106,11 @@ class Row:
         """The row for ``SHORT_HEADERS``."""
         cells = self.cells()
         latency = "—" if self.latency is None else _join(self.latency.p50_ms, self.latency.p99_ms)
-        worker, server = (_figure(c, 3, ranged=False) for c in (self.worker_cpu, self.server_cpu))
-        cpu = _pair(worker, server, " + ")
+        cpu = _pair(
+            figure_text(self.worker_cpu, 3, ranged=False),
+            figure_text(self.server_cpu, 3, ranged=False),
+            " + ",
+        )
         return [*cells[:6], latency, cpu, cells[8], self.verdict()]
 
     def verdict(self) -> str:
@@ -232,7 +235,7 @@ def spread_text(spread: Spread, digits: int, unit: str = "") -> str:
     return f"{spread.min:,.{digits}f}-{spread.max:,.{digits}f}{unit}"
 
 
-def _figure(spread: Spread | None, digits: int, unit: str = "", ranged: bool = True) -> str:
+def figure_text(spread: Spread | None, digits: int, unit: str = "", ranged: bool = True) -> str:
     """The median, with the min-max of the runs beside it when there was more than one."""
     if spread is None:
         return "—"
