@@ -125,3 +125,15 @@ def positive_figures(doc: dict[str, Any], *names: str) -> None:
     """Each named figure of ``doc`` (a results.json object) is a positive float."""
     for name in names:
         assert isinstance(doc[name], float) and doc[name] > 0, f"{doc.get('name')}: {name}"
+
+
+def positive_spreads(doc: dict[str, Any], *names: str, runs: int | None = None) -> None:
+    """Each named figure of ``doc`` is a spread of positive runs (``runs`` of them, if
+    given) whose median lies within its min-max."""
+    for name in names:
+        spread = doc[name]
+        assert spread is not None, f"{doc.get('name')}: no {name}"
+        assert runs is None or len(spread["runs"]) == runs, f"{doc.get('name')}: {name}"
+        positive_figures(spread, "median", "min", "max")
+        assert spread["min"] <= spread["median"] <= spread["max"]
+        assert spread["min"] == min(spread["runs"]) and spread["max"] == max(spread["runs"])
