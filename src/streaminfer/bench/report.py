@@ -25,8 +25,9 @@ METHOD = """\
   outputs into transactions does not blur a short run. Worker start-up, model loading and
   the group join are outside that window.
 - **Repeated runs.** Each configuration's saturation is timed `repeats` times (see the
-  settings; 3 in a full run, 2 with `--quick`): as many batches of records are
-  produced up front, and each batch is one run, timed on its own. A figure is the median
+  settings; 3 in a full run, 2 with `--quick`): as many batches of records, after a
+  tenth of a batch that warms the worker up untimed, are produced up front, and each
+  batch is one run, timed on its own. A figure is the median
   of its runs, with their min-max beside it (in `results.json`, every run). A ratio is
   each run against the median of what it is compared with, so its min-max shows how far
   the runs strayed; a throughput target passes only when the lowest run meets it.
