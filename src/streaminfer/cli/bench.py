@@ -74,6 +74,14 @@ def bench(
             f"(default: {','.join(f'{x:g}' for x in FULL.loads)})."
         ),
     ] = None,
+    repeats: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Saturation runs per configuration; the ceiling runs between configurations "
+            f"and at least as often (default: {FULL.repeats}; {QUICK.repeats} with --quick).",
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output directory (default: bench-results/<timestamp>).")
     ] = None,
@@ -106,6 +114,7 @@ def bench(
         records=records,
         loads=_loads(loads),
         duration_s=duration,
+        repeats=repeats,
         quix_python=python,
     )
     given = kafka.settings() if kafka.bootstrap_servers else None
