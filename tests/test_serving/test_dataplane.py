@@ -16,15 +16,11 @@ import pytest
 from streaminfer.codecs.arrays import BYTES, bytes_array
 from streaminfer.codecs.tfserving_json import UNNAMED
 from streaminfer.errors import RecordError
+from streaminfer.models.errors import BadLabel, ModelNotFound
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
-from streaminfer.models.registry import (
-    BadLabel,
-    ModelConfig,
-    ModelNotFound,
-    ModelRegistry,
-    VersionPolicy,
-    VersionState,
-)
+from streaminfer.models.model_config import ModelConfig, VersionPolicy
+from streaminfer.models.registry import ModelRegistry
+from streaminfer.models.status import VersionState
 from streaminfer.serving.dataplane import (
     DEFAULT_SIGNATURE,
     FALLBACK_IMAGE_MODEL,
