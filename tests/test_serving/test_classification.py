@@ -38,6 +38,7 @@ def test_wider_outputs_rank_each_row_flattened() -> None:
     [
         ({"y": np.array([b"a"], dtype=BYTES)}, "no classes to rank"),
         ({"y": np.float32(1.0)}, "no classes to rank"),
+        ({"y": np.zeros((0, 3))}, "no classes to rank"),
         ({"z": np.zeros(3)}, "no output 'y'"),
     ],
 )

@@ -43,7 +43,7 @@ def classified(
 def top_classes(
     name: str, values: np.ndarray, count: int, class_names: Sequence[str] | None
 ) -> np.ndarray:
-    if values.dtype.kind not in "iufb" or values.ndim == 0:
+    if values.dtype.kind not in "iufb" or values.ndim == 0 or values.size == 0:
         raise InvalidRequest(
             f"output {name!r} ({values.dtype}, shape {list(values.shape)}) has no classes to rank"
         )
