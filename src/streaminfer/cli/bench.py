@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
 import sys
 from datetime import datetime
@@ -22,6 +21,7 @@ from streaminfer.bench.configs import (
 )
 from streaminfer.cli.options import KafkaOptions, kafka_options
 from streaminfer.errors import ConfigError
+from streaminfer.extras import require
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 
 _CONFIG_NAMES = ", ".join(c.name for c in CONFIGS)
 DEFAULT_QUIX_PYTHON = Path(".venv-quix/bin/python")  # what `make bench` builds
-# The benchmark's optional dependencies (the `bench` extra), checked before a run starts.
-_EXTRA_MODULES = ("matplotlib",)
+# The benchmark's optional dependencies (the `bench` extra), checked before a run starts:
+# its plots, and the sample photos of the images workload.
+_EXTRA_MODULES = ("matplotlib", "skimage")
 
 
 @kafka_options
@@ -130,11 +131,8 @@ def bench(
 
 
 def _check_extra() -> None:
-    missing = [name for name in _EXTRA_MODULES if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ConfigError(
-            f"the benchmark needs {', '.join(missing)}: pip install 'streaminfer[bench]'"
-        )
+    for module in _EXTRA_MODULES:
+        require(module, "bench")
 
 
 def _quix_python(given: Path | None) -> Path | None:
