@@ -2,6 +2,10 @@
 
 streaminfer adds only what a command must (for example ``isolation.level`` for a
 read_committed consumer); everything else — TLS, SASL, timeouts — is the user's.
+
+Every client gets :func:`refuse_access_errors` as its error callback: librdkafka retries a
+rejected password or an untrusted certificate forever, which no retry can fix, so the
+first such error ends the command (``ConfigError``) from the client's next poll.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaError
 from pydantic import Field
 
 from streaminfer.config import Settings
@@ -17,6 +22,15 @@ from streaminfer.errors import ConfigError
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 LIBRDKAFKA_LOGGER = logging.getLogger("librdkafka")
+# A SASL login the broker rejected, a TLS handshake that failed (an untrusted CA, a name
+# the certificate does not cover): the same settings will fail the same way again.
+ACCESS_ERRORS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
+
+
+def refuse_access_errors(error: KafkaError) -> None:
+    """librdkafka's ``error_cb``: raise the errors retrying cannot fix; the rest it retries."""
+    if error.code() in ACCESS_ERRORS:
+        raise ConfigError(f"cannot connect to Kafka: {error.str()}")
 
 
 class KafkaSettings(Settings):
@@ -33,11 +47,13 @@ class KafkaSettings(Settings):
         user's properties, then what the command requires.
 
         librdkafka's own log lines go to the ``librdkafka`` Python logger, so a CLI prints
-        one clear error instead of a screen of connection retries.
+        one clear error instead of a screen of connection retries; errors no retry fixes
+        raise from the client's next poll (:func:`refuse_access_errors`).
         """
         config: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "logger": LIBRDKAFKA_LOGGER,
+            "error_cb": refuse_access_errors,
             **(defaults or {}),
         }
         config.update(self.properties)
