@@ -46,7 +46,7 @@ def kafka_start(
         bool | None,
         typer.Option(
             "--authorizer/--no-authorizer",
-            help="sasl_ssl: enforce ACLs; only the admin user is a super user (default: as before).",
+            help="sasl_ssl: enforce ACLs; admin is the super user (default: as before).",
         ),
     ] = None,
 ) -> None:

@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka.admin import AclOperation, AdminClient, ConfigResource, NewTopic
 
 from streaminfer.errors import ConfigError, InfrastructureError
 from streaminfer.kafka.config import KafkaSettings
@@ -85,8 +85,38 @@ class TopicAdmin:
         return True
 
     def ensure(self, names: builtins.list[str], partitions: int = 1) -> None:
+        """Create the topics that are missing; a user without CREATE may use existing ones."""
+        existing = self._metadata().topics
         for name in names:
-            self.create(name, partitions=partitions, if_not_exists=True)
+            if name not in existing:
+                self.create(name, partitions=partitions, if_not_exists=True)
+
+    def require_write(self, names: builtins.list[str]) -> None:
+        """Fail if the cluster enforces ACLs and this client's user may not write to a topic."""
+        if not names:
+            return
+        futures = self._admin.describe_topics(
+            TopicCollection(names),
+            include_authorized_operations=True,
+            request_timeout=self._timeout,
+        )
+        for name, future in futures.items():
+            try:
+                allowed = future.result().authorized_operations
+            except KafkaException as exc:
+                raise InfrastructureError(
+                    f"cannot describe topic {name!r}: {exc.args[0].str()}"
+                ) from exc
+            if allowed is not None and AclOperation.WRITE not in allowed:
+                granted = ", ".join(sorted(op.name for op in allowed)) or "nothing"
+                raise ConfigError(
+                    f"this client's user may not write to topic {name!r} (its ACLs allow "
+                    f"{granted}): grant it WRITE"
+                )
+
+    def check(self) -> None:
+        """Fail now if the cluster is out of reach or refuses this client's login."""
+        self._metadata()
 
     def delete(self, name: str) -> None:
         self._require(name)

@@ -335,7 +335,9 @@ class LocalBroker:
         return state
 
     def _format(self, state: BrokerState, java: str, classpath: str) -> None:
-        users = ["--add-scram", self.secrets.scram_argument()] if state.security != "plaintext" else []
+        users = (
+            ["--add-scram", self.secrets.scram_argument()] if state.security != "plaintext" else []
+        )
         result = subprocess.run(
             [
                 java,

@@ -3,9 +3,8 @@
 streaminfer adds only what a command must (for example ``isolation.level`` for a
 read_committed consumer); everything else — TLS, SASL, timeouts — is the user's.
 
-Every client gets :func:`refuse_access_errors` as its error callback: librdkafka retries a
-rejected password or an untrusted certificate forever, which no retry can fix, so the
-first such error ends the command (``ConfigError``) from the client's next poll.
+Every client gets :func:`~streaminfer.kafka.access.refuse_access_errors` as its error
+callback, so a rejected password or an untrusted certificate ends the command.
 """
 
 from __future__ import annotations
@@ -14,23 +13,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError
 from pydantic import Field
 
 from streaminfer.config import Settings
 from streaminfer.errors import ConfigError
+from streaminfer.kafka.access import refuse_access_errors
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 LIBRDKAFKA_LOGGER = logging.getLogger("librdkafka")
-# A SASL login the broker rejected, a TLS handshake that failed (an untrusted CA, a name
-# the certificate does not cover): the same settings will fail the same way again.
-ACCESS_ERRORS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
-
-
-def refuse_access_errors(error: KafkaError) -> None:
-    """librdkafka's ``error_cb``: raise the errors retrying cannot fix; the rest it retries."""
-    if error.code() in ACCESS_ERRORS:
-        raise ConfigError(f"cannot connect to Kafka: {error.str()}")
 
 
 class KafkaSettings(Settings):

@@ -104,7 +104,7 @@ class BrokerSecrets:
 
 def client_properties(password: str, ca: Path) -> str:
     lines = [
-        f"# The {ADMIN_USER} user (a super user) of the local broker: streaminfer ... -F <this file>",
+        f"# The local broker's {ADMIN_USER} user (a super user): streaminfer ... -F <this file>",
         "security.protocol=SASL_SSL",
         f"sasl.mechanism={MECHANISM}",
         f"sasl.username={ADMIN_USER}",
@@ -169,7 +169,9 @@ def certificates(host: str) -> tuple[bytes, bytes]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=_CERT_DAYS))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
