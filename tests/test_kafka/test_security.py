@@ -3,13 +3,16 @@ file ``kafka start --security sasl_ssl`` writes, and stopping in one line when K
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError
 from confluent_kafka.admin import (
     AclBinding,
     AclBindingFilter,
@@ -22,15 +25,20 @@ from confluent_kafka.admin import (
     ScramMechanism,
     UserScramCredentialUpsertion,
 )
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
+from streaminfer.errors import ConfigError
+from streaminfer.kafka.access import refuse_access_errors, refuse_denied
 from streaminfer.kafka.admin import TopicAdmin
+from streaminfer.kafka.broker import BrokerState
 from streaminfer.kafka.records import produce
 from streaminfer.kafka.security import certificates
 from streaminfer.models.export.tiny import export_tiny_model
+from streaminfer.net import free_port
 from streaminfer.processes import STREAMINFER, ManagedProcess
-from tests.fixtures.secure_kafka import SecureKafka
 from tests.servers import ServerProcess
-from tests.support import run_cli, wait_for
+from tests.support import SecureKafka, run_cli, wait_for
 from tests.workers import outputs
 
 RECORD = json.dumps({"model": "tiny", "inputs": {"x": [[1, 0, 0, 0]]}})
@@ -241,3 +249,83 @@ def test_a_worker_whose_write_acl_is_revoked_stops_instead_of_retrying(
     last = worker.log().strip().splitlines()[-1]
     assert last.startswith("streaminfer: error: Kafka denied access (TOPIC_AUTHORIZATION_FAILED)")
     assert "reprocessing" not in worker.log()  # stopped at the first denial, no retry
+
+
+def test_kafka_status_reaches_the_secured_broker(secure_kafka: SecureKafka) -> None:
+    status = run_cli("kafka", "status", "--data-dir", str(secure_kafka.data_dir))
+    assert status.returncode == 0, status.stderr
+    assert "security sasl_ssl" in " ".join(status.stdout.split())  # rich may wrap the line
+
+
+def test_kafka_start_refuses_what_it_cannot_do(tmp_path: Path) -> None:
+    """Checked before any broker starts: a choice it lacks, ACLs without users, and a data
+    dir's security changed after its storage holds its users."""
+    cases = {
+        "--security must be plaintext or sasl_ssl, not 'tls'": ["--security", "tls"],
+        "--authorizer needs --security sasl_ssl: ACLs bind users": ["--authorizer"],
+    }
+    for expected, flags in cases.items():
+        result = run_cli("kafka", "start", "--data-dir", str(tmp_path / "new"), *flags)
+        assert result.returncode == 2 and result.stderr.strip().endswith(expected), result.stderr
+    made = tmp_path / "made"
+    made.mkdir()
+    state = BrokerState(cluster_id="c", port=free_port(), controller_port=free_port())
+    (made / "broker.json").write_text(json.dumps(asdict(state)))
+    result = run_cli("kafka", "start", "--data-dir", str(made), "--security", "sasl_ssl")
+    assert result.returncode == 2
+    assert "was made with --security plaintext" in result.stderr.strip().splitlines()[-1]
+
+
+def test_certificates_chain_to_their_ca_and_cover_the_listener() -> None:
+    ca_pem, keystore = certificates("127.0.0.1")
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    # Kafka's PEM keystore: an unencrypted PKCS#8 key, then the chain from the leaf up.
+    assert keystore.startswith(b"-----BEGIN PRIVATE KEY-----")
+    leaf, chained_ca = x509.load_pem_x509_certificates(keystore)
+    assert chained_ca == ca
+    leaf.verify_directly_issued_by(ca)
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("127.0.0.1") in names.get_values_for_type(x509.IPAddress)
+    assert "localhost" in names.get_values_for_type(x509.DNSName)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    other = x509.load_pem_x509_certificate(certificates("127.0.0.1")[0])
+    with pytest.raises(InvalidSignature):  # a fresh CA each time: no other one vouches for it
+        leaf.verify_directly_issued_by(other)
+
+
+@pytest.mark.parametrize(
+    ("code", "refused"),
+    [
+        (KafkaError._AUTHENTICATION, True),
+        (KafkaError._SSL, True),
+        (KafkaError._TRANSPORT, False),  # a broker restarting: retried
+        (KafkaError._ALL_BROKERS_DOWN, False),
+    ],
+)
+def test_only_connection_errors_no_retry_fixes_end_a_command(code: int, refused: bool) -> None:
+    error = KafkaError(code, "reason")
+    if refused:
+        with pytest.raises(ConfigError, match="cannot connect to Kafka: reason"):
+            refuse_access_errors(error)
+    else:
+        refuse_access_errors(error)
+
+
+@pytest.mark.parametrize(
+    ("code", "refused"),
+    [
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, True),
+        (KafkaError.GROUP_AUTHORIZATION_FAILED, True),
+        (KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, True),
+        (KafkaError.CLUSTER_AUTHORIZATION_FAILED, True),
+        (KafkaError.NOT_LEADER_FOR_PARTITION, False),  # a leader moving: retried
+        (KafkaError._MSG_TIMED_OUT, False),
+    ],
+)
+def test_only_missing_acls_are_denials(code: int, refused: bool) -> None:
+    error = KafkaError(code, "reason")
+    if refused:
+        with pytest.raises(ConfigError, match=rf"Kafka denied access \({error.name()}\): reason"):
+            refuse_denied(error)
+    else:
+        refuse_denied(error)
