@@ -21,7 +21,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from streaminfer.errors import ConfigError
+from streaminfer.kafka.config import read_properties_file
 
 Security = Literal["plaintext", "sasl_ssl"]
 SECURITY_CHOICES: tuple[Security, ...] = ("plaintext", "sasl_ssl")
@@ -49,9 +49,6 @@ class BrokerSecrets:
     def client_properties(self) -> Path:
         return self.folder / "client.properties"
 
-    def exist(self) -> bool:
-        return self.client_properties.exists()
-
     def create(self, host: str) -> None:
         """A new CA, a broker certificate for ``host`` and a random admin password."""
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -61,15 +58,12 @@ class BrokerSecrets:
         password = secrets.token_urlsafe(24)
         _write_private(self.client_properties, client_properties(password, self.ca).encode())
 
-    def admin_password(self) -> str:
-        from streaminfer.kafka.config import read_properties_file
-
-        return read_properties_file(self.client_properties)["sasl.password"]
-
     def client_settings(self) -> dict[str, str]:
-        from streaminfer.kafka.config import read_properties_file
-
+        """The admin user's librdkafka settings (the client properties file)."""
         return read_properties_file(self.client_properties)
+
+    def admin_password(self) -> str:
+        return self.client_settings()["sasl.password"]
 
     def scram_argument(self) -> str:
         """``kafka-storage format --add-scram``'s value that creates the admin user."""
@@ -95,8 +89,9 @@ class BrokerSecrets:
         if authorizer:
             settings |= {
                 "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-                # The controller listener stays plaintext on loopback, where the broker's
-                # own requests to its controller arrive as ANONYMOUS.
+                # The controller listener stays plaintext on loopback: the broker's own
+                # requests to its controller arrive there as ANONYMOUS, and without
+                # CLUSTER_ACTION it could not even register.
                 "super.users": f"User:{ADMIN_USER};User:ANONYMOUS",
             }
         return settings
@@ -116,15 +111,10 @@ def client_properties(password: str, ca: Path) -> str:
 
 def certificates(host: str) -> tuple[bytes, bytes]:
     """A self-signed CA (PEM) and a broker keystore (PEM: key, certificate, CA) for ``host``."""
-    try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-    except ImportError as exc:
-        raise ConfigError(
-            "--security sasl_ssl makes certificates with `cryptography`: pip install cryptography"
-        ) from exc
+    from cryptography import x509  # only here: `kafka --help` stays light
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
 
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
