@@ -67,6 +67,7 @@ def kafka_start(
         console.print(
             f"{state.security}{acls}: connect with -F {broker.secrets.client_properties}",
             highlight=False,
+            soft_wrap=True,  # a path to copy, unbroken
         )
     print(state.bootstrap)
 
