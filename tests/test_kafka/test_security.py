@@ -220,6 +220,20 @@ def test_a_worker_not_allowed_to_write_its_output_stops_at_start(
     )
 
 
+def test_a_worker_not_allowed_in_its_group_stops_instead_of_polling_on(
+    secure_kafka: SecureKafka, tiny_repo: Path, start_worker: Callable[..., ManagedProcess]
+) -> None:
+    inp, out = f"in-{uuid.uuid4().hex[:8]}", f"out-{uuid.uuid4().hex[:8]}"
+    TopicAdmin(secure_kafka.settings()).ensure([inp, out, f"{inp}.dlq"])
+    acls = _worker_acls(inp, out, f"g-{out}")
+    acls.remove((ResourceType.GROUP, f"g-{out}", "READ"))
+    user = _restricted_user(secure_kafka, acls)
+    worker = start_worker(*_worker_as(user, secure_kafka, tiny_repo, inp, out))
+    assert worker.wait(60) == 2, worker.log_tail()
+    last = worker.log().strip().splitlines()[-1]
+    assert last.startswith("streaminfer: error: Kafka denied access (GROUP_AUTHORIZATION_FAILED)")
+
+
 def test_a_worker_whose_write_acl_is_revoked_stops_instead_of_retrying(
     secure_kafka: SecureKafka, tiny_repo: Path, start_worker: Callable[..., ManagedProcess]
 ) -> None:

@@ -40,6 +40,6 @@ def refuse_denied(error: KafkaError) -> None:
     """Raise if ``error`` says the client's user lacks an ACL."""
     if error.code() in DENIED:
         raise ConfigError(
-            f"Kafka denied access ({error.name()}): {error.str()}; "
+            f"Kafka denied access ({error.name()}): {error.str().rstrip('.')}; "
             "grant the client's user the ACL it needs"
         )
