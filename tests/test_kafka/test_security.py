@@ -151,7 +151,7 @@ def test_refused_connections_end_every_command_in_one_line(
         started = time.monotonic()
         result = run_cli(*command, *secure_kafka.args, "-X", override, timeout=60)
         took = time.monotonic() - started
-        assert result.returncode == 2, f"{name}: {result.stderr}"
+        assert result.returncode == 2, f"{name}: exit {result.returncode}: {result.stderr}"
         lines = result.stderr.strip().splitlines()
         assert lines[-1].startswith("streaminfer: error: cannot connect to Kafka"), name
         assert expected in lines[-1] and "Traceback" not in result.stderr, name

@@ -6,7 +6,8 @@ settings, so they are configuration errors: the command stops with a one-line me
 
 * :func:`refuse_access_errors` is every client's ``error_cb`` (see
   :meth:`KafkaSettings.client_config`): a rejected SASL login or a failed TLS handshake
-  raises from the client's next poll.
+  raises from the client's next poll.  :class:`AccessErrors` keeps it for the caller
+  to raise instead (the topic admin's connection check).
 * :func:`refuse_denied` is for results and delivery reports: an error of a missing ACL
   (topic, group, transactional id, cluster) raises instead of being retried.
 """
@@ -33,7 +34,27 @@ DENIED = frozenset(
 def refuse_access_errors(error: KafkaError) -> None:
     """librdkafka's ``error_cb``: raise the errors retrying cannot fix; the rest it retries."""
     if error.code() in ACCESS_ERRORS:
-        raise ConfigError(f"cannot connect to Kafka: {error.str()}")
+        raise _refused(error)
+
+
+class AccessErrors:
+    """An ``error_cb`` that keeps the first error no retry fixes, for :meth:`check` to raise
+    from plain Python: for a client that is polled only to look for one."""
+
+    def __init__(self) -> None:
+        self.first: KafkaError | None = None
+
+    def __call__(self, error: KafkaError) -> None:
+        if self.first is None and error.code() in ACCESS_ERRORS:
+            self.first = error
+
+    def check(self) -> None:
+        if self.first is not None:
+            raise _refused(self.first)
+
+
+def _refused(error: KafkaError) -> ConfigError:
+    return ConfigError(f"cannot connect to Kafka: {error.str()}")
 
 
 def refuse_denied(error: KafkaError) -> None:

@@ -15,6 +15,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AclOperation, AdminClient, ConfigResource, NewTopic
 
 from streaminfer.errors import ConfigError, InfrastructureError
+from streaminfer.kafka.access import AccessErrors
 from streaminfer.kafka.config import KafkaSettings
 
 _SLICE_S = 0.5  # how late a refused login is noticed; the client keeps connecting meanwhile
@@ -37,7 +38,8 @@ class TopicInfo:
 
 class TopicAdmin:
     def __init__(self, settings: KafkaSettings, timeout: float = 10.0) -> None:
-        self._admin = AdminClient(settings.client_config())
+        self._refusals = AccessErrors()
+        self._admin = AdminClient(settings.client_config(error_cb=self._refusals))
         self._bootstrap = settings.bootstrap_servers
         self._timeout = timeout
 
@@ -49,7 +51,8 @@ class TopicAdmin:
             try:
                 return self._admin.list_topics(topic=topic, timeout=_SLICE_S)
             except KafkaException as exc:
-                self._admin.poll(0)  # refuse_access_errors raises here
+                self._admin.poll(0)  # runs the error callback
+                self._refusals.check()
                 if time.monotonic() >= deadline:
                     raise InfrastructureError(
                         f"cannot reach Kafka at {self._bootstrap}: {exc.args[0].str()}"

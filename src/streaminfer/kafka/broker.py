@@ -234,9 +234,10 @@ class LocalBroker:
         properties = _server_properties(state, self.data_dir)
         if state.security == "sasl_ssl":
             properties |= self.secrets.listener_settings("SASL_SSL", state.authorizer)
-        (self.data_dir / "server.properties").write_text(
-            "".join(f"{k}={v}\n" for k, v in properties.items())
-        )
+        config = self.data_dir / "server.properties"
+        config.touch(mode=0o600)
+        config.chmod(0o600)  # under sasl_ssl it holds the admin password
+        config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
         self._save(state)
         if not formatted:
             self._format(state, java, classpath)
