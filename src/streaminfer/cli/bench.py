@@ -119,6 +119,10 @@ def bench(
         quix_python=python,
     )
     given = kafka.settings() if kafka.bootstrap_servers else None
+    if given is not None:
+        from streaminfer.kafka.admin import TopicAdmin
+
+        TopicAdmin(given).check()  # a bad login or certificate: one line, before any run
     command = "streaminfer " + shlex.join(sys.argv[1:])
     result = run_bench(plan, given, command, lambda line: console.print(line, highlight=False))
     report = write_report(result, plan.out)
