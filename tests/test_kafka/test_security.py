@@ -118,7 +118,7 @@ def test_bench_measures_against_it(secure_kafka: SecureKafka, tmp_path: Path) ->
     assert result.returncode == 0, result.stdout + result.stderr
     [tensor] = json.loads((out / "results.json").read_text())["workloads"]
     [embedded] = tensor["configs"]
-    assert embedded["error"] is None and embedded["throughput_rps"] > 0
+    assert embedded["error"] is None and embedded["throughput"]["median"] > 0
 
 
 def _kafka_commands(repo: Path) -> dict[str, list[str]]:
