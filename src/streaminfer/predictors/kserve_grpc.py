@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from streaminfer.codecs.arrays import bytes_array
 from streaminfer.codecs.v2 import add_grpc_tensors, numpy_dtype, read_grpc_tensors
 from streaminfer.errors import StreamInferError
 from streaminfer.models.postprocess import Prediction
@@ -56,7 +55,7 @@ class KServeGrpcPredictor(RemotePredictor):
         self, ref: ModelRef, served: ServedModel, images: list[bytes], top_k: int | None
     ) -> tuple[int, list[list[Prediction]]]:
         assert served.image_input is not None
-        request = _request_for(ref, {served.image_input: bytes_array(images)})
+        request = _request_for(ref, {served.image_input: served.image_batch(images)})
         if top_k is not None:
             request.parameters[TOP_K_PARAMETER].int64_param = top_k
         version, outputs = self._infer(request)

@@ -14,7 +14,6 @@ import threading
 from typing import Any
 from urllib.parse import quote
 
-from streaminfer.codecs.arrays import bytes_array
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.v2 import numpy_dtype
 from streaminfer.codecs.v2_json import (
@@ -83,7 +82,7 @@ class KServeHttpPredictor(RemotePredictor):
     ) -> tuple[int, list[list[Prediction]]]:
         assert served.image_input is not None
         parameters = {} if top_k is None else {TOP_K_PARAMETER: top_k}
-        inputs = {served.image_input: bytes_array(images)}
+        inputs = {served.image_input: served.image_batch(images)}
         version, outputs = self._infer(ref, inputs, parameters)
         return version, rank_from_classes(outputs, len(images), self.target)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streaminfer.codecs.arrays import BYTES
+from streaminfer.codecs.arrays import BYTES, bytes_array
 from streaminfer.models.errors import InvalidInput
 from streaminfer.types import ModelRef, Tensors
 
@@ -51,6 +51,15 @@ class ServedModel:
     @property
     def takes_images(self) -> bool:
         return self.image_input is not None
+
+    def image_batch(self, images: list[bytes]) -> np.ndarray:
+        """Encoded images as the image input takes them: ``[N]``, or ``[N, 1]`` (Triton's
+        models declare one string per row so)."""
+        array = bytes_array(images)
+        for tensor in self.inputs:
+            if tensor.name == self.image_input and tensor.shape is not None:
+                return array.reshape(len(images), *[1] * (len(tensor.shape) - 1))
+        return array
 
 
 def encoded_image_input(inputs: tuple[ServedTensor, ...]) -> str | None:

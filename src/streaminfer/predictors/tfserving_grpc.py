@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from streaminfer.codecs.arrays import bytes_array
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.tfserving import DTYPES, from_tensor_proto, to_tensor_proto
 from streaminfer.errors import StreamInferError
@@ -75,7 +74,7 @@ class TFServingGrpcPredictor(RemotePredictor):
     ) -> tuple[int, list[list[Prediction]]]:
         assert served.image_input is not None
         request = self._request_for(ref, served.image_signature)
-        request.inputs[served.image_input].CopyFrom(to_tensor_proto(bytes_array(images)))
+        request.inputs[served.image_input].CopyFrom(to_tensor_proto(served.image_batch(images)))
         if top_k is not None:
             request.inputs[TOP_K_PARAMETER].CopyFrom(to_tensor_proto(np.asarray(top_k, np.int32)))
         version, outputs = self._predict(request)

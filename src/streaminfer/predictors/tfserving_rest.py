@@ -12,7 +12,6 @@ from urllib.parse import quote
 import numpy as np
 from google.protobuf import json_format
 
-from streaminfer.codecs.arrays import bytes_array
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.jsonvalues import to_json
 from streaminfer.codecs.tfserving_json import MODEL_VERSION_HEADER, UNNAMED, read_columns
@@ -67,7 +66,7 @@ class TFServingRestPredictor(RemotePredictor):
         self, ref: ModelRef, served: ServedModel, images: list[bytes], top_k: int | None
     ) -> tuple[int, list[list[Prediction]]]:
         assert served.image_input is not None
-        inputs = {served.image_input: bytes_array(images)}
+        inputs = {served.image_input: served.image_batch(images)}
         if top_k is not None:
             inputs[TOP_K_PARAMETER] = np.asarray(top_k)
         version, outputs = self._predict(ref, inputs, served.image_signature)
