@@ -106,8 +106,11 @@ def _tensors(listed: TensorList) -> tuple[ServedTensor, ...]:
 
 
 def conform(inputs: Tensors, model: ServedModel) -> Tensors:
-    """``inputs`` cast to the model's dtypes and checked against its shapes."""
+    """``inputs`` cast to the model's dtypes and checked against its shapes (as they are,
+    if the server lists no inputs: MLServer does so for models whose settings name none)."""
     declared = {t.name: t for t in without_image_input(model.inputs)}
+    if not declared:
+        return inputs
     unknown = sorted(set(inputs) - set(declared))
     if unknown:
         raise InvalidInput(f"unknown inputs {unknown}; the model takes {sorted(declared)}")
