@@ -1,4 +1,4 @@
-"""Serve ONNX models with NVIDIA's Triton Inference Server through PyTriton (run by ``.venv-triton``).
+"""Serve ONNX models with NVIDIA's Triton Inference Server via PyTriton (run by ``.venv-triton``).
 
 PyTriton starts the ``tritonserver`` binary it bundles and answers each model from a
 Python function: here onnxruntime on CPU.  Two kinds of model, as people deploy them:
