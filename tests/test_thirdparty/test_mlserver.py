@@ -1,8 +1,9 @@
 """Workers against a real MLServer 1.7 (Seldon's V2 server; no binary tensor extension).
 
 A scikit-learn classifier served by the official ``mlserver-sklearn`` runtime gets tensor
-records cast to the FP32 its settings declare (a value FP32 cannot hold is dead-lettered); EfficientNet-Lite0 served by a custom
-ONNX runtime (tests/thirdparty/mlserver_onnx.py) gets images the worker preprocessed.
+records cast to the FP32 its settings declare (a value FP32 cannot hold is dead-lettered);
+EfficientNet-Lite0 served by a custom ONNX runtime (tests/thirdparty/mlserver_onnx.py)
+gets images the worker preprocessed.
 Over HTTP the worker must choose plain JSON by itself: MLServer lists no extensions.
 """
 
