@@ -241,7 +241,7 @@ class RemotePredictor(Predictor):
                 outcomes[job.index] = exc
                 continue
             decoded[job.index] = dataclasses.replace(
-                job, image=None, tensors={"row": row}, preprocess_ms=preprocess_ms
+                job, image=None, row=row, preprocess_ms=preprocess_ms
             )
         return [
             decoded.get(job.index, job)
@@ -308,7 +308,7 @@ class RemotePredictor(Predictor):
         self, ref: ModelRef, plan: ImagePlan, jobs: list[_Job]
     ) -> list[PredictResult]:
         """Images preprocessed here to a model that takes a tensor: ranked here too."""
-        rows = np.stack([job.tensors["row"] for job in jobs if job.tensors is not None])
+        rows = np.stack([job.row for job in jobs if job.row is not None])
         version, outputs = self._infer_tensors(ref, {plan.input: rows.astype(plan.dtype)})
         wanted = [job.request.top_k or plan.top_k for job in jobs]
         ranked = plan.predictions(outputs, len(jobs), max(wanted), self.target)
@@ -329,8 +329,9 @@ class _Job:
     index: int  # in the batch
     request: PredictRequest
     served: ServedModel
-    plan: ImagePlan | None = None  # set: the image is preprocessed here
+    plan: ImagePlan | None = None  # set: the image is preprocessed here, into ``row``
     image: bytes | None = None
+    row: np.ndarray | None = None
     tensors: Tensors | None = None
     preprocess_ms: float = 0.0
 
@@ -339,6 +340,8 @@ class _Job:
         """(rows, bytes) on the wire."""
         if self.image is not None:
             return 1, len(self.image)
+        if self.row is not None:
+            return 1, self.row.nbytes
         tensors = self.tensors or {}
         return tensor_rows(tensors) or 1, sum(a.nbytes for a in tensors.values())
 
@@ -367,9 +370,9 @@ def _group_key(job: _Job) -> Hashable:
     ref = job.request.ref
     if job.image is not None:  # one top_k for all: the largest, cut per record after
         return ("image", ref, job.request.top_k is None)
+    if job.row is not None:
+        return ("preprocessed", ref, job.row.shape)
     assert job.tensors is not None
-    if job.plan is not None:
-        return ("preprocessed", ref, job.tensors["row"].shape)
     if tensor_rows(job.tensors) is None:
         return ("alone", job.index)  # scalars or ragged rows: not stackable with others
     return ("tensors", ref, stack_key(job.tensors))
