@@ -380,7 +380,11 @@ class Pipeline:
                 delay = self.retry.delay(attempt, self._rng)
                 if isinstance(exc, CircuitOpen):  # its health probe knows better than backoff
                     delay = min(delay, exc.retry_after_s)
-                log.warning("prediction failed, retrying in %.1fs: %s", delay, exc)
+                # While the breaker is open this repeats every probe interval: once a batch
+                # is enough.
+                quiet = isinstance(exc, CircuitOpen) and attempt > 1
+                level = logging.DEBUG if quiet else logging.WARNING
+                log.log(level, "prediction failed, retrying in %.1fs: %s", delay, exc)
             finally:
                 self.metrics.circuit.set(self.predictor.circuit_state())
             if abandoned.wait(delay):
