@@ -22,6 +22,8 @@ from streaminfer.kafka.records import produce
 from tests.thirdparty.processes import TritonProcess
 from tests.workers import decoded, outputs
 
+CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
+
 
 @pytest.mark.parametrize("mode", ["kserve-grpc", "kserve-http"])
 def test_triton_classifies_runs_tensors_and_dead_letters_what_it_fails(
@@ -66,3 +68,27 @@ def test_triton_classifies_runs_tensors_and_dead_letters_what_it_fails(
     headers = dict(letter.headers)
     assert headers["streaminfer.error.type"] == b"server_error"
     assert b"truncated" in headers["streaminfer.error.message"]
+
+
+def test_triton_with_flags_instead_of_the_model_folder(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    triton: TritonProcess,
+    stream_repo: Path,
+    image_host: str,
+    tmp_path: Path,
+) -> None:
+    """A worker that cannot see the server's files: --preprocess and --labels say it all."""
+    labels = tmp_path / "labels.txt"
+    labels.write_text((stream_repo / "efficientnet-lite0" / "1" / "labels.txt").read_text())
+    inp, out = topic_factory("in"), topic_factory("out")
+    start_worker("--input", inp, "--output", out, "--mode", "kserve-grpc",
+                 "--server", triton.target("kserve-grpc"), "--preprocess", "imagenet",
+                 "--labels", str(labels), "--top-k", "2",
+                 "--group-id", f"g-{inp}", "--allow-network", "127.0.0.0/8")  # fmt: skip
+    produce(kafka_settings, inp, [f"{image_host}/{n}.jpg".encode() for n in ("chelsea", "coffee")])
+    docs = decoded(outputs(kafka_settings, out, 2, timeout=120))
+    assert [len(d["predictions"]) for d in docs] == [2, 2]
+    assert docs[0]["predictions"][0]["class_id"] in CATS
+    assert docs[1]["predictions"][0]["label"] == "espresso"
