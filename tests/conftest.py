@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.images",
     "tests.fixtures.servers",
     "tests.fixtures.workers",
+    "tests.fixtures.thirdparty",
 ]

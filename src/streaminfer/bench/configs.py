@@ -67,6 +67,14 @@ CONFIGS: tuple[BenchConfig, ...] = (
     _worker("kserve-grpc", "exactly-once", "worker -> server, KServe V2 gRPC ModelInfer"),
     _worker("kserve-http", "exactly-once", "worker -> server, KServe V2 HTTP infer"),
     BenchConfig(
+        "kserve-grpc-tensor",
+        "kserve-grpc",
+        "exactly-once",
+        "worker -> server, KServe V2 gRPC, images preprocessed in the worker (as for Triton)",
+        worker_args=("--remote-images", "tensor", "--preprocess", "imagenet"),
+        workloads=frozenset({"images"}),  # tensor records take the same path as kserve-grpc
+    ),
+    BenchConfig(
         SEED_STYLE,
         SEED_STYLE,
         "at-least-once",
