@@ -47,6 +47,9 @@ class ServedModel:
     # Serving) the signature that has it, which may not be the tensor signature.
     image_input: str | None = None
     image_signature: str | None = None
+    # (KServe V2) the model name that takes them, when it is not this one: our server
+    # serves an image model's encoded-image entry point as ``<model>.images``.
+    image_model: str | None = None
 
     @property
     def takes_images(self) -> bool:
@@ -82,6 +85,16 @@ def v2_model(inputs: TensorList, outputs: TensorList) -> ServedModel:
     """A KServe V2 model's metadata (one signature, images listed among its inputs)."""
     served_inputs = _tensors(inputs)
     return ServedModel(served_inputs, _tensors(outputs), encoded_image_input(served_inputs))
+
+
+IMAGE_ENTRY_SUFFIX = ".images"
+
+
+def with_image_entry(served: ServedModel, entry: ServedModel | None, name: str) -> ServedModel:
+    """A V2 model that takes no encoded images itself, but whose entry point ``name`` does."""
+    if served.takes_images or entry is None or not entry.takes_images:
+        return served
+    return dataclasses.replace(served, image_input=entry.image_input, image_model=name)
 
 
 def tf_model(signatures: dict[str, tuple[TensorList, TensorList]], chosen: str) -> ServedModel:
