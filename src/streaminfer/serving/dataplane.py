@@ -8,12 +8,19 @@ touches the registry and a fix made here reaches every protocol.
 
 Image models answer two kinds of request: their own float input returns the model's
 outputs, encoded image bytes return ``classes``, ``scores`` and ``class_ids`` top-k.
+Tabular models (``features`` in ``model.json``) also take records of named values
+(``predict_records``), answered per row as the worker's output records are.
+
+With the server's ``--handler``, a REST predict request is a handler ``Record`` (its body
+and headers): ``handle`` runs the handler's preprocess (else the door's usual reading),
+the model, and its postprocess (else the door's usual answer).  A hook's failure is the
+request's: a ``HandlerError``, answered 400 naming the exception's type.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -22,6 +29,8 @@ import numpy as np
 from streaminfer import __version__
 from streaminfer.codecs.arrays import BYTES, bytes_array
 from streaminfer.codecs.tfserving_json import UNNAMED
+from streaminfer.handlers import Handler, HandlerError, Record
+from streaminfer.models.features import feature_batch, feature_row, record_features, tabular_value
 from streaminfer.models.metadata import Signature, TensorSpec
 from streaminfer.models.model_config import ModelConfig
 from streaminfer.models.pipeline import classify_async, preprocess_images
@@ -67,6 +76,7 @@ class DataPlane:
         default_model: str | None = None,
         decode_threads: int = 4,
         request_timeout: float = 30.0,
+        handler: Handler | None = None,
     ) -> None:
         self.server_name = "streaminfer"
         self.server_version = __version__
@@ -74,6 +84,7 @@ class DataPlane:
         self._default_model = default_model
         self._decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="image-decode")
         self._gate = _Gate(request_timeout)
+        self.handler = handler
 
     # -- health ------------------------------------------------------------------------------
     @property
@@ -95,7 +106,7 @@ class DataPlane:
         that points at none.
         """
         loaded = self._registry.resolve(name, version, label)
-        return ModelHandle(loaded, self._gate, self._decode_pool)
+        return ModelHandle(loaded, self._gate, self._decode_pool, self.handler)
 
     def default_image_model(self) -> str:
         """The model the legacy Inception API classifies with."""
@@ -130,12 +141,19 @@ class DataPlane:
 class ModelHandle:
     """One served version of a model, found once per request: run it, describe it."""
 
-    def __init__(self, loaded: LoadedVersion, gate: _Gate, decode_pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        loaded: LoadedVersion,
+        gate: _Gate,
+        decode_pool: ThreadPoolExecutor,
+        handler: Handler | None = None,
+    ) -> None:
         self.name = loaded.name
         self.version = loaded.version
         self._loaded = loaded
         self._gate = gate
         self._decode_pool = decode_pool
+        self._handler = handler
 
     @property
     def ready(self) -> bool:
@@ -174,6 +192,48 @@ class ModelHandle:
     async def classify(self, images: list[bytes], top_k: int | None = None) -> Tensors:
         """``classes``, ``scores`` and ``class_ids`` of encoded images, top ``top_k`` each."""
         return await self._gate.run(self._classify(bytes_array(images), top_k))
+
+    def takes_records(self, instances: object) -> bool:
+        """Whether rows of a request are a tabular model's records of named feature values
+        (objects), rather than its own input tensors by name."""
+        metadata = self._loaded.metadata
+        if not metadata.is_tabular_model or not isinstance(instances, list) or not instances:
+            return False
+        own = {spec.name for spec in metadata.signature.inputs}
+        return all(isinstance(row, dict) and set(row) != own for row in instances)
+
+    async def predict_records(self, records: Sequence[object]) -> list[dict[str, object]]:
+        """Records of named feature values through the model as one batch, each answered
+        ``{"predictions": [...]}`` (classifiers) or ``{"outputs": {...}}`` (regressors).
+        A bad record fails the request with ``BadFeatures`` naming the feature."""
+        metadata = self._loaded.metadata
+        features = metadata.features or []
+        rows = [feature_row(record_features(r), features) for r in records]
+        outputs = await self._gate.run(self._loaded.infer_async(feature_batch(rows, metadata)))
+        return tabular_value(outputs, metadata, self._loaded.class_names)
+
+    async def handle(self, record: Record, read: Callable[[bytes], Tensors]) -> Tensors | bytes:
+        """A request through the server's handler: its inputs from ``preprocess`` (else
+        ``read`` of the body), then the model; the answer's body from ``postprocess``, else
+        the outputs for the door to answer as usual."""
+        handler = self._handler
+        assert handler is not None  # doors call this only when the server has one
+        if handler.preprocesses:
+            (given,) = await asyncio.to_thread(handler.preprocess, [record])
+            if isinstance(given, HandlerError):
+                raise given
+            if isinstance(given, bytes):
+                outputs = await self.classify([given])
+            else:
+                outputs = await self.infer(given)
+        else:
+            outputs = await self.infer(read(record.value or b""))
+        if not handler.postprocesses:
+            return outputs
+        (value,) = await asyncio.to_thread(handler.postprocess, [dict(outputs)], [record])
+        if isinstance(value, HandlerError):
+            raise value
+        return value
 
     async def _infer(
         self, inputs: Tensors, signature: str, output_filter: Sequence[str], top_k: int | None
@@ -247,6 +307,12 @@ class ModelHandle:
         if len(rows) > 1:
             raise InvalidRequest(f"inputs disagree on the batch size: {sorted(rows)}")  # type: ignore[type-var]
         return inputs
+
+
+def request_record(body: bytes, headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> Record:
+    """A REST request as a handler sees it: its body, and its headers (names lower-case)."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return Record(None, body, [(name.lower(), value.encode()) for name, value in pairs])
 
 
 def _pop_top_k(inputs: Tensors, given: int | None) -> int | None:
