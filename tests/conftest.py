@@ -6,6 +6,7 @@ tests/servers.py, tests/workers.py, tests/repository.py), never in conftest file
 
 pytest_plugins = [
     "tests.fixtures.kafka",
+    "tests.fixtures.secure_kafka",
     "tests.fixtures.models",
     "tests.fixtures.images",
     "tests.fixtures.servers",

@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 
 from streaminfer.demo import Demo
-from streaminfer.errors import ConfigError, InfrastructureError
+from streaminfer.errors import InfrastructureError
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import Record, consume, produce
@@ -31,21 +31,18 @@ INPUT, OUTPUT = "FlightInputTopic", "FlightOutputTopic"
 EMBEDDED_OUTPUT, DLQ = f"{OUTPUT}.embedded", f"{INPUT}.dlq"
 MODEL = "flight-delays"
 TRAINING_ROWS, SHOWN_PER_STATUS = 3000, 3
-MISSING_EXTRA = "the tabular demo needs scikit-learn: pip install 'streaminfer[sklearn]'"
 
 
 def train(source: Path) -> dict[str, str]:
     """Train the demo's classifier, save it to ``source`` (joblib), and return scikit-learn's
-    label for each shown flight by its id; raises ``ConfigError`` without the extra."""
-    try:
-        import joblib
-        from sklearn.ensemble import GradientBoostingClassifier
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
+    label for each shown flight by its id (needs the ``sklearn`` extra)."""
+    import joblib
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-        from streaminfer.flights import FEATURES, flights, split
-    except ImportError as exc:
-        raise ConfigError(f"{MISSING_EXTRA} ({exc})") from None
+    from streaminfer.flights import FEATURES, flights, split
+
     training, held_out = split(flights(TRAINING_ROWS))
     pipeline = make_pipeline(
         StandardScaler(), GradientBoostingClassifier(n_estimators=40, random_state=0)

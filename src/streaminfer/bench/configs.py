@@ -105,8 +105,9 @@ class Preset:
     loads: tuple[float, ...]
     duration_s: float
     ceiling_s: float
+    repeats: int  # saturation runs per configuration, and ceiling runs at the least
 
 
-FULL = Preset(records_divisor=1, loads=(0.25, 0.5, 0.75), duration_s=10.0, ceiling_s=5.0)
+FULL = Preset(records_divisor=1, loads=(0.25, 0.5, 0.75), duration_s=10.0, ceiling_s=5.0, repeats=3)
 MIN_RECORDS = 10
-QUICK = Preset(records_divisor=5, loads=(0.5,), duration_s=5.0, ceiling_s=2.0)
+QUICK = Preset(records_divisor=5, loads=(0.5,), duration_s=5.0, ceiling_s=2.0, repeats=2)

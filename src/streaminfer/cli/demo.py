@@ -33,6 +33,7 @@ def demo(
     from rich.console import Console
 
     from streaminfer.demo import Demo, DemoOptions, stop_running_demo
+    from streaminfer.extras import require
 
     console = Console()
     options = DemoOptions(
@@ -45,8 +46,11 @@ def demo(
         console.print("demo stopped" if stopped else "no demo was running")
         return
     if tabular:
+        for module in ("sklearn", "pandas", "joblib"):  # checked before anything starts
+            require(module, "sklearn")
         from streaminfer.demo_tabular import TabularDemo
 
         TabularDemo(options, console).run()
     else:
+        require("skimage", "demo")  # the sample photos: checked before anything starts
         Demo(options, console).run()

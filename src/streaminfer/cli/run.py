@@ -166,8 +166,9 @@ def run(
         FetchPolicy(allow_networks=settings.allow_networks, allow_files=settings.allow_files)
     )
     metrics = WorkerMetrics()
-    outputs = (settings.output, settings.dead_letter_topic)
-    max_bytes = {t: admin.max_message_bytes(t) for t in outputs if admin.exists(t)}
+    outputs = [t for t in (settings.output, settings.dead_letter_topic) if admin.exists(t)]
+    admin.require_write(outputs)  # a missing ACL stops the worker now, not at its first record
+    max_bytes = {t: admin.max_message_bytes(t) for t in outputs}
     worker = Worker(
         settings,
         client,
