@@ -20,8 +20,9 @@ from streaminfer.codecs.tfserving_json import (
     tensor_json,
     write_columns,
 )
+from streaminfer.handlers import Record
 from streaminfer.serving import tfserving_messages as messages
-from streaminfer.serving.dataplane import DataPlane
+from streaminfer.serving.dataplane import DataPlane, ModelHandle, request_record
 from streaminfer.serving.errors import InvalidRequest, Unimplemented
 from streaminfer.serving.metrics import ServerMetrics
 from streaminfer.serving.responses import json_response
@@ -85,18 +86,44 @@ class TFServingRest:
             raise web.HTTPNotFound(text=f"no such endpoint: {request.path} (use :predict)")
         with self._metrics.track(PROTOCOL, target.model) as observation:
             model = self._plane.model(target.model, target.version, target.label)  # 404 first
-            inputs, row_format, signature = _predict_request(loads(await request.read()))
-            outputs = await model.infer(inputs, signature)
+            body = await request.read()
+            if self._plane.handler is not None:
+                response = await _handled(model, request_record(body, request.headers))
+            else:
+                response = await _predict(model, loads(body))
             observation.version = str(model.version)
-            answer = (
-                {"predictions": _rows(outputs)}
-                if row_format
-                else {"outputs": write_columns(outputs)}
-            )
-            response = json_response(answer)
             # TF Serving's body does not say which version answered; this header does.
             response.headers[MODEL_VERSION_HEADER] = str(model.version)
             return response
+
+
+async def _predict(model: ModelHandle, body: JSON) -> web.Response:
+    """Tensors in either format; for a tabular model also records of named values."""
+    if isinstance(body, dict) and model.takes_records(body.get("instances")):
+        instances = body["instances"]
+        assert isinstance(instances, list)  # takes_records checked it
+        return json_response({"predictions": await model.predict_records(instances)})
+    inputs, row_format, signature = _predict_request(body)
+    return json_response(_answer(await model.infer(inputs, signature), row_format))
+
+
+async def _handled(model: ModelHandle, record: Record) -> web.Response:
+    """The request through the server's handler; the usual format where it has no hook."""
+    row_format = True
+
+    def read(body: bytes) -> Tensors:
+        nonlocal row_format
+        inputs, row_format, _ = _predict_request(loads(body))
+        return inputs
+
+    answer = await model.handle(record, read)
+    if isinstance(answer, bytes):
+        return web.Response(body=answer, content_type="application/json")
+    return json_response(_answer(answer, row_format))
+
+
+def _answer(outputs: Tensors, row_format: bool) -> JSON:
+    return {"predictions": _rows(outputs)} if row_format else {"outputs": write_columns(outputs)}
 
 
 def _predict_request(body: JSON) -> tuple[Tensors, bool, str]:

@@ -1,5 +1,9 @@
 """The record pipeline: parse → fetch → route → features → predict → explain → output.
 
+With a ``--handler`` (:mod:`streaminfer.handlers`), its ``preprocess`` takes parse's
+place (the raw record in, the model's input out) and its ``postprocess`` follows
+explain (the record's outputs in, the output record's value out).
+
 Each step is a plain function from one immutable record-in-progress (``Work``) to the
 next; nothing here touches Kafka.  One record is isolated from the next: a record whose
 step fails becomes a dead letter with its reason, and the others in its batch go on:
@@ -26,6 +30,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from streaminfer.errors import InfrastructureError, RecordError, RequestFailed
+from streaminfer.handlers import Handler, HandlerError
+from streaminfer.handlers import Record as HandlerRecord
 from streaminfer.images import ImageFetcher
 from streaminfer.kafka.records import Headers
 from streaminfer.predictors.base import Predictor, PredictRequest, PredictResult
@@ -110,6 +116,7 @@ class Work:
     result: PredictResult | None = None
     error: RecordError | None = None
     fetch_ms: float = 0.0
+    value: bytes | None = None  # the output value a handler's postprocess made
 
     @property
     def failed(self) -> bool:
@@ -204,11 +211,66 @@ def explain(models: TabularModels, work: Work) -> Work:
     return dataclasses.replace(work, result=model.result(result, predict.top_k))
 
 
+def preprocess(handler: Handler, batch: list[Work]) -> list[Work]:
+    """A handler's preprocess in parse's place: each raw record in, the model's input out."""
+    inputs = handler.preprocess([handler_record(w.record) for w in batch])
+    return [
+        dataclasses.replace(work, error=given)
+        if isinstance(given, HandlerError)
+        else dataclasses.replace(
+            work,
+            request=Request(image=given) if isinstance(given, bytes) else Request(tensors=given),
+        )
+        for work, given in zip(batch, inputs, strict=True)
+    ]
+
+
+def postprocess(handler: Handler, batch: list[Work]) -> list[Work]:
+    """A handler's postprocess after explain: each served record's outputs in, its value out."""
+    served = [i for i, work in enumerate(batch) if not work.failed]
+    outputs = []
+    for i in served:
+        result = batch[i].result
+        assert result is not None  # served
+        outputs.append(handler_outputs(result))
+    values = handler.postprocess(outputs, [handler_record(batch[i].record) for i in served])
+    done = list(batch)
+    for i, value in zip(served, values, strict=True):
+        if isinstance(value, HandlerError):
+            done[i] = dataclasses.replace(batch[i], error=value)
+        else:
+            done[i] = dataclasses.replace(batch[i], value=value)
+    return done
+
+
+def handler_record(record: InputRecord) -> HandlerRecord:
+    source = record.source
+    return HandlerRecord(
+        record.key,
+        record.value,
+        [(k, v.encode() if isinstance(v, str) else v) for k, v in record.headers],
+        source.topic,
+        source.partition,
+        source.offset,
+        source.timestamp,
+    )
+
+
+def handler_outputs(result: PredictResult) -> dict[str, object]:
+    """The model's outputs as a handler sees them: tensors by name, or ranked classes."""
+    if result.outputs is not None:
+        return dict(result.outputs)
+    return {"predictions": [p.as_dict() for p in result.predictions or []]}
+
+
 def output(topic: str, work: Work) -> Produced:
-    """The output record of a served record (its value is the README's output format)."""
+    """The output record of a served record (its value is the README's output format, or
+    what the handler's postprocess made)."""
     result = work.result
     assert result is not None
     record = work.record
+    if work.value is not None:
+        return Produced(topic, record.key, work.value, trace_headers(record.headers))
     timings = {
         "fetch": work.fetch_ms,
         **result.timings_ms,
@@ -258,6 +320,7 @@ class Pipeline:
         fetch_threads: int = 8,
         max_bytes: dict[str, int],
         tabular: TabularModels | None = None,
+        handler: Handler | None = None,
         retry: RetryPolicy = OUTAGE_RETRY,
         rng: random.Random | None = None,
     ) -> None:
@@ -269,13 +332,18 @@ class Pipeline:
         self.dead_letter_topic = dead_letter_topic
         self.max_bytes = max_bytes  # the largest record the output and DLQ topics accept
         self.tabular = tabular or TabularModels(None)
+        self.handler = handler
         self.retry = retry
         self._rng = rng or random.Random()
         self._fetches = ThreadPoolExecutor(fetch_threads, thread_name_prefix="fetch")
 
     def process(self, records: list[InputRecord], abandoned: threading.Event) -> list[Work]:
         """Every record of the batch, finished: served (``result``) or failed (``error``)."""
-        batch = [isolated("parse", Work(r), parse) for r in records]
+        handler = self.handler
+        if handler is not None and handler.preprocesses:
+            batch = preprocess(handler, [Work(r) for r in records])
+        else:
+            batch = [isolated("parse", Work(r), parse) for r in records]
         batch = self._fetch_all(batch)
         batch = [isolated("route", w, lambda w: route(self.defaults, w)) for w in batch]
         batch = [isolated("features", w, lambda w: tabulate(self.tabular, w)) for w in batch]
@@ -284,6 +352,8 @@ class Pipeline:
             served = self._predict([batch[i] for i in todo], abandoned)
             for i, work in zip(todo, served, strict=True):
                 batch[i] = isolated("explain", work, lambda w: explain(self.tabular, w))
+        if handler is not None and handler.postprocesses:
+            batch = postprocess(handler, batch)
         return batch
 
     def produced(self, work: Work) -> Produced:

@@ -37,6 +37,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from streaminfer.handlers import Handler
 from streaminfer.images import ImageFetcher
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.predictors.base import Predictor
@@ -81,8 +82,10 @@ class Worker:
         max_bytes: dict[str, int] | None = None,
         consumer: Consumer | None = None,
         producer: Producer | None = None,
+        handler: Handler | None = None,
     ) -> None:
-        """``max_bytes``: the largest record each output topic accepts, as far as known."""
+        """``max_bytes``: the largest record each output topic accepts, as far as known;
+        ``handler``: the ``--handler`` class, loaded once for the process."""
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
         self._stop = threading.Event()
@@ -125,6 +128,7 @@ class Worker:
             fetch_threads=settings.fetch_threads,
             max_bytes=limits,
             tabular=TabularModels(settings.repo),
+            handler=handler,
         )
         self.shadow = None
         if settings.shadow:
