@@ -19,18 +19,11 @@ from streaminfer.predictors.base import Outcome, Predictor, PredictRequest
 from streaminfer.predictors.embedded import EmbeddedPredictor
 from streaminfer.predictors.resilience import RetryPolicy
 from streaminfer.stream.metrics import WorkerMetrics
-from streaminfer.stream.pipeline import (
-    TRUNCATED_HEADER,
-    Defaults,
-    InputRecord,
-    Pipeline,
-    Work,
-    parse,
-    route,
-    size,
-)
+from streaminfer.stream.outputs import TRUNCATED_HEADER, size
+from streaminfer.stream.pipeline import Defaults, Pipeline, parse, route
 from streaminfer.stream.records import Source
 from streaminfer.stream.routing import Route
+from streaminfer.stream.work import InputRecord, Work
 
 OUT, DLQ = "out", "out.dlq"
 LIMITS = {OUT: 1_000_000, DLQ: 1_000_000}

@@ -45,10 +45,11 @@ from streaminfer.stream import clients
 from streaminfer.stream.checkpoint import Checkpoint, Commit, CommitPolicy
 from streaminfer.stream.intake import BufferBudget, Intake
 from streaminfer.stream.metrics import WorkerMetrics
-from streaminfer.stream.pipeline import Defaults, InputRecord, Pipeline, Work
+from streaminfer.stream.pipeline import Defaults, Pipeline
 from streaminfer.stream.routing import Route, ShadowJob, ShadowRunner, Target
 from streaminfer.stream.settings import WorkerSettings
 from streaminfer.stream.tabular import TabularModels
+from streaminfer.stream.work import InputRecord, Work
 
 log = logging.getLogger(__name__)
 
