@@ -7,8 +7,10 @@ QUIX_VENV := .venv-quix
 QUIX_STAMP := $(QUIX_VENV)/.installed
 TF_VENV := .venv-tf
 TF_STAMP := $(TF_VENV)/.installed
+MLSERVER_VENV := .venv-mlserver
+MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
 
-.PHONY: install quix tf protos lint deploy-tools image test demo bench interop clean
+.PHONY: install quix tf mlserver protos lint deploy-tools image test demo bench interop clean
 
 # Deployment checks (tests/test_deploy, tests/test_packaging): helm and kubeconform built
 # with `go install`; Prometheus, promtool and podman (with runc, debootstrap for the base
@@ -48,6 +50,17 @@ $(TF_STAMP): pyproject.toml
 	$(TF_VENV)/bin/python -m pip install --quiet -e '.[tensorflow]' 'protobuf<7'
 	touch $(TF_STAMP)
 
+# MLServer 1.7, which benchmarks/bench_server.py compares with our server, pins its own
+# stack: a venv of its own, without streaminfer (it runs streaminfer/bench/mlserver_runtime.py
+# from a copy).  uvloop 0.22 broke MLServer 1.7's worker processes (get_event_loop).
+mlserver: $(MLSERVER_STAMP)
+
+$(MLSERVER_STAMP): Makefile
+	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet 'mlserver>=1.7,<1.8' 'onnxruntime>=1.18' 'uvloop<0.22'
+	touch $(MLSERVER_STAMP)
+
 protos: install
 	$(BIN)/python -m streaminfer.protos.build
 
@@ -74,7 +87,7 @@ $(TOOLS_BIN)/.kubeconform-$(KUBECONFORM_VERSION):
 image: install deploy-tools
 	deploy/container/build-image.sh $(BIN)/python
 
-test: lint quix tf deploy-tools
+test: lint quix tf mlserver deploy-tools
 	$(BIN)/python -m pytest tests
 
 demo: install
@@ -90,4 +103,4 @@ interop: install
 	$(BIN)/python interop/run_interop.py .venv-interop/bin/python
 
 clean:
-	rm -rf $(VENV) $(QUIX_VENV) $(TF_VENV) build src/*.egg-info
+	rm -rf $(VENV) $(QUIX_VENV) $(TF_VENV) $(MLSERVER_VENV) build src/*.egg-info
