@@ -52,9 +52,11 @@ $(TF_STAMP): pyproject.toml
 	$(TF_VENV)/bin/python -m pip install --quiet -e '.[tensorflow]' 'protobuf<7'
 	touch $(TF_STAMP)
 
-# Third-party model servers for tests/test_thirdparty, each with its own pins: NVIDIA Triton
-# (PyTriton bundles the tritonserver binary; CPU only) and MLServer.  Neither imports
-# streaminfer: they serve the exported ONNX models through tests/thirdparty/*.py.
+# Third-party model servers, each with its own pins: NVIDIA Triton for tests/test_thirdparty
+# (PyTriton bundles the tritonserver binary; CPU only) and MLServer 1.7 for those tests and
+# for benchmarks/bench_server.py.  Neither imports streaminfer: they serve the exported ONNX
+# models through tests/thirdparty/*.py and streaminfer/bench/mlserver_runtime.py (copied).
+# uvloop 0.22 broke MLServer 1.7's worker processes (get_event_loop).
 triton: $(TRITON_STAMP)
 
 $(TRITON_STAMP):
@@ -65,10 +67,10 @@ $(TRITON_STAMP):
 
 mlserver: $(MLSERVER_STAMP)
 
-$(MLSERVER_STAMP):
+$(MLSERVER_STAMP): Makefile
 	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
 	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(MLSERVER_VENV)/bin/python -m pip install --quiet 'mlserver>=1.7,<1.8' mlserver-sklearn onnxruntime
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet 'mlserver>=1.7,<1.8' mlserver-sklearn 'onnxruntime>=1.18' 'uvloop<0.22'
 	touch $(MLSERVER_STAMP)
 
 protos: install

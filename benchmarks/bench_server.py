@@ -2,11 +2,14 @@
 
 Runs bare in-process inference (batch 1, one thread: the model's ceiling), then starts
 ``streaminfer serve`` with batching on and off and drives it over TF Serving gRPC and
-REST (JSON) and KServe V2 gRPC (raw) and REST (binary extension), with float tensors
-[1, 3, 224, 224] and JPEG bytes, at several concurrencies.  Prints one table row per
-cell and the ratios the targets in TARGETS.md are stated in.
+REST (JSON) and KServe V2 gRPC (raw), REST (binary extension) and REST (JSON), with
+float tensors [1, 3, 224, 224] and JPEG bytes, at several concurrencies.  Then MLServer
+1.7 (from ``.venv-mlserver``, ``make mlserver``) serves the same ONNX file through our
+runtime (``streaminfer.bench.mlserver_runtime``) and gets the same V2 float requests
+over gRPC and REST JSON.  Prints one table row per cell, then ours / MLServer per cell.
 
     python benchmarks/bench_server.py [--repo DIR] [--seconds 3] [--concurrency 1 4 16]
+        [--mlserver .venv-mlserver/bin/mlserver | --no-mlserver]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import grpc
 import httpx
 import numpy as np
 
+from streaminfer.bench.mlserver import MLServerProcess
 from streaminfer.codecs.arrays import bytes_array
 from streaminfer.codecs.raw import to_raw
 from streaminfer.codecs.tfserving import to_tensor_proto
@@ -36,7 +40,12 @@ from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc
 
 MODEL = "efficientnet-lite0"
+MLSERVER = Path(__file__).resolve().parents[1] / ".venv-mlserver" / "bin" / "mlserver"
+MLSERVER_CLIENTS = ("v2-grpc float", "v2-rest-json float")
+"""What MLServer is driven with: it speaks neither TF Serving nor the binary extension."""
 Call = Callable[[], None]
+Cell = tuple[str, str, int]
+"""(server, protocol/payload, concurrency)."""
 
 
 def sample_jpeg() -> bytes:
@@ -123,6 +132,18 @@ def clients(
         return header + raw, str(len(header))
 
     v2_rest_float = binary_body("input", "FP32", list(tensor.shape), tensor.tobytes())
+    v2_json_float = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": list(tensor.shape),
+                    "data": tensor.ravel().tolist(),
+                }
+            ]
+        }
+    ).encode()
     v2_rest_jpeg = binary_body("images", "BYTES", [1], to_raw(bytes_array([jpeg])))
 
     def tf_grpc(request: predict_pb2.PredictRequest) -> Callable[[], Call]:
@@ -164,7 +185,47 @@ def clients(
         "tf-rest-json jpeg": rest(tf_path, json_jpeg, {"Content-Type": "application/json"}),
         "v2-rest-binary float": rest(v2_path, v2_rest_float[0], {header: v2_rest_float[1]}),
         "v2-rest-binary jpeg": rest(v2_path, v2_rest_jpeg[0], {header: v2_rest_jpeg[1]}),
+        "v2-rest-json float": rest(v2_path, v2_json_float, {"Content-Type": "application/json"}),
     }
+
+
+def run_cells(
+    server: str,
+    calls: dict[str, Callable[[], Call]],
+    bare: Callable[[float], dict[str, float]],
+    args: argparse.Namespace,
+    results: dict[Cell, float],
+) -> None:
+    """Measure every selected client at every concurrency; print a row per cell."""
+    for name, make in calls.items():
+        if args.only and name not in args.only:
+            continue
+        for concurrency in args.concurrency:
+            ceiling = bare(args.seconds)["rps"]
+            result = measure(make, concurrency, args.seconds)
+            results[(server, name, concurrency)] = result["rps"]
+            print(
+                f"{server:13} {name:22} {concurrency:4d} "
+                f"{result['rps']:8.1f} {result['p50_ms']:8.2f} {result['p99_ms']:8.2f} "
+                f"{ceiling:7.1f} {result['rps'] / ceiling:7.2f}",
+                flush=True,
+            )
+
+
+def print_comparison(results: dict[Cell, float]) -> None:
+    """Ours / MLServer for the same protocol and concurrency, and our other HTTP paths."""
+    print("\nours / MLServer (same concurrency)")
+    theirs = {(name, c): rps for (server, name, c), rps in results.items() if server == "mlserver"}
+    for (server, name, concurrency), rps in results.items():
+        if server == "mlserver" or "float" not in name:
+            continue
+        # Our HTTP paths are compared with MLServer's only HTTP path (V2 JSON).
+        against = "v2-grpc float" if "grpc" in name else "v2-rest-json float"
+        if (against, concurrency) in theirs:
+            print(
+                f"{server:13} {name:22} {concurrency:4d} vs MLServer {against:20} "
+                f"{rps / theirs[(against, concurrency)]:6.2f}"
+            )
 
 
 def main() -> None:
@@ -175,6 +236,8 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="*", help="protocol/payload names to run, e.g. 'tf-grpc float'"
     )
+    parser.add_argument("--mlserver", type=Path, default=MLSERVER, help="MLServer's executable")
+    parser.add_argument("--no-mlserver", action="store_true", help="measure our server alone")
     args = parser.parse_args()
     if args.repo is None:
         from streaminfer.models.export import export_efficientnet_lite0
@@ -184,10 +247,11 @@ def main() -> None:
     tensor = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
     jpeg = sample_jpeg()
     bare = bare_inference(args.repo, tensor)
+    results: dict[Cell, float] = {}
     # A shared machine's speed drifts: every cell is compared with bare inference measured
     # just before it, for as long.
     print(
-        f"{'batching':9} {'protocol':22} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'server':13} {'protocol':22} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'bare/s':>7} {'x bare':>7}"
     )
     for batching in (True, False):
@@ -196,18 +260,19 @@ def main() -> None:
         with ModelServerProcess(args.repo, log, flag) as server:
             grpc_address = server.address(rest=False)
             rest_url = "http://" + server.address(rest=True)
-            for name, make in clients(grpc_address, rest_url, tensor, jpeg).items():
-                if args.only and name not in args.only:
-                    continue
-                for concurrency in args.concurrency:
-                    ceiling = bare(args.seconds)["rps"]
-                    result = measure(make, concurrency, args.seconds)
-                    print(
-                        f"{'on' if batching else 'off':9} {name:22} {concurrency:4d} "
-                        f"{result['rps']:8.1f} {result['p50_ms']:8.2f} {result['p99_ms']:8.2f} "
-                        f"{ceiling:7.1f} {result['rps'] / ceiling:7.2f}",
-                        flush=True,
-                    )
+            calls = clients(grpc_address, rest_url, tensor, jpeg)
+            run_cells(f"ours batch={'on' if batching else 'off'}", calls, bare, args, results)
+    if not args.no_mlserver:
+        versions = [path for path in (args.repo / MODEL).iterdir() if path.name.isdigit()]
+        model_file = max(versions, key=lambda path: int(path.name)) / "model.onnx"
+        folder = Path(tempfile.mkdtemp(prefix="bench-mlserver-"))
+        with MLServerProcess(args.mlserver, model_file, MODEL, folder) as mlserver:
+            calls = clients(
+                mlserver.address(rest=False), "http://" + mlserver.address(rest=True), tensor, jpeg
+            )
+            wanted = {name: calls[name] for name in MLSERVER_CLIENTS}
+            run_cells("mlserver", wanted, bare, args, results)
+        print_comparison(results)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 """JSON text and values ⇄ numpy arrays, for both REST APIs.
 
-JSON is parsed by the stdlib; numbers then become an array in one ``numpy.asarray``
-call.  Binary values travel as ``{"b64": "..."}`` (TF Serving's convention, also accepted
-in V2 JSON); text strings become UTF-8 ``bytes``.
+JSON is parsed by orjson and numbers then become an array in one ``numpy.asarray`` call;
+arrays are written by orjson straight from their buffer, never as Python float lists.
+Bodies orjson refuses or would read differently from the JSON standard library (``NaN``
+and ``Infinity``, integers past 64 bits, nesting past 1024 levels, UTF-16) are read by
+the standard library, so any body means what it always meant.  Binary values travel as
+``{"b64": "..."}`` (TF Serving's convention, also accepted in V2 JSON); text strings
+become UTF-8 ``bytes``.
 """
 
 from __future__ import annotations
@@ -13,23 +17,43 @@ import json
 from typing import Any
 
 import numpy as np
+import orjson
 
 from streaminfer.codecs.arrays import BYTES, bytes_array, element_count
 from streaminfer.codecs.errors import DecodeError
 
 JSON = Any
 
+_DIGITS_AND_SEPARATORS = bytes.maketrans(b"0123456789,[:- \t\n\r", b"0" * 10 + b"s" * 8)
+_LONG_INTEGER = b"s" + b"0" * 19
+"""A separator then 19 digits: an integer that may not fit 64 bits, which orjson would read
+as a float.  After a "." it is a fraction (Python writes 0.00012345678901234567), so mapping
+digits to "0" and separators to "s" finds the integers in one pass; an exponent after "e-"
+matches too, which only costs the slow path."""
+_WRITE_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
 
 def loads(body: bytes) -> JSON:
     """A body as JSON, or DecodeError saying why it is not."""
+    if not _may_hold_long_integers(body):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # maybe valid for the standard library (NaN, deep nesting, UTF-16): ask it
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise DecodeError(f"the body is not valid JSON: {exc}") from exc
 
 
+def _may_hold_long_integers(body: bytes) -> bool:
+    shapes = body.translate(_DIGITS_AND_SEPARATORS)
+    return shapes.startswith(_LONG_INTEGER[1:]) or _LONG_INTEGER in shapes
+
+
 def dumps(document: JSON) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode()
+    """Compact JSON; arrays from ``to_json`` are written from their buffers."""
+    return orjson.dumps(document, option=_WRITE_OPTIONS)
 
 
 def json_object(value: JSON, what: str) -> dict[str, Any]:
@@ -102,11 +126,25 @@ def _item_bytes(name: str, value: JSON) -> bytes:
 
 
 def to_json(array: np.ndarray, b64: bool = False) -> JSON:
-    """An array as nested JSON lists; bytes become text, or ``{"b64"}`` when asked or not UTF-8."""
-    if array.dtype != BYTES:
+    """An array as a value ``dumps`` writes as nested JSON lists.
+
+    Numbers stay an array (floats widened to float64, so every value reads back exactly
+    as the ``tolist()`` of old did); non-finite floats are pre-written by the standard
+    library as ``NaN`` / ``Infinity``, which orjson would turn into ``null``.  Bytes become
+    text, or ``{"b64"}`` when asked or not UTF-8.
+    """
+    if array.dtype == BYTES:
+        flat = [_item_json(item, b64) for item in array.ravel().tolist()]
+        return _nest(flat, list(array.shape))
+    if array.dtype.kind == "f":
+        array = array.astype(np.float64, copy=False)
+        if not np.isfinite(array).all():
+            return orjson.Fragment(json.dumps(array.tolist(), separators=(",", ":")))
+    elif array.dtype.kind not in "biu":
         return array.tolist()
-    flat = [_item_json(item, b64) for item in array.ravel().tolist()]
-    return _nest(flat, list(array.shape))
+    if array.ndim == 0:
+        return array.item()
+    return np.ascontiguousarray(array, array.dtype.newbyteorder("="))
 
 
 def _item_json(item: bytes | str, b64: bool) -> JSON:

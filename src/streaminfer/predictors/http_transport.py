@@ -8,13 +8,13 @@ large).  500 and 422 from a server that answers are one request's failure
 
 from __future__ import annotations
 
-import json
 import ssl
 from typing import Any
 
 import httpx
 
-from streaminfer.codecs.jsonvalues import dumps
+from streaminfer.codecs.errors import DecodeError
+from streaminfer.codecs.jsonvalues import dumps, loads
 from streaminfer.errors import InfrastructureError, RequestFailed
 from streaminfer.models.errors import ModelNotFound
 from streaminfer.predictors.remote import RemoteOptions, ServerRejected
@@ -86,8 +86,8 @@ class HttpTransport:
 def parse_json(content: bytes, where: str) -> dict[str, Any]:
     """A JSON object from the server; anything else means the server is broken."""
     try:
-        body = json.loads(content)
-    except ValueError as exc:
+        body = loads(content)
+    except DecodeError as exc:
         raise InfrastructureError(f"{where}: the answer is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InfrastructureError(f"{where}: the answer is not a JSON object")

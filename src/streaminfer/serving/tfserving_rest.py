@@ -8,7 +8,6 @@ name ends in ``_bytes`` are sent that way, as TF Serving does.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from aiohttp import web
 
@@ -150,5 +149,7 @@ def _rows(outputs: Tensors) -> JSON:
     rows = {array.shape[0] for array in outputs.values()}
     if len(rows) != 1:
         raise InvalidRequest("outputs differ in batch size; use the columnar format (inputs)")
-    columns: dict[str, Any] = {name: tensor_json(name, array) for name, array in outputs.items()}
-    return [{name: column[i] for name, column in columns.items()} for i in range(rows.pop())]
+    return [
+        {name: tensor_json(name, array[i, ...]) for name, array in outputs.items()}
+        for i in range(rows.pop())
+    ]
