@@ -61,6 +61,7 @@ def from_json(name: str, value: JSON, dtype: np.dtype | None = None) -> np.ndarr
         raise DecodeError(f"tensor {name!r}: not a rectangular array of numbers ({exc})") from exc
     if array.dtype.kind not in "biuf":
         raise DecodeError(f"tensor {name!r}: expected numbers, booleans, strings or b64 values")
+    element_count(name, array.shape)  # the same bounds as a declared shape
     return array
 
 

@@ -210,6 +210,7 @@ class ModelHandle:
                         f"input {name!r}: encoded images must have shape [N], "
                         f"not {list(images.shape)}"
                     )
+                self._check_batch(len(images))
                 return images
         if wants_images:
             raise InvalidRequest(
@@ -246,7 +247,17 @@ class ModelHandle:
             raise InvalidRequest("every input needs a batch dimension with at least one row")
         if len(rows) > 1:
             raise InvalidRequest(f"inputs disagree on the batch size: {sorted(rows)}")  # type: ignore[type-var]
+        self._check_batch(rows.pop() or 0)
         return inputs
+
+    def _check_batch(self, rows: int) -> None:
+        """Refuse a request of more rows than the model's ``max_batch_size`` before running it."""
+        limit = self._loaded.metadata.batch_limit
+        if rows > limit:
+            raise InvalidRequest(
+                f"model {self.name!r} takes at most {limit} rows per request "
+                f"(max_batch_size in model.json), not {rows}"
+            )
 
 
 def _pop_top_k(inputs: Tensors, given: int | None) -> int | None:

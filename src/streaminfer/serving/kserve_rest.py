@@ -3,11 +3,13 @@
 With the extension, the body is a JSON header of ``Inference-Header-Content-Length``
 bytes followed by raw tensors; an input or output marks its share with the parameter
 ``binary_data_size``.  Outputs are binary when asked per output (``binary_data``) or
-for all (``binary_data_output``), as tritonclient does by default.
+for all (``binary_data_output``), as tritonclient does by default.  The body is
+decoded on a worker thread, so a large one never holds up the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Set
 from typing import Any
 
@@ -26,6 +28,7 @@ from streaminfer.serving.dataplane import DataPlane
 from streaminfer.serving.errors import InvalidRequest, Unavailable
 from streaminfer.serving.metrics import ServerMetrics
 from streaminfer.serving.responses import json_response
+from streaminfer.types import Tensors
 
 PROTOCOL = "kserve_rest"
 MODEL = "/v2/models/{model}"
@@ -76,13 +79,12 @@ class KServeRest:
         name, version = _target(request)
         with self._metrics.track(PROTOCOL, name) as observation:
             model = self._plane.model(name, version)  # an unknown model is 404 whatever the body
-            document, binary = split_body(await request.read(), request.headers.get(HEADER_LENGTH))
-            if not isinstance(document, dict):
-                raise InvalidRequest('the body must be a JSON object with "inputs"')
+            body, header_length = await request.read(), request.headers.get(HEADER_LENGTH)
+            document, inputs = await asyncio.to_thread(_decode, body, header_length)  # off the loop
             parameters = json_object(document.get("parameters", {}), "parameters")
             wanted, binary_outputs = _requested_outputs(document, parameters)
             outputs = await model.infer(
-                read_tensors(document.get("inputs"), binary, "input"),
+                inputs,
                 output_filter=wanted,
                 top_k=messages.top_k_parameter(parameters),
             )
@@ -93,6 +95,14 @@ class KServeRest:
             reply["outputs"], chunks = write_tensors(outputs, binary_outputs)
             body, headers = join_body(reply, chunks)
             return web.Response(body=body, headers=headers)
+
+
+def _decode(body: bytes, header_length: str | None) -> tuple[dict[str, Any], Tensors]:
+    """The request's JSON document and its input arrays (a large body takes a while)."""
+    document, binary = split_body(body, header_length)
+    if not isinstance(document, dict):
+        raise InvalidRequest('the body must be a JSON object with "inputs"')
+    return document, read_tensors(document.get("inputs"), binary, "input")
 
 
 def _target(request: web.Request) -> tuple[str, int | None]:

@@ -7,12 +7,14 @@ name ends in ``_bytes`` are sent that way, as TF Serving does.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
 from aiohttp import web
 
 from streaminfer.codecs.jsonvalues import JSON, loads
+from streaminfer.codecs.numbers import ascii_int
 from streaminfer.codecs.tfserving_json import (
     MODEL_VERSION_HEADER,
     read_columns,
@@ -46,9 +48,9 @@ class _Target:
         self.label: str | None = match["label"]
         self.version: int | None = None
         if match["version"] is not None:
-            if not match["version"].isdigit():
-                raise InvalidRequest(f"version must be an integer, not {match['version']!r}")
-            self.version = int(match["version"])
+            self.version = ascii_int(match["version"])
+            if self.version is None:
+                raise InvalidRequest(f"version must be an integer, not {match['version'][:40]!r}")
         self.metadata = match["metadata"] is not None
         self.verb: str | None = match["verb"]
 
@@ -85,7 +87,8 @@ class TFServingRest:
             raise web.HTTPNotFound(text=f"no such endpoint: {request.path} (use :predict)")
         with self._metrics.track(PROTOCOL, target.model) as observation:
             model = self._plane.model(target.model, target.version, target.label)  # 404 first
-            inputs, row_format, signature = _predict_request(loads(await request.read()))
+            body = await request.read()
+            inputs, row_format, signature = await asyncio.to_thread(_predict_request, body)
             outputs = await model.infer(inputs, signature)
             observation.version = str(model.version)
             answer = (
@@ -99,8 +102,12 @@ class TFServingRest:
             return response
 
 
-def _predict_request(body: JSON) -> tuple[Tensors, bool, str]:
-    """The inputs, whether they came in the row format, and the signature asked for."""
+def _predict_request(text: bytes) -> tuple[Tensors, bool, str]:
+    """The inputs, whether they came in the row format, and the signature asked for.
+
+    Run on a worker thread: decoding a large body would otherwise hold up the event loop.
+    """
+    body = loads(text)
     if not isinstance(body, dict):
         raise InvalidRequest('the body must be a JSON object with "instances" or "inputs"')
     if ("instances" in body) == ("inputs" in body):
