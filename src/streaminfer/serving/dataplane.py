@@ -8,13 +8,21 @@ touches the registry and a fix made here reaches every protocol.
 
 Image models answer two kinds of request: their own float input returns the model's
 outputs, encoded image bytes return ``classes``, ``scores`` and ``class_ids`` top-k.
+
+A REST body of more than ``INLINE_DECODE_BYTES`` is decoded by ``plane.decode`` in a
+separate decoder process, one body at a time: parsing megabytes of JSON holds the GIL
+for a second and costs several times the body in Python objects, which would stall
+every other request (health checks too) and swell the server.  Smaller bodies decode
+on the event loop in a few milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 import numpy as np
@@ -37,6 +45,10 @@ DEFAULT_SIGNATURE = "serving_default"
 IMAGE_SIGNATURES = ("serving_images", "predict_images")
 TOP_K_INPUT = "top_k"
 FALLBACK_IMAGE_MODEL = "efficientnet-lite0"
+
+INLINE_DECODE_BYTES = 2 << 20
+"""Bodies up to 2 MB decode on the event loop (tens of ms at most); larger ones in the
+decoder process."""
 
 T = TypeVar("T")
 
@@ -73,6 +85,7 @@ class DataPlane:
         self._registry = registry
         self._default_model = default_model
         self._decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="image-decode")
+        self._body_decoder = _body_decoder()
         self._gate = _Gate(request_timeout)
 
     # -- health ------------------------------------------------------------------------------
@@ -86,6 +99,21 @@ class DataPlane:
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=True)
+        self._body_decoder.shutdown(wait=True, cancel_futures=True)
+
+    async def decode(self, parse: Callable[..., T], body: bytes, *args: Any) -> T:
+        """``parse(body, *args)``: here for a small body, in the decoder process for a large one.
+
+        ``parse`` must be a module-level function (it is sent to the decoder by name).
+        """
+        if len(body) <= INLINE_DECODE_BYTES:
+            return parse(body, *args)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._body_decoder, parse, body, *args)
+        except BrokenProcessPool as exc:  # the decoder died (killed, out of memory): a new one
+            self._body_decoder = _body_decoder()
+            raise Unavailable("the request decoder process died; try again") from exc
 
     # -- models ------------------------------------------------------------------------------
     def model(self, name: str, version: int | None = None, label: str | None = None) -> ModelHandle:
@@ -125,6 +153,12 @@ class DataPlane:
     async def set_configs(self, configs: list[ModelConfig]) -> None:
         """Serve exactly the configured models (TF Serving's HandleReloadConfigRequest)."""
         await asyncio.to_thread(self._registry.set_configs, configs, True)
+
+
+def _body_decoder() -> ProcessPoolExecutor:
+    """One decoder process, started at its first body; spawned, not forked, because
+    forking copies a process whose gRPC and runtime threads hold locks."""
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
 
 
 class ModelHandle:

@@ -3,13 +3,12 @@
 With the extension, the body is a JSON header of ``Inference-Header-Content-Length``
 bytes followed by raw tensors; an input or output marks its share with the parameter
 ``binary_data_size``.  Outputs are binary when asked per output (``binary_data``) or
-for all (``binary_data_output``), as tritonclient does by default.  The body is
-decoded on a worker thread, so a large one never holds up the event loop.
+for all (``binary_data_output``), as tritonclient does by default.  A large body
+is decoded in the data plane's decoder process, so it never holds up the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Set
 from typing import Any
 
@@ -80,7 +79,7 @@ class KServeRest:
         with self._metrics.track(PROTOCOL, name) as observation:
             model = self._plane.model(name, version)  # an unknown model is 404 whatever the body
             body, header_length = await request.read(), request.headers.get(HEADER_LENGTH)
-            document, inputs = await asyncio.to_thread(_decode, body, header_length)  # off the loop
+            document, inputs = await self._plane.decode(_decode, body, header_length)
             parameters = json_object(document.get("parameters", {}), "parameters")
             wanted, binary_outputs = _requested_outputs(document, parameters)
             outputs = await model.infer(
@@ -98,7 +97,7 @@ class KServeRest:
 
 
 def _decode(body: bytes, header_length: str | None) -> tuple[dict[str, Any], Tensors]:
-    """The request's JSON document and its input arrays (a large body takes a while)."""
+    """The request's JSON document and its input arrays."""
     document, binary = split_body(body, header_length)
     if not isinstance(document, dict):
         raise InvalidRequest('the body must be a JSON object with "inputs"')

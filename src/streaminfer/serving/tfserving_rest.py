@@ -7,7 +7,6 @@ name ends in ``_bytes`` are sent that way, as TF Serving does.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
@@ -88,7 +87,7 @@ class TFServingRest:
         with self._metrics.track(PROTOCOL, target.model) as observation:
             model = self._plane.model(target.model, target.version, target.label)  # 404 first
             body = await request.read()
-            inputs, row_format, signature = await asyncio.to_thread(_predict_request, body)
+            inputs, row_format, signature = await self._plane.decode(_predict_request, body)
             outputs = await model.infer(inputs, signature)
             observation.version = str(model.version)
             answer = (
@@ -105,7 +104,7 @@ class TFServingRest:
 def _predict_request(text: bytes) -> tuple[Tensors, bool, str]:
     """The inputs, whether they came in the row format, and the signature asked for.
 
-    Run on a worker thread: decoding a large body would otherwise hold up the event loop.
+    A large body is decoded in the data plane's decoder process, off the event loop.
     """
     body = loads(text)
     if not isinstance(body, dict):
