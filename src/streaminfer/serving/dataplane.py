@@ -9,20 +9,15 @@ touches the registry and a fix made here reaches every protocol.
 Image models answer two kinds of request: their own float input returns the model's
 outputs, encoded image bytes return ``classes``, ``scores`` and ``class_ids`` top-k.
 
-A REST body of more than ``INLINE_DECODE_BYTES`` is decoded by ``plane.decode`` in a
-separate decoder process, one body at a time: parsing megabytes of JSON holds the GIL
-for a second and costs several times the body in Python objects, which would stall
-every other request (health checks too) and swell the server.  Smaller bodies decode
-on the event loop in a few milliseconds.
+``plane.decode`` parses a REST body: on the event loop up to ``INLINE_DECODE_BYTES``
+(a few milliseconds), in the decoder process beyond (see ``serving.decoder``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
@@ -35,6 +30,7 @@ from streaminfer.models.model_config import ModelConfig
 from streaminfer.models.pipeline import classify_async, preprocess_images
 from streaminfer.models.registry import LoadedVersion, ModelRegistry
 from streaminfer.models.status import VersionStatus
+from streaminfer.serving.decoder import BodyDecoder
 from streaminfer.serving.errors import DeadlineExceeded, InvalidRequest, Unavailable
 from streaminfer.types import Tensors
 
@@ -85,7 +81,7 @@ class DataPlane:
         self._registry = registry
         self._default_model = default_model
         self._decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="image-decode")
-        self._body_decoder = _body_decoder()
+        self._body_decoder = BodyDecoder()
         self._gate = _Gate(request_timeout)
 
     # -- health ------------------------------------------------------------------------------
@@ -99,7 +95,7 @@ class DataPlane:
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=True)
-        self._body_decoder.shutdown(wait=True, cancel_futures=True)
+        self._body_decoder.close()
 
     async def decode(self, parse: Callable[..., T], body: bytes, *args: Any) -> T:
         """``parse(body, *args)``: here for a small body, in the decoder process for a large one.
@@ -108,12 +104,7 @@ class DataPlane:
         """
         if len(body) <= INLINE_DECODE_BYTES:
             return parse(body, *args)
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._body_decoder, parse, body, *args)
-        except BrokenProcessPool as exc:  # the decoder died (killed, out of memory): a new one
-            self._body_decoder = _body_decoder()
-            raise Unavailable("the request decoder process died; try again") from exc
+        return await self._body_decoder.decode(parse, body, *args)
 
     # -- models ------------------------------------------------------------------------------
     def model(self, name: str, version: int | None = None, label: str | None = None) -> ModelHandle:
@@ -153,12 +144,6 @@ class DataPlane:
     async def set_configs(self, configs: list[ModelConfig]) -> None:
         """Serve exactly the configured models (TF Serving's HandleReloadConfigRequest)."""
         await asyncio.to_thread(self._registry.set_configs, configs, True)
-
-
-def _body_decoder() -> ProcessPoolExecutor:
-    """One decoder process, started at its first body; spawned, not forked, because
-    forking copies a process whose gRPC and runtime threads hold locks."""
-    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
 
 
 class ModelHandle:
