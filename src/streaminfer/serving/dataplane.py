@@ -266,7 +266,8 @@ class ModelHandle:
             raise InvalidRequest("every input needs a batch dimension with at least one row")
         if len(rows) > 1:
             raise InvalidRequest(f"inputs disagree on the batch size: {sorted(rows)}")  # type: ignore[type-var]
-        self._check_batch(rows.pop() or 0)
+        for count in rows:  # none (no inputs, refused later) or one
+            self._check_batch(count or 0)
         return inputs
 
     def _check_batch(self, rows: int) -> None:
