@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import reprlib
 from typing import Any
 
 import numpy as np
@@ -98,7 +99,7 @@ def _item_bytes(name: str, value: JSON) -> bytes:
         except (binascii.Error, ValueError) as exc:
             raise DecodeError(f"tensor {name!r}: invalid base64 ({exc})") from exc
     raise DecodeError(
-        f'tensor {name!r}: expected a string or {{"b64": "..."}}, got {json.dumps(value)[:60]}'
+        f'tensor {name!r}: expected a string or {{"b64": "..."}}, got {reprlib.repr(value)[:60]}'
     )
 
 

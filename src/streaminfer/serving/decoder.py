@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
+from streaminfer.codecs.errors import DecodeError
 from streaminfer.serving.errors import Unavailable
 
 T = TypeVar("T")
@@ -97,9 +98,13 @@ def _serve(connection: Connection) -> None:
         buffers: list[pickle.PickleBuffer] = []
         try:
             header = pickle.dumps(answer, protocol=5, buffer_callback=buffers.append)
-        except Exception as exc:  # an exception that does not pickle: say what it was
+        except Exception as exc:  # nested past pickle's depth, or an exception that won't go
             buffers.clear()
-            failure = RuntimeError(f"{type(answer[1]).__name__}: {exc}")
+            failure: Exception = (
+                DecodeError(f"the request is nested too deeply to decode ({exc})")
+                if answer[0]
+                else RuntimeError(f"{type(answer[1]).__name__}: {exc}")
+            )
             header = pickle.dumps((False, failure), protocol=5)
         connection.send((header, len(buffers)))
         for buffer in buffers:

@@ -97,11 +97,12 @@ class KServeRest:
 
 
 def _decode(body: bytes, header_length: str | None) -> tuple[dict[str, Any], Tensors]:
-    """The request's JSON document and its input arrays."""
+    """The request's JSON document, without its inputs, and the input arrays."""
     document, binary = split_body(body, header_length)
     if not isinstance(document, dict):
         raise InvalidRequest('the body must be a JSON object with "inputs"')
-    return document, read_tensors(document.get("inputs"), binary, "input")
+    inputs = read_tensors(document.pop("inputs", None), binary, "input")
+    return document, inputs
 
 
 def _target(request: web.Request) -> tuple[str, int | None]:
