@@ -7,8 +7,12 @@ QUIX_VENV := .venv-quix
 QUIX_STAMP := $(QUIX_VENV)/.installed
 TF_VENV := .venv-tf
 TF_STAMP := $(TF_VENV)/.installed
+TRITON_VENV := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed
+MLSERVER_VENV := .venv-mlserver
+MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
 
-.PHONY: install quix tf protos lint deploy-tools image test demo bench interop clean
+.PHONY: install quix tf triton mlserver protos lint deploy-tools image test demo bench interop clean
 
 # Deployment checks (tests/test_deploy, tests/test_packaging): helm and kubeconform built
 # with `go install`; Prometheus, promtool and podman (with runc, debootstrap for the base
@@ -48,6 +52,25 @@ $(TF_STAMP): pyproject.toml
 	$(TF_VENV)/bin/python -m pip install --quiet -e '.[tensorflow]' 'protobuf<7'
 	touch $(TF_STAMP)
 
+# Third-party model servers for tests/test_thirdparty, each with its own pins: NVIDIA Triton
+# (PyTriton bundles the tritonserver binary; CPU only) and MLServer.  Neither imports
+# streaminfer: they serve the exported ONNX models through tests/thirdparty/*.py.
+triton: $(TRITON_STAMP)
+
+$(TRITON_STAMP):
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install --quiet 'nvidia-pytriton>=0.7,<0.8' onnxruntime pillow
+	touch $(TRITON_STAMP)
+
+mlserver: $(MLSERVER_STAMP)
+
+$(MLSERVER_STAMP):
+	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet 'mlserver>=1.7,<1.8' mlserver-sklearn onnxruntime
+	touch $(MLSERVER_STAMP)
+
 protos: install
 	$(BIN)/python -m streaminfer.protos.build
 
@@ -74,7 +97,7 @@ $(TOOLS_BIN)/.kubeconform-$(KUBECONFORM_VERSION):
 image: install deploy-tools
 	deploy/container/build-image.sh $(BIN)/python
 
-test: lint quix tf deploy-tools
+test: lint quix tf triton mlserver deploy-tools
 	$(BIN)/python -m pytest tests
 
 demo: install
@@ -90,4 +113,4 @@ interop: install
 	$(BIN)/python interop/run_interop.py .venv-interop/bin/python
 
 clean:
-	rm -rf $(VENV) $(QUIX_VENV) $(TF_VENV) build src/*.egg-info
+	rm -rf $(VENV) $(QUIX_VENV) $(TF_VENV) $(TRITON_VENV) $(MLSERVER_VENV) build src/*.egg-info

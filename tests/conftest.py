@@ -6,8 +6,10 @@ tests/servers.py, tests/workers.py, tests/repository.py), never in conftest file
 
 pytest_plugins = [
     "tests.fixtures.kafka",
+    "tests.fixtures.secure_kafka",
     "tests.fixtures.models",
     "tests.fixtures.images",
     "tests.fixtures.servers",
     "tests.fixtures.workers",
+    "tests.fixtures.thirdparty",
 ]

@@ -1,13 +1,16 @@
-"""Helpers the tests share: running the CLI, awaiting a condition (fixtures: tests/fixtures/)."""
+"""Helpers the tests share: running the CLI, awaiting a condition, the secured broker's
+address and login (fixtures: tests/fixtures/)."""
 
 from __future__ import annotations
 
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from streaminfer.kafka.config import KafkaSettings, read_properties_file
 from streaminfer.processes import STREAMINFER
 
 T = TypeVar("T")
@@ -47,3 +50,21 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+@dataclass(frozen=True)
+class SecureKafka:
+    """The session's SASL_SSL broker (tests/fixtures/secure_kafka.py), as clients see it."""
+
+    bootstrap: str
+    properties: Path  # the admin user's librdkafka settings, for -F
+    data_dir: Path
+
+    @property
+    def args(self) -> list[str]:
+        """The Kafka options of a command that connects as the admin user."""
+        return ["-b", self.bootstrap, "-F", str(self.properties)]
+
+    def settings(self, **overrides: str) -> KafkaSettings:
+        properties = read_properties_file(self.properties) | overrides
+        return KafkaSettings(bootstrap_servers=self.bootstrap, properties=properties)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streaminfer.bench.measure import LatencySummary
+from streaminfer.bench.measure import LatencySummary, Spread
 from streaminfer.bench.results import (
     BenchResult,
     CeilingResult,
@@ -29,14 +29,17 @@ def config(
     p99: float = 200.0,
     worker_rss: float | None = 300.0,
     server_rss: float | None = None,
+    runs: list[float] | None = None,
 ) -> ConfigResult:
-    result = ConfigResult(name, mode, guarantee, f"{name} for tests", throughput_rps=rate)
+    """A configuration whose saturation runs were ``runs`` (default: one run at ``rate``)."""
+    throughput = Spread.of(runs or [rate])
+    result = ConfigResult(name, mode, guarantee, f"{name} for tests", throughput=throughput)
     if guarantee is not None:
-        result.worker_cpu_s_per_1k = 10.0
+        result.worker_cpu_s_per_1k = Spread.of([10.0])
         result.worker_peak_rss_mb = worker_rss
         result.server_peak_rss_mb = server_rss
         if server_rss is not None:
-            result.server_cpu_s_per_1k = 12.0
+            result.server_cpu_s_per_1k = Spread.of([12.0])
         result.latency = [
             LatencyPoint(0.25, rate / 4, 100, latency(p50 / 2, p99 / 2)),
             LatencyPoint(0.5, rate / 2, 200, latency(p50, p99)),
@@ -48,8 +51,9 @@ def config(
 def images_result() -> WorkloadResult:
     """Ceiling 100/s; embedded 90/s (passes); gRPC 70/s (fails 0.75); seed 20/s."""
     ceiling = CeilingResult(
-        pipeline_rps=100.0,
+        pipeline=Spread.of([100.0]),
         pipeline_variant="batch 16 x 2 in flight",
+        pipeline_lanes=2,
         pipeline_one_thread_rps=50.0,
         inference_rps=200.0,
         inference_batched_rps=250.0,
@@ -58,7 +62,7 @@ def images_result() -> WorkloadResult:
     workload = WorkloadResult(
         "images", "efficientnet-lite0", "images for tests", 1000, "embedded", 90.0, ceiling
     )
-    bare = ConfigResult("bare", "bare", None, "ceiling", throughput_rps=100.0)
+    bare = ConfigResult("bare", "bare", None, "ceiling", throughput=ceiling.pipeline)
     workload.configs = [
         bare,
         config("embedded", "embedded", "exactly-once", 90.0, worker_rss=520.0),
@@ -68,6 +72,34 @@ def images_result() -> WorkloadResult:
         config("kserve-http", "kserve-http", "at-least-once", 65.0, server_rss=450.0),
         config("seed-style", "seed-style", "at-least-once", 20.0),
         ConfigResult("kserve-grpc", "kserve-grpc", "exactly-once", "broken", error="worker exited"),
+    ]
+    return workload
+
+
+def repeated_result() -> WorkloadResult:
+    """Runs whose medians pass the targets, with a spread that does not always.
+
+    Ceiling runs 95, 100, 110 (median 100); embedded 80, 90, 92 (0.80-0.92x: the median
+    passes 0.85, the worst run does not); tfserving-grpc 78, 80, 84 (every run ≥ 0.75);
+    seed-style 20, 25, 30 (median 25).
+    """
+    ceiling = CeilingResult(
+        pipeline=Spread.of([95.0, 110.0, 100.0]),
+        pipeline_variant="batch 16 x 1 in flight",
+        pipeline_lanes=1,
+        pipeline_one_thread_rps=50.0,
+        inference_rps=200.0,
+        inference_batched_rps=250.0,
+        cpu_s_per_1k=9.0,
+    )
+    workload = WorkloadResult(
+        "images", "efficientnet-lite0", "images for tests", 1000, "embedded", 90.0, ceiling
+    )
+    workload.configs = [
+        ConfigResult("bare", "bare", None, "ceiling", throughput=ceiling.pipeline),
+        config("embedded", "embedded", "exactly-once", 90.0, runs=[92.0, 80.0, 90.0]),
+        config("tfserving-grpc", "tfserving-grpc", "exactly-once", 80.0, runs=[84.0, 78.0, 80.0]),
+        config("seed-style", "seed-style", "at-least-once", 25.0, runs=[20.0, 25.0, 30.0]),
     ]
     return workload
 
@@ -93,3 +125,15 @@ def positive_figures(doc: dict[str, Any], *names: str) -> None:
     """Each named figure of ``doc`` (a results.json object) is a positive float."""
     for name in names:
         assert isinstance(doc[name], float) and doc[name] > 0, f"{doc.get('name')}: {name}"
+
+
+def positive_spreads(doc: dict[str, Any], *names: str, runs: int | None = None) -> None:
+    """Each named figure of ``doc`` is a spread of positive runs (``runs`` of them, if
+    given) whose median lies within its min-max."""
+    for name in names:
+        spread = doc[name]
+        assert spread is not None, f"{doc.get('name')}: no {name}"
+        assert runs is None or len(spread["runs"]) == runs, f"{doc.get('name')}: {name}"
+        positive_figures(spread, "median", "min", "max")
+        assert spread["min"] <= spread["median"] <= spread["max"]
+        assert spread["min"] == min(spread["runs"]) and spread["max"] == max(spread["runs"])

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from streaminfer.bench.configs import QUICK_CONFIGS
+from streaminfer.bench.configs import QUICK, QUICK_CONFIGS
 from tests.support import run_cli
-from tests.test_bench.cases import positive_figures
+from tests.test_bench.cases import positive_figures, positive_spreads
 
 
 def test_quick_bench_writes_positive_figures_a_report_and_plots(tmp_path: Path) -> None:
@@ -28,32 +28,36 @@ def test_quick_bench_writes_positive_figures_a_report_and_plots(tmp_path: Path) 
     [images] = doc["workloads"]
     assert images["name"] == "images" and images["reference"] == "embedded"
     positive_figures(images, "reference_rps")
-    positive_figures(
-        images["ceiling"],
-        "pipeline_rps",
-        "pipeline_one_thread_rps",
-        "inference_rps",
-        "cpu_s_per_1k",
-    )
+    positive_figures(images["ceiling"], "pipeline_one_thread_rps", "inference_rps", "cpu_s_per_1k")
+    # The ceiling ran before each worker configuration and after the last.
+    positive_spreads(images["ceiling"], "pipeline", runs=len(QUICK_CONFIGS))
     configs = {c["name"]: c for c in images["configs"]}
     assert list(configs) == list(QUICK_CONFIGS)
+    assert configs["bare"]["throughput"] == images["ceiling"]["pipeline"]
     for name, config in configs.items():
         assert config["error"] is None, f"{name}: {config['error']}"
-        positive_figures(config, "throughput_rps", "worker_cpu_s_per_1k")
+        positive_spreads(config, "throughput", "worker_cpu_s_per_1k")
         if name == "bare":
             continue
+        positive_spreads(config, "throughput", runs=QUICK.repeats)
+        assert len(config["windows"]) == QUICK.repeats
         assert config["served_by"] == [config["mode"]]
         positive_figures(config, "worker_peak_rss_mb")
         if name != "embedded":
-            positive_figures(config, "server_cpu_s_per_1k", "server_peak_rss_mb")
+            positive_spreads(config, "server_cpu_s_per_1k")
+            positive_figures(config, "server_peak_rss_mb")
         for point in config["latency"]:
             assert point["skipped"] or point["records"] > 0
             if point["latency"] is not None:
                 positive_figures(point["latency"], "p50_ms", "p95_ms", "p99_ms", "max_ms")
     assert configs["embedded"]["latency"][0]["latency"] is not None  # below its own saturation
 
+    rows = {row["name"]: row for row in images["table"]}
+    assert list(rows) == ["bare", "bare-inference", *QUICK_CONFIGS[1:]]
+    assert rows["embedded"]["vs_ceiling"]["median"] > 0
     report = (out / "report.md").read_text()
     assert all(f"| {name} |" in report for name in QUICK_CONFIGS)
+    assert f"median of {QUICK.repeats} runs" in report
     for png in ("throughput-images.png", "latency-images.png"):
         with Image.open(out / png) as image:
             image.verify()

@@ -16,7 +16,7 @@ def test_report_json_markdown_and_plots(tmp_path: Path) -> None:
 
     doc = json.loads((tmp_path / RESULTS_FILE).read_text())
     images = doc["workloads"][0]
-    assert images["ceiling"]["pipeline_rps"] == 100.0
+    assert images["ceiling"]["pipeline"]["median"] == 100.0
     assert images["configs"][1]["latency"][1]["latency"]["p99_ms"] == 200.0
 
     text = report.read_text()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, get_args
 
@@ -78,18 +76,3 @@ def test_a_command_receives_the_kafka_options_as_given(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert seen == [("n", KafkaOptions("h:1", ["a=b", "c=d"], Path("p"), Path("c.toml")))]
-
-
-def test_without_the_bench_extra_bench_says_how_to_install_it() -> None:
-    # A None entry in sys.modules makes the import system report matplotlib missing.
-    script = (
-        "import sys; sys.modules['matplotlib'] = None; sys.argv = ['streaminfer', 'bench'];"
-        "from streaminfer.cli.main import main; main()"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "streaminfer: error: the benchmark needs matplotlib: pip install 'streaminfer[bench]'"
-    ]

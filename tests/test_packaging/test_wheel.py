@@ -100,6 +100,29 @@ def test_installed_program_imports_from_its_venv(program: list[str], tmp_path: P
     assert Path(found).is_relative_to(Path(python).parents[1])
 
 
+@pytest.mark.parametrize(
+    ("command", "line"),
+    [
+        (["demo"], "the demo needs skimage: pip install 'streaminfer[demo]'"),
+        (["bench", "--quick"], "the benchmark needs matplotlib: pip install 'streaminfer[bench]'"),
+        (
+            ["models", "import", "m.json", "--repo", "r", "--name", "m"],
+            "importing scikit-learn, XGBoost and LightGBM models needs xgboost: "
+            "pip install 'streaminfer[sklearn]'",
+        ),
+    ],
+)
+def test_the_core_install_names_each_missing_extra(
+    program: list[str], command: list[str], line: str, tmp_path: Path
+) -> None:
+    (tmp_path / "m.json").write_text("{}")
+    result = subprocess.run(
+        [*program, *command], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"streaminfer: error: {line}"]
+
+
 def test_installed_predict_classifies_an_image(
     program: list[str], model_repo: Path, sample_jpegs: dict[str, bytes], tmp_path: Path
 ) -> None:

@@ -1,7 +1,8 @@
 """Whose fault a codec error is, on the client side: the record's or the server's.
 
 A loopback protocol client stands in for the wire: it encodes the request with the
-real codec and decodes those same bytes as the answer, cut short when asked to.
+real codec and decodes those same bytes as the answer, cut short when asked to.  Its
+models take one input ``x`` of the dtype the model's name says.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from streaminfer.models.errors import InvalidInput
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.base import PredictRequest, PredictResult
 from streaminfer.predictors.remote import ModelRef, RemotePredictor
+from streaminfer.predictors.signature import ServedModel, ServedTensor
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.types import Tensors
 
@@ -26,8 +28,15 @@ class _Loopback(RemotePredictor):
         super().__init__("loopback")
         self._cut = cut_answer
 
+    def ready(self) -> bool:
+        return True
+
+    def _read_metadata(self, ref: ModelRef) -> ServedModel:
+        tensor = ServedTensor("x", np.dtype(ref.name), (-1, 2))
+        return ServedModel(inputs=(tensor,), outputs=(tensor,))
+
     def _infer_images(
-        self, ref: ModelRef, images: list[bytes], top_k: int | None
+        self, ref: ModelRef, served: ServedModel, images: list[bytes], top_k: int | None
     ) -> tuple[int, list[list[Prediction]]]:
         raise AssertionError("these tests send tensors only")
 
@@ -39,7 +48,7 @@ class _Loopback(RemotePredictor):
 
 
 def _request(array: np.ndarray) -> PredictRequest:
-    return PredictRequest(model="m", tensors={"x": array})
+    return PredictRequest(model=array.dtype.name, tensors={"x": array})
 
 
 def test_a_tensor_the_protocol_cannot_carry_is_the_records_fault() -> None:

@@ -16,18 +16,15 @@ import pytest
 from streaminfer.codecs.arrays import BYTES, bytes_array
 from streaminfer.codecs.tfserving_json import UNNAMED
 from streaminfer.errors import RecordError
+from streaminfer.models.errors import BadLabel, ModelNotFound
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
-from streaminfer.models.registry import (
-    BadLabel,
-    ModelConfig,
-    ModelNotFound,
-    ModelRegistry,
-    VersionPolicy,
-    VersionState,
-)
+from streaminfer.models.model_config import ModelConfig, VersionPolicy
+from streaminfer.models.registry import LoadedVersion, ModelRegistry
+from streaminfer.models.status import VersionState
 from streaminfer.serving.dataplane import (
     DEFAULT_SIGNATURE,
     FALLBACK_IMAGE_MODEL,
+    IMAGE_ENTRY_SUFFIX,
     IMAGE_SIGNATURES,
     DataPlane,
 )
@@ -173,3 +170,41 @@ def test_an_image_model_classifies_encoded_images(
     with pytest.raises(InvalidRequest, match="takes encoded images"):
         pixels = np.zeros((1, 3, 224, 224), np.float32)
         asyncio.run(model.infer({"input": pixels}, "serving_images"))
+
+
+def test_the_image_entry_point_is_its_own_model(
+    image_plane: DataPlane, sample_jpegs: dict[str, bytes]
+) -> None:
+    tensors = image_plane.model(IMAGE_MODEL).signatures()[DEFAULT_SIGNATURE]
+    assert [(s.name, s.dtype) for s in tensors.inputs] == [("input", "float32")]
+    entry = image_plane.model(IMAGE_MODEL + IMAGE_ENTRY_SUFFIX, 1)
+    assert (entry.name, entry.version) == (IMAGE_MODEL + ".images", 1)
+    images = entry.signatures()[DEFAULT_SIGNATURE]
+    assert [(s.name, s.dtype) for s in images.inputs] == [("images", "string")]
+    assert [s.name for s in images.outputs] == ["classes", "scores", "class_ids"]
+    assert image_plane.versions(entry.name) == [1]
+    assert [s.version for s in image_plane.status(entry.name)] == [1]
+    ranked = asyncio.run(entry.infer({"images": bytes_array([sample_jpegs["coffee"]])}))
+    assert ranked["class_ids"][0, 0] == 967  # espresso
+    with pytest.raises(InvalidRequest, match=r"'efficientnet-lite0\.images' takes encoded images"):
+        asyncio.run(entry.infer({"input": np.zeros((1, 3, 224, 224), np.float32)}))
+
+
+def test_a_tensor_model_has_no_image_entry_point(plane: DataPlane) -> None:
+    with pytest.raises(ModelNotFound, match="'tiny' takes no images"):
+        plane.model("tiny" + IMAGE_ENTRY_SUFFIX)
+
+
+def test_classification_replaces_the_outputs_asked_for(
+    image_plane: DataPlane, embedded: LoadedVersion
+) -> None:
+    pixels = np.random.default_rng(5).standard_normal((2, 3, 224, 224), dtype=np.float32)
+    model = image_plane.model(IMAGE_MODEL)
+    asked = model.infer({"input": pixels}, output_filter=["logits"], classification={"logits": 3})
+    outputs = asyncio.run(asked)
+    assert outputs["logits"].shape == (2, 3) and outputs["logits"].dtype == BYTES
+    best = embedded.infer({"input": pixels})["logits"].argmax(axis=1)
+    for row, class_id in zip(outputs["logits"], best, strict=True):
+        _, index, label = row[0].decode().split(":", 2)
+        assert int(index) == class_id
+        assert label == embedded.class_names[class_id]  # type: ignore[index]

@@ -25,13 +25,16 @@ def test_health_and_metadata(server: ServerProcess) -> None:
         assert client.get(f"/v2/models/{MODEL}/ready").status_code == 200
         assert client.get(f"/v2/models/{MODEL}/versions/1/ready").status_code == 200
         assert client.get("/v2/models/nope/ready").status_code == 404
-        assert "binary_tensor_data" in client.get("/v2").json()["extensions"]
+        extensions = client.get("/v2").json()["extensions"]
         metadata = client.get(f"/v2/models/{MODEL}/versions/1").json()
+        images = client.get(f"/v2/models/{MODEL}.images").json()
+    assert {"binary_tensor_data", "classification"} <= set(extensions)
     assert metadata["versions"] == ["1"]
-    inputs = {t["name"]: t for t in metadata["inputs"]}
-    assert inputs["input"] == {"name": "input", "datatype": "FP32", "shape": [-1, 3, 224, 224]}
-    assert inputs["images"]["datatype"] == "BYTES"
-    assert {t["name"] for t in metadata["outputs"]} == {"logits", "classes", "scores", "class_ids"}
+    assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 224, 224]}]
+    assert [t["name"] for t in metadata["outputs"]] == ["logits"]
+    assert images["name"] == f"{MODEL}.images" and images["versions"] == ["1"]
+    assert images["inputs"] == [{"name": "images", "datatype": "BYTES", "shape": [-1]}]
+    assert [t["name"] for t in images["outputs"]] == ["classes", "scores", "class_ids"]
 
 
 def test_rest_json_float_infer(
@@ -91,6 +94,31 @@ def test_rest_binary_extension_both_ways(
     np.testing.assert_allclose(
         logits, embedded.infer({"input": float_input})["logits"], rtol=1e-3, atol=1e-3
     )
+
+
+def test_rest_json_classification_extension(
+    server: ServerProcess, embedded: LoadedVersion, float_input: np.ndarray
+) -> None:
+    body = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [1, 3, 224, 224],
+                "datatype": "FP32",
+                "data": float_input.ravel().tolist(),
+            }
+        ],
+        "outputs": [{"name": "logits", "parameters": {"classification": 2}}],
+    }
+    with server.client() as client:
+        reply = client.post(INFER, json=body)
+    assert reply.status_code == 200, reply.text
+    (output,) = reply.json()["outputs"]
+    assert (output["datatype"], output["shape"]) == ("BYTES", [1, 2])
+    best = int(embedded.infer({"input": float_input})["logits"].argmax())
+    score, index, label = output["data"][0].split(":", 2)
+    assert (int(index), label) == (best, embedded.class_names[best])  # type: ignore[index]
+    assert float(score) >= float(output["data"][1].split(":")[0])
 
 
 def test_rest_image_bytes_with_b64_and_binary(

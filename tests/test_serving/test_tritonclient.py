@@ -1,4 +1,9 @@
-"""tritonclient, Triton's own client, against our KServe V2 REST and gRPC endpoints."""
+"""tritonclient, Triton's own client, against our KServe V2 REST and gRPC endpoints.
+
+A generic V2 client must find one consistent signature per model name (the tensor model,
+and its encoded-image entry point ``<model>.images``) and Triton's classification
+extension must rank like the embedded model.
+"""
 
 from __future__ import annotations
 
@@ -44,10 +49,24 @@ def test_tritonclient_metadata_and_inference(
     expected = embedded.infer({"input": tensor})["logits"].argmax(axis=1).tolist()
     for protocol in ("http", "grpc"):
         result = results[protocol]
-        assert result["live"] and result["ready"]
-        assert ["input", "FP32"] in result["inputs"]
-        assert ["images", "BYTES"] in result["inputs"]
+        assert result["live"]
+        assert {"binary_tensor_data", "classification"} <= set(result["extensions"])
+        tensors, images = result["models"][MODEL], result["models"][f"{MODEL}.images"]
+        # One signature per name: every listed input is accepted, and each is required.
+        assert tensors["inputs"] == [["input", "FP32"]]
+        assert tensors["produced"] == {"logits": [2, 1000]}
+        assert images["inputs"] == [["images", "BYTES"]]
+        assert images["produced"] == {"classes": [2, 5], "scores": [2, 5], "class_ids": [2, 5]}
+        for model in (tensors, images):
+            assert model["ready"]
+            assert model["refused_without"] == [name for name, _ in model["inputs"]]
         assert result["logits_shape"] == [2, 1000]
         assert result["argmax"] == expected
+        # The classification extension: "score:index:label", best first, top 3 per row.
+        assert [len(row) for row in result["classification"]] == [3, 3]
+        for row, best in zip(result["classification"], expected, strict=True):
+            score, index, label = row[0].split(":", 2)
+            assert (int(index), label) == (best, embedded.class_names[best])  # type: ignore[index]
+            assert float(score) >= float(row[1].split(":")[0])
         assert result["top_class"] == expected_labels["chelsea"]
         assert result["scores_shape"] == [1, 5]

@@ -67,6 +67,14 @@ CONFIGS: tuple[BenchConfig, ...] = (
     _worker("kserve-grpc", "exactly-once", "worker -> server, KServe V2 gRPC ModelInfer"),
     _worker("kserve-http", "exactly-once", "worker -> server, KServe V2 HTTP infer"),
     BenchConfig(
+        "kserve-grpc-tensor",
+        "kserve-grpc",
+        "exactly-once",
+        "worker -> server, KServe V2 gRPC, images preprocessed in the worker (as for Triton)",
+        worker_args=("--remote-images", "tensor", "--preprocess", "imagenet"),
+        workloads=frozenset({"images"}),  # tensor records take the same path as kserve-grpc
+    ),
+    BenchConfig(
         SEED_STYLE,
         SEED_STYLE,
         "at-least-once",
@@ -105,8 +113,9 @@ class Preset:
     loads: tuple[float, ...]
     duration_s: float
     ceiling_s: float
+    repeats: int  # saturation runs per configuration, and ceiling runs at the least
 
 
-FULL = Preset(records_divisor=1, loads=(0.25, 0.5, 0.75), duration_s=10.0, ceiling_s=5.0)
+FULL = Preset(records_divisor=1, loads=(0.25, 0.5, 0.75), duration_s=10.0, ceiling_s=5.0, repeats=3)
 MIN_RECORDS = 10
-QUICK = Preset(records_divisor=5, loads=(0.5,), duration_s=5.0, ceiling_s=2.0)
+QUICK = Preset(records_divisor=5, loads=(0.5,), duration_s=5.0, ceiling_s=2.0, repeats=2)

@@ -1,12 +1,14 @@
 """The figures a benchmark reports, computed from raw observations.
 
-Pure functions (percentiles, rates) plus readers of ``/proc`` for a process's CPU time
-and peak memory, so that a worker or server measured from outside pays nothing for it.
+Pure functions (percentiles, rates, the spread of repeated runs) plus readers of
+``/proc`` for a process's CPU time and peak memory, so that a worker or server measured
+from outside pays nothing for it.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,26 @@ def summarize_latencies(latencies_ms: Sequence[float]) -> LatencySummary:
         max_ms=float(max(latencies_ms)),
         mean_ms=float(np.mean(latencies_ms)),
     )
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One figure measured several times: the median is the figure, min-max its spread."""
+
+    median: float
+    min: float
+    max: float
+    runs: tuple[float, ...]  # every measurement, in the order they were taken
+
+    @classmethod
+    def of(cls, runs: Sequence[float]) -> Spread:
+        if not runs:
+            raise ValueError("no runs to take the spread of")
+        return cls(float(statistics.median(runs)), min(runs), max(runs), tuple(runs))
+
+    def divided_by(self, base: float) -> Spread:
+        """Each run as a ratio to ``base`` (e.g. the median of what it is compared with)."""
+        return Spread.of([run / base for run in self.runs])
 
 
 @dataclass(frozen=True)

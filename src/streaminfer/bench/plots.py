@@ -30,16 +30,19 @@ _PERCENTILES = (("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99"))
 
 
 def plot_throughput(workload: WorkloadResult, rows: list[Row], path: Path) -> None:
-    """Horizontal bars of records/s, each labelled with its ratio to the ceiling."""
-    measured = [r for r in rows if r.throughput_rps]
+    """Horizontal bars of records/s (the median, a whisker to the min and max of the runs),
+    each labelled with its ratio to the ceiling."""
+    measured = [r for r in rows if r.throughput is not None][::-1]
+    spreads = [r.throughput for r in measured if r.throughput is not None]
     figure = Figure(figsize=(8, 0.5 * len(measured) + 1.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    names = [r.name for r in measured][::-1]
-    rates = [r.throughput_rps or 0.0 for r in measured][::-1]
-    colours = [_COLOURS.get(r.mode, _OTHER_COLOUR) for r in measured][::-1]
-    bars = axes.barh(names, rates, color=colours)
-    labels = [f" {r.vs_ceiling:.2f}x ceiling" if r.vs_ceiling else "" for r in measured][::-1]
+    names = [r.name for r in measured]
+    rates = [s.median for s in spreads]
+    whiskers = [[s.median - s.min for s in spreads], [s.max - s.median for s in spreads]]
+    colours = [_COLOURS.get(r.mode, _OTHER_COLOUR) for r in measured]
+    bars = axes.barh(names, rates, xerr=whiskers, color=colours, capsize=3)
+    labels = [f" {r.vs_ceiling.median:.2f}x ceiling" if r.vs_ceiling else "" for r in measured]
     axes.bar_label(bars, labels=labels, fontsize=8)
     if workload.ceiling is not None:
         axes.axvline(workload.ceiling.pipeline_rps, color="black", linestyle="--", linewidth=1)

@@ -1,13 +1,15 @@
-"""What a run leaves behind: ``results.json`` (every figure), ``report.md`` and PNG plots."""
+"""What a run leaves behind: ``results.json`` (every figure, and each workload's table of
+ratios and targets), ``report.md`` and PNG plots."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from streaminfer.bench.results import BenchResult, LatencyPoint, WorkloadResult
-from streaminfer.bench.table import HEADERS, Row, build_rows
+from streaminfer.bench.table import HEADERS, Row, build_rows, spread_text
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
@@ -22,6 +24,13 @@ METHOD = """\
   from the outputs' own timestamps (when the worker wrote them), so the grouping of
   outputs into transactions does not blur a short run. Worker start-up, model loading and
   the group join are outside that window.
+- **Repeated runs.** Each configuration's saturation is timed `repeats` times (see the
+  settings; 3 in a full run, 2 with `--quick`): as many batches of records, after a
+  tenth of a batch that warms the worker up untimed, are produced up front, and each
+  batch is one run, timed on its own. A figure is the median
+  of its runs, with their min-max beside it (in `results.json`, every run). A ratio is
+  each run against the median of what it is compared with, so its min-max shows how far
+  the runs strayed; a throughput target passes only when the lowest run meets it.
 - **End-to-end latency.** A producer writes at a steady offered rate (`linger.ms=0`) for
   a fixed time; it is the one that wrote the saturation records, so it is connected and
   holds its producer id before the first timed record. An output's latency runs from its
@@ -39,8 +48,10 @@ METHOD = """\
   server over the whole configuration.
 - **Ceiling.** `bare` runs the worker's own embedded predictor in the benchmark process:
   fetch + decode + preprocess + inference on every core, batches of 16 with 1, 2 or 4
-  batches in flight, and keeps the best rate; no Kafka. It runs first and again after
-  the last configuration, and the better run counts. "One thread, batch 1" is the same
+  batches in flight, and keeps the best shape; no Kafka. It runs first, then again in
+  that shape after every other configuration (at least `repeats` times in all), and the
+  ceiling is the median of those runs: spread over the whole run, it meets the same busy
+  moments as the figures it is compared with. "One thread, batch 1" is the same
   pipeline one record at a time, without the batcher (a lone caller has nothing to
   batch), as a one-message-at-a-time app runs it. `bare-inference` is ONNX Runtime
   alone on a ready tensor, batch 1, one caller: the model's own limit.
@@ -69,16 +80,18 @@ def write_report(result: BenchResult, out: Path) -> Path:
     from streaminfer.bench.plots import plot_latency, plot_throughput  # matplotlib: only here
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / RESULTS_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    doc = result.to_json()
     sections = []
-    for workload in result.workloads:
+    for workload, workload_doc in zip(result.workloads, doc["workloads"], strict=True):
         rows = build_rows(workload)
+        workload_doc["table"] = [asdict(row) for row in rows]
         throughput_png = f"throughput-{workload.name}.png"
         plot_throughput(workload, rows, out / throughput_png)
         latency_png: str | None = f"latency-{workload.name}.png"
         if not plot_latency(workload, out / str(latency_png)):
             latency_png = None
         sections.append(workload_section(workload, rows, throughput_png, latency_png))
+    (out / RESULTS_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     report = out / REPORT_FILE
     report.write_text("\n".join([_header(result), *sections, METHOD]))
     return report
@@ -128,14 +141,17 @@ def _workload_setup(workload: WorkloadResult) -> str:
     lines = [f"{workload.records:,} records per saturation run."]
     if workload.reference_rps is not None:
         lines.append(
-            f"Offered loads are fractions of `{workload.reference}`'s saturation rate, "
-            f"{workload.reference_rps:,.1f} records/s."
+            f"Offered loads are fractions of `{workload.reference}`'s saturation rate "
+            f"(the median of its runs), {workload.reference_rps:,.1f} records/s."
         )
     ceiling = workload.ceiling
     if ceiling is not None:
+        runs = len(ceiling.pipeline.runs)
         lines.append(
             f"Ceiling (in-process pipeline, {ceiling.pipeline_variant}): "
-            f"{ceiling.pipeline_rps:,.1f} records/s; one thread, batch 1: "
+            f"{ceiling.pipeline_rps:,.1f} records/s, the median of {runs} "
+            f"run{'s' if runs > 1 else ''} ({spread_text(ceiling.pipeline, 1)}); "
+            "one thread, batch 1: "
             f"{ceiling.pipeline_one_thread_rps:,.1f}; bare inference: "
             f"{ceiling.inference_rps:,.1f}/s at batch 1, "
             f"{ceiling.inference_batched_rps:,.1f}/s at batch 16."
@@ -146,9 +162,12 @@ def _workload_setup(workload: WorkloadResult) -> str:
 def _header(result: BenchResult) -> str:
     machine = result.machine
     minutes, seconds = divmod(round(result.elapsed_s), 60)
+    repeats = result.settings.get("repeats", 1)
     return (
         "# streaminfer bench\n\n"
         f"Run at {result.started_at}, took {minutes} min {seconds} s: `{result.command}`.\n\n"
+        f"Every saturation figure is the median of {repeats} runs, its min-max in brackets; "
+        "a throughput target passes only if every run meets it.\n\n"
         f"Machine: {machine.get('cpus')} CPUs ({machine.get('cpu_model') or 'unknown model'}), "
         f"Python {machine.get('python')}; load average {machine.get('load_average_start'):.2f} "
         f"at the start, {machine.get('load_average_end', 0.0):.2f} at the end.\n"

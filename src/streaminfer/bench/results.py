@@ -1,11 +1,15 @@
-"""Every figure one benchmark run produces, as plain dataclasses that serialise to JSON."""
+"""Every figure one benchmark run produces, as plain dataclasses that serialise to JSON.
+
+A figure measured more than once is a ``Spread``: its median (the figure), its min-max,
+and every run in order.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from streaminfer.bench.measure import LatencySummary
+from streaminfer.bench.measure import LatencySummary, Spread, Window
 
 
 @dataclass
@@ -25,11 +29,10 @@ class ConfigResult:
     mode: str
     guarantee: str | None
     description: str
-    throughput_rps: float | None = None
-    window_records: int = 0  # records timed for the throughput
-    window_s: float | None = None
-    worker_cpu_s_per_1k: float | None = None  # the bare pipeline's own process for "bare"
-    server_cpu_s_per_1k: float | None = None
+    throughput: Spread | None = None  # records/s of each saturation run
+    windows: list[Window] = field(default_factory=list)  # what each saturation run timed
+    worker_cpu_s_per_1k: Spread | None = None  # the bare pipeline's own process for "bare"
+    server_cpu_s_per_1k: Spread | None = None
     worker_peak_rss_mb: float | None = None
     server_peak_rss_mb: float | None = None
     latency: list[LatencyPoint] = field(default_factory=list)
@@ -38,6 +41,11 @@ class ConfigResult:
     error: str | None = None
     elapsed_s: float = 0.0
     load_average: float | None = None  # the machine's 1-minute load average at the end
+
+    @property
+    def throughput_rps(self) -> float | None:
+        """The saturation rate: the median of the runs."""
+        return None if self.throughput is None else self.throughput.median
 
     def latency_at(self, load: float) -> LatencySummary | None:
         for point in self.latency:
@@ -50,14 +58,25 @@ class ConfigResult:
 class CeilingResult:
     """The in-process figures, no Kafka and no worker: what the machine and model allow."""
 
-    pipeline_rps: float  # best fetch + decode + preprocess + inference rate, every core
+    # Fetch + decode + preprocess + inference, every core, in the best shape of concurrency:
+    # the first measurement tries each shape, the later ones (between the configurations)
+    # run the best one again; the median of them all is the ceiling.
+    pipeline: Spread
     pipeline_variant: str
+    pipeline_lanes: int  # batches in flight in the best shape
     pipeline_one_thread_rps: float
     inference_rps: float  # bare ONNX Runtime, batch 1, one caller
     inference_batched_rps: float  # bare ONNX Runtime, batch 16, one caller
     cpu_s_per_1k: float  # of the best pipeline variant
     variants: dict[str, float] = field(default_factory=dict)  # pipeline rate of each shape
-    runs: list[float] = field(default_factory=list)  # best pipeline rate of each measurement
+
+    @property
+    def pipeline_rps(self) -> float:
+        return self.pipeline.median
+
+    def add_run(self, rate: float) -> None:
+        """Another measurement of the best shape."""
+        self.pipeline = Spread.of([*self.pipeline.runs, rate])
 
 
 @dataclass

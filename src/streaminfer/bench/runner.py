@@ -2,13 +2,15 @@
 
 A run has three parts on the same worker:
 
-1. **Saturation.**  ``records`` inputs are produced before the worker starts, so it is
-   never short of work.  Throughput is timed from the first output the worker wrote to
-   the last, by the outputs' own timestamps, once a read_committed reader has seen them
-   all (start-up and model loading are outside the window; so is the grouping of
-   outputs by commits); CPU time of the worker and of the model server is read from
-   ``/proc`` when the first and the last output are seen, and divided by the records
-   that became visible in between.
+1. **Saturation.**  A tenth of ``records`` to warm the worker up, then ``records`` inputs
+   for each of ``repeats`` runs, are produced before the worker starts, so it is never
+   short of work; each run is the next ``records`` of them.  A run's throughput is timed
+   from the first output the worker wrote to the last, by the outputs' own timestamps,
+   once a read_committed reader has seen them all (start-up, model loading and the
+   first batches are outside every window; so is the grouping of outputs by commits).
+   CPU time of the worker and of the model server is read from ``/proc`` as the
+   warm-up's last output and each run's last output are seen, and divided by the
+   records that became visible in between.
 2. **Latency.**  For each offered load, a paced producer writes at that steady rate for
    a fixed time; each output's latency is its input's timestamp to the moment the
    reader saw it.  Loads beyond 90 % of this configuration's own saturation rate are
@@ -18,6 +20,7 @@ A run has three parts on the same worker:
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from typing import Self
 
 from streaminfer.bench.configs import EMBEDDED, QUIX, BenchConfig
 from streaminfer.bench.measure import (
+    Spread,
     cpu_seconds,
     peak_rss_mb,
     per_thousand,
@@ -44,6 +48,7 @@ from streaminfer.processes import STREAMINFER, ManagedProcess, ModelServerProces
 FIRST_OUTPUT_TIMEOUT_S = 120.0  # a worker starting: model load, group join, first batch
 STALL_TIMEOUT_S = 60.0  # outputs flowing, then none for this long: the run has failed
 OVERLOAD = 0.9  # offered loads above this fraction of saturation are not latency-measured
+WARM_UP_SHARE = 0.1  # of a run's records, done before the first run: threads, first commit
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,16 @@ class Topics:
 
     def all(self) -> list[str]:
         return [self.input, self.output, self.dead_letter]
+
+
+@dataclass(frozen=True)
+class CpuMark:
+    """CPU seconds the worker and the server (0 without one) had used by the time
+    ``done`` records had become visible."""
+
+    worker: float
+    server: float
+    done: int
 
 
 class ConfigRun:
@@ -105,35 +120,43 @@ class ConfigRun:
         self._stack.close()
 
     # -- phases ------------------------------------------------------------------------------
-    def saturate(self, records: int) -> None:
-        """Pre-produce ``records``, start the worker, time the outputs from first to last."""
-        self._inputs.send_all(records)
+    def saturate(self, records: int, repeats: int) -> None:
+        """Pre-produce ``records`` for each of ``repeats`` runs, start the worker, and time
+        each run's outputs from first to last."""
+        warm_up = max(1, round(records * WARM_UP_SHARE))
+        self._inputs.send_all(warm_up + records * repeats)
         stem = f"{self.workload.name}-{self.config.name}"
         if self.config.remote:
             self._server = ModelServerProcess(self.repo, self.log_dir / f"{stem}-server.log")
             self._stack.enter_context(self._server)
         self._worker = self._start_worker(self.log_dir / f"{stem}-worker.log")
         self._stack.enter_context(self._worker)
-        self._wait_for(1)
-        cpu_first = self._cpu()
-        self._wait_for(records)
-        cpu_last = self._cpu()
-        arrivals = self._outputs(0, records)
-        window = saturation_window([a.emitted_at for a in arrivals])
-        if window is None:
-            raise InfrastructureError("every output arrived at once: raise --records to time them")
-        self.result.throughput_rps = window.rate
-        self.result.window_records, self.result.window_s = window.records, window.seconds
-        # CPU was read as the first and the last output became visible: divide it by the
-        # records that became visible in between, not by those the emission window counts.
-        visible = saturation_window([a.seen_at for a in arrivals])
-        if visible is None:
-            return  # every output became visible at once: no CPU window to attribute
-        spent = cpu_last[0] - cpu_first[0]
-        self.result.worker_cpu_s_per_1k = per_thousand(spent, visible.records)
-        if self._server is not None:
-            spent = cpu_last[1] - cpu_first[1]
-            self.result.server_cpu_s_per_1k = per_thousand(spent, visible.records)
+        ends = [warm_up + run * records for run in range(repeats + 1)]
+        marks = []  # as the warm-up's last output, then each run's last, became visible
+        for count in ends:
+            self._wait_for(count)
+            marks.append(self._cpu())
+        rates, worker_cpu, server_cpu = [], [], []
+        for run, (start, end) in enumerate(itertools.pairwise(marks)):
+            arrivals = self._outputs(ends[run], ends[run + 1])
+            window = saturation_window([a.emitted_at for a in arrivals])
+            if window is None:
+                raise InfrastructureError(
+                    "every output of a run arrived at once: raise --records to time them"
+                )
+            self.result.windows.append(window)
+            rates.append(window.rate)
+            # CPU is divided by the records that became visible while it was spent, not
+            # by those the emission window counts.
+            visible = end.done - start.done
+            if visible > 0:
+                worker_cpu.append(per_thousand(end.worker - start.worker, visible))
+                server_cpu.append(per_thousand(end.server - start.server, visible))
+        self.result.throughput = Spread.of(rates)
+        if worker_cpu:
+            self.result.worker_cpu_s_per_1k = Spread.of(worker_cpu)
+            if self._server is not None:
+                self.result.server_cpu_s_per_1k = Spread.of(server_cpu)
 
     def offer(self, load: float, rate: float, duration_s: float) -> None:
         """Produce at ``rate`` records/s for ``duration_s``; record the latency percentiles."""
@@ -207,11 +230,11 @@ class ConfigRun:
         except InfrastructureError as exc:
             raise worker.failure(str(exc)) from exc
 
-    def _cpu(self) -> tuple[float, float]:
-        """CPU seconds used so far by the worker and by the server (0 without one)."""
-        assert self._worker is not None
+    def _cpu(self) -> CpuMark:
+        """CPU seconds used so far by the worker and the server, and the records done."""
+        assert self._worker is not None and self._collector is not None
         server = cpu_seconds(self._server.pid) if self._server is not None else 0.0
-        return cpu_seconds(self._worker.pid), server
+        return CpuMark(cpu_seconds(self._worker.pid), server, self._collector.done)
 
     def _outputs(self, first: int, end: int) -> list[Arrival]:
         assert self._collector is not None

@@ -2,8 +2,13 @@
 
 Configurations run one after another, never side by side, so each has the machine to
 itself; the first worker configuration (``embedded`` unless left out) sets the
-workload's reference rate, and every configuration's offered loads are fractions of it,
-so all of them are measured at the same absolute loads.
+workload's reference rate (the median of its saturation runs), and every
+configuration's offered loads are fractions of it, so all of them are measured at the
+same absolute loads.
+
+The ceiling (``bare``) is measured before the first configuration and again after each
+one (``run_order``), so its median spans the same moments of a busy machine as the
+figures it is compared with.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,10 +26,12 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from streaminfer.bench.ceiling import measure_ceiling
+from streaminfer.bench.ceiling import measure_ceiling, measure_pipeline
 from streaminfer.bench.configs import BARE, FULL, MIN_RECORDS, QUICK, BenchConfig
+from streaminfer.bench.measure import Spread
 from streaminfer.bench.results import BenchResult, ConfigResult, WorkloadResult
 from streaminfer.bench.runner import ConfigRun
+from streaminfer.bench.table import figure_text
 from streaminfer.bench.workloads import Workload, default_records, open_workload
 from streaminfer.errors import StreamInferError
 from streaminfer.kafka.broker import LocalBroker
@@ -44,6 +51,7 @@ class BenchPlan:
     loads: list[float]  # offered loads, as fractions of the reference rate
     duration_s: float  # of each offered load
     ceiling_s: float  # of each in-process measurement
+    repeats: int  # saturation runs per configuration; ceiling runs at the least
     out: Path
     quix_python: Path | None = None  # an interpreter with quixstreams, for the quix config
 
@@ -57,6 +65,7 @@ class BenchPlan:
         records: int | None = None,
         loads: list[float] | None = None,
         duration_s: float | None = None,
+        repeats: int | None = None,
         quix_python: Path | None = None,
     ) -> BenchPlan:
         """A plan from a preset (``quick`` or full), with any figure the user gave instead."""
@@ -68,6 +77,7 @@ class BenchPlan:
             loads=loads or list(preset.loads),
             duration_s=duration_s or preset.duration_s,
             ceiling_s=preset.ceiling_s,
+            repeats=repeats or preset.repeats,
             out=out,
             quix_python=quix_python,
         )
@@ -80,6 +90,7 @@ class BenchPlan:
             "loads": self.loads,
             "duration_s": self.duration_s,
             "ceiling_s": self.ceiling_s,
+            "repeats": self.repeats,
         }
 
 
@@ -139,14 +150,34 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def run_order(configs: Sequence[BenchConfig], repeats: int) -> list[BenchConfig]:
+    """The configurations in the order they run: with ``bare`` among them, a ceiling run
+    before the first worker configuration and after each one, and at least ``repeats``
+    ceiling runs (the extra ones last)."""
+    workers = [c for c in configs if c.mode != BARE]
+    bare = next((c for c in configs if c.mode == BARE), None)
+    if bare is None:
+        return workers
+    order = [bare]
+    for config in workers:
+        order += [config, bare]
+    return order + [bare] * (repeats - order.count(bare))
+
+
 def _run_workload(
     plan: BenchPlan, workload: Workload, kafka: KafkaSettings, repo: Path, progress: Progress
 ) -> WorkloadResult:
     result = WorkloadResult(
         workload.name, workload.model, workload.title, plan.records[workload.name]
     )
-    for config in plan.configs:
-        if not config.applies_to(workload.name):
+    configs = [c for c in plan.configs if c.applies_to(workload.name)]
+    for config in run_order(configs, plan.repeats):
+        bare = result.config(BARE)
+        if bare is not None and config.mode == BARE:
+            if bare.error is None:
+                progress(f"{workload.name} / {BARE}: the ceiling again, in its best shape")
+                _measure_again(plan, workload, repo, bare, result)
+                progress(_summary(bare))
             continue
         progress(f"{workload.name} / {config.name}: {config.description}")
         started = time.monotonic()
@@ -158,37 +189,39 @@ def _run_workload(
         outcome.load_average = os.getloadavg()[0]
         result.configs.append(outcome)
         progress(_summary(outcome))
-    bare = result.config(BARE)
-    if bare is not None and bare.error is None and len(result.configs) > 1:
-        progress(f"{workload.name} / {BARE} again: the ceiling is the better of two runs")
-        _measure_bare(plan, workload, repo, bare, result)
-        progress(_summary(bare))
     return result
 
 
 def _run_bare(
     plan: BenchPlan, config: BenchConfig, workload: Workload, repo: Path, into: WorkloadResult
 ) -> ConfigResult:
+    """The first ceiling run: every figure, every shape of concurrency."""
     outcome = ConfigResult(config.name, config.mode, config.guarantee, config.description)
-    _measure_bare(plan, workload, repo, outcome, into)
+    try:
+        into.ceiling = measure_ceiling(workload, repo, plan.ceiling_s)
+    except StreamInferError as exc:
+        outcome.error = str(exc)
+        return outcome
+    outcome.throughput = into.ceiling.pipeline
+    outcome.worker_cpu_s_per_1k = Spread.of([into.ceiling.cpu_s_per_1k])
     return outcome
 
 
-def _measure_bare(
-    plan: BenchPlan, workload: Workload, repo: Path, outcome: ConfigResult, into: WorkloadResult
+def _measure_again(
+    plan: BenchPlan, workload: Workload, repo: Path, bare: ConfigResult, into: WorkloadResult
 ) -> None:
-    """Measure the ceiling and keep the best run so far: a busy moment must not lower it."""
+    """A later ceiling run, in the shape the first one found best."""
+    assert into.ceiling is not None
+    started = time.monotonic()
     try:
-        ceiling = measure_ceiling(workload, repo, plan.ceiling_s)
+        rate = measure_pipeline(workload, repo, into.ceiling.pipeline_lanes, plan.ceiling_s)
     except StreamInferError as exc:
-        outcome.error = str(exc)
+        bare.error = str(exc)
         return
-    runs = [*(into.ceiling.runs if into.ceiling else []), ceiling.pipeline_rps]
-    if into.ceiling is None or ceiling.pipeline_rps > into.ceiling.pipeline_rps:
-        into.ceiling = ceiling
-        outcome.throughput_rps = ceiling.pipeline_rps
-        outcome.worker_cpu_s_per_1k = ceiling.cpu_s_per_1k
-    into.ceiling.runs = runs
+    finally:
+        bare.elapsed_s += time.monotonic() - started
+    into.ceiling.add_run(rate)
+    bare.throughput = into.ceiling.pipeline
 
 
 def _run_worker(
@@ -202,7 +235,8 @@ def _run_worker(
     run = ConfigRun(config, workload, kafka, repo, plan.out / "logs", plan.quix_python)
     try:
         with run:
-            run.saturate(max(MIN_RECORDS, round(into.records * config.records_share)))
+            records = max(MIN_RECORDS, round(into.records * config.records_share))
+            run.saturate(records, plan.repeats)
             if into.reference_rps is None:
                 into.reference, into.reference_rps = config.name, run.result.throughput_rps
             assert into.reference_rps is not None
@@ -217,7 +251,8 @@ def _run_worker(
 def _summary(outcome: ConfigResult) -> str:
     if outcome.error is not None:
         return f"  failed: {outcome.error.splitlines()[0]}"
-    rate = f"{outcome.throughput_rps:.1f} records/s" if outcome.throughput_rps else "-"
+    spread = outcome.throughput
+    rate = "-" if spread is None else f"{figure_text(spread, 1)} records/s"
     points = [
         f"{p.load:.0%}: p50 {p.latency.p50_ms:.0f} ms, p99 {p.latency.p99_ms:.0f} ms"
         for p in outcome.latency

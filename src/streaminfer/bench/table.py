@@ -1,6 +1,10 @@
 """The comparison table: each configuration as a ratio to the ceiling and to seed-style,
 checked against the targets of TARGETS.md.
 
+A configuration's saturation runs give a spread of ratios: each run against the median
+of what it is compared with (the ceiling's runs, seed-style's, Quix's).  The median
+ratio is the figure; a throughput target is met only if the spread's worst end meets it.
+
 Pure functions over the results, shared by the Markdown report and the terminal table,
 so both always say the same thing.
 """
@@ -10,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from streaminfer.bench.configs import BARE, EMBEDDED, QUIX, SEED_STYLE
-from streaminfer.bench.measure import LatencySummary
+from streaminfer.bench.measure import LatencySummary, Spread
 from streaminfer.bench.results import ConfigResult, WorkloadResult
 
 # TARGETS.md: worker throughput as a fraction of the best in-process pipeline rate.
@@ -71,13 +75,13 @@ class Row:
     name: str
     mode: str
     guarantee: str
-    throughput_rps: float | None = None
-    vs_ceiling: float | None = None
-    vs_seed: float | None = None
-    vs_quix: float | None = None
+    throughput: Spread | None = None
+    vs_ceiling: Spread | None = None
+    vs_seed: Spread | None = None
+    vs_quix: Spread | None = None
     latency: LatencySummary | None = None  # at LATENCY_LOAD
-    worker_cpu: float | None = None
-    server_cpu: float | None = None
+    worker_cpu: Spread | None = None
+    server_cpu: Spread | None = None
     worker_rss: float | None = None
     server_rss: float | None = None
     checks: dict[str, Check | None] = field(default_factory=dict)
@@ -88,13 +92,13 @@ class Row:
         return [
             self.name,
             self.guarantee,
-            "failed" if self.error else _number(self.throughput_rps, 1),
-            _ratio(self.vs_ceiling),
-            _ratio(self.vs_seed),
-            _ratio(self.vs_quix),
+            "failed" if self.error else figure_text(self.throughput, 1),
+            figure_text(self.vs_ceiling, 2, "x"),
+            figure_text(self.vs_seed, 2, "x"),
+            figure_text(self.vs_quix, 2, "x"),
             _latency(self.latency),
-            _pair(self.worker_cpu, self.server_cpu, 3, " + "),
-            _pair(self.worker_rss, self.server_rss, 0, " / "),
+            _pair(figure_text(self.worker_cpu, 3), figure_text(self.server_cpu, 3), " + "),
+            _pair(_number(self.worker_rss, 0), _number(self.server_rss, 0), " / "),
             *(c.text() if (c := self.checks.get(k)) else "—" for k in CHECK_COLUMNS),
         ]
 
@@ -102,7 +106,12 @@ class Row:
         """The row for ``SHORT_HEADERS``."""
         cells = self.cells()
         latency = "—" if self.latency is None else _join(self.latency.p50_ms, self.latency.p99_ms)
-        return [*cells[:6], latency, cells[7], cells[8], self.verdict()]
+        cpu = _pair(
+            figure_text(self.worker_cpu, 3, ranged=False),
+            figure_text(self.server_cpu, 3, ranged=False),
+            " + ",
+        )
+        return [*cells[:6], latency, cpu, cells[8], self.verdict()]
 
     def verdict(self) -> str:
         """ "pass" if every applicable target passed, else the ones that failed."""
@@ -113,10 +122,11 @@ class Row:
         return "pass" if applicable else "—"
 
 
-def ratio(value: float | None, base: float | None) -> float | None:
+def ratio(value: Spread | None, base: float | None) -> Spread | None:
+    """Each run of ``value`` as a ratio to ``base``: the median of what it is compared with."""
     if value is None or not base:
         return None
-    return value / base
+    return value.divided_by(base)
 
 
 def build_rows(workload: WorkloadResult) -> list[Row]:
@@ -127,13 +137,13 @@ def build_rows(workload: WorkloadResult) -> list[Row]:
     for config in workload.configs:
         rows.append(_row(workload, config, ceiling, seed_rps, quix_rps))
         if config.mode == BARE and workload.ceiling is not None:
-            inference = workload.ceiling.inference_rps
+            inference = Spread.of([workload.ceiling.inference_rps])
             rows.append(
                 Row(
                     BARE_INFERENCE,
                     BARE_INFERENCE,
                     "—",
-                    throughput_rps=inference,
+                    throughput=inference,
                     vs_ceiling=ratio(inference, ceiling),
                     vs_seed=ratio(inference, seed_rps),
                     vs_quix=ratio(inference, quix_rps),
@@ -158,10 +168,10 @@ def _row(
         config.name,
         config.mode,
         config.guarantee or "—",
-        throughput_rps=config.throughput_rps,
-        vs_ceiling=ratio(config.throughput_rps, ceiling),
-        vs_seed=ratio(config.throughput_rps, seed),
-        vs_quix=ratio(config.throughput_rps, quix),
+        throughput=config.throughput,
+        vs_ceiling=ratio(config.throughput, ceiling),
+        vs_seed=ratio(config.throughput, seed),
+        vs_quix=ratio(config.throughput, quix),
         latency=config.latency_at(LATENCY_LOAD),
         worker_cpu=config.worker_cpu_s_per_1k,
         server_cpu=config.server_cpu_s_per_1k,
@@ -180,24 +190,26 @@ def _row(
     return row
 
 
-def ceiling_check(workload: str, mode: str, vs_ceiling: float | None) -> Check | None:
+# Throughput targets are floors, checked against each spread's lowest run: every run must
+# meet them, not only the median.
+def ceiling_check(workload: str, mode: str, vs_ceiling: Spread | None) -> Check | None:
     floor = CEILING_FLOORS.get(mode)
     if floor is None or vs_ceiling is None or workload not in RATIO_TARGET_WORKLOADS:
         return None
-    return Check(f"≥ {floor:g}", vs_ceiling >= floor)
+    return Check(f"≥ {floor:g}", vs_ceiling.min >= floor)
 
 
-def seed_check(workload: str, mode: str, vs_seed: float | None) -> Check | None:
+def seed_check(workload: str, mode: str, vs_seed: Spread | None) -> Check | None:
     if mode in (BARE, SEED_STYLE) or vs_seed is None or workload not in RATIO_TARGET_WORKLOADS:
         return None
-    return Check(f"≥ {SEED_MULTIPLE:g}", vs_seed >= SEED_MULTIPLE)
+    return Check(f"≥ {SEED_MULTIPLE:g}", vs_seed.min >= SEED_MULTIPLE)
 
 
-def quix_check(workload: str, mode: str, vs_quix: float | None) -> Check | None:
+def quix_check(workload: str, mode: str, vs_quix: Spread | None) -> Check | None:
     multiple = QUIX_MULTIPLES.get(workload)
     if mode != EMBEDDED or multiple is None or vs_quix is None:
         return None
-    return Check(f"≥ {multiple:g}", vs_quix >= multiple)
+    return Check(f"≥ {multiple:g}", vs_quix.min >= multiple)
 
 
 def latency_check(guarantee: str | None, latency: LatencySummary | None) -> Check | None:
@@ -218,19 +230,28 @@ def memory_check(worker_mb: float | None, server_mb: float | None) -> Check | No
     return Check(limits, passed)
 
 
+def spread_text(spread: Spread, digits: int, unit: str = "") -> str:
+    """The min-max of a spread, e.g. "0.87-0.94x"."""
+    return f"{spread.min:,.{digits}f}-{spread.max:,.{digits}f}{unit}"
+
+
+def figure_text(spread: Spread | None, digits: int, unit: str = "", ranged: bool = True) -> str:
+    """The median, with the min-max of the runs beside it when there was more than one."""
+    if spread is None:
+        return "—"
+    median = f"{spread.median:,.{digits}f}{unit}"
+    if not ranged or len(spread.runs) < 2:
+        return median
+    return f"{median} ({spread_text(spread, digits, unit)})"
+
+
 def _number(value: float | None, digits: int) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
-def _ratio(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}x"
-
-
-def _pair(worker: float | None, server: float | None, digits: int, separator: str) -> str:
+def _pair(worker: str, server: str, separator: str) -> str:
     """The worker's figure alone, or the worker's and the server's when there is a server."""
-    if server is None:
-        return _number(worker, digits)
-    return f"{_number(worker, digits)}{separator}{_number(server, digits)}"
+    return worker if server == "—" else f"{worker}{separator}{server}"
 
 
 def _latency(summary: LatencySummary | None) -> str:

@@ -139,6 +139,12 @@ class OutputCollector:
         with self._changed:
             return self._dead_lettered
 
+    @property
+    def done(self) -> int:
+        """Input records finished so far: outputs plus dead-lettered records."""
+        with self._changed:
+            return self._done_locked()
+
     def arrivals(self, first: int, end: int) -> list[Arrival]:
         """Outputs for input offsets ``first`` to ``end - 1``, first sighting of each."""
         with self._changed:

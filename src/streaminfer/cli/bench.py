@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
 import sys
 from datetime import datetime
@@ -22,6 +21,7 @@ from streaminfer.bench.configs import (
 )
 from streaminfer.cli.options import KafkaOptions, kafka_options
 from streaminfer.errors import ConfigError
+from streaminfer.extras import require
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 
 _CONFIG_NAMES = ", ".join(c.name for c in CONFIGS)
 DEFAULT_QUIX_PYTHON = Path(".venv-quix/bin/python")  # what `make bench` builds
-# The benchmark's optional dependencies (the `bench` extra), checked before a run starts.
-_EXTRA_MODULES = ("matplotlib",)
+# The benchmark's optional dependencies (the `bench` extra), checked before a run starts:
+# its plots, and the sample photos of the images workload.
+_EXTRA_MODULES = ("matplotlib", "skimage")
 
 
 @kafka_options
@@ -74,6 +75,14 @@ def bench(
             f"(default: {','.join(f'{x:g}' for x in FULL.loads)})."
         ),
     ] = None,
+    repeats: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Saturation runs per configuration; the ceiling runs between configurations "
+            f"and at least as often (default: {FULL.repeats}; {QUICK.repeats} with --quick).",
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output directory (default: bench-results/<timestamp>).")
     ] = None,
@@ -106,9 +115,14 @@ def bench(
         records=records,
         loads=_loads(loads),
         duration_s=duration,
+        repeats=repeats,
         quix_python=python,
     )
     given = kafka.settings() if kafka.bootstrap_servers else None
+    if given is not None:
+        from streaminfer.kafka.admin import TopicAdmin
+
+        TopicAdmin(given).check()  # a bad login or certificate: one line, before any run
     command = "streaminfer " + shlex.join(sys.argv[1:])
     result = run_bench(plan, given, command, lambda line: console.print(line, highlight=False))
     report = write_report(result, plan.out)
@@ -121,11 +135,8 @@ def bench(
 
 
 def _check_extra() -> None:
-    missing = [name for name in _EXTRA_MODULES if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ConfigError(
-            f"the benchmark needs {', '.join(missing)}: pip install 'streaminfer[bench]'"
-        )
+    for module in _EXTRA_MODULES:
+        require(module, "bench")
 
 
 def _quix_python(given: Path | None) -> Path | None:

@@ -28,6 +28,7 @@ def demo(
     from rich.console import Console
 
     from streaminfer.demo import Demo, DemoOptions, stop_running_demo
+    from streaminfer.extras import require
 
     console = Console()
     options = DemoOptions(
@@ -39,4 +40,5 @@ def demo(
         stopped = stop_running_demo(options.home)
         console.print("demo stopped" if stopped else "no demo was running")
         return
+    require("skimage", "demo")  # the sample photos: checked before anything starts
     Demo(options, console).run()

@@ -6,7 +6,7 @@ import base64
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console
@@ -18,6 +18,7 @@ from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.broker import KAFKA_VERSION, LocalBroker, wait_until_ready
 from streaminfer.kafka.config import parse_property
 from streaminfer.kafka.records import Headers, Record, consume, produce
+from streaminfer.kafka.security import SECURITY_CHOICES, Security
 
 kafka_app = typer.Typer()
 topics_app = typer.Typer()
@@ -34,15 +35,47 @@ def kafka_start(
     ] = None,
     data_dir: DataDirOpt = None,
     foreground: Annotated[bool, typer.Option(help="Stay attached; Ctrl-C stops it.")] = False,
+    security: Annotated[
+        str | None,
+        typer.Option(
+            help="Client listener: plaintext, or sasl_ssl (TLS + SCRAM-SHA-512 users). "
+            "Fixed when the data dir is made (default: as before, plaintext for a new one)."
+        ),
+    ] = None,
+    authorizer: Annotated[
+        bool | None,
+        typer.Option(
+            "--authorizer/--no-authorizer",
+            help="sasl_ssl: enforce ACLs; admin is the super user (default: as before).",
+        ),
+    ] = None,
 ) -> None:
-    """Start the broker; returns when it answers and prints its bootstrap address."""
+    """Start the broker; returns when it answers and prints its bootstrap address.
+
+    With --security sasl_ssl it also writes a client properties file for -F (the admin
+    user's password and the CA to trust) and prints where it is.
+    """
     broker = LocalBroker(data_dir)
+    chosen = _security(security)
     if foreground:
-        raise typer.Exit(broker.run_foreground(port))
+        raise typer.Exit(broker.run_foreground(port, chosen, authorizer))
     with console.status(f"Starting Kafka {KAFKA_VERSION} (first run resolves the jars with mvn)"):
-        state = broker.start(port)
+        state = broker.start(port, security=chosen, authorizer=authorizer)
     console.print(f"Kafka {KAFKA_VERSION} running (pid {state.pid}), data in {broker.data_dir}")
+    if state.security != "plaintext":
+        acls = ", ACLs enforced" if state.authorizer else ""
+        console.print(
+            f"{state.security}{acls}: connect with -F {broker.secrets.client_properties}",
+            highlight=False,
+            soft_wrap=True,  # a path to copy, unbroken
+        )
     print(state.bootstrap)
+
+
+def _security(name: str | None) -> Security | None:
+    if name is not None and name not in SECURITY_CHOICES:
+        raise ConfigError(f"--security must be {' or '.join(SECURITY_CHOICES)}, not {name!r}")
+    return cast("Security | None", name)
 
 
 @kafka_app.command("stop")
@@ -62,8 +95,11 @@ def kafka_status(data_dir: DataDirOpt = None) -> None:
     if state is None or pid is None:
         console.print(f"not running (data dir {broker.data_dir})")
         raise typer.Exit(1)
-    wait_until_ready(state.bootstrap, 5.0)
-    console.print(f"running: pid {pid}, bootstrap {state.bootstrap}, cluster {state.cluster_id}")
+    wait_until_ready(state.bootstrap, 5.0, client_settings=broker.client_settings())
+    console.print(
+        f"running: pid {pid}, bootstrap {state.bootstrap}, cluster {state.cluster_id}, "
+        f"security {state.security}"
+    )
 
 
 @topics_app.command("create")

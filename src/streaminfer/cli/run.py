@@ -118,6 +118,41 @@ def run(
             show_default="1",
         ),
     ] = None,
+    remote_images: Annotated[
+        str | None,
+        typer.Option(
+            help="auto: bytes to a model with an encoded-image input, else preprocess here "
+            "| bytes | tensor.",
+            show_default="auto",
+        ),
+    ] = None,
+    preprocess: Annotated[
+        str | None,
+        typer.Option(
+            help="imagenet | inception | raw: preprocessing for a server's tensor model "
+            "without a model.json in --repo."
+        ),
+    ] = None,
+    input_size: Annotated[
+        str | None, typer.Option(help="Image input size N or HxW, if the model leaves it open.")
+    ] = None,
+    layout: Annotated[
+        str | None, typer.Option(help="NCHW | NHWC, if the model's shape leaves it open.")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="Class names, one per line (with --preprocess).")
+    ] = None,
+    output_kind: Annotated[
+        str | None,
+        typer.Option(help="logits | probabilities (with --preprocess).", show_default="logits"),
+    ] = None,
+    v2_binary: Annotated[
+        str | None,
+        typer.Option(
+            help="auto: binary tensors if the server lists them | always | never (kserve-http).",
+            show_default="auto",
+        ),
+    ] = None,
     *,
     kafka: KafkaOptions,
 ) -> None:
@@ -159,8 +194,9 @@ def run(
         FetchPolicy(allow_networks=settings.allow_networks, allow_files=settings.allow_files)
     )
     metrics = WorkerMetrics()
-    outputs = (settings.output, settings.dead_letter_topic)
-    max_bytes = {t: admin.max_message_bytes(t) for t in outputs if admin.exists(t)}
+    outputs = [t for t in (settings.output, settings.dead_letter_topic) if admin.exists(t)]
+    admin.require_write(outputs)  # a missing ACL stops the worker now, not at its first record
+    max_bytes = {t: admin.max_message_bytes(t) for t in outputs}
     worker = Worker(
         settings, client, predictor, fetcher, metrics, shadow_predictor, max_bytes=max_bytes
     )
@@ -235,7 +271,9 @@ def _predictor(
     settings: WorkerSettings, registry: ModelRegistry | None = None
 ) -> tuple[Predictor, ModelRegistry | None]:
     """The mode's predictor, and the registry it serves from (watched for new versions)."""
+    from streaminfer.images.presets import ImageOptions
     from streaminfer.models.registry import ModelRegistry
+    from streaminfer.predictors.client_images import ClientImageOptions, read_labels
     from streaminfer.predictors.factory import create_predictor
     from streaminfer.predictors.remote import RemoteOptions
 
@@ -244,10 +282,23 @@ def _predictor(
         registry = ModelRegistry(settings.repo, _model_configs(settings))
         registry.reload()
         registry.start_watching()
+    preset = settings.preprocess
+    client_images = ClientImageOptions(
+        repo=settings.repo,
+        preprocess=ImageOptions.parse(preset, settings.input_size, settings.layout)
+        if preset
+        else None,
+        labels=read_labels(settings.labels) if settings.labels else None,
+        output_kind=settings.output_kind,
+    )
     options = RemoteOptions(
         timeout_s=settings.request_timeout_s,
         max_concurrency=settings.max_in_flight * 2,
         max_batch_rows=settings.batch_size,
+        image_path=settings.remote_images,
+        client_images=client_images,
+        decode_threads=settings.decode_threads,
+        v2_binary=settings.v2_binary,
     )
     predictor = create_predictor(
         settings.mode,

@@ -1,27 +1,23 @@
 """Sample photos for the demo, the benchmark and the tests: the ones scikit-image ships.
 
-No image is downloaded: scikit-image carries them in its package (the ``demo`` extra).
+No image is downloaded: scikit-image carries them in its package (the ``demo`` and
+``bench`` extras).
 """
 
 from __future__ import annotations
 
 import io
 
-from streaminfer.errors import ConfigError
+from streaminfer.extras import require
 
 SAMPLE_IMAGES = ("chelsea", "coffee", "rocket", "astronaut")  # cat, espresso, rocket, person
 
 
 def sample_jpegs(names: tuple[str, ...] = SAMPLE_IMAGES) -> dict[str, bytes]:
     """The named ``skimage.data`` photos as JPEG bytes (quality 92), by name."""
-    try:
-        from skimage import data
-    except ImportError as exc:
-        raise ConfigError(
-            "the sample photos come from scikit-image: pip install 'streaminfer[demo]' "
-            "(make install does this)"
-        ) from exc
     from PIL import Image
+
+    data = require("skimage.data", "demo")
 
     encoded = {}
     for name in names:

@@ -1,16 +1,24 @@
-"""Topic administration: thin wrappers over confluent-kafka's AdminClient with clear errors."""
+"""Topic administration: thin wrappers over confluent-kafka's AdminClient with clear errors.
+
+Every Kafka-facing command asks for metadata through here first, so this is where a bad
+password or an untrusted certificate is found: within seconds, as a ``ConfigError``.
+"""
 
 from __future__ import annotations
 
 import builtins
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka.admin import AclOperation, AdminClient, ConfigResource, NewTopic
 
 from streaminfer.errors import ConfigError, InfrastructureError
+from streaminfer.kafka.access import AccessErrors
 from streaminfer.kafka.config import KafkaSettings
+
+_SLICE_S = 0.5  # how late a refused login is noticed; the client keeps connecting meanwhile
 
 
 @dataclass
@@ -30,17 +38,25 @@ class TopicInfo:
 
 class TopicAdmin:
     def __init__(self, settings: KafkaSettings, timeout: float = 10.0) -> None:
-        self._admin = AdminClient(settings.client_config())
+        self._refusals = AccessErrors()
+        self._admin = AdminClient(settings.client_config(error_cb=self._refusals))
         self._bootstrap = settings.bootstrap_servers
         self._timeout = timeout
 
     def _metadata(self, topic: str | None = None) -> Any:
-        try:
-            return self._admin.list_topics(topic=topic, timeout=self._timeout)
-        except KafkaException as exc:
-            raise InfrastructureError(
-                f"cannot reach Kafka at {self._bootstrap}: {exc.args[0].str()}"
-            ) from exc
+        """The cluster's metadata; asked for in short slices, with the client's error
+        callback run between them: a refused login raises at once, not after the timeout."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                return self._admin.list_topics(topic=topic, timeout=_SLICE_S)
+            except KafkaException as exc:
+                self._admin.poll(0)  # runs the error callback
+                self._refusals.check()
+                if time.monotonic() >= deadline:
+                    raise InfrastructureError(
+                        f"cannot reach Kafka at {self._bootstrap}: {exc.args[0].str()}"
+                    ) from exc
 
     def names(self, include_internal: bool = False) -> list[str]:
         topics = self._metadata().topics
@@ -72,8 +88,38 @@ class TopicAdmin:
         return True
 
     def ensure(self, names: builtins.list[str], partitions: int = 1) -> None:
+        """Create the topics that are missing; a user without CREATE may use existing ones."""
+        existing = self._metadata().topics
         for name in names:
-            self.create(name, partitions=partitions, if_not_exists=True)
+            if name not in existing:
+                self.create(name, partitions=partitions, if_not_exists=True)
+
+    def require_write(self, names: builtins.list[str]) -> None:
+        """Fail if the cluster enforces ACLs and this client's user may not write to a topic."""
+        if not names:
+            return
+        futures = self._admin.describe_topics(
+            TopicCollection(names),
+            include_authorized_operations=True,
+            request_timeout=self._timeout,
+        )
+        for name, future in futures.items():
+            try:
+                allowed = future.result().authorized_operations
+            except KafkaException as exc:
+                raise InfrastructureError(
+                    f"cannot describe topic {name!r}: {exc.args[0].str()}"
+                ) from exc
+            if allowed is not None and AclOperation.WRITE not in allowed:
+                granted = ", ".join(sorted(op.name for op in allowed)) or "nothing"
+                raise ConfigError(
+                    f"this client's user may not write to topic {name!r} (its ACLs allow "
+                    f"{granted}): grant it WRITE"
+                )
+
+    def check(self) -> None:
+        """Fail now if the cluster is out of reach or refuses this client's login."""
+        self._metadata()
 
     def delete(self, name: str) -> None:
         self._require(name)

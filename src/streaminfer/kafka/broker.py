@@ -1,9 +1,8 @@
 """A real single-node Apache Kafka (KRaft, combined broker + controller) on loopback.
 
-The broker comes from ``KAFKA_HOME`` (an unpacked distribution) if set, otherwise from
-the official jars that ``mvn`` resolves once with the pom shipped beside this module
-and that are cached under the user's cache directory.  Each data dir is formatted once
-and keeps its cluster id, ports and records across stop and start.
+Its Java and jars come from :mod:`streaminfer.kafka.jvm`.  Each data dir is formatted
+once and keeps its cluster id, ports, records and security across stop and start: a
+plaintext listener, or SASL_SSL with the secrets of :mod:`streaminfer.kafka.security`.
 """
 
 from __future__ import annotations
@@ -12,12 +11,9 @@ import base64
 import contextlib
 import json
 import os
-import re
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -30,21 +26,12 @@ from confluent_kafka.admin import AdminClient
 
 from streaminfer.errors import ConfigError, InfrastructureError
 from streaminfer.kafka.config import LIBRDKAFKA_LOGGER
+from streaminfer.kafka.jvm import KAFKA_VERSION, broker_classpath, java_executable, jvm_options
+from streaminfer.kafka.security import BrokerSecrets, Security
 from streaminfer.net import free_port
 
-KAFKA_VERSION = "4.1.1"
 _STATE_FILE = "broker.json"
 _LOG_FILE = "broker.log"
-_MIN_JAVA = 17
-# The environment variables Kafka's own start scripts read, with defaults for a small
-# local broker.  C1 only (TieredStopAtLevel=1): the C2 compiler spends a tenth of a core
-# or more for minutes after start, taking it from the workers beside the broker on a
-# laptop; C1 code serves a local broker's load at about the same cost once warm.
-_JVM_OPTIONS = {
-    "KAFKA_HEAP_OPTS": "-Xms256m -Xmx512m",
-    "KAFKA_JVM_PERFORMANCE_OPTS": "-XX:+UseG1GC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true",
-    "KAFKA_OPTS": "",
-}
 
 
 def default_data_dir() -> Path:
@@ -63,84 +50,6 @@ def _port_is_free(host: str, port: int) -> bool:
         return True
 
 
-def jvm_options() -> list[str]:
-    """The broker's JVM flags: each variable of Kafka's start scripts, or our default for it."""
-    return [
-        flag
-        for variable, default in _JVM_OPTIONS.items()
-        for flag in os.environ.get(variable, default).split()
-    ]
-
-
-def java_executable() -> str:
-    """The ``java`` to run the broker with; Java 17+ is required."""
-    java_home = os.environ.get("JAVA_HOME")
-    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
-    if not java or not Path(java).exists():
-        raise ConfigError(
-            f"Java {_MIN_JAVA}+ is required to run the local Kafka broker but no `java` was found "
-            "(install a JDK, e.g. `apt-get install openjdk-17-jre-headless`, or set JAVA_HOME)"
-        )
-    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
-    major = int(match.group(1)) if match else 0
-    if major == 1 and match and match.group(2):  # "1.8.0" style
-        major = int(match.group(2))
-    if major < _MIN_JAVA:
-        raise ConfigError(f"Java {_MIN_JAVA}+ is required to run Kafka, found {java} ({major})")
-    return java
-
-
-def broker_classpath() -> str:
-    """``KAFKA_HOME/libs`` if set, else the cached Maven-resolved jars (resolved on first use)."""
-    kafka_home = os.environ.get("KAFKA_HOME")
-    if kafka_home:
-        libs = Path(kafka_home) / "libs"
-        if not any(libs.glob("kafka_*.jar")):
-            raise ConfigError(
-                f"KAFKA_HOME={kafka_home} has no libs/kafka_*.jar: not a Kafka install"
-            )
-        return str(libs / "*")
-    libs = Path(platformdirs.user_cache_dir("streaminfer")) / f"kafka-{KAFKA_VERSION}" / "libs"
-    if not libs.is_dir():
-        _resolve_jars(libs)
-    return str(libs / "*")
-
-
-def _resolve_jars(target: Path) -> None:
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise ConfigError(
-            "Maven (`mvn`) is needed once to fetch the Kafka broker jars; "
-            "install it or set KAFKA_HOME"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".libs-", dir=target.parent))
-    pom = resources.files("streaminfer.kafka") / "pom.xml"
-    with resources.as_file(pom) as pom_path:
-        result = subprocess.run(
-            [
-                mvn,
-                "-q",
-                "-B",
-                "-f",
-                str(pom_path),
-                "dependency:copy-dependencies",
-                f"-DoutputDirectory={staging}",
-            ],
-            capture_output=True,
-            text=True,
-        )
-    if result.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
-        raise InfrastructureError("mvn could not resolve the Kafka jars: " + " | ".join(tail))
-    try:
-        staging.rename(target)  # atomic: a concurrent resolver either wins or finds it done
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 @dataclass
 class BrokerState:
     """What a data dir remembers about its broker (``broker.json``)."""
@@ -150,6 +59,8 @@ class BrokerState:
     controller_port: int
     host: str = "127.0.0.1"
     pid: int | None = None
+    security: Security = "plaintext"  # of the client listener; chosen when the dir is formatted
+    authorizer: bool = False  # ACLs enforced (sasl_ssl only)
 
     @property
     def bootstrap(self) -> str:
@@ -191,25 +102,52 @@ class LocalBroker:
             return None  # the pid was reused by another process
         return state.pid
 
+    @property
+    def secrets(self) -> BrokerSecrets:
+        return BrokerSecrets(self.data_dir)
+
+    def client_settings(self) -> dict[str, str]:
+        """The librdkafka settings a client needs besides the bootstrap address."""
+        state = self.state()
+        if state is None or state.security == "plaintext":
+            return {}
+        return self.secrets.client_settings()
+
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self, port: int | None = None, timeout: float = 90.0) -> BrokerState:
-        """Start in the background and return once the broker answers metadata requests."""
-        process = self._spawn(port, stdout=None)
+    def start(
+        self,
+        port: int | None = None,
+        timeout: float = 90.0,
+        security: Security | None = None,
+        authorizer: bool | None = None,
+    ) -> BrokerState:
+        """Start in the background and return once the broker answers metadata requests.
+
+        ``None`` keeps what the data dir had (``security`` is fixed when it is formatted).
+        """
+        process = self._spawn(port, security, authorizer, stdout=None)
         state = self.state()
         assert state is not None
         try:
-            wait_until_ready(state.bootstrap, timeout, process, self.log_file)
+            wait_until_ready(
+                state.bootstrap, timeout, process, self.log_file, self.client_settings()
+            )
         except BaseException:
             self.stop()
             raise
         return state
 
-    def run_foreground(self, port: int | None = None) -> int:
+    def run_foreground(
+        self,
+        port: int | None = None,
+        security: Security | None = None,
+        authorizer: bool | None = None,
+    ) -> int:
         """Run attached to the terminal until Ctrl-C / SIGTERM; returns the broker's exit code."""
-        process = self._spawn(port, stdout=subprocess.DEVNULL)
+        process = self._spawn(port, security, authorizer, stdout=subprocess.DEVNULL)
         state = self.state()
         assert state is not None
-        wait_until_ready(state.bootstrap, 90.0, process, self.log_file)
+        wait_until_ready(state.bootstrap, 90.0, process, self.log_file, self.client_settings())
         print(f"Kafka {KAFKA_VERSION} ready at {state.bootstrap} (Ctrl-C to stop)", flush=True)
         previous = signal.signal(signal.SIGTERM, lambda *_: process.terminate())
         try:
@@ -220,12 +158,18 @@ class LocalBroker:
         finally:
             signal.signal(signal.SIGTERM, previous)
 
-    def _spawn(self, port: int | None, stdout: int | None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self,
+        port: int | None,
+        security: Security | None,
+        authorizer: bool | None,
+        stdout: int | None,
+    ) -> subprocess.Popen[bytes]:
         if self.running_pid() is not None:
             raise ConfigError(f"a broker is already running for {self.data_dir}")
         java = java_executable()
         classpath = broker_classpath()
-        state = self._prepare(port, java, classpath)
+        state = self._prepare(port, security, authorizer, java, classpath)
         log = self.log_file.open("ab")
         log4j = resources.files("streaminfer.kafka") / "log4j2.properties"
         with resources.as_file(log4j) as log4j_path:
@@ -249,46 +193,81 @@ class LocalBroker:
         self._save(state)
         return process
 
-    def _prepare(self, port: int | None, java: str, classpath: str) -> BrokerState:
+    def _prepare(
+        self,
+        port: int | None,
+        security: Security | None,
+        authorizer: bool | None,
+        java: str,
+        classpath: str,
+    ) -> BrokerState:
         """Write the config and format the storage the first time a data dir is used."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         state = self.state()
         if state is None:
             state = BrokerState(
-                cluster_id=_new_cluster_id(), port=port or 9092, controller_port=free_port()
+                cluster_id=_new_cluster_id(),
+                port=port or 9092,
+                controller_port=free_port(),
+                security=security or "plaintext",
             )
         elif port is not None:
             state.port = port
+        if security is not None and security != state.security:
+            raise ConfigError(
+                f"the broker of {self.data_dir} was made with --security {state.security}; "
+                "use another --data-dir for another security"
+            )
+        if authorizer is not None:
+            state.authorizer = authorizer
+        if state.authorizer and state.security == "plaintext":
+            raise ConfigError("--authorizer needs --security sasl_ssl: ACLs bind users")
         if not _port_is_free(state.host, state.port):
             raise ConfigError(
                 f"port {state.port} on {state.host} is in use; pick another with --port"
             )
         if not _port_is_free(state.host, state.controller_port):
             state.controller_port = free_port()
-        (self.data_dir / "server.properties").write_text(_server_properties(state, self.data_dir))
+        formatted = (self.data_dir / "logs" / "meta.properties").exists()
+        if state.security == "sasl_ssl" and not formatted:
+            self.secrets.create(state.host)
+        properties = _server_properties(state, self.data_dir)
+        if state.security == "sasl_ssl":
+            properties |= self.secrets.listener_settings("SASL_SSL", state.authorizer)
+        config = self.data_dir / "server.properties"
+        config.touch(mode=0o600)
+        config.chmod(0o600)  # under sasl_ssl it holds the admin password
+        config.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
         self._save(state)
-        if not (self.data_dir / "logs" / "meta.properties").exists():
-            result = subprocess.run(
-                [
-                    java,
-                    "-cp",
-                    classpath,
-                    "kafka.tools.StorageTool",
-                    "format",
-                    # "=": a random id may start with "-", which would read as an option
-                    f"--cluster-id={state.cluster_id}",
-                    "-c",
-                    str(self.data_dir / "server.properties"),
-                ],
-                capture_output=True,
-                text=True,
-            )
-            if result.returncode != 0:
-                output = (result.stderr.strip() or result.stdout.strip())[-2000:]
-                raise InfrastructureError(
-                    f"formatting Kafka storage failed (exit {result.returncode}): {output}"
-                )
+        if not formatted:
+            self._format(state, java, classpath)
         return state
+
+    def _format(self, state: BrokerState, java: str, classpath: str) -> None:
+        users = (
+            ["--add-scram", self.secrets.scram_argument()] if state.security != "plaintext" else []
+        )
+        result = subprocess.run(
+            [
+                java,
+                "-cp",
+                classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                # "=": a random id may start with "-", which would read as an option
+                f"--cluster-id={state.cluster_id}",
+                "-c",
+                str(self.data_dir / "server.properties"),
+                *users,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            output = (result.stderr.strip() or result.stdout.strip())[-2000:]
+            raise InfrastructureError(
+                f"formatting Kafka storage failed (exit {result.returncode}): {output}"
+            )
 
     def stop(self, timeout: float = 60.0) -> bool:
         """Stop the broker (SIGTERM, then SIGKILL after ``timeout``); False if none was running."""
@@ -335,16 +314,17 @@ def _new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def _server_properties(state: BrokerState, data_dir: Path) -> str:
-    settings = {
+def _server_properties(state: BrokerState, data_dir: Path) -> dict[str, str]:
+    client = "SASL_SSL" if state.security == "sasl_ssl" else "PLAINTEXT"
+    return {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{state.host}:{state.controller_port}",
-        "listeners": f"PLAINTEXT://{state.host}:{state.port},CONTROLLER://{state.host}:{state.controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{state.host}:{state.port}",
+        "listeners": f"{client}://{state.host}:{state.port},CONTROLLER://{state.host}:{state.controller_port}",
+        "advertised.listeners": f"{client}://{state.host}:{state.port}",
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": client,
+        "listener.security.protocol.map": f"{client}:{client},CONTROLLER:PLAINTEXT",
         "log.dirs": str(data_dir / "logs"),
         # One node: every internal topic has one replica, including the transaction log,
         # or transactional producers could never initialise.
@@ -362,7 +342,6 @@ def _server_properties(state: BrokerState, data_dir: Path) -> str:
         "group.initial.rebalance.delay.ms": "0",
         "log.retention.hours": "168",
     }
-    return "".join(f"{k}={v}\n" for k, v in settings.items())
 
 
 def wait_until_ready(
@@ -370,9 +349,14 @@ def wait_until_ready(
     timeout: float,
     process: subprocess.Popen[bytes] | None = None,
     log_file: Path | None = None,
+    client_settings: dict[str, str] | None = None,
 ) -> None:
     """Block until a metadata request to ``bootstrap`` succeeds; fail with the log tail."""
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": LIBRDKAFKA_LOGGER}
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "logger": LIBRDKAFKA_LOGGER,
+        **(client_settings or {}),
+    }
     admin = AdminClient(config)
     deadline = time.monotonic() + timeout
     while True:

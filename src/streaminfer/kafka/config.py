@@ -2,6 +2,9 @@
 
 streaminfer adds only what a command must (for example ``isolation.level`` for a
 read_committed consumer); everything else — TLS, SASL, timeouts — is the user's.
+
+Every client gets :func:`~streaminfer.kafka.access.refuse_access_errors` as its error
+callback, so a rejected password or an untrusted certificate ends the command.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pydantic import Field
 
 from streaminfer.config import Settings
 from streaminfer.errors import ConfigError
+from streaminfer.kafka.access import refuse_access_errors
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 LIBRDKAFKA_LOGGER = logging.getLogger("librdkafka")
@@ -33,11 +37,13 @@ class KafkaSettings(Settings):
         user's properties, then what the command requires.
 
         librdkafka's own log lines go to the ``librdkafka`` Python logger, so a CLI prints
-        one clear error instead of a screen of connection retries.
+        one clear error instead of a screen of connection retries; errors no retry fixes
+        raise from the client's next poll (:func:`refuse_access_errors`).
         """
         config: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "logger": LIBRDKAFKA_LOGGER,
+            "error_cb": refuse_access_errors,
             **(defaults or {}),
         }
         config.update(self.properties)

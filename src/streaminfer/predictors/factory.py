@@ -1,9 +1,9 @@
 """Build the predictor a mode names, with its retries, breaker and optional fallback.
 
 The worker and the benchmark both call :func:`create_predictor`, so a mode means the
-same thing in both.  Remote modes are always wrapped in :class:`ResilientPredictor`;
-with ``fallback`` an embedded predictor on the same repository serves while the
-server cannot.
+same thing in both.  Remote modes are always wrapped in :class:`ResilientPredictor`,
+whose breaker probes the server's health endpoint while it is open; with ``fallback``
+an embedded predictor on the same repository serves while the server cannot.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ from streaminfer.predictors.fallback import FallbackPredictor
 from streaminfer.predictors.kserve_grpc import KServeGrpcPredictor
 from streaminfer.predictors.kserve_http import KServeHttpPredictor
 from streaminfer.predictors.remote import RemoteOptions, RemotePredictor
-from streaminfer.predictors.resilience import CircuitBreaker, ResilientPredictor, RetryPolicy
+from streaminfer.predictors.resilience import (
+    CircuitBreaker,
+    HealthProbe,
+    ResilientPredictor,
+    RetryPolicy,
+)
 from streaminfer.predictors.seed_style import SeedStylePredictor
 from streaminfer.predictors.tfserving_grpc import TFServingGrpcPredictor
 from streaminfer.predictors.tfserving_rest import TFServingRestPredictor
@@ -65,7 +70,7 @@ def create_predictor(
     if mode not in REMOTE:
         raise ConfigError(f"unknown predictor mode {mode!r} (modes: {', '.join(MODES)})")
     remote = REMOTE[mode](server or default_server(mode), options)
-    resilient = ResilientPredictor(remote, retry, breaker)
+    resilient = ResilientPredictor(remote, retry, breaker, probe=HealthProbe(remote.ready))
     if not fallback:
         return resilient
     return FallbackPredictor(resilient, _embedded(registry, workers, "fallback"))

@@ -1,8 +1,10 @@
 """One long-lived gRPC channel per remote predictor, and gRPC statuses mapped to the two errors.
 
-NOT_FOUND and INVALID_ARGUMENT are a record's fault; every other status (UNAVAILABLE,
-DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...) is the infrastructure's, except a message
-refused for its size, which no retry can fix.
+NOT_FOUND and INVALID_ARGUMENT are a record's fault, and so is a message refused for its
+size, which no retry can fix.  INTERNAL and UNKNOWN come from a server that answers but
+failed this one request (Triton's Python backend on a truncated JPEG): ``RequestFailed``,
+which the worker narrows down to its record.  Every other status (UNAVAILABLE,
+DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...) is the infrastructure's.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from streaminfer.errors import InfrastructureError, StreamInferError
+from streaminfer.errors import InfrastructureError, RequestFailed, StreamInferError
 from streaminfer.models.errors import ModelNotFound
 from streaminfer.predictors.remote import RemoteOptions, ServerRejected
 
@@ -27,7 +29,8 @@ _CHANNEL_OPTIONS = [
     # Reconnect soon after a server restart (gRPC's default backoff grows to 120 s).
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2_000),
+    # At most 0.5 s: outputs resume soon after an outage ends (see ResilientPredictor's probe).
+    ("grpc.max_reconnect_backoff_ms", 500),
     ("grpc.enable_retries", 0),  # retries are ResilientPredictor's job, with its backoff
 ]
 _TOO_LARGE = "larger than max"  # gRPC core's text when a message exceeds the size limit
@@ -69,4 +72,6 @@ def status_error(target: str, exc: grpc.RpcError) -> StreamInferError:
         return ServerRejected(message)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE in details:
         return ServerRejected(message)
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        return RequestFailed(message)
     return InfrastructureError(message)

@@ -1,7 +1,9 @@
 """One pooled HTTP client per remote predictor, and HTTP statuses mapped to the two errors.
 
 404 is a record's fault (no such model or version), 400 and 413 too (bad input, too
-large); 429, 5xx, timeouts and connection failures are the infrastructure's.
+large).  500 and 422 from a server that answers are one request's failure
+(``RequestFailed``: the worker finds the record and dead-letters it if it keeps failing);
+429, 502-504, timeouts and connection failures are the infrastructure's.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import httpx
 
 from streaminfer.codecs.jsonvalues import dumps
-from streaminfer.errors import InfrastructureError
+from streaminfer.errors import InfrastructureError, RequestFailed
 from streaminfer.models.errors import ModelNotFound
 from streaminfer.predictors.remote import RemoteOptions, ServerRejected
 
@@ -46,9 +48,12 @@ class HttpTransport:
         """POST and return a 200 response; any other outcome raises the matching error."""
         return self._send("POST", path, content, headers)
 
+    def get(self, path: str) -> httpx.Response:
+        """GET and return a 200 response; any other outcome raises the matching error."""
+        return self._send("GET", path, b"", {})
+
     def get_json(self, path: str) -> dict[str, Any]:
-        response = self._send("GET", path, b"", {})
-        return parse_json(response.content, self.base_url + path)
+        return parse_json(self.get(path).content, self.base_url + path)
 
     def _send(
         self, method: str, path: str, content: bytes, headers: dict[str, str]
@@ -67,6 +72,8 @@ class HttpTransport:
             raise ModelNotFound(message)
         if response.status_code in (400, 413):
             raise ServerRejected(message)
+        if response.status_code in (500, 422):
+            raise RequestFailed(message)
         raise InfrastructureError(message)
 
     def post_json(self, path: str, body: dict[str, Any]) -> httpx.Response:

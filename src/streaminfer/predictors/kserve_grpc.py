@@ -1,24 +1,35 @@
 """KServe V2 / Open Inference Protocol over gRPC: ``inference.GRPCInferenceService/ModelInfer``.
 
 Every input travels in ``raw_input_contents`` (N encoded images as one BYTES tensor
-``images`` of shape ``[N]``), so neither side builds per-value protobuf fields.  Works
-against Triton, MLServer, KServe, OpenVINO Model Server and our own server.
+``images`` of shape ``[N]``), so neither side builds per-value protobuf fields.  A
+model's inputs come from ``ModelMetadata``, health from ``ServerReady``.  Works against
+Triton, MLServer, KServe, OpenVINO Model Server and our own server.
 """
 
 from __future__ import annotations
 
-from streaminfer.codecs.arrays import bytes_array
-from streaminfer.codecs.v2 import add_grpc_tensors, read_grpc_tensors
+import dataclasses
+from collections.abc import Sequence
+
+from streaminfer.codecs.v2 import add_grpc_tensors, numpy_dtype, read_grpc_tensors
+from streaminfer.errors import StreamInferError
+from streaminfer.models.errors import ModelNotFound
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.grpc_transport import GrpcTransport
 from streaminfer.predictors.remote import (
-    IMAGES_INPUT,
     TOP_K_PARAMETER,
     RemoteOptions,
     RemotePredictor,
     numbered_version,
     rank_from_classes,
     version_number,
+)
+from streaminfer.predictors.signature import (
+    IMAGE_ENTRY_SUFFIX,
+    ServedModel,
+    TensorList,
+    v2_model,
+    with_image_entry,
 )
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
@@ -34,12 +45,37 @@ class KServeGrpcPredictor(RemotePredictor):
         self._stub = v2_grpc.GRPCInferenceServiceStub(self._grpc.channel)
 
     def close(self) -> None:
+        super().close()
         self._grpc.close()
 
+    def ready(self) -> bool:
+        try:
+            return self._grpc.call(self._stub.ServerReady, v2.ServerReadyRequest()).ready
+        except StreamInferError:
+            return False
+
+    def _read_metadata(self, ref: ModelRef) -> ServedModel:
+        served = self._model_metadata(ref)
+        if served.takes_images:
+            return served
+        entry = dataclasses.replace(ref, name=ref.name + IMAGE_ENTRY_SUFFIX)
+        try:
+            return with_image_entry(served, self._model_metadata(entry), entry.name)
+        except ModelNotFound:
+            return served
+
+    def _model_metadata(self, ref: ModelRef) -> ServedModel:
+        request = v2.ModelMetadataRequest(name=ref.name, version=numbered_version(ref, "KServe V2"))
+        answer = self._grpc.call(self._stub.ModelMetadata, request)
+        return v2_model(_listed(answer.inputs), _listed(answer.outputs))
+
     def _infer_images(
-        self, ref: ModelRef, images: list[bytes], top_k: int | None
+        self, ref: ModelRef, served: ServedModel, images: list[bytes], top_k: int | None
     ) -> tuple[int, list[list[Prediction]]]:
-        request = _request_for(ref, {IMAGES_INPUT: bytes_array(images)})
+        assert served.image_input is not None
+        if served.image_model is not None:
+            ref = dataclasses.replace(ref, name=served.image_model)
+        request = _request_for(ref, {served.image_input: served.image_batch(images)})
         if top_k is not None:
             request.parameters[TOP_K_PARAMETER].int64_param = top_k
         version, outputs = self._infer(request)
@@ -60,3 +96,7 @@ def _request_for(ref: ModelRef, inputs: Tensors) -> v2.ModelInferRequest:
     )
     add_grpc_tensors(inputs, request.inputs, request.raw_input_contents)
     return request
+
+
+def _listed(tensors: Sequence[v2.ModelMetadataResponse.TensorMetadata]) -> TensorList:
+    return [(t.name, numpy_dtype(t.name, t.datatype), list(t.shape)) for t in tensors]

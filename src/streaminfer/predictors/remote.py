@@ -1,9 +1,14 @@
 """What every remote predictor does the same way, whatever its wire protocol.
 
-A micro-batch is grouped into requests the server can batch (one per model, version
-or label, and kind of input), each split to stay under a size limit, and sent over a
-connection made once.  The protocol clients only translate: images or tensors in,
-predictions or tensors out, and server statuses into the product's two kinds of error.
+Each model's metadata is read from the server (and cached) first: it says whether the
+model takes encoded images itself (they are sent as they are) or only a tensor (the
+images are preprocessed here and the answer ranked here, see ``client_images``), and
+which dtype and shape each tensor input has (records are cast to them, see
+``signature``).  A micro-batch is then grouped into requests the server can batch (one
+per model, version or label, and kind of input), each split to stay under a size
+limit, and sent over a connection made once.  The protocol clients only translate:
+images or tensors in, predictions or tensors out, and server statuses into the
+product's kinds of error.
 
 When the server refuses a multi-record request as invalid or too large, one record may
 be to blame (a non-image among good JPEGs): the request is bisected until the bad
@@ -12,19 +17,26 @@ records are alone, so that only they are dead-lettered.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from abc import abstractmethod
 from collections.abc import Hashable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+import numpy as np
 
 from streaminfer.codecs.errors import DecodeError, EncodeError
 from streaminfer.errors import InfrastructureError, RecordError
+from streaminfer.images.preprocess import preprocess_image
 from streaminfer.models.errors import InvalidInput
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.base import Outcome, Predictor, PredictRequest, PredictResult
+from streaminfer.predictors.client_images import ClientImageOptions, ImagePlan, plan_for
 from streaminfer.predictors.grouping import (
     check_kind,
     chunks,
@@ -34,6 +46,7 @@ from streaminfer.predictors.grouping import (
     stack_key,
     tensor_rows,
 )
+from streaminfer.predictors.signature import MetadataCache, ServedModel, conform
 from streaminfer.types import ModelRef, Tensors
 
 # Below what model servers accept (ours: 64 MiB); a server that refuses a request as too
@@ -43,6 +56,10 @@ DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 IMAGES_INPUT = "images"  # the encoded images, a string / BYTES tensor of shape [N]
 TOP_K_PARAMETER = "top_k"
 UNKNOWN_CLASS_ID = -1  # the server named a class without saying its id
+
+
+ImagePath = Literal["auto", "bytes", "tensor"]
+V2Binary = Literal["auto", "always", "never"]
 
 
 @dataclass(frozen=True)
@@ -57,10 +74,18 @@ class RemoteOptions:
     max_batch_rows: int = 32  # rows per request; larger groups are split
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     signature_name: str = "serving_default"  # TF Serving only
+    # Images to a model: "auto" sends bytes if its metadata lists an encoded-image input,
+    # else preprocesses here; "bytes" / "tensor" force one path.
+    image_path: ImagePath = "auto"
+    client_images: ClientImageOptions = field(default_factory=ClientImageOptions)
+    decode_threads: int = 2  # preprocessing images for tensor models
+    v2_binary: V2Binary = "auto"  # KServe V2 HTTP: Triton's binary tensors, if the server has them
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0 or self.max_concurrency < 1 or self.max_batch_rows < 1:
-            raise ValueError("timeout, max_concurrency and max_batch_rows must be positive")
+        if min(self.max_concurrency, self.max_batch_rows, self.decode_threads) < 1:
+            raise ValueError("max_concurrency, max_batch_rows and decode_threads must be positive")
+        if self.timeout_s <= 0:
+            raise ValueError("the timeout must be positive")
 
     def read_ca(self) -> bytes | None:
         return self.ca_file.read_bytes() if self.ca_file else None
@@ -121,17 +146,27 @@ def class_id(label: str) -> int:
 
 
 class RemotePredictor(Predictor):
-    """Base of the protocol clients: grouping, splitting, bisecting, concurrency limit."""
+    """Base of the protocol clients: metadata, grouping, splitting, bisecting, concurrency."""
 
     def __init__(self, target: str, options: RemoteOptions | None = None) -> None:
         self.target = target
         self.options = options or RemoteOptions()
         self._slots = threading.BoundedSemaphore(self.options.max_concurrency)
+        self._metadata = MetadataCache(self._read_metadata)
+        self._plans: dict[tuple[ModelRef, ServedModel], ImagePlan] = {}
+        self._decoders = ThreadPoolExecutor(
+            self.options.decode_threads, thread_name_prefix="remote-decode"
+        )
+        self._last_ref: ModelRef | None = None  # what the health probe asks about (TF Serving)
 
     # -- what a protocol client implements -------------------------------------------------
     @abstractmethod
+    def _read_metadata(self, ref: ModelRef) -> ServedModel:
+        """The model's inputs and outputs, as the server describes them."""
+
+    @abstractmethod
     def _infer_images(
-        self, ref: ModelRef, images: list[bytes], top_k: int | None
+        self, ref: ModelRef, served: ServedModel, images: list[bytes], top_k: int | None
     ) -> tuple[int, list[list[Prediction]]]:
         """One request classifying ``images``; returns the version that served it."""
 
@@ -139,60 +174,110 @@ class RemotePredictor(Predictor):
     def _infer_tensors(self, ref: ModelRef, inputs: Tensors) -> tuple[int, Tensors]:
         """One request running the model on ``inputs``; returns the version and outputs."""
 
+    @abstractmethod
+    def ready(self) -> bool:
+        """Whether the server answers its health endpoint now (probed while the breaker is
+        open); never raises."""
+
     # -- shared ----------------------------------------------------------------------------
     def predict(self, batch: list[PredictRequest]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(batch)
+        jobs: list[_Job] = []
         for index, request in enumerate(batch):
             try:
                 check_kind(request)
+                jobs.append(self._job(index, request))
             except RecordError as exc:
                 outcomes[index] = exc
-        valid = [i for i, outcome in enumerate(outcomes) if outcome is None]
-        for members in group_by(valid, lambda i: _group_key(i, batch[i])):
+        jobs = self._decode(jobs, outcomes)
+        for members in group_by(jobs, _group_key):
+            weights = [job.weight for job in members]
             for chunk in chunks(
-                members,
-                lambda i: _weight(batch[i]),
+                range(len(members)),
+                weights.__getitem__,
                 self.options.max_batch_rows,
                 self.options.max_request_bytes,
             ):
-                self._serve(batch, chunk, outcomes)
+                self._serve([members[i] for i in chunk], outcomes)
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
 
-    def _serve(self, batch: list[PredictRequest], chunk: list[int], outcomes: list) -> None:
+    def close(self) -> None:
+        self._decoders.shutdown(wait=False, cancel_futures=True)
+
+    def _job(self, index: int, request: PredictRequest) -> _Job:
+        """What one request needs sent, from the model's metadata; RecordError if it can't be."""
+        ref = request.ref
+        self._last_ref = ref
+        if request.image is not None and self.options.image_path == "bytes":
+            return _Job(index, request, IMAGES_ASSUMED, image=request.image)
+        with _codec_errors(self.target):
+            served = self._metadata.get(ref)
+        if request.image is not None:
+            if served.takes_images and self.options.image_path != "tensor":
+                return _Job(index, request, served, image=request.image)
+            return _Job(index, request, served, plan=self._plan(ref, served), image=request.image)
+        assert request.tensors is not None
+        return _Job(index, request, served, tensors=conform(request.tensors, served))
+
+    def _plan(self, ref: ModelRef, served: ServedModel) -> ImagePlan:
+        key = (ref, served)
+        if key not in self._plans:
+            self._plans[key] = plan_for(ref, served, self.options.client_images)
+        return self._plans[key]
+
+    def _decode(self, jobs: list[_Job], outcomes: list[Outcome | None]) -> list[_Job]:
+        """Images of tensor models preprocessed here, on the decode threads."""
+        pending = [
+            (job, self._decoders.submit(_preprocess, job.image, job.plan))
+            for job in jobs
+            if job.plan is not None and job.image is not None
+        ]
+        decoded: dict[int, _Job] = {}
+        for job, future in pending:
+            try:
+                row, preprocess_ms = future.result()
+            except RecordError as exc:
+                outcomes[job.index] = exc
+                continue
+            decoded[job.index] = dataclasses.replace(
+                job, image=None, row=row, preprocess_ms=preprocess_ms
+            )
+        return [
+            decoded.get(job.index, job)
+            for job in jobs
+            if job.index in decoded or job.plan is None or job.image is None
+        ]
+
+    def _serve(self, jobs: list[_Job], outcomes: list[Outcome | None]) -> None:
         try:
-            results = self._request([batch[i] for i in chunk])
+            results = self._request(jobs)
         except ServerRejected as exc:
-            if len(chunk) == 1:
-                outcomes[chunk[0]] = exc
+            if len(jobs) == 1:
+                outcomes[jobs[0].index] = exc
                 return
-            middle = len(chunk) // 2
-            self._serve(batch, chunk[:middle], outcomes)
-            self._serve(batch, chunk[middle:], outcomes)
+            middle = len(jobs) // 2
+            self._serve(jobs[:middle], outcomes)
+            self._serve(jobs[middle:], outcomes)
             return
         except RecordError as exc:  # not found: every record of the group shares the cause
-            for index in chunk:
-                outcomes[index] = exc
+            for job in jobs:
+                outcomes[job.index] = exc
             return
-        for index, result in zip(chunk, results, strict=True):
-            outcomes[index] = result
+        for job, result in zip(jobs, results, strict=True):
+            outcomes[job.index] = result
 
-    def _request(self, requests: list[PredictRequest]) -> list[PredictResult]:
-        first = requests[0]
-        ref = first.ref
+    def _request(self, jobs: list[_Job]) -> list[PredictResult]:
+        first = jobs[0]
+        ref = first.request.ref
         started = time.perf_counter()
         with self._slots, _codec_errors(self.target):
             if first.image is not None:
-                images = [r.image for r in requests if r.image is not None]
-                wanted = [r.top_k for r in requests]  # all None, or all numbers: see _group_key
-                k = max(n for n in wanted if n) if first.top_k else None
-                version, ranked = self._infer_images(ref, images, k)
-                results = [
-                    PredictResult(ref.name, version, self.mode, predictions=p[:n] if n else p)
-                    for p, n in zip(ranked, wanted, strict=True)
-                ]
+                results = self._classify(ref, first.served, jobs)
+            elif first.plan is not None:
+                results = self._classify_tensor(ref, first.plan, jobs)
             else:
-                parts = [r.tensors for r in requests if r.tensors is not None]
+                parts = [job.tensors for job in jobs if job.tensors is not None]
                 version, outputs = self._infer_tensors(ref, concat_rows(parts))
                 sliced = split_rows(outputs, [tensor_rows(p) or 0 for p in parts])
                 results = [
@@ -200,9 +285,72 @@ class RemotePredictor(Predictor):
                     for o in (sliced if len(parts) > 1 else [outputs])
                 ]
         elapsed = (time.perf_counter() - started) * 1000
-        for result in results:
+        for job, result in zip(jobs, results, strict=True):
             result.timings_ms["inference"] = elapsed
+            if job.plan is not None:
+                result.timings_ms["preprocess"] = job.preprocess_ms
         return results
+
+    def _classify(
+        self, ref: ModelRef, served: ServedModel, jobs: list[_Job]
+    ) -> list[PredictResult]:
+        """Encoded images to a model that takes them: the server does the image work."""
+        images = [job.image for job in jobs if job.image is not None]
+        wanted = [job.request.top_k for job in jobs]  # all None, or all numbers: see _group_key
+        k = max(n for n in wanted if n) if wanted[0] else None
+        version, ranked = self._infer_images(ref, served, images, k)
+        return [
+            PredictResult(ref.name, version, self.mode, predictions=p[:n] if n else p)
+            for p, n in zip(ranked, wanted, strict=True)
+        ]
+
+    def _classify_tensor(
+        self, ref: ModelRef, plan: ImagePlan, jobs: list[_Job]
+    ) -> list[PredictResult]:
+        """Images preprocessed here to a model that takes a tensor: ranked here too."""
+        rows = np.stack([job.row for job in jobs if job.row is not None])
+        version, outputs = self._infer_tensors(ref, {plan.input: rows.astype(plan.dtype)})
+        wanted = [job.request.top_k or plan.top_k for job in jobs]
+        ranked = plan.predictions(outputs, len(jobs), max(wanted), self.target)
+        return [
+            PredictResult(ref.name, version, self.mode, predictions=p[:n])
+            for p, n in zip(ranked, wanted, strict=True)
+        ]
+
+
+# The bytes path forced: no metadata read, images go to the conventional input.
+IMAGES_ASSUMED = ServedModel(inputs=(), outputs=(), image_input=IMAGES_INPUT)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One request, ready to send: its image, its preprocessed row, or its conformed tensors."""
+
+    index: int  # in the batch
+    request: PredictRequest
+    served: ServedModel
+    plan: ImagePlan | None = None  # set: the image is preprocessed here, into ``row``
+    image: bytes | None = None
+    row: np.ndarray | None = None
+    tensors: Tensors | None = None
+    preprocess_ms: float = 0.0
+
+    @property
+    def weight(self) -> tuple[int, int]:
+        """(rows, bytes) on the wire."""
+        if self.image is not None:
+            return 1, len(self.image)
+        if self.row is not None:
+            return 1, self.row.nbytes
+        tensors = self.tensors or {}
+        return tensor_rows(tensors) or 1, sum(a.nbytes for a in tensors.values())
+
+
+def _preprocess(image: bytes | None, plan: ImagePlan | None) -> tuple[np.ndarray, float]:
+    assert image is not None and plan is not None
+    started = time.perf_counter()
+    row = preprocess_image(image, plan.spec)
+    return row, (time.perf_counter() - started) * 1000
 
 
 @contextmanager
@@ -217,19 +365,14 @@ def _codec_errors(where: str) -> Iterator[None]:
         raise InfrastructureError(f"{where}: the answer does not decode: {exc}") from exc
 
 
-def _group_key(index: int, request: PredictRequest) -> Hashable:
-    """Records with equal keys may travel in one request."""
-    if request.image is not None:  # one top_k for all: the largest, cut per record after
-        return ("image", request.ref, request.top_k is None)
-    assert request.tensors is not None
-    if tensor_rows(request.tensors) is None:
-        return ("alone", index)  # scalars or ragged rows: not stackable with others
-    return ("tensors", request.ref, stack_key(request.tensors))
-
-
-def _weight(request: PredictRequest) -> tuple[int, int]:
-    """(rows, bytes) of a record on the wire."""
-    if request.image is not None:
-        return 1, len(request.image)
-    tensors = request.tensors or {}
-    return tensor_rows(tensors) or 1, sum(a.nbytes for a in tensors.values())
+def _group_key(job: _Job) -> Hashable:
+    """Jobs with equal keys may travel in one request."""
+    ref = job.request.ref
+    if job.image is not None:  # one top_k for all: the largest, cut per record after
+        return ("image", ref, job.request.top_k is None)
+    if job.row is not None:
+        return ("preprocessed", ref, job.row.shape)
+    assert job.tensors is not None
+    if tensor_rows(job.tensors) is None:
+        return ("alone", job.index)  # scalars or ragged rows: not stackable with others
+    return ("tensors", ref, stack_key(job.tensors))

@@ -6,6 +6,11 @@ lost the same server do not come back in lockstep.  The breaker stops calling a 
 that keeps failing and lets one probe through after a cool-down; while it is open,
 ``predict`` raises ``CircuitOpen`` at once, the worker pauses consumption and tries the
 same records again later.  Nothing is ever skipped.
+
+A :class:`HealthProbe` ends the cool-down early: while the breaker is open, each refused
+call may ask the server's health endpoint (at most once per ``interval_s``), and a
+healthy answer lets the next call through at once.  ``CircuitOpen.retry_after_s`` is then
+the probe interval, so outputs resume within about that long of the server coming back.
 """
 
 from __future__ import annotations
@@ -150,6 +155,12 @@ class CircuitBreaker:
                 self._opened_at = self._clock()
             self._probing = False
 
+    def resume(self) -> None:
+        """The server was seen healthy: end an open breaker's cool-down now (half-open)."""
+        with self._lock:
+            if self._current() is BreakerState.OPEN:
+                self._state = BreakerState.HALF_OPEN
+
     def release(self) -> None:
         """The call ended in neither success nor infrastructure failure (a bug, say):
         free the probe slot without judging the server."""
@@ -165,6 +176,31 @@ class CircuitBreaker:
         return self._state
 
 
+class HealthProbe:
+    """Asks ``check`` (a server's health endpoint) at most once per ``interval_s``.
+
+    Thread-safe: of callers arriving together, one asks and the others are told "not yet".
+    """
+
+    def __init__(
+        self, check: Callable[[], bool], interval_s: float = 0.25, clock: Clock = time.monotonic
+    ) -> None:
+        self.interval_s = interval_s
+        self._check = check
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: float | None = None
+
+    def server_back(self) -> bool:
+        """Whether the server answered healthy now; False without asking if asked too recently."""
+        with self._lock:
+            now = self._clock()
+            if self._last is not None and now - self._last < self.interval_s:
+                return False
+            self._last = now
+        return self._check()
+
+
 class ResilientPredictor(Predictor):
     """Retries a predictor's infrastructure failures, behind a circuit breaker."""
 
@@ -174,6 +210,7 @@ class ResilientPredictor(Predictor):
         retry: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
         *,
+        probe: HealthProbe | None = None,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -181,6 +218,7 @@ class ResilientPredictor(Predictor):
         self.mode = inner.mode
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker()
+        self.probe = probe
         self._clock = clock
         self._rng = rng or random.Random()
         self._closed = threading.Event()  # wakes retries that are waiting when closing
@@ -189,8 +227,10 @@ class ResilientPredictor(Predictor):
         started = self._clock()
         attempt = 0
         while True:
-            if not self.breaker.allow():
+            if not self._may_call():
                 wait = self.breaker.retry_after_s()
+                if self.probe is not None:
+                    wait = min(wait, self.probe.interval_s)
                 raise CircuitOpen(
                     f"{self.mode}: circuit open after {self.breaker.consecutive_failures} "
                     f"consecutive failures; next probe in {wait:.1f} s",
@@ -212,6 +252,18 @@ class ResilientPredictor(Predictor):
                 raise
             self.breaker.record_success()
             return outcomes
+
+    def _may_call(self) -> bool:
+        """The breaker allows a call, or the probe found the server back (the call is then
+        the breaker's half-open probe)."""
+        if self.breaker.allow():
+            return True
+        if self.probe is None or self.breaker.state is not BreakerState.OPEN:
+            return False
+        if not self.probe.server_back():
+            return False
+        self.breaker.resume()
+        return self.breaker.allow()
 
     def circuit_state(self) -> int:
         return int(self.breaker.state)

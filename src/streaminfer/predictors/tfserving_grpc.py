@@ -1,25 +1,36 @@
 """TensorFlow Serving's gRPC API: ``tensorflow.serving.PredictionService/Predict``.
 
 N encoded images go as one ``DT_STRING`` tensor ``images`` of shape ``[N]``; tensors as
-raw ``tensor_content``.  Works against TensorFlow Serving itself and our own server.
+raw ``tensor_content``.  A model's signatures come from ``GetModelMetadata``, which also
+serves as the health probe (TF Serving has no server-wide one).  Works against
+TensorFlow Serving itself and our own server.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
-from streaminfer.codecs.arrays import bytes_array
-from streaminfer.codecs.tfserving import from_tensor_proto, to_tensor_proto
+from streaminfer.codecs.errors import DecodeError
+from streaminfer.codecs.tfserving import DTYPES, from_tensor_proto, to_tensor_proto
+from streaminfer.errors import StreamInferError
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.grpc_transport import GrpcTransport
 from streaminfer.predictors.remote import (
-    IMAGES_INPUT,
     TOP_K_PARAMETER,
     RemoteOptions,
     RemotePredictor,
     rank_from_classes,
 )
-from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc
+from streaminfer.predictors.signature import ServedModel, TensorList, tf_model
+from streaminfer.protos.tfserving import (
+    get_model_metadata_pb2,
+    meta_graph_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 from streaminfer.types import ModelRef, Tensors
 
 
@@ -32,13 +43,38 @@ class TFServingGrpcPredictor(RemotePredictor):
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._grpc.channel)
 
     def close(self) -> None:
+        super().close()
         self._grpc.close()
 
+    def ready(self) -> bool:
+        ref = self._last_ref
+        if ref is None:
+            return True  # no model asked for yet: the next request is the probe
+        try:
+            self._read_metadata(ref)
+        except StreamInferError:
+            return False
+        return True
+
+    def _read_metadata(self, ref: ModelRef) -> ServedModel:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            metadata_field=[SIGNATURE_DEF_FIELD]
+        )
+        self._spec(ref, request.model_spec)
+        answer = self._grpc.call(self._stub.GetModelMetadata, request)
+        defs = get_model_metadata_pb2.SignatureDefMap()
+        if SIGNATURE_DEF_FIELD not in answer.metadata or not answer.metadata[
+            SIGNATURE_DEF_FIELD
+        ].Unpack(defs):
+            raise DecodeError("the metadata has no SignatureDefMap")
+        return tf_model(signatures_of(defs), self.options.signature_name)
+
     def _infer_images(
-        self, ref: ModelRef, images: list[bytes], top_k: int | None
+        self, ref: ModelRef, served: ServedModel, images: list[bytes], top_k: int | None
     ) -> tuple[int, list[list[Prediction]]]:
-        request = self._request_for(ref)
-        request.inputs[IMAGES_INPUT].CopyFrom(to_tensor_proto(bytes_array(images)))
+        assert served.image_input is not None
+        request = self._request_for(ref, served.image_signature)
+        request.inputs[served.image_input].CopyFrom(to_tensor_proto(served.image_batch(images)))
         if top_k is not None:
             request.inputs[TOP_K_PARAMETER].CopyFrom(to_tensor_proto(np.asarray(top_k, np.int32)))
         version, outputs = self._predict(request)
@@ -50,18 +86,48 @@ class TFServingGrpcPredictor(RemotePredictor):
             request.inputs[name].CopyFrom(to_tensor_proto(array))
         return self._predict(request)
 
-    def _request_for(self, ref: ModelRef) -> predict_pb2.PredictRequest:
+    def _request_for(
+        self, ref: ModelRef, signature: str | None = None
+    ) -> predict_pb2.PredictRequest:
         request = predict_pb2.PredictRequest()
-        spec = request.model_spec
+        self._spec(ref, request.model_spec)
+        request.model_spec.signature_name = signature or self.options.signature_name
+        return request
+
+    @staticmethod
+    def _spec(ref: ModelRef, spec: Any) -> None:
         spec.name = ref.name
-        spec.signature_name = self.options.signature_name
         if ref.version is not None:
             spec.version.value = ref.version
         elif ref.label is not None:
             spec.version_label = ref.label
-        return request
 
     def _predict(self, request: predict_pb2.PredictRequest) -> tuple[int, Tensors]:
         response = self._grpc.call(self._stub.Predict, request)
         outputs = {name: from_tensor_proto(name, proto) for name, proto in response.outputs.items()}
         return response.model_spec.version.value, outputs
+
+
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+Signatures = dict[str, tuple[TensorList, TensorList]]
+
+
+def signatures_of(defs: get_model_metadata_pb2.SignatureDefMap) -> Signatures:
+    """Each signature's inputs and outputs (TF Serving's metadata, gRPC or REST)."""
+    return {
+        name: (_listed(signature.inputs), _listed(signature.outputs))
+        for name, signature in defs.signature_def.items()
+    }
+
+
+def _listed(tensors: Mapping[str, meta_graph_pb2.TensorInfo]) -> TensorList:
+    listed: TensorList = []
+    for name, info in tensors.items():
+        dtype = DTYPES.get(info.dtype)
+        if dtype is None:
+            raise DecodeError(f"tensor {name!r}: dtype {info.dtype} is not supported")
+        shape = info.tensor_shape
+        listed.append((name, dtype, None if shape.unknown_rank else [d.size for d in shape.dim]))
+    return listed

@@ -1,7 +1,8 @@
 """TensorFlow Serving's REST API: ``POST /v1/models/{m}[/versions/{v}|/labels/{l}]:predict``.
 
 Images travel base64-encoded (``{"b64": ...}``) in the columnar ``inputs`` format, N per
-request; tensors as JSON lists, the only encoding this API has.
+request; tensors as JSON lists, the only encoding this API has.  A model's signatures come
+from ``GET .../metadata``, which also serves as the health probe.
 """
 
 from __future__ import annotations
@@ -9,20 +10,23 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import numpy as np
+from google.protobuf import json_format
 
-from streaminfer.codecs.arrays import bytes_array
+from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.jsonvalues import to_json
 from streaminfer.codecs.tfserving_json import MODEL_VERSION_HEADER, UNNAMED, read_columns
-from streaminfer.errors import InfrastructureError
+from streaminfer.errors import InfrastructureError, StreamInferError
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.http_transport import HttpTransport, parse_json
 from streaminfer.predictors.remote import (
-    IMAGES_INPUT,
     TOP_K_PARAMETER,
     RemoteOptions,
     RemotePredictor,
     rank_from_classes,
 )
+from streaminfer.predictors.signature import ServedModel, tf_model
+from streaminfer.predictors.tfserving_grpc import SIGNATURE_DEF_FIELD, signatures_of
+from streaminfer.protos.tfserving import get_model_metadata_pb2
 from streaminfer.types import ModelRef, Tensors
 
 
@@ -32,26 +36,50 @@ class TFServingRestPredictor(RemotePredictor):
     def __init__(self, target: str, options: RemoteOptions | None = None) -> None:
         super().__init__(target, options)
         self._http = HttpTransport(target, self.options)
-        self._output_names: dict[tuple[ModelRef, str], str] = {}
 
     def close(self) -> None:
+        super().close()
         self._http.close()
 
+    def ready(self) -> bool:
+        ref = self._last_ref
+        if ref is None:
+            return True  # no model asked for yet: the next request is the probe
+        try:
+            self._read_metadata(ref)
+        except StreamInferError:
+            return False
+        return True
+
+    def _read_metadata(self, ref: ModelRef) -> ServedModel:
+        answer = self._http.get_json(_path(ref, "/metadata"))
+        defs = get_model_metadata_pb2.SignatureDefMap()
+        try:
+            json_format.ParseDict(
+                answer["metadata"][SIGNATURE_DEF_FIELD], defs, ignore_unknown_fields=True
+            )
+        except (KeyError, TypeError, json_format.ParseError) as exc:
+            raise DecodeError(f"the metadata of {ref.name!r} has no signatures: {exc}") from exc
+        return tf_model(signatures_of(defs), self.options.signature_name)
+
     def _infer_images(
-        self, ref: ModelRef, images: list[bytes], top_k: int | None
+        self, ref: ModelRef, served: ServedModel, images: list[bytes], top_k: int | None
     ) -> tuple[int, list[list[Prediction]]]:
-        inputs = {IMAGES_INPUT: bytes_array(images)}
+        assert served.image_input is not None
+        inputs = {served.image_input: served.image_batch(images)}
         if top_k is not None:
             inputs[TOP_K_PARAMETER] = np.asarray(top_k)
-        version, outputs = self._predict(ref, inputs)
+        version, outputs = self._predict(ref, inputs, served.image_signature)
         return version, rank_from_classes(outputs, len(images), self.target)
 
     def _infer_tensors(self, ref: ModelRef, inputs: Tensors) -> tuple[int, Tensors]:
-        return self._predict(ref, inputs)
+        return self._predict(ref, inputs, None)
 
-    def _predict(self, ref: ModelRef, inputs: Tensors) -> tuple[int, Tensors]:
+    def _predict(
+        self, ref: ModelRef, inputs: Tensors, signature: str | None
+    ) -> tuple[int, Tensors]:
         body = {
-            "signature_name": self.options.signature_name,
+            "signature_name": signature or self.options.signature_name,
             "inputs": {name: to_json(array, b64=True) for name, array in inputs.items()},
         }
         response = self._http.post_json(_path(ref, ":predict"), body)
@@ -67,19 +95,11 @@ class TFServingRestPredictor(RemotePredictor):
         return version, outputs
 
     def _only_output(self, ref: ModelRef) -> str:
-        """The name of a single-output model's output, from its metadata (looked up once)."""
-        key = (ref, self.options.signature_name)
-        if key not in self._output_names:
-            answer = self._http.get_json(_path(ref, "/metadata"))
-            try:
-                signatures = answer["metadata"]["signature_def"]["signature_def"]
-                (name,) = signatures[self.options.signature_name]["outputs"]
-            except (KeyError, TypeError, ValueError) as exc:
-                raise InfrastructureError(
-                    f"{self.target}: no single output in {ref.name!r}'s metadata"
-                ) from exc
-            self._output_names[key] = name
-        return self._output_names[key]
+        """The name of a single-output model's output, from its metadata."""
+        outputs = self._metadata.get(ref).outputs
+        if len(outputs) != 1:
+            raise InfrastructureError(f"{self.target}: no single output in {ref.name!r}'s metadata")
+        return outputs[0].name
 
 
 def _path(ref: ModelRef, suffix: str) -> str:

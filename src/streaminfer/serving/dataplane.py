@@ -8,6 +8,11 @@ touches the registry and a fix made here reaches every protocol.
 
 Image models answer two kinds of request: their own float input returns the model's
 outputs, encoded image bytes return ``classes``, ``scores`` and ``class_ids`` top-k.
+So that each model name describes one signature (a generic KServe V2 client reads every
+listed input as required), the encoded-image entry point of model ``m`` is also served
+as its own model ``m.images``: its only input is ``images``, its outputs the ranked
+classes.  ``m`` itself describes its tensors only, yet still takes ``images`` (older
+clients, and TF Serving's ``serving_images`` signature).
 
 ``plane.decode`` parses a REST body: on the event loop up to ``INLINE_DECODE_BYTES``
 (a few milliseconds), in the decoder process beyond (see ``serving.decoder``).
@@ -16,7 +21,7 @@ outputs, encoded image bytes return ``classes``, ``scores`` and ``class_ids`` to
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -25,11 +30,13 @@ import numpy as np
 from streaminfer import __version__
 from streaminfer.codecs.arrays import BYTES, bytes_array
 from streaminfer.codecs.tfserving_json import UNNAMED
+from streaminfer.models.errors import ModelNotFound
 from streaminfer.models.metadata import Signature, TensorSpec
 from streaminfer.models.model_config import ModelConfig
 from streaminfer.models.pipeline import classify_async, preprocess_images
 from streaminfer.models.registry import LoadedVersion, ModelRegistry
 from streaminfer.models.status import VersionStatus
+from streaminfer.serving.classification import classified
 from streaminfer.serving.decoder import BodyDecoder
 from streaminfer.serving.errors import DeadlineExceeded, InvalidRequest, Unavailable
 from streaminfer.types import Tensors
@@ -39,6 +46,8 @@ IMAGE_INPUT_NAMES = ("images", "image_bytes")
 
 DEFAULT_SIGNATURE = "serving_default"
 IMAGE_SIGNATURES = ("serving_images", "predict_images")
+IMAGE_ENTRY_SUFFIX = ".images"
+"""``<model>.images`` is the encoded-image entry point of image model ``<model>``."""
 TOP_K_INPUT = "top_k"
 FALLBACK_IMAGE_MODEL = "efficientnet-lite0"
 
@@ -113,8 +122,17 @@ class DataPlane:
         Raises NOT_FOUND for a model or version not served, INVALID_ARGUMENT for a label
         that points at none.
         """
-        loaded = self._registry.resolve(name, version, label)
-        return ModelHandle(loaded, self._gate, self._decode_pool)
+        base, image_entry = self._entry(name)
+        loaded = self._registry.resolve(base, version, label)
+        if image_entry and not loaded.metadata.is_image_model:
+            raise ModelNotFound(f"model {name!r} is not served: {base!r} takes no images")
+        return ModelHandle(loaded, self._gate, self._decode_pool, image_entry)
+
+    def _entry(self, name: str) -> tuple[str, bool]:
+        """The repository model a name serves, and whether it is its image entry point."""
+        if name.endswith(IMAGE_ENTRY_SUFFIX) and name not in self._registry.models():
+            return name.removesuffix(IMAGE_ENTRY_SUFFIX), True
+        return name, False
 
     def default_image_model(self) -> str:
         """The model the legacy Inception API classifies with."""
@@ -125,12 +143,13 @@ class DataPlane:
 
     def versions(self, name: str) -> list[int]:
         """The versions of ``name`` being served, oldest first."""
-        return self._registry.versions(name)
+        return self._registry.versions(self._entry(name)[0])
 
     def status(
         self, name: str, version: int | None = None, label: str | None = None
     ) -> list[VersionStatus]:
         """Every version's state (failed and unloaded ones too), or that of the one named."""
+        name = self._entry(name)[0]
         statuses = self._registry.status(name)
         if label is not None:
             version = self._registry.resolve(name, label=label).version
@@ -147,34 +166,48 @@ class DataPlane:
 
 
 class ModelHandle:
-    """One served version of a model, found once per request: run it, describe it."""
+    """One served version of a model, found once per request: run it, describe it.
 
-    def __init__(self, loaded: LoadedVersion, gate: _Gate, decode_pool: ThreadPoolExecutor) -> None:
-        self.name = loaded.name
+    ``image_entry``: the handle serves ``<model>.images``, which takes encoded images only.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedVersion,
+        gate: _Gate,
+        decode_pool: ThreadPoolExecutor,
+        image_entry: bool = False,
+    ) -> None:
+        self.name = loaded.name + IMAGE_ENTRY_SUFFIX if image_entry else loaded.name
         self.version = loaded.version
         self._loaded = loaded
         self._gate = gate
         self._decode_pool = decode_pool
+        self._image_entry = image_entry
 
     @property
     def ready(self) -> bool:
         return self._gate.accepting
 
     def signatures(self) -> dict[str, Signature]:
-        """The signatures this version answers: its own tensors, and images for image models."""
-        found = {DEFAULT_SIGNATURE: self._loaded.metadata.signature}
-        if self._loaded.metadata.is_image_model:
-            k = self._loaded.metadata.top_k
-            image = Signature(
-                inputs=[TensorSpec(name=IMAGE_INPUT_NAMES[0], dtype="string", shape=[-1])],
-                outputs=[
-                    TensorSpec(name="classes", dtype="string", shape=[-1, k]),
-                    TensorSpec(name="scores", dtype="float32", shape=[-1, k]),
-                    TensorSpec(name="class_ids", dtype="int64", shape=[-1, k]),
-                ],
-            )
-            found.update(dict.fromkeys(IMAGE_SIGNATURES, image))
-        return found
+        """The signatures this version answers, the default one first.
+
+        An image model answers its own tensors (default) and images; its image entry
+        point answers images only.
+        """
+        if not self._loaded.metadata.is_image_model:
+            return {DEFAULT_SIGNATURE: self._loaded.metadata.signature}
+        k = self._loaded.metadata.top_k
+        image = Signature(
+            inputs=[TensorSpec(name=IMAGE_INPUT_NAMES[0], dtype="string", shape=[-1])],
+            outputs=[
+                TensorSpec(name="classes", dtype="string", shape=[-1, k]),
+                TensorSpec(name="scores", dtype="float32", shape=[-1, k]),
+                TensorSpec(name="class_ids", dtype="int64", shape=[-1, k]),
+            ],
+        )
+        default = image if self._image_entry else self._loaded.metadata.signature
+        return {DEFAULT_SIGNATURE: default, **dict.fromkeys(IMAGE_SIGNATURES, image)}
 
     async def infer(
         self,
@@ -182,13 +215,29 @@ class ModelHandle:
         signature: str = "",
         output_filter: Sequence[str] = (),
         top_k: int | None = None,
+        classification: Mapping[str, int] | None = None,
     ) -> Tensors:
         """Float tensors through the model, image bytes through classify.
 
         ``top_k`` may also come as a ``top_k`` input (TF Serving); ``output_filter``
-        keeps only the outputs named.
+        keeps only the outputs named; ``classification`` replaces each output it names
+        (they must be in ``output_filter``) by its top classes as strings (the KServe
+        classification extension).
         """
-        return await self._gate.run(self._infer(dict(inputs), signature, output_filter, top_k))
+        outputs = await self._gate.run(self._infer(dict(inputs), signature, output_filter, top_k))
+        if not classification:
+            return outputs
+        labels = self._loaded.class_names
+        return classified(outputs, classification, self._labelled_output(), labels)
+
+    def _labelled_output(self) -> str | None:
+        """The output whose columns are the model's classes (named by its labels file)."""
+        metadata = self._loaded.metadata
+        if self._image_entry:
+            return None
+        if metadata.probabilities_output:
+            return metadata.probabilities_output
+        return metadata.signature.outputs[0].name if metadata.is_image_model else None
 
     async def classify(self, images: list[bytes], top_k: int | None = None) -> Tensors:
         """``classes``, ``scores`` and ``class_ids`` of encoded images, top ``top_k`` each."""
@@ -207,7 +256,7 @@ class ModelHandle:
 
     def _image_input(self, inputs: Tensors, signature: str) -> np.ndarray | None:
         """The encoded images of a request, or None when it carries the model's own tensors."""
-        wants_images = signature in IMAGE_SIGNATURES
+        wants_images = self._image_entry or signature in IMAGE_SIGNATURES
         if signature and not wants_images and signature != DEFAULT_SIGNATURE:
             names = ", ".join(self.signatures())
             raise InvalidRequest(
@@ -232,9 +281,9 @@ class ModelHandle:
                 self._check_batch(len(images))
                 return images
         if wants_images:
+            entry = f"model {self.name!r}" if self._image_entry else f"signature {signature!r}"
             raise InvalidRequest(
-                f"signature {signature!r} takes encoded images as a string/BYTES tensor "
-                f"of shape [N] named 'images'"
+                f"{entry} takes encoded images as a string/BYTES tensor of shape [N] named 'images'"
             )
         return None
 

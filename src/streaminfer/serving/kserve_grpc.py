@@ -1,4 +1,8 @@
-"""KServe V2's ``inference.GRPCInferenceService``: typed or raw inputs, raw outputs."""
+"""KServe V2's ``inference.GRPCInferenceService``: typed or raw inputs, raw outputs.
+
+A requested output with the parameter ``classification``: K (tritonclient's
+``class_count``) comes back as its top K classes.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from streaminfer.models.errors import ModelNotFound
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.serving import kserve_messages as messages
+from streaminfer.serving.classification import PARAMETER as CLASSIFICATION
+from streaminfer.serving.classification import class_count
 from streaminfer.serving.dataplane import DataPlane
 from streaminfer.serving.grpc_services import rpc
 from streaminfer.serving.metrics import ServerMetrics
@@ -76,6 +82,7 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
                 read_grpc_tensors(request.inputs, request.raw_input_contents, "input"),
                 output_filter=[output.name for output in request.outputs],
                 top_k=messages.top_k_parameter(_parameters(request.parameters)),
+                classification=_classification(request.outputs),
             )
             observation.version = str(model.version)
             response = v2.ModelInferResponse(
@@ -83,6 +90,15 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
             )
             add_grpc_tensors(outputs, response.outputs, response.raw_output_contents)
             return response
+
+
+def _classification(outputs: Any) -> dict[str, int]:
+    """Each requested output's ``classification`` count, for those that ask for one."""
+    counts = {
+        output.name: class_count(_parameters(output.parameters).get(CLASSIFICATION), output.name)
+        for output in outputs
+    }
+    return {name: count for name, count in counts.items() if count is not None}
 
 
 def _parameters(parameters: Any) -> dict[str, Any]:

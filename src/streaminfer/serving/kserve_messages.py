@@ -8,16 +8,12 @@ from streaminfer.codecs.arrays import numpy_dtype
 from streaminfer.codecs.numbers import ascii_int
 from streaminfer.codecs.v2 import datatype
 from streaminfer.models.metadata import TensorSpec
-from streaminfer.serving.dataplane import (
-    DEFAULT_SIGNATURE,
-    IMAGE_SIGNATURES,
-    DataPlane,
-    ModelHandle,
-)
+from streaminfer.serving import classification
+from streaminfer.serving.dataplane import DEFAULT_SIGNATURE, DataPlane, ModelHandle
 from streaminfer.serving.errors import InvalidRequest
 
 PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", classification.PARAMETER]
 TOP_K_PARAMETER = "top_k"
 
 
@@ -26,17 +22,15 @@ def server_metadata(plane: DataPlane) -> dict[str, Any]:
 
 
 def model_metadata(plane: DataPlane, model: ModelHandle) -> dict[str, Any]:
-    """The model's tensors; an image model lists its ``images`` input and ranked outputs too."""
-    found = model.signatures()
-    chosen = [found[DEFAULT_SIGNATURE]]
-    if IMAGE_SIGNATURES[0] in found:
-        chosen.append(found[IMAGE_SIGNATURES[0]])
+    """One signature, every input of which is required: the model's own tensors, or for
+    ``<model>.images`` its encoded images and ranked classes."""
+    signature = model.signatures()[DEFAULT_SIGNATURE]
     return {
         "name": model.name,
         "versions": [str(v) for v in plane.versions(model.name)],
         "platform": PLATFORM,
-        "inputs": [_tensor(spec) for sig in chosen for spec in sig.inputs],
-        "outputs": [_tensor(spec) for sig in chosen for spec in sig.outputs],
+        "inputs": [_tensor(spec) for spec in signature.inputs],
+        "outputs": [_tensor(spec) for spec in signature.outputs],
     }
 
 

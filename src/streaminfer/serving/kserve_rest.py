@@ -3,7 +3,8 @@
 With the extension, the body is a JSON header of ``Inference-Header-Content-Length``
 bytes followed by raw tensors; an input or output marks its share with the parameter
 ``binary_data_size``.  Outputs are binary when asked per output (``binary_data``) or
-for all (``binary_data_output``), as tritonclient does by default.  A large body
+for all (``binary_data_output``), as tritonclient does by default.  A requested output
+with the parameter ``classification``: K comes back as its top K classes.  A large body
 is decoded in the data plane's decoder process, so it never holds up the event loop.
 """
 
@@ -23,6 +24,8 @@ from streaminfer.codecs.v2_json import (
     write_tensors,
 )
 from streaminfer.serving import kserve_messages as messages
+from streaminfer.serving.classification import PARAMETER as CLASSIFICATION
+from streaminfer.serving.classification import class_count
 from streaminfer.serving.dataplane import DataPlane
 from streaminfer.serving.errors import InvalidRequest, Unavailable
 from streaminfer.serving.metrics import ServerMetrics
@@ -81,11 +84,12 @@ class KServeRest:
             body, header_length = await request.read(), request.headers.get(HEADER_LENGTH)
             document, inputs = await self._plane.decode(_decode, body, header_length)
             parameters = json_object(document.get("parameters", {}), "parameters")
-            wanted, binary_outputs = _requested_outputs(document, parameters)
+            wanted, binary_outputs, classes = _requested_outputs(document, parameters)
             outputs = await model.infer(
                 inputs,
                 output_filter=wanted,
                 top_k=messages.top_k_parameter(parameters),
+                classification=classes,
             )
             observation.version = str(model.version)
             reply: dict[str, Any] = {"model_name": model.name, "model_version": observation.version}
@@ -113,19 +117,25 @@ def _target(request: web.Request) -> tuple[str, int | None]:
 
 def _requested_outputs(
     document: dict[str, Any], parameters: dict[str, Any]
-) -> tuple[list[str], bool | Set[str]]:
-    """Names of the outputs asked for, and which are binary (True: all of them)."""
+) -> tuple[list[str], bool | Set[str], dict[str, int]]:
+    """Names of the outputs asked for, which are binary (True: all of them), and the
+    number of classes asked for each output to classify."""
     value = document.get("outputs", [])
     if not isinstance(value, list):
         raise InvalidRequest('"outputs" must be a list')
     names: list[str] = []
     binary: set[str] = set()
+    classes: dict[str, int] = {}
     for item in value:
         output = json_object(item, "outputs[]")
         name = output.get("name")
         if not isinstance(name, str):
             raise InvalidRequest('every requested output needs a string "name"')
         names.append(name)
-        if json_object(output.get("parameters", {}), "parameters").get("binary_data") is True:
+        asked = json_object(output.get("parameters", {}), "parameters")
+        if asked.get("binary_data") is True:
             binary.add(name)
-    return names, parameters.get("binary_data_output") is True or binary
+        count = class_count(asked.get(CLASSIFICATION), name)
+        if count is not None:
+            classes[name] = count
+    return names, parameters.get("binary_data_output") is True or binary, classes

@@ -28,6 +28,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from streaminfer.kafka.access import refuse_denied
 from streaminfer.kafka.records import produce_waiting
 from streaminfer.stream.metrics import WorkerMetrics
 from streaminfer.stream.pipeline import Produced
@@ -94,7 +95,7 @@ class Checkpoint:
         self._written = 0  # records written since the last commit
         self._in_transaction = False
         self._last_commit = clock()
-        self._failed_delivery: str | None = None  # set from librdkafka's delivery thread
+        self._failed_delivery: KafkaError | None = None  # set from librdkafka's delivery thread
         self._lock = threading.Lock()
 
     @property
@@ -186,11 +187,17 @@ class Checkpoint:
         with self._lock:
             failed, self._failed_delivery = self._failed_delivery, None
         if remaining or failed:
-            why = failed or f"{remaining} outputs not acknowledged in {_TIMEOUT_S:.0f} s"
+            code = failed.code() if failed else KafkaError._MSG_TIMED_OUT
+            why = (
+                failed.str()
+                if failed
+                else f"{remaining} outputs not acknowledged in {_TIMEOUT_S:.0f} s"
+            )
             # Never retriable here: the failed outputs are gone, only a redo brings them back.
-            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, why, retriable=False))
+            raise KafkaException(KafkaError(code, why, retriable=False))
 
     def _failed(self, error: KafkaError) -> Commit:
+        refuse_denied(error)  # a missing ACL: redoing the work would be denied again
         if self.exactly_once and error.txn_requires_abort():
             log.warning("transaction aborted, reprocessing from the last commit: %s", error.str())
         elif not self.exactly_once and not error.retriable():
@@ -206,4 +213,4 @@ class Checkpoint:
     def _on_delivery(self, error: KafkaError | None, _message: Any) -> None:
         if error is not None:
             with self._lock:
-                self._failed_delivery = self._failed_delivery or error.str()
+                self._failed_delivery = self._failed_delivery or error

@@ -14,6 +14,7 @@ import time
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
+from streaminfer.kafka.access import refuse_denied
 from streaminfer.kafka.records import Headers
 from streaminfer.stream.pipeline import InputRecord
 from streaminfer.stream.records import Source
@@ -135,5 +136,6 @@ def _usable(message: Message) -> bool:
         return True
     if error.fatal():
         raise KafkaException(error)
+    refuse_denied(error)  # the group or input topic not allowed: polling again won't be
     log.warning("consumer: %s", error.str())
     return False

@@ -29,7 +29,7 @@ from streaminfer.errors import InfrastructureError, RecordError, RequestFailed
 from streaminfer.images import ImageFetcher
 from streaminfer.kafka.records import Headers
 from streaminfer.predictors.base import Predictor, PredictRequest, PredictResult
-from streaminfer.predictors.resilience import RetryPolicy
+from streaminfer.predictors.resilience import CircuitOpen, RetryPolicy
 from streaminfer.stream.metrics import WorkerMetrics
 from streaminfer.stream.records import (
     Request,
@@ -378,7 +378,13 @@ class Pipeline:
             except InfrastructureError as exc:
                 self.metrics.retries.inc()
                 delay = self.retry.delay(attempt, self._rng)
-                log.warning("prediction failed, retrying in %.1fs: %s", delay, exc)
+                if isinstance(exc, CircuitOpen):  # its health probe knows better than backoff
+                    delay = min(delay, exc.retry_after_s)
+                # While the breaker is open this repeats every probe interval: once a batch
+                # is enough.
+                quiet = isinstance(exc, CircuitOpen) and attempt > 1
+                level = logging.DEBUG if quiet else logging.WARNING
+                log.log(level, "prediction failed, retrying in %.1fs: %s", delay, exc)
             finally:
                 self.metrics.circuit.set(self.predictor.circuit_state())
             if abandoned.wait(delay):

@@ -51,6 +51,16 @@ class WorkerSettings(Settings):
     shadow_topic: str | None = None  # default: "<output>.shadow"
     create_topics: bool = True  # create output and dead-letter topics if missing
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    # Images to a remote model: "auto" sends the bytes if the server's metadata lists an
+    # encoded-image input, else preprocesses here; "bytes" / "tensor" force a path.
+    remote_images: Literal["auto", "bytes", "tensor"] = "auto"
+    # How to preprocess for a server's tensor model when --repo has no model.json for it.
+    preprocess: Literal["imagenet", "inception", "raw"] | None = None
+    input_size: str | None = None  # N or HxW, where the model's shape leaves it open
+    layout: Literal["NCHW", "NHWC"] | None = None
+    labels: Path | None = None  # class names, one per line
+    output_kind: Literal["logits", "probabilities"] = "logits"
+    v2_binary: Literal["auto", "always", "never"] = "auto"  # kserve-http binary tensors
     # Group members under one supervisor; "auto": one per usable core.
     processes: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
 
@@ -71,6 +81,12 @@ class WorkerSettings(Settings):
             raise ValueError("--control-topic needs --mode embedded or --fallback embedded")
         if self.fallback == "embedded" and self.repo is None:
             raise ValueError("--fallback embedded needs --repo (the model repository)")
+        if self.input_size is not None:
+            from streaminfer.images.presets import parse_size  # light `--help`
+
+            parse_size(self.input_size)
+        if self.labels is not None and not self.labels.is_file():
+            raise ValueError(f"--labels {self.labels}: not a file")
         for folder in self.allow_files:
             if not folder.is_dir():
                 raise ValueError(f"--allow-files {folder}: not a folder")

@@ -9,7 +9,6 @@ is imported, so the core install never needs them.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import re
@@ -22,6 +21,7 @@ import numpy as np
 import onnx
 
 from streaminfer.errors import ConfigError
+from streaminfer.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +45,6 @@ class Converted:
     predict_labels: Callable[[np.ndarray], list[str]] | None
 
 
-def require(module: str, extra: str = EXTRA) -> Any:
-    """Import a converter dependency, or say which extra brings it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ConfigError(
-            f"importing this model needs {module}: pip install 'streaminfer[{extra}]'"
-        ) from exc
-
-
 def load_pickle(path: Path, trust_pickle: bool) -> object:
     """Unpickle (joblib or pickle) only when the user says they trust the file."""
     if not trust_pickle:
@@ -63,7 +53,7 @@ def load_pickle(path: Path, trust_pickle: bool) -> object:
             "pass --trust-pickle only if you trust whoever made it"
         )
     log.warning("loading pickle %s: this runs any code it contains", path)
-    joblib = require("joblib")
+    joblib = require("joblib", EXTRA)
     try:
         return joblib.load(path)
     except ModuleNotFoundError as exc:
@@ -87,7 +77,7 @@ def convert(obj: object) -> Converted:
 
 
 def read_xgboost(path: Path) -> object:
-    xgb = require("xgboost")
+    xgb = require("xgboost", EXTRA)
     try:
         return xgb.Booster(model_file=str(path))
     except xgb.core.XGBoostError as exc:
@@ -97,7 +87,7 @@ def read_xgboost(path: Path) -> object:
 
 
 def read_lightgbm(path: Path) -> object:
-    lgb = require("lightgbm")
+    lgb = require("lightgbm", EXTRA)
     try:
         return lgb.Booster(model_file=str(path))
     except lgb.basic.LightGBMError as exc:
@@ -106,9 +96,9 @@ def read_lightgbm(path: Path) -> object:
 
 def convert_sklearn(estimator: Any) -> Converted:
     """A fitted estimator or pipeline; classifiers convert without ZipMap."""
-    skl2onnx = require("skl2onnx")
-    data_types = require("skl2onnx.common.data_types")
-    preprocessing = require("sklearn.preprocessing")
+    skl2onnx = require("skl2onnx", EXTRA)
+    data_types = require("skl2onnx.common.data_types", EXTRA)
+    preprocessing = require("sklearn.preprocessing", EXTRA)
     width = getattr(estimator, "n_features_in_", None)
     if width is None:
         raise ConfigError(f"the {type(estimator).__name__} is not fitted (no n_features_in_)")
@@ -129,7 +119,7 @@ def convert_sklearn(estimator: Any) -> Converted:
         """Rows as the estimator was fitted: a DataFrame when it knows column names."""
         if names is None:
             return rows
-        return require("pandas").DataFrame(rows, columns=names)
+        return require("pandas", EXTRA).DataFrame(rows, columns=names)
 
     if classes is None:
         regress = _regression(lambda rows: estimator.predict(framed(rows)))
@@ -172,7 +162,7 @@ def _final_step(estimator: Any) -> Any:
 
 def convert_xgboost(obj: Any) -> Converted:
     """An XGBoost booster or scikit-learn wrapper (XGBClassifier, XGBRegressor)."""
-    xgb = require("xgboost")
+    xgb = require("xgboost", EXTRA)
     booster = obj.get_booster() if hasattr(obj, "get_booster") else obj
     names = booster.feature_names
     # The converter reads split features as "f<index>", so it gets an unnamed copy.
@@ -238,8 +228,8 @@ def _booster_classifier(
 
 
 def _onnxmltools(function: str, model: Any, width: int, **options: Any) -> onnx.ModelProto:
-    onnxmltools = require("onnxmltools")
-    data_types = require("onnxmltools.convert.common.data_types")
+    onnxmltools = require("onnxmltools", EXTRA)
+    data_types = require("onnxmltools.convert.common.data_types", EXTRA)
     try:
         converted: onnx.ModelProto = getattr(onnxmltools, function)(
             model, initial_types=[(INPUT, data_types.FloatTensorType([None, width]))], **options

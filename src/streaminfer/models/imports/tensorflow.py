@@ -25,8 +25,9 @@ import numpy as np
 import onnx
 
 from streaminfer.errors import ConfigError
+from streaminfer.extras import require
 from streaminfer.models.add import read_signature
-from streaminfer.models.imports.tabular import first_line, require
+from streaminfer.models.imports.tabular import first_line
 from streaminfer.models.imports.verify import generated_tensors, read_tensor_sample
 from streaminfer.types import Tensors
 
