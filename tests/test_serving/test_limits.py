@@ -271,12 +271,21 @@ def test_health_answers_while_a_60_mb_body_is_decoded(limited: ServerProcess) ->
     assert max(latencies) < HEALTH_BOUND, sorted(latencies)[-5:]
 
 
+def _blank_png(side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), "white").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def test_peak_rss_stays_under_600_mb(limited: ServerProcess, jpeg: bytes) -> None:
-    """After the hostile and largest legal requests above, and one more of each here."""
+    """After the hostile and largest legal requests above, one more of each here, and
+    six 49-megapixel PNGs of 160 KB each (150 MB apiece once decoded)."""
     image = {"b64": base64.b64encode(jpeg).decode()}
+    huge = {"b64": base64.b64encode(_blank_png(7000)).decode()}
     with limited.client() as client:
         assert client.post(PREDICT, json={"instances": [image] * IMAGE_MAX_BATCH}).is_success
         assert client.post(PREDICT, content=_sixty_mb_request()).is_success
+        assert client.post(PREDICT, json={"instances": [huge] * 6}).is_success
     peak = _peak_rss_kb(limited)
     assert peak < MAX_RSS_KB, f"peak RSS {peak // 1024} MB"
     assert limited.process is not None and limited.process.alive()

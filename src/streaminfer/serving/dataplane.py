@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
@@ -37,6 +36,7 @@ from streaminfer.models.pipeline import classify_async, preprocess_images
 from streaminfer.models.registry import LoadedVersion, ModelRegistry
 from streaminfer.models.status import VersionStatus
 from streaminfer.serving.classification import classified
+from streaminfer.serving.decode_pool import DecodePool
 from streaminfer.serving.decoder import BodyDecoder
 from streaminfer.serving.errors import DeadlineExceeded, InvalidRequest, Unavailable
 from streaminfer.types import Tensors
@@ -89,7 +89,7 @@ class DataPlane:
         self.server_version = __version__
         self._registry = registry
         self._default_model = default_model
-        self._decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="image-decode")
+        self._decode_pool = DecodePool(decode_threads)
         self._body_decoder = BodyDecoder()
         self._gate = _Gate(request_timeout)
 
@@ -175,7 +175,7 @@ class ModelHandle:
         self,
         loaded: LoadedVersion,
         gate: _Gate,
-        decode_pool: ThreadPoolExecutor,
+        decode_pool: DecodePool,
         image_entry: bool = False,
     ) -> None:
         self.name = loaded.name + IMAGE_ENTRY_SUFFIX if image_entry else loaded.name
