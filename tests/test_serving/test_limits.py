@@ -25,7 +25,12 @@ from streaminfer.codecs.arrays import MAX_DIMS
 from streaminfer.models.metadata import IMAGE_MAX_BATCH, TENSOR_MAX_BATCH
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
-from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc, types_pb2
+from streaminfer.protos.tfserving import (
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    tensor_pb2,
+    types_pb2,
+)
 from tests.repository import MODEL
 from tests.servers import ServerProcess
 
@@ -277,15 +282,39 @@ def _blank_png(side: int) -> bytes:
     return buffer.getvalue()
 
 
+def _typed_float_request(rows: int) -> predict_pb2.PredictRequest:
+    """A Predict of ``rows`` images as ``float_val``, written as protobuf's packed field
+    (tag 5, wire type 2) from raw bytes, without a Python float per value."""
+    values = np.random.default_rng(9).random(rows * 3 * 224 * 224, dtype=np.float32).tobytes()
+    length, size = bytearray(), len(values)
+    while size > 0x7F:
+        length.append(size & 0x7F | 0x80)
+        size >>= 7
+    length.append(size)
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    for dim in (rows, 3, 224, 224):
+        tensor.tensor_shape.dim.add(size=dim)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.inputs["input"].ParseFromString(
+        tensor.SerializeToString() + bytes([5 << 3 | 2]) + bytes(length) + values
+    )
+    assert len(request.inputs["input"].float_val) == rows * 3 * 224 * 224
+    return request
+
+
 def test_peak_rss_stays_under_600_mb(limited: ServerProcess, jpeg: bytes) -> None:
-    """After the hostile and largest legal requests above, one more of each here, and
-    six 49-megapixel PNGs of 160 KB each (150 MB apiece once decoded)."""
+    """After the hostile and largest legal requests above, one more of each here, six
+    49-megapixel PNGs of 160 KB each (150 MB apiece once decoded) and 60 MB of gRPC
+    ``float_val`` (a list of Python floats would be 480 MB)."""
     image = {"b64": base64.b64encode(jpeg).decode()}
     huge = {"b64": base64.b64encode(_blank_png(7000)).decode()}
     with limited.client() as client:
         assert client.post(PREDICT, json={"instances": [image] * IMAGE_MAX_BATCH}).is_success
         assert client.post(PREDICT, content=_sixty_mb_request()).is_success
         assert client.post(PREDICT, json={"instances": [huge] * 6}).is_success
+    error = _predict(limited, _typed_float_request(100))
+    assert "at most 64 rows" in error.details()  # after decoding the values
     peak = _peak_rss_kb(limited)
     assert peak < MAX_RSS_KB, f"peak RSS {peak // 1024} MB"
     assert limited.process is not None and limited.process.alive()
