@@ -7,20 +7,7 @@ import re
 import socket
 from pathlib import Path
 
-from tests.support import run_cli
-
-
-def _processes_mentioning(text: str) -> set[int]:
-    """Pids of processes whose command line mentions ``text`` (the demo's home folder)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    found.add(int(entry.name))
-            except OSError:
-                continue
-    return found
+from tests.support import processes_mentioning, run_cli
 
 
 def _accepts(port: int) -> bool:
@@ -53,7 +40,7 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
         assert expected in out, f"{expected!r} missing from the demo's output:\n{out}"
     assert out.count("espresso") == 2, "both workers classified the coffee"
 
-    assert not _processes_mentioning(str(tmp_path)), "demo processes still running"
+    assert not processes_mentioning(str(tmp_path)), "demo processes still running"
     ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", out)]
     assert len(ports) >= 3, "the demo names the broker's and the server's addresses"
     still_open = [p for p in ports if _accepts(p)]

@@ -20,6 +20,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from streaminfer.errors import ConfigError
+from streaminfer.flights import FEATURES, flights, split
 from streaminfer.models.batcher import BatchingConfig
 from streaminfer.models.features import (
     feature_batch,
@@ -34,7 +35,6 @@ from streaminfer.models.imports.verify import PROBABILITY_TOLERANCE, verify_tabu
 from streaminfer.models.metadata import Feature, ModelMetadata
 from streaminfer.models.registry import ModelRegistry
 from tests.support import run_cli
-from tests.test_models.flights import FEATURES, flights, split
 
 TRAIN, HELD_OUT = split(flights(1600))
 

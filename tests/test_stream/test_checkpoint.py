@@ -13,8 +13,8 @@ from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import consume
 from streaminfer.stream.checkpoint import Checkpoint, Commit, CommitPolicy
 from streaminfer.stream.metrics import WorkerMetrics
-from streaminfer.stream.pipeline import Produced
 from streaminfer.stream.records import Source
+from streaminfer.stream.work import Produced
 
 
 class Clock:

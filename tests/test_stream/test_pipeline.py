@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from streaminfer.errors import InfrastructureError, RequestFailed
+from streaminfer.handlers import load_handler
 from streaminfer.images import FetchPolicy, ImageFetcher
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
 from streaminfer.models.registry import ModelRegistry
@@ -18,18 +19,11 @@ from streaminfer.predictors.base import Outcome, Predictor, PredictRequest
 from streaminfer.predictors.embedded import EmbeddedPredictor
 from streaminfer.predictors.resilience import RetryPolicy
 from streaminfer.stream.metrics import WorkerMetrics
-from streaminfer.stream.pipeline import (
-    TRUNCATED_HEADER,
-    Defaults,
-    InputRecord,
-    Pipeline,
-    Work,
-    parse,
-    route,
-    size,
-)
+from streaminfer.stream.outputs import TRUNCATED_HEADER, size
+from streaminfer.stream.pipeline import Defaults, Pipeline, parse, route
 from streaminfer.stream.records import Source
 from streaminfer.stream.routing import Route
+from streaminfer.stream.work import InputRecord, Work
 
 OUT, DLQ = "out", "out.dlq"
 LIMITS = {OUT: 1_000_000, DLQ: 1_000_000}
@@ -199,3 +193,21 @@ def test_a_pin_beats_the_route_and_the_route_sticks_to_the_key() -> None:
         assert len(chosen) == 1 and chosen <= {"stable", "canary"}
     other = route(defaults, parsed(json.dumps({"model": "m2", "inputs": {"x": [1]}}).encode()))
     assert other.predict is not None and other.predict.model == "m2" and other.route is None
+
+
+def test_a_handler_reads_records_and_writes_values_each_failing_alone(
+    tiny: EmbeddedPredictor,
+) -> None:
+    p = pipeline(tiny)
+    p.handler = load_handler("tests.handler_examples:BatchCsvHandler")
+    done = run(p, b"a,1,2,3,4", b"b,1,x,3,4", b"boom,0,0,0,0", b"c,0,0,0,1")
+    assert [w.error.reason if w.error else None for w in done] == [
+        None, "handler_error", "handler_error", None
+    ]  # fmt: skip
+    assert "preprocess_batch raised ValueError" in str(done[1].error)
+    assert "postprocess_batch raised KeyError" in str(done[2].error)
+    value = json.loads(p.produced(done[3]).value or b"")
+    assert value["id"] == "c" and value["offset"] == 3
+    np.testing.assert_allclose(value["y"], tiny_reference(np.array([[0.0, 0, 0, 1]]))[0])
+    letter = p.produced(done[1])
+    assert letter.topic == DLQ and letter.value == b"b,1,x,3,4"

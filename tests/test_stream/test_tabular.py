@@ -16,12 +16,12 @@ from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from streaminfer.flights import FEATURES, flights, split
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import consume, produce
 from streaminfer.models.imports import import_model
 from streaminfer.processes import ManagedProcess
 from tests.servers import ServerProcess
-from tests.test_models.flights import FEATURES, flights, split
 from tests.workers import decoded, embedded_worker, outputs
 
 TRAIN, HELD_OUT = split(flights(800))

@@ -1,4 +1,5 @@
-"""``streaminfer demo``: Kafka, the model server and two workers, with sample images."""
+"""``streaminfer demo``: Kafka, the model server and two workers, with sample images
+(or, with ``--tabular``, a scikit-learn model fed JSON flight records)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ def demo(
         typer.Option(help="Where the demo keeps its model repository, broker data and logs."),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the predictions.")] = 90.0,
+    tabular: Annotated[
+        bool,
+        typer.Option(help="Train a scikit-learn model on flights and classify JSON records."),
+    ] = False,
 ) -> None:
     from rich.console import Console
 
@@ -40,5 +45,12 @@ def demo(
         stopped = stop_running_demo(options.home)
         console.print("demo stopped" if stopped else "no demo was running")
         return
-    require("skimage", "demo")  # the sample photos: checked before anything starts
-    Demo(options, console).run()
+    if tabular:
+        for module in ("sklearn", "pandas", "joblib"):  # checked before anything starts
+            require(module, "sklearn")
+        from streaminfer.demo_tabular import TabularDemo
+
+        TabularDemo(options, console).run()
+    else:
+        require("skimage", "demo")  # the sample photos: checked before anything starts
+        Demo(options, console).run()

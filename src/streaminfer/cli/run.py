@@ -153,9 +153,14 @@ def run(
             show_default="auto",
         ),
     ] = None,
+    handler: Annotated[
+        str | None,
+        typer.Option(help="package.module:Class with preprocess/postprocess hooks (Python)."),
+    ] = None,
     *,
     kafka: KafkaOptions,
 ) -> None:
+    from streaminfer.handlers import load_handler
     from streaminfer.images import FetchPolicy, ImageFetcher
     from streaminfer.kafka.admin import TopicAdmin
     from streaminfer.models.control import ControlFollower
@@ -164,6 +169,8 @@ def run(
     from streaminfer.stream.worker import Worker
 
     settings = WorkerSettings.load(kafka.config_file, **given_settings(ctx, WorkerSettings))
+    # Loaded before anything starts, so a bad --handler ends the command at once.
+    custom = load_handler(settings.handler) if settings.handler else None
     client = kafka.settings()
     admin = TopicAdmin(client)
     if not admin.exists(settings.input):
@@ -198,7 +205,14 @@ def run(
     admin.require_write(outputs)  # a missing ACL stops the worker now, not at its first record
     max_bytes = {t: admin.max_message_bytes(t) for t in outputs}
     worker = Worker(
-        settings, client, predictor, fetcher, metrics, shadow_predictor, max_bytes=max_bytes
+        settings,
+        client,
+        predictor,
+        fetcher,
+        metrics,
+        shadow_predictor,
+        max_bytes=max_bytes,
+        handler=custom,
     )
     endpoint = None
     if settings.metrics_port is not None:

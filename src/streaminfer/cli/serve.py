@@ -65,6 +65,10 @@ def serve_cmd(
         str | None,
         typer.Option(help="Follow model deployments published to this topic (needs -b)."),
     ] = None,
+    handler: Annotated[
+        str | None,
+        typer.Option(help="package.module:Class with preprocess/postprocess hooks (REST predict)."),
+    ] = None,
     *,
     kafka: KafkaOptions,
 ) -> None:

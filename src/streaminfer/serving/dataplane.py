@@ -14,6 +14,14 @@ as its own model ``m.images``: its only input is ``images``, its outputs the ran
 classes.  ``m`` itself describes its tensors only, yet still takes ``images`` (older
 clients, and TF Serving's ``serving_images`` signature).
 
+Tabular models (``features`` in ``model.json``) also take records of named values
+(``predict_records``), answered per row as the worker's output records are.
+
+With the server's ``--handler``, a REST predict request is a handler ``Record`` (its body
+and headers): ``handle`` runs the handler's preprocess (else the door's usual reading),
+the model, and its postprocess (else the door's usual answer).  A hook's failure is the
+request's: a ``HandlerError``, answered 400 naming the exception's type.
+
 ``plane.decode`` parses a REST body: on the event loop up to ``INLINE_DECODE_BYTES``
 (a few milliseconds), in the decoder process beyond (see ``serving.decoder``).
 """
@@ -21,7 +29,7 @@ clients, and TF Serving's ``serving_images`` signature).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -29,7 +37,9 @@ import numpy as np
 from streaminfer import __version__
 from streaminfer.codecs.arrays import BYTES, bytes_array
 from streaminfer.codecs.tfserving_json import UNNAMED
+from streaminfer.handlers import Handler, HandlerError, Record
 from streaminfer.models.errors import ModelNotFound
+from streaminfer.models.features import feature_batch, feature_row, record_features, tabular_value
 from streaminfer.models.metadata import Signature, TensorSpec
 from streaminfer.models.model_config import ModelConfig
 from streaminfer.models.pipeline import classify_async, preprocess_images
@@ -84,6 +94,7 @@ class DataPlane:
         default_model: str | None = None,
         decode_threads: int = 4,
         request_timeout: float = 30.0,
+        handler: Handler | None = None,
     ) -> None:
         self.server_name = "streaminfer"
         self.server_version = __version__
@@ -92,6 +103,7 @@ class DataPlane:
         self._decode_pool = DecodePool(decode_threads)
         self._body_decoder = BodyDecoder()
         self._gate = _Gate(request_timeout)
+        self.handler = handler
 
     # -- health ------------------------------------------------------------------------------
     @property
@@ -126,7 +138,7 @@ class DataPlane:
         loaded = self._registry.resolve(base, version, label)
         if image_entry and not loaded.metadata.is_image_model:
             raise ModelNotFound(f"model {name!r} is not served: {base!r} takes no images")
-        return ModelHandle(loaded, self._gate, self._decode_pool, image_entry)
+        return ModelHandle(loaded, self._gate, self._decode_pool, image_entry, self.handler)
 
     def _entry(self, name: str) -> tuple[str, bool]:
         """The repository model a name serves, and whether it is its image entry point."""
@@ -177,6 +189,7 @@ class ModelHandle:
         gate: _Gate,
         decode_pool: DecodePool,
         image_entry: bool = False,
+        handler: Handler | None = None,
     ) -> None:
         self.name = loaded.name + IMAGE_ENTRY_SUFFIX if image_entry else loaded.name
         self.version = loaded.version
@@ -184,6 +197,7 @@ class ModelHandle:
         self._gate = gate
         self._decode_pool = decode_pool
         self._image_entry = image_entry
+        self._handler = handler
 
     @property
     def ready(self) -> bool:
@@ -242,6 +256,53 @@ class ModelHandle:
     async def classify(self, images: list[bytes], top_k: int | None = None) -> Tensors:
         """``classes``, ``scores`` and ``class_ids`` of encoded images, top ``top_k`` each."""
         return await self._gate.run(self._classify(bytes_array(images), top_k))
+
+    @property
+    def tabular(self) -> bool:
+        """Whether the model takes records of named feature values (``features``)."""
+        return self._loaded.metadata.is_tabular_model
+
+    def takes_records(self, instances: object) -> bool:
+        """Whether rows of a request are a tabular model's records of named feature values
+        (objects), rather than its own input tensors by name."""
+        metadata = self._loaded.metadata
+        if not metadata.is_tabular_model or not isinstance(instances, list) or not instances:
+            return False
+        own = {spec.name for spec in metadata.signature.inputs}
+        return all(isinstance(row, dict) and set(row) != own for row in instances)
+
+    async def predict_records(self, records: Sequence[object]) -> list[dict[str, object]]:
+        """Records of named feature values through the model as one batch, each answered
+        ``{"predictions": [...]}`` (classifiers) or ``{"outputs": {...}}`` (regressors).
+        A bad record fails the request with ``BadFeatures`` naming the feature."""
+        metadata = self._loaded.metadata
+        features = metadata.features or []
+        rows = [feature_row(record_features(r), features) for r in records]
+        outputs = await self._gate.run(self._loaded.infer_async(feature_batch(rows, metadata)))
+        return tabular_value(outputs, metadata, self._loaded.class_names)
+
+    async def handle(self, record: Record, read: Callable[[bytes], Tensors]) -> Tensors | bytes:
+        """A request through the server's handler: its inputs from ``preprocess`` (else
+        ``read`` of the body), then the model; the answer's body from ``postprocess``, else
+        the outputs for the door to answer as usual."""
+        handler = self._handler
+        assert handler is not None  # doors call this only when the server has one
+        if handler.preprocesses:
+            (given,) = await asyncio.to_thread(handler.preprocess, [record])
+            if isinstance(given, HandlerError):
+                raise given
+            if isinstance(given, bytes):
+                outputs = await self.classify([given])
+            else:
+                outputs = await self.infer(given)
+        else:
+            outputs = await self.infer(read(record.value or b""))
+        if not handler.postprocesses:
+            return outputs
+        (value,) = await asyncio.to_thread(handler.postprocess, [dict(outputs)], [record])
+        if isinstance(value, HandlerError):
+            raise value
+        return value
 
     async def _infer(
         self, inputs: Tensors, signature: str, output_filter: Sequence[str], top_k: int | None
@@ -327,6 +388,12 @@ class ModelHandle:
                 f"model {self.name!r} takes at most {limit} rows per request "
                 f"(max_batch_size in model.json), not {rows}"
             )
+
+
+def request_record(body: bytes, headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> Record:
+    """A REST request as a handler sees it: its body, and its headers (names lower-case)."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return Record(None, body, [(name.lower(), value.encode()) for name, value in pairs])
 
 
 def _pop_top_k(inputs: Tensors, given: int | None) -> int | None:

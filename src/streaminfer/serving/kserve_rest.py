@@ -23,10 +23,11 @@ from streaminfer.codecs.v2_json import (
     split_body,
     write_tensors,
 )
+from streaminfer.handlers import Record
 from streaminfer.serving import kserve_messages as messages
 from streaminfer.serving.classification import PARAMETER as CLASSIFICATION
 from streaminfer.serving.classification import class_count
-from streaminfer.serving.dataplane import DataPlane
+from streaminfer.serving.dataplane import DataPlane, ModelHandle, request_record
 from streaminfer.serving.errors import InvalidRequest, Unavailable
 from streaminfer.serving.metrics import ServerMetrics
 from streaminfer.serving.responses import json_response
@@ -81,30 +82,66 @@ class KServeRest:
         name, version = _target(request)
         with self._metrics.track(PROTOCOL, name) as observation:
             model = self._plane.model(name, version)  # an unknown model is 404 whatever the body
-            body, header_length = await request.read(), request.headers.get(HEADER_LENGTH)
-            document, inputs = await self._plane.decode(_decode, body, header_length)
-            parameters = json_object(document.get("parameters", {}), "parameters")
-            wanted, binary_outputs, classes = _requested_outputs(document, parameters)
-            outputs = await model.infer(
-                inputs,
-                output_filter=wanted,
-                top_k=messages.top_k_parameter(parameters),
-                classification=classes,
-            )
+            body = await request.read()
+            length = request.headers.get(HEADER_LENGTH)
+            if self._plane.handler is None:
+                document, inputs = await self._plane.decode(_decode, body, length)
+                response = await _infer(model, document, inputs)
+            else:
+                response = await _handled(model, request_record(body, request.headers), length)
             observation.version = str(model.version)
-            reply: dict[str, Any] = {"model_name": model.name, "model_version": observation.version}
-            if isinstance(document.get("id"), str):
-                reply["id"] = document["id"]
-            reply["outputs"], chunks = write_tensors(outputs, binary_outputs)
-            body, headers = join_body(reply, chunks)
-            return web.Response(body=body, headers=headers)
+            return response
 
 
-def _decode(body: bytes, header_length: str | None) -> tuple[dict[str, Any], Tensors]:
-    """The request's JSON document, without its inputs, and the input arrays."""
+def _document(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     document, binary = split_body(body, header_length)
     if not isinstance(document, dict):
         raise InvalidRequest('the body must be a JSON object with "inputs"')
+    return document, binary
+
+
+async def _infer(model: ModelHandle, document: dict[str, Any], inputs: Tensors) -> web.Response:
+    parameters = json_object(document.get("parameters", {}), "parameters")
+    wanted, binary_outputs, classes = _requested_outputs(document, parameters)
+    outputs = await model.infer(
+        inputs,
+        output_filter=wanted,
+        top_k=messages.top_k_parameter(parameters),
+        classification=classes,
+    )
+    return _reply(model, document, outputs, binary_outputs)
+
+
+async def _handled(model: ModelHandle, record: Record, header_length: str | None) -> web.Response:
+    """The request through the server's handler; the usual format where it has no hook."""
+    document: dict[str, Any] = {}
+
+    def read(body: bytes) -> Tensors:
+        nonlocal document
+        document, binary = _document(body, header_length)
+        return read_tensors(document.get("inputs"), binary, "input")
+
+    answer = await model.handle(record, read)
+    if isinstance(answer, bytes):
+        return web.Response(body=answer, content_type="application/json")
+    return _reply(model, document, answer, False)
+
+
+def _reply(
+    model: ModelHandle, document: dict[str, Any], outputs: Tensors, binary: bool | Set[str]
+) -> web.Response:
+    reply: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
+    if isinstance(document.get("id"), str):
+        reply["id"] = document["id"]
+    reply["outputs"], chunks = write_tensors(outputs, binary)
+    body, headers = join_body(reply, chunks)
+    return web.Response(body=body, headers=headers)
+
+
+def _decode(body: bytes, header_length: str | None) -> tuple[dict[str, Any], Tensors]:
+    """The request's JSON document, without its inputs, and the input arrays (sent to
+    the decoder process by name for a large body)."""
+    document, binary = _document(body, header_length)
     inputs = read_tensors(document.pop("inputs", None), binary, "input")
     return document, inputs
 

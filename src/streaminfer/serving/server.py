@@ -20,6 +20,7 @@ import grpc
 from aiohttp import web
 
 from streaminfer.errors import ConfigError
+from streaminfer.handlers import load_handler
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.models.control import ControlFollower
 from streaminfer.models.model_config import ModelConfig, model_configs, read_model_config_file
@@ -60,7 +61,11 @@ class ModelServer:
         )
         self.metrics.attach(self.registry)
         self.plane = DataPlane(
-            self.registry, settings.default_model, settings.decode_threads, settings.request_timeout
+            self.registry,
+            settings.default_model,
+            settings.decode_threads,
+            settings.request_timeout,
+            load_handler(settings.handler) if settings.handler else None,
         )
         self.auth = (
             BearerAuth.from_file(settings.auth_token_file) if settings.auth_token_file else None

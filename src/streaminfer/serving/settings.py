@@ -34,6 +34,7 @@ class ServerSettings(Settings):
     decode_threads: int = Field(default=4, ge=1)
     request_timeout: float = Field(default=30.0, gt=0)  # seconds; past it: 504
     control_topic: str | None = None  # follow model deployments published to this topic
+    handler: str | None = None  # package.module:Class with preprocess/postprocess hooks
     control_timeout: float = Field(default=60.0, gt=0)  # to apply it before serving
 
     @model_validator(mode="after")

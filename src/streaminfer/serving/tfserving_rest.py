@@ -21,8 +21,9 @@ from streaminfer.codecs.tfserving_json import (
     tensor_json,
     write_columns,
 )
+from streaminfer.handlers import Record
 from streaminfer.serving import tfserving_messages as messages
-from streaminfer.serving.dataplane import DataPlane
+from streaminfer.serving.dataplane import DataPlane, ModelHandle, request_record
 from streaminfer.serving.errors import InvalidRequest, Unimplemented
 from streaminfer.serving.metrics import ServerMetrics
 from streaminfer.serving.responses import json_response
@@ -87,26 +88,60 @@ class TFServingRest:
         with self._metrics.track(PROTOCOL, target.model) as observation:
             model = self._plane.model(target.model, target.version, target.label)  # 404 first
             body = await request.read()
-            inputs, row_format, signature = await self._plane.decode(_predict_request, body)
-            outputs = await model.infer(inputs, signature)
+            if self._plane.handler is not None:
+                response = await _handled(model, request_record(body, request.headers))
+            else:
+                response = await _predict(self._plane, model, body)
             observation.version = str(model.version)
-            answer = (
-                {"predictions": _rows(outputs)}
-                if row_format
-                else {"outputs": write_columns(outputs)}
-            )
-            response = json_response(answer)
             # TF Serving's body does not say which version answered; this header does.
             response.headers[MODEL_VERSION_HEADER] = str(model.version)
             return response
 
 
-def _predict_request(text: bytes) -> tuple[Tensors, bool, str]:
-    """The inputs, whether they came in the row format, and the signature asked for.
+async def _predict(plane: DataPlane, model: ModelHandle, text: bytes) -> web.Response:
+    """Tensors in either format; for a tabular model also records of named values.
 
-    A large body is decoded in the data plane's decoder process, off the event loop.
+    A large body is decoded in the data plane's decoder process, off the event loop;
+    a tabular model's body on the loop, as its records are read there.
     """
+    if not model.tabular:
+        inputs, row_format, signature = await plane.decode(_read_predict_request, text)
+        return json_response(_answer(await model.infer(inputs, signature), row_format))
     body = loads(text)
+    if isinstance(body, dict) and model.takes_records(body.get("instances")):
+        instances = body["instances"]
+        assert isinstance(instances, list)  # takes_records checked it
+        return json_response({"predictions": await model.predict_records(instances)})
+    inputs, row_format, signature = _predict_request(body)
+    return json_response(_answer(await model.infer(inputs, signature), row_format))
+
+
+def _read_predict_request(text: bytes) -> tuple[Tensors, bool, str]:
+    """``_predict_request`` of a body (sent to the decoder process by name)."""
+    return _predict_request(loads(text))
+
+
+async def _handled(model: ModelHandle, record: Record) -> web.Response:
+    """The request through the server's handler; the usual format where it has no hook."""
+    row_format = True
+
+    def read(body: bytes) -> Tensors:
+        nonlocal row_format
+        inputs, row_format, _ = _predict_request(loads(body))
+        return inputs
+
+    answer = await model.handle(record, read)
+    if isinstance(answer, bytes):
+        return web.Response(body=answer, content_type="application/json")
+    return json_response(_answer(answer, row_format))
+
+
+def _answer(outputs: Tensors, row_format: bool) -> JSON:
+    return {"predictions": _rows(outputs)} if row_format else {"outputs": write_columns(outputs)}
+
+
+def _predict_request(body: JSON) -> tuple[Tensors, bool, str]:
+    """The inputs, whether they came in the row format, and the signature asked for."""
     if not isinstance(body, dict):
         raise InvalidRequest('the body must be a JSON object with "instances" or "inputs"')
     if ("instances" in body) == ("inputs" in body):

@@ -31,8 +31,8 @@ from confluent_kafka import (
 from streaminfer.kafka.access import refuse_denied
 from streaminfer.kafka.records import produce_waiting
 from streaminfer.stream.metrics import WorkerMetrics
-from streaminfer.stream.pipeline import Produced
 from streaminfer.stream.records import Source
+from streaminfer.stream.work import Produced
 
 log = logging.getLogger(__name__)
 

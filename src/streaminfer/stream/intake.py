@@ -16,8 +16,8 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from streaminfer.kafka.access import refuse_denied
 from streaminfer.kafka.records import Headers
-from streaminfer.stream.pipeline import InputRecord
 from streaminfer.stream.records import Source
+from streaminfer.stream.work import InputRecord
 
 log = logging.getLogger(__name__)
 

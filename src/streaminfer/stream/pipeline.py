@@ -1,5 +1,9 @@
 """The record pipeline: parse → fetch → route → features → predict → explain → output.
 
+With a ``--handler`` (:mod:`streaminfer.handlers`), its ``preprocess`` takes parse's
+place (the raw record in, the model's input out) and its ``postprocess`` follows
+explain (the record's outputs in, the output record's value out).
+
 Each step is a plain function from one immutable record-in-progress (``Work``) to the
 next; nothing here touches Kafka.  One record is isolated from the next: a record whose
 step fails becomes a dead letter with its reason, and the others in its batch go on:
@@ -20,47 +24,48 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
 from streaminfer.errors import InfrastructureError, RecordError, RequestFailed
+from streaminfer.handlers import Handler, HandlerError
+from streaminfer.handlers import Record as HandlerRecord
 from streaminfer.images import ImageFetcher
-from streaminfer.kafka.records import Headers
 from streaminfer.predictors.base import Predictor, PredictRequest, PredictResult
 from streaminfer.predictors.resilience import CircuitOpen, RetryPolicy
 from streaminfer.stream.metrics import WorkerMetrics
+from streaminfer.stream.outputs import (
+    RECORD_OVERHEAD_BYTES,
+    TooLarge,
+    dead_letter,
+    output,
+    size,
+    truncated,
+)
 from streaminfer.stream.records import (
     Request,
-    Source,
-    dead_letter_headers,
-    output_document,
     parse_value,
-    to_json,
-    trace_headers,
 )
 from streaminfer.stream.routing import Route
 from streaminfer.stream.tabular import TabularModels
+from streaminfer.stream.work import (
+    InputRecord,
+    InternalError,
+    Produced,
+    Work,
+    attempt,
+    isolated,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-TRUNCATED_HEADER = "streaminfer.value.truncated"  # the original length of a cut DLQ value
-# librdkafka and the broker count a record's framing too: keep this much below their limit.
-RECORD_OVERHEAD_BYTES = 512
-
 SERVER_ERROR_ATTEMPTS = 3  # a record a healthy server fails is tried alone this often
 # An outage is retried without limit; the wait grows to 5 s so a dead server is probed
 # a few times a minute, not hammered.
 OUTAGE_RETRY = RetryPolicy(max_attempts=None, initial_backoff_s=0.1, max_backoff_s=5.0)
-
-
-class TooLarge(RecordError):
-    """The record's output is larger than its topic accepts."""
-
-    reason = "too_large"
 
 
 class ServerError(RecordError):
@@ -73,60 +78,6 @@ class Abandoned(Exception):
     """The batch's partitions were revoked or its transaction aborted: drop its work."""
 
 
-class InternalError(RecordError):
-    """Handling one record raised something unexpected; the record is dead-lettered for it."""
-
-    reason = "internal_error"
-
-    def __init__(self, step: str, exc: BaseException) -> None:
-        super().__init__(f"{step} failed with {type(exc).__name__}: {_describe(exc)}")
-        self.exception_type = type(exc).__name__
-
-
-@dataclass(frozen=True)
-class InputRecord:
-    """One consumed record, as the pipeline needs it: no Kafka client types."""
-
-    key: bytes | None
-    value: bytes | None
-    headers: Headers
-    source: Source
-    consumed_at: float  # time.monotonic() when polled
-
-    @property
-    def routing_key(self) -> bytes:
-        """The key a route hashes: the record key, else its place in the log."""
-        return self.key or f"{self.source.partition}:{self.source.offset}".encode()
-
-
-@dataclass(frozen=True)
-class Work:
-    """A record in progress: each step returns a new one, with its part filled in."""
-
-    record: InputRecord
-    request: Request | None = None  # parsed
-    predict: PredictRequest | None = None  # what it runs on (after routing)
-    route: str | None = None  # the route's target name, when a route chose it
-    result: PredictResult | None = None
-    error: RecordError | None = None
-    fetch_ms: float = 0.0
-
-    @property
-    def failed(self) -> bool:
-        return self.error is not None
-
-
-@dataclass(frozen=True)
-class Produced:
-    """A record to write: the output, or the dead letter, of one input record."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: Headers
-    error: RecordError | None = None  # set for a dead letter
-
-
 @dataclass(frozen=True)
 class Defaults:
     """What a record runs on when it does not say: the worker's flags."""
@@ -136,14 +87,6 @@ class Defaults:
     label: str | None = None
     top_k: int | None = None
     route: Route | None = None
-
-
-def isolated(step: str, work: Work, fn: Callable[[Work], Work]) -> Work:
-    """Run one step on one record; whatever it raises stays with that record."""
-    if work.failed:
-        return work
-    outcome = _attempt(step, work, lambda: fn(work))
-    return outcome if isinstance(outcome, Work) else dataclasses.replace(work, error=outcome)
 
 
 # -- the steps ---------------------------------------------------------------------------------
@@ -204,42 +147,56 @@ def explain(models: TabularModels, work: Work) -> Work:
     return dataclasses.replace(work, result=model.result(result, predict.top_k))
 
 
-def output(topic: str, work: Work) -> Produced:
-    """The output record of a served record (its value is the README's output format)."""
-    result = work.result
-    assert result is not None
-    record = work.record
-    timings = {
-        "fetch": work.fetch_ms,
-        **result.timings_ms,
-        "total": (time.monotonic() - record.consumed_at) * 1000,
-    }
-    document = output_document(work.request, record.source, result, timings, work.route)
-    value = to_json(document)
-    return Produced(topic, record.key, value, trace_headers(record.headers))
+def preprocess(handler: Handler, batch: list[Work]) -> list[Work]:
+    """A handler's preprocess in parse's place: each raw record in, the model's input out."""
+    inputs = handler.preprocess([handler_record(w.record) for w in batch])
+    return [
+        dataclasses.replace(work, error=given)
+        if isinstance(given, HandlerError)
+        else dataclasses.replace(
+            work,
+            request=Request(image=given) if isinstance(given, bytes) else Request(tensors=given),
+        )
+        for work, given in zip(batch, inputs, strict=True)
+    ]
 
 
-def size(record: Produced) -> int:
-    """A record's bytes as the producer counts them (value, key and headers)."""
-    headers = sum(len(k) + len(v or b"") for k, v in record.headers)
-    return len(record.value or b"") + len(record.key or b"") + headers
+def postprocess(handler: Handler, batch: list[Work]) -> list[Work]:
+    """A handler's postprocess after explain: each served record's outputs in, its value out."""
+    served = [i for i, work in enumerate(batch) if not work.failed]
+    outputs = []
+    for i in served:
+        result = batch[i].result
+        assert result is not None  # served
+        outputs.append(handler_outputs(result))
+    values = handler.postprocess(outputs, [handler_record(batch[i].record) for i in served])
+    done = list(batch)
+    for i, value in zip(served, values, strict=True):
+        if isinstance(value, HandlerError):
+            done[i] = dataclasses.replace(batch[i], error=value)
+        else:
+            done[i] = dataclasses.replace(batch[i], value=value)
+    return done
 
 
-def truncated(record: Produced, limit: int) -> Produced:
-    """A dead letter that fits ``limit``: its value cut, and a header saying how long it was."""
-    original = len(record.value or b"")
-    headers: Headers = [*record.headers, (TRUNCATED_HEADER, str(original).encode())]
-    room = max(0, limit - size(dataclasses.replace(record, value=b"", headers=headers)))
-    value = (record.value or b"")[:room]
-    return dataclasses.replace(record, value=value, headers=headers)
+def handler_record(record: InputRecord) -> HandlerRecord:
+    source = record.source
+    return HandlerRecord(
+        record.key,
+        record.value,
+        [(k, v.encode() if isinstance(v, str) else v) for k, v in record.headers],
+        source.topic,
+        source.partition,
+        source.offset,
+        source.timestamp,
+    )
 
 
-def dead_letter(topic: str, work: Work) -> Produced:
-    """The dead letter of a failed record: its value as it came, the reason in headers."""
-    assert work.error is not None
-    record = work.record
-    headers = dead_letter_headers(trace_headers(record.headers), work.error, record.source)
-    return Produced(topic, record.key, record.value, headers, work.error)
+def handler_outputs(result: PredictResult) -> dict[str, object]:
+    """The model's outputs as a handler sees them: tensors by name, or ranked classes."""
+    if result.outputs is not None:
+        return dict(result.outputs)
+    return {"predictions": [p.as_dict() for p in result.predictions or []]}
 
 
 # -- the pipeline ------------------------------------------------------------------------------
@@ -258,6 +215,7 @@ class Pipeline:
         fetch_threads: int = 8,
         max_bytes: dict[str, int],
         tabular: TabularModels | None = None,
+        handler: Handler | None = None,
         retry: RetryPolicy = OUTAGE_RETRY,
         rng: random.Random | None = None,
     ) -> None:
@@ -269,13 +227,18 @@ class Pipeline:
         self.dead_letter_topic = dead_letter_topic
         self.max_bytes = max_bytes  # the largest record the output and DLQ topics accept
         self.tabular = tabular or TabularModels(None)
+        self.handler = handler
         self.retry = retry
         self._rng = rng or random.Random()
         self._fetches = ThreadPoolExecutor(fetch_threads, thread_name_prefix="fetch")
 
     def process(self, records: list[InputRecord], abandoned: threading.Event) -> list[Work]:
         """Every record of the batch, finished: served (``result``) or failed (``error``)."""
-        batch = [isolated("parse", Work(r), parse) for r in records]
+        handler = self.handler
+        if handler is not None and handler.preprocesses:
+            batch = preprocess(handler, [Work(r) for r in records])
+        else:
+            batch = [isolated("parse", Work(r), parse) for r in records]
         batch = self._fetch_all(batch)
         batch = [isolated("route", w, lambda w: route(self.defaults, w)) for w in batch]
         batch = [isolated("features", w, lambda w: tabulate(self.tabular, w)) for w in batch]
@@ -284,13 +247,15 @@ class Pipeline:
             served = self._predict([batch[i] for i in todo], abandoned)
             for i, work in zip(todo, served, strict=True):
                 batch[i] = isolated("explain", work, lambda w: explain(self.tabular, w))
+        if handler is not None and handler.postprocesses:
+            batch = postprocess(handler, batch)
         return batch
 
     def produced(self, work: Work) -> Produced:
         """The record to write for a finished one: its output if that can be built and fits
         its topic, else its dead letter (cut to fit, if it must be)."""
         if not work.failed:
-            built = _attempt("output", work, lambda: output(self.output_topic, work))
+            built = attempt("output", work, lambda: output(self.output_topic, work))
             if isinstance(built, Produced) and size(built) <= self._limit(self.output_topic):
                 return built
             if isinstance(built, Produced):
@@ -389,26 +354,3 @@ class Pipeline:
                 self.metrics.circuit.set(self.predictor.circuit_state())
             if abandoned.wait(delay):
                 raise Abandoned
-
-
-def _attempt(step: str, work: Work, fn: Callable[[], T]) -> T | RecordError:
-    try:
-        return fn()
-    except RecordError as exc:
-        return exc
-    except Exception as exc:  # isolation: this record's failure alone
-        # One line per record (hostile input may come in floods); the traceback for debugging.
-        log.warning("record %s: %s raised %s", _where(work), step, type(exc).__name__)
-        log.debug("record %s: %s raised", _where(work), step, exc_info=True)
-        return InternalError(step, exc)
-
-
-def _where(work: Work) -> str:
-    source = work.record.source
-    return f"{source.topic}[{source.partition}]@{source.offset}"
-
-
-def _describe(exc: BaseException) -> str:
-    """An exception's message, bounded: some (RecursionError, huge ints) have vast ones."""
-    text = str(exc)
-    return text if len(text) <= 300 else text[:300] + "…"

@@ -45,6 +45,7 @@ class WorkerSettings(Settings):
     fetch_threads: int = Field(default=8, ge=1)
     allow_networks: list[str] = Field(default_factory=list)  # image hosts past the SSRF guard
     allow_files: list[Path] = Field(default_factory=list)  # folders file:// records may read
+    handler: str | None = None  # package.module:Class with preprocess/postprocess hooks
     route: str | None = None  # weighted split, e.g. "stable=90,canary=10"
     shadow: str | None = None  # a version or label that also predicts, for comparison
     shadow_sample: float = Field(default=1.0, gt=0, le=1)

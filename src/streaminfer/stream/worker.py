@@ -37,6 +37,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from streaminfer.handlers import Handler
 from streaminfer.images import ImageFetcher
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.predictors.base import Predictor
@@ -44,10 +45,11 @@ from streaminfer.stream import clients
 from streaminfer.stream.checkpoint import Checkpoint, Commit, CommitPolicy
 from streaminfer.stream.intake import BufferBudget, Intake
 from streaminfer.stream.metrics import WorkerMetrics
-from streaminfer.stream.pipeline import Defaults, InputRecord, Pipeline, Work
+from streaminfer.stream.pipeline import Defaults, Pipeline
 from streaminfer.stream.routing import Route, ShadowJob, ShadowRunner, Target
 from streaminfer.stream.settings import WorkerSettings
 from streaminfer.stream.tabular import TabularModels
+from streaminfer.stream.work import InputRecord, Work
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,10 @@ class Worker:
         max_bytes: dict[str, int] | None = None,
         consumer: Consumer | None = None,
         producer: Producer | None = None,
+        handler: Handler | None = None,
     ) -> None:
-        """``max_bytes``: the largest record each output topic accepts, as far as known."""
+        """``max_bytes``: the largest record each output topic accepts, as far as known;
+        ``handler``: the ``--handler`` class, loaded once for the process."""
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
         self._stop = threading.Event()
@@ -125,6 +129,7 @@ class Worker:
             fetch_threads=settings.fetch_threads,
             max_bytes=limits,
             tabular=TabularModels(settings.repo),
+            handler=handler,
         )
         self.shadow = None
         if settings.shadow:

@@ -1,5 +1,7 @@
 """A generated flights-style data set (no downloads): departure facts in, delay class out.
 
+``demo --tabular`` trains on it, and so do the tests; it needs pandas (the ``sklearn`` extra).
+
 The label follows the features with noise, so trained models are neither trivial nor
 random: arrivals are late mostly when departures were late and taxiing was long.  Every
 feature is a whole number (minutes, miles, hours), as in real flight records, so it is

@@ -1,0 +1,229 @@
+"""Custom processing in Python: a user's handler class, loaded once per process by name.
+
+``--handler package.module:Name`` (on ``run`` and ``serve``) names a class, imported from
+the user's ``PYTHONPATH`` and instantiated once without arguments.  It defines any of:
+
+* ``preprocess(record) -> inputs``: the raw ``Record`` in, the model's input instead of
+  the built-in reading of the value: a mapping ``{input name: array-like}`` (the model's
+  input tensors for this record, with their batch axis, usually one row), or ``bytes`` of
+  an encoded image for an image model;
+* ``postprocess(outputs, record) -> value``: the record's ``outputs`` in, what to write
+  instead of the built-in output: ``bytes`` as they are, a ``str`` as UTF-8, anything
+  else as JSON (numpy arrays and scalars included).  ``outputs`` is a dict: the model's
+  output tensors by name (numpy arrays holding this record's rows), or, where the model's
+  answer is ranked classes (image models, tabular classifiers), ``{"predictions":
+  [{"class_id", "label", "score"}, ...]}``;
+* ``preprocess_batch(records) -> [inputs]`` and ``postprocess_batch(outputs, records) ->
+  [value]``: the same for a whole micro-batch in one call (one result per record, in
+  order), preferred over the single-record hooks when defined.
+
+A hook may be called from several threads at once.  Whatever a hook raises (or a result
+that is not one of the above) fails only the record it was called for, as a
+``HandlerError`` (reason ``handler_error``, the message naming the exception's type); a
+batch hook that raises is called again one record at a time to find the culprit.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import orjson
+
+from streaminfer.errors import ConfigError, RecordError
+from streaminfer.types import Tensors
+
+T = TypeVar("T")
+
+Headers = list[tuple[str, bytes | None]]
+Inputs = Tensors | bytes
+"""What ``preprocess`` gives the model: named input tensors, or an encoded image."""
+
+HOOKS = ("preprocess", "postprocess", "preprocess_batch", "postprocess_batch")
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a hook sees of one record.
+
+    In the worker: a consumed Kafka record (``topic``, ``partition``, ``offset`` and
+    ``timestamp`` in milliseconds are set).  On the server: one REST predict request,
+    its body as ``value``, its HTTP headers as ``headers``, and ``key`` and the Kafka
+    fields ``None``.
+    """
+
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = field(default_factory=list)
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    timestamp: int | None = None
+
+
+class HandlerError(RecordError):
+    """A handler's hook raised for this record, or returned something unusable."""
+
+    reason = "handler_error"
+
+    def __init__(self, hook: str, message: str, exception_type: str | None = None) -> None:
+        super().__init__(f"{hook} {message}")
+        self.exception_type = exception_type
+
+
+class Handler:
+    """A loaded handler: its hooks, called so that one record's failure stays its own."""
+
+    def __init__(self, instance: object, spec: str = "") -> None:
+        self.spec = spec
+        self.instance = instance
+        self._hooks: dict[str, Callable[..., Any]] = {
+            name: hook for name in HOOKS if callable(hook := getattr(instance, name, None))
+        }
+        if not self._hooks:
+            raise ConfigError(f"--handler {spec}: the class defines none of {', '.join(HOOKS)}")
+
+    @property
+    def preprocesses(self) -> bool:
+        return "preprocess" in self._hooks or "preprocess_batch" in self._hooks
+
+    @property
+    def postprocesses(self) -> bool:
+        return "postprocess" in self._hooks or "postprocess_batch" in self._hooks
+
+    def preprocess(self, records: Sequence[Record]) -> list[Inputs | HandlerError]:
+        """Each record's model input, or why its hook failed."""
+        return self._each(
+            "preprocess",
+            records,
+            lambda r: self._hooks["preprocess"](r),
+            lambda rs: self._hooks["preprocess_batch"](rs),
+            _inputs,
+        )
+
+    def postprocess(
+        self, outputs: Sequence[dict[str, Any]], records: Sequence[Record]
+    ) -> list[bytes | HandlerError]:
+        """Each record's output value as bytes, or why its hook failed."""
+        pairs = list(zip(outputs, records, strict=True))
+        return self._each(
+            "postprocess",
+            pairs,
+            lambda p: self._hooks["postprocess"](*p),
+            lambda ps: self._hooks["postprocess_batch"]([o for o, _ in ps], [r for _, r in ps]),
+            _value,
+        )
+
+    def _each(
+        self,
+        hook: str,
+        items: Sequence[Any],
+        one: Callable[[Any], Any],
+        many: Callable[[list[Any]], Any],
+        check: Callable[[Any], T],
+    ) -> list[T | HandlerError]:
+        if f"{hook}_batch" in self._hooks:
+            name = f"{hook}_batch"
+            results = _call(name, lambda: many(list(items)))
+            if not isinstance(results, HandlerError):
+                if isinstance(results, list | tuple) and len(results) == len(items):
+                    return [_checked(name, check, r) for r in results]
+                wrong = f"returned {_kind(results)}, not a list of {len(items)}"
+                results = HandlerError(name, wrong)
+            if len(items) == 1:
+                return [results]
+            # Call it again per record: only the record that fails it gets the error.
+            return [self._each(hook, [item], one, many, check)[0] for item in items]
+        if hook not in self._hooks:
+            raise ConfigError(f"the handler has no {hook} hook")  # callers check first
+        return [_checked(hook, check, _call(hook, functools.partial(one, item))) for item in items]
+
+
+def load_handler(spec: str) -> Handler:
+    """The handler ``package.module:Name`` names, instantiated once; ``ConfigError`` if not."""
+    module_name, colon, class_name = spec.partition(":")
+    if not colon or not module_name or not class_name:
+        raise ConfigError(f"--handler {spec!r}: expected package.module:ClassName")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+            raise ConfigError(
+                f"--handler {spec}: no module named {exc.name!r} on the Python path"
+            ) from None
+        raise ConfigError(f"--handler {spec}: importing {module_name} failed: {exc}") from None
+    except Exception as exc:
+        raise ConfigError(
+            f"--handler {spec}: importing {module_name} raised {type(exc).__name__}: {exc}"
+        ) from None
+    kind = getattr(module, class_name, None)
+    if kind is None:
+        raise ConfigError(f"--handler {spec}: module {module_name} has no {class_name!r}")
+    if not isinstance(kind, type):
+        raise ConfigError(f"--handler {spec}: {class_name!r} is a {_kind(kind)}, not a class")
+    try:
+        instance = kind()
+    except Exception as exc:
+        raise ConfigError(
+            f"--handler {spec}: {class_name}() raised {type(exc).__name__}: {exc}"
+        ) from None
+    return Handler(instance, spec)
+
+
+def _call(hook: str, fn: Callable[[], T]) -> T | HandlerError:
+    try:
+        return fn()
+    except Exception as exc:  # the user's code: whatever it raises is this record's
+        text = str(exc)
+        text = text if len(text) <= 300 else text[:300] + "…"
+        return HandlerError(hook, f"raised {type(exc).__name__}: {text}", type(exc).__name__)
+
+
+def _checked(hook: str, check: Callable[[Any], T], result: Any) -> T | HandlerError:
+    if isinstance(result, HandlerError):
+        return result
+    try:
+        return check(result)
+    except (TypeError, ValueError) as exc:
+        return HandlerError(hook, f"returned {exc}")
+
+
+def _inputs(result: Any) -> Inputs:
+    """A preprocess result as the model's input: named arrays of numbers, or image bytes."""
+    if isinstance(result, bytes | bytearray | memoryview):
+        return bytes(result)
+    if not isinstance(result, Mapping) or not result:
+        raise TypeError(f"{_kind(result)}; expected a dict of input tensors or image bytes")
+    tensors: Tensors = {}
+    for name, values in result.items():
+        array = np.asarray(values)
+        if array.dtype == object or array.dtype.kind in "USV":
+            raise ValueError(f"input {name!r} that does not hold numbers")
+        tensors[str(name)] = array
+    return tensors
+
+
+def _value(result: Any) -> bytes:
+    """A postprocess result as an output value: bytes, text as UTF-8, else JSON."""
+    if isinstance(result, bytes | bytearray | memoryview):
+        return bytes(result)
+    if isinstance(result, str):
+        return result.encode()
+    try:
+        return orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY, default=_plain)
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(f"a value that is not JSON: {exc}") from exc
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__

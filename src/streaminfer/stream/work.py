@@ -1,0 +1,111 @@
+"""A record on its way through the worker, and the isolation that keeps it to itself.
+
+``InputRecord`` is a consumed record without Kafka client types; ``Work`` is the same
+record in progress, immutable, each pipeline step returning a new one with its part
+filled in; ``Produced`` is what the worker writes for it.  ``isolated`` runs one step on
+one record so that whatever the step raises stays with that record: a ``RecordError``
+with its own reason, anything else as ``internal_error`` naming the exception's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from streaminfer.errors import RecordError
+from streaminfer.kafka.records import Headers
+from streaminfer.predictors.base import PredictRequest, PredictResult
+from streaminfer.stream.records import Request, Source
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class InternalError(RecordError):
+    """Handling one record raised something unexpected; the record is dead-lettered for it."""
+
+    reason = "internal_error"
+
+    def __init__(self, step: str, exc: BaseException) -> None:
+        super().__init__(f"{step} failed with {type(exc).__name__}: {_describe(exc)}")
+        self.exception_type = type(exc).__name__
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """One consumed record, as the pipeline needs it: no Kafka client types."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    source: Source
+    consumed_at: float  # time.monotonic() when polled
+
+    @property
+    def routing_key(self) -> bytes:
+        """The key a route hashes: the record key, else its place in the log."""
+        return self.key or f"{self.source.partition}:{self.source.offset}".encode()
+
+
+@dataclass(frozen=True)
+class Work:
+    """A record in progress: each step returns a new one, with its part filled in."""
+
+    record: InputRecord
+    request: Request | None = None  # parsed
+    predict: PredictRequest | None = None  # what it runs on (after routing)
+    route: str | None = None  # the route's target name, when a route chose it
+    result: PredictResult | None = None
+    error: RecordError | None = None
+    fetch_ms: float = 0.0
+    value: bytes | None = None  # the output value a handler's postprocess made
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+@dataclass(frozen=True)
+class Produced:
+    """A record to write: the output, or the dead letter, of one input record."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    error: RecordError | None = None  # set for a dead letter
+
+
+def isolated(step: str, work: Work, fn: Callable[[Work], Work]) -> Work:
+    """Run one step on one record; whatever it raises stays with that record."""
+    if work.failed:
+        return work
+    outcome = attempt(step, work, lambda: fn(work))
+    return outcome if isinstance(outcome, Work) else dataclasses.replace(work, error=outcome)
+
+
+def attempt(step: str, work: Work, fn: Callable[[], T]) -> T | RecordError:
+    try:
+        return fn()
+    except RecordError as exc:
+        return exc
+    except Exception as exc:  # isolation: this record's failure alone
+        # One line per record (hostile input may come in floods); the traceback for debugging.
+        log.warning("record %s: %s raised %s", where(work), step, type(exc).__name__)
+        log.debug("record %s: %s raised", where(work), step, exc_info=True)
+        return InternalError(step, exc)
+
+
+def where(work: Work) -> str:
+    source = work.record.source
+    return f"{source.topic}[{source.partition}]@{source.offset}"
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception's message, bounded: some (RecursionError, huge ints) have vast ones."""
+    text = str(exc)
+    return text if len(text) <= 300 else text[:300] + "…"

@@ -1,0 +1,76 @@
+"""Tabular records over TF Serving REST: ``{"instances": [{feature: value}, ...]}`` to a model
+that declares features is classified as the worker classifies them (the data plane reads
+the rows with models/features.py), agreeing with scikit-learn."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from streaminfer.flights import FEATURES, flights, split
+from streaminfer.models.imports import import_model
+from tests.servers import ServerProcess
+
+TRAIN, HELD_OUT = split(flights(600, seed=3))
+ROWS = HELD_OUT[FEATURES].head(12)
+PREDICT = "/v1/models/delays:predict"
+
+
+@pytest.fixture(scope="module")
+def delays(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, list]]:
+    """Our server over the imported pipeline, and scikit-learn's answers for ``ROWS``."""
+    pipeline = make_pipeline(
+        StandardScaler(), GradientBoostingClassifier(n_estimators=20, random_state=0)
+    ).fit(TRAIN[FEATURES], TRAIN["status"])
+    folder = tmp_path_factory.mktemp("delays")
+    joblib.dump(pipeline, folder / "pipeline.joblib")
+    import_model(folder / "pipeline.joblib", folder / "repo", "delays", trust_pickle=True)
+    want = list(zip(pipeline.predict(ROWS), pipeline.predict_proba(ROWS).max(axis=1), strict=True))
+    with ServerProcess(folder / "repo", log=folder / "serve.log") as server:
+        yield server, want
+
+
+def test_records_of_named_features_are_classified(delays: tuple[ServerProcess, list]) -> None:
+    server, want = delays
+    records = ROWS.to_dict("records")
+    instances = [row if i % 2 else {"features": row} for i, row in enumerate(records)]
+    with server.client() as client:
+        response = client.post(PREDICT, json={"instances": instances})
+    assert response.status_code == 200, response.text
+    answers = response.json()["predictions"]
+    assert [a["predictions"][0]["label"] for a in answers] == [str(label) for label, _ in want]
+    scores = [a["predictions"][0]["score"] for a in answers]
+    np.testing.assert_allclose(scores, [p for _, p in want], atol=1e-5)
+    assert {p["label"] for p in answers[0]["predictions"]} == {"on_time", "late", "very_late"}
+
+
+@pytest.mark.parametrize(
+    ("change", "feature"),
+    [({"carrier": None}, "carrier"), ({"seat": 3}, "seat"), ({"distance": "far"}, "distance")],
+)
+def test_a_bad_record_is_a_bad_request_naming_the_feature(
+    delays: tuple[ServerProcess, list], change: dict, feature: str
+) -> None:
+    server, _ = delays
+    good = ROWS.iloc[0].to_dict()
+    bad = {k: v for k, v in {**good, **change}.items() if v is not None}
+    with server.client() as client:
+        response = client.post(PREDICT, json={"instances": [good, bad]})
+    assert response.status_code == 400
+    assert f"'{feature}'" in response.json()["error"]
+
+
+def test_the_models_own_input_still_takes_tensors(delays: tuple[ServerProcess, list]) -> None:
+    server, want = delays
+    rows = ROWS.to_numpy(dtype=np.float32).tolist()
+    with server.client() as client:
+        response = client.post(PREDICT, json={"instances": [{"input": row} for row in rows]})
+    assert response.status_code == 200, response.text
+    labels = [row["label"] for row in response.json()["predictions"]]
+    assert labels == [str(label) for label, _ in want]
