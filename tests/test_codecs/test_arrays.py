@@ -7,6 +7,7 @@ import pytest
 
 from streaminfer.codecs.arrays import (
     BYTES,
+    MAX_DIMS,
     MAX_ELEMENTS,
     as_bytes,
     bytes_array,
@@ -46,3 +47,20 @@ def test_values_that_do_not_fit_the_dtype_are_refused() -> None:
     assert from_values("t", [1, 2], np.dtype(np.uint8)).tolist() == [1, 2]
     with pytest.raises(DecodeError, match="do not fit uint8"):
         from_values("t", [256], np.dtype(np.uint8))
+
+
+def test_shapes_of_too_many_dimensions_are_refused_before_numpy_sees_them() -> None:
+    assert element_count("t", [1] * MAX_DIMS) == 1
+    with pytest.raises(DecodeError, match=f"{MAX_DIMS + 1} dimensions, more than the {MAX_DIMS}"):
+        element_count("t", [1] * (MAX_DIMS + 1))
+
+
+def test_an_empty_shape_with_an_absurd_dimension_is_refused() -> None:
+    with pytest.raises(DecodeError, match="more than"):
+        element_count("t", [0, 1 << 70])
+
+
+def test_a_lower_limit_can_be_asked_for() -> None:
+    assert element_count("t", [4, 4], limit=16) == 16
+    with pytest.raises(DecodeError, match="more than 15 elements"):
+        element_count("t", [4, 4], limit=15)

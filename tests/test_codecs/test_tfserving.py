@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streaminfer.codecs.arrays import BYTES, bytes_array
+from streaminfer.codecs.arrays import BYTES, MAX_FILL, bytes_array
 from streaminfer.codecs.errors import DecodeError, EncodeError
 from streaminfer.codecs.tfserving import (
     VALUE_FIELDS,
@@ -62,6 +62,17 @@ def test_one_string_fills_the_shape_with_its_trailing_zero_bytes() -> None:
     proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[b"a\0"])
     proto.tensor_shape.dim.add(size=3)
     assert from_tensor_proto("t", proto).tolist() == [b"a\0"] * 3
+
+
+@pytest.mark.parametrize("dtype", [types_pb2.DT_FLOAT, types_pb2.DT_STRING])
+def test_one_value_fills_at_most_max_fill_elements(dtype: types_pb2.DataType) -> None:
+    proto = tensor_pb2.TensorProto(dtype=dtype)
+    getattr(proto, VALUE_FIELDS[dtype]).append(b"a" if dtype == types_pb2.DT_STRING else 1.0)
+    proto.tensor_shape.dim.add(size=MAX_FILL)
+    assert from_tensor_proto("t", proto).size == MAX_FILL
+    proto.tensor_shape.dim.add(size=2)
+    with pytest.raises(DecodeError, match=f"more than {MAX_FILL} elements"):
+        from_tensor_proto("t", proto)
 
 
 @given(shapes)

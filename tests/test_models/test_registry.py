@@ -172,6 +172,20 @@ def test_batcher_keeps_different_shapes_apart_and_reports_errors() -> None:
     batcher.close()
 
 
+def test_batcher_runs_a_large_request_in_slices_of_max_batch_size() -> None:
+    calls: list[int] = []
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(len(inputs["x"]))
+        return {"y": inputs["x"] + 1}
+
+    batcher = DynamicBatcher(run, BatchingConfig(max_batch_size=4, max_batch_delay_ms=0))
+    rows = np.arange(22, dtype=np.float32).reshape(11, 2)
+    np.testing.assert_array_equal(batcher.infer({"x": rows})["y"], rows + 1)
+    batcher.close()
+    assert sorted(calls) == [3, 4, 4]
+
+
 def _close_while_submitting(batcher: DynamicBatcher) -> list[Future[dict[str, np.ndarray]]]:
     """Three threads submit 200 requests each; the batcher closes once they are under way."""
     futures: list[Future[dict[str, np.ndarray]]] = []

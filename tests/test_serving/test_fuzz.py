@@ -1,18 +1,39 @@
-"""Whatever a client sends, the server answers with a 4xx at worst: never a 5xx or a crash."""
+"""Whatever a client sends, the server answers with a 4xx at worst: never a 5xx or a crash.
+
+Three kinds of fuzzing: hypothesis-built bodies and messages aimed at the decoders; both
+REST APIs from their OpenAPI description (``serving/openapi.yaml``) with schemathesis,
+valid and invalid requests alike; and both gRPC APIs with valid messages whose bytes are
+mutated (flipped, inserted, deleted, cut) by a seeded generator and sent raw.
+"""
 
 from __future__ import annotations
 
+import io
 import json
+import random
 import string
+from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
+import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
+from schemathesis.generation import GenerationMode
+from schemathesis.schemas import APIOperation
 
+import streaminfer.serving
+from streaminfer.codecs.arrays import bytes_array
+from streaminfer.codecs.raw import to_raw
+from streaminfer.codecs.tfserving import to_tensor_proto
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.protos.tfserving import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inception_pb2,
     predict_pb2,
     prediction_service_pb2_grpc,
     tensor_pb2,
@@ -20,6 +41,8 @@ from streaminfer.protos.tfserving import (
 )
 from tests.repository import MODEL
 from tests.servers import ServerProcess
+
+OPENAPI = Path(streaminfer.serving.__file__).parent / "openapi.yaml"
 
 FUZZ = settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -148,3 +171,125 @@ def test_grpc_model_infer_requests(
             v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
         except grpc.RpcError as exc:
             assert exc.code() not in SERVER_FAULTS, exc.details()
+
+
+def _operations() -> list[APIOperation]:
+    schema = schemathesis.openapi.from_path(OPENAPI)
+    return [result.ok() for result in schema.get_all_operations()]
+
+
+@pytest.mark.parametrize("operation", _operations(), ids=lambda operation: operation.label)
+def test_rest_apis_from_their_openapi_description(
+    server: ServerProcess, operation: APIOperation
+) -> None:
+    """Valid and invalid requests of each operation; half of them name the served model
+    (and its version 1)."""
+    cases = operation.as_strategy(GenerationMode.POSITIVE) | operation.as_strategy(
+        GenerationMode.NEGATIVE
+    )
+    unimplemented = operation.label.endswith((":classify", ":regress"))  # 501 by design
+
+    @settings(
+        max_examples=40,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=cases, served=st.booleans())
+    def check(case: Any, served: bool) -> None:
+        if served and case.path_parameters and "model" in case.path_parameters:
+            case.path_parameters["model"] = MODEL
+            if "version" in case.path_parameters:
+                case.path_parameters["version"] = "1"
+        reply = case.call(base_url=server.rest_url, timeout=60)
+        assert reply.status_code < 500 or (unimplemented and reply.status_code == 501), (
+            reply.status_code,
+            reply.text[:300],
+        )
+
+    check()
+    assert server.process is not None and server.process.alive()
+
+
+def _tiny_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), "blue").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _valid_messages() -> dict[str, bytes]:
+    """One valid serialized request of each gRPC method worth mutating."""
+    jpeg = _tiny_jpeg()
+    predict = predict_pb2.PredictRequest()
+    predict.model_spec.name = MODEL
+    predict.inputs["images"].CopyFrom(to_tensor_proto(bytes_array([jpeg])))
+    fill = predict_pb2.PredictRequest()
+    fill.model_spec.name = MODEL
+    fill.inputs["input"].CopyFrom(
+        tensor_pb2.TensorProto(
+            dtype=1,  # DT_FLOAT
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in (1, 3, 224, 224)]
+            ),
+            float_val=[0.5],
+        )
+    )
+    infer = v2.ModelInferRequest(model_name=MODEL, raw_input_contents=[to_raw(bytes_array([jpeg]))])
+    infer.inputs.add(name="images", datatype="BYTES", shape=[1])
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    metadata.model_spec.name = MODEL
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = MODEL
+    return {
+        "/tensorflow.serving.PredictionService/Predict": predict.SerializeToString(),
+        "/tensorflow.serving.PredictionService/Predict#fill": fill.SerializeToString(),
+        "/tensorflow.serving.PredictionService/GetModelMetadata": metadata.SerializeToString(),
+        "/tensorflow.serving.ModelService/GetModelStatus": status.SerializeToString(),
+        "/tensorflow.serving.InceptionService/Classify": inception_pb2.InceptionRequest(
+            jpeg_encoded=jpeg
+        ).SerializeToString(),
+        "/inference.GRPCInferenceService/ModelInfer": infer.SerializeToString(),
+        "/inference.GRPCInferenceService/ModelMetadata": v2.ModelMetadataRequest(
+            name=MODEL, version="1"
+        ).SerializeToString(),
+        "/inference.GRPCInferenceService/ModelReady": v2.ModelReadyRequest(
+            name=MODEL, version="1"
+        ).SerializeToString(),
+    }
+
+
+def _mutated(message: bytes, rng: random.Random) -> bytes:
+    """``message`` with one to four random byte edits, or cut short."""
+    data = bytearray(message)
+    for _ in range(rng.randint(1, 4)):
+        edit, at = rng.randrange(5), rng.randrange(len(data) + 1)
+        if edit == 0 and at < len(data):
+            data[at] ^= 1 << rng.randrange(8)  # flip a bit
+        elif edit == 1:
+            data.insert(at, rng.randrange(256))
+        elif edit == 2 and at < len(data):
+            del data[at]
+        elif edit == 3 and at < len(data):
+            data[at] = rng.choice([0x00, 0x7F, 0x80, 0xFF, rng.randrange(256)])
+        else:
+            del data[at:]
+    return bytes(data)
+
+
+MUTANTS_PER_METHOD = 60
+
+
+@pytest.mark.parametrize("method", sorted(_valid_messages()))
+def test_grpc_apis_with_mutated_messages(server: ServerProcess, method: str) -> None:
+    rng = random.Random(f"{method}-12")  # seeded: a failure replays
+    message = _valid_messages()[method]
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        call = channel.unary_unary(method.partition("#")[0])  # raw bytes in and out
+        for _ in range(MUTANTS_PER_METHOD):
+            mutant = _mutated(message, rng)
+            try:
+                call(mutant, timeout=60)
+            except grpc.RpcError as exc:
+                assert exc.code() not in SERVER_FAULTS, (exc.code(), exc.details(), mutant[:80])
+        call(message, timeout=60)  # the server still answers the valid message
+    assert server.process is not None and server.process.alive()

@@ -11,6 +11,7 @@ the server and the clients can never disagree about a byte:
 * ``tfserving``: TF Serving's ``TensorProto``; ``tfserving_json``: its REST formats;
 * ``v2``: KServe V2's datatypes and gRPC tensors; ``v2_json``: its REST tensors and
   the binary-tensor extension;
+* ``numbers``: whole numbers written as text (versions, header lengths), ASCII digits only;
 * ``errors``: ``EncodeError`` and ``DecodeError``, whose fault they are is for the
   caller to say (the server's client, or the client's server).
 

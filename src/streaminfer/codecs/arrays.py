@@ -1,8 +1,10 @@
 """The arrays every codec hands out, and the checks on a tensor a peer describes.
 
 Strings and encoded images are object arrays of ``bytes`` (``BYTES``); numbers keep
-their own dtype.  A peer's claimed shape is checked here
-before anything is allocated from it.
+their own dtype.  A peer's claimed shape is checked here before anything is allocated
+from it: at most ``MAX_DIMS`` dimensions and ``MAX_ELEMENTS`` elements, and at most
+``MAX_FILL`` elements made from a single value (TF's fill rule), the one place where a
+few bytes on the wire could become a large array.
 """
 
 from __future__ import annotations
@@ -18,8 +20,15 @@ BYTES = np.dtype(object)
 
 """Named arrays: a request's inputs or an answer's outputs."""
 
-MAX_ELEMENTS = 1 << 25
-"""Largest tensor a peer may describe (32 Mi elements, 128 MB of float32)."""
+MAX_DIMS = 32
+"""Most dimensions a tensor may have (numpy's own limit is 64, TensorFlow's 254)."""
+
+MAX_ELEMENTS = 1 << 24
+"""Largest tensor a peer may describe: 16 Mi elements, 64 MB of float32 (the default
+request size limit), 128 MB at most for 8-byte types."""
+
+MAX_FILL = 1 << 20
+"""Largest tensor one value may fill (TF's rule): 1 Mi elements, 8 MB at most."""
 
 
 def numpy_dtype(model_dtype: str) -> np.dtype:
@@ -44,16 +53,20 @@ def as_bytes(item: object) -> bytes:
     return item.encode() if isinstance(item, str) else bytes(item)  # type: ignore[call-overload]
 
 
-def element_count(name: str, shape: Sequence[int]) -> int:
-    """Elements in ``shape``, refusing negative dimensions and absurd sizes."""
+def element_count(name: str, shape: Sequence[int], limit: int = MAX_ELEMENTS) -> int:
+    """Elements in ``shape``, refusing too many dimensions, negative ones and absurd sizes."""
+    if len(shape) > MAX_DIMS:
+        raise DecodeError(
+            f"tensor {name!r}: {len(shape)} dimensions, more than the {MAX_DIMS} allowed"
+        )
     count = 1
     for dim in shape:
         if dim < 0:
             raise DecodeError(f"tensor {name!r}: shape {list(shape)} has a negative dimension")
         count *= dim
-        if count > MAX_ELEMENTS:
+        if count > limit or dim > limit:  # [0, 2**70] has no elements, yet no numpy shape
             raise DecodeError(
-                f"tensor {name!r}: shape {list(shape)} has more than {MAX_ELEMENTS} elements"
+                f"tensor {name!r}: shape {list(shape)} has more than {limit} elements"
             )
     return count
 
@@ -69,8 +82,12 @@ def shaped(name: str, flat: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 
 def from_values(name: str, values: Sequence[object], dtype: np.dtype) -> np.ndarray:
-    """A flat array of ``dtype`` from a list of numbers, refusing values that do not fit."""
+    """A flat array of ``dtype`` from a list of numbers, refusing values that do not fit.
+
+    Read one value at a time: ``np.array`` would first copy a protobuf's repeated field
+    into a list, 32 bytes a value (60 MB of ``float_val`` took the server past 1 GB).
+    """
     try:
-        return np.array(values, dtype=dtype)
+        return np.fromiter(values, dtype=dtype, count=len(values))
     except (OverflowError, ValueError, TypeError) as exc:
         raise DecodeError(f"tensor {name!r}: values do not fit {dtype}: {exc}") from exc

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import reprlib
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,7 @@ def from_json(name: str, value: JSON, dtype: np.dtype | None = None) -> np.ndarr
         raise DecodeError(f"tensor {name!r}: not a rectangular array of numbers ({exc})") from exc
     if array.dtype.kind not in "biuf":
         raise DecodeError(f"tensor {name!r}: expected numbers, booleans, strings or b64 values")
+    element_count(name, array.shape)  # the same bounds as a declared shape
     return array
 
 
@@ -121,7 +123,7 @@ def _item_bytes(name: str, value: JSON) -> bytes:
         except (binascii.Error, ValueError) as exc:
             raise DecodeError(f"tensor {name!r}: invalid base64 ({exc})") from exc
     raise DecodeError(
-        f'tensor {name!r}: expected a string or {{"b64": "..."}}, got {json.dumps(value)[:60]}'
+        f'tensor {name!r}: expected a string or {{"b64": "..."}}, got {reprlib.repr(value)[:60]}'
     )
 
 

@@ -2,8 +2,8 @@
 
 Numbers are written as raw ``tensor_content``; they are read from it zero-copy, or
 from the typed ``*_val`` fields other clients fill, where TF's rule holds that a single
-value fills the whole shape.  ``half_val`` holds float16 bit patterns.  Strings travel
-as ``string_val``, a list of bytes.
+value fills the whole shape (up to ``MAX_FILL`` elements).  ``half_val`` holds float16
+bit patterns.  Strings travel as ``string_val``, a list of bytes.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import numpy as np
 
 from streaminfer.codecs.arrays import (
     BYTES,
+    MAX_FILL,
     as_bytes,
     bytes_array,
     element_count,
@@ -94,6 +95,7 @@ def from_tensor_proto(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
     if proto.tensor_shape.unknown_rank:
         raise DecodeError(f"tensor {name!r}: the tensor's shape must be known")
     shape = [d.size for d in proto.tensor_shape.dim]
+    element_count(name, shape)  # before any value is read
     if proto.tensor_content and dtype != BYTES:
         return from_raw(name, dtype, shape, proto.tensor_content)
     values = getattr(proto, VALUE_FIELDS[proto.dtype])
@@ -107,9 +109,11 @@ def from_tensor_proto(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
 
 
 def _fill(name: str, flat: np.ndarray, shape: list[int]) -> np.ndarray:
-    """TF's rule: a single value fills the whole shape; otherwise the counts must agree."""
+    """TF's rule: a single value fills the whole shape, up to ``MAX_FILL`` elements;
+    otherwise the counts must agree."""
     count = element_count(name, shape)
     if flat.size == 1 and count > 1:
+        element_count(name, shape, MAX_FILL)
         filled = np.empty(shape, dtype=flat.dtype)
         filled.fill(flat[0])  # np.full would pass bytes through numpy's "S" type: b"a\0" -> b"a"
         return filled

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from streaminfer.codecs.arrays import shaped
+from streaminfer.codecs.arrays import element_count, shaped
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.jsonvalues import JSON, dumps, from_json, json_object, loads, to_json
+from streaminfer.codecs.numbers import ascii_int
 from streaminfer.codecs.raw import from_raw, to_raw
 from streaminfer.codecs.v2 import datatype, numpy_dtype
 from streaminfer.types import Tensors
@@ -28,11 +29,11 @@ def split_body(body: bytes, header_length: str | None) -> tuple[JSON, bytes]:
     """The JSON header and the binary tensors after it (empty without the extension)."""
     if header_length is None:
         return loads(body), b""
-    if not header_length.isdigit() or int(header_length) > len(body):
+    split = ascii_int(header_length)
+    if split is None or split > len(body):
         raise DecodeError(
             f"{HEADER_LENGTH} {header_length[:20]!r} does not fit a {len(body)}-byte body"
         )
-    split = int(header_length)
     return loads(body[:split]), body[split:]
 
 
@@ -81,6 +82,7 @@ def read_tensors(documents: JSON, binary: bytes, kind: str) -> Tensors:
             raise DecodeError(f'every {kind} needs a string "name" and "datatype"')
         if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
             raise DecodeError(f'{kind} {name!r}: "shape" must be a list of integers')
+        element_count(name, shape)  # before its data is read
         if name in arrays:
             raise DecodeError(f"{kind} {name!r} is given twice")
         dtype = numpy_dtype(name, dtype_name)

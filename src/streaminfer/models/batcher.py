@@ -4,7 +4,9 @@ Callers submit tensors whose first axis is their own batch (often 1).  A runner 
 takes the first waiting request, then keeps taking more until ``max_batch_size`` rows
 are gathered or ``max_batch_delay_ms`` has passed since the first, runs the model once,
 and hands every caller its own slice of the outputs.  Requests whose non-batch shapes
-differ are never mixed in one run.
+differ are never mixed in one run, and a request of more than ``max_batch_size`` rows
+is run in slices of at most that many, so a large request costs the runtime no more
+memory than a full batch does.
 """
 
 from __future__ import annotations
@@ -97,10 +99,12 @@ class DynamicBatcher:
         return request.future
 
     def infer(self, inputs: Tensors, timeout: float | None = None) -> Tensors:
-        return self.submit(inputs).result(timeout)
+        parts = [self.submit(part) for part in _slices(inputs, self.config.max_batch_size)]
+        return _joined([part.result(timeout) for part in parts])
 
     async def infer_async(self, inputs: Tensors) -> Tensors:
-        return await asyncio.wrap_future(self.submit(inputs))
+        parts = [self.submit(part) for part in _slices(inputs, self.config.max_batch_size)]
+        return _joined(await asyncio.gather(*map(asyncio.wrap_future, parts)))
 
     def close(self) -> None:
         """Finish what is queued, then stop the runner threads."""
@@ -170,3 +174,20 @@ class DynamicBatcher:
             end = start + request.rows
             request.future.set_result({n: v[start:end] for n, v in outputs.items()})
             start = end
+
+
+def _slices(inputs: Tensors, rows: int) -> list[Tensors]:
+    """``inputs`` cut along the batch axis into slices of at most ``rows`` rows."""
+    sizes = {array.shape[0] if array.ndim else 0 for array in inputs.values()}
+    if len(sizes) != 1 or (total := sizes.pop()) <= rows:
+        return [inputs]  # one piece; a mismatch or a scalar is refused when it is queued
+    return [
+        {name: array[start : start + rows] for name, array in inputs.items()}
+        for start in range(0, total, rows)
+    ]
+
+
+def _joined(parts: list[Tensors]) -> Tensors:
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}

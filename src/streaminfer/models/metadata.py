@@ -3,7 +3,8 @@
 It says what the model expects (its signature), how to turn an image into that input
 (``preprocess``, absent for plain tensor models), which named features a tabular record
 carries (``features``, in input order), where its class names are, which output holds a
-classifier's per-class probabilities, and how many classes to report by default.
+classifier's per-class probabilities, how many classes to report by default, and how
+many rows one request may carry (``max_batch_size``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from streaminfer.errors import ConfigError
 
 METADATA_FILE = "model.json"
+IMAGE_MAX_BATCH = 64
+"""Rows one request to an image model may carry unless model.json says otherwise: 64
+decoded images are 38 MB of float32 input, run in slices of the batching size."""
+TENSOR_MAX_BATCH = 4096
+"""Rows one request to a tensor model may carry unless model.json says otherwise."""
 
 DType = Literal[
     "float32",
@@ -87,6 +93,7 @@ class ModelMetadata(BaseModel):
     # tabular model without it is a regressor whose outputs are reported as they are.
     probabilities_output: str | None = None
     top_k: int = Field(default=5, ge=1)
+    max_batch_size: int | None = Field(default=None, ge=1)  # None: by kind, see batch_limit
 
     @field_validator("features", mode="before")
     @classmethod
@@ -112,6 +119,13 @@ class ModelMetadata(BaseModel):
     @property
     def is_tabular_model(self) -> bool:
         return self.features is not None
+
+    @property
+    def batch_limit(self) -> int:
+        """The most rows one request may carry: ``max_batch_size``, else a default by kind."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        return IMAGE_MAX_BATCH if self.is_image_model else TENSOR_MAX_BATCH
 
     @classmethod
     def read(cls, version_dir: Path) -> ModelMetadata:

@@ -21,13 +21,15 @@ With the server's ``--handler``, a REST predict request is a handler ``Record`` 
 and headers): ``handle`` runs the handler's preprocess (else the door's usual reading),
 the model, and its postprocess (else the door's usual answer).  A hook's failure is the
 request's: a ``HandlerError``, answered 400 naming the exception's type.
+
+``plane.decode`` parses a REST body: on the event loop up to ``INLINE_DECODE_BYTES``
+(a few milliseconds), in the decoder process beyond (see ``serving.decoder``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
@@ -44,6 +46,8 @@ from streaminfer.models.pipeline import classify_async, preprocess_images
 from streaminfer.models.registry import LoadedVersion, ModelRegistry
 from streaminfer.models.status import VersionStatus
 from streaminfer.serving.classification import classified
+from streaminfer.serving.decode_pool import DecodePool
+from streaminfer.serving.decoder import BodyDecoder
 from streaminfer.serving.errors import DeadlineExceeded, InvalidRequest, Unavailable
 from streaminfer.types import Tensors
 
@@ -56,6 +60,10 @@ IMAGE_ENTRY_SUFFIX = ".images"
 """``<model>.images`` is the encoded-image entry point of image model ``<model>``."""
 TOP_K_INPUT = "top_k"
 FALLBACK_IMAGE_MODEL = "efficientnet-lite0"
+
+INLINE_DECODE_BYTES = 2 << 20
+"""Bodies up to 2 MB decode on the event loop (tens of ms at most); larger ones in the
+decoder process."""
 
 T = TypeVar("T")
 
@@ -92,7 +100,8 @@ class DataPlane:
         self.server_version = __version__
         self._registry = registry
         self._default_model = default_model
-        self._decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="image-decode")
+        self._decode_pool = DecodePool(decode_threads)
+        self._body_decoder = BodyDecoder()
         self._gate = _Gate(request_timeout)
         self.handler = handler
 
@@ -107,6 +116,16 @@ class DataPlane:
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=True)
+        self._body_decoder.close()
+
+    async def decode(self, parse: Callable[..., T], body: bytes, *args: Any) -> T:
+        """``parse(body, *args)``: here for a small body, in the decoder process for a large one.
+
+        ``parse`` must be a module-level function (it is sent to the decoder by name).
+        """
+        if len(body) <= INLINE_DECODE_BYTES:
+            return parse(body, *args)
+        return await self._body_decoder.decode(parse, body, *args)
 
     # -- models ------------------------------------------------------------------------------
     def model(self, name: str, version: int | None = None, label: str | None = None) -> ModelHandle:
@@ -168,7 +187,7 @@ class ModelHandle:
         self,
         loaded: LoadedVersion,
         gate: _Gate,
-        decode_pool: ThreadPoolExecutor,
+        decode_pool: DecodePool,
         image_entry: bool = False,
         handler: Handler | None = None,
     ) -> None:
@@ -237,6 +256,11 @@ class ModelHandle:
     async def classify(self, images: list[bytes], top_k: int | None = None) -> Tensors:
         """``classes``, ``scores`` and ``class_ids`` of encoded images, top ``top_k`` each."""
         return await self._gate.run(self._classify(bytes_array(images), top_k))
+
+    @property
+    def tabular(self) -> bool:
+        """Whether the model takes records of named feature values (``features``)."""
+        return self._loaded.metadata.is_tabular_model
 
     def takes_records(self, instances: object) -> bool:
         """Whether rows of a request are a tabular model's records of named feature values
@@ -315,6 +339,7 @@ class ModelHandle:
                         f"input {name!r}: encoded images must have shape [N], "
                         f"not {list(images.shape)}"
                     )
+                self._check_batch(len(images))
                 return images
         if wants_images:
             entry = f"model {self.name!r}" if self._image_entry else f"signature {signature!r}"
@@ -351,7 +376,18 @@ class ModelHandle:
             raise InvalidRequest("every input needs a batch dimension with at least one row")
         if len(rows) > 1:
             raise InvalidRequest(f"inputs disagree on the batch size: {sorted(rows)}")  # type: ignore[type-var]
+        for count in rows:  # none (no inputs, refused later) or one
+            self._check_batch(count or 0)
         return inputs
+
+    def _check_batch(self, rows: int) -> None:
+        """Refuse a request of more rows than the model's ``max_batch_size`` before running it."""
+        limit = self._loaded.metadata.batch_limit
+        if rows > limit:
+            raise InvalidRequest(
+                f"model {self.name!r} takes at most {limit} rows per request "
+                f"(max_batch_size in model.json), not {rows}"
+            )
 
 
 def request_record(body: bytes, headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> Record:

@@ -1,12 +1,18 @@
-"""What every gRPC service shares: error translation, the bearer-token check, the server."""
+"""What every gRPC service shares: error translation, the bearer-token check, the server.
+
+A request that is not a valid protobuf message never reaches a servicer: it is answered
+INVALID_ARGUMENT (gRPC itself would answer INTERNAL or UNKNOWN, blaming the server).
+"""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from streaminfer.serving.auth import BearerAuth
 from streaminfer.serving.errors import Unauthenticated, describe
@@ -67,9 +73,59 @@ def _refuse(message: str) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
+@dataclass(frozen=True)
+class _Malformed:
+    """What a request that does not parse becomes, so the call can answer for it."""
+
+    reason: str
+
+
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """Answers a request that is not a valid message with INVALID_ARGUMENT."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler  # an unknown method (UNIMPLEMENTED), or nothing to parse
+        return grpc.unary_unary_rpc_method_handler(
+            _refusing_malformed(handler.unary_unary),
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse_or_mark(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except (DecodeError, RecursionError, ValueError) as exc:
+            return _Malformed(str(exc)[:200])
+
+    return parse_or_mark
+
+
+def _refusing_malformed(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Malformed):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid protobuf message of this method: {request.reason}",
+            )
+        return await behavior(request, context)
+
+    return call
+
+
 def create_server(auth: BearerAuth | None, max_message_bytes: int) -> grpc.aio.Server:
+    interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequestInterceptor()]
+    if auth is not None:
+        interceptors.insert(0, AuthInterceptor(auth))
     return grpc.aio.server(
-        interceptors=[AuthInterceptor(auth)] if auth else None,
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from streaminfer.codecs.arrays import numpy_dtype
+from streaminfer.codecs.numbers import ascii_int
 from streaminfer.codecs.v2 import datatype
 from streaminfer.models.metadata import TensorSpec
 from streaminfer.serving import classification
@@ -45,9 +46,10 @@ def parse_version(text: str) -> int | None:
     """A V2 model version ("" for the latest) as the registry's integer."""
     if not text:
         return None
-    if not text.isdigit() or int(text) < 1:
+    version = ascii_int(text)
+    if not version:
         raise InvalidRequest(f"model version must be a positive integer, not {text[:40]!r}")
-    return int(text)
+    return version
 
 
 def top_k_parameter(parameters: dict[str, Any]) -> int | None:

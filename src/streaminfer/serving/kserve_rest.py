@@ -4,7 +4,8 @@ With the extension, the body is a JSON header of ``Inference-Header-Content-Leng
 bytes followed by raw tensors; an input or output marks its share with the parameter
 ``binary_data_size``.  Outputs are binary when asked per output (``binary_data``) or
 for all (``binary_data_output``), as tritonclient does by default.  A requested output
-with the parameter ``classification``: K comes back as its top K classes.
+with the parameter ``classification``: K comes back as its top K classes.  A large body
+is decoded in the data plane's decoder process, so it never holds up the event loop.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class KServeRest:
             body = await request.read()
             length = request.headers.get(HEADER_LENGTH)
             if self._plane.handler is None:
-                response = await _infer(model, *_document(body, length))
+                document, inputs = await self._plane.decode(_decode, body, length)
+                response = await _infer(model, document, inputs)
             else:
                 response = await _handled(model, request_record(body, request.headers), length)
             observation.version = str(model.version)
@@ -98,11 +100,11 @@ def _document(body: bytes, header_length: str | None) -> tuple[dict[str, Any], b
     return document, binary
 
 
-async def _infer(model: ModelHandle, document: dict[str, Any], binary: bytes) -> web.Response:
+async def _infer(model: ModelHandle, document: dict[str, Any], inputs: Tensors) -> web.Response:
     parameters = json_object(document.get("parameters", {}), "parameters")
     wanted, binary_outputs, classes = _requested_outputs(document, parameters)
     outputs = await model.infer(
-        read_tensors(document.get("inputs"), binary, "input"),
+        inputs,
         output_filter=wanted,
         top_k=messages.top_k_parameter(parameters),
         classification=classes,
@@ -134,6 +136,14 @@ def _reply(
     reply["outputs"], chunks = write_tensors(outputs, binary)
     body, headers = join_body(reply, chunks)
     return web.Response(body=body, headers=headers)
+
+
+def _decode(body: bytes, header_length: str | None) -> tuple[dict[str, Any], Tensors]:
+    """The request's JSON document, without its inputs, and the input arrays (sent to
+    the decoder process by name for a large body)."""
+    document, binary = _document(body, header_length)
+    inputs = read_tensors(document.pop("inputs", None), binary, "input")
+    return document, inputs
 
 
 def _target(request: web.Request) -> tuple[str, int | None]:

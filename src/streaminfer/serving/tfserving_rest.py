@@ -12,6 +12,7 @@ import re
 from aiohttp import web
 
 from streaminfer.codecs.jsonvalues import JSON, loads
+from streaminfer.codecs.numbers import ascii_int
 from streaminfer.codecs.tfserving_json import (
     MODEL_VERSION_HEADER,
     read_columns,
@@ -46,9 +47,9 @@ class _Target:
         self.label: str | None = match["label"]
         self.version: int | None = None
         if match["version"] is not None:
-            if not match["version"].isdigit():
-                raise InvalidRequest(f"version must be an integer, not {match['version']!r}")
-            self.version = int(match["version"])
+            self.version = ascii_int(match["version"])
+            if self.version is None:
+                raise InvalidRequest(f"version must be an integer, not {match['version'][:40]!r}")
         self.metadata = match["metadata"] is not None
         self.verb: str | None = match["verb"]
 
@@ -89,21 +90,34 @@ class TFServingRest:
             if self._plane.handler is not None:
                 response = await _handled(model, request_record(body, request.headers))
             else:
-                response = await _predict(model, loads(body))
+                response = await _predict(self._plane, model, body)
             observation.version = str(model.version)
             # TF Serving's body does not say which version answered; this header does.
             response.headers[MODEL_VERSION_HEADER] = str(model.version)
             return response
 
 
-async def _predict(model: ModelHandle, body: JSON) -> web.Response:
-    """Tensors in either format; for a tabular model also records of named values."""
+async def _predict(plane: DataPlane, model: ModelHandle, text: bytes) -> web.Response:
+    """Tensors in either format; for a tabular model also records of named values.
+
+    A large body is decoded in the data plane's decoder process, off the event loop;
+    a tabular model's body on the loop, as its records are read there.
+    """
+    if not model.tabular:
+        inputs, row_format, signature = await plane.decode(_read_predict_request, text)
+        return json_response(_answer(await model.infer(inputs, signature), row_format))
+    body = loads(text)
     if isinstance(body, dict) and model.takes_records(body.get("instances")):
         instances = body["instances"]
         assert isinstance(instances, list)  # takes_records checked it
         return json_response({"predictions": await model.predict_records(instances)})
     inputs, row_format, signature = _predict_request(body)
     return json_response(_answer(await model.infer(inputs, signature), row_format))
+
+
+def _read_predict_request(text: bytes) -> tuple[Tensors, bool, str]:
+    """``_predict_request`` of a body (sent to the decoder process by name)."""
+    return _predict_request(loads(text))
 
 
 async def _handled(model: ModelHandle, record: Record) -> web.Response:

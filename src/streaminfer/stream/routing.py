@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
+from streaminfer.codecs.numbers import ascii_int
 from streaminfer.errors import ConfigError, StreamInferError
 from streaminfer.kafka.records import Headers, produce_waiting
 from streaminfer.predictors.base import Predictor, PredictRequest, PredictResult
@@ -40,9 +41,9 @@ class Target:
     @classmethod
     def parse(cls, text: str) -> Target:
         name = text.strip()
-        digits = name[1:] if name[:1] in ("v", "V") else name
-        if digits.isdigit() and int(digits) > 0:
-            return cls(version=int(digits))
+        version = ascii_int(name[1:] if name[:1] in ("v", "V") else name)
+        if version:
+            return cls(version=version)
         if not name or not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"route target {text!r} is neither a version (3, v3) nor a label")
         return cls(label=name)
@@ -62,9 +63,10 @@ class Route:
         targets = []
         for part in text.split(","):
             name, sep, weight = part.partition("=")
-            if not sep or not weight.strip().isdigit():
+            weight_value = ascii_int(weight.strip())
+            if not sep or weight_value is None:
                 raise ConfigError(f"malformed route {text!r}: expected target=weight,target=weight")
-            targets.append((Target.parse(name), int(weight)))
+            targets.append((Target.parse(name), weight_value))
         if sum(w for _, w in targets) <= 0:
             raise ConfigError(f"route {text!r} has no positive weight")
         if len({t for t, _ in targets}) != len(targets):

@@ -1,0 +1,111 @@
+"""The decoder process: large request bodies are parsed outside the server's process.
+
+Parsing megabytes of JSON holds the GIL for a second and costs several times the body
+in Python objects; done in the server, it would stall every other request (health
+checks too) and swell the server's memory.  ``BodyDecoder`` hands such a body to one
+spawned process, one body at a time, and gets the parsed result back.  Nothing big is
+copied on the way: the body goes down the pipe from its own buffer, and arrays come
+back as pickle protocol 5 out-of-band buffers, each received once and used as it is.
+
+A parser must be a module-level function (it is sent by reference) whose result and
+exceptions pickle.  A decoder that dies is replaced at the next body; the body it was
+parsing fails with UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import pickle
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any, TypeVar
+
+from streaminfer.codecs.errors import DecodeError
+from streaminfer.serving.errors import Unavailable
+
+T = TypeVar("T")
+STOP_TIMEOUT = 5.0
+
+
+class BodyDecoder:
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()  # one body at a time: a bound on the decoder's memory
+        self._process: BaseProcess | None = None
+        self._connection: Connection | None = None
+
+    async def decode(self, parse: Callable[..., T], body: bytes, *args: Any) -> T:
+        """``parse(body, *args)``, run in the decoder process; its exceptions are re-raised."""
+        async with self._lock:
+            ok, result = await asyncio.to_thread(self._exchange, parse, body, args)
+        if not ok:
+            raise result
+        return result  # type: ignore[no-any-return]
+
+    def _exchange(self, parse: Callable[..., Any], body: bytes, args: tuple[Any, ...]) -> Any:
+        connection = self._connect()
+        try:
+            connection.send((parse, args))
+            connection.send_bytes(body)
+            header, count = connection.recv()
+            buffers = [connection.recv_bytes() for _ in range(count)]
+        except (EOFError, OSError) as exc:
+            self.close()
+            raise Unavailable("the request decoder process died; try again") from exc
+        return pickle.loads(header, buffers=buffers)
+
+    def _connect(self) -> Connection:
+        if self._connection is None:
+            # Spawned, not forked: a fork would copy a process whose gRPC and runtime
+            # threads may hold locks.
+            context = multiprocessing.get_context("spawn")
+            ours, theirs = context.Pipe()
+            self._process = context.Process(
+                target=_serve, args=(theirs,), name="streaminfer-decoder", daemon=True
+            )
+            self._process.start()
+            theirs.close()
+            self._connection = ours
+        return self._connection
+
+    def close(self) -> None:
+        """Stop the decoder process (it ends when its pipe closes)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        if self._process is not None:
+            self._process.join(STOP_TIMEOUT)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
+            self._process = None
+
+
+def _serve(connection: Connection) -> None:
+    """The decoder process: parse each body sent, answer with the result or the exception."""
+    while True:
+        try:
+            parse, args = connection.recv()
+            body = connection.recv_bytes()
+        except EOFError:
+            return
+        try:
+            answer: tuple[bool, Any] = (True, parse(body, *args))
+        except Exception as exc:
+            answer = (False, exc)
+        del body
+        buffers: list[pickle.PickleBuffer] = []
+        try:
+            header = pickle.dumps(answer, protocol=5, buffer_callback=buffers.append)
+        except Exception as exc:  # nested past pickle's depth, or an exception that won't go
+            buffers.clear()
+            failure: Exception = (
+                DecodeError(f"the request is nested too deeply to decode ({exc})")
+                if answer[0]
+                else RuntimeError(f"{type(answer[1]).__name__}: {exc}")
+            )
+            header = pickle.dumps((False, failure), protocol=5)
+        connection.send((header, len(buffers)))
+        for buffer in buffers:
+            connection.send_bytes(buffer.raw())
