@@ -18,7 +18,7 @@ EMBEDDED = "embedded"
 SEED_STYLE = "seed-style"
 QUIX = "quix"
 _REST_MODES = ("tfserving-rest", "kserve-http")
-_ALL_WORKLOADS = frozenset({"images", "tensor"})
+_ALL_WORKLOADS = frozenset({"images", "tensor", "tabular"})
 
 
 @dataclass(frozen=True)
