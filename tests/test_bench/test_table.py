@@ -129,6 +129,10 @@ def test_markdown_table_escapes_pipes() -> None:
 
 def test_config_selection() -> None:
     assert [c.name for c in select_configs(None, quick=True)] == list(QUICK_CONFIGS)
+    tabular = select_configs(None, quick=True, workloads=["tabular"])
+    assert [c.name for c in tabular] == ["bare", "embedded", "embedded-alo", "quix"]
+    assert all(c.applies_to("tabular") for c in tabular)
+    assert not any(c.applies_to("tabular") for c in CONFIGS if c.remote)  # embedded only
     assert [c.name for c in select_configs(None, quick=False)] == [c.name for c in CONFIGS]
     chosen = select_configs(["seed-style", "embedded"], quick=False)
     assert [c.name for c in chosen] == ["embedded", "seed-style"]  # canonical order

@@ -15,6 +15,7 @@ from streaminfer.bench.configs import (
     FULL,
     QUICK,
     QUICK_CONFIGS,
+    QUICK_CONFIGS_BY_WORKLOAD,
     QUIX,
     BenchConfig,
     select_configs,
@@ -48,7 +49,8 @@ def bench(
         str | None,
         typer.Option(
             help="Comma-separated configurations (default: all; with --quick: "
-            f"{','.join(QUICK_CONFIGS)}). "
+            f"{','.join(QUICK_CONFIGS)}; for tabular "
+            f"{','.join(QUICK_CONFIGS_BY_WORKLOAD['tabular'])}). "
             f"Known: {_CONFIG_NAMES}."
         ),
     ] = None,
@@ -110,7 +112,7 @@ def bench(
     console = Console()
     named = _split(configs)
     python = _quix_python(quix_python)
-    selected = _without_quix(select_configs(named, quick), python, named, console)
+    selected = _without_quix(select_configs(named, quick, chosen), python, named, console)
     plan = BenchPlan.build(
         workloads=chosen,
         configs=selected,
