@@ -3,8 +3,8 @@
 Quix Streams hands an application one message at a time, so this is the shape its users
 write: a dataframe that takes each record through the worker's own pipeline steps (parse,
 fetch, route, features to row for tabular records, predict, explain) and writes the same
-output document.  The comparison
-then measures the two ways of streaming, not two implementations of the model.
+output document.  The comparison then measures the two ways of streaming, not two
+implementations of the model.
 
 It needs an interpreter with ``quixstreams`` installed (``make bench`` builds
 ``.venv-quix``); quixstreams pins an older confluent-kafka than streaminfer, so it does
