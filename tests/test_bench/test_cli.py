@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from streaminfer.bench.configs import QUICK, QUICK_CONFIGS
+from streaminfer.bench.workloads import TabularWorkload
 from tests.support import run_cli
 from tests.test_bench.cases import positive_figures, positive_spreads
 
@@ -61,3 +62,26 @@ def test_quick_bench_writes_positive_figures_a_report_and_plots(tmp_path: Path) 
     for png in ("throughput-images.png", "latency-images.png"):
         with Image.open(out / png) as image:
             image.verify()
+
+
+def test_tabular_bench_trains_imports_and_serves_json_flights(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    result = run_cli(
+        "bench", "--quick", "--workload", "tabular", "--configs", "bare,embedded",
+        "--records", "2000", "--duration", "2", "--repeats", "1", "--out", str(out),
+        timeout=200,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    [tabular] = json.loads((out / "results.json").read_text())["workloads"]
+    assert (tabular["name"], tabular["model"]) == ("tabular", TabularWorkload.model)
+    positive_figures(tabular["ceiling"], "pipeline_one_thread_rps", "inference_rps")
+    configs = {c["name"]: c for c in tabular["configs"]}
+    assert list(configs) == ["bare", "embedded"]
+    for name, config in configs.items():
+        assert config["error"] is None, f"{name}: {config['error']}"
+        positive_spreads(config, "throughput")
+    assert configs["embedded"]["served_by"] == ["embedded"]
+    rows = {row["name"]: row for row in tabular["table"]}
+    assert rows["embedded"]["vs_ceiling"]["median"] > 0
+    assert rows["embedded"]["checks"]["ceiling"]["target"] == "≥ 0.85"  # issue 14's floor

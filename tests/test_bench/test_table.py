@@ -76,8 +76,11 @@ def test_checks_follow_the_targets() -> None:
     assert rows["kserve-grpc"].checks == {}
 
 
-def test_throughput_targets_apply_to_images_only() -> None:
+def test_throughput_targets_apply_to_images_and_to_embedded_on_tabular() -> None:
     assert ceiling_check("tensor", "embedded", Spread.of([0.5])) is None
+    assert ceiling_check("tabular", "embedded", Spread.of([0.85])) == Check("≥ 0.85", True)
+    assert ceiling_check("tabular", "embedded", Spread.of([0.84, 0.9])) == Check("≥ 0.85", False)
+    assert ceiling_check("tabular", "tfserving-grpc", Spread.of([0.1])) is None
     assert ceiling_check("images", "seed-style", Spread.of([0.1])) is None
     check = ceiling_check("images", "tfserving-rest", Spread.of([0.61]))
     assert check is not None and check.passed and check.target == "≥ 0.6"
@@ -113,6 +116,8 @@ def test_quix_targets_apply_to_embedded_per_workload() -> None:
     assert quix_check("images", "embedded", Spread.of([1.8])) == Check("≥ 1.8", True)
     assert quix_check("images", "embedded", Spread.of([1.79])) == Check("≥ 1.8", False)
     assert quix_check("tensor", "embedded", Spread.of([2.9])) == Check("≥ 3", False)
+    assert quix_check("tabular", "embedded", Spread.of([2.0])) == Check("≥ 2", True)
+    assert quix_check("tabular", "embedded", Spread.of([1.9, 2.5])) == Check("≥ 2", False)
     assert quix_check("images", "kserve-grpc", Spread.of([5.0])) is None
     assert quix_check("images", "embedded", None) is None
 
@@ -124,6 +129,10 @@ def test_markdown_table_escapes_pipes() -> None:
 
 def test_config_selection() -> None:
     assert [c.name for c in select_configs(None, quick=True)] == list(QUICK_CONFIGS)
+    tabular = select_configs(None, quick=True, workloads=["tabular"])
+    assert [c.name for c in tabular] == ["bare", "embedded", "embedded-alo", "quix"]
+    assert all(c.applies_to("tabular") for c in tabular)
+    assert not any(c.applies_to("tabular") for c in CONFIGS if c.remote)  # embedded only
     assert [c.name for c in select_configs(None, quick=False)] == [c.name for c in CONFIGS]
     chosen = select_configs(["seed-style", "embedded"], quick=False)
     assert [c.name for c in chosen] == ["embedded", "seed-style"]  # canonical order

@@ -50,6 +50,11 @@ def test_bench(module: str, tmp_path: Path) -> None:
     says_install(run_without(module, tmp_path, "bench", "--quick"), module, "bench")
 
 
+def test_bench_tabular(tmp_path: Path) -> None:
+    result = run_without("sklearn", tmp_path, "bench", "--quick", "--workload", "tabular")
+    says_install(result, "sklearn", "sklearn")
+
+
 def test_demo(tmp_path: Path) -> None:
     result = run_without("skimage", tmp_path, "demo", "--home", str(tmp_path / "demo"))
     says_install(result, "skimage", "demo")

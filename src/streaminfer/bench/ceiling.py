@@ -2,7 +2,8 @@
 
 Two figures matter.  Bare inference (ONNX Runtime on a ready tensor) is the model's own
 limit.  The in-process pipeline (fetch + decode + preprocess + inference, every core
-busy) is the best a worker could ever do on this machine: TARGETS.md's "best in-process
+busy; for tabular records the worker's JSON parse, features to row, inference and
+ranking) is the best a worker could ever do on this machine: TARGETS.md's "best in-process
 pipeline rate".  It runs the very predictor the worker's embedded mode builds, in a few
 shapes of concurrency, and keeps the best; between the configurations, the best shape
 runs again (``measure_pipeline``), so the ceiling is a median of runs spread over the
@@ -98,7 +99,7 @@ def _pipeline_rate(
 
         def one_batch() -> int:
             values = [workload.record(next(records)) for _ in range(BATCH)]
-            return _predict(predictor, list(fetches.map(workload.request, values)))
+            return _predict(workload, predictor, list(fetches.map(workload.request, values)))
 
         return _timed_rate(one_batch, seconds, lanes)
 
@@ -113,7 +114,9 @@ def _one_thread_rate(
     predictor = create_predictor("embedded", registry=registry, decode_workers=1)
     try:
         rate, _ = _timed_rate(
-            lambda: _predict(predictor, [workload.request(workload.record(next(records)))]),
+            lambda: _predict(
+                workload, predictor, [workload.request(workload.record(next(records)))]
+            ),
             seconds,
         )
         return rate
@@ -137,12 +140,16 @@ def _run(version: LoadedVersion, inputs: Tensors) -> int:
     return len(next(iter(outputs.values())))
 
 
-def _predict(predictor: Predictor, requests: list[PredictRequest]) -> int:
-    """Predict and insist that every record was served: a failing ceiling would flatter."""
+def _predict(workload: Workload, predictor: Predictor, requests: list[PredictRequest]) -> int:
+    """Predict, make of each result what the worker does, and insist that every record was
+    served: a failing ceiling would flatter."""
     outcomes = predictor.predict(requests)
     failed = [o for o in outcomes if not isinstance(o, PredictResult)]
     if failed:
         raise InfrastructureError(f"the in-process pipeline failed a record: {failed[0]}")
+    for outcome in outcomes:
+        if isinstance(outcome, PredictResult):
+            workload.answer(outcome)
     return len(outcomes)
 
 

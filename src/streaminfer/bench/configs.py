@@ -18,7 +18,9 @@ EMBEDDED = "embedded"
 SEED_STYLE = "seed-style"
 QUIX = "quix"
 _REST_MODES = ("tfserving-rest", "kserve-http")
-_ALL_WORKLOADS = frozenset({"images", "tensor"})
+_ALL_WORKLOADS = frozenset({"images", "tensor", "tabular"})
+# Issue 14 compares the tabular workload embedded only: with the ceiling and with Quix.
+_REMOTE_WORKLOADS = frozenset({"images", "tensor"})
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ class BenchConfig:
 
 def _worker(mode: str, guarantee: Guarantee, description: str) -> BenchConfig:
     suffix = "" if guarantee == "exactly-once" else "-alo"
-    return BenchConfig(mode + suffix, mode, guarantee, description)
+    workloads = _ALL_WORKLOADS if mode == EMBEDDED else _REMOTE_WORKLOADS
+    return BenchConfig(mode + suffix, mode, guarantee, description, workloads=workloads)
 
 
 CONFIGS: tuple[BenchConfig, ...] = (
@@ -92,11 +95,22 @@ CONFIGS: tuple[BenchConfig, ...] = (
     ),
 )
 QUICK_CONFIGS = (BARE, EMBEDDED, "tfserving-grpc", SEED_STYLE)
+# A workload whose quick run is its whole comparison: the tabular targets need every one.
+QUICK_CONFIGS_BY_WORKLOAD = {"tabular": (BARE, EMBEDDED, EMBEDDED + "-alo", QUIX)}
 
 
-def select_configs(names: Sequence[str] | None, quick: bool) -> list[BenchConfig]:
-    """The configurations to run, in the canonical order (embedded first: loads derive from it)."""
-    wanted = list(names) if names else list(QUICK_CONFIGS if quick else (c.name for c in CONFIGS))
+def select_configs(
+    names: Sequence[str] | None, quick: bool, workloads: Sequence[str] = ()
+) -> list[BenchConfig]:
+    """The configurations to run, in the canonical order (embedded first: loads derive from it);
+    a quick run takes each workload's quick ones (default ``QUICK_CONFIGS``)."""
+    if names:
+        wanted = list(names)
+    elif quick:
+        quick_sets = [QUICK_CONFIGS_BY_WORKLOAD.get(w, QUICK_CONFIGS) for w in workloads or [""]]
+        wanted = [name for chosen in quick_sets for name in chosen]
+    else:
+        wanted = [c.name for c in CONFIGS]
     known = [c.name for c in CONFIGS]
     unknown = [n for n in wanted if n not in known]
     if unknown:

@@ -1,9 +1,10 @@
 """The bench's Quix Streams application: the job of ``streaminfer run --mode embedded``.
 
 Quix Streams hands an application one message at a time, so this is the shape its users
-write: a dataframe that fetches, decodes and classifies each record with the same
-streaminfer code the worker uses, and writes the same output document.  The comparison
-then measures the two ways of streaming, not two implementations of the model.
+write: a dataframe that takes each record through the worker's own pipeline steps (parse,
+fetch, route, features to row for tabular records, predict, explain) and writes the same
+output document.  The comparison then measures the two ways of streaming, not two
+implementations of the model.
 
 It needs an interpreter with ``quixstreams`` installed (``make bench`` builds
 ``.venv-quix``); quixstreams pins an older confluent-kafka than streaminfer, so it does
@@ -14,6 +15,7 @@ record that fails stops it instead of being dead-lettered.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,9 +28,11 @@ from streaminfer.images import FetchPolicy, ImageFetcher
 from streaminfer.kafka.config import parse_property
 from streaminfer.models.batcher import BatchingConfig
 from streaminfer.models.registry import ModelRegistry
-from streaminfer.predictors.base import PredictRequest
 from streaminfer.predictors.embedded import EmbeddedPredictor
-from streaminfer.stream.records import Source, output_document, parse_value, to_json
+from streaminfer.stream.pipeline import Defaults, explain, fetch, parse, route, tabulate
+from streaminfer.stream.records import Source, output_document, to_json
+from streaminfer.stream.tabular import TabularModels
+from streaminfer.stream.work import InputRecord, Work
 
 MODE = "quix"  # the output's "mode": who served it
 
@@ -41,29 +45,30 @@ class Classifier:
         registry = ModelRegistry(repo, default_batching=BatchingConfig(enabled=False))
         registry.reload()
         self.predictor = EmbeddedPredictor(registry, decode_workers=1, owns_registry=True)
-        self.model = model
+        self.defaults = Defaults(model=model)
+        self.tabular = TabularModels(repo)
         self.fetcher = fetcher
         self.topic = topic
 
     def __call__(self, value: bytes, key: Any, timestamp: int, headers: Any) -> bytes:
         started = time.perf_counter()
-        request = parse_value(value)
-        image = self.fetcher.fetch(request.url) if request.url is not None else request.image
-        fetched = time.perf_counter()
-        predict = PredictRequest(
-            model=request.model or self.model, image=image, tensors=request.tensors
-        )
-        (outcome,) = self.predictor.predict([predict])
-        if isinstance(outcome, RecordError):
-            raise outcome
         context = message_context()
         source = Source(self.topic, context.partition, context.offset, timestamp)
+        work = Work(InputRecord(key, value, [], source, time.monotonic()))
+        work = fetch(self.fetcher, parse(work))
+        work = tabulate(self.tabular, route(self.defaults, work))
+        assert work.predict is not None
+        (outcome,) = self.predictor.predict([work.predict])
+        if isinstance(outcome, RecordError):
+            raise outcome
+        work = explain(self.tabular, dataclasses.replace(work, result=outcome))
+        assert work.result is not None
         timings = {
-            "fetch": (fetched - started) * 1000,
-            **outcome.timings_ms,
+            "fetch": work.fetch_ms,
+            **work.result.timings_ms,
             "total": (time.perf_counter() - started) * 1000,
         }
-        document = output_document(request, source, outcome, timings)
+        document = output_document(work.request, source, work.result, timings)
         document["mode"] = MODE
         return to_json(document)
 

@@ -3,6 +3,9 @@
 ``images`` is the product's headline case (JPEG URLs on a web host, EfficientNet-Lite0),
 where decoding and inference dominate.  ``tensor`` is a tiny tensor model, where the
 per-record overhead of Kafka, the worker and the wire protocols dominates instead.
+``tabular`` is a scikit-learn classifier (scaler + gradient boosting) trained at bench
+start on generated flights and imported as ONNX, fed JSON flight records: parsing and
+feature handling weigh as much as the model.
 """
 
 from __future__ import annotations
@@ -12,15 +15,19 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from streaminfer.errors import ConfigError
+from streaminfer.extras import require
 from streaminfer.images import FetchPolicy, ImageFetcher
 from streaminfer.images.samples import SAMPLE_IMAGES, sample_jpegs
-from streaminfer.predictors.base import PredictRequest
+from streaminfer.predictors.base import PredictRequest, PredictResult
 from streaminfer.processes import ImageHostProcess
+from streaminfer.stream.records import parse_value
+from streaminfer.stream.tabular import TabularModel, TabularModels
 
 LOOPBACK = "127.0.0.0/8"
 
@@ -44,6 +51,10 @@ class Workload(ABC):
     def request(self, value: bytes) -> PredictRequest:
         """What the worker makes of a record before predicting (fetch, parse): the ceiling's
         pipeline does the same work without Kafka."""
+
+    def answer(self, result: PredictResult) -> PredictResult:
+        """What the worker makes of a prediction before writing it (tabular: ranked classes)."""
+        return result
 
 
 class ImagesWorkload(Workload):
@@ -98,7 +109,76 @@ class TensorWorkload(Workload):
         return PredictRequest(model=doc["model"], tensors=tensors)
 
 
-_KINDS: dict[str, type[Workload]] = {"images": ImagesWorkload, "tensor": TensorWorkload}
+class TabularWorkload(Workload):
+    """JSON flight records, half ``{"model", "features": {...}}`` and half flat, for a
+    scikit-learn pipeline trained here on :mod:`streaminfer.flights` (needs the ``sklearn``
+    extra).  Its ``request`` and ``answer`` are the worker's own parse, features-to-row and
+    ranking code."""
+
+    name = "tabular"
+    model = "flight-delays"
+    title = "scikit-learn scaler + gradient boosting (ONNX) on JSON flight records"
+    default_records = 20_000
+    worker_args = ("--model", "flight-delays")
+    TRAINING_ROWS = 3000
+    FLIGHTS = 1000  # distinct records, cycled
+
+    def __init__(self) -> None:
+        self._models: TabularModels | None = None
+
+    def export(self, repo: Path) -> None:
+        """Train the pipeline and import it, converted to ONNX and verified, as version 1."""
+        joblib = require("joblib", "sklearn")
+        ensemble = require("sklearn.ensemble", "sklearn")
+        pipeline = require("sklearn.pipeline", "sklearn")
+        preprocessing = require("sklearn.preprocessing", "sklearn")
+        from streaminfer.flights import FEATURES, flights
+        from streaminfer.models.imports import import_model  # onnx, skl2onnx: only here
+
+        frame = flights(self.TRAINING_ROWS)
+        model = pipeline.make_pipeline(
+            preprocessing.StandardScaler(),
+            ensemble.GradientBoostingClassifier(n_estimators=40, random_state=0),
+        ).fit(frame[FEATURES], frame["status"])
+        with tempfile.TemporaryDirectory(prefix="streaminfer-tabular-") as folder:
+            source = Path(folder) / f"{self.model}.joblib"
+            joblib.dump(model, source)
+            import_model(source, repo, self.model, version=1, trust_pickle=True)
+        self._models = TabularModels(repo)
+
+    @cached_property
+    def _flights(self) -> list[dict[str, int]]:
+        """Unseen flights (another seed than training's), as whole-number fields."""
+        from streaminfer.flights import FEATURES, flights
+
+        rows = flights(self.FLIGHTS, seed=1)[FEATURES].to_dict("records")
+        return [{k: int(v) for k, v in row.items()} for row in rows]
+
+    def record(self, index: int) -> bytes:
+        features = self._flights[index % self.FLIGHTS]
+        if index % 2:
+            return json.dumps({"model": self.model, **features}).encode()
+        return json.dumps({"model": self.model, "features": features}).encode()
+
+    def request(self, value: bytes) -> PredictRequest:
+        parsed = parse_value(value)
+        assert parsed.features is not None and parsed.model is not None
+        return self._tabular.request(parsed.features, PredictRequest(model=parsed.model))
+
+    def answer(self, result: PredictResult) -> PredictResult:
+        return self._tabular.result(result, top_k=None)
+
+    @property
+    def _tabular(self) -> TabularModel:
+        assert self._models is not None, "export() first: the features are in model.json"
+        return self._models.get(self.model, None)
+
+
+_KINDS: dict[str, type[Workload]] = {
+    "images": ImagesWorkload,
+    "tensor": TensorWorkload,
+    "tabular": TabularWorkload,
+}
 
 
 WORKLOADS = tuple(_KINDS)
@@ -114,6 +194,9 @@ def open_workload(name: str, log_dir: Path) -> Iterator[Workload]:
     """The workload ready to run; for ``images`` that includes its web host."""
     if name == "tensor":
         yield TensorWorkload()
+        return
+    if name == "tabular":
+        yield TabularWorkload()
         return
     if name not in _KINDS:
         raise ConfigError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")

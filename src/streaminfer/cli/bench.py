@@ -15,6 +15,7 @@ from streaminfer.bench.configs import (
     FULL,
     QUICK,
     QUICK_CONFIGS,
+    QUICK_CONFIGS_BY_WORKLOAD,
     QUIX,
     BenchConfig,
     select_configs,
@@ -32,21 +33,24 @@ if TYPE_CHECKING:
 _CONFIG_NAMES = ", ".join(c.name for c in CONFIGS)
 DEFAULT_QUIX_PYTHON = Path(".venv-quix/bin/python")  # what `make bench` builds
 # The benchmark's optional dependencies (the `bench` extra), checked before a run starts:
-# its plots, and the sample photos of the images workload.
+# its plots, and the sample photos of the images workload.  The tabular workload trains
+# and imports a scikit-learn model: the `sklearn` extra.
 _EXTRA_MODULES = ("matplotlib", "skimage")
+_TABULAR_MODULES = ("sklearn", "skl2onnx", "pandas", "joblib")
 
 
 @kafka_options
 def bench(
     workload: Annotated[
         str | None,
-        typer.Option(help="images | tensor | all (default: all; images with --quick)."),
+        typer.Option(help="images | tensor | tabular | all (default: all; images with --quick)."),
     ] = None,
     configs: Annotated[
         str | None,
         typer.Option(
             help="Comma-separated configurations (default: all; with --quick: "
-            f"{','.join(QUICK_CONFIGS)}). "
+            f"{','.join(QUICK_CONFIGS)}; for tabular "
+            f"{','.join(QUICK_CONFIGS_BY_WORKLOAD['tabular'])}). "
             f"Known: {_CONFIG_NAMES}."
         ),
     ] = None,
@@ -61,7 +65,8 @@ def bench(
         int | None,
         typer.Option(
             min=10,
-            help="Records per saturation run (default: images 1000, tensor 20000; seed-style 1/5).",
+            help="Records per saturation run "
+            "(default: images 1000, tensor and tabular 20000; seed-style 1/5).",
         ),
     ] = None,
     duration: Annotated[
@@ -97,7 +102,8 @@ def bench(
     kafka: KafkaOptions,
 ) -> None:
     """Starts a throw-away Kafka broker unless --bootstrap-servers names one."""
-    _check_extra()
+    chosen = _workloads(workload, quick)
+    _check_extras(chosen)
     from rich.console import Console
 
     from streaminfer.bench.report import write_report
@@ -106,9 +112,9 @@ def bench(
     console = Console()
     named = _split(configs)
     python = _quix_python(quix_python)
-    selected = _without_quix(select_configs(named, quick), python, named, console)
+    selected = _without_quix(select_configs(named, quick, chosen), python, named, console)
     plan = BenchPlan.build(
-        workloads=_workloads(workload, quick),
+        workloads=chosen,
         configs=selected,
         out=out or Path("bench-results") / datetime.now().strftime("%Y%m%d-%H%M%S"),
         quick=quick,
@@ -134,9 +140,12 @@ def bench(
         raise typer.Exit(1)
 
 
-def _check_extra() -> None:
+def _check_extras(workloads: list[str]) -> None:
     for module in _EXTRA_MODULES:
         require(module, "bench")
+    if "tabular" in workloads:
+        for module in _TABULAR_MODULES:
+            require(module, "sklearn")
 
 
 def _quix_python(given: Path | None) -> Path | None:
