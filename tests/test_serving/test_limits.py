@@ -305,14 +305,18 @@ def _typed_float_request(rows: int) -> predict_pb2.PredictRequest:
 
 def test_peak_rss_stays_under_600_mb(limited: ServerProcess, jpeg: bytes) -> None:
     """After the hostile and largest legal requests above, one more of each here, six
-    49-megapixel PNGs of 160 KB each (150 MB apiece once decoded) and 60 MB of gRPC
+    31-megapixel PNGs of 100 KB each (the largest a PNG may be, 94 MB apiece once decoded),
+    a 49-megapixel one (refused: PNGs decode only at full size) and 60 MB of gRPC
     ``float_val`` (a list of Python floats would be 480 MB)."""
     image = {"b64": base64.b64encode(jpeg).decode()}
-    huge = {"b64": base64.b64encode(_blank_png(7000)).decode()}
+    largest = {"b64": base64.b64encode(_blank_png(5600)).decode()}
+    too_large = {"b64": base64.b64encode(_blank_png(7000)).decode()}
     with limited.client() as client:
         assert client.post(PREDICT, json={"instances": [image] * IMAGE_MAX_BATCH}).is_success
         assert client.post(PREDICT, content=_sixty_mb_request()).is_success
-        assert client.post(PREDICT, json={"instances": [huge] * 6}).is_success
+        assert client.post(PREDICT, json={"instances": [largest] * 6}).is_success
+        refused = client.post(PREDICT, json={"instances": [too_large]})
+        assert refused.status_code == 400 and "full size" in refused.text
     error = _predict(limited, _typed_float_request(100))
     assert "at most 64 rows" in error.details()  # after decoding the values
     peak = _peak_rss_kb(limited)

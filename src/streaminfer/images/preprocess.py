@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from streaminfer.images.decode import DEFAULT_MAX_PIXELS, load_rgb, open_image
-from streaminfer.images.errors import NotAnImage
+from streaminfer.images.errors import DecompressionBomb, NotAnImage
 from streaminfer.models.metadata import ImagePreprocess
 
 _RESAMPLE = {
@@ -22,6 +22,11 @@ _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
 }
+
+
+# A JPEG is decoded at a reduced scale (draft); other formats only at full size, 3 bytes a
+# pixel: this bound keeps one such decode under 100 MB, within the server's memory target.
+MAX_DECODED_PIXELS = 32_000_000
 
 
 def preprocess_image(
@@ -39,6 +44,12 @@ def preprocess_image(
     image = open_image(data, max_pixels=max_pixels)
     if draft:
         image.draft("RGB", _draft_size(image.size, spec))
+    width, height = image.size  # what will be decoded: a JPEG's draft size, else all of it
+    if width * height > MAX_DECODED_PIXELS:
+        raise DecompressionBomb(
+            f"image is {width}x{height} = {width * height} pixels to decode at full size "
+            f"({image.format} has no reduced decoding), more than {MAX_DECODED_PIXELS}"
+        )
     return _to_input(load_rgb(image), spec)
 
 
