@@ -8,12 +8,10 @@ Triton, MLServer, KServe, OpenVINO Model Server and our own server.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 from streaminfer.codecs.v2 import add_grpc_tensors, numpy_dtype, read_grpc_tensors
 from streaminfer.errors import StreamInferError
-from streaminfer.models.errors import ModelNotFound
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.grpc_transport import GrpcTransport
 from streaminfer.predictors.remote import (
@@ -25,11 +23,10 @@ from streaminfer.predictors.remote import (
     version_number,
 )
 from streaminfer.predictors.signature import (
-    IMAGE_ENTRY_SUFFIX,
     ServedModel,
     TensorList,
     v2_model,
-    with_image_entry,
+    v2_model_with_image_entry,
 )
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
@@ -55,14 +52,7 @@ class KServeGrpcPredictor(RemotePredictor):
             return False
 
     def _read_metadata(self, ref: ModelRef) -> ServedModel:
-        served = self._model_metadata(ref)
-        if served.takes_images:
-            return served
-        entry = dataclasses.replace(ref, name=ref.name + IMAGE_ENTRY_SUFFIX)
-        try:
-            return with_image_entry(served, self._model_metadata(entry), entry.name)
-        except ModelNotFound:
-            return served
+        return v2_model_with_image_entry(ref, self._model_metadata)
 
     def _model_metadata(self, ref: ModelRef) -> ServedModel:
         request = v2.ModelMetadataRequest(name=ref.name, version=numbered_version(ref, "KServe V2"))
@@ -73,8 +63,7 @@ class KServeGrpcPredictor(RemotePredictor):
         self, ref: ModelRef, served: ServedModel, images: list[bytes], top_k: int | None
     ) -> tuple[int, list[list[Prediction]]]:
         assert served.image_input is not None
-        if served.image_model is not None:
-            ref = dataclasses.replace(ref, name=served.image_model)
+        ref = served.image_ref(ref)
         request = _request_for(ref, {served.image_input: served.image_batch(images)})
         if top_k is not None:
             request.parameters[TOP_K_PARAMETER].int64_param = top_k

@@ -10,7 +10,6 @@ form.  A model's inputs come from ``GET /v2/models/{m}``, health from ``/v2/heal
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from typing import Any
 from urllib.parse import quote
@@ -25,7 +24,6 @@ from streaminfer.codecs.v2_json import (
     write_tensors,
 )
 from streaminfer.errors import StreamInferError
-from streaminfer.models.errors import ModelNotFound
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.http_transport import HttpTransport
 from streaminfer.predictors.remote import (
@@ -37,11 +35,10 @@ from streaminfer.predictors.remote import (
     version_number,
 )
 from streaminfer.predictors.signature import (
-    IMAGE_ENTRY_SUFFIX,
     ServedModel,
     TensorList,
     v2_model,
-    with_image_entry,
+    v2_model_with_image_entry,
 )
 from streaminfer.types import ModelRef, Tensors
 
@@ -71,14 +68,7 @@ class KServeHttpPredictor(RemotePredictor):
         return True
 
     def _read_metadata(self, ref: ModelRef) -> ServedModel:
-        served = self._model_metadata(ref)
-        if served.takes_images:
-            return served
-        entry = dataclasses.replace(ref, name=ref.name + IMAGE_ENTRY_SUFFIX)
-        try:
-            return with_image_entry(served, self._model_metadata(entry), entry.name)
-        except ModelNotFound:
-            return served
+        return v2_model_with_image_entry(ref, self._model_metadata)
 
     def _model_metadata(self, ref: ModelRef) -> ServedModel:
         answer = self._http.get_json(_path(ref, ""))
@@ -101,8 +91,7 @@ class KServeHttpPredictor(RemotePredictor):
         assert served.image_input is not None
         parameters = {} if top_k is None else {TOP_K_PARAMETER: top_k}
         inputs = {served.image_input: served.image_batch(images)}
-        if served.image_model is not None:
-            ref = dataclasses.replace(ref, name=served.image_model)
+        ref = served.image_ref(ref)
         version, outputs = self._infer(ref, inputs, parameters)
         return version, rank_from_classes(outputs, len(images), self.target)
 

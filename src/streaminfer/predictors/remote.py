@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 
 from streaminfer.codecs.errors import DecodeError, EncodeError
-from streaminfer.errors import InfrastructureError, RecordError
+from streaminfer.errors import InfrastructureError, RecordError, StreamInferError
 from streaminfer.images.preprocess import preprocess_image
 from streaminfer.models.errors import InvalidInput
 from streaminfer.models.postprocess import Prediction
@@ -180,6 +180,18 @@ class RemotePredictor(Predictor):
         open); never raises."""
 
     # -- shared ----------------------------------------------------------------------------
+    def _model_answers(self) -> bool:
+        """Health for a protocol with no server-wide endpoint (TF Serving): the last model
+        asked for answers its metadata."""
+        ref = self._last_ref
+        if ref is None:
+            return True  # no model asked for yet: the next request is the probe
+        try:
+            self._read_metadata(ref)
+        except StreamInferError:
+            return False
+        return True
+
     def predict(self, batch: list[PredictRequest]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(batch)
         jobs: list[_Job] = []

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from streaminfer.codecs.arrays import BYTES, bytes_array
-from streaminfer.models.errors import InvalidInput
+from streaminfer.models.errors import InvalidInput, ModelNotFound
 from streaminfer.types import ModelRef, Tensors
 
 ENCODED_IMAGE_INPUTS = ("images", "image_bytes")  # string inputs that take encoded images
@@ -54,6 +54,10 @@ class ServedModel:
     @property
     def takes_images(self) -> bool:
         return self.image_input is not None
+
+    def image_ref(self, ref: ModelRef) -> ModelRef:
+        """Where encoded images for ``ref`` go."""
+        return ref if self.image_model is None else dataclasses.replace(ref, name=self.image_model)
 
     def image_batch(self, images: list[bytes]) -> np.ndarray:
         """Encoded images as the image input takes them: ``[N]``, or ``[N, 1]`` (Triton's
@@ -90,11 +94,22 @@ def v2_model(inputs: TensorList, outputs: TensorList) -> ServedModel:
 IMAGE_ENTRY_SUFFIX = ".images"
 
 
-def with_image_entry(served: ServedModel, entry: ServedModel | None, name: str) -> ServedModel:
-    """A V2 model that takes no encoded images itself, but whose entry point ``name`` does."""
-    if served.takes_images or entry is None or not entry.takes_images:
+def v2_model_with_image_entry(
+    ref: ModelRef, read: Callable[[ModelRef], ServedModel]
+) -> ServedModel:
+    """A V2 model's metadata (``read``), with the encoded-image entry point our server
+    serves beside it as ``<model>.images`` when the model takes no images itself."""
+    served = read(ref)
+    if served.takes_images:
         return served
-    return dataclasses.replace(served, image_input=entry.image_input, image_model=name)
+    entry_ref = dataclasses.replace(ref, name=ref.name + IMAGE_ENTRY_SUFFIX)
+    try:
+        entry = read(entry_ref)
+    except ModelNotFound:
+        return served
+    if not entry.takes_images:
+        return served
+    return dataclasses.replace(served, image_input=entry.image_input, image_model=entry_ref.name)
 
 
 def tf_model(signatures: dict[str, tuple[TensorList, TensorList]], chosen: str) -> ServedModel:

@@ -15,7 +15,6 @@ import numpy as np
 
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.tfserving import DTYPES, from_tensor_proto, to_tensor_proto
-from streaminfer.errors import StreamInferError
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.grpc_transport import GrpcTransport
 from streaminfer.predictors.remote import (
@@ -47,14 +46,7 @@ class TFServingGrpcPredictor(RemotePredictor):
         self._grpc.close()
 
     def ready(self) -> bool:
-        ref = self._last_ref
-        if ref is None:
-            return True  # no model asked for yet: the next request is the probe
-        try:
-            self._read_metadata(ref)
-        except StreamInferError:
-            return False
-        return True
+        return self._model_answers()
 
     def _read_metadata(self, ref: ModelRef) -> ServedModel:
         request = get_model_metadata_pb2.GetModelMetadataRequest(

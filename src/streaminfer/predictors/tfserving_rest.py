@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.jsonvalues import to_json
 from streaminfer.codecs.tfserving_json import MODEL_VERSION_HEADER, UNNAMED, read_columns
-from streaminfer.errors import InfrastructureError, StreamInferError
+from streaminfer.errors import InfrastructureError
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.http_transport import HttpTransport, parse_json
 from streaminfer.predictors.remote import (
@@ -42,14 +42,7 @@ class TFServingRestPredictor(RemotePredictor):
         self._http.close()
 
     def ready(self) -> bool:
-        ref = self._last_ref
-        if ref is None:
-            return True  # no model asked for yet: the next request is the probe
-        try:
-            self._read_metadata(ref)
-        except StreamInferError:
-            return False
-        return True
+        return self._model_answers()
 
     def _read_metadata(self, ref: ModelRef) -> ServedModel:
         answer = self._http.get_json(_path(ref, "/metadata"))
