@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -167,13 +168,24 @@ class Demo:
         table = Table(title="Predictions: remote gRPC (the seed's architecture) and embedded")
         for column in ("image", "mode", "top-3", "model", "latency"):
             table.add_column(column, overflow="fold")
-        wanted = 2 * (len(urls) - 1) + 1
+        wanted = 2 * (len(urls) - 1) + 1  # the missing image is one dead letter
+        topics = [OUTPUT, EMBEDDED_OUTPUT, DLQ]
+        self._show_live(kafka, topics, table, wanted, lambda r: _row(r, run))
+
+    def _show_live(
+        self,
+        kafka: KafkaSettings,
+        topics: list[str],
+        table: Table,
+        wanted: int,
+        row_of: Callable[[Record], tuple[str, ...] | None],
+    ) -> None:
+        """Add a row per result read from ``topics`` as it arrives; fail if too few come."""
         deadline = time.monotonic() + self.options.timeout_s
         shown = 0
-        topics = [OUTPUT, EMBEDDED_OUTPUT, DLQ]
         with Live(table, console=self.console, refresh_per_second=8):
             for record in consume(kafka, topics, True, timeout=self.options.timeout_s):
-                row = _row(record, run)
+                row = row_of(record)
                 if row is not None:
                     table.add_row(*row)
                     shown += 1
