@@ -96,13 +96,7 @@ class Demo:
             "worker-embedded": ["--output", EMBEDDED_OUTPUT, "--mode", "embedded", "--group-id",
                                 "demo-embedded", "--dlq", f"{DLQ}.embedded"],
         }  # fmt: skip
-        with self.console.status("Starting the workers (remote gRPC and embedded)"):
-            for name, args in workers.items():
-                port = free_port()
-                worker = self._start(ManagedProcess(
-                    name, [*STREAMINFER, *base, *args, "--metrics-port", str(port)],
-                    self.logs / f"{name}.log"))  # fmt: skip
-                wait_http_ok(worker, port, "/readyz", self.options.timeout_s)
+        self._start_workers("remote gRPC", base, workers)
         self.console.print(
             f"[green]✓[/green] workers ready: remote gRPC → {OUTPUT}, embedded → {EMBEDDED_OUTPUT}"
         )
@@ -171,6 +165,16 @@ class Demo:
         wanted = 2 * (len(urls) - 1) + 1  # the missing image is one dead letter
         topics = [OUTPUT, EMBEDDED_OUTPUT, DLQ]
         self._show_live(kafka, topics, table, wanted, lambda r: _row(r, run))
+
+    def _start_workers(self, remote: str, base: list[str], workers: dict[str, list[str]]) -> None:
+        """Start each worker (``base`` + its own arguments) and wait until it is ready."""
+        with self.console.status(f"Starting the workers ({remote} and embedded)"):
+            for name, args in workers.items():
+                port = free_port()
+                worker = self._start(ManagedProcess(
+                    name, [*STREAMINFER, *base, *args, "--metrics-port", str(port)],
+                    self.logs / f"{name}.log"))  # fmt: skip
+                wait_http_ok(worker, port, "/readyz", self.options.timeout_s)
 
     def _show_live(
         self,

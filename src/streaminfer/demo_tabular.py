@@ -22,8 +22,7 @@ from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import Record, produce
 from streaminfer.models.layout import scan_repository
-from streaminfer.net import free_port
-from streaminfer.processes import STREAMINFER, ManagedProcess, ModelServerProcess, wait_http_ok
+from streaminfer.processes import ModelServerProcess
 
 INPUT, OUTPUT = "FlightInputTopic", "FlightOutputTopic"
 EMBEDDED_OUTPUT, DLQ = f"{OUTPUT}.embedded", f"{INPUT}.dlq"
@@ -81,13 +80,7 @@ class TabularDemo(Demo):
             "flights-embedded": ["--output", EMBEDDED_OUTPUT, "--mode", "embedded",
                                  "--group-id", "demo-flights-embedded", "--dlq", f"{DLQ}.embedded"],
         }  # fmt: skip
-        with self.console.status("Starting the workers (remote REST and embedded)"):
-            for name, args in workers.items():
-                port = free_port()
-                worker = self._start(ManagedProcess(
-                    name, [*STREAMINFER, *base, *args, "--metrics-port", str(port)],
-                    self.logs / f"{name}.log"))  # fmt: skip
-                wait_http_ok(worker, port, "/readyz", self.options.timeout_s)
+        self._start_workers("remote REST", base, workers)
         self.console.print(
             f"[green]✓[/green] workers ready: remote REST → {OUTPUT}, embedded → {EMBEDDED_OUTPUT}"
         )
