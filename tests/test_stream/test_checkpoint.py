@@ -96,7 +96,7 @@ def test_commit_makes_outputs_and_offsets_visible_together(
     cp = checkpoint(producer, consumer, exactly_once)
     assert cp.commit() is Commit.NOTHING
     for offset in range(3):
-        cp.write(Produced(out, None, f"v{offset}".encode(), []), Source(inp, 0, offset, None))
+        cp.write([Produced(out, None, f"v{offset}".encode(), [])], [Source(inp, 0, offset, None)])
     assert cp.commit() is Commit.COMMITTED
     values = [
         r.value for r in consume(kafka_settings, out, from_beginning=True, count=3, timeout=20)
@@ -113,9 +113,9 @@ def test_abort_leaves_neither_outputs_nor_offsets(
     inp, out = topic_factory("in"), topic_factory("out")
     producer, consumer = clients(True)
     cp = checkpoint(producer, consumer, True)
-    cp.write(Produced(out, None, b"dropped", []), Source(inp, 0, 0, None))
+    cp.write([Produced(out, None, b"dropped", [])], [Source(inp, 0, 0, None)])
     cp.abort()
-    cp.write(Produced(out, None, b"kept", []), Source(inp, 0, 0, None))
+    cp.write([Produced(out, None, b"kept", [])], [Source(inp, 0, 0, None)])
     assert cp.commit() is Commit.COMMITTED
     values = [r.value for r in consume(kafka_settings, out, from_beginning=True, timeout=3)]
     assert values == [b"kept"]
@@ -133,9 +133,9 @@ def test_a_failed_delivery_never_lets_the_offset_move_past_it(
     TopicAdmin(kafka_settings).create(small, config={"max.message.bytes": "1000"})
     producer, consumer = clients(exactly_once)
     cp = checkpoint(producer, consumer, exactly_once)
-    cp.write(Produced(small, None, b"fits", []), Source(inp, 0, 0, None))
-    cp.write(Produced(small, None, b"x" * 5000, []), Source(inp, 0, 1, None))
-    cp.write(Produced(small, None, b"after", []), Source(inp, 0, 2, None))
+    cp.write([Produced(small, None, b"fits", [])], [Source(inp, 0, 0, None)])
+    cp.write([Produced(small, None, b"x" * 5000, [])], [Source(inp, 0, 1, None)])
+    cp.write([Produced(small, None, b"after", [])], [Source(inp, 0, 2, None)])
     assert cp.commit() is Commit.ABORTED
     assert committed_offset(consumer, inp) < 0  # nothing committed: all three are redone
     assert cp.written == 0 and cp.commit() is Commit.NOTHING

@@ -15,7 +15,6 @@ record that fails stops it instead of being dead-lettered.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,7 +60,8 @@ class Classifier:
         (outcome,) = self.predictor.predict([work.predict])
         if isinstance(outcome, RecordError):
             raise outcome
-        work = explain(self.tabular, dataclasses.replace(work, result=outcome))
+        work.result = outcome
+        work = explain(self.tabular, work)
         assert work.result is not None
         timings = {
             "fetch": work.fetch_ms,

@@ -31,6 +31,7 @@ from streaminfer.types import Tensors
 
 T = TypeVar("T")
 _Item = tuple[int, LoadedVersion]  # a request's position in the batch, and its version
+_Stackable = tuple[int, LoadedVersion, Tensors, int]  # ... its tensors and their rows
 
 
 class EmbeddedPredictor(Predictor):
@@ -99,29 +100,40 @@ class EmbeddedPredictor(Predictor):
     def _run_tensors(
         self, batch: list[PredictRequest], items: list[_Item], outcomes: list[Outcome | None]
     ) -> None:
-        checked: list[tuple[int, LoadedVersion, Tensors]] = []
+        stackable: list[_Stackable] = []
         for index, version in items:
-            try:
-                tensors = version.model.validate(batch[index].tensors or {})
-                if tensor_rows(tensors) is None:
-                    raise InvalidInput("every input of a request needs the same batch size")
-            except RecordError as exc:
-                outcomes[index] = exc
+            tensors = batch[index].tensors or {}
+            rows = tensor_rows(tensors)
+            if rows is None:
+                outcomes[index] = InvalidInput("every input of a request needs the same batch size")
                 continue
-            checked.append((index, version, tensors))
-        for group in group_by(checked, lambda item: (id(item[1]), stack_key(item[2]))):
-            version = group[0][1]
-            parts = [tensors for _, _, tensors in group]
-            outputs, inference_ms = _timed(version.infer, concat_rows(parts))
-            sliced = split_rows(outputs, [tensor_rows(p) or 0 for p in parts])
-            for (index, *_), result in zip(group, sliced, strict=True):
-                outcomes[index] = PredictResult(
-                    version.name,
-                    version.version,
-                    self.mode,
-                    outputs=result,
-                    timings_ms={"preprocess": 0.0, "inference": inference_ms},
-                )
+            stackable.append((index, version, tensors, rows))
+        for group in group_by(stackable, lambda item: (id(item[1]), stack_key(item[2]))):
+            self._run_group(group, outcomes)
+
+    def _run_group(self, group: list[_Stackable], outcomes: list[Outcome | None]) -> None:
+        """One model run for records of equal names, dtypes and row shapes, checked as one
+        batch: a check that passes for the batch passes for each of its records."""
+        version = group[0][1]
+        try:
+            inputs = version.model.validate(concat_rows([tensors for _, _, tensors, _ in group]))
+        except RecordError as exc:
+            if len(group) == 1:
+                outcomes[group[0][0]] = exc
+                return
+            for item in group:  # e.g. a model whose batch size is fixed: each on its own
+                self._run_group([item], outcomes)
+            return
+        outputs, inference_ms = _timed(version.infer, inputs)
+        sliced = split_rows(outputs, [rows for *_, rows in group])
+        for (index, *_), result in zip(group, sliced, strict=True):
+            outcomes[index] = PredictResult(
+                version.name,
+                version.version,
+                self.mode,
+                outputs=result,
+                timings_ms={"preprocess": 0.0, "inference": inference_ms},
+            )
 
 
 def _timed(function: Callable[..., T], *args: object) -> tuple[T, float]:

@@ -15,7 +15,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,21 +106,21 @@ class Checkpoint:
     def since_commit_s(self) -> float:
         return self._clock() - self._last_commit
 
-    def write(self, record: Produced, source: Source) -> None:
-        """Produce a record into the checkpoint and mark its input done."""
+    def write(self, records: Sequence[Produced], sources: Sequence[Source]) -> None:
+        """Produce records into the checkpoint, in order, and mark their inputs done."""
         if self.exactly_once and not self._in_transaction:
             self.producer.begin_transaction()
             self._in_transaction = True
-        produce_waiting(
-            self.producer,
-            record.topic,
-            record.value,
-            record.key,
-            record.headers,
-            self._on_delivery,
-        )
-        self._offsets[(source.topic, source.partition)] = source.offset + 1
-        self._written += 1
+        # Under exactly-once a failed delivery fails the transaction's commit by itself: a
+        # Python callback per record is only needed to know what at-least-once delivered.
+        on_delivery = None if self.exactly_once else self._on_delivery
+        offsets = self._offsets
+        for record, source in zip(records, sources, strict=True):
+            produce_waiting(
+                self.producer, record.topic, record.value, record.key, record.headers, on_delivery
+            )
+            offsets[(source.topic, source.partition)] = source.offset + 1
+        self._written += len(records)
 
     def due(self, backlogged: Callable[[], bool]) -> bool:
         return bool(self._offsets) and self.policy.due(

@@ -19,7 +19,7 @@ dead-lettered for something that is not its fault.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import logging
 import random
 import threading
@@ -53,6 +53,7 @@ from streaminfer.stream.work import (
     InputRecord,
     InternalError,
     Produced,
+    Step,
     Work,
     attempt,
     isolated,
@@ -91,7 +92,8 @@ class Defaults:
 
 # -- the steps ---------------------------------------------------------------------------------
 def parse(work: Work) -> Work:
-    return dataclasses.replace(work, request=parse_value(work.record.value))
+    work.request = parse_value(work.record.value)
+    return work
 
 
 def fetch(fetcher: ImageFetcher, work: Work) -> Work:
@@ -100,12 +102,9 @@ def fetch(fetcher: ImageFetcher, work: Work) -> Work:
     if request is None or request.url is None:
         return work
     started = time.perf_counter()
-    image = fetcher.fetch(request.url)
-    return dataclasses.replace(
-        work,
-        request=dataclasses.replace(request, image=image),
-        fetch_ms=(time.perf_counter() - started) * 1000,
-    )
+    request.image = fetcher.fetch(request.url)
+    work.fetch_ms = (time.perf_counter() - started) * 1000
+    return work
 
 
 def route(defaults: Defaults, work: Work) -> Work:
@@ -126,7 +125,8 @@ def route(defaults: Defaults, work: Work) -> Work:
         tensors=request.tensors,
         top_k=request.top_k or defaults.top_k,
     )
-    return dataclasses.replace(work, predict=predict, route=chosen)
+    work.predict, work.route = predict, chosen
+    return work
 
 
 def tabulate(models: TabularModels, work: Work) -> Work:
@@ -135,7 +135,8 @@ def tabulate(models: TabularModels, work: Work) -> Work:
     if request is None or request.features is None or predict is None:
         return work
     model = models.get(predict.model, predict.version)
-    return dataclasses.replace(work, predict=model.request(request.features, predict))
+    work.predict = model.request(request.features, predict)
+    return work
 
 
 def explain(models: TabularModels, work: Work) -> Work:
@@ -144,21 +145,21 @@ def explain(models: TabularModels, work: Work) -> Work:
     if request is None or request.features is None or predict is None or result is None:
         return work
     model = models.get(predict.model, predict.version)
-    return dataclasses.replace(work, result=model.result(result, predict.top_k))
+    work.result = model.result(result, predict.top_k)
+    return work
 
 
 def preprocess(handler: Handler, batch: list[Work]) -> list[Work]:
     """A handler's preprocess in parse's place: each raw record in, the model's input out."""
     inputs = handler.preprocess([handler_record(w.record) for w in batch])
-    return [
-        dataclasses.replace(work, error=given)
-        if isinstance(given, HandlerError)
-        else dataclasses.replace(
-            work,
-            request=Request(image=given) if isinstance(given, bytes) else Request(tensors=given),
-        )
-        for work, given in zip(batch, inputs, strict=True)
-    ]
+    for work, given in zip(batch, inputs, strict=True):
+        if isinstance(given, HandlerError):
+            work.error = given
+        else:
+            work.request = (
+                Request(image=given) if isinstance(given, bytes) else Request(tensors=given)
+            )
+    return batch
 
 
 def postprocess(handler: Handler, batch: list[Work]) -> list[Work]:
@@ -170,13 +171,12 @@ def postprocess(handler: Handler, batch: list[Work]) -> list[Work]:
         assert result is not None  # served
         outputs.append(handler_outputs(result))
     values = handler.postprocess(outputs, [handler_record(batch[i].record) for i in served])
-    done = list(batch)
     for i, value in zip(served, values, strict=True):
         if isinstance(value, HandlerError):
-            done[i] = dataclasses.replace(batch[i], error=value)
+            batch[i].error = value
         else:
-            done[i] = dataclasses.replace(batch[i], value=value)
-    return done
+            batch[i].value = value
+    return batch
 
 
 def handler_record(record: InputRecord) -> HandlerRecord:
@@ -231,6 +231,9 @@ class Pipeline:
         self.retry = retry
         self._rng = rng or random.Random()
         self._fetches = ThreadPoolExecutor(fetch_threads, thread_name_prefix="fetch")
+        self._route: Step = ("route", functools.partial(route, defaults))
+        self._features: Step = ("features", functools.partial(tabulate, self.tabular))
+        self._explain: Step = ("explain", functools.partial(explain, self.tabular))
 
     def process(self, records: list[InputRecord], abandoned: threading.Event) -> list[Work]:
         """Every record of the batch, finished: served (``result``) or failed (``error``)."""
@@ -238,15 +241,15 @@ class Pipeline:
         if handler is not None and handler.preprocesses:
             batch = preprocess(handler, [Work(r) for r in records])
         else:
-            batch = [isolated("parse", Work(r), parse) for r in records]
+            batch = [isolated(Work(r), ("parse", parse)) for r in records]
         batch = self._fetch_all(batch)
-        batch = [isolated("route", w, lambda w: route(self.defaults, w)) for w in batch]
-        batch = [isolated("features", w, lambda w: tabulate(self.tabular, w)) for w in batch]
+        for work in batch:
+            isolated(work, self._route, self._features)
         todo = [i for i, w in enumerate(batch) if not w.failed]
         if todo:
             served = self._predict([batch[i] for i in todo], abandoned)
             for i, work in zip(todo, served, strict=True):
-                batch[i] = isolated("explain", work, lambda w: explain(self.tabular, w))
+                batch[i] = isolated(work, self._explain)
         if handler is not None and handler.postprocesses:
             batch = postprocess(handler, batch)
         return batch
@@ -263,7 +266,7 @@ class Pipeline:
                     f"the output is {size(built)} bytes; {self.output_topic!r} accepts "
                     f"{self._limit(self.output_topic)}"
                 )
-            work = dataclasses.replace(work, error=built)
+            work.error = built
         letter = dead_letter(self.dead_letter_topic, work)
         limit = self._limit(self.dead_letter_topic)
         return letter if size(letter) <= limit else truncated(letter, limit)
@@ -282,7 +285,7 @@ class Pipeline:
         ]
 
         def one(work: Work) -> Work:
-            return isolated("fetch", work, lambda w: fetch(self.fetcher, w))
+            return isolated(work, ("fetch", functools.partial(fetch, self.fetcher)))
 
         if len(downloads) == 1:
             batch[downloads[0]] = one(batch[downloads[0]])
@@ -319,13 +322,14 @@ class Pipeline:
                 if isinstance(exc, RequestFailed)
                 else InternalError("predict", exc)
             )
-            return [dataclasses.replace(batch[0], error=error)]
-        return [
-            dataclasses.replace(w, error=o)
-            if isinstance(o, RecordError)
-            else dataclasses.replace(w, result=o)
-            for w, o in zip(batch, outcomes, strict=True)
-        ]
+            batch[0].error = error
+            return batch
+        for work, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, RecordError):
+                work.error = outcome
+            else:
+                work.result = outcome
+        return batch
 
     def _until_served(
         self, batch: list[PredictRequest], abandoned: threading.Event

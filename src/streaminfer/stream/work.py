@@ -1,15 +1,16 @@
 """A record on its way through the worker, and the isolation that keeps it to itself.
 
 ``InputRecord`` is a consumed record without Kafka client types; ``Work`` is the same
-record in progress, immutable, each pipeline step returning a new one with its part
-filled in; ``Produced`` is what the worker writes for it.  ``isolated`` runs one step on
-one record so that whatever the step raises stays with that record: a ``RecordError``
-with its own reason, anything else as ``internal_error`` naming the exception's type.
+record in progress, each pipeline step filling in its part (in place: a step assigns its
+fields only once it has succeeded, and a copy per step and record would cost more than
+a small model's inference); ``Produced`` is what the worker writes for it.  ``isolated``
+runs one step on one record so that whatever the step raises stays with that record: a
+``RecordError`` with its own reason, anything else as ``internal_error`` naming the
+exception's type.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ class InternalError(RecordError):
         self.exception_type = type(exc).__name__
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InputRecord:
     """One consumed record, as the pipeline needs it: no Kafka client types."""
 
@@ -51,9 +52,9 @@ class InputRecord:
         return self.key or f"{self.source.partition}:{self.source.offset}".encode()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Work:
-    """A record in progress: each step returns a new one, with its part filled in."""
+    """A record in progress: each step fills in its part and returns it."""
 
     record: InputRecord
     request: Request | None = None  # parsed
@@ -69,7 +70,7 @@ class Work:
         return self.error is not None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Produced:
     """A record to write: the output, or the dead letter, of one input record."""
 
@@ -80,12 +81,22 @@ class Produced:
     error: RecordError | None = None  # set for a dead letter
 
 
-def isolated(step: str, work: Work, fn: Callable[[Work], Work]) -> Work:
-    """Run one step on one record; whatever it raises stays with that record."""
-    if work.failed:
-        return work
-    outcome = attempt(step, work, lambda: fn(work))
-    return outcome if isinstance(outcome, Work) else dataclasses.replace(work, error=outcome)
+Step = tuple[str, Callable[[Work], object]]  # a pipeline step, named for error messages
+
+
+def isolated(work: Work, *steps: Step) -> Work:
+    """Run steps on one record in order until one fails; whatever a step raises stays
+    with that record."""
+    for name, step in steps:
+        if work.error is not None:
+            break
+        try:
+            step(work)
+        except RecordError as exc:
+            work.error = exc
+        except Exception as exc:  # isolation: this record's failure alone
+            work.error = _internal(name, work, exc)
+    return work
 
 
 def attempt(step: str, work: Work, fn: Callable[[], T]) -> T | RecordError:
@@ -94,10 +105,14 @@ def attempt(step: str, work: Work, fn: Callable[[], T]) -> T | RecordError:
     except RecordError as exc:
         return exc
     except Exception as exc:  # isolation: this record's failure alone
-        # One line per record (hostile input may come in floods); the traceback for debugging.
-        log.warning("record %s: %s raised %s", where(work), step, type(exc).__name__)
-        log.debug("record %s: %s raised", where(work), step, exc_info=True)
-        return InternalError(step, exc)
+        return _internal(step, work, exc)
+
+
+def _internal(step: str, work: Work, exc: Exception) -> InternalError:
+    # One line per record (hostile input may come in floods); the traceback for debugging.
+    log.warning("record %s: %s raised %s", where(work), step, type(exc).__name__)
+    log.debug("record %s: %s raised", where(work), step, exc_info=True)
+    return InternalError(step, exc)
 
 
 def where(work: Work) -> str:

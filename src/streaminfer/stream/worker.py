@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -49,15 +49,23 @@ from streaminfer.stream.pipeline import Defaults, Pipeline
 from streaminfer.stream.routing import Route, ShadowJob, ShadowRunner, Target
 from streaminfer.stream.settings import WorkerSettings
 from streaminfer.stream.tabular import TabularModels
-from streaminfer.stream.work import InputRecord, Work
+from streaminfer.stream.work import InputRecord, Produced, Work
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
+class _Finished:
+    """A chunk's records through the pipeline, and what to write for each."""
+
+    works: list[Work]
+    produced: list[Produced]
+
+
+@dataclass
 class _Chunk:
     records: list[InputRecord]
-    future: Future[list[Work]]
+    future: Future[_Finished]
     abandoned: threading.Event
     size: int  # bytes of input values
 
@@ -191,7 +199,7 @@ class Worker:
         self.intake.poll(0.002 if self._pending or forming else 0.05)
         self._submit_forming()
 
-    def _running(self) -> list[Future[list[Work]]]:
+    def _running(self) -> list[Future[_Finished]]:
         return [c.future for c in self._pending if not c.future.done()]
 
     def _submit_forming(self) -> None:
@@ -199,12 +207,17 @@ class Worker:
             records = self.intake.take_batch()
             self.metrics.records_in.inc(len(records))
             abandoned = threading.Event()
-            future = self._chunks.submit(self.pipeline.process, records, abandoned)
+            future = self._chunks.submit(self._process, records, abandoned)
             chunk = _Chunk(records, future, abandoned, sum(len(r.value or b"") for r in records))
             self._pending.append(chunk)
             self._pending_records += len(records)
             self._pending_bytes += chunk.size
             self.metrics.in_flight.set(self._pending_records)
+
+    def _process(self, records: list[InputRecord], abandoned: threading.Event) -> _Finished:
+        """On a chunk thread: the records through the pipeline, and their outputs built."""
+        works = self.pipeline.process(records, abandoned)
+        return _Finished(works, [self.pipeline.produced(work) for work in works])
 
     # -- emitting ----------------------------------------------------------------------------
     def _emit_finished(self) -> None:
@@ -213,29 +226,35 @@ class Worker:
             chunk = self._pending.popleft()
             self._pending_records -= len(chunk.records)
             self._pending_bytes -= chunk.size
-            for work in chunk.future.result():
-                self._emit(work)
+            finished = chunk.future.result()
+            self.checkpoint.write(finished.produced, [r.source for r in chunk.records])
+            self._account(finished)
             self.metrics.in_flight.set(self._pending_records)
         self.producer.poll(0)
 
-    def _emit(self, work: Work) -> None:
-        produced = self.pipeline.produced(work)
-        self.checkpoint.write(produced, work.record.source)
-        if produced.error is not None:
-            self.metrics.dead_lettered.labels(produced.error.reason).inc()
-            return
-        result = work.result
-        assert result is not None and work.predict is not None and produced.value is not None
-        self.metrics.records_out.labels(
-            result.model, str(result.version), result.mode, work.route or ""
-        ).inc()
-        if self.shadow is not None and self.shadow.sampled(work.record.routing_key):
-            self.shadow.submit(
-                ShadowJob(work.predict, produced.value, produced.key, produced.headers)
-            )
-        timestamp = work.record.source.timestamp
-        if timestamp is not None:
-            self.metrics.end_to_end.observe(max(0.0, time.time() - timestamp / 1000))
+    def _account(self, finished: _Finished) -> None:
+        """Metrics (counted per chunk, not per record) and the shadow's sample."""
+        served: Counter[tuple[str, str, str, str]] = Counter()
+        failed: Counter[str] = Counter()
+        now = time.time()
+        for work, produced in zip(finished.works, finished.produced, strict=True):
+            if produced.error is not None:
+                failed[produced.error.reason] += 1
+                continue
+            result = work.result
+            assert result is not None and work.predict is not None and produced.value is not None
+            served[(result.model, str(result.version), result.mode, work.route or "")] += 1
+            if self.shadow is not None and self.shadow.sampled(work.record.routing_key):
+                self.shadow.submit(
+                    ShadowJob(work.predict, produced.value, produced.key, produced.headers)
+                )
+            timestamp = work.record.source.timestamp
+            if timestamp is not None:
+                self.metrics.end_to_end.observe(max(0.0, now - timestamp / 1000))
+        for labels, count in served.items():
+            self.metrics.records_out.labels(*labels).inc(count)
+        for reason, count in failed.items():
+            self.metrics.dead_lettered.labels(reason).inc(count)
 
     # -- committing --------------------------------------------------------------------------
     def _advance_commit(self) -> None:
