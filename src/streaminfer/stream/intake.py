@@ -25,18 +25,48 @@ PAUSE_AFTER_S = 1.0  # a full buffer for this long pauses the partitions
 _SMOOTHING = 0.3  # weight of the newest observation in the moving averages
 
 
+class ChunkSizer:
+    """How many records a chunk (one pipeline thread's share of the input) takes.
+
+    At least ``floor`` (``--batch-size``); more while records are cheap, so that a chunk
+    holds about ``target_s`` of work: a chunk's fixed costs (a thread hop, a model run,
+    the loop's bookkeeping) then stay a small part of each record's, which for a tiny
+    model they are not at 16 records.  Images (milliseconds each) keep ``floor``.
+    """
+
+    def __init__(self, floor: int, target_s: float = 0.01, growth: int = 64) -> None:
+        self.floor = floor
+        self.ceiling = floor * growth
+        self.target_s = target_s
+        self.record_s = 0.0  # moving average of a record's share of its chunk's time
+
+    def observe(self, records: int, seconds: float) -> None:
+        if records > 0:
+            per_record = seconds / records
+            if self.record_s == 0.0:
+                self.record_s = per_record
+            self.record_s += _SMOOTHING * (per_record - self.record_s)
+
+    @property
+    def size(self) -> int:
+        if self.record_s <= 0.0:
+            return self.floor
+        return max(self.floor, min(self.ceiling, int(self.target_s / self.record_s)))
+
+
 class BufferBudget:
     """How much polled input may wait in the worker: enough work to cover a commit.
 
     While a transaction commits, the outputs wait, but polling and predicting go on; the
     buffer must hold what the pipeline gets through meanwhile, or its threads idle.  So
     it is sized by time (twice a commit's duration at the recent throughput), never
-    below ``floor`` records, and bounded by bytes so that large records cannot exhaust
+    below ``chunks`` chunks, and bounded by bytes so that large records cannot exhaust
     memory.
     """
 
-    def __init__(self, floor: int, max_bytes: int = 64 * 2**20) -> None:
-        self.floor = floor
+    def __init__(self, sizer: ChunkSizer, chunks: int, max_bytes: int = 64 * 2**20) -> None:
+        self.sizer = sizer
+        self.chunks = chunks
         self.max_bytes = max_bytes
         self.records_per_s = 0.0
         self.commit_s = 0.0
@@ -50,16 +80,16 @@ class BufferBudget:
 
     @property
     def records(self) -> int:
-        return max(self.floor, int(self.records_per_s * self.commit_s * 2))
+        return max(self.sizer.size * self.chunks, int(self.records_per_s * self.commit_s * 2))
 
     def has_room(self, records: int, size: int) -> bool:
         return records < self.records and size < self.max_bytes
 
 
 class Intake:
-    def __init__(self, consumer: Consumer, batch_size: int) -> None:
+    def __init__(self, consumer: Consumer, sizer: ChunkSizer) -> None:
         self.consumer = consumer
-        self.batch_size = batch_size
+        self.sizer = sizer
         self.assigned: list[TopicPartition] = []
         self.forming: list[InputRecord] = []  # polled, waiting for a free chunk thread
         self.idle = False  # the last poll found nothing waiting
@@ -76,7 +106,7 @@ class Intake:
         self.idle = first is None
         if first is None:
             return
-        more = self.batch_size - len(self.forming) - 1
+        more = self.sizer.size - len(self.forming) - 1
         self._take([first, *self.consumer.consume(more, timeout=0)] if more > 0 else [first])
 
     def hold(self) -> None:

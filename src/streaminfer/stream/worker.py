@@ -10,7 +10,8 @@ This module is the loop that wires the parts, each with one job:
 How it keeps its promises:
 
 * **Throughput without reordering.**  Polled records are cut into chunks of up to
-  ``batch_size``; up to ``max_in_flight`` chunks run through the pipeline at once on a
+  ``batch_size``, or more when records are cheap (``ChunkSizer``: about 10 ms of work
+  per chunk); up to ``max_in_flight`` chunks run through the pipeline at once on a
   thread pool, but their records are written strictly in the order they were consumed,
   so every partition's outputs keep their input order.
 * **Exactly once.**  A record's offset is only committed together with its output or
@@ -43,7 +44,7 @@ from streaminfer.kafka.config import KafkaSettings
 from streaminfer.predictors.base import Predictor
 from streaminfer.stream import clients
 from streaminfer.stream.checkpoint import Checkpoint, Commit, CommitPolicy
-from streaminfer.stream.intake import BufferBudget, Intake
+from streaminfer.stream.intake import BufferBudget, ChunkSizer, Intake
 from streaminfer.stream.metrics import WorkerMetrics
 from streaminfer.stream.pipeline import Defaults, Pipeline
 from streaminfer.stream.routing import Route, ShadowJob, ShadowRunner, Target
@@ -60,6 +61,7 @@ class _Finished:
 
     works: list[Work]
     produced: list[Produced]
+    seconds: float  # how long the chunk took
 
 
 @dataclass
@@ -101,7 +103,8 @@ class Worker:
         self._pending: deque[_Chunk] = deque()
         self._pending_records = 0
         self._pending_bytes = 0
-        self._budget = BufferBudget(floor=settings.batch_size * settings.max_in_flight * 2)
+        self._sizer = ChunkSizer(settings.batch_size)
+        self._budget = BufferBudget(self._sizer, chunks=settings.max_in_flight * 2)
         self._last_lag = 0.0
         self._chunks = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="chunk")
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="commit")
@@ -110,7 +113,7 @@ class Worker:
         producer_config = clients.producer_config(settings, kafka)
         self.consumer = consumer or clients.consumer(settings, kafka)
         self.producer = producer or Producer(producer_config)
-        self.intake = Intake(self.consumer, settings.batch_size)
+        self.intake = Intake(self.consumer, self._sizer)
         self.checkpoint = Checkpoint(
             self.producer,
             self.consumer,
@@ -184,12 +187,12 @@ class Worker:
     def _fill(self) -> None:
         """Poll into the forming batch; hand it to a chunk thread as soon as one is free.
 
-        While every chunk thread is busy, records gather in the forming batch (up to
-        ``batch_size``), so batches grow with the load instead of queueing many tiny ones.
+        While every chunk thread is busy, records gather in the forming batch (up to the
+        chunk size), so batches grow with the load instead of queueing many tiny ones.
         """
         forming = len(self.intake.forming)
         room = self._budget.has_room(self._pending_records + forming, self._pending_bytes)
-        if not room or forming >= self.settings.batch_size:
+        if not room or forming >= self._sizer.size:
             self._submit_forming()
             running = self._running()
             if running:
@@ -216,8 +219,10 @@ class Worker:
 
     def _process(self, records: list[InputRecord], abandoned: threading.Event) -> _Finished:
         """On a chunk thread: the records through the pipeline, and their outputs built."""
+        started = time.perf_counter()
         works = self.pipeline.process(records, abandoned)
-        return _Finished(works, [self.pipeline.produced(work) for work in works])
+        produced = [self.pipeline.produced(work) for work in works]
+        return _Finished(works, produced, time.perf_counter() - started)
 
     # -- emitting ----------------------------------------------------------------------------
     def _emit_finished(self) -> None:
@@ -227,6 +232,7 @@ class Worker:
             self._pending_records -= len(chunk.records)
             self._pending_bytes -= chunk.size
             finished = chunk.future.result()
+            self._sizer.observe(len(chunk.records), finished.seconds)
             self.checkpoint.write(finished.produced, [r.source for r in chunk.records])
             self._account(finished)
             self.metrics.in_flight.set(self._pending_records)
