@@ -46,7 +46,7 @@ def test_tabular_records_embedded(
     assert_labels_and_dead_letters(kafka_settings, inp, out, flights_model.labels)
 
 
-@pytest.mark.parametrize("mode", ["kserve-grpc", "tfserving-rest"])
+@pytest.mark.parametrize("mode", ["kserve-grpc", "kserve-http", "tfserving-grpc", "tfserving-rest"])
 def test_tabular_records_remote(
     mode: str,
     kafka_settings: KafkaSettings,
