@@ -40,7 +40,9 @@ class _Loopback(RemotePredictor):
     ) -> tuple[int, list[list[Prediction]]]:
         raise AssertionError("these tests send tensors only")
 
-    def _infer_tensors(self, ref: ModelRef, inputs: Tensors) -> tuple[int, Tensors]:
+    def _infer_tensors(
+        self, ref: ModelRef, inputs: Tensors, output_filter: tuple[str, ...] = ()
+    ) -> tuple[int, Tensors]:
         request = v2.ModelInferRequest()
         add_grpc_tensors(inputs, request.inputs, request.raw_input_contents)
         answer = [raw[: len(raw) - self._cut] for raw in request.raw_input_contents]

@@ -28,6 +28,9 @@ class PredictRequest:
     image: bytes | None = None
     tensors: Tensors | None = None
     top_k: int | None = None  # None: the model's default
+    # The outputs a remote server should answer with (V2 and TF Serving gRPC can ask for
+    # them); empty: what it answers by default.  The embedded runtime computes them all.
+    output_filter: tuple[str, ...] = ()
 
     @property
     def ref(self) -> ModelRef:

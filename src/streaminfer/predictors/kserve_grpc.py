@@ -70,8 +70,13 @@ class KServeGrpcPredictor(RemotePredictor):
         version, outputs = self._infer(request)
         return version, rank_from_classes(outputs, len(images), self.target)
 
-    def _infer_tensors(self, ref: ModelRef, inputs: Tensors) -> tuple[int, Tensors]:
-        return self._infer(_request_for(ref, inputs))
+    def _infer_tensors(
+        self, ref: ModelRef, inputs: Tensors, output_filter: tuple[str, ...] = ()
+    ) -> tuple[int, Tensors]:
+        request = _request_for(ref, inputs)
+        for name in output_filter:
+            request.outputs.add(name=name)
+        return self._infer(request)
 
     def _infer(self, request: v2.ModelInferRequest) -> tuple[int, Tensors]:
         response = self._grpc.call(self._stub.ModelInfer, request)

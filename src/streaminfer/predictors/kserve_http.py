@@ -95,17 +95,25 @@ class KServeHttpPredictor(RemotePredictor):
         version, outputs = self._infer(ref, inputs, parameters)
         return version, rank_from_classes(outputs, len(images), self.target)
 
-    def _infer_tensors(self, ref: ModelRef, inputs: Tensors) -> tuple[int, Tensors]:
-        return self._infer(ref, inputs, {})
+    def _infer_tensors(
+        self, ref: ModelRef, inputs: Tensors, output_filter: tuple[str, ...] = ()
+    ) -> tuple[int, Tensors]:
+        return self._infer(ref, inputs, {}, output_filter)
 
     def _infer(
-        self, ref: ModelRef, inputs: Tensors, parameters: dict[str, Any]
+        self,
+        ref: ModelRef,
+        inputs: Tensors,
+        parameters: dict[str, Any],
+        output_filter: tuple[str, ...] = (),
     ) -> tuple[int, Tensors]:
         speaks_binary = self._speaks_binary()
         described, chunks = write_tensors(inputs, binary=speaks_binary)
         if speaks_binary:
             parameters = {**parameters, "binary_data_output": True}
         header: dict[str, Any] = {"inputs": described}
+        if output_filter:
+            header["outputs"] = [{"name": name} for name in output_filter]
         if parameters:
             header["parameters"] = parameters
         response = self._http.post(_path(ref, "/infer"), *join_body(header, chunks))

@@ -171,8 +171,11 @@ class RemotePredictor(Predictor):
         """One request classifying ``images``; returns the version that served it."""
 
     @abstractmethod
-    def _infer_tensors(self, ref: ModelRef, inputs: Tensors) -> tuple[int, Tensors]:
-        """One request running the model on ``inputs``; returns the version and outputs."""
+    def _infer_tensors(
+        self, ref: ModelRef, inputs: Tensors, output_filter: tuple[str, ...] = ()
+    ) -> tuple[int, Tensors]:
+        """One request running the model on ``inputs``; returns the version and outputs
+        (those of ``output_filter`` where the protocol can ask for some, else all)."""
 
     @abstractmethod
     def ready(self) -> bool:
@@ -290,7 +293,8 @@ class RemotePredictor(Predictor):
                 results = self._classify_tensor(ref, first.plan, jobs)
             else:
                 parts = [job.tensors for job in jobs if job.tensors is not None]
-                version, outputs = self._infer_tensors(ref, concat_rows(parts))
+                wanted = first.request.output_filter
+                version, outputs = self._infer_tensors(ref, concat_rows(parts), wanted)
                 sliced = split_rows(outputs, [tensor_rows(p) or 0 for p in parts])
                 results = [
                     PredictResult(ref.name, version, self.mode, outputs=o)
@@ -387,4 +391,4 @@ def _group_key(job: _Job) -> Hashable:
     assert job.tensors is not None
     if tensor_rows(job.tensors) is None:
         return ("alone", job.index)  # scalars or ragged rows: not stackable with others
-    return ("tensors", ref, stack_key(job.tensors))
+    return ("tensors", ref, stack_key(job.tensors), job.request.output_filter)

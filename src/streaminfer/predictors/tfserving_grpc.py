@@ -72,10 +72,13 @@ class TFServingGrpcPredictor(RemotePredictor):
         version, outputs = self._predict(request)
         return version, rank_from_classes(outputs, len(images), self.target)
 
-    def _infer_tensors(self, ref: ModelRef, inputs: Tensors) -> tuple[int, Tensors]:
+    def _infer_tensors(
+        self, ref: ModelRef, inputs: Tensors, output_filter: tuple[str, ...] = ()
+    ) -> tuple[int, Tensors]:
         request = self._request_for(ref)
         for name, array in inputs.items():
             request.inputs[name].CopyFrom(to_tensor_proto(array))
+        request.output_filter.extend(output_filter)
         return self._predict(request)
 
     def _request_for(

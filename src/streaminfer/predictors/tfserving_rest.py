@@ -65,7 +65,10 @@ class TFServingRestPredictor(RemotePredictor):
         version, outputs = self._predict(ref, inputs, served.image_signature)
         return version, rank_from_classes(outputs, len(images), self.target)
 
-    def _infer_tensors(self, ref: ModelRef, inputs: Tensors) -> tuple[int, Tensors]:
+    def _infer_tensors(
+        self, ref: ModelRef, inputs: Tensors, output_filter: tuple[str, ...] = ()
+    ) -> tuple[int, Tensors]:
+        # The REST API cannot ask for some outputs: the answer has all, the caller picks.
         return self._predict(ref, inputs, None)
 
     def _predict(

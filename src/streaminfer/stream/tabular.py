@@ -2,10 +2,13 @@
 outputs back as ranked classes (classifiers) or named values (regressors).
 
 The conversion happens in the worker, before the predictor, so one record format serves
-every mode: the embedded runtime and any server get an ordinary tensor request.  The
-worker reads each tabular model's ``model.json`` (its features, classes and
-probabilities output) from ``--repo``, the same folder layout the server serves; for a
-model served elsewhere, point ``--repo`` at a copy of its version folders.
+every mode: the embedded runtime and any server get an ordinary tensor request, which
+asks the server for the outputs the answer is read from (V2 ``outputs``, TF Serving
+gRPC's ``output_filter``).  The worker reads each tabular model's ``model.json`` (its
+features, input, outputs, classes and probabilities output) from ``--repo``, the same
+folder layout the server serves; for a model served elsewhere, point ``--repo`` at a
+folder whose ``model.json`` describes that server's signature (MLServer's scikit-learn
+runtime: one input ``[N, features]``, outputs ``predict`` and ``predict_proba``).
 """
 
 from __future__ import annotations
@@ -27,8 +30,17 @@ class TabularModel:
     class_names: list[str] | None
 
     def request(self, values: dict[str, object], predict: PredictRequest) -> PredictRequest:
-        """The record's features as the model's one-row input tensors."""
-        return dataclasses.replace(predict, tensors=record_tensors(values, self.metadata))
+        """The record's features as the model's one-row input tensors, asking a server for
+        the outputs the answer is read from."""
+        tensors = record_tensors(values, self.metadata)
+        return dataclasses.replace(predict, tensors=tensors, output_filter=self.read_outputs)
+
+    @property
+    def read_outputs(self) -> tuple[str, ...]:
+        """A classifier's probabilities output; a regressor's outputs, all of them."""
+        if self.metadata.probabilities_output is not None:
+            return (self.metadata.probabilities_output,)
+        return tuple(spec.name for spec in self.metadata.signature.outputs)
 
     def result(self, result: PredictResult, top_k: int | None) -> PredictResult:
         """A classifier's probabilities as ranked classes; a regressor's outputs as they are."""

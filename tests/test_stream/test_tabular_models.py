@@ -1,0 +1,98 @@
+"""The worker's view of a tabular model served elsewhere: the input its model.json names,
+and the outputs it asks the server for and reads the answer from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streaminfer.models.features import BadFeatures
+from streaminfer.models.metadata import Feature, ModelMetadata, Signature, TensorSpec
+from streaminfer.predictors.base import PredictRequest, PredictResult
+from streaminfer.stream.tabular import TabularModels
+
+FEATURES = [Feature(name="dep_delay"), Feature(name="distance")]
+RECORD: dict[str, object] = {"distance": 900, "dep_delay": 12}
+
+
+def write_version(repo: Path, name: str, metadata: ModelMetadata, labels: str = "") -> None:
+    folder = repo / name / "1"
+    folder.mkdir(parents=True)
+    metadata.write(folder)
+    if labels:
+        (folder / "labels.txt").write_text(labels)
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> TabularModels:
+    """A classifier as MLServer's scikit-learn runtime serves it, and a regressor."""
+    classifier = Signature(
+        inputs=[TensorSpec(name="input-0", dtype="float64", shape=[-1, 2])],
+        outputs=[
+            TensorSpec(name="predict", dtype="string", shape=[-1]),
+            TensorSpec(name="predict_proba", dtype="float64", shape=[-1, 3]),
+        ],
+    )
+    write_version(
+        tmp_path,
+        "delays",
+        ModelMetadata(
+            signature=classifier,
+            features=FEATURES,
+            labels_file="labels.txt",
+            probabilities_output="predict_proba",
+            top_k=3,
+        ),
+        "late\non_time\nvery_late\n",
+    )
+    regressor = Signature(
+        inputs=[TensorSpec(name=f.name, dtype="float32", shape=[-1]) for f in FEATURES],
+        outputs=[
+            TensorSpec(name="minutes", dtype="float32", shape=[-1]),
+            TensorSpec(name="spread", dtype="float32", shape=[-1]),
+        ],
+    )
+    write_version(tmp_path, "arrival", ModelMetadata(signature=regressor, features=FEATURES))
+    write_version(tmp_path, "tensors", ModelMetadata(signature=regressor))
+    return TabularModels(tmp_path)
+
+
+def test_a_classifier_asks_for_its_probabilities_in_the_declared_input(
+    models: TabularModels,
+) -> None:
+    model = models.get("delays", None)
+    request = model.request(RECORD, PredictRequest(model="delays"))
+    assert request.output_filter == ("predict_proba",)
+    assert request.tensors is not None and list(request.tensors) == ["input-0"]
+    np.testing.assert_array_equal(request.tensors["input-0"], np.array([[12.0, 900.0]]))
+    assert request.tensors["input-0"].dtype == np.float64
+
+
+def test_a_classifier_answer_is_ranked_with_its_class_names(models: TabularModels) -> None:
+    served = PredictResult(
+        "delays", 1, "kserve-http", outputs={"predict_proba": np.array([[0.25, 0.7, 0.05]])}
+    )
+    answer = models.get("delays", None).result(served, None)
+    assert answer.outputs is None and answer.predictions is not None
+    assert [(p.label, p.score) for p in answer.predictions] == [
+        ("on_time", 0.7),
+        ("late", 0.25),
+        ("very_late", 0.05),
+    ]
+
+
+def test_a_regressor_asks_for_every_output_one_column_per_feature(
+    models: TabularModels,
+) -> None:
+    request = models.get("arrival", 1).request(RECORD, PredictRequest(model="arrival"))
+    assert request.output_filter == ("minutes", "spread")
+    assert request.tensors is not None and sorted(request.tensors) == ["dep_delay", "distance"]
+
+
+def test_a_model_without_features_or_version_takes_no_records(models: TabularModels) -> None:
+    with pytest.raises(BadFeatures, match="declares no features"):
+        models.get("tensors", None)
+    with pytest.raises(BadFeatures, match="no version 2"):
+        models.get("delays", 2)
