@@ -26,7 +26,7 @@ from streaminfer.errors import ConfigError
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import produce
 from streaminfer.models.batcher import BatchingConfig
-from streaminfer.models.control import ControlFollower, publish_state, read_latest_state
+from streaminfer.models.control import publish_state, read_latest_state
 from streaminfer.models.control_state import (
     ModelState,
     VersionSource,
@@ -44,6 +44,7 @@ from streaminfer.models.deploy import (
     unpack,
 )
 from streaminfer.models.export.tiny import export_tiny_model
+from streaminfer.models.follower import ControlFollower
 from streaminfer.models.registry import ModelRegistry
 from tests.model_hosts import ArchiveHost
 from tests.support import run_cli, wait_for
@@ -483,7 +484,7 @@ def test_a_download_that_never_ends_holds_up_neither_readiness_nor_other_models(
         trickle = host.url("/trickle")
         _deploy(kafka_settings, control_topic, 1, trickle, SHA, model="slow")
         _deploy(kafka_settings, control_topic, 1, staging.as_uri(), digest(staging))
-        with caplog.at_level(logging.WARNING, logger="streaminfer.models.control"):
+        with caplog.at_level(logging.WARNING, logger="streaminfer.models.follower"):
             following = follow(tmp_path / "repo", timeout=3)  # ready, not an error
         assert f"still installing after 3 s (each applies when its download ends): " \
                f"model slow version 1 from {trickle}" in caplog.text  # fmt: skip

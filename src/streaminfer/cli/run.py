@@ -163,7 +163,7 @@ def run(
     from streaminfer.handlers import load_handler
     from streaminfer.images import FetchPolicy, ImageFetcher
     from streaminfer.kafka.admin import TopicAdmin
-    from streaminfer.models.control import ControlFollower
+    from streaminfer.models.follower import ControlFollower
     from streaminfer.stream.metrics import MetricsServer, WorkerMetrics
     from streaminfer.stream.supervisor import MEMBER_ENV, member_count, report_member_endpoint
     from streaminfer.stream.worker import Worker

@@ -26,7 +26,7 @@ from aiohttp import web
 from streaminfer.errors import ConfigError
 from streaminfer.handlers import load_handler
 from streaminfer.kafka.config import KafkaSettings
-from streaminfer.models.control import ControlFollower
+from streaminfer.models.follower import ControlFollower
 from streaminfer.models.model_config import ModelConfig, model_configs, read_model_config_file
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.protos.tfserving import model_server_config_pb2
