@@ -312,6 +312,20 @@ def _broken_copy(staging: Path, target: Path) -> Path:
     return target
 
 
+# -- the follower ---------------------------------------------------------------------------
+def test_a_stopped_follower_neither_connects_nor_waits(tmp_path: Path) -> None:
+    """What a server relies on when a signal comes while it starts: stop ends everything."""
+    nowhere = KafkaSettings(bootstrap_servers="127.0.0.1:1")  # connecting would fail
+    registry = ModelRegistry(tmp_path, default_batching=BatchingConfig(enabled=False))
+    follower = ControlFollower(nowhere, "models", tmp_path, registry)
+    follower.stop()
+    follower.start()  # does nothing: a stop may come before the start it ends
+    follower.wait_until_current(60)  # returns at once, without raising
+    assert follower.stopped and follower.installing() == {}
+    follower.close()
+    registry.close()
+
+
 # -- the follower, against the session broker ----------------------------------------------
 @pytest.fixture
 def control_topic() -> str:
