@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from streaminfer.errors import ConfigError
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import produce
 from streaminfer.models.batcher import BatchingConfig
-from streaminfer.models.control import ControlFollower, publish_state, read_latest_state
+from streaminfer.models.control import publish_state, read_latest_state
 from streaminfer.models.control_state import (
     ModelState,
     VersionSource,
@@ -43,7 +44,9 @@ from streaminfer.models.deploy import (
     unpack,
 )
 from streaminfer.models.export.tiny import export_tiny_model
+from streaminfer.models.follower import ControlFollower
 from streaminfer.models.registry import ModelRegistry
+from tests.model_hosts import ArchiveHost
 from tests.support import run_cli, wait_for
 
 MODEL = "tiny"
@@ -309,6 +312,20 @@ def _broken_copy(staging: Path, target: Path) -> Path:
     return target
 
 
+# -- the follower ---------------------------------------------------------------------------
+def test_a_stopped_follower_neither_connects_nor_waits(tmp_path: Path) -> None:
+    """What a server relies on when a signal comes while it starts: stop ends everything."""
+    nowhere = KafkaSettings(bootstrap_servers="127.0.0.1:1")  # connecting would fail
+    registry = ModelRegistry(tmp_path, default_batching=BatchingConfig(enabled=False))
+    follower = ControlFollower(nowhere, "models", tmp_path, registry)
+    follower.stop()
+    follower.start()  # does nothing: a stop may come before the start it ends
+    follower.wait_until_current(60)  # returns at once, without raising
+    assert follower.stopped and follower.installing() == {}
+    follower.close()
+    registry.close()
+
+
 # -- the follower, against the session broker ----------------------------------------------
 @pytest.fixture
 def control_topic() -> str:
@@ -338,23 +355,23 @@ def archive_host(
 class Following:
     """A registry over ``repo`` kept current by a ControlFollower; records its events."""
 
-    def __init__(self, kafka: KafkaSettings, topic: str, repo: Path) -> None:
+    def __init__(self, kafka: KafkaSettings, topic: str, repo: Path, timeout: float) -> None:
         self.events: list[tuple[str, str, int, str]] = []
         self.registry = ModelRegistry(repo, default_batching=BatchingConfig(enabled=False))
         self.follower = ControlFollower(
             kafka, topic, repo, self.registry, listener=lambda *e: self.events.append(e)
         )
         self.follower.start()
-        self.follower.wait_until_current(30)
+        self.follower.wait_until_current(timeout)
 
-    def wait(self, event: str, version: int) -> str:
-        """The detail of the first ``event`` about ``version`` (waits for it)."""
+    def wait(self, event: str, version: int, model: str = MODEL) -> str:
+        """The detail of the first ``event`` about ``version`` of ``model`` (waits for it)."""
 
         def detail() -> str:
-            found = [d for e, _, v, d in self.events if (e, v) == (event, version)]
+            found = [d for e, m, v, d in self.events if (e, m, v) == (event, model, version)]
             return (found[0] or "-") if found else ""
 
-        return wait_for(detail, timeout=30, what=f"{event} of version {version}")
+        return wait_for(detail, timeout=30, what=f"{event} of {model} version {version}")
 
     def close(self) -> None:
         self.follower.close()
@@ -362,14 +379,15 @@ class Following:
 
 
 @pytest.fixture
-def follow(
-    kafka_settings: KafkaSettings, control_topic: str
-) -> Iterator[Callable[[Path], Following]]:
-    """Start followers of the test's control topic; all are closed at the end of the test."""
+def follow(kafka_settings: KafkaSettings, control_topic: str) -> Iterator[Callable[..., Following]]:
+    """Start followers of the test's control topic; all are closed at the end of the test.
+
+    Each is started with a readiness ``timeout`` (30 s unless given).
+    """
     started: list[Following] = []
 
-    def start(repo: Path) -> Following:
-        started.append(Following(kafka_settings, control_topic, repo))
+    def start(repo: Path, timeout: float = 30) -> Following:
+        started.append(Following(kafka_settings, control_topic, repo, timeout))
         return started[-1]
 
     yield start
@@ -378,20 +396,30 @@ def follow(
 
 
 def _publish(
-    kafka: KafkaSettings, topic: str, change: Callable[[ModelState | None], ModelState]
+    kafka: KafkaSettings,
+    topic: str,
+    change: Callable[[ModelState | None], ModelState],
+    model: str = MODEL,
 ) -> None:
-    publish_state(kafka, topic, change(read_latest_state(kafka, topic, MODEL)))
+    publish_state(kafka, topic, change(read_latest_state(kafka, topic, model)))
 
 
-def _deploy(kafka: KafkaSettings, topic: str, version: int, location: str, sha256: str) -> None:
+def _deploy(
+    kafka: KafkaSettings,
+    topic: str,
+    version: int,
+    location: str,
+    sha256: str,
+    model: str = MODEL,
+) -> None:
     source = VersionSource(location=location, sha256=sha256)
-    _publish(kafka, topic, lambda s: deploy_state(s, MODEL, version, source))
+    _publish(kafka, topic, lambda s: deploy_state(s, model, version, source), model)
 
 
 def test_published_versions_switch_a_running_registry(
     kafka_settings: KafkaSettings,
     control_topic: str,
-    follow: Callable[[Path], Following],
+    follow: Callable[..., Following],
     staging: Path,
     archive_host: tuple[str, str],
     tmp_path: Path,
@@ -418,7 +446,7 @@ def test_published_versions_switch_a_running_registry(
 def test_corrupt_versions_are_rejected_and_the_old_one_keeps_serving(
     kafka_settings: KafkaSettings,
     control_topic: str,
-    follow: Callable[[Path], Following],
+    follow: Callable[..., Following],
     staging: Path,
     tmp_path: Path,
 ) -> None:
@@ -445,7 +473,7 @@ def test_corrupt_versions_are_rejected_and_the_old_one_keeps_serving(
 def test_a_device_file_deploy_is_rejected_and_later_deploys_apply(
     kafka_settings: KafkaSettings,
     control_topic: str,
-    follow: Callable[[Path], Following],
+    follow: Callable[..., Following],
     staging: Path,
     tmp_path: Path,
 ) -> None:
@@ -458,10 +486,68 @@ def test_a_device_file_deploy_is_rejected_and_later_deploys_apply(
     assert [p.name for p in (tmp_path / "repo" / MODEL).iterdir()] == ["2"]
 
 
+def test_a_download_that_never_ends_holds_up_neither_readiness_nor_other_models(
+    kafka_settings: KafkaSettings,
+    control_topic: str,
+    follow: Callable[..., Following],
+    staging: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with ArchiveHost() as host:
+        trickle = host.url("/trickle")
+        _deploy(kafka_settings, control_topic, 1, trickle, SHA, model="slow")
+        _deploy(kafka_settings, control_topic, 1, staging.as_uri(), digest(staging))
+        with caplog.at_level(logging.WARNING, logger="streaminfer.models.follower"):
+            following = follow(tmp_path / "repo", timeout=3)  # ready, not an error
+        assert f"still installing after 3 s (each applies when its download ends): " \
+               f"model slow version 1 from {trickle}" in caplog.text  # fmt: skip
+        assert following.registry.resolve(MODEL).version == 1
+
+        _publish(kafka_settings, control_topic,
+                 lambda s: label_state(s, "slow", "stable", 1), "slow")  # fmt: skip
+        assert following.wait("label-refused", 1, "slow") == "stable: version still installing"
+        _deploy(kafka_settings, control_topic, 1, staging.as_uri(), digest(staging), "other")
+        following.wait("applied", 1, "other")
+        assert following.registry.resolve("other").version == 1
+        assert host.trickling, "the download goes on meanwhile"
+        assert following.follower.installing() == {("slow", 1): trickle}
+        slow = {event for event, model, *_ in following.events if model == "slow"}
+        assert slow == {"label-refused"}, "neither applied nor rejected while it downloads"
+
+
+def test_a_version_that_lands_late_gets_what_the_latest_state_asks(
+    kafka_settings: KafkaSettings,
+    control_topic: str,
+    follow: Callable[..., Following],
+    staging: Path,
+    tmp_path: Path,
+) -> None:
+    archive = Path(shutil.make_archive(str(tmp_path / "v1"), "gztar", staging))
+    with ArchiveHost(archive) as host:
+        following = follow(tmp_path / "repo")
+        _deploy(kafka_settings, control_topic, 1, host.url("/held"), file_digest(archive))
+        _publish(kafka_settings, control_topic, lambda s: label_state(s, MODEL, "stable", 1))
+        assert following.wait("label-refused", 1) == "stable: version still installing"
+        _deploy(kafka_settings, control_topic, 2, staging.as_uri(), digest(staging))
+        following.wait("installed", 2)  # while version 1 is still held back
+        registry = following.registry
+        wait_for(lambda: registry.versions(MODEL) == [2], what="version 2 served")
+        assert registry.labels(MODEL) == {}
+        assert "applied" not in {event for event, *_ in following.events}
+
+        host.release()
+        following.wait("labelled", 1)
+        following.wait("applied", 2)  # the latest state: the deployment of version 2
+    assert registry.labels(MODEL) == {"stable": 1}
+    assert registry.resolve(MODEL, label="stable").version == 1
+    assert registry.resolve(MODEL).version == 2
+
+
 def test_a_late_follower_applies_the_current_state_before_it_returns(
     kafka_settings: KafkaSettings,
     control_topic: str,
-    follow: Callable[[Path], Following],
+    follow: Callable[..., Following],
     staging: Path,
     archive_host: tuple[str, str],
     tmp_path: Path,

@@ -1,8 +1,10 @@
-"""Embedded workers follow model deployments published to the control topic."""
+"""Embedded workers follow model deployments published to the control topic, and stop at
+once when told to while a deployment is still downloading."""
 
 from __future__ import annotations
 
 import json
+import signal
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +15,7 @@ from streaminfer.models.control import publish_state, read_latest_state
 from streaminfer.models.control_state import VersionSource, deploy_state
 from streaminfer.models.export.tiny import export_tiny_model
 from streaminfer.processes import ManagedProcess
+from tests.model_hosts import ArchiveHost
 from tests.support import run_cli, wait_for
 from tests.workers import decoded, embedded_worker, outputs
 
@@ -85,3 +88,23 @@ def test_worker_switches_versions_rejects_corrupt_ones_and_late_workers_catch_up
     late = decoded(outputs(kafka_settings, late_out, sent))
     assert late[0]["model"]["version"] == 2
     assert first.alive()
+
+
+def test_sigterm_stops_a_worker_still_applying_the_control_topic(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    tmp_path: Path,
+) -> None:
+    topic = f"models-{uuid.uuid4().hex[:8]}"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    with ArchiveHost() as host:
+        trickle = VersionSource(location=host.url("/trickle"), sha256="0" * 64)
+        publish_state(kafka_settings, topic, deploy_state(None, "tiny", 1, trickle))
+        inp, out = topic_factory("in"), topic_factory("out")
+        worker = embedded_worker(start_worker, repo, inp, out, "--model", "tiny",
+                                 "--control-topic", topic)  # fmt: skip
+        wait_for(lambda: host.trickling, what="the worker to start the download")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0, worker.log_tail()  # not killed by the signal: it stopped

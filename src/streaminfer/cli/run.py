@@ -163,7 +163,7 @@ def run(
     from streaminfer.handlers import load_handler
     from streaminfer.images import FetchPolicy, ImageFetcher
     from streaminfer.kafka.admin import TopicAdmin
-    from streaminfer.models.control import ControlFollower
+    from streaminfer.models.follower import ControlFollower
     from streaminfer.stream.metrics import MetricsServer, WorkerMetrics
     from streaminfer.stream.supervisor import MEMBER_ENV, member_count, report_member_endpoint
     from streaminfer.stream.worker import Worker
@@ -194,9 +194,12 @@ def run(
     follower = None
     if settings.control_topic is not None:
         assert registry is not None and settings.repo is not None  # checked by the settings
-        follower = ControlFollower(client, settings.control_topic, settings.repo, registry)
-        follower.start()
-        follower.wait_until_current(60)  # apply the current deployments before any record
+        following = ControlFollower(client, settings.control_topic, settings.repo, registry)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a stop ends the wait below at once
+            signal.signal(sig, lambda *_: following.stop())
+        following.start()
+        following.wait_until_current(60)  # apply the current deployments before any record
+        follower = following
     fetcher = ImageFetcher(
         FetchPolicy(allow_networks=settings.allow_networks, allow_files=settings.allow_files)
     )
@@ -224,6 +227,8 @@ def run(
         log.info("metrics on http://%s:%d/metrics", host, endpoint.port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
+    if follower is not None and follower.stopped:
+        worker.stop()  # a signal came while the control topic was applied: close cleanly
     log.info(
         "worker %s: %s -> %s (mode %s, %s)",
         settings.group_id,

@@ -1,7 +1,8 @@
 """The model server: one event loop hosting the gRPC and REST ports over one data plane.
 
-Start-up loads the repository, then listens; SIGTERM (or SIGINT) stops accepting,
-lets in-flight requests finish within the grace period, and unloads the models.
+Start-up loads the repository (and applies the control topic), then listens; SIGTERM (or
+SIGINT) stops accepting, lets in-flight requests finish within the grace period, and unloads
+the models.  A signal during start-up ends it at once, as a normal stop.
 Large freed blocks go straight back to the operating system (``LARGE_BLOCK``), so the
 memory of one large request is not kept, per thread, for the next.
 """
@@ -9,12 +10,15 @@ memory of one large request is not kept, per thread, for the next.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import logging
 import signal
 import ssl
+from collections.abc import Coroutine
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -22,7 +26,7 @@ from aiohttp import web
 from streaminfer.errors import ConfigError
 from streaminfer.handlers import load_handler
 from streaminfer.kafka.config import KafkaSettings
-from streaminfer.models.control import ControlFollower
+from streaminfer.models.follower import ControlFollower
 from streaminfer.models.model_config import ModelConfig, model_configs, read_model_config_file
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.protos.tfserving import model_server_config_pb2
@@ -104,7 +108,11 @@ class ModelServer:
         settings = self.settings
         await asyncio.to_thread(self.registry.reload)
         if settings.control_topic:
-            await asyncio.to_thread(self._follow, settings.control_topic)
+            # Made here, so that stop() reaches it while it is still being applied.
+            self.follower = ControlFollower(
+                self.kafka, settings.control_topic, settings.repo, self.registry
+            )
+            await asyncio.to_thread(self._follow, self.follower)
         self.registry.start_watching(settings.poll_interval)
         self._grpc = create_server(self.auth, settings.max_request_bytes)
         tfserving_grpc.add_services(self._grpc, self.plane, self.metrics, self.to_configs)
@@ -145,11 +153,10 @@ class ModelServer:
             raise ConfigError(f"cannot load the TLS certificate or key: {exc}") from exc
         return context
 
-    def _follow(self, topic: str) -> None:
+    def _follow(self, follower: ControlFollower) -> None:
         """Apply the control topic's deployments before serving, then keep following it."""
-        self.follower = ControlFollower(self.kafka, topic, self.settings.repo, self.registry)
-        self.follower.start()
-        self.follower.wait_until_current(self.settings.control_timeout)
+        follower.start()
+        follower.wait_until_current(self.settings.control_timeout)
 
     async def stop(self) -> None:
         """Stop accepting, drain in-flight requests within the grace period, unload."""
@@ -173,7 +180,9 @@ class ModelServer:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, functools.partial(_request_stop, stop, signum))
         try:
-            await self.start()
+            if not await _unless_stopped(self.start(), stop):
+                log.info("stopped before it was ready")
+                return
             models = ", ".join(self.registry.models()) or "none yet"
             print(
                 f"streaminfer server ready: gRPC {self.settings.host}:{self.grpc_port}, "
@@ -184,6 +193,20 @@ class ModelServer:
         finally:
             await self.stop()
         log.info("server stopped")
+
+
+async def _unless_stopped(starting: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``starting`` unless ``stop`` is set first (then cancel it): whether it finished."""
+    start, stopping = asyncio.create_task(starting), asyncio.create_task(stop.wait())
+    await asyncio.wait([start, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not start.done():
+        start.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await start  # a thread it waits on is told to stop by ModelServer.stop
+        return False
+    start.result()  # its error, if it failed
+    return True
 
 
 def _request_stop(stop: asyncio.Event, signum: int) -> None:
