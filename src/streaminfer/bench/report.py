@@ -31,10 +31,12 @@ METHOD = """\
   of its runs, with their min-max beside it (in `results.json`, every run). A ratio is
   each run against the median of what it is compared with, so its min-max shows how far
   the runs strayed; a throughput target passes only when the lowest run meets it.
-- **End-to-end latency.** A producer writes at a steady offered rate (`linger.ms=0`) for
-  a fixed time; it is the one that wrote the saturation records, so it is connected and
-  holds its producer id before the first timed record. An output's latency runs from its
-  input record's timestamp to the moment the `read_committed` consumer sees it, so under
+- **End-to-end latency.** A producer writes at a steady offered rate for a fixed time,
+  with librdkafka's default `linger.ms=5` as an event source would (a record's timestamp
+  is taken when it is produced, so the linger counts as latency); it is the one that
+  wrote the saturation records, so it is connected and holds its producer id before the
+  first timed record. An output's latency runs from its input record's timestamp to the
+  moment the `read_committed` consumer sees it, so under
   exactly-once it includes waiting for the transaction to commit. Offered loads are
   fractions of the reference configuration's saturation rate (normally `embedded`), the
   same absolute rates for every configuration; a load above 90 % of a configuration's

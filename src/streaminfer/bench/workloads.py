@@ -91,7 +91,9 @@ class TensorWorkload(Workload):
     name = "tensor"
     model = "tiny"
     title = "tiny tensor model (4 floats in, 4 out): per-record overhead"
-    default_records = 20_000
+    # Several seconds per run at 30-40k/s: a run inside one or two transactions has no
+    # spread to time and no CPU to measure between its marks.
+    default_records = 200_000
     worker_args = ("--model", "tiny")
 
     def export(self, repo: Path) -> None:
@@ -118,7 +120,7 @@ class TabularWorkload(Workload):
     name = "tabular"
     model = "flight-delays"
     title = "scikit-learn scaler + gradient boosting (ONNX) on JSON flight records"
-    default_records = 20_000
+    default_records = 60_000
     worker_args = ("--model", "flight-delays")
     TRAINING_ROWS = 3000
     FLIGHTS = 1000  # distinct records, cycled

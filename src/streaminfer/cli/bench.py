@@ -66,7 +66,7 @@ def bench(
         typer.Option(
             min=10,
             help="Records per saturation run "
-            "(default: images 1000, tensor and tabular 20000; seed-style 1/5).",
+            "(default: images 1000, tensor 200000, tabular 60000; seed-style 1/5).",
         ),
     ] = None,
     duration: Annotated[
