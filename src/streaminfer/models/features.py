@@ -34,6 +34,7 @@ Row = tuple[float | int | bool, ...]
 # Per record: a classifier's ranked classes, a regressor's outputs, or why it failed.
 RowOutcome = list[Prediction] | Tensors | RecordError
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 
 
@@ -226,7 +227,7 @@ def _value(feature: Feature, value: object) -> float | int | bool:
         if not low <= int(value) <= high:
             raise BadFeatures(f"feature {feature.name!r} is out of the {feature.dtype} range")
         return int(value)
-    if feature.dtype == "float32" and abs(value) > float(np.finfo(np.float32).max):
+    if feature.dtype == "float32" and abs(value) > _FLOAT32_MAX:
         raise BadFeatures(f"feature {feature.name!r} is out of the float32 range")
     return float(value)
 

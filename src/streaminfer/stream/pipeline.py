@@ -33,6 +33,7 @@ from streaminfer.handlers import Handler, HandlerError
 from streaminfer.handlers import Record as HandlerRecord
 from streaminfer.images import ImageFetcher
 from streaminfer.predictors.base import Predictor, PredictRequest, PredictResult
+from streaminfer.predictors.grouping import group_by
 from streaminfer.predictors.resilience import CircuitOpen, RetryPolicy
 from streaminfer.stream.metrics import WorkerMetrics
 from streaminfer.stream.outputs import (
@@ -149,6 +150,25 @@ def explain(models: TabularModels, work: Work) -> Work:
     return work
 
 
+def explain_all(models: TabularModels, batch: list[Work]) -> None:
+    """``explain`` for a whole batch: one ranking per model rather than one per record.  A
+    group that fails is explained record by record, so only its culprit fails."""
+    tabular = [
+        w
+        for w in batch
+        if not w.failed and w.request is not None and w.request.features is not None
+    ]
+    for group in group_by(tabular, lambda w: w.predict and (w.predict.model, w.predict.version)):
+        try:
+            predicts = [w.predict for w in group if w.predict is not None]
+            results = [w.result for w in group if w.result is not None]
+            model = models.get(predicts[0].model, predicts[0].version)
+            model.rank_all(results, [p.top_k for p in predicts])
+        except Exception:  # isolation: find the record it concerns
+            for work in group:
+                isolated(work, ("explain", functools.partial(explain, models)))
+
+
 def preprocess(handler: Handler, batch: list[Work]) -> list[Work]:
     """A handler's preprocess in parse's place: each raw record in, the model's input out."""
     inputs = handler.preprocess([handler_record(w.record) for w in batch])
@@ -233,7 +253,6 @@ class Pipeline:
         self._fetches = ThreadPoolExecutor(fetch_threads, thread_name_prefix="fetch")
         self._route: Step = ("route", functools.partial(route, defaults))
         self._features: Step = ("features", functools.partial(tabulate, self.tabular))
-        self._explain: Step = ("explain", functools.partial(explain, self.tabular))
 
     def process(self, records: list[InputRecord], abandoned: threading.Event) -> list[Work]:
         """Every record of the batch, finished: served (``result``) or failed (``error``)."""
@@ -245,11 +264,9 @@ class Pipeline:
         batch = self._fetch_all(batch)
         for work in batch:
             isolated(work, self._route, self._features)
-        todo = [i for i, w in enumerate(batch) if not w.failed]
+        todo = [w for w in batch if not w.failed]
         if todo:
-            served = self._predict([batch[i] for i in todo], abandoned)
-            for i, work in zip(todo, served, strict=True):
-                batch[i] = isolated(work, self._explain)
+            explain_all(self.tabular, self._predict(todo, abandoned))  # filled in place
         if handler is not None and handler.postprocesses:
             batch = postprocess(handler, batch)
         return batch

@@ -13,12 +13,19 @@ runtime: one input ``[N, features]``, outputs ``predict`` and ``predict_proba``)
 
 from __future__ import annotations
 
-import dataclasses
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from streaminfer.models.features import BadFeatures, record_answer, record_tensors
+import numpy as np
+
+from streaminfer.models.features import (
+    BadFeatures,
+    classify_rows,
+    record_answer,
+    record_tensors,
+)
 from streaminfer.models.layout import parse_version
 from streaminfer.models.metadata import ModelMetadata
 from streaminfer.predictors.base import PredictRequest, PredictResult
@@ -31,9 +38,10 @@ class TabularModel:
 
     def request(self, values: dict[str, object], predict: PredictRequest) -> PredictRequest:
         """The record's features as the model's one-row input tensors, asking a server for
-        the outputs the answer is read from."""
-        tensors = record_tensors(values, self.metadata)
-        return dataclasses.replace(predict, tensors=tensors, output_filter=self.read_outputs)
+        the outputs the answer is read from (filled into ``predict``, the record's own)."""
+        predict.tensors = record_tensors(values, self.metadata)
+        predict.output_filter = self.read_outputs
+        return predict
 
     @property
     def read_outputs(self) -> tuple[str, ...]:
@@ -42,12 +50,27 @@ class TabularModel:
             return (self.metadata.probabilities_output,)
         return tuple(spec.name for spec in self.metadata.signature.outputs)
 
+    def rank_all(self, results: Sequence[PredictResult], top_ks: Sequence[int | None]) -> None:
+        """A classifier's results of one row each, ranked in one go (filled into each
+        ``result``, or none of them if anything is wrong); a regressor's stay as they are."""
+        name = self.metadata.probabilities_output
+        if name is None:
+            return
+        probabilities = np.concatenate([r.outputs[name] for r in results if r.outputs])
+        if len(probabilities) != len(results):
+            raise ValueError(f"{len(probabilities)} rows of {name!r} for {len(results)} records")
+        wanted = [k or self.metadata.top_k for k in top_ks]
+        ranked = classify_rows({name: probabilities}, self.metadata, self.class_names, max(wanted))
+        for result, predictions, k in zip(results, ranked, wanted, strict=True):
+            result.predictions, result.outputs = predictions[:k], None
+
     def result(self, result: PredictResult, top_k: int | None) -> PredictResult:
-        """A classifier's probabilities as ranked classes; a regressor's outputs as they are."""
+        """A classifier's probabilities as ranked classes (filled into ``result``, the
+        record's own); a regressor's outputs as they are."""
         assert result.outputs is not None
         answer = record_answer(result.outputs, self.metadata, self.class_names, top_k)
         if isinstance(answer, list):
-            return dataclasses.replace(result, predictions=answer, outputs=None)
+            result.predictions, result.outputs = answer, None
         return result
 
 
