@@ -11,7 +11,10 @@ import pytest
 from streaminfer.models.features import BadFeatures
 from streaminfer.models.metadata import Feature, ModelMetadata, Signature, TensorSpec
 from streaminfer.predictors.base import PredictRequest, PredictResult
+from streaminfer.stream.pipeline import explain_all
+from streaminfer.stream.records import Request, Source
 from streaminfer.stream.tabular import TabularModels
+from streaminfer.stream.work import InputRecord, Work
 
 FEATURES = [Feature(name="dep_delay"), Feature(name="distance")]
 RECORD: dict[str, object] = {"distance": 900, "dep_delay": 12}
@@ -96,3 +99,43 @@ def test_a_model_without_features_or_version_takes_no_records(models: TabularMod
         models.get("tensors", None)
     with pytest.raises(BadFeatures, match="no version 2"):
         models.get("delays", 2)
+
+
+def served(*rows: list[float]) -> PredictResult:
+    return PredictResult("delays", 1, "embedded", outputs={"predict_proba": np.array(rows)})
+
+
+def test_a_batch_is_ranked_at_once_each_record_with_its_own_top_k(models: TabularModels) -> None:
+    results = [served([0.25, 0.7, 0.05]), served([0.6, 0.3, 0.1])]
+    models.get("delays", None).rank_all(results, [1, None])
+    assert [[p.label for p in r.predictions or []] for r in results] == [
+        ["on_time"],
+        ["late", "on_time", "very_late"],
+    ]
+    assert all(r.outputs is None for r in results)
+
+
+def test_a_batch_that_cannot_be_ranked_is_left_untouched(models: TabularModels) -> None:
+    results = [served([0.25, 0.7, 0.05]), served([0.6, 0.3, 0.1], [0.1, 0.1, 0.8])]
+    with pytest.raises(ValueError, match="3 rows"):
+        models.get("delays", None).rank_all(results, [None, None])
+    assert all(r.predictions is None and r.outputs is not None for r in results)
+
+
+def test_explaining_a_batch_fails_only_the_record_that_breaks_it(models: TabularModels) -> None:
+    def work(offset: int, result: PredictResult) -> Work:
+        source = Source("in", 0, offset, None)
+        done = Work(InputRecord(None, b"{}", [], source, 0.0))
+        done.request = Request(features=dict(RECORD))
+        done.predict = PredictRequest(model="delays")
+        done.result = result
+        return done
+
+    broken = PredictResult("delays", 1, "embedded", outputs={"predict": np.array([1])})
+    batch = [work(0, served([0.25, 0.7, 0.05])), work(1, broken), work(2, served([0.6, 0.3, 0.1]))]
+    explain_all(models, batch)
+    assert [w.error is None for w in batch] == [True, False, True]
+    error = batch[1].error
+    assert error is not None and error.reason == "internal_error" and "KeyError" in str(error)
+    assert batch[2].result is not None and batch[2].result.predictions is not None
+    assert batch[2].result.predictions[0].label == "late"

@@ -51,7 +51,7 @@ class ChunkSizer:
     def size(self) -> int:
         if self.record_s <= 0.0:
             return self.floor
-        return max(self.floor, min(self.ceiling, int(self.target_s / self.record_s)))
+        return max(self.floor, min(self.ceiling, round(self.target_s / self.record_s)))
 
 
 class BufferBudget:

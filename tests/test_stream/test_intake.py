@@ -1,0 +1,37 @@
+"""How much input the worker takes at once: chunk sizes and the buffer (pure logic)."""
+
+from __future__ import annotations
+
+from streaminfer.stream.intake import BufferBudget, ChunkSizer
+
+
+def test_a_chunk_is_the_batch_size_until_records_are_timed() -> None:
+    assert ChunkSizer(16).size == 16
+
+
+def test_cheap_records_make_larger_chunks_up_to_the_ceiling() -> None:
+    sizer = ChunkSizer(16, target_s=0.01, growth=64)
+    sizer.observe(16, 16 * 20e-6)  # 20 us a record: 500 make 10 ms
+    assert sizer.size == 500
+    for _ in range(50):
+        sizer.observe(1000, 1000 * 1e-6)
+    assert sizer.size == 16 * 64
+
+
+def test_costly_records_keep_the_batch_size() -> None:
+    sizer = ChunkSizer(16)
+    sizer.observe(16, 16 * 0.005)  # an image: 5 ms
+    assert sizer.size == 16
+
+
+def test_the_buffer_holds_at_least_its_chunks_and_grows_to_cover_a_commit() -> None:
+    sizer = ChunkSizer(16)
+    budget = BufferBudget(sizer, chunks=8)
+    assert budget.records == 16 * 8
+    sizer.observe(16, 16 * 20e-6)
+    assert budget.records == 500 * 8
+    # 200k records/s and 0.2 s commits, seen once (moving averages weigh it 0.3): twice a
+    # commit's worth is 60k/s x 0.06 s x 2
+    budget.observe(records=20_000, interval_s=0.1, commit_s=0.2)
+    assert budget.records == 7200
+    assert budget.has_room(100, 1000) and not budget.has_room(100, 64 * 2**20)
