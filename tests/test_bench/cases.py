@@ -53,6 +53,7 @@ def images_result() -> WorkloadResult:
     ceiling = CeilingResult(
         pipeline=Spread.of([100.0]),
         pipeline_variant="batch 16 x 2 in flight",
+        pipeline_batch=16,
         pipeline_lanes=2,
         pipeline_one_thread_rps=50.0,
         inference_rps=200.0,
@@ -86,6 +87,7 @@ def repeated_result() -> WorkloadResult:
     ceiling = CeilingResult(
         pipeline=Spread.of([95.0, 110.0, 100.0]),
         pipeline_variant="batch 16 x 1 in flight",
+        pipeline_batch=16,
         pipeline_lanes=1,
         pipeline_one_thread_rps=50.0,
         inference_rps=200.0,

@@ -5,7 +5,8 @@ limit.  The in-process pipeline (fetch + decode + preprocess + inference, every 
 busy; for tabular records the worker's JSON parse, features to row, inference and
 ranking) is the best a worker could ever do on this machine: TARGETS.md's "best in-process
 pipeline rate".  It runs the very predictor the worker's embedded mode builds, in a few
-shapes of concurrency, and keeps the best; between the configurations, the best shape
+shapes (batch sizes, as the worker's micro-batches grow for cheap records, and batches in
+flight), and keeps the best; between the configurations, the best shape
 runs again (``measure_pipeline``), so the ceiling is a median of runs spread over the
 whole benchmark rather than one moment of it.
 """
@@ -35,6 +36,7 @@ from streaminfer.types import Tensors
 BATCH = 16  # the worker's default --batch-size
 FETCH_THREADS = 8  # the worker's default fetch threads
 LANES = (1, 2, 4)  # batches in flight at once; the worker's default --max-in-flight is 4
+Shape = tuple[int, int]  # records per batch, batches in flight
 
 
 def measure_ceiling(workload: Workload, repo: Path, seconds: float) -> CeilingResult:
@@ -51,54 +53,57 @@ def measure_ceiling(workload: Workload, repo: Path, seconds: float) -> CeilingRe
         records = itertools.count()
         single = _one_thread_rate(workload, repo, records, seconds)
         variants = {
-            lanes: _pipeline_rate(workload, predictor, records, lanes, seconds) for lanes in LANES
+            shape: _pipeline_rate(workload, predictor, records, shape, seconds)
+            for shape in itertools.product(workload.ceiling_batches, LANES)
         }
     finally:
         predictor.close()
         registry.close()
-    best = max(variants, key=lambda lanes: variants[lanes][0])
+    best = max(variants, key=lambda shape: variants[shape][0])
     return CeilingResult(
         pipeline=Spread.of([variants[best][0]]),
         pipeline_variant=_variant(best),
-        pipeline_lanes=best,
+        pipeline_batch=best[0],
+        pipeline_lanes=best[1],
         pipeline_one_thread_rps=single,
         inference_rps=inference,
         inference_batched_rps=batched,
         cpu_s_per_1k=variants[best][1],
-        variants={_variant(lanes): rate for lanes, (rate, _) in variants.items()},
+        variants={_variant(shape): rate for shape, (rate, _) in variants.items()},
     )
 
 
-def measure_pipeline(workload: Workload, repo: Path, lanes: int, seconds: float) -> float:
+def measure_pipeline(workload: Workload, repo: Path, shape: Shape, seconds: float) -> float:
     """The in-process pipeline's rate in one shape: a ceiling run between configurations."""
     registry = ModelRegistry(repo)
     registry.reload()
     predictor = create_predictor("embedded", registry=registry)
     try:
-        rate, _ = _pipeline_rate(workload, predictor, itertools.count(), lanes, seconds)
+        rate, _ = _pipeline_rate(workload, predictor, itertools.count(), shape, seconds)
         return rate
     finally:
         predictor.close()
         registry.close()
 
 
-def _variant(lanes: int) -> str:
-    return f"batch {BATCH} x {lanes} in flight"
+def _variant(shape: Shape) -> str:
+    return f"batch {shape[0]} x {shape[1]} in flight"
 
 
 def _pipeline_rate(
     workload: Workload,
     predictor: Predictor,
     records: itertools.count[int],
-    lanes: int,
+    shape: Shape,
     seconds: float,
 ) -> tuple[float, float]:
-    """Batches of ``BATCH`` records, ``lanes`` of them in flight, fetched by the worker's
-    number of threads: records/s and CPU s per 1,000 records."""
+    """Batches of ``shape[0]`` records, ``shape[1]`` of them in flight, fetched by the
+    worker's number of threads: records/s and CPU s per 1,000 records."""
+    size, lanes = shape
     with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="bench-fetch") as fetches:
 
         def one_batch() -> int:
-            values = [workload.record(next(records)) for _ in range(BATCH)]
+            values = [workload.record(next(records)) for _ in range(size)]
             return _predict(workload, predictor, list(fetches.map(workload.request, values)))
 
         return _timed_rate(one_batch, seconds, lanes)

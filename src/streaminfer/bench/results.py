@@ -63,6 +63,7 @@ class CeilingResult:
     # run the best one again; the median of them all is the ceiling.
     pipeline: Spread
     pipeline_variant: str
+    pipeline_batch: int  # records per batch in the best shape
     pipeline_lanes: int  # batches in flight in the best shape
     pipeline_one_thread_rps: float
     inference_rps: float  # bare ONNX Runtime, batch 1, one caller

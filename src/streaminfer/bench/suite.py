@@ -214,7 +214,8 @@ def _measure_again(
     assert into.ceiling is not None
     started = time.monotonic()
     try:
-        rate = measure_pipeline(workload, repo, into.ceiling.pipeline_lanes, plan.ceiling_s)
+        best = (into.ceiling.pipeline_batch, into.ceiling.pipeline_lanes)
+        rate = measure_pipeline(workload, repo, best, plan.ceiling_s)
     except StreamInferError as exc:
         bare.error = str(exc)
         return

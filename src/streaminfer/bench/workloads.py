@@ -38,6 +38,9 @@ class Workload(ABC):
     title: str
     default_records: int  # for a full saturation run
     worker_args: tuple[str, ...] = ()
+    # The ceiling's batch sizes: the worker's --batch-size, and for cheap records the
+    # larger micro-batches the worker itself takes (up to 64 x --batch-size).
+    ceiling_batches: tuple[int, ...] = (16, 64, 256)
 
     @abstractmethod
     def export(self, repo: Path) -> None:
@@ -65,6 +68,7 @@ class ImagesWorkload(Workload):
     title = "EfficientNet-Lite0 on JPEG URLs fetched over HTTP"
     default_records = 1000
     worker_args = ("--allow-network", LOOPBACK)
+    ceiling_batches = (16,)  # milliseconds a record: the worker keeps --batch-size
 
     def __init__(self, host_url: str) -> None:
         self.host_url = host_url
