@@ -36,14 +36,9 @@ def rank(
     """Top ``k`` classes per row of a ``[N, classes]`` probability matrix, best first."""
     k = min(k, probabilities.shape[-1])
     best = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
+    names = class_names or []
+    # Python lists: indexing numpy arrays element by element costs more than ranking them.
     return [
-        [
-            Prediction(
-                int(c),
-                class_names[c] if class_names and c < len(class_names) else str(c),
-                float(row[c]),
-            )
-            for c in ids
-        ]
-        for row, ids in zip(probabilities, best, strict=True)
+        [Prediction(c, names[c] if c < len(names) else str(c), row[c]) for c in ids]
+        for row, ids in zip(probabilities.tolist(), best.tolist(), strict=True)
     ]
