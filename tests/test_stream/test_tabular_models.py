@@ -11,7 +11,7 @@ import pytest
 from streaminfer.models.features import BadFeatures
 from streaminfer.models.metadata import Feature, ModelMetadata, Signature, TensorSpec
 from streaminfer.predictors.base import PredictRequest, PredictResult
-from streaminfer.stream.pipeline import explain_all
+from streaminfer.stream.pipeline import explain_all, tabulate_all
 from streaminfer.stream.records import Request, Source
 from streaminfer.stream.tabular import TabularModels
 from streaminfer.stream.work import InputRecord, Work
@@ -139,3 +139,34 @@ def test_explaining_a_batch_fails_only_the_record_that_breaks_it(models: Tabular
     assert error is not None and error.reason == "internal_error" and "KeyError" in str(error)
     assert batch[2].result is not None and batch[2].result.predictions is not None
     assert batch[2].result.predictions[0].label == "late"
+
+
+def routed(offset: int, model: str, features: dict[str, object]) -> Work:
+    done = Work(InputRecord(None, b"{}", [], Source("in", 0, offset, None), 0.0))
+    done.request = Request(features=features)
+    done.predict = PredictRequest(model=model)
+    return done
+
+
+def test_a_batch_gets_one_input_array_and_each_bad_record_its_own_error(
+    models: TabularModels,
+) -> None:
+    batch = [
+        routed(0, "delays", {"dep_delay": 1, "distance": 100}),
+        routed(1, "delays", {"dep_delay": 2}),  # no distance, and no default
+        routed(2, "delays", {"dep_delay": 3, "distance": 300}),
+        routed(3, "tensors", {"dep_delay": 4}),  # a model that takes no features
+    ]
+    tabulate_all(models, batch)
+    assert [w.error.reason if w.error else None for w in batch] == [
+        None,
+        "bad_features",
+        None,
+        "bad_features",
+    ]
+    assert "'distance'" in str(batch[1].error) and "declares no features" in str(batch[3].error)
+    first, third = (batch[i].predict for i in (0, 2))
+    assert first is not None and third is not None and first.tensors and third.tensors
+    np.testing.assert_array_equal(first.tensors["input-0"], [[1.0, 100.0]])
+    np.testing.assert_array_equal(third.tensors["input-0"], [[3.0, 300.0]])
+    assert first.output_filter == ("predict_proba",)

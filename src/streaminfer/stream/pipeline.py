@@ -140,6 +140,38 @@ def tabulate(models: TabularModels, work: Work) -> Work:
     return work
 
 
+def tabulate_all(models: TabularModels, batch: list[Work]) -> None:
+    """``tabulate`` for a whole batch: each record's row checked on its own, then one input
+    array per model, sliced into the records' requests.  A group whose model or array
+    fails is tabulated record by record, so each record gets its own error."""
+    tabular = [
+        w
+        for w in batch
+        if not w.failed and w.request is not None and w.request.features is not None
+    ]
+    one_by_one: Step = ("features", functools.partial(tabulate, models))
+    for group in group_by(tabular, lambda w: w.predict and (w.predict.model, w.predict.version)):
+        try:
+            first = group[0].predict
+            assert first is not None  # routed
+            model = models.get(first.model, first.version)
+            rows, filled = [], []
+            for work in group:
+                assert work.request is not None and work.request.features is not None
+                row = attempt("features", work, functools.partial(model.row, work.request.features))
+                if isinstance(row, RecordError):
+                    work.error = row
+                else:
+                    rows.append(row)
+                    filled.append(work)
+            if filled:
+                model.fill(rows, [w.predict for w in filled if w.predict is not None])
+        except Exception:  # isolation: let each record meet the failure on its own
+            for work in group:
+                if work.predict is None or work.predict.tensors is None:
+                    isolated(work, one_by_one)
+
+
 def explain(models: TabularModels, work: Work) -> Work:
     """A tabular record's outputs as what a user reads: ranked classes, or named values."""
     request, predict, result = work.request, work.predict, work.result
@@ -252,7 +284,6 @@ class Pipeline:
         self._rng = rng or random.Random()
         self._fetches = ThreadPoolExecutor(fetch_threads, thread_name_prefix="fetch")
         self._route: Step = ("route", functools.partial(route, defaults))
-        self._features: Step = ("features", functools.partial(tabulate, self.tabular))
 
     def process(self, records: list[InputRecord], abandoned: threading.Event) -> list[Work]:
         """Every record of the batch, finished: served (``result``) or failed (``error``)."""
@@ -263,7 +294,8 @@ class Pipeline:
             batch = [isolated(Work(r), ("parse", parse)) for r in records]
         batch = self._fetch_all(batch)
         for work in batch:
-            isolated(work, self._route, self._features)
+            isolated(work, self._route)
+        tabulate_all(self.tabular, batch)
         todo = [w for w in batch if not w.failed]
         if todo:
             explain_all(self.tabular, self._predict(todo, abandoned))  # filled in place

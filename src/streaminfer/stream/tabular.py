@@ -22,7 +22,10 @@ import numpy as np
 
 from streaminfer.models.features import (
     BadFeatures,
+    Row,
     classify_rows,
+    feature_batch,
+    feature_row,
     record_answer,
     record_tensors,
 )
@@ -42,6 +45,18 @@ class TabularModel:
         predict.tensors = record_tensors(values, self.metadata)
         predict.output_filter = self.read_outputs
         return predict
+
+    def row(self, values: dict[str, object]) -> Row:
+        """A record's features checked and in declared order (``BadFeatures`` if bad)."""
+        return feature_row(values, self.metadata.features or [])
+
+    def fill(self, rows: Sequence[Row], predicts: Sequence[PredictRequest]) -> None:
+        """Checked rows made one input batch, whose row ``i`` (a view) becomes the tensors
+        of ``predicts[i]``: one array per batch rather than one per record."""
+        batch = feature_batch(rows, self.metadata)
+        for index, predict in enumerate(predicts):
+            predict.tensors = {name: array[index : index + 1] for name, array in batch.items()}
+            predict.output_filter = self.read_outputs
 
     @property
     def read_outputs(self) -> tuple[str, ...]:
