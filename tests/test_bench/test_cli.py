@@ -68,7 +68,7 @@ def test_tabular_bench_trains_imports_and_serves_json_flights(tmp_path: Path) ->
     out = tmp_path / "results"
     result = run_cli(
         "bench", "--quick", "--workload", "tabular", "--configs", "bare,embedded",
-        "--records", "2000", "--duration", "2", "--repeats", "1", "--out", str(out),
+        "--records", "6000", "--duration", "2", "--repeats", "1", "--out", str(out),
         timeout=200,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr

@@ -112,7 +112,7 @@ def test_every_command_works_with_the_properties_file(
 
 def test_bench_measures_against_it(secure_kafka: SecureKafka, tmp_path: Path) -> None:
     out = tmp_path / "results"
-    quick = ["--workload", "tensor", "--configs", "embedded", "--records", "200"]
+    quick = ["--workload", "tensor", "--configs", "embedded", "--records", "5000"]
     quick += ["--loads", "0.5", "--duration", "2", "--out", str(out)]
     result = run_cli("bench", *quick, *secure_kafka.args, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
