@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import orjson
@@ -18,6 +19,7 @@ from streaminfer.codecs.jsonvalues import (
     from_json,
     json_object,
     loads,
+    loads_tensors,
     to_json,
 )
 from tests.test_codecs.strategies import (
@@ -137,3 +139,94 @@ def test_fractions_with_many_digits_stay_on_the_fast_path() -> None:
     body = b"[0.00012345678901234567, 1.2345678901234567e-05, -0.0012345678901234567]"
     assert not _may_hold_long_integers(body)
     assert loads(body) == json.loads(body)
+
+
+def _plain(value: object) -> object:
+    """``value`` with the arrays ``loads_tensors`` made turned back into lists."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+finite_floats = st.floats(allow_nan=False, allow_infinity=False)
+float_lists = st.recursive(
+    st.lists(finite_floats | st.integers(-(2**70), 2**70), max_size=4),
+    lambda inner: st.lists(inner, max_size=4),
+    max_leaves=30,
+)
+"""Nested lists of numbers, rectangular or ragged, floats first or not."""
+tensor_documents = st.recursive(
+    json_documents | float_lists,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=10,
+)
+
+
+@given(tensor_documents, st.sampled_from([None, 1]))
+def test_tensor_bodies_read_as_loads_reads_them(document: object, indent: int | None) -> None:
+    body = json.dumps(document, indent=indent).encode()
+    assert _same_values(_plain(loads_tensors(body)), loads(body))
+
+
+def _same_values(fast: Any, slow: Any) -> bool:
+    """Equal, NaN equal to NaN; an array's 2.0 stands for the 2 numpy would read as 2.0."""
+    if isinstance(slow, dict):
+        return (
+            isinstance(fast, dict)
+            and list(fast) == list(slow)
+            and all(_same_values(fast[key], slow[key]) for key in slow)
+        )
+    if isinstance(slow, list):
+        return (
+            isinstance(fast, list)
+            and len(fast) == len(slow)
+            and all(_same_values(f, s) for f, s in zip(fast, slow, strict=True))
+        )
+    if isinstance(slow, float) and slow != slow:
+        return isinstance(fast, float) and fast != fast
+    return isinstance(fast, bool) == isinstance(slow, bool) and fast == slow
+
+
+@given(numeric_arrays([np.dtype("float64")], full_shapes).filter(lambda a: a.ndim and a.size))
+def test_rectangular_floats_become_one_array(array: np.ndarray) -> None:
+    array = np.nan_to_num(array, posinf=1.5, neginf=-1.5) + 0.5  # a float first, no NaN
+    for document in ({"instances": array.tolist()}, [{"x": array.tolist(), "tag": "a e"}]):
+        read = loads_tensors(json.dumps(document, indent=1).encode())
+        found = read["instances"] if isinstance(read, dict) else read[0]["x"]
+        assert isinstance(found, np.ndarray)
+        assert_same(found, array)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[[1.5, 2], [3], [4, 5, 6]]",  # as many numbers as a 3x2 list, in ragged rows
+        b"[[1.5, 2], [3, 4, 5]]",
+        b"[[1.5, 2], [3, true]]",
+        b'[[1.5, 2], [3, "4"]]',
+        b"[[1.5, 2], [3, [4]]]",
+        b"[1.5, 123456789012345678901234567890]",
+        b"[1.5, NaN]",
+        b"[1.5, 1e400]",
+        b'{"x": [1.5], "x": [2.5, 3]}',
+    ],
+)
+def test_what_the_fast_path_cannot_prove_is_read_as_before(body: bytes) -> None:
+    read = loads_tensors(body)
+    assert json.dumps(read) == json.dumps(loads(body))  # plain lists: json.dumps has no arrays
+
+
+def test_floats_cast_to_another_declared_type_as_from_lists() -> None:
+    read = loads_tensors(b"[1.5, 1e300]")
+    assert isinstance(read, np.ndarray)
+    assert_same(from_json("t", read, np.dtype("float32")), np.array([1.5, np.inf], np.float32))
+    for dtype in (np.dtype("int32"), BYTES):
+        with pytest.raises(DecodeError) as fast:
+            from_json("t", read, dtype)
+        with pytest.raises(DecodeError) as slow:
+            from_json("t", loads(b"[1.5, 1e300]"), dtype)
+        assert str(fast.value) == str(slow.value)

@@ -1,7 +1,9 @@
 """JSON text and values ⇄ numpy arrays, for both REST APIs.
 
 JSON is parsed by orjson and numbers then become an array in one ``numpy.asarray`` call;
-arrays are written by orjson straight from their buffer, never as Python float lists.
+a request's or answer's tensors (``loads_tensors``) skip the Python floats: simdjson reads
+each nested list of floats straight into an array.  Arrays are written by orjson straight
+from their buffer, never as Python float lists.
 Bodies orjson refuses or would read differently from the JSON standard library (``NaN``
 and ``Infinity``, integers past 64 bits, nesting past 1024 levels, UTF-16) are read by
 the standard library, so any body means what it always meant.  Binary values travel as
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import simdjson
 
 from streaminfer.codecs.arrays import BYTES, bytes_array, element_count
 from streaminfer.codecs.errors import DecodeError
@@ -47,6 +50,66 @@ def loads(body: bytes) -> JSON:
         raise DecodeError(f"the body is not valid JSON: {exc}") from exc
 
 
+_NUMBER_TEXT = b"0123456789.eE+- \t\n\r"
+"""What numbers and whitespace are written with.  Deleted from a body, they leave its
+skeleton: the brackets and commas that give each array's length, then keys and other values."""
+
+
+def loads_tensors(body: bytes) -> JSON:
+    """``loads``, with each nested list of floats read straight into a float64 array.
+
+    A list whose first leaf is a float is read by simdjson into one buffer, shaped by the
+    lengths along its first elements.  The body's skeleton must then equal the skeleton
+    those shapes imply, which proves every list rectangular.  A body read any other way
+    than ``loads`` would read it (a ragged list, a string among floats, a big integer,
+    ``NaN``) fails the fast path and is read by ``loads``, so it means what it always meant.
+    """
+    try:
+        value, skeleton = _tensors_and_skeleton(simdjson.Parser().parse(body))
+        if body.translate(None, _NUMBER_TEXT) == skeleton:
+            return value
+    except Exception:  # anything simdjson or the shapes refuse: the reference reader decides
+        pass
+    return loads(body)
+
+
+def _tensors_and_skeleton(value: Any) -> tuple[JSON, bytes]:
+    """A simdjson value as Python values, float lists as arrays, and the skeleton it implies."""
+    if isinstance(value, simdjson.Object):
+        keys = list(value)  # items() would convert the values to Python lists
+        if len(set(keys)) != len(keys):
+            raise ValueError("a key given twice: the reference reader keeps the last one")
+        items = [(key, *_tensors_and_skeleton(value[key])) for key in keys]
+        skeleton = b",".join(_skeleton_of(key) + b":" + inner for key, _, inner in items)
+        return {key: item for key, item, _ in items}, b"{" + skeleton + b"}"
+    if not isinstance(value, simdjson.Array):
+        return value, _skeleton_of(value)
+    shape, leaf = [], value
+    while isinstance(leaf, simdjson.Array) and len(leaf):
+        shape.append(len(leaf))
+        leaf = leaf[0]
+    if isinstance(leaf, float):
+        array = np.frombuffer(value.as_buffer(of_type="d"), np.float64).reshape(shape)
+        return array, _rectangle_skeleton(shape)
+    if isinstance(leaf, simdjson.Object):  # rows of named values: their tensors are arrays
+        items = [_tensors_and_skeleton(item) for item in value]
+        return [item for item, _ in items], b"[" + b",".join(inner for _, inner in items) + b"]"
+    plain = value.as_list()
+    return plain, _skeleton_of(plain)
+
+
+def _skeleton_of(value: JSON) -> bytes:
+    return orjson.dumps(value).translate(None, _NUMBER_TEXT)
+
+
+def _rectangle_skeleton(shape: list[int]) -> bytes:
+    """``[,,]`` nested as a rectangular list of ``shape`` is written, numbers left out."""
+    skeleton = b""
+    for length in reversed(shape):
+        skeleton = b"[" + (skeleton + b",") * (length - 1) + skeleton + b"]"
+    return skeleton
+
+
 def _may_hold_long_integers(body: bytes) -> bool:
     shapes = body.translate(_DIGITS_AND_SEPARATORS)
     return shapes.startswith(_LONG_INTEGER[1:]) or _LONG_INTEGER in shapes
@@ -70,11 +133,14 @@ def is_binary(value: JSON) -> bool:
 
 
 def from_json(name: str, value: JSON, dtype: np.dtype | None = None) -> np.ndarray:
-    """A JSON scalar or nested list as an array: numbers, booleans, strings or b64 values.
+    """A JSON scalar or nested list as an array: numbers, booleans, strings or b64 values
+    (or an array ``loads_tensors`` already read).
 
     ``dtype`` fixes the type (V2 declares it); without it numpy infers one, and the
     model's input check casts it where that loses nothing.
     """
+    if isinstance(value, np.ndarray) and dtype is not None and dtype.kind != "f":
+        value = value.tolist()  # floats cast to another type: exactly as from JSON's lists
     leaf = value
     while isinstance(leaf, list) and leaf:
         leaf = leaf[0]

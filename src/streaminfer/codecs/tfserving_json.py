@@ -44,6 +44,8 @@ def read_columns(value: JSON, field: str) -> Tensors:
 
 def read_instances(instances: JSON) -> Tensors:
     """The tensors of the row form, each row's values stacked along a new first axis."""
+    if isinstance(instances, np.ndarray):  # rows of floats, read by ``loads_tensors``
+        return {UNNAMED: from_json("instances", instances)}
     if not isinstance(instances, list) or not instances:
         raise DecodeError('"instances" must be a non-empty list')
     if not all(isinstance(i, dict) and not is_binary(i) for i in instances):

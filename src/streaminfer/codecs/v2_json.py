@@ -15,7 +15,14 @@ import numpy as np
 
 from streaminfer.codecs.arrays import element_count, shaped
 from streaminfer.codecs.errors import DecodeError
-from streaminfer.codecs.jsonvalues import JSON, dumps, from_json, json_object, loads, to_json
+from streaminfer.codecs.jsonvalues import (
+    JSON,
+    dumps,
+    from_json,
+    json_object,
+    loads_tensors,
+    to_json,
+)
 from streaminfer.codecs.numbers import ascii_int
 from streaminfer.codecs.raw import from_raw, to_raw
 from streaminfer.codecs.v2 import datatype, numpy_dtype
@@ -28,13 +35,13 @@ BINARY_DATA_SIZE = "binary_data_size"
 def split_body(body: bytes, header_length: str | None) -> tuple[JSON, bytes]:
     """The JSON header and the binary tensors after it (empty without the extension)."""
     if header_length is None:
-        return loads(body), b""
+        return loads_tensors(body), b""
     split = ascii_int(header_length)
     if split is None or split > len(body):
         raise DecodeError(
             f"{HEADER_LENGTH} {header_length[:20]!r} does not fit a {len(body)}-byte body"
         )
-    return loads(body[:split]), body[split:]
+    return loads_tensors(body[:split]), body[split:]
 
 
 def join_body(document: JSON, chunks: list[bytes]) -> tuple[bytes, dict[str, str]]:

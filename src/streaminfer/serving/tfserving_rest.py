@@ -11,7 +11,7 @@ import re
 
 from aiohttp import web
 
-from streaminfer.codecs.jsonvalues import JSON, loads
+from streaminfer.codecs.jsonvalues import JSON, loads, loads_tensors
 from streaminfer.codecs.numbers import ascii_int
 from streaminfer.codecs.tfserving_json import (
     MODEL_VERSION_HEADER,
@@ -117,7 +117,7 @@ async def _predict(plane: DataPlane, model: ModelHandle, text: bytes) -> web.Res
 
 def _read_predict_request(text: bytes) -> tuple[Tensors, bool, str]:
     """``_predict_request`` of a body (sent to the decoder process by name)."""
-    return _predict_request(loads(text))
+    return _predict_request(loads_tensors(text))
 
 
 async def _handled(model: ModelHandle, record: Record) -> web.Response:
@@ -126,7 +126,7 @@ async def _handled(model: ModelHandle, record: Record) -> web.Response:
 
     def read(body: bytes) -> Tensors:
         nonlocal row_format
-        inputs, row_format, _ = _predict_request(loads(body))
+        inputs, row_format, _ = _predict_request(loads_tensors(body))
         return inputs
 
     answer = await model.handle(record, read)
