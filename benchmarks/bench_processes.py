@@ -1,12 +1,16 @@
 """``streaminfer run --processes N``: exactly-once tensor throughput of 1 and 2 members.
 
     .venv/bin/python benchmarks/bench_processes.py [--records 40000] [--processes 1,2]
+        [--rounds 3]
 
 Starts a throw-away broker, writes the tiny tensor model's records to a two-partition
 topic up front, then for each member count starts one ``streaminfer run`` (embedded,
 exactly-once) on a fresh group and output topic and times the committed outputs by their
-own timestamps (first to last), so start-up is not counted.  The broker shares the
-cores: its CPU per 1,000 records is reported beside each figure.
+own timestamps (first to last), so start-up is not counted.  The member counts take turns
+for ``--rounds`` rounds, so a drifting machine (or a broker still warming up) weighs on
+each alike; each figure is the median with its min-max, and each ratio is taken within a
+round.  The broker shares the cores: its CPU per 1,000 records is reported beside each
+figure.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -59,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=40_000)
     parser.add_argument("--processes", default="1,2")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -77,17 +83,30 @@ def main() -> None:
             ]
             produce(kafka, inp, values)
             print(f"{args.records} records, {PARTITIONS} partitions, {os.cpu_count()} cores")
-            rates = {}
-            for members in (int(n) for n in args.processes.split(",")):
-                rate, broker_cpu = run_once(kafka, pid, root / "repo", inp, args.records, members)
-                rates[members] = rate
+            counts = [int(n) for n in args.processes.split(",")]
+            rates: dict[int, list[float]] = {members: [] for members in counts}
+            for round_ in range(1, args.rounds + 1):
+                for members in counts:
+                    rate, broker_cpu = run_once(
+                        kafka, pid, root / "repo", inp, args.records, members
+                    )
+                    rates[members].append(rate)
+                    print(
+                        f"round {round_}, --processes {members}: {rate:,.0f} records/s, "
+                        f"broker {broker_cpu:.3f} CPU s per 1k records",
+                        flush=True,
+                    )
+            for members, seen in rates.items():
                 print(
-                    f"--processes {members}: {rate:,.0f} records/s, "
-                    f"broker {broker_cpu:.3f} CPU s per 1k records"
+                    f"--processes {members}: {statistics.median(seen):,.0f} records/s "
+                    f"({min(seen):,.0f}-{max(seen):,.0f})"
                 )
-            if 1 in rates:
-                for members, rate in rates.items():
-                    print(f"--processes {members} / 1: {rate / rates[1]:.2f}x")
+                if 1 in rates and members != 1:
+                    ratios = [many / one for many, one in zip(seen, rates[1], strict=True)]
+                    print(
+                        f"--processes {members} / 1: {statistics.median(ratios):.2f}x "
+                        f"({min(ratios):.2f}-{max(ratios):.2f}, within each round)"
+                    )
         finally:
             broker.stop()
 
