@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -16,6 +17,24 @@ from prometheus_client import (
 )
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """``histogram.observe`` of every amount, in one update per bucket.
+
+    prometheus_client has no bulk observe, and under ``--processes`` each call is a locked
+    write to a shared file (1.6 us): per record, that is a few percent of a core.  This
+    does what ``observe`` does, the sum then the first bucket whose bound holds each
+    amount, once per bucket; a test holds it to ``observe``'s exposition.
+    """
+    if not amounts:
+        return
+    bounds = np.asarray(histogram._upper_bounds)
+    counts = np.bincount(np.searchsorted(bounds, amounts), minlength=len(bounds))
+    histogram._sum.inc(float(np.sum(amounts)))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=True):
+        if count:
+            bucket.inc(count)
 
 
 class WorkerMetrics:

@@ -46,7 +46,7 @@ from streaminfer.predictors.base import Predictor
 from streaminfer.stream import clients
 from streaminfer.stream.checkpoint import Checkpoint, Commit, CommitPolicy
 from streaminfer.stream.intake import BufferBudget, ChunkSizer, Intake
-from streaminfer.stream.metrics import WorkerMetrics
+from streaminfer.stream.metrics import WorkerMetrics, observe_all
 from streaminfer.stream.pipeline import Defaults, Pipeline
 from streaminfer.stream.routing import Route, ShadowJob, ShadowRunner, Target
 from streaminfer.stream.settings import WorkerSettings
@@ -248,6 +248,7 @@ class Worker:
         served: Counter[tuple[str, str, str, str]] = Counter()
         failed: Counter[str] = Counter()
         now = time.time()
+        latencies: list[float] = []
         for work, produced in zip(finished.works, finished.produced, strict=True):
             if produced.error is not None:
                 failed[produced.error.reason] += 1
@@ -261,7 +262,8 @@ class Worker:
                 )
             timestamp = work.record.source.timestamp
             if timestamp is not None:
-                self.metrics.end_to_end.observe(max(0.0, now - timestamp / 1000))
+                latencies.append(max(0.0, now - timestamp / 1000))
+        observe_all(self.metrics.end_to_end, latencies)
         for labels, count in served.items():
             self.metrics.records_out.labels(*labels).inc(count)
         for reason, count in failed.items():
