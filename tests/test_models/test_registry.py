@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streaminfer.models.batcher import BatchingConfig, DynamicBatcher
+from streaminfer.models.batcher import BatchingConfig, DynamicBatcher, Overloaded
 from streaminfer.models.errors import BadLabel, InvalidInput, ModelNotFound
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
 from streaminfer.models.model_config import ModelConfig, VersionPolicy
@@ -186,6 +186,31 @@ def test_batcher_runs_a_large_request_in_slices_of_max_batch_size() -> None:
     assert sorted(calls) == [3, 4, 4]
 
 
+def test_batcher_queue_bound_counts_requests_not_their_slices() -> None:
+    """A request cut into more slices than ``max_queue`` is served on an idle batcher; a
+    full queue still refuses the next request, whole."""
+    gate = threading.Event()
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        gate.wait(5)
+        return {"y": inputs["x"] * 2}
+
+    batcher = DynamicBatcher(run, BatchingConfig(max_batch_size=2, max_queue=3))
+    big = np.arange(20, dtype=np.float32).reshape(10, 2)  # 5 slices, past max_queue
+    gate.set()
+    np.testing.assert_array_equal(batcher.infer({"x": big})["y"], big * 2)
+    gate.clear()
+    held = [batcher.submit({"x": big[:2]})]  # a full batch: it runs, held at the gate
+    wait_for(lambda: batcher.queue_depth == 0, 10, "the runner to take it")
+    held += [batcher.submit({"x": big[:2]}) for _ in range(3)]  # these wait
+    with pytest.raises(Overloaded, match="more than 3 requests waiting"):
+        batcher.submit({"x": big})
+    gate.set()
+    answers = [part.result(5)["y"].tolist() for parts in held for part in parts]
+    assert answers == [[[0, 2], [4, 6]]] * 4
+    batcher.close()
+
+
 def _close_while_submitting(batcher: DynamicBatcher) -> list[Future[dict[str, np.ndarray]]]:
     """Three threads submit 200 requests each; the batcher closes once they are under way."""
     futures: list[Future[dict[str, np.ndarray]]] = []
@@ -193,7 +218,7 @@ def _close_while_submitting(batcher: DynamicBatcher) -> list[Future[dict[str, np
 
     def submit_many() -> None:
         for i in range(200):
-            futures.append(batcher.submit({"x": np.full((1, 2), i)}))
+            futures.extend(batcher.submit({"x": np.full((1, 2), i)}))
             if i == 20:
                 busy.set()
 

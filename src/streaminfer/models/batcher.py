@@ -79,17 +79,25 @@ class DynamicBatcher:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
-    def submit(self, inputs: Tensors) -> Future[Tensors]:
-        with self._closing:  # close() cannot come between the check and the put
+    def submit(self, inputs: Tensors) -> list[Future[Tensors]]:
+        """Queue ``inputs`` in slices of at most ``max_batch_size`` rows; a future per slice.
+
+        ``max_queue`` counts requests waiting, not slices: a request too large for one
+        batch is cut, and all its slices are queued, or none when the queue is full.
+        """
+        parts = _slices(inputs, self.config.max_batch_size)
+        with self._closing:  # close() cannot come between the check and the puts
             if not self._closed:
-                return self._enqueue(inputs)
+                if self._queue.qsize() >= self.config.max_queue:
+                    raise Overloaded(
+                        f"more than {self.config.max_queue} requests waiting for this model"
+                    )
+                return [self._enqueue(part) for part in parts]
         late: Future[Tensors] = Future()  # unloading: late callers get an unbatched answer
         late.set_result(self._run(inputs))
-        return late
+        return [late]
 
     def _enqueue(self, inputs: Tensors) -> Future[Tensors]:
-        if self._queue.qsize() >= self.config.max_queue:
-            raise Overloaded(f"more than {self.config.max_queue} requests waiting for this model")
         rows = {a.shape[0] for a in inputs.values()}
         if len(rows) != 1:
             raise ValueError("all inputs of one request must have the same batch size")
@@ -99,12 +107,10 @@ class DynamicBatcher:
         return request.future
 
     def infer(self, inputs: Tensors, timeout: float | None = None) -> Tensors:
-        parts = [self.submit(part) for part in _slices(inputs, self.config.max_batch_size)]
-        return _joined([part.result(timeout) for part in parts])
+        return _joined([part.result(timeout) for part in self.submit(inputs)])
 
     async def infer_async(self, inputs: Tensors) -> Tensors:
-        parts = [self.submit(part) for part in _slices(inputs, self.config.max_batch_size)]
-        return _joined(await asyncio.gather(*map(asyncio.wrap_future, parts)))
+        return _joined(await asyncio.gather(*map(asyncio.wrap_future, self.submit(inputs))))
 
     def close(self) -> None:
         """Finish what is queued, then stop the runner threads."""

@@ -134,6 +134,8 @@ def _reply(
     if isinstance(document.get("id"), str):
         reply["id"] = document["id"]
     reply["outputs"], chunks = write_tensors(outputs, binary)
+    if not chunks:
+        return json_response(reply)
     body, headers = join_body(reply, chunks)
     return web.Response(body=body, headers=headers)
 
