@@ -140,7 +140,9 @@ def from_json(name: str, value: JSON, dtype: np.dtype | None = None) -> np.ndarr
     model's input check casts it where that loses nothing.
     """
     if isinstance(value, np.ndarray) and dtype is not None and dtype.kind != "f":
-        value = value.tolist()  # floats cast to another type: exactly as from JSON's lists
+        # Cast to another type as from JSON's lists.  (An integer past 2**53 in a list that
+        # starts with a float was already rounded to a float64, as numpy does without a type.)
+        value = value.tolist()
     leaf = value
     while isinstance(leaf, list) and leaf:
         leaf = leaf[0]
