@@ -170,9 +170,13 @@ def test_lookups_stay_consistent_while_versions_and_labels_move(tmp_path: Path) 
         turn = 0
         while not done.is_set():
             versions = registry.versions("tiny")
-            if versions:
-                registry.set_labels("tiny", {"stable": versions[turn % len(versions)]})
-                registry.reload()
+            try:
+                if versions:
+                    registry.set_labels("tiny", {"stable": versions[turn % len(versions)]})
+                    registry.reload()  # while the main thread deletes versions
+            except BaseException as exc:  # a reload must survive versions deleted under it
+                failures.append(exc)
+                return
             turn += 1
 
     threads = [threading.Thread(target=read, args=(slot,)) for slot in range(len(reads))]

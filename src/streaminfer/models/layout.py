@@ -47,12 +47,22 @@ def scan_repository(root: Path) -> dict[str, dict[int, Path]]:
 
 
 def fingerprint(version_dir: Path) -> Fingerprint:
-    """Names, sizes and mtimes of a version's files: a change means it was replaced."""
+    """Names, sizes and mtimes of a version's files: a change means it was replaced.
+
+    A file deleted while the folder is read is left out: the next look sees what stays.
+    """
     entries = []
-    for path in sorted(version_dir.rglob("*")):
-        if path.is_file():
-            stat = path.stat()
-            entries.append((str(path.relative_to(version_dir)), stat.st_size, stat.st_mtime_ns))
+    try:
+        paths = sorted(version_dir.rglob("*"))
+    except FileNotFoundError:
+        return ()  # the folder itself went while it was read
+    for path in paths:
+        try:
+            if path.is_file():
+                stat = path.stat()
+                entries.append((str(path.relative_to(version_dir)), stat.st_size, stat.st_mtime_ns))
+        except FileNotFoundError:
+            continue
     return tuple(entries)
 
 

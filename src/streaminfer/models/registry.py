@@ -224,6 +224,8 @@ class ModelRegistry:
     def _load_if_changed(self, name: str, version: int, path: Path) -> None:
         current = self._current(name, version)
         prints = fingerprint(path)
+        if not path.is_dir():
+            return  # removed since the scan: the next reload unloads it
         if current is not None and current.fingerprint == prints:
             return
         if self._failed.get((name, version)) == prints:
