@@ -93,9 +93,11 @@ class DynamicBatcher:
                         f"more than {self.config.max_queue} requests waiting for this model"
                     )
                 return [self._enqueue(part) for part in parts]
-        late: Future[Tensors] = Future()  # unloading: late callers get an unbatched answer
-        late.set_result(self._run(inputs))
-        return [late]
+        late: list[Future[Tensors]] = []  # unloading: late callers get unbatched answers
+        for part in parts:
+            late.append(Future())
+            late[-1].set_result(self._run(part))
+        return late
 
     def _enqueue(self, inputs: Tensors) -> Future[Tensors]:
         rows = {a.shape[0] for a in inputs.values()}

@@ -7,7 +7,6 @@ An answer holding a large tensor is not written as one body: its arrays past
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -28,37 +27,42 @@ def json_response(document: JSON, status: int = 200) -> web.Response:
 
 def json_body(document: JSON) -> bytes | AsyncIterator[bytes]:
     """``dumps(document)``, or the same text as pieces when it holds a large array."""
-    marker = f"streaminfer-{secrets.token_hex(8)}-"
-    large: list[np.ndarray] = []
-    skeleton = dumps(_set_aside(document, marker, large))
-    if not large:
-        return skeleton
-    # Each large array stands in the skeleton as the string "<marker><index>".
-    texts = skeleton.split(f'"{marker}'.encode())
-    ends = [text.index(b'"') for text in texts[1:]]
-    between = [texts[0]] + [text[end + 1 :] for text, end in zip(texts[1:], ends, strict=True)]
-    order = [int(text[:end]) for text, end in zip(texts[1:], ends, strict=True)]
-    return _pieces(between, [large[index] for index in order])
+    if not _holds_large(document):
+        return dumps(document)
+    return _streamed(document)
 
 
-def _set_aside(value: Any, marker: str, large: list[np.ndarray]) -> Any:
-    """``value`` with each large array replaced by its marker string."""
-    if isinstance(value, np.ndarray) and value.ndim and value.size > STREAM_ELEMENTS:
-        large.append(value)
-        return f"{marker}{len(large) - 1}"
+def _holds_large(value: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.ndim > 0 and value.size > STREAM_ELEMENTS
     if isinstance(value, dict):
-        return {key: _set_aside(item, marker, large) for key, item in value.items()}
+        return any(_holds_large(item) for item in value.values())
     if isinstance(value, list):
-        return [_set_aside(item, marker, large) for item in value]
-    return value
+        return any(_holds_large(item) for item in value)
+    return False
 
 
-async def _pieces(between: list[bytes], arrays: list[np.ndarray]) -> AsyncIterator[bytes]:
-    for text, array in zip(between, arrays, strict=False):
-        yield text
-        for piece in array_pieces(array):
-            yield piece
-    yield between[-1]
+async def _streamed(document: JSON) -> AsyncIterator[bytes]:
+    for piece in _pieces(document):
+        yield piece
+
+
+def _pieces(value: Any) -> Iterator[bytes]:
+    """``dumps(value)`` in pieces: what holds a large array is written item by item."""
+    if not _holds_large(value):
+        yield dumps(value)
+    elif isinstance(value, np.ndarray):
+        yield from array_pieces(value)
+    elif isinstance(value, dict):
+        for index, (key, item) in enumerate(value.items()):
+            yield (b"," if index else b"{") + dumps(key) + b":"
+            yield from _pieces(item)
+        yield b"}"
+    else:
+        for index, item in enumerate(value):
+            yield b"," if index else b"["
+            yield from _pieces(item)
+        yield b"]"
 
 
 def array_pieces(array: np.ndarray) -> Iterator[bytes]:
