@@ -209,6 +209,10 @@ def test_rectangular_floats_become_one_array(array: np.ndarray) -> None:
         b"[[1.5, 2], [3, true]]",
         b'[[1.5, 2], [3, "4"]]',
         b"[[1.5, 2], [3, [4]]]",
+        b"[[1.5, [2]], [3, 4]]",  # rows of the right length, a list of one among the numbers
+        b"[[1.5, []], [[2, 3], 4]]",  # as many numbers as a 2x2 list, nested unevenly
+        b"[[[1.5, 2], [3, 4]], [[5], [6, 7, 8]]]",  # ragged two levels down only
+        b'{"\\u005b": 0, "x": [[1.5, [2]], [3, 4]]}',  # an escaped "[" would hide that list
         b"[1.5, 123456789012345678901234567890]",
         b"[1.5, NaN]",
         b"[1.5, 1e400]",

@@ -50,64 +50,66 @@ def loads(body: bytes) -> JSON:
         raise DecodeError(f"the body is not valid JSON: {exc}") from exc
 
 
-_NUMBER_TEXT = b"0123456789.eE+- \t\n\r"
-"""What numbers and whitespace are written with.  Deleted from a body, they leave its
-skeleton: the brackets and commas that give each array's length, then keys and other values."""
+_OPEN = ord("[")
 
 
 def loads_tensors(body: bytes) -> JSON:
     """``loads``, with each nested list of floats read straight into a float64 array.
 
-    A list whose first leaf is a float is read by simdjson into one buffer, shaped by the
-    lengths along its first elements.  The body's skeleton must then equal the skeleton
-    those shapes imply, which proves every list rectangular.  A body read any other way
-    than ``loads`` would read it (a ragged list, a string among floats, a big integer,
-    ``NaN``) fails the fast path and is read by ``loads``, so it means what it always meant.
+    A list whose first leaf is a float is read by simdjson into one buffer (it refuses
+    strings, booleans, null and objects among the numbers, but flattens nested lists),
+    shaped by the lengths along its first elements.  Every list above the numbers is
+    checked to have its length in that shape; and the body must hold exactly as many
+    ``[`` as the document read has lists, so no list hides among the numbers.  (Without
+    a backslash in the body, the ``[`` inside strings are those the document's strings
+    hold.)  That proves every such list rectangular.  A body read any other way than
+    ``loads`` would read it (a ragged list, a string among floats, a big integer, ``NaN``)
+    fails the fast path and is read by ``loads``, so it means what it always meant.
     """
     try:
-        value, skeleton = _tensors_and_skeleton(simdjson.Parser().parse(body))
-        if body.translate(None, _NUMBER_TEXT) == skeleton:
-            return value
+        if b"\\" not in body:
+            value, lists = _tensors_and_lists(simdjson.Parser().parse(body))
+            if np.count_nonzero(np.frombuffer(body, np.uint8) == _OPEN) == lists:
+                return value
     except Exception:  # anything simdjson or the shapes refuse: the reference reader decides
         pass
     return loads(body)
 
 
-def _tensors_and_skeleton(value: Any) -> tuple[JSON, bytes]:
-    """A simdjson value as Python values, float lists as arrays, and the skeleton it implies."""
+def _tensors_and_lists(value: Any) -> tuple[JSON, int]:
+    """A simdjson value as Python values, float lists as arrays, and the ``[`` its text has."""
     if isinstance(value, simdjson.Object):
         keys = list(value)  # items() would convert the values to Python lists
         if len(set(keys)) != len(keys):
             raise ValueError("a key given twice: the reference reader keeps the last one")
-        items = [(key, *_tensors_and_skeleton(value[key])) for key in keys]
-        skeleton = b",".join(_skeleton_of(key) + b":" + inner for key, _, inner in items)
-        return {key: item for key, item, _ in items}, b"{" + skeleton + b"}"
+        items = [(key, *_tensors_and_lists(value[key])) for key in keys]
+        lists = sum(key.count("[") + inner for key, _, inner in items)
+        return {key: item for key, item, _ in items}, lists
     if not isinstance(value, simdjson.Array):
-        return value, _skeleton_of(value)
+        return value, value.count("[") if isinstance(value, str) else 0
     shape, leaf = [], value
     while isinstance(leaf, simdjson.Array) and len(leaf):
         shape.append(len(leaf))
         leaf = leaf[0]
     if isinstance(leaf, float):
+        _check_lengths(value, shape)
         array = np.frombuffer(value.as_buffer(of_type="d"), np.float64).reshape(shape)
-        return array, _rectangle_skeleton(shape)
+        return array, int(np.cumprod(shape[:-1]).sum()) + 1
     if isinstance(leaf, simdjson.Object):  # rows of named values: their tensors are arrays
-        items = [_tensors_and_skeleton(item) for item in value]
-        return [item for item, _ in items], b"[" + b",".join(inner for _, inner in items) + b"]"
+        items = [_tensors_and_lists(item) for item in value]
+        return [item for item, _ in items], 1 + sum(inner for _, inner in items)
     plain = value.as_list()
-    return plain, _skeleton_of(plain)
+    return plain, orjson.dumps(plain).count(b"[")
 
 
-def _skeleton_of(value: JSON) -> bytes:
-    return orjson.dumps(value).translate(None, _NUMBER_TEXT)
-
-
-def _rectangle_skeleton(shape: list[int]) -> bytes:
-    """``[,,]`` nested as a rectangular list of ``shape`` is written, numbers left out."""
-    skeleton = b""
-    for length in reversed(shape):
-        skeleton = b"[" + (skeleton + b",") * (length - 1) + skeleton + b"]"
-    return skeleton
+def _check_lengths(lists: Any, shape: list[int]) -> None:
+    """Every list above the numbers has the length ``shape`` gives its level.  (A number
+    has no length; a string or object in a list's place is refused by ``as_buffer``.)"""
+    if len(shape) > 1 and set(map(len, lists)) != {shape[1]}:
+        raise ValueError("a ragged list")
+    if len(shape) > 2:
+        for inner in lists:
+            _check_lengths(inner, shape[1:])
 
 
 def _may_hold_long_integers(body: bytes) -> bool:

@@ -15,6 +15,7 @@ parsing fails with UNAVAILABLE.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
 import pickle
 from collections.abc import Callable
@@ -27,6 +28,10 @@ from streaminfer.serving.errors import Unavailable
 
 T = TypeVar("T")
 STOP_TIMEOUT = 5.0
+# glibc's mallopt parameters (malloc.h) and the values the decoder sets.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 64 << 20
 
 
 class BodyDecoder:
@@ -84,6 +89,7 @@ class BodyDecoder:
 
 def _serve(connection: Connection) -> None:
     """The decoder process: parse each body sent, answer with the result or the exception."""
+    _keep_freed_memory()
     while True:
         try:
             parse, args = connection.recv()
@@ -109,3 +115,19 @@ def _serve(connection: Connection) -> None:
         connection.send((header, len(buffers)))
         for buffer in buffers:
             connection.send_bytes(buffer.raw())
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc keep the megabytes one body frees for the next one.
+
+    By default each block of more than a few hundred kilobytes (a body, simdjson's
+    tape, an array) is mapped fresh and handed back when freed, so every body faults
+    its ~13 MB in again: 5 of the 8 ms a 3 MB body took.  Blocks under 32 MB now come
+    from the heap, and up to 64 MB of free heap is kept.  Without glibc, nothing changes.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
