@@ -258,6 +258,11 @@ class ModelHandle:
         return await self._gate.run(self._classify(bytes_array(images), top_k))
 
     @property
+    def takes_float32_only(self) -> bool:
+        """Whether every input of the model's own tensors is float32."""
+        return all(spec.dtype == "float32" for spec in self._loaded.metadata.signature.inputs)
+
+    @property
     def tabular(self) -> bool:
         """Whether the model takes records of named feature values (``features``)."""
         return self._loaded.metadata.is_tabular_model

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 from aiohttp import web
 
 from streaminfer.codecs.jsonvalues import JSON, loads, loads_tensors
@@ -104,7 +105,8 @@ async def _predict(plane: DataPlane, model: ModelHandle, text: bytes) -> web.Res
     a tabular model's body on the loop, as its records are read there.
     """
     if not model.tabular:
-        inputs, row_format, signature = await plane.decode(_read_predict_request, text)
+        read = await plane.decode(_read_predict_request, text, model.takes_float32_only)
+        inputs, row_format, signature = read
         return json_response(_answer(await model.infer(inputs, signature), row_format))
     body = loads(text)
     if isinstance(body, dict) and model.takes_records(body.get("instances")):
@@ -115,9 +117,19 @@ async def _predict(plane: DataPlane, model: ModelHandle, text: bytes) -> web.Res
     return json_response(_answer(await model.infer(inputs, signature), row_format))
 
 
-def _read_predict_request(text: bytes) -> tuple[Tensors, bool, str]:
-    """``_predict_request`` of a body (sent to the decoder process by name)."""
-    return _predict_request(loads_tensors(text))
+def _read_predict_request(text: bytes, float32_only: bool) -> tuple[Tensors, bool, str]:
+    """``_predict_request`` of a body (sent to the decoder process by name).
+
+    JSON floats are read as float64; for a model whose inputs are all float32 they are
+    cast here, as its input check would cast them, so half the bytes come back.
+    """
+    inputs, row_format, signature = _predict_request(loads_tensors(text))
+    if float32_only:
+        inputs = {
+            name: array.astype(np.float32) if array.dtype == np.float64 else array
+            for name, array in inputs.items()
+        }
+    return inputs, row_format, signature
 
 
 async def _handled(model: ModelHandle, record: Record) -> web.Response:
