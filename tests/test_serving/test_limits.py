@@ -98,8 +98,8 @@ def test_a_few_bytes_declaring_a_huge_tensor_are_refused(limited: ServerProcess)
     fill.model_spec.name = TINY
     tensor = fill.inputs["x"]
     tensor.dtype = types_pb2.DT_FLOAT
-    tensor.tensor_shape.dim.add(size=8388608)
-    tensor.tensor_shape.dim.add(size=4)
+    tensor.tensor_shape.dim.add(size=1)
+    tensor.tensor_shape.dim.add(size=33554432)
     tensor.float_val.append(1.0)
     assert fill.ByteSize() < 40
     error = _predict(limited, fill)
@@ -107,13 +107,14 @@ def test_a_few_bytes_declaring_a_huge_tensor_are_refused(limited: ServerProcess)
     assert "more than" in error.details()
 
     raw = v2.ModelInferRequest(model_name=TINY, raw_input_contents=[b"\0" * 4])
-    raw.inputs.add(name="x", datatype="FP32", shape=[8388608, 4])
+    raw.inputs.add(name="x", datatype="FP32", shape=[1, 33554432])
     with (
         grpc.insecure_channel(limited.grpc_target) as channel,
         pytest.raises(grpc.RpcError) as failure,
     ):
         v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(raw, timeout=60)
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "more than" in failure.value.details()
 
     declared = {"name": "x", "datatype": "FP32", "shape": [8388608, 4]}
     header = json.dumps({"inputs": [{**declared, "parameters": {"binary_data_size": 4}}]}).encode()
@@ -124,6 +125,32 @@ def test_a_few_bytes_declaring_a_huge_tensor_are_refused(limited: ServerProcess)
             headers={"Inference-Header-Content-Length": str(len(header))},
         )
     assert reply.status_code == 400 and "more than" in reply.json()["error"]
+
+
+def test_grpc_rows_past_max_batch_size_are_refused_before_values_are_read(
+    limited: ServerProcess,
+) -> None:
+    """One value declaring 100 images: refused for its rows, not for what reading it
+    would hit (a fill past TF's limit, a count that disagrees with the shape)."""
+    typed = predict_pb2.PredictRequest()
+    typed.model_spec.name = MODEL
+    tensor = typed.inputs["input"]
+    tensor.dtype = types_pb2.DT_FLOAT
+    for size in (100, 3, 224, 224):
+        tensor.tensor_shape.dim.add(size=size)
+    tensor.float_val.append(1.0)
+    assert "at most 64 rows" in _predict(limited, typed).details()
+
+    contents = v2.ModelInferRequest(model_name=MODEL)
+    contents.inputs.add(name="input", datatype="FP32", shape=[100, 3, 224, 224])
+    contents.inputs[0].contents.fp32_contents.append(1.0)
+    with (
+        grpc.insecure_channel(limited.grpc_target) as channel,
+        pytest.raises(grpc.RpcError) as failure,
+    ):
+        v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(contents, timeout=60)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 64 rows" in failure.value.details()
 
 
 def test_requests_past_max_batch_size_are_400_and_the_largest_legal_ones_answer(
@@ -307,7 +334,8 @@ def test_peak_rss_stays_under_600_mb(limited: ServerProcess, jpeg: bytes) -> Non
     """After the hostile and largest legal requests above, one more of each here, six
     31-megapixel PNGs of 100 KB each (the largest a PNG may be, 94 MB apiece once decoded),
     a 49-megapixel one (refused: PNGs decode only at full size) and 60 MB of gRPC
-    ``float_val`` (a list of Python floats would be 480 MB)."""
+    ``float_val`` for 100 rows (a list of Python floats would be 480 MB; the rows it
+    declares are refused before its values become an array)."""
     image = {"b64": base64.b64encode(jpeg).decode()}
     largest = {"b64": base64.b64encode(_blank_png(5600)).decode()}
     too_large = {"b64": base64.b64encode(_blank_png(7000)).decode()}
@@ -318,7 +346,7 @@ def test_peak_rss_stays_under_600_mb(limited: ServerProcess, jpeg: bytes) -> Non
         refused = client.post(PREDICT, json={"instances": [too_large]})
         assert refused.status_code == 400 and "full size" in refused.text
     error = _predict(limited, _typed_float_request(100))
-    assert "at most 64 rows" in error.details()  # after decoding the values
+    assert "at most 64 rows" in error.details()  # from its shape, before reading its values
     peak = _peak_rss_kb(limited)
     assert peak < MAX_RSS_KB, f"peak RSS {peak // 1024} MB"
     assert limited.process is not None and limited.process.alive()

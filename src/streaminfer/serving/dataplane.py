@@ -385,6 +385,14 @@ class ModelHandle:
             self._check_batch(count or 0)
         return inputs
 
+    def check_declared_rows(self, shapes: Iterable[Sequence[int]]) -> None:
+        """Refuse numeric tensors whose declared shapes hold more rows than ``infer``
+        would take, before their values are read (60 MB of gRPC ``float_val`` would
+        become another 60 MB array only to be refused)."""
+        for shape in shapes:
+            if len(shape):
+                self._check_batch(shape[0])
+
     def _check_batch(self, rows: int) -> None:
         """Refuse a request of more rows than the model's ``max_batch_size`` before running it."""
         limit = self._loaded.metadata.batch_limit
