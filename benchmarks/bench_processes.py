@@ -5,12 +5,22 @@
 
 Starts a throw-away broker, writes the tiny tensor model's records to a two-partition
 topic up front, then for each member count starts one ``streaminfer run`` (embedded,
-exactly-once) on a fresh group and output topic and times the committed outputs by their
-own timestamps (first to last), so start-up is not counted.  The member counts take turns
-for ``--rounds`` rounds, so a drifting machine (or a broker still warming up) weighs on
-each alike; each figure is the median with its min-max, and each ratio is taken within a
-round.  The broker shares the cores: its CPU per 1,000 records is reported beside each
-figure.
+exactly-once) on a fresh group and output topic, waits until the group has committed every
+input, and only then reads the outputs (a reader running alongside would take the
+members' cores), timing them by their own timestamps, so start-up is not counted.  Two
+figures per run:
+
+- **all**: every output, first to last;
+- **steady**: the outputs committed once the group holds every member, each with its
+  partitions (watched with the admin API).  The local broker rebalances a new group at
+  once (``group.initial.rebalance.delay.ms=0``, where a production broker waits 3 s for
+  more members), so the member that starts first holds every partition until the other
+  joins; "all" counts that time as the run's, "steady" is what a running group does.
+
+The member counts take turns for ``--rounds`` rounds, so a drifting machine (or a broker
+still warming up) weighs on each alike; each figure is the median with its min-max, and
+each ratio is taken within a round.  The broker shares the cores: its CPU per 1,000
+records is reported beside each figure.
 """
 
 from __future__ import annotations
@@ -20,8 +30,17 @@ import json
 import os
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+from confluent_kafka import (
+    ConsumerGroupState,
+    ConsumerGroupTopicPartitions,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.broker import LocalBroker
@@ -39,25 +58,85 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class GroupWatch:
+    """The time (ms since the epoch) a consumer group first holds ``members`` members,
+    each with at least one partition assigned; polled in a thread of its own."""
+
+    def __init__(self, kafka: KafkaSettings, group: str, members: int) -> None:
+        self.joined_ms: float | None = None
+        self._admin = AdminClient(kafka.client_config())
+        self._group, self._members = group, members
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            (future,) = self._admin.describe_consumer_groups([self._group]).values()
+            try:
+                group = future.result()
+            except KafkaException:
+                continue  # not created yet
+            assigned = [m for m in group.members if m.assignment.topic_partitions]
+            if group.state == ConsumerGroupState.STABLE and len(assigned) == self._members:
+                self.joined_ms = time.time() * 1000
+                return
+
+    def wait_committed(self, topic: str, records: int, timeout: float = 120) -> None:
+        """Until the group's committed offsets on ``topic`` add up to ``records``."""
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        request = [ConsumerGroupTopicPartitions(self._group, partitions)]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            (future,) = self._admin.list_consumer_group_offsets(request).values()
+            try:
+                offsets = future.result().topic_partitions
+            except KafkaException:
+                offsets = []
+            if sum(max(tp.offset, 0) for tp in offsets) >= records:
+                return
+            time.sleep(0.1)
+        raise SystemExit(f"the group did not commit {records} records in {timeout:g} s")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def run_once(
     kafka: KafkaSettings, broker_pid: int, repo: Path, inp: str, records: int, members: int
-) -> tuple[float, float]:
-    """Records/s of committed outputs, and broker CPU seconds per 1,000 records."""
+) -> tuple[float, float, float]:
+    """Records/s of all committed outputs and of those once every member held its
+    partitions, and broker CPU seconds per 1,000 records."""
     out = f"out-{members}-{time.monotonic_ns()}"
+    group = f"g-{out}"
     TopicAdmin(kafka).create(out, partitions=PARTITIONS)
     command = [
         *STREAMINFER, "run", "-b", kafka.bootstrap_servers, "--input", inp, "--output", out,
         "--mode", "embedded", "--repo", str(repo), "--model", "tiny",
-        "--group-id", f"g-{out}", "--processes", str(members),
+        "--group-id", group, "--processes", str(members),
     ]  # fmt: skip
     broker_before = cpu_seconds(broker_pid)
-    with ManagedProcess(f"{members} member(s)", command, repo.parent / f"{out}.log"):
-        stamps = [r.timestamp_ms or 0 for r in consume(kafka, out, True, records, timeout=120)]
+    watch = GroupWatch(kafka, group, members)
+    try:
+        with ManagedProcess(f"{members} member(s)", command, repo.parent / f"{out}.log"):
+            watch.wait_committed(inp, records)
+    finally:
+        watch.close()
+    # Read once the members are done: a reader running alongside would take their cores.
+    # Each output's timestamp is the time its member produced it.
+    stamps = [r.timestamp_ms or 0 for r in consume(kafka, out, True, records, timeout=30)]
     broker_cpu = cpu_seconds(broker_pid) - broker_before
     if len(stamps) < records:
         raise SystemExit(f"only {len(stamps)} of {records} outputs with {members} member(s)")
-    elapsed = (max(stamps) - min(stamps)) / 1000
-    return records / elapsed, broker_cpu / records * 1000
+    if watch.joined_ms is None:
+        raise SystemExit(f"the group never held {members} member(s) with partitions")
+    last = max(stamps)
+    steady = [stamp for stamp in stamps if stamp >= watch.joined_ms]
+    if last - watch.joined_ms < 1000:
+        raise SystemExit("under a second of outputs once every member joined: use more --records")
+    everything = records / ((last - min(stamps)) / 1000)
+    return everything, len(steady) / ((last - watch.joined_ms) / 1000), broker_cpu / records * 1000
 
 
 def main() -> None:
@@ -84,29 +163,35 @@ def main() -> None:
             produce(kafka, inp, values)
             print(f"{args.records} records, {PARTITIONS} partitions, {os.cpu_count()} cores")
             counts = [int(n) for n in args.processes.split(",")]
-            rates: dict[int, list[float]] = {members: [] for members in counts}
+            rates: dict[str, dict[int, list[float]]] = {
+                figure: {members: [] for members in counts} for figure in ("all", "steady")
+            }
             for round_ in range(1, args.rounds + 1):
                 for members in counts:
-                    rate, broker_cpu = run_once(
+                    everything, steady, broker_cpu = run_once(
                         kafka, pid, root / "repo", inp, args.records, members
                     )
-                    rates[members].append(rate)
+                    rates["all"][members].append(everything)
+                    rates["steady"][members].append(steady)
                     print(
-                        f"round {round_}, --processes {members}: {rate:,.0f} records/s, "
+                        f"round {round_}, --processes {members}: all {everything:,.0f} "
+                        f"records/s, steady {steady:,.0f}; "
                         f"broker {broker_cpu:.3f} CPU s per 1k records",
                         flush=True,
                     )
-            for members, seen in rates.items():
-                print(
-                    f"--processes {members}: {statistics.median(seen):,.0f} records/s "
-                    f"({min(seen):,.0f}-{max(seen):,.0f})"
-                )
-                if 1 in rates and members != 1:
-                    ratios = [many / one for many, one in zip(seen, rates[1], strict=True)]
+            for figure, by_members in rates.items():
+                for members, seen in by_members.items():
                     print(
-                        f"--processes {members} / 1: {statistics.median(ratios):.2f}x "
-                        f"({min(ratios):.2f}-{max(ratios):.2f}, within each round)"
+                        f"{figure:6} --processes {members}: {statistics.median(seen):,.0f} "
+                        f"records/s ({min(seen):,.0f}-{max(seen):,.0f})"
                     )
+                    if 1 in by_members and members != 1:
+                        ratios = [a / b for a, b in zip(seen, by_members[1], strict=True)]
+                        print(
+                            f"{figure:6} --processes {members} / 1: "
+                            f"{statistics.median(ratios):.2f}x "
+                            f"({min(ratios):.2f}-{max(ratios):.2f}, within each round)"
+                        )
         finally:
             broker.stop()
 
