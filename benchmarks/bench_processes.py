@@ -34,12 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from confluent_kafka import (
-    ConsumerGroupState,
-    ConsumerGroupTopicPartitions,
-    KafkaException,
-    TopicPartition,
-)
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streaminfer.kafka.admin import TopicAdmin
@@ -64,15 +59,15 @@ class GroupWatch:
 
     def __init__(self, kafka: KafkaSettings, group: str, members: int) -> None:
         self.joined_ms: float | None = None
-        self._admin = AdminClient(kafka.client_config())
-        self._group, self._members = group, members
+        self._kafka, self._group, self._members = kafka, group, members
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 
     def _watch(self) -> None:
+        admin = AdminClient(self._kafka.client_config())  # this thread's own client
         while not self._stop.wait(0.05):
-            (future,) = self._admin.describe_consumer_groups([self._group]).values()
+            (future,) = admin.describe_consumer_groups([self._group]).values()
             try:
                 group = future.result()
             except KafkaException:
@@ -84,18 +79,21 @@ class GroupWatch:
 
     def wait_committed(self, topic: str, records: int, timeout: float = 120) -> None:
         """Until the group's committed offsets on ``topic`` add up to ``records``."""
-        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        request = [ConsumerGroupTopicPartitions(self._group, partitions)]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            (future,) = self._admin.list_consumer_group_offsets(request).values()
-            try:
-                offsets = future.result().topic_partitions
-            except KafkaException:
-                offsets = []
-            if sum(max(tp.offset, 0) for tp in offsets) >= records:
-                return
-            time.sleep(0.1)
+        # A consumer that never subscribes reads the group's offsets without joining it.
+        reader = Consumer(self._kafka.client_config(**{"group.id": self._group}))
+        try:
+            partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    committed = reader.committed(partitions, timeout=10)
+                except KafkaException:
+                    committed = []  # the group's coordinator is not ready yet
+                if sum(max(tp.offset, 0) for tp in committed) >= records:
+                    return
+                time.sleep(0.1)
+        finally:
+            reader.close()
         raise SystemExit(f"the group did not commit {records} records in {timeout:g} s")
 
     def close(self) -> None:
