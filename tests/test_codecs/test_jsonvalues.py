@@ -155,13 +155,18 @@ def _plain(value: object) -> object:
 finite_floats = st.floats(allow_nan=False, allow_infinity=False)
 float_lists = st.recursive(
     st.lists(finite_floats | st.integers(-(2**70), 2**70), max_size=4),
-    lambda inner: st.lists(inner, max_size=4),
+    lambda inner: st.lists(inner | finite_floats, max_size=4),
     max_leaves=30,
 )
-"""Nested lists of numbers, rectangular or ragged, floats first or not."""
+"""Nested lists of numbers, rectangular or ragged, floats first or not, lists and numbers
+side by side."""
+bracket_text = st.text(alphabet="[]{},:a", max_size=4)
+"""Strings full of the characters the fast path counts."""
 tensor_documents = st.recursive(
-    json_documents | float_lists,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    json_documents | float_lists | bracket_text,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5) | bracket_text, inner)
+    ),
     max_leaves=10,
 )
 
