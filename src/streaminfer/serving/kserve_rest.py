@@ -30,6 +30,7 @@ from streaminfer.serving.classification import class_count
 from streaminfer.serving.dataplane import DataPlane, ModelHandle, request_record
 from streaminfer.serving.errors import InvalidRequest, Unavailable
 from streaminfer.serving.metrics import ServerMetrics
+from streaminfer.serving.request_body import read_body
 from streaminfer.serving.responses import json_response
 from streaminfer.types import Tensors
 
@@ -82,7 +83,7 @@ class KServeRest:
         name, version = _target(request)
         with self._metrics.track(PROTOCOL, name) as observation:
             model = self._plane.model(name, version)  # an unknown model is 404 whatever the body
-            body = await request.read()
+            body = await read_body(request)
             length = request.headers.get(HEADER_LENGTH)
             if self._plane.handler is None:
                 document, inputs = await self._plane.decode(_decode, body, length)

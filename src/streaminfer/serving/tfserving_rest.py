@@ -26,6 +26,7 @@ from streaminfer.serving import tfserving_messages as messages
 from streaminfer.serving.dataplane import DataPlane, ModelHandle, request_record
 from streaminfer.serving.errors import InvalidRequest, Unimplemented
 from streaminfer.serving.metrics import ServerMetrics
+from streaminfer.serving.request_body import read_body
 from streaminfer.serving.responses import json_response
 from streaminfer.types import Tensors
 
@@ -87,7 +88,7 @@ class TFServingRest:
             raise web.HTTPNotFound(text=f"no such endpoint: {request.path} (use :predict)")
         with self._metrics.track(PROTOCOL, target.model) as observation:
             model = self._plane.model(target.model, target.version, target.label)  # 404 first
-            body = await request.read()
+            body = await read_body(request)
             if self._plane.handler is not None:
                 response = await _handled(model, request_record(body, request.headers))
             else:
