@@ -33,9 +33,9 @@ def _with_server(test: Callable[[TestServer], Awaitable[None]]) -> None:
 def test_a_declared_length_is_read_whole_and_bounded() -> None:
     async def test(server: TestServer) -> None:
         async with aiohttp.ClientSession() as session:
-            body = bytes(range(256)) * 3
-            async with session.post(server.make_url("/"), data=body) as reply:
-                assert reply.status == 200 and await reply.read() == body
+            for body in (bytes(range(256)) * 3, b""):
+                async with session.post(server.make_url("/"), data=body) as reply:
+                    assert reply.status == 200 and await reply.read() == body
             async with session.post(server.make_url("/"), data=b"x" * (LIMIT + 1)) as reply:
                 assert reply.status == 413
 
@@ -71,8 +71,10 @@ def test_a_body_cut_short_leaves_the_server_answering() -> None:
         writer.write_eof()
         await reader.read()  # the server closes the connection, whatever it answers
         writer.close()
-        async with aiohttp.ClientSession() as session:
-            async with session.post(server.make_url("/"), data=b"next") as reply:
-                assert reply.status == 200 and await reply.read() == b"next"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(server.make_url("/"), data=b"next") as reply,
+        ):
+            assert reply.status == 200 and await reply.read() == b"next"
 
     _with_server(test)

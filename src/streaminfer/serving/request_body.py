@@ -20,6 +20,8 @@ async def read_body(request: web.Request) -> bytes:
         return await request.read()
     if length > request.client_max_size:
         raise web.HTTPRequestEntityTooLarge(request.client_max_size, length)
+    if length == 0:
+        return b""  # aiohttp's empty payload refuses even readexactly(0)
     try:
         return await request.content.readexactly(length)
     except asyncio.IncompleteReadError as exc:
