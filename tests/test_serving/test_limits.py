@@ -76,6 +76,14 @@ def _predict(server: ServerProcess, request: predict_pb2.PredictRequest) -> grpc
     return failure.value
 
 
+def _infer(server: ServerProcess, request: v2.ModelInferRequest) -> grpc.RpcError:
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as failure:
+            stub.ModelInfer(request, timeout=60)
+    return failure.value
+
+
 def test_one_string_filling_200_images_is_refused_before_decoding(
     limited: ServerProcess, jpeg: bytes
 ) -> None:
@@ -108,13 +116,9 @@ def test_a_few_bytes_declaring_a_huge_tensor_are_refused(limited: ServerProcess)
 
     raw = v2.ModelInferRequest(model_name=TINY, raw_input_contents=[b"\0" * 4])
     raw.inputs.add(name="x", datatype="FP32", shape=[1, 33554432])
-    with (
-        grpc.insecure_channel(limited.grpc_target) as channel,
-        pytest.raises(grpc.RpcError) as failure,
-    ):
-        v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(raw, timeout=60)
-    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "more than" in failure.value.details()
+    error = _infer(limited, raw)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "more than" in error.details()
 
     declared = {"name": "x", "datatype": "FP32", "shape": [8388608, 4]}
     header = json.dumps({"inputs": [{**declared, "parameters": {"binary_data_size": 4}}]}).encode()
@@ -144,13 +148,9 @@ def test_grpc_rows_past_max_batch_size_are_refused_before_values_are_read(
     contents = v2.ModelInferRequest(model_name=MODEL)
     contents.inputs.add(name="input", datatype="FP32", shape=[100, 3, 224, 224])
     contents.inputs[0].contents.fp32_contents.append(1.0)
-    with (
-        grpc.insecure_channel(limited.grpc_target) as channel,
-        pytest.raises(grpc.RpcError) as failure,
-    ):
-        v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(contents, timeout=60)
-    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "at most 64 rows" in failure.value.details()
+    error = _infer(limited, contents)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 64 rows" in error.details()
 
 
 def test_requests_past_max_batch_size_are_400_and_the_largest_legal_ones_answer(
@@ -242,12 +242,11 @@ def test_grpc_parse_errors_are_invalid_argument(limited: ServerProcess) -> None:
         with pytest.raises(grpc.RpcError) as failure:
             stub.ModelReady(v2.ModelReadyRequest(name=MODEL, version="²"), timeout=30)
         assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        request = v2.ModelInferRequest(model_name=MODEL, raw_input_contents=[b"\0" * 4])
-        request.inputs.add(name="input", datatype="FP32", shape=[1] * 65)
-        with pytest.raises(grpc.RpcError) as failure:
-            stub.ModelInfer(request, timeout=30)
-        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "dimensions" in failure.value.details()
+    request = v2.ModelInferRequest(model_name=MODEL, raw_input_contents=[b"\0" * 4])
+    request.inputs.add(name="input", datatype="FP32", shape=[1] * 65)
+    error = _infer(limited, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "dimensions" in error.details()
 
 
 @pytest.mark.parametrize(
