@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from streaminfer.predictors.resilience import RetryPolicy
 from streaminfer.stream.metrics import WorkerMetrics
 from streaminfer.stream.outputs import TRUNCATED_HEADER, size
 from streaminfer.stream.pipeline import Defaults, Pipeline, parse, route
-from streaminfer.stream.records import Source
+from streaminfer.stream.records import TRACE_HEADER, Source, trace_headers
 from streaminfer.stream.routing import Route
 from streaminfer.stream.work import InputRecord, Work
 
@@ -211,3 +212,14 @@ def test_a_handler_reads_records_and_writes_values_each_failing_alone(
     np.testing.assert_allclose(value["y"], tiny_reference(np.array([[0.0, 0, 0, 1]]))[0])
     letter = p.produced(done[1])
     assert letter.topic == DLQ and letter.value == b"b,1,x,3,4"
+
+
+def test_an_output_keeps_its_input_headers_and_trace_id_or_gets_a_new_one() -> None:
+    fresh = trace_headers([])
+    assert [k for k, _ in fresh] == [TRACE_HEADER]
+    assert re.fullmatch(rb"[0-9a-f]{32}", fresh[0][1] or b"")
+    assert trace_headers(None)[0][1] != fresh[0][1]  # a new id per record
+    traced = [("origin", b"a"), (TRACE_HEADER, b"given")]
+    assert trace_headers(traced) == traced
+    untraced = trace_headers([("origin", b"a")])
+    assert untraced[0] == ("origin", b"a") and untraced[1][0] == TRACE_HEADER
