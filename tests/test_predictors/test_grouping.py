@@ -46,6 +46,11 @@ def test_stackability() -> None:
     assert tensor_rows(b) == 5
     assert tensor_rows({"x": np.zeros(()), "y": np.zeros((1,))}) is None
     assert tensor_rows({"x": np.zeros((1, 2)), "y": np.zeros((2,))}) is None
+    assert tensor_rows({"x": np.zeros(())}) is None  # a scalar has no rows to stack
+    assert tensor_rows({"x": np.zeros((3, 2)), "y": np.zeros((3,))}) == 3
+    assert stack_key({"y": np.zeros((1, 4), np.float32)}) != stack_key(a)  # names count
+    two = {"x": np.zeros((1, 4), np.float32), "y": np.zeros((1, 2))}
+    assert stack_key(two) == stack_key(dict(reversed(two.items()))) != stack_key(a)
 
 
 @pytest.mark.parametrize(

@@ -48,10 +48,14 @@ class EmbeddedPredictor(Predictor):
         outcomes: list[Outcome | None] = [None] * len(batch)
         images: list[_Item] = []
         tensors: list[_Item] = []
+        resolved: dict[tuple[str, int | None, str | None], LoadedVersion] = {}
         for index, request in enumerate(batch):
             try:
                 check_kind(request)
-                version = self.registry.resolve(request.model, request.version, request.label)
+                wanted = (request.model, request.version, request.label)
+                version = resolved.get(wanted)
+                if version is None:  # once a batch: one lock, and one version for all its records
+                    version = resolved[wanted] = self.registry.resolve(*wanted)
             except RecordError as exc:
                 outcomes[index] = exc
                 continue

@@ -38,6 +38,9 @@ def check_kind(request: PredictRequest) -> None:
 
 def tensor_rows(tensors: Tensors) -> int | None:
     """The shared batch size of a record's tensors; None if they cannot be stacked with others."""
+    if len(tensors) == 1:  # most records: no set to build
+        (array,) = tensors.values()
+        return array.shape[0] if array.ndim else None
     rows = {a.shape[0] if a.ndim else None for a in tensors.values()}
     if len(rows) != 1:
         return None
@@ -46,6 +49,9 @@ def tensor_rows(tensors: Tensors) -> int | None:
 
 def stack_key(tensors: Tensors) -> Hashable:
     """Records with equal keys can be concatenated along axis 0."""
+    if len(tensors) == 1:  # most records: the same key, without a generator to sort
+        ((name, array),) = tensors.items()
+        return ((name, array.shape[1:], array.dtype.str),)
     return tuple(sorted((name, a.shape[1:], a.dtype.str) for name, a in tensors.items()))
 
 

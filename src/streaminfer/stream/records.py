@@ -182,12 +182,12 @@ class Source:
     timestamp: int | None
 
 
-def result_fields(result: PredictResult) -> dict[str, Any]:
-    """Who served a record and what it answered: the model, mode and predictions or outputs."""
-    fields: dict[str, Any] = {
-        "model": {"name": result.model, "version": result.version},
-        "mode": result.mode,
-    }
+def result_fields(result: PredictResult, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Who served a record and what it answered (the model, mode and predictions or
+    outputs), added to ``fields`` if given."""
+    fields = {} if fields is None else fields
+    fields["model"] = {"name": result.model, "version": result.version}
+    fields["mode"] = result.mode
     if result.predictions is not None:
         fields["predictions"] = [p.as_dict() for p in result.predictions]
     if result.outputs is not None:
@@ -218,7 +218,7 @@ def output_document(
     doc: dict[str, Any] = {
         "id": (
             request.id
-            if request and request.id
+            if request is not None and request.id
             else f"{source.topic}-{source.partition}-{source.offset}"
         ),
         "source": {
@@ -227,8 +227,8 @@ def output_document(
             "offset": source.offset,
             "timestamp": source.timestamp,
         },
-        **result_fields(result),
     }
+    result_fields(result, doc)
     if route is not None:
         doc["route"] = route
     doc["timings_ms"] = {k: int(v * 1000) / 1000 for k, v in timings_ms.items()}  # to the µs

@@ -245,7 +245,7 @@ class Worker:
 
     def _account(self, finished: _Finished) -> None:
         """Metrics (counted per chunk, not per record) and the shadow's sample."""
-        served: Counter[tuple[str, str, str, str]] = Counter()
+        served: Counter[tuple[str, int, str, str]] = Counter()
         failed: Counter[str] = Counter()
         now = time.time()
         latencies: list[float] = []
@@ -255,7 +255,7 @@ class Worker:
                 continue
             result = work.result
             assert result is not None and work.predict is not None and produced.value is not None
-            served[(result.model, str(result.version), result.mode, work.route or "")] += 1
+            served[(result.model, result.version, result.mode, work.route or "")] += 1
             if self.shadow is not None and self.shadow.sampled(work.record.routing_key):
                 self.shadow.submit(
                     ShadowJob(work.predict, produced.value, produced.key, produced.headers)
@@ -264,8 +264,8 @@ class Worker:
             if timestamp is not None:
                 latencies.append(max(0.0, now - timestamp / 1000))
         observe_all(self.metrics.end_to_end, latencies)
-        for labels, count in served.items():
-            self.metrics.records_out.labels(*labels).inc(count)
+        for (model, version, mode, route), count in served.items():
+            self.metrics.records_out.labels(model, str(version), mode, route).inc(count)
         for reason, count in failed.items():
             self.metrics.dead_lettered.labels(reason).inc(count)
 
