@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import threading
@@ -25,6 +26,7 @@ from streaminfer.stream.pipeline import Defaults, Pipeline, parse, route
 from streaminfer.stream.records import TRACE_HEADER, Source, trace_headers
 from streaminfer.stream.routing import Route
 from streaminfer.stream.work import InputRecord, Work
+from streaminfer.stream.worker import YOUNG_COLLECTION_OBJECTS, settle_collector
 
 OUT, DLQ = "out", "out.dlq"
 LIMITS = {OUT: 1_000_000, DLQ: 1_000_000}
@@ -223,3 +225,35 @@ def test_an_output_keeps_its_input_headers_and_trace_id_or_gets_a_new_one() -> N
     assert trace_headers(traced) == traced
     untraced = trace_headers([("origin", b"a")])
     assert untraced[0] == ("origin", b"a") and untraced[1][0] == TRACE_HEADER
+
+
+def test_a_dead_letter_is_freed_as_soon_as_it_is_written(tiny: EmbeddedPredictor) -> None:
+    """A failed record's exception keeps no traceback: its frames would hold the record in a
+    cycle that only the collector frees, and the worker runs the collector rarely."""
+    p = pipeline(Flaky(tiny), limits={OUT: 600, DLQ: 1_000_000})
+    values = [
+        *HOSTILE.values(),  # parse, route and predict failures
+        tensor([[1.0, 1.0, 1.0, 1.0]], id="x" * 1000),  # an output too large for its topic
+        tensor([[666.0, 0, 0, 0]]),  # internal_error: a bug in the predictor
+    ]
+    gc.collect()
+    gc.disable()
+    try:
+        works = run(p, *values)
+        letters = [p.produced(work) for work in works]
+        assert all(letter.topic == DLQ for letter in letters)
+        del works, letters
+        assert gc.collect() == 0  # nothing left that only the collector could free
+    finally:
+        gc.enable()
+
+
+def test_the_worker_runs_the_young_collection_rarely_and_never_scans_start_up() -> None:
+    before = gc.get_threshold()
+    try:
+        settle_collector()
+        assert gc.get_threshold() == (YOUNG_COLLECTION_OBJECTS, *before[1:])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

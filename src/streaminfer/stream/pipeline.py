@@ -57,6 +57,7 @@ from streaminfer.stream.work import (
     Step,
     Work,
     attempt,
+    drop_tracebacks,
     isolated,
 )
 
@@ -316,6 +317,8 @@ class Pipeline:
                     f"{self._limit(self.output_topic)}"
                 )
             work.error = built
+        assert work.error is not None
+        drop_tracebacks(work.error)  # freed with the record, not when the collector runs
         letter = dead_letter(self.dead_letter_topic, work)
         limit = self._limit(self.dead_letter_topic)
         return letter if size(letter) <= limit else truncated(letter, limit)
