@@ -1,8 +1,12 @@
-"""How much input the worker takes at once: chunk sizes and the buffer (pure logic)."""
+"""How much input the worker takes at once: chunk sizes and the buffer (pure logic), and
+consumed messages made into records."""
 
 from __future__ import annotations
 
-from streaminfer.stream.intake import BufferBudget, ChunkSizer
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+
+from streaminfer.stream.intake import BufferBudget, ChunkSizer, Intake
 
 
 def test_a_chunk_is_the_batch_size_until_records_are_timed() -> None:
@@ -35,3 +39,19 @@ def test_the_buffer_holds_at_least_its_chunks_and_grows_to_cover_a_commit() -> N
     budget.observe(records=20_000, interval_s=0.1, commit_s=0.2)
     assert budget.records == 7200
     assert budget.has_room(100, 1000) and not budget.has_room(100, 64 * 2**20)
+
+
+def test_messages_become_records_and_errors_are_skipped_unless_fatal() -> None:
+    intake = Intake(Consumer({"group.id": "intake-test"}), ChunkSizer(16))
+    plain = Message(topic="in", partition=1, offset=7, key=b"k", value=b"v", timestamp=(1, 5))
+    traced = Message(topic="in", partition=1, offset=8, value=b"w", headers=[("h", b"1")])
+    transient = Message(error=KafkaError(KafkaError._TRANSPORT, "broker went away"))
+    intake._take([plain, transient, traced])
+    first, second = intake.take_batch()
+    assert (first.key, first.value, first.headers) == (b"k", b"v", [])
+    assert (first.source.topic, first.source.partition, first.source.offset) == ("in", 1, 7)
+    assert first.source.timestamp == 5
+    assert second.headers == [("h", b"1")] and second.source.timestamp is None
+    fatal = Message(error=KafkaError(KafkaError._FENCED, "fenced", fatal=True))
+    with pytest.raises(KafkaException):
+        intake._take([fatal])

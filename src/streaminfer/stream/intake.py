@@ -147,15 +147,18 @@ class Intake:
 
     def _take(self, messages: list[Message]) -> None:
         now = time.monotonic()
-        self.forming.extend(input_record(m, now) for m in messages if _usable(m))
+        forming = self.forming
+        for message in messages:
+            if message.error() is None or _usable(message):  # most: no call to ask
+                forming.append(input_record(message, now))
 
 
 def input_record(message: Message, consumed_at: float) -> InputRecord:
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     assert topic is not None and partition is not None and offset is not None
     ts_type, ts = message.timestamp()
-    raw = message.headers() or []
-    headers: Headers = list(raw.items()) if isinstance(raw, dict) else list(raw)
+    raw = message.headers()
+    headers: Headers = [] if not raw else list(raw.items()) if isinstance(raw, dict) else list(raw)
     source = Source(topic, partition, offset, ts if ts_type else None)
     return InputRecord(message.key(), message.value(), headers, source, consumed_at)
 
