@@ -22,12 +22,14 @@ from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from streaminfer.codecs.tfserving import to_tensor_proto
+from streaminfer.errors import InfrastructureError
 from streaminfer.net import free_port
 from streaminfer.processes import STREAMINFER, ManagedProcess
 from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc
 from tests.support import wait_for
 
 START_TIMEOUT = 90.0
+PORT_ATTEMPTS = 3  # first starts whose free ports were taken before the server bound them
 TOKEN = "s3cret-token"
 REST_MODES = ("tfserving-rest", "kserve-http")
 
@@ -80,12 +82,25 @@ class ServerProcess:
         return httpx.Client(base_url=self.rest_url, verify=verify, timeout=60, **kwargs)  # type: ignore[arg-type]
 
     def start(self) -> ServerProcess:
-        command = [*self.program, "serve", "--repo", str(self.repo), "--host", "127.0.0.1",
-                   "--grpc-port", str(self.grpc_port), "--rest-port", str(self.rest_port),
-                   *self.args]  # fmt: skip
-        self.process = ManagedProcess("model server", command, self.log_path, self.env)
-        wait_for(self._ready, START_TIMEOUT, f"the model server to be ready:\n{self.log_path}")
-        return self
+        """Start the server; on a first start, on new ports if the chosen ones were taken."""
+        first = self.process is None
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            command = [*self.program, "serve", "--repo", str(self.repo), "--host", "127.0.0.1",
+                       "--grpc-port", str(self.grpc_port), "--rest-port", str(self.rest_port),
+                       *self.args]  # fmt: skip
+            self.process = ManagedProcess("model server", command, self.log_path, self.env)
+            try:
+                ready = f"the model server to be ready:\n{self.log_path}"
+                wait_for(self._ready, START_TIMEOUT, ready)
+                return self
+            except InfrastructureError:
+                # free_port's pick can become another socket's ephemeral port before the
+                # server binds it; a restart must keep its ports, so only a first start moves.
+                taken = "address already in use" in self.log
+                if not first or attempt == PORT_ATTEMPTS or not taken:
+                    raise
+                self.grpc_port, self.rest_port = free_port(), free_port()
+        raise AssertionError("unreachable")
 
     def _ready(self) -> bool:
         assert self.process is not None
