@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -36,6 +37,7 @@ def count(batches: int) -> int:
             sys.executable, __file__, "--inner", str(batches),
         ],
         capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict and set layouts each run
     )  # fmt: skip
     found = re.search(r"Collected : (\d+)", done.stderr)
     if found is None:

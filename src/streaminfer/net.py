@@ -2,11 +2,50 @@
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
+
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10_000  # below: ports that well-known services and their tests tend to use
+_ATTEMPTS = 100
+_handed_out: set[int] = set()  # this process's picks: never the same port twice
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now (the OS's pick); the caller binds it soon after."""
-    with socket.socket() as sock:
+    """A port nothing listens on now; the caller binds it soon after.
+
+    The OS's own pick (``bind(host, 0)``) comes from the ephemeral range, which is also
+    where every outgoing connection gets its local port: between this call and the
+    caller's bind, any connection (a client of the broker, say) may take it, and the
+    caller fails with "address already in use".  So the port is drawn at random from
+    below that range, where only an explicit bind can land, and checked to be free.
+    """
+    low, _ = ephemeral_range()
+    if low - LOWEST_PORT >= 1_000:
+        for _ in range(_ATTEMPTS):
+            port = random.randrange(LOWEST_PORT, low)
+            if port not in _handed_out and _bindable(host, port):
+                _handed_out.add(port)
+                return port
+    with socket.socket() as sock:  # no room below the range: the OS's pick
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The local ports the OS gives outgoing connections (Linux's default if unknown)."""
+    try:
+        low, high = EPHEMERAL_RANGE.read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True

@@ -50,12 +50,14 @@ def test_policy_stretches_the_interval_while_backlogged_and_decides_once() -> No
 @pytest.fixture
 def clients(
     kafka_settings: KafkaSettings,
-) -> Iterator[Callable[[bool], tuple[Producer, Consumer]]]:
+) -> Iterator[Callable[..., tuple[Producer, Consumer]]]:
     made: list[tuple[Producer, Consumer]] = []
 
-    def make(exactly_once: bool) -> tuple[Producer, Consumer]:
+    def make(exactly_once: bool, **config: object) -> tuple[Producer, Consumer]:
         extra = {"transactional.id": f"t-{uuid.uuid4().hex}"} if exactly_once else {}
-        producer = Producer(kafka_settings.client_config(**{"enable.idempotence": True, **extra}))
+        producer = Producer(
+            kafka_settings.client_config(**{"enable.idempotence": True, **extra, **config})
+        )
         group = f"g-{uuid.uuid4().hex[:8]}"
         consumer = Consumer(kafka_settings.client_config(**{"group.id": group}))
         if exactly_once:
@@ -88,7 +90,7 @@ def committed_offset(consumer: Consumer, topic: str) -> int:
 def test_commit_makes_outputs_and_offsets_visible_together(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],
-    clients: Callable[[bool], tuple[Producer, Consumer]],
+    clients: Callable[..., tuple[Producer, Consumer]],
     exactly_once: bool,
 ) -> None:
     inp, out = topic_factory("in"), topic_factory("out")
@@ -108,7 +110,7 @@ def test_commit_makes_outputs_and_offsets_visible_together(
 def test_abort_leaves_neither_outputs_nor_offsets(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],
-    clients: Callable[[bool], tuple[Producer, Consumer]],
+    clients: Callable[..., tuple[Producer, Consumer]],
 ) -> None:
     inp, out = topic_factory("in"), topic_factory("out")
     producer, consumer = clients(True)
@@ -125,7 +127,7 @@ def test_abort_leaves_neither_outputs_nor_offsets(
 def test_a_failed_delivery_never_lets_the_offset_move_past_it(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],
-    clients: Callable[[bool], tuple[Producer, Consumer]],
+    clients: Callable[..., tuple[Producer, Consumer]],
     exactly_once: bool,
 ) -> None:
     inp = topic_factory("in")
@@ -139,3 +141,25 @@ def test_a_failed_delivery_never_lets_the_offset_move_past_it(
     assert cp.commit() is Commit.ABORTED
     assert committed_offset(consumer, inp) < 0  # nothing committed: all three are redone
     assert cp.written == 0 and cp.commit() is Commit.NOTHING
+
+
+@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
+def test_a_write_larger_than_the_producer_queue_waits_for_room_and_loses_nothing(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    clients: Callable[..., tuple[Producer, Consumer]],
+    exactly_once: bool,
+) -> None:
+    inp, out = topic_factory("in"), topic_factory("out")
+    producer, consumer = clients(exactly_once, **{"queue.buffering.max.messages": 10})
+    cp = checkpoint(producer, consumer, exactly_once)
+    count = 50  # five times what librdkafka's queue holds: produce raises BufferError
+    cp.write(
+        [Produced(out, None, f"v{i}".encode(), [("h", b"x")]) for i in range(count)],
+        [Source(inp, 0, i, None) for i in range(count)],
+    )
+    assert cp.commit() is Commit.COMMITTED
+    read = consume(kafka_settings, out, from_beginning=True, count=count, timeout=20)
+    assert [r.value for r in read] == [f"v{i}".encode() for i in range(count)]
+    assert all(r.headers == [("h", b"x")] for r in read)
+    assert committed_offset(consumer, inp) == count

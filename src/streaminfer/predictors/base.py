@@ -18,7 +18,7 @@ from streaminfer.models.postprocess import Prediction
 from streaminfer.types import ModelRef, Tensors
 
 
-@dataclass
+@dataclass(slots=True)
 class PredictRequest:
     """What one record asks for: an encoded image, or named tensors for a tensor model."""
 
@@ -37,7 +37,7 @@ class PredictRequest:
         return ModelRef(self.model, self.version, self.label)
 
 
-@dataclass
+@dataclass(slots=True)
 class PredictResult:
     model: str
     version: int

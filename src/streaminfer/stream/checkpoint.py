@@ -114,11 +114,20 @@ class Checkpoint:
         # Under exactly-once a failed delivery fails the transaction's commit by itself: a
         # Python callback per record is only needed to know what at-least-once delivered.
         on_delivery = None if self.exactly_once else self._on_delivery
-        offsets = self._offsets
+        callback = {} if on_delivery is None else {"on_delivery": on_delivery}
+        produce, offsets = self.producer.produce, self._offsets
         for record, source in zip(records, sources, strict=True):
-            produce_waiting(
-                self.producer, record.topic, record.value, record.key, record.headers, on_delivery
-            )
+            try:  # produce itself: produce_waiting's call would cost 0.5 us a record
+                produce(record.topic, record.value, record.key, headers=record.headers, **callback)
+            except BufferError:  # librdkafka's queue is full: wait for room
+                produce_waiting(
+                    self.producer,
+                    record.topic,
+                    record.value,
+                    record.key,
+                    record.headers,
+                    on_delivery,
+                )
             offsets[(source.topic, source.partition)] = source.offset + 1
         self._written += len(records)
 

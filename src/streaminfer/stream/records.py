@@ -45,7 +45,7 @@ class BadRecord(RecordError):
         self.reason = reason
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     """A parsed input record: where its image is, or its tensors, and what to run it on."""
 

@@ -56,6 +56,7 @@ from streaminfer.stream.work import InputRecord, Produced, Work
 log = logging.getLogger(__name__)
 
 YOUNG_COLLECTION_OBJECTS = 20_000  # new container objects between young collections
+SERVE_DELIVERIES_S = 0.05  # how often the loop serves the producer's delivery reports
 
 
 @dataclass
@@ -109,6 +110,7 @@ class Worker:
         self._sizer = ChunkSizer(settings.batch_size)
         self._budget = BufferBudget(self._sizer, chunks=settings.max_in_flight * 2)
         self._last_lag = 0.0
+        self._served_deliveries = 0.0
         self._chunks = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="chunk")
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="commit")
         self._commit: Future[_Committed] | None = None  # the commit in flight
@@ -240,7 +242,12 @@ class Worker:
             self.checkpoint.write(finished.produced, [r.source for r in chunk.records])
             self._account(finished)
             self.metrics.in_flight.set(self._pending_records)
-        self.producer.poll(0)
+        now = time.monotonic()
+        if now - self._served_deliveries >= SERVE_DELIVERIES_S:
+            # Rarely: poll lets go of the GIL, and a pipeline thread may keep it for the
+            # switch interval (5 ms) before the loop gets it back.  A commit serves them too.
+            self._served_deliveries = now
+            self.producer.poll(0)
 
     def _account(self, finished: _Finished) -> None:
         """Metrics (counted per chunk, not per record) and the shadow's sample."""
