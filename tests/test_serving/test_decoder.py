@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.jsonvalues import loads_tensors
 from streaminfer.serving.decoder import BodyDecoder
 from streaminfer.serving.errors import Unavailable
+from tests.support import wait_for
 
 IMAGE = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
 BODY = json.dumps({"instances": IMAGE.tolist()}).encode()  # 3 MB, as a REST client sends it
@@ -80,3 +82,51 @@ def test_each_body_reuses_the_memory_the_last_one_freed() -> None:
 
     faults = asyncio.run(run())
     assert sum(faults[2:]) / len(faults[2:]) < 1500, faults  # under half of those pages
+
+
+def _gated_len(body: bytes, started: str, gate: str) -> int:
+    """In the decoder: say the parse began, then hold it until the test opens the gate."""
+    Path(started).touch()
+    while not Path(gate).exists():
+        time.sleep(0.01)
+    return len(body)
+
+
+def test_a_cancelled_body_keeps_the_pipe_until_its_answer_is_read(tmp_path: Path) -> None:
+    """A request cancelled mid-exchange (its client gone) must not let the next body onto
+    the pipe while its answer is still coming: the two would read each other's results."""
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    events: list[str] = []
+
+    async def run() -> int:
+        decoder = BodyDecoder()
+        exchange = decoder._exchange
+
+        def spied(parse: object, body: bytes, args: tuple[object, ...]) -> object:
+            events.append(f"begin {len(body)}")
+            try:
+                return exchange(parse, body, args)  # type: ignore[arg-type]
+            finally:
+                events.append(f"end {len(body)}")
+
+        decoder._exchange = spied  # type: ignore[method-assign]
+        try:
+            first = asyncio.create_task(
+                decoder.decode(_gated_len, b"first", str(started), str(gate))
+            )
+            await asyncio.to_thread(wait_for, started.exists, 30)
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            second = asyncio.create_task(decoder.decode(len, b"second body"))
+            # the second body is queued behind the first, or (the fault) already on the pipe
+            await asyncio.to_thread(
+                wait_for, lambda: decoder._exchanges._work_queue.qsize() or len(events) > 1, 30
+            )
+            gate.touch()
+            return await second
+        finally:
+            decoder.close()
+
+    assert asyncio.run(run()) == len(b"second body")
+    assert events == ["begin 5", "end 5", "begin 11", "end 11"]

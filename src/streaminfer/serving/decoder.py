@@ -19,6 +19,7 @@ import ctypes
 import multiprocessing
 import pickle
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
@@ -36,14 +37,17 @@ TRIM_THRESHOLD = 64 << 20
 
 class BodyDecoder:
     def __init__(self) -> None:
-        self._lock = asyncio.Lock()  # one body at a time: a bound on the decoder's memory
+        # One body at a time, a bound on the decoder's memory, on one thread: a request
+        # cancelled mid-exchange (its client gone) leaves its exchange to finish there,
+        # and the next body waits for it, so no two exchanges ever share the pipe.
+        self._exchanges = ThreadPoolExecutor(1, thread_name_prefix="decoder-pipe")
         self._process: BaseProcess | None = None
         self._connection: Connection | None = None
 
     async def decode(self, parse: Callable[..., T], body: bytes, *args: Any) -> T:
         """``parse(body, *args)``, run in the decoder process; its exceptions are re-raised."""
-        async with self._lock:
-            ok, result = await asyncio.to_thread(self._exchange, parse, body, args)
+        loop = asyncio.get_running_loop()
+        ok, result = await loop.run_in_executor(self._exchanges, self._exchange, parse, body, args)
         if not ok:
             raise result
         return result  # type: ignore[no-any-return]

@@ -114,7 +114,7 @@ class Checkpoint:
         # Under exactly-once a failed delivery fails the transaction's commit by itself: a
         # Python callback per record is only needed to know what at-least-once delivered.
         on_delivery = None if self.exactly_once else self._on_delivery
-        callback = {} if on_delivery is None else {"on_delivery": on_delivery}
+        callback: dict[str, Any] = {} if on_delivery is None else {"on_delivery": on_delivery}
         produce, offsets = self.producer.produce, self._offsets
         for record, source in zip(records, sources, strict=True):
             try:  # produce itself: produce_waiting's call would cost 0.5 us a record

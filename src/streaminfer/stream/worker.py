@@ -22,6 +22,11 @@ How it keeps its promises:
   wait and go into the next transaction as soon as the commit returns.  A commit is due
   every ``commit_interval_ms`` under load, and as soon as the pipeline drains (no input
   waiting, nothing in flight) below it, so a lone record is visible in one round trip.
+* **A loop that keeps the GIL.**  The loop is the one serial stage, and every call that
+  lets go of the GIL costs it up to the switch interval (5 ms) to get back while the
+  pipeline threads run Python; meanwhile nothing is emitted.  So it lets go only to poll
+  and to wait for a chunk: delivery reports are served every ``SERVE_DELIVERIES_S`` (a
+  commit serves them too), and latencies are counted without numpy.
 * **Rebalances.**  On revocation the finished outputs are committed with their offsets
   and everything still in flight is abandoned, to be redone by the partitions' next owner.
 """
