@@ -21,14 +21,15 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
-from streaminfer.models.batcher import BatchingConfig
+from streaminfer.models.batcher import WORKER_BATCHING, BatchingConfig
 from streaminfer.models.export import export_efficientnet_lite0
+from streaminfer.models.export.tiny import export_tiny_model
 from streaminfer.models.pipeline import preprocess_one
-from streaminfer.models.registry import ModelConfig, ModelRegistry
+from streaminfer.models.registry import LoadedVersion, ModelConfig, ModelRegistry
 
 
 def measure(name: str, work: Callable[[], int], seconds: float) -> float:
-    """Call ``work`` (returns images done) repeatedly for ``seconds``; print the rate."""
+    """Call ``work`` (returns images or rows done) repeatedly for ``seconds``; print the rate."""
     work()  # warm
     latencies, done = [], 0
     start = time.perf_counter()
@@ -38,7 +39,7 @@ def measure(name: str, work: Callable[[], int], seconds: float) -> float:
         latencies.append(time.perf_counter() - t)
     elapsed = time.perf_counter() - start
     rate = done / elapsed
-    print(f"{name:<48} {rate:8.1f} images/s   {1000 * statistics.median(latencies):7.2f} ms/call")
+    print(f"{name:<52} {rate:10.1f} /s   {1000 * statistics.median(latencies):7.3f} ms/call")
     return rate
 
 
@@ -104,6 +105,25 @@ def main() -> None:
     print(f"one decode + preprocess takes {bare / decode:.2f}x the time of one inference")
     unbatched.close()
     batched.close()
+
+    # A stream worker's micro-batch of cheap records: 1,024 rows of the tiny model.
+    tiny_repo = Path(tempfile.mkdtemp())
+    export_tiny_model(tiny_repo, 1)
+    rows = {"x": np.random.default_rng(0).standard_normal((1024, 4)).astype(np.float32)}
+    for name, batching in (
+        ("bare", BatchingConfig(enabled=False)),
+        ("server's batcher, slices of 16", BatchingConfig()),
+        ("worker's batcher, whole", WORKER_BATCHING),
+    ):
+        registry = ModelRegistry(tiny_repo, default_batching=batching)
+        registry.reload()
+        tiny = registry.resolve("tiny")
+
+        def run_rows(version: LoadedVersion = tiny) -> int:
+            return len(version.infer(rows)["y"])
+
+        measure(f"1,024 tiny-model rows, {name}", run_rows, args.seconds)
+        registry.close()
 
 
 if __name__ == "__main__":

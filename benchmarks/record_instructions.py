@@ -51,6 +51,7 @@ def run_worker(batches: int) -> None:
 
     from streaminfer.images import FetchPolicy, ImageFetcher
     from streaminfer.kafka.config import KafkaSettings
+    from streaminfer.models.batcher import WORKER_BATCHING
     from streaminfer.models.export.tiny import export_tiny_model
     from streaminfer.models.registry import ModelRegistry
     from streaminfer.predictors import create_predictor
@@ -70,7 +71,7 @@ def run_worker(batches: int) -> None:
     ]
     with tempfile.TemporaryDirectory() as folder:
         export_tiny_model(Path(folder), version=1)
-        registry = ModelRegistry(Path(folder))
+        registry = ModelRegistry(Path(folder), default_batching=WORKER_BATCHING)  # as run's
         registry.reload()
         predictor = create_predictor("embedded", registry=registry)
         quiet = {"bootstrap.servers": nowhere, "log_level": 0}  # no "connection refused" lines

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streaminfer.models.batcher import BatchingConfig, DynamicBatcher, Overloaded
+from streaminfer.models.batcher import WORKER_BATCHING, BatchingConfig, DynamicBatcher, Overloaded
 from streaminfer.models.errors import BadLabel, InvalidInput, ModelNotFound
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
 from streaminfer.models.model_config import ModelConfig, VersionPolicy
@@ -184,6 +184,21 @@ def test_batcher_runs_a_large_request_in_slices_of_max_batch_size() -> None:
     np.testing.assert_array_equal(batcher.infer({"x": rows})["y"], rows + 1)
     batcher.close()
     assert sorted(calls) == [3, 4, 4]
+
+
+def test_a_workers_batcher_runs_a_micro_batch_whole() -> None:
+    calls: list[int] = []
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(len(inputs["x"]))
+        return {"y": inputs["x"] + 1}
+
+    config = WORKER_BATCHING.model_copy(update={"max_batch_size": 4, "max_batch_delay_ms": 0})
+    batcher = DynamicBatcher(run, config)
+    rows = np.arange(22, dtype=np.float32).reshape(11, 2)
+    np.testing.assert_array_equal(batcher.infer({"x": rows})["y"], rows + 1)
+    batcher.close()
+    assert calls == [11]  # one model run, not slices of 4
 
 
 def test_batcher_queue_bound_counts_requests_not_their_slices() -> None:

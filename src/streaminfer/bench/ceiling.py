@@ -27,7 +27,7 @@ from streaminfer.bench.measure import Spread, cpu_seconds, per_thousand
 from streaminfer.bench.results import CeilingResult
 from streaminfer.bench.workloads import Workload
 from streaminfer.errors import InfrastructureError
-from streaminfer.models.batcher import BatchingConfig
+from streaminfer.models.batcher import WORKER_BATCHING, BatchingConfig
 from streaminfer.models.pipeline import image_input_name, preprocess_one
 from streaminfer.models.registry import LoadedVersion, ModelRegistry
 from streaminfer.predictors import Predictor, PredictRequest, PredictResult, create_predictor
@@ -42,7 +42,7 @@ Shape = tuple[int, int]  # records per batch, batches in flight
 
 def measure_ceiling(workload: Workload, repo: Path, seconds: float) -> CeilingResult:
     """Bare inference and the in-process pipeline in every shape, each timed for ``seconds``."""
-    registry = ModelRegistry(repo)
+    registry = ModelRegistry(repo, default_batching=WORKER_BATCHING)
     registry.reload()
     predictor = create_predictor("embedded", registry=registry)
     try:
@@ -76,7 +76,7 @@ def measure_ceiling(workload: Workload, repo: Path, seconds: float) -> CeilingRe
 
 def measure_pipeline(workload: Workload, repo: Path, shape: Shape, seconds: float) -> float:
     """The in-process pipeline's rate in one shape: a ceiling run between configurations."""
-    registry = ModelRegistry(repo)
+    registry = ModelRegistry(repo, default_batching=WORKER_BATCHING)
     registry.reload()
     predictor = create_predictor("embedded", registry=registry)
     try:

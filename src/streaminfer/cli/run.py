@@ -269,7 +269,7 @@ def _supervise(settings: WorkerSettings) -> int:
 
 def _model_configs(settings: WorkerSettings) -> list[ModelConfig]:
     """The model config file's, else: a route or shadow needs every version of the model."""
-    from streaminfer.models.batcher import BatchingConfig
+    from streaminfer.models.batcher import WORKER_BATCHING
     from streaminfer.models.model_config import (
         ModelConfig,
         VersionPolicy,
@@ -280,9 +280,15 @@ def _model_configs(settings: WorkerSettings) -> list[ModelConfig]:
     assert settings.repo is not None
     if settings.model_config_file is not None:
         parsed = read_model_config_file(settings.model_config_file)
-        return model_configs(parsed, settings.repo, BatchingConfig(), {})
+        return model_configs(parsed, settings.repo, WORKER_BATCHING, {})
     if settings.route or settings.shadow:
-        return [ModelConfig(name=settings.model, version_policy=VersionPolicy(kind="all"))]
+        return [
+            ModelConfig(
+                name=settings.model,
+                version_policy=VersionPolicy(kind="all"),
+                batching=WORKER_BATCHING,
+            )
+        ]
     return []
 
 
@@ -291,6 +297,7 @@ def _predictor(
 ) -> tuple[Predictor, ModelRegistry | None]:
     """The mode's predictor, and the registry it serves from (watched for new versions)."""
     from streaminfer.images.presets import ImageOptions
+    from streaminfer.models.batcher import WORKER_BATCHING
     from streaminfer.models.registry import ModelRegistry
     from streaminfer.predictors.client_images import ClientImageOptions, read_labels
     from streaminfer.predictors.factory import create_predictor
@@ -298,7 +305,9 @@ def _predictor(
 
     needs_registry = settings.mode == "embedded" or settings.fallback
     if registry is None and settings.repo is not None and needs_registry:
-        registry = ModelRegistry(settings.repo, _model_configs(settings))
+        registry = ModelRegistry(
+            settings.repo, _model_configs(settings), default_batching=WORKER_BATCHING
+        )
         registry.reload()
         registry.start_watching()
     preset = settings.preprocess

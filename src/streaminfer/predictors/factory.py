@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from streaminfer.errors import ConfigError
+from streaminfer.models.batcher import WORKER_BATCHING
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.predictors.base import Predictor
 from streaminfer.predictors.embedded import EmbeddedPredictor
@@ -81,6 +82,6 @@ def _embedded(registry: ModelRegistry | Path | None, workers: int, why: str) -> 
         raise ConfigError(f"{why} needs a model repository (--repo)")
     if isinstance(registry, ModelRegistry):
         return EmbeddedPredictor(registry, workers)
-    loaded = ModelRegistry(registry)
+    loaded = ModelRegistry(registry, default_batching=WORKER_BATCHING)
     loaded.reload()
     return EmbeddedPredictor(loaded, workers, owns_registry=True)

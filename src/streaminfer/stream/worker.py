@@ -22,11 +22,10 @@ How it keeps its promises:
   wait and go into the next transaction as soon as the commit returns.  A commit is due
   every ``commit_interval_ms`` under load, and as soon as the pipeline drains (no input
   waiting, nothing in flight) below it, so a lone record is visible in one round trip.
-* **A loop that keeps the GIL.**  The loop is the one serial stage, and every call that
-  lets go of the GIL costs it up to the switch interval (5 ms) to get back while the
-  pipeline threads run Python; meanwhile nothing is emitted.  So it lets go only to poll
-  and to wait for a chunk: delivery reports are served every ``SERVE_DELIVERIES_S`` (a
-  commit serves them too), and latencies are counted without numpy.
+* **A loop that keeps the GIL.**  Every call that lets go of the GIL costs the loop up to
+  the switch interval (5 ms) to get it back while the pipeline threads run Python, and
+  meanwhile finished chunks wait to be written.  So delivery reports are served every
+  ``SERVE_DELIVERIES_S``, not on every pass (a commit serves them too).
 * **Rebalances.**  On revocation the finished outputs are committed with their offsets
   and everything still in flight is abandoned, to be redone by the partitions' next owner.
 """
@@ -249,8 +248,8 @@ class Worker:
             self.metrics.in_flight.set(self._pending_records)
         now = time.monotonic()
         if now - self._served_deliveries >= SERVE_DELIVERIES_S:
-            # Rarely: poll lets go of the GIL, and a pipeline thread may keep it for the
-            # switch interval (5 ms) before the loop gets it back.  A commit serves them too.
+            # Not every pass: poll lets go of the GIL, and a busy pipeline thread may keep it
+            # for the switch interval (5 ms) before the loop gets it back.
             self._served_deliveries = now
             self.producer.poll(0)
 
