@@ -186,19 +186,22 @@ def test_batcher_runs_a_large_request_in_slices_of_max_batch_size() -> None:
     assert sorted(calls) == [3, 4, 4]
 
 
-def test_a_workers_batcher_runs_a_micro_batch_whole() -> None:
+def test_a_workers_batcher_slices_a_micro_batch_by_bytes_not_rows() -> None:
     calls: list[int] = []
 
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         calls.append(len(inputs["x"]))
         return {"y": inputs["x"] + 1}
 
-    config = WORKER_BATCHING.model_copy(update={"max_batch_size": 4, "max_batch_delay_ms": 0})
-    batcher = DynamicBatcher(run, config)
-    rows = np.arange(22, dtype=np.float32).reshape(11, 2)
-    np.testing.assert_array_equal(batcher.infer({"x": rows})["y"], rows + 1)
-    batcher.close()
-    assert calls == [11]  # one model run, not slices of 4
+    rows = np.arange(22, dtype=np.float32).reshape(11, 2)  # 8 bytes a row
+    whole = WORKER_BATCHING.model_copy(update={"max_batch_size": 4, "max_batch_delay_ms": 0})
+    by_bytes = whole.model_copy(update={"slice_bytes": 64})  # 8 rows a slice
+    big_rows = whole.model_copy(update={"slice_bytes": 8})  # 1 row: max_batch_size rules
+    for config in (whole, by_bytes, big_rows):
+        batcher = DynamicBatcher(run, config)
+        np.testing.assert_array_equal(batcher.infer({"x": rows})["y"], rows + 1)
+        batcher.close()
+    assert calls == [11, 8, 3, 4, 4, 3]
 
 
 def test_batcher_queue_bound_counts_requests_not_their_slices() -> None:

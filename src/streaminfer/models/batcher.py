@@ -32,14 +32,16 @@ class BatchingConfig(BaseModel):
     max_batch_delay_ms: float = Field(default=2.0, ge=0)
     max_queue: int = Field(default=1024, ge=1)  # waiting requests before callers are refused
     runners: int = Field(default=1, ge=1)  # threads running the model at once
-    # A request over max_batch_size is cut into slices, a server's bound on a batch.  A
-    # stream worker's micro-batch is bounded already (by time), and cut into slices of 16
-    # a tiny model's 1,024 rows took 2 ms instead of 0.07: it runs whole.
-    split: bool = True
+    # A request over max_batch_size rows is cut into slices of that many, a server's bound
+    # on a model run.  With slice_bytes, a slice holds as many rows as fit in that much
+    # input, never fewer: for a stream worker, whose micro-batches are bounded by time
+    # already, 1,024 rows of a tiny model make one run instead of 64 (0.07 ms against
+    # 2.49), while images still run 16 at a time.
+    slice_bytes: int | None = Field(default=None, ge=1)
 
 
-WORKER_BATCHING = BatchingConfig(split=False)
-"""How a stream worker's embedded models batch: micro-batches run whole."""
+WORKER_BATCHING = BatchingConfig(slice_bytes=4 << 20)
+"""How a stream worker's embedded models batch: a micro-batch in slices of 4 MB of input."""
 
 
 class Overloaded(InfrastructureError):
@@ -93,7 +95,7 @@ class DynamicBatcher:
         ``max_queue`` counts requests waiting, not slices: a request too large for one
         batch is cut, and all its slices are queued, or none when the queue is full.
         """
-        parts = _slices(inputs, self.config.max_batch_size) if self.config.split else [inputs]
+        parts = _slices(inputs, self._slice_rows(inputs))
         with self._closing:  # close() cannot come between the check and the puts
             if not self._closed:
                 if self._queue.qsize() >= self.config.max_queue:
@@ -106,6 +108,13 @@ class DynamicBatcher:
             late.append(Future())
             late[-1].set_result(self._run(part))
         return late
+
+    def _slice_rows(self, inputs: Tensors) -> int:
+        rows = self.config.max_batch_size
+        if self.config.slice_bytes is None:
+            return rows
+        row_bytes = sum(a.nbytes // a.shape[0] for a in inputs.values() if a.ndim and a.shape[0])
+        return max(rows, self.config.slice_bytes // max(1, row_bytes))
 
     def _enqueue(self, inputs: Tensors) -> Future[Tensors]:
         rows = {a.shape[0] for a in inputs.values()}
