@@ -16,6 +16,10 @@ from streaminfer.stream.metrics import WorkerMetrics
 from streaminfer.stream.records import Source
 from streaminfer.stream.work import Produced
 
+BOTH_GUARANTEES = pytest.mark.parametrize(
+    "exactly_once", [True, False], ids=["exactly-once", "at-least-once"]
+)
+
 
 class Clock:
     def __init__(self) -> None:
@@ -86,7 +90,7 @@ def committed_offset(consumer: Consumer, topic: str) -> int:
     return int(tp.offset)
 
 
-@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
+@BOTH_GUARANTEES
 def test_commit_makes_outputs_and_offsets_visible_together(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],
@@ -123,7 +127,7 @@ def test_abort_leaves_neither_outputs_nor_offsets(
     assert values == [b"kept"]
 
 
-@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
+@BOTH_GUARANTEES
 def test_a_failed_delivery_never_lets_the_offset_move_past_it(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],
@@ -143,7 +147,7 @@ def test_a_failed_delivery_never_lets_the_offset_move_past_it(
     assert cp.written == 0 and cp.commit() is Commit.NOTHING
 
 
-@pytest.mark.parametrize("exactly_once", [True, False], ids=["exactly-once", "at-least-once"])
+@BOTH_GUARANTEES
 def test_a_write_larger_than_the_producer_queue_waits_for_room_and_loses_nothing(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],
@@ -159,7 +163,7 @@ def test_a_write_larger_than_the_producer_queue_waits_for_room_and_loses_nothing
         [Source(inp, 0, i, None) for i in range(count)],
     )
     assert cp.commit() is Commit.COMMITTED
-    read = consume(kafka_settings, out, from_beginning=True, count=count, timeout=20)
+    read = list(consume(kafka_settings, out, from_beginning=True, count=count, timeout=20))
     assert [r.value for r in read] == [f"v{i}".encode() for i in range(count)]
     assert all(r.headers == [("h", b"x")] for r in read)
     assert committed_offset(consumer, inp) == count
