@@ -13,6 +13,7 @@ from streaminfer.kafka.broker import LocalBroker
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import consume, produce
 from streaminfer.net import free_port
+from streaminfer.processes import STREAMINFER, ManagedProcess
 from tests.support import run_cli, wait_for
 
 
@@ -54,6 +55,24 @@ def test_round_trip_through_cli(bootstrap: str, tmp_path: Path) -> None:
     deleted = run_cli("topics", "delete", topic, "-b", bootstrap)
     assert deleted.returncode == 0, deleted.stderr
     assert topic not in run_cli("topics", "list", "-b", bootstrap).stdout.split()
+
+
+def test_consume_with_a_timeout_waits_for_a_topic_not_created_yet(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    """A worker creates its output topic when it starts; a reader started first still gets it."""
+    topic = f"later-{free_port()}"
+    args = ["consume", topic, "--from-beginning", "--count", "1", "--timeout", "60"]
+    with ManagedProcess(
+        "consume", [*STREAMINFER, *args, "-b", bootstrap], tmp_path / "c.log"
+    ) as reader:
+        wait_for(lambda: "waiting for topic" in reader.log() or not reader.alive(), what="the wait")
+        assert reader.alive(), reader.log()
+        assert run_cli("topics", "create", topic, "-b", bootstrap).returncode == 0
+        produced = run_cli("produce", topic, "--value", "arrived", "-b", bootstrap)
+        assert produced.returncode == 0, produced.stderr
+        assert reader.wait(60) == 0, reader.log()
+        assert "\tarrived" in reader.log()
 
 
 def _one_line_error(result: object, needle: str) -> None:

@@ -215,7 +215,11 @@ def consume_cmd(
     from_beginning: Annotated[bool, typer.Option("--from-beginning")] = False,
     count: Annotated[int | None, typer.Option("--count", "-c", min=1)] = None,
     timeout: Annotated[
-        float | None, typer.Option(help="Stop after this many seconds without a record.")
+        float | None,
+        typer.Option(
+            help="Stop after this many seconds without a record; a topic not created yet "
+            "is waited for as long."
+        ),
     ] = None,
     isolation: Annotated[
         str, typer.Option(help="read_committed or read_uncommitted.")

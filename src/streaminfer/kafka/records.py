@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from confluent_kafka import (
 from streaminfer.errors import ConfigError, InfrastructureError
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -115,6 +118,20 @@ def produce(
     return count
 
 
+def _partitions_once_created(admin: TopicAdmin, topic: str, deadline: float | None) -> list[int]:
+    waiting = False
+    while True:
+        try:
+            return admin.partitions(topic)
+        except ConfigError:
+            if deadline is None or time.monotonic() >= deadline:
+                raise
+        if not waiting:
+            log.info("waiting for topic %r to be created", topic)
+            waiting = True
+        time.sleep(0.2)
+
+
 def consume(
     settings: KafkaSettings,
     topic: str | list[str],
@@ -125,10 +142,14 @@ def consume(
 ) -> Iterator[Record]:
     """Read every partition of ``topic`` (or of several topics) without a consumer group.
 
-    Stops after ``count`` records, or when no record arrived for ``timeout`` seconds.
+    Stops after ``count`` records, or when no record arrived for ``timeout`` seconds. With a
+    timeout, a topic not created yet (a worker creates its output topic when it starts) is
+    waited for that long; without one, it is an error at once.
     """
     topics = [topic] if isinstance(topic, str) else topic
     admin = TopicAdmin(settings)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    partitions = {t: _partitions_once_created(admin, t, deadline) for t in topics}
     consumer = Consumer(
         settings.client_config(
             **{
@@ -139,7 +160,7 @@ def consume(
         )
     )
     start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-    consumer.assign([TopicPartition(t, p, start) for t in topics for p in admin.partitions(t)])
+    consumer.assign([TopicPartition(t, p, start) for t in topics for p in partitions[t]])
     seen = 0
     last_record = time.monotonic()
     try:
