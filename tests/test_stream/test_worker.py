@@ -64,6 +64,7 @@ def test_embedded_predictions_and_output_format(
     assert cat["model"] == {"name": "efficientnet-lite0", "version": 1}
     assert cat["source"]["topic"] == inp and cat["source"]["offset"] == 0
     assert set(cat["timings_ms"]) >= {"fetch", "preprocess", "inference", "total"}
+    assert all(round(ms, 3) == ms for ms in cat["timings_ms"].values())  # to the µs
     scores = [p["score"] for p in cat["predictions"]]
     assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
 

@@ -27,6 +27,7 @@ from streaminfer.images import FetchPolicy, ImageFetcher
 from streaminfer.kafka.config import parse_property
 from streaminfer.models.batcher import BatchingConfig
 from streaminfer.models.registry import ModelRegistry
+from streaminfer.predictors.base import elapsed_ms
 from streaminfer.predictors.embedded import EmbeddedPredictor
 from streaminfer.stream.pipeline import Defaults, explain, fetch, parse, route, tabulate
 from streaminfer.stream.records import Source, output_document, to_json
@@ -66,7 +67,7 @@ class Classifier:
         timings = {
             "fetch": work.fetch_ms,
             **work.result.timings_ms,
-            "total": (time.perf_counter() - started) * 1000,
+            "total": elapsed_ms(started, time.perf_counter()),
         }
         document = output_document(work.request, source, work.result, timings)
         document["mode"] = MODE

@@ -44,7 +44,17 @@ class PredictResult:
     mode: str  # who served it, e.g. "embedded", "tfserving-grpc", "embedded-fallback"
     predictions: list[Prediction] | None = None  # image models: top-k, best first
     outputs: Tensors | None = None  # tensor models: the raw outputs
-    timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, inference
+    # preprocess, inference: each from elapsed_ms, so outputs report them as they are
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def elapsed_ms(started: float, now: float) -> float:
+    """Milliseconds from ``started`` to ``now`` (seconds on one clock), cut to the µs.
+
+    Every timing an output reports is cut here once, where it is measured (once per model
+    run, not once per record), so an output document is written with the values as they are.
+    """
+    return int((now - started) * 1_000_000) / 1000
 
 
 Outcome = PredictResult | RecordError

@@ -18,7 +18,13 @@ from streaminfer.errors import RecordError
 from streaminfer.models.errors import InvalidInput
 from streaminfer.models.pipeline import classify, preprocess_one
 from streaminfer.models.registry import LoadedVersion, ModelRegistry
-from streaminfer.predictors.base import Outcome, Predictor, PredictRequest, PredictResult
+from streaminfer.predictors.base import (
+    Outcome,
+    Predictor,
+    PredictRequest,
+    PredictResult,
+    elapsed_ms,
+)
 from streaminfer.predictors.grouping import (
     check_kind,
     concat_rows,
@@ -144,4 +150,4 @@ def _timed(function: Callable[..., T], *args: object) -> tuple[T, float]:
     """``function(*args)`` and how long it took, in milliseconds."""
     started = time.perf_counter()
     result = function(*args)
-    return result, (time.perf_counter() - started) * 1000
+    return result, elapsed_ms(started, time.perf_counter())

@@ -35,7 +35,13 @@ from streaminfer.errors import InfrastructureError, RecordError, StreamInferErro
 from streaminfer.images.preprocess import preprocess_image
 from streaminfer.models.errors import InvalidInput
 from streaminfer.models.postprocess import Prediction
-from streaminfer.predictors.base import Outcome, Predictor, PredictRequest, PredictResult
+from streaminfer.predictors.base import (
+    Outcome,
+    Predictor,
+    PredictRequest,
+    PredictResult,
+    elapsed_ms,
+)
 from streaminfer.predictors.client_images import ClientImageOptions, ImagePlan, plan_for
 from streaminfer.predictors.grouping import (
     check_kind,
@@ -300,7 +306,7 @@ class RemotePredictor(Predictor):
                     PredictResult(ref.name, version, self.mode, outputs=o)
                     for o in (sliced if len(parts) > 1 else [outputs])
                 ]
-        elapsed = (time.perf_counter() - started) * 1000
+        elapsed = elapsed_ms(started, time.perf_counter())
         for job, result in zip(jobs, results, strict=True):
             result.timings_ms["inference"] = elapsed
             if job.plan is not None:
@@ -366,7 +372,7 @@ def _preprocess(image: bytes | None, plan: ImagePlan | None) -> tuple[np.ndarray
     assert image is not None and plan is not None
     started = time.perf_counter()
     row = preprocess_image(image, plan.spec)
-    return row, (time.perf_counter() - started) * 1000
+    return row, elapsed_ms(started, time.perf_counter())
 
 
 @contextmanager

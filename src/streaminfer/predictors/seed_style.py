@@ -14,7 +14,13 @@ import grpc
 from streaminfer.errors import RecordError
 from streaminfer.models.errors import InvalidInput
 from streaminfer.models.postprocess import Prediction
-from streaminfer.predictors.base import Outcome, Predictor, PredictRequest, PredictResult
+from streaminfer.predictors.base import (
+    Outcome,
+    Predictor,
+    PredictRequest,
+    PredictResult,
+    elapsed_ms,
+)
 from streaminfer.predictors.grpc_transport import status_error
 from streaminfer.predictors.remote import class_id
 from streaminfer.protos.tfserving import inception_pb2, inception_pb2_grpc
@@ -58,5 +64,5 @@ class SeedStylePredictor(Predictor):
             0,  # the demo's API does not say which version answered
             self.mode,
             predictions=predictions[: request.top_k] if request.top_k else predictions,
-            timings_ms={"inference": (time.perf_counter() - started) * 1000},
+            timings_ms={"inference": elapsed_ms(started, time.perf_counter())},
         )

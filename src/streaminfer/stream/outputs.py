@@ -12,6 +12,7 @@ import time
 
 from streaminfer.errors import RecordError
 from streaminfer.kafka.records import Headers
+from streaminfer.predictors.base import elapsed_ms
 from streaminfer.stream.records import dead_letter_headers, output_document, to_json, trace_headers
 from streaminfer.stream.work import Produced, Work
 
@@ -37,7 +38,7 @@ def output(topic: str, work: Work) -> Produced:
     timings = {
         "fetch": work.fetch_ms,
         **result.timings_ms,
-        "total": (time.monotonic() - record.consumed_at) * 1000,
+        "total": elapsed_ms(record.consumed_at, time.monotonic()),
     }
     document = output_document(work.request, record.source, result, timings, work.route)
     value = to_json(document)

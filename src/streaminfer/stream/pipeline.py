@@ -32,7 +32,7 @@ from streaminfer.errors import InfrastructureError, RecordError, RequestFailed
 from streaminfer.handlers import Handler, HandlerError
 from streaminfer.handlers import Record as HandlerRecord
 from streaminfer.images import ImageFetcher
-from streaminfer.predictors.base import Predictor, PredictRequest, PredictResult
+from streaminfer.predictors.base import Predictor, PredictRequest, PredictResult, elapsed_ms
 from streaminfer.predictors.grouping import group_by
 from streaminfer.predictors.resilience import CircuitOpen, RetryPolicy
 from streaminfer.stream.metrics import WorkerMetrics
@@ -105,7 +105,7 @@ def fetch(fetcher: ImageFetcher, work: Work) -> Work:
         return work
     started = time.perf_counter()
     request.image = fetcher.fetch(request.url)
-    work.fetch_ms = (time.perf_counter() - started) * 1000
+    work.fetch_ms = elapsed_ms(started, time.perf_counter())
     return work
 
 

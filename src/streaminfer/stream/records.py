@@ -170,8 +170,9 @@ _trace_ids = random.Random()  # seeded from os.urandom once: ids need not be ung
 
 
 def new_trace_id() -> bytes:
-    """128 random bits in hex, like a UUID4's; without a urandom syscall per record."""
-    return b"%032x" % _trace_ids.getrandbits(128)
+    """128 random bits in hex, like a UUID4's; without a urandom syscall per record (and
+    hexlify, at half the cost of formatting an int)."""
+    return binascii.hexlify(_trace_ids.randbytes(16))
 
 
 @dataclass(slots=True)
@@ -231,7 +232,7 @@ def output_document(
     result_fields(result, doc)
     if route is not None:
         doc["route"] = route
-    doc["timings_ms"] = {k: int(v * 1000) / 1000 for k, v in timings_ms.items()}  # to the µs
+    doc["timings_ms"] = timings_ms  # each cut to the µs by elapsed_ms, where it was measured
     return doc
 
 
