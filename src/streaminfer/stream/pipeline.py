@@ -148,7 +148,7 @@ def tabulate_all(models: TabularModels, batch: list[Work]) -> None:
     tabular = [
         w
         for w in batch
-        if not w.failed and w.request is not None and w.request.features is not None
+        if w.error is None and w.request is not None and w.request.features is not None
     ]
     one_by_one: Step = ("features", functools.partial(tabulate, models))
     for group in group_by(tabular, lambda w: w.predict and (w.predict.model, w.predict.version)):
@@ -189,7 +189,7 @@ def explain_all(models: TabularModels, batch: list[Work]) -> None:
     tabular = [
         w
         for w in batch
-        if not w.failed and w.request is not None and w.request.features is not None
+        if w.error is None and w.request is not None and w.request.features is not None
     ]
     for group in group_by(tabular, lambda w: w.predict and (w.predict.model, w.predict.version)):
         try:
@@ -217,7 +217,7 @@ def preprocess(handler: Handler, batch: list[Work]) -> list[Work]:
 
 def postprocess(handler: Handler, batch: list[Work]) -> list[Work]:
     """A handler's postprocess after explain: each served record's outputs in, its value out."""
-    served = [i for i, work in enumerate(batch) if not work.failed]
+    served = [i for i, work in enumerate(batch) if work.error is None]
     outputs = []
     for i in served:
         result = batch[i].result
@@ -297,7 +297,7 @@ class Pipeline:
         for work in batch:
             isolated(work, self._route)
         tabulate_all(self.tabular, batch)
-        todo = [w for w in batch if not w.failed]
+        todo = [w for w in batch if w.error is None]
         if todo:
             explain_all(self.tabular, self._predict(todo, abandoned))  # filled in place
         if handler is not None and handler.postprocesses:
@@ -307,7 +307,7 @@ class Pipeline:
     def produced(self, work: Work) -> Produced:
         """The record to write for a finished one: its output if that can be built and fits
         its topic, else its dead letter (cut to fit, if it must be)."""
-        if not work.failed:
+        if work.error is None:
             built = attempt("output", work, lambda: output(self.output_topic, work))
             if isinstance(built, Produced) and size(built) <= self._limit(self.output_topic):
                 return built

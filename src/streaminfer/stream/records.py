@@ -32,7 +32,8 @@ from streaminfer.types import Tensors
 
 TRACE_HEADER = "streaminfer.trace.id"
 _SOURCES = ("url", "image_b64", "inputs", "instances")
-_ROUTING_FIELDS = frozenset({"id", "model", "version", "label", "top_k"})
+_ROUTING_KINDS = (("id", str), ("model", str), ("label", str), ("version", int), ("top_k", int))
+_ROUTING_FIELDS = frozenset(key for key, _ in _ROUTING_KINDS)
 _URL_PREFIXES = ("http://", "https://", "file://", "data:")
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
@@ -92,13 +93,10 @@ def _parse_json(value: bytes) -> Request:
         raise BadRecord(f"invalid JSON: {exc}", "bad_json") from exc
     if not isinstance(doc, dict):
         raise BadRecord("JSON record must be an object")
-    request = Request(
-        id=_optional(doc, "id", str),
-        model=_optional(doc, "model", str),
-        label=_optional(doc, "label", str),
-        version=_optional(doc, "version", int),
-        top_k=_optional(doc, "top_k", int),
-    )
+    request = Request()
+    for key, kind in _ROUTING_KINDS:  # most records give one or two: check only those
+        if key in doc:
+            setattr(request, key, _optional(doc, key, kind))
     if request.version is not None and request.label is not None:
         raise BadRecord("give either 'version' or 'label', not both")
     if request.top_k is not None and request.top_k < 1:
@@ -150,7 +148,7 @@ def _tensors(body: Any, columnar: bool) -> Tensors:
             array = np.asarray(values)
         except ValueError as exc:
             raise BadRecord(f"input {name!r} is a ragged list: {exc}") from exc
-        if array.dtype == object or array.dtype.kind in "USV":
+        if array.dtype.kind in "OUSV":  # objects, text, bytes, void
             raise BadRecord(f"input {name!r} must hold numbers")
         tensors[name] = array
     return tensors

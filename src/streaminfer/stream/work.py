@@ -65,10 +65,6 @@ class Work:
     fetch_ms: float = 0.0
     value: bytes | None = None  # the output value a handler's postprocess made
 
-    @property
-    def failed(self) -> bool:
-        return self.error is not None
-
 
 @dataclass(slots=True)
 class Produced:
