@@ -20,7 +20,7 @@ from streaminfer.predictors import (
     SeedStylePredictor,
     create_predictor,
 )
-from streaminfer.predictors.base import PredictRequest, PredictResult
+from streaminfer.predictors.base import PredictRequest, PredictResult, waited_s
 from streaminfer.predictors.factory import REMOTE
 from tests.servers import ServerProcess
 from tests.test_predictors.cases import (
@@ -48,11 +48,13 @@ def test_classifies_a_micro_batch_in_one_request(
     client: RemotePredictor, server: ServerProcess, sample_jpegs: dict
 ) -> None:
     batch = image_batch(sample_jpegs)
-    before = server.requests_served()
+    before, waited = server.requests_served(), waited_s()
     outcomes = client.predict(batch)
     # Two requests: the coffee asks for 3 classes, the cat for the model's default.
     assert server.requests_served() - before == 2
     assert_classified(outcomes, client.mode)
+    calls = [o.timings_ms["inference"] for o in outcomes if isinstance(o, PredictResult)]
+    assert waited_s() - waited >= sum(calls) / 1000 > 0  # the calls, counted for the lanes
     batch[0].top_k = 5
     before = server.requests_served()
     outcomes = client.predict([*batch, *batch])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
-from streaminfer.stream.intake import BufferBudget, ChunkSizer, Intake
+from streaminfer.stream.intake import BufferBudget, ChunkLanes, ChunkSizer, Intake
 
 
 def test_a_chunk_is_the_batch_size_until_records_are_timed() -> None:
@@ -26,6 +26,34 @@ def test_costly_records_keep_the_batch_size() -> None:
     sizer = ChunkSizer(16)
     sizer.observe(16, 16 * 0.005)  # an image: 5 ms
     assert sizer.size == 16
+
+
+def test_every_lane_runs_until_a_chunk_has_finished() -> None:
+    assert ChunkLanes(4).limit == 4
+
+
+def test_chunks_that_hold_the_gil_run_one_at_a_time() -> None:
+    lanes = ChunkLanes(4)
+    for _ in range(5):
+        lanes.observe(seconds=0.010, waited=0.0005)  # a tiny model: 5 % in its model run
+    assert lanes.limit == 1
+
+
+def test_chunks_that_mostly_wait_keep_every_lane() -> None:
+    lanes = ChunkLanes(4)
+    for _ in range(5):
+        lanes.observe(seconds=0.200, waited=0.180)  # images: decodes and the model run
+    assert lanes.limit == 4
+
+
+def test_lanes_follow_the_share_of_waiting() -> None:
+    lanes = ChunkLanes(8)
+    for _ in range(30):
+        lanes.observe(seconds=0.030, waited=0.020)  # waits twice what it holds: 3 overlap
+    assert lanes.limit == 3
+    for _ in range(30):
+        lanes.observe(seconds=0.030, waited=0.001)  # the model got cheap: back to one
+    assert lanes.limit == 1
 
 
 def test_the_buffer_holds_at_least_its_chunks_and_grows_to_cover_a_commit() -> None:

@@ -17,7 +17,7 @@ from streaminfer.handlers import load_handler
 from streaminfer.images import FetchPolicy, ImageFetcher
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
 from streaminfer.models.registry import ModelRegistry
-from streaminfer.predictors.base import Outcome, Predictor, PredictRequest
+from streaminfer.predictors.base import Outcome, Predictor, PredictRequest, waited_s
 from streaminfer.predictors.embedded import EmbeddedPredictor
 from streaminfer.predictors.resilience import RetryPolicy
 from streaminfer.stream.metrics import WorkerMetrics
@@ -79,6 +79,18 @@ def test_each_record_gets_its_own_answer(tiny: EmbeddedPredictor) -> None:
     for work, x in zip(done, rows, strict=True):
         assert work.error is None and work.result is not None and work.result.outputs
         np.testing.assert_allclose(work.result.outputs["y"], tiny_reference(np.array(x)), 1e-6)
+
+
+def test_a_download_and_a_model_run_count_as_waits(tiny: EmbeddedPredictor) -> None:
+    """The worker runs chunks side by side only while they wait more than they hold the GIL."""
+    waited = waited_s()
+    (fetched,) = run(pipeline(tiny), b"data:;base64,aGVsbG8=")
+    assert fetched.request is not None and fetched.request.image == b"hello"
+    after_fetch = waited_s()
+    assert after_fetch > waited
+    (served,) = run(pipeline(tiny), tensor([[1.0, 2.0, 3.0, 4.0]]))
+    assert served.result is not None
+    assert waited_s() - after_fetch >= served.result.timings_ms["inference"] / 1000 > 0
 
 
 HOSTILE = {

@@ -61,7 +61,11 @@ def run(
     ] = None,
     max_in_flight: Annotated[
         int | None,
-        typer.Option(help="Micro-batches being processed at once.", show_default="4"),
+        typer.Option(
+            help="Micro-batches being processed at once, at most: fewer while they hold "
+            "the GIL more than they wait on models, servers or downloads.",
+            show_default="4",
+        ),
     ] = None,
     commit_interval_ms: Annotated[
         int | None, typer.Option(help="Commit (transaction) interval.", show_default="100")

@@ -10,6 +10,8 @@ dead-letters it.
 
 from __future__ import annotations
 
+import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -55,6 +57,23 @@ def elapsed_ms(started: float, now: float) -> float:
     run, not once per record), so an output document is written with the values as they are.
     """
     return int((now - started) * 1_000_000) / 1000
+
+
+_waits = threading.local()
+
+
+def waited_s() -> float:
+    """Seconds this thread has spent so far waiting on work that needs no GIL: model runs,
+    remote calls, decodes and downloads on other threads.  A stream worker runs more
+    chunks side by side only while they spend enough of their time so (``ChunkLanes``)."""
+    return getattr(_waits, "seconds", 0.0)
+
+
+def count_wait(started: float) -> float:
+    """The milliseconds since ``started`` (``time.perf_counter``), counted in ``waited_s``."""
+    now = time.perf_counter()
+    _waits.seconds = waited_s() + (now - started)
+    return elapsed_ms(started, now)
 
 
 Outcome = PredictResult | RecordError

@@ -23,6 +23,7 @@ from streaminfer.predictors.base import (
     Predictor,
     PredictRequest,
     PredictResult,
+    count_wait,
     elapsed_ms,
 )
 from streaminfer.predictors.grouping import (
@@ -84,6 +85,7 @@ class EmbeddedPredictor(Predictor):
             for index, version in items
         ]
         decoded: list[tuple[int, LoadedVersion, np.ndarray, float]] = []
+        started = time.perf_counter()
         for index, version, future in decoding:
             try:
                 row, preprocess_ms = future.result()
@@ -91,11 +93,14 @@ class EmbeddedPredictor(Predictor):
                 outcomes[index] = exc
                 continue
             decoded.append((index, version, row, preprocess_ms))
+        count_wait(started)
         for group in group_by(decoded, lambda item: id(item[1])):
             version = group[0][1]
             wanted = [batch[index].top_k or version.metadata.top_k for index, *_ in group]
             rows = np.stack([row for _, _, row, _ in group])
-            ranked, inference_ms = _timed(classify, version, rows, max(wanted))
+            started = time.perf_counter()
+            ranked = classify(version, rows, max(wanted))
+            inference_ms = count_wait(started)
             for (index, _, _, preprocess_ms), predictions, k in zip(
                 group, ranked, wanted, strict=True
             ):
@@ -134,7 +139,9 @@ class EmbeddedPredictor(Predictor):
             for item in group:  # e.g. a model whose batch size is fixed: each on its own
                 self._run_group([item], outcomes)
             return
-        outputs, inference_ms = _timed(version.infer, inputs)
+        started = time.perf_counter()
+        outputs = version.infer(inputs)
+        inference_ms = count_wait(started)
         sliced = split_rows(outputs, [rows for *_, rows in group])
         for (index, *_), result in zip(group, sliced, strict=True):
             outcomes[index] = PredictResult(

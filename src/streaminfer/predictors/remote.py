@@ -40,6 +40,7 @@ from streaminfer.predictors.base import (
     Predictor,
     PredictRequest,
     PredictResult,
+    count_wait,
     elapsed_ms,
 )
 from streaminfer.predictors.client_images import ClientImageOptions, ImagePlan, plan_for
@@ -255,6 +256,7 @@ class RemotePredictor(Predictor):
             if job.plan is not None and job.image is not None
         ]
         decoded: dict[int, _Job] = {}
+        started = time.perf_counter()
         for job, future in pending:
             try:
                 row, preprocess_ms = future.result()
@@ -264,6 +266,7 @@ class RemotePredictor(Predictor):
             decoded[job.index] = dataclasses.replace(
                 job, image=None, row=row, preprocess_ms=preprocess_ms
             )
+        count_wait(started)
         return [
             decoded.get(job.index, job)
             for job in jobs
@@ -306,7 +309,7 @@ class RemotePredictor(Predictor):
                     PredictResult(ref.name, version, self.mode, outputs=o)
                     for o in (sliced if len(parts) > 1 else [outputs])
                 ]
-        elapsed = elapsed_ms(started, time.perf_counter())
+        elapsed = count_wait(started)  # the encoding too: the call is most of it
         for job, result in zip(jobs, results, strict=True):
             result.timings_ms["inference"] = elapsed
             if job.plan is not None:

@@ -32,7 +32,13 @@ from streaminfer.errors import InfrastructureError, RecordError, RequestFailed
 from streaminfer.handlers import Handler, HandlerError
 from streaminfer.handlers import Record as HandlerRecord
 from streaminfer.images import ImageFetcher
-from streaminfer.predictors.base import Predictor, PredictRequest, PredictResult, elapsed_ms
+from streaminfer.predictors.base import (
+    Predictor,
+    PredictRequest,
+    PredictResult,
+    count_wait,
+    elapsed_ms,
+)
 from streaminfer.predictors.grouping import group_by
 from streaminfer.predictors.resilience import CircuitOpen, RetryPolicy
 from streaminfer.stream.metrics import WorkerMetrics
@@ -339,13 +345,17 @@ class Pipeline:
         def one(work: Work) -> Work:
             return isolated(work, ("fetch", functools.partial(fetch, self.fetcher)))
 
+        if not downloads:
+            return batch
+        started = time.perf_counter()
         if len(downloads) == 1:
             batch[downloads[0]] = one(batch[downloads[0]])
-        elif downloads:
+        else:
             for i, work in zip(
                 downloads, self._fetches.map(one, [batch[i] for i in downloads]), strict=True
             ):
                 batch[i] = work
+        count_wait(started)  # a download waits on the network
         return batch
 
     def _predict(

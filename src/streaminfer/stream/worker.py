@@ -12,8 +12,9 @@ How it keeps its promises:
 * **Throughput without reordering.**  Polled records are cut into chunks of up to
   ``batch_size``, or more when records are cheap (``ChunkSizer``: about 10 ms of work
   per chunk); up to ``max_in_flight`` chunks run through the pipeline at once on a
-  thread pool, but their records are written strictly in the order they were consumed,
-  so every partition's outputs keep their input order.
+  thread pool (fewer while they hold the GIL more than they wait: ``ChunkLanes``), but
+  their records are written strictly in the order they were consumed, so every
+  partition's outputs keep their input order.
 * **Exactly once.**  A record's offset is only committed together with its output or
   dead letter; when a commit cannot keep that, the uncommitted work is dropped and redone
   from the last commit.
@@ -46,10 +47,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from streaminfer.handlers import Handler
 from streaminfer.images import ImageFetcher
 from streaminfer.kafka.config import KafkaSettings
-from streaminfer.predictors.base import Predictor
+from streaminfer.predictors.base import Predictor, waited_s
 from streaminfer.stream import clients
 from streaminfer.stream.checkpoint import Checkpoint, Commit, CommitPolicy
-from streaminfer.stream.intake import BufferBudget, ChunkSizer, Intake
+from streaminfer.stream.intake import BufferBudget, ChunkLanes, ChunkSizer, Intake
 from streaminfer.stream.metrics import WorkerMetrics, observe_all
 from streaminfer.stream.pipeline import Defaults, Pipeline
 from streaminfer.stream.routing import Route, ShadowJob, ShadowRunner, Target
@@ -70,6 +71,7 @@ class _Finished:
     works: list[Work]
     produced: list[Produced]
     seconds: float  # how long the chunk took
+    waited: float  # of which it waited on work that needs no GIL (waited_s)
 
 
 @dataclass
@@ -112,6 +114,7 @@ class Worker:
         self._pending_records = 0
         self._pending_bytes = 0
         self._sizer = ChunkSizer(settings.batch_size)
+        self._lanes = ChunkLanes(settings.max_in_flight)
         self._budget = BufferBudget(self._sizer, chunks=settings.max_in_flight * 2)
         self._last_lag = 0.0
         self._served_deliveries = 0.0
@@ -216,7 +219,7 @@ class Worker:
         return [c.future for c in self._pending if not c.future.done()]
 
     def _submit_forming(self) -> None:
-        if self.intake.forming and len(self._running()) < self.settings.max_in_flight:
+        if self.intake.forming and len(self._running()) < self._lanes.limit:
             records = self.intake.take_batch()
             self.metrics.records_in.inc(len(records))
             abandoned = threading.Event()
@@ -229,10 +232,10 @@ class Worker:
 
     def _process(self, records: list[InputRecord], abandoned: threading.Event) -> _Finished:
         """On a chunk thread: the records through the pipeline, and their outputs built."""
-        started = time.perf_counter()
+        started, waited = time.perf_counter(), waited_s()
         works = self.pipeline.process(records, abandoned)
         produced = [self.pipeline.produced(work) for work in works]
-        return _Finished(works, produced, time.perf_counter() - started)
+        return _Finished(works, produced, time.perf_counter() - started, waited_s() - waited)
 
     # -- emitting ----------------------------------------------------------------------------
     def _emit_finished(self) -> None:
@@ -243,6 +246,7 @@ class Worker:
             self._pending_bytes -= chunk.size
             finished = chunk.future.result()
             self._sizer.observe(len(chunk.records), finished.seconds)
+            self._lanes.observe(finished.seconds, finished.waited)
             self.checkpoint.write(finished.produced, [r.source for r in chunk.records])
             self._account(finished)
             self.metrics.in_flight.set(self._pending_records)
