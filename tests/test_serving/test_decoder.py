@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +62,23 @@ def test_a_killed_decoder_fails_its_body_and_is_replaced() -> None:
             decoder.close()
 
     asyncio.run(run())
+
+
+def test_close_stops_the_process_and_its_thread() -> None:
+    async def run() -> None:
+        decoder = BodyDecoder()
+        assert await decoder.decode(len, b"x") == 1
+        process = decoder._process
+        assert process is not None and _pipe_threads()
+        decoder.close()
+        assert not process.is_alive()
+        wait_for(lambda: not _pipe_threads(), 10, "the decoder's pipe thread to end")
+
+    asyncio.run(run())
+
+
+def _pipe_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("decoder-pipe")]
 
 
 def test_each_body_reuses_the_memory_the_last_one_freed() -> None:

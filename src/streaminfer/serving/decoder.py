@@ -60,7 +60,7 @@ class BodyDecoder:
             header, count = connection.recv()
             buffers = [connection.recv_bytes() for _ in range(count)]
         except (EOFError, OSError) as exc:
-            self.close()
+            self._stop_process()  # the next body starts a new one
             raise Unavailable("the request decoder process died; try again") from exc
         return pickle.loads(header, buffers=buffers)
 
@@ -79,7 +79,12 @@ class BodyDecoder:
         return self._connection
 
     def close(self) -> None:
-        """Stop the decoder process (it ends when its pipe closes)."""
+        """Stop the decoder process, and the thread that talks to it."""
+        self._stop_process()
+        self._exchanges.shutdown(wait=False, cancel_futures=True)
+
+    def _stop_process(self) -> None:
+        """The decoder process ends when its pipe closes; killed if it does not."""
         if self._connection is not None:
             self._connection.close()
             self._connection = None
