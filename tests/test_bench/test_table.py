@@ -76,8 +76,10 @@ def test_checks_follow_the_targets() -> None:
     assert rows["kserve-grpc"].checks == {}
 
 
-def test_throughput_targets_apply_to_images_and_to_embedded_on_tabular() -> None:
-    assert ceiling_check("tensor", "embedded", Spread.of([0.5])) is None
+def test_throughput_targets_apply_to_images_and_to_embedded_on_tabular_and_tensor() -> None:
+    assert ceiling_check("tensor", "embedded", Spread.of([0.84, 0.93])) == Check("≥ 0.85", False)
+    assert ceiling_check("tensor", "embedded", Spread.of([0.89, 0.94])) == Check("≥ 0.85", True)
+    assert ceiling_check("tensor", "tfserving-grpc", Spread.of([0.2])) is None
     assert ceiling_check("tabular", "embedded", Spread.of([0.85])) == Check("≥ 0.85", True)
     assert ceiling_check("tabular", "embedded", Spread.of([0.84, 0.9])) == Check("≥ 0.85", False)
     assert ceiling_check("tabular", "tfserving-grpc", Spread.of([0.1])) is None
