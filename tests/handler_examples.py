@@ -7,6 +7,7 @@ Records are CSV lines ``id,x0,x1,x2,x3`` for the tiny model (input ``x`` ``[N, 4
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from streaminfer.handlers import Record
@@ -38,6 +39,20 @@ class BatchCsvHandler(CsvHandler):
     def postprocess_batch(
         self, outputs: list[dict[str, Any]], records: list[Record]
     ) -> list[dict[str, Any]]:
+        return [self.postprocess(o, r) for o, r in zip(outputs, records, strict=True)]
+
+
+class SlowLookupHandler(CsvHandler):
+    """Each hook waits 50 ms, as one that asks another service would."""
+
+    def preprocess_batch(self, records: list[Record]) -> list[dict[str, Any]]:
+        time.sleep(0.05)
+        return [self.preprocess(r) for r in records]
+
+    def postprocess_batch(
+        self, outputs: list[dict[str, Any]], records: list[Record]
+    ) -> list[dict[str, Any]]:
+        time.sleep(0.05)
         return [self.postprocess(o, r) for o, r in zip(outputs, records, strict=True)]
 
 

@@ -228,6 +228,16 @@ def test_a_handler_reads_records_and_writes_values_each_failing_alone(
     assert letter.topic == DLQ and letter.value == b"b,1,x,3,4"
 
 
+def test_a_handlers_hooks_count_as_waits(tiny: EmbeddedPredictor) -> None:
+    """Hooks may wait on another service: the worker keeps its lanes for them."""
+    p = pipeline(tiny)
+    p.handler = load_handler("tests.handler_examples:SlowLookupHandler")
+    waited = waited_s()
+    done = run(p, b"a,1,2,3,4")
+    assert done[0].error is None
+    assert waited_s() - waited >= 0.1  # both hooks' 50 ms
+
+
 def test_an_output_keeps_its_input_headers_and_trace_id_or_gets_a_new_one() -> None:
     fresh = trace_headers([])
     assert [k for k, _ in fresh] == [TRACE_HEADER]

@@ -63,8 +63,9 @@ class ChunkLanes:
     ``1 + waited / held`` of them make progress at once; more just hand the GIL around.
     A tiny model's records hold it nearly all the time, and one chunk at a time ran them
     faster than four (24,000-31,000 records/s against 14,000-25,000, taking turns on 2
-    cores); images and remote models mostly wait, and keep every lane.  (``held`` counts
-    a chunk's wait for the GIL too, so crowded lanes make the next limit lower.)
+    cores); images, remote models and a handler's hooks (which may call a service) wait,
+    and keep every lane.  (``held`` counts a chunk's wait for the GIL too, so crowded
+    lanes make the next limit lower.)
     """
 
     def __init__(self, most: int) -> None:

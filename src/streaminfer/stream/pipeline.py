@@ -295,8 +295,12 @@ class Pipeline:
     def process(self, records: list[InputRecord], abandoned: threading.Event) -> list[Work]:
         """Every record of the batch, finished: served (``result``) or failed (``error``)."""
         handler = self.handler
+        # A handler's hooks count as waits: whether they wait on a service or compute, the
+        # worker cannot tell, so they keep every lane (ChunkLanes), as they always had.
         if handler is not None and handler.preprocesses:
+            started = time.perf_counter()
             batch = preprocess(handler, [Work(r) for r in records])
+            count_wait(started)
         else:
             batch = [isolated(Work(r), ("parse", parse)) for r in records]
         batch = self._fetch_all(batch)
@@ -307,7 +311,9 @@ class Pipeline:
         if todo:
             explain_all(self.tabular, self._predict(todo, abandoned))  # filled in place
         if handler is not None and handler.postprocesses:
+            started = time.perf_counter()
             batch = postprocess(handler, batch)
+            count_wait(started)
         return batch
 
     def produced(self, work: Work) -> Produced:
