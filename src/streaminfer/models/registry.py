@@ -266,6 +266,9 @@ class ModelRegistry:
             unwanted = [
                 (name, version)
                 for name, versions in self._loaded.items()
+                # None of the versions wanted loaded (one being written or deleted failed in
+                # both passes): what is loaded keeps serving until a reload does better.
+                if not wanted.get(name) or any(v in versions for v in wanted[name])
                 for version in versions
                 if version not in wanted.get(name, {})
             ]
