@@ -279,3 +279,28 @@ def test_image_batches_equal_one_by_one(model_repo: Path, sample_jpegs: dict[str
     assert together[1][0].label == "espresso"
     assert {p.class_id for p in together[2][:3]} & {657, 744, 812}
     registry.close()
+
+
+def test_a_version_failing_in_both_passes_leaves_the_last_one_serving(tmp_path: Path) -> None:
+    """A version whose files change while it is written or deleted can fail in both of a
+    reload's passes: the version already loaded must keep serving."""
+    repo = _tiny_repo(tmp_path)
+    registry = ModelRegistry(repo)
+    registry.reload()
+    broken = repo / "tiny" / "2"
+    shutil.copytree(repo / "tiny" / "1", broken)
+    (broken / "model.onnx").write_bytes(b"not onnx")
+    failures: list[int] = []
+
+    def still_changing(event: str, _name: str, version: int, _detail: str) -> None:
+        if event == "failed" and version == 2:  # as if more of it were written meanwhile
+            failures.append(version)
+            (broken / "model.onnx").write_bytes(b"still not onnx" * len(failures))
+
+    registry.add_listener(still_changing)
+    try:
+        registry.reload()
+        assert len(failures) == 2  # it failed in both passes
+        assert registry.resolve("tiny").version == 1
+    finally:
+        registry.close()
