@@ -72,8 +72,8 @@ METHOD = """\
   (they were set for EfficientNet-Lite0), except `x quix`: the embedded worker against
   Quix Streams, ≥ 1.8x on images, ≥ 3x on the tensor workload and ≥ 2x on the tabular
   one; and on the tabular and tensor workloads the embedded worker has its own floor,
-  ≥ 0.85x the ceiling (issues 14 and 15). `—` means a target does not apply. Not covered here: the
-  server-alone targets (`benchmarks/bench_server.py`).
+  ≥ 0.85x the ceiling (issues 14 and 15). `—` means a target does not apply. Not covered
+  here: the server-alone targets (`benchmarks/bench_server.py`).
 - Configurations run one after another on the same broker, model repository and input
   records; a busy machine (see the load averages) makes every figure noisier.
 """
