@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -88,6 +89,52 @@ def checkpoint(producer: Producer, consumer: Consumer, exactly_once: bool) -> Ch
 def committed_offset(consumer: Consumer, topic: str) -> int:
     (tp,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
     return int(tp.offset)
+
+
+def test_the_interval_counts_from_the_last_commits_start(
+    topic_factory: Callable[..., str],
+    clients: Callable[..., tuple[Producer, Consumer]],
+) -> None:
+    """Outputs that waited through a slow commit go out in the next one without waiting
+    for another whole interval."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    producer, consumer = clients(True)
+    clock = Clock()
+    slow = _SlowCommits(producer, clock, seconds=0.15)
+    cp = Checkpoint(
+        cast(Producer, slow),
+        consumer,
+        exactly_once=True,
+        policy=CommitPolicy(0.1),
+        metrics=WorkerMetrics(),
+        clock=clock,
+    )
+    cp.write([Produced(out, None, b"v0", [])], [Source(inp, 0, 0, None)])
+    clock.now = 0.1
+    assert cp.commit() is Commit.COMMITTED  # from 0.1 to 0.25
+    cp.write([Produced(out, None, b"v1", [])], [Source(inp, 0, 1, None)])
+    assert cp.due(lambda: False)  # 0.15 s since it started
+    slow.seconds = 0.0
+    assert cp.commit() is Commit.COMMITTED  # at 0.25, at once
+    cp.write([Produced(out, None, b"v2", [])], [Source(inp, 0, 2, None)])
+    clock.now += 0.05
+    assert not cp.due(lambda: False)
+    clock.now += 0.06
+    assert cp.due(lambda: False)
+
+
+class _SlowCommits:
+    """A real transactional producer whose commits take ``seconds`` on the test's clock."""
+
+    def __init__(self, producer: Producer, clock: Clock, seconds: float) -> None:
+        self._producer, self._clock, self.seconds = producer, clock, seconds
+
+    def commit_transaction(self, timeout: float) -> None:
+        self._producer.commit_transaction(timeout)
+        self._clock.now += self.seconds
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._producer, name)
 
 
 @BOTH_GUARANTEES

@@ -69,6 +69,17 @@ def test_the_buffer_holds_at_least_its_chunks_and_grows_to_cover_a_commit() -> N
     assert budget.has_room(100, 1000) and not budget.has_room(100, 64 * 2**20)
 
 
+def test_a_backlog_is_more_than_the_worker_gets_through_in_the_stretched_interval() -> None:
+    budget = BufferBudget(ChunkSizer(16), chunks=8)
+    for _ in range(30):
+        budget.observe(records=1_200, interval_s=0.1, commit_s=0.03)  # 12k records/s
+    # At half load a slow commit leaves 3,000 records waiting: more than one interval's
+    # 1,200, but cleared within the stretched interval's 6,000 at this pace.
+    assert not budget.backlogged(3_000, within_s=0.5)
+    assert budget.backlogged(6_100, within_s=0.5)
+    assert not budget.backlogged(budget.records, within_s=0.0)  # within what the buffer holds
+
+
 def test_messages_become_records_and_errors_are_skipped_unless_fatal() -> None:
     intake = Intake(Consumer({"group.id": "intake-test"}), ChunkSizer(16))
     plain = Message(topic="in", partition=1, offset=7, key=b"k", value=b"v", timestamp=(1, 5))

@@ -43,11 +43,12 @@ _TIMEOUT_S = 30.0
 class CommitPolicy:
     """When to commit: every ``interval_s``; while backlogged, every ``backlog_factor`` intervals.
 
-    Backlogged (more input waiting than the worker got through in the last interval), a
-    transaction costs the worker and the broker CPU the backlog needs, and a record that
-    queued that long gains nothing from becoming visible 400 ms sooner.  A short stall
-    that leaves a few records waiting is no backlog.  Whether the worker is backlogged
-    is decided once per interval, when it is up, and forgotten at the commit.
+    Backlogged (more input waiting than the worker gets through in the stretched
+    interval: ``BufferBudget.backlogged``), a transaction costs the worker and the
+    broker CPU the backlog needs, and a record that queued that long gains nothing from
+    becoming visible 400 ms sooner.  A short stall that leaves a few records waiting is
+    no backlog.  Whether the worker is backlogged is decided once per interval, when it
+    is up, and forgotten at the commit.
     """
 
     interval_s: float
@@ -146,6 +147,7 @@ class Checkpoint:
         """
         if not self._offsets:
             return Commit.NOTHING
+        started = self._clock()
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
         try:
             if self.exactly_once:
@@ -161,7 +163,10 @@ class Checkpoint:
         self.metrics.transactions.labels("committed").inc()
         self._offsets.clear()
         self._written = 0
-        self._last_commit = self._clock()
+        # The interval counts from this commit's start: after a slow one (a broker's GC
+        # pause), the outputs that waited through it go out in the next commit at once,
+        # not a whole interval later.
+        self._last_commit = started
         self.policy.committed()
         return Commit.COMMITTED
 

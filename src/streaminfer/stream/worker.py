@@ -325,9 +325,9 @@ class Worker:
             self.checkpoint.rewind(self.intake.assigned)
 
     def _backlogged(self) -> bool:
-        """More input waiting than the buffer holds and the last interval got through."""
+        policy = self.checkpoint.policy
         waiting = sum(self.intake.lags().values())
-        return waiting > max(self._budget.records, self.checkpoint.written)
+        return self._budget.backlogged(waiting, policy.interval_s * policy.backlog_factor)
 
     def _abandon_pending(self) -> None:
         for chunk in self._pending:
