@@ -55,12 +55,17 @@ class CommitPolicy:
     backlog_factor: int = 5
     _backlogged: bool | None = None
 
+    @property
+    def stretched_s(self) -> float:
+        """The interval while backlogged."""
+        return self.interval_s * self.backlog_factor
+
     def due(self, elapsed_s: float, backlogged: Callable[[], bool]) -> bool:
         if elapsed_s < self.interval_s:
             return False
         if self._backlogged is None:
             self._backlogged = backlogged()
-        return not self._backlogged or elapsed_s >= self.interval_s * self.backlog_factor
+        return not self._backlogged or elapsed_s >= self.stretched_s
 
     def committed(self) -> None:
         self._backlogged = None

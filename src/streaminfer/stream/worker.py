@@ -325,9 +325,8 @@ class Worker:
             self.checkpoint.rewind(self.intake.assigned)
 
     def _backlogged(self) -> bool:
-        policy = self.checkpoint.policy
         waiting = sum(self.intake.lags().values())
-        return self._budget.backlogged(waiting, policy.interval_s * policy.backlog_factor)
+        return self._budget.backlogged(waiting, self.checkpoint.policy.stretched_s)
 
     def _abandon_pending(self) -> None:
         for chunk in self._pending:
