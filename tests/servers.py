@@ -6,7 +6,6 @@ import datetime
 import ipaddress
 import signal
 import ssl
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,12 +44,12 @@ class ServerProcess:
         self,
         repo: Path,
         *args: str,
-        log: Path | None = None,
+        log: Path,
         env: dict[str, str] | None = None,
         program: Sequence[str] = STREAMINFER,
     ) -> None:
         self.repo, self.args, self.env, self.program = repo, args, env, program
-        self.log_path = log or Path(tempfile.mkstemp(prefix="serve-", suffix=".log")[1])
+        self.log_path = log
         self.grpc_port, self.rest_port = free_port(), free_port()
         self.ca_cert = Path(args[args.index("--tls-cert") + 1]) if "--tls-cert" in args else None
         self.scheme = "https" if self.ca_cert else "http"

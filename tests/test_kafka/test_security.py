@@ -95,7 +95,9 @@ def test_every_command_works_with_the_properties_file(
     _ok(run_cli(*deploy, "--control-topic", control, *kafka))
     served = tmp_path / "served"
     served.mkdir()
-    with ServerProcess(served, "--control-topic", control, *kafka) as server:
+    with ServerProcess(
+        served, "--control-topic", control, *kafka, log=tmp_path / "serve.log"
+    ) as server:
         assert (served / "tiny" / "1").is_dir()  # installed before the server was ready
         in_process = ["--mode", "embedded", "--repo", str(tiny_repo)]
         over_grpc = ["--mode", "kserve-grpc", "--server", server.grpc_target]

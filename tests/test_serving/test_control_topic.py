@@ -39,7 +39,7 @@ def test_published_version_takes_over_with_zero_failed_requests(
     repo.mkdir()
     value = np.ones((1, 4), dtype=np.float32)
     with (
-        ServerProcess(repo, *kafka) as server,
+        ServerProcess(repo, *kafka, log=tmp_path / "serve.log") as server,
         ContinuousPredictions(server.grpc_target, MODEL, "x", value) as client,
     ):
         wait_for(lambda: len(client.versions) >= 3, what="the first answers")
@@ -67,7 +67,9 @@ def test_a_device_file_deploy_blocks_neither_the_server_nor_its_restart(
         with server.client() as client:
             return client.get(f"/v2/models/{MODEL}/versions/2/ready").status_code == 200
 
-    with ServerProcess(repo, *kafka) as server:  # ready: version 1 was rejected, not read
+    with ServerProcess(
+        repo, *kafka, log=tmp_path / "serve-1.log"
+    ) as server:  # ready: version 1 was rejected, not read
         published = run_cli(
             "models", "publish", "deploy", MODEL, "2", "--from", str(staging / "2"), *kafka
         )
@@ -75,7 +77,9 @@ def test_a_device_file_deploy_blocks_neither_the_server_nor_its_restart(
         wait_for(lambda: serves_version_2(server), what="version 2 installed and served")
         assert "rejected model tiny version 1" in server.log
         assert server.stop() == 0  # SIGTERM
-    with ServerProcess(repo, *kafka) as server:  # the hostile event is still on the topic
+    with ServerProcess(
+        repo, *kafka, log=tmp_path / "serve-2.log"
+    ) as server:  # the hostile event is still on the topic
         assert serves_version_2(server)
 
 
@@ -101,7 +105,9 @@ def test_a_download_that_never_ends_delays_readiness_only_until_the_control_time
         publish_state(KafkaSettings(bootstrap_servers=bootstrap), topic,
                       deploy_state(None, "slow", 1, trickle))  # fmt: skip
         publish(MODEL)
-        with ServerProcess(repo, *kafka, env={"STREAMINFER_CONTROL_TIMEOUT": "5"}) as server:
+        with ServerProcess(
+            repo, *kafka, log=tmp_path / "serve.log", env={"STREAMINFER_CONTROL_TIMEOUT": "5"}
+        ) as server:
             assert ready(server, MODEL)
             assert f"still installing after 5 s (each applies when its download ends): " \
                    f"model slow version 1 from {trickle.location}" in server.log  # fmt: skip

@@ -166,9 +166,11 @@ def test_grpc_v2_errors(channel: grpc.Channel) -> None:
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_past_the_deadline_is_504_and_deadline_exceeded(model_repo: Path) -> None:
+def test_past_the_deadline_is_504_and_deadline_exceeded(model_repo: Path, tmp_path: Path) -> None:
     jpeg = base64.b64encode(_tiny_jpeg()).decode()
-    with ServerProcess(model_repo, "--request-timeout", "0.0001") as server:
+    with ServerProcess(
+        model_repo, "--request-timeout", "0.0001", log=tmp_path / "serve.log"
+    ) as server:
         with server.client() as client:
             answer = client.post(PREDICT, json={"instances": [{"b64": jpeg}]})
         assert answer.status_code == 504 and "deadline" in answer.json()["error"]

@@ -18,7 +18,7 @@ def test_new_version_takes_over_with_zero_failed_requests(
     repo = copy_repo(model_repo, tmp_path / "repo")
     model_dir = repo / MODEL
     with (
-        ServerProcess(repo, "--poll-interval", "0.2") as server,
+        ServerProcess(repo, "--poll-interval", "0.2", log=tmp_path / "serve.log") as server,
         ContinuousPredictions(server.grpc_target, MODEL, "input", float_input) as client,
     ):
         wait_for(lambda: len(client.versions) >= 3, what="the first answers")

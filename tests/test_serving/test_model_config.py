@@ -91,7 +91,9 @@ def test_config_file_labels_and_reload_request(model_repo: Path, tmp_path: Path)
     config_file = tmp_path / "models.config"
     config_file.write_text(_config_text(repo, "all {}", {"stable": 1, "canary": 2}))
     with (
-        ServerProcess(repo, "--model-config-file", str(config_file)) as server,
+        ServerProcess(
+            repo, "--model-config-file", str(config_file), log=tmp_path / "serve.log"
+        ) as server,
         grpc.insecure_channel(server.grpc_target) as channel,
     ):
         assert _status(channel) == {1: AVAILABLE, 2: AVAILABLE}

@@ -17,7 +17,7 @@ from tests.support import wait_for
 IN_FLIGHT = re.compile(r'streaminfer_server_in_flight_requests\{protocol="tfserving_rest"\} (\S+)')
 
 
-def test_sigterm_drains_in_flight_requests(model_repo: Path) -> None:
+def test_sigterm_drains_in_flight_requests(model_repo: Path, tmp_path: Path) -> None:
     # A long batching delay keeps the requests in flight until the batch times out.
     args = ("--max-batch-delay-ms", "1500", "--max-batch-size", "64")
     body = {"instances": np.zeros((1, 3, 224, 224), np.float32).tolist()}
@@ -31,7 +31,10 @@ def test_sigterm_drains_in_flight_requests(model_repo: Path) -> None:
             match = IN_FLIGHT.search(client.get("/metrics").text)
         return float(match.group(1)) if match else 0.0
 
-    with ServerProcess(model_repo, *args) as server, ThreadPoolExecutor(4) as pool:
+    with (
+        ServerProcess(model_repo, *args, log=tmp_path / "serve.log") as server,
+        ThreadPoolExecutor(4) as pool,
+    ):
         replies = [pool.submit(predict) for _ in range(4)]
         wait_for(lambda: in_flight() == 4, what="four requests in flight")
         server.process.send_signal(signal.SIGTERM)

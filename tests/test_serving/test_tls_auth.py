@@ -17,8 +17,8 @@ from tests.servers import TOKEN, ServerProcess, secure_server_args
 
 @pytest.fixture(scope="module")
 def secured(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    args = secure_server_args(tmp_path_factory.mktemp("tls"))
-    with ServerProcess(model_repo, *args) as server:
+    folder = tmp_path_factory.mktemp("tls")
+    with ServerProcess(model_repo, *secure_server_args(folder), log=folder / "serve.log") as server:
         yield server
 
 
