@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterator
 from typing import cast
@@ -32,8 +33,19 @@ class Clock:
 
 def test_policy_commits_every_interval_when_not_backlogged() -> None:
     policy = CommitPolicy(interval_s=0.1)
-    assert not policy.due(0.05, lambda: False)
-    assert policy.due(0.1, lambda: False)
+    assert not policy.due(0.05, lambda: False, drained=False)
+    assert policy.due(0.1, lambda: False, drained=False)
+
+
+def test_a_drained_pipeline_commits_a_quarter_interval_after_the_last_commit() -> None:
+    """A lone record commits at once; a drain soon after a commit waits out the quarter, so
+    a steady trickle does not make a transaction of every few records."""
+    policy = CommitPolicy(interval_s=0.1)
+    assert policy.drained_s == pytest.approx(0.025)
+    assert not policy.due(0.02, lambda: False, drained=True)
+    assert policy.due(0.025, lambda: False, drained=True)
+    assert policy.due(30.0, lambda: False, drained=True)
+    assert not policy.due(0.05, lambda: False, drained=False)
 
 
 def test_policy_stretches_the_interval_while_backlogged_and_decides_once() -> None:
@@ -44,12 +56,12 @@ def test_policy_stretches_the_interval_while_backlogged_and_decides_once() -> No
         asked.append(1)
         return True
 
-    assert not policy.due(0.1, backlogged)
-    assert not policy.due(0.3, backlogged)
-    assert policy.due(0.5, backlogged)
+    assert not policy.due(0.1, backlogged, drained=False)
+    assert not policy.due(0.3, backlogged, drained=False)
+    assert policy.due(0.5, backlogged, drained=False)
     assert len(asked) == 1  # decided once per interval
     policy.committed()
-    assert policy.due(0.1, lambda: False)  # a new interval decides afresh
+    assert policy.due(0.1, lambda: False, drained=False)  # a new interval decides afresh
 
 
 @pytest.fixture
@@ -113,14 +125,42 @@ def test_the_interval_counts_from_the_last_commits_start(
     clock.now = 0.1
     assert cp.commit() is Commit.COMMITTED  # from 0.1 to 0.25
     cp.write([Produced(out, None, b"v1", [])], [Source(inp, 0, 1, None)])
-    assert cp.due(lambda: False)  # 0.15 s since it started
+    assert cp.due(lambda: False, drained=False)  # 0.15 s since it started
     slow.seconds = 0.0
     assert cp.commit() is Commit.COMMITTED  # at 0.25, at once
     cp.write([Produced(out, None, b"v2", [])], [Source(inp, 0, 2, None)])
     clock.now += 0.05
-    assert not cp.due(lambda: False)
+    assert not cp.due(lambda: False, drained=False)
     clock.now += 0.06
-    assert cp.due(lambda: False)
+    assert cp.due(lambda: False, drained=False)
+
+
+def test_a_drained_commit_is_due_a_quarter_interval_after_the_last(
+    topic_factory: Callable[..., str],
+    clients: Callable[..., tuple[Producer, Consumer]],
+) -> None:
+    """The worker waits for input no longer than until its drained commit is due."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    producer, consumer = clients(True)
+    clock = Clock()
+    cp = Checkpoint(
+        producer,
+        consumer,
+        exactly_once=True,
+        policy=CommitPolicy(0.1),
+        metrics=WorkerMetrics(),
+        clock=clock,
+    )
+    assert cp.drained_commit_in_s() == math.inf  # nothing to commit
+    cp.write([Produced(out, None, b"v0", [])], [Source(inp, 0, 0, None)])
+    clock.now = 0.01
+    assert cp.drained_commit_in_s() == pytest.approx(0.015)
+    assert not cp.due(lambda: False, drained=True)
+    clock.now = 1.0
+    assert cp.drained_commit_in_s() == 0.0
+    assert cp.due(lambda: False, drained=True)
+    assert cp.commit() is Commit.COMMITTED
+    assert cp.drained_commit_in_s() == math.inf
 
 
 class _SlowCommits:

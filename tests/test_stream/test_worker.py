@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from confluent_kafka import Producer
 
 from streaminfer.kafka.broker import LocalBroker
 from streaminfer.kafka.config import KafkaSettings
@@ -347,6 +348,34 @@ def test_a_saturated_worker_commits_less_often(
     commits = high_watermark(kafka_settings, out, 1) - count  # one marker per transaction
     # Every interval would be about elapsed / interval_s commits, over twice this bound.
     assert 1 <= commits <= elapsed / (5 * interval_s) + 5, (commits, elapsed)
+
+
+def test_a_drained_worker_commits_at_once_then_at_most_every_quarter_interval(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+) -> None:
+    """A lone record is visible long before the interval; records that follow it within a
+    quarter interval wait for the quarter, together, instead of a transaction each."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    port, interval_s = free_port(), 20.0
+    record = b'{"model":"tiny","inputs":{"x":[[1,2,3,4]]}}'
+    embedded_worker(start_worker, stream_repo, inp, out, "--model", "tiny",
+                    "--commit-interval-ms", str(int(interval_s * 1000)),
+                    "--metrics-port", str(port))  # fmt: skip
+    wait_for(lambda: _get(f"http://127.0.0.1:{port}/readyz") == 200, 60, "the worker to be ready")
+    produce(kafka_settings, inp, [record])
+    outputs(kafka_settings, out, 1, timeout=interval_s * 0.75)
+    first_seen = time.monotonic()
+    producer = Producer(kafka_settings.client_config())
+    for _ in range(10):  # one at a time: each is a drain of its own
+        producer.produce(inp, record)
+        producer.flush(10)
+    outputs(kafka_settings, out, 11, timeout=interval_s)
+    # The quarter (5 s) counts from the first commit's start, a little before it was seen.
+    assert time.monotonic() - first_seen >= interval_s / 4 / 2
+    assert high_watermark(kafka_settings, out, 1) - 11 == 2  # one marker per transaction
 
 
 def _get(url: str) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +42,15 @@ _TIMEOUT_S = 30.0
 
 @dataclass
 class CommitPolicy:
-    """When to commit: every ``interval_s``; while backlogged, every ``backlog_factor`` intervals.
+    """When to commit: when the pipeline drains, but at most every ``drained_share`` of an
+    interval; under load every ``interval_s``; while backlogged, every ``backlog_factor``
+    intervals.
+
+    A transaction costs the broker a fixed amount of work (about 6 ms of CPU each on a
+    2-core machine, measured), however few records it holds.  Committing at every drain
+    made 70-90 transactions a second at 3,000 records/s, and the broker spent more CPU at
+    that load than at four times it; a quarter interval apart, a lone record is still
+    visible at once, and one that follows it within the quarter waits the rest of it.
 
     Backlogged (more input waiting than the worker gets through in the stretched
     interval: ``BufferBudget.backlogged``), a transaction costs the worker and the
@@ -53,6 +62,7 @@ class CommitPolicy:
 
     interval_s: float
     backlog_factor: int = 5
+    drained_share: float = 0.25
     _backlogged: bool | None = None
 
     @property
@@ -60,7 +70,14 @@ class CommitPolicy:
         """The interval while backlogged."""
         return self.interval_s * self.backlog_factor
 
-    def due(self, elapsed_s: float, backlogged: Callable[[], bool]) -> bool:
+    @property
+    def drained_s(self) -> float:
+        """The least time between commits when the pipeline drains."""
+        return self.interval_s * self.drained_share
+
+    def due(self, elapsed_s: float, backlogged: Callable[[], bool], drained: bool) -> bool:
+        if drained and elapsed_s >= self.drained_s:
+            return True
         if elapsed_s < self.interval_s:
             return False
         if self._backlogged is None:
@@ -137,10 +154,17 @@ class Checkpoint:
             offsets[(source.topic, source.partition)] = source.offset + 1
         self._written += len(records)
 
-    def due(self, backlogged: Callable[[], bool]) -> bool:
+    def due(self, backlogged: Callable[[], bool], drained: bool) -> bool:
+        """Whether to commit now; ``drained``: no input waiting and nothing in flight."""
         return bool(self._offsets) and self.policy.due(
-            self._clock() - self._last_commit, backlogged
+            self._clock() - self._last_commit, backlogged, drained
         )
+
+    def drained_commit_in_s(self) -> float:
+        """How long until a drained pipeline's commit is due (infinite: nothing to commit)."""
+        if not self._offsets:
+            return math.inf
+        return max(0.0, self.policy.drained_s - self.since_commit_s)
 
     def commit(self, group_metadata: Any = None) -> Commit:
         """Commit what was written; ``ABORTED`` means redo everything since the last commit.

@@ -61,6 +61,7 @@ from streaminfer.stream.work import InputRecord, Produced, Work
 log = logging.getLogger(__name__)
 
 YOUNG_COLLECTION_OBJECTS = 20_000  # new container objects between young collections
+IDLE_POLL_S = 0.05  # the longest poll with nothing in flight: a stop request waits no longer
 SERVE_DELIVERIES_S = 0.05  # how often the loop serves the producer's delivery reports
 
 
@@ -212,8 +213,14 @@ class Worker:
                 wait(running, timeout=0.05, return_when=FIRST_COMPLETED)
             self.intake.hold()
             return
-        self.intake.poll(0.002 if self._pending or forming else 0.05)
+        self.intake.poll(0.002 if self._pending or forming else self._idle_poll_s())
         self._submit_forming()
+
+    def _idle_poll_s(self) -> float:
+        """How long to wait for input with nothing in flight: until a drained commit is due."""
+        if self._commit is not None:
+            return IDLE_POLL_S
+        return min(IDLE_POLL_S, self.checkpoint.drained_commit_in_s())
 
     def _running(self) -> list[Future[_Finished]]:
         return [c.future for c in self._pending if not c.future.done()]
@@ -307,7 +314,7 @@ class Worker:
 
     def _commit_due(self) -> bool:
         drained = not self._pending and not self.intake.forming and self.intake.idle
-        return self.checkpoint.due(self._backlogged) or (drained and self.checkpoint.written > 0)
+        return self.checkpoint.due(self._backlogged, drained)
 
     def _timed_commit(self, group_metadata: Any = None) -> _Committed:
         written, since = self.checkpoint.written, self.checkpoint.since_commit_s
