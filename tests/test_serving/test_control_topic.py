@@ -67,9 +67,8 @@ def test_a_device_file_deploy_blocks_neither_the_server_nor_its_restart(
         with server.client() as client:
             return client.get(f"/v2/models/{MODEL}/versions/2/ready").status_code == 200
 
-    with ServerProcess(
-        repo, *kafka, log=tmp_path / "serve-1.log"
-    ) as server:  # ready: version 1 was rejected, not read
+    # Ready: version 1 was rejected, not read.
+    with ServerProcess(repo, *kafka, log=tmp_path / "serve-1.log") as server:
         published = run_cli(
             "models", "publish", "deploy", MODEL, "2", "--from", str(staging / "2"), *kafka
         )
@@ -77,9 +76,8 @@ def test_a_device_file_deploy_blocks_neither_the_server_nor_its_restart(
         wait_for(lambda: serves_version_2(server), what="version 2 installed and served")
         assert "rejected model tiny version 1" in server.log
         assert server.stop() == 0  # SIGTERM
-    with ServerProcess(
-        repo, *kafka, log=tmp_path / "serve-2.log"
-    ) as server:  # the hostile event is still on the topic
+    # The hostile event is still on the topic.
+    with ServerProcess(repo, *kafka, log=tmp_path / "serve-2.log") as server:
         assert serves_version_2(server)
 
 

@@ -87,14 +87,16 @@ def clients(
         consumer.close()
 
 
-def checkpoint(producer: Producer, consumer: Consumer, exactly_once: bool) -> Checkpoint:
+def checkpoint(
+    producer: Producer, consumer: Consumer, exactly_once: bool, clock: Clock | None = None
+) -> Checkpoint:
     return Checkpoint(
         producer,
         consumer,
         exactly_once=exactly_once,
         policy=CommitPolicy(0.1),
         metrics=WorkerMetrics(),
-        clock=Clock(),
+        clock=clock or Clock(),
     )
 
 
@@ -113,14 +115,7 @@ def test_the_interval_counts_from_the_last_commits_start(
     producer, consumer = clients(True)
     clock = Clock()
     slow = _SlowCommits(producer, clock, seconds=0.15)
-    cp = Checkpoint(
-        cast(Producer, slow),
-        consumer,
-        exactly_once=True,
-        policy=CommitPolicy(0.1),
-        metrics=WorkerMetrics(),
-        clock=clock,
-    )
+    cp = checkpoint(cast(Producer, slow), consumer, True, clock)
     cp.write([Produced(out, None, b"v0", [])], [Source(inp, 0, 0, None)])
     clock.now = 0.1
     assert cp.commit() is Commit.COMMITTED  # from 0.1 to 0.25
@@ -143,14 +138,7 @@ def test_a_drained_commit_is_due_a_quarter_interval_after_the_last(
     inp, out = topic_factory("in"), topic_factory("out")
     producer, consumer = clients(True)
     clock = Clock()
-    cp = Checkpoint(
-        producer,
-        consumer,
-        exactly_once=True,
-        policy=CommitPolicy(0.1),
-        metrics=WorkerMetrics(),
-        clock=clock,
-    )
+    cp = checkpoint(producer, consumer, True, clock)
     assert cp.drained_commit_in_s() == math.inf  # nothing to commit
     cp.write([Produced(out, None, b"v0", [])], [Source(inp, 0, 0, None)])
     clock.now = 0.01
