@@ -156,9 +156,7 @@ class Checkpoint:
 
     def due(self, backlogged: Callable[[], bool], drained: bool) -> bool:
         """Whether to commit now; ``drained``: no input waiting and nothing in flight."""
-        return bool(self._offsets) and self.policy.due(
-            self._clock() - self._last_commit, backlogged, drained
-        )
+        return bool(self._offsets) and self.policy.due(self.since_commit_s, backlogged, drained)
 
     def drained_commit_in_s(self) -> float:
         """How long until a drained pipeline's commit is due (infinite: nothing to commit)."""
