@@ -1,9 +1,16 @@
-"""The tabular workload's records: the worker's own parser reads both forms alike."""
+"""The workloads' records, read by the worker's own parser, and how the ceiling runs them."""
 
 from __future__ import annotations
 
-from streaminfer.bench.workloads import TabularWorkload
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from streaminfer.bench.ceiling import measure_pipeline
+from streaminfer.bench.workloads import ImagesWorkload, TabularWorkload, TensorWorkload
 from streaminfer.flights import FEATURES
+from streaminfer.predictors.base import PredictRequest
 from streaminfer.stream.records import parse_value
 
 
@@ -17,3 +24,29 @@ def test_tabular_records_alternate_nested_and_flat_forms_of_whole_number_flights
         assert request.features is not None and sorted(request.features) == sorted(FEATURES)
         assert all(isinstance(v, int) for v in request.features.values())
     assert workload.record(TabularWorkload.FLIGHTS) == nested  # a cycle of distinct flights
+
+
+def test_tensor_records_are_read_by_the_workers_own_parser() -> None:
+    request = TensorWorkload().request(TensorWorkload().record(103))
+    assert request.model == TensorWorkload.model and request.tensors is not None
+    np.testing.assert_array_equal(request.tensors["x"], [[3, 1, 2, 3]])
+
+
+def test_the_ceiling_hands_only_downloads_to_fetch_threads(tmp_path: Path) -> None:
+    """A thread hop per record doubled a tensor record's cost: the worker makes none, so
+    the ceiling, the best a worker could do, must not either."""
+    threads: dict[bool, set[str]] = {False: set(), True: set()}
+
+    class Watched(TensorWorkload):
+        def request(self, value: bytes) -> PredictRequest:
+            threads[self.downloads].add(threading.current_thread().name)
+            return super().request(value)
+
+    workload = Watched()
+    workload.export(tmp_path)
+    for downloads in (False, True):
+        workload.downloads = downloads
+        assert measure_pipeline(workload, tmp_path, (16, 1), seconds=0.2) > 0
+    assert threads[False] and not any(n.startswith("bench-fetch") for n in threads[False])
+    assert threads[True] and all(n.startswith("bench-fetch") for n in threads[True])
+    assert ImagesWorkload.downloads and not TabularWorkload.downloads

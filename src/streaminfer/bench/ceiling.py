@@ -1,10 +1,12 @@
 """The ceiling: the workload run in one process with no Kafka, so every ratio has a top.
 
 Two figures matter.  Bare inference (ONNX Runtime on a ready tensor) is the model's own
-limit.  The in-process pipeline (fetch + decode + preprocess + inference, every core
-busy; for tabular records the worker's JSON parse, features to row, inference and
-ranking) is the best a worker could ever do on this machine: TARGETS.md's "best in-process
-pipeline rate".  It runs the very predictor the worker's embedded mode builds, in a few
+limit.  The in-process pipeline (for images fetch + decode + preprocess + inference, every
+core busy; for tensor records the worker's JSON parse and inference; for tabular records
+its parse, features to row, inference and ranking) is the best a worker could ever do on
+this machine: TARGETS.md's "best in-process pipeline rate".  Like the worker, it hands
+only downloads to fetch threads: a thread hop per tensor record once doubled its cost
+and halved this ceiling.  It runs the very predictor the worker's embedded mode builds, in a few
 shapes (batch sizes, as the worker's micro-batches grow for cheap records, and batches in
 flight), and keeps the best; between the configurations, the best shape
 runs again (``measure_pipeline``), so the ceiling is a median of runs spread over the
@@ -98,14 +100,19 @@ def _pipeline_rate(
     shape: Shape,
     seconds: float,
 ) -> tuple[float, float]:
-    """Batches of ``shape[0]`` records, ``shape[1]`` of them in flight, fetched by the
-    worker's number of threads: records/s and CPU s per 1,000 records."""
+    """Batches of ``shape[0]`` records, ``shape[1]`` of them in flight: records/s and CPU s
+    per 1,000 records.  As in the worker, downloads go to its number of fetch threads and
+    other records are parsed where they are."""
     size, lanes = shape
     with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="bench-fetch") as fetches:
 
         def one_batch() -> int:
             values = [workload.record(next(records)) for _ in range(size)]
-            return _predict(workload, predictor, list(fetches.map(workload.request, values)))
+            if workload.downloads:
+                requests = list(fetches.map(workload.request, values))
+            else:
+                requests = [workload.request(value) for value in values]
+            return _predict(workload, predictor, requests)
 
         return _timed_rate(one_batch, seconds, lanes)
 

@@ -18,8 +18,6 @@ from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
-
 from streaminfer.errors import ConfigError
 from streaminfer.extras import require
 from streaminfer.images import FetchPolicy, ImageFetcher
@@ -41,6 +39,9 @@ class Workload(ABC):
     # The ceiling's batch sizes: the worker's --batch-size, and for cheap records the
     # larger micro-batches the worker itself takes (up to 64 x --batch-size).
     ceiling_batches: tuple[int, ...] = (16, 64, 256)
+    # Whether a record's request waits on the network: only then does the worker (and so
+    # the ceiling) hand it to a fetch thread; a hop per record costs more than a parse.
+    downloads: bool = False
 
     @abstractmethod
     def export(self, repo: Path) -> None:
@@ -69,6 +70,7 @@ class ImagesWorkload(Workload):
     default_records = 1000
     worker_args = ("--allow-network", LOOPBACK)
     ceiling_batches = (16,)  # milliseconds a record: the worker keeps --batch-size
+    downloads = True
 
     def __init__(self, host_url: str) -> None:
         self.host_url = host_url
@@ -110,9 +112,9 @@ class TensorWorkload(Workload):
         return json.dumps({"model": self.model, "inputs": {"x": [row]}}).encode()
 
     def request(self, value: bytes) -> PredictRequest:
-        doc = json.loads(value)
-        tensors = {name: np.asarray(values) for name, values in doc["inputs"].items()}
-        return PredictRequest(model=doc["model"], tensors=tensors)
+        parsed = parse_value(value)  # the worker's own parse
+        assert parsed.tensors is not None and parsed.model is not None
+        return PredictRequest(model=parsed.model, tensors=parsed.tensors)
 
 
 class TabularWorkload(Workload):
