@@ -63,6 +63,8 @@ class Request:
 
 def parse_value(value: bytes | None) -> Request:
     """Turn a record value into a Request; raises BadRecord with a reason a user can act on."""
+    if value is not None and value[:1] == b"{":  # most records: JSON (no image starts so)
+        return _parse_json(value)
     if not value or not value.strip():
         raise BadRecord(
             "empty record value: expected an image URL, image bytes or JSON", "empty_record"
