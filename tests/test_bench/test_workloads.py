@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streaminfer.bench.ceiling import measure_pipeline
+from streaminfer.bench.ceiling import Values, measure_pipeline
 from streaminfer.bench.workloads import ImagesWorkload, TabularWorkload, TensorWorkload
 from streaminfer.flights import FEATURES
 from streaminfer.predictors.base import PredictRequest
@@ -32,12 +32,21 @@ def test_tensor_records_are_read_by_the_workers_own_parser() -> None:
     np.testing.assert_array_equal(request.tensors["x"], [[3, 1, 2, 3]])
 
 
-def test_the_ceiling_hands_only_downloads_to_fetch_threads(tmp_path: Path) -> None:
+def test_the_ceiling_hands_only_downloads_to_fetch_threads_and_makes_records_untimed(
+    tmp_path: Path,
+) -> None:
     """A thread hop per record doubled a tensor record's cost: the worker makes none, so
-    the ceiling, the best a worker could do, must not either."""
+    the ceiling, the best a worker could do, must not either; nor make its records, which
+    a worker gets ready-made."""
     threads: dict[bool, set[str]] = {False: set(), True: set()}
+    made = 0
 
     class Watched(TensorWorkload):
+        def record(self, index: int) -> bytes:
+            nonlocal made
+            made += 1
+            return super().record(index)
+
         def request(self, value: bytes) -> PredictRequest:
             threads[self.downloads].add(threading.current_thread().name)
             return super().request(value)
@@ -49,4 +58,5 @@ def test_the_ceiling_hands_only_downloads_to_fetch_threads(tmp_path: Path) -> No
         assert measure_pipeline(workload, tmp_path, (16, 1), seconds=0.2) > 0
     assert threads[False] and not any(n.startswith("bench-fetch") for n in threads[False])
     assert threads[True] and all(n.startswith("bench-fetch") for n in threads[True])
+    assert made == 2 * Values.MADE  # made up front, however many were served
     assert ImagesWorkload.downloads and not TabularWorkload.downloads
