@@ -49,8 +49,11 @@ METHOD = """\
 - **Memory.** Peak resident set (`VmHWM` in `/proc/<pid>/status`) of the worker and the
   server over the whole configuration.
 - **Ceiling.** `bare` runs the worker's own embedded predictor in the benchmark process:
-  fetch + decode + preprocess + inference on every core, batches of 16 with 1, 2 or 4
-  batches in flight, and keeps the best shape; no Kafka. It runs first, then again in
+  fetch + decode + preprocess + inference on every core (for JSON records the worker's
+  own parse, and for tabular ones its features-to-row and ranking), batches of 16 (64
+  and 256 too for cheap records) with 1, 2 or 4 batches in flight, and keeps the best
+  shape; no Kafka. As in the worker, only downloads go to fetch threads, and the record
+  values are made before the clock starts. It runs first, then again in
   that shape after every other configuration (at least `repeats` times in all), and the
   ceiling is the median of those runs: spread over the whole run, it meets the same busy
   moments as the figures it is compared with. "One thread, batch 1" is the same
