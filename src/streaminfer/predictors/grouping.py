@@ -48,11 +48,12 @@ def tensor_rows(tensors: Tensors) -> int | None:
 
 
 def stack_key(tensors: Tensors) -> Hashable:
-    """Records with equal keys can be concatenated along axis 0."""
+    """Records with equal keys can be concatenated along axis 0.  A dtype is its own key
+    (equal dtypes hash alike): its ``.str`` costs a string per record."""
     if len(tensors) == 1:  # most records: the same key, without a generator to sort
         ((name, array),) = tensors.items()
-        return ((name, array.shape[1:], array.dtype.str),)
-    return tuple(sorted((name, a.shape[1:], a.dtype.str) for name, a in tensors.items()))
+        return ((name, array.shape[1:], array.dtype),)
+    return tuple(sorted((name, a.shape[1:], a.dtype) for name, a in tensors.items()))
 
 
 def concat_rows(parts: Sequence[Tensors]) -> Tensors:
