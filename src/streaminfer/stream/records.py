@@ -32,8 +32,9 @@ from streaminfer.types import Tensors
 
 TRACE_HEADER = "streaminfer.trace.id"
 _SOURCES = ("url", "image_b64", "inputs", "instances")
-_ROUTING_KINDS = (("id", str), ("model", str), ("label", str), ("version", int), ("top_k", int))
-_ROUTING_FIELDS = frozenset(key for key, _ in _ROUTING_KINDS)
+_ROUTING_KINDS = {"id": str, "model": str, "label": str, "version": int, "top_k": int}
+_ROUTING_FIELDS = frozenset(_ROUTING_KINDS)
+_SOURCE_FIELDS = frozenset(_SOURCES)
 _URL_PREFIXES = ("http://", "https://", "file://", "data:")
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
@@ -95,15 +96,16 @@ def _parse_json(value: bytes) -> Request:
         raise BadRecord(f"invalid JSON: {exc}", "bad_json") from exc
     if not isinstance(doc, dict):
         raise BadRecord("JSON record must be an object")
-    request = Request()
-    for key, kind in _ROUTING_KINDS:  # most records give one or two: check only those
-        if key in doc:
-            setattr(request, key, _optional(doc, key, kind))
+    request, sources = Request(), []
+    for key in doc:  # the record's own fields: most have two or three, so look at those
+        if key in _ROUTING_KINDS:
+            setattr(request, key, _optional(doc, key, _ROUTING_KINDS[key]))
+        elif key in _SOURCE_FIELDS:
+            sources.append(key)
     if request.version is not None and request.label is not None:
         raise BadRecord("give either 'version' or 'label', not both")
     if request.top_k is not None and request.top_k < 1:
         raise BadRecord("'top_k' must be at least 1")
-    sources = [k for k in _SOURCES if k in doc]
     if len(sources) > 1:
         raise BadRecord(f"JSON record needs one of {', '.join(map(repr, _SOURCES))}, not several")
     if not sources:  # a tabular record: its "features" object, else its other fields

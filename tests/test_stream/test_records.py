@@ -1,0 +1,54 @@
+"""What the worker makes of a record's value: its kind, its fields, and what it refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from streaminfer.stream.records import BadRecord, parse_value
+
+
+def test_a_json_record_gives_its_fields_in_any_order() -> None:
+    value = b'{"inputs": {"x": [[1, 2]]}, "top_k": 2, "label": "prod", "id": "a", "model": "m"}'
+    request = parse_value(value)
+    assert (request.id, request.model, request.label, request.version, request.top_k) == (
+        "a",
+        "m",
+        "prod",
+        None,
+        2,
+    )
+    assert request.tensors is not None and request.tensors["x"].tolist() == [[1, 2]]
+    assert request.url is None and request.features is None
+
+
+def test_a_flat_tabular_record_keeps_its_other_fields_as_features() -> None:
+    request = parse_value(b'{"model": "delays", "distance": 300, "carrier": "AA", "version": 2}')
+    assert (request.model, request.version) == ("delays", 2)
+    assert request.features == {"distance": 300, "carrier": "AA"}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (b'{"version": 2, "label": "prod", "inputs": {"x": [[1]]}}', "either 'version' or 'label'"),
+        (b'{"top_k": 0, "url": "http://h/x.jpg"}', "'top_k' must be at least 1"),
+        (b'{"version": true, "url": "http://h/x.jpg"}', "'version' must be a int, got bool"),
+        (b'{"model": 3, "inputs": {"x": [[1]]}}', "'model' must be a str, got int"),
+        (b'{"url": "http://h/x.jpg", "inputs": {"x": [[1]]}}', "not several"),
+        (b"[1, 2]", "unrecognised record value"),
+    ],
+)
+def test_a_json_records_fields_are_checked(value: bytes, message: str) -> None:
+    with pytest.raises(BadRecord, match=message) as refused:
+        parse_value(value)
+    assert refused.value.reason == "bad_record"
+
+
+def test_other_kinds_of_value() -> None:
+    assert parse_value(b'  {"url": "http://h/x.jpg"}\n').url == "http://h/x.jpg"
+    assert parse_value(b"/data/x.jpg").url == "file:///data/x.jpg"
+    assert parse_value(b"\xff\xd8\xff\xe0 a jpeg").image == b"\xff\xd8\xff\xe0 a jpeg"
+    for value, reason in ((b"", "empty_record"), (b"  ", "empty_record"), (b"{bad", "bad_json")):
+        with pytest.raises(BadRecord) as refused:
+            parse_value(value)
+        assert refused.value.reason == reason
