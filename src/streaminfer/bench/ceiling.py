@@ -6,11 +6,11 @@ core busy; for tensor records the worker's JSON parse and inference; for tabular
 its parse, features to row, inference and ranking) is the best a worker could ever do on
 this machine: TARGETS.md's "best in-process pipeline rate".  Like the worker, it hands
 only downloads to fetch threads: a thread hop per tensor record once doubled its cost
-and halved this ceiling.  It runs the very predictor the worker's embedded mode builds, in a few
-shapes (batch sizes, as the worker's micro-batches grow for cheap records, and batches in
-flight), and keeps the best; between the configurations, the best shape
-runs again (``measure_pipeline``), so the ceiling is a median of runs spread over the
-whole benchmark rather than one moment of it.
+and halved this ceiling.  It runs the very predictor the worker's embedded mode builds,
+in a few shapes (batch sizes, as the worker's micro-batches grow for cheap records, and
+batches in flight), and keeps the best; between the configurations, the best shape runs
+again (``measure_pipeline``), so the ceiling is a median of runs spread over the whole
+benchmark rather than one moment of it.
 """
 
 from __future__ import annotations
