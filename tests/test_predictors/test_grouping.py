@@ -29,13 +29,16 @@ def test_chunks_respect_rows_and_bytes_and_let_a_giant_travel_alone() -> None:
     assert list(chunks([], weights.__getitem__, 3, 100)) == []
 
 
-def test_concat_and_split_are_inverse() -> None:
-    parts = [{"x": np.full((n, 2), n, np.float32)} for n in (1, 3, 2)]
+@pytest.mark.parametrize("names", [("x",), ("x", "y")])
+def test_concat_and_split_are_inverse(names: tuple[str, ...]) -> None:
+    parts = [{name: np.full((n, 2), n, np.float32) for name in names} for n in (1, 3, 2)]
     joined = concat_rows(parts)
-    assert joined["x"].shape == (6, 2)
+    assert all(joined[name].shape == (6, 2) for name in names)
     back = split_rows(joined, [1, 3, 2])
     for part, piece in zip(parts, back, strict=True):
-        np.testing.assert_array_equal(part["x"], piece["x"])
+        assert list(piece) == list(names)
+        for name in names:
+            np.testing.assert_array_equal(part[name], piece[name])
 
 
 def test_stackability() -> None:

@@ -156,6 +156,8 @@ def test_a_batch_gets_one_input_array_and_each_bad_record_its_own_error(
         routed(1, "delays", {"dep_delay": 2}),  # no distance, and no default
         routed(2, "delays", {"dep_delay": 3, "distance": 300}),
         routed(3, "tensors", {"dep_delay": 4}),  # a model that takes no features
+        routed(4, "arrival", {"dep_delay": 5, "distance": 500}),  # an input per feature
+        routed(5, "arrival", {"dep_delay": 6, "distance": 600}),
     ]
     tabulate_all(models, batch)
     assert [w.error.reason if w.error else None for w in batch] == [
@@ -163,7 +165,15 @@ def test_a_batch_gets_one_input_array_and_each_bad_record_its_own_error(
         "bad_features",
         None,
         "bad_features",
+        None,
+        None,
     ]
+    for work, (delay, distance) in zip(batch[4:], [(5, 500), (6, 600)], strict=True):
+        assert work.predict is not None and work.predict.tensors is not None
+        assert {k: v.tolist() for k, v in work.predict.tensors.items()} == {
+            "dep_delay": [delay],
+            "distance": [distance],
+        }
     assert "'distance'" in str(batch[1].error) and "declares no features" in str(batch[3].error)
     first, third = (batch[i].predict for i in (0, 2))
     assert first is not None and third is not None and first.tensors and third.tensors

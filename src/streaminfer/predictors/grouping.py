@@ -66,6 +66,12 @@ def concat_rows(parts: Sequence[Tensors]) -> Tensors:
 def split_rows(outputs: Tensors, rows: Sequence[int]) -> list[Tensors]:
     """Cut batched outputs back into one slice per record, ``rows[i]`` rows each."""
     sliced, start = [], 0
+    if len(outputs) == 1:  # most models: a comprehension per record cost twice the slice
+        ((name, value),) = outputs.items()
+        for count in rows:
+            sliced.append({name: value[start : start + count]})
+            start += count
+        return sliced
     for count in rows:
         sliced.append({name: value[start : start + count] for name, value in outputs.items()})
         start += count

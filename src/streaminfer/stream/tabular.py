@@ -53,10 +53,15 @@ class TabularModel:
     def fill(self, rows: Sequence[Row], predicts: Sequence[PredictRequest]) -> None:
         """Checked rows made one input batch, whose row ``i`` (a view) becomes the tensors
         of ``predicts[i]``: one array per batch rather than one per record."""
-        batch = feature_batch(rows, self.metadata)
+        batch, outputs = feature_batch(rows, self.metadata), self.read_outputs
+        if len(batch) == 1:  # most models: one input, without a comprehension per record
+            ((name, array),) = batch.items()
+            for index, predict in enumerate(predicts):
+                predict.tensors, predict.output_filter = {name: array[index : index + 1]}, outputs
+            return
         for index, predict in enumerate(predicts):
             predict.tensors = {name: array[index : index + 1] for name, array in batch.items()}
-            predict.output_filter = self.read_outputs
+            predict.output_filter = outputs
 
     @property
     def read_outputs(self) -> tuple[str, ...]:
