@@ -32,6 +32,7 @@ from streaminfer.models.features import (
 from streaminfer.models.layout import parse_version
 from streaminfer.models.metadata import ModelMetadata
 from streaminfer.predictors.base import PredictRequest, PredictResult
+from streaminfer.predictors.grouping import split_rows
 
 
 @dataclass(frozen=True)
@@ -54,14 +55,9 @@ class TabularModel:
         """Checked rows made one input batch, whose row ``i`` (a view) becomes the tensors
         of ``predicts[i]``: one array per batch rather than one per record."""
         batch, outputs = feature_batch(rows, self.metadata), self.read_outputs
-        if len(batch) == 1:  # most models: one input, without a comprehension per record
-            ((name, array),) = batch.items()
-            for index, predict in enumerate(predicts):
-                predict.tensors, predict.output_filter = {name: array[index : index + 1]}, outputs
-            return
-        for index, predict in enumerate(predicts):
-            predict.tensors = {name: array[index : index + 1] for name, array in batch.items()}
-            predict.output_filter = outputs
+        one_row_each = split_rows(batch, [1] * len(predicts))
+        for predict, tensors in zip(predicts, one_row_each, strict=True):
+            predict.tensors, predict.output_filter = tensors, outputs
 
     @property
     def read_outputs(self) -> tuple[str, ...]:
