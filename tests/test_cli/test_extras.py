@@ -96,7 +96,10 @@ def test_tensorflow(source: str, module: str, tmp_path: Path) -> None:
 
 
 def test_require_names_the_module_that_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(__import__("sys").modules, "skl2onnx", None)
+    modules = __import__("sys").modules
+    for loaded in [name for name in modules if name.startswith("skl2onnx.")]:
+        monkeypatch.delitem(modules, loaded)  # an earlier test's import would be found first
+    monkeypatch.setitem(modules, "skl2onnx", None)
     with pytest.raises(MissingExtra) as missing:
         require("skl2onnx.common.data_types", "sklearn")
     assert (missing.value.module, missing.value.extra) == ("skl2onnx", "sklearn")
