@@ -49,6 +49,28 @@ def test_results_and_errors_come_back() -> None:
     asyncio.run(run())
 
 
+def _arrays(body: bytes) -> dict[str, np.ndarray]:
+    """In the decoder: an answer of several out-of-band buffers, one of them empty."""
+    return {"bytes": np.frombuffer(body, np.uint8), "empty": np.empty(0), "image": IMAGE}
+
+
+def test_every_part_of_a_message_arrives_whole() -> None:
+    """Bodies and answers of any size, empty ones too, each read as one whole part."""
+
+    async def run() -> None:
+        decoder = BodyDecoder()
+        try:
+            for body in (b"", b"x", BODY, BODY * 3):
+                answer = await decoder.decode(_arrays, body)
+                assert answer["bytes"].tobytes() == body
+                assert answer["empty"].size == 0
+                np.testing.assert_array_equal(answer["image"], IMAGE)
+        finally:
+            decoder.close()
+
+    asyncio.run(run())
+
+
 def test_a_killed_decoder_fails_its_body_and_is_replaced() -> None:
     async def run() -> None:
         decoder = BodyDecoder()
@@ -69,22 +91,22 @@ def test_close_stops_the_process_and_its_thread() -> None:
         decoder = BodyDecoder()
         assert await decoder.decode(len, b"x") == 1
         process = decoder._process
-        assert process is not None and _pipe_threads()
+        assert process is not None and _socket_threads()
         decoder.close()
         assert not process.is_alive()
-        wait_for(lambda: not _pipe_threads(), 10, "the decoder's pipe thread to end")
+        wait_for(lambda: not _socket_threads(), 10, "the decoder's socket thread to end")
 
     asyncio.run(run())
 
 
-def _pipe_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("decoder-pipe")]
+def _socket_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("decoder-socket")]
 
 
 def test_each_body_reuses_the_memory_the_last_one_freed() -> None:
     """By default glibc maps every multi-megabyte block fresh and unmaps it when freed,
-    so each 3 MB body would fault in about 13 MB (3,300 pages) again.  (What the pipe's
-    reads allocate, a block per read, still faults in some.)"""
+    so each 3 MB body would fault in about 13 MB (3,300 pages) again.  Kept, the blocks
+    one body freed (its own, read whole into one, and simdjson's) serve the next."""
 
     async def run() -> list[int]:
         decoder = BodyDecoder()
@@ -110,9 +132,9 @@ def _gated_len(body: bytes, started: str, gate: str) -> int:
     return len(body)
 
 
-def test_a_cancelled_body_keeps_the_pipe_until_its_answer_is_read(tmp_path: Path) -> None:
+def test_a_cancelled_body_keeps_the_socket_until_its_answer_is_read(tmp_path: Path) -> None:
     """A request cancelled mid-exchange (its client gone) must not let the next body onto
-    the pipe while its answer is still coming: the two would read each other's results."""
+    the socket while its answer is still coming: the two would read each other's results."""
     started, gate = tmp_path / "started", tmp_path / "gate"
     events: list[str] = []
 
@@ -137,7 +159,7 @@ def test_a_cancelled_body_keeps_the_pipe_until_its_answer_is_read(tmp_path: Path
             with pytest.raises(asyncio.CancelledError):
                 await first
             second = asyncio.create_task(decoder.decode(len, b"second body"))
-            # the second body is queued behind the first, or (the fault) already on the pipe
+            # the second body is queued behind the first, or (the fault) already on the socket
             await asyncio.to_thread(
                 wait_for, lambda: decoder._exchanges._work_queue.qsize() or len(events) > 1, 30
             )
