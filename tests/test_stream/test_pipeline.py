@@ -23,7 +23,13 @@ from streaminfer.predictors.resilience import RetryPolicy
 from streaminfer.stream.metrics import WorkerMetrics
 from streaminfer.stream.outputs import TRUNCATED_HEADER, size
 from streaminfer.stream.pipeline import Defaults, Pipeline, parse, route
-from streaminfer.stream.records import TRACE_HEADER, Source, trace_headers
+from streaminfer.stream.records import (
+    TRACE_HEADER,
+    TRACE_IDS_AT_ONCE,
+    Source,
+    new_trace_id,
+    trace_headers,
+)
 from streaminfer.stream.routing import Route
 from streaminfer.stream.work import InputRecord, Work
 from streaminfer.stream.worker import YOUNG_COLLECTION_OBJECTS, settle_collector
@@ -247,6 +253,26 @@ def test_an_output_keeps_its_input_headers_and_trace_id_or_gets_a_new_one() -> N
     assert trace_headers(traced) == traced
     untraced = trace_headers([("origin", b"a")])
     assert untraced[0] == ("origin", b"a") and untraced[1][0] == TRACE_HEADER
+
+
+def test_chunk_threads_never_get_the_same_trace_id() -> None:
+    """Ids come from a shared pool made a few hundred at a time: threads drawing at once,
+    across many refills, still get each id once."""
+    drawn: list[list[bytes]] = [[] for _ in range(8)]
+    start = threading.Barrier(len(drawn))
+
+    def draw(own: list[bytes]) -> None:
+        start.wait()
+        own.extend(new_trace_id() for _ in range(10 * TRACE_IDS_AT_ONCE))
+
+    threads = [threading.Thread(target=draw, args=(own,)) for own in drawn]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids = [i for own in drawn for i in own]
+    assert len(set(ids)) == len(ids) == 80 * TRACE_IDS_AT_ONCE
+    assert all(re.fullmatch(rb"[0-9a-f]{32}", i) for i in ids)
 
 
 def test_a_dead_letter_is_freed_as_soon_as_it_is_written(tiny: EmbeddedPredictor) -> None:
