@@ -8,7 +8,7 @@ version go through the model as one batch.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -115,15 +115,17 @@ class EmbeddedPredictor(Predictor):
     def _run_tensors(
         self, batch: list[PredictRequest], items: list[_Item], outcomes: list[Outcome | None]
     ) -> None:
-        stackable: list[_Stackable] = []
+        # Grouped here rather than by group_by: its key function is one more call a record.
+        groups: dict[tuple[int, Hashable], list[_Stackable]] = {}
         for index, version in items:
             tensors = batch[index].tensors or {}
             rows = tensor_rows(tensors)
             if rows is None:
                 outcomes[index] = InvalidInput("every input of a request needs the same batch size")
                 continue
-            stackable.append((index, version, tensors, rows))
-        for group in group_by(stackable, lambda item: (id(item[1]), stack_key(item[2]))):
+            key = (id(version), stack_key(tensors))
+            groups.setdefault(key, []).append((index, version, tensors, rows))
+        for group in groups.values():
             self._run_group(group, outcomes)
 
     def _run_group(self, group: list[_Stackable], outcomes: list[Outcome | None]) -> None:
@@ -142,9 +144,9 @@ class EmbeddedPredictor(Predictor):
         started = time.perf_counter()
         outputs = version.infer(inputs)
         inference_ms = count_wait(started)
-        sliced = split_rows(outputs, [rows for *_, rows in group])
-        for (index, *_), result in zip(group, sliced, strict=True):
-            outcomes[index] = PredictResult(
+        sliced = split_rows(outputs, [item[3] for item in group])  # no star: a list each
+        for item, result in zip(group, sliced, strict=True):
+            outcomes[item[0]] = PredictResult(
                 version.name,
                 version.version,
                 self.mode,
