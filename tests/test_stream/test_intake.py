@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
-from streaminfer.stream.intake import BufferBudget, ChunkLanes, ChunkSizer, Intake
+from streaminfer.stream.intake import BACKLOG_CHECKS, BufferBudget, ChunkLanes, ChunkSizer, Intake
 
 
 def test_a_chunk_is_the_batch_size_until_records_are_timed() -> None:
@@ -76,8 +76,22 @@ def test_a_backlog_is_more_than_the_worker_gets_through_in_the_stretched_interva
     # At half load a slow commit leaves 3,000 records waiting: more than one interval's
     # 1,200, but cleared within the stretched interval's 6,000 at this pace.
     assert not budget.backlogged(3_000, within_s=0.5)
-    assert budget.backlogged(6_100, within_s=0.5)
+    assert [budget.backlogged(6_100, within_s=0.5) for _ in range(BACKLOG_CHECKS)] == [
+        *[False] * (BACKLOG_CHECKS - 1),
+        True,  # only a queue that lasts
+    ]
+    assert budget.backlogged(6_100, within_s=0.5)  # and while it lasts
     assert not budget.backlogged(budget.records, within_s=0.0)  # within what the buffer holds
+
+
+def test_a_queue_that_one_slow_commit_left_is_no_backlog() -> None:
+    """Below saturation the queue a slow commit left shrinks from the next check on; it
+    must not stretch the commits, which would hold every record back."""
+    budget = BufferBudget(ChunkSizer(16), chunks=8)
+    for _ in range(30):
+        budget.observe(records=1_400, interval_s=0.1, commit_s=0.03)  # 14k records/s
+    shrinking = [9_200, 7_800, 6_400, 5_000, 9_000, 7_600, 100]  # two slow commits
+    assert not any(budget.backlogged(waiting, within_s=0.5) for waiting in shrinking)
 
 
 def test_messages_become_records_and_errors_are_skipped_unless_fatal() -> None:

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PAUSE_AFTER_S = 1.0  # a full buffer for this long pauses the partitions
 _SMOOTHING = 0.3  # weight of the newest observation in the moving averages
+BACKLOG_CHECKS = 3  # checks running (one an interval) that must find a queue to call it a backlog
 
 
 class ChunkSizer:
@@ -101,6 +102,7 @@ class BufferBudget:
         self.max_bytes = max_bytes
         self.records_per_s = 0.0
         self.commit_s = 0.0
+        self._checks_over = 0  # checks running that found a backlog
 
     def observe(self, records: int, interval_s: float, commit_s: float) -> None:
         """After a commit: ``records`` were written in the ``interval_s`` it closed."""
@@ -118,14 +120,21 @@ class BufferBudget:
 
     def backlogged(self, waiting: int, within_s: float) -> bool:
         """More input ``waiting`` than the buffer holds and the worker gets through in
-        ``within_s`` (a stretched commit interval) at its recent pace.
+        ``within_s`` (a stretched commit interval) at its recent pace, at each of the last
+        ``BACKLOG_CHECKS`` checks (one an interval).
 
         A shorter queue is no backlog: a slow commit holds the outputs, the buffer fills,
         polling pauses for a moment, and the queue clears within that time anyway.
         Stretching the commit interval for it would only hold every record back: at half
-        load it sent p99 latency from about 100 ms to 480-620 ms.
+        load it sent p99 latency from about 100 ms to 480-620 ms.  Nor is a long queue
+        that one slow commit left: below saturation it shrinks at once, and by the third
+        check it is short.  A real backlog lasts, and is stretched for two intervals later.
         """
-        return waiting > max(self.records, self.records_per_s * within_s)
+        if waiting > max(self.records, self.records_per_s * within_s):
+            self._checks_over += 1
+        else:
+            self._checks_over = 0
+        return self._checks_over >= BACKLOG_CHECKS
 
 
 class Intake:
