@@ -334,7 +334,7 @@ def test_a_saturated_worker_commits_less_often(
     start_worker: Callable,
     stream_repo: Path,
 ) -> None:
-    """A backlog (more input waiting than one interval's work) stretches commits to 5 intervals."""
+    """A backlog (a queue that lasts three interval checks) stretches commits to 5 intervals."""
     inp, out = topic_factory("in"), topic_factory("out")
     port, interval_s, count = free_port(), 0.02, 30_000
     embedded_worker(start_worker, stream_repo, inp, out, "--model", "tiny",
