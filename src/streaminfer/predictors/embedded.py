@@ -144,7 +144,8 @@ class EmbeddedPredictor(Predictor):
         started = time.perf_counter()
         outputs = version.infer(inputs)
         inference_ms = count_wait(started)
-        sliced = split_rows(outputs, [item[3] for item in group])  # no star: a list each
+        # Indexed, not star-unpacked: ``*_`` builds a list per record.
+        sliced = split_rows(outputs, [item[3] for item in group])
         for item, result in zip(group, sliced, strict=True):
             outcomes[item[0]] = PredictResult(
                 version.name,

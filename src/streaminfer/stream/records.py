@@ -176,10 +176,11 @@ _trace_ids: Iterator[bytes] = iter(())
 def new_trace_id() -> bytes:
     """128 random bits in hex, like a UUID4's: the next of a few hundred made at once.
 
-    One ``os.urandom`` and one hexlify serve 256 records (0.07 µs a record against 1.1 µs
-    for a ``randbytes`` and a hexlify each).  Chunk threads share the pool: a list
-    iterator hands each item out once under the GIL, and two threads that both find it
-    empty each make their own, so no id is given twice.
+    One ``os.urandom`` and one hexlify serve 256 records: 3,700 instructions a record
+    fewer than a ``randbytes`` and a hexlify each (0.28-0.39 against 0.36-0.54 µs a call,
+    timed alone).  Chunk threads share the pool: a list iterator hands each item out
+    once under the GIL, and two threads that both find it empty each make their own, so
+    no id is given twice.
     """
     global _trace_ids
     try:
