@@ -144,15 +144,14 @@ def _receive(connection: socket.socket) -> list[bytes]:
 
 
 def _exactly(connection: socket.socket, size: int) -> bytes:
-    """``size`` bytes, read into one object of that size (unless a signal splits the read)."""
-    data = connection.recv(size, socket.MSG_WAITALL) if size else b""
-    if len(data) == size:
-        return data
-    parts, received = [data], len(data)
+    """``size`` bytes, read into one object of that size (unless a signal splits the read:
+    joining a single part returns that part itself, not a copy)."""
+    parts: list[bytes] = []
+    received = 0
     while received < size:
         part = connection.recv(size - received, socket.MSG_WAITALL)
         if not part:
-            raise EOFError("the other end closed the socket mid-message")
+            raise EOFError("the other end closed the socket")
         parts.append(part)
         received += len(part)
     return b"".join(parts)
