@@ -412,3 +412,41 @@ def test_outputs_resume_in_order_after_the_broker_stalls_a_commit(
     ids = [d["id"] for d in decoded(outputs(kafka_settings, out, 300, timeout=120))]
     assert ids == [str(i) for i in range(300)]
     assert worker.alive()
+
+
+def test_a_stop_with_the_broker_frozen_ends_within_the_shutdown_timeout(
+    kafka_settings: KafkaSettings,
+    kafka_broker: LocalBroker,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+) -> None:
+    """SIGTERM while the broker answers nothing: the worker exits at --shutdown-timeout,
+    and a worker started after it still writes every output once, in order."""
+    state = kafka_broker.state()
+    assert state is not None and state.pid is not None
+    inp, out = topic_factory("in"), topic_factory("out")
+    timeout_s = 3.0
+    args = ("--model", "tiny", "--shutdown-timeout", str(timeout_s))
+    worker = embedded_worker(start_worker, stream_repo, inp, out, *args)
+    values = [
+        json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [[i, 0, 0, 0]]}}).encode()
+        for i in range(3000)
+    ]
+    produce(kafka_settings, inp, values)
+    wait_for(lambda: high_watermark(kafka_settings, out, 1) > 20, what="outputs flowing")
+    os.kill(state.pid, signal.SIGSTOP)
+    try:
+        worker.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        worker.process.wait(timeout_s + 30)
+        took = time.monotonic() - stopping
+    finally:
+        os.kill(state.pid, signal.SIGCONT)
+    # It gave up at the timeout (not after the commit's own 30 s), saying so.
+    assert took < timeout_s + 2, worker.log()
+    assert worker.process.returncode == 1
+    assert "longer than --shutdown-timeout" in worker.log()
+    embedded_worker(start_worker, stream_repo, inp, out, *args)
+    ids = [d["id"] for d in decoded(outputs(kafka_settings, out, 3000, timeout=120))]
+    assert ids == [str(i) for i in range(3000)]

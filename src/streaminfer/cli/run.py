@@ -6,6 +6,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, get_args
 
@@ -69,6 +71,15 @@ def run(
     ] = None,
     commit_interval_ms: Annotated[
         int | None, typer.Option(help="Commit (transaction) interval.", show_default="100")
+    ] = None,
+    shutdown_timeout_s: Annotated[
+        float | None,
+        typer.Option(
+            "--shutdown-timeout",
+            help="Seconds a stop may take (in-flight work, the last commit, the close); "
+            "past them the process exits as if killed.",
+            show_default="30.0",
+        ),
     ] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Classes per prediction.")] = None,
     fallback: Annotated[
@@ -199,8 +210,7 @@ def run(
     if settings.control_topic is not None:
         assert registry is not None and settings.repo is not None  # checked by the settings
         following = ControlFollower(client, settings.control_topic, settings.repo, registry)
-        for sig in (signal.SIGTERM, signal.SIGINT):  # a stop ends the wait below at once
-            signal.signal(sig, lambda *_: following.stop())
+        _stop_on_signals(following.stop, settings.shutdown_timeout_s)  # ends the wait below
         following.start()
         following.wait_until_current(60)  # apply the current deployments before any record
         follower = following
@@ -229,8 +239,7 @@ def run(
         endpoint = MetricsServer(metrics.registry, port, lambda: worker.ready, host)
         report_member_endpoint(endpoint.port)
         log.info("metrics on http://%s:%d/metrics", host, endpoint.port)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: worker.stop())
+    _stop_on_signals(worker.stop, settings.shutdown_timeout_s)
     if follower is not None and follower.stopped:
         worker.stop()  # a signal came while the control topic was applied: close cleanly
     log.info(
@@ -254,6 +263,39 @@ def run(
             follower.close()
         if registry is not None:
             registry.close()
+
+
+def _stop_on_signals(stop: Callable[[], None], timeout_s: float) -> None:
+    """SIGTERM and SIGINT call ``stop``; a process still running ``timeout_s`` after the
+    first of them exits at once, as a kill would.
+
+    With the broker gone, the last commit and the close each wait out their own Kafka
+    timeouts, and a commit already under way cannot be cut short.  Exiting loses nothing:
+    the open transaction is never read (the broker aborts it) and its records are redone
+    by the partitions' next owner.
+    """
+    armed = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal armed
+        stop()
+        if not armed:
+            armed = True
+            timer = threading.Timer(timeout_s, _give_up, args=(timeout_s,))
+            timer.daemon = True
+            timer.start()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+
+def _give_up(timeout_s: float) -> None:
+    log.error(
+        "the stop took longer than --shutdown-timeout (%g s): exiting now; what was not "
+        "committed is redone by the partitions' next owner",
+        timeout_s,
+    )
+    os._exit(1)
 
 
 def _supervise(settings: WorkerSettings) -> int:

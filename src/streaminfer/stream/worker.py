@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 YOUNG_COLLECTION_OBJECTS = 20_000  # new container objects between young collections
 IDLE_POLL_S = 0.05  # the longest poll with nothing in flight: a stop request waits no longer
 SERVE_DELIVERIES_S = 0.05  # how often the loop serves the producer's delivery reports
+DRAIN_SHARE = 2 / 3  # of the shutdown timeout, for in-flight work; the last commit gets the rest
 
 
 @dataclass
@@ -193,7 +194,7 @@ class Worker:
                     self._emit_finished()
                 self._advance_commit()
                 self._update_lag()
-            self._drain(self.settings.shutdown_timeout_s)
+            self._drain(self.settings.shutdown_timeout_s * DRAIN_SHARE)
         finally:
             self._close()
 
