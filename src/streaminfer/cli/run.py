@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, get_args
@@ -206,11 +208,12 @@ def run(
     predictor, registry = _predictor(settings)
     # The shadow gets its own connections and circuit breaker: its failures stay its own.
     shadow_predictor = _predictor(settings, registry)[0] if settings.shadow else None
+    deadline = _StopDeadline(settings.shutdown_timeout_s)
     follower = None
     if settings.control_topic is not None:
         assert registry is not None and settings.repo is not None  # checked by the settings
         following = ControlFollower(client, settings.control_topic, settings.repo, registry)
-        _stop_on_signals(following.stop, settings.shutdown_timeout_s)  # ends the wait below
+        _stop_on_signals(following.stop, deadline)  # ends the wait below
         following.start()
         following.wait_until_current(60)  # apply the current deployments before any record
         follower = following
@@ -239,7 +242,7 @@ def run(
         endpoint = MetricsServer(metrics.registry, port, lambda: worker.ready, host)
         report_member_endpoint(endpoint.port)
         log.info("metrics on http://%s:%d/metrics", host, endpoint.port)
-    _stop_on_signals(worker.stop, settings.shutdown_timeout_s)
+    _stop_on_signals(worker.stop, deadline)
     if follower is not None and follower.stopped:
         worker.stop()  # a signal came while the control topic was applied: close cleanly
     log.info(
@@ -265,37 +268,46 @@ def run(
             registry.close()
 
 
-def _stop_on_signals(stop: Callable[[], None], timeout_s: float) -> None:
-    """SIGTERM and SIGINT call ``stop``; a process still running ``timeout_s`` after the
-    first of them exits at once, as a kill would.
+class _StopDeadline:
+    """Ends the process ``timeout_s`` after ``start()``, as a kill would, if it still runs.
 
     With the broker gone, the last commit and the close each wait out their own Kafka
     timeouts, and a commit already under way cannot be cut short.  Exiting loses nothing:
     the open transaction is never read (the broker aborts it) and its records are redone
-    by the partitions' next owner.
+    by the partitions' next owner.  ``start`` only writes a byte to a pipe, so a signal
+    handler may call it: a lock could be held by the very code the signal interrupted.
     """
-    armed = False
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._started, self._start = os.pipe()
+        os.set_blocking(self._start, False)
+        threading.Thread(target=self._watch, name="stop-deadline", daemon=True).start()
+
+    def start(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # the pipe is full: it was started long ago
+            os.write(self._start, b".")
+
+    def _watch(self) -> None:
+        os.read(self._started, 1)
+        time.sleep(self.timeout_s)
+        log.error(
+            "the stop took longer than --shutdown-timeout (%g s): exiting now; what was not "
+            "committed is redone by the partitions' next owner",
+            self.timeout_s,
+        )
+        os._exit(1)
+
+
+def _stop_on_signals(stop: Callable[[], None], deadline: _StopDeadline) -> None:
+    """SIGTERM and SIGINT call ``stop`` and start the stop's deadline."""
 
     def on_signal(*_: object) -> None:
-        nonlocal armed
         stop()
-        if not armed:
-            armed = True
-            timer = threading.Timer(timeout_s, _give_up, args=(timeout_s,))
-            timer.daemon = True
-            timer.start()
+        deadline.start()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-
-
-def _give_up(timeout_s: float) -> None:
-    log.error(
-        "the stop took longer than --shutdown-timeout (%g s): exiting now; what was not "
-        "committed is redone by the partitions' next owner",
-        timeout_s,
-    )
-    os._exit(1)
 
 
 def _supervise(settings: WorkerSettings) -> int:
