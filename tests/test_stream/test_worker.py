@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -161,6 +162,18 @@ def _tensor_inputs(count: int) -> list[tuple[bytes, bytes]]:
         )
         for i in range(count)
     ]
+
+
+@contextlib.contextmanager
+def _frozen(broker: LocalBroker) -> Iterator[None]:
+    """The broker stopped (SIGSTOP) for the block: it keeps its connections, answers nothing."""
+    state = broker.state()
+    assert state is not None and state.pid is not None
+    os.kill(state.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(state.pid, signal.SIGCONT)
 
 
 def _produce_keyed(settings: KafkaSettings, topic: str, pairs: list[tuple[bytes, bytes]]) -> None:
@@ -393,21 +406,13 @@ def test_outputs_resume_in_order_after_the_broker_stalls_a_commit(
     stream_repo: Path,
 ) -> None:
     """The broker stops answering (SIGSTOP) while records stream in: nothing lost, nothing twice."""
-    state = kafka_broker.state()
-    assert state is not None and state.pid is not None
     inp, out = topic_factory("in"), topic_factory("out")
     worker = embedded_worker(start_worker, stream_repo, inp, out, "--model", "tiny")
-    values = [
-        json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [[i, 0, 0, 0]]}}).encode()
-        for i in range(300)
-    ]
+    values = [value for _, value in _tensor_inputs(300)]
     produce(kafka_settings, inp, values[:150])
     wait_for(lambda: high_watermark(kafka_settings, out, 1) > 20, what="outputs flowing")
-    os.kill(state.pid, signal.SIGSTOP)
-    try:
+    with _frozen(kafka_broker):
         time.sleep(2)  # the stall itself is what is tested: the broker is frozen this long
-    finally:
-        os.kill(state.pid, signal.SIGCONT)
     produce(kafka_settings, inp, values[150:])
     ids = [d["id"] for d in decoded(outputs(kafka_settings, out, 300, timeout=120))]
     assert ids == [str(i) for i in range(300)]
@@ -423,26 +428,17 @@ def test_a_stop_with_the_broker_frozen_ends_within_the_shutdown_timeout(
 ) -> None:
     """SIGTERM while the broker answers nothing: the worker exits at --shutdown-timeout,
     and a worker started after it still writes every output once, in order."""
-    state = kafka_broker.state()
-    assert state is not None and state.pid is not None
     inp, out = topic_factory("in"), topic_factory("out")
     timeout_s = 3.0
     args = ("--model", "tiny", "--shutdown-timeout", str(timeout_s))
     worker = embedded_worker(start_worker, stream_repo, inp, out, *args)
-    values = [
-        json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [[i, 0, 0, 0]]}}).encode()
-        for i in range(3000)
-    ]
-    produce(kafka_settings, inp, values)
+    produce(kafka_settings, inp, [value for _, value in _tensor_inputs(3000)])
     wait_for(lambda: high_watermark(kafka_settings, out, 1) > 20, what="outputs flowing")
-    os.kill(state.pid, signal.SIGSTOP)
-    try:
+    with _frozen(kafka_broker):
         worker.send_signal(signal.SIGTERM)
         stopping = time.monotonic()
         worker.process.wait(timeout_s + 30)
         took = time.monotonic() - stopping
-    finally:
-        os.kill(state.pid, signal.SIGCONT)
     # It gave up at the timeout (not after the commit's own 30 s), saying so.
     assert took < timeout_s + 2, worker.log()
     assert worker.process.returncode == 1
