@@ -280,16 +280,16 @@ class _StopDeadline:
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self._started, self._start = os.pipe()
-        os.set_blocking(self._start, False)
+        self._waiting, self._wake = os.pipe()  # the thread waits on one end
+        os.set_blocking(self._wake, False)
         threading.Thread(target=self._watch, name="stop-deadline", daemon=True).start()
 
     def start(self) -> None:
         with contextlib.suppress(BlockingIOError):  # the pipe is full: it was started long ago
-            os.write(self._start, b".")
+            os.write(self._wake, b".")
 
     def _watch(self) -> None:
-        os.read(self._started, 1)
+        os.read(self._waiting, 1)
         time.sleep(self.timeout_s)
         log.error(
             "the stop took longer than --shutdown-timeout (%g s): exiting now; what was not "
