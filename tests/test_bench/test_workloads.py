@@ -10,7 +10,7 @@ import numpy as np
 from streaminfer.bench.ceiling import Values, measure_pipeline
 from streaminfer.bench.workloads import ImagesWorkload, TabularWorkload, TensorWorkload
 from streaminfer.flights import FEATURES
-from streaminfer.predictors.base import PredictRequest
+from streaminfer.predictors.base import Outcome, Predictor, PredictRequest
 from streaminfer.stream.records import parse_value
 
 
@@ -50,6 +50,10 @@ def test_the_ceiling_hands_only_downloads_to_fetch_threads_and_makes_records_unt
         def request(self, value: bytes) -> PredictRequest:
             threads[self.downloads].add(threading.current_thread().name)
             return super().request(value)
+
+        def predict(self, predictor: Predictor, values: list[bytes]) -> list[Outcome]:
+            threads[self.downloads].add(threading.current_thread().name)
+            return super().predict(predictor, values)
 
     workload = Watched()
     workload.export(tmp_path)

@@ -32,6 +32,11 @@ def valid(i: int) -> bytes:
     return json.dumps({"id": f"ok-{i}", "model": "tiny", "inputs": {"x": [[i, 0, 0, 1]]}}).encode()
 
 
+def plain(i: int) -> bytes:
+    """A valid tensor record without an id: the worker stacks it with its neighbours."""
+    return json.dumps({"model": "tiny", "inputs": {"x": [[i, 0, 0, 1]]}}).encode()
+
+
 def hostile(rng: random.Random, jpeg: bytes) -> bytes:
     """One malformed record, of a shape picked at random."""
     deep = rng.randint(50, 200_000)
@@ -51,6 +56,11 @@ def hostile(rng: random.Random, jpeg: bytes) -> bytes:
         lambda: json.dumps({"image_b64": base64.b64encode(rng.randbytes(64)).decode()}).encode(),
         lambda: json.dumps({"model": "tiny", "inputs": {"x": [[1, 2], [3]]}}).encode(),
         lambda: json.dumps({"model": "tiny", "inputs": {"x": [["a"] * 4]}}).encode(),
+        lambda: json.dumps({"inputs": {"x": [[0] * rng.choice((0, 1, 3, 5, 9))]}}).encode(),
+        lambda: json.dumps({"inputs": {"x": [[None, 1, 2, 3]]}}).encode(),
+        lambda: json.dumps({"inputs": {"x": []}}).encode(),
+        lambda: json.dumps({"inputs": {"x": [[0] * 4], "z": [[1]]}}).encode(),
+        lambda: json.dumps({"inputs": {"x": [[[0] * 4]]}}).encode(),
         lambda: json.dumps({"model": "tiny", "inputs": {"x": [[0] * 4]}, "top_k": -3}).encode(),
         lambda: json.dumps({"model": "no-such-model", "inputs": {"x": [[0] * 4]}}).encode(),
         lambda: json.dumps(
@@ -63,15 +73,16 @@ def hostile(rng: random.Random, jpeg: bytes) -> bytes:
     return rng.choice(shapes)()
 
 
-def mixed_records(jpeg: bytes, count: int) -> tuple[list[bytes], list[str]]:
-    """``count`` hostile records with valid ones between them; the valid ids in order."""
+def mixed_records(jpeg: bytes, count: int, topic: str) -> tuple[list[bytes], list[str]]:
+    """``count`` hostile records with valid ones between them, for a topic of one
+    partition; the valid ones' output ids in order (their own, or from their offset)."""
     rng = random.Random(SEED)
     values, ids = [], []
     for i in range(count):
         values.append(hostile(rng, jpeg))
         if i % 3 == 0:
-            values.append(valid(i))
-            ids.append(f"ok-{i}")
+            values.append(valid(i) if i % 2 else plain(i))
+            ids.append(f"ok-{i}" if i % 2 else f"{topic}-0-{len(values) - 1}")
     return values, ids
 
 
@@ -104,7 +115,7 @@ def test_hostile_records_embedded(
     sample_jpegs: dict[str, bytes],
 ) -> None:
     inp, out = topic_factory("in"), topic_factory("out")
-    values, ids = mixed_records(sample_jpegs["chelsea"], 90)
+    values, ids = mixed_records(sample_jpegs["chelsea"], 90, inp)
     worker = embedded_worker(start_worker, stream_repo, inp, out, "--batch-size", "8")
     produce(kafka_settings, inp, values)
     assert_all_accounted_for(kafka_settings, out, f"{inp}.dlq", len(values), ids)
@@ -119,7 +130,7 @@ def test_hostile_records_remote(
     sample_jpegs: dict[str, bytes],
 ) -> None:
     inp, out = topic_factory("in"), topic_factory("out")
-    values, ids = mixed_records(sample_jpegs["coffee"], 60)
+    values, ids = mixed_records(sample_jpegs["coffee"], 60, inp)
     worker = start_worker(
         "--input", inp, "--output", out, "--mode", "kserve-grpc",
         "--server", server.target("kserve-grpc"), "--group-id", f"g-{inp}",

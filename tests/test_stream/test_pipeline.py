@@ -33,6 +33,7 @@ from streaminfer.stream.records import (
 from streaminfer.stream.routing import Route
 from streaminfer.stream.work import InputRecord, Work
 from streaminfer.stream.worker import YOUNG_COLLECTION_OBJECTS, settle_collector
+from streaminfer.types import Tensors
 
 OUT, DLQ = "out", "out.dlq"
 LIMITS = {OUT: 1_000_000, DLQ: 1_000_000}
@@ -128,6 +129,91 @@ def test_hostile_records_each_fail_alone(tiny: EmbeddedPredictor) -> None:
     reasons = {name: w.error.reason for name, w in zip(HOSTILE, done[1:-1], strict=True) if w.error}
     assert reasons["deep JSON"] == "bad_json"
     assert reasons["wrong width"] != "internal_error"
+
+
+class Counting(Predictor):
+    """Our own predictor interface around the real model, counting how it is called."""
+
+    mode = "counting"
+
+    def __init__(self, inner: Predictor) -> None:
+        self.inner = inner
+        self.calls: list[tuple[str, int]] = []
+
+    def predict(self, batch: list[PredictRequest]) -> list[Outcome]:
+        self.calls.append(("predict", len(batch)))
+        return self.inner.predict(batch)
+
+    def predict_stacked(
+        self, batch: list[PredictRequest], stacked: Tensors, rows: list[int]
+    ) -> list[Outcome]:
+        self.calls.append(("stacked", len(batch)))
+        return self.inner.predict_stacked(batch, stacked, rows)
+
+
+def outcome(work: Work) -> tuple[object, ...]:
+    if work.error is not None:
+        return ("failed", work.error.reason, str(work.error))
+    assert work.result is not None and work.result.outputs is not None
+    return ("served", {name: a.tolist() for name, a in work.result.outputs.items()})
+
+
+def test_plain_tensor_records_run_as_one_stack(tiny: EmbeddedPredictor) -> None:
+    counting = Counting(tiny)
+    rows = [[[float(i), 1, 2, 3]] * (1 + i % 3) for i in range(40)]
+    ids = [{"id": f"r{i}"} if i % 2 else {} for i in range(40)]
+    p = pipeline(counting)
+    done = run(p, *(tensor(r, **i) for r, i in zip(rows, ids, strict=True)))
+    assert counting.calls == [("stacked", 40)]
+    assert [json.loads(p.produced(w).value or b"")["id"] for w in done[:3]] == [
+        "in-0-0",
+        "r1",
+        "in-0-2",
+    ]
+    for work, x in zip(done, rows, strict=True):
+        assert work.result is not None and work.result.outputs is not None
+        np.testing.assert_allclose(work.result.outputs["y"], tiny_reference(np.array(x)), 1e-6)
+        assert work.predict is not None and work.predict.tensors is not None
+        assert work.predict.tensors["x"].tolist() == x  # the record's own rows: for a shadow
+
+
+STACKED_WITH = {  # records that stack with plain ones, or are read beside them
+    "ints": tensor([[1, 2, 3, 4]]),
+    "two rows of floats": tensor([[0.5, 1, 1, 1], [2, 2, 2, 2]]),
+    "bools": tensor([[True, False, True, False]]),
+    "no model": json.dumps({"inputs": {"x": [[1, 2, 3, 4]]}}).encode(),
+    "null model": json.dumps({"model": None, "inputs": {"x": [[4, 3, 2, 1]]}}).encode(),
+    "another model": json.dumps({"model": "nope", "inputs": {"x": [[1, 2, 3, 4]]}}).encode(),
+    "an id": tensor([[1, 1, 1, 1]], id="mine"),
+    "a top_k": tensor([[2, 2, 2, 2]], top_k=3),
+    "a number for an id": tensor([[1, 1, 1, 1]], id=7),
+    "ragged": tensor([[1, 2], [1]]),
+    "strings": tensor([["a", "b", "c", "d"]]),
+    "wrong width": tensor([[1, 2, 3]]),
+    "one level deeper": tensor([[[1, 2, 3, 4]]]),
+    "flat": tensor([1, 2, 3, 4]),  # type: ignore[list-item]
+    "a null": tensor([[None, 1, 2, 3]]),  # type: ignore[list-item]
+    "past int64": tensor([[2**70, 0, 0, 0]]),
+    "both ends of int64": tensor([[-(2**63), 2**64 - 1, 0, 0]]),
+    "an unknown input": json.dumps({"inputs": {"x": [[1, 2, 3, 4]], "z": [[1]]}}).encode(),
+    "rows of two lengths": json.dumps({"inputs": {"x": [[1, 2, 3, 4]], "z": []}}).encode(),
+    "no rows": json.dumps({"inputs": {"x": []}}).encode(),
+}
+
+
+@pytest.mark.parametrize("name", list(STACKED_WITH))
+def test_a_record_gets_in_a_stack_what_it_gets_alone(tiny: EmbeddedPredictor, name: str) -> None:
+    """Whatever one record holds, stacking it with others changes nothing for it or them."""
+    p = pipeline(tiny)
+    others = [v for n, v in STACKED_WITH.items() if n != name]
+    value = STACKED_WITH[name]
+    together = run(p, others[0], value, *others[1:])
+    alone = [run(p, v)[0] for v in (others[0], value, *others[1:])]
+    assert [outcome(w) for w in together] == [outcome(w) for w in alone]
+    everything = run(p, *STACKED_WITH.values())
+    served = {n for n, w in zip(STACKED_WITH, everything, strict=True) if not w.error}
+    numbers = {"ints", "two rows of floats", "bools", "no model", "null model", "an id", "a top_k"}
+    assert served == numbers | {"past int64", "both ends of int64"}  # JSON reads them as floats
 
 
 class Flaky(Predictor):

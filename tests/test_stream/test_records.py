@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streaminfer.stream.records import BadRecord, parse_value
+from streaminfer.stream.records import BadRecord, parse_value, plain_tensors
 
 
 def test_a_json_record_gives_its_fields_in_any_order() -> None:
@@ -52,3 +52,45 @@ def test_other_kinds_of_value() -> None:
         with pytest.raises(BadRecord) as refused:
             parse_value(value)
         assert refused.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("value", "plain"),
+    [
+        (
+            b'{"model": "m", "inputs": {"x": [[1, 2]], "z": [3]}}',
+            ("m", None, {"x": [[1, 2]], "z": [3]}),
+        ),
+        (b'{"inputs": {"x": [[1.5]]}, "id": "a"}', (None, "a", {"x": [[1.5]]})),
+        (b'{"inputs": {"x": [1]}, "model": null, "id": null}', (None, None, {"x": [1]})),
+        (b'{"inputs": {"x": [1]}, "model": "", "id": ""}', (None, None, {"x": [1]})),
+        (b'{"inputs": {"x": ["a", [[]]]}}', (None, None, {"x": ["a", [[]]]})),  # stacking judges
+    ],
+)
+def test_a_plain_tensor_record_is_read_as_lists(value: bytes, plain: object) -> None:
+    assert plain_tensors(value) == plain
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"model": "m", "top_k": 2, "inputs": {"x": [[1]]}}',  # any field but these two
+        b'{"id": "a", "version": 1, "inputs": {"x": [[1]]}}',
+        b'{"id": "a", "model": "m", "inputs": {"x": [[1]]}, "note": "?"}',
+        b'{"model": 3, "inputs": {"x": [[1]]}}',
+        b'{"id": 3, "inputs": {"x": [[1]]}}',
+        b'{"inputs": {"x": [[1]], "z": [[1], [2]]}}',  # rows of two lengths
+        b'{"inputs": {"x": []}}',
+        b'{"inputs": {"x": 1}}',
+        b'{"inputs": {}}',
+        b'{"inputs": [[1]]}',
+        b'{"instances": [{"x": [1]}]}',
+        b'{"inputs": {"x": [[1]]}',
+        b'{"inputs": {"x": [[1]]}, "url": "http://h/x.jpg"}',
+        b' {"inputs": {"x": [[1]]}}',
+        b"",
+        None,
+    ],
+)
+def test_any_other_value_is_left_to_the_parse(value: bytes | None) -> None:
+    assert plain_tensors(value) is None

@@ -1,16 +1,16 @@
 """The ceiling: the workload run in one process with no Kafka, so every ratio has a top.
 
 Two figures matter.  Bare inference (ONNX Runtime on a ready tensor) is the model's own
-limit.  The in-process pipeline (for images fetch + decode + preprocess + inference, every
-core busy; for tensor records the worker's JSON parse and inference; for tabular records
-its parse, features to row, inference and ranking) is the best a worker could ever do on
-this machine: TARGETS.md's "best in-process pipeline rate".  Like the worker, it hands
-only downloads to fetch threads: a thread hop per tensor record once doubled its cost
-and halved this ceiling.  It runs the very predictor the worker's embedded mode builds,
-in a few shapes (batch sizes, as the worker's micro-batches grow for cheap records, and
-batches in flight), and keeps the best; between the configurations, the best shape runs
-again (``measure_pipeline``), so the ceiling is a median of runs spread over the whole
-benchmark rather than one moment of it.
+limit.  The in-process pipeline (for images fetch + decode + preprocess + inference,
+every core busy; for tensor records the worker's JSON parse, its stacking and inference;
+for tabular records its parse, features to row, inference and ranking) is the best a
+worker could ever do on this machine: TARGETS.md's "best in-process pipeline rate".  Like
+the worker, it hands only downloads to fetch threads: a thread hop per tensor record
+once doubled its cost and halved this ceiling.  It runs the very predictor the worker's
+embedded mode builds, in a few shapes (batch sizes, as the worker's micro-batches grow
+for cheap records, and batches in flight), and keeps the best; between the
+configurations, the best shape runs again (``measure_pipeline``), so the ceiling is a
+median of runs spread over the whole benchmark rather than one moment of it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from streaminfer.models.batcher import WORKER_BATCHING, BatchingConfig
 from streaminfer.models.pipeline import image_input_name, preprocess_one
 from streaminfer.models.registry import LoadedVersion, ModelRegistry
 from streaminfer.predictors import Predictor, PredictRequest, PredictResult, create_predictor
+from streaminfer.predictors.base import Outcome
 from streaminfer.stream.worker import settle_collector
 from streaminfer.types import Tensors
 
@@ -124,10 +125,10 @@ def _pipeline_rate(
         def one_batch() -> int:
             values = records.take(size)
             if workload.downloads:
-                requests = list(fetches.map(workload.request, values))
-            else:
-                requests = [workload.request(value) for value in values]
-            return _predict(workload, predictor, requests)
+                return _served(
+                    workload, predictor.predict(list(fetches.map(workload.request, values)))
+                )
+            return _served(workload, workload.predict(predictor, values))
 
         return _timed_rate(one_batch, seconds, lanes)
 
@@ -140,7 +141,7 @@ def _one_thread_rate(workload: Workload, repo: Path, records: Values, seconds: f
     predictor = create_predictor("embedded", registry=registry, decode_workers=1)
     try:
         rate, _ = _timed_rate(
-            lambda: _predict(workload, predictor, [workload.request(*records.take(1))]),
+            lambda: _served(workload, workload.predict(predictor, records.take(1))),
             seconds,
         )
         return rate
@@ -164,10 +165,9 @@ def _run(version: LoadedVersion, inputs: Tensors) -> int:
     return len(next(iter(outputs.values())))
 
 
-def _predict(workload: Workload, predictor: Predictor, requests: list[PredictRequest]) -> int:
-    """Predict, make of each result what the worker does, and insist that every record was
-    served: a failing ceiling would flatter."""
-    outcomes = predictor.predict(requests)
+def _served(workload: Workload, outcomes: list[Outcome]) -> int:
+    """Make of each result what the worker does, and insist that every record was served:
+    a failing ceiling would flatter."""
     failed = [o for o in outcomes if not isinstance(o, PredictResult)]
     if failed:
         raise InfrastructureError(f"the in-process pipeline failed a record: {failed[0]}")

@@ -22,9 +22,10 @@ from streaminfer.errors import ConfigError
 from streaminfer.extras import require
 from streaminfer.images import FetchPolicy, ImageFetcher
 from streaminfer.images.samples import SAMPLE_IMAGES, sample_jpegs
-from streaminfer.predictors.base import PredictRequest, PredictResult
+from streaminfer.predictors.base import Outcome, Predictor, PredictRequest, PredictResult
 from streaminfer.processes import ImageHostProcess
-from streaminfer.stream.records import parse_value
+from streaminfer.stream.pipeline import stack
+from streaminfer.stream.records import parse_value, plain_tensors
 from streaminfer.stream.tabular import TabularModel, TabularModels
 
 LOOPBACK = "127.0.0.0/8"
@@ -55,6 +56,10 @@ class Workload(ABC):
     def request(self, value: bytes) -> PredictRequest:
         """What the worker makes of a record before predicting (fetch, parse): the ceiling's
         pipeline does the same work without Kafka."""
+
+    def predict(self, predictor: Predictor, values: list[bytes]) -> list[Outcome]:
+        """The ceiling's prediction for records that need no download, as the worker's."""
+        return predictor.predict([self.request(value) for value in values])
 
     def answer(self, result: PredictResult) -> PredictResult:
         """What the worker makes of a prediction before writing it (tabular: ranked classes)."""
@@ -115,6 +120,16 @@ class TensorWorkload(Workload):
         parsed = parse_value(value)  # the worker's own parse
         assert parsed.tensors is not None and parsed.model is not None
         return PredictRequest(model=parsed.model, tensors=parsed.tensors)
+
+    def predict(self, predictor: Predictor, values: list[bytes]) -> list[Outcome]:
+        """As the worker serves plain tensor records: stacked, one prediction a batch."""
+        inputs = []
+        for value in values:
+            plain = plain_tensors(value)
+            assert plain is not None
+            inputs.append(plain[2])
+        requests, stacked, rows = stack(PredictRequest(model=self.model), inputs)
+        return predictor.predict_stacked(requests, stacked, rows)
 
 
 class TabularWorkload(Workload):

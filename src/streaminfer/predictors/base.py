@@ -88,6 +88,13 @@ class Predictor(ABC):
     def predict(self, batch: list[PredictRequest]) -> list[Outcome]:
         """One outcome per request, in order; raises InfrastructureError if none can be served."""
 
+    def predict_stacked(
+        self, batch: list[PredictRequest], stacked: Tensors, rows: list[int]
+    ) -> list[Outcome]:
+        """``predict`` for requests of one model whose tensors are consecutive slices of
+        ``stacked`` (``rows[i]`` rows each), so a predictor may run them as they are."""
+        return self.predict(batch)
+
     def circuit_state(self) -> int:
         """The circuit breaker's state as a gauge (0 closed, 1 open, 2 half-open); 0 if none."""
         return 0

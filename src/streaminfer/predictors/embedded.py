@@ -72,6 +72,19 @@ class EmbeddedPredictor(Predictor):
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
 
+    def predict_stacked(
+        self, batch: list[PredictRequest], stacked: Tensors, rows: list[int]
+    ) -> list[Outcome]:
+        """One run on the stacked tensors; requests the stack fails (a wrong dtype or
+        shape, a model of fixed batch size) go through ``predict``, each on its own."""
+        first = batch[0]
+        try:
+            version = self.registry.resolve(first.model, first.version, first.label)
+            inputs = version.model.validate(stacked)
+        except RecordError:
+            return self.predict(batch)
+        return self._results(version, inputs, rows)
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         if self._owns_registry:
@@ -141,19 +154,22 @@ class EmbeddedPredictor(Predictor):
             for item in group:  # e.g. a model whose batch size is fixed: each on its own
                 self._run_group([item], outcomes)
             return
+        # Indexed, not star-unpacked: ``*_`` builds a list per record.
+        results = self._results(version, inputs, [item[3] for item in group])
+        for item, result in zip(group, results, strict=True):
+            outcomes[item[0]] = result
+
+    def _results(self, version: LoadedVersion, inputs: Tensors, rows: list[int]) -> list[Outcome]:
+        """One run on checked inputs, cut into one result per record of ``rows[i]`` rows."""
         started = time.perf_counter()
         outputs = version.infer(inputs)
-        inference_ms = count_wait(started)
-        # Indexed, not star-unpacked: ``*_`` builds a list per record.
-        sliced = split_rows(outputs, [item[3] for item in group])
-        for item, result in zip(group, sliced, strict=True):
-            outcomes[item[0]] = PredictResult(
-                version.name,
-                version.version,
-                self.mode,
-                outputs=result,
-                timings_ms={"preprocess": 0.0, "inference": inference_ms},
+        timings = {"preprocess": 0.0, "inference": count_wait(started)}  # shared: only read
+        return [
+            PredictResult(
+                version.name, version.version, self.mode, outputs=sliced, timings_ms=timings
             )
+            for sliced in split_rows(outputs, rows)
+        ]
 
 
 def _timed(function: Callable[..., T], *args: object) -> tuple[T, float]:

@@ -125,6 +125,34 @@ def _parse_json(value: bytes) -> Request:
     return request
 
 
+Plain = tuple[str | None, str | None, dict[str, list[Any]]]  # model, id, inputs
+
+
+def plain_tensors(value: bytes | None) -> Plain | None:
+    """The model, id and inputs of the commonest tensor record, ``{"inputs": {name: [row,
+    ...]}}`` with at most a ``"model"`` and an ``"id"`` beside it, its rows still JSON
+    lists; None for any other value, which ``parse_value`` then reads, and judges, on
+    its own.  Never raises."""
+    if value is None or value[:1] != b"{":
+        return None
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    inputs = doc.get("inputs")
+    if type(inputs) is not dict or not inputs or len(doc) != 1 + ("model" in doc) + ("id" in doc):
+        return None
+    model, id = doc.get("model"), doc.get("id")
+    if (model is not None and type(model) is not str) or (id is not None and type(id) is not str):
+        return None
+    rows = None
+    for values in inputs.values():  # lists of one non-zero length: the record's rows
+        if type(values) is not list or not values or rows not in (None, len(values)):
+            return None
+        rows = len(values)
+    return model or None, id or None, inputs
+
+
 def _optional(doc: dict[str, Any], key: str, kind: type) -> Any:
     value = doc.get(key)
     if value is None:
