@@ -122,7 +122,7 @@ def test_hostile_records_each_fail_alone(tiny: EmbeddedPredictor) -> None:
     assert done[0].error is None and done[-1].error is None
     for name, work in zip(HOSTILE, done[1:-1], strict=True):
         assert work.error is not None, name
-        letter = p.produced(work)
+        (letter,) = p.produced([work])
         assert letter.topic == DLQ and letter.value == work.record.value, name
         headers = dict(letter.headers)
         assert headers["streaminfer.error.type"] == work.error.reason.encode(), name
@@ -165,7 +165,7 @@ def test_plain_tensor_records_run_as_one_stack(tiny: EmbeddedPredictor) -> None:
     p = pipeline(counting)
     done = run(p, *(tensor(r, **i) for r, i in zip(rows, ids, strict=True)))
     assert counting.calls == [("stacked", 40)]
-    assert [json.loads(p.produced(w).value or b"")["id"] for w in done[:3]] == [
+    assert [json.loads(r.value or b"")["id"] for r in p.produced(done[:3])] == [
         "in-0-0",
         "r1",
         "in-0-2",
@@ -272,7 +272,7 @@ def test_an_output_too_large_for_its_topic_is_dead_lettered(tiny: EmbeddedPredic
     small, big = tensor([[1.0, 0, 0, 0]]), tensor([[1.0, 0, 0, 0]] * 200)
     p = pipeline(tiny, {OUT: 2_000, DLQ: 100_000})
     done = run(p, small, big)
-    first, second = (p.produced(w) for w in done)
+    first, second = p.produced(done)
     assert first.topic == OUT and first.error is None
     assert second.topic == DLQ and second.error is not None
     assert second.error.reason == "too_large" and second.value == big
@@ -281,7 +281,7 @@ def test_an_output_too_large_for_its_topic_is_dead_lettered(tiny: EmbeddedPredic
 def test_a_dead_letter_too_large_is_cut_and_says_so(tiny: EmbeddedPredictor) -> None:
     big = tensor([[1.0, 0, 0, 0]] * 200)
     p = pipeline(tiny, {OUT: 2_000, DLQ: 1_500})
-    (letter,) = (p.produced(w) for w in run(p, big))
+    (letter,) = p.produced(run(p, big))
     assert letter.topic == DLQ and size(letter) <= 1_500 - 512
     assert dict(letter.headers)[TRUNCATED_HEADER] == str(len(big)).encode()
     assert letter.value == big[: len(letter.value or b"")]
@@ -313,10 +313,10 @@ def test_a_handler_reads_records_and_writes_values_each_failing_alone(
     ]  # fmt: skip
     assert "preprocess_batch raised ValueError" in str(done[1].error)
     assert "postprocess_batch raised KeyError" in str(done[2].error)
-    value = json.loads(p.produced(done[3]).value or b"")
+    value = json.loads(p.produced([done[3]])[0].value or b"")
     assert value["id"] == "c" and value["offset"] == 3
     np.testing.assert_allclose(value["y"], tiny_reference(np.array([[0.0, 0, 0, 1]]))[0])
-    letter = p.produced(done[1])
+    (letter,) = p.produced([done[1]])
     assert letter.topic == DLQ and letter.value == b"b,1,x,3,4"
 
 
@@ -374,7 +374,7 @@ def test_a_dead_letter_is_freed_as_soon_as_it_is_written(tiny: EmbeddedPredictor
     gc.disable()
     try:
         works = run(p, *values)
-        letters = [p.produced(work) for work in works]
+        letters = p.produced(works)
         assert all(letter.topic == DLQ for letter in letters)
         del works, letters
         assert gc.collect() == 0  # nothing left that only the collector could free

@@ -8,7 +8,6 @@ larger than the DLQ topic accepts keeps its headers and has its value cut, sayin
 from __future__ import annotations
 
 import dataclasses
-import time
 
 from streaminfer.errors import RecordError
 from streaminfer.kafka.records import Headers
@@ -27,9 +26,9 @@ class TooLarge(RecordError):
     reason = "too_large"
 
 
-def output(topic: str, work: Work) -> Produced:
+def output(topic: str, work: Work, now: float) -> Produced:
     """The output record of a served record (its value is the README's output format, or
-    what the handler's postprocess made)."""
+    what the handler's postprocess made); ``now``: ``time.monotonic()``, for its total."""
     result = work.result
     assert result is not None
     record = work.record
@@ -38,7 +37,7 @@ def output(topic: str, work: Work) -> Produced:
     timings = {
         "fetch": work.fetch_ms,
         **result.timings_ms,
-        "total": elapsed_ms(record.consumed_at, time.monotonic()),
+        "total": elapsed_ms(record.consumed_at, now),
     }
     document = output_document(work.request, record.source, result, timings, work.route)
     value = to_json(document)

@@ -72,6 +72,7 @@ from streaminfer.stream.work import (
     attempt,
     drop_tracebacks,
     isolated,
+    record_error,
 )
 from streaminfer.types import Tensors
 
@@ -232,21 +233,18 @@ def stack(
         if array.dtype.kind in "OUSV":  # objects, text, bytes, void: as parse refuses them
             raise ValueError(f"input {name!r} does not hold numbers")
         stacked[name] = array
+    (first, first_array), *others = stacked.items()
+    model, version, label, top_k = template.model, template.version, template.label, template.top_k
     requests, rows, start = [], [], 0
     for inputs in records:
-        count = len(next(iter(inputs.values())))
-        tensors = {name: array[start : start + count] for name, array in stacked.items()}
-        requests.append(
-            PredictRequest(
-                template.model,
-                template.version,
-                template.label,
-                tensors=tensors,
-                top_k=template.top_k,
-            )
-        )
+        count = len(inputs[first])
+        end = start + count
+        tensors = {first: first_array[start:end]}  # most models: one input, no comprehension
+        for name, array in others:
+            tensors[name] = array[start:end]
+        requests.append(PredictRequest(model, version, label, tensors=tensors, top_k=top_k))
         rows.append(count)
-        start += count
+        start = end
     return requests, stacked, rows
 
 
@@ -362,19 +360,28 @@ class Pipeline:
             count_wait(started)
         return batch
 
-    def produced(self, work: Work) -> Produced:
-        """The record to write for a finished one: its output if that can be built and fits
-        its topic, else its dead letter (cut to fit, if it must be)."""
-        if work.error is None:
-            built = attempt("output", work, lambda: output(self.output_topic, work))
-            if isinstance(built, Produced) and size(built) <= self._limit(self.output_topic):
-                return built
-            if isinstance(built, Produced):
-                built = TooLarge(
-                    f"the output is {size(built)} bytes; {self.output_topic!r} accepts "
-                    f"{self._limit(self.output_topic)}"
-                )
-            work.error = built
+    def produced(self, batch: list[Work]) -> list[Produced]:
+        """The record to write for each finished one: its output if that can be built and
+        fits its topic, else its dead letter (cut to fit, if it must be)."""
+        topic, limit, now = self.output_topic, self._limit(self.output_topic), time.monotonic()
+        records = []
+        for work in batch:
+            if work.error is None:
+                try:
+                    built = output(topic, work, now)
+                except Exception as exc:  # isolation: this record's failure alone
+                    work.error = record_error("output", work, exc)
+                else:
+                    if size(built) <= limit:
+                        records.append(built)
+                        continue
+                    work.error = TooLarge(
+                        f"the output is {size(built)} bytes; {topic!r} accepts {limit}"
+                    )
+            records.append(self._dead_letter(work))
+        return records
+
+    def _dead_letter(self, work: Work) -> Produced:
         assert work.error is not None
         drop_tracebacks(work.error)  # freed with the record, not when the collector runs
         letter = dead_letter(self.dead_letter_topic, work)

@@ -88,23 +88,23 @@ def isolated(work: Work, *steps: Step) -> Work:
             break
         try:
             step(work)
-        except RecordError as exc:
-            work.error = exc
         except Exception as exc:  # isolation: this record's failure alone
-            work.error = _internal(name, work, exc)
+            work.error = record_error(name, work, exc)
     return work
 
 
 def attempt(step: str, work: Work, fn: Callable[[], T]) -> T | RecordError:
     try:
         return fn()
-    except RecordError as exc:
-        return exc
     except Exception as exc:  # isolation: this record's failure alone
-        return _internal(step, work, exc)
+        return record_error(step, work, exc)
 
 
-def _internal(step: str, work: Work, exc: Exception) -> InternalError:
+def record_error(step: str, work: Work, exc: Exception) -> RecordError:
+    """What ``step`` raising ``exc`` for this record means for it: a ``RecordError`` is its
+    own reason; anything else is an ``internal_error`` naming the exception's type."""
+    if isinstance(exc, RecordError):
+        return exc
     # One line per record (hostile input may come in floods); the traceback for debugging.
     log.warning("record %s: %s raised %s", where(work), step, type(exc).__name__)
     log.debug("record %s: %s raised", where(work), step, exc_info=True)

@@ -242,7 +242,7 @@ class Worker:
         """On a chunk thread: the records through the pipeline, and their outputs built."""
         started, waited = time.perf_counter(), waited_s()
         works = self.pipeline.process(records, abandoned)
-        produced = [self.pipeline.produced(work) for work in works]
+        produced = self.pipeline.produced(works)
         return _Finished(works, produced, time.perf_counter() - started, waited_s() - waited)
 
     # -- emitting ----------------------------------------------------------------------------
