@@ -6,7 +6,8 @@
 Starts a local broker, writes ``--records`` tensor records up front, and lets one
 embedded exactly-once worker (the tiny model) drain them; the worker runs with its loop's
 stages wrapped in timers (``--inner``), and reports records/s from its 20,000th output
-to its last, and for each stage the wall time and the thread's CPU time per record.
+to its last, and for each stage the wall time and the thread's CPU time per record;
+last, the whole process's CPU per record (every thread's: librdkafka's too).
 Wall beyond CPU on the loop's thread is time it waited: for a chunk (the pipeline
 threads are the bottleneck), or for the GIL after a call that let go of it (the loop
 is).  ``--tree`` adds source trees (their ``src``, e.g. a ``git worktree`` of an older
@@ -37,6 +38,7 @@ STAGES = {  # (module, class, method): what the worker's loop and its chunk thre
     ("stream.worker", "Worker", "_advance_commit"): "commits",
     ("stream.worker", "Worker", "_process"): "a chunk, on its thread",
 }
+PROCESS = "the whole process"  # all its threads, from the 20,000th output to the last
 FIRST_COUNTED = 20_000  # outputs before the rate is timed: start-up and the group join
 
 
@@ -46,7 +48,7 @@ def instrument() -> None:
 
     wall: collections.defaultdict[str, float] = collections.defaultdict(float)
     cpu: collections.defaultdict[str, float] = collections.defaultdict(float)
-    written: list[tuple[float, int]] = []
+    written: list[tuple[float, int, float]] = []  # when, outputs so far, process CPU
 
     def timed(name: str, method: Any) -> Any:
         def stage(*args: Any, **kwargs: Any) -> Any:
@@ -67,7 +69,8 @@ def instrument() -> None:
 
     def counted(self: Any, records: Any, sources: Any) -> None:
         write(self, records, sources)
-        written.append((time.perf_counter(), (written[-1][1] if written else 0) + len(records)))
+        done = (written[-1][1] if written else 0) + len(records)
+        written.append((time.perf_counter(), done, time.process_time()))
 
     checkpoint.write = counted
 
@@ -75,8 +78,13 @@ def instrument() -> None:
         timed_from = next((w for w in written if w[1] >= FIRST_COUNTED), None)
         if timed_from is None or written[-1] == timed_from:
             return
-        (start, first), (end, last) = timed_from, written[-1]
+        (start, first, cpu_start), (end, last, cpu_end) = timed_from, written[-1]
         per = {name: (wall[name] / last * 1e6, cpu[name] / last * 1e6) for name in wall}
+        # Every thread's CPU in the timed window: librdkafka's and ONNX Runtime's too.
+        per[PROCESS] = (
+            (end - start) / (last - first) * 1e6,
+            (cpu_end - cpu_start) / (last - first) * 1e6,
+        )
         figures = {"records_per_s": (last - first) / (end - start), "us_per_record": per}
         print("STAGES " + json.dumps(figures), file=sys.stderr, flush=True)
 
@@ -164,7 +172,7 @@ def main() -> None:
         spread = f"{min(rates):,.0f}-{max(rates):,.0f}"
         print(f"\n{name_of_tree}: {statistics.median(rates):,.0f} records/s ({spread})")
         print(f"  {'stage':28s} {'wall us/record':>15s} {'CPU us/record':>14s}")
-        for name in STAGES.values():
+        for name in [*STAGES.values(), PROCESS]:
             pairs = [f["us_per_record"][name] for f in measured if name in f["us_per_record"]]
             if pairs:
                 wall = statistics.median(p[0] for p in pairs)
