@@ -17,12 +17,12 @@ Only an ``InfrastructureError`` of the predictor stops a batch: the batch is ret
 dead-lettered for something that is not its fault.
 
 Plain tensor records (``{"inputs": {name: rows}}``, at most a model and an id beside
-them: what a stream of small-model events mostly is) skip the steps.  A batch's plain records of one
-model and input names are read as JSON lists and stacked into one array per name, and
-predicted at once (``Predictor.predict_stacked``): a third fewer instructions a record
-than parse, route and predict one by one.  A stack that cannot be made (ragged rows,
-text) or fails unexpectedly goes through the steps record by record, so each of its
-records ends as it would have alone.
+them: what a stream of small-model events mostly is) skip the steps.  A batch's plain
+records of one model and input names are read as JSON lists, stacked into one array per
+name and predicted at once (``Predictor.predict_stacked``): a fifth fewer instructions
+a tensor record in the whole worker (``benchmarks/record_instructions.py``).  A stack
+that cannot be made (ragged rows, text) or fails unexpectedly goes through the steps
+record by record, so each of its records ends as it would have alone.
 """
 
 from __future__ import annotations
