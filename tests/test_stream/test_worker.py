@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 from collections import defaultdict
@@ -339,6 +340,9 @@ def test_at_least_once_and_metrics(
         in metrics
     )
     assert "streaminfer_records_in_total 100.0" in metrics
+    assert "streaminfer_end_to_end_seconds_count 100.0" in metrics  # every input's age
+    (age_sum,) = re.findall(r"^streaminfer_end_to_end_seconds_sum (\S+)$", metrics, re.M)
+    assert 0 < float(age_sum) < 100 * 60
 
 
 def test_a_saturated_worker_commits_less_often(

@@ -19,7 +19,7 @@ from prometheus_client import (
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:
+def observe_all(histogram: Histogram, amounts: Sequence[float] | np.ndarray) -> None:
     """``histogram.observe`` of every amount, in one update per bucket.
 
     prometheus_client has no bulk observe, and under ``--processes`` each call is a locked
@@ -27,7 +27,7 @@ def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:
     does what ``observe`` does, the sum then the first bucket whose bound holds each
     amount, once per bucket; a test holds it to ``observe``'s exposition.
     """
-    if not amounts:
+    if len(amounts) == 0:
         return
     bounds = np.asarray(histogram._upper_bounds)
     counts = np.bincount(np.searchsorted(bounds, amounts), minlength=len(bounds))

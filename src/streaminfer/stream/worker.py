@@ -42,6 +42,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streaminfer.handlers import Handler
@@ -269,23 +270,25 @@ class Worker:
         """Metrics (counted per chunk, not per record) and the shadow's sample."""
         served: Counter[tuple[str, int, str, str]] = Counter()
         failed: Counter[str] = Counter()
-        now = time.time()
-        latencies: list[float] = []
+        shadow, timestamps = self.shadow, []
         for work, produced in zip(finished.works, finished.produced, strict=True):
             if produced.error is not None:
                 failed[produced.error.reason] += 1
                 continue
             result = work.result
-            assert result is not None and work.predict is not None and produced.value is not None
+            assert result is not None
             served[(result.model, result.version, result.mode, work.route or "")] += 1
-            if self.shadow is not None and self.shadow.sampled(work.record.routing_key):
-                self.shadow.submit(
+            if shadow is not None and shadow.sampled(work.record.routing_key):
+                assert work.predict is not None and produced.value is not None
+                shadow.submit(
                     ShadowJob(work.predict, produced.value, produced.key, produced.headers)
                 )
             timestamp = work.record.source.timestamp
             if timestamp is not None:
-                latencies.append(max(0.0, now - timestamp / 1000))
-        observe_all(self.metrics.end_to_end, latencies)
+                timestamps.append(timestamp)
+        if timestamps:  # from each input's timestamp to now, in seconds, for the whole chunk
+            ages = time.time() - np.array(timestamps, dtype=np.float64) / 1000
+            observe_all(self.metrics.end_to_end, np.maximum(ages, 0.0))
         for (model, version, mode, route), count in served.items():
             self.metrics.records_out.labels(model, str(version), mode, route).inc(count)
         for reason, count in failed.items():
