@@ -407,9 +407,9 @@ class Pipeline:
             if plain is None:
                 rest.append(work)
             else:
-                model, id, inputs = plain
-                if id is not None:
-                    work.request = Request(id=id)  # what the output reads of it
+                model, record_id, inputs = plain
+                if record_id is not None:
+                    work.request = Request(id=record_id)  # what the output reads of it
                 stacks.setdefault((model, tuple(inputs)), []).append((work, inputs))
         for (model, _), members in stacks.items():
             try:

@@ -142,15 +142,17 @@ def plain_tensors(value: bytes | None) -> Plain | None:
     inputs = doc.get("inputs")
     if type(inputs) is not dict or not inputs or len(doc) != 1 + ("model" in doc) + ("id" in doc):
         return None
-    model, id = doc.get("model"), doc.get("id")
-    if (model is not None and type(model) is not str) or (id is not None and type(id) is not str):
+    model, record_id = doc.get("model"), doc.get("id")
+    if model is not None and type(model) is not str:
+        return None
+    if record_id is not None and type(record_id) is not str:
         return None
     rows = None
     for values in inputs.values():  # lists of one non-zero length: the record's rows
         if type(values) is not list or not values or rows not in (None, len(values)):
             return None
         rows = len(values)
-    return model or None, id or None, inputs
+    return model or None, record_id or None, inputs
 
 
 def _optional(doc: dict[str, Any], key: str, kind: type) -> Any:
