@@ -36,8 +36,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
-
 from streaminfer.errors import InfrastructureError, RecordError, RequestFailed
 from streaminfer.handlers import Handler, HandlerError
 from streaminfer.handlers import Record as HandlerRecord
@@ -60,7 +58,7 @@ from streaminfer.stream.outputs import (
     size,
     truncated,
 )
-from streaminfer.stream.records import Request, parse_value, plain_tensors
+from streaminfer.stream.records import Request, numbers, parse_value, plain_tensors
 from streaminfer.stream.routing import Route
 from streaminfer.stream.tabular import TabularModels
 from streaminfer.stream.work import (
@@ -222,17 +220,14 @@ def stack(
 ) -> tuple[list[PredictRequest], Tensors, list[int]]:
     """Plain tensor records (``plain_tensors``) of one model and input names, stacked: one
     array per name from all their rows, each record's request (``template`` with its
-    slice of them) and its rows.  Raises ValueError for rows that are ragged or not
-    numbers, which parse then finds record by record."""
+    slice of them) and its rows.  Raises BadRecord for rows that are ragged or not
+    numbers, as parse does, which then finds the records that are."""
     stacked = {}
     for name in records[0]:
         column: list[Any] = []
         for inputs in records:
             column.extend(inputs[name])
-        array = np.asarray(column)
-        if array.dtype.kind in "OUSV":  # objects, text, bytes, void: as parse refuses them
-            raise ValueError(f"input {name!r} does not hold numbers")
-        stacked[name] = array
+        stacked[name] = numbers(name, column)
     (first, first_array), *others = stacked.items()
     model, version, label, top_k = template.model, template.version, template.label, template.top_k
     requests, rows, start = [], [], 0

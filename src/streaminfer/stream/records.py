@@ -177,16 +177,18 @@ def _tensors(body: Any, columnar: bool) -> Tensors:
         if any(set(row) != names for row in body):
             raise BadRecord("every instance must have the same input names")
         columns = {name: [row[name] for row in body] for name in names}
-    tensors = {}
-    for name, values in columns.items():
-        try:
-            array = np.asarray(values)
-        except ValueError as exc:
-            raise BadRecord(f"input {name!r} is a ragged list: {exc}") from exc
-        if array.dtype.kind in "OUSV":  # objects, text, bytes, void
-            raise BadRecord(f"input {name!r} must hold numbers")
-        tensors[name] = array
-    return tensors
+    return {name: numbers(name, values) for name, values in columns.items()}
+
+
+def numbers(name: str, values: Any) -> np.ndarray:
+    """An input's JSON values as an array; BadRecord if they are ragged or not numbers."""
+    try:
+        array = np.asarray(values)
+    except ValueError as exc:
+        raise BadRecord(f"input {name!r} is a ragged list: {exc}") from exc
+    if array.dtype.kind in "OUSV":  # objects, text, bytes, void
+        raise BadRecord(f"input {name!r} must hold numbers")
+    return array
 
 
 def trace_headers(headers: Headers | None) -> Headers:
