@@ -498,19 +498,19 @@ class Pipeline:
         self,
         batch: list[PredictRequest],
         abandoned: threading.Event,
-        stack: tuple[Tensors, list[int]] | None = None,
+        stacked: tuple[Tensors, list[int]] | None = None,
     ) -> list[PredictResult | RecordError]:
         """Infrastructure failures are retried until they pass; records never pay for them.
-        ``stack``: the requests' tensors stacked, and each one's rows (``predict_stacked``)."""
+        ``stacked``: the requests' tensors stacked, and each one's rows (``predict_stacked``)."""
         attempt = 0
         while True:
             attempt += 1
             try:
                 started = time.perf_counter()
-                if stack is None:
+                if stacked is None:
                     outcomes = self.predictor.predict(batch)
                 else:
-                    outcomes = self.predictor.predict_stacked(batch, *stack)
+                    outcomes = self.predictor.predict_stacked(batch, *stacked)
                 self.metrics.stage.labels("predict").observe(time.perf_counter() - started)
                 self.metrics.batch_size.observe(len(batch))
                 return outcomes
