@@ -88,6 +88,7 @@ def test_a_plain_tensor_record_is_read_as_lists(value: bytes, plain: object) -> 
         b'{"inputs": {"x": [[1]]}',
         b'{"inputs": {"x": [[1]]}, "url": "http://h/x.jpg"}',
         b' {"inputs": {"x": [[1]]}}',
+        b'{"model": "delays", "features": {"inputs": 3}}',  # a tabular record
         b"",
         None,
     ],
