@@ -123,15 +123,19 @@ def test_a_tensor_model_has_one_signature_and_no_default_image_model(plane: Data
     assert plane.default_image_model() == FALLBACK_IMAGE_MODEL
 
 
-def test_a_stopping_plane_takes_no_new_work(plane: DataPlane) -> None:
-    model = plane.model("tiny")
-    assert plane.ready and model.ready
+def test_a_stopping_plane_takes_no_new_work_and_serves_what_arrived(plane: DataPlane) -> None:
+    arrived = plane.model("tiny")  # a request whose body is still being read
+    assert plane.ready and arrived.ready
     plane.stop_accepting()
-    assert not plane.ready and not model.ready
+    assert not plane.ready and not arrived.ready
+    np.testing.assert_allclose(
+        asyncio.run(arrived.infer({"x": X}))["y"], tiny_reference(X), rtol=1e-6
+    )
+    late = plane.model("tiny")
     with pytest.raises(Unavailable, match="shutting down"):
-        asyncio.run(model.infer({"x": X}))
+        asyncio.run(late.infer({"x": X}))
     with pytest.raises(Unavailable):
-        asyncio.run(model.classify([b"jpeg"]))
+        asyncio.run(late.classify([b"jpeg"]))
 
 
 def test_a_request_past_the_deadline_is_cut_off(tiny_repo: Path) -> None:

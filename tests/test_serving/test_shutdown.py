@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 
 from tests.repository import MODEL
 from tests.servers import ServerProcess
@@ -20,11 +22,12 @@ IN_FLIGHT = re.compile(r'streaminfer_server_in_flight_requests\{protocol="tfserv
 def test_sigterm_drains_in_flight_requests(model_repo: Path, tmp_path: Path) -> None:
     # A long batching delay keeps the requests in flight until the batch times out.
     args = ("--max-batch-delay-ms", "1500", "--max-batch-size", "64")
-    body = {"instances": np.zeros((1, 3, 224, 224), np.float32).tolist()}
+    body = orjson.dumps({"instances": np.zeros((1, 3, 224, 224), np.float32).tolist()})
+    path = f"/v1/models/{MODEL}:predict"
 
     def predict() -> httpx.Response:
         with server.client() as client:
-            return client.post(f"/v1/models/{MODEL}:predict", json=body)
+            return client.post(path, content=body)
 
     def in_flight() -> float:
         with server.client() as client:
@@ -33,12 +36,26 @@ def test_sigterm_drains_in_flight_requests(model_repo: Path, tmp_path: Path) -> 
 
     with (
         ServerProcess(model_repo, *args, log=tmp_path / "serve.log") as server,
-        ThreadPoolExecutor(4) as pool,
+        ThreadPoolExecutor(3) as pool,
+        socket.create_connection(("127.0.0.1", server.rest_port)) as upload,
     ):
-        replies = [pool.submit(predict) for _ in range(4)]
+        replies = [pool.submit(predict) for _ in range(3)]
+        # The fourth request's body is half sent when the stop comes: it arrived, so it
+        # is served.
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        upload.sendall(head.encode() + body[: len(body) // 2])
         wait_for(lambda: in_flight() == 4, what="four requests in flight")
         server.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "SIGTERM received" in server.log, what="the stop logged")
+        upload.sendall(body[len(body) // 2 :])
         statuses = [reply.result().status_code for reply in replies]
+        statuses.append(_status(upload))
         assert server.process.wait(60) == 0
-        assert "SIGTERM received" in server.log
     assert statuses == [200] * 4
+
+
+def _status(connection: socket.socket) -> int:
+    """The status code of the HTTP response read from ``connection``."""
+    connection.settimeout(60)
+    first_line = connection.makefile("rb").readline()
+    return int(first_line.split()[1])

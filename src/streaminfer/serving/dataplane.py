@@ -75,8 +75,8 @@ class _Gate:
         self.timeout = timeout
         self.accepting = True
 
-    async def run(self, work: Coroutine[Any, Any, T]) -> T:
-        if not self.accepting:
+    async def run(self, work: Coroutine[Any, Any, T], admitted: bool) -> T:
+        if not admitted:
             work.close()
             raise Unavailable("the server is shutting down")
         try:
@@ -111,7 +111,8 @@ class DataPlane:
         return self._gate.accepting
 
     def stop_accepting(self) -> None:
-        """From now on inference requests get UNAVAILABLE; those in flight finish."""
+        """From now on new inference requests get UNAVAILABLE; those in flight finish,
+        including one whose body is still being read."""
         self._gate.accepting = False
 
     def close(self) -> None:
@@ -195,6 +196,9 @@ class ModelHandle:
         self.version = loaded.version
         self._loaded = loaded
         self._gate = gate
+        # A request is admitted when its model is looked up, as it arrives, not when its
+        # body has been read: a stop during a large upload still serves it.
+        self._admitted = gate.accepting
         self._decode_pool = decode_pool
         self._image_entry = image_entry
         self._handler = handler
@@ -238,7 +242,9 @@ class ModelHandle:
         (they must be in ``output_filter``) by its top classes as strings (the KServe
         classification extension).
         """
-        outputs = await self._gate.run(self._infer(dict(inputs), signature, output_filter, top_k))
+        outputs = await self._gate.run(
+            self._infer(dict(inputs), signature, output_filter, top_k), self._admitted
+        )
         if not classification:
             return outputs
         labels = self._loaded.class_names
@@ -255,7 +261,7 @@ class ModelHandle:
 
     async def classify(self, images: list[bytes], top_k: int | None = None) -> Tensors:
         """``classes``, ``scores`` and ``class_ids`` of encoded images, top ``top_k`` each."""
-        return await self._gate.run(self._classify(bytes_array(images), top_k))
+        return await self._gate.run(self._classify(bytes_array(images), top_k), self._admitted)
 
     @property
     def takes_float32_only(self) -> bool:
@@ -283,7 +289,9 @@ class ModelHandle:
         metadata = self._loaded.metadata
         features = metadata.features or []
         rows = [feature_row(record_features(r), features) for r in records]
-        outputs = await self._gate.run(self._loaded.infer_async(feature_batch(rows, metadata)))
+        outputs = await self._gate.run(
+            self._loaded.infer_async(feature_batch(rows, metadata)), self._admitted
+        )
         return tabular_value(outputs, metadata, self._loaded.class_names)
 
     async def handle(self, record: Record, read: Callable[[bytes], Tensors]) -> Tensors | bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 
@@ -21,6 +22,31 @@ _HEALTH = re.compile(r"^/v2/health/(?:live|ready)$|^/v2/models/[^/]+(?:/versions
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class Handling:
+    """The REST requests being handled, each a future done when it has been answered.
+
+    A stop waits for the ones that arrived before it and only then closes connections:
+    once aiohttp closes a connection it drops whatever still arrives of its body.
+    """
+
+    def __init__(self) -> None:
+        self._requests: set[asyncio.Future[None]] = set()
+
+    async def wait(self, timeout: float) -> None:
+        """Until the requests being handled now are answered, or ``timeout`` has passed."""
+        if self._requests:
+            await asyncio.wait(set(self._requests), timeout=timeout)
+
+    async def handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        answered = asyncio.get_running_loop().create_future()
+        self._requests.add(answered)
+        try:
+            return await handler(request)
+        finally:
+            self._requests.discard(answered)
+            answered.set_result(None)
+
+
 def _is_open(request: web.Request) -> bool:
     """Liveness, readiness and model status answer without a token (load balancers ask)."""
     if _HEALTH.match(request.path):
@@ -29,14 +55,18 @@ def _is_open(request: web.Request) -> bool:
 
 
 def build_app(
-    plane: DataPlane, metrics: ServerMetrics, auth: BearerAuth | None, max_request_bytes: int
+    plane: DataPlane,
+    metrics: ServerMetrics,
+    auth: BearerAuth | None,
+    max_request_bytes: int,
+    handling: Handling,
 ) -> web.Application:
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             if auth is not None and not _is_open(request):
                 auth.check(request.headers.get("Authorization"))
-            return await handler(request)
+            return await handling.handle(request, handler)
         except web.HTTPException as exc:  # routing: unknown path, wrong method, body too large
             if exc.status < 400:
                 raise

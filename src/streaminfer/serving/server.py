@@ -35,11 +35,14 @@ from streaminfer.serving.auth import BearerAuth
 from streaminfer.serving.dataplane import DataPlane
 from streaminfer.serving.grpc_services import create_server
 from streaminfer.serving.metrics import ServerMetrics
-from streaminfer.serving.rest import build_app
+from streaminfer.serving.rest import Handling, build_app
 from streaminfer.serving.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
+CLOSE_TIMEOUT = 1.0
+"""How long closing the REST connections waits for a request that came after the stop on
+one kept alive (it is answered UNAVAILABLE) before cutting it off."""
 LARGE_BLOCK = 4 << 20
 """Allocations of 4 MiB and more (decoded images, bodies) are mapped on their own and
 unmapped when freed.  glibc would otherwise raise this threshold as large blocks are
@@ -78,6 +81,7 @@ class ModelServer:
         self.rest_port = settings.rest_port
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
+        self._handling = Handling()
 
     def to_configs(self, config: model_server_config_pb2.ModelServerConfig) -> list[ModelConfig]:
         """Registry configs for a ModelServerConfig, with this server's batching settings."""
@@ -129,8 +133,10 @@ class ModelServer:
         except (OSError, RuntimeError) as exc:
             raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from exc
         await self._grpc.start()
-        app = build_app(self.plane, self.metrics, self.auth, settings.max_request_bytes)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace)
+        app = build_app(
+            self.plane, self.metrics, self.auth, settings.max_request_bytes, self._handling
+        )
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT)
         await self._runner.setup()
         site = web.TCPSite(
             self._runner, settings.host, settings.rest_port, ssl_context=self._ssl_context()
@@ -166,12 +172,20 @@ class ModelServer:
         if self._grpc is not None:
             draining.append(self._grpc.stop(grace))
         if self._runner is not None:
-            draining.append(self._runner.cleanup())
+            draining.append(self._stop_rest(self._runner, grace))
         await asyncio.gather(*draining)
         if self.follower is not None:
             await asyncio.to_thread(self.follower.close)
         await asyncio.to_thread(self.registry.close)
         self.plane.close()
+
+    async def _stop_rest(self, runner: web.AppRunner, grace: float) -> None:
+        """Listen no more, let the requests that arrived finish within ``grace`` (their
+        bodies still arriving), then close the connections."""
+        for site in runner.sites:
+            await site.stop()
+        await self._handling.wait(grace)
+        await runner.cleanup()
 
     async def serve(self) -> None:
         """Run until SIGTERM or SIGINT, then shut down gracefully."""
