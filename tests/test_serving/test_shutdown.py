@@ -38,7 +38,9 @@ def test_sigterm_drains_in_flight_requests(model_repo: Path, tmp_path: Path) -> 
         ServerProcess(model_repo, *args, log=tmp_path / "serve.log") as server,
         ThreadPoolExecutor(3) as pool,
         socket.create_connection(("127.0.0.1", server.rest_port)) as upload,
+        server.client() as kept_alive,
     ):
+        assert kept_alive.get(f"/v1/models/{MODEL}").status_code == 200
         replies = [pool.submit(predict) for _ in range(3)]
         # The fourth request's body is half sent when the stop comes: it arrived, so it
         # is served.
@@ -48,6 +50,10 @@ def test_sigterm_drains_in_flight_requests(model_repo: Path, tmp_path: Path) -> 
         server.process.send_signal(signal.SIGTERM)
         wait_for(lambda: "SIGTERM received" in server.log, what="the stop logged")
         upload.sendall(body[len(body) // 2 :])
+        # Sent after the stop, while the others are still batching: refused.
+        late = kept_alive.post(path, content=body)
+        assert late.status_code == 503, late.text
+        assert "shutting down" in late.text
         statuses = [reply.result().status_code for reply in replies]
         statuses.append(_status(upload))
         assert server.process.wait(60) == 0
