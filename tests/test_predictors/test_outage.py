@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 from streaminfer.errors import InfrastructureError, RecordError
+from streaminfer.models.export.efficientnet import INPUT_NAME
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.predictors import (
     BreakerState,
@@ -18,10 +20,10 @@ from streaminfer.predictors import (
     ResilientPredictor,
     RetryPolicy,
 )
-from streaminfer.predictors.base import Outcome, Predictor, PredictRequest
+from streaminfer.predictors.base import Outcome, Predictor, PredictRequest, PredictResult
 from streaminfer.predictors.factory import REMOTE
 from tests.servers import ServerProcess
-from tests.test_predictors.cases import FakeClock, assert_classified, image_batch
+from tests.test_predictors.cases import MODEL, FakeClock, assert_classified, image_batch
 
 RECOVERY_DEADLINE_S = 30.0
 NO_RETRY = RetryPolicy(max_attempts=1)
@@ -83,13 +85,22 @@ def test_fallback_serves_in_process_while_the_server_is_down(
         EmbeddedPredictor(registry, decode_workers=2),
     )
     batch = image_batch(sample_jpegs)
+    stacked = {INPUT_NAME: np.zeros((2, 3, 224, 224), np.float32)}
+    rows = [
+        PredictRequest(model=MODEL, tensors={INPUT_NAME: stacked[INPUT_NAME][i : i + 1]})
+        for i in range(2)
+    ]
     try:
         assert_classified(predictor.predict(batch), mode)
+        assert _modes(predictor.predict_stacked(rows, stacked, [1, 1])) == [mode] * 2
         own_server.stop()
         for _ in range(3):  # failing calls, then an open breaker: all served in process
             assert_classified(predictor.predict(batch), "embedded-fallback")
         assert breaker.state is BreakerState.OPEN
         assert predictor.fallback_batches == 3
+        fallen_back = predictor.predict_stacked(rows, stacked, [1, 1])
+        assert _modes(fallen_back) == ["embedded-fallback"] * 2
+        assert predictor.fallback_batches == 4
         own_server.start()
         deadline = time.monotonic() + RECOVERY_DEADLINE_S
         while predictor.predict(batch)[0].mode != mode:  # type: ignore[union-attr]
@@ -99,6 +110,11 @@ def test_fallback_serves_in_process_while_the_server_is_down(
         assert_classified(predictor.predict(batch), mode)
     finally:
         predictor.close()
+
+
+def _modes(outcomes: list[Outcome]) -> list[str]:
+    assert all(isinstance(o, PredictResult) and o.outputs for o in outcomes), outcomes
+    return [o.mode for o in outcomes if isinstance(o, PredictResult)]
 
 
 class MustNotBeAsked(Predictor):

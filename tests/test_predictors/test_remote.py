@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +13,8 @@ import pytest
 
 from streaminfer.errors import InfrastructureError, RecordError
 from streaminfer.models.export.efficientnet import INPUT_NAME, OUTPUT_NAME
+from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
+from streaminfer.models.metadata import METADATA_FILE
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.predictors import (
     MODES,
@@ -118,6 +122,78 @@ def test_tensor_requests(client: RemotePredictor) -> None:
     )
 
 
+@pytest.mark.parametrize("mode", list(REMOTE))
+def test_a_stack_goes_in_chunks_of_whole_records_and_answers_as_alone(
+    mode: str, server: ServerProcess
+) -> None:
+    rows = [1, 2, 1, 2, 1]
+    stacked = {INPUT_NAME: np.random.default_rng(2).standard_normal((7, 3, 224, 224), np.float32)}
+    starts = np.cumsum([0, *rows])
+    batch = [
+        PredictRequest(model=MODEL, tensors={INPUT_NAME: stacked[INPUT_NAME][a:b]})
+        for a, b in itertools.pairwise(starts)
+    ]
+    options = RemoteOptions(timeout_s=20.0, max_batch_rows=3)
+    predictor = create_predictor(mode, server=server.target(mode), options=options)
+    try:
+        before = server.requests_served()
+        outcomes = predictor.predict_stacked(batch, stacked, rows)
+        sent = server.requests_served() - before
+        alone = [predictor.predict([request])[0] for request in batch]
+    finally:
+        predictor.close()
+    assert sent == 3  # 1+2, 1+2, 1: a chunk never cuts a record
+    for outcome, single, count in zip(outcomes, alone, rows, strict=True):
+        assert isinstance(outcome, PredictResult) and outcome.outputs is not None
+        assert isinstance(single, PredictResult) and single.outputs is not None
+        assert outcome.outputs[OUTPUT_NAME].shape == (count, 1000)
+        np.testing.assert_allclose(
+            outcome.outputs[OUTPUT_NAME], single.outputs[OUTPUT_NAME], rtol=1e-3, atol=1e-3
+        )
+
+
+def test_a_stack_the_model_refuses_fails_each_record_alone(client: RemotePredictor) -> None:
+    stacked = {INPUT_NAME: np.zeros((3, 3, 8, 8), np.float32)}
+    batch = [
+        PredictRequest(model=MODEL, tensors={INPUT_NAME: stacked[INPUT_NAME][i : i + 1]})
+        for i in range(3)
+    ]
+    outcomes = client.predict_stacked(batch, stacked, [1, 1, 1])
+    assert len(outcomes) == 3
+    for outcome in outcomes:
+        assert isinstance(outcome, RecordError) and not isinstance(outcome, InfrastructureError)
+        assert "shape" in str(outcome)
+
+
+@pytest.mark.parametrize("mode", ["kserve-grpc", "tfserving-rest"])
+def test_a_server_that_refuses_large_requests_is_sent_smaller_ones(
+    mode: str, tmp_path: Path
+) -> None:
+    export_tiny_model(tmp_path, version=1)
+    metadata = tmp_path / "tiny" / "1" / METADATA_FILE
+    metadata.write_text(json.dumps({**json.loads(metadata.read_text()), "max_batch_size": 5}))
+    stacked = {"x": np.arange(160, dtype=np.float32).reshape(40, 4)}
+    batch = [
+        PredictRequest(model="tiny", tensors={"x": stacked["x"][i : i + 1]}) for i in range(40)
+    ]
+    with ServerProcess(tmp_path, log=tmp_path / "serve.log") as server:
+        options = RemoteOptions(timeout_s=20.0, max_batch_rows=1024)  # the worker's default
+        predictor = REMOTE[mode](server.target(mode), options)
+        try:
+            first = predictor.predict_stacked(batch, stacked, [1] * 40)
+            before = server.requests_served()
+            second = predictor.predict_stacked(batch, stacked, [1] * 40)
+            sent = server.requests_served() - before
+
+        finally:
+            predictor.close()
+    assert sent == 8  # 40 rows in requests of 5 (halves of 10, the last size refused)
+    for outcomes in (first, second):
+        for outcome, x in zip(outcomes, stacked["x"], strict=True):
+            assert isinstance(outcome, PredictResult) and outcome.outputs is not None
+            np.testing.assert_allclose(outcome.outputs["y"], tiny_reference(x[None]), 1e-6)
+
+
 def test_seed_style_classifies_one_record_per_call(
     server: ServerProcess, sample_jpegs: dict
 ) -> None:
@@ -186,11 +262,16 @@ def test_requests_too_large_for_the_server_are_split(
     options = RemoteOptions(timeout_s=20.0, max_request_bytes=64 * 1024 * 1024)
     predictor = REMOTE[mode](small.target(mode), options)
     tensor = np.zeros((1, 3, 224, 224), np.float32)
+    stacked = {INPUT_NAME: np.zeros((4, 3, 224, 224), np.float32)}
     try:
         outcomes = predictor.predict(
             [PredictRequest(model=MODEL, tensors={INPUT_NAME: tensor})] * 4
+        )
+        from_a_stack = predictor.predict_stacked(
+            [PredictRequest(model=MODEL, tensors={INPUT_NAME: tensor})] * 4, stacked, [1] * 4
         )
     finally:
         predictor.close()
         small.stop()
     assert all(isinstance(o, PredictResult) for o in outcomes), outcomes
+    assert all(isinstance(o, PredictResult) for o in from_a_stack), from_a_stack

@@ -1,4 +1,5 @@
-"""The record pipeline in process: a real embedded model and image fetcher, no Kafka."""
+"""The record pipeline in process: a real embedded model and image fetcher, no Kafka (and
+a real server for the remote predictors)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from streaminfer.handlers import load_handler
 from streaminfer.images import FetchPolicy, ImageFetcher
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
 from streaminfer.models.registry import ModelRegistry
+from streaminfer.predictors import RemoteOptions, create_predictor
 from streaminfer.predictors.base import Outcome, Predictor, PredictRequest, waited_s
 from streaminfer.predictors.embedded import EmbeddedPredictor
+from streaminfer.predictors.factory import REMOTE
 from streaminfer.predictors.resilience import RetryPolicy
 from streaminfer.stream.metrics import WorkerMetrics
 from streaminfer.stream.outputs import TRUNCATED_HEADER, size
@@ -34,6 +37,7 @@ from streaminfer.stream.routing import Route
 from streaminfer.stream.work import InputRecord, Work
 from streaminfer.stream.worker import YOUNG_COLLECTION_OBJECTS, settle_collector
 from streaminfer.types import Tensors
+from tests.servers import ServerProcess
 
 OUT, DLQ = "out", "out.dlq"
 LIMITS = {OUT: 1_000_000, DLQ: 1_000_000}
@@ -202,10 +206,32 @@ STACKED_WITH = {  # records that stack with plain ones, or are read beside them
 }
 
 
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    repo = tmp_path_factory.mktemp("tiny-repo")
+    export_tiny_model(repo, version=1)
+    with ServerProcess(repo, log=repo / "serve.log") as server:
+        yield server
+
+
+@pytest.fixture(params=["embedded", *REMOTE])
+def stacking(request: pytest.FixtureRequest, tiny: EmbeddedPredictor) -> Iterator[Predictor]:
+    """The embedded predictor, or a remote one (with its retries) against a real server."""
+    mode = request.param
+    if mode == "embedded":
+        yield tiny
+        return
+    server: ServerProcess = request.getfixturevalue("tiny_server")
+    options = RemoteOptions(timeout_s=20.0, max_batch_rows=2)  # a stack goes in chunks
+    predictor = create_predictor(mode, server=server.target(mode), options=options)
+    yield predictor
+    predictor.close()
+
+
 @pytest.mark.parametrize("name", list(STACKED_WITH))
-def test_a_record_gets_in_a_stack_what_it_gets_alone(tiny: EmbeddedPredictor, name: str) -> None:
+def test_a_record_gets_in_a_stack_what_it_gets_alone(stacking: Predictor, name: str) -> None:
     """Whatever one record holds, stacking it with others changes nothing for it or them."""
-    p = pipeline(tiny)
+    p = pipeline(stacking)
     others = [v for n, v in STACKED_WITH.items() if n != name]
     value = STACKED_WITH[name]
     together = run(p, others[0], value, *others[1:])

@@ -63,6 +63,14 @@ def run(
     batch_size: Annotated[
         int | None, typer.Option(help="Records per micro-batch.", show_default="16")
     ] = None,
+    request_rows: Annotated[
+        int | None,
+        typer.Option(
+            help="Rows one request to a model server carries at most (remote modes); fewer "
+            "for a model whose server refuses that many.",
+            show_default="1024",
+        ),
+    ] = None,
     max_in_flight: Annotated[
         int | None,
         typer.Option(
@@ -380,7 +388,7 @@ def _predictor(
     options = RemoteOptions(
         timeout_s=settings.request_timeout_s,
         max_concurrency=settings.max_in_flight * 2,
-        max_batch_rows=settings.batch_size,
+        max_batch_rows=settings.request_rows,
         image_path=settings.remote_images,
         client_images=client_images,
         decode_threads=settings.decode_threads,

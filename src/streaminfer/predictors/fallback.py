@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from streaminfer.errors import InfrastructureError
 from streaminfer.predictors.base import Outcome, Predictor, PredictRequest, PredictResult
+from streaminfer.types import Tensors
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +29,20 @@ class FallbackPredictor(Predictor):
         self._falling_back = False  # log transitions, not every batch
 
     def predict(self, batch: list[PredictRequest]) -> list[Outcome]:
+        return self._served(lambda predictor: predictor.predict(batch))
+
+    def predict_stacked(
+        self, batch: list[PredictRequest], stacked: Tensors, rows: list[int]
+    ) -> list[Outcome]:
+        return self._served(lambda predictor: predictor.predict_stacked(batch, stacked, rows))
+
+    def _served(self, call: Callable[[Predictor], list[Outcome]]) -> list[Outcome]:
+        """By the primary; by the fallback while the primary cannot serve."""
         try:
-            outcomes = self.primary.predict(batch)
+            outcomes = call(self.primary)
         except InfrastructureError as exc:
             self._note(True, exc)
-            outcomes = self.fallback.predict(batch)
+            outcomes = call(self.fallback)
             for outcome in outcomes:
                 if isinstance(outcome, PredictResult):
                     outcome.mode = self.fallback_mode

@@ -12,12 +12,15 @@ product's kinds of error.
 
 When the server refuses a multi-record request as invalid or too large, one record may
 be to blame (a non-image among good JPEGs): the request is bisected until the bad
-records are alone, so that only they are dead-lettered.
+records are alone, so that only they are dead-lettered.  When both halves of a refused
+request are served whole, it was its size the server refused (a Triton model's
+``max_batch_size``, say): no later request to that model carries more rows than a half.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from abc import abstractmethod
@@ -62,6 +65,8 @@ DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 IMAGES_INPUT = "images"  # the encoded images, a string / BYTES tensor of shape [N]
 TOP_K_PARAMETER = "top_k"
+log = logging.getLogger(__name__)
+
 UNKNOWN_CLASS_ID = -1  # the server named a class without saying its id
 
 
@@ -165,6 +170,7 @@ class RemotePredictor(Predictor):
             self.options.decode_threads, thread_name_prefix="remote-decode"
         )
         self._last_ref: ModelRef | None = None  # what the health probe asks about (TF Serving)
+        self._row_limits: dict[ModelRef, int] = {}  # learned from refusals, see _serve
 
     # -- what a protocol client implements -------------------------------------------------
     @abstractmethod
@@ -217,12 +223,59 @@ class RemotePredictor(Predictor):
             for chunk in chunks(
                 range(len(members)),
                 weights.__getitem__,
-                self.options.max_batch_rows,
+                self._max_rows(members[0].request.ref),
                 self.options.max_request_bytes,
             ):
                 self._serve([members[i] for i in chunk], outcomes)
         assert all(o is not None for o in outcomes)
         return outcomes  # type: ignore[return-value]
+
+    def predict_stacked(
+        self, batch: list[PredictRequest], stacked: Tensors, rows: list[int]
+    ) -> list[Outcome]:
+        """The stack conformed once and sent in chunks of whole records within the
+        request limits. Requests the stack fails go through ``predict``, each on its own,
+        and so do the records of a chunk the server rejects (to be bisected)."""
+        first = batch[0]
+        ref = self._last_ref = first.ref
+        try:
+            with _codec_errors(self.target):
+                tensors = conform(stacked, self._metadata.get(ref))
+        except RecordError:
+            return self.predict(batch)
+        row_bytes = sum(a.nbytes for a in tensors.values()) // max(sum(rows), 1)
+        outcomes: list[Outcome] = []
+        start = 0
+        for chunk in chunks(
+            range(len(rows)),
+            lambda i: (rows[i], rows[i] * row_bytes),
+            self._max_rows(ref),
+            self.options.max_request_bytes,
+        ):
+            counts = [rows[i] for i in chunk]
+            end = start + sum(counts)
+            sliced = {name: array[start:end] for name, array in tensors.items()}
+            outcomes += self._serve_rows(ref, sliced, counts, [batch[i] for i in chunk])
+            start = end
+        return outcomes
+
+    def _serve_rows(
+        self, ref: ModelRef, tensors: Tensors, rows: list[int], batch: list[PredictRequest]
+    ) -> list[Outcome]:
+        """One request of conformed rows, cut into one result per record."""
+        started = time.perf_counter()
+        try:
+            with self._slots, _codec_errors(self.target):
+                version, outputs = self._infer_tensors(ref, tensors, batch[0].output_filter)
+        except ServerRejected:
+            return self.predict(batch)
+        except RecordError as exc:  # not found: every record shares the cause
+            return [exc] * len(batch)
+        timings = {"inference": count_wait(started)}  # shared: only read
+        return [
+            PredictResult(ref.name, version, self.mode, outputs=o, timings_ms=timings)
+            for o in split_rows(outputs, rows)
+        ]
 
     def close(self) -> None:
         self._decoders.shutdown(wait=False, cancel_futures=True)
@@ -281,8 +334,11 @@ class RemotePredictor(Predictor):
                 outcomes[jobs[0].index] = exc
                 return
             middle = len(jobs) // 2
-            self._serve(jobs[:middle], outcomes)
-            self._serve(jobs[middle:], outcomes)
+            halves = jobs[:middle], jobs[middle:]
+            for half in halves:
+                self._serve(half, outcomes)
+            if all(isinstance(outcomes[job.index], PredictResult) for job in jobs):
+                self._learn_limit(jobs[0].request.ref, max(_rows(half) for half in halves))
             return
         except RecordError as exc:  # not found: every record of the group shares the cause
             for job in jobs:
@@ -290,6 +346,20 @@ class RemotePredictor(Predictor):
             return
         for job, result in zip(jobs, results, strict=True):
             outcomes[job.index] = result
+
+    def _max_rows(self, ref: ModelRef) -> int:
+        return min(self.options.max_batch_rows, self._row_limits.get(ref, UNLIMITED))
+
+    def _learn_limit(self, ref: ModelRef, rows: int) -> None:
+        """The server refused a request whose halves it served: it takes ``rows`` at most."""
+        if rows < self._max_rows(ref):
+            self._row_limits[ref] = rows
+            log.info(
+                "%s: %s refused a larger request; sending it at most %d rows a request",
+                self.target,
+                ref.name,
+                rows,
+            )
 
     def _request(self, jobs: list[_Job]) -> list[PredictResult]:
         first = jobs[0]
@@ -343,6 +413,8 @@ class RemotePredictor(Predictor):
         ]
 
 
+UNLIMITED = 1 << 62
+
 # The bytes path forced: no metadata read, images go to the conventional input.
 IMAGES_ASSUMED = ServedModel(inputs=(), outputs=(), image_input=IMAGES_INPUT)
 
@@ -369,6 +441,10 @@ class _Job:
             return 1, self.row.nbytes
         tensors = self.tensors or {}
         return tensor_rows(tensors) or 1, sum(a.nbytes for a in tensors.values())
+
+
+def _rows(jobs: list[_Job]) -> int:
+    return sum(job.weight[0] for job in jobs)
 
 
 def _preprocess(image: bytes | None, plan: ImagePlan | None) -> tuple[np.ndarray, float]:

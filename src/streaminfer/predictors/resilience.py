@@ -24,6 +24,7 @@ from enum import IntEnum
 
 from streaminfer.errors import InfrastructureError
 from streaminfer.predictors.base import Outcome, Predictor, PredictRequest
+from streaminfer.types import Tensors
 
 Clock = Callable[[], float]
 
@@ -224,6 +225,14 @@ class ResilientPredictor(Predictor):
         self._closed = threading.Event()  # wakes retries that are waiting when closing
 
     def predict(self, batch: list[PredictRequest]) -> list[Outcome]:
+        return self._retried(lambda: self.inner.predict(batch))
+
+    def predict_stacked(
+        self, batch: list[PredictRequest], stacked: Tensors, rows: list[int]
+    ) -> list[Outcome]:
+        return self._retried(lambda: self.inner.predict_stacked(batch, stacked, rows))
+
+    def _retried(self, call: Callable[[], list[Outcome]]) -> list[Outcome]:
         started = self._clock()
         attempt = 0
         while True:
@@ -238,7 +247,7 @@ class ResilientPredictor(Predictor):
                 )
             attempt += 1
             try:
-                outcomes = self.inner.predict(batch)
+                outcomes = call()
             except InfrastructureError:
                 self.breaker.record_failure()
                 delay = self.retry.delay(attempt, self._rng)

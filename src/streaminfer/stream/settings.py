@@ -41,6 +41,9 @@ class WorkerSettings(Settings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a pod, for probes and Prometheus
     request_timeout_s: float = Field(default=10.0, gt=0)
+    # Rows one request to a model server carries at most; fewer for a model whose server
+    # refused more (learned, see predictors.remote).
+    request_rows: int = Field(default=1024, ge=1)
     decode_threads: int = Field(default=2, ge=1)
     fetch_threads: int = Field(default=8, ge=1)
     allow_networks: list[str] = Field(default_factory=list)  # image hosts past the SSRF guard
