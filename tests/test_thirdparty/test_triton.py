@@ -15,10 +15,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import produce
+from streaminfer.models.export.tiny import tiny_reference
 from tests.thirdparty.processes import TritonProcess
 from tests.workers import decoded, outputs
 
@@ -68,6 +70,34 @@ def test_triton_classifies_runs_tensors_and_dead_letters_what_it_fails(
     headers = dict(letter.headers)
     assert headers["streaminfer.error.type"] == b"server_error"
     assert b"truncated" in headers["streaminfer.error.message"]
+
+
+def test_triton_refusing_more_rows_than_its_max_batch_size_is_sent_fewer(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    triton: TritonProcess,
+    stream_repo: Path,
+) -> None:
+    """Triton refuses a request of more rows than the model's ``max_batch_size`` (64);
+    the worker, which sends up to 1024, learns that and loses nothing."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    rows = np.arange(600 * 4, dtype=np.float32).reshape(600, 4) / 100
+    produce(
+        kafka_settings,
+        inp,
+        [json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [r.tolist()]}}).encode()
+         for i, r in enumerate(rows)],
+    )  # fmt: skip
+    worker = start_worker("--input", inp, "--output", out, "--mode", "kserve-grpc",
+                          "--server", triton.target("kserve-grpc"), "--repo", str(stream_repo),
+                          "--batch-size", "200",  # micro-batches past 64 rows from the start
+                          "--group-id", f"g-{inp}")  # fmt: skip
+    docs = decoded(outputs(kafka_settings, out, len(rows), timeout=120))
+    assert [d["id"] for d in docs] == [str(i) for i in range(len(rows))]
+    got = np.array([d["outputs"]["y"][0] for d in docs])
+    np.testing.assert_allclose(got, tiny_reference(rows), rtol=1e-6)
+    assert "tiny refused a larger request; sending it at most" in worker.log()
 
 
 def test_triton_with_flags_instead_of_the_model_folder(
