@@ -59,14 +59,14 @@ from streaminfer.predictors.grouping import (
 from streaminfer.predictors.signature import MetadataCache, ServedModel, conform
 from streaminfer.types import ModelRef, Tensors
 
+log = logging.getLogger(__name__)
+
 # Below what model servers accept (ours: 64 MiB); a server that refuses a request as too
 # large (gRPC's default limit is 4 MiB) gets it again in halves.
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 IMAGES_INPUT = "images"  # the encoded images, a string / BYTES tensor of shape [N]
 TOP_K_PARAMETER = "top_k"
-log = logging.getLogger(__name__)
-
 UNKNOWN_CLASS_ID = -1  # the server named a class without saying its id
 
 
@@ -348,7 +348,8 @@ class RemotePredictor(Predictor):
             outcomes[job.index] = result
 
     def _max_rows(self, ref: ModelRef) -> int:
-        return min(self.options.max_batch_rows, self._row_limits.get(ref, UNLIMITED))
+        most = self.options.max_batch_rows
+        return min(most, self._row_limits.get(ref, most))
 
     def _learn_limit(self, ref: ModelRef, rows: int) -> None:
         """The server refused a request whose halves it served: it takes ``rows`` at most."""
@@ -412,8 +413,6 @@ class RemotePredictor(Predictor):
             for p, n in zip(ranked, wanted, strict=True)
         ]
 
-
-UNLIMITED = 1 << 62
 
 # The bytes path forced: no metadata read, images go to the conventional input.
 IMAGES_ASSUMED = ServedModel(inputs=(), outputs=(), image_input=IMAGES_INPUT)
