@@ -240,7 +240,8 @@ class RemotePredictor(Predictor):
         ref = self._last_ref = first.ref
         try:
             with _codec_errors(self.target):
-                tensors = conform(stacked, self._metadata.get(ref))
+                served = self._metadata.get(ref)
+                tensors = conform(stacked, served)
         except RecordError:
             return self.predict(batch)
         row_bytes = sum(a.nbytes for a in tensors.values()) // max(sum(rows), 1)
@@ -255,12 +256,17 @@ class RemotePredictor(Predictor):
             counts = [rows[i] for i in chunk]
             end = start + sum(counts)
             sliced = {name: array[start:end] for name, array in tensors.items()}
-            outcomes += self._serve_rows(ref, sliced, counts, [batch[i] for i in chunk])
+            outcomes += self._serve_rows(ref, served, sliced, counts, [batch[i] for i in chunk])
             start = end
         return outcomes
 
     def _serve_rows(
-        self, ref: ModelRef, tensors: Tensors, rows: list[int], batch: list[PredictRequest]
+        self,
+        ref: ModelRef,
+        served: ServedModel,
+        tensors: Tensors,
+        rows: list[int],
+        batch: list[PredictRequest],
     ) -> list[Outcome]:
         """One request of conformed rows, cut into one result per record."""
         started = time.perf_counter()
@@ -272,9 +278,14 @@ class RemotePredictor(Predictor):
         except RecordError as exc:  # not found: every record shares the cause
             return [exc] * len(batch)
         timings = {"inference": count_wait(started)}  # shared: only read
+        try:
+            sliced = _per_record(outputs, rows, served)
+        except NotPerRow:
+            self._one_record_a_request(ref)
+            return [outcome for request in batch for outcome in self.predict([request])]
         return [
             PredictResult(ref.name, version, self.mode, outputs=o, timings_ms=timings)
-            for o in split_rows(outputs, rows)
+            for o in sliced
         ]
 
     def close(self) -> None:
@@ -329,6 +340,11 @@ class RemotePredictor(Predictor):
     def _serve(self, jobs: list[_Job], outcomes: list[Outcome | None]) -> None:
         try:
             results = self._request(jobs)
+        except NotPerRow:
+            self._one_record_a_request(jobs[0].request.ref)
+            for job in jobs:
+                self._serve([job], outcomes)
+            return
         except ServerRejected as exc:
             if len(jobs) == 1:
                 outcomes[jobs[0].index] = exc
@@ -362,6 +378,17 @@ class RemotePredictor(Predictor):
                 rows,
             )
 
+    def _one_record_a_request(self, ref: ModelRef) -> None:
+        """The server answered several records with outputs it is not known how to cut."""
+        if self._row_limits.get(ref) != 1:
+            self._row_limits[ref] = 1  # a record over the limit travels alone
+            log.info(
+                "%s: %s answers several records with outputs of other than a row per "
+                "input row; sending it one record a request",
+                self.target,
+                ref.name,
+            )
+
     def _request(self, jobs: list[_Job]) -> list[PredictResult]:
         first = jobs[0]
         ref = first.request.ref
@@ -375,10 +402,11 @@ class RemotePredictor(Predictor):
                 parts = [job.tensors for job in jobs if job.tensors is not None]
                 wanted = first.request.output_filter
                 version, outputs = self._infer_tensors(ref, concat_rows(parts), wanted)
-                sliced = split_rows(outputs, [tensor_rows(p) or 0 for p in parts])
                 results = [
                     PredictResult(ref.name, version, self.mode, outputs=o)
-                    for o in (sliced if len(parts) > 1 else [outputs])
+                    for o in _per_record(
+                        outputs, [tensor_rows(p) or 0 for p in parts], first.served
+                    )
                 ]
         elapsed = count_wait(started)  # the encoding too: the call is most of it
         for job, result in zip(jobs, results, strict=True):
@@ -440,6 +468,26 @@ class _Job:
             return 1, self.row.nbytes
         tensors = self.tensors or {}
         return tensor_rows(tensors) or 1, sum(a.nbytes for a in tensors.values())
+
+
+class NotPerRow(Exception):
+    """Outputs of several records that are not a row per input row: they cannot be cut."""
+
+
+def _per_record(outputs: Tensors, rows: list[int], served: ServedModel) -> list[Tensors]:
+    """One record's outputs as the server gave them; several records' cut into a slice each,
+    if each output is declared (where the metadata lists it) and found a row per input row."""
+    if len(rows) == 1:
+        return [outputs]
+    total = sum(rows)
+    declared = {spec.name: spec.shape for spec in served.outputs}
+    for name, array in outputs.items():
+        shape = declared.get(name)
+        if shape is not None and (not shape or shape[0] != -1):
+            raise NotPerRow
+        if not array.ndim or array.shape[0] != total:
+            raise NotPerRow
+    return split_rows(outputs, rows)
 
 
 def _rows(jobs: list[_Job]) -> int:
