@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,10 +11,12 @@ import numpy as np
 import pytest
 
 from streaminfer.errors import RecordError
+from streaminfer.models.batcher import WORKER_BATCHING
 from streaminfer.models.export.efficientnet import INPUT_NAME, OUTPUT_NAME
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.predictors.base import PredictRequest, PredictResult, waited_s
 from streaminfer.predictors.embedded import EmbeddedPredictor
+from tests.sums import export_column_sums
 from tests.test_predictors.cases import (
     CAT_CLASSES,
     ESPRESSO,
@@ -96,3 +99,27 @@ def test_concurrent_callers(embedded: EmbeddedPredictor, sample_jpegs: dict) -> 
         answers = list(pool.map(embedded.predict, [image_batch(sample_jpegs)] * 8))
     for outcomes in answers:
         assert_classified(outcomes, "embedded")
+
+
+def test_a_model_answering_a_batch_as_a_whole_runs_each_record_alone(tmp_path: Path) -> None:
+    export_column_sums(tmp_path)
+    registry = ModelRegistry(tmp_path, default_batching=WORKER_BATCHING)
+    registry.reload()
+    predictor = EmbeddedPredictor(registry, 1)
+    rows = [1, 2, 1]
+    stacked = {"x": np.arange(16, dtype=np.float32).reshape(4, 4)}
+    starts = np.cumsum([0, *rows])
+    batch = [
+        PredictRequest(model="sums", tensors={"x": stacked["x"][a:b]})
+        for a, b in itertools.pairwise(starts)
+    ]
+    try:
+        answers = [predictor.predict(batch), predictor.predict_stacked(batch, stacked, rows)]
+    finally:
+        predictor.close()
+        registry.close()
+    for outcomes in answers:
+        for outcome, request in zip(outcomes, batch, strict=True):
+            assert isinstance(outcome, PredictResult) and outcome.outputs is not None
+            assert request.tensors is not None
+            np.testing.assert_allclose(outcome.outputs["y"], request.tensors["x"].sum(axis=0))

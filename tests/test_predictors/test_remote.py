@@ -9,14 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from streaminfer.errors import InfrastructureError, RecordError
 from streaminfer.models.export.efficientnet import INPUT_NAME, OUTPUT_NAME
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
-from streaminfer.models.metadata import METADATA_FILE, ModelMetadata, Signature, TensorSpec
+from streaminfer.models.metadata import METADATA_FILE
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.predictors import (
     MODES,
@@ -29,6 +27,7 @@ from streaminfer.predictors import (
 from streaminfer.predictors.base import PredictRequest, PredictResult, waited_s
 from streaminfer.predictors.factory import REMOTE
 from tests.servers import ServerProcess
+from tests.sums import export_column_sums
 from tests.test_predictors.cases import (
     CAT_CLASSES,
     LABELS,
@@ -196,34 +195,11 @@ def test_a_server_that_refuses_large_requests_is_sent_smaller_ones(
             np.testing.assert_allclose(outcome.outputs["y"], tiny_reference(x[None]), 1e-6)
 
 
-def _export_column_sums(repo: Path) -> None:
-    """A model answering a batch [N, 4] with one row [4]: the sums of its columns."""
-    graph = helper.make_graph(
-        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)],
-        "sums",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
-        initializer=[numpy_helper.from_array(np.array([0], np.int64), "axes")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    metadata = ModelMetadata(
-        signature=Signature(
-            inputs=[TensorSpec(name="x", dtype="float32", shape=[-1, 4])],
-            outputs=[TensorSpec(name="y", dtype="float32", shape=[4])],
-        )
-    )
-    version = repo / "sums" / "1"
-    version.mkdir(parents=True)
-    onnx.save(model, str(version / metadata.model_file))
-    metadata.write(version)
-
-
 @pytest.mark.parametrize("mode", ["kserve-grpc", "tfserving-rest"])
 def test_outputs_not_a_row_per_input_row_are_asked_one_record_at_a_time(
     mode: str, tmp_path: Path
 ) -> None:
-    _export_column_sums(tmp_path)
+    export_column_sums(tmp_path)
     rows = [1, 2, 1]
     stacked = {"x": np.arange(16, dtype=np.float32).reshape(4, 4)}
     starts = np.cumsum([0, *rows])
@@ -231,10 +207,15 @@ def test_outputs_not_a_row_per_input_row_are_asked_one_record_at_a_time(
         PredictRequest(model="sums", tensors={"x": stacked["x"][a:b]})
         for a, b in itertools.pairwise(starts)
     ]
-    with ServerProcess(tmp_path, "--no-batching", log=tmp_path / "serve.log") as server:
+    # A long batching delay: the server would merge concurrent requests if it batched them.
+    args = ("--max-batch-delay-ms", "300")
+    with ServerProcess(tmp_path, *args, log=tmp_path / "serve.log") as server:
         predictor = REMOTE[mode](server.target(mode), RemoteOptions(timeout_s=20.0))
         try:
             answers = [predictor.predict_stacked(batch, stacked, rows), predictor.predict(batch)]
+            with ThreadPoolExecutor(len(batch)) as pool:
+                alone = pool.map(lambda request: predictor.predict([request])[0], batch)
+                answers.append(list(alone))
         finally:
             predictor.close()
     for outcomes in answers:

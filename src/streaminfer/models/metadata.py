@@ -53,6 +53,12 @@ class Signature(BaseModel):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 
+    @property
+    def outputs_per_row(self) -> bool:
+        """Whether every output has a dynamic first (batch) dimension, a row per input row:
+        only then may requests be run as one batch and its outputs cut back per request."""
+        return all(spec.shape and spec.shape[0] == -1 for spec in self.outputs)
+
 
 class ImagePreprocess(BaseModel):
     """How an encoded image becomes the model's float input.

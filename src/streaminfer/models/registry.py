@@ -251,10 +251,12 @@ class ModelRegistry:
         metadata = ModelMetadata.read(path)
         model = OnnxModel(path, metadata, self.runtime)
         batching = self.config(name).batching
-        model.warm_up((1, batching.max_batch_size) if batching.enabled else (1,))
+        # Outputs that are not a row per input row cannot be cut back per request.
+        batched = batching.enabled and metadata.signature.outputs_per_row
+        model.warm_up((1, batching.max_batch_size) if batched else (1,))
         class_names = metadata.labels(path)
         batcher = None
-        if batching.enabled:
+        if batched:
             on_batch = self._on_batch
             batcher = DynamicBatcher(
                 model.run, batching, (lambda n: on_batch(name, n)) if on_batch else None

@@ -80,6 +80,8 @@ class EmbeddedPredictor(Predictor):
         first = batch[0]
         try:
             version = self.registry.resolve(first.model, first.version, first.label)
+            if not version.metadata.signature.outputs_per_row:
+                return self.predict(batch)
             inputs = version.model.validate(stacked)
         except RecordError:
             return self.predict(batch)
@@ -145,6 +147,10 @@ class EmbeddedPredictor(Predictor):
         """One model run for records of equal names, dtypes and row shapes, checked as one
         batch: a check that passes for the batch passes for each of its records."""
         version = group[0][1]
+        if len(group) > 1 and not version.metadata.signature.outputs_per_row:
+            for item in group:  # outputs that cannot be cut per record: each on its own
+                self._run_group([item], outcomes)
+            return
         try:
             inputs = version.model.validate(concat_rows([tensors for _, _, tensors, _ in group]))
         except RecordError as exc:
@@ -168,7 +174,7 @@ class EmbeddedPredictor(Predictor):
             PredictResult(
                 version.name, version.version, self.mode, outputs=sliced, timings_ms=timings
             )
-            for sliced in split_rows(outputs, rows)
+            for sliced in (split_rows(outputs, rows) if len(rows) > 1 else [outputs])
         ]
 
 
