@@ -174,7 +174,7 @@ class EmbeddedPredictor(Predictor):
             PredictResult(
                 version.name, version.version, self.mode, outputs=sliced, timings_ms=timings
             )
-            for sliced in (split_rows(outputs, rows) if len(rows) > 1 else [outputs])
+            for sliced in split_rows(outputs, rows)
         ]
 
 

@@ -64,7 +64,10 @@ def concat_rows(parts: Sequence[Tensors]) -> Tensors:
 
 
 def split_rows(outputs: Tensors, rows: Sequence[int]) -> list[Tensors]:
-    """Cut batched outputs back into one slice per record, ``rows[i]`` rows each."""
+    """Cut batched outputs back into one slice per record, ``rows[i]`` rows each; one
+    record's outputs whole (a model's that are not a row per input row stay as they are)."""
+    if len(rows) == 1:
+        return [outputs]
     sliced, start = [], 0
     if len(outputs) == 1:  # most models: a comprehension per record cost twice the slice
         ((name, value),) = outputs.items()

@@ -477,16 +477,15 @@ class NotPerRow(Exception):
 def _per_record(outputs: Tensors, rows: list[int], served: ServedModel) -> list[Tensors]:
     """One record's outputs as the server gave them; several records' cut into a slice each,
     if each output is declared (where the metadata lists it) and found a row per input row."""
-    if len(rows) == 1:
-        return [outputs]
-    total = sum(rows)
-    declared = {spec.name: spec.shape for spec in served.outputs}
-    for name, array in outputs.items():
-        shape = declared.get(name)
-        if shape is not None and (not shape or shape[0] != -1):
-            raise NotPerRow
-        if not array.ndim or array.shape[0] != total:
-            raise NotPerRow
+    if len(rows) > 1:
+        total = sum(rows)
+        declared = {spec.name: spec.shape for spec in served.outputs}
+        for name, array in outputs.items():
+            shape = declared.get(name)
+            if shape is not None and (not shape or shape[0] != -1):
+                raise NotPerRow
+            if not array.ndim or array.shape[0] != total:
+                raise NotPerRow
     return split_rows(outputs, rows)
 
 
