@@ -9,6 +9,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from streaminfer.models.metadata import ModelMetadata, Signature, TensorSpec
+from streaminfer.predictors.base import Outcome, PredictRequest, PredictResult
 
 
 def export_column_sums(repo: Path) -> None:
@@ -32,3 +33,11 @@ def export_column_sums(repo: Path) -> None:
     version.mkdir(parents=True)
     onnx.save(model, str(version / metadata.model_file))
     metadata.write(version)
+
+
+def assert_own_sums(outcomes: list[Outcome], batch: list[PredictRequest]) -> None:
+    """Each record answered with the sums of its own rows."""
+    for outcome, request in zip(outcomes, batch, strict=True):
+        assert isinstance(outcome, PredictResult) and outcome.outputs is not None
+        assert request.tensors is not None
+        np.testing.assert_allclose(outcome.outputs["y"], request.tensors["x"].sum(axis=0))

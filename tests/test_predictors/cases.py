@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
+
 from streaminfer.errors import InfrastructureError, RecordError
 from streaminfer.models.export.efficientnet import imagenet_labels
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.base import Outcome, PredictRequest, PredictResult
+from streaminfer.types import Tensors
 
 MODEL = "efficientnet-lite0"
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
@@ -29,6 +34,15 @@ def is_cat(prediction: Prediction) -> bool:
 
 def is_espresso(prediction: Prediction) -> bool:
     return prediction.label == LABELS[ESPRESSO] and prediction.class_id == ESPRESSO
+
+
+def stacked_requests(model: str, stacked: Tensors, rows: list[int]) -> list[PredictRequest]:
+    """A request per record whose tensors are its consecutive ``rows`` of ``stacked``."""
+    starts = np.cumsum([0, *rows])
+    return [
+        PredictRequest(model=model, tensors={n: a[start:end] for n, a in stacked.items()})
+        for start, end in itertools.pairwise(starts)
+    ]
 
 
 def image_batch(jpegs: dict[str, bytes]) -> list[PredictRequest]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +15,7 @@ from streaminfer.models.export.efficientnet import INPUT_NAME, OUTPUT_NAME
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.predictors.base import PredictRequest, PredictResult, waited_s
 from streaminfer.predictors.embedded import EmbeddedPredictor
-from tests.sums import export_column_sums
+from tests.sums import assert_own_sums, export_column_sums
 from tests.test_predictors.cases import (
     CAT_CLASSES,
     ESPRESSO,
@@ -25,6 +24,7 @@ from tests.test_predictors.cases import (
     assert_mixed,
     image_batch,
     mixed_batch,
+    stacked_requests,
 )
 
 
@@ -108,18 +108,11 @@ def test_a_model_answering_a_batch_as_a_whole_runs_each_record_alone(tmp_path: P
     predictor = EmbeddedPredictor(registry, 1)
     rows = [1, 2, 1]
     stacked = {"x": np.arange(16, dtype=np.float32).reshape(4, 4)}
-    starts = np.cumsum([0, *rows])
-    batch = [
-        PredictRequest(model="sums", tensors={"x": stacked["x"][a:b]})
-        for a, b in itertools.pairwise(starts)
-    ]
+    batch = stacked_requests("sums", stacked, rows)
     try:
         answers = [predictor.predict(batch), predictor.predict_stacked(batch, stacked, rows)]
     finally:
         predictor.close()
         registry.close()
     for outcomes in answers:
-        for outcome, request in zip(outcomes, batch, strict=True):
-            assert isinstance(outcome, PredictResult) and outcome.outputs is not None
-            assert request.tensors is not None
-            np.testing.assert_allclose(outcome.outputs["y"], request.tensors["x"].sum(axis=0))
+        assert_own_sums(outcomes, batch)

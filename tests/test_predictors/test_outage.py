@@ -23,7 +23,13 @@ from streaminfer.predictors import (
 from streaminfer.predictors.base import Outcome, Predictor, PredictRequest, PredictResult
 from streaminfer.predictors.factory import REMOTE
 from tests.servers import ServerProcess
-from tests.test_predictors.cases import MODEL, FakeClock, assert_classified, image_batch
+from tests.test_predictors.cases import (
+    MODEL,
+    FakeClock,
+    assert_classified,
+    image_batch,
+    stacked_requests,
+)
 
 RECOVERY_DEADLINE_S = 30.0
 NO_RETRY = RetryPolicy(max_attempts=1)
@@ -86,10 +92,7 @@ def test_fallback_serves_in_process_while_the_server_is_down(
     )
     batch = image_batch(sample_jpegs)
     stacked = {INPUT_NAME: np.zeros((2, 3, 224, 224), np.float32)}
-    rows = [
-        PredictRequest(model=MODEL, tensors={INPUT_NAME: stacked[INPUT_NAME][i : i + 1]})
-        for i in range(2)
-    ]
+    rows = stacked_requests(MODEL, stacked, [1, 1])
     try:
         assert_classified(predictor.predict(batch), mode)
         assert _modes(predictor.predict_stacked(rows, stacked, [1, 1])) == [mode] * 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,7 @@ from streaminfer.predictors import (
 from streaminfer.predictors.base import PredictRequest, PredictResult, waited_s
 from streaminfer.predictors.factory import REMOTE
 from tests.servers import ServerProcess
-from tests.sums import export_column_sums
+from tests.sums import assert_own_sums, export_column_sums
 from tests.test_predictors.cases import (
     CAT_CLASSES,
     LABELS,
@@ -38,6 +37,7 @@ from tests.test_predictors.cases import (
     is_cat,
     is_espresso,
     mixed_batch,
+    stacked_requests,
 )
 
 
@@ -129,11 +129,7 @@ def test_a_stack_goes_in_chunks_of_whole_records_and_answers_as_alone(
 ) -> None:
     rows = [1, 2, 1, 2, 1]
     stacked = {INPUT_NAME: np.random.default_rng(2).standard_normal((7, 3, 224, 224), np.float32)}
-    starts = np.cumsum([0, *rows])
-    batch = [
-        PredictRequest(model=MODEL, tensors={INPUT_NAME: stacked[INPUT_NAME][a:b]})
-        for a, b in itertools.pairwise(starts)
-    ]
+    batch = stacked_requests(MODEL, stacked, rows)
     options = RemoteOptions(timeout_s=20.0, max_batch_rows=3)
     predictor = create_predictor(mode, server=server.target(mode), options=options)
     try:
@@ -155,10 +151,7 @@ def test_a_stack_goes_in_chunks_of_whole_records_and_answers_as_alone(
 
 def test_a_stack_the_model_refuses_fails_each_record_alone(client: RemotePredictor) -> None:
     stacked = {INPUT_NAME: np.zeros((3, 3, 8, 8), np.float32)}
-    batch = [
-        PredictRequest(model=MODEL, tensors={INPUT_NAME: stacked[INPUT_NAME][i : i + 1]})
-        for i in range(3)
-    ]
+    batch = stacked_requests(MODEL, stacked, [1, 1, 1])
     outcomes = client.predict_stacked(batch, stacked, [1, 1, 1])
     assert len(outcomes) == 3
     for outcome in outcomes:
@@ -174,9 +167,7 @@ def test_a_server_that_refuses_large_requests_is_sent_smaller_ones(
     metadata = tmp_path / "tiny" / "1" / METADATA_FILE
     metadata.write_text(json.dumps({**json.loads(metadata.read_text()), "max_batch_size": 5}))
     stacked = {"x": np.arange(160, dtype=np.float32).reshape(40, 4)}
-    batch = [
-        PredictRequest(model="tiny", tensors={"x": stacked["x"][i : i + 1]}) for i in range(40)
-    ]
+    batch = stacked_requests("tiny", stacked, [1] * 40)
     with ServerProcess(tmp_path, log=tmp_path / "serve.log") as server:
         options = RemoteOptions(timeout_s=20.0, max_batch_rows=1024)  # the worker's default
         predictor = REMOTE[mode](server.target(mode), options)
@@ -202,11 +193,7 @@ def test_outputs_not_a_row_per_input_row_are_asked_one_record_at_a_time(
     export_column_sums(tmp_path)
     rows = [1, 2, 1]
     stacked = {"x": np.arange(16, dtype=np.float32).reshape(4, 4)}
-    starts = np.cumsum([0, *rows])
-    batch = [
-        PredictRequest(model="sums", tensors={"x": stacked["x"][a:b]})
-        for a, b in itertools.pairwise(starts)
-    ]
+    batch = stacked_requests("sums", stacked, rows)
     # A long batching delay: the server would merge concurrent requests if it batched them.
     args = ("--max-batch-delay-ms", "300")
     with ServerProcess(tmp_path, *args, log=tmp_path / "serve.log") as server:
@@ -219,10 +206,7 @@ def test_outputs_not_a_row_per_input_row_are_asked_one_record_at_a_time(
         finally:
             predictor.close()
     for outcomes in answers:
-        for outcome, request in zip(outcomes, batch, strict=True):
-            assert isinstance(outcome, PredictResult) and outcome.outputs is not None
-            assert request.tensors is not None
-            np.testing.assert_allclose(outcome.outputs["y"], request.tensors["x"].sum(axis=0))
+        assert_own_sums(outcomes, batch)
 
 
 def test_seed_style_classifies_one_record_per_call(
