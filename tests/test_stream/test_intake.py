@@ -28,6 +28,39 @@ def test_costly_records_keep_the_batch_size() -> None:
     assert sizer.size == 16
 
 
+def test_a_round_trip_per_chunk_makes_chunks_that_are_worth_it() -> None:
+    sizer = ChunkSizer(16, target_s=0.01, growth=64)
+    for n in [10, 20, 30, 40] * 10:  # 8 ms a call and 15 us a record
+        sizer.observe(n, 0.008 + n * 15e-6)
+    # By time alone a chunk would take ~30 records (10 ms at ~0.34 ms a record); the
+    # round trip is worth 533 records' own cost.
+    assert round(sizer.target_s / sizer.record_s) < 40
+    assert sizer.size == 533
+
+
+def test_records_whose_cost_hides_the_round_trip_keep_the_batch_size() -> None:
+    sizer = ChunkSizer(16)
+    for n in [4, 8, 12, 16] * 10:  # images from a server: 3 ms a call, 20 ms an image
+        sizer.observe(n, 0.003 + n * 0.020)
+    assert sizer.size == 16
+
+
+def test_a_round_trip_that_shows_no_cost_per_record_allows_the_ceiling() -> None:
+    sizer = ChunkSizer(16, growth=64)
+    for n, seconds in [(10, 0.012), (40, 0.010)] * 10:  # noise hides a record's cost
+        sizer.observe(n, seconds)
+    assert sizer.size == 16 * 64
+
+
+def test_chunks_of_one_size_fit_no_line_and_keep_the_last_one() -> None:
+    sizer = ChunkSizer(16)
+    for n in [10, 20, 30, 40] * 10:
+        sizer.observe(n, 0.008 + n * 15e-6)
+    for _ in range(100):  # saturated: every chunk as large as allowed, nothing to fit
+        sizer.observe(533, 0.008 + 533 * 15e-6)
+    assert sizer.size == 533
+
+
 def test_every_lane_runs_until_a_chunk_has_finished() -> None:
     assert ChunkLanes(4).limit == 4
 

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 PAUSE_AFTER_S = 1.0  # a full buffer for this long pauses the partitions
 _SMOOTHING = 0.3  # weight of the newest observation in the moving averages
+_FIT_SMOOTHING = 0.05  # the chunk-cost line's: it needs chunks of several sizes
+_FIT_SPREAD = 0.1  # chunk sizes must vary by this share of their mean to fit a line
 BACKLOG_CHECKS = 3  # checks running (one an interval) that must find a queue to call it a backlog
 
 
@@ -33,6 +35,13 @@ class ChunkSizer:
     holds about ``target_s`` of work: a chunk's fixed costs (a thread hop, a model run,
     the loop's bookkeeping) then stay a small part of each record's, which for a tiny
     model they are not at 16 records.  Images (milliseconds each) keep ``floor``.
+
+    A remote model's round trip is such a fixed cost, of milliseconds, and on shared
+    cores it grows with the load: sized by time alone, its chunks shrank to about 27
+    tensor records as the round trip neared ``target_s``, the lanes could no longer keep
+    up, and the worker queued for seconds at half load.  So a line is fitted to recent
+    chunks (time = a part per chunk + a part per record), and a chunk also takes at
+    least as many records as its part per chunk is worth.
     """
 
     def __init__(self, floor: int, target_s: float = 0.01, growth: int = 64) -> None:
@@ -40,6 +49,9 @@ class ChunkSizer:
         self.ceiling = floor * growth
         self.target_s = target_s
         self.record_s = 0.0  # moving average of a record's share of its chunk's time
+        self.fixed_records = 0.0  # records that cost what a chunk's fixed part does
+        self._moments = [0.0, 0.0, 0.0, 0.0]  # moving averages of n, t, n * n, n * t
+        self._fitted = False
 
     def observe(self, records: int, seconds: float) -> None:
         if records > 0:
@@ -47,12 +59,36 @@ class ChunkSizer:
             if self.record_s == 0.0:
                 self.record_s = per_record
             self.record_s += _SMOOTHING * (per_record - self.record_s)
+            self._fit(records, seconds)
+
+    def _fit(self, n: int, t: float) -> None:
+        """The least-squares line through recent chunks' (records, seconds), in moving
+        averages; kept as it was while their sizes hardly vary (it is then unknown)."""
+        moments = self._moments
+        for i, value in enumerate((n, t, n * n, n * t)):
+            moments[i] = (
+                value if not self._fitted else moments[i] + _FIT_SMOOTHING * (value - moments[i])
+            )
+        self._fitted = True
+        mean_n, mean_t, mean_nn, mean_nt = moments
+        variance = mean_nn - mean_n * mean_n
+        if variance < (_FIT_SPREAD * mean_n) ** 2:
+            return
+        per_record = (mean_nt - mean_n * mean_t) / variance
+        fixed = mean_t - per_record * mean_n
+        if fixed <= 0:
+            self.fixed_records = 0.0
+        elif per_record <= 0:  # no cost per record shows beside the fixed part's
+            self.fixed_records = float(self.ceiling)
+        else:
+            self.fixed_records = fixed / per_record
 
     @property
     def size(self) -> int:
         if self.record_s <= 0.0:
             return self.floor
-        return max(self.floor, min(self.ceiling, round(self.target_s / self.record_s)))
+        wanted = max(self.target_s / self.record_s, self.fixed_records)
+        return max(self.floor, min(self.ceiling, round(wanted)))
 
 
 class ChunkLanes:

@@ -11,7 +11,7 @@ How it keeps its promises:
 
 * **Throughput without reordering.**  Polled records are cut into chunks of up to
   ``batch_size``, or more when records are cheap (``ChunkSizer``: about 10 ms of work
-  per chunk); up to ``max_in_flight`` chunks run through the pipeline at once on a
+  per chunk, and enough records to be worth a remote round trip); up to ``max_in_flight`` chunks run through the pipeline at once on a
   thread pool (fewer while they hold the GIL more than they wait: ``ChunkLanes``), but
   their records are written strictly in the order they were consumed, so every
   partition's outputs keep their input order.
