@@ -52,13 +52,35 @@ def test_a_round_trip_that_shows_no_cost_per_record_allows_the_ceiling() -> None
     assert sizer.size == 16 * 64
 
 
-def test_chunks_of_one_size_fit_no_line_and_keep_the_last_one() -> None:
+def test_chunks_of_one_size_keep_the_last_line() -> None:
     sizer = ChunkSizer(16)
     for n in [10, 20, 30, 40] * 10:
         sizer.observe(n, 0.008 + n * 15e-6)
     for _ in range(100):  # saturated: every chunk as large as allowed, nothing to fit
         sizer.observe(533, 0.008 + 533 * 15e-6)
-    assert sizer.size == 533
+    assert sizer.fixed_records == pytest.approx(533, rel=1e-3)
+
+
+def test_a_backlog_of_equal_chunks_is_probed_with_larger_ones() -> None:
+    """A backlog from the start fills every chunk to the batch size: the sizer must try
+    other sizes to find that a 25 ms round trip is worth far more records."""
+    sizer = ChunkSizer(16, growth=64)
+    sizes = []
+    for _ in range(40):
+        n = sizer.size  # the worker fills each chunk to the size: a backlog
+        sizes.append(n)
+        sizer.observe(n, 0.025 + n * 10e-6)
+    assert sizes[:7] == [16] * 7 and sizes[7] == 32  # the eighth chunk probes
+    assert sizer.size == 16 * 64
+
+
+def test_chunks_that_vary_enough_are_not_probed() -> None:
+    sizer = ChunkSizer(16)
+    sizes = set()
+    for n in [16, 8, 12, 4] * 10:  # images as they come: the line is known
+        sizer.observe(n, 0.003 + n * 0.020)
+        sizes.add(sizer.size)
+    assert sizes == {16}
 
 
 def test_every_lane_runs_until_a_chunk_has_finished() -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import consume, produce
+from streaminfer.net import free_port
 from streaminfer.processes import ManagedProcess
 from tests.servers import ServerProcess
 from tests.support import wait_for
@@ -82,6 +85,30 @@ def _tiny_records(count: int) -> list[bytes]:
         json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [[i, 0, 0, 0]]}}).encode()
         for i in range(count)
     ]
+
+
+def test_a_backlog_behind_a_slow_round_trip_goes_in_large_requests(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+    tmp_path: Path,
+) -> None:
+    """Each call to this server waits 25 ms for its last batch to fill, whatever it
+    carries.  Chunks sized by time alone stayed at ``--batch-size`` (16), and 6,000 waiting
+    records took 375 calls; a chunk must take as many records as the round trip is worth."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    produce(kafka_settings, inp, _tiny_records(6000))  # waiting before the worker starts
+    delayed = ("--max-batch-delay-ms", "25")
+    with ServerProcess(stream_repo, *delayed, log=tmp_path / "server.log") as server:
+        port = free_port()
+        remote_worker(start_worker, server, "kserve-grpc", inp, out, "--metrics-port", str(port))
+        docs = decoded(outputs(kafka_settings, out, 6000, timeout=120))
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert [d["id"] for d in docs] == [str(i) for i in range(6000)]
+    assert docs[1]["outputs"]["y"][0] == pytest.approx([1.0, 1.1, 1.2, 1.3], rel=1e-6)
+    (calls,) = re.findall(r"^streaminfer_batch_size_count (\S+)$", metrics, re.M)
+    assert float(calls) <= 6000 / 64
 
 
 def test_server_killed_and_restarted_loses_nothing(

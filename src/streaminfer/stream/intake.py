@@ -25,6 +25,7 @@ PAUSE_AFTER_S = 1.0  # a full buffer for this long pauses the partitions
 _SMOOTHING = 0.3  # weight of the newest observation in the moving averages
 _FIT_SMOOTHING = 0.05  # the chunk-cost line's: it needs chunks of several sizes
 _FIT_SPREAD = 0.1  # chunk sizes must vary by this share of their mean to fit a line
+_PROBE_EVERY = 8  # while they do not (a steady backlog), every 8th chunk takes twice as many
 BACKLOG_CHECKS = 3  # checks running (one an interval) that must find a queue to call it a backlog
 
 
@@ -41,7 +42,9 @@ class ChunkSizer:
     tensor records as the round trip neared ``target_s``, the lanes could no longer keep
     up, and the worker queued for seconds at half load.  So a line is fitted to recent
     chunks (time = a part per chunk + a part per record), and a chunk also takes at
-    least as many records as its part per chunk is worth.
+    least as many records as its part per chunk is worth.  A backlog fills every chunk to
+    the same size, which fits no line: then every ``_PROBE_EVERY``-th chunk takes twice
+    as many records.
     """
 
     def __init__(self, floor: int, target_s: float = 0.01, growth: int = 64) -> None:
@@ -51,29 +54,28 @@ class ChunkSizer:
         self.record_s = 0.0  # moving average of a record's share of its chunk's time
         self.fixed_records = 0.0  # records that cost what a chunk's fixed part does
         self._moments = [0.0, 0.0, 0.0, 0.0]  # moving averages of n, t, n * n, n * t
-        self._fitted = False
+        self._unknown_for = 0  # chunks since the line was last known
 
     def observe(self, records: int, seconds: float) -> None:
-        if records > 0:
-            per_record = seconds / records
-            if self.record_s == 0.0:
-                self.record_s = per_record
-            self.record_s += _SMOOTHING * (per_record - self.record_s)
-            self._fit(records, seconds)
+        if records <= 0:
+            return
+        first = self.record_s == 0.0  # the first chunk starts the moving averages
+        per_record = seconds / records
+        self.record_s += (1.0 if first else _SMOOTHING) * (per_record - self.record_s)
+        self._fit(records, seconds, 1.0 if first else _FIT_SMOOTHING)
 
-    def _fit(self, n: int, t: float) -> None:
+    def _fit(self, n: int, t: float, weight: float) -> None:
         """The least-squares line through recent chunks' (records, seconds), in moving
         averages; kept as it was while their sizes hardly vary (it is then unknown)."""
         moments = self._moments
         for i, value in enumerate((n, t, n * n, n * t)):
-            moments[i] = (
-                value if not self._fitted else moments[i] + _FIT_SMOOTHING * (value - moments[i])
-            )
-        self._fitted = True
+            moments[i] += weight * (value - moments[i])
         mean_n, mean_t, mean_nn, mean_nt = moments
         variance = mean_nn - mean_n * mean_n
         if variance < (_FIT_SPREAD * mean_n) ** 2:
+            self._unknown_for += 1
             return
+        self._unknown_for = 0
         per_record = (mean_nt - mean_n * mean_t) / variance
         fixed = mean_t - per_record * mean_n
         if fixed <= 0:
@@ -88,7 +90,10 @@ class ChunkSizer:
         if self.record_s <= 0.0:
             return self.floor
         wanted = max(self.target_s / self.record_s, self.fixed_records)
-        return max(self.floor, min(self.ceiling, round(wanted)))
+        size = max(self.floor, min(self.ceiling, round(wanted)))
+        if self._unknown_for % _PROBE_EVERY == _PROBE_EVERY - 1:
+            return min(self.ceiling, size * 2)  # another size, so that a line can be fitted
+        return size
 
 
 class ChunkLanes:

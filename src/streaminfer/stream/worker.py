@@ -11,10 +11,11 @@ How it keeps its promises:
 
 * **Throughput without reordering.**  Polled records are cut into chunks of up to
   ``batch_size``, or more when records are cheap (``ChunkSizer``: about 10 ms of work
-  per chunk, and enough records to be worth a remote round trip); up to ``max_in_flight`` chunks run through the pipeline at once on a
-  thread pool (fewer while they hold the GIL more than they wait: ``ChunkLanes``), but
-  their records are written strictly in the order they were consumed, so every
-  partition's outputs keep their input order.
+  per chunk, and enough records to be worth a remote round trip); up to
+  ``max_in_flight`` chunks run through the pipeline at once on a thread pool (fewer
+  while they hold the GIL more than they wait: ``ChunkLanes``), but their records are
+  written strictly in the order they were consumed, so every partition's outputs keep
+  their input order.
 * **Exactly once.**  A record's offset is only committed together with its output or
   dead letter; when a commit cannot keep that, the uncommitted work is dropped and redone
   from the last commit.
