@@ -67,7 +67,7 @@ class WorkerMetrics:
         self.batch_size = Histogram(
             "streaminfer_batch_size",
             "Records per predictor call",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            buckets=tuple(2**i for i in range(13)),  # chunks reach 64 x --batch-size
             registry=r,
         )
         # The multiprocess modes say how ``--processes N`` members' gauges add up.
