@@ -11,13 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streaminfer.models import runtime
 from streaminfer.models.batcher import WORKER_BATCHING, BatchingConfig, DynamicBatcher, Overloaded
 from streaminfer.models.errors import BadLabel, InvalidInput, ModelNotFound
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
+from streaminfer.models.metadata import IMAGE_MAX_BATCH, ModelMetadata
 from streaminfer.models.model_config import ModelConfig, VersionPolicy
 from streaminfer.models.pipeline import classify, preprocess_images
 from streaminfer.models.registry import ModelRegistry
+from streaminfer.models.runtime import OnnxModel, RuntimeOptions
 from streaminfer.models.status import VersionState
+from tests.repository import MODEL
 from tests.support import wait_for
 
 
@@ -132,6 +136,32 @@ def test_runtime_validation_names_the_input(tmp_path: Path) -> None:
     ints = served.infer({"x": np.ones((1, 4), dtype=np.int64)})["y"]
     np.testing.assert_allclose(ints, tiny_reference(np.ones((1, 4))), rtol=1e-6)
     registry.close()
+
+
+def test_a_merged_batch_holds_no_more_rows_than_one_request_may(
+    model_repo: Path, tmp_path: Path
+) -> None:
+    for repo, model, most in (
+        (model_repo, MODEL, IMAGE_MAX_BATCH),
+        (_tiny_repo(tmp_path), "tiny", 4096),
+    ):
+        registry = ModelRegistry(repo, default_batching=BatchingConfig(max_batch_size=8192))
+        registry.reload()
+        batcher = registry.resolve(model).batcher
+        assert batcher is not None and batcher.config.max_batch_size == most
+        registry.close()
+
+
+def test_warm_up_runs_are_cut_to_a_bounded_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _tiny_repo(tmp_path) / "tiny" / "1"
+    model = OnnxModel(folder, ModelMetadata.read(folder), RuntimeOptions())
+    rows: list[int] = []
+    monkeypatch.setattr(model, "run", lambda inputs: rows.append(len(inputs["x"])))
+    monkeypatch.setattr(runtime, "WARM_UP_BYTES", 100 * 16)  # 100 rows of 4 floats
+    model.warm_up((1, 4096, 100))
+    assert rows == [1, 64, 100]
 
 
 def test_batcher_coalesces_concurrent_callers() -> None:

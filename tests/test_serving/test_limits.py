@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -327,6 +328,25 @@ def _typed_float_request(rows: int) -> predict_pb2.PredictRequest:
     )
     assert len(request.inputs["input"].float_val) == rows * 3 * 224 * 224
     return request
+
+
+def test_a_max_batch_size_past_the_models_own_stays_within_memory(
+    stream_repo: Path, tmp_path: Path, jpeg: bytes
+) -> None:
+    """``--max-batch-size 4096`` made the server warm EfficientNet-Lite0 up on 4,096
+    images (24 GB) and merge that many: the kernel killed it before it answered once.
+    A merged batch now holds at most the rows one request may (64 images: a run of
+    them takes about 850 MB, four such requests at once about 1.2 GB)."""
+    image = {"b64": base64.b64encode(jpeg).decode()}
+    args = ("--max-batch-size", "4096", "--max-batch-delay-ms", "200")
+    with ServerProcess(stream_repo, *args, log=tmp_path / "serve.log") as server:
+        with server.client() as client, ThreadPoolExecutor(4) as pool:
+            full = [{"instances": [image] * IMAGE_MAX_BATCH}] * 4  # merged: 256 images
+            answers = list(pool.map(lambda body: client.post(PREDICT, json=body), full))
+        assert [a.status_code for a in answers] == [200] * 4
+        assert all(len(a.json()["predictions"]) == IMAGE_MAX_BATCH for a in answers)
+        peak = _peak_rss_kb(server)
+        assert peak < 2 * 1024 * 1024, f"peak RSS {peak // 1024} MB"
 
 
 def test_peak_rss_stays_under_600_mb(limited: ServerProcess, jpeg: bytes) -> None:

@@ -251,6 +251,10 @@ class ModelRegistry:
         metadata = ModelMetadata.read(path)
         model = OnnxModel(path, metadata, self.runtime)
         batching = self.config(name).batching
+        if batching.max_batch_size > metadata.batch_limit:
+            # A merged batch holds no more rows than one request may: --max-batch-size 4096
+            # merged (and warmed up) 4,096 images, and the kernel killed the server.
+            batching = batching.model_copy(update={"max_batch_size": metadata.batch_limit})
         # Outputs that are not a row per input row cannot be cut back per request.
         batched = batching.enabled and metadata.signature.outputs_per_row
         model.warm_up((1, batching.max_batch_size) if batched else (1,))
