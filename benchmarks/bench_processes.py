@@ -1,6 +1,6 @@
 """``streaminfer run --processes N``: exactly-once tensor throughput of 1 and 2 members.
 
-    .venv/bin/python benchmarks/bench_processes.py [--records 40000] [--processes 1,2]
+    .venv/bin/python benchmarks/bench_processes.py [--records 800000] [--processes 1,2]
         [--rounds 3]
 
 Starts a throw-away broker, writes the tiny tensor model's records to a two-partition
@@ -139,7 +139,7 @@ def run_once(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=40_000)
+    parser.add_argument("--records", type=int, default=800_000)
     parser.add_argument("--processes", default="1,2")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
