@@ -186,6 +186,32 @@ def test_batcher_coalesces_concurrent_callers() -> None:
     assert sum(calls) == 17 and max(calls) == 8 and len(calls) < 17
 
 
+def test_batcher_merges_large_rows_up_to_its_bytes() -> None:
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(len(inputs["x"]))
+        gate.wait(5)  # hold the first run so the others queue up behind it
+        return {"y": inputs["x"][:, :1]}
+
+    row_bytes = 4 * 1024  # a row of 1,024 floats: 8 rows fill the bytes
+    config = BatchingConfig(max_batch_size=4096, max_batch_delay_ms=50, merge_bytes=8 * row_bytes)
+    batcher = DynamicBatcher(run, config)
+    requests = [np.full((3, 1024), i, dtype=np.float32) for i in range(9)]
+    with ThreadPoolExecutor(9) as pool:
+        futures = [pool.submit(batcher.infer, {"x": requests[0]})]
+        wait_for(lambda: calls == [3], 10, "the first run")
+        futures += [pool.submit(batcher.infer, {"x": x}) for x in requests[1:]]
+        wait_for(lambda: batcher.queue_depth == 8, 10, "callers to queue")
+        gate.set()
+        results = [f.result(10) for f in futures]
+    batcher.close()
+    for x, result in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(result["y"], x[:, :1])
+    assert calls == [3, 6, 6, 6, 6]  # two requests of 3 rows fit 8 rows' bytes, three do not
+
+
 def test_batcher_keeps_different_shapes_apart_and_reports_errors() -> None:
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if inputs["x"].shape[1] == 3:

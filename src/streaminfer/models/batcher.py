@@ -2,7 +2,8 @@
 
 Callers submit tensors whose first axis is their own batch (often 1).  A runner thread
 takes the first waiting request, then keeps taking more until ``max_batch_size`` rows
-are gathered or ``max_batch_delay_ms`` has passed since the first, runs the model once,
+(or ``merge_bytes`` of inputs) are gathered or ``max_batch_delay_ms`` has passed since
+the first, runs the model once,
 and hands every caller its own slice of the outputs.  Requests whose non-batch shapes
 differ are never mixed in one run, and a request of more than ``max_batch_size`` rows
 is run in slices of at most that many, so a large request costs the runtime no more
@@ -38,6 +39,9 @@ class BatchingConfig(BaseModel):
     # already, 1,024 rows of a tiny model make one run instead of 64 (0.07 ms against
     # 2.49), while images still run 16 at a time.
     slice_bytes: int | None = Field(default=None, ge=1)
+    # Rows bound a batch of small rows; this bounds one of large rows: 4,096 merged rows
+    # of a 1 MB tensor would be 4 GB.  The first request is always taken whole.
+    merge_bytes: int = Field(default=64 << 20, ge=1)
 
 
 WORKER_BATCHING = BatchingConfig(slice_bytes=4 << 20)
@@ -53,6 +57,7 @@ class _Request:
     inputs: Tensors
     rows: int
     key: tuple[tuple[str, tuple[int, ...], str], ...]
+    nbytes: int
     future: Future[Tensors] = field(default_factory=Future)
 
 
@@ -121,7 +126,7 @@ class DynamicBatcher:
         if len(rows) != 1:
             raise ValueError("all inputs of one request must have the same batch size")
         key = tuple(sorted((n, a.shape[1:], a.dtype.str) for n, a in inputs.items()))
-        request = _Request(inputs, rows.pop(), key)
+        request = _Request(inputs, rows.pop(), key, sum(a.nbytes for a in inputs.values()))
         self._queue.put(request)
         return request.future
 
@@ -154,7 +159,7 @@ class DynamicBatcher:
             if first is _STOP:
                 return None
             assert isinstance(first, _Request)
-            batch, rows = [first], first.rows
+            batch, rows, nbytes = [first], first.rows, first.nbytes
             deadline = time.monotonic() + self.config.max_batch_delay_ms / 1000
             while rows < self.config.max_batch_size:
                 remaining = deadline - time.monotonic()
@@ -170,11 +175,16 @@ class DynamicBatcher:
                     self._queue.put(_STOP)
                     break
                 assert isinstance(item, _Request)
-                if item.key != first.key or rows + item.rows > self.config.max_batch_size:
+                if (
+                    item.key != first.key
+                    or rows + item.rows > self.config.max_batch_size
+                    or nbytes + item.nbytes > self.config.merge_bytes
+                ):
                     self._held = item
                     break
                 batch.append(item)
                 rows += item.rows
+                nbytes += item.nbytes
             return batch
 
     def _execute(self, batch: list[_Request]) -> None:
