@@ -341,7 +341,7 @@ def test_a_max_batch_size_past_the_models_own_stays_within_memory(
     args = ("--max-batch-size", "4096", "--max-batch-delay-ms", "200")
     with ServerProcess(stream_repo, *args, log=tmp_path / "serve.log") as server:
         with server.client() as client, ThreadPoolExecutor(4) as pool:
-            full = [{"instances": [image] * IMAGE_MAX_BATCH}] * 4  # merged: 256 images
+            full = [{"instances": [image] * IMAGE_MAX_BATCH}] * 4  # merged, once: 256 images
             answers = list(pool.map(lambda body: client.post(PREDICT, json=body), full))
         assert [a.status_code for a in answers] == [200] * 4
         assert all(len(a.json()["predictions"]) == IMAGE_MAX_BATCH for a in answers)
