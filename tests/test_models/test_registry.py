@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -164,15 +165,24 @@ def test_warm_up_runs_are_cut_to_a_bounded_input(
     assert rows == [1, 64, 100]
 
 
-def test_batcher_coalesces_concurrent_callers() -> None:
-    calls: list[int] = []
-    gate = threading.Event()
+def _held_run(
+    calls: list[int], gate: threading.Event
+) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """A model run that notes its rows in ``calls`` and doubles its input, each run held
+    until ``gate`` is set so that the callers after the first queue up behind it."""
 
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         calls.append(len(inputs["x"]))
-        gate.wait(5)  # hold the first run so the others queue up behind it
+        gate.wait(5)
         return {"y": inputs["x"] * 2}
 
+    return run
+
+
+def test_batcher_coalesces_concurrent_callers() -> None:
+    calls: list[int] = []
+    gate = threading.Event()
+    run = _held_run(calls, gate)
     batcher = DynamicBatcher(run, BatchingConfig(max_batch_size=8, max_batch_delay_ms=50))
     rows = [np.full((1, 4), i, dtype=np.float32) for i in range(17)]
     with ThreadPoolExecutor(17) as pool:
@@ -189,12 +199,7 @@ def test_batcher_coalesces_concurrent_callers() -> None:
 def test_batcher_merges_large_rows_up_to_its_bytes() -> None:
     calls: list[int] = []
     gate = threading.Event()
-
-    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        calls.append(len(inputs["x"]))
-        gate.wait(5)  # hold the first run so the others queue up behind it
-        return {"y": inputs["x"][:, :1]}
-
+    run = _held_run(calls, gate)
     row_bytes = 4 * 1024  # a row of 1,024 floats: 8 rows fill the bytes
     config = BatchingConfig(max_batch_size=4096, max_batch_delay_ms=50, merge_bytes=8 * row_bytes)
     batcher = DynamicBatcher(run, config)
@@ -208,7 +213,7 @@ def test_batcher_merges_large_rows_up_to_its_bytes() -> None:
         results = [f.result(10) for f in futures]
     batcher.close()
     for x, result in zip(requests, results, strict=True):
-        np.testing.assert_array_equal(result["y"], x[:, :1])
+        np.testing.assert_array_equal(result["y"], x * 2)
     assert calls == [3, 6, 6, 6, 6]  # two requests of 3 rows fit 8 rows' bytes, three do not
 
 
