@@ -111,21 +111,20 @@ class OnnxModel:
         ``--max-batch-size 4096`` EfficientNet-Lite0's warm-up took 24 GB, and the kernel
         killed the server before it had answered once.
         """
+        inputs = self.metadata.signature.inputs
         for rows in batch_sizes:
-            while rows > 1 and self._zeros_bytes(rows) > WARM_UP_BYTES:
+            while rows > 1 and sum(_zeros_bytes(spec, rows) for spec in inputs) > WARM_UP_BYTES:
                 rows //= 2
-            dummy = {}
-            for spec in self.metadata.signature.inputs:
-                shape = [rows if d < 0 else d for d in spec.shape]
-                dummy[spec.name] = np.zeros(shape, dtype=_numpy_dtype(spec))
-            self.run(dummy)
+            self.run({s.name: np.zeros(_zeros_shape(s, rows), _numpy_dtype(s)) for s in inputs})
 
-    def _zeros_bytes(self, rows: int) -> int:
-        """The bytes of warm-up inputs of ``rows`` (every unknown dimension that long)."""
-        return sum(
-            math.prod(rows if d < 0 else d for d in spec.shape) * _numpy_dtype(spec).itemsize
-            for spec in self.metadata.signature.inputs
-        )
+
+def _zeros_shape(spec: TensorSpec, rows: int) -> list[int]:
+    """A warm-up input's shape: every unknown dimension ``rows`` long."""
+    return [rows if d < 0 else d for d in spec.shape]
+
+
+def _zeros_bytes(spec: TensorSpec, rows: int) -> int:
+    return math.prod(_zeros_shape(spec, rows)) * _numpy_dtype(spec).itemsize
 
 
 def _shape_matches(shape: tuple[int, ...], expected: list[int]) -> bool:
