@@ -26,6 +26,7 @@ _SMOOTHING = 0.3  # weight of the newest observation in the moving averages
 _FIT_SMOOTHING = 0.05  # the chunk-cost line's: it needs chunks of several sizes
 _FIT_SPREAD = 0.1  # chunk sizes must vary by this share of their mean to fit a line
 _PROBE_EVERY = 8  # while they do not (a steady backlog), every 8th chunk takes twice as many
+_MOST_CHUNK_S = 0.1  # a chunk's records wait for each other: at most a commit interval's
 BACKLOG_CHECKS = 3  # checks running (one an interval) that must find a queue to call it a backlog
 
 
@@ -44,7 +45,14 @@ class ChunkSizer:
     chunks (time = a part per chunk + a part per record), and a chunk also takes at
     least as many records as its part per chunk is worth.  A backlog fills every chunk to
     the same size, which fits no line: then every ``_PROBE_EVERY``-th chunk takes twice
-    as many records.
+    as many records.  Where the line shows no cost per record (noise can hide it), the
+    next chunks try twice the sizes seen, not the ceiling.
+
+    Whatever the line says, a chunk's records cost at most ``_MOST_CHUNK_S`` together
+    (by the line's part per record, or without one by their share of the chunk's time):
+    each waits for the others.  Remote images once made a line with no cost per record,
+    and their next chunk took every record waiting (250 of them, seconds of work and one
+    output time for all).
     """
 
     def __init__(self, floor: int, target_s: float = 0.01, growth: int = 64) -> None:
@@ -53,6 +61,7 @@ class ChunkSizer:
         self.target_s = target_s
         self.record_s = 0.0  # moving average of a record's share of its chunk's time
         self.fixed_records = 0.0  # records that cost what a chunk's fixed part does
+        self.most_records = 0.0  # records whose own cost is _MOST_CHUNK_S; 0: not known
         self._moments = [0.0, 0.0, 0.0, 0.0]  # moving averages of n, t, n * n, n * t
         self._unknown_for = 0  # chunks since the line was last known
 
@@ -78,18 +87,19 @@ class ChunkSizer:
         self._unknown_for = 0
         per_record = (mean_nt - mean_n * mean_t) / variance
         fixed = mean_t - per_record * mean_n
-        if fixed <= 0:
-            self.fixed_records = 0.0
-        elif per_record <= 0:  # no cost per record shows beside the fixed part's
-            self.fixed_records = float(self.ceiling)
+        if per_record <= 0:  # no cost per record shows at these sizes: try larger ones
+            self.fixed_records = 2 * mean_n
+            self.most_records = 0.0
         else:
-            self.fixed_records = fixed / per_record
+            self.fixed_records = max(0.0, fixed / per_record)
+            self.most_records = _MOST_CHUNK_S / per_record
 
     @property
     def size(self) -> int:
         if self.record_s <= 0.0:
             return self.floor
         wanted = max(self.target_s / self.record_s, self.fixed_records)
+        wanted = min(wanted, self.most_records or _MOST_CHUNK_S / self.record_s)
         size = max(self.floor, min(self.ceiling, round(wanted)))
         if self._unknown_for % _PROBE_EVERY == _PROBE_EVERY - 1:
             return min(self.ceiling, size * 2)  # another size, so that a line can be fitted
