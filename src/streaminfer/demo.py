@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType
 from typing import TypeVar
 
 import platformdirs
@@ -34,7 +33,13 @@ from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import Record, consume, produce
 from streaminfer.models.layout import scan_repository
 from streaminfer.net import free_port
-from streaminfer.processes import STREAMINFER, ManagedProcess, ModelServerProcess, wait_http_ok
+from streaminfer.processes import (
+    STREAMINFER,
+    ManagedProcess,
+    ModelServerProcess,
+    interrupted_by_sigterm,
+    wait_http_ok,
+)
 
 INPUT, OUTPUT, EMBEDDED_OUTPUT = "ImageInputTopic", "ImageOutputTopic", "ImageOutputTopic.embedded"
 DLQ = f"{INPUT}.dlq"
@@ -70,11 +75,10 @@ class Demo:
         self.logs = options.home / "demo-logs"
 
     def run(self) -> None:
-        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            self._run()
+            with interrupted_by_sigterm():
+                self._run()
         finally:
-            signal.signal(signal.SIGTERM, previous)
             if not self.options.keep_running:
                 self.stop()
 
@@ -255,10 +259,6 @@ def stop_running_demo(home: Path) -> bool:
                 stopped = True
         path.unlink()
     return broker.stop() or stopped
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def _models(repo: Path) -> dict[str, dict[int, Path]]:

@@ -4,7 +4,7 @@ The demo, the benchmark and the tests start the parts of a pipeline as separate 
 processes, as they run in production; this module is the one place that starts one,
 waits until it answers, reports its log when it dies, and stops it (SIGTERM, then
 SIGKILL).  Each gets its own session, so a Ctrl-C reaches the parent, which then stops
-its children in order.
+its children in order; under ``interrupted_by_sigterm`` a SIGTERM does the same.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Self
 
 from streaminfer.errors import InfrastructureError
@@ -95,6 +97,22 @@ class ManagedProcess:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+@contextmanager
+def interrupted_by_sigterm() -> Iterator[None]:
+    """Within: SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so that a command stops
+    the children it started on its way out instead of leaving them running (``timeout``
+    and a cancelled CI job send SIGTERM)."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def wait_http_ok(

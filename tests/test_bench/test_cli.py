@@ -6,13 +6,16 @@ Only the structure of what it reports is checked, never how fast anything was.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 from pathlib import Path
 
 from PIL import Image
 
 from streaminfer.bench.configs import QUICK, QUICK_CONFIGS
 from streaminfer.bench.workloads import TabularWorkload
-from tests.support import run_cli
+from streaminfer.processes import STREAMINFER
+from tests.support import run_cli, wait_for
 from tests.test_bench.cases import positive_figures, positive_spreads
 
 
@@ -85,3 +88,58 @@ def test_tabular_bench_trains_imports_and_serves_json_flights(tmp_path: Path) ->
     rows = {row["name"]: row for row in tabular["table"]}
     assert rows["embedded"]["vs_ceiling"]["median"] > 0
     assert rows["embedded"]["checks"]["ceiling"]["target"] == "≥ 0.85"  # issue 14's floor
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            new = {
+                int(c) for c in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+            }
+        except FileNotFoundError:
+            continue
+        todo += new - found
+        found |= new
+    return found
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    except FileNotFoundError:
+        return False
+    return "streaminfer.cli.main" in args and "run" in args
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_stops_the_bench_and_every_process_it_started(tmp_path: Path) -> None:
+    """``timeout`` and a cancelled CI job send SIGTERM: the broker and the worker, each in
+    its own session, must not be left running."""
+    out = str(tmp_path / "results")
+    bench = subprocess.Popen(
+        [*STREAMINFER, "bench", "--workload", "tensor", "--configs", "embedded", "--out", out],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def started() -> set[int]:
+            children = _descendants(bench.pid)
+            return children if any(_is_worker(pid) for pid in children) else set()
+
+        children = wait_for(started, timeout=180, what="the bench's worker", interval=0.2)
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=90) != -signal.SIGTERM  # it stopped itself, not the signal
+        wait_for(lambda: not any(_running(pid) for pid in children), what="children stopped")
+    finally:
+        bench.kill()
+        bench.wait()

@@ -37,6 +37,7 @@ from streaminfer.errors import StreamInferError
 from streaminfer.kafka.broker import LocalBroker
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.net import free_port
+from streaminfer.processes import interrupted_by_sigterm
 
 Progress = Callable[[str], None]
 
@@ -106,7 +107,7 @@ def run_bench(
         settings=plan.describe(),
     )
     log_dir = plan.out / "logs"
-    with ExitStack() as stack:
+    with interrupted_by_sigterm(), ExitStack() as stack:
         if kafka is None:
             progress("starting a Kafka broker")
             kafka = stack.enter_context(local_broker())
