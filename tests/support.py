@@ -35,6 +35,16 @@ def run_cli(
     )
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started and has not reaped; none once it is gone."""
+    try:
+        return [
+            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ]
+    except FileNotFoundError:
+        return []
+
+
 def wait_for(
     condition: Callable[[], T],
     timeout: float = 60,

@@ -15,7 +15,7 @@ from PIL import Image
 from streaminfer.bench.configs import QUICK, QUICK_CONFIGS
 from streaminfer.bench.workloads import TabularWorkload
 from streaminfer.processes import STREAMINFER
-from tests.support import run_cli, wait_for
+from tests.support import child_pids, run_cli, wait_for
 from tests.test_bench.cases import positive_figures, positive_spreads
 
 
@@ -93,14 +93,8 @@ def test_tabular_bench_trains_imports_and_serves_json_flights(tmp_path: Path) ->
 def _descendants(pid: int) -> set[int]:
     found, todo = set(), [pid]
     while todo:
-        parent = todo.pop()
-        try:
-            new = {
-                int(c) for c in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-            }
-        except FileNotFoundError:
-            continue
-        todo += new - found
+        new = set(child_pids(todo.pop())) - found
+        todo += new
         found |= new
     return found
 

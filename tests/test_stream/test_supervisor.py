@@ -15,15 +15,14 @@ from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import Record, produce
 from streaminfer.net import free_port
 from streaminfer.processes import ManagedProcess
-from tests.support import wait_for
+from tests.support import child_pids, wait_for
 from tests.workers import decoded, embedded_worker, outputs
 
 PARTITIONS = 2
 
 
 def members(supervisor: ManagedProcess) -> list[int]:
-    children = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children")
-    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+    return child_pids(supervisor.pid)
 
 
 def send(settings: KafkaSettings, topic: str, start: int, count: int) -> None:
