@@ -3,6 +3,8 @@ consumed messages made into records."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
@@ -15,11 +17,29 @@ def test_a_chunk_is_the_batch_size_until_records_are_timed() -> None:
 
 def test_cheap_records_make_larger_chunks_up_to_the_ceiling() -> None:
     sizer = ChunkSizer(16, target_s=0.01, growth=64)
-    sizer.observe(16, 16 * 20e-6)  # 20 us a record: 500 make 10 ms
-    assert sizer.size == 500
-    for _ in range(50):
+    assert _sizes_taken(sizer, 6, lambda n: n * 20e-6) == [16, 32, 64, 128, 256, 500]
+    for _ in range(50):  # 20 us a record: 500 make 10 ms; at 1 us, 10,000 would
         sizer.observe(1000, 1000 * 1e-6)
     assert sizer.size == 16 * 64
+
+
+def test_a_chunk_takes_at_most_twice_the_largest_timed_so_far() -> None:
+    """Images whose timing noise made the line's part per record tiny: by the line alone
+    the next chunk would take the ceiling, 1,024 images."""
+    sizer = ChunkSizer(16, growth=64)
+    for n, seconds in [(16, 0.600), (32, 0.601)] * 20:
+        sizer.observe(n, seconds)
+    assert sizer.fixed_records > 1000 and sizer.most_records > 1000
+    assert sizer.size == 64
+
+
+def _sizes_taken(sizer: ChunkSizer, chunks: int, seconds: Callable[[int], float]) -> list[int]:
+    """The sizes of ``chunks`` chunks that each take what the sizer asks (a backlog)."""
+    sizes = []
+    for _ in range(chunks):
+        sizes.append(sizer.size)
+        sizer.observe(sizes[-1], seconds(sizes[-1]))
+    return sizes
 
 
 def test_costly_records_keep_the_batch_size() -> None:
@@ -33,9 +53,9 @@ def test_a_round_trip_per_chunk_makes_chunks_that_are_worth_it() -> None:
     for n in [10, 20, 30, 40] * 10:  # 8 ms a call and 15 us a record
         sizer.observe(n, 0.008 + n * 15e-6)
     # By time alone a chunk would take ~30 records (10 ms at ~0.34 ms a record); the
-    # round trip is worth 533 records' own cost.
+    # round trip is worth 533 records' own cost, reached by doubling the largest chunk.
     assert round(sizer.target_s / sizer.record_s) < 40
-    assert sizer.size == 533
+    assert _sizes_taken(sizer, 5, lambda n: 0.008 + n * 15e-6) == [80, 160, 320, 533, 533]
 
 
 def test_records_whose_cost_hides_the_round_trip_keep_the_batch_size() -> None:
@@ -136,7 +156,7 @@ def test_the_buffer_holds_at_least_its_chunks_and_grows_to_cover_a_commit() -> N
     budget = BufferBudget(sizer, chunks=8)
     assert budget.records == 16 * 8
     sizer.observe(16, 16 * 20e-6)
-    assert budget.records == 500 * 8
+    assert budget.records == 32 * 8  # the chunks it holds grow
     # 200k records/s and 0.2 s commits, seen once (moving averages weigh it 0.3): twice a
     # commit's worth is 60k/s x 0.06 s x 2
     budget.observe(records=20_000, interval_s=0.1, commit_s=0.2)

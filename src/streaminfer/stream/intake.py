@@ -45,14 +45,17 @@ class ChunkSizer:
     chunks (time = a part per chunk + a part per record), and a chunk also takes at
     least as many records as its part per chunk is worth.  A backlog fills every chunk to
     the same size, which fits no line: then every ``_PROBE_EVERY``-th chunk takes twice
-    as many records.  Where the line shows no cost per record (noise can hide it), the
-    next chunks try twice the sizes seen, not the ceiling.
+    as many records.
 
-    Whatever the line says, a chunk's records cost at most ``_MOST_CHUNK_S`` together
-    (by the line's part per record, or without one by their share of the chunk's time):
-    each waits for the others.  Remote images once made a line with no cost per record,
-    and their next chunk took every record waiting (250 of them, seconds of work and one
-    output time for all).
+    The line is fitted to noisy times (lanes share the cores), and noise can make its
+    part per record negative or tiny, which reads as "records are free: take them all".
+    Remote images once did (a chunk of 32 timed faster than one of 16), and so did
+    embedded ones (40 ms each on 4 lanes, timed within +-50 %: 3 % of the lines in a
+    simulation): their next chunk took every record waiting, 250 images, seconds of work
+    and one output time for all.  So a chunk takes at most twice the largest one timed so
+    far (a larger chunk's time then corrects the line), and its records cost at most
+    ``_MOST_CHUNK_S`` together (by the line's part per record, or without one by their
+    share of the chunk's time): each waits for the others.
     """
 
     def __init__(self, floor: int, target_s: float = 0.01, growth: int = 64) -> None:
@@ -62,6 +65,7 @@ class ChunkSizer:
         self.record_s = 0.0  # moving average of a record's share of its chunk's time
         self.fixed_records = 0.0  # records that cost what a chunk's fixed part does
         self.most_records = 0.0  # records whose own cost is _MOST_CHUNK_S; 0: not known
+        self.largest = 0  # the most records a chunk timed so far held
         self._moments = [0.0, 0.0, 0.0, 0.0]  # moving averages of n, t, n * n, n * t
         self._unknown_for = 0  # chunks since the line was last known
 
@@ -70,6 +74,7 @@ class ChunkSizer:
             return
         first = self.record_s == 0.0  # the first chunk starts the moving averages
         per_record = seconds / records
+        self.largest = max(self.largest, records)
         self.record_s += (1.0 if first else _SMOOTHING) * (per_record - self.record_s)
         self._fit(records, seconds, 1.0 if first else _FIT_SMOOTHING)
 
@@ -88,7 +93,7 @@ class ChunkSizer:
         per_record = (mean_nt - mean_n * mean_t) / variance
         fixed = mean_t - per_record * mean_n
         if per_record <= 0:  # no cost per record shows at these sizes: try larger ones
-            self.fixed_records = 2 * mean_n
+            self.fixed_records = float(self.ceiling)
             self.most_records = 0.0
         else:
             self.fixed_records = max(0.0, fixed / per_record)
@@ -99,7 +104,7 @@ class ChunkSizer:
         if self.record_s <= 0.0:
             return self.floor
         wanted = max(self.target_s / self.record_s, self.fixed_records)
-        wanted = min(wanted, self.most_records or _MOST_CHUNK_S / self.record_s)
+        wanted = min(wanted, self.most_records or _MOST_CHUNK_S / self.record_s, 2 * self.largest)
         size = max(self.floor, min(self.ceiling, round(wanted)))
         if self._unknown_for % _PROBE_EVERY == _PROBE_EVERY - 1:
             return min(self.ceiling, size * 2)  # another size, so that a line can be fitted
