@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from streaminfer.stream.intake import BACKLOG_CHECKS, BufferBudget, ChunkLanes, ChunkSizer, Intake
 
@@ -31,6 +33,19 @@ def test_a_chunk_takes_at_most_twice_the_largest_timed_so_far() -> None:
         sizer.observe(n, seconds)
     assert sizer.fixed_records > 1000 and sizer.most_records > 1000
     assert sizer.size == 64
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 2000), st.floats(1e-6, 5.0)), min_size=1, max_size=60))
+@example(chunks=[(1, 0.001)] * 8)  # lone records: the eighth chunk probes, not past 16
+def test_no_timing_makes_a_chunk_larger_than_twice_the_largest_timed(
+    chunks: list[tuple[int, float]],
+) -> None:
+    sizer, largest = ChunkSizer(16, growth=64), 0
+    for n, seconds in chunks:
+        sizer.observe(n, seconds)
+        largest = max(largest, n)
+        assert 16 <= sizer.size <= max(16, min(16 * 64, 2 * largest))
 
 
 def _sizes_taken(sizer: ChunkSizer, chunks: int, seconds: Callable[[int], float]) -> list[int]:

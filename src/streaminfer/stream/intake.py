@@ -104,10 +104,11 @@ class ChunkSizer:
         if self.record_s <= 0.0:
             return self.floor
         wanted = max(self.target_s / self.record_s, self.fixed_records)
-        wanted = min(wanted, self.most_records or _MOST_CHUNK_S / self.record_s, 2 * self.largest)
-        size = max(self.floor, min(self.ceiling, round(wanted)))
+        wanted = min(wanted, self.most_records or _MOST_CHUNK_S / self.record_s)
+        most = min(self.ceiling, 2 * self.largest)
+        size = max(self.floor, min(most, round(wanted)))
         if self._unknown_for % _PROBE_EVERY == _PROBE_EVERY - 1:
-            return min(self.ceiling, size * 2)  # another size, so that a line can be fitted
+            return max(size, min(most, size * 2))  # another size, so that a line can be fitted
         return size
 
 
