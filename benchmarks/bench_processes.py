@@ -43,7 +43,7 @@ from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import consume, produce
 from streaminfer.models.export.tiny import export_tiny_model
 from streaminfer.net import free_port
-from streaminfer.processes import STREAMINFER, ManagedProcess
+from streaminfer.processes import STREAMINFER, ManagedProcess, interrupted_by_sigterm
 
 PARTITIONS = 2
 
@@ -195,4 +195,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with interrupted_by_sigterm():  # a killed run stops the processes it started
+        main()

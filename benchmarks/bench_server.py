@@ -34,7 +34,7 @@ from streaminfer.codecs.arrays import bytes_array
 from streaminfer.codecs.raw import to_raw
 from streaminfer.codecs.tfserving import to_tensor_proto
 from streaminfer.models.registry import ModelRegistry
-from streaminfer.processes import ModelServerProcess
+from streaminfer.processes import ModelServerProcess, interrupted_by_sigterm
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc
@@ -280,4 +280,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with interrupted_by_sigterm():  # a killed run stops the processes it started
+        main()

@@ -160,11 +160,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tree", type=Path, action="append", default=[], help="another src")
     args = parser.parse_args()
+    from streaminfer.processes import interrupted_by_sigterm
+
     trees: list[Path | None] = [None, *args.tree]
     runs: dict[str, list[dict[str, Any]]] = {str(t or "this tree"): [] for t in trees}
     for round_ in range(args.rounds):
         for tree in trees:
-            figures = one_round(tree, args.records)
+            with interrupted_by_sigterm():  # a killed run stops its broker and worker
+                figures = one_round(tree, args.records)
             runs[str(tree or "this tree")].append(figures)
             print(f"round {round_ + 1}, {tree or 'this tree'}: {figures['records_per_s']:,.0f}/s")
     for name_of_tree, measured in runs.items():

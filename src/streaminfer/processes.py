@@ -118,7 +118,19 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def wait_http_ok(
     process: ManagedProcess, port: int, path: str, timeout: float = _READY_TIMEOUT_S
 ) -> None:
-    """Poll ``http://127.0.0.1:<port><path>`` until it answers 200; fail early if it dies."""
+    """Poll ``http://127.0.0.1:<port><path>`` until it answers 200; fail early if it dies.
+
+    A process that is not ready, or whose wait is interrupted (Ctrl-C, SIGTERM), is
+    stopped: it is waited for while being started, before any ``with`` holds it.
+    """
+    try:
+        _poll_until_ok(process, port, path, timeout)
+    except BaseException:
+        process.stop()
+        raise
+
+
+def _poll_until_ok(process: ManagedProcess, port: int, path: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not process.alive():
@@ -126,7 +138,6 @@ def wait_http_ok(
         if _answers_ok(port, path):
             return
         time.sleep(_POLL_S)
-    process.stop()
     raise process.failure(f"was not ready within {timeout:.0f}s")
 
 
