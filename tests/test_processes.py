@@ -23,9 +23,12 @@ def test_a_process_interrupted_while_starting_is_stopped(tmp_path: Path) -> None
     holds the process yet, so the wait itself must stop it."""
     process = ManagedProcess("never ready", NEVER_READY, tmp_path / "child.log")
     sigterm = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
-    with interrupted_by_sigterm(), pytest.raises(KeyboardInterrupt):
-        sigterm.start()
-        wait_http_ok(process, free_port(), "/", timeout=60)
+    try:
+        with interrupted_by_sigterm(), pytest.raises(KeyboardInterrupt):
+            sigterm.start()
+            wait_http_ok(process, free_port(), "/", timeout=60)
+    finally:
+        sigterm.cancel()  # had the wait ended first, SIGTERM would stop the test run
     assert not process.alive()
 
 
