@@ -48,15 +48,6 @@ def test_no_timing_makes_a_chunk_larger_than_twice_the_largest_timed(
         assert 16 <= sizer.size <= max(16, min(16 * 64, 2 * largest))
 
 
-def _sizes_taken(sizer: ChunkSizer, chunks: int, seconds: Callable[[int], float]) -> list[int]:
-    """The sizes of ``chunks`` chunks that each take what the sizer asks (a backlog)."""
-    sizes = []
-    for _ in range(chunks):
-        sizes.append(sizer.size)
-        sizer.observe(sizes[-1], seconds(sizes[-1]))
-    return sizes
-
-
 def test_costly_records_keep_the_batch_size() -> None:
     sizer = ChunkSizer(16)
     sizer.observe(16, 16 * 0.005)  # an image: 5 ms
@@ -120,11 +111,7 @@ def test_a_backlog_of_equal_chunks_is_probed_with_larger_ones() -> None:
     """A backlog from the start fills every chunk to the batch size: the sizer must try
     other sizes to find that a 25 ms round trip is worth far more records."""
     sizer = ChunkSizer(16, growth=64)
-    sizes = []
-    for _ in range(40):
-        n = sizer.size  # the worker fills each chunk to the size: a backlog
-        sizes.append(n)
-        sizer.observe(n, 0.025 + n * 10e-6)
+    sizes = _sizes_taken(sizer, 40, lambda n: 0.025 + n * 10e-6)
     assert sizes[:7] == [16] * 7 and sizes[7] == 32  # the eighth chunk probes
     assert sizer.size == 16 * 64
 
@@ -218,3 +205,12 @@ def test_messages_become_records_and_errors_are_skipped_unless_fatal() -> None:
     fatal = Message(error=KafkaError(KafkaError._FENCED, "fenced", fatal=True))
     with pytest.raises(KafkaException):
         intake._take([fatal])
+
+
+def _sizes_taken(sizer: ChunkSizer, chunks: int, seconds: Callable[[int], float]) -> list[int]:
+    """The sizes of ``chunks`` chunks that each take what the sizer asks (a backlog)."""
+    sizes = []
+    for _ in range(chunks):
+        sizes.append(sizer.size)
+        sizer.observe(sizes[-1], seconds(sizes[-1]))
+    return sizes
