@@ -1,21 +1,24 @@
 """Benchmark the model server: requests/s and p50/p99 latency per protocol and concurrency.
 
-Runs bare in-process inference (batch 1, one thread: the model's ceiling), then starts
-``streaminfer serve`` with batching on and off and drives it over TF Serving gRPC and
-REST (JSON) and KServe V2 gRPC (raw), REST (binary extension) and REST (JSON), with
-float tensors [1, 3, 224, 224] and JPEG bytes, at several concurrencies.  Then MLServer
-1.7 (from ``.venv-mlserver``, ``make mlserver``) serves the same ONNX file through our
-runtime (``streaminfer.bench.mlserver_runtime``) and gets the same V2 float requests
-over gRPC and REST JSON.  Prints one table row per cell, then ours / MLServer per cell.
+Starts ``streaminfer serve`` with batching on and with it off, and MLServer 1.7 (from
+``.venv-mlserver``, ``make mlserver``) serving the same ONNX file through our runtime
+(``streaminfer.bench.mlserver_runtime``).  Ours is driven over TF Serving gRPC and REST
+(JSON) and KServe V2 gRPC (raw), REST (binary extension) and REST (JSON), with float
+tensors [1, 3, 224, 224] and JPEG bytes; MLServer gets the same V2 float requests over
+gRPC and REST JSON.  Each cell (server, protocol, concurrency) follows a measurement of
+bare in-process inference (batch 1, one thread: the model's ceiling), and ``--rounds``
+rounds take turns through every cell.  Prints a row per cell and round, then per cell
+the median and min-max over the rounds, then ours / MLServer round by round.
 
     python benchmarks/bench_server.py [--repo DIR] [--seconds 3] [--concurrency 1 4 16]
-        [--mlserver .venv-mlserver/bin/mlserver | --no-mlserver]
+        [--rounds 3] [--mlserver .venv-mlserver/bin/mlserver | --no-mlserver]
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -25,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import numpy as np
@@ -44,8 +48,16 @@ MLSERVER = Path(__file__).resolve().parents[1] / ".venv-mlserver" / "bin" / "mls
 MLSERVER_CLIENTS = ("v2-grpc float", "v2-rest-json float")
 """What MLServer is driven with: it speaks neither TF Serving nor the binary extension."""
 Call = Callable[[], None]
+MLSERVER_NAME = "mlserver"
 Cell = tuple[str, str, int]
 """(server, protocol/payload, concurrency)."""
+
+
+class Figure(NamedTuple):
+    """One cell's requests/s in one round, and bare inference's just before it."""
+
+    rps: float
+    bare: float
 
 
 def sample_jpeg() -> bytes:
@@ -196,42 +208,69 @@ def clients(
     }
 
 
-def run_cells(
-    server: str,
-    calls: dict[str, Callable[[], Call]],
+def run_round(
+    round_number: int,
+    servers: dict[str, dict[str, Callable[[], Call]]],
     bare: Callable[[float], dict[str, float]],
     args: argparse.Namespace,
-    results: dict[Cell, float],
+    figures: dict[Cell, list[Figure]],
 ) -> None:
-    """Measure every selected client at every concurrency; print a row per cell."""
-    for name, make in calls.items():
-        if args.only and name not in args.only:
-            continue
-        for concurrency in args.concurrency:
-            ceiling = bare(args.seconds)["rps"]
-            result = measure(make, concurrency, args.seconds)
-            results[(server, name, concurrency)] = result["rps"]
-            print(
-                f"{server:13} {name:22} {concurrency:4d} "
-                f"{result['rps']:8.1f} {result['p50_ms']:8.2f} {result['p99_ms']:8.2f} "
-                f"{ceiling:7.1f} {result['rps'] / ceiling:7.2f}",
-                flush=True,
-            )
+    """Measure every server's selected clients at every concurrency, each cell with bare
+    inference just before it; print a row per cell."""
+    for server, calls in servers.items():
+        for name, make in calls.items():
+            if args.only and name not in args.only:
+                continue
+            for concurrency in args.concurrency:
+                ceiling = bare(args.seconds)["rps"]
+                result = measure(make, concurrency, args.seconds)
+                figures.setdefault((server, name, concurrency), []).append(
+                    Figure(result["rps"], ceiling)
+                )
+                print(
+                    f"{round_number:5d} {server:14} {name:22} {concurrency:4d} "
+                    f"{result['rps']:8.1f} {result['p50_ms']:8.2f} {result['p99_ms']:8.2f} "
+                    f"{ceiling:7.1f} {result['rps'] / ceiling:7.2f}",
+                    flush=True,
+                )
 
 
-def print_comparison(results: dict[Cell, float]) -> None:
-    """Ours / MLServer for the same protocol and concurrency, and our other HTTP paths."""
-    print("\nours / MLServer (same concurrency)")
-    theirs = {(name, c): rps for (server, name, c), rps in results.items() if server == "mlserver"}
-    for (server, name, concurrency), rps in results.items():
-        if server == "mlserver" or "float" not in name:
+def spread(values: list[float], digits: int) -> str:
+    """The median, and the min-max when there is more than one value."""
+    text = f"{statistics.median(values):.{digits}f}"
+    if len(values) > 1:
+        text += f" ({min(values):.{digits}f}-{max(values):.{digits}f})"
+    return text
+
+
+def print_summary(figures: dict[Cell, list[Figure]]) -> None:
+    """Per cell over the rounds: requests/s and the ratio to bare inference."""
+    print(f"\n{'server':14} {'protocol':22} {'conc':>4}  requests/s; x bare (median, min-max)")
+    for (server, name, concurrency), cell in figures.items():
+        rates = [figure.rps for figure in cell]
+        ratios = [figure.rps / figure.bare for figure in cell]
+        print(f"{server:14} {name:22} {concurrency:4d}  {spread(rates, 1)}; {spread(ratios, 2)}")
+
+
+def print_comparison(figures: dict[Cell, list[Figure]]) -> None:
+    """Ours / MLServer for the same protocol family and concurrency, round by round."""
+    print("\nours / MLServer (same concurrency, same round; median, min-max)")
+    theirs = {
+        (name, c): cell for (server, name, c), cell in figures.items() if server == MLSERVER_NAME
+    }
+    for (server, name, concurrency), cell in figures.items():
+        if server == MLSERVER_NAME or "float" not in name:
             continue
         # Our HTTP paths are compared with MLServer's only HTTP path (V2 JSON).
         against = "v2-grpc float" if "grpc" in name else "v2-rest-json float"
         if (against, concurrency) in theirs:
+            ratios = [
+                ours.rps / mlserver.rps
+                for ours, mlserver in zip(cell, theirs[(against, concurrency)], strict=True)
+            ]
             print(
-                f"{server:13} {name:22} {concurrency:4d} vs MLServer {against:20} "
-                f"{rps / theirs[(against, concurrency)]:6.2f}"
+                f"{server:14} {name:22} {concurrency:4d} vs MLServer {against:20} "
+                f"{spread(ratios, 2)}"
             )
 
 
@@ -240,6 +279,7 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, help="repository holding efficientnet-lite0")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every cell, in turns")
     parser.add_argument(
         "--only", nargs="*", help="protocol/payload names to run, e.g. 'tf-grpc float'"
     )
@@ -254,29 +294,37 @@ def main() -> None:
     tensor = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
     jpeg = sample_jpeg()
     bare = bare_inference(args.repo, tensor)
-    results: dict[Cell, float] = {}
-    # A shared machine's speed drifts: every cell is compared with bare inference measured
-    # just before it, for as long.
-    print(
-        f"{'server':13} {'protocol':22} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'bare/s':>7} {'x bare':>7}"
-    )
-    for batching in (True, False):
-        flag = "--batching" if batching else "--no-batching"
-        log = Path(tempfile.mkdtemp()) / "server.log"
-        with ModelServerProcess(args.repo, log, flag) as server:
-            grpc_address = server.address(rest=False)
-            calls = clients(grpc_address, server.address(rest=True), tensor, jpeg)
-            run_cells(f"ours batch={'on' if batching else 'off'}", calls, bare, args, results)
-    if not args.no_mlserver:
-        versions = [path for path in (args.repo / MODEL).iterdir() if path.name.isdigit()]
-        model_file = max(versions, key=lambda path: int(path.name)) / "model.onnx"
-        folder = Path(tempfile.mkdtemp(prefix="bench-mlserver-"))
-        with MLServerProcess(args.mlserver, model_file, MODEL, folder) as mlserver:
+    figures: dict[Cell, list[Figure]] = {}
+    with contextlib.ExitStack() as running:
+        # Every server runs from the start (an idle one costs nothing) so that the rounds
+        # take turns between them: a shared machine's speed drifts over minutes, and each
+        # round's ours / MLServer then compares cells measured close together.
+        servers: dict[str, dict[str, Callable[[], Call]]] = {}
+        for batching in (True, False):
+            flag = "--batching" if batching else "--no-batching"
+            log = Path(tempfile.mkdtemp()) / "server.log"
+            server = running.enter_context(ModelServerProcess(args.repo, log, flag))
+            servers[f"ours batch={'on' if batching else 'off'}"] = clients(
+                server.address(rest=False), server.address(rest=True), tensor, jpeg
+            )
+        if not args.no_mlserver:
+            versions = [path for path in (args.repo / MODEL).iterdir() if path.name.isdigit()]
+            model_file = max(versions, key=lambda path: int(path.name)) / "model.onnx"
+            folder = Path(tempfile.mkdtemp(prefix="bench-mlserver-"))
+            mlserver = running.enter_context(
+                MLServerProcess(args.mlserver, model_file, MODEL, folder)
+            )
             calls = clients(mlserver.address(rest=False), mlserver.address(rest=True), tensor, jpeg)
-            wanted = {name: calls[name] for name in MLSERVER_CLIENTS}
-            run_cells("mlserver", wanted, bare, args, results)
-        print_comparison(results)
+            servers[MLSERVER_NAME] = {name: calls[name] for name in MLSERVER_CLIENTS}
+        print(
+            f"{'round':>5} {'server':14} {'protocol':22} {'conc':>4} {'req/s':>8} {'p50 ms':>8} "
+            f"{'p99 ms':>8} {'bare/s':>7} {'x bare':>7}"
+        )
+        for round_number in range(1, args.rounds + 1):
+            run_round(round_number, servers, bare, args, figures)
+    print_summary(figures)
+    if not args.no_mlserver:
+        print_comparison(figures)
 
 
 if __name__ == "__main__":
