@@ -11,7 +11,8 @@ rounds take turns through every cell.  Prints a row per cell and round, then per
 the median and min-max over the rounds, then ours / MLServer round by round.
 
     python benchmarks/bench_server.py [--repo DIR] [--seconds 3] [--concurrency 1 4 16]
-        [--rounds 3] [--mlserver .venv-mlserver/bin/mlserver | --no-mlserver]
+        [--rounds 3] [--variant SERVE_FLAGS ...]
+        [--mlserver .venv-mlserver/bin/mlserver | --no-mlserver]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import contextlib
 import http.client
 import io
 import json
+import shlex
 import statistics
 import tempfile
 import threading
@@ -283,6 +285,12 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="*", help="protocol/payload names to run, e.g. 'tf-grpc float'"
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="serve flags of one more server of ours to measure, as --variant='--batch-runners 2'",
+    )
     parser.add_argument("--mlserver", type=Path, default=MLSERVER, help="MLServer's executable")
     parser.add_argument("--no-mlserver", action="store_true", help="measure our server alone")
     args = parser.parse_args()
@@ -300,11 +308,12 @@ def main() -> None:
         # take turns between them: a shared machine's speed drifts over minutes, and each
         # round's ours / MLServer then compares cells measured close together.
         servers: dict[str, dict[str, Callable[[], Call]]] = {}
-        for batching in (True, False):
-            flag = "--batching" if batching else "--no-batching"
+        ours = {"ours batch=on": "--batching", "ours batch=off": "--no-batching"}
+        ours.update({f"ours {flags}": flags for flags in args.variant})
+        for name, flags in ours.items():
             log = Path(tempfile.mkdtemp()) / "server.log"
-            server = running.enter_context(ModelServerProcess(args.repo, log, flag))
-            servers[f"ours batch={'on' if batching else 'off'}"] = clients(
+            server = running.enter_context(ModelServerProcess(args.repo, log, *shlex.split(flags)))
+            servers[name] = clients(
                 server.address(rest=False), server.address(rest=True), tensor, jpeg
             )
         if not args.no_mlserver:

@@ -46,6 +46,16 @@ def serve_cmd(
     max_batch_delay_ms: Annotated[
         float | None, typer.Option(help="Wait for a batch to fill (ms).", show_default="2.0")
     ] = None,
+    batch_runners: Annotated[
+        int | None, typer.Option(help="Batches of one model run at once.", show_default="1")
+    ] = None,
+    intra_op_threads: Annotated[
+        int | None,
+        typer.Option(
+            help="ONNX Runtime threads per model run (default: the cores over --batch-runners "
+            "with batching, else every core)."
+        ),
+    ] = None,
     tls_cert: Annotated[
         Path | None, typer.Option(help="PEM certificate: TLS on both ports.")
     ] = None,

@@ -63,6 +63,7 @@ class ModelServer:
             settings.repo,
             configs,
             default_batching=settings.default_batching,
+            runtime=settings.runtime_options,
             only_configured=only_configured,
             on_batch=self.metrics.on_batch,
         )

@@ -7,8 +7,9 @@ from typing import ClassVar
 
 from pydantic import Field, model_validator
 
-from streaminfer.config import Settings
+from streaminfer.config import Settings, usable_cores
 from streaminfer.models.batcher import BatchingConfig
+from streaminfer.models.runtime import RuntimeOptions
 
 
 class ServerSettings(Settings):
@@ -25,6 +26,8 @@ class ServerSettings(Settings):
     max_batch_size: int = Field(default=16, ge=1)
     max_batch_delay_ms: float = Field(default=2.0, ge=0)
     max_queue: int = Field(default=1024, ge=1)
+    batch_runners: int = Field(default=1, ge=1)  # batches of one model that run at once
+    intra_op_threads: int | None = Field(default=None, ge=1)  # None: see runtime_options
     model_batching: dict[str, BatchingConfig] = Field(default_factory=dict)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -43,6 +46,19 @@ class ServerSettings(Settings):
             raise ValueError("--tls-cert and --tls-key go together")
         return self
 
+    @model_validator(mode="after")
+    def _tables_over_defaults(self) -> ServerSettings:
+        # A [server.model_batching.<model>] table overrides the fields it names; the others
+        # are the server's (--max-batch-size, --batch-runners ...), not BatchingConfig's.
+        defaults = self.default_batching
+        self.model_batching = {
+            name: defaults.model_copy(
+                update={field: getattr(table, field) for field in table.model_fields_set}
+            )
+            for name, table in self.model_batching.items()
+        }
+        return self
+
     @property
     def default_batching(self) -> BatchingConfig:
         """Batching for models without a [server.model_batching.<model>] table."""
@@ -51,7 +67,20 @@ class ServerSettings(Settings):
             max_batch_size=self.max_batch_size,
             max_batch_delay_ms=self.max_batch_delay_ms,
             max_queue=self.max_queue,
+            runners=self.batch_runners,
         )
+
+    @property
+    def runtime_options(self) -> RuntimeOptions:
+        """ONNX Runtime's threads for one model run: ``intra_op_threads`` if given; with
+        several batch runners, the cores shared among them, so that the batches running at
+        once never ask for more threads than there are cores; else every core (0).
+        """
+        if self.intra_op_threads is not None:
+            return RuntimeOptions(intra_op_threads=self.intra_op_threads)
+        if self.batching and self.batch_runners > 1:
+            return RuntimeOptions(intra_op_threads=max(1, usable_cores() // self.batch_runners))
+        return RuntimeOptions(intra_op_threads=0)
 
     @property
     def max_request_bytes(self) -> int:

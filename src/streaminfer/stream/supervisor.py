@@ -32,6 +32,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, multiprocess
 
+from streaminfer.config import usable_cores
 from streaminfer.stream.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ _PR_SET_PDEATHSIG = 1
 def member_count(processes: int | str) -> int:
     """``auto``: the cores this process may run on."""
     if processes == "auto":
-        return max(1, len(os.sched_getaffinity(0)))
+        return usable_cores()
     return int(processes)
 
 
