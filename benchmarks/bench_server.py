@@ -49,8 +49,8 @@ MODEL = "efficientnet-lite0"
 MLSERVER = Path(__file__).resolve().parents[1] / ".venv-mlserver" / "bin" / "mlserver"
 MLSERVER_CLIENTS = ("v2-grpc float", "v2-rest-json float")
 """What MLServer is driven with: it speaks neither TF Serving nor the binary extension."""
-Call = Callable[[], None]
 MLSERVER_NAME = "mlserver"
+Call = Callable[[], None]
 Cell = tuple[str, str, int]
 """(server, protocol/payload, concurrency)."""
 

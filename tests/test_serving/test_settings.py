@@ -3,17 +3,14 @@ threads per model run, down to the loaded session and its batcher."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from streaminfer.config import usable_cores
-from streaminfer.models.batcher import BatchingConfig, DynamicBatcher
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.serving.settings import ServerSettings
-from streaminfer.types import Tensors
 
 
 def test_a_model_batching_table_overrides_only_what_it_names(tmp_path: Path) -> None:
@@ -29,8 +26,8 @@ def test_model_runs_share_the_cores_among_the_batches_that_run_at_once(tmp_path:
     def threads(**given: object) -> int:
         return ServerSettings(repo=tmp_path, **given).runtime_options.intra_op_threads
 
-    assert threads() == 0  # ONNX Runtime's own default: every core
-    assert threads(batch_runners=2) == max(1, usable_cores() // 2)
+    assert threads() == max(1, usable_cores() // 2)  # two batch runners by default
+    assert threads(batch_runners=1) == 0  # ONNX Runtime's own default: every core
     assert threads(batch_runners=4 * usable_cores()) == 1
     assert threads(batch_runners=2, batching=False) == 0  # requests run side by side anyway
     assert threads(intra_op_threads=3, batching=False) == 3
@@ -52,21 +49,3 @@ def test_the_loaded_model_gets_the_settings_threads_and_runners(tmp_path: Path) 
         np.testing.assert_allclose(loaded.infer({"x": x})["y"], tiny_reference(x), rtol=1e-6)
     finally:
         registry.close()
-
-
-def test_runners_run_batches_at_the_same_time() -> None:
-    # Each run waits for the other to start: one runner would wait alone and time out.
-    both_running = threading.Barrier(2, timeout=10)
-
-    def run(inputs: Tensors) -> Tensors:
-        both_running.wait()
-        return inputs
-
-    batcher = DynamicBatcher(run, BatchingConfig(runners=2, max_batch_size=1))
-    try:
-        first = batcher.submit({"x": np.zeros((1, 2))})
-        second = batcher.submit({"x": np.ones((1, 2))})
-        results = [future.result(timeout=20) for future in first + second]
-    finally:
-        batcher.close()
-    assert [r["x"].tolist() for r in results] == [[[0.0, 0.0]], [[1.0, 1.0]]]

@@ -3,8 +3,9 @@
 Callers submit tensors whose first axis is their own batch (often 1).  A runner thread
 takes the first waiting request, then keeps taking more until ``max_batch_size`` rows
 (or ``merge_bytes`` of inputs) are gathered or ``max_batch_delay_ms`` has passed since
-the first, runs the model once,
-and hands every caller its own slice of the outputs.  Requests whose non-batch shapes
+the first, runs the model once, and hands every caller its own slice of the outputs.
+With several runners, one batch runs while the next is gathered, and the batches running
+at once hold ``max_batch_size`` rows between them.  Requests whose non-batch shapes
 differ are never mixed in one run, and a request of more than ``max_batch_size`` rows
 is run in slices of at most that many, so a large request costs the runtime no more
 memory than a full batch does.
@@ -77,6 +78,8 @@ class DynamicBatcher:
         self._queue: queue.Queue[_Request | object] = queue.Queue()
         self._held: _Request | None = None  # a request that did not fit the previous batch
         self._lock = threading.Lock()  # one runner gathers at a time
+        self._running_rows = 0  # rows of the batches running now
+        self._room = threading.Condition()  # guards _running_rows
         self._closing = threading.Lock()  # orders submissions against close()
         self._closed = False
         self._threads = [
@@ -150,7 +153,12 @@ class DynamicBatcher:
             batch = self._gather()
             if batch is None:
                 return
-            self._execute(batch)
+            try:
+                self._execute(batch)
+            finally:
+                with self._room:
+                    self._running_rows -= sum(r.rows for r in batch)
+                    self._room.notify_all()
 
     def _gather(self) -> list[_Request] | None:
         with self._lock:  # one runner gathers at a time, so batches fill up
@@ -159,9 +167,18 @@ class DynamicBatcher:
             if first is _STOP:
                 return None
             assert isinstance(first, _Request)
+            # Batches running at once hold max_batch_size rows between them, so that more
+            # runners never take more memory than one full batch; a batch may start
+            # alone whatever its size.
+            limit = self.config.max_batch_size
+            with self._room:
+                self._room.wait_for(
+                    lambda: not self._running_rows or self._running_rows + first.rows <= limit
+                )
+                room = limit - self._running_rows
             batch, rows, nbytes = [first], first.rows, first.nbytes
             deadline = time.monotonic() + self.config.max_batch_delay_ms / 1000
-            while rows < self.config.max_batch_size:
+            while rows < room:
                 remaining = deadline - time.monotonic()
                 try:
                     item = (
@@ -177,7 +194,7 @@ class DynamicBatcher:
                 assert isinstance(item, _Request)
                 if (
                     item.key != first.key
-                    or rows + item.rows > self.config.max_batch_size
+                    or rows + item.rows > room
                     or nbytes + item.nbytes > self.config.merge_bytes
                 ):
                     self._held = item
@@ -185,6 +202,8 @@ class DynamicBatcher:
                 batch.append(item)
                 rows += item.rows
                 nbytes += item.nbytes
+            with self._room:  # before the next runner gathers: it sees these rows running
+                self._running_rows += rows
             return batch
 
     def _execute(self, batch: list[_Request]) -> None:
