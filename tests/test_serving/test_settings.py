@@ -26,8 +26,8 @@ def test_model_runs_share_the_cores_among_the_batches_that_run_at_once(tmp_path:
     def threads(**given: object) -> int:
         return ServerSettings(repo=tmp_path, **given).runtime_options.intra_op_threads
 
-    assert threads() == max(1, usable_cores() // 2)  # two batch runners by default
-    assert threads(batch_runners=1) == 0  # ONNX Runtime's own default: every core
+    assert threads() == 0  # one batch runner: ONNX Runtime's own default, every core
+    assert threads(batch_runners=2) == max(1, usable_cores() // 2)
     assert threads(batch_runners=4 * usable_cores()) == 1
     assert threads(batch_runners=2, batching=False) == 0  # requests run side by side anyway
     assert threads(intra_op_threads=3, batching=False) == 3

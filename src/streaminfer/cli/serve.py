@@ -47,7 +47,7 @@ def serve_cmd(
         float | None, typer.Option(help="Wait for a batch to fill (ms).", show_default="2.0")
     ] = None,
     batch_runners: Annotated[
-        int | None, typer.Option(help="Batches of one model run at once.", show_default="2")
+        int | None, typer.Option(help="Batches of one model run at once.", show_default="1")
     ] = None,
     intra_op_threads: Annotated[
         int | None,

@@ -26,7 +26,7 @@ class ServerSettings(Settings):
     max_batch_size: int = Field(default=16, ge=1)
     max_batch_delay_ms: float = Field(default=2.0, ge=0)
     max_queue: int = Field(default=1024, ge=1)
-    batch_runners: int = Field(default=2, ge=1)  # batches of one model that run at once
+    batch_runners: int = Field(default=1, ge=1)  # batches of one model that run at once
     intra_op_threads: int | None = Field(default=None, ge=1)  # None: see runtime_options
     model_batching: dict[str, BatchingConfig] = Field(default_factory=dict)
     tls_cert: Path | None = None
