@@ -29,25 +29,32 @@ def test_runners_run_batches_at_the_same_time() -> None:
     assert [r["x"].tolist() for r in results] == [[[0.0, 0.0]], [[1.0, 1.0, 1.0]]]
 
 
-def test_batches_running_at_once_hold_one_batch_of_rows_at_most() -> None:
-    lock = threading.Lock()
-    rows_running, batches_running, most_rows, most_batches = [0], [0], [0], [0]
+class Runs:
+    """A model run that takes 2 ms (long enough for other runners to start theirs), noting
+    the most rows and the most batches running at once."""
 
-    def run(inputs: Tensors) -> Tensors:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows = self._batches = self.most_rows = self.most_batches = 0
+
+    def __call__(self, inputs: Tensors) -> Tensors:
         rows = len(inputs["x"])
-        with lock:
-            rows_running[0] += rows
-            batches_running[0] += 1
-            most_rows[0] = max(most_rows[0], rows_running[0])
-            most_batches[0] = max(most_batches[0], batches_running[0])
-        threading.Event().wait(0.002)  # long enough for the other runners to start theirs
-        with lock:
-            rows_running[0] -= rows
-            batches_running[0] -= 1
+        with self._lock:
+            self._rows += rows
+            self._batches += 1
+            self.most_rows = max(self.most_rows, self._rows)
+            self.most_batches = max(self.most_batches, self._batches)
+        threading.Event().wait(0.002)
+        with self._lock:
+            self._rows -= rows
+            self._batches -= 1
         return inputs
 
+
+def test_batches_running_at_once_hold_one_batch_of_rows_at_most() -> None:
+    runs = Runs()
     rng = random.Random(7)
-    batcher = DynamicBatcher(run, BatchingConfig(runners=3, max_batch_size=4))
+    batcher = DynamicBatcher(runs, BatchingConfig(runners=3, max_batch_size=4))
     try:
         sent = [np.full((rng.randint(1, 6), rng.randint(1, 3)), i) for i in range(300)]
         futures = [batcher.submit({"x": x}) for x in sent]
@@ -55,27 +62,15 @@ def test_batches_running_at_once_hold_one_batch_of_rows_at_most() -> None:
     finally:
         batcher.close()
     assert all(np.array_equal(a, x) for a, x in zip(answers, sent, strict=True))
-    assert most_batches[0] >= 2  # side by side
-    assert most_rows[0] <= 4  # never past one batch's rows
+    assert runs.most_batches >= 2  # side by side
+    assert runs.most_rows <= 4  # never past one batch's rows
 
 
 def test_a_slice_larger_than_a_batch_runs_alone() -> None:
-    lock = threading.Lock()
-    running, seen = [0], []
-
-    def run(inputs: Tensors) -> Tensors:
-        rows = len(inputs["x"])
-        with lock:
-            running[0] += rows
-            seen.append(running[0])
-        threading.Event().wait(0.002)
-        with lock:
-            running[0] -= rows
-        return inputs
-
+    runs = Runs()
     # slice_bytes makes slices of 64 rows (8 bytes each) where a batch holds 4.
     config = BatchingConfig(runners=2, max_batch_size=4, slice_bytes=512)
-    batcher = DynamicBatcher(run, config)
+    batcher = DynamicBatcher(runs, config)
     try:
         futures = [batcher.submit({"x": np.zeros((rows, 1))}) for rows in (64, 1, 64, 2)]
         for parts in futures:
@@ -83,4 +78,4 @@ def test_a_slice_larger_than_a_batch_runs_alone() -> None:
                 part.result(timeout=30)
     finally:
         batcher.close()
-    assert max(seen) == 64  # alone: never beside another batch
+    assert runs.most_rows == 64  # alone: never beside another batch
