@@ -79,3 +79,94 @@ def test_a_slice_larger_than_a_batch_runs_alone() -> None:
     finally:
         batcher.close()
     assert runs.most_rows == 64  # alone: never beside another batch
+
+
+class Sizes:
+    """A model run of ``ms`` milliseconds that notes the rows of every run."""
+
+    def __init__(self, ms: float) -> None:
+        self.ms = ms
+        self.rows: list[int] = []
+
+    def __call__(self, inputs: Tensors) -> Tensors:
+        self.rows.append(len(inputs["x"]))
+        if self.ms:
+            threading.Event().wait(self.ms / 1000)
+        return inputs
+
+
+def send(batcher: DynamicBatcher, rows: int, width: int = 4) -> None:
+    sent = np.arange(rows * width, dtype=np.float32).reshape(rows, width)
+    answer = batcher.infer({"x": sent}, timeout=30)["x"]
+    assert np.array_equal(answer, sent)  # slices come back whole and in order
+
+
+GROWING = BatchingConfig(max_batch_size=16, slice_bytes=4 << 20, slice_grow_ms=50.0)
+
+
+def test_slices_of_fast_runs_grow_to_a_whole_request() -> None:
+    runs = Sizes(0)
+    batcher = DynamicBatcher(runs, GROWING)
+    try:
+        send(batcher, 1024)
+        assert runs.rows[:2] == [16, 16]  # a new shape starts at max_batch_size rows
+        for _ in range(10):
+            runs.rows.clear()
+            send(batcher, 1024)
+            if runs.rows == [1024]:
+                break
+        assert runs.rows == [1024]
+        # Another shape learns on its own, from max_batch_size rows.
+        runs.rows.clear()
+        send(batcher, 64, width=5)
+        assert runs.rows[0] == 16
+    finally:
+        batcher.close()
+
+
+def test_slices_of_slow_runs_stay_at_max_batch_size_rows() -> None:
+    runs = Sizes(120)  # past twice slice_grow_ms: a model with heavy rows
+    batcher = DynamicBatcher(runs, GROWING)
+    try:
+        for _ in range(3):
+            send(batcher, 48)
+    finally:
+        batcher.close()
+    assert runs.rows == [16] * 9
+
+
+def test_grown_slices_shrink_when_runs_slow_down() -> None:
+    runs = Sizes(0)
+    batcher = DynamicBatcher(runs, GROWING)
+    try:
+        while max(runs.rows, default=0) < 256:
+            send(batcher, 256)
+        runs.ms = 120  # the limit is 512 now; every slow run halves it
+        runs.rows.clear()
+        for _ in range(3):
+            send(batcher, 256)
+    finally:
+        batcher.close()
+    assert runs.rows == [256, 256, 128, 128]
+
+
+def test_slices_never_pass_slice_bytes() -> None:
+    runs = Sizes(0)
+    # 16-byte rows: 64 fit in 1,024 bytes.
+    batcher = DynamicBatcher(runs, GROWING.model_copy(update={"slice_bytes": 1024}))
+    try:
+        for _ in range(8):
+            send(batcher, 512)
+    finally:
+        batcher.close()
+    assert max(runs.rows) == 64
+
+
+def test_the_shapes_remembered_are_bounded() -> None:
+    batcher = DynamicBatcher(Sizes(0), GROWING)
+    try:
+        for width in range(1, 200):
+            send(batcher, 32, width)  # two fast runs of 16 rows: each shape grows
+    finally:
+        batcher.close()
+    assert len(batcher._slice_limits) == 64

@@ -4,13 +4,16 @@ threads per model run, down to the loaded session and its batcher."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from streaminfer.config import usable_cores
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.serving.settings import ServerSettings
+from tests.servers import ServerProcess
 
 
 def test_a_model_batching_table_overrides_only_what_it_names(tmp_path: Path) -> None:
@@ -49,3 +52,51 @@ def test_the_loaded_model_gets_the_settings_threads_and_runners(tmp_path: Path) 
         np.testing.assert_allclose(loaded.infer({"x": x})["y"], tiny_reference(x), rtol=1e-6)
     finally:
         registry.close()
+
+
+class Runs(NamedTuple):
+    count: float  # model runs
+    rows: float
+    up_to_256_rows: float
+
+    @property
+    def any_past_256_rows(self) -> bool:
+        return self.up_to_256_rows < self.count
+
+
+def _tiny_runs(server: ServerProcess) -> Runs:
+    """The tiny model's runs, from the run-size histogram of the server's metrics."""
+    with server.client() as client:
+        text = client.get("/metrics", timeout=5).text
+    samples = {
+        (sample.name, sample.labels.get("le")): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "streaminfer_server_batch_size"
+        for sample in family.samples
+        if sample.labels.get("model") == "tiny"
+    }
+    name = "streaminfer_server_batch_size"
+    return Runs(
+        samples.get((f"{name}_count", None), 0),
+        samples.get((f"{name}_sum", None), 0),
+        samples.get((f"{name}_bucket", "256.0"), 0),
+    )
+
+
+def test_a_served_small_row_model_soon_runs_a_workers_request_whole(tmp_path: Path) -> None:
+    export_tiny_model(tmp_path / "repo", version=1)
+    x = np.random.default_rng(3).standard_normal((1024, 4), dtype=np.float32)
+    tensor = {"name": "x", "datatype": "FP32", "shape": [1024, 4], "data": x.ravel().tolist()}
+    sent = 0
+    with ServerProcess(tmp_path / "repo", log=tmp_path / "serve.log") as server:
+        with server.client() as client:
+            # Slices start at --max-batch-size (16) rows and double after each fast run.
+            while sent < 30 and not _tiny_runs(server).any_past_256_rows:
+                answer = client.post("/v2/models/tiny/infer", json={"inputs": [tensor]})
+                assert answer.status_code == 200, answer.text
+                y = np.asarray(answer.json()["outputs"][0]["data"], np.float32).reshape(x.shape)
+                np.testing.assert_allclose(y, tiny_reference(x), rtol=1e-5, atol=1e-6)
+                sent += 1
+        runs = _tiny_runs(server)
+    assert runs.rows == 1024 * sent
+    assert runs.any_past_256_rows

@@ -8,7 +8,8 @@ With several runners, one batch runs while the next is gathered, and the batches
 at once hold ``max_batch_size`` rows between them.  Requests whose non-batch shapes
 differ are never mixed in one run, and a request of more than ``max_batch_size`` rows
 is run in slices of at most that many, so a large request costs the runtime no more
-memory than a full batch does.
+memory than a full batch does; unless ``slice_bytes`` lets small rows make larger
+slices (at once, or growing while their runs stay short: ``slice_grow_ms``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -40,6 +42,15 @@ class BatchingConfig(BaseModel):
     # already, 1,024 rows of a tiny model make one run instead of 64 (0.07 ms against
     # 2.49), while images still run 16 at a time.
     slice_bytes: int | None = Field(default=None, ge=1)
+    # How slices grow past max_batch_size rows.  None: at once, to slice_bytes (a stream
+    # worker, whose micro-batches are bounded by time already).  A number (a server, whose
+    # requests come in any size): the slices of each input shape start at max_batch_size
+    # rows, double after a run of that many took less than this many ms, and halve after
+    # a larger one took twice as long.  A run that short writes a few tens of megabytes
+    # at most, so a model with small rows but large activations (a transformer reading
+    # token ids) stays near max_batch_size, while a tiny model's 1,024-row request soon
+    # runs in one go.
+    slice_grow_ms: float | None = Field(default=None, gt=0)
     # Rows bound a batch of small rows; this bounds one of large rows: 4,096 merged rows
     # of a 1 MB tensor would be 4 GB.  The first request is always taken whole.
     merge_bytes: int = Field(default=64 << 20, ge=1)
@@ -53,11 +64,20 @@ class Overloaded(InfrastructureError):
     """The batch queue is full: the caller should back off (HTTP 429 / RESOURCE_EXHAUSTED)."""
 
 
+Key = tuple[tuple[str, tuple[int, ...], str], ...]
+"""Inputs' names, shapes past the batch axis and dtypes: requests with one key can merge."""
+_SLICE_SHAPES = 64  # input shapes whose grown slice rows are remembered
+
+
+def _key(inputs: Tensors) -> Key:
+    return tuple(sorted((n, a.shape[1:], a.dtype.str) for n, a in inputs.items()))
+
+
 @dataclass
 class _Request:
     inputs: Tensors
     rows: int
-    key: tuple[tuple[str, tuple[int, ...], str], ...]
+    key: Key
     nbytes: int
     future: Future[Tensors] = field(default_factory=Future)
 
@@ -82,6 +102,8 @@ class DynamicBatcher:
         self._room = threading.Condition()  # guards _running_rows
         self._closing = threading.Lock()  # orders submissions against close()
         self._closed = False
+        self._slice_limits: OrderedDict[Key, int] = OrderedDict()  # rows, where grown
+        self._slice_limits_lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._loop, name=f"batcher-{i}", daemon=True)
             for i in range(config.runners)
@@ -98,7 +120,8 @@ class DynamicBatcher:
         return self._queue.qsize()
 
     def submit(self, inputs: Tensors) -> list[Future[Tensors]]:
-        """Queue ``inputs`` in slices of at most ``max_batch_size`` rows; a future per slice.
+        """Queue ``inputs`` in slices (of ``max_batch_size`` rows, unless ``slice_bytes``
+        lets small rows make more); a future per slice.
 
         ``max_queue`` counts requests waiting, not slices: a request too large for one
         batch is cut, and all its slices are queued, or none when the queue is full.
@@ -122,14 +145,35 @@ class DynamicBatcher:
         if self.config.slice_bytes is None:
             return rows
         row_bytes = sum(a.nbytes // a.shape[0] for a in inputs.values() if a.ndim and a.shape[0])
-        return max(rows, self.config.slice_bytes // max(1, row_bytes))
+        most = max(rows, self.config.slice_bytes // max(1, row_bytes))
+        if self.config.slice_grow_ms is None:
+            return most
+        return min(most, self._slice_limits.get(_key(inputs), rows))
+
+    def _learn_slice_rows(self, key: Key, rows: int, seconds: float) -> None:
+        """Double the rows a slice of this shape may hold after a fast run of that many,
+        halve them after a slow one (never below ``max_batch_size``)."""
+        fast_ms = self.config.slice_grow_ms
+        if fast_ms is None or self.config.slice_bytes is None:
+            return
+        floor = self.config.max_batch_size
+        with self._slice_limits_lock:
+            limit = self._slice_limits.pop(key, floor)
+            if rows >= limit and seconds * 1000 < fast_ms:
+                limit *= 2
+            elif seconds * 1000 > 2 * fast_ms:
+                limit = max(floor, limit // 2)
+            if limit > floor:
+                self._slice_limits[key] = limit  # the newest last
+            # Bounded: a client sending ever new shapes only evicts the oldest.
+            if len(self._slice_limits) > _SLICE_SHAPES:
+                self._slice_limits.popitem(last=False)
 
     def _enqueue(self, inputs: Tensors) -> Future[Tensors]:
         rows = {a.shape[0] for a in inputs.values()}
         if len(rows) != 1:
             raise ValueError("all inputs of one request must have the same batch size")
-        key = tuple(sorted((n, a.shape[1:], a.dtype.str) for n, a in inputs.items()))
-        request = _Request(inputs, rows.pop(), key, sum(a.nbytes for a in inputs.values()))
+        request = _Request(inputs, rows.pop(), _key(inputs), sum(a.nbytes for a in inputs.values()))
         self._queue.put(request)
         return request.future
 
@@ -212,17 +256,21 @@ class DynamicBatcher:
             return
         try:
             if len(live) == 1:
-                outputs = self._run(live[0].inputs)
+                inputs = live[0].inputs
             else:
                 names = live[0].inputs.keys()
-                joined = {n: np.concatenate([r.inputs[n] for r in live]) for n in names}
-                outputs = self._run(joined)
+                inputs = {n: np.concatenate([r.inputs[n] for r in live]) for n in names}
+            started = time.perf_counter()
+            outputs = self._run(inputs)
+            ran = time.perf_counter() - started
         except BaseException as exc:  # every caller must hear about the failure
             for request in live:
                 request.future.set_exception(exc)
             return
+        rows = sum(r.rows for r in live)
+        self._learn_slice_rows(live[0].key, rows, ran)
         if self._on_batch is not None:
-            self._on_batch(sum(r.rows for r in live))
+            self._on_batch(rows)
         start = 0
         for request in live:
             end = start + request.rows

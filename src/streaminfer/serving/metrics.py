@@ -22,7 +22,7 @@ from streaminfer.serving.errors import OK, status_of
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)  # past 16: grown slices
 
 
 @dataclass
