@@ -101,7 +101,7 @@ def send(batcher: DynamicBatcher, rows: int, width: int = 4) -> None:
     assert np.array_equal(answer, sent)  # slices come back whole and in order
 
 
-GROWING = BatchingConfig(max_batch_size=16, slice_bytes=4 << 20, slice_grow_ms=50.0)
+GROWING = BatchingConfig(max_batch_size=16, slice_bytes=4 << 20, slice_grow_ms=20.0)
 
 
 def test_slices_of_fast_runs_grow_to_a_whole_request() -> None:
@@ -125,7 +125,7 @@ def test_slices_of_fast_runs_grow_to_a_whole_request() -> None:
 
 
 def test_slices_of_slow_runs_stay_at_max_batch_size_rows() -> None:
-    runs = Sizes(120)  # past twice slice_grow_ms: a model with heavy rows
+    runs = Sizes(100)  # past four times slice_grow_ms: a model with heavy rows
     batcher = DynamicBatcher(runs, GROWING)
     try:
         for _ in range(3):
@@ -141,7 +141,7 @@ def test_grown_slices_shrink_when_runs_slow_down() -> None:
     try:
         while max(runs.rows, default=0) < 256:
             send(batcher, 256)
-        runs.ms = 120  # the limit is 512 now; every slow run halves it
+        runs.ms = 100  # the limit is 512 now; every slow run halves it
         runs.rows.clear()
         for _ in range(3):
             send(batcher, 256)

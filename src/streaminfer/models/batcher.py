@@ -46,10 +46,11 @@ class BatchingConfig(BaseModel):
     # worker, whose micro-batches are bounded by time already).  A number (a server, whose
     # requests come in any size): the slices of each input shape start at max_batch_size
     # rows, double after a run of that many took less than this many ms, and halve after
-    # a larger one took twice as long.  A run that short writes a few tens of megabytes
-    # at most, so a model with small rows but large activations (a transformer reading
-    # token ids) stays near max_batch_size, while a tiny model's 1,024-row request soon
-    # runs in one go.
+    # a larger one took four times as long (not twice: a run's time includes waiting for
+    # the GIL, up to the 5 ms switch interval).  A run that short writes a few tens of
+    # megabytes at most, so a model with small rows but large activations (a transformer
+    # reading token ids) stays near max_batch_size, while a tiny model's 1,024-row
+    # request soon runs in one go.
     slice_grow_ms: float | None = Field(default=None, gt=0)
     # Rows bound a batch of small rows; this bounds one of large rows: 4,096 merged rows
     # of a 1 MB tensor would be 4 GB.  The first request is always taken whole.
@@ -161,7 +162,7 @@ class DynamicBatcher:
             limit = self._slice_limits.pop(key, floor)
             if rows >= limit and seconds * 1000 < fast_ms:
                 limit *= 2
-            elif seconds * 1000 > 2 * fast_ms:
+            elif seconds * 1000 > 4 * fast_ms:
                 limit = max(floor, limit // 2)
             if limit > floor:
                 self._slice_limits[key] = limit  # the newest last
