@@ -18,10 +18,11 @@ from tests.servers import ServerProcess
 
 def test_a_model_batching_table_overrides_only_what_it_names(tmp_path: Path) -> None:
     config = tmp_path / "streaminfer.toml"
-    config.write_text("[server.model_batching.tiny]\nmax_batch_delay_ms = 5.0\n")
+    config.write_text("[server.model_batching.tiny]\nmax_batch_delay_ms = 5.0\nslice_bytes = 1\n")
     settings = ServerSettings.load(config, repo=tmp_path, max_batch_size=32, batch_runners=3)
     tiny = settings.model_batching["tiny"]
     assert (tiny.max_batch_delay_ms, tiny.max_batch_size, tiny.runners) == (5.0, 32, 3)
+    assert (tiny.slice_bytes, tiny.slice_grow_ms) == (1, 2.0)  # slices kept at 32 rows
     assert settings.default_batching.max_batch_delay_ms == 2.0
 
 
