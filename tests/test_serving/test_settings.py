@@ -1,5 +1,6 @@
-"""The server's settings: per-model batching over the server's own, and ONNX Runtime's
-threads per model run, down to the loaded session and its batcher."""
+"""The server's settings: per-model batching over the server's own, ONNX Runtime's threads
+per model run, down to the loaded session and its batcher, and the slices of large
+requests of small rows."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def test_the_loaded_model_gets_the_settings_threads_and_runners(tmp_path: Path) 
         registry.close()
 
 
-class Runs(NamedTuple):
+class TinyRuns(NamedTuple):
     count: float  # model runs
     rows: float
     up_to_256_rows: float
@@ -65,7 +66,7 @@ class Runs(NamedTuple):
         return self.up_to_256_rows < self.count
 
 
-def _tiny_runs(server: ServerProcess) -> Runs:
+def _tiny_runs(server: ServerProcess) -> TinyRuns:
     """The tiny model's runs, from the run-size histogram of the server's metrics."""
     with server.client() as client:
         text = client.get("/metrics", timeout=5).text
@@ -77,7 +78,7 @@ def _tiny_runs(server: ServerProcess) -> Runs:
         if sample.labels.get("model") == "tiny"
     }
     name = "streaminfer_server_batch_size"
-    return Runs(
+    return TinyRuns(
         samples.get((f"{name}_count", None), 0),
         samples.get((f"{name}_sum", None), 0),
         samples.get((f"{name}_bucket", "256.0"), 0),
@@ -91,7 +92,7 @@ def test_a_served_small_row_model_soon_runs_a_workers_request_whole(tmp_path: Pa
     sent = 0
     with ServerProcess(tmp_path / "repo", log=tmp_path / "serve.log") as server:
         with server.client() as client:
-            # Slices start at --max-batch-size (16) rows and double after each fast run.
+            # Slices start at --max-batch-size (16) rows and double after a fast run of that many.
             while sent < 30 and not _tiny_runs(server).any_past_256_rows:
                 answer = client.post("/v2/models/tiny/infer", json={"inputs": [tensor]})
                 assert answer.status_code == 200, answer.text
