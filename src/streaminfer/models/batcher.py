@@ -46,7 +46,7 @@ class BatchingConfig(BaseModel):
     # worker, whose micro-batches are bounded by time already).  A number (a server, whose
     # requests come in any size): the slices of each input shape start at max_batch_size
     # rows, double after a run of that many took less than this many ms, and halve after
-    # a larger one took four times as long (not twice: a run's time includes waiting for
+    # any run took four times as long (not twice: a run's time includes waiting for
     # the GIL, up to the 5 ms switch interval).  A run that short writes a few tens of
     # megabytes at most, so a model with small rows but large activations (a transformer
     # reading token ids) stays near max_batch_size, while a tiny model's 1,024-row
