@@ -127,21 +127,22 @@ class DynamicBatcher:
         ``max_queue`` counts requests waiting, not slices: a request too large for one
         batch is cut, and all its slices are queued, or none when the queue is full.
         """
-        parts = _slices(inputs, self._slice_rows(inputs))
+        key = _key(inputs)  # its slices' too: they differ only along the batch axis
+        parts = _slices(inputs, self._slice_rows(inputs, key))
         with self._closing:  # close() cannot come between the check and the puts
             if not self._closed:
                 if self._queue.qsize() >= self.config.max_queue:
                     raise Overloaded(
                         f"more than {self.config.max_queue} requests waiting for this model"
                     )
-                return [self._enqueue(part) for part in parts]
+                return [self._enqueue(part, key) for part in parts]
         late: list[Future[Tensors]] = []  # unloading: late callers get unbatched answers
         for part in parts:
             late.append(Future())
             late[-1].set_result(self._run(part))
         return late
 
-    def _slice_rows(self, inputs: Tensors) -> int:
+    def _slice_rows(self, inputs: Tensors, key: Key) -> int:
         rows = self.config.max_batch_size
         if self.config.slice_bytes is None:
             return rows
@@ -149,7 +150,7 @@ class DynamicBatcher:
         most = max(rows, self.config.slice_bytes // max(1, row_bytes))
         if self.config.slice_grow_ms is None:
             return most
-        return min(most, self._slice_limits.get(_key(inputs), rows))
+        return min(most, self._slice_limits.get(key, rows))
 
     def _learn_slice_rows(self, key: Key, rows: int, seconds: float) -> None:
         """Double the rows a slice of this shape may hold after a fast run of that many,
@@ -170,11 +171,11 @@ class DynamicBatcher:
             if len(self._slice_limits) > _SLICE_SHAPES:
                 self._slice_limits.popitem(last=False)
 
-    def _enqueue(self, inputs: Tensors) -> Future[Tensors]:
+    def _enqueue(self, inputs: Tensors, key: Key) -> Future[Tensors]:
         rows = {a.shape[0] for a in inputs.values()}
         if len(rows) != 1:
             raise ValueError("all inputs of one request must have the same batch size")
-        request = _Request(inputs, rows.pop(), _key(inputs), sum(a.nbytes for a in inputs.values()))
+        request = _Request(inputs, rows.pop(), key, sum(a.nbytes for a in inputs.values()))
         self._queue.put(request)
         return request.future
 
