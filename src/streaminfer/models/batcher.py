@@ -57,7 +57,9 @@ class BatchingConfig(BaseModel):
     merge_bytes: int = Field(default=64 << 20, ge=1)
 
 
-WORKER_BATCHING = BatchingConfig(slice_bytes=4 << 20)
+SLICE_BYTES = 4 << 20
+"""The input a slice of small rows may hold, in a stream worker and (growing) in a server."""
+WORKER_BATCHING = BatchingConfig(slice_bytes=SLICE_BYTES)
 """How a stream worker's embedded models batch: a micro-batch in slices of 4 MB of input."""
 
 

@@ -8,7 +8,7 @@ from typing import ClassVar
 from pydantic import Field, model_validator
 
 from streaminfer.config import Settings, usable_cores
-from streaminfer.models.batcher import BatchingConfig
+from streaminfer.models.batcher import SLICE_BYTES, BatchingConfig
 from streaminfer.models.runtime import RuntimeOptions
 
 
@@ -70,7 +70,7 @@ class ServerSettings(Settings):
             runners=self.batch_runners,
             # A request's small rows make slices of up to 4 MB while their runs stay under
             # 2 ms: a stream worker's 1,024 rows of a tabular model in one run, not 64.
-            slice_bytes=4 << 20,
+            slice_bytes=SLICE_BYTES,
             slice_grow_ms=2.0,
         )
 
