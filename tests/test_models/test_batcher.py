@@ -30,21 +30,25 @@ def test_runners_run_batches_at_the_same_time() -> None:
 
 
 class Runs:
-    """A model run that takes 2 ms (long enough for other runners to start theirs), noting
-    the most rows and the most batches running at once."""
+    """A model run that takes ``ms`` (by default 2, long enough for other runners to start
+    theirs), noting the rows of each run and the most rows and batches running at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, ms: float = 2) -> None:
+        self.ms = ms
+        self.rows: list[int] = []
         self._lock = threading.Lock()
         self._rows = self._batches = self.most_rows = self.most_batches = 0
 
     def __call__(self, inputs: Tensors) -> Tensors:
         rows = len(inputs["x"])
         with self._lock:
+            self.rows.append(rows)
             self._rows += rows
             self._batches += 1
             self.most_rows = max(self.most_rows, self._rows)
             self.most_batches = max(self.most_batches, self._batches)
-        threading.Event().wait(0.002)
+        if self.ms:
+            threading.Event().wait(self.ms / 1000)
         with self._lock:
             self._rows -= rows
             self._batches -= 1
@@ -81,20 +85,6 @@ def test_a_slice_larger_than_a_batch_runs_alone() -> None:
     assert runs.most_rows == 64  # alone: never beside another batch
 
 
-class Sizes:
-    """A model run of ``ms`` milliseconds that notes the rows of every run."""
-
-    def __init__(self, ms: float) -> None:
-        self.ms = ms
-        self.rows: list[int] = []
-
-    def __call__(self, inputs: Tensors) -> Tensors:
-        self.rows.append(len(inputs["x"]))
-        if self.ms:
-            threading.Event().wait(self.ms / 1000)
-        return inputs
-
-
 def send(batcher: DynamicBatcher, rows: int, width: int = 4) -> None:
     sent = np.arange(rows * width, dtype=np.float32).reshape(rows, width)
     answer = batcher.infer({"x": sent}, timeout=30)["x"]
@@ -105,7 +95,7 @@ GROWING = BatchingConfig(max_batch_size=16, slice_bytes=4 << 20, slice_grow_ms=2
 
 
 def test_slices_of_fast_runs_grow_to_a_whole_request() -> None:
-    runs = Sizes(0)
+    runs = Runs(0)
     batcher = DynamicBatcher(runs, GROWING)
     try:
         send(batcher, 1024)
@@ -125,7 +115,7 @@ def test_slices_of_fast_runs_grow_to_a_whole_request() -> None:
 
 
 def test_slices_of_slow_runs_stay_at_max_batch_size_rows() -> None:
-    runs = Sizes(100)  # past four times slice_grow_ms: a model with heavy rows
+    runs = Runs(100)  # past four times slice_grow_ms: a model with heavy rows
     batcher = DynamicBatcher(runs, GROWING)
     try:
         for _ in range(3):
@@ -136,7 +126,7 @@ def test_slices_of_slow_runs_stay_at_max_batch_size_rows() -> None:
 
 
 def test_grown_slices_shrink_when_runs_slow_down() -> None:
-    runs = Sizes(0)
+    runs = Runs(0)
     batcher = DynamicBatcher(runs, GROWING)
     try:
         while max(runs.rows, default=0) < 256:
@@ -151,7 +141,7 @@ def test_grown_slices_shrink_when_runs_slow_down() -> None:
 
 
 def test_slices_never_pass_slice_bytes() -> None:
-    runs = Sizes(0)
+    runs = Runs(0)
     # 16-byte rows: 64 fit in 1,024 bytes.
     batcher = DynamicBatcher(runs, GROWING.model_copy(update={"slice_bytes": 1024}))
     try:
@@ -163,7 +153,7 @@ def test_slices_never_pass_slice_bytes() -> None:
 
 
 def test_the_shapes_remembered_are_bounded() -> None:
-    batcher = DynamicBatcher(Sizes(0), GROWING)
+    batcher = DynamicBatcher(Runs(0), GROWING)
     try:
         for width in range(1, 200):
             send(batcher, 32, width)  # two fast runs of 16 rows: each shape grows
