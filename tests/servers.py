@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from streaminfer.codecs.tfserving import to_tensor_proto
 from streaminfer.errors import InfrastructureError
@@ -127,15 +128,22 @@ class ServerProcess:
         self.process.wait()
         self.process = None
 
-    def requests_served(self) -> float:
-        """Inference requests the server has counted, from its Prometheus metrics."""
+    def metric_samples(self, family: str) -> list[Sample]:
+        """The samples of one metric family, from the server's Prometheus metrics."""
         with self.client() as client:
             text = client.get("/metrics", timeout=5).text
+        return [
+            sample
+            for parsed in text_string_to_metric_families(text)
+            if parsed.name == family
+            for sample in parsed.samples
+        ]
+
+    def requests_served(self) -> float:
+        """Inference requests the server has counted."""
         return sum(
             sample.value
-            for family in text_string_to_metric_families(text)
-            if family.name == "streaminfer_server_requests"
-            for sample in family.samples
+            for sample in self.metric_samples("streaminfer_server_requests")
             if sample.name.endswith("_total")
         )
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from streaminfer.config import usable_cores
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
@@ -68,16 +67,12 @@ class TinyRuns(NamedTuple):
 
 def _tiny_runs(server: ServerProcess) -> TinyRuns:
     """The tiny model's runs, from the run-size histogram of the server's metrics."""
-    with server.client() as client:
-        text = client.get("/metrics", timeout=5).text
+    name = "streaminfer_server_batch_size"
     samples = {
         (sample.name, sample.labels.get("le")): sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "streaminfer_server_batch_size"
-        for sample in family.samples
+        for sample in server.metric_samples(name)
         if sample.labels.get("model") == "tiny"
     }
-    name = "streaminfer_server_batch_size"
     return TinyRuns(
         samples.get((f"{name}_count", None), 0),
         samples.get((f"{name}_sum", None), 0),
