@@ -134,7 +134,8 @@ def _gated_len(body: bytes, started: str, gate: str) -> int:
 
 def test_a_cancelled_body_keeps_the_socket_until_its_answer_is_read(tmp_path: Path) -> None:
     """A request cancelled mid-exchange (its client gone) must not let the next body onto
-    the socket while its answer is still coming: the two would read each other's results."""
+    the socket while its answer is still coming: the two would read each other's results.
+    Until it ends, it counts among the decoder's bodies."""
     started, gate = tmp_path / "started", tmp_path / "gate"
     events: list[str] = []
 
@@ -158,13 +159,17 @@ def test_a_cancelled_body_keeps_the_socket_until_its_answer_is_read(tmp_path: Pa
             first.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await first
+            assert decoder.bodies == 1
             second = asyncio.create_task(decoder.decode(len, b"second body"))
             # the second body is queued behind the first, or (the fault) already on the socket
             await asyncio.to_thread(
                 wait_for, lambda: decoder._exchanges._work_queue.qsize() or len(events) > 1, 30
             )
+            assert decoder.bodies == 2
             gate.touch()
-            return await second
+            answer = await second
+            assert decoder.bodies == 0
+            return answer
         finally:
             decoder.close()
 

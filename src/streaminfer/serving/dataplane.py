@@ -115,6 +115,11 @@ class DataPlane:
         including one whose body is still being read."""
         self._gate.accepting = False
 
+    @property
+    def decoder_bodies(self) -> int:
+        """Large request bodies in the decoder process or waiting for it."""
+        return self._body_decoder.bodies
+
     def close(self) -> None:
         self._decode_pool.shutdown(wait=True)
         self._body_decoder.close()

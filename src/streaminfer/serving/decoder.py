@@ -23,6 +23,7 @@ import multiprocessing
 import pickle
 import socket
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.process import BaseProcess
@@ -49,14 +50,27 @@ class BodyDecoder:
         self._exchanges = ThreadPoolExecutor(1, thread_name_prefix="decoder-socket")
         self._process: BaseProcess | None = None
         self._connection: socket.socket | None = None
+        self._bodies = 0
+        self._bodies_lock = threading.Lock()  # counted up on the loop, down on the thread
+
+    @property
+    def bodies(self) -> int:
+        """Bodies in the decoder process or waiting for it, cancelled requests' included."""
+        return self._bodies
 
     async def decode(self, parse: Callable[..., T], body: bytes, *args: Any) -> T:
         """``parse(body, *args)``, run in the decoder process; its exceptions are re-raised."""
-        loop = asyncio.get_running_loop()
-        ok, result = await loop.run_in_executor(self._exchanges, self._exchange, parse, body, args)
+        self._count_bodies(1)
+        exchange = self._exchanges.submit(self._exchange, parse, body, args)
+        exchange.add_done_callback(lambda _: self._count_bodies(-1))
+        ok, result = await asyncio.wrap_future(exchange)
         if not ok:
             raise result
         return result  # type: ignore[no-any-return]
+
+    def _count_bodies(self, change: int) -> None:
+        with self._bodies_lock:
+            self._bodies += change
 
     def _exchange(self, parse: Callable[..., Any], body: bytes, args: tuple[Any, ...]) -> Any:
         connection = self._connect()

@@ -1,7 +1,8 @@
 """Prometheus metrics of one server instance, in a registry of its own.
 
 Requests are counted and timed by model, version, protocol and status; batch sizes come
-from the registry's ``on_batch`` callback; queue depths are read when scraped.  Model
+from the registry's ``on_batch`` callback; queue depths and the decoder's bodies are read
+when scraped.  Model
 names that the server does not serve are labelled ``unknown``, so clients cannot grow
 the label set.
 """
@@ -9,7 +10,7 @@ the label set.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -78,10 +79,16 @@ class ServerMetrics:
             registry=self.registry,
         )
 
-    def attach(self, models: ModelRegistry) -> None:
-        """Start reporting the queue depth of ``models`` and labelling by its model names."""
+    def attach(self, models: ModelRegistry, decoder_bodies: Callable[[], int]) -> None:
+        """Start reporting the queue depth of ``models`` and labelling by its model names,
+        and the bodies ``decoder_bodies`` counts."""
         self._models = models
         self.registry.register(_QueueDepth(models))
+        Gauge(
+            "streaminfer_server_decoder_bodies",
+            "Large request bodies in the decoder process or waiting for it.",
+            registry=self.registry,
+        ).set_function(decoder_bodies)
 
     def on_batch(self, model: str, rows: int) -> None:
         self._batch_size.labels(model).observe(rows)

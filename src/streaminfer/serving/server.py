@@ -67,7 +67,6 @@ class ModelServer:
             only_configured=only_configured,
             on_batch=self.metrics.on_batch,
         )
-        self.metrics.attach(self.registry)
         self.plane = DataPlane(
             self.registry,
             settings.default_model,
@@ -75,6 +74,7 @@ class ModelServer:
             settings.request_timeout,
             load_handler(settings.handler) if settings.handler else None,
         )
+        self.metrics.attach(self.registry, lambda: self.plane.decoder_bodies)
         self.auth = (
             BearerAuth.from_file(settings.auth_token_file) if settings.auth_token_file else None
         )
