@@ -2,9 +2,8 @@
 
 Requests are counted and timed by model, version, protocol and status; batch sizes come
 from the registry's ``on_batch`` callback; queue depths and the decoder's bodies are read
-when scraped.  Model
-names that the server does not serve are labelled ``unknown``, so clients cannot grow
-the label set.
+when scraped.  Model names that the server does not serve are labelled ``unknown``, so
+clients cannot grow the label set.
 """
 
 from __future__ import annotations
