@@ -36,13 +36,15 @@ def run_cli(
 
 
 def child_pids(pid: int) -> list[int]:
-    """The processes ``pid`` started and has not reaped; none once it is gone."""
-    try:
-        return [
-            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        ]
-    except FileNotFoundError:
-        return []
+    """The processes ``pid`` started, from any of its threads, and has not reaped; none once
+    it is gone.  (``/proc`` lists a child under the thread that forked it.)"""
+    children = []
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children += [int(child) for child in listing.read_text().split()]
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+    return children
 
 
 def wait_for(

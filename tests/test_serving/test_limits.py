@@ -36,7 +36,7 @@ from streaminfer.protos.tfserving import (
 )
 from tests.repository import MODEL
 from tests.servers import ServerProcess
-from tests.support import wait_for
+from tests.support import child_pids, wait_for
 
 TINY = "tiny"  # the tensor model of ``stream_repo``: x [N, 4] -> y [N, 4]
 PREDICT = f"/v1/models/{MODEL}:predict"
@@ -269,7 +269,7 @@ def test_bytes_that_are_no_protobuf_are_invalid_argument(
             assert "not a valid protobuf" in failure.value.details()
 
 
-def _sixty_mb_request(images: int = 44) -> bytes:
+def _float_images_request(images: int = 44) -> bytes:
     """A valid TF Serving row-format request of ``images`` images as float lists (44: about
     60 MB)."""
     rng = np.random.default_rng(5)
@@ -283,17 +283,15 @@ def _decoder_pid(server: ServerProcess) -> int:
     """The server's decoder process: its child spawned by ``multiprocessing`` (the other
     such child, the resource tracker, is not started by ``spawn_main``)."""
     assert server.process is not None
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    decoders = []
+    for pid in child_pids(server.process.pid):
         try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            command = (stat.parent / "cmdline").read_bytes()
-        except (OSError, ValueError):  # a process that ended meanwhile
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                decoders.append(pid)
+        except FileNotFoundError:  # a process that ended meanwhile
             continue
-        if ppid == server.process.pid and b"spawn_main" in command:
-            children.append(int(stat.parent.name))
-    assert len(children) == 1, children
-    return children[0]
+    assert len(decoders) == 1, decoders
+    return decoders[0]
 
 
 def _decoder_bodies(server: ServerProcess) -> float:
@@ -305,9 +303,9 @@ def test_health_answers_while_the_decoder_holds_a_60_mb_body(limited: ServerProc
     as long as the test wants: meanwhile the event loop answers health checks and scrapes,
     and once the decoder runs again the request is answered."""
     with limited.client() as client:  # a body over 2 MB: the decoder process is started
-        assert client.post(PREDICT, content=_sixty_mb_request(images=2)).status_code == 200
+        assert client.post(PREDICT, content=_float_images_request(images=2)).status_code == 200
     decoder = _decoder_pid(limited)
-    body = _sixty_mb_request()
+    body = _float_images_request()
     answer: dict[str, int] = {}
 
     def post() -> None:
@@ -388,7 +386,7 @@ def test_peak_rss_stays_under_600_mb(limited: ServerProcess, jpeg: bytes) -> Non
     too_large = {"b64": base64.b64encode(_blank_png(7000)).decode()}
     with limited.client() as client:
         assert client.post(PREDICT, json={"instances": [image] * IMAGE_MAX_BATCH}).is_success
-        assert client.post(PREDICT, content=_sixty_mb_request()).is_success
+        assert client.post(PREDICT, content=_float_images_request()).is_success
         assert client.post(PREDICT, json={"instances": [largest] * 6}).is_success
         refused = client.post(PREDICT, json={"instances": [too_large]})
         assert refused.status_code == 400 and "full size" in refused.text
