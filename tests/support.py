@@ -3,9 +3,13 @@ address and login (fixtures: tests/fixtures/)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -45,6 +49,49 @@ def child_pids(pid: int) -> list[int]:
         except FileNotFoundError:  # the thread ended meanwhile
             continue
     return children
+
+
+@contextmanager
+def cpu_limited_cgroup(cores: float) -> Iterator[list[str]]:
+    """A real cgroup allowed ``cores`` cores' worth of CPU time (a CFS quota, as a
+    container's CPU limit is), v1 or v2.  Yields a command prefix that runs a command
+    inside a child cgroup of it (a limit on an ancestor holds too).  Afterwards whatever
+    still runs in it is killed and the cgroups removed.  Needs root, as CI runs."""
+    assert os.geteuid() == 0, "making a cgroup needs root (CI runs the suite as root)"
+    period = 100_000
+    v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
+    name = f"streaminfer-test-{uuid.uuid4().hex[:8]}"
+    if (v1 / "cpu.cfs_quota_us").exists():
+        parent = v1 / name
+        parent.mkdir()
+        (parent / "cpu.cfs_period_us").write_text(str(period))
+        (parent / "cpu.cfs_quota_us").write_text(str(round(cores * period)))
+    elif "cpu" in (v2 / "cgroup.controllers").read_text().split():
+        (v2 / "cgroup.subtree_control").write_text("+cpu")
+        parent = v2 / name
+        parent.mkdir()
+        (parent / "cpu.max").write_text(f"{round(cores * period)} {period}")
+        (parent / "cgroup.subtree_control").write_text("+cpu")
+    else:
+        raise AssertionError("no cgroup hierarchy with the cpu controller is mounted")
+    child = parent / "child"
+    child.mkdir()
+    try:
+        yield ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(child / "cgroup.procs")]
+    finally:
+        for pid in (child / "cgroup.procs").read_text().split():
+            with suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        for folder in (child, parent):  # removable once its processes are gone
+            wait_for(lambda f=folder: _removed(f), timeout=30, what=f"{folder} removed")
+
+
+def _removed(folder: Path) -> bool:
+    try:
+        folder.rmdir()
+    except OSError:  # EBUSY while a process is still in it
+        return False
+    return True
 
 
 def wait_for(

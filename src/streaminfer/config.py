@@ -7,7 +7,6 @@ by the class's ``file_section``.
 
 from __future__ import annotations
 
-import os
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -16,11 +15,6 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from streaminfer.errors import ConfigError
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which containers narrow)."""
-    return max(1, len(os.sched_getaffinity(0)))
 
 
 class Settings(BaseSettings):

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from streaminfer.config import usable_cores
+from streaminfer.cores import usable_cores
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.serving.settings import ServerSettings

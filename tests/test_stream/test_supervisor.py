@@ -15,7 +15,7 @@ from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import Record, produce
 from streaminfer.net import free_port
 from streaminfer.processes import ManagedProcess
-from tests.support import child_pids, wait_for
+from tests.support import child_pids, cpu_limited_cgroup, wait_for
 from tests.workers import decoded, embedded_worker, outputs
 
 PARTITIONS = 2
@@ -101,3 +101,33 @@ def test_exactly_once_when_a_member_and_then_the_supervisor_are_killed(
     send(kafka_settings, inp, 60, 30)
     start()
     assert_once_in_order(outputs(kafka_settings, out, 90, timeout=120), 90)
+
+
+def test_processes_auto_counts_the_cpu_quota_not_the_machines_cores(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable[..., ManagedProcess],
+    stream_repo: Path,
+) -> None:
+    """A container's CPU limit is a quota, not an affinity: the process sees every core.
+    With one core's quota on a two-core machine, ``auto`` runs one plain worker."""
+    assert len(os.sched_getaffinity(0)) >= 2, "the machine must have two cores"
+    inp, out = topic_factory("in", PARTITIONS), topic_factory("out", PARTITIONS)
+    unlimited = embedded_worker(start_worker, stream_repo, inp, out, "--processes", "auto")
+    wait_for(lambda: len(members(unlimited)) == 2, what="a member a core")
+    assert unlimited.stop() == 0
+    with cpu_limited_cgroup(cores=1) as inside:
+        args = ["--input", inp, "--output", out, "--mode", "embedded", "--repo",
+                str(stream_repo), "--group-id", f"g-{inp}", "--processes", "auto"]  # fmt: skip
+        limited = start_worker(*args, prefix=inside)
+        send(kafka_settings, inp, 0, 20)
+        assert_once_in_order(outputs(kafka_settings, out, 20), 20)
+        assert not [pid for pid in members(limited) if _is_member(pid)]  # no supervisor
+        assert limited.stop() == 0
+
+
+def _is_member(pid: int) -> bool:
+    try:
+        return b"streaminfer.cli.main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False

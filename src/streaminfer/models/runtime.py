@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streaminfer.cores import quota_cores
 from streaminfer.errors import ConfigError
 from streaminfer.models.errors import InvalidInput
 from streaminfer.models.metadata import ModelMetadata, TensorSpec
@@ -20,7 +21,7 @@ from streaminfer.types import Tensors
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """ONNX Runtime threading: ``intra_op_threads=0`` lets ORT use every core."""
+    """ONNX Runtime threading: ``intra_op_threads=0`` lets ORT use every core it may."""
 
     intra_op_threads: int = 0
     inter_op_threads: int = 1
@@ -42,7 +43,9 @@ class OnnxModel:
 
         self.metadata = metadata
         session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = options.intra_op_threads
+        # 0 starts a thread per core of the machine, whatever the CPU quota: under a
+        # container's CPU limit, as many as the limit is worth.
+        session_options.intra_op_num_threads = options.intra_op_threads or quota_cores() or 0
         session_options.inter_op_num_threads = options.inter_op_threads
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if not options.spin:

@@ -8,9 +8,9 @@ an embedded predictor on the same repository serves while the server cannot.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from streaminfer.cores import usable_cores
 from streaminfer.errors import ConfigError
 from streaminfer.models.batcher import WORKER_BATCHING
 from streaminfer.models.registry import ModelRegistry
@@ -62,7 +62,7 @@ def create_predictor(
     ``registry`` is needed by ``embedded`` and by ``fallback``: a loaded registry, or a
     repository path to load one from (which the predictor then owns and closes).
     """
-    workers = decode_workers or os.cpu_count() or 1
+    workers = decode_workers or usable_cores()
     if mode == EmbeddedPredictor.mode:
         return _embedded(registry, workers, mode)
     if mode == SeedStylePredictor.mode:

@@ -7,7 +7,8 @@ from typing import ClassVar
 
 from pydantic import Field, model_validator
 
-from streaminfer.config import Settings, usable_cores
+from streaminfer.config import Settings
+from streaminfer.cores import usable_cores
 from streaminfer.models.batcher import SLICE_BYTES, BatchingConfig
 from streaminfer.models.runtime import RuntimeOptions
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, multiprocess
 
-from streaminfer.config import usable_cores
+from streaminfer.cores import usable_cores
 from streaminfer.stream.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def member_count(processes: int | str) -> int:
-    """``auto``: the cores this process may run on."""
+    """``auto``: the cores this process may use (affinity and CPU quota)."""
     if processes == "auto":
         return usable_cores()
     return int(processes)
@@ -129,7 +129,8 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 member.kill()
                 codes.append(member.wait())
-        return next((code for code in codes if code), 0)
+        # A member still starting has no handler yet: our SIGTERM ends it, as asked.
+        return next((code for code in codes if code and code != -signal.SIGTERM), 0)
 
     def _forget(self, pid: int) -> None:
         """A dead member's live gauges and endpoint no longer count."""
