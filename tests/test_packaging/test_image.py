@@ -123,3 +123,18 @@ def test_server_and_worker_containers_predict_and_stop_cleanly(
     assert json.loads(records[0].value or b"null")["predictions"][0]["class_id"] in CATS
     stopped_cleanly(worker)
     stopped_cleanly(server)
+
+
+def test_a_containers_cpu_limit_is_the_cores_it_counts(image: str) -> None:
+    """``--cpus`` is a CFS quota on the container's cgroup, whose hierarchy the container
+    sees mounted from that cgroup: ``--processes auto`` and ONNX Runtime count it."""
+    cores = len(os.sched_getaffinity(0))
+    assert cores >= 2, "the machine must have two cores for a limit of one to show"
+    code = "from streaminfer.cores import usable_cores; print(usable_cores())"
+    python = ["--entrypoint", "/opt/streaminfer/bin/python", image, "-c", code]
+    unlimited = podman("run", "--rm", *python)
+    assert unlimited.returncode == 0, unlimited.stderr
+    assert unlimited.stdout.strip() == str(cores)
+    limited = podman("run", "--rm", "--cpus", "1", *python)
+    assert limited.returncode == 0, limited.stderr
+    assert limited.stdout.strip() == "1"
