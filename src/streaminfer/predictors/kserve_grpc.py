@@ -57,7 +57,17 @@ class KServeGrpcPredictor(RemotePredictor):
     def _model_metadata(self, ref: ModelRef) -> ServedModel:
         request = v2.ModelMetadataRequest(name=ref.name, version=numbered_version(ref, "KServe V2"))
         answer = self._grpc.call(self._stub.ModelMetadata, request)
-        return v2_model(_listed(answer.inputs), _listed(answer.outputs))
+        return v2_model(_listed(answer.inputs), _listed(answer.outputs), self._config_rows(ref))
+
+    def _config_rows(self, ref: ModelRef) -> int | None:
+        """Triton's limit on a request's rows, from the model configuration it serves (its
+        extension of the V2 API: other servers answer UNIMPLEMENTED, and state no limit)."""
+        request = v2.ModelConfigRequest(name=ref.name, version=numbered_version(ref, "KServe V2"))
+        try:
+            answer = self._grpc.call(self._stub.ModelConfig, request)
+        except StreamInferError:
+            return None
+        return self._stated_limit(ref, answer.config.max_batch_size)
 
     def _infer_images(
         self, ref: ModelRef, served: ServedModel, images: list[bytes], top_k: int | None

@@ -73,9 +73,19 @@ class KServeHttpPredictor(RemotePredictor):
     def _model_metadata(self, ref: ModelRef) -> ServedModel:
         answer = self._http.get_json(_path(ref, ""))
         try:
-            return v2_model(_listed(answer["inputs"]), _listed(answer["outputs"]))
+            inputs, outputs = _listed(answer["inputs"]), _listed(answer["outputs"])
         except (KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"the metadata of {ref.name!r} lists no tensors: {exc}") from exc
+        return v2_model(inputs, outputs, self._config_rows(ref))
+
+    def _config_rows(self, ref: ModelRef) -> int | None:
+        """Triton's limit on a request's rows, from the model configuration it serves (its
+        extension of the V2 API: other servers answer 404, and state no limit)."""
+        try:
+            config = self._http.get_json(_path(ref, "/config"))
+        except StreamInferError:
+            return None
+        return self._stated_limit(ref, config.get("max_batch_size"))
 
     def _speaks_binary(self) -> bool:
         """Whether the server lists the binary tensor extension (asked once)."""

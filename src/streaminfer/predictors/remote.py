@@ -13,8 +13,9 @@ product's kinds of error.
 When the server refuses a multi-record request as invalid or too large, one record may
 be to blame (a non-image among good JPEGs): the request is bisected until the bad
 records are alone, so that only they are dead-lettered.  When both halves of a refused
-request are served whole, it was its size the server refused (a Triton model's
-``max_batch_size``, say): no later request to that model carries more rows than a half.
+request are served whole, it was its size the server refused: no later request to that
+model carries more rows than a half.  A server that says its limit up front (Triton's
+model configuration, ``max_batch_size``) is never sent more in the first place.
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ class RemotePredictor(Predictor):
             for chunk in chunks(
                 range(len(members)),
                 weights.__getitem__,
-                self._max_rows(members[0].request.ref),
+                self._max_rows(members[0].request.ref, members[0].served),
                 self.options.max_request_bytes,
             ):
                 self._serve([members[i] for i in chunk], outcomes)
@@ -250,7 +251,7 @@ class RemotePredictor(Predictor):
         for chunk in chunks(
             range(len(rows)),
             lambda i: (rows[i], rows[i] * row_bytes),
-            self._max_rows(ref),
+            self._max_rows(ref, served),
             self.options.max_request_bytes,
         ):
             counts = [rows[i] for i in chunk]
@@ -354,7 +355,8 @@ class RemotePredictor(Predictor):
             for half in halves:
                 self._serve(half, outcomes)
             if all(isinstance(outcomes[job.index], PredictResult) for job in jobs):
-                self._learn_limit(jobs[0].request.ref, max(_rows(half) for half in halves))
+                rows = max(_rows(half) for half in halves)
+                self._learn_limit(jobs[0].request.ref, jobs[0].served, rows)
             return
         except RecordError as exc:  # not found: every record of the group shares the cause
             for job in jobs:
@@ -363,13 +365,29 @@ class RemotePredictor(Predictor):
         for job, result in zip(jobs, results, strict=True):
             outcomes[job.index] = result
 
-    def _max_rows(self, ref: ModelRef) -> int:
-        most = self.options.max_batch_rows
+    def _max_rows(self, ref: ModelRef, served: ServedModel) -> int:
+        """Rows a request may carry: ours, the server's stated limit, and a learned one."""
+        most = min(self.options.max_batch_rows, served.max_rows or self.options.max_batch_rows)
         return min(most, self._row_limits.get(ref, most))
 
-    def _learn_limit(self, ref: ModelRef, rows: int) -> None:
+    def _stated_limit(self, ref: ModelRef, max_batch_size: object) -> int | None:
+        """The rows a request may carry by a Triton model configuration's
+        ``max_batch_size``; None for 0 (the model batches nothing: no batch dimension to
+        limit) or anything that is not a count."""
+        if type(max_batch_size) is not int or max_batch_size <= 0:
+            return None
+        if max_batch_size < self.options.max_batch_rows:
+            log.info(
+                "%s: %s takes at most %d rows a request (its max_batch_size)",
+                self.target,
+                ref.name,
+                max_batch_size,
+            )
+        return max_batch_size
+
+    def _learn_limit(self, ref: ModelRef, served: ServedModel, rows: int) -> None:
         """The server refused a request whose halves it served: it takes ``rows`` at most."""
-        if rows < self._max_rows(ref):
+        if rows < self._max_rows(ref, served):
             self._row_limits[ref] = rows
             log.info(
                 "%s: %s refused a larger request; sending it at most %d rows a request",

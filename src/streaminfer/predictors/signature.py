@@ -50,6 +50,8 @@ class ServedModel:
     # (KServe V2) the model name that takes them, when it is not this one: our server
     # serves an image model's encoded-image entry point as ``<model>.images``.
     image_model: str | None = None
+    # The most rows a request may carry, when the server says (Triton: ``max_batch_size``).
+    max_rows: int | None = None
 
     @property
     def takes_images(self) -> bool:
@@ -85,10 +87,12 @@ def without_image_input(tensors: tuple[ServedTensor, ...]) -> tuple[ServedTensor
 TensorList = list[tuple[str, np.dtype, list[int] | None]]  # name, dtype, shape as listed
 
 
-def v2_model(inputs: TensorList, outputs: TensorList) -> ServedModel:
+def v2_model(inputs: TensorList, outputs: TensorList, max_rows: int | None = None) -> ServedModel:
     """A KServe V2 model's metadata (one signature, images listed among its inputs)."""
     served_inputs = _tensors(inputs)
-    return ServedModel(served_inputs, _tensors(outputs), encoded_image_input(served_inputs))
+    return ServedModel(
+        served_inputs, _tensors(outputs), encoded_image_input(served_inputs), max_rows=max_rows
+    )
 
 
 IMAGE_ENTRY_SUFFIX = ".images"
