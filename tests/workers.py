@@ -6,10 +6,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
 from streaminfer.kafka.config import KafkaSettings
-from streaminfer.kafka.records import Record, consume
+from streaminfer.kafka.records import Record, consume, produce
+from streaminfer.models.export.tiny import tiny_reference
 from streaminfer.processes import ManagedProcess
 
 # Quick failure detection so a killed worker's partitions move on in seconds.
@@ -32,6 +34,25 @@ def outputs(settings: KafkaSettings, topic: str, count: int, timeout: float = 60
 
 def decoded(records: list[Record]) -> list[dict]:
     return [json.loads(r.value or b"null") for r in records]
+
+
+def send_tiny_rows(settings: KafkaSettings, topic: str, count: int) -> np.ndarray:
+    """``count`` tiny-model records of one distinct row each, ids ``0..count-1``; their rows."""
+    rows = np.arange(count * 4, dtype=np.float32).reshape(count, 4) / 100
+    values = [
+        json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [row.tolist()]}}).encode()
+        for i, row in enumerate(rows)
+    ]
+    produce(settings, topic, values)
+    return rows
+
+
+def assert_tiny_outputs(settings: KafkaSettings, topic: str, rows: np.ndarray) -> None:
+    """Every row's output once, in order, and the tiny model's answer to it."""
+    docs = decoded(outputs(settings, topic, len(rows), timeout=120))
+    assert [d["id"] for d in docs] == [str(i) for i in range(len(rows))]
+    got = np.array([d["outputs"]["y"][0] for d in docs])
+    np.testing.assert_allclose(got, tiny_reference(rows), rtol=1e-6)
 
 
 def high_watermark(settings: KafkaSettings, topic: str, partitions: int) -> int:

@@ -8,17 +8,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import consume, produce
-from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
+from streaminfer.models.export.tiny import export_tiny_model
 from streaminfer.net import free_port
 from streaminfer.processes import ManagedProcess
 from tests.servers import ServerProcess
 from tests.support import wait_for
-from tests.workers import decoded, outputs
+from tests.workers import assert_tiny_outputs, decoded, outputs, send_tiny_rows
 
 CATS = {281, 282, 285}
 
@@ -178,17 +177,8 @@ def test_a_server_refusing_large_requests_unannounced_is_sent_fewer_rows(
     spec = tmp_path / "repo" / "tiny" / "1" / "model.json"
     spec.write_text(json.dumps({**json.loads(spec.read_text()), "max_batch_size": 64}))
     inp, out = topic_factory("in"), topic_factory("out")
-    rows = np.arange(600 * 4, dtype=np.float32).reshape(600, 4) / 100
-    produce(
-        kafka_settings,
-        inp,
-        [json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [r.tolist()]}}).encode()
-         for i, r in enumerate(rows)],
-    )  # fmt: skip
+    rows = send_tiny_rows(kafka_settings, inp, 600)
     with ServerProcess(tmp_path / "repo", log=tmp_path / "server.log") as server:
         worker = remote_worker(start_worker, server, "kserve-grpc", inp, out, "--batch-size", "200")
-        docs = decoded(outputs(kafka_settings, out, len(rows), timeout=120))
-    assert [d["id"] for d in docs] == [str(i) for i in range(len(rows))]
-    got = np.array([d["outputs"]["y"][0] for d in docs])
-    np.testing.assert_allclose(got, tiny_reference(rows), rtol=1e-6)
+        assert_tiny_outputs(kafka_settings, out, rows)
     assert "tiny refused a larger request; sending it at most" in worker.log()

@@ -15,14 +15,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import produce
-from streaminfer.models.export.tiny import tiny_reference
 from tests.thirdparty.processes import TritonProcess
-from tests.workers import decoded, outputs
+from tests.workers import assert_tiny_outputs, decoded, outputs, send_tiny_rows
 
 CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 
@@ -85,21 +83,12 @@ def test_triton_is_never_sent_more_rows_than_its_max_batch_size(
     the worker, which sends up to 1024, reads the limit from the model configuration
     Triton serves, so nothing is refused, and loses nothing."""
     inp, out = topic_factory("in"), topic_factory("out")
-    rows = np.arange(600 * 4, dtype=np.float32).reshape(600, 4) / 100
-    produce(
-        kafka_settings,
-        inp,
-        [json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [r.tolist()]}}).encode()
-         for i, r in enumerate(rows)],
-    )  # fmt: skip
+    rows = send_tiny_rows(kafka_settings, inp, 600)
     worker = start_worker("--input", inp, "--output", out, "--mode", mode,
                           "--server", triton.target(mode), "--repo", str(stream_repo),
                           "--batch-size", "200",  # micro-batches past 64 rows from the start
                           "--group-id", f"g-{inp}")  # fmt: skip
-    docs = decoded(outputs(kafka_settings, out, len(rows), timeout=120))
-    assert [d["id"] for d in docs] == [str(i) for i in range(len(rows))]
-    got = np.array([d["outputs"]["y"][0] for d in docs])
-    np.testing.assert_allclose(got, tiny_reference(rows), rtol=1e-6)
+    assert_tiny_outputs(kafka_settings, out, rows)
     log = worker.log()
     assert "tiny takes at most 64 rows a request (its max_batch_size)" in log
     assert "refused a larger request" not in log  # none was sent over the limit
