@@ -29,6 +29,7 @@ def test_quick_bench_writes_positive_figures_a_report_and_plots(tmp_path: Path) 
 
     doc = json.loads((out / "results.json").read_text())
     assert doc["machine"]["cpus"] >= 1 and doc["elapsed_s"] > 0
+    assert 1 <= doc["machine"]["usable_cores"] <= doc["machine"]["cpus"]
     [images] = doc["workloads"]
     assert images["name"] == "images" and images["reference"] == "embedded"
     positive_figures(images, "reference_rps")

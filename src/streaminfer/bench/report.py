@@ -176,6 +176,7 @@ def _header(result: BenchResult) -> str:
         f"Every saturation figure is the median of {repeats} runs, its min-max in brackets; "
         "a throughput target passes only if every run meets it.\n\n"
         f"Machine: {machine.get('cpus')} CPUs ({machine.get('cpu_model') or 'unknown model'}), "
+        f"{machine.get('usable_cores', machine.get('cpus'))} usable by the benchmark, "
         f"Python {machine.get('python')}; load average {machine.get('load_average_start'):.2f} "
         f"at the start, {machine.get('load_average_end', 0.0):.2f} at the end.\n"
     )

@@ -33,6 +33,7 @@ from streaminfer.bench.results import BenchResult, ConfigResult, WorkloadResult
 from streaminfer.bench.runner import ConfigRun
 from streaminfer.bench.table import figure_text
 from streaminfer.bench.workloads import Workload, default_records, open_workload
+from streaminfer.cores import usable_cores
 from streaminfer.errors import StreamInferError
 from streaminfer.kafka.broker import LocalBroker
 from streaminfer.kafka.config import KafkaSettings
@@ -144,6 +145,7 @@ def machine_info() -> dict[str, Any]:
                 break
     return {
         "cpus": os.cpu_count(),
+        "usable_cores": usable_cores(),  # fewer under a CPU limit or a cpuset
         "cpu_model": model,
         "python": platform.python_version(),
         "platform": platform.platform(),
