@@ -91,6 +91,7 @@ def test_unreadable_or_odd_files_are_no_quota(tmp_path: Path) -> None:
     (tmp_path / "kubepods/pod1/worker").mkdir(parents=True)
     (tmp_path / "kubepods/pod1/worker/cpu.max").write_text("garbage")
     (tmp_path / "kubepods/pod1/cpu.max").write_text("100000 0")
+    (tmp_path / "kubepods/cpu.max").write_text("100000 -100000")
     assert cpu_quota(mountinfo(("/", tmp_path, "cgroup2", "rw")), V2_SELF) is None
     assert cpu_quota("not a mountinfo line\n", "nonsense\n") is None
 

@@ -118,8 +118,8 @@ def _quota(folder: Path, version: str) -> float | None:
         else:
             limit = (folder / "cpu.cfs_quota_us").read_text()
             period = (folder / "cpu.cfs_period_us").read_text()
-        if limit.strip() == "max" or int(limit) <= 0:
+        if limit.strip() == "max" or int(limit) <= 0 or int(period) <= 0:
             return None
         return int(limit) / int(period)
-    except (OSError, ValueError, ZeroDivisionError):
+    except (OSError, ValueError):
         return None
