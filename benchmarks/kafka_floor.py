@@ -27,13 +27,13 @@ The ways take turns for ``--rounds`` rounds; each figure is the median with its 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from streaminfer.bench.workloads import TensorWorkload
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.broker import LocalBroker
 from streaminfer.kafka.config import KafkaSettings, parse_property
@@ -116,11 +116,8 @@ def main() -> None:
             kafka = KafkaSettings(bootstrap_servers=state.bootstrap)
             source = "floor-in"
             TopicAdmin(kafka).create(source)
-            values = [
-                json.dumps({"model": "tiny", "inputs": {"x": [[i % 97, 1, 2, 3]]}}).encode()
-                for i in range(args.records)
-            ]
-            produce(kafka, source, values)
+            workload = TensorWorkload()
+            produce(kafka, source, [workload.record(i) for i in range(args.records)])
             figures: dict[str, list[tuple[float, float]]] = {way: [] for way in WAYS}
             for round_ in range(1, args.rounds + 1):
                 for way in WAYS:

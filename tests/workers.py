@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +74,10 @@ def embedded_worker(
     out: str,
     *extra: str,
     group: str | None = None,
+    prefix: Sequence[str] = (),
 ) -> ManagedProcess:
-    """An embedded-mode worker from ``inp`` to ``out``; image hosts on loopback allowed."""
+    """An embedded-mode worker from ``inp`` to ``out``; image hosts on loopback allowed;
+    ``prefix``: a command that runs it (e.g. in a cgroup)."""
     return start("--input", inp, "--output", out, "--mode", "embedded", "--repo", str(repo),
                  "--group-id", group or f"g-{inp}", "--allow-network", "127.0.0.0/8",
-                 *extra)  # fmt: skip
+                 *extra, prefix=prefix)  # fmt: skip

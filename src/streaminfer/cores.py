@@ -54,7 +54,7 @@ def cpu_quota(mountinfo: str, cgroups: str) -> float | None:
             quota = _quota(folder, version)
             if quota is not None:
                 quotas.append(quota)
-            if folder == top or top not in folder.parents:
+            if folder == top:
                 break
             folder = folder.parent
     return min(quotas, default=None)

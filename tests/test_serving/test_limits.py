@@ -36,7 +36,7 @@ from streaminfer.protos.tfserving import (
 )
 from tests.repository import MODEL
 from tests.servers import ServerProcess
-from tests.support import child_pids, wait_for
+from tests.support import child_pids, processes_mentioning, wait_for
 
 TINY = "tiny"  # the tensor model of ``stream_repo``: x [N, 4] -> y [N, 4]
 PREDICT = f"/v1/models/{MODEL}:predict"
@@ -283,15 +283,9 @@ def _decoder_pid(server: ServerProcess) -> int:
     """The server's decoder process: its child spawned by ``multiprocessing`` (the other
     such child, the resource tracker, is not started by ``spawn_main``)."""
     assert server.process is not None
-    decoders = []
-    for pid in child_pids(server.process.pid):
-        try:
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                decoders.append(pid)
-        except FileNotFoundError:  # a process that ended meanwhile
-            continue
+    decoders = set(child_pids(server.process.pid)) & processes_mentioning("spawn_main")
     assert len(decoders) == 1, decoders
-    return decoders[0]
+    return decoders.pop()
 
 
 def _decoder_bodies(server: ServerProcess) -> float:

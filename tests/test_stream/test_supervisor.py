@@ -15,7 +15,7 @@ from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import Record, produce
 from streaminfer.net import free_port
 from streaminfer.processes import ManagedProcess
-from tests.support import child_pids, cpu_limited_cgroup, wait_for
+from tests.support import child_pids, cpu_limited_cgroup, processes_mentioning, wait_for
 from tests.workers import decoded, embedded_worker, outputs
 
 PARTITIONS = 2
@@ -117,17 +117,11 @@ def test_processes_auto_counts_the_cpu_quota_not_the_machines_cores(
     wait_for(lambda: len(members(unlimited)) == 2, what="a member a core")
     assert unlimited.stop() == 0
     with cpu_limited_cgroup(cores=1) as inside:
-        args = ["--input", inp, "--output", out, "--mode", "embedded", "--repo",
-                str(stream_repo), "--group-id", f"g-{inp}", "--processes", "auto"]  # fmt: skip
-        limited = start_worker(*args, prefix=inside)
+        limited = embedded_worker(
+            start_worker, stream_repo, inp, out, "--processes", "auto", prefix=inside
+        )
         send(kafka_settings, inp, 0, 20)
         assert_once_in_order(outputs(kafka_settings, out, 20), 20)
-        assert not [pid for pid in members(limited) if _is_member(pid)]  # no supervisor
+        member_commands = processes_mentioning("streaminfer.cli.main")
+        assert not member_commands & set(members(limited))  # no supervisor
         assert limited.stop() == 0
-
-
-def _is_member(pid: int) -> bool:
-    try:
-        return b"streaminfer.cli.main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return False
