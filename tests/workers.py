@@ -32,6 +32,12 @@ def outputs(settings: KafkaSettings, topic: str, count: int, timeout: float = 60
     return records
 
 
+def produce_keyed(settings: KafkaSettings, topic: str, pairs: list[tuple[bytes, bytes]]) -> None:
+    """Each (key, value) as one record, through one producer: a producer per record costs
+    a connection and a metadata round trip (half a second) each."""
+    produce(settings, topic, [key + b"\t" + value for key, value in pairs], key_delimiter=b"\t")
+
+
 def decoded(records: list[Record]) -> list[dict]:
     return [json.loads(r.value or b"null") for r in records]
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 
 from streaminfer.kafka.config import KafkaSettings
-from streaminfer.kafka.records import Record, produce
+from streaminfer.kafka.records import Record
 from streaminfer.net import free_port
 from streaminfer.processes import ManagedProcess
 from tests.support import child_pids, cpu_limited_cgroup, processes_mentioning, wait_for
-from tests.workers import decoded, embedded_worker, outputs
+from tests.workers import decoded, embedded_worker, outputs, produce_keyed
 
 PARTITIONS = 2
 
@@ -27,9 +27,14 @@ def members(supervisor: ManagedProcess) -> list[int]:
 
 def send(settings: KafkaSettings, topic: str, start: int, count: int) -> None:
     """Records keyed by their number, so each partition gets an increasing sequence."""
-    for i in range(start, start + count):
-        value = json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [[i, 0, 0, 0]]}})
-        produce(settings, topic, [value.encode()], key=str(i).encode())
+    records = [
+        (
+            str(i).encode(),
+            json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [[i, 0, 0, 0]]}}).encode(),
+        )
+        for i in range(start, start + count)
+    ]
+    produce_keyed(settings, topic, records)
 
 
 def assert_once_in_order(records: list[Record], count: int) -> None:

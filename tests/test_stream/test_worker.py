@@ -23,7 +23,7 @@ from streaminfer.kafka.records import produce
 from streaminfer.models.export.tiny import tiny_reference
 from streaminfer.net import free_port
 from tests.support import run_cli, wait_for
-from tests.workers import decoded, embedded_worker, high_watermark, outputs
+from tests.workers import decoded, embedded_worker, high_watermark, outputs, produce_keyed
 
 CATS = {281, 282, 285}
 ESPRESSO = 967
@@ -177,10 +177,6 @@ def _frozen(broker: LocalBroker) -> Iterator[None]:
         os.kill(state.pid, signal.SIGCONT)
 
 
-def _produce_keyed(settings: KafkaSettings, topic: str, pairs: list[tuple[bytes, bytes]]) -> None:
-    produce(settings, topic, [k + b"\t" + v for k, v in pairs], key_delimiter=b"\t")
-
-
 def _assert_exactly_once_in_order(docs: list[dict], count: int) -> None:
     ids = [int(d["id"]) for d in docs]
     assert sorted(ids) == list(range(count)), "every input exactly once"
@@ -202,7 +198,7 @@ def test_sigkill_mid_run_loses_nothing_and_duplicates_nothing(
 ) -> None:
     count = 4000
     inp, out = topic_factory("in", partitions=3), topic_factory("out", partitions=3)
-    _produce_keyed(kafka_settings, inp, _tensor_inputs(count))
+    produce_keyed(kafka_settings, inp, _tensor_inputs(count))
     args = ("--model", "tiny", "--batch-size", "8", "--max-in-flight", "2")
     for kill_at in (count // 5, count // 2, 3 * count // 4):
         worker = embedded_worker(start_worker, stream_repo, inp, out, *args)
@@ -240,7 +236,7 @@ def test_group_members_share_partitions_and_survive_a_kill(
             60,
             "every worker to own partitions",
         )
-    _produce_keyed(kafka_settings, inp, _tensor_inputs(count))
+    produce_keyed(kafka_settings, inp, _tensor_inputs(count))
     wait_for(lambda: high_watermark(kafka_settings, out, 6) >= count // 3, 60, "a third done")
     workers[0].send_signal(signal.SIGKILL)
     docs = decoded(outputs(kafka_settings, out, count, timeout=90))
@@ -257,7 +253,7 @@ def test_sigterm_finishes_and_exits_zero(
 ) -> None:
     inp, out = topic_factory("in"), topic_factory("out")
     worker = embedded_worker(start_worker, stream_repo, inp, out, "--model", "tiny")
-    _produce_keyed(kafka_settings, inp, _tensor_inputs(200))
+    produce_keyed(kafka_settings, inp, _tensor_inputs(200))
     outputs(kafka_settings, out, 200)
     worker.send_signal(signal.SIGTERM)
     assert worker.process.wait(60) == 0, worker.log()
@@ -332,7 +328,7 @@ def test_at_least_once_and_metrics(
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: _get(base + "/readyz") == 200, 60, "the worker to be ready")
     assert _get(base + "/healthz") == 200
-    _produce_keyed(kafka_settings, inp, _tensor_inputs(100))
+    produce_keyed(kafka_settings, inp, _tensor_inputs(100))
     _assert_exactly_once_in_order(decoded(outputs(kafka_settings, out, 100)), 100)
     metrics = httpx.get(base + "/metrics").text
     assert (
