@@ -32,9 +32,14 @@ def outputs(settings: KafkaSettings, topic: str, count: int, timeout: float = 60
     return records
 
 
+def tiny_record(i: int) -> bytes:
+    """Tensor record ``i`` for the tiny model: its id is ``i``, its row ``[i, 0, 0, 0]``."""
+    return json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [[i, 0, 0, 0]]}}).encode()
+
+
 def produce_keyed(settings: KafkaSettings, topic: str, pairs: list[tuple[bytes, bytes]]) -> None:
-    """Each (key, value) as one record, through one producer: a producer per record costs
-    a connection and a metadata round trip (half a second) each."""
+    """Each (key, value) as one record, through one producer: an idempotent producer takes
+    0.5-1 s to start (librdkafka retries its producer id on a 500 ms timer)."""
     produce(settings, topic, [key + b"\t" + value for key, value in pairs], key_delimiter=b"\t")
 
 

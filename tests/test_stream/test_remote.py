@@ -17,7 +17,7 @@ from streaminfer.net import free_port
 from streaminfer.processes import ManagedProcess
 from tests.servers import ServerProcess
 from tests.support import wait_for
-from tests.workers import assert_tiny_outputs, decoded, outputs, send_tiny_rows
+from tests.workers import assert_tiny_outputs, decoded, outputs, send_tiny_rows, tiny_record
 
 CATS = {281, 282, 285}
 
@@ -82,10 +82,7 @@ def test_each_remote_mode_predicts(
 
 
 def _tiny_records(count: int) -> list[bytes]:
-    return [
-        json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [[i, 0, 0, 0]]}}).encode()
-        for i in range(count)
-    ]
+    return [tiny_record(i) for i in range(count)]
 
 
 def test_a_backlog_behind_a_slow_round_trip_goes_in_large_requests(

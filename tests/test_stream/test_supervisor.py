@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from collections import defaultdict
@@ -16,7 +15,7 @@ from streaminfer.kafka.records import Record
 from streaminfer.net import free_port
 from streaminfer.processes import ManagedProcess
 from tests.support import child_pids, cpu_limited_cgroup, processes_mentioning, wait_for
-from tests.workers import decoded, embedded_worker, outputs, produce_keyed
+from tests.workers import decoded, embedded_worker, outputs, produce_keyed, tiny_record
 
 PARTITIONS = 2
 
@@ -27,14 +26,9 @@ def members(supervisor: ManagedProcess) -> list[int]:
 
 def send(settings: KafkaSettings, topic: str, start: int, count: int) -> None:
     """Records keyed by their number, so each partition gets an increasing sequence."""
-    records = [
-        (
-            str(i).encode(),
-            json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [[i, 0, 0, 0]]}}).encode(),
-        )
-        for i in range(start, start + count)
-    ]
-    produce_keyed(settings, topic, records)
+    produce_keyed(
+        settings, topic, [(str(i).encode(), tiny_record(i)) for i in range(start, start + count)]
+    )
 
 
 def assert_once_in_order(records: list[Record], count: int) -> None:

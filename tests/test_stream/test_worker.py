@@ -23,7 +23,14 @@ from streaminfer.kafka.records import produce
 from streaminfer.models.export.tiny import tiny_reference
 from streaminfer.net import free_port
 from tests.support import run_cli, wait_for
-from tests.workers import decoded, embedded_worker, high_watermark, outputs, produce_keyed
+from tests.workers import (
+    decoded,
+    embedded_worker,
+    high_watermark,
+    outputs,
+    produce_keyed,
+    tiny_record,
+)
 
 CATS = {281, 282, 285}
 ESPRESSO = 967
@@ -156,13 +163,7 @@ def test_tensor_records(
 
 
 def _tensor_inputs(count: int) -> list[tuple[bytes, bytes]]:
-    return [
-        (
-            f"k{i % 97}".encode(),
-            json.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [[i, 0, 0, 0]]}}).encode(),
-        )
-        for i in range(count)
-    ]
+    return [(f"k{i % 97}".encode(), tiny_record(i)) for i in range(count)]
 
 
 @contextlib.contextmanager
