@@ -1,7 +1,7 @@
 """Call a streaminfer server with TF Serving's official Python client (tensorflow-serving-api).
 
-Runs in its own virtualenv (``make interop`` makes it): the official client's protos and
-streaminfer's register the same message names, and it needs tensorflow.
+Runs in its own virtualenv (``make interop`` makes it): the official client needs
+tensorflow, which streaminfer's own venv does not install.
 Usage: ``python tfserving_client.py HOST:GRPC_PORT MODEL``; exits non-zero on any mismatch.
 """
 

@@ -18,6 +18,8 @@ from streaminfer.kafka.config import KafkaSettings, read_properties_file
 from streaminfer.processes import STREAMINFER
 
 T = TypeVar("T")
+# TensorFlow's interpreter: a venv of its own (`make tf`), with streaminfer installed in it.
+TF_PYTHON = Path(__file__).resolve().parents[1] / ".venv-tf" / "bin" / "python"
 
 
 def run_cli(

@@ -15,10 +15,8 @@ import pytest
 from streaminfer.models.batcher import BatchingConfig
 from streaminfer.models.metadata import ModelMetadata
 from streaminfer.models.registry import ModelRegistry
-from tests.support import STREAMINFER, run_cli
+from tests.support import STREAMINFER, TF_PYTHON, run_cli
 
-ROOT = Path(__file__).resolve().parents[2]
-TF_PYTHON = ROOT / ".venv-tf" / "bin" / "python"
 BUILDER = Path(__file__).with_name("keras_models.py")
 
 

@@ -159,31 +159,46 @@ def test_a_stack_the_model_refuses_fails_each_record_alone(client: RemotePredict
         assert "shape" in str(outcome)
 
 
-@pytest.mark.parametrize("mode", ["kserve-grpc", "tfserving-rest"])
-def test_a_server_that_refuses_large_requests_is_sent_smaller_ones(
-    mode: str, tmp_path: Path
-) -> None:
+def _served_in_requests_of_five(mode: str, tmp_path: Path) -> tuple[float, float]:
+    """Requests the server counted for two runs of a 40-row stack, through ``mode``, of a
+    model that takes at most 5 rows a request; both runs' results checked."""
     export_tiny_model(tmp_path, version=1)
     metadata = tmp_path / "tiny" / "1" / METADATA_FILE
     metadata.write_text(json.dumps({**json.loads(metadata.read_text()), "max_batch_size": 5}))
     stacked = {"x": np.arange(160, dtype=np.float32).reshape(40, 4)}
     batch = stacked_requests("tiny", stacked, [1] * 40)
+    counts = []
     with ServerProcess(tmp_path, log=tmp_path / "serve.log") as server:
         options = RemoteOptions(timeout_s=20.0, max_batch_rows=1024)  # the worker's default
         predictor = REMOTE[mode](server.target(mode), options)
         try:
-            first = predictor.predict_stacked(batch, stacked, [1] * 40)
-            before = server.requests_served()
-            second = predictor.predict_stacked(batch, stacked, [1] * 40)
-            sent = server.requests_served() - before
-
+            for _ in range(2):
+                before = server.requests_served()
+                outcomes = predictor.predict_stacked(batch, stacked, [1] * 40)
+                counts.append(server.requests_served() - before)
+                for outcome, x in zip(outcomes, stacked["x"], strict=True):
+                    assert isinstance(outcome, PredictResult) and outcome.outputs is not None
+                    np.testing.assert_allclose(outcome.outputs["y"], tiny_reference(x[None]), 1e-6)
         finally:
             predictor.close()
-    assert sent == 8  # 40 rows in requests of 5 (halves of 10, the last size refused)
-    for outcomes in (first, second):
-        for outcome, x in zip(outcomes, stacked["x"], strict=True):
-            assert isinstance(outcome, PredictResult) and outcome.outputs is not None
-            np.testing.assert_allclose(outcome.outputs["y"], tiny_reference(x[None]), 1e-6)
+    return counts[0], counts[1]
+
+
+@pytest.mark.parametrize("mode", ["tfserving-grpc", "tfserving-rest"])
+def test_a_server_that_refuses_large_requests_is_sent_smaller_ones(
+    mode: str, tmp_path: Path
+) -> None:
+    """TF Serving's API states no limit on rows: the predictor learns it from refusals."""
+    first, second = _served_in_requests_of_five(mode, tmp_path)
+    assert first > 8  # refused requests of 40, 20 and 10 rows before those of 5
+    assert second == 8  # 40 rows in requests of 5 (halves of 10, the last size refused)
+
+
+@pytest.mark.parametrize("mode", ["kserve-grpc", "kserve-http"])
+def test_a_stated_limit_on_rows_is_kept_from_the_first_request(mode: str, tmp_path: Path) -> None:
+    """Our server states its model's max_batch_size in Triton's model configuration (gRPC
+    ModelConfig, HTTP /config), so not one request is refused."""
+    assert _served_in_requests_of_five(mode, tmp_path) == (8, 8)
 
 
 @pytest.mark.parametrize("mode", ["kserve-grpc", "tfserving-rest"])

@@ -252,6 +252,9 @@ def _valid_messages() -> dict[str, bytes]:
         "/inference.GRPCInferenceService/ModelMetadata": v2.ModelMetadataRequest(
             name=MODEL, version="1"
         ).SerializeToString(),
+        "/inference.GRPCInferenceService/ModelConfig": v2.ModelConfigRequest(
+            name=MODEL, version="1"
+        ).SerializeToString(),
         "/inference.GRPCInferenceService/ModelReady": v2.ModelReadyRequest(
             name=MODEL, version="1"
         ).SerializeToString(),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streaminfer.models.metadata import IMAGE_MAX_BATCH
 from streaminfer.models.registry import LoadedVersion
 from tests.repository import MODEL
 from tests.servers import ServerProcess
@@ -57,6 +58,20 @@ def test_tritonclient_metadata_and_inference(
         assert tensors["produced"] == {"logits": [2, 1000]}
         assert images["inputs"] == [["images", "BYTES"]]
         assert images["produced"] == {"classes": [2, 5], "scores": [2, 5], "class_ids": [2, 5]}
+        # Triton's model configuration: the rows a request may carry, tensors without them.
+        assert tensors["config"] == {
+            "max_batch_size": IMAGE_MAX_BATCH,
+            "tensors": [["input", "TYPE_FP32", [3, 224, 224]], ["logits", "TYPE_FP32", [1000]]],
+        }
+        assert images["config"] == {
+            "max_batch_size": IMAGE_MAX_BATCH,
+            "tensors": [
+                ["images", "TYPE_STRING", []],
+                ["classes", "TYPE_STRING", [5]],
+                ["scores", "TYPE_FP32", [5]],
+                ["class_ids", "TYPE_INT64", [5]],
+            ],
+        }
         for model in (tensors, images):
             assert model["ready"]
             assert model["refused_without"] == [name for name, _ in model["inputs"]]

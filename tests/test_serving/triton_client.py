@@ -1,7 +1,5 @@
 """Drive the server's KServe V2 endpoints with tritonclient; prints the results as JSON.
 
-Run as its own process: tritonclient registers ``inference.*`` protobuf messages under
-the same names as streaminfer's kserve protos, and one process cannot hold both.
 Usage: ``python triton_client.py HTTP_URL GRPC_URL MODEL JPEG_FILE``.
 
 For each model name it reads the metadata and, as a generic client would, builds a
@@ -49,6 +47,24 @@ def _input(module: Any, spec: dict[str, Any], jpeg: bytes) -> Any:
     return tensor
 
 
+def _config(client: Any, model: str) -> dict[str, Any]:
+    """Triton's model configuration, as each client reads it (int64 dims are strings in
+    protobuf's JSON, which also leaves out an empty list)."""
+    grpc = isinstance(client, triton_grpc.InferenceServerClient)
+    found = (
+        client.get_model_config(model, as_json=True)["config"]
+        if grpc
+        else client.get_model_config(model)
+    )
+    return {
+        "max_batch_size": found["max_batch_size"],
+        "tensors": [
+            (t["name"], t["data_type"], [int(d) for d in t.get("dims", [])])
+            for t in found["input"] + found["output"]
+        ],
+    }
+
+
 def signature_check(module: Any, client: Any, model: str, jpeg: bytes) -> dict[str, Any]:
     metadata = _metadata(client, model)
     inputs = [_input(module, spec, jpeg) for spec in metadata["inputs"]]
@@ -65,6 +81,7 @@ def signature_check(module: Any, client: Any, model: str, jpeg: bytes) -> dict[s
         "produced": produced,
         "refused_without": refused,
         "ready": client.is_model_ready(model),
+        "config": _config(client, model),
     }
 
 

@@ -166,16 +166,18 @@ def test_a_server_refusing_large_requests_unannounced_is_sent_fewer_rows(
     start_worker: Callable,
     tmp_path: Path,
 ) -> None:
-    """Our server states no row limit (it leaves Triton's ModelConfig unimplemented) and
-    refuses more rows than model.json's ``max_batch_size`` (64) as an invalid request; the
-    worker, sending up to 200, halves the refused requests, learns the limit from the
-    halves it gets served, and loses nothing."""
+    """TF Serving's API has no way to state a row limit, and our server refuses more rows
+    than model.json's ``max_batch_size`` (64) as an invalid request; the worker, sending
+    up to 200, halves the refused requests, learns the limit from the halves it gets
+    served, and loses nothing."""
     export_tiny_model(tmp_path / "repo", version=1)
     spec = tmp_path / "repo" / "tiny" / "1" / "model.json"
     spec.write_text(json.dumps({**json.loads(spec.read_text()), "max_batch_size": 64}))
     inp, out = topic_factory("in"), topic_factory("out")
     rows = send_tiny_rows(kafka_settings, inp, 600)
     with ServerProcess(tmp_path / "repo", log=tmp_path / "server.log") as server:
-        worker = remote_worker(start_worker, server, "kserve-grpc", inp, out, "--batch-size", "200")
+        worker = remote_worker(
+            start_worker, server, "tfserving-grpc", inp, out, "--batch-size", "200"
+        )
         assert_tiny_outputs(kafka_settings, out, rows)
     assert "tiny refused a larger request; sending it at most" in worker.log()

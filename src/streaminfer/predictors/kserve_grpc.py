@@ -60,8 +60,9 @@ class KServeGrpcPredictor(RemotePredictor):
         return v2_model(_listed(answer.inputs), _listed(answer.outputs), self._config_rows(ref))
 
     def _config_rows(self, ref: ModelRef) -> int | None:
-        """Triton's limit on a request's rows, from the model configuration it serves (its
-        extension of the V2 API: other servers answer UNIMPLEMENTED, and state no limit)."""
+        """The server's limit on a request's rows, from the model configuration it serves
+        (Triton's extension of the V2 API, which ours serves too; servers without it answer
+        UNIMPLEMENTED, and state no limit)."""
         request = v2.ModelConfigRequest(name=ref.name, version=numbered_version(ref, "KServe V2"))
         try:
             answer = self._grpc.call(self._stub.ModelConfig, request)

@@ -79,8 +79,9 @@ class KServeHttpPredictor(RemotePredictor):
         return v2_model(inputs, outputs, self._config_rows(ref))
 
     def _config_rows(self, ref: ModelRef) -> int | None:
-        """Triton's limit on a request's rows, from the model configuration it serves (its
-        extension of the V2 API: other servers answer 404, and state no limit)."""
+        """The server's limit on a request's rows, from the model configuration it serves
+        (Triton's extension of the V2 API, which ours serves too; servers without it answer
+        404, and state no limit)."""
         try:
             config = self._http.get_json(_path(ref, "/config"))
         except StreamInferError:

@@ -3,6 +3,12 @@
 Run as ``python -m streaminfer.protos.build`` to generate them beside the ``.proto`` files
 (a development checkout); ``setup.py`` loads this file by path to generate them into a
 wheel or sdist, so it must import nothing from ``streaminfer``.
+
+The messages are registered in a pool of their own (``streaminfer.protos.pool``), not in
+protobuf's default one: tritonclient, MLServer and KServe define ``inference.*`` there,
+TensorFlow and tensorflow-serving-api ``tensorflow.*``, and protobuf refuses a second
+file that defines a name already taken, so importing both would fail in one process.
+Names on the wire (gRPC method paths, ``Any`` type URLs) are the same in any pool.
 """
 
 from __future__ import annotations
@@ -38,7 +44,24 @@ def generate(source_root: Path = SOURCE_ROOT, out_root: Path | None = None) -> l
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed on " + ", ".join(p.name for p in protos))
+    for proto in protos:
+        own_pool(Path(out) / proto.relative_to(source_root).with_name(f"{proto.stem}_pb2.py"))
     return protos
+
+
+DEFAULT_POOL = "_descriptor_pool.Default().AddSerializedFile("
+BUILDER_IMPORT = "from google.protobuf.internal import builder as _builder\n"
+POOL_IMPORT = "from streaminfer.protos import pool as _pool\n"
+
+
+def own_pool(module: Path) -> None:
+    """Make a generated module register its file in streaminfer's pool (see above)."""
+    code = module.read_text()
+    if code.count(DEFAULT_POOL) != 1 or code.count(BUILDER_IMPORT) != 1:
+        raise SystemExit(f"{module}: not the code this protoc generates; update build.py")
+    code = code.replace(DEFAULT_POOL, "_pool.POOL.AddSerializedFile(")
+    code = code.replace(BUILDER_IMPORT, BUILDER_IMPORT + POOL_IMPORT)
+    module.write_text(code)
 
 
 if __name__ == "__main__":

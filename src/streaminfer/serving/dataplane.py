@@ -212,6 +212,11 @@ class ModelHandle:
     def ready(self) -> bool:
         return self._gate.accepting
 
+    @property
+    def batch_limit(self) -> int:
+        """The most rows one request may carry (``max_batch_size`` in model.json)."""
+        return self._loaded.metadata.batch_limit
+
     def signatures(self) -> dict[str, Signature]:
         """The signatures this version answers, the default one first.
 
@@ -408,7 +413,7 @@ class ModelHandle:
 
     def _check_batch(self, rows: int) -> None:
         """Refuse a request of more rows than the model's ``max_batch_size`` before running it."""
-        limit = self._loaded.metadata.batch_limit
+        limit = self.batch_limit
         if rows > limit:
             raise InvalidRequest(
                 f"model {self.name!r} takes at most {limit} rows per request "

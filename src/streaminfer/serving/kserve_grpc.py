@@ -72,6 +72,15 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
         )
 
     @rpc
+    async def ModelConfig(
+        self, request: v2.ModelConfigRequest, context: Context
+    ) -> v2.ModelConfigResponse:
+        model = self._plane.model(request.name, messages.parse_version(request.version))
+        return json_format.ParseDict(
+            {"config": messages.model_config(model)}, v2.ModelConfigResponse()
+        )
+
+    @rpc
     async def ModelInfer(
         self, request: v2.ModelInferRequest, context: Context
     ) -> v2.ModelInferResponse:

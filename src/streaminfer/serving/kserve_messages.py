@@ -34,6 +34,29 @@ def model_metadata(plane: DataPlane, model: ModelHandle) -> dict[str, Any]:
     }
 
 
+def model_config(model: ModelHandle) -> dict[str, Any]:
+    """Triton's model configuration (its extension of V2) as far as it describes this
+    model: ``max_batch_size`` is the most rows a request may carry, and every tensor's
+    ``dims`` leave out that first dimension, as Triton's do for a model that batches."""
+    signature = model.signatures()[DEFAULT_SIGNATURE]
+    return {
+        "name": model.name,
+        "platform": PLATFORM,
+        "max_batch_size": model.batch_limit,
+        "input": [_configured(spec) for spec in signature.inputs],
+        "output": [_configured(spec) for spec in signature.outputs],
+    }
+
+
+def _configured(spec: TensorSpec) -> dict[str, Any]:
+    v2_type = datatype(numpy_dtype(spec.dtype))
+    return {
+        "name": spec.name,
+        "data_type": "TYPE_STRING" if v2_type == "BYTES" else f"TYPE_{v2_type}",
+        "dims": list(spec.shape[1:]),
+    }
+
+
 def _tensor(spec: TensorSpec) -> dict[str, Any]:
     return {
         "name": spec.name,

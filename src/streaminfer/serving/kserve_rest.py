@@ -54,6 +54,7 @@ class KServeRest:
             routes += [
                 web.get(base, self._model_metadata),
                 web.get(base + "/ready", self._model_ready),
+                web.get(base + "/config", self._model_config),
                 web.post(base + "/infer", self._infer),
             ]
         return routes
@@ -72,6 +73,10 @@ class KServeRest:
     async def _model_metadata(self, request: web.Request) -> web.Response:
         model = self._plane.model(*_target(request))
         return json_response(messages.model_metadata(self._plane, model))
+
+    async def _model_config(self, request: web.Request) -> web.Response:
+        model = self._plane.model(*_target(request))
+        return json_response(messages.model_config(model))
 
     async def _model_ready(self, request: web.Request) -> web.Response:
         model = self._plane.model(*_target(request))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format, wrappers_pb2
+from google.protobuf import json_format
 
 from streaminfer.codecs.arrays import numpy_dtype
 from streaminfer.codecs.tfserving import data_type
@@ -48,9 +48,8 @@ def spec_target(spec: model_pb2.ModelSpec) -> tuple[str, int | None, str | None]
 
 def answered_spec(name: str, version: int, signature: str = "") -> model_pb2.ModelSpec:
     """The ModelSpec of the version that answered a request."""
-    return model_pb2.ModelSpec(
-        name=name, version=wrappers_pb2.Int64Value(value=version), signature_name=signature
-    )
+    # The wrapper as a dict: ModelSpec's Int64Value is streaminfer's own (protos/pool.py).
+    return model_pb2.ModelSpec(name=name, version={"value": version}, signature_name=signature)
 
 
 def model_status(

@@ -5,10 +5,10 @@ A SavedModel's serving signature (``serving_default`` unless told otherwise) is 
 converted, so its input and output names become the model's signature, as TF Serving
 would expose them.  A Keras model keeps its input names and its output layers' names.
 
-TensorFlow registers its protobuf messages (``tensorflow.TensorShapeProto``...) under the
-same names as our TF Serving protocol modules, so one process cannot hold both: the
-conversion runs in a child process (``convert_in_child``) that imports only this module's
-needs, and hands back the ONNX file with TensorFlow's answers to the sample inputs.
+The conversion runs in a child process (``convert_in_child``) that imports only this
+module's needs, and hands back the ONNX file with TensorFlow's answers to the sample
+inputs: TensorFlow's memory and threads go with it, and the command's own process stays
+light.
 """
 
 from __future__ import annotations
