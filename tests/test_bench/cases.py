@@ -42,7 +42,9 @@ def config(
             result.server_cpu_s_per_1k = Spread.of([12.0])
         result.latency = [
             LatencyPoint(0.25, rate / 4, 100, latency(p50 / 2, p99 / 2)),
-            LatencyPoint(0.5, rate / 2, 200, latency(p50, p99)),
+            LatencyPoint(
+                0.5, rate / 2, 200, latency(p50, p99), latency(p50 / 5, p99 / 5), [p99 / 2, p99]
+            ),
             LatencyPoint(0.75, rate * 0.75, 0, None, skipped="overloaded"),
         ]
     return result

@@ -9,6 +9,7 @@ import pytest
 from streaminfer.bench.measure import (
     Window,
     cpu_seconds,
+    p99_by_second,
     parse_cpu_seconds,
     parse_peak_rss_mb,
     peak_rss_mb,
@@ -41,6 +42,15 @@ def test_summary_of_one_to_a_hundred() -> None:
     assert summary.p95_ms == pytest.approx(95.05)
     assert summary.p99_ms == pytest.approx(99.01)
     assert summary.max_ms == 100.0 and summary.mean_ms == pytest.approx(50.5)
+
+
+def test_p99_by_second_takes_each_second_on_its_own() -> None:
+    # Counted from the first timestamp: 1..100 ms in its second, then one slow record among
+    # fast ones, then nothing for a second, then one record.
+    stamps = [5_500 + i for i in range(100)] + [6_500 + i for i in range(100)] + [8_600]
+    latencies = [float(v) for v in range(1, 101)] + [1.0] * 99 + [500.0] + [7.0]
+    by_second = p99_by_second(stamps, latencies)
+    assert by_second == pytest.approx([99.01, 5.99, 7.0])
 
 
 def test_saturation_window_counts_from_the_first_visible_group() -> None:

@@ -39,6 +39,14 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
+def p99_by_second(timestamps_ms: Sequence[int], latencies_ms: Sequence[float]) -> list[float]:
+    """The p99 latency of the records sent in each second of a phase, in order (by their
+    timestamps, from the first): a bad percentile's seconds, a spike or the whole run."""
+    seconds = (np.asarray(timestamps_ms) - min(timestamps_ms)) // 1000
+    latencies = np.asarray(latencies_ms, dtype=np.float64)
+    return [float(np.percentile(latencies[seconds == second], 99)) for second in np.unique(seconds)]
+
+
 def summarize_latencies(latencies_ms: Sequence[float]) -> LatencySummary:
     return LatencySummary(
         count=len(latencies_ms),

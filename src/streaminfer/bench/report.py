@@ -37,7 +37,12 @@ METHOD = """\
   wrote the saturation records, so it is connected and holds its producer id before the
   first timed record. An output's latency runs from its input record's timestamp to the
   moment the `read_committed` consumer sees it, so under
-  exactly-once it includes waiting for the transaction to commit. Offered loads are
+  exactly-once it includes waiting for the transaction to commit. *Written* is the part
+  up to the output's own timestamp, when the worker wrote it (polling, the pipeline, the
+  wait for a commit in flight); the rest is its transaction's commit and the reader.
+  *Worst second* is the highest p99 of the records sent in any one second
+  (`p99_by_second` in `results.json`): a p99 far above it came from the whole phase, one
+  close to it from a spike. Offered loads are
   fractions of the reference configuration's saturation rate (normally `embedded`), the
   same absolute rates for every configuration; a load above 90 % of a configuration's
   own saturation rate is skipped, since there latency measures only how long the queue
@@ -126,7 +131,8 @@ def workload_section(
     ]
     if latency_rows:
         headers = ["configuration", "load", "offered records/s", "records"]
-        headers += ["p50 ms", "p95 ms", "p99 ms", "max ms"]
+        headers += ["p50 ms", "p95 ms", "p99 ms", "max ms", "written p50 / p99 ms"]
+        headers += ["worst second's p99 ms"]
         parts.append("### Latency at fixed offered loads\n")
         parts.append(markdown_table(headers, latency_rows) + "\n")
     parts.append(f"![throughput]({throughput_png})\n")
@@ -139,9 +145,13 @@ def _latency_cells(name: str, point: LatencyPoint) -> list[str]:
     cells = [name, f"{point.load:.0%}", f"{point.offered_rps:,.1f}"]
     summary = point.latency
     if summary is None:
-        return [*cells, point.skipped or "—", "", "", "", ""]
+        return [*cells, point.skipped or "—", "", "", "", "", "", ""]
     figures = (summary.p50_ms, summary.p95_ms, summary.p99_ms, summary.max_ms)
-    return [*cells, str(point.records), *(f"{v:.1f}" for v in figures)]
+    written = (
+        "—" if point.written is None else f"{point.written.p50_ms:.1f} / {point.written.p99_ms:.1f}"
+    )
+    worst = f"{max(point.p99_by_second):.1f}" if point.p99_by_second else "—"
+    return [*cells, str(point.records), *(f"{v:.1f}" for v in figures), written, worst]
 
 
 def _workload_setup(workload: WorkloadResult) -> str:

@@ -20,6 +20,10 @@ class LatencyPoint:
     offered_rps: float
     records: int = 0
     latency: LatencySummary | None = None
+    # Input timestamp to the output's own (when the worker wrote it): the worker's share;
+    # the rest is the wait for its transaction to commit, and the reader's.
+    written: LatencySummary | None = None
+    p99_by_second: list[float] = field(default_factory=list)  # measure.p99_by_second
     skipped: str | None = None
 
 

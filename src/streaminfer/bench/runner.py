@@ -32,6 +32,7 @@ from streaminfer.bench.configs import EMBEDDED, QUIX, BenchConfig
 from streaminfer.bench.measure import (
     Spread,
     cpu_seconds,
+    p99_by_second,
     peak_rss_mb,
     per_thousand,
     saturation_window,
@@ -172,11 +173,15 @@ class ConfigRun:
         first = self._inputs.sent
         point.records = self._inputs.send_paced(rate, duration_s)
         self._wait_for(self._inputs.sent)
-        latencies = [a.latency_ms for a in self._outputs(first, self._inputs.sent)]
-        measured = [ms for ms in latencies if ms is not None]
-        if not measured:
+        outputs = self._outputs(first, self._inputs.sent)
+        rows = [(a.timestamp_ms, a.emitted_at, a.seen_at) for a in outputs if a.timestamp_ms]
+        if not rows:
             raise InfrastructureError("no output carried its input's timestamp")
-        point.latency = summarize_latencies(measured)
+        sent_ms = [sent for sent, _, _ in rows]
+        latencies = [seen * 1000 - sent for sent, _, seen in rows]
+        point.latency = summarize_latencies(latencies)
+        point.written = summarize_latencies([written * 1000 - sent for sent, written, _ in rows])
+        point.p99_by_second = p99_by_second(sent_ms, latencies)
 
     def finish(self) -> None:
         """Peak memory, who served the outputs, and whether that is who should have."""

@@ -40,13 +40,6 @@ class Arrival:
     timestamp_ms: int | None  # the input record's timestamp
     mode: str  # who served it, as the worker wrote it
 
-    @property
-    def latency_ms(self) -> float | None:
-        """Input record's timestamp to output visible to a read_committed consumer."""
-        if self.timestamp_ms is None:
-            return None
-        return self.seen_at * 1000 - self.timestamp_ms
-
 
 class InputProducer:
     """Writes a run's inputs: all at once for saturation, then at steady rates.
