@@ -14,13 +14,14 @@ MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
 
 .PHONY: install quix tf triton mlserver protos lint deploy-tools image test demo bench interop clean
 
-# Deployment checks (tests/test_deploy, tests/test_packaging): helm and kubeconform built
-# with `go install`; Prometheus, promtool and podman (with runc, debootstrap for the base
-# image) from Debian.  Builds and downloads are cached under ~/.cache.
+# Deployment checks (tests/test_deploy, tests/test_packaging, the gRPC health test): helm,
+# kubeconform and grpc-health-probe built with `go install`; Prometheus, promtool and podman
+# (with runc, debootstrap for the base image) from Debian.  Builds and downloads are cached under ~/.cache.
 TOOLS_BIN := $(HOME)/.cache/streaminfer/bin
 GO_CACHE := $(HOME)/.cache/streaminfer/go
 HELM_VERSION := v3.22.0
 KUBECONFORM_VERSION := v0.8.0
+GRPC_HEALTH_PROBE_VERSION := v0.4.63
 GO_INSTALL := GOBIN=$(TOOLS_BIN) GOMODCACHE=$(GO_CACHE)/mod GOCACHE=$(GO_CACHE)/build go install
 
 install: $(STAMP)
@@ -81,7 +82,8 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks interop deploy setup.py
 	$(BIN)/mypy
 
-deploy-tools: $(TOOLS_BIN)/.helm-$(HELM_VERSION) $(TOOLS_BIN)/.kubeconform-$(KUBECONFORM_VERSION)
+deploy-tools: $(TOOLS_BIN)/.helm-$(HELM_VERSION) $(TOOLS_BIN)/.kubeconform-$(KUBECONFORM_VERSION) \
+	$(TOOLS_BIN)/.grpc-health-probe-$(GRPC_HEALTH_PROBE_VERSION)
 	missing=; for tool in prometheus promtool podman buildah runc debootstrap; do \
 	  command -v $$tool >/dev/null || missing=1; done; \
 	test -z "$$missing" || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
@@ -93,6 +95,10 @@ $(TOOLS_BIN)/.helm-$(HELM_VERSION):
 
 $(TOOLS_BIN)/.kubeconform-$(KUBECONFORM_VERSION):
 	$(GO_INSTALL) github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION)
+	touch $@
+
+$(TOOLS_BIN)/.grpc-health-probe-$(GRPC_HEALTH_PROBE_VERSION):
+	$(GO_INSTALL) github.com/grpc-ecosystem/grpc-health-probe@$(GRPC_HEALTH_PROBE_VERSION)
 	touch $@
 
 # The container image, localhost/streaminfer:<version>, built offline (see the Containerfile).

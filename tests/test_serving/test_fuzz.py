@@ -28,6 +28,7 @@ import streaminfer.serving
 from streaminfer.codecs.arrays import bytes_array
 from streaminfer.codecs.raw import to_raw
 from streaminfer.codecs.tfserving import to_tensor_proto
+from streaminfer.protos.health import health_pb2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.protos.tfserving import (
@@ -251,6 +252,9 @@ def _valid_messages() -> dict[str, bytes]:
         "/inference.GRPCInferenceService/ModelInfer": infer.SerializeToString(),
         "/inference.GRPCInferenceService/ModelMetadata": v2.ModelMetadataRequest(
             name=MODEL, version="1"
+        ).SerializeToString(),
+        "/grpc.health.v1.Health/Check": health_pb2.HealthCheckRequest(
+            service="inference.GRPCInferenceService"
         ).SerializeToString(),
         "/inference.GRPCInferenceService/ModelConfig": v2.ModelConfigRequest(
             name=MODEL, version="1"

@@ -26,6 +26,8 @@ OPEN_METHODS = frozenset(
         "/inference.GRPCInferenceService/ServerReady",
         "/inference.GRPCInferenceService/ModelReady",
         "/tensorflow.serving.ModelService/GetModelStatus",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
     }
 )
 """Health checks answer without a token, like their REST counterparts."""

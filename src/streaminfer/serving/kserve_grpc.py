@@ -24,6 +24,7 @@ from streaminfer.serving.metrics import ServerMetrics
 
 PROTOCOL = "kserve_grpc"
 Context: TypeAlias = grpc.aio.ServicerContext
+SERVICES = ("inference.GRPCInferenceService",)  # for the health service
 
 
 class InferenceService(v2_grpc.GRPCInferenceServiceServicer):

@@ -30,7 +30,7 @@ from streaminfer.models.follower import ControlFollower
 from streaminfer.models.model_config import ModelConfig, model_configs, read_model_config_file
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.protos.tfserving import model_server_config_pb2
-from streaminfer.serving import kserve_grpc, tfserving_grpc
+from streaminfer.serving import health_grpc, kserve_grpc, tfserving_grpc
 from streaminfer.serving.auth import BearerAuth
 from streaminfer.serving.dataplane import DataPlane
 from streaminfer.serving.grpc_services import create_server
@@ -122,6 +122,9 @@ class ModelServer:
         self._grpc = create_server(self.auth, settings.max_request_bytes)
         tfserving_grpc.add_services(self._grpc, self.plane, self.metrics, self.to_configs)
         kserve_grpc.add_services(self._grpc, self.plane, self.metrics)
+        health_grpc.add_services(
+            self._grpc, self.plane, tfserving_grpc.SERVICES + kserve_grpc.SERVICES
+        )
         address = f"{settings.host}:{settings.grpc_port}"
         try:
             if settings.tls_cert and settings.tls_key:

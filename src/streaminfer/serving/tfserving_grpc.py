@@ -34,6 +34,11 @@ PROTOCOL = "tfserving_grpc"
 LEGACY_PROTOCOL = "inception_grpc"
 LEGACY_TOP_K = 5
 Context: TypeAlias = grpc.aio.ServicerContext
+SERVICES = (  # what add_services serves, by the names the health service answers for
+    "tensorflow.serving.PredictionService",
+    "tensorflow.serving.ModelService",
+    "tensorflow.serving.InceptionService",
+)
 ConfigConverter = Callable[[model_server_config_pb2.ModelServerConfig], list[ModelConfig]]
 
 
