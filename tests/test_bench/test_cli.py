@@ -55,6 +55,7 @@ def test_quick_bench_writes_positive_figures_a_report_and_plots(tmp_path: Path) 
             assert point["skipped"] or point["records"] > 0
             if point["latency"] is not None:
                 positive_figures(point["latency"], "p50_ms", "p95_ms", "p99_ms", "max_ms")
+                assert point["sent_rps"] >= 0.95 * point["offered_rps"]
                 # Each output was written before the reader could see it.
                 assert point["written"]["p99_ms"] <= point["latency"]["p99_ms"]
                 assert len(point["p99_by_second"]) >= 2

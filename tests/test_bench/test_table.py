@@ -7,6 +7,7 @@ import pytest
 from streaminfer.bench.configs import CONFIGS, QUICK_CONFIGS, select_configs
 from streaminfer.bench.measure import Spread
 from streaminfer.bench.report import markdown_table
+from streaminfer.bench.results import LatencyPoint
 from streaminfer.bench.table import (
     HEADERS,
     SHORT_HEADERS,
@@ -89,9 +90,21 @@ def test_throughput_targets_apply_to_images_and_to_embedded_on_tabular_and_tenso
 
 
 def test_latency_and_memory_limits_are_inclusive() -> None:
-    at_limit = latency_check("exactly-once", latency(100.0, 300.0))
+    at_limit = latency_check("exactly-once", LatencyPoint(0.5, 100.0, 1000, latency(100.0, 300.0)))
     assert at_limit is not None and at_limit.passed
     assert latency_check("exactly-once", None) is None
+    assert latency_check("exactly-once", LatencyPoint(0.5, 100.0, skipped="overloaded")) is None
+
+
+def test_a_latency_measured_below_the_offered_load_fails() -> None:
+    """Figures within the limits, but the producer sent 90 of the 100 records/s offered."""
+    short = LatencyPoint(0.5, 100.0, 1000, latency(10.0, 20.0), sent_rps=90.0)
+    check = latency_check("exactly-once", short)
+    assert check is not None and not check.passed
+    assert check.target == "p50 ≤ 100, p99 ≤ 300; 90 of 100 records/s sent"
+    reached = LatencyPoint(0.5, 100.0, 1000, latency(10.0, 20.0), sent_rps=95.0)
+    check = latency_check("exactly-once", reached)
+    assert check is not None and check.passed
     check = memory_check(500.0, 600.0)
     assert check is not None and check.passed
     check = memory_check(100.0, 601.0)

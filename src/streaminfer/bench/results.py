@@ -24,6 +24,7 @@ class LatencyPoint:
     # the rest is the wait for its transaction to commit, and the reader's.
     written: LatencySummary | None = None
     p99_by_second: list[float] = field(default_factory=list)  # measure.p99_by_second
+    sent_rps: float | None = None  # the rate the records were sent at: offered_rps, if reached
     skipped: str | None = None
 
 
@@ -51,11 +52,8 @@ class ConfigResult:
         """The saturation rate: the median of the runs."""
         return None if self.throughput is None else self.throughput.median
 
-    def latency_at(self, load: float) -> LatencySummary | None:
-        for point in self.latency:
-            if point.load == load:
-                return point.latency
-        return None
+    def latency_at(self, load: float) -> LatencyPoint | None:
+        return next((point for point in self.latency if point.load == load), None)
 
 
 @dataclass

@@ -171,7 +171,8 @@ class ConfigRun:
             )
             return
         first = self._inputs.sent
-        point.records = self._inputs.send_paced(rate, duration_s)
+        point.records, seconds = self._inputs.send_paced(rate, duration_s)
+        point.sent_rps = point.records / seconds
         self._wait_for(self._inputs.sent)
         outputs = self._outputs(first, self._inputs.sent)
         rows = [(a.timestamp_ms, a.emitted_at, a.seen_at) for a in outputs if a.timestamp_ms]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from streaminfer.bench.configs import BARE, EMBEDDED, QUIX, SEED_STYLE
 from streaminfer.bench.measure import LatencySummary, Spread
-from streaminfer.bench.results import ConfigResult, WorkloadResult
+from streaminfer.bench.results import ConfigResult, LatencyPoint, WorkloadResult
 
 # TARGETS.md: worker throughput as a fraction of the best in-process pipeline rate.
 CEILING_FLOORS = {
@@ -29,6 +29,7 @@ SEED_MULTIPLE = 3.0  # at least three times the original demo's rate
 # The embedded worker against Quix Streams on the same job and broker, per workload.
 QUIX_MULTIPLES = {"images": 1.8, "tensor": 3.0, "tabular": 2.0}
 LATENCY_LOAD = 0.5  # exactly-once latency is judged at half the saturation load
+LOAD_REACHED = 0.95  # of the offered rate, the least the producer must have sent
 P50_MAX_MS, P99_MAX_MS = 100.0, 300.0
 WORKER_RSS_MAX_MB, SERVER_RSS_MAX_MB = 500.0, 600.0
 # The throughput ratios of TARGETS.md were set for EfficientNet-Lite0 on images; issues 14
@@ -166,6 +167,7 @@ def _row(
     seed: float | None,
     quix: float | None,
 ) -> Row:
+    point = config.latency_at(LATENCY_LOAD)
     row = Row(
         config.name,
         config.mode,
@@ -174,7 +176,7 @@ def _row(
         vs_ceiling=ratio(config.throughput, ceiling),
         vs_seed=ratio(config.throughput, seed),
         vs_quix=ratio(config.throughput, quix),
-        latency=config.latency_at(LATENCY_LOAD),
+        latency=point.latency if point is not None else None,
         worker_cpu=config.worker_cpu_s_per_1k,
         server_cpu=config.server_cpu_s_per_1k,
         worker_rss=config.worker_peak_rss_mb,
@@ -186,7 +188,7 @@ def _row(
             "ceiling": ceiling_check(workload.name, config.mode, row.vs_ceiling),
             "seed": seed_check(workload.name, config.mode, row.vs_seed),
             "quix": quix_check(workload.name, config.mode, row.vs_quix),
-            "latency": latency_check(config.guarantee, row.latency),
+            "latency": latency_check(config.guarantee, point),
             "memory": memory_check(config.worker_peak_rss_mb, config.server_peak_rss_mb),
         }
     return row
@@ -215,11 +217,16 @@ def quix_check(workload: str, mode: str, vs_quix: Spread | None) -> Check | None
     return Check(f"≥ {multiple:g}", vs_quix.min >= multiple)
 
 
-def latency_check(guarantee: str | None, latency: LatencySummary | None) -> Check | None:
-    if guarantee != "exactly-once" or latency is None:
+def latency_check(guarantee: str | None, point: LatencyPoint | None) -> Check | None:
+    """Within the limits, at a load the producer really offered (``LOAD_REACHED``)."""
+    if guarantee != "exactly-once" or point is None or point.latency is None:
         return None
-    passed = latency.p50_ms <= P50_MAX_MS and latency.p99_ms <= P99_MAX_MS
-    return Check(f"p50 ≤ {P50_MAX_MS:g}, p99 ≤ {P99_MAX_MS:g}", passed)
+    target = f"p50 ≤ {P50_MAX_MS:g}, p99 ≤ {P99_MAX_MS:g}"
+    within = point.latency.p50_ms <= P50_MAX_MS and point.latency.p99_ms <= P99_MAX_MS
+    if point.sent_rps is not None and point.sent_rps < LOAD_REACHED * point.offered_rps:
+        sent = f"{point.sent_rps:,.0f} of {point.offered_rps:,.0f} records/s sent"
+        return Check(f"{target}; {sent}", False)
+    return Check(target, within)
 
 
 def memory_check(worker_mb: float | None, server_mb: float | None) -> Check | None:
