@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
+from streaminfer.models.metadata import TENSOR_MAX_BATCH
 from tests.servers import ServerProcess
 from tests.support import TF_PYTHON
 
@@ -81,7 +82,7 @@ def test_tritonclient_and_streaminfer_clients_in_one_process(
     expected = tiny_reference(np.arange(8, dtype=np.float32).reshape(2, 4))
     for client in ("kserve-grpc", "tfserving-grpc", "tritonclient"):
         np.testing.assert_allclose(answers[client], expected, rtol=1e-6)
-    assert answers["max_batch_size"] > 0
+    assert answers["max_batch_size"] == TENSOR_MAX_BATCH  # the tiny model's, by default
 
 
 @pytest.mark.parametrize("tensorflow_first", [True, False], ids=["tensorflow", "streaminfer"])

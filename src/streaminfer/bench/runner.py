@@ -175,7 +175,9 @@ class ConfigRun:
         point.sent_rps = point.records / seconds
         self._wait_for(self._inputs.sent)
         outputs = self._outputs(first, self._inputs.sent)
-        rows = [(a.timestamp_ms, a.emitted_at, a.seen_at) for a in outputs if a.timestamp_ms]
+        rows = [
+            (a.timestamp_ms, a.emitted_at, a.seen_at) for a in outputs if a.timestamp_ms is not None
+        ]
         if not rows:
             raise InfrastructureError("no output carried its input's timestamp")
         sent_ms = [sent for sent, _, _ in rows]
