@@ -16,7 +16,8 @@ MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
 
 # Deployment checks (tests/test_deploy, tests/test_packaging, the gRPC health test): helm,
 # kubeconform and grpc-health-probe built with `go install`; Prometheus, promtool and podman
-# (with runc, debootstrap for the base image) from Debian.  Builds and downloads are cached under ~/.cache.
+# (with runc, debootstrap for the base image) from Debian.  Builds and downloads are cached
+# under ~/.cache.
 TOOLS_BIN := $(HOME)/.cache/streaminfer/bin
 GO_CACHE := $(HOME)/.cache/streaminfer/go
 HELM_VERSION := v3.22.0
