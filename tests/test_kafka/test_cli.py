@@ -145,8 +145,9 @@ def test_stop_and_start_keep_records(tmp_path: Path, monkeypatch: pytest.MonkeyP
     state = broker.start(port=free_port())
     try:
         flags = Path(f"/proc/{state.pid}/cmdline").read_bytes().split(b"\0")
-        assert b"-Xmx384m" in flags and b"-Xmx512m" not in flags
-        assert b"-XX:TieredStopAtLevel=1" in flags  # the default performance options stay
+        assert b"-Xmx384m" in flags and b"-Xmx1g" not in flags
+        # the default performance options stay
+        assert b"-XX:TieredStopAtLevel=1" in flags and b"-XX:G1HeapRegionSize=4m" in flags
         settings = KafkaSettings(bootstrap_servers=state.bootstrap)
         run_cli("topics", "create", "kept", "-b", state.bootstrap)
         assert produce(settings, "kept", [b"one", b"two"]) == 2
