@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -17,7 +20,20 @@ from streaminfer.bench.measure import (
     percentile,
     saturation_window,
     summarize_latencies,
+    used_between,
 )
+from streaminfer.bench.runner import CpuSampler
+from tests.support import wait_for
+
+# Sleeps, then uses 0.6 s of CPU (however long that takes on shared cores), then sleeps.
+_BURNER = """
+import time
+time.sleep(0.5)
+start = time.process_time()
+while time.process_time() - start < 0.6:
+    pass
+time.sleep(60)
+"""
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -57,13 +73,31 @@ def test_saturation_window_counts_from_the_first_visible_group() -> None:
     # A transaction of three becomes visible at t=10, then one output every 0.5 s.
     arrivals = [10.0, 10.0, 10.0, 10.5, 11.0, 11.5, 12.0]
     window = saturation_window(arrivals)
-    assert window == Window(records=4, seconds=2.0)
-    assert window.rate == 2.0
+    assert window == Window(records=4, seconds=2.0, start=10.0)
+    assert window.rate == 2.0 and window.end == 12.0
 
 
 def test_saturation_window_needs_two_moments() -> None:
     assert saturation_window([]) is None
     assert saturation_window([5.0, 5.0]) is None
+
+
+def test_used_between_interpolates_a_running_total() -> None:
+    # CPU seconds read at t=0, 1 and 3: one CPU second in the first second, then 0.5 a second.
+    samples = [(0.0, 10.0), (1.0, 11.0), (3.0, 12.0)]
+    assert used_between(samples, 0.5, 2.0) == pytest.approx(0.5 + 0.5)
+    assert used_between(samples, 0.0, 3.0) == pytest.approx(2.0)
+    assert used_between(samples, 1.0, 1.0) == 0.0
+
+
+def test_used_between_refuses_a_window_the_samples_do_not_span() -> None:
+    samples = [(1.0, 0.0), (2.0, 1.0)]
+    with pytest.raises(ValueError, match="span"):
+        used_between(samples, 0.5, 2.0)
+    with pytest.raises(ValueError, match="span"):
+        used_between(samples, 1.0, 2.5)
+    with pytest.raises(ValueError, match="span"):
+        used_between([], 1.0, 2.0)
 
 
 def test_per_thousand() -> None:
@@ -92,3 +126,25 @@ def test_readers_work_on_this_process() -> None:
     sum(i * i for i in range(200_000))  # some CPU time to read back
     assert cpu_seconds(os.getpid()) > 0
     assert peak_rss_mb(os.getpid()) > 1
+
+
+def test_cpu_sampler_charges_a_window_with_the_cpu_spent_within_it() -> None:
+    """Sampled while a real process sleeps, burns and sleeps again: a window over its
+    first sleep is charged (almost) nothing, one over the burn about 0.6 CPU seconds."""
+    child = subprocess.Popen([sys.executable, "-c", _BURNER])
+    try:
+        sampler = CpuSampler(child.pid, None)
+        began = time.time()
+        started = cpu_seconds(child.pid)
+        wait_for(lambda: cpu_seconds(child.pid) - started >= 0.6, what="the child's burn")
+        time.sleep(0.2)  # a few samples after the burn, so that they span it
+        sampler.stop()
+    finally:
+        child.kill()
+        child.wait()
+    samples = sampler.worker
+    assert samples[0][0] <= began and len(samples) >= 10
+    assert used_between(samples, samples[0][0], began + 0.3) < 0.2  # start-up, then sleep
+    burned = used_between(samples, samples[0][0], samples[-1][0])
+    assert 0.55 <= burned <= 0.6 + 0.3
+    assert sampler.server == []

@@ -84,6 +84,11 @@ class Window:
 
     records: int
     seconds: float
+    start: float  # the first output's time (wall clock, seconds)
+
+    @property
+    def end(self) -> float:
+        return self.start + self.seconds
 
     @property
     def rate(self) -> float:
@@ -103,7 +108,17 @@ def saturation_window(arrivals: Sequence[float]) -> Window | None:
     if last <= first:
         return None
     in_first_group = sum(1 for t in arrivals if t == first)
-    return Window(records=len(arrivals) - in_first_group, seconds=last - first)
+    return Window(records=len(arrivals) - in_first_group, seconds=last - first, start=first)
+
+
+def used_between(samples: Sequence[tuple[float, float]], start: float, end: float) -> float:
+    """How much of a running total (e.g. CPU seconds) was used from ``start`` to ``end``,
+    given ``(time, total)`` samples in time order that span both: linear between samples."""
+    times = [t for t, _ in samples]
+    if not times or start < times[0] or end > times[-1]:
+        raise ValueError("the samples do not span the window")
+    totals = [total for _, total in samples]
+    return float(np.interp(end, times, totals) - np.interp(start, times, totals))
 
 
 def per_thousand(amount: float, records: int) -> float:
