@@ -24,10 +24,10 @@ _MIN_JAVA = 17
 # The environment variables Kafka's own start scripts read, with defaults for a small
 # local broker.  The heap is Kafka's own default (1 GiB): an idle 4.1 broker already
 # holds about 150 MB of buffers, and in a 512 MB heap that kept G1 above its marking
-# threshold, so every large allocation started a marking cycle (23 in one half-load
-# bench phase, pauses up to 100 ms that stalled the worker's commits).  Regions of 4 MB
-# keep a produce request of up to 1 MB an ordinary young object instead of a
-# "humongous" one; the 20 ms pause goal is the one Kafka's scripts set.  C1 only
+# threshold, so every large allocation started a marking cycle (12-23 in a short
+# tensor bench run, with pauses up to 100 ms while the worker waited on its commits).
+# Regions of 4 MB keep a produce request of up to 1 MB an ordinary young object instead
+# of a "humongous" one; the 20 ms pause goal is the one Kafka's scripts set.  C1 only
 # (TieredStopAtLevel=1): the C2 compiler spends a tenth of a core or more for minutes
 # after start, taking it from the workers beside the broker on a laptop; C1 code serves
 # a local broker's load at about the same cost once warm.
