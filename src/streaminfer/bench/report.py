@@ -50,9 +50,9 @@ METHOD = """\
   own saturation rate is skipped, since there latency measures only how long the queue
   has been growing.
 - **CPU.** User + system time from `/proc/<pid>/stat` of the worker and, in remote modes,
-  of the model server, from the first visible output to the last, per 1,000 records that
-  became visible in between. For `bare`, the
-  benchmark's own process during the best pipeline variant.
+  of the model server, read every 50 ms during saturation: the CPU used within each run's
+  timed window (first output to last, by their timestamps), per 1,000 records the window
+  counts. For `bare`, the benchmark's own process during the best pipeline variant.
 - **Memory.** Peak resident set (`VmHWM` in `/proc/<pid>/status`) of the worker and the
   server over the whole configuration.
 - **Ceiling.** `bare` runs the worker's own embedded predictor in the benchmark process:
