@@ -177,12 +177,14 @@ def test_commit_makes_outputs_and_offsets_visible_together(
     cp = checkpoint(producer, consumer, exactly_once)
     assert cp.commit() is Commit.NOTHING
     for offset in range(3):
-        cp.write([Produced(out, None, f"v{offset}".encode(), [])], [Source(inp, 0, offset, None)])
+        written = Produced(out, b"k%d" % offset, b"v%d" % offset, [("h", b"%d" % offset)])
+        cp.write([written], [Source(inp, 0, offset, None)])
     assert cp.commit() is Commit.COMMITTED
-    values = [
-        r.value for r in consume(kafka_settings, out, from_beginning=True, count=3, timeout=20)
+    read = list(consume(kafka_settings, out, from_beginning=True, count=3, timeout=20))
+    # produce takes its arguments by position: each must land where it belongs
+    assert [(r.key, r.value, r.headers) for r in read] == [
+        (b"k%d" % i, b"v%d" % i, [("h", b"%d" % i)]) for i in range(3)
     ]
-    assert values == [b"v0", b"v1", b"v2"]
     assert committed_offset(consumer, inp) == 3
 
 

@@ -38,6 +38,8 @@ from streaminfer.stream.work import Produced
 log = logging.getLogger(__name__)
 
 _TIMEOUT_S = 30.0
+ANY_PARTITION = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the partitioner picks
+NOW = 0  # a produce timestamp of 0: the time of the call
 
 
 @dataclass
@@ -137,11 +139,21 @@ class Checkpoint:
         # Under exactly-once a failed delivery fails the transaction's commit by itself: a
         # Python callback per record is only needed to know what at-least-once delivered.
         on_delivery = None if self.exactly_once else self._on_delivery
-        callback: dict[str, Any] = {} if on_delivery is None else {"on_delivery": on_delivery}
         produce, offsets = self.producer.produce, self._offsets
         for record, source in zip(records, sources, strict=True):
             try:  # produce itself: produce_waiting's call would cost 0.5 us a record
-                produce(record.topic, record.value, record.key, headers=record.headers, **callback)
+                # By position, as the binding lists them (topic, value, key, partition,
+                # on_delivery, its alias, timestamp, headers): keywords cost it 0.6 us more.
+                produce(
+                    record.topic,
+                    record.value,
+                    record.key,
+                    ANY_PARTITION,
+                    on_delivery,
+                    None,
+                    NOW,
+                    record.headers,
+                )
             except BufferError:  # librdkafka's queue is full: wait for room
                 produce_waiting(
                     self.producer,
