@@ -211,9 +211,13 @@ class Worker:
         room = self._budget.has_room(self._pending_records + forming, self._pending_bytes)
         if not room or forming >= self._sizer.size:
             self._submit_forming()
-            running = self._running()
-            if running:
-                wait(running, timeout=0.05, return_when=FIRST_COMPLETED)
+            # Wait for what makes room: a chunk to finish, or else the commit that holds
+            # the finished ones back (polling on would only spin: 21 µs a pass).
+            busy: list[Future[Any]] = self._running()
+            if not busy and self._commit is not None:
+                busy = [self._commit]
+            if busy:
+                wait(busy, timeout=0.05, return_when=FIRST_COMPLETED)
             self.intake.hold()
             return
         self.intake.poll(0.002 if self._pending or forming else self._idle_poll_s())
