@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streaminfer.errors import InfrastructureError, RequestFailed
 from streaminfer.handlers import load_handler
@@ -65,10 +67,15 @@ def tensor(rows: list[list[float]], **fields: object) -> bytes:
     return json.dumps({"model": "tiny", "inputs": {"x": rows}, **fields}).encode()
 
 
-def pipeline(predictor: Predictor, limits: dict[str, int] = LIMITS, **defaults: object) -> Pipeline:
+def pipeline(
+    predictor: Predictor,
+    limits: dict[str, int] = LIMITS,
+    kind: type[Pipeline] = Pipeline,
+    **defaults: object,
+) -> Pipeline:
     settings = Defaults(model="tiny", **defaults)  # type: ignore[arg-type]
     fetcher = ImageFetcher(FetchPolicy())
-    return Pipeline(
+    return kind(
         settings,
         predictor,
         fetcher,
@@ -242,6 +249,99 @@ def test_a_record_gets_in_a_stack_what_it_gets_alone(stacking: Predictor, name: 
     numbers = {"ints", "two rows of floats", "bools", "no model", "null model", "an id", "a top_k"}
     as_floats = {"past int64", "both ends of int64"}  # JSON reads them as floats
     assert served == numbers | as_floats | {"an escaped key"}
+
+
+# Records shaped like the ones the worker reads, with wrong types, ragged rows, numbers
+# past every dtype, and bytes cut or replaced: whatever stacks or fails beside them.
+_scalars = (
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=4)
+)
+_json = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+_numbers = (
+    st.integers(-9, 9) | st.floats(-1e6, 1e6) | st.sampled_from([True, 1e308, 2**63, -(2**63) - 1])
+)
+_rows = st.lists(st.lists(_numbers, min_size=3, max_size=5), max_size=3) | _json
+_routing = {
+    "model": st.sampled_from(["tiny", "nope", "", None, 3]),
+    "id": st.text(max_size=3) | st.integers() | st.none(),
+}
+_fields = {
+    **_routing,
+    "top_k": st.integers(-1, 5) | st.booleans() | st.none(),
+    "version": st.integers(-1, 2) | st.none(),
+    "label": st.text(max_size=2) | st.none(),
+}
+_inputs = st.fixed_dictionaries({"x": _rows}) | st.dictionaries(st.sampled_from(["x", "y"]), _rows)
+_documents = (
+    st.fixed_dictionaries({"inputs": _inputs}, optional=_routing)  # the ones that may stack
+    | st.fixed_dictionaries({"inputs": _inputs | _json}, optional=_fields)
+    | st.fixed_dictionaries(
+        {"instances": st.lists(st.dictionaries(st.sampled_from(["x", "y"]), _rows), max_size=3)},
+        optional=_fields,
+    )
+    | st.dictionaries(st.sampled_from([*_fields, "inputs", "instances", "url", "features"]), _json)
+)
+
+
+def _json_bytes(document: object) -> bytes:
+    return json.dumps(document).encode()  # NaN and Infinity as Python writes them: not JSON
+
+
+def _damaged(value: bytes, at: int, new: bytes) -> bytes:
+    at %= len(value) or 1
+    return value[:at] + new + value[at + 1 :]
+
+
+_values = (
+    _documents.map(_json_bytes)
+    | st.builds(_damaged, _documents.map(_json_bytes), st.integers(0, 200), st.binary(max_size=2))
+    | st.binary(max_size=40)
+)
+
+
+class Unstacked(Pipeline):
+    """Every record through the steps, one by one: what a stack must give each of them."""
+
+    def _serve_stacked(self, batch: list[Work], abandoned: threading.Event) -> list[Work]:
+        return batch
+
+
+@pytest.fixture(scope="module")
+def tiny_pipelines(tiny: EmbeddedPredictor) -> Iterator[tuple[Pipeline, Pipeline]]:
+    """The pipeline, and one without stacks; made once (a fetcher's TLS context takes 40 ms)."""
+    stacking, unstacked = pipeline(tiny), pipeline(tiny, kind=Unstacked)
+    yield stacking, unstacked
+    stacking.close()
+    unstacked.close()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.lists(_values, min_size=1, max_size=6))
+def test_any_records_stacked_each_end_as_alone_with_a_reason(
+    tiny_pipelines: tuple[Pipeline, Pipeline], values: list[bytes]
+) -> None:
+    """Each record ends in the output or the DLQ with a reason no bug made, whatever
+    stacks beside it, and just as it ends alone and through the steps one by one."""
+    p, unstacked = tiny_pipelines
+    together = run(p, *values)
+    produced = p.produced(together)
+    assert len(produced) == len(values)
+    for work, written in zip(together, produced, strict=True):
+        if work.error is None:
+            assert written.topic == OUT and isinstance(json.loads(written.value or b""), dict)
+        else:
+            assert work.error.reason != "internal_error", (work.record.value, work.error)
+            assert written.topic == DLQ and written.value == work.record.value
+    alone = [repr(outcome(run(p, v)[0])) for v in values]
+    assert [repr(outcome(w)) for w in together] == alone  # repr: a NaN output equals itself
+    one_by_one = [repr(outcome(w)[:2]) for w in run(unstacked, *values)]
+    assert [repr(outcome(w)[:2]) for w in together] == one_by_one  # reasons, not messages
 
 
 class Flaky(Predictor):
