@@ -312,13 +312,26 @@ class Unstacked(Pipeline):
         return batch
 
 
-@pytest.fixture(scope="module")
-def tiny_pipelines(tiny: EmbeddedPredictor) -> Iterator[tuple[Pipeline, Pipeline]]:
-    """The pipeline, and one without stacks; made once (a fetcher's TLS context takes 40 ms)."""
-    stacking, unstacked = pipeline(tiny), pipeline(tiny, kind=Unstacked)
+@pytest.fixture(scope="module", params=["embedded", *REMOTE])
+def tiny_pipelines(
+    request: pytest.FixtureRequest, tiny: EmbeddedPredictor
+) -> Iterator[tuple[Pipeline, Pipeline]]:
+    """The pipeline, and one without stacks, embedded or against a real server; made once
+    for all examples (a fetcher's TLS context takes 40 ms)."""
+    if request.param == "embedded":
+        predictor: Predictor = tiny
+    else:
+        server: ServerProcess = request.getfixturevalue("tiny_server")
+        options = RemoteOptions(timeout_s=20.0, max_batch_rows=2)  # a stack goes in chunks
+        predictor = create_predictor(
+            request.param, server=server.target(request.param), options=options
+        )
+    stacking, unstacked = pipeline(predictor), pipeline(predictor, kind=Unstacked)
     yield stacking, unstacked
     stacking.close()
     unstacked.close()
+    if predictor is not tiny:
+        predictor.close()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
