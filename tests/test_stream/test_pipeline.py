@@ -8,6 +8,7 @@ import json
 import re
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -221,8 +222,8 @@ def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
         yield server
 
 
-@pytest.fixture(params=["embedded", *REMOTE])
-def stacking(request: pytest.FixtureRequest, tiny: EmbeddedPredictor) -> Iterator[Predictor]:
+@contextmanager
+def tiny_predictor(request: pytest.FixtureRequest, tiny: EmbeddedPredictor) -> Iterator[Predictor]:
     """The embedded predictor, or a remote one (with its retries) against a real server."""
     mode = request.param
     if mode == "embedded":
@@ -231,8 +232,16 @@ def stacking(request: pytest.FixtureRequest, tiny: EmbeddedPredictor) -> Iterato
     server: ServerProcess = request.getfixturevalue("tiny_server")
     options = RemoteOptions(timeout_s=20.0, max_batch_rows=2)  # a stack goes in chunks
     predictor = create_predictor(mode, server=server.target(mode), options=options)
-    yield predictor
-    predictor.close()
+    try:
+        yield predictor
+    finally:
+        predictor.close()
+
+
+@pytest.fixture(params=["embedded", *REMOTE])
+def stacking(request: pytest.FixtureRequest, tiny: EmbeddedPredictor) -> Iterator[Predictor]:
+    with tiny_predictor(request, tiny) as predictor:
+        yield predictor
 
 
 @pytest.mark.parametrize("name", list(STACKED_WITH))
@@ -318,20 +327,11 @@ def tiny_pipelines(
 ) -> Iterator[tuple[Pipeline, Pipeline]]:
     """The pipeline, and one without stacks, embedded or against a real server; made once
     for all examples (a fetcher's TLS context takes 40 ms)."""
-    if request.param == "embedded":
-        predictor: Predictor = tiny
-    else:
-        server: ServerProcess = request.getfixturevalue("tiny_server")
-        options = RemoteOptions(timeout_s=20.0, max_batch_rows=2)  # a stack goes in chunks
-        predictor = create_predictor(
-            request.param, server=server.target(request.param), options=options
-        )
-    stacking, unstacked = pipeline(predictor), pipeline(predictor, kind=Unstacked)
-    yield stacking, unstacked
-    stacking.close()
-    unstacked.close()
-    if predictor is not tiny:
-        predictor.close()
+    with tiny_predictor(request, tiny) as predictor:
+        stacking, unstacked = pipeline(predictor), pipeline(predictor, kind=Unstacked)
+        yield stacking, unstacked
+        stacking.close()
+        unstacked.close()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
