@@ -78,6 +78,7 @@ def test_tabular_bench_trains_imports_and_serves_json_flights(tmp_path: Path) ->
     result = run_cli(
         "bench", "--quick", "--workload", "tabular", "--configs", "bare,embedded",
         "--records", "6000", "--duration", "2", "--repeats", "1", "--out", str(out),
+        "--reference-rate", "1500",
         timeout=200,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
@@ -94,6 +95,17 @@ def test_tabular_bench_trains_imports_and_serves_json_flights(tmp_path: Path) ->
     rows = {row["name"]: row for row in tabular["table"]}
     assert rows["embedded"]["vs_ceiling"]["median"] > 0
     assert rows["embedded"]["checks"]["ceiling"]["target"] == "≥ 0.85"  # issue 14's floor
+    # The load given, not embedded's saturation rate, is what the loads are fractions of.
+    assert (tabular["reference"], tabular["reference_rps"]) == ("--reference-rate", 1500)
+    [point] = configs["embedded"]["latency"]
+    assert (point["load"], point["offered_rps"]) == (QUICK.loads[0], QUICK.loads[0] * 1500)
+    assert "fractions of 1,500.0 records/s (`--reference-rate`)" in (out / "report.md").read_text()
+
+
+def test_a_reference_rate_needs_one_workload() -> None:
+    result = run_cli("bench", "--reference-rate", "1000", timeout=60)
+    assert result.returncode == 2
+    assert "--reference-rate is one workload's rate" in result.stderr
 
 
 def _descendants(pid: int) -> set[int]:

@@ -8,7 +8,12 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from streaminfer.bench.results import BenchResult, LatencyPoint, WorkloadResult
+from streaminfer.bench.results import (
+    GIVEN_REFERENCE,
+    BenchResult,
+    LatencyPoint,
+    WorkloadResult,
+)
 from streaminfer.bench.table import HEADERS, Row, build_rows, spread_text
 
 RESULTS_FILE = "results.json"
@@ -45,10 +50,10 @@ METHOD = """\
   is its transaction's commit and the reader. *Worst second* is the highest p99 of the
   records sent in any one second (`p99_by_second` in `results.json`): a p99 far above it
   came from the whole phase, one close to it from a spike. Offered loads are fractions of
-  the reference configuration's saturation rate (normally `embedded`), the same absolute
-  rates for every configuration; a load above 90 % of a configuration's
-  own saturation rate is skipped, since there latency measures only how long the queue
-  has been growing.
+  the reference configuration's saturation rate (normally `embedded`), or of the rate
+  `--reference-rate` gives, the same absolute rates for every configuration; a load
+  above 90 % of a configuration's own saturation rate is skipped, since there latency
+  measures only how long the queue has been growing.
 - **CPU.** User + system time from `/proc/<pid>/stat` of the worker and, in remote modes,
   of the model server, read every 50 ms during saturation: the CPU used within each run's
   timed window (first output to last, by their timestamps), per 1,000 records the window
@@ -159,7 +164,12 @@ def _latency_cells(name: str, point: LatencyPoint) -> list[str]:
 
 def _workload_setup(workload: WorkloadResult) -> str:
     lines = [f"{workload.records:,} records per saturation run."]
-    if workload.reference_rps is not None:
+    if workload.reference == GIVEN_REFERENCE:
+        lines.append(
+            f"Offered loads are fractions of {workload.reference_rps:,.1f} records/s "
+            f"(`{GIVEN_REFERENCE}`)."
+        )
+    elif workload.reference_rps is not None:
         lines.append(
             f"Offered loads are fractions of `{workload.reference}`'s saturation rate "
             f"(the median of its runs), {workload.reference_rps:,.1f} records/s."

@@ -11,6 +11,8 @@ from typing import Any
 
 from streaminfer.bench.measure import LatencySummary, Spread, Window
 
+GIVEN_REFERENCE = "--reference-rate"  # WorkloadResult.reference: the user gave the rate
+
 
 @dataclass
 class LatencyPoint:
@@ -88,7 +90,8 @@ class WorkloadResult:
     model: str
     title: str
     records: int
-    reference: str | None = None  # the configuration whose saturation rate loads are based on
+    reference: str | None = None  # the configuration whose saturation rate loads are based on,
+    # or GIVEN_REFERENCE
     reference_rps: float | None = None
     ceiling: CeilingResult | None = None
     configs: list[ConfigResult] = field(default_factory=list)

@@ -2,9 +2,9 @@
 
 Configurations run one after another, never side by side, so each has the machine to
 itself; the first worker configuration (``embedded`` unless left out) sets the
-workload's reference rate (the median of its saturation runs), and every
-configuration's offered loads are fractions of it, so all of them are measured at the
-same absolute loads.
+workload's reference rate (the median of its saturation runs), unless
+``--reference-rate`` gives one, and every configuration's offered loads are fractions of
+it, so all of them are measured at the same absolute loads.
 
 The ceiling (``bare``) is measured before the first configuration and again after each
 one (``run_order``), so its median spans the same moments of a busy machine as the
@@ -29,7 +29,12 @@ from confluent_kafka import KafkaException
 from streaminfer.bench.ceiling import measure_ceiling, measure_pipeline
 from streaminfer.bench.configs import BARE, FULL, MIN_RECORDS, QUICK, BenchConfig
 from streaminfer.bench.measure import Spread
-from streaminfer.bench.results import BenchResult, ConfigResult, WorkloadResult
+from streaminfer.bench.results import (
+    GIVEN_REFERENCE,
+    BenchResult,
+    ConfigResult,
+    WorkloadResult,
+)
 from streaminfer.bench.runner import ConfigRun
 from streaminfer.bench.table import figure_text
 from streaminfer.bench.workloads import Workload, default_records, open_workload
@@ -51,6 +56,7 @@ class BenchPlan:
     configs: list[BenchConfig]
     records: dict[str, int]  # per workload: records pre-produced for the saturation run
     loads: list[float]  # offered loads, as fractions of the reference rate
+    reference_rps: float | None  # the reference rate given; None: the first worker's
     duration_s: float  # of each offered load
     ceiling_s: float  # of each in-process measurement
     repeats: int  # saturation runs per configuration; ceiling runs at the least
@@ -66,6 +72,7 @@ class BenchPlan:
         quick: bool = False,
         records: int | None = None,
         loads: list[float] | None = None,
+        reference_rps: float | None = None,
         duration_s: float | None = None,
         repeats: int | None = None,
         quix_python: Path | None = None,
@@ -77,6 +84,7 @@ class BenchPlan:
             configs=configs,
             records={w: records or default_records(w) // preset.records_divisor for w in workloads},
             loads=loads or list(preset.loads),
+            reference_rps=reference_rps,
             duration_s=duration_s or preset.duration_s,
             ceiling_s=preset.ceiling_s,
             repeats=repeats or preset.repeats,
@@ -90,6 +98,7 @@ class BenchPlan:
             "configs": [c.name for c in self.configs],
             "records": self.records,
             "loads": self.loads,
+            "reference_rps": self.reference_rps,
             "duration_s": self.duration_s,
             "ceiling_s": self.ceiling_s,
             "repeats": self.repeats,
@@ -173,6 +182,8 @@ def _run_workload(
     result = WorkloadResult(
         workload.name, workload.model, workload.title, plan.records[workload.name]
     )
+    if plan.reference_rps is not None:
+        result.reference, result.reference_rps = GIVEN_REFERENCE, plan.reference_rps
     configs = [c for c in plan.configs if c.applies_to(workload.name)]
     for config in run_order(configs, plan.repeats):
         bare = result.config(BARE)

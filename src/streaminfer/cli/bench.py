@@ -80,6 +80,14 @@ def bench(
             f"(default: {','.join(f'{x:g}' for x in FULL.loads)})."
         ),
     ] = None,
+    reference_rate: Annotated[
+        float | None,
+        typer.Option(
+            min=1.0,
+            help="Records/s the offered loads are fractions of, in place of the first "
+            "configuration's saturation rate: the same loads from run to run (one workload).",
+        ),
+    ] = None,
     repeats: Annotated[
         int | None,
         typer.Option(
@@ -104,6 +112,8 @@ def bench(
     """Starts a throw-away Kafka broker unless --bootstrap-servers names one."""
     chosen = _workloads(workload, quick)
     _check_extras(chosen)
+    if reference_rate is not None and len(chosen) > 1:
+        raise ConfigError("--reference-rate is one workload's rate: give --workload too")
     from rich.console import Console
 
     from streaminfer.bench.report import write_report
@@ -120,6 +130,7 @@ def bench(
         quick=quick,
         records=records,
         loads=_loads(loads),
+        reference_rps=reference_rate,
         duration_s=duration,
         repeats=repeats,
         quix_python=python,
