@@ -90,8 +90,7 @@ class WorkloadResult:
     model: str
     title: str
     records: int
-    reference: str | None = None  # the configuration whose saturation rate loads are based on,
-    # or GIVEN_REFERENCE
+    reference: str | None = None  # whose saturation rate loads are fractions of; or GIVEN_REFERENCE
     reference_rps: float | None = None
     ceiling: CeilingResult | None = None
     configs: list[ConfigResult] = field(default_factory=list)
