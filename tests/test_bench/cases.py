@@ -43,7 +43,13 @@ def config(
         result.latency = [
             LatencyPoint(0.25, rate / 4, 100, latency(p50 / 2, p99 / 2)),
             LatencyPoint(
-                0.5, rate / 2, 200, latency(p50, p99), latency(p50 / 5, p99 / 5), [p99 / 2, p99]
+                0.5,
+                rate / 2,
+                200,
+                latency(p50, p99),
+                latency(p50 / 5, p99 / 5),
+                [p99 / 2, p99],
+                rounds=[latency(p50, p99 / 2), latency(p50, p99)],
             ),
             LatencyPoint(0.75, rate * 0.75, 0, None, skipped="overloaded"),
         ]
@@ -119,7 +125,7 @@ def bench_result() -> BenchResult:
             "load_average_start": 0.5,
             "load_average_end": 0.7,
         },
-        settings={"quick": True},
+        settings={"quick": True, "repeats": 2},
         elapsed_s=75.0,
         workloads=[images_result()],
     )

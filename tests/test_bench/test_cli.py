@@ -22,7 +22,7 @@ from tests.test_bench.cases import positive_figures, positive_spreads
 def test_quick_bench_writes_positive_figures_a_report_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "results"
     result = run_cli(
-        "bench", "--quick", "--records", "250", "--duration", "3", "--out", str(out), timeout=400
+        "bench", "--quick", "--records", "250", "--duration", "2", "--out", str(out), timeout=400
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"report: {out / 'report.md'}" in result.stdout.replace("\n", "")
@@ -59,6 +59,11 @@ def test_quick_bench_writes_positive_figures_a_report_and_plots(tmp_path: Path) 
                 # Each output was written before the reader could see it.
                 assert point["written"]["p99_ms"] <= point["latency"]["p99_ms"]
                 assert len(point["p99_by_second"]) >= 2
+                # The load ran in rounds, each measured on its own; together they are all.
+                assert len(point["rounds"]) == QUICK.repeats
+                counts = [r["count"] for r in point["rounds"]]
+                assert all(counts) and sum(counts) == point["latency"]["count"]
+                assert point["latency"]["max_ms"] == max(r["max_ms"] for r in point["rounds"])
                 assert max(point["p99_by_second"]) <= point["latency"]["max_ms"]
     assert configs["embedded"]["latency"][0]["latency"] is not None  # below its own saturation
 

@@ -96,6 +96,20 @@ def test_latency_and_memory_limits_are_inclusive() -> None:
     assert latency_check("exactly-once", LatencyPoint(0.5, 100.0, skipped="overloaded")) is None
 
 
+def test_a_latency_target_needs_every_round_within_it() -> None:
+    """All rounds together are within the limits, but one round alone is not."""
+    together = latency(60.0, 280.0)
+    point = LatencyPoint(0.5, 100.0, 2000, together, rounds=[latency(40.0, 200.0), together])
+    check = latency_check("exactly-once", point)
+    assert check is not None and check.passed
+    point.rounds.append(latency(90.0, 320.0))
+    check = latency_check("exactly-once", point)
+    assert check is not None and not check.passed
+    point.rounds[-1] = latency(101.0, 250.0)
+    check = latency_check("exactly-once", point)
+    assert check is not None and not check.passed
+
+
 def test_a_latency_measured_below_the_offered_load_fails() -> None:
     """Figures within the limits, but the producer sent 90 of the 100 records/s offered."""
     short = LatencyPoint(0.5, 100.0, 1000, latency(10.0, 20.0), sent_rps=90.0)
@@ -118,7 +132,7 @@ def test_cells_and_verdicts() -> None:
     assert len(embedded.cells()) == len(HEADERS)
     assert len(embedded.short_cells()) == len(SHORT_HEADERS)
     assert embedded.cells()[2:6] == ["90.0", "0.90x", "4.50x", "—"]  # no quix run here
-    assert embedded.cells()[6] == "50 / 125 / 200"
+    assert embedded.cells()[6] == "50 / 125 / 200 (p99 100-200)"  # all rounds; each one's p99
     assert embedded.verdict() == "FAIL memory"
     assert rows["kserve-http"].verdict() == "pass"
     assert rows["bare"].verdict() == "—"

@@ -127,7 +127,7 @@ class Preset:
     loads: tuple[float, ...]
     duration_s: float
     ceiling_s: float
-    repeats: int  # saturation runs per configuration, and ceiling runs at the least
+    repeats: int  # saturation runs and latency rounds per configuration; ceiling runs at the least
 
 
 FULL = Preset(records_divisor=1, loads=(0.25, 0.5, 0.75), duration_s=10.0, ceiling_s=5.0, repeats=3)

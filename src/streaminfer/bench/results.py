@@ -16,7 +16,9 @@ GIVEN_REFERENCE = "--reference-rate"  # WorkloadResult.reference: the user gave 
 
 @dataclass
 class LatencyPoint:
-    """End-to-end latency at one offered load, or why that load was not run."""
+    """End-to-end latency at one offered load, or why that load was not run.  The load is
+    offered in rounds, one after another: the figures are of all their records together,
+    and ``rounds`` holds each round's own, which a latency target must meet every one of."""
 
     load: float  # fraction of the workload's reference rate
     offered_rps: float
@@ -26,8 +28,9 @@ class LatencyPoint:
     # the rest is the wait for its transaction to commit, and the reader's.
     written: LatencySummary | None = None
     p99_by_second: list[float] = field(default_factory=list)  # measure.p99_by_second
-    sent_rps: float | None = None  # the rate the records were sent at: offered_rps, if reached
+    sent_rps: float | None = None  # the slowest round's sending rate: offered_rps, if reached
     skipped: str | None = None
+    rounds: list[LatencySummary] = field(default_factory=list)
 
 
 @dataclass

@@ -193,8 +193,9 @@ class ConfigRun:
         if server_cpu:
             self.result.server_cpu_s_per_1k = Spread.of(server_cpu)
 
-    def offer(self, load: float, rate: float, duration_s: float) -> None:
-        """Produce at ``rate`` records/s for ``duration_s``; record the latency percentiles."""
+    def offer(self, load: float, rate: float, duration_s: float, rounds: int) -> None:
+        """Produce at ``rate`` records/s for ``duration_s``, ``rounds`` times in a row; record
+        the latency percentiles of each round and of all of them."""
         point = LatencyPoint(load=load, offered_rps=rate)
         self.result.latency.append(point)
         saturation = self.result.throughput_rps or 0.0
@@ -204,21 +205,28 @@ class ConfigRun:
                 f"(latency is measured up to {OVERLOAD:.0%} of it)"
             )
             return
-        first = self._inputs.sent
-        point.records, seconds = self._inputs.send_paced(rate, duration_s)
-        point.sent_rps = point.records / seconds
-        self._wait_for(self._inputs.sent)
-        outputs = self._outputs(first, self._inputs.sent)
-        rows = [
-            (a.timestamp_ms, a.emitted_at, a.seen_at) for a in outputs if a.timestamp_ms is not None
-        ]
-        if not rows:
-            raise InfrastructureError("no output carried its input's timestamp")
-        sent_ms = [sent for sent, _, _ in rows]
-        latencies = [seen * 1000 - sent for sent, _, seen in rows]
+        sent_rates, latencies, written = [], [], []
+        for _ in range(rounds):
+            first = self._inputs.sent
+            records, seconds = self._inputs.send_paced(rate, duration_s)
+            point.records += records
+            sent_rates.append(records / seconds)
+            self._wait_for(self._inputs.sent)
+            rows = [
+                (a.timestamp_ms, a.emitted_at, a.seen_at)
+                for a in self._outputs(first, self._inputs.sent)
+                if a.timestamp_ms is not None
+            ]
+            if not rows:
+                raise InfrastructureError("no output carried its input's timestamp")
+            these = [seen * 1000 - sent for sent, _, seen in rows]
+            point.rounds.append(summarize_latencies(these))
+            point.p99_by_second += p99_by_second([sent for sent, _, _ in rows], these)
+            latencies += these
+            written += [emitted * 1000 - sent for sent, emitted, _ in rows]
+        point.sent_rps = min(sent_rates)
         point.latency = summarize_latencies(latencies)
-        point.written = summarize_latencies([written * 1000 - sent for sent, written, _ in rows])
-        point.p99_by_second = p99_by_second(sent_ms, latencies)
+        point.written = summarize_latencies(written)
 
     def finish(self) -> None:
         """Peak memory, who served the outputs, and whether that is who should have."""

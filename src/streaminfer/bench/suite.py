@@ -59,7 +59,7 @@ class BenchPlan:
     reference_rps: float | None  # the reference rate given; None: the first worker's
     duration_s: float  # of each offered load
     ceiling_s: float  # of each in-process measurement
-    repeats: int  # saturation runs per configuration; ceiling runs at the least
+    repeats: int  # saturation runs and latency rounds per configuration; ceiling runs at the least
     out: Path
     quix_python: Path | None = None  # an interpreter with quixstreams, for the quix config
 
@@ -256,7 +256,7 @@ def _run_worker(
                 into.reference, into.reference_rps = config.name, run.result.throughput_rps
             assert into.reference_rps is not None
             for load in plan.loads:
-                run.offer(load, load * into.reference_rps, plan.duration_s)
+                run.offer(load, load * into.reference_rps, plan.duration_s, plan.repeats)
             run.finish()
     except (StreamInferError, KafkaException) as exc:
         run.result.error = str(exc)

@@ -92,8 +92,9 @@ def bench(
         int | None,
         typer.Option(
             min=1,
-            help="Saturation runs per configuration; the ceiling runs between configurations "
-            f"and at least as often (default: {FULL.repeats}; {QUICK.repeats} with --quick).",
+            help="Saturation runs, and rounds at each offered load, per configuration; the "
+            "ceiling runs between configurations and at least as often "
+            f" (default: {FULL.repeats}; {QUICK.repeats} with --quick).",
         ),
     ] = None,
     out: Annotated[
