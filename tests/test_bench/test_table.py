@@ -132,7 +132,7 @@ def test_cells_and_verdicts() -> None:
     assert len(embedded.cells()) == len(HEADERS)
     assert len(embedded.short_cells()) == len(SHORT_HEADERS)
     assert embedded.cells()[2:6] == ["90.0", "0.90x", "4.50x", "—"]  # no quix run here
-    assert embedded.cells()[6] == "50 / 125 / 200 (p99 100-200)"  # all rounds; each one's p99
+    assert embedded.cells()[6] == "50 / 125 / 200 (worst round 50 / 200)"  # all rounds; worst
     assert embedded.verdict() == "FAIL memory"
     assert rows["kserve-http"].verdict() == "pass"
     assert rows["bare"].verdict() == "—"

@@ -47,8 +47,8 @@ METHOD = """\
   An output's latency runs from its input record's timestamp to the moment the
   `read_committed` consumer sees it, so under exactly-once it includes waiting for the
   transaction to commit. The percentiles are of every round's records together; *each
-  round's p99* shows how far one window of a busy machine strays, and a latency target
-  passes only when every round meets it, as a throughput target needs every run.
+  round's p50 / p99* shows how far one window of a busy machine strays, and a latency
+  target passes only when every round meets it, as a throughput target needs every run.
   *Written* is the part up to the output's own timestamp, when the worker wrote it
   (polling, the pipeline, the wait for a commit in flight); the rest is its
   transaction's commit and the reader. *Worst second* is the highest p99 of the records
@@ -142,7 +142,7 @@ def workload_section(
     ]
     if latency_rows:
         headers = ["configuration", "load", "offered records/s", "sent records/s", "records"]
-        headers += ["p50 ms", "p95 ms", "p99 ms", "max ms", "each round's p99 ms"]
+        headers += ["p50 ms", "p95 ms", "p99 ms", "max ms", "each round's p50 / p99 ms"]
         headers += ["written p50 / p99 ms"]
         headers += ["worst second's p99 ms"]
         parts.append("### Latency at fixed offered loads\n")
@@ -163,7 +163,7 @@ def _latency_cells(name: str, point: LatencyPoint) -> list[str]:
     written = (
         "—" if point.written is None else f"{point.written.p50_ms:.1f} / {point.written.p99_ms:.1f}"
     )
-    rounds = " / ".join(f"{r.p99_ms:.1f}" for r in point.rounds) or "—"
+    rounds = "; ".join(f"{r.p50_ms:.1f} / {r.p99_ms:.1f}" for r in point.rounds) or "—"
     worst = f"{max(point.p99_by_second):.1f}" if point.p99_by_second else "—"
     return [*cells, str(point.records), *(f"{v:.1f}" for v in figures), rounds, written, worst]
 
