@@ -15,6 +15,9 @@ from streaminfer.cli.main import COMMANDS
 
 # Heavy, and needed only to run a model, serve, talk to Kafka or benchmark.
 HEAVY = ("numpy", "onnxruntime", "matplotlib", "grpc", "aiohttp", "PIL", "streaminfer.bench")
+# Help is click's plain text: typer's rich panels (markdown and all) took two thirds of
+# `streaminfer --help`'s time.  Rich itself loads only for a command's own tables.
+RICH_HELP = ("typer.rich_utils", "markdown_it")
 ONLY_TO_RUN = ("pydantic", "confluent_kafka", "streaminfer.kafka", "streaminfer.models")
 _PROBE = """
 import json, sys
@@ -43,8 +46,11 @@ def loaded(modules: set[str], prefixes: tuple[str, ...]) -> list[str]:
 def test_top_level_help_loads_no_subcommand() -> None:
     modules = imported("--help")
     assert "typer" in modules  # the measurement works
-    assert loaded(modules, HEAVY + ONLY_TO_RUN) == []
-    assert [m for m in modules if m.startswith("streaminfer.cli.")] == ["streaminfer.cli.main"]
+    assert loaded(modules, HEAVY + ONLY_TO_RUN + RICH_HELP + ("rich",)) == []
+    assert [m for m in modules if m.startswith("streaminfer.cli.")] == [
+        "streaminfer.cli.main",
+        "streaminfer.cli.options",
+    ]
 
 
 SUBCOMMANDS = ["run", "serve", "topics create", "models publish deploy", "predict",
@@ -55,7 +61,7 @@ SUBCOMMANDS = ["run", "serve", "topics create", "models publish deploy", "predic
 def test_a_subcommands_help_loads_nothing_heavy(command: list[str]) -> None:
     modules = imported(*command, "--help")
     assert f"streaminfer.cli.{COMMANDS[command[0]].module}" in modules  # it did load
-    assert loaded(modules, HEAVY) == []
+    assert loaded(modules, HEAVY + RICH_HELP) == []
     assert "streaminfer.serving" not in modules and "streaminfer.stream.worker" not in modules
 
 

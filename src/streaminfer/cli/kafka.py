@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streaminfer.cli.options import KafkaOptions, kafka_options
+from streaminfer.cli.options import KafkaOptions, command_group, kafka_options
 from streaminfer.errors import ConfigError
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.broker import KAFKA_VERSION, LocalBroker, wait_until_ready
@@ -20,8 +20,8 @@ from streaminfer.kafka.config import parse_property
 from streaminfer.kafka.records import Headers, Record, consume, produce
 from streaminfer.kafka.security import SECURITY_CHOICES, Security
 
-kafka_app = typer.Typer()
-topics_app = typer.Typer()
+kafka_app = command_group()
+topics_app = command_group()
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Broker data dir (default: user data dir).")
 ]

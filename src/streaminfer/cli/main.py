@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from streaminfer.cli.options import command_group
 from streaminfer.errors import StreamInferError
 
 
@@ -74,7 +75,7 @@ def load_command(name: str) -> Any:
     entry = COMMANDS[name]
     target = getattr(importlib.import_module(f"streaminfer.cli.{entry.module}"), entry.attribute)
     if not isinstance(target, typer.Typer):
-        single = typer.Typer(add_completion=False)
+        single = command_group(add_completion=False)
         single.command(name)(target)
         target = single
     command = typer.main.get_command(target)
@@ -111,7 +112,7 @@ class LazyCommands(TyperGroup):
             self._listing = False
 
 
-app = typer.Typer(
+app = command_group(
     name="streaminfer",
     cls=LazyCommands,
     help="Real-time model inference on Apache Kafka streams.",

@@ -13,7 +13,7 @@ from urllib.request import url2pathname
 import typer
 from rich.console import Console
 
-from streaminfer.cli.options import KafkaOptions, kafka_options
+from streaminfer.cli.options import KafkaOptions, command_group, kafka_options
 from streaminfer.errors import ConfigError, RecordError
 from streaminfer.models.control_state import (
     DEFAULT_CONTROL_TOPIC,
@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 # The commands import the registry, images and deployment modules (numpy, ONNX Runtime,
 # Pillow, the Kafka client) in their bodies: `--help` and other commands do not load them.
 
-models_app = typer.Typer()
+models_app = command_group()
 console = Console()
-publish_app = typer.Typer(help="Publish deployments to the control topic; followers apply them.")
+publish_app = command_group(help="Publish deployments to the control topic; followers apply them.")
 models_app.add_typer(publish_app, name="publish")
 RepoOpt = Annotated[Path, typer.Option("--repo", help="Model repository root.")]
 ControlTopicOpt = Annotated[

@@ -2,6 +2,7 @@
 
 * :func:`kafka_options` gives a command the Kafka options (``-b``, ``-X``, ``-F``,
   ``--config``) as one :class:`KafkaOptions` argument.
+* :func:`command_group` makes every Typer app of the CLI, with click's plain help.
 * :func:`given_settings` passes a command's options to its settings model by name.  Such
   an option is ``None`` unless given, so the environment, then the config file, then the
   field's default fill it (:mod:`streaminfer.config`); it shows the field's default with
@@ -46,6 +47,13 @@ ConfigFileOpt = Annotated[
     Path | None,
     typer.Option("--config", envvar="STREAMINFER_CONFIG", help="TOML config file."),
 ]
+
+
+def command_group(**attrs: Any) -> typer.Typer:
+    """A Typer app whose help and usage errors are click's plain text.  Rich's panels
+    imported markdown, traceback and pretty-printing modules for every ``--help``: two
+    thirds of ``streaminfer --help``'s 0.3 s."""
+    return typer.Typer(rich_markup_mode=None, **attrs)
 
 
 @dataclass(frozen=True)
