@@ -36,6 +36,7 @@ STAGES = {  # (module, class, method): what the worker's loop and its chunk thre
     ("stream.checkpoint", "Checkpoint", "write"): "  of which produce",
     ("stream.worker", "Worker", "_account"): "  of which metrics",
     ("stream.worker", "Worker", "_advance_commit"): "commits",
+    # One lane of embedded work runs on the loop's thread: then inside the first stage.
     ("stream.worker", "Worker", "_process"): "a chunk, on its thread",
 }
 PROCESS = "the whole process"  # all its threads, from the 20,000th output to the last
