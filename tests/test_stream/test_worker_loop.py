@@ -24,20 +24,25 @@ from tests.servers import ServerProcess
 NOWHERE = "127.0.0.1:9"  # nothing listens: the clients never connect, and need not
 
 
-def test_a_full_buffer_waits_for_the_commit_in_flight_instead_of_spinning(tmp_path: Path) -> None:
-    """Every chunk finished, their outputs held back by a commit in flight, no room to
-    poll: the pass waits for the commit (at most 50 ms), not returning at once to spin."""
+def _worker(predictor: Predictor, repo: Path) -> Worker:
+    """A worker whose clients reach no broker."""
     quiet = {"bootstrap.servers": NOWHERE, "log_level": 0}
-    registry = ModelRegistry(tmp_path)
-    predictor = create_predictor("embedded", registry=registry)
-    worker = Worker(
-        WorkerSettings(input="in", output="out", model="none", repo=tmp_path),
+    return Worker(
+        WorkerSettings(input="in", output="out", model="tiny", repo=repo),
         KafkaSettings(bootstrap_servers=NOWHERE),
         predictor,
         ImageFetcher(FetchPolicy()),
         consumer=Consumer({**quiet, "group.id": "loop"}),
         producer=Producer(quiet),
     )
+
+
+def test_a_full_buffer_waits_for_the_commit_in_flight_instead_of_spinning(tmp_path: Path) -> None:
+    """Every chunk finished, their outputs held back by a commit in flight, no room to
+    poll: the pass waits for the commit (at most 50 ms), not returning at once to spin."""
+    registry = ModelRegistry(tmp_path)
+    predictor = create_predictor("embedded", registry=registry)
+    worker = _worker(predictor, tmp_path)
     try:
         worker._pending_records = worker._budget.records  # a full buffer of finished work
         commit: Future[_Committed] = Future()
@@ -55,18 +60,6 @@ def test_a_full_buffer_waits_for_the_commit_in_flight_instead_of_spinning(tmp_pa
         worker.pipeline.close()
         predictor.close()
         registry.close()
-
-
-def _worker(predictor: Predictor, repo: Path) -> Worker:
-    quiet = {"bootstrap.servers": NOWHERE, "log_level": 0}
-    return Worker(
-        WorkerSettings(input="in", output="out", model="tiny", repo=repo),
-        KafkaSettings(bootstrap_servers=NOWHERE),
-        predictor,
-        ImageFetcher(FetchPolicy()),
-        consumer=Consumer({**quiet, "group.id": "loop"}),
-        producer=Producer(quiet),
-    )
 
 
 def _threads_of_chunks(worker: Worker, lanes_waiting: float) -> list[str]:
