@@ -94,7 +94,7 @@ def bench(
             min=1,
             help="Saturation runs, and rounds at each offered load, per configuration; the "
             "ceiling runs between configurations and at least as often "
-            f" (default: {FULL.repeats}; {QUICK.repeats} with --quick).",
+            f"(default: {FULL.repeats}; {QUICK.repeats} with --quick).",
         ),
     ] = None,
     out: Annotated[
