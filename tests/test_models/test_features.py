@@ -20,7 +20,6 @@ from streaminfer.models.features import (
     feature_batch,
     feature_row,
     output_rows,
-    predict_rows,
     record_answer,
     record_features,
     record_tensors,
@@ -265,37 +264,6 @@ def test_model_json_lists_features_as_names_or_objects() -> None:
     assert ModelMetadata.model_validate_json(metadata.model_dump_json()) == metadata
     with pytest.raises(ValidationError, match="features listed twice: a"):
         ModelMetadata.model_validate({"signature": signature, "features": ["a", "b", "a"]})
-
-
-def test_predict_rows_batches_good_records_and_keeps_bad_ones_in_place() -> None:
-    features = [Feature(name="a"), Feature(name="b")]
-    metadata = packed(features, probabilities_output="probabilities")
-    batches: list[np.ndarray] = []
-
-    def infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batches.append(inputs["input"])
-        p = 1 / (1 + np.exp(-inputs["input"].sum(axis=1)))
-        return {"probabilities": np.stack([1 - p, p], axis=1)}
-
-    records: list[dict[str, object]] = [{"a": 3, "b": 1}, {"a": "x", "b": 0}, {"a": -5, "b": 0}]
-    outcomes = predict_rows(records, metadata, ["no", "yes"], infer, k=1)
-
-    assert len(batches) == 1 and batches[0].shape == (2, 2)  # one run for the good rows
-    assert isinstance(outcomes[1], BadFeatures) and "'a'" in str(outcomes[1])
-    assert [p.label for p in outcomes[0]] == ["yes"]  # type: ignore[union-attr]
-    assert [p.label for p in outcomes[2]] == ["no"]  # type: ignore[union-attr]
-
-    all_bad = predict_rows([{"c": 1}], metadata, None, infer)
-    assert len(batches) == 1 and isinstance(all_bad[0], BadFeatures)
-
-
-def test_predict_rows_of_a_regressor_gives_outputs_per_record() -> None:
-    features = [Feature(name="a")]
-    metadata = packed(features)
-    outcomes = predict_rows(
-        [{"a": 2}, {"a": 5}], metadata, None, lambda t: {"variable": t["input"] * 10}
-    )
-    assert [o["variable"].tolist() for o in outcomes] == [[20.0], [50.0]]  # type: ignore[index]
 
 
 def test_one_record_as_a_tensor_request_and_its_answer() -> None:

@@ -23,10 +23,10 @@ from streaminfer.errors import ConfigError
 from streaminfer.flights import FEATURES, flights, split
 from streaminfer.models.batcher import BatchingConfig
 from streaminfer.models.features import (
+    classify_rows,
     feature_batch,
     feature_row,
     output_rows,
-    predict_rows,
     record_features,
 )
 from streaminfer.models.imports import import_model
@@ -53,17 +53,15 @@ def serve_records(repo: Path, name: str, frame: pd.DataFrame) -> tuple[list[str]
     try:
         served = registry.resolve(name, None, None)
         documents = [json.loads(json.dumps({"features": r})) for r in frame.to_dict("records")]
-        outcomes = predict_rows(
-            [record_features(d) for d in documents],
-            served.metadata,
-            served.class_names,
-            served.infer,
+        metadata = served.metadata
+        rows = [feature_row(record_features(d), declared(metadata)) for d in documents]
+        outcomes = classify_rows(
+            served.infer(feature_batch(rows, metadata)), metadata, served.class_names, None
         )
     finally:
         registry.close()
     labels, probabilities = [], np.zeros((len(frame), len(served.class_names or [])))
-    for row, ranked in enumerate(outcomes):
-        assert isinstance(ranked, list)  # every class, best first
+    for row, ranked in enumerate(outcomes):  # every class, best first
         labels.append(ranked[0].label)
         for prediction in ranked:
             probabilities[row, prediction.class_id] = prediction.score

@@ -21,7 +21,7 @@ Nothing here does I/O; the worker and the server call these per record and per b
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -31,8 +31,6 @@ from streaminfer.models.postprocess import Prediction, rank
 from streaminfer.types import Tensors
 
 Row = tuple[float | int | bool, ...]
-# Per record: a classifier's ranked classes, a regressor's outputs, or why it failed.
-RowOutcome = list[Prediction] | Tensors | RecordError
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
@@ -128,40 +126,6 @@ def record_answer(
     if metadata.probabilities_output is None:
         return outputs
     return classify_rows(outputs, metadata, class_names, k)[0]
-
-
-def predict_rows(
-    records: Sequence[Mapping[str, object]],
-    metadata: ModelMetadata,
-    class_names: list[str] | None,
-    infer: Callable[[Tensors], Tensors],
-    k: int | None = None,
-) -> list[RowOutcome]:
-    """Feature values of many records through one model run, one outcome per record.
-
-    A record whose features are bad gets its ``BadFeatures`` and stays out of the batch;
-    ``infer`` (a loaded version's ``infer``) runs the rest together, and what it raises
-    concerns them all.
-    """
-    features = metadata.features or []
-    outcomes: list[RecordError | None] = []  # None: in the batch
-    rows: list[Row] = []
-    for values in records:
-        try:
-            rows.append(feature_row(values, features))
-            outcomes.append(None)
-        except BadFeatures as exc:
-            outcomes.append(exc)
-    if not rows:
-        return [o for o in outcomes if o is not None]  # every record failed
-    outputs = infer(feature_batch(rows, metadata))
-    answers: list[RowOutcome] = []
-    if metadata.probabilities_output is not None:
-        answers.extend(classify_rows(outputs, metadata, class_names, k))
-    else:
-        answers.extend(output_rows(outputs))
-    served = iter(answers)
-    return [next(served) if o is None else o for o in outcomes]
 
 
 def classify_rows(
