@@ -10,6 +10,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from streaminfer.bench.configs import QUICK, QUICK_CONFIGS
@@ -66,6 +67,15 @@ def test_quick_bench_writes_positive_figures_a_report_and_plots(tmp_path: Path) 
                 assert point["latency"]["max_ms"] == max(r["max_ms"] for r in point["rounds"])
                 assert max(point["p99_by_second"]) <= point["latency"]["max_ms"]
     assert configs["embedded"]["latency"][0]["latency"] is not None  # below its own saturation
+    for name, config in configs.items():  # a load that overloads a mode: at its own rate
+        if name == "bare":
+            continue
+        measured = [p for p in config["latency"] if p["latency"] is not None]
+        assert [p["load"] for p in measured] == list(QUICK.loads), name
+        for point in measured:
+            if point["of_own"]:
+                own_rate = point["load"] * config["throughput"]["median"]
+                assert point["offered_rps"] == pytest.approx(own_rate), name
 
     rows = {row["name"]: row for row in images["table"]}
     assert list(rows) == ["bare", "bare-inference", *QUICK_CONFIGS[1:]]

@@ -141,6 +141,24 @@ def test_cells_and_verdicts() -> None:
     assert rows["tfserving-grpc"].cells()[8] == "300 / 450"
 
 
+def test_a_load_that_overloaded_a_mode_reads_at_its_own_rate_and_says_so() -> None:
+    workload = images_result()
+    grpc = workload.config("tfserving-grpc")
+    assert grpc is not None
+    skipped = LatencyPoint(0.5, 100.0, skipped="overloaded")
+    own = LatencyPoint(0.5, 35.0, 500, latency(150.0, 400.0), of_own=True)
+    grpc.latency = [skipped, own]
+    assert grpc.latency_at(0.5) is own
+    row = next(r for r in build_rows(workload) if r.name == "tfserving-grpc")
+    assert row.cells()[6] == "150 / 275 / 400 at 35/s, 50% of its own"
+    assert row.short_cells()[6] == "150 / 400 at 35/s, 50% of its own"
+    assert row.checks["latency"] == Check("p50 ≤ 100, p99 ≤ 300", False)  # judged there too
+    grpc.latency = [skipped]
+    assert grpc.latency_at(0.5) is skipped
+    row = next(r for r in build_rows(workload) if r.name == "tfserving-grpc")
+    assert row.cells()[6] == "—" and row.checks["latency"] is None
+
+
 def test_quix_targets_apply_to_embedded_per_workload() -> None:
     assert quix_check("images", "embedded", Spread.of([1.8])) == Check("≥ 1.8", True)
     assert quix_check("images", "embedded", Spread.of([1.79])) == Check("≥ 1.8", False)

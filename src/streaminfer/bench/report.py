@@ -57,7 +57,10 @@ METHOD = """\
   the reference configuration's saturation rate (normally `embedded`), or of the rate
   `--reference-rate` gives, the same absolute rates for every configuration; a load
   above 90 % of a configuration's own saturation rate is skipped, since there latency
-  measures only how long the queue has been growing.
+  measures only how long the queue has been growing, and the same fraction of that
+  configuration's own saturation rate is offered in its place (*of its own*), so every
+  mode has a latency figure at each load: a remote mode's at half its own capacity, say,
+  where half of embedded's would overload it.
 - **CPU.** User + system time from `/proc/<pid>/stat` of the worker and, in remote modes,
   of the model server, read every 50 ms during saturation: the CPU used within each run's
   timed window (first output to last, by their timestamps), per 1,000 records the window
@@ -155,7 +158,8 @@ def workload_section(
 
 def _latency_cells(name: str, point: LatencyPoint) -> list[str]:
     sent = "—" if point.sent_rps is None else f"{point.sent_rps:,.1f}"
-    cells = [name, f"{point.load:.0%}", f"{point.offered_rps:,.1f}", sent]
+    load = f"{point.load:.0%}" + (" of its own" if point.of_own else "")
+    cells = [name, load, f"{point.offered_rps:,.1f}", sent]
     summary = point.latency
     if summary is None:
         return [*cells, point.skipped or "—", "", "", "", "", "", "", ""]

@@ -20,7 +20,7 @@ class LatencyPoint:
     offered in rounds, one after another: the figures are of all their records together,
     and ``rounds`` holds each round's own, which a latency target must meet every one of."""
 
-    load: float  # fraction of the workload's reference rate
+    load: float  # fraction of the workload's reference rate; with of_own, of the config's
     offered_rps: float
     records: int = 0
     latency: LatencySummary | None = None
@@ -31,6 +31,9 @@ class LatencyPoint:
     sent_rps: float | None = None  # the slowest round's sending rate: offered_rps, if reached
     skipped: str | None = None
     rounds: list[LatencySummary] = field(default_factory=list)
+    # The reference rate's load overloaded this configuration, so the same fraction of its
+    # own saturation rate was offered instead: every mode gets a latency figure.
+    of_own: bool = False
 
 
 @dataclass
@@ -58,7 +61,10 @@ class ConfigResult:
         return None if self.throughput is None else self.throughput.median
 
     def latency_at(self, load: float) -> LatencyPoint | None:
-        return next((point for point in self.latency if point.load == load), None)
+        """The point at ``load``: measured at the reference rate, else at its own rate when
+        the reference overloaded it, else the skipped one."""
+        points = [point for point in self.latency if point.load == load]
+        return next((p for p in points if p.latency is not None), points[0] if points else None)
 
 
 @dataclass

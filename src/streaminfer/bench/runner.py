@@ -195,16 +195,24 @@ class ConfigRun:
 
     def offer(self, load: float, rate: float, duration_s: float, rounds: int) -> None:
         """Produce at ``rate`` records/s for ``duration_s``, ``rounds`` times in a row; record
-        the latency percentiles of each round and of all of them."""
+        the latency percentiles of each round and of all of them.  A rate this configuration
+        cannot take is skipped, and ``load`` of its own saturation rate offered instead."""
+        saturation = self.result.throughput_rps or 0.0
         point = LatencyPoint(load=load, offered_rps=rate)
         self.result.latency.append(point)
-        saturation = self.result.throughput_rps or 0.0
         if rate > OVERLOAD * saturation:
             point.skipped = (
                 f"overloaded: {rate:.1f}/s offered, saturation {saturation:.1f}/s "
                 f"(latency is measured up to {OVERLOAD:.0%} of it)"
             )
-            return
+            if load > OVERLOAD:
+                return
+            point = LatencyPoint(load=load, offered_rps=load * saturation, of_own=True)
+            self.result.latency.append(point)
+        self._measure(point, duration_s, rounds)
+
+    def _measure(self, point: LatencyPoint, duration_s: float, rounds: int) -> None:
+        rate = point.offered_rps
         sent_rates, latencies, written = [], [], []
         for _ in range(rounds):
             first = self._inputs.sent

@@ -269,7 +269,8 @@ def _summary(outcome: ConfigResult) -> str:
     spread = outcome.throughput
     rate = "-" if spread is None else f"{figure_text(spread, 1)} records/s"
     points = [
-        f"{p.load:.0%}: p50 {p.latency.p50_ms:.0f} ms, p99 {p.latency.p99_ms:.0f} ms"
+        f"{p.load:.0%}{' of its own' if p.of_own else ''}: "
+        f"p50 {p.latency.p50_ms:.0f} ms, p99 {p.latency.p99_ms:.0f} ms"
         for p in outcome.latency
         if p.latency is not None
     ]

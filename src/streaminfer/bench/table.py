@@ -84,6 +84,7 @@ class Row:
     vs_quix: Spread | None = None
     latency: LatencySummary | None = None  # at LATENCY_LOAD, all rounds together
     latency_rounds: list[LatencySummary] = field(default_factory=list)  # each round's
+    own_rate: float | None = None  # the rate offered, when it was LATENCY_LOAD of its own
     worker_cpu: Spread | None = None
     server_cpu: Spread | None = None
     worker_rss: float | None = None
@@ -100,7 +101,7 @@ class Row:
             figure_text(self.vs_ceiling, 2, "x"),
             figure_text(self.vs_seed, 2, "x"),
             figure_text(self.vs_quix, 2, "x"),
-            _latency(self.latency, self.latency_rounds),
+            _latency(self.latency, self.latency_rounds) + self._own(),
             _pair(figure_text(self.worker_cpu, 3), figure_text(self.server_cpu, 3), " + "),
             _pair(_number(self.worker_rss, 0), _number(self.server_rss, 0), " / "),
             *(c.text() if (c := self.checks.get(k)) else "—" for k in CHECK_COLUMNS),
@@ -109,13 +110,21 @@ class Row:
     def short_cells(self) -> list[str]:
         """The row for ``SHORT_HEADERS``."""
         cells = self.cells()
-        latency = "—" if self.latency is None else _join(self.latency.p50_ms, self.latency.p99_ms)
+        latency = "—"
+        if self.latency is not None:
+            latency = _join(self.latency.p50_ms, self.latency.p99_ms) + self._own()
         cpu = _pair(
             figure_text(self.worker_cpu, 3, ranged=False),
             figure_text(self.server_cpu, 3, ranged=False),
             " + ",
         )
         return [*cells[:6], latency, cpu, cells[8], self.verdict()]
+
+    def _own(self) -> str:
+        """Where the latency was taken at a share of this row's own rate, which one."""
+        if self.own_rate is None:
+            return ""
+        return f" at {self.own_rate:,.0f}/s, {LATENCY_LOAD:.0%} of its own"
 
     def verdict(self) -> str:
         """ "pass" if every applicable target passed, else the ones that failed."""
@@ -179,6 +188,7 @@ def _row(
         vs_quix=ratio(config.throughput, quix),
         latency=point.latency if point is not None else None,
         latency_rounds=point.rounds if point is not None else [],
+        own_rate=point.offered_rps if point is not None and point.of_own else None,
         worker_cpu=config.worker_cpu_s_per_1k,
         server_cpu=config.server_cpu_s_per_1k,
         worker_rss=config.worker_peak_rss_mb,
