@@ -29,11 +29,10 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, Producer
 
+from streaminfer.bench.suite import local_broker
 from streaminfer.kafka.admin import TopicAdmin
-from streaminfer.kafka.broker import LocalBroker
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.models.export.tiny import export_tiny_model
-from streaminfer.net import free_port
 from streaminfer.processes import STREAMINFER, interrupted_by_sigterm
 
 # A killed member's partitions move on in seconds, and its open transaction is aborted.
@@ -98,8 +97,8 @@ def members(supervisor: subprocess.Popen[bytes]) -> list[int]:
     return children
 
 
-def soak(args: argparse.Namespace, bootstrap: str, folder: Path) -> bool:
-    kafka = KafkaSettings(bootstrap_servers=bootstrap)
+def soak(args: argparse.Namespace, kafka: KafkaSettings, folder: Path) -> bool:
+    bootstrap = kafka.bootstrap_servers
     admin = TopicAdmin(kafka)
     for topic in ("in", "out", "dlq"):
         admin.create(topic, partitions=args.partitions)
@@ -168,14 +167,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as name:
-        folder = Path(name)
-        broker = LocalBroker(folder / "kafka")
-        state = broker.start(port=free_port())
-        try:
-            held = soak(args, state.bootstrap, folder)
-        finally:
-            broker.stop()
+    with local_broker() as kafka, tempfile.TemporaryDirectory() as folder:
+        held = soak(args, kafka, Path(folder))
     raise SystemExit(0 if held else 1)
 
 

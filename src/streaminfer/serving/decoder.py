@@ -18,7 +18,6 @@ parsing fails with UNAVAILABLE.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import multiprocessing
 import pickle
 import socket
@@ -29,13 +28,13 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
+from streaminfer.allocator import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, mallopt
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.serving.errors import Unavailable
 
 T = TypeVar("T")
 STOP_TIMEOUT = 5.0
-# glibc's mallopt parameters (malloc.h) and the values the decoder sets.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+# glibc's allocator parameters the decoder sets.
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 64 << 20
 _COUNT = struct.Struct("!Q")
@@ -179,9 +178,5 @@ def _keep_freed_memory() -> None:
     its ~13 MB in again: 5 of the 8 ms a 3 MB body took.  Blocks under 32 MB now come
     from the heap, and up to 64 MB of free heap is kept.  Without glibc, nothing changes.
     """
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    except (OSError, AttributeError):
-        pass
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)

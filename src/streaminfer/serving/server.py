@@ -3,7 +3,7 @@
 Start-up loads the repository (and applies the control topic), then listens; SIGTERM (or
 SIGINT) stops accepting, lets in-flight requests finish within the grace period, and unloads
 the models.  A signal during start-up ends it at once, as a normal stop.
-Large freed blocks go straight back to the operating system (``LARGE_BLOCK``), so the
+Large freed blocks go straight back to the operating system (``allocator.LARGE_BLOCK``), so the
 memory of one large request is not kept, per thread, for the next.
 """
 
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import logging
 import signal
@@ -23,6 +21,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from streaminfer.allocator import map_large_blocks
 from streaminfer.errors import ConfigError
 from streaminfer.handlers import load_handler
 from streaminfer.kafka.config import KafkaSettings
@@ -43,17 +42,11 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 1.0
 """How long closing the REST connections waits for a request that came after the stop on
 one kept alive (it is answered UNAVAILABLE) before cutting it off."""
-LARGE_BLOCK = 4 << 20
-"""Allocations of 4 MiB and more (decoded images, bodies) are mapped on their own and
-unmapped when freed.  glibc would otherwise raise this threshold as large blocks are
-freed and keep them in per-thread arenas: four decode threads each holding the last
-50-megapixel image they decoded took the server past 700 MB."""
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
 class ModelServer:
     def __init__(self, settings: ServerSettings, kafka: KafkaSettings | None = None) -> None:
-        _map_large_blocks()
+        map_large_blocks()
         self.settings = settings
         self.kafka = kafka or KafkaSettings()  # only used with settings.control_topic
         self.follower: ControlFollower | None = None
@@ -230,14 +223,3 @@ async def _unless_stopped(starting: Coroutine[Any, Any, None], stop: asyncio.Eve
 def _request_stop(stop: asyncio.Event, signum: int) -> None:
     log.info("%s received: draining in-flight requests", signal.Signals(signum).name)
     stop.set()
-
-
-def _map_large_blocks() -> None:
-    """Set glibc's mmap threshold to ``LARGE_BLOCK``; other C libraries are left as they are."""
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, LARGE_BLOCK)

@@ -1,0 +1,34 @@
+"""glibc's allocator, tuned per process for how that process allocates (``mallopt(3)``).
+
+With another C library, or none that has ``mallopt``, nothing changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+
+# mallopt's parameter numbers (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+LARGE_BLOCK = 4 << 20
+"""Allocations of 4 MiB and more (decoded images, request bodies) are mapped on their own
+and unmapped when freed.  glibc would otherwise raise its threshold as large blocks are
+freed and keep them in per-thread arenas: four decode threads each holding the last
+50-megapixel image they decoded took the server past 700 MB."""
+
+
+def mallopt(parameter: int, value: int) -> None:
+    """Set one of glibc's allocator parameters."""
+    with contextlib.suppress(OSError, AttributeError):  # no such C library or function
+        ctypes.CDLL(None).mallopt(parameter, value)
+
+
+def map_large_blocks() -> None:
+    """Blocks of ``LARGE_BLOCK`` and more go back to the operating system when freed."""
+    mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)
+
+
+def limit_arenas(count: int) -> None:
+    """At most ``count`` heaps for all threads (glibc makes up to 8 a core, each keeping
+    its own free memory).  Only heaps not made yet are affected: call it first thing."""
+    mallopt(M_ARENA_MAX, count)
