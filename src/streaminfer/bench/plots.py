@@ -62,7 +62,10 @@ def plot_latency(workload: WorkloadResult, path: Path) -> bool:
     panels = figure.subplots(1, len(_PERCENTILES), sharey=True)
     for axes, (field, title) in zip(panels, _PERCENTILES, strict=True):
         for config in series:
-            points = [p for p in config.latency if p.latency is not None]
+            # By rate: a load taken at a mode's own rate sits below the one it replaced.
+            points = sorted(
+                (p for p in config.latency if p.latency is not None), key=lambda p: p.offered_rps
+            )
             xs = [p.offered_rps for p in points]
             ys = [getattr(p.latency, field) for p in points]
             axes.plot(xs, ys, marker="o", label=config.name, **_line_style(config))
