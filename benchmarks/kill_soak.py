@@ -33,7 +33,7 @@ from streaminfer.bench.suite import local_broker
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.models.export.tiny import export_tiny_model
-from streaminfer.processes import STREAMINFER, interrupted_by_sigterm
+from streaminfer.processes import STREAMINFER, child_pids, interrupted_by_sigterm
 
 # A killed member's partitions move on in seconds, and its open transaction is aborted.
 FAST_GROUP = ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500",
@@ -86,17 +86,6 @@ class Reader(threading.Thread):
         self._consumer.close()
 
 
-def members(supervisor: subprocess.Popen[bytes]) -> list[int]:
-    """The supervisor's children (``/proc`` lists a child under the thread that forked it)."""
-    children = []
-    for listing in Path(f"/proc/{supervisor.pid}/task").glob("*/children"):
-        try:
-            children += [int(child) for child in listing.read_text().split()]
-        except FileNotFoundError:
-            continue
-    return children
-
-
 def soak(args: argparse.Namespace, kafka: KafkaSettings, folder: Path) -> bool:
     bootstrap = kafka.bootstrap_servers
     admin = TopicAdmin(kafka)
@@ -121,7 +110,7 @@ def soak(args: argparse.Namespace, kafka: KafkaSettings, folder: Path) -> bool:
         supervisor = start()
         for _ in range(args.kills):
             time.sleep(rng.uniform(0.3, 4.0))
-            victims = members(supervisor)
+            victims = child_pids(supervisor.pid)
             if victims and rng.random() < MEMBER_SHARE:
                 os.kill(rng.choice(victims), signal.SIGKILL)
                 kills["member"] += 1

@@ -41,18 +41,6 @@ def run_cli(
     )
 
 
-def child_pids(pid: int) -> list[int]:
-    """The processes ``pid`` started, from any of its threads, and has not reaped; none once
-    it is gone.  (``/proc`` lists a child under the thread that forked it.)"""
-    children = []
-    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            children += [int(child) for child in listing.read_text().split()]
-        except FileNotFoundError:  # the thread ended meanwhile
-            continue
-    return children
-
-
 @contextmanager
 def cpu_limited_cgroup(cores: float) -> Iterator[list[str]]:
     """A real cgroup allowed ``cores`` cores' worth of CPU time (a CFS quota, as a

@@ -29,6 +29,18 @@ _READY_TIMEOUT_S = 90.0
 _POLL_S = 0.05
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started, from any of its threads, and has not reaped; none once
+    it is gone.  (``/proc`` lists a child under the thread that forked it.)"""
+    children = []
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children += [int(child) for child in listing.read_text().split()]
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+    return children
+
+
 class ManagedProcess:
     """A child process writing to a log file; stopped with SIGTERM, then SIGKILL."""
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 from streaminfer.bench.configs import QUICK, QUICK_CONFIGS
 from streaminfer.bench.workloads import TabularWorkload
-from streaminfer.processes import STREAMINFER
-from tests.support import child_pids, run_cli, wait_for
+from streaminfer.processes import STREAMINFER, child_pids
+from tests.support import run_cli, wait_for
 from tests.test_bench.cases import positive_figures, positive_spreads
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 
 from streaminfer.codecs.arrays import MAX_DIMS
 from streaminfer.models.metadata import IMAGE_MAX_BATCH, TENSOR_MAX_BATCH
+from streaminfer.processes import child_pids
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.protos.tfserving import (
@@ -36,7 +37,7 @@ from streaminfer.protos.tfserving import (
 )
 from tests.repository import MODEL
 from tests.servers import ServerProcess
-from tests.support import child_pids, processes_mentioning, wait_for
+from tests.support import processes_mentioning, wait_for
 
 TINY = "tiny"  # the tensor model of ``stream_repo``: x [N, 4] -> y [N, 4]
 PREDICT = f"/v1/models/{MODEL}:predict"

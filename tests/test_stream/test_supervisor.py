@@ -13,8 +13,8 @@ import httpx
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import Record
 from streaminfer.net import free_port
-from streaminfer.processes import ManagedProcess
-from tests.support import child_pids, cpu_limited_cgroup, processes_mentioning, wait_for
+from streaminfer.processes import ManagedProcess, child_pids
+from tests.support import cpu_limited_cgroup, processes_mentioning, wait_for
 from tests.workers import decoded, embedded_worker, outputs, produce_keyed, tiny_record
 
 PARTITIONS = 2
