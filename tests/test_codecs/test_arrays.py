@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -11,12 +13,14 @@ from streaminfer.codecs.arrays import (
     MAX_ELEMENTS,
     as_bytes,
     bytes_array,
+    cast_exactly,
     element_count,
     from_values,
     numpy_dtype,
     shaped,
 )
 from streaminfer.codecs.errors import DecodeError
+from streaminfer.errors import StreamInferError
 
 
 def test_model_dtype_names() -> None:
@@ -64,3 +68,43 @@ def test_a_lower_limit_can_be_asked_for() -> None:
     assert element_count("t", [4, 4], limit=16) == 16
     with pytest.raises(DecodeError, match="more than 15 elements"):
         element_count("t", [4, 4], limit=15)
+
+
+F32 = np.dtype(np.float32)
+
+
+def test_values_that_fit_are_cast_exactly() -> None:
+    def cast(array: np.ndarray, dtype: np.dtype) -> list[object]:
+        return cast_exactly("x", array, np.dtype(dtype), DecodeError).tolist()
+
+    assert cast(np.array([1.0, -3.0]), np.int64) == [1, -3]
+    assert cast(np.array([0, 1]), np.bool_) == [False, True]
+    assert cast(np.array([255]), np.uint8) == [255]
+    assert cast(np.array([np.inf, -np.inf]), F32) == [np.inf, -np.inf]  # inf stays inf
+    assert np.isnan(cast(np.array([np.nan]), F32)).all()  # a missing value, for trees
+    assert cast(np.array([3.4028235e38]), F32) == [float(np.finfo(F32).max)]
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "words"),
+    [
+        (np.array([1e39, np.nan]), F32, "beyond float32's range"),
+        (np.array([-1e300]), F32, "beyond float32's range"),
+        (np.array([70_000]), np.dtype(np.float16), "beyond float16's range"),
+        (np.array([2**40]), np.dtype(np.int32), "[1099511627776, 1099511627776], beyond int32"),
+        (np.array([-1]), np.dtype(np.uint64), "beyond uint64's range"),
+        (np.array([0.5]), np.dtype(np.int64), "fractions"),
+        (np.array([np.nan]), np.dtype(np.int64), "fractions"),
+        (np.array([2]), np.dtype(np.bool_), "other than 0 and 1"),
+        (np.array(["1"]), F32, "<U1 values"),
+        (np.array([1j]), F32, "no safe cast"),
+    ],
+)
+def test_a_cast_that_would_change_a_value_raises_the_callers_error(
+    values: np.ndarray, dtype: np.dtype, words: str
+) -> None:
+    class Blame(StreamInferError):
+        pass
+
+    with pytest.raises(Blame, match=re.escape(words)):
+        cast_exactly("x", values, dtype, Blame)

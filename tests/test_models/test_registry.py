@@ -132,8 +132,10 @@ def test_runtime_validation_names_the_input(tmp_path: Path) -> None:
         served.infer({"x": np.zeros((2, 3), dtype=np.float32)})
     with pytest.raises(InvalidInput, match="missing input 'x'"):
         served.infer({"z": np.zeros((1, 4), dtype=np.float32)})
-    with pytest.raises(InvalidInput, match="dtype"):
+    with pytest.raises(InvalidInput, match="'x' has <U1 values, the model takes float32"):
         served.infer({"x": np.array([["a", "b", "c", "d"]])})
+    with pytest.raises(InvalidInput, match="'x' has values beyond float32's range"):
+        served.infer({"x": np.array([[0, 1e39, 0, 0]])})  # not inf, as numpy's own cast
     ints = served.infer({"x": np.ones((1, 4), dtype=np.int64)})["y"]
     np.testing.assert_allclose(ints, tiny_reference(np.ones((1, 4))), rtol=1e-6)
     registry.close()

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -164,6 +165,49 @@ def test_grpc_v2_errors(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as failure:
         stub.ModelMetadata(v2.ModelMetadataRequest(name="nope"))
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _beyond_float32(dtype: type = np.float64) -> np.ndarray:
+    """A valid input for the model but for one value no float32 holds."""
+    array = np.zeros((1, 3, 224, 224), dtype)
+    array[0, 1, 2, 3] = -1e300
+    return array
+
+
+def test_values_beyond_the_models_float32_are_400_on_every_rest_api(server: ServerProcess) -> None:
+    rows = _beyond_float32().tolist()
+    v2_input = {"name": "input", "shape": [1, 3, 224, 224], "data": rows}
+    bodies = [
+        (PREDICT, {"instances": rows}),
+        (PREDICT, {"inputs": {"input": rows}}),
+        (INFER, {"inputs": [{**v2_input, "datatype": "FP32"}]}),  # not the tensor it claims
+        (INFER, {"inputs": [{**v2_input, "datatype": "FP64"}]}),  # not what the model takes
+    ]
+    with server.client() as client:
+        for path, body in bodies:
+            reply = client.post(path, json=body)
+            assert reply.status_code == 400, reply.text
+            assert "beyond float32's range" in reply.json()["error"]
+        healthy = client.post(PREDICT, json={"instances": np.zeros((1, 3, 224, 224)).tolist()})
+        assert healthy.status_code == 200, healthy.text
+
+
+def test_values_beyond_the_models_float32_are_invalid_argument_on_grpc(
+    channel: grpc.Channel,
+) -> None:
+    tf = predict_pb2.PredictRequest()
+    tf.model_spec.name = MODEL
+    tf.inputs["input"].CopyFrom(to_tensor_proto(_beyond_float32()))
+    v2_request = v2.ModelInferRequest(model_name=MODEL)
+    v2_request.inputs.add(name="input", datatype="FP64", shape=[1, 3, 224, 224])
+    v2_request.raw_input_contents.append(_beyond_float32().tobytes())
+    failures = [_predict(channel, tf)]
+    with pytest.raises(grpc.RpcError) as failure:
+        v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(v2_request)
+    failures.append(failure.value)
+    for error in failures:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "beyond float32's range" in error.details()
 
 
 def test_past_the_deadline_is_504_and_deadline_exceeded(model_repo: Path, tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 
 import numpy as np
+import pytest
 
+from streaminfer.models.errors import InvalidInput
 from streaminfer.models.registry import LoadedVersion
 from streaminfer.serving.tfserving_rest import _read_predict_request
 from tests.repository import MODEL
@@ -110,14 +112,15 @@ def test_prometheus_metrics_count_requests_and_batches(server: ServerProcess) ->
 def test_floats_come_back_from_the_decoder_as_the_model_takes_them() -> None:
     """For a model whose inputs are all float32, the decoder casts the float64 it read, as
     the input check would; other arrays, and other models' floats, are left as read."""
-    body = b'{"inputs": {"x": [[0.1, 1e300]], "n": [[1, 2]], "s": ["a"]}}'
+    body = b'{"inputs": {"x": [[0.1, 3e38]], "n": [[1, 2]], "s": ["a"]}}'
     as_read, _, _ = _read_predict_request(body, False)
-    with np.errstate(over="ignore"):  # 1e300 is inf in float32, as the input check makes it
-        narrowed, row_format, _ = _read_predict_request(body, True)
-        np.testing.assert_array_equal(narrowed["x"], as_read["x"].astype(np.float32))
+    narrowed, row_format, _ = _read_predict_request(body, True)
+    np.testing.assert_array_equal(narrowed["x"], as_read["x"].astype(np.float32))
     assert not row_format
     assert as_read["x"].dtype == np.float64
     assert narrowed["x"].dtype == np.float32
     for name in ("n", "s"):
         np.testing.assert_array_equal(narrowed[name], as_read[name])
         assert narrowed[name].dtype == as_read[name].dtype
+    with pytest.raises(InvalidInput, match="beyond float32's range"):  # not inf, as numpy's cast
+        _read_predict_request(body.replace(b"3e38", b"1e300"), True)

@@ -179,3 +179,30 @@ def test_an_oversized_output_is_dead_lettered_across_kills(
     assert [d["id"] for d in docs] == [f"ok-{i}" for i in range(40)]  # none lost, none twice
     letters = list(consume(kafka_settings, f"{inp}.dlq", from_beginning=True, timeout=5))
     assert [dict(r.headers)["streaminfer.error.type"] for r in letters] == [b"too_large"]
+
+
+def test_values_the_models_dtype_cannot_hold_are_dead_lettered_not_rounded(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable[..., ManagedProcess],
+    stream_repo: Path,
+) -> None:
+    """A value past float32 (the tiny model's dtype) sits among records the worker stacks
+    into one run: it goes to the DLQ with its reason, and its neighbours are served."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    beyond = [1e39, -1e300, 2**200]
+    values = [plain(0)]
+    for value in beyond:
+        values += [json.dumps({"model": "tiny", "inputs": {"x": [[0, value, 0, 0]]}}).encode()]
+        values += [plain(len(values))]
+    embedded_worker(start_worker, stream_repo, inp, out, "--batch-size", "16")
+    produce(kafka_settings, inp, values)
+    docs = decoded(outputs(kafka_settings, out, len(values) - len(beyond), timeout=120))
+    assert [d["id"] for d in docs] == [f"{inp}-0-{i}" for i in range(0, len(values), 2)]
+    assert all(None not in row for d in docs for row in d["outputs"]["y"])  # no inf or NaN
+    letters = list(consume(kafka_settings, f"{inp}.dlq", True, count=len(beyond), timeout=60))
+    assert [letter.value for letter in letters] == values[1::2]
+    for letter in letters:
+        headers = dict(letter.headers)
+        assert headers["streaminfer.error.type"] == b"invalid_input"
+        assert b"beyond float32's range" in headers["streaminfer.error.message"]

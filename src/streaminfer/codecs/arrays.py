@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from streaminfer.codecs.errors import DecodeError
+from streaminfer.errors import StreamInferError
 
 BYTES = np.dtype(object)
 """Strings and encoded images are object arrays of ``bytes``."""
@@ -91,3 +92,42 @@ def from_values(name: str, values: Sequence[object], dtype: np.dtype) -> np.ndar
         return np.fromiter(values, dtype=dtype, count=len(values))
     except (OverflowError, ValueError, TypeError) as exc:
         raise DecodeError(f"tensor {name!r}: values do not fit {dtype}: {exc}") from exc
+
+
+def cast_exactly(
+    name: str, array: np.ndarray, dtype: np.dtype, error: type[StreamInferError]
+) -> np.ndarray:
+    """``array`` as ``dtype`` if no value changes on the way; ``error`` saying why not.
+
+    numpy's own casts wrap integers (300 becomes 44 in a uint8), cut fractions and turn
+    floats beyond the range into inf, silently.  The caller names the blame: a record's
+    input (``InvalidInput``) or a request's wire data (``DecodeError``).
+    """
+    if array.dtype == dtype:
+        return array
+    have = array.dtype.kind
+    if have not in "biufOUS" or dtype.kind not in "biufO":
+        raise error(f"input {name!r}: no safe cast from {array.dtype} to {dtype}")
+    if dtype == BYTES or have in "OUS":
+        # Strings convert only to strings, and numbers never to strings.
+        if dtype == BYTES and have in "OUS":
+            return array.astype(BYTES)
+        raise error(f"input {name!r} has {array.dtype} values, the model takes {dtype}")
+    if dtype.kind == "b":
+        if have == "b" or (have in "iuf" and np.isin(array, (0, 1)).all()):
+            return array.astype(dtype)
+        raise error(f"input {name!r} has values other than 0 and 1 for a bool input")
+    if dtype.kind in "iu":
+        if have == "f" and not np.array_equal(array, np.trunc(array)):
+            raise error(f"input {name!r} has fractions, the model takes {dtype}")
+        if array.size and have != "b":
+            info = np.iinfo(dtype)
+            low, high = array.min(), array.max()
+            if low < info.min or high >= info.max + 1:  # float(2**63 - 1) is 2**63: not > max
+                raise error(f"input {name!r} has values in [{low}, {high}], beyond {dtype}'s range")
+        return array.astype(dtype)
+    with np.errstate(over="ignore"):  # checked below, on the result: one pass, no copy
+        result = array.astype(dtype)
+    if not np.isfinite(result).all() and (np.isinf(result) & np.isfinite(array)).any():
+        raise error(f"input {name!r} has values beyond {dtype}'s range")
+    return result

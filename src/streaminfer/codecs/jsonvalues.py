@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 import simdjson
 
-from streaminfer.codecs.arrays import BYTES, bytes_array, element_count
+from streaminfer.codecs.arrays import BYTES, bytes_array, cast_exactly, element_count
 from streaminfer.codecs.errors import DecodeError
 
 JSON = Any
@@ -138,26 +138,42 @@ def from_json(name: str, value: JSON, dtype: np.dtype | None = None) -> np.ndarr
     """A JSON scalar or nested list as an array: numbers, booleans, strings or b64 values
     (or an array ``loads_tensors`` already read).
 
-    ``dtype`` fixes the type (V2 declares it); without it numpy infers one, and the
-    model's input check casts it where that loses nothing.
+    numpy infers the type; ``dtype`` (V2 declares it) is then reached by a cast that
+    changes no value, else DecodeError: a request that writes 1e300 or 1.5 as FP32 or
+    INT32 holds data that is not the tensor it claims.  Without ``dtype``, the model's
+    input check makes the same cast.  (An integer past 2**53 in a list that also holds
+    floats is read as a float64, as every JSON reader that has only doubles reads it.)
     """
-    if isinstance(value, np.ndarray) and dtype is not None and dtype.kind != "f":
-        # Cast to another type as from JSON's lists.  (An integer past 2**53 in a list that
-        # starts with a float was already rounded to a float64, as numpy does without a type.)
-        value = value.tolist()
     leaf = value
     while isinstance(leaf, list) and leaf:
         leaf = leaf[0]
     if isinstance(leaf, str | dict) or dtype == BYTES:
-        return _bytes_from_json(name, value)
+        return _bytes_from_json(name, value.tolist() if isinstance(value, np.ndarray) else value)
     try:
-        array = np.asarray(value, dtype=dtype)
+        array = np.asarray(value)
+        if array.dtype == BYTES and dtype is not None and dtype.kind == "f" and _all_ints(array):
+            array = array.astype(np.float64)  # integers past 64 bits: a float holds them, rounded
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise DecodeError(f"tensor {name!r}: not a rectangular array of numbers ({exc})") from exc
     if array.dtype.kind not in "biuf":
         raise DecodeError(f"tensor {name!r}: expected numbers, booleans, strings or b64 values")
     element_count(name, array.shape)  # the same bounds as a declared shape
-    return array
+    if dtype is None:
+        return array
+    if dtype.kind in "iu" and array.dtype.kind == "f" and isinstance(value, list):
+        # numpy reads integers of both signs past 2**63 as float64: read them again,
+        # exactly.  (It would also cut fractions, and the float64 reading still has them.)
+        try:
+            exact = np.asarray(value, dtype=dtype)
+        except (OverflowError, ValueError):
+            exact = None
+        if exact is not None and np.array_equal(exact, array):
+            return exact
+    return cast_exactly(name, array, dtype, DecodeError)
+
+
+def _all_ints(array: np.ndarray) -> bool:
+    return all(type(item) is int for item in array.flat)
 
 
 def _bytes_from_json(name: str, value: JSON) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streaminfer.codecs.arrays import cast_exactly, numpy_dtype
 from streaminfer.cores import quota_cores
 from streaminfer.errors import ConfigError
 from streaminfer.models.errors import InvalidInput
@@ -29,10 +30,6 @@ class RuntimeOptions:
 
 
 WARM_UP_BYTES = 16 * 2**20  # the inputs of a warm-up run, at most
-
-
-def _numpy_dtype(spec: TensorSpec) -> np.dtype:
-    return np.dtype(object) if spec.dtype == "string" else np.dtype(spec.dtype)
 
 
 class OnnxModel:
@@ -73,21 +70,16 @@ class OnnxModel:
             raise ConfigError(f"model.json declares outputs {missing} the model does not have")
 
     def validate(self, inputs: Tensors) -> Tensors:
-        """Check names, dtypes and shapes; cast losslessly where numpy can. Raises InvalidInput."""
+        """Check names, dtypes and shapes; cast where no value changes. Raises InvalidInput."""
         checked: Tensors = {}
         for spec in self.metadata.signature.inputs:
             if spec.name not in inputs:
                 raise InvalidInput(
                     f"missing input {spec.name!r} (expected {spec.dtype} {_shape_text(spec.shape)})"
                 )
-            array = np.asarray(inputs[spec.name])
-            want = _numpy_dtype(spec)
-            if array.dtype != want:
-                if not np.can_cast(array.dtype, want, casting="same_kind"):
-                    raise InvalidInput(
-                        f"input {spec.name!r} has dtype {array.dtype}, expected {spec.dtype}"
-                    )
-                array = array.astype(want)
+            array = cast_exactly(
+                spec.name, np.asarray(inputs[spec.name]), numpy_dtype(spec.dtype), InvalidInput
+            )
             if not _shape_matches(array.shape, spec.shape):
                 raise InvalidInput(
                     f"input {spec.name!r} has shape {list(array.shape)}, "
@@ -118,7 +110,8 @@ class OnnxModel:
         for rows in batch_sizes:
             while rows > 1 and sum(_zeros_bytes(spec, rows) for spec in inputs) > WARM_UP_BYTES:
                 rows //= 2
-            self.run({s.name: np.zeros(_zeros_shape(s, rows), _numpy_dtype(s)) for s in inputs})
+            zeros = {s.name: np.zeros(_zeros_shape(s, rows), numpy_dtype(s.dtype)) for s in inputs}
+            self.run(zeros)
 
 
 def _zeros_shape(spec: TensorSpec, rows: int) -> list[int]:
@@ -127,7 +120,7 @@ def _zeros_shape(spec: TensorSpec, rows: int) -> list[int]:
 
 
 def _zeros_bytes(spec: TensorSpec, rows: int) -> int:
-    return math.prod(_zeros_shape(spec, rows)) * _numpy_dtype(spec).itemsize
+    return math.prod(_zeros_shape(spec, rows)) * numpy_dtype(spec.dtype).itemsize
 
 
 def _shape_matches(shape: tuple[int, ...], expected: list[int]) -> bool:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streaminfer.codecs.arrays import BYTES, bytes_array
+from streaminfer.codecs.arrays import BYTES, bytes_array, cast_exactly
 from streaminfer.models.errors import InvalidInput, ModelNotFound
 from streaminfer.types import ModelRef, Tensors
 
@@ -160,41 +160,7 @@ def _fit(array: np.ndarray, spec: ServedTensor) -> np.ndarray:
         raise InvalidInput(
             f"input {spec.name!r} has shape {list(array.shape)}, the model takes {list(spec.shape)}"
         )
-    return cast(spec.name, array, spec.dtype)
-
-
-def cast(name: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``array`` as ``dtype`` if no value changes on the way; InvalidInput otherwise."""
-    if array.dtype == dtype:
-        return array
-    have = array.dtype.kind
-    if have not in "biufOUS" or dtype.kind not in "biufO":
-        raise InvalidInput(f"input {name!r}: no safe cast from {array.dtype} to {dtype}")
-    if dtype == BYTES or have in "OUS":
-        # Strings convert only to strings, and numbers never to strings.
-        if dtype == BYTES and have in "OUS":
-            return array.astype(BYTES)
-        raise InvalidInput(f"input {name!r} has {array.dtype} values, the model takes {dtype}")
-    if dtype.kind == "b":
-        if have == "b" or (have in "iuf" and np.isin(array, (0, 1)).all()):
-            return array.astype(dtype)
-        raise InvalidInput(f"input {name!r} has values other than 0 and 1 for a bool input")
-    if dtype.kind in "iu":
-        if have == "f" and not np.array_equal(array, np.trunc(array)):
-            raise InvalidInput(f"input {name!r} has fractions, the model takes {dtype}")
-        if array.size and have != "b":
-            info = np.iinfo(dtype)
-            low, high = array.min(), array.max()
-            if low < info.min or high > info.max:
-                raise InvalidInput(
-                    f"input {name!r} has values in [{low}, {high}], beyond {dtype}'s range"
-                )
-        return array.astype(dtype)
-    if have == "f" and array.size:  # to a float of another width
-        finite = array[np.isfinite(array)]
-        if finite.size and np.abs(finite).max() > np.finfo(dtype).max:
-            raise InvalidInput(f"input {name!r} has values beyond {dtype}'s range")
-    return array.astype(dtype)
+    return cast_exactly(spec.name, array, spec.dtype, InvalidInput)
 
 
 class MetadataCache:

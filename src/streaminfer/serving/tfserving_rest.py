@@ -12,6 +12,7 @@ import re
 import numpy as np
 from aiohttp import web
 
+from streaminfer.codecs.arrays import cast_exactly
 from streaminfer.codecs.jsonvalues import JSON, loads, loads_tensors
 from streaminfer.codecs.numbers import ascii_int
 from streaminfer.codecs.tfserving_json import (
@@ -22,6 +23,7 @@ from streaminfer.codecs.tfserving_json import (
     write_columns,
 )
 from streaminfer.handlers import Record
+from streaminfer.models.errors import InvalidInput
 from streaminfer.serving import tfserving_messages as messages
 from streaminfer.serving.dataplane import DataPlane, ModelHandle, request_record
 from streaminfer.serving.errors import InvalidRequest, Unimplemented
@@ -122,12 +124,15 @@ def _read_predict_request(text: bytes, float32_only: bool) -> tuple[Tensors, boo
     """``_predict_request`` of a body (sent to the decoder process by name).
 
     JSON floats are read as float64; for a model whose inputs are all float32 they are
-    cast here, as its input check would cast them, so half the bytes come back.
+    cast here, as its input check would cast them (refusing a value float32 cannot
+    hold), so half the bytes come back.
     """
     inputs, row_format, signature = _predict_request(loads_tensors(text))
     if float32_only:
         inputs = {
-            name: array.astype(np.float32) if array.dtype == np.float64 else array
+            name: cast_exactly(name, array, np.dtype(np.float32), InvalidInput)
+            if array.dtype == np.float64
+            else array
             for name, array in inputs.items()
         }
     return inputs, row_format, signature
