@@ -23,12 +23,15 @@ def mallopt(parameter: int, value: int) -> None:
         ctypes.CDLL(None).mallopt(parameter, value)
 
 
-def map_large_blocks() -> None:
-    """Blocks of ``LARGE_BLOCK`` and more go back to the operating system when freed."""
+ARENAS = 2
+"""Heaps all of a process's threads share.  glibc makes up to 8 a core, each keeping its
+own free memory: a worker decodes, fetches and batches on about a dozen threads, a server
+on its gRPC, decode and runtime threads."""
+
+
+def keep_heaps_small() -> None:
+    """Blocks of ``LARGE_BLOCK`` and more go back to the operating system when freed, and
+    threads share ``ARENAS`` heaps.  Only heaps not made yet are affected: call it first
+    thing, before other threads allocate."""
     mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)
-
-
-def limit_arenas(count: int) -> None:
-    """At most ``count`` heaps for all threads (glibc makes up to 8 a core, each keeping
-    its own free memory).  Only heaps not made yet are affected: call it first thing."""
-    mallopt(M_ARENA_MAX, count)
+    mallopt(M_ARENA_MAX, ARENAS)

@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from streaminfer.predictors.base import Predictor
 
 log = logging.getLogger("streaminfer.run")
-WORKER_ARENAS = 2  # glibc heaps a worker's threads share
-
 
 # Each option is a field of WorkerSettings with the same name; its shown default is the
 # field's (tests/test_cli/test_main.py checks both).
@@ -186,7 +184,7 @@ def run(
     *,
     kafka: KafkaOptions,
 ) -> None:
-    from streaminfer.allocator import limit_arenas, map_large_blocks
+    from streaminfer.allocator import keep_heaps_small
     from streaminfer.handlers import load_handler
     from streaminfer.images import FetchPolicy, ImageFetcher
     from streaminfer.kafka.admin import TopicAdmin
@@ -197,9 +195,8 @@ def run(
 
     # Before any thread allocates: images decoded, fetched and batched on a dozen threads
     # otherwise leave freed megabytes in as many heaps (peak RSS, images, embedded: 502 MB
-    # as glibc sets itself, 450 with these two).
-    map_large_blocks()
-    limit_arenas(WORKER_ARENAS)
+    # as glibc sets itself, 452 with this).
+    keep_heaps_small()
     settings = WorkerSettings.load(kafka.config_file, **given_settings(ctx, WorkerSettings))
     # Loaded before anything starts, so a bad --handler ends the command at once.
     custom = load_handler(settings.handler) if settings.handler else None

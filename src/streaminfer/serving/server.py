@@ -3,8 +3,9 @@
 Start-up loads the repository (and applies the control topic), then listens; SIGTERM (or
 SIGINT) stops accepting, lets in-flight requests finish within the grace period, and unloads
 the models.  A signal during start-up ends it at once, as a normal stop.
-Large freed blocks go straight back to the operating system (``allocator.LARGE_BLOCK``), so the
-memory of one large request is not kept, per thread, for the next.
+Large freed blocks go straight back to the operating system (``allocator.LARGE_BLOCK``), and
+all threads share two heaps, so the memory of one large request is not kept, per thread,
+for the next.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from streaminfer.allocator import map_large_blocks
+from streaminfer.allocator import keep_heaps_small
 from streaminfer.errors import ConfigError
 from streaminfer.handlers import load_handler
 from streaminfer.kafka.config import KafkaSettings
@@ -46,7 +47,7 @@ one kept alive (it is answered UNAVAILABLE) before cutting it off."""
 
 class ModelServer:
     def __init__(self, settings: ServerSettings, kafka: KafkaSettings | None = None) -> None:
-        map_large_blocks()
+        keep_heaps_small()
         self.settings = settings
         self.kafka = kafka or KafkaSettings()  # only used with settings.control_topic
         self.follower: ControlFollower | None = None
