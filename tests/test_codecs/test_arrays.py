@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
+import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streaminfer.codecs.arrays import (
     BYTES,
@@ -21,6 +25,7 @@ from streaminfer.codecs.arrays import (
 )
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.errors import StreamInferError
+from tests.test_codecs.strategies import NUMERIC_DTYPES, numeric_arrays
 
 
 def test_model_dtype_names() -> None:
@@ -108,3 +113,37 @@ def test_a_cast_that_would_change_a_value_raises_the_callers_error(
 
     with pytest.raises(Blame, match=re.escape(words)):
         cast_exactly("x", values, dtype, Blame)
+
+
+def _fits(value: float | int | bool, dtype: np.dtype) -> bool:
+    """Whether one Python number goes into ``dtype`` as itself (a float: rounded, not inf)."""
+    if dtype.kind == "b":
+        return value in (0, 1)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        whole = not isinstance(value, float) or value.is_integer()
+        return whole and info.min <= int(value) <= info.max
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the overflow this checks for
+        narrowed = float(dtype.type(value))
+    return not math.isinf(narrowed) or math.isinf(value)
+
+
+@given(numeric_arrays(), st.sampled_from(NUMERIC_DTYPES))
+def test_a_cast_keeps_every_value_or_is_refused(array: np.ndarray, dtype: np.dtype) -> None:
+    """Refused exactly when some value does not fit; otherwise each value is itself,
+    rounded to the float type at most."""
+    values = array.ravel().tolist()
+    try:
+        cast = cast_exactly("x", array, dtype, DecodeError)
+    except DecodeError:
+        assert not all(_fits(value, dtype) for value in values)
+        return
+    assert all(_fits(value, dtype) for value in values)
+    assert cast.dtype == dtype and cast.shape == array.shape
+    for got, value in zip(cast.ravel().tolist(), values, strict=True):
+        if dtype.kind == "f":
+            want = float(dtype.type(value))
+            assert got == want or (math.isnan(got) and math.isnan(want))
+        else:
+            assert got == value

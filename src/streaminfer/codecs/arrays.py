@@ -122,8 +122,10 @@ def cast_exactly(
             raise error(f"input {name!r} has fractions, the model takes {dtype}")
         if array.size and have != "b":
             info = np.iinfo(dtype)
-            low, high = array.min(), array.max()
-            if low < info.min or high >= info.max + 1:  # float(2**63 - 1) is 2**63: not > max
+            # As Python numbers, which compare exactly: numpy would compare 2**63 - 1 as a
+            # float, 2**63, with a float64 array, and with a float16 one overflow.
+            low, high = array.min().item(), array.max().item()
+            if low < info.min or high > info.max:
                 raise error(f"input {name!r} has values in [{low}, {high}], beyond {dtype}'s range")
         return array.astype(dtype)
     with np.errstate(over="ignore"):  # checked below, on the result: one pass, no copy
