@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("streaminfer.run")
 
+
 # Each option is a field of WorkerSettings with the same name; its shown default is the
 # field's (tests/test_cli/test_main.py checks both).
 @kafka_options
