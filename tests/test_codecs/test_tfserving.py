@@ -13,9 +13,10 @@ from streaminfer.codecs.tfserving import (
     VALUE_FIELDS,
     data_type,
     from_tensor_proto,
+    predict_request_bytes,
     to_tensor_proto,
 )
-from streaminfer.protos.tfserving import tensor_pb2, types_pb2
+from streaminfer.protos.tfserving import predict_pb2, tensor_pb2, types_pb2
 from tests.test_codecs.strategies import arrays, assert_same, full_shapes, shapes
 
 
@@ -38,6 +39,20 @@ def _typed(array: np.ndarray) -> tensor_pb2.TensorProto:
         values = values.view(np.uint16)
     getattr(proto, VALUE_FIELDS[proto.dtype]).extend(values.tolist())
     return proto
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=6), arrays(), min_size=1, max_size=3))
+def test_predict_requests_written_with_their_tensors(tensors: dict[str, np.ndarray]) -> None:
+    """Written past protobuf, a request reads back through protobuf as the one it would write."""
+    request = predict_pb2.PredictRequest(output_filter=["out"])
+    request.model_spec.name = "m"
+    wire = predict_request_bytes(request, tensors)
+    for name, array in tensors.items():
+        request.inputs[name].CopyFrom(to_tensor_proto(array))
+    parsed = predict_pb2.PredictRequest.FromString(wire)
+    assert parsed == request
+    for name, array in tensors.items():
+        assert_same(from_tensor_proto(name, parsed.inputs[name]), array)
 
 
 @given(arrays())

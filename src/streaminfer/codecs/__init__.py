@@ -11,6 +11,8 @@ the server and the clients can never disagree about a byte:
 * ``tfserving``: TF Serving's ``TensorProto``; ``tfserving_json``: its REST formats;
 * ``v2``: KServe V2's datatypes and gRPC tensors; ``v2_json``: its REST tensors and
   the binary-tensor extension;
+* ``protowire``: a message's ``repeated bytes`` field of tensor data written after the
+  rest of it and read as views, where protobuf would copy it three times;
 * ``numbers``: whole numbers written as text (versions, header lengths), ASCII digits only;
 * ``errors``: ``EncodeError`` and ``DecodeError``, whose fault they are is for the
   caller to say (the server's client, or the client's server).

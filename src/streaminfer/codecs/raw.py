@@ -29,7 +29,18 @@ def to_raw(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
-def from_raw(name: str, dtype: np.dtype, shape: Sequence[int], data: bytes) -> np.ndarray:
+def raw_buffer(array: np.ndarray) -> bytes | memoryview:
+    """The raw form of an array; a view of the array itself where its memory is in that form
+    already (numbers, row-major, little-endian), so that a writer copies it just once."""
+    little_endian = array.dtype.newbyteorder("<") == array.dtype
+    if array.dtype != BYTES and array.flags.c_contiguous and little_endian:
+        return array.reshape(-1).view(np.uint8).data
+    return to_raw(array)
+
+
+def from_raw(
+    name: str, dtype: np.dtype, shape: Sequence[int], data: bytes | memoryview
+) -> np.ndarray:
     """The array of ``dtype`` and ``shape`` that ``data`` holds, if it holds exactly that."""
     count = element_count(name, shape)
     if dtype == BYTES:
@@ -43,7 +54,7 @@ def from_raw(name: str, dtype: np.dtype, shape: Sequence[int], data: bytes) -> n
     return np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(shape)
 
 
-def _split_length_prefixed(name: str, data: bytes) -> list[bytes]:
+def _split_length_prefixed(name: str, data: bytes | memoryview) -> list[bytes]:
     items, offset = [], 0
     view = memoryview(data)
     while offset < len(data):

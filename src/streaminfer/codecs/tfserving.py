@@ -21,8 +21,10 @@ from streaminfer.codecs.arrays import (
     shaped,
 )
 from streaminfer.codecs.errors import DecodeError, EncodeError
-from streaminfer.codecs.raw import from_raw, to_raw
-from streaminfer.protos.tfserving import tensor_pb2, tensor_shape_pb2, types_pb2
+from streaminfer.codecs.protowire import Buffer, length_delimited
+from streaminfer.codecs.raw import from_raw, raw_buffer, to_raw
+from streaminfer.protos.tfserving import predict_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from streaminfer.types import Tensors
 
 DTYPES: dict[types_pb2.DataType, np.dtype] = {
     types_pb2.DT_FLOAT: np.dtype(np.float32),
@@ -69,17 +71,43 @@ def data_type(dtype: np.dtype) -> types_pb2.DataType:
 
 def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
     """An array as a TensorProto: numbers as ``tensor_content``, strings as ``string_val``."""
-    proto = tensor_pb2.TensorProto(
-        dtype=data_type(array.dtype),
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in array.shape]
-        ),
-    )
+    proto = _described(array)
     if array.dtype == BYTES:
         proto.string_val.extend(map(as_bytes, array.ravel().tolist()))
     else:
         proto.tensor_content = to_raw(array)
     return proto
+
+
+def _described(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """A TensorProto of the array's type and shape, without its values."""
+    return tensor_pb2.TensorProto(
+        dtype=data_type(array.dtype),
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in array.shape]
+        ),
+    )
+
+
+_INPUTS = predict_pb2.PredictRequest.DESCRIPTOR.fields_by_name["inputs"].number
+_TENSOR_CONTENT = tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name["tensor_content"].number
+_MAP_KEY, _MAP_VALUE = 1, 2  # the fields of a protobuf map's entry
+
+
+def predict_request_bytes(request: predict_pb2.PredictRequest, inputs: Tensors) -> bytes:
+    """``request`` serialized with ``inputs`` added to its ``inputs`` map, each array's
+    numbers copied once into the message's bytes (see ``protowire``)."""
+    parts: list[Buffer] = [request.SerializeToString()]
+    for name, array in inputs.items():
+        tensor: list[Buffer]
+        if array.dtype == BYTES:
+            tensor = [to_tensor_proto(array).SerializeToString()]
+        else:
+            content = length_delimited(_TENSOR_CONTENT, [raw_buffer(array)])
+            tensor = [_described(array).SerializeToString(), *content]
+        key = length_delimited(_MAP_KEY, [name.encode()])
+        parts += length_delimited(_INPUTS, [*key, *length_delimited(_MAP_VALUE, tensor)])
+    return b"".join(parts)
 
 
 def from_tensor_proto(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:

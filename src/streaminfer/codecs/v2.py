@@ -18,7 +18,8 @@ from google.protobuf.internal.containers import (
 
 from streaminfer.codecs.arrays import BYTES, bytes_array, from_values, native, shaped
 from streaminfer.codecs.errors import DecodeError, EncodeError
-from streaminfer.codecs.raw import from_raw, to_raw
+from streaminfer.codecs.protowire import Buffer, split_bytes_field, with_bytes_field
+from streaminfer.codecs.raw import from_raw, raw_buffer
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.types import Tensors
 
@@ -79,18 +80,40 @@ def numpy_dtype(name: str, datatype: str) -> np.dtype:
         ) from None
 
 
+RAW_INPUT_CONTENTS = v2.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
+
+
 def add_grpc_tensors(
     tensors: Tensors,
     described: RepeatedCompositeFieldContainer[Any],
     raw: RepeatedScalarFieldContainer[bytes],
 ) -> None:
     """Append each array's description to ``described`` and its raw bytes to ``raw``."""
+    raw.extend(bytes(data) for data in _described(tensors, described))
+
+
+def _described(tensors: Tensors, described: RepeatedCompositeFieldContainer[Any]) -> list[Buffer]:
+    """Append each array's description to ``described``; their raw data, in that order."""
+    data = []
     for name, array in tensors.items():
         described.add(name=name, datatype=datatype(array.dtype), shape=array.shape)
-        raw.append(to_raw(array))
+        data.append(raw_buffer(array))
+    return data
 
 
-def read_grpc_tensors(tensors: Sequence[GrpcTensor], raw: Sequence[bytes], kind: str) -> Tensors:
+def infer_request_bytes(request: v2.ModelInferRequest, inputs: Tensors) -> bytes:
+    """``request`` serialized with ``inputs`` described in it and their data in
+    ``raw_input_contents``, each array copied once (see ``protowire``)."""
+    return with_bytes_field(request, RAW_INPUT_CONTENTS, _described(inputs, request.inputs))
+
+
+def parse_infer_request(data: bytes) -> tuple[v2.ModelInferRequest, list[Buffer]]:
+    """A serialized ``ModelInferRequest`` without its ``raw_input_contents``, and those as
+    views of ``data``. Raises protobuf's ``DecodeError`` for a malformed message."""
+    return split_bytes_field(data, v2.ModelInferRequest, RAW_INPUT_CONTENTS)
+
+
+def read_grpc_tensors(tensors: Sequence[GrpcTensor], raw: Sequence[Buffer], kind: str) -> Tensors:
     """The arrays of a request's inputs or an answer's outputs (``kind``: "input", "output")."""
     if raw and len(raw) != len(tensors):
         raise DecodeError(
@@ -104,7 +127,7 @@ def read_grpc_tensors(tensors: Sequence[GrpcTensor], raw: Sequence[bytes], kind:
     return arrays
 
 
-def _read_grpc_tensor(tensor: GrpcTensor, raw: bytes | None) -> np.ndarray:
+def _read_grpc_tensor(tensor: GrpcTensor, raw: Buffer | None) -> np.ndarray:
     dtype = numpy_dtype(tensor.name, tensor.datatype)
     shape = list(tensor.shape)
     if raw is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from streaminfer.codecs.v2 import add_grpc_tensors, numpy_dtype, read_grpc_tensors
+from streaminfer.codecs.v2 import infer_request_bytes, numpy_dtype, read_grpc_tensors
 from streaminfer.errors import StreamInferError
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.grpc_transport import GrpcTransport
@@ -32,6 +32,8 @@ from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.types import ModelRef, Tensors
 
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
 
 class KServeGrpcPredictor(RemotePredictor):
     mode = "kserve-grpc"
@@ -40,6 +42,10 @@ class KServeGrpcPredictor(RemotePredictor):
         super().__init__(target, options)
         self._grpc = GrpcTransport(target, self.options)
         self._stub = v2_grpc.GRPCInferenceServiceStub(self._grpc.channel)
+        # Requests go serialized already: their tensors written once (infer_request_bytes).
+        self._model_infer = self._grpc.channel.unary_unary(
+            MODEL_INFER, response_deserializer=v2.ModelInferResponse.FromString
+        )
 
     def close(self) -> None:
         super().close()
@@ -75,32 +81,30 @@ class KServeGrpcPredictor(RemotePredictor):
     ) -> tuple[int, list[list[Prediction]]]:
         assert served.image_input is not None
         ref = served.image_ref(ref)
-        request = _request_for(ref, {served.image_input: served.image_batch(images)})
+        request = _request_for(ref)
         if top_k is not None:
             request.parameters[TOP_K_PARAMETER].int64_param = top_k
-        version, outputs = self._infer(request)
+        version, outputs = self._infer(request, {served.image_input: served.image_batch(images)})
         return version, rank_from_classes(outputs, len(images), self.target)
 
     def _infer_tensors(
         self, ref: ModelRef, inputs: Tensors, output_filter: tuple[str, ...] = ()
     ) -> tuple[int, Tensors]:
-        request = _request_for(ref, inputs)
+        request = _request_for(ref)
         for name in output_filter:
             request.outputs.add(name=name)
-        return self._infer(request)
+        return self._infer(request, inputs)
 
-    def _infer(self, request: v2.ModelInferRequest) -> tuple[int, Tensors]:
-        response = self._grpc.call(self._stub.ModelInfer, request)
+    def _infer(self, request: v2.ModelInferRequest, inputs: Tensors) -> tuple[int, Tensors]:
+        response = self._grpc.call(self._model_infer, infer_request_bytes(request, inputs))
         outputs = read_grpc_tensors(response.outputs, response.raw_output_contents, "output")
         return version_number(response.model_version), outputs
 
 
-def _request_for(ref: ModelRef, inputs: Tensors) -> v2.ModelInferRequest:
-    request = v2.ModelInferRequest(
+def _request_for(ref: ModelRef) -> v2.ModelInferRequest:
+    return v2.ModelInferRequest(
         model_name=ref.name, model_version=numbered_version(ref, "KServe V2")
     )
-    add_grpc_tensors(inputs, request.inputs, request.raw_input_contents)
-    return request
 
 
 def _listed(tensors: Sequence[v2.ModelMetadataResponse.TensorMetadata]) -> TensorList:

@@ -450,8 +450,10 @@ class RemotePredictor(Predictor):
         self, ref: ModelRef, plan: ImagePlan, jobs: list[_Job]
     ) -> list[PredictResult]:
         """Images preprocessed here to a model that takes a tensor: ranked here too."""
-        rows = np.stack([job.row for job in jobs if job.row is not None])
-        version, outputs = self._infer_tensors(ref, {plan.input: rows.astype(plan.dtype)})
+        rows = np.stack([job.row for job in jobs if job.row is not None]).astype(
+            plan.dtype, copy=False
+        )
+        version, outputs = self._infer_tensors(ref, {plan.input: rows})
         wanted = [job.request.top_k or plan.top_k for job in jobs]
         ranked = plan.predictions(outputs, len(jobs), max(wanted), self.target)
         return [

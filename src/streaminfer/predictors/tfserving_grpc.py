@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from streaminfer.codecs.errors import DecodeError
-from streaminfer.codecs.tfserving import DTYPES, from_tensor_proto, to_tensor_proto
+from streaminfer.codecs.tfserving import DTYPES, from_tensor_proto, predict_request_bytes
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.grpc_transport import GrpcTransport
 from streaminfer.predictors.remote import (
@@ -32,6 +32,8 @@ from streaminfer.protos.tfserving import (
 )
 from streaminfer.types import ModelRef, Tensors
 
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+
 
 class TFServingGrpcPredictor(RemotePredictor):
     mode = "tfserving-grpc"
@@ -40,6 +42,10 @@ class TFServingGrpcPredictor(RemotePredictor):
         super().__init__(target, options)
         self._grpc = GrpcTransport(target, self.options)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._grpc.channel)
+        # Requests go serialized already: their tensors written once (predict_request_bytes).
+        self._predict_call = self._grpc.channel.unary_unary(
+            PREDICT, response_deserializer=predict_pb2.PredictResponse.FromString
+        )
 
     def close(self) -> None:
         super().close()
@@ -66,20 +72,18 @@ class TFServingGrpcPredictor(RemotePredictor):
     ) -> tuple[int, list[list[Prediction]]]:
         assert served.image_input is not None
         request = self._request_for(ref, served.image_signature)
-        request.inputs[served.image_input].CopyFrom(to_tensor_proto(served.image_batch(images)))
+        inputs = {served.image_input: served.image_batch(images)}
         if top_k is not None:
-            request.inputs[TOP_K_PARAMETER].CopyFrom(to_tensor_proto(np.asarray(top_k, np.int32)))
-        version, outputs = self._predict(request)
+            inputs[TOP_K_PARAMETER] = np.asarray(top_k, np.int32)
+        version, outputs = self._predict(request, inputs)
         return version, rank_from_classes(outputs, len(images), self.target)
 
     def _infer_tensors(
         self, ref: ModelRef, inputs: Tensors, output_filter: tuple[str, ...] = ()
     ) -> tuple[int, Tensors]:
         request = self._request_for(ref)
-        for name, array in inputs.items():
-            request.inputs[name].CopyFrom(to_tensor_proto(array))
         request.output_filter.extend(output_filter)
-        return self._predict(request)
+        return self._predict(request, inputs)
 
     def _request_for(
         self, ref: ModelRef, signature: str | None = None
@@ -97,8 +101,8 @@ class TFServingGrpcPredictor(RemotePredictor):
         elif ref.label is not None:
             spec.version_label = ref.label
 
-    def _predict(self, request: predict_pb2.PredictRequest) -> tuple[int, Tensors]:
-        response = self._grpc.call(self._stub.Predict, request)
+    def _predict(self, request: predict_pb2.PredictRequest, inputs: Tensors) -> tuple[int, Tensors]:
+        response = self._grpc.call(self._predict_call, predict_request_bytes(request, inputs))
         outputs = {name: from_tensor_proto(name, proto) for name, proto in response.outputs.items()}
         return response.model_spec.version.value, outputs
 

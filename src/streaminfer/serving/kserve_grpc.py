@@ -11,7 +11,8 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf import json_format
 
-from streaminfer.codecs.v2 import add_grpc_tensors, read_grpc_tensors
+from streaminfer.codecs.protowire import Buffer
+from streaminfer.codecs.v2 import add_grpc_tensors, parse_infer_request, read_grpc_tensors
 from streaminfer.models.errors import ModelNotFound
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
@@ -24,7 +25,9 @@ from streaminfer.serving.metrics import ServerMetrics
 
 PROTOCOL = "kserve_grpc"
 Context: TypeAlias = grpc.aio.ServicerContext
-SERVICES = ("inference.GRPCInferenceService",)  # for the health service
+SERVICE = "inference.GRPCInferenceService"
+SERVICES = (SERVICE,)  # for the health service
+InferCall: TypeAlias = tuple[v2.ModelInferRequest, list[Buffer]]  # see parse_infer_request
 
 
 class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
@@ -82,9 +85,8 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
         )
 
     @rpc
-    async def ModelInfer(
-        self, request: v2.ModelInferRequest, context: Context
-    ) -> v2.ModelInferResponse:
+    async def ModelInfer(self, call: InferCall, context: Context) -> v2.ModelInferResponse:
+        request, raw_inputs = call
         with self._metrics.track(PROTOCOL, request.model_name) as observation:
             version = messages.parse_version(request.model_version)
             model = self._plane.model(request.model_name, version)  # NOT_FOUND first
@@ -92,7 +94,7 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
                 tensor.shape for tensor in request.inputs if tensor.datatype != "BYTES"
             )
             outputs = await model.infer(
-                read_grpc_tensors(request.inputs, request.raw_input_contents, "input"),
+                read_grpc_tensors(request.inputs, raw_inputs, "input"),
                 output_filter=[output.name for output in request.outputs],
                 top_k=messages.top_k_parameter(_parameters(request.parameters)),
                 classification=_classification(request.outputs),
@@ -123,4 +125,30 @@ def _parameters(parameters: Any) -> dict[str, Any]:
 
 
 def add_services(server: grpc.aio.Server, plane: DataPlane, metrics: ServerMetrics) -> None:
-    v2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(plane, metrics), server)
+    """The generated handlers, but ModelInfer's request read by ``parse_infer_request``:
+    its tensors as views of the received bytes, not copies."""
+    generated = _Handlers()
+    v2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(plane, metrics), generated)
+    handlers = dict(generated.handlers)
+    infer = handlers["ModelInfer"]
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
+        infer.unary_unary,
+        request_deserializer=parse_infer_request,
+        response_serializer=infer.response_serializer,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+class _Handlers:
+    """Stands in for the server to the generated registration, to keep its handlers."""
+
+    handlers: dict[str, grpc.RpcMethodHandler]
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same handlers come below, by name
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers = handlers

@@ -1,0 +1,132 @@
+"""A ``repeated bytes`` field written and read around protobuf reads as protobuf reads it.
+
+The reference is protobuf itself: whatever bytes arrive (valid, merged from several
+messages in any order, mutated or random), ``parse_infer_request`` either gives the
+message and raw contents protobuf gives, or fails where protobuf fails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streaminfer.codecs.protowire import split_bytes_field, with_bytes_field
+from streaminfer.codecs.raw import raw_buffer, to_raw
+from streaminfer.codecs.v2 import infer_request_bytes, parse_infer_request, read_grpc_tensors
+from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
+from tests.test_codecs.strategies import arrays, assert_same
+
+RAW = v2.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
+texts = st.text(max_size=6)
+
+
+@st.composite
+def request_parts(draw: st.DrawFn) -> list[v2.ModelInferRequest]:
+    """Partial requests: serialized one after the other, they make one request."""
+    part = st.builds(
+        v2.ModelInferRequest,
+        model_name=texts,
+        id=texts,
+        inputs=st.lists(
+            st.builds(
+                v2.ModelInferRequest.InferInputTensor,
+                name=texts,
+                datatype=st.sampled_from(["FP32", "BYTES", "INT64"]),
+                shape=st.lists(st.integers(-1, 2**40), max_size=3),
+            ),
+            max_size=2,
+        ),
+        outputs=st.lists(st.builds(v2.ModelInferRequest.InferRequestedOutputTensor, name=texts)),
+        raw_input_contents=st.lists(st.binary(max_size=300), max_size=3),
+    )
+    parts = draw(st.lists(part, min_size=1, max_size=4))
+    for part in parts:
+        if draw(st.booleans()):
+            part.parameters["top_k"].int64_param = draw(st.integers(-(2**63), 2**63 - 1))
+    return parts
+
+
+def assert_parsed_as_protobuf_does(data: bytes) -> None:
+    try:
+        expected = v2.ModelInferRequest.FromString(data)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            parse_infer_request(data)
+        return
+    message, raw = parse_infer_request(data)
+    assert [bytes(entry) for entry in raw] == list(expected.raw_input_contents)
+    expected.ClearField("raw_input_contents")
+    assert message == expected
+
+
+@given(request_parts())
+def test_requests_merged_from_parts_in_any_order(parts: list[v2.ModelInferRequest]) -> None:
+    assert_parsed_as_protobuf_does(b"".join(part.SerializeToString() for part in parts))
+
+
+@given(request_parts(), st.data())
+def test_mutated_requests(parts: list[v2.ModelInferRequest], data: st.DataObject) -> None:
+    wire = bytearray(b"".join(part.SerializeToString() for part in parts))
+    for _ in range(data.draw(st.integers(1, 4))):
+        if not wire:
+            break
+        at = data.draw(st.integers(0, len(wire) - 1))
+        action = data.draw(st.sampled_from(["set", "cut", "insert"]))
+        if action == "set":
+            wire[at] = data.draw(st.sampled_from([0x00, 0x3A, 0x7F, 0x80, 0xFF]))
+        elif action == "cut":
+            del wire[at:]
+        else:
+            wire[at:at] = data.draw(st.binary(min_size=1, max_size=11))
+    assert_parsed_as_protobuf_does(bytes(wire))
+
+
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes(wire: bytes) -> None:
+    assert_parsed_as_protobuf_does(wire)
+
+
+def test_the_raw_contents_are_views_of_the_received_bytes() -> None:
+    request = v2.ModelInferRequest(model_name="m", raw_input_contents=[b"x" * 1000])
+    data = request.SerializeToString()
+    message, raw = parse_infer_request(data)
+    assert message.model_name == "m" and isinstance(raw[0], memoryview)
+    assert raw[0].obj is data
+
+
+def test_a_group_is_left_to_protobuf() -> None:
+    """Wire types the walk does not follow (a group of field 15) still read as protobuf reads."""
+    group = bytes([15 << 3 | 3, 8, 1, 15 << 3 | 4])
+    data = group + v2.ModelInferRequest(raw_input_contents=[b"abc"]).SerializeToString()
+    assert_parsed_as_protobuf_does(data)
+    assert [bytes(entry) for entry in parse_infer_request(data)[1]] == [b"abc"]
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=6), arrays(), min_size=1, max_size=3))
+def test_requests_written_with_their_tensors(tensors: dict[str, np.ndarray]) -> None:
+    request = v2.ModelInferRequest(model_name="m", model_version="2")
+    wire = infer_request_bytes(request, tensors)
+    parsed = v2.ModelInferRequest.FromString(wire)  # protobuf reads what we wrote
+    assert parsed.model_name == "m" and [i.name for i in parsed.inputs] == list(tensors)
+    back = read_grpc_tensors(parsed.inputs, parsed.raw_input_contents, "input")
+    for name, array in tensors.items():
+        assert_same(back[name], array)
+
+
+@given(arrays(), st.sampled_from(["C", "F"]), st.booleans())
+def test_raw_buffer_is_the_raw_form(array: np.ndarray, order: str, swapped: bool) -> None:
+    if swapped and array.dtype.kind not in "OSb":
+        array = array.astype(array.dtype.newbyteorder("S"))
+    array = np.asarray(array, order=order)  # type: ignore[call-overload]
+    assert bytes(raw_buffer(array)) == to_raw(array)
+
+
+def test_with_bytes_field_writes_length_delimited_entries() -> None:
+    big = b"\x01" * 300  # a length of two varint bytes
+    wire = with_bytes_field(v2.ModelInferRequest(id="a"), RAW, [b"", big, memoryview(b"xy")])
+    assert list(v2.ModelInferRequest.FromString(wire).raw_input_contents) == [b"", big, b"xy"]
+    message, entries = split_bytes_field(wire, v2.ModelInferRequest, RAW)
+    assert message.id == "a" and [bytes(e) for e in entries] == [b"", big, b"xy"]
