@@ -11,7 +11,8 @@ ways taking turns):
   against ``infer_request_bytes``; read: protobuf (parse, then ``read_grpc_tensors``)
   against ``parse_infer_request``;
 - TF Serving ``PredictRequest``, written: protobuf (``to_tensor_proto`` into the
-  inputs map, then serialize) against ``predict_request_bytes``.
+  inputs map, then serialize) against ``predict_request_bytes``; read: protobuf (parse,
+  then ``from_tensor_proto``) against ``parse_predict_request``.
 
 Both ways write the same bytes; the script checks that before it times anything.
 """
@@ -26,7 +27,12 @@ from collections.abc import Callable
 import numpy as np
 
 from streaminfer.allocator import keep_heaps_small
-from streaminfer.codecs.tfserving import predict_request_bytes, to_tensor_proto
+from streaminfer.codecs.tfserving import (
+    from_tensor_proto,
+    parse_predict_request,
+    predict_request_bytes,
+    to_tensor_proto,
+)
 from streaminfer.codecs.v2 import (
     add_grpc_tensors,
     infer_request_bytes,
@@ -59,8 +65,8 @@ def ways(inputs: Tensors) -> dict[str, Callable[[], object]]:
         request.model_spec.name = "m"
         return predict_request_bytes(request, inputs)
 
-    wire = v2_protobuf()
-    assert wire == v2_past_protobuf() and tf_protobuf() == tf_past_protobuf()
+    wire, tf_wire = v2_protobuf(), tf_protobuf()
+    assert wire == v2_past_protobuf() and tf_wire == tf_past_protobuf()
 
     def v2_read_protobuf() -> Tensors:
         request = v2.ModelInferRequest.FromString(wire)
@@ -70,6 +76,17 @@ def ways(inputs: Tensors) -> dict[str, Callable[[], object]]:
         request, raw = parse_infer_request(wire)
         return read_grpc_tensors(request.inputs, raw, "input")
 
+    def tf_read_protobuf() -> Tensors:
+        request = predict_pb2.PredictRequest.FromString(tf_wire)
+        return {name: from_tensor_proto(name, t) for name, t in request.inputs.items()}
+
+    def tf_read_past_protobuf() -> Tensors:
+        request, contents = parse_predict_request(tf_wire)
+        return {
+            name: from_tensor_proto(name, t, contents.get(name))
+            for name, t in request.inputs.items()
+        }
+
     return {
         "V2 write, protobuf": v2_protobuf,
         "V2 write, protowire": v2_past_protobuf,
@@ -77,6 +94,8 @@ def ways(inputs: Tensors) -> dict[str, Callable[[], object]]:
         "V2 read, protowire": v2_read_past_protobuf,
         "TF write, protobuf": tf_protobuf,
         "TF write, protowire": tf_past_protobuf,
+        "TF read, protobuf": tf_read_protobuf,
+        "TF read, protowire": tf_read_past_protobuf,
     }
 
 

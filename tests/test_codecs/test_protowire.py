@@ -1,8 +1,9 @@
-"""A ``repeated bytes`` field written and read around protobuf reads as protobuf reads it.
+"""Tensor data written and read around protobuf reads as protobuf reads it.
 
 The reference is protobuf itself: whatever bytes arrive (valid, merged from several
-messages in any order, mutated or random), ``parse_infer_request`` either gives the
-message and raw contents protobuf gives, or fails where protobuf fails.
+messages in any order, mutated or random), ``parse_infer_request`` and
+``parse_predict_request`` either give the message and tensor data protobuf gives, or
+fail where protobuf fails.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streaminfer.codecs.protowire import split_bytes_field, with_bytes_field
+from streaminfer.codecs.protowire import length_delimited, split_bytes_field, with_bytes_field
 from streaminfer.codecs.raw import raw_buffer, to_raw
+from streaminfer.codecs.tfserving import parse_predict_request
 from streaminfer.codecs.v2 import infer_request_bytes, parse_infer_request, read_grpc_tensors
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
+from streaminfer.protos.tfserving import predict_pb2, tensor_pb2, types_pb2
 from tests.test_codecs.strategies import arrays, assert_same
 
 RAW = v2.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
@@ -26,7 +29,7 @@ texts = st.text(max_size=6)
 @st.composite
 def request_parts(draw: st.DrawFn) -> list[v2.ModelInferRequest]:
     """Partial requests: serialized one after the other, they make one request."""
-    part = st.builds(
+    partial = st.builds(
         v2.ModelInferRequest,
         model_name=texts,
         id=texts,
@@ -42,7 +45,7 @@ def request_parts(draw: st.DrawFn) -> list[v2.ModelInferRequest]:
         outputs=st.lists(st.builds(v2.ModelInferRequest.InferRequestedOutputTensor, name=texts)),
         raw_input_contents=st.lists(st.binary(max_size=300), max_size=3),
     )
-    parts = draw(st.lists(part, min_size=1, max_size=4))
+    parts = draw(st.lists(partial, min_size=1, max_size=4))
     for part in parts:
         if draw(st.booleans()):
             part.parameters["top_k"].int64_param = draw(st.integers(-(2**63), 2**63 - 1))
@@ -67,21 +70,27 @@ def test_requests_merged_from_parts_in_any_order(parts: list[v2.ModelInferReques
     assert_parsed_as_protobuf_does(b"".join(part.SerializeToString() for part in parts))
 
 
-@given(request_parts(), st.data())
-def test_mutated_requests(parts: list[v2.ModelInferRequest], data: st.DataObject) -> None:
-    wire = bytearray(b"".join(part.SerializeToString() for part in parts))
+def mutated(wire: bytes, data: st.DataObject) -> bytes:
+    """``wire`` with a few bytes set, cut off or inserted."""
+    changed = bytearray(wire)
     for _ in range(data.draw(st.integers(1, 4))):
-        if not wire:
+        if not changed:
             break
-        at = data.draw(st.integers(0, len(wire) - 1))
+        at = data.draw(st.integers(0, len(changed) - 1))
         action = data.draw(st.sampled_from(["set", "cut", "insert"]))
         if action == "set":
-            wire[at] = data.draw(st.sampled_from([0x00, 0x3A, 0x7F, 0x80, 0xFF]))
+            changed[at] = data.draw(st.sampled_from([0x00, 0x12, 0x22, 0x3A, 0x7F, 0x80, 0xFF]))
         elif action == "cut":
-            del wire[at:]
+            del changed[at:]
         else:
-            wire[at:at] = data.draw(st.binary(min_size=1, max_size=11))
-    assert_parsed_as_protobuf_does(bytes(wire))
+            changed[at:at] = data.draw(st.binary(min_size=1, max_size=11))
+    return bytes(changed)
+
+
+@given(request_parts(), st.data())
+def test_mutated_requests(parts: list[v2.ModelInferRequest], data: st.DataObject) -> None:
+    wire = b"".join(part.SerializeToString() for part in parts)
+    assert_parsed_as_protobuf_does(mutated(wire, data))
 
 
 @given(st.binary(max_size=64))
@@ -130,3 +139,102 @@ def test_with_bytes_field_writes_length_delimited_entries() -> None:
     assert list(v2.ModelInferRequest.FromString(wire).raw_input_contents) == [b"", big, b"xy"]
     message, entries = split_bytes_field(wire, v2.ModelInferRequest, RAW)
     assert message.id == "a" and [bytes(e) for e in entries] == [b"", big, b"xy"]
+
+
+# -- TF Serving's PredictRequest: tensor_content inside the values of the inputs map --------
+INPUTS = predict_pb2.PredictRequest.DESCRIPTOR.fields_by_name["inputs"].number
+keys = st.sampled_from(["a", "b", "é"])  # few, so that entries share keys
+
+
+@st.composite
+def tensor_protos(draw: st.DrawFn) -> tensor_pb2.TensorProto:
+    tensor = tensor_pb2.TensorProto(
+        dtype=draw(st.sampled_from([types_pb2.DT_FLOAT, types_pb2.DT_STRING])),
+        tensor_content=draw(st.binary(max_size=40)),
+        float_val=draw(st.lists(st.floats(width=32), max_size=2)),
+    )
+    tensor.tensor_shape.dim.add(size=draw(st.integers(-1, 9)))
+    return tensor
+
+
+@st.composite
+def predict_wire(draw: st.DrawFn) -> bytes:
+    """A PredictRequest's bytes, its map entries written by hand: some hold their key or
+    their value twice (protobuf keeps the last key and merges the values)."""
+    request = predict_pb2.PredictRequest(output_filter=draw(st.lists(texts, max_size=2)))
+    request.model_spec.name = draw(texts)
+    parts: list[bytes] = [request.SerializeToString()]
+    for _ in range(draw(st.integers(0, 4))):
+        fields = [field(1, draw(keys).encode()) for _ in range(draw(st.integers(0, 2)))]
+        fields += [
+            field(2, draw(tensor_protos()).SerializeToString())
+            for _ in range(draw(st.integers(0, 2)))
+        ]
+        parts.append(field(INPUTS, b"".join(draw(st.permutations(fields)))))
+    return b"".join(draw(st.permutations(parts)))
+
+
+def field(number: int, value: bytes) -> bytes:
+    """A length-delimited field, as protobuf writes it."""
+    return b"".join(length_delimited(number, [value]))
+
+
+def assert_predict_parsed_as_protobuf_does(data: bytes) -> None:
+    try:
+        expected = predict_pb2.PredictRequest.FromString(data)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            parse_predict_request(data)
+        return
+    message, contents = parse_predict_request(data)
+    wanted = {k: t.tensor_content for k, t in expected.inputs.items() if t.tensor_content}
+    assert {key: bytes(content) for key, content in contents.items()} == wanted
+    for tensor in expected.inputs.values():
+        tensor.ClearField("tensor_content")
+    assert message == expected
+
+
+@given(predict_wire())
+def test_predict_requests_with_entries_written_by_hand(wire: bytes) -> None:
+    assert_predict_parsed_as_protobuf_does(wire)
+
+
+@given(predict_wire(), st.data())
+def test_mutated_predict_requests(wire: bytes, data: st.DataObject) -> None:
+    assert_predict_parsed_as_protobuf_does(mutated(wire, data))
+
+
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes_as_a_predict_request(wire: bytes) -> None:
+    assert_predict_parsed_as_protobuf_does(wire)
+
+
+def test_tensor_content_is_a_view_of_the_received_bytes() -> None:
+    request = predict_pb2.PredictRequest()
+    request.inputs["x"].tensor_content = b"\0" * 64
+    data = request.SerializeToString()
+    message, contents = parse_predict_request(data)
+    assert isinstance(contents["x"], memoryview) and contents["x"].obj is data
+    assert message.inputs["x"].tensor_content == b""
+
+
+def test_protobufs_rules_for_map_entries() -> None:
+    """Within an entry the last key and the last tensor_content count (values merge);
+    a later entry of the same key replaces the earlier one whole."""
+
+    def entry(*fields: tuple[int, bytes]) -> bytes:
+        return field(INPUTS, b"".join(field(number, value) for number, value in fields))
+
+    def tensor(content: bytes) -> bytes:
+        return tensor_pb2.TensorProto(tensor_content=content).SerializeToString()
+
+    wire = (
+        entry((1, b"x"), (2, tensor(b"aa")), (2, tensor(b"bb")))
+        + entry((1, b"y"), (2, tensor(b"cc")), (1, b"z"))
+        + entry((1, b"w"), (2, tensor(b"dd")))
+        + entry((2, tensor(b"")), (1, b"w"))
+    )
+    message, contents = parse_predict_request(wire)
+    assert {key: bytes(content) for key, content in contents.items()} == {"x": b"bb", "z": b"cc"}
+    assert sorted(message.inputs) == ["w", "x", "z"]
+    assert_predict_parsed_as_protobuf_does(wire)

@@ -20,6 +20,7 @@ Buffer = bytes | memoryview
 M = TypeVar("M", bound=Message)
 
 _LENGTH_DELIMITED = 2
+_MAP_KEY, _MAP_VALUE = 1, 2  # the fields of a protobuf map entry
 _SKIPPED_WIDTHS = {1: 8, 5: 4}  # fixed64, fixed32
 
 
@@ -49,28 +50,119 @@ def split_bytes_field(data: bytes, message_type: type[M], number: int) -> tuple[
     one fails with protobuf's own ``DecodeError``.
     """
     view = memoryview(data)
-    rest: list[memoryview] = []
-    entries: list[Buffer] = []
-    position, end = 0, len(view)
-    while position < end:
-        field = _field_at(view, position)
-        if field is None:
-            return _parsed_whole(data, message_type, number)
-        key, start, stop = field
-        if key == (number << 3 | _LENGTH_DELIMITED):
-            entries.append(view[start:stop])
+    fields = _fields(view)
+    if fields is None:
+        message = message_type.FromString(data)
+        name = message_type.DESCRIPTOR.fields_by_number[number].name
+        entries: list[Buffer] = list(getattr(message, name))
+        message.ClearField(name)
+        return message, entries
+    rest, entries = [], []
+    for key, start, value, stop in fields:
+        if key == _key(number):
+            entries.append(view[value:stop])
         else:
-            rest.append(view[position:stop])
-        position = stop
+            rest.append(view[start:stop])
     return message_type.FromString(b"".join(rest)), entries
 
 
-def _parsed_whole(data: bytes, message_type: type[M], number: int) -> tuple[M, list[Buffer]]:
+def split_map_bytes(
+    data: bytes, message_type: type[M], map_number: int, number: int
+) -> tuple[M, dict[str, Buffer]]:
+    """The message ``data`` holds without the ``bytes`` field ``number`` of the values of
+    its ``map<string, message>`` field ``map_number``, and those fields as views of
+    ``data``, by map key (where that field is not empty).
+
+    Map entries are walked as ``split_bytes_field`` walks a message, and written again
+    without that field; protobuf's rules stay: an entry's last key and last such field
+    win, and an entry replaces an earlier one of its key.
+    """
+    view = memoryview(data)
+    fields = _fields(view)
+    rest: list[Buffer] = []
+    taken: dict[str, Buffer] = {}
+    for key, start, value, stop in fields or ():
+        if key != _key(map_number):
+            rest.append(view[start:stop])
+            continue
+        entry = _map_entry(view[value:stop], number)
+        if entry is None:
+            fields = None
+            break
+        name, content, parts = entry
+        rest += length_delimited(map_number, parts)
+        taken.pop(name, None)
+        if content:
+            taken[name] = content
+    if fields is None:
+        return _parsed_map_whole(data, message_type, map_number, number)
+    return message_type.FromString(b"".join(rest)), taken
+
+
+def _parsed_map_whole(
+    data: bytes, message_type: type[M], map_number: int, number: int
+) -> tuple[M, dict[str, Buffer]]:
     message = message_type.FromString(data)
-    name = message_type.DESCRIPTOR.fields_by_number[number].name
-    entries: list[Buffer] = list(getattr(message, name))
-    message.ClearField(name)
-    return message, entries
+    map_field = message_type.DESCRIPTOR.fields_by_number[map_number]
+    entry_type = map_field.message_type
+    assert entry_type is not None  # a map field's entries are messages
+    value_type = entry_type.fields_by_name["value"].message_type
+    assert value_type is not None  # a map<string, message>
+    field = value_type.fields_by_number[number].name
+    taken: dict[str, Buffer] = {}
+    for name, value in getattr(message, map_field.name).items():
+        if getattr(value, field):
+            taken[name] = getattr(value, field)
+        value.ClearField(field)
+    return message, taken
+
+
+def _map_entry(view: memoryview, number: int) -> tuple[str, Buffer | None, list[Buffer]] | None:
+    """A map entry's key, its value's field ``number``, and the entry's fields without it."""
+    fields = _fields(view)
+    if fields is None:
+        return None
+    name: Buffer = b""
+    content: Buffer | None = None
+    parts: list[Buffer] = []
+    for key, start, value, stop in fields:
+        if key == _key(_MAP_VALUE):
+            inner = _fields(view[value:stop])
+            if inner is None:
+                return None
+            kept = []
+            for inner_key, inner_start, inner_value, inner_stop in inner:
+                if inner_key == _key(number):
+                    content = view[value + inner_value : value + inner_stop]
+                else:
+                    kept.append(view[value + inner_start : value + inner_stop])
+            parts += length_delimited(_MAP_VALUE, kept)
+            continue
+        if key == _key(_MAP_KEY):
+            name = view[value:stop]
+        parts.append(view[start:stop])
+    # A key that is not UTF-8 fails protobuf's parse of the whole message below.
+    return bytes(name).decode("utf-8", "replace"), content, parts
+
+
+def _key(number: int) -> int:
+    """The key of a length-delimited field."""
+    return number << 3 | _LENGTH_DELIMITED
+
+
+def _fields(view: memoryview) -> list[tuple[int, int, int, int]] | None:
+    """Each field of the message ``view`` holds, in order: (key, where it starts, where
+    its value starts, where it ends); None if the walk cannot step over one."""
+    fields = []
+    position = 0
+    while position < len(view):
+        field = _field_at(view, position)
+        if field is None:
+            return None
+        key, value, stop = field
+        fields.append((key, position, value, stop))
+        position = stop
+    return fields
 
 
 def _field_at(view: memoryview, position: int) -> tuple[int, int, int] | None:

@@ -21,7 +21,7 @@ from streaminfer.codecs.arrays import (
     shaped,
 )
 from streaminfer.codecs.errors import DecodeError, EncodeError
-from streaminfer.codecs.protowire import Buffer, length_delimited
+from streaminfer.codecs.protowire import Buffer, length_delimited, split_map_bytes
 from streaminfer.codecs.raw import from_raw, raw_buffer, to_raw
 from streaminfer.protos.tfserving import predict_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from streaminfer.types import Tensors
@@ -94,6 +94,12 @@ _TENSOR_CONTENT = tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name["tensor_conte
 _MAP_KEY, _MAP_VALUE = 1, 2  # the fields of a protobuf map's entry
 
 
+def parse_predict_request(data: bytes) -> tuple[predict_pb2.PredictRequest, dict[str, Buffer]]:
+    """A serialized ``PredictRequest`` without its inputs' ``tensor_content``, and those, as
+    views of ``data``, by input name. Raises protobuf's ``DecodeError`` for a malformed one."""
+    return split_map_bytes(data, predict_pb2.PredictRequest, _INPUTS, _TENSOR_CONTENT)
+
+
 def predict_request_bytes(request: predict_pb2.PredictRequest, inputs: Tensors) -> bytes:
     """``request`` serialized with ``inputs`` added to its ``inputs`` map, each array's
     numbers copied once into the message's bytes (see ``protowire``)."""
@@ -110,8 +116,11 @@ def predict_request_bytes(request: predict_pb2.PredictRequest, inputs: Tensors) 
     return b"".join(parts)
 
 
-def from_tensor_proto(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """The array a TensorProto holds, in whichever field it was sent."""
+def from_tensor_proto(
+    name: str, proto: tensor_pb2.TensorProto, content: Buffer | None = None
+) -> np.ndarray:
+    """The array a TensorProto holds, in whichever field it was sent; ``content``: its
+    ``tensor_content`` where that was read apart (``parse_predict_request``)."""
     dtype = DTYPES.get(proto.dtype)
     if dtype is None:
         label = (
@@ -124,8 +133,9 @@ def from_tensor_proto(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
         raise DecodeError(f"tensor {name!r}: the tensor's shape must be known")
     shape = [d.size for d in proto.tensor_shape.dim]
     element_count(name, shape)  # before any value is read
-    if proto.tensor_content and dtype != BYTES:
-        return from_raw(name, dtype, shape, proto.tensor_content)
+    content = proto.tensor_content if content is None else content
+    if len(content) and dtype != BYTES:
+        return from_raw(name, dtype, shape, content)
     values = getattr(proto, VALUE_FIELDS[proto.dtype])
     if dtype == BYTES:
         flat = bytes_array(list(values))

@@ -122,6 +122,42 @@ def _refusing_malformed(behavior: Callable[..., Awaitable[Any]]) -> Callable[...
     return call
 
 
+def add_servicer(
+    server: grpc.aio.Server,
+    service: str,
+    add_generated: Callable[[Any, Any], None],
+    servicer: Any,
+    parsers: dict[str, Callable[[bytes], Any]],
+) -> None:
+    """Register a servicer through its generated ``add_..._to_server``, the methods named
+    in ``parsers`` reading their requests with those functions instead of protobuf's."""
+    generated = _Handlers()
+    add_generated(servicer, generated)
+    handlers = dict(generated.handlers)
+    for method, parse in parsers.items():
+        handlers[method] = grpc.unary_unary_rpc_method_handler(
+            handlers[method].unary_unary,
+            request_deserializer=parse,
+            response_serializer=handlers[method].response_serializer,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
+class _Handlers:
+    """Stands in for the server to a generated registration, to keep its handlers."""
+
+    handlers: dict[str, grpc.RpcMethodHandler]
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same handlers come below, by name
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers = handlers
+
+
 def create_server(auth: BearerAuth | None, max_message_bytes: int) -> grpc.aio.Server:
     interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequestInterceptor()]
     if auth is not None:

@@ -20,14 +20,15 @@ from streaminfer.serving import kserve_messages as messages
 from streaminfer.serving.classification import PARAMETER as CLASSIFICATION
 from streaminfer.serving.classification import class_count
 from streaminfer.serving.dataplane import DataPlane
-from streaminfer.serving.grpc_services import rpc
+from streaminfer.serving.grpc_services import add_servicer, rpc
 from streaminfer.serving.metrics import ServerMetrics
 
 PROTOCOL = "kserve_grpc"
 Context: TypeAlias = grpc.aio.ServicerContext
 SERVICE = "inference.GRPCInferenceService"
 SERVICES = (SERVICE,)  # for the health service
-InferCall: TypeAlias = tuple[v2.ModelInferRequest, list[Buffer]]  # see parse_infer_request
+# A ModelInfer request without its raw_input_contents, and those (parse_infer_request).
+InferCall: TypeAlias = tuple[v2.ModelInferRequest, list[Buffer]]
 
 
 class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
@@ -125,30 +126,11 @@ def _parameters(parameters: Any) -> dict[str, Any]:
 
 
 def add_services(server: grpc.aio.Server, plane: DataPlane, metrics: ServerMetrics) -> None:
-    """The generated handlers, but ModelInfer's request read by ``parse_infer_request``:
-    its tensors as views of the received bytes, not copies."""
-    generated = _Handlers()
-    v2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(plane, metrics), generated)
-    handlers = dict(generated.handlers)
-    infer = handlers["ModelInfer"]
-    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
-        infer.unary_unary,
-        request_deserializer=parse_infer_request,
-        response_serializer=infer.response_serializer,
+    # ModelInfer's tensors are read as views of the received bytes, not copied by protobuf.
+    add_servicer(
+        server,
+        SERVICE,
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server,
+        InferenceService(plane, metrics),
+        {"ModelInfer": parse_infer_request},
     )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
-
-
-class _Handlers:
-    """Stands in for the server to the generated registration, to keep its handlers."""
-
-    handlers: dict[str, grpc.RpcMethodHandler]
-
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        pass  # the same handlers come below, by name
-
-    def add_registered_method_handlers(
-        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
-    ) -> None:
-        self.handlers = handlers

@@ -7,7 +7,8 @@ from typing import TypeAlias
 
 import grpc
 
-from streaminfer.codecs.tfserving import from_tensor_proto, to_tensor_proto
+from streaminfer.codecs.protowire import Buffer
+from streaminfer.codecs.tfserving import from_tensor_proto, parse_predict_request, to_tensor_proto
 from streaminfer.models.model_config import ModelConfig
 from streaminfer.protos.tfserving import (
     error_codes_pb2,
@@ -27,7 +28,7 @@ from streaminfer.protos.tfserving import (
 from streaminfer.serving import tfserving_messages as messages
 from streaminfer.serving.dataplane import DEFAULT_SIGNATURE, DataPlane
 from streaminfer.serving.errors import Unimplemented
-from streaminfer.serving.grpc_services import rpc
+from streaminfer.serving.grpc_services import add_servicer, rpc
 from streaminfer.serving.metrics import ServerMetrics
 
 PROTOCOL = "tfserving_grpc"
@@ -39,6 +40,8 @@ SERVICES = (  # what add_services serves, by the names the health service answer
     "tensorflow.serving.ModelService",
     "tensorflow.serving.InceptionService",
 )
+# A Predict request without its tensor_content, and that by input (parse_predict_request).
+PredictCall: TypeAlias = tuple[predict_pb2.PredictRequest, dict[str, Buffer]]
 ConfigConverter = Callable[[model_server_config_pb2.ModelServerConfig], list[ModelConfig]]
 
 
@@ -55,9 +58,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._metrics = metrics
 
     @rpc
-    async def Predict(
-        self, request: predict_pb2.PredictRequest, context: Context
-    ) -> predict_pb2.PredictResponse:
+    async def Predict(self, call: PredictCall, context: Context) -> predict_pb2.PredictResponse:
+        request, contents = call
         name, version, label = messages.spec_target(request.model_spec)
         with self._metrics.track(PROTOCOL, name) as observation:
             model = self._plane.model(name, version, label)  # NOT_FOUND before INVALID_ARGUMENT
@@ -68,7 +70,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 if tensor.dtype != types_pb2.DT_STRING
             )
             outputs = await model.infer(
-                {key: from_tensor_proto(key, tensor) for key, tensor in request.inputs.items()},
+                {
+                    key: from_tensor_proto(key, tensor, contents.get(key))
+                    for key, tensor in request.inputs.items()
+                },
                 signature,
                 output_filter=list(request.output_filter),
             )
@@ -155,8 +160,13 @@ class InceptionService(inception_pb2_grpc.InceptionServiceServicer):
 def add_services(
     server: grpc.aio.Server, plane: DataPlane, metrics: ServerMetrics, to_configs: ConfigConverter
 ) -> None:
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(plane, metrics), server
+    # Predict's tensor_content is read as views of the received bytes, not copied by protobuf.
+    add_servicer(
+        server,
+        SERVICES[0],
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
+        PredictionService(plane, metrics),
+        {"Predict": parse_predict_request},
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelService(plane, to_configs), server
