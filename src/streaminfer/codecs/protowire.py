@@ -40,6 +40,11 @@ def length_delimited(number: int, value: Sequence[Buffer]) -> list[Buffer]:
     return [_varint(number << 3 | _LENGTH_DELIMITED), _varint(size), *value]
 
 
+def map_entry(key: str, value: Sequence[Buffer]) -> list[Buffer]:
+    """An entry of a ``map<string, message>`` field, its value given as parts."""
+    return [*length_delimited(_MAP_KEY, [key.encode()]), *length_delimited(_MAP_VALUE, value)]
+
+
 def split_bytes_field(data: bytes, message_type: type[M], number: int) -> tuple[M, list[Buffer]]:
     """The message ``data`` holds without its ``repeated bytes`` field ``number``, and that
     field's entries as views of ``data``, in order.

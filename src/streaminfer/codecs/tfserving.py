@@ -21,7 +21,7 @@ from streaminfer.codecs.arrays import (
     shaped,
 )
 from streaminfer.codecs.errors import DecodeError, EncodeError
-from streaminfer.codecs.protowire import Buffer, length_delimited, split_map_bytes
+from streaminfer.codecs.protowire import Buffer, length_delimited, map_entry, split_map_bytes
 from streaminfer.codecs.raw import from_raw, raw_buffer, to_raw
 from streaminfer.protos.tfserving import predict_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from streaminfer.types import Tensors
@@ -91,7 +91,6 @@ def _described(array: np.ndarray) -> tensor_pb2.TensorProto:
 
 _INPUTS = predict_pb2.PredictRequest.DESCRIPTOR.fields_by_name["inputs"].number
 _TENSOR_CONTENT = tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name["tensor_content"].number
-_MAP_KEY, _MAP_VALUE = 1, 2  # the fields of a protobuf map's entry
 
 
 def parse_predict_request(data: bytes) -> tuple[predict_pb2.PredictRequest, dict[str, Buffer]]:
@@ -111,8 +110,7 @@ def predict_request_bytes(request: predict_pb2.PredictRequest, inputs: Tensors) 
         else:
             content = length_delimited(_TENSOR_CONTENT, [raw_buffer(array)])
             tensor = [_described(array).SerializeToString(), *content]
-        key = length_delimited(_MAP_KEY, [name.encode()])
-        parts += length_delimited(_INPUTS, [*key, *length_delimited(_MAP_VALUE, tensor)])
+        parts += length_delimited(_INPUTS, map_entry(name, tensor))
     return b"".join(parts)
 
 
