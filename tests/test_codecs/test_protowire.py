@@ -160,7 +160,8 @@ def tensor_protos(draw: st.DrawFn) -> tensor_pb2.TensorProto:
 @st.composite
 def predict_wire(draw: st.DrawFn) -> bytes:
     """A PredictRequest's bytes, its map entries written by hand: some hold their key or
-    their value twice (protobuf keeps the last key and merges the values)."""
+    their value twice (protobuf keeps the last key and merges the values), a few a field
+    no entry has."""
     request = predict_pb2.PredictRequest(output_filter=draw(st.lists(texts, max_size=2)))
     request.model_spec.name = draw(texts)
     parts: list[bytes] = [request.SerializeToString()]
@@ -170,6 +171,8 @@ def predict_wire(draw: st.DrawFn) -> bytes:
             field(2, draw(tensor_protos()).SerializeToString())
             for _ in range(draw(st.integers(0, 2)))
         ]
+        if draw(st.integers(0, 9)) == 0:  # an entry with a field of its own: kept out of the map
+            fields.append(draw(st.sampled_from([bytes([3 << 3, 5]), bytes([1 << 3, 1])])))
         parts.append(field(INPUTS, b"".join(draw(st.permutations(fields)))))
     return b"".join(draw(st.permutations(parts)))
 
@@ -220,7 +223,8 @@ def test_tensor_content_is_a_view_of_the_received_bytes() -> None:
 
 def test_protobufs_rules_for_map_entries() -> None:
     """Within an entry the last key and the last tensor_content count (values merge);
-    a later entry of the same key replaces the earlier one whole."""
+    a later entry of the same key replaces the earlier one whole, unless it has a field
+    of its own, which keeps it out of the map."""
 
     def entry(*fields: tuple[int, bytes]) -> bytes:
         return field(INPUTS, b"".join(field(number, value) for number, value in fields))
@@ -238,3 +242,8 @@ def test_protobufs_rules_for_map_entries() -> None:
     assert {key: bytes(content) for key, content in contents.items()} == {"x": b"bb", "z": b"cc"}
     assert sorted(message.inputs) == ["w", "x", "z"]
     assert_predict_parsed_as_protobuf_does(wire)
+    # An entry with a field besides its key and value stays out of the map: "x" keeps bb.
+    odd = field(INPUTS, field(1, b"x") + field(2, tensor(b"ee")) + bytes([3 << 3, 5]))
+    message, contents = parse_predict_request(wire + odd)
+    assert bytes(contents["x"]) == b"bb"
+    assert_predict_parsed_as_protobuf_does(wire + odd)

@@ -95,13 +95,19 @@ def from_values(name: str, values: Sequence[object], dtype: np.dtype) -> np.ndar
 
 
 def cast_exactly(
-    name: str, array: np.ndarray, dtype: np.dtype, error: type[StreamInferError]
+    name: str,
+    array: np.ndarray,
+    dtype: np.dtype,
+    error: type[StreamInferError],
+    *,
+    wanted: str = "the model takes",
 ) -> np.ndarray:
     """``array`` as ``dtype`` if no value changes on the way; ``error`` saying why not.
 
     numpy's own casts wrap integers (300 becomes 44 in a uint8), cut fractions and turn
     floats beyond the range into inf, silently.  The caller names the blame: a record's
-    input (``InvalidInput``) or a request's wire data (``DecodeError``).
+    input (``InvalidInput``) or a request's wire data (``DecodeError``); and, in
+    ``wanted``, whose ``dtype`` it is.
     """
     if array.dtype == dtype:
         return array
@@ -112,14 +118,14 @@ def cast_exactly(
         # Strings convert only to strings, and numbers never to strings.
         if dtype == BYTES and have in "OUS":
             return array.astype(BYTES)
-        raise error(f"input {name!r} has {array.dtype} values, the model takes {dtype}")
+        raise error(f"input {name!r} has {array.dtype} values, {wanted} {dtype}")
     if dtype.kind == "b":
         if have == "b" or (have in "iuf" and np.isin(array, (0, 1)).all()):
             return array.astype(dtype)
         raise error(f"input {name!r} has values other than 0 and 1 for a bool input")
     if dtype.kind in "iu":
         if have == "f" and not np.array_equal(array, np.trunc(array)):
-            raise error(f"input {name!r} has fractions, the model takes {dtype}")
+            raise error(f"input {name!r} has fractions, {wanted} {dtype}")
         if array.size and have != "b":
             info = np.iinfo(dtype)
             # As Python numbers, which compare exactly: numpy would compare 2**63 - 1 as a

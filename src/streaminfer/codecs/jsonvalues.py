@@ -169,7 +169,7 @@ def from_json(name: str, value: JSON, dtype: np.dtype | None = None) -> np.ndarr
             exact = None
         if exact is not None and np.array_equal(exact, array):
             return exact
-    return cast_exactly(name, array, dtype, DecodeError)
+    return cast_exactly(name, array, dtype, DecodeError, wanted="its declared type is")
 
 
 def _all_ints(array: np.ndarray) -> bool:

@@ -80,7 +80,9 @@ def split_map_bytes(
 
     Map entries are walked as ``split_bytes_field`` walks a message, and written again
     without that field; protobuf's rules stay: an entry's last key and last such field
-    win, and an entry replaces an earlier one of its key.
+    win, and an entry replaces an earlier one of its key.  An entry with any other field
+    protobuf keeps out of the map (as an unknown field of the message): the whole
+    message goes to protobuf then.
     """
     view = memoryview(data)
     fields = _fields(view)
@@ -142,11 +144,12 @@ def _map_entry(view: memoryview, number: int) -> tuple[str, Buffer | None, list[
                 else:
                     kept.append(view[value + inner_start : value + inner_stop])
             parts += length_delimited(_MAP_VALUE, kept)
-            continue
-        if key == _key(_MAP_KEY):
+        elif key == _key(_MAP_KEY):
             name = view[value:stop]
-        parts.append(view[start:stop])
-    # A key that is not UTF-8 fails protobuf's parse of the whole message below.
+            parts.append(view[start:stop])
+        else:
+            return None  # protobuf keeps such an entry out of the map, as an unknown field
+    # A key that is not UTF-8 fails protobuf's parse of the whole message later.
     return bytes(name).decode("utf-8", "replace"), content, parts
 
 
