@@ -8,9 +8,12 @@ fail where protobuf fails.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import numpy as np
 import pytest
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,6 +25,7 @@ from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.tfserving import predict_pb2, tensor_pb2, types_pb2
 from tests.test_codecs.strategies import arrays, assert_same
 
+M = TypeVar("M", bound=Message)
 RAW = v2.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
 texts = st.text(max_size=6)
 
@@ -52,12 +56,19 @@ def request_parts(draw: st.DrawFn) -> list[v2.ModelInferRequest]:
     return parts
 
 
-def assert_parsed_as_protobuf_does(data: bytes) -> None:
+def protobuf_reading(data: bytes, message_type: type[M], parse: Callable[[bytes], Any]) -> M | None:
+    """protobuf's reading of ``data``; None, once ``parse`` failed alike, where it fails."""
     try:
-        expected = v2.ModelInferRequest.FromString(data)
+        return message_type.FromString(data)
     except DecodeError:
         with pytest.raises(DecodeError):
-            parse_infer_request(data)
+            parse(data)
+        return None
+
+
+def assert_parsed_as_protobuf_does(data: bytes) -> None:
+    expected = protobuf_reading(data, v2.ModelInferRequest, parse_infer_request)
+    if expected is None:
         return
     message, raw = parse_infer_request(data)
     assert [bytes(entry) for entry in raw] == list(expected.raw_input_contents)
@@ -183,11 +194,8 @@ def field(number: int, value: bytes) -> bytes:
 
 
 def assert_predict_parsed_as_protobuf_does(data: bytes) -> None:
-    try:
-        expected = predict_pb2.PredictRequest.FromString(data)
-    except DecodeError:
-        with pytest.raises(DecodeError):
-            parse_predict_request(data)
+    expected = protobuf_reading(data, predict_pb2.PredictRequest, parse_predict_request)
+    if expected is None:
         return
     message, contents = parse_predict_request(data)
     wanted = {k: t.tensor_content for k, t in expected.inputs.items() if t.tensor_content}

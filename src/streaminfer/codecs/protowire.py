@@ -84,26 +84,36 @@ def split_map_bytes(
     protobuf keeps out of the map (as an unknown field of the message): the whole
     message goes to protobuf then.
     """
-    view = memoryview(data)
+    split = _split_map(memoryview(data), map_number, number)
+    if split is None:
+        return _parsed_map_whole(data, message_type, map_number, number)
+    rest, taken = split
+    return message_type.FromString(b"".join(rest)), taken
+
+
+def _split_map(
+    view: memoryview, map_number: int, number: int
+) -> tuple[list[Buffer], dict[str, Buffer]] | None:
+    """The message's fields, each map entry written again without its value's field
+    ``number``, and those fields by key; None where the walk stops."""
     fields = _fields(view)
+    if fields is None:
+        return None
     rest: list[Buffer] = []
     taken: dict[str, Buffer] = {}
-    for key, start, value, stop in fields or ():
+    for key, start, value, stop in fields:
         if key != _key(map_number):
             rest.append(view[start:stop])
             continue
         entry = _map_entry(view[value:stop], number)
         if entry is None:
-            fields = None
-            break
+            return None
         name, content, parts = entry
         rest += length_delimited(map_number, parts)
         taken.pop(name, None)
         if content:
             taken[name] = content
-    if fields is None:
-        return _parsed_map_whole(data, message_type, map_number, number)
-    return message_type.FromString(b"".join(rest)), taken
+    return rest, taken
 
 
 def _parsed_map_whole(
