@@ -1,9 +1,9 @@
 """Tensor data written and read around protobuf reads as protobuf reads it.
 
 The reference is protobuf itself: whatever bytes arrive (valid, merged from several
-messages in any order, mutated or random), ``parse_infer_request`` and
-``parse_predict_request`` either give the message and tensor data protobuf gives, or
-fail where protobuf fails.
+messages in any order, mutated or random), ``parse_infer_request``,
+``parse_predict_request`` and their answers' counterparts either give the message and
+tensor data protobuf gives, or fail where protobuf fails.
 """
 
 from __future__ import annotations
@@ -19,8 +19,13 @@ from hypothesis import strategies as st
 
 from streaminfer.codecs.protowire import length_delimited, split_bytes_field, with_bytes_field
 from streaminfer.codecs.raw import raw_buffer, to_raw
-from streaminfer.codecs.tfserving import parse_predict_request
-from streaminfer.codecs.v2 import infer_request_bytes, parse_infer_request, read_grpc_tensors
+from streaminfer.codecs.tfserving import parse_predict_request, parse_predict_response
+from streaminfer.codecs.v2 import (
+    infer_request_bytes,
+    parse_infer_request,
+    parse_infer_response,
+    read_grpc_tensors,
+)
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.tfserving import predict_pb2, tensor_pb2, types_pb2
 from tests.test_codecs.strategies import arrays, assert_same
@@ -66,13 +71,19 @@ def protobuf_reading(data: bytes, message_type: type[M], parse: Callable[[bytes]
         return None
 
 
-def assert_parsed_as_protobuf_does(data: bytes) -> None:
-    expected = protobuf_reading(data, v2.ModelInferRequest, parse_infer_request)
+def assert_parsed_as_protobuf_does(data: bytes, answer: bool = False) -> None:
+    """As a ``ModelInferRequest``, or with ``answer`` a ``ModelInferResponse``."""
+    message_type, parse, raw_field = (
+        (v2.ModelInferResponse, parse_infer_response, "raw_output_contents")
+        if answer
+        else (v2.ModelInferRequest, parse_infer_request, "raw_input_contents")
+    )
+    expected = protobuf_reading(data, message_type, parse)
     if expected is None:
         return
-    message, raw = parse_infer_request(data)
-    assert [bytes(entry) for entry in raw] == list(expected.raw_input_contents)
-    expected.ClearField("raw_input_contents")
+    message, raw = parse(data)
+    assert [bytes(entry) for entry in raw] == list(getattr(expected, raw_field))
+    expected.ClearField(raw_field)
     assert message == expected
 
 
@@ -104,9 +115,32 @@ def test_mutated_requests(parts: list[v2.ModelInferRequest], data: st.DataObject
     assert_parsed_as_protobuf_does(mutated(wire, data))
 
 
+@given(
+    st.builds(
+        v2.ModelInferResponse,
+        model_name=texts,
+        id=texts,
+        outputs=st.lists(
+            st.builds(
+                v2.ModelInferResponse.InferOutputTensor,
+                name=texts,
+                datatype=st.sampled_from(["FP32", "BYTES"]),
+                shape=st.lists(st.integers(-1, 2**40), max_size=3),
+            ),
+            max_size=2,
+        ),
+        raw_output_contents=st.lists(st.binary(max_size=300), max_size=3),
+    ),
+    st.data(),
+)
+def test_mutated_answers(response: v2.ModelInferResponse, data: st.DataObject) -> None:
+    assert_parsed_as_protobuf_does(mutated(response.SerializeToString(), data), answer=True)
+
+
 @given(st.binary(max_size=64))
 def test_arbitrary_bytes(wire: bytes) -> None:
     assert_parsed_as_protobuf_does(wire)
+    assert_parsed_as_protobuf_does(wire, answer=True)
 
 
 def test_the_raw_contents_are_views_of_the_received_bytes() -> None:
@@ -193,14 +227,21 @@ def field(number: int, value: bytes) -> bytes:
     return b"".join(length_delimited(number, [value]))
 
 
-def assert_predict_parsed_as_protobuf_does(data: bytes) -> None:
-    expected = protobuf_reading(data, predict_pb2.PredictRequest, parse_predict_request)
+def assert_predict_parsed_as_protobuf_does(data: bytes, answer: bool = False) -> None:
+    """As a ``PredictRequest``, or with ``answer`` a ``PredictResponse``."""
+    message_type, parse, tensors = (
+        (predict_pb2.PredictResponse, parse_predict_response, "outputs")
+        if answer
+        else (predict_pb2.PredictRequest, parse_predict_request, "inputs")
+    )
+    expected = protobuf_reading(data, message_type, parse)
     if expected is None:
         return
-    message, contents = parse_predict_request(data)
-    wanted = {k: t.tensor_content for k, t in expected.inputs.items() if t.tensor_content}
+    message, contents = parse(data)
+    by_key = getattr(expected, tensors)
+    wanted = {k: t.tensor_content for k, t in by_key.items() if t.tensor_content}
     assert {key: bytes(content) for key, content in contents.items()} == wanted
-    for tensor in expected.inputs.values():
+    for tensor in by_key.values():
         tensor.ClearField("tensor_content")
     assert message == expected
 
@@ -215,9 +256,21 @@ def test_mutated_predict_requests(wire: bytes, data: st.DataObject) -> None:
     assert_predict_parsed_as_protobuf_does(mutated(wire, data))
 
 
+@given(st.dictionaries(keys, tensor_protos(), max_size=3), st.data())
+def test_mutated_predict_answers(
+    outputs: dict[str, tensor_pb2.TensorProto], data: st.DataObject
+) -> None:
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = "m"
+    for key, tensor in outputs.items():
+        response.outputs[key].CopyFrom(tensor)
+    assert_predict_parsed_as_protobuf_does(mutated(response.SerializeToString(), data), answer=True)
+
+
 @given(st.binary(max_size=64))
 def test_arbitrary_bytes_as_a_predict_request(wire: bytes) -> None:
     assert_predict_parsed_as_protobuf_does(wire)
+    assert_predict_parsed_as_protobuf_does(wire, answer=True)
 
 
 def test_tensor_content_is_a_view_of_the_received_bytes() -> None:

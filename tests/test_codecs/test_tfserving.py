@@ -13,7 +13,9 @@ from streaminfer.codecs.tfserving import (
     VALUE_FIELDS,
     data_type,
     from_tensor_proto,
+    parse_predict_response,
     predict_request_bytes,
+    predict_response_bytes,
     to_tensor_proto,
 )
 from streaminfer.protos.tfserving import predict_pb2, tensor_pb2, types_pb2
@@ -53,6 +55,22 @@ def test_predict_requests_written_with_their_tensors(tensors: dict[str, np.ndarr
     assert parsed == request
     for name, array in tensors.items():
         assert_same(from_tensor_proto(name, parsed.inputs[name]), array)
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=6), arrays(), min_size=1, max_size=3))
+def test_predict_responses_written_with_their_tensors(tensors: dict[str, np.ndarray]) -> None:
+    """An answer written past protobuf is the one protobuf writes, and reads back past it."""
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = "m"
+    response.model_spec.version.value = 3
+    wire = predict_response_bytes(response, tensors)
+    for name, array in tensors.items():
+        response.outputs[name].CopyFrom(to_tensor_proto(array))
+    assert predict_pb2.PredictResponse.FromString(wire) == response
+    parsed, contents = parse_predict_response(wire)
+    assert parsed.model_spec == response.model_spec and sorted(parsed.outputs) == sorted(tensors)
+    for name, array in tensors.items():
+        assert_same(from_tensor_proto(name, parsed.outputs[name], contents.get(name)), array)
 
 
 @given(arrays())

@@ -11,9 +11,11 @@ from streaminfer.codecs.errors import DecodeError, EncodeError
 from streaminfer.codecs.v2 import (
     CONTENT_FIELDS,
     DATATYPES,
-    add_grpc_tensors,
     datatype,
+    infer_request_bytes,
+    infer_response_bytes,
     numpy_dtype,
+    parse_infer_response,
     read_grpc_tensors,
 )
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
@@ -25,9 +27,7 @@ tensor_maps = st.dictionaries(names, arrays(), min_size=1, max_size=3)
 
 @given(tensor_maps)
 def test_request_round_trip(tensors: dict[str, np.ndarray]) -> None:
-    request = v2.ModelInferRequest()
-    add_grpc_tensors(tensors, request.inputs, request.raw_input_contents)
-    wired = v2.ModelInferRequest.FromString(request.SerializeToString())
+    wired = v2.ModelInferRequest.FromString(infer_request_bytes(v2.ModelInferRequest(), tensors))
     back = read_grpc_tensors(wired.inputs, wired.raw_input_contents, "input")
     assert list(back) == list(tensors)
     for name, array in tensors.items():
@@ -36,11 +36,17 @@ def test_request_round_trip(tensors: dict[str, np.ndarray]) -> None:
 
 @given(tensor_maps)
 def test_response_round_trip(tensors: dict[str, np.ndarray]) -> None:
-    response = v2.ModelInferResponse()
-    add_grpc_tensors(tensors, response.outputs, response.raw_output_contents)
-    back = read_grpc_tensors(response.outputs, response.raw_output_contents, "output")
+    """An answer written past protobuf reads back alike through protobuf and past it."""
+    wire = infer_response_bytes(v2.ModelInferResponse(model_name="m", id="7"), tensors)
+    wired = v2.ModelInferResponse.FromString(wire)
+    response, raw = parse_infer_response(wire)
+    assert response.model_name == wired.model_name == "m" and response.id == "7"
+    through_protobuf = read_grpc_tensors(wired.outputs, wired.raw_output_contents, "output")
+    past_protobuf = read_grpc_tensors(response.outputs, raw, "output")
+    assert list(through_protobuf) == list(past_protobuf) == list(tensors)
     for name, array in tensors.items():
-        assert_same(back[name], array)
+        assert_same(through_protobuf[name], array)
+        assert_same(past_protobuf[name], array)
 
 
 @given(arrays().filter(lambda a: datatype(a.dtype) != "FP16"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streaminfer.codecs.v2 import add_grpc_tensors, read_grpc_tensors
+from streaminfer.codecs.v2 import infer_request_bytes, parse_infer_request, read_grpc_tensors
 from streaminfer.errors import InfrastructureError
 from streaminfer.models.errors import InvalidInput
 from streaminfer.models.postprocess import Prediction
@@ -43,9 +43,8 @@ class _Loopback(RemotePredictor):
     def _infer_tensors(
         self, ref: ModelRef, inputs: Tensors, output_filter: tuple[str, ...] = ()
     ) -> tuple[int, Tensors]:
-        request = v2.ModelInferRequest()
-        add_grpc_tensors(inputs, request.inputs, request.raw_input_contents)
-        answer = [raw[: len(raw) - self._cut] for raw in request.raw_input_contents]
+        request, raw = parse_infer_request(infer_request_bytes(v2.ModelInferRequest(), inputs))
+        answer = [entry[: len(entry) - self._cut] for entry in raw]
         return 1, read_grpc_tensors(request.inputs, answer, "output")
 
 

@@ -9,6 +9,7 @@ bit patterns.  Strings travel as ``string_val``, a list of bytes.
 from __future__ import annotations
 
 import numpy as np
+from google.protobuf.message import Message
 
 from streaminfer.codecs.arrays import (
     BYTES,
@@ -90,7 +91,33 @@ def _described(array: np.ndarray) -> tensor_pb2.TensorProto:
 
 
 _INPUTS = predict_pb2.PredictRequest.DESCRIPTOR.fields_by_name["inputs"].number
+_OUTPUTS = predict_pb2.PredictResponse.DESCRIPTOR.fields_by_name["outputs"].number
 _TENSOR_CONTENT = tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name["tensor_content"].number
+
+
+def predict_request_bytes(request: predict_pb2.PredictRequest, inputs: Tensors) -> bytes:
+    """``request`` serialized with ``inputs`` added to its ``inputs`` map, each array's
+    numbers copied once into the message's bytes (see ``protowire``)."""
+    return _with_tensor_map(request, _INPUTS, inputs)
+
+
+def predict_response_bytes(response: predict_pb2.PredictResponse, outputs: Tensors) -> bytes:
+    """``response`` serialized with ``outputs`` added to its ``outputs`` map, each array's
+    numbers copied once."""
+    return _with_tensor_map(response, _OUTPUTS, outputs)
+
+
+def _with_tensor_map(message: Message, map_number: int, tensors: Tensors) -> bytes:
+    parts: list[Buffer] = [message.SerializeToString()]
+    for name, array in tensors.items():
+        tensor: list[Buffer]
+        if array.dtype == BYTES:
+            tensor = [to_tensor_proto(array).SerializeToString()]
+        else:
+            content = length_delimited(_TENSOR_CONTENT, [raw_buffer(array)])
+            tensor = [_described(array).SerializeToString(), *content]
+        parts += length_delimited(map_number, map_entry(name, tensor))
+    return b"".join(parts)
 
 
 def parse_predict_request(data: bytes) -> tuple[predict_pb2.PredictRequest, dict[str, Buffer]]:
@@ -99,26 +126,17 @@ def parse_predict_request(data: bytes) -> tuple[predict_pb2.PredictRequest, dict
     return split_map_bytes(data, predict_pb2.PredictRequest, _INPUTS, _TENSOR_CONTENT)
 
 
-def predict_request_bytes(request: predict_pb2.PredictRequest, inputs: Tensors) -> bytes:
-    """``request`` serialized with ``inputs`` added to its ``inputs`` map, each array's
-    numbers copied once into the message's bytes (see ``protowire``)."""
-    parts: list[Buffer] = [request.SerializeToString()]
-    for name, array in inputs.items():
-        tensor: list[Buffer]
-        if array.dtype == BYTES:
-            tensor = [to_tensor_proto(array).SerializeToString()]
-        else:
-            content = length_delimited(_TENSOR_CONTENT, [raw_buffer(array)])
-            tensor = [_described(array).SerializeToString(), *content]
-        parts += length_delimited(_INPUTS, map_entry(name, tensor))
-    return b"".join(parts)
+def parse_predict_response(data: bytes) -> tuple[predict_pb2.PredictResponse, dict[str, Buffer]]:
+    """A serialized ``PredictResponse`` without its outputs' ``tensor_content``, and those,
+    as views of ``data``, by output name (as ``parse_predict_request`` reads a request)."""
+    return split_map_bytes(data, predict_pb2.PredictResponse, _OUTPUTS, _TENSOR_CONTENT)
 
 
 def from_tensor_proto(
     name: str, proto: tensor_pb2.TensorProto, content: Buffer | None = None
 ) -> np.ndarray:
     """The array a TensorProto holds, in whichever field it was sent; ``content``: its
-    ``tensor_content`` where that was read apart (``parse_predict_request``)."""
+    ``tensor_content`` where that was read apart (``parse_predict_request``, ``_response``)."""
     dtype = DTYPES.get(proto.dtype)
     if dtype is None:
         label = (

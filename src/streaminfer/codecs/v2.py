@@ -11,10 +11,7 @@ from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 import numpy as np
-from google.protobuf.internal.containers import (
-    RepeatedCompositeFieldContainer,
-    RepeatedScalarFieldContainer,
-)
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from streaminfer.codecs.arrays import BYTES, bytes_array, from_values, native, shaped
 from streaminfer.codecs.errors import DecodeError, EncodeError
@@ -81,15 +78,19 @@ def numpy_dtype(name: str, datatype: str) -> np.dtype:
 
 
 RAW_INPUT_CONTENTS = v2.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
+RAW_OUTPUT_CONTENTS = v2.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number
 
 
-def add_grpc_tensors(
-    tensors: Tensors,
-    described: RepeatedCompositeFieldContainer[Any],
-    raw: RepeatedScalarFieldContainer[bytes],
-) -> None:
-    """Append each array's description to ``described`` and its raw bytes to ``raw``."""
-    raw.extend(bytes(data) for data in _described(tensors, described))
+def infer_request_bytes(request: v2.ModelInferRequest, inputs: Tensors) -> bytes:
+    """``request`` serialized with ``inputs`` described in it and their data in
+    ``raw_input_contents``, each array copied once (see ``protowire``)."""
+    return with_bytes_field(request, RAW_INPUT_CONTENTS, _described(inputs, request.inputs))
+
+
+def infer_response_bytes(response: v2.ModelInferResponse, outputs: Tensors) -> bytes:
+    """``response`` serialized with ``outputs`` described in it and their data in
+    ``raw_output_contents``, each array copied once."""
+    return with_bytes_field(response, RAW_OUTPUT_CONTENTS, _described(outputs, response.outputs))
 
 
 def _described(tensors: Tensors, described: RepeatedCompositeFieldContainer[Any]) -> list[Buffer]:
@@ -101,16 +102,16 @@ def _described(tensors: Tensors, described: RepeatedCompositeFieldContainer[Any]
     return data
 
 
-def infer_request_bytes(request: v2.ModelInferRequest, inputs: Tensors) -> bytes:
-    """``request`` serialized with ``inputs`` described in it and their data in
-    ``raw_input_contents``, each array copied once (see ``protowire``)."""
-    return with_bytes_field(request, RAW_INPUT_CONTENTS, _described(inputs, request.inputs))
-
-
 def parse_infer_request(data: bytes) -> tuple[v2.ModelInferRequest, list[Buffer]]:
     """A serialized ``ModelInferRequest`` without its ``raw_input_contents``, and those as
     views of ``data``. Raises protobuf's ``DecodeError`` for a malformed message."""
     return split_bytes_field(data, v2.ModelInferRequest, RAW_INPUT_CONTENTS)
+
+
+def parse_infer_response(data: bytes) -> tuple[v2.ModelInferResponse, list[Buffer]]:
+    """A serialized ``ModelInferResponse`` without its ``raw_output_contents``, and those
+    as views of ``data``, as ``parse_infer_request`` reads a request."""
+    return split_bytes_field(data, v2.ModelInferResponse, RAW_OUTPUT_CONTENTS)
 
 
 def read_grpc_tensors(tensors: Sequence[GrpcTensor], raw: Sequence[Buffer], kind: str) -> Tensors:

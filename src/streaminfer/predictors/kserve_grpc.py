@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from streaminfer.codecs.v2 import infer_request_bytes, numpy_dtype, read_grpc_tensors
+from streaminfer.codecs.v2 import (
+    infer_request_bytes,
+    numpy_dtype,
+    parse_infer_response,
+    read_grpc_tensors,
+)
 from streaminfer.errors import StreamInferError
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.grpc_transport import GrpcTransport
@@ -42,9 +47,10 @@ class KServeGrpcPredictor(RemotePredictor):
         super().__init__(target, options)
         self._grpc = GrpcTransport(target, self.options)
         self._stub = v2_grpc.GRPCInferenceServiceStub(self._grpc.channel)
-        # Requests go serialized already: their tensors written once (infer_request_bytes).
+        # Requests go serialized already, their tensors written once (infer_request_bytes);
+        # answers' tensors are read as views of the received bytes (parse_infer_response).
         self._model_infer = self._grpc.channel.unary_unary(
-            MODEL_INFER, response_deserializer=v2.ModelInferResponse.FromString
+            MODEL_INFER, response_deserializer=parse_infer_response
         )
 
     def close(self) -> None:
@@ -96,8 +102,8 @@ class KServeGrpcPredictor(RemotePredictor):
         return self._infer(request, inputs)
 
     def _infer(self, request: v2.ModelInferRequest, inputs: Tensors) -> tuple[int, Tensors]:
-        response = self._grpc.call(self._model_infer, infer_request_bytes(request, inputs))
-        outputs = read_grpc_tensors(response.outputs, response.raw_output_contents, "output")
+        response, raw = self._grpc.call(self._model_infer, infer_request_bytes(request, inputs))
+        outputs = read_grpc_tensors(response.outputs, raw, "output")
         return version_number(response.model_version), outputs
 
 

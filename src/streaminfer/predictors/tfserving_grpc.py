@@ -14,7 +14,12 @@ from typing import Any
 import numpy as np
 
 from streaminfer.codecs.errors import DecodeError
-from streaminfer.codecs.tfserving import DTYPES, from_tensor_proto, predict_request_bytes
+from streaminfer.codecs.tfserving import (
+    DTYPES,
+    from_tensor_proto,
+    parse_predict_response,
+    predict_request_bytes,
+)
 from streaminfer.models.postprocess import Prediction
 from streaminfer.predictors.grpc_transport import GrpcTransport
 from streaminfer.predictors.remote import (
@@ -42,9 +47,10 @@ class TFServingGrpcPredictor(RemotePredictor):
         super().__init__(target, options)
         self._grpc = GrpcTransport(target, self.options)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._grpc.channel)
-        # Requests go serialized already: their tensors written once (predict_request_bytes).
+        # Requests go serialized already, their tensors written once (predict_request_bytes);
+        # answers' tensor_content is read as views of the received bytes.
         self._predict_call = self._grpc.channel.unary_unary(
-            PREDICT, response_deserializer=predict_pb2.PredictResponse.FromString
+            PREDICT, response_deserializer=parse_predict_response
         )
 
     def close(self) -> None:
@@ -102,8 +108,13 @@ class TFServingGrpcPredictor(RemotePredictor):
             spec.version_label = ref.label
 
     def _predict(self, request: predict_pb2.PredictRequest, inputs: Tensors) -> tuple[int, Tensors]:
-        response = self._grpc.call(self._predict_call, predict_request_bytes(request, inputs))
-        outputs = {name: from_tensor_proto(name, proto) for name, proto in response.outputs.items()}
+        response, contents = self._grpc.call(
+            self._predict_call, predict_request_bytes(request, inputs)
+        )
+        outputs = {
+            name: from_tensor_proto(name, proto, contents.get(name))
+            for name, proto in response.outputs.items()
+        }
         return response.model_spec.version.value, outputs
 
 

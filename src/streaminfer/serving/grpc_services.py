@@ -129,16 +129,15 @@ def add_servicer(
     servicer: Any,
     parsers: dict[str, Callable[[bytes], Any]],
 ) -> None:
-    """Register a servicer through its generated ``add_..._to_server``, the methods named
-    in ``parsers`` reading their requests with those functions instead of protobuf's."""
+    """Register a servicer through its generated ``add_..._to_server``. The methods named
+    in ``parsers`` read their requests with those functions instead of protobuf's, and
+    answer with their response already serialized."""
     generated = _Handlers()
     add_generated(servicer, generated)
     handlers = dict(generated.handlers)
     for method, parse in parsers.items():
         handlers[method] = grpc.unary_unary_rpc_method_handler(
-            handlers[method].unary_unary,
-            request_deserializer=parse,
-            response_serializer=handlers[method].response_serializer,
+            handlers[method].unary_unary, request_deserializer=parse
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_registered_method_handlers(service, handlers)

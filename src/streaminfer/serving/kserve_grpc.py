@@ -12,7 +12,7 @@ import grpc
 from google.protobuf import json_format
 
 from streaminfer.codecs.protowire import Buffer
-from streaminfer.codecs.v2 import add_grpc_tensors, parse_infer_request, read_grpc_tensors
+from streaminfer.codecs.v2 import infer_response_bytes, parse_infer_request, read_grpc_tensors
 from streaminfer.models.errors import ModelNotFound
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
@@ -86,7 +86,7 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
         )
 
     @rpc
-    async def ModelInfer(self, call: InferCall, context: Context) -> v2.ModelInferResponse:
+    async def ModelInfer(self, call: InferCall, context: Context) -> bytes:
         request, raw_inputs = call
         with self._metrics.track(PROTOCOL, request.model_name) as observation:
             version = messages.parse_version(request.model_version)
@@ -104,8 +104,7 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
             response = v2.ModelInferResponse(
                 model_name=model.name, model_version=observation.version, id=request.id
             )
-            add_grpc_tensors(outputs, response.outputs, response.raw_output_contents)
-            return response
+            return infer_response_bytes(response, outputs)
 
 
 def _classification(outputs: Any) -> dict[str, int]:
@@ -126,7 +125,8 @@ def _parameters(parameters: Any) -> dict[str, Any]:
 
 
 def add_services(server: grpc.aio.Server, plane: DataPlane, metrics: ServerMetrics) -> None:
-    # ModelInfer's tensors are read as views of the received bytes, not copied by protobuf.
+    # ModelInfer reads its tensors as views of the received bytes and writes its answer's
+    # once: protobuf does not copy them.
     add_servicer(
         server,
         SERVICE,

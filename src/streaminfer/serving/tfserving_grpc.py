@@ -8,7 +8,11 @@ from typing import TypeAlias
 import grpc
 
 from streaminfer.codecs.protowire import Buffer
-from streaminfer.codecs.tfserving import from_tensor_proto, parse_predict_request, to_tensor_proto
+from streaminfer.codecs.tfserving import (
+    from_tensor_proto,
+    parse_predict_request,
+    predict_response_bytes,
+)
 from streaminfer.models.model_config import ModelConfig
 from streaminfer.protos.tfserving import (
     error_codes_pb2,
@@ -58,7 +62,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._metrics = metrics
 
     @rpc
-    async def Predict(self, call: PredictCall, context: Context) -> predict_pb2.PredictResponse:
+    async def Predict(self, call: PredictCall, context: Context) -> bytes:
         request, contents = call
         name, version, label = messages.spec_target(request.model_spec)
         with self._metrics.track(PROTOCOL, name) as observation:
@@ -83,9 +87,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                     model.name, model.version, signature or DEFAULT_SIGNATURE
                 )
             )
-            for key, array in outputs.items():
-                response.outputs[key].CopyFrom(to_tensor_proto(array))
-            return response
+            return predict_response_bytes(response, outputs)
 
     @rpc
     async def GetModelMetadata(
@@ -160,7 +162,8 @@ class InceptionService(inception_pb2_grpc.InceptionServiceServicer):
 def add_services(
     server: grpc.aio.Server, plane: DataPlane, metrics: ServerMetrics, to_configs: ConfigConverter
 ) -> None:
-    # Predict's tensor_content is read as views of the received bytes, not copied by protobuf.
+    # Predict reads its tensor_content as views of the received bytes and writes its
+    # answer's once: protobuf does not copy them.
     add_servicer(
         server,
         SERVICES[0],
