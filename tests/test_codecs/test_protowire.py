@@ -35,6 +35,15 @@ RAW = v2.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].numbe
 texts = st.text(max_size=6)
 
 
+def described(tensor_type: Any) -> st.SearchStrategy[list[Any]]:
+    """Up to two tensor descriptions (name, datatype, shape) of a V2 request or answer."""
+    datatypes = st.sampled_from(["FP32", "BYTES", "INT64"])
+    shapes = st.lists(st.integers(-1, 2**40), max_size=3)
+    return st.lists(
+        st.builds(tensor_type, name=texts, datatype=datatypes, shape=shapes), max_size=2
+    )
+
+
 @st.composite
 def request_parts(draw: st.DrawFn) -> list[v2.ModelInferRequest]:
     """Partial requests: serialized one after the other, they make one request."""
@@ -42,15 +51,7 @@ def request_parts(draw: st.DrawFn) -> list[v2.ModelInferRequest]:
         v2.ModelInferRequest,
         model_name=texts,
         id=texts,
-        inputs=st.lists(
-            st.builds(
-                v2.ModelInferRequest.InferInputTensor,
-                name=texts,
-                datatype=st.sampled_from(["FP32", "BYTES", "INT64"]),
-                shape=st.lists(st.integers(-1, 2**40), max_size=3),
-            ),
-            max_size=2,
-        ),
+        inputs=described(v2.ModelInferRequest.InferInputTensor),
         outputs=st.lists(st.builds(v2.ModelInferRequest.InferRequestedOutputTensor, name=texts)),
         raw_input_contents=st.lists(st.binary(max_size=300), max_size=3),
     )
@@ -71,13 +72,15 @@ def protobuf_reading(data: bytes, message_type: type[M], parse: Callable[[bytes]
         return None
 
 
+V2_READERS = {  # by answer: the message, our reading of it, its tensor data's field
+    False: (v2.ModelInferRequest, parse_infer_request, "raw_input_contents"),
+    True: (v2.ModelInferResponse, parse_infer_response, "raw_output_contents"),
+}
+
+
 def assert_parsed_as_protobuf_does(data: bytes, answer: bool = False) -> None:
     """As a ``ModelInferRequest``, or with ``answer`` a ``ModelInferResponse``."""
-    message_type, parse, raw_field = (
-        (v2.ModelInferResponse, parse_infer_response, "raw_output_contents")
-        if answer
-        else (v2.ModelInferRequest, parse_infer_request, "raw_input_contents")
-    )
+    message_type, parse, raw_field = V2_READERS[answer]
     expected = protobuf_reading(data, message_type, parse)
     if expected is None:
         return
@@ -120,15 +123,7 @@ def test_mutated_requests(parts: list[v2.ModelInferRequest], data: st.DataObject
         v2.ModelInferResponse,
         model_name=texts,
         id=texts,
-        outputs=st.lists(
-            st.builds(
-                v2.ModelInferResponse.InferOutputTensor,
-                name=texts,
-                datatype=st.sampled_from(["FP32", "BYTES"]),
-                shape=st.lists(st.integers(-1, 2**40), max_size=3),
-            ),
-            max_size=2,
-        ),
+        outputs=described(v2.ModelInferResponse.InferOutputTensor),
         raw_output_contents=st.lists(st.binary(max_size=300), max_size=3),
     ),
     st.data(),
@@ -227,13 +222,15 @@ def field(number: int, value: bytes) -> bytes:
     return b"".join(length_delimited(number, [value]))
 
 
+TF_READERS = {  # by answer: the message, our reading of it, its map of tensors
+    False: (predict_pb2.PredictRequest, parse_predict_request, "inputs"),
+    True: (predict_pb2.PredictResponse, parse_predict_response, "outputs"),
+}
+
+
 def assert_predict_parsed_as_protobuf_does(data: bytes, answer: bool = False) -> None:
     """As a ``PredictRequest``, or with ``answer`` a ``PredictResponse``."""
-    message_type, parse, tensors = (
-        (predict_pb2.PredictResponse, parse_predict_response, "outputs")
-        if answer
-        else (predict_pb2.PredictRequest, parse_predict_request, "inputs")
-    )
+    message_type, parse, tensors = TF_READERS[answer]
     expected = protobuf_reading(data, message_type, parse)
     if expected is None:
         return
