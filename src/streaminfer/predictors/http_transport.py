@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from streaminfer.codecs.errors import DecodeError
-from streaminfer.codecs.jsonvalues import dumps, loads
+from streaminfer.codecs.jsonvalues import dumps, loads, loads_tensors
 from streaminfer.errors import InfrastructureError, RequestFailed
 from streaminfer.models.errors import ModelNotFound
 from streaminfer.predictors.remote import RemoteOptions, ServerRejected
@@ -83,10 +83,11 @@ class HttpTransport:
         self._client.close()
 
 
-def parse_json(content: bytes, where: str) -> dict[str, Any]:
-    """A JSON object from the server; anything else means the server is broken."""
+def parse_json(content: bytes, where: str, tensors: bool = False) -> dict[str, Any]:
+    """A JSON object from the server; anything else means the server is broken.  With
+    ``tensors``, its lists of floats are read straight into arrays (``loads_tensors``)."""
     try:
-        body = loads(content)
+        body = (loads_tensors if tensors else loads)(content)
     except DecodeError as exc:
         raise InfrastructureError(f"{where}: the answer is not JSON: {exc}") from exc
     if not isinstance(body, dict):

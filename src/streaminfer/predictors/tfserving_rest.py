@@ -79,7 +79,7 @@ class TFServingRestPredictor(RemotePredictor):
             "inputs": {name: to_json(array, b64=True) for name, array in inputs.items()},
         }
         response = self._http.post_json(_path(ref, ":predict"), body)
-        answer = parse_json(response.content, self.target)
+        answer = parse_json(response.content, self.target, tensors=True)
         if "outputs" not in answer:
             raise InfrastructureError(f"{self.target}: the answer has no 'outputs'")
         outputs = read_columns(answer["outputs"], "outputs")
