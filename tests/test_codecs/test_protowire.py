@@ -72,27 +72,60 @@ def protobuf_reading(data: bytes, message_type: type[M], parse: Callable[[bytes]
         return None
 
 
-V2_READERS = {  # by answer: the message, our reading of it, its tensor data's field
-    False: (v2.ModelInferRequest, parse_infer_request, "raw_input_contents"),
-    True: (v2.ModelInferResponse, parse_infer_response, "raw_output_contents"),
-}
+def raw_entries(field: str) -> Callable[[Any], list[bytes]]:
+    """A V2 message's ``field`` of raw tensor data, taken out of it."""
+
+    def take(message: Any) -> list[bytes]:
+        entries = list(getattr(message, field))
+        message.ClearField(field)
+        return entries
+
+    return take
 
 
-def assert_parsed_as_protobuf_does(data: bytes, answer: bool = False) -> None:
-    """As a ``ModelInferRequest``, or with ``answer`` a ``ModelInferResponse``."""
-    message_type, parse, raw_field = V2_READERS[answer]
+def map_contents(field: str) -> Callable[[Any], dict[str, bytes]]:
+    """The ``tensor_content`` of a TF Serving message's map ``field``, by key (where it is
+    not empty), taken out of its tensors."""
+
+    def take(message: Any) -> dict[str, bytes]:
+        tensors = getattr(message, field)
+        contents = {key: t.tensor_content for key, t in tensors.items() if t.tensor_content}
+        for tensor in tensors.values():
+            tensor.ClearField("tensor_content")
+        return contents
+
+    return take
+
+
+# Each message: its type, our reading of it, and protobuf's reading of its tensor data.
+Reader = tuple[type[Message], Callable[[bytes], Any], Callable[[Any], Any]]
+V2_REQUEST: Reader = (v2.ModelInferRequest, parse_infer_request, raw_entries("raw_input_contents"))
+V2_ANSWER: Reader = (
+    v2.ModelInferResponse,
+    parse_infer_response,
+    raw_entries("raw_output_contents"),
+)
+TF_REQUEST: Reader = (predict_pb2.PredictRequest, parse_predict_request, map_contents("inputs"))
+TF_ANSWER: Reader = (predict_pb2.PredictResponse, parse_predict_response, map_contents("outputs"))
+
+
+def assert_read_as_protobuf_reads(data: bytes, reader: Reader) -> None:
+    """Our reading of ``data`` gives protobuf's message and tensor data, or fails alike."""
+    message_type, parse, take = reader
     expected = protobuf_reading(data, message_type, parse)
     if expected is None:
         return
-    message, raw = parse(data)
-    assert [bytes(entry) for entry in raw] == list(getattr(expected, raw_field))
-    expected.ClearField(raw_field)
+    message, taken = parse(data)
+    if isinstance(taken, dict):
+        assert {key: bytes(value) for key, value in taken.items()} == take(expected)
+    else:
+        assert [bytes(entry) for entry in taken] == take(expected)
     assert message == expected
 
 
 @given(request_parts())
 def test_requests_merged_from_parts_in_any_order(parts: list[v2.ModelInferRequest]) -> None:
-    assert_parsed_as_protobuf_does(b"".join(part.SerializeToString() for part in parts))
+    assert_read_as_protobuf_reads(b"".join(part.SerializeToString() for part in parts), V2_REQUEST)
 
 
 def mutated(wire: bytes, data: st.DataObject) -> bytes:
@@ -115,7 +148,7 @@ def mutated(wire: bytes, data: st.DataObject) -> bytes:
 @given(request_parts(), st.data())
 def test_mutated_requests(parts: list[v2.ModelInferRequest], data: st.DataObject) -> None:
     wire = b"".join(part.SerializeToString() for part in parts)
-    assert_parsed_as_protobuf_does(mutated(wire, data))
+    assert_read_as_protobuf_reads(mutated(wire, data), V2_REQUEST)
 
 
 @given(
@@ -129,13 +162,13 @@ def test_mutated_requests(parts: list[v2.ModelInferRequest], data: st.DataObject
     st.data(),
 )
 def test_mutated_answers(response: v2.ModelInferResponse, data: st.DataObject) -> None:
-    assert_parsed_as_protobuf_does(mutated(response.SerializeToString(), data), answer=True)
+    assert_read_as_protobuf_reads(mutated(response.SerializeToString(), data), V2_ANSWER)
 
 
 @given(st.binary(max_size=64))
 def test_arbitrary_bytes(wire: bytes) -> None:
-    assert_parsed_as_protobuf_does(wire)
-    assert_parsed_as_protobuf_does(wire, answer=True)
+    assert_read_as_protobuf_reads(wire, V2_REQUEST)
+    assert_read_as_protobuf_reads(wire, V2_ANSWER)
 
 
 def test_the_raw_contents_are_views_of_the_received_bytes() -> None:
@@ -150,7 +183,7 @@ def test_a_group_is_left_to_protobuf() -> None:
     """Wire types the walk does not follow (a group of field 15) still read as protobuf reads."""
     group = bytes([15 << 3 | 3, 8, 1, 15 << 3 | 4])
     data = group + v2.ModelInferRequest(raw_input_contents=[b"abc"]).SerializeToString()
-    assert_parsed_as_protobuf_does(data)
+    assert_read_as_protobuf_reads(data, V2_REQUEST)
     assert [bytes(entry) for entry in parse_infer_request(data)[1]] == [b"abc"]
 
 
@@ -222,35 +255,14 @@ def field(number: int, value: bytes) -> bytes:
     return b"".join(length_delimited(number, [value]))
 
 
-TF_READERS = {  # by answer: the message, our reading of it, its map of tensors
-    False: (predict_pb2.PredictRequest, parse_predict_request, "inputs"),
-    True: (predict_pb2.PredictResponse, parse_predict_response, "outputs"),
-}
-
-
-def assert_predict_parsed_as_protobuf_does(data: bytes, answer: bool = False) -> None:
-    """As a ``PredictRequest``, or with ``answer`` a ``PredictResponse``."""
-    message_type, parse, tensors = TF_READERS[answer]
-    expected = protobuf_reading(data, message_type, parse)
-    if expected is None:
-        return
-    message, contents = parse(data)
-    by_key = getattr(expected, tensors)
-    wanted = {k: t.tensor_content for k, t in by_key.items() if t.tensor_content}
-    assert {key: bytes(content) for key, content in contents.items()} == wanted
-    for tensor in by_key.values():
-        tensor.ClearField("tensor_content")
-    assert message == expected
-
-
 @given(predict_wire())
 def test_predict_requests_with_entries_written_by_hand(wire: bytes) -> None:
-    assert_predict_parsed_as_protobuf_does(wire)
+    assert_read_as_protobuf_reads(wire, TF_REQUEST)
 
 
 @given(predict_wire(), st.data())
 def test_mutated_predict_requests(wire: bytes, data: st.DataObject) -> None:
-    assert_predict_parsed_as_protobuf_does(mutated(wire, data))
+    assert_read_as_protobuf_reads(mutated(wire, data), TF_REQUEST)
 
 
 @given(st.dictionaries(keys, tensor_protos(), max_size=3), st.data())
@@ -261,13 +273,13 @@ def test_mutated_predict_answers(
     response.model_spec.name = "m"
     for key, tensor in outputs.items():
         response.outputs[key].CopyFrom(tensor)
-    assert_predict_parsed_as_protobuf_does(mutated(response.SerializeToString(), data), answer=True)
+    assert_read_as_protobuf_reads(mutated(response.SerializeToString(), data), TF_ANSWER)
 
 
 @given(st.binary(max_size=64))
 def test_arbitrary_bytes_as_a_predict_request(wire: bytes) -> None:
-    assert_predict_parsed_as_protobuf_does(wire)
-    assert_predict_parsed_as_protobuf_does(wire, answer=True)
+    assert_read_as_protobuf_reads(wire, TF_REQUEST)
+    assert_read_as_protobuf_reads(wire, TF_ANSWER)
 
 
 def test_tensor_content_is_a_view_of_the_received_bytes() -> None:
@@ -299,9 +311,9 @@ def test_protobufs_rules_for_map_entries() -> None:
     message, contents = parse_predict_request(wire)
     assert {key: bytes(content) for key, content in contents.items()} == {"x": b"bb", "z": b"cc"}
     assert sorted(message.inputs) == ["w", "x", "z"]
-    assert_predict_parsed_as_protobuf_does(wire)
+    assert_read_as_protobuf_reads(wire, TF_REQUEST)
     # An entry with a field besides its key and value stays out of the map: "x" keeps bb.
     odd = field(INPUTS, field(1, b"x") + field(2, tensor(b"ee")) + bytes([3 << 3, 5]))
     message, contents = parse_predict_request(wire + odd)
     assert bytes(contents["x"]) == b"bb"
-    assert_predict_parsed_as_protobuf_does(wire + odd)
+    assert_read_as_protobuf_reads(wire + odd, TF_REQUEST)
