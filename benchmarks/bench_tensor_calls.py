@@ -17,7 +17,6 @@ the other tree's ``src``.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import threading
@@ -31,6 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from streaminfer.allocator import keep_heaps_small
+from streaminfer.bench.measure import cpu_seconds
 from streaminfer.models.layout import write_version_atomically
 from streaminfer.models.metadata import ModelMetadata, Signature, TensorSpec
 from streaminfer.predictors.kserve_grpc import KServeGrpcPredictor
@@ -73,11 +73,7 @@ def build_echo_model(repo: Path) -> None:
 def process_cpu_s(pid: int) -> float:
     """CPU seconds of a process and its children (the server's decoders)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    total = 0.0
-    for each in [pid, *map(int, children)]:
-        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(cpu_seconds(each) for each in [pid, *map(int, children)])
 
 
 def timed_call(
