@@ -45,13 +45,30 @@ def test_no_timing_makes_a_chunk_larger_than_twice_the_largest_timed(
     for n, seconds in chunks:
         sizer.observe(n, seconds)
         largest = max(largest, n)
-        assert 16 <= sizer.size <= max(16, min(16 * 64, 2 * largest))
+        assert 16 <= sizer.size <= sizer.queued_size <= max(16, min(16 * 64, 2 * largest))
 
 
 def test_costly_records_keep_the_batch_size() -> None:
     sizer = ChunkSizer(16)
     sizer.observe(16, 16 * 0.005)  # an image: 5 ms
     assert sizer.size == 16
+    assert sizer.queued_size == 20  # queued, as many as cost 100 ms
+
+
+def test_records_that_queued_form_larger_chunks_up_to_a_commit_interval_of_work() -> None:
+    """A round trip of 2 ms and 50 us a record: 10 ms of work is some 150 records, but
+    records that queued behind busy lanes may go together, as many as 100 ms of their
+    own cost, and no more than twice the largest chunk timed."""
+    sizer = ChunkSizer(16, growth=256)
+    for n in [100, 150, 200] * 10:
+        sizer.observe(n, 0.002 + n * 50e-6)
+    assert sizer.size < 200 and sizer.queued_size == 2 * 200
+    for n in [600, 1200] * 20:
+        sizer.observe(n, 0.002 + n * 50e-6)
+    assert sizer.queued_size == round(0.1 / 50e-6) == 2000 > sizer.size
+    sizer.ceiling = 1024
+    sizer.observe(1200, 0.002 + 1200 * 50e-6)
+    assert sizer.queued_size == 1024
 
 
 def test_a_round_trip_per_chunk_makes_chunks_that_are_worth_it() -> None:
@@ -192,7 +209,7 @@ def test_a_queue_that_one_slow_commit_left_is_no_backlog() -> None:
 
 
 def test_messages_become_records_and_errors_are_skipped_unless_fatal() -> None:
-    intake = Intake(Consumer({"group.id": "intake-test"}), ChunkSizer(16))
+    intake = Intake(Consumer({"group.id": "intake-test"}))
     plain = Message(topic="in", partition=1, offset=7, key=b"k", value=b"v", timestamp=(1, 5))
     traced = Message(topic="in", partition=1, offset=8, value=b"w", headers=[("h", b"1")])
     transient = Message(error=KafkaError(KafkaError._TRANSPORT, "broker went away"))

@@ -18,7 +18,7 @@ from streaminfer.predictors import Predictor, create_predictor
 from streaminfer.stream.checkpoint import Commit
 from streaminfer.stream.settings import WorkerSettings
 from streaminfer.stream.work import InputRecord, Work
-from streaminfer.stream.worker import Worker, _Committed, _done_here, _Finished
+from streaminfer.stream.worker import Worker, _Chunk, _Committed, _done_here, _Finished
 from tests.servers import ServerProcess
 
 NOWHERE = "127.0.0.1:9"  # nothing listens: the clients never connect, and need not
@@ -55,6 +55,41 @@ def test_a_full_buffer_waits_for_the_commit_in_flight_instead_of_spinning(tmp_pa
         waited = time.perf_counter() - started
         assert commit.done() or waited >= 0.05, f"returned after {waited * 1000:.2f} ms"
         finisher.join()
+    finally:
+        worker.consumer.close()
+        worker.pipeline.close()
+        predictor.close()
+        registry.close()
+
+
+def test_records_that_queue_behind_a_busy_lane_form_one_larger_chunk(tmp_path: Path) -> None:
+    """The only lane busy: the forming batch keeps taking records past the chunk size, up
+    to ``queued_size``, then holds; once the lane is free they go as one chunk."""
+    export_tiny_model(tmp_path, version=1)
+    registry = ModelRegistry(tmp_path)
+    registry.reload()
+    predictor = create_predictor("embedded", registry=registry)
+    worker = _worker(predictor, tmp_path)
+    value = json.dumps({"inputs": {"x": [[0, 1, 2, 3]]}}).encode()
+    try:
+        worker._lanes.waiting = 0.0  # one lane
+        worker._sizer.size, worker._sizer.queued_size = 16, 64
+        busy: Future[_Finished] = Future()
+        worker._pending.append(_Chunk([], busy, threading.Event(), 0))
+        worker.intake._take(
+            [Message(topic="in", partition=0, offset=i, value=value) for i in range(20)]
+        )
+        worker._fill()
+        assert worker.intake._full_since is None  # polled for more: room for 44
+        more = range(20, 64)
+        worker.intake._take([Message(topic="in", partition=0, offset=i, value=value) for i in more])
+        worker._fill()
+        assert worker.intake._full_since is not None  # 64 waiting: held
+        assert len(worker._pending) == 1
+        busy.set_result(_Finished([], [], 0.0, 0.0))
+        worker._fill()
+        assert [len(c.records) for c in worker._pending] == [0, 64]
+        assert all(w.result is not None for w in worker._pending[1].future.result().works)
     finally:
         worker.consumer.close()
         worker.pipeline.close()

@@ -15,9 +15,11 @@ How it keeps its promises:
   ``max_in_flight`` chunks run through the pipeline at once on a thread pool (fewer
   while they hold the GIL more than they wait: ``ChunkLanes``), but their records are
   written strictly in the order they were consumed, so every partition's outputs keep
-  their input order.  One lane of in-process work (an embedded model, no handler) runs
-  on the loop's own thread: handed to a chunk thread, the same records cost about a
-  quarter more CPU, the GIL and their data moving between the threads.
+  their input order.  Records that queue while every lane is busy join one larger
+  chunk, so a backlog is worked off in fewer round trips.  One lane of in-process work
+  (an embedded model, no handler) runs on the loop's own thread: handed to a chunk
+  thread, the same records cost about a quarter more CPU, the GIL and their data moving
+  between the threads.
 * **Exactly once.**  A record's offset is only committed together with its output or
   dead letter; when a commit cannot keep that, the uncommitted work is dropped and redone
   from the last commit.
@@ -136,7 +138,7 @@ class Worker:
         producer_config = clients.producer_config(settings, kafka)
         self.consumer = consumer or clients.consumer(settings, kafka)
         self.producer = producer or Producer(producer_config)
-        self.intake = Intake(self.consumer, self._sizer)
+        self.intake = Intake(self.consumer)
         self.checkpoint = Checkpoint(
             self.producer,
             self.consumer,
@@ -212,11 +214,14 @@ class Worker:
         """Poll into the forming batch; hand it to a chunk thread as soon as one is free.
 
         While every chunk thread is busy, records gather in the forming batch (up to the
-        chunk size), so batches grow with the load instead of queueing many tiny ones.
+        sizer's ``queued_size``), so batches grow with the load instead of queueing many
+        small ones.
         """
         forming = len(self.intake.forming)
         room = self._budget.has_room(self._pending_records + forming, self._pending_bytes)
-        if not room or forming >= self._sizer.size:
+        lane_free = len(self._running()) < self._lanes.limit
+        most = self._sizer.size if lane_free else self._sizer.queued_size
+        if not room or forming >= most:
             self._submit_forming()
             # Wait for what makes room: a chunk to finish, or else the commit that holds
             # the finished ones back (polling on would only spin: 21 µs a pass).
@@ -227,7 +232,7 @@ class Worker:
                 wait(busy, timeout=0.05, return_when=FIRST_COMPLETED)
             self.intake.hold()
             return
-        self.intake.poll(0.002 if self._pending or forming else self._idle_poll_s())
+        self.intake.poll(0.002 if self._pending or forming else self._idle_poll_s(), most)
         self._submit_forming()
 
     def _idle_poll_s(self) -> float:
