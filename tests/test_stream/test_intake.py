@@ -176,6 +176,8 @@ def test_the_buffer_holds_at_least_its_chunks_and_grows_to_cover_a_commit() -> N
     assert budget.records == 16 * 8
     sizer.observe(16, 16 * 20e-6)
     assert budget.records == 32 * 8  # the chunks it holds grow
+    sizer.queued_size = 100
+    assert budget.records == 100 * 8  # as large as records that queued may form
     # 200k records/s and 0.2 s commits, seen once (moving averages weigh it 0.3): twice a
     # commit's worth is 60k/s x 0.06 s x 2
     budget.observe(records=20_000, interval_s=0.1, commit_s=0.2)

@@ -166,8 +166,8 @@ class BufferBudget:
     While a transaction commits, the outputs wait, but polling and predicting go on; the
     buffer must hold what the pipeline gets through meanwhile, or its threads idle.  So
     it is sized by time (twice a commit's duration at the recent throughput), never
-    below ``chunks`` chunks, and bounded by bytes so that large records cannot exhaust
-    memory.
+    below ``chunks`` chunks as large as records that queued may form (``queued_size``),
+    and bounded by bytes so that large records cannot exhaust memory.
     """
 
     def __init__(self, sizer: ChunkSizer, chunks: int, max_bytes: int = 64 * 2**20) -> None:
