@@ -89,8 +89,7 @@ class ChunkSizer:
         self.record_s += (1.0 if first else _SMOOTHING) * (per_record - self.record_s)
         self._fit(records, seconds, 1.0 if first else _FIT_SMOOTHING)
         self.size = self._size()
-        most = min(self.ceiling, 2 * self.largest, round(self._most_by_cost()))
-        self.queued_size = max(self.size, most)
+        self.queued_size = self._queued_size()
 
     def _fit(self, n: int, t: float, weight: float) -> None:
         """The least-squares line through recent chunks' (records, seconds), in moving
@@ -123,6 +122,12 @@ class ChunkSizer:
         if self._unknown_for % _PROBE_EVERY == _PROBE_EVERY - 1:
             return max(size, min(most, size * 2))  # another size, so that a line can be fitted
         return size
+
+    def _queued_size(self) -> int:
+        if self.record_s <= 0.0:  # chunks timed at no cost so far: nothing to go by
+            return self.size
+        most = min(self.ceiling, 2 * self.largest, round(self._most_by_cost()))
+        return max(self.size, most)
 
     def _most_by_cost(self) -> float:
         """The records whose own cost is ``_MOST_CHUNK_S``, by the line or by their share."""
