@@ -7,8 +7,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from streaminfer.bench.report import RESULTS_FILE, write_report
-from tests.test_bench.cases import bench_result
+from streaminfer.bench.report import RESULTS_FILE, workload_section, write_report
+from streaminfer.bench.results import Spread
+from tests.test_bench.cases import bench_result, repeated_result
 
 
 def test_report_json_markdown_and_plots(tmp_path: Path) -> None:
@@ -35,3 +36,12 @@ def test_report_json_markdown_and_plots(tmp_path: Path) -> None:
     for png in ("throughput-images.png", "latency-images.png"):
         with Image.open(tmp_path / png) as image:
             image.verify()
+
+
+def test_a_ceiling_that_moved_by_more_than_a_fifth_is_flagged() -> None:
+    workload = repeated_result()  # ceiling runs 95-110: within a fifth
+    assert "speed moved" not in workload_section(workload, [], "t.png", None)
+    assert workload.ceiling is not None
+    workload.ceiling.pipeline = Spread.of([104_595.0, 171_214.0, 205_781.0])
+    text = workload_section(workload, [], "t.png", None)
+    assert "the slowest ceiling run, taken between configurations, made 49% less" in text

@@ -18,6 +18,8 @@ from streaminfer.bench.table import HEADERS, Row, build_rows, spread_text
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
+# The ceiling's slowest run this far below its fastest: the machine's speed moved.
+MOVED_SHARE = 0.2
 
 METHOD = """\
 ## How the figures are measured
@@ -75,10 +77,12 @@ METHOD = """\
   values are made before the clock starts. It runs first, then again in
   that shape after every other configuration (at least `repeats` times in all), and the
   ceiling is the median of those runs: spread over the whole run, it meets the same busy
-  moments as the figures it is compared with. "One thread, batch 1" is the same
-  pipeline one record at a time, without the batcher (a lone caller has nothing to
-  batch), as a one-message-at-a-time app runs it. `bare-inference` is ONNX Runtime
-  alone on a ready tensor, batch 1, one caller: the model's own limit.
+  moments as the figures it is compared with. When its slowest run is more than a fifth
+  below its fastest, the workload's section says the machine's speed moved. "One
+  thread, batch 1" is the same pipeline one record at a time, without the batcher (a
+  lone caller has nothing to batch), as a one-message-at-a-time app runs it.
+  `bare-inference` is ONNX Runtime alone on a ready tensor, batch 1, one caller: the
+  model's own limit.
 - **seed-style** re-creates the original demo: the worker one record at a time
   (`--batch-size 1 --max-in-flight 1`, at-least-once), a new gRPC channel and one
   blocking `tensorflow.serving.InceptionService/Classify` call per record. Being slow,
@@ -196,6 +200,13 @@ def _workload_setup(workload: WorkloadResult) -> str:
             f"{ceiling.inference_rps:,.1f}/s at batch 1, "
             f"{ceiling.inference_batched_rps:,.1f}/s at batch 16."
         )
+        low, high = ceiling.pipeline.min, ceiling.pipeline.max
+        if high > 0 and 1 - low / high > MOVED_SHARE:
+            lines.append(
+                f"**The machine's speed moved during this run:** the slowest ceiling run, "
+                f"taken between configurations, made {1 - low / high:.0%} less than the "
+                "fastest, so figures from different moments of the run compare loosely."
+            )
     return " ".join(lines) + "\n"
 
 
