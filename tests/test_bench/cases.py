@@ -50,6 +50,8 @@ def config(
                 latency(p50 / 5, p99 / 5),
                 [p99 / 2, p99],
                 rounds=[latency(p50, p99 / 2), latency(p50, p99)],
+                commits_per_s=9.5,
+                commit_ms=31.0,
             ),
             LatencyPoint(0.75, rate * 0.75, 0, None, skipped="overloaded"),
         ]

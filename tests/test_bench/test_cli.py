@@ -59,6 +59,8 @@ def test_quick_bench_writes_positive_figures_a_report_and_plots(tmp_path: Path) 
                 assert point["sent_rps"] >= 0.95 * point["offered_rps"]
                 # Each output was written before the reader could see it.
                 assert point["written"]["p99_ms"] <= point["latency"]["p99_ms"]
+                # The worker committed during the rounds, and its metrics say how long it took.
+                assert point["commits_per_s"] > 0 and point["commit_ms"] > 0
                 assert len(point["p99_by_second"]) >= 2
                 # The load ran in rounds, each measured on its own; together they are all.
                 assert len(point["rounds"]) == QUICK.repeats

@@ -25,9 +25,11 @@ def test_report_json_markdown_and_plots(tmp_path: Path) -> None:
     assert "**kserve-grpc** failed:\n\n```\nworker exited\n```" in text
     assert "overloaded" in text  # the skipped load is listed with its reason
     # At 50 %: offered and sent rates (this one not measured), records, p50 / p95 / p99 /
-    # max of both rounds, each round's p50 / p99, the worker's share and the worst second's p99.
+    # max of both rounds, each round's p50 / p99, the worker's share, its commits (a second,
+    # and the mean time one took) and the worst second's p99.
     row = (
-        "| 200 | 50.0 | 125.0 | 200.0 | 201.0 | 50.0 / 100.0; 50.0 / 200.0 | 10.0 / 40.0 | 200.0 |"
+        "| 200 | 50.0 | 125.0 | 200.0 | 201.0 | 50.0 / 100.0; 50.0 / 200.0 | 10.0 / 40.0 "
+        "| 9.5, 31.0 | 200.0 |"
     )
     assert "| embedded | 50% | 45.0 | — " + row in text
     assert "each offered load ran 2 rounds; a target passes only if every run and" in text

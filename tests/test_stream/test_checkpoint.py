@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import cast
@@ -149,6 +150,56 @@ def test_a_drained_commit_is_due_a_quarter_interval_after_the_last(
     assert cp.due(lambda: False, drained=True)
     assert cp.commit() is Commit.COMMITTED
     assert cp.drained_commit_in_s() == math.inf
+
+
+def _sample(cp: Checkpoint, name: str, **labels: str) -> float | None:
+    return cp.metrics.registry.get_sample_value(name, labels)
+
+
+def test_a_commit_observes_how_long_it_took(
+    topic_factory: Callable[..., str],
+    clients: Callable[..., tuple[Producer, Consumer]],
+) -> None:
+    inp, out = topic_factory("in"), topic_factory("out")
+    producer, consumer = clients(True)
+    clock = Clock()
+    slow = _SlowCommits(producer, clock, seconds=0.15)
+    cp = checkpoint(cast(Producer, slow), consumer, True, clock)
+    cp.write([Produced(out, None, b"v0", [])], [Source(inp, 0, 0, None)])
+    assert cp.commit() is Commit.COMMITTED
+    assert _sample(cp, "streaminfer_commit_seconds_count") == 1
+    assert _sample(cp, "streaminfer_commit_seconds_sum") == pytest.approx(0.15)
+    assert _sample(cp, "streaminfer_commit_seconds_bucket", le="0.1") == 0
+    assert _sample(cp, "streaminfer_commit_seconds_bucket", le="0.25") == 1
+
+
+@BOTH_GUARANTEES
+def test_a_commit_observes_the_age_of_each_record_it_commits(
+    topic_factory: Callable[..., str],
+    clients: Callable[..., tuple[Producer, Consumer]],
+    exactly_once: bool,
+) -> None:
+    """From each input's timestamp to its commit; what an abort drops is not counted."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    producer, consumer = clients(exactly_once)
+    cp = checkpoint(producer, consumer, exactly_once)
+    now_ms = round(time.time() * 1000)
+    cp.write([Produced(out, None, b"dropped", [])], [Source(inp, 0, 0, now_ms - 600_000)])
+    cp.abort()  # redone from the last commit: counted when that commits
+    started = time.time()
+    cp.write(
+        [Produced(out, None, b"v%d" % i, []) for i in range(3)],
+        [Source(inp, 0, 0, now_ms - 2_000), Source(inp, 0, 1, None), Source(inp, 0, 2, now_ms)],
+    )
+    assert cp.commit() is Commit.COMMITTED
+    ended = time.time()
+    name = "streaminfer_end_to_end_committed_seconds"
+    assert _sample(cp, f"{name}_count") == 2  # an input without a timestamp has no age
+    age_sum = _sample(cp, f"{name}_sum")  # two ages, observed between started and ended
+    assert age_sum is not None
+    assert 2 * (started - now_ms / 1000) + 2 <= age_sum <= 2 * (ended - now_ms / 1000) + 2
+    assert cp.commit() is Commit.NOTHING
+    assert _sample(cp, f"{name}_count") == 2
 
 
 class _SlowCommits:

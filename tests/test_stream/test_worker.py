@@ -341,6 +341,15 @@ def test_at_least_once_and_metrics(
     (age_sum,) = re.findall(r"^streaminfer_end_to_end_seconds_sum (\S+)$", metrics, re.M)
     assert 0 < float(age_sum) < 100 * 60
 
+    def sample(name: str) -> float:
+        text = httpx.get(base + "/metrics").text
+        (value,) = re.findall(rf"^{name} (\S+)$", text, re.M)
+        return float(value)
+
+    count = "streaminfer_end_to_end_committed_seconds_count"
+    wait_for(lambda: sample(count) == 100.0, 30, "every input's commit to be observed")
+    assert sample("streaminfer_commit_seconds_count") >= 1
+
 
 def test_a_saturated_worker_commits_less_often(
     kafka_settings: KafkaSettings,

@@ -53,7 +53,10 @@ METHOD = """\
   target passes only when every round meets it, as a throughput target needs every run.
   *Written* is the part up to the output's own timestamp, when the worker wrote it
   (polling, the pipeline, the wait for a commit in flight); the rest is its
-  transaction's commit and the reader. *Worst second* is the highest p99 of the records
+  transaction's commit and the reader. *Commits/s, mean ms* are the worker's successful
+  commits over the rounds, read from its metrics (`streaminfer_commit_seconds`): how
+  many a second, and how long one took on average (the Quix app has no such
+  metrics). *Worst second* is the highest p99 of the records
   sent in any one second (`p99_by_second` in `results.json`): a p99 far above it came
   from the whole phase, one close to it from a spike. Offered loads are fractions of
   the reference configuration's saturation rate (normally `embedded`), or of the rate
@@ -150,7 +153,7 @@ def workload_section(
     if latency_rows:
         headers = ["configuration", "load", "offered records/s", "sent records/s", "records"]
         headers += ["p50 ms", "p95 ms", "p99 ms", "max ms", "each round's p50 / p99 ms"]
-        headers += ["written p50 / p99 ms"]
+        headers += ["written p50 / p99 ms", "commits/s, mean ms"]
         headers += ["worst second's p99 ms"]
         parts.append("### Latency at fixed offered loads\n")
         parts.append(markdown_table(headers, latency_rows) + "\n")
@@ -166,14 +169,19 @@ def _latency_cells(name: str, point: LatencyPoint) -> list[str]:
     cells = [name, load, f"{point.offered_rps:,.1f}", sent]
     summary = point.latency
     if summary is None:
-        return [*cells, point.skipped or "—", "", "", "", "", "", "", ""]
+        return [*cells, point.skipped or "—", "", "", "", "", "", "", "", ""]
     figures = (summary.p50_ms, summary.p95_ms, summary.p99_ms, summary.max_ms)
     written = (
         "—" if point.written is None else f"{point.written.p50_ms:.1f} / {point.written.p99_ms:.1f}"
     )
+    commits = "—"
+    if point.commits_per_s is not None:
+        mean = "—" if point.commit_ms is None else f"{point.commit_ms:.1f}"
+        commits = f"{point.commits_per_s:.1f}, {mean}"
     rounds = "; ".join(f"{r.p50_ms:.1f} / {r.p99_ms:.1f}" for r in point.rounds) or "—"
     worst = f"{max(point.p99_by_second):.1f}" if point.p99_by_second else "—"
-    return [*cells, str(point.records), *(f"{v:.1f}" for v in figures), rounds, written, worst]
+    figures_text = (f"{v:.1f}" for v in figures)
+    return [*cells, str(point.records), *figures_text, rounds, written, commits, worst]
 
 
 def _workload_setup(workload: WorkloadResult) -> str:

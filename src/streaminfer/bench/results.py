@@ -34,6 +34,9 @@ class LatencyPoint:
     # The reference rate's load overloaded this configuration, so the same fraction of its
     # own saturation rate was offered instead: every mode gets a latency figure.
     of_own: bool = False
+    # The worker's successful commits over the rounds (None for a worker without metrics).
+    commits_per_s: float | None = None
+    commit_ms: float | None = None  # the mean time one took
 
 
 @dataclass

@@ -15,6 +15,9 @@ A run has three parts on the same worker:
    a fixed time; each output's latency is its input's timestamp to the moment the
    reader saw it.  Loads beyond 90 % of this configuration's own saturation rate are
    skipped: there the latency only measures how long the queue has been growing.
+   The worker's commits over the load's rounds are read from its own metrics: how
+   many a second and how long each took, the part of exactly-once latency after an
+   output is written.
 3. **Memory.**  The peak resident set (``VmHWM``) of the worker and the server.
 """
 
@@ -28,6 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from streaminfer.bench.configs import EMBEDDED, QUIX, BenchConfig
 from streaminfer.bench.measure import (
@@ -46,6 +52,7 @@ from streaminfer.bench.workloads import Workload
 from streaminfer.errors import InfrastructureError
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
+from streaminfer.net import free_port
 from streaminfer.processes import STREAMINFER, ManagedProcess, ModelServerProcess
 
 FIRST_OUTPUT_TIMEOUT_S = 120.0  # a worker starting: model load, group join, first batch
@@ -134,6 +141,7 @@ class ConfigRun:
         self._stack = ExitStack()
         self._collector: OutputCollector | None = None
         self._worker: ManagedProcess | None = None
+        self._metrics_port: int | None = None  # the worker's, for its commits (not Quix's)
         self._server: ModelServerProcess | None = None
         self._inputs = InputProducer(kafka, self.topics.input, workload.record)
 
@@ -214,6 +222,7 @@ class ConfigRun:
     def _measure(self, point: LatencyPoint, duration_s: float, rounds: int) -> None:
         rate = point.offered_rps
         sent_rates, latencies, written = [], [], []
+        commits_before, started = self._commits(), time.monotonic()
         for _ in range(rounds):
             first = self._inputs.sent
             records, seconds = self._inputs.send_paced(rate, duration_s)
@@ -235,6 +244,24 @@ class ConfigRun:
         point.sent_rps = min(sent_rates)
         point.latency = summarize_latencies(latencies)
         point.written = summarize_latencies(written)
+        commits_after = self._commits()
+        if commits_before is not None and commits_after is not None:
+            count = commits_after[0] - commits_before[0]
+            point.commits_per_s = count / (time.monotonic() - started)
+            if count:
+                point.commit_ms = (commits_after[1] - commits_before[1]) / count * 1000
+
+    def _commits(self) -> tuple[float, float] | None:
+        """The worker's successful commits so far and the seconds they took, from its
+        metrics endpoint; None for a worker without one."""
+        if self._metrics_port is None:
+            return None
+        text = httpx.get(f"http://127.0.0.1:{self._metrics_port}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            if family.name == "streaminfer_commit_seconds":
+                samples = {sample.name: sample.value for sample in family.samples}
+                return samples[f"{family.name}_count"], samples[f"{family.name}_sum"]
+        raise InfrastructureError("the worker's metrics have no streaminfer_commit_seconds")
 
     def finish(self) -> None:
         """Peak memory, who served the outputs, and whether that is who should have."""
@@ -272,7 +299,9 @@ class ConfigRun:
             quixapp = [str(self.quix_python), "-m", "streaminfer.bench.quixapp"]
             command = [*quixapp, *args, "--repo", str(self.repo)]
             return ManagedProcess("Quix Streams app", command, log_path)
+        self._metrics_port = free_port()
         args += ["--dlq", topics.dead_letter, "--mode", config.mode]
+        args += ["--metrics-port", str(self._metrics_port)]
         if config.mode == EMBEDDED:
             args += ["--repo", str(self.repo)]
         else:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -31,7 +32,7 @@ from confluent_kafka import (
 
 from streaminfer.kafka.access import refuse_denied
 from streaminfer.kafka.records import produce_waiting
-from streaminfer.stream.metrics import WorkerMetrics
+from streaminfer.stream.metrics import WorkerMetrics, observe_all
 from streaminfer.stream.records import Source
 from streaminfer.stream.work import Produced
 
@@ -118,6 +119,9 @@ class Checkpoint:
         self._clock = clock
         self._offsets: dict[tuple[str, int], int] = {}  # next offset to commit, per partition
         self._written = 0  # records written since the last commit
+        # Their sources, a list per write: their ages are read when they commit, on the
+        # committing thread, so the loop pays one append per write, not one per record.
+        self._sources: list[Sequence[Source]] = []
         self._in_transaction = False
         self._last_commit = clock()
         self._failed_delivery: KafkaError | None = None  # set from librdkafka's delivery thread
@@ -165,6 +169,7 @@ class Checkpoint:
                     on_delivery,
                 )
             offsets[(source.topic, source.partition)] = source.offset + 1
+        self._sources.append(sources)
         self._written += len(records)
 
     def due(self, backlogged: Callable[[], bool], drained: bool) -> bool:
@@ -200,7 +205,9 @@ class Checkpoint:
                 self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             return self._failed(exc.args[0])
+        self.metrics.commit_duration.observe(self._clock() - started)
         self.metrics.transactions.labels("committed").inc()
+        self._observe_committed()
         self._offsets.clear()
         self._written = 0
         # The interval counts from this commit's start: after a slow one (a broker's GC
@@ -217,9 +224,18 @@ class Checkpoint:
             self._in_transaction = False
             self.metrics.transactions.labels("aborted").inc()
         self._offsets.clear()
+        self._sources.clear()
         self._written = 0
         with self._lock:
             self._failed_delivery = None
+
+    def _observe_committed(self) -> None:
+        """Each committed record's age: from its timestamp to now, when its output is readable."""
+        stamps = [s.timestamp for batch in self._sources for s in batch if s.timestamp is not None]
+        self._sources.clear()
+        if stamps:
+            ages = time.time() - np.array(stamps, dtype=np.float64) / 1000
+            observe_all(self.metrics.end_to_end_committed, np.maximum(ages, 0.0))
 
     def rewind(self, partitions: list[TopicPartition]) -> None:
         """Seek ``partitions`` back to their committed offsets."""

@@ -57,6 +57,18 @@ class WorkerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.end_to_end_committed = Histogram(
+            "streaminfer_end_to_end_committed_seconds",
+            "Record timestamp to its offset committed (exactly-once: its output readable)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commit_duration = Histogram(
+            "streaminfer_commit_seconds",
+            "Time a successful commit took",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.stage = Histogram(
             "streaminfer_stage_seconds",
             "Time per stage",
