@@ -55,9 +55,9 @@ METHOD = """\
   (polling, the pipeline, the wait for a commit in flight); the rest is its
   transaction's commit and the reader. *Commits/s, mean ms* are the worker's successful
   commits over the rounds, read from its metrics (`streaminfer_commit_seconds`): how
-  many a second, and how long one took on average (the Quix app has no such
-  metrics). *Worst second* is the highest p99 of the records
-  sent in any one second (`p99_by_second` in `results.json`): a p99 far above it came
+  many a second of the rounds' sending, and how long one took on average (the Quix app
+  has no such metrics). *Worst second* is the highest p99 of the records sent in any
+  one second (`p99_by_second` in `results.json`): a p99 far above it came
   from the whole phase, one close to it from a spike. Offered loads are fractions of
   the reference configuration's saturation rate (normally `embedded`), or of the rate
   `--reference-rate` gives, the same absolute rates for every configuration; a load
