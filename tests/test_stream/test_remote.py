@@ -63,7 +63,7 @@ def test_each_remote_mode_predicts(
     image_host: str,
 ) -> None:
     inp, out = topic_factory("in"), topic_factory("out")
-    remote_worker(start_worker, server, mode, inp, out)
+    worker = remote_worker(start_worker, server, mode, inp, out)
     produce(
         kafka_settings,
         inp,
@@ -79,6 +79,7 @@ def test_each_remote_mode_predicts(
     assert docs[1]["predictions"][0]["label"] == "espresso"
     assert docs[1]["model"] == {"name": "efficientnet-lite0", "version": 1}
     assert docs[2]["outputs"]["y"][0] == pytest.approx([1.0, 1.1, 1.2, 1.3], rel=1e-6)
+    assert "HTTP Request" not in worker.log()  # httpx's line per request, at INFO
 
 
 def _tiny_records(count: int) -> list[bytes]:

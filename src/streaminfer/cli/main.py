@@ -134,6 +134,8 @@ def _configure_logging() -> None:
     logging.getLogger("librdkafka").setLevel(
         os.environ.get("STREAMINFER_LIBRDKAFKA_LOG_LEVEL", "CRITICAL").upper()
     )
+    if level != "DEBUG":  # httpx logs every request at INFO: a line per chunk a REST worker sends
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _expected(exc: BaseException) -> bool:
