@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import consume, produce
@@ -37,6 +38,11 @@ def dashboard_queries() -> list[str]:
         for panel in panels
         for target in panel.get("targets", [])
     ]
+
+
+def alert_rules() -> list[dict]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
 
 
 def operands(expr: str) -> list[str]:
@@ -68,7 +74,65 @@ def test_promtool_accepts_the_rules() -> None:
         [tool("promtool"), "check", "rules", str(ALERTS)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 6 rules found" in done.stdout
+    assert f"SUCCESS: {len(alert_rules())} rules found" in done.stdout
+
+
+def test_slow_commits_fire_their_alert_and_fast_ones_do_not(tmp_path: Path) -> None:
+    """promtool's rule tests on synthetic series: two workers commit ten times a second,
+    one at 200 ms a commit, the other at 20 ms; only the first fires, once its `for:`
+    has run."""
+    rule = next(r for r in alert_rules() if r["alert"] == "StreamInferCommitsSlow")
+    commits = "0+600x40"  # ten a second, sampled every minute
+    cases = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": 'streaminfer_commit_seconds_count{instance="slow"}',
+                        "values": commits,
+                    },
+                    {
+                        "series": 'streaminfer_commit_seconds_sum{instance="slow"}',
+                        "values": "0+120x40",
+                    },
+                    {
+                        "series": 'streaminfer_commit_seconds_count{instance="fast"}',
+                        "values": commits,
+                    },
+                    {
+                        "series": 'streaminfer_commit_seconds_sum{instance="fast"}',
+                        "values": "0+12x40",
+                    },
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "8m", "alertname": "StreamInferCommitsSlow", "exp_alerts": []},
+                    {
+                        "eval_time": "30m",
+                        "alertname": "StreamInferCommitsSlow",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "warning", "instance": "slow"},
+                                "exp_annotations": {
+                                    "summary": "Commits on slow take 200ms on average",
+                                    "description": rule["annotations"]["description"],
+                                },
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "cases.yml"
+    path.write_text(json.dumps(cases))  # JSON is YAML
+    done = subprocess.run(
+        [tool("promtool"), "test", "rules", str(path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
 
 
 class Prometheus:
@@ -152,7 +216,7 @@ def scraped(
 
 def test_dashboard_queries_and_alert_operands_return_series(scraped: Prometheus) -> None:
     rules = [rule for group in scraped.get("/api/v1/rules")["groups"] for rule in group["rules"]]
-    assert len(rules) == 6
+    assert len(rules) == len(alert_rules())
     queries = dashboard_queries() + [part for rule in rules for part in operands(rule["query"])]
 
     empty = list(queries)
