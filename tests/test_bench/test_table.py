@@ -8,6 +8,7 @@ from streaminfer.bench.configs import CONFIGS, QUICK_CONFIGS, select_configs
 from streaminfer.bench.measure import Spread
 from streaminfer.bench.report import markdown_table
 from streaminfer.bench.results import LatencyPoint
+from streaminfer.bench.runner import judged_at_its_own
 from streaminfer.bench.table import (
     HEADERS,
     SHORT_HEADERS,
@@ -153,10 +154,22 @@ def test_a_load_that_overloaded_a_mode_reads_at_its_own_rate_and_says_so() -> No
     assert row.cells()[6] == "150 / 275 / 400 at 35/s, 50% of its own"
     assert row.short_cells()[6] == "150 / 400 at 35/s, 50% of its own"
     assert row.checks["latency"] == Check("p50 ≤ 100, p99 ≤ 300", False)  # judged there too
+    # Measured at the reference rate, well above half its own: judged at half its own.
+    common = LatencyPoint(0.5, 100.0, 500, latency(90.0, 250.0))
+    grpc.latency = [common, own]
+    assert grpc.latency_at(0.5) is own
+    grpc.latency = [common]
+    assert grpc.latency_at(0.5) is common
     grpc.latency = [skipped]
     assert grpc.latency_at(0.5) is skipped
     row = next(r for r in build_rows(workload) if r.name == "tfserving-grpc")
     assert row.cells()[6] == "—" and row.checks["latency"] is None
+
+
+def test_only_the_judged_load_well_above_half_its_own_is_offered_half_its_own_too() -> None:
+    assert judged_at_its_own(0.5, 35_000, 60_000)  # 58 % of its own
+    assert not judged_at_its_own(0.5, 32_000, 60_000)  # 53 %: near enough
+    assert not judged_at_its_own(0.25, 35_000, 60_000)  # not the judged load
 
 
 def test_quix_targets_apply_to_embedded_per_workload() -> None:

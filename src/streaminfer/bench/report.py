@@ -65,7 +65,10 @@ METHOD = """\
   measures only how long the queue has been growing, and the same fraction of that
   configuration's own saturation rate is offered in its place (*of its own*), so every
   mode has a latency figure at each load: a remote mode's at half its own capacity, say,
-  where half of embedded's would overload it.
+  where half of embedded's would overload it. The latency target speaks of half of each
+  configuration's own saturation: where 50 % of the reference rate comes more than a
+  tenth above half of a configuration's own, half of its own is offered as well, and the
+  target judged there.
 - **CPU.** User + system time from `/proc/<pid>/stat` of the worker and, in remote modes,
   of the model server, read every 50 ms during saturation: the CPU used within each run's
   timed window (first output to last, by their timestamps), per 1,000 records the window

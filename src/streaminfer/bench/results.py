@@ -12,6 +12,7 @@ from typing import Any
 from streaminfer.bench.measure import LatencySummary, Spread, Window
 
 GIVEN_REFERENCE = "--reference-rate"  # WorkloadResult.reference: the user gave the rate
+LATENCY_LOAD = 0.5  # exactly-once latency is judged at half the saturation load
 
 
 @dataclass
@@ -31,8 +32,9 @@ class LatencyPoint:
     sent_rps: float | None = None  # the slowest round's sending rate: offered_rps, if reached
     skipped: str | None = None
     rounds: list[LatencySummary] = field(default_factory=list)
-    # The reference rate's load overloaded this configuration, so the same fraction of its
-    # own saturation rate was offered instead: every mode gets a latency figure.
+    # The same fraction of the configuration's own saturation rate: offered in place of the
+    # reference rate's load when that overloaded it, so every mode gets a latency figure,
+    # and beside it at LATENCY_LOAD when that came well above the fraction of its own.
     of_own: bool = False
     # The worker's successful commits over the rounds (None for a worker without metrics).
     commits_per_s: float | None = None
@@ -64,10 +66,11 @@ class ConfigResult:
         return None if self.throughput is None else self.throughput.median
 
     def latency_at(self, load: float) -> LatencyPoint | None:
-        """The point at ``load``: measured at the reference rate, else at its own rate when
-        the reference overloaded it, else the skipped one."""
+        """The point at ``load``: measured at that fraction of its own rate if it was, else
+        at the reference rate, else the skipped one."""
         points = [point for point in self.latency if point.load == load]
-        return next((p for p in points if p.latency is not None), points[0] if points else None)
+        measured = sorted((p for p in points if p.latency is not None), key=lambda p: not p.of_own)
+        return next(iter(measured or points), None)
 
 
 @dataclass

@@ -46,7 +46,7 @@ from streaminfer.bench.measure import (
     summarize_latencies,
     used_between,
 )
-from streaminfer.bench.results import ConfigResult, LatencyPoint
+from streaminfer.bench.results import LATENCY_LOAD, ConfigResult, LatencyPoint
 from streaminfer.bench.traffic import Arrival, InputProducer, OutputCollector
 from streaminfer.bench.workloads import Workload
 from streaminfer.errors import InfrastructureError
@@ -58,6 +58,9 @@ from streaminfer.processes import STREAMINFER, ManagedProcess, ModelServerProces
 FIRST_OUTPUT_TIMEOUT_S = 120.0  # a worker starting: model load, group join, first batch
 STALL_TIMEOUT_S = 60.0  # outputs flowing, then none for this long: the run has failed
 OVERLOAD = 0.9  # offered loads above this fraction of saturation are not latency-measured
+# At the load the latency target is judged at, a rate more than this much above the same
+# fraction of a configuration's own saturation is offered that fraction of its own as well.
+JUDGED_MARGIN = 1.1
 WARM_UP_SHARE = 0.1  # of a run's records, done before the first run: threads, first commit
 CPU_SAMPLE_S = 0.05  # how often the worker's and the server's CPU time is read in saturation
 
@@ -115,6 +118,12 @@ class CpuSampler:
                 self.server.append((now, cpu_seconds(server)))
         except OSError:  # a process that died: the wait for its outputs says so
             self._stop.set()
+
+
+def judged_at_its_own(load: float, rate: float, saturation: float) -> bool:
+    """Whether ``rate``, offered as ``load``, is the judged load and well above that share
+    of the configuration's own ``saturation``: it is then offered that share as well."""
+    return load == LATENCY_LOAD and rate > JUDGED_MARGIN * load * saturation
 
 
 class ConfigRun:
@@ -204,7 +213,9 @@ class ConfigRun:
     def offer(self, load: float, rate: float, duration_s: float, rounds: int) -> None:
         """Produce at ``rate`` records/s for ``duration_s``, ``rounds`` times in a row; record
         the latency percentiles of each round and of all of them.  A rate this configuration
-        cannot take is skipped, and ``load`` of its own saturation rate offered instead."""
+        cannot take is skipped, and ``load`` of its own saturation rate offered instead; at
+        the judged load, a rate well above ``load`` of its own is followed by that too, since
+        the target speaks of each configuration's own saturation."""
         saturation = self.result.throughput_rps or 0.0
         point = LatencyPoint(load=load, offered_rps=rate)
         self.result.latency.append(point)
@@ -215,9 +226,13 @@ class ConfigRun:
             )
             if load > OVERLOAD:
                 return
-            point = LatencyPoint(load=load, offered_rps=load * saturation, of_own=True)
-            self.result.latency.append(point)
-        self._measure(point, duration_s, rounds)
+        else:
+            self._measure(point, duration_s, rounds)
+            if not judged_at_its_own(load, rate, saturation):
+                return
+        own = LatencyPoint(load=load, offered_rps=load * saturation, of_own=True)
+        self.result.latency.append(own)
+        self._measure(own, duration_s, rounds)
 
     def _measure(self, point: LatencyPoint, duration_s: float, rounds: int) -> None:
         rate = point.offered_rps

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from streaminfer.bench.configs import BARE, EMBEDDED, QUIX, SEED_STYLE
 from streaminfer.bench.measure import LatencySummary, Spread
-from streaminfer.bench.results import ConfigResult, LatencyPoint, WorkloadResult
+from streaminfer.bench.results import LATENCY_LOAD, ConfigResult, LatencyPoint, WorkloadResult
 
 # TARGETS.md: worker throughput as a fraction of the best in-process pipeline rate.
 CEILING_FLOORS = {
@@ -28,7 +28,6 @@ CEILING_FLOORS = {
 SEED_MULTIPLE = 3.0  # at least three times the original demo's rate
 # The embedded worker against Quix Streams on the same job and broker, per workload.
 QUIX_MULTIPLES = {"images": 1.8, "tensor": 3.0, "tabular": 2.0}
-LATENCY_LOAD = 0.5  # exactly-once latency is judged at half the saturation load
 LOAD_REACHED = 0.95  # of the offered rate, the least the producer must have sent
 P50_MAX_MS, P99_MAX_MS = 100.0, 300.0
 WORKER_RSS_MAX_MB, SERVER_RSS_MAX_MB = 500.0, 600.0
