@@ -45,6 +45,11 @@ class OnnxModel:
         session_options.intra_op_num_threads = options.intra_op_threads or quota_cores() or 0
         session_options.inter_op_num_threads = options.inter_op_threads
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ORT's memory patterns (one block a run, planned per input shape) cost memory
+        # that buys no speed here: without them EfficientNet-Lite0 held 35 MB less after
+        # batches of 16, an images worker peaked 35-50 MB lower and the server 30-50 MB,
+        # at the same images/s.
+        session_options.enable_mem_pattern = False
         if not options.spin:
             # Spinning threads burn the cores that decoding and Kafka need between runs.
             session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
