@@ -33,3 +33,18 @@ class RequestFailed(StreamInferError):
     """A server that answers other requests failed this one (gRPC ``INTERNAL``, HTTP 500 or
     422): not an outage.  The worker narrows it down to the record that causes it, retries
     that record alone a few times, then dead-letters it as ``server_error``."""
+
+
+def drop_tracebacks(error: BaseException) -> None:
+    """Forget the tracebacks of an error and of the exceptions it was raised from or while
+    handling.  Their frames (and each frame's callers) hold what failed, a record or a
+    request's body, often in a cycle through the error itself (a local that holds it)
+    that only Python's cycle collector frees, minutes and many megabytes later."""
+    pending, seen = [error], set()
+    while pending:
+        exc = pending.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        pending.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
+from streaminfer.errors import drop_tracebacks
 from streaminfer.serving.auth import BearerAuth
 from streaminfer.serving.errors import Unauthenticated, describe
 
@@ -42,6 +43,7 @@ def rpc(method: Method[Servicer]) -> Method[Servicer]:
             return await method(self, request, context)
         except Exception as exc:
             status, message = describe(exc)
+            drop_tracebacks(exc)  # its frames hold the request, its body too
             await context.abort(status.code, message)
 
     return handle

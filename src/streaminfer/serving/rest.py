@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from streaminfer.errors import drop_tracebacks
 from streaminfer.serving.auth import BearerAuth
 from streaminfer.serving.dataplane import DataPlane
 from streaminfer.serving.errors import describe
@@ -73,6 +74,7 @@ def build_app(
             return json_response({"error": exc.text or exc.reason}, exc.status)
         except Exception as exc:
             status, message = describe(exc)
+            drop_tracebacks(exc)  # its frames hold the request, its body too
             return json_response({"error": message}, status.http)
 
     async def prometheus(request: web.Request) -> web.Response:

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from streaminfer.errors import InfrastructureError, RecordError, RequestFailed
+from streaminfer.errors import InfrastructureError, RecordError, RequestFailed, drop_tracebacks
 from streaminfer.handlers import Handler, HandlerError
 from streaminfer.handlers import Record as HandlerRecord
 from streaminfer.images import ImageFetcher
@@ -68,7 +68,6 @@ from streaminfer.stream.work import (
     Step,
     Work,
     attempt,
-    drop_tracebacks,
     isolated,
     record_error,
 )

@@ -111,20 +111,6 @@ def record_error(step: str, work: Work, exc: Exception) -> RecordError:
     return InternalError(step, exc)
 
 
-def drop_tracebacks(error: BaseException) -> None:
-    """Forget the tracebacks of an error and of the exceptions it was raised from or while
-    handling.  Their frames (and each frame's callers) hold the record that failed: the
-    error kept on that record would otherwise make a cycle that only the collector frees."""
-    pending, seen = [error], set()
-    while pending:
-        exc = pending.pop()
-        if id(exc) in seen:
-            continue
-        seen.add(id(exc))
-        exc.__traceback__ = None
-        pending.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)
-
-
 def where(work: Work) -> str:
     source = work.record.source
     return f"{source.topic}[{source.partition}]@{source.offset}"
