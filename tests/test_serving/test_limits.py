@@ -374,11 +374,11 @@ def test_a_max_batch_size_past_the_models_own_stays_within_memory(
         assert peak < 2 * 1024 * 1024, f"peak RSS {peak // 1024} MB"
 
 
-def test_refused_large_bodies_are_freed_at_once(stream_repo: Path, tmp_path: Path) -> None:
-    """Five 40 MB bodies refused one after another leave the server where it was.  Each
-    refusal's traceback holds the body in a cycle through the error; dropped with the
-    answer, the body goes with it, not when Python's cycle collector next runs (before,
-    the server grew by about 80 MB a body)."""
+def test_refused_large_requests_are_freed_at_once(stream_repo: Path, tmp_path: Path) -> None:
+    """Five 40 MB REST bodies, then five 60 MB gRPC messages, refused one after another,
+    leave the server where it was.  Each refusal's error held the request in a cycle;
+    now the request goes with the answer, not when Python's cycle collector next runs
+    (before, the server grew by about 80 MB a REST body, and 60 a gRPC message)."""
     body = b'{"instances": [' + b"1.5," * (10 * 2**20) + b"1.5]}"
     with (
         ServerProcess(stream_repo, log=tmp_path / "serve.log") as server,
@@ -391,7 +391,13 @@ def test_refused_large_bodies_are_freed_at_once(stream_repo: Path, tmp_path: Pat
             )
             assert answer.status_code == 400, answer.text
         grown = _status_kb(server, "VmRSS") - before
-    assert grown < 100 * 1024, f"the server grew by {grown // 1024} MB"
+        assert grown < 100 * 1024, f"REST: the server grew by {grown // 1024} MB"
+        message = _typed_float_request(100)
+        before = _status_kb(server, "VmRSS")
+        for _ in range(5):
+            assert "at most 64 rows" in _predict(server, message).details()
+        grown = _status_kb(server, "VmRSS") - before
+        assert grown < 100 * 1024, f"gRPC: the server grew by {grown // 1024} MB"
 
 
 def test_peak_rss_stays_under_600_mb(limited: ServerProcess, jpeg: bytes) -> None:
