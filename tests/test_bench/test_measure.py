@@ -27,7 +27,8 @@ from tests.support import wait_for
 
 # Sleeps, then uses 0.6 s of CPU (however long that takes on shared cores), then sleeps.
 _BURNER = """
-import time
+import sys, time
+sys.stdin.readline()  # the go: the parent has read its baseline by then
 time.sleep(0.5)
 start = time.process_time()
 while time.process_time() - start < 0.6:
@@ -131,11 +132,16 @@ def test_readers_work_on_this_process() -> None:
 def test_cpu_sampler_charges_a_window_with_the_cpu_spent_within_it() -> None:
     """Sampled while a real process sleeps, burns and sleeps again: a window over its
     first sleep is charged (almost) nothing, one over the burn about 0.6 CPU seconds."""
-    child = subprocess.Popen([sys.executable, "-c", _BURNER])
+    child = subprocess.Popen([sys.executable, "-c", _BURNER], stdin=subprocess.PIPE, text=True)
+    assert child.stdin is not None
     try:
         sampler = CpuSampler(child.pid, None)
         began = time.time()
         started = cpu_seconds(child.pid)
+        # The child burns only after this go, so a slow parent cannot read a baseline
+        # that already holds part of the burn and then wait for CPU that never comes.
+        child.stdin.write("go\n")
+        child.stdin.flush()
         wait_for(lambda: cpu_seconds(child.pid) - started >= 0.6, what="the child's burn")
         time.sleep(0.2)  # a few samples after the burn, so that they span it
         sampler.stop()
