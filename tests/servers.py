@@ -24,9 +24,9 @@ from prometheus_client.samples import Sample
 from streaminfer.codecs.tfserving import to_tensor_proto
 from streaminfer.errors import InfrastructureError
 from streaminfer.net import free_port
-from streaminfer.processes import STREAMINFER, ManagedProcess
+from streaminfer.processes import STREAMINFER, ManagedProcess, child_pids
 from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc
-from tests.support import wait_for
+from tests.support import processes_mentioning, wait_for
 
 START_TIMEOUT = 90.0
 PORT_ATTEMPTS = 3  # first starts whose free ports were taken before the server bound them
@@ -127,6 +127,21 @@ class ServerProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
         self.process = None
+
+    def status_kb(self, field: str) -> int:
+        """A memory figure of the server's process from ``/proc``, e.g. VmRSS or VmHWM."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith(field))
+        return int(line.split()[1])
+
+    def decoder_pid(self) -> int:
+        """The server's decoder process: its child spawned by ``multiprocessing`` (the other
+        such child, the resource tracker, is not started by ``spawn_main``)."""
+        assert self.process is not None
+        decoders = set(child_pids(self.process.pid)) & processes_mentioning("spawn_main")
+        assert len(decoders) == 1, decoders
+        return decoders.pop()
 
     def metric_samples(self, family: str) -> list[Sample]:
         """The samples of one metric family, from the server's Prometheus metrics."""

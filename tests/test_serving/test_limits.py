@@ -26,7 +26,6 @@ from PIL import Image
 
 from streaminfer.codecs.arrays import MAX_DIMS
 from streaminfer.models.metadata import IMAGE_MAX_BATCH, TENSOR_MAX_BATCH
-from streaminfer.processes import child_pids
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.protos.tfserving import (
@@ -37,7 +36,7 @@ from streaminfer.protos.tfserving import (
 )
 from tests.repository import MODEL
 from tests.servers import ServerProcess
-from tests.support import processes_mentioning, wait_for
+from tests.support import wait_for
 
 TINY = "tiny"  # the tensor model of ``stream_repo``: x [N, 4] -> y [N, 4]
 PREDICT = f"/v1/models/{MODEL}:predict"
@@ -63,13 +62,7 @@ def jpeg() -> bytes:
 
 
 def _peak_rss_kb(server: ServerProcess) -> int:
-    return _status_kb(server, "VmHWM")
-
-
-def _status_kb(server: ServerProcess, field: str) -> int:
-    assert server.process is not None
-    status = Path(f"/proc/{server.process.pid}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith(field)).split()[1])
+    return server.status_kb("VmHWM")
 
 
 def _predict(server: ServerProcess, request: predict_pb2.PredictRequest) -> grpc.RpcError:
@@ -284,15 +277,6 @@ def _float_images_request(images: int = 44) -> bytes:
     return ('{"instances":[' + ",".join([image] * images) + "]}").encode()
 
 
-def _decoder_pid(server: ServerProcess) -> int:
-    """The server's decoder process: its child spawned by ``multiprocessing`` (the other
-    such child, the resource tracker, is not started by ``spawn_main``)."""
-    assert server.process is not None
-    decoders = set(child_pids(server.process.pid)) & processes_mentioning("spawn_main")
-    assert len(decoders) == 1, decoders
-    return decoders.pop()
-
-
 def _decoder_bodies(server: ServerProcess) -> float:
     return server.metric_samples("streaminfer_server_decoder_bodies")[0].value
 
@@ -303,7 +287,7 @@ def test_health_answers_while_the_decoder_holds_a_60_mb_body(limited: ServerProc
     and once the decoder runs again the request is answered."""
     with limited.client() as client:  # a body over 2 MB: the decoder process is started
         assert client.post(PREDICT, content=_float_images_request(images=2)).status_code == 200
-    decoder = _decoder_pid(limited)
+    decoder = limited.decoder_pid()
     body = _float_images_request()
     answer: dict[str, int] = {}
 
@@ -384,19 +368,19 @@ def test_refused_large_requests_are_freed_at_once(stream_repo: Path, tmp_path: P
         ServerProcess(stream_repo, log=tmp_path / "serve.log") as server,
         server.client() as client,
     ):
-        before = _status_kb(server, "VmRSS")
+        before = server.status_kb("VmRSS")
         for _ in range(5):
             answer = client.post(
                 PREDICT, content=body, headers={"content-type": "application/json"}
             )
             assert answer.status_code == 400, answer.text
-        grown = _status_kb(server, "VmRSS") - before
+        grown = server.status_kb("VmRSS") - before
         assert grown < 100 * 1024, f"REST: the server grew by {grown // 1024} MB"
         message = _typed_float_request(100)
-        before = _status_kb(server, "VmRSS")
+        before = server.status_kb("VmRSS")
         for _ in range(5):
             assert "at most 64 rows" in _predict(server, message).details()
-        grown = _status_kb(server, "VmRSS") - before
+        grown = server.status_kb("VmRSS") - before
         assert grown < 100 * 1024, f"gRPC: the server grew by {grown // 1024} MB"
 
 

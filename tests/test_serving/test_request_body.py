@@ -8,10 +8,12 @@ import gzip
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from streaminfer.serving.request_body import read_body
+from streaminfer.models.batcher import Overloaded
+from streaminfer.serving.request_body import BODY_BUDGET, SMALL_BODY_BYTES, BodyBudget, read_body
 
 LIMIT = 1000
 
@@ -23,6 +25,7 @@ async def _echo(request: web.Request) -> web.Response:
 def _with_server(test: Callable[[TestServer], Awaitable[None]]) -> None:
     async def run() -> None:
         app = web.Application(client_max_size=LIMIT)
+        app[BODY_BUDGET] = BodyBudget(LIMIT, timeout=5)  # its bodies are all small
         app.router.add_post("/", _echo)
         async with TestServer(app, host="127.0.0.1") as server:
             await test(server)
@@ -78,3 +81,113 @@ def test_a_body_cut_short_leaves_the_server_answering() -> None:
             assert reply.status == 200 and await reply.read() == b"next"
 
     _with_server(test)
+
+
+# -- the budget of large bodies --------------------------------------------------------------
+MIB = 1 << 20
+
+
+def _budget_test(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(test())
+
+
+def test_small_bodies_never_wait_and_large_ones_get_a_deadline() -> None:
+    async def test() -> None:
+        budget = BodyBudget(4 * MIB, timeout=5)
+        now = asyncio.get_running_loop().time()
+        read_by = await budget.reserve("whole", 4 * MIB)
+        assert read_by is not None and now + 5 <= read_by < now + 6
+        assert await budget.reserve("small", SMALL_BODY_BYTES) is None  # the budget is full
+        assert budget.held == 4 * MIB
+        budget.release("small")  # held nothing: gives nothing back
+        budget.release("whole")
+        assert budget.held == 0
+
+    _budget_test(test)
+
+
+def test_bodies_wait_their_turn_first_come_first_served() -> None:
+    """A smaller body that would fit waits behind a larger one that came first, so a
+    stream of small large bodies cannot starve a large one."""
+
+    async def test() -> None:
+        budget = BodyBudget(10 * MIB, timeout=5)
+        await budget.reserve("a", 8 * MIB)
+        order: list[str] = []
+
+        async def take(name: str, size: int) -> None:
+            await budget.reserve(name, size)
+            order.append(name)
+
+        b = asyncio.create_task(take("b", 4 * MIB))
+        c = asyncio.create_task(take("c", 2 * MIB))
+        await asyncio.sleep(0)  # let both ask
+        assert budget.waiting == 2 and order == []
+        budget.release("a")
+        await asyncio.gather(b, c)
+        assert order == ["b", "c"] and budget.held == 6 * MIB and budget.waiting == 0
+
+    _budget_test(test)
+
+
+def test_a_body_larger_than_the_budget_waits_for_all_of_it() -> None:
+    async def test() -> None:
+        budget = BodyBudget(4 * MIB, timeout=5)
+        await budget.reserve("a", 2 * MIB)
+        huge = asyncio.create_task(budget.reserve("huge", 64 * MIB))
+        await asyncio.sleep(0)
+        assert budget.waiting == 1
+        budget.release("a")
+        await huge
+        assert budget.held == 4 * MIB  # the whole budget, no more
+
+    _budget_test(test)
+
+
+def test_a_body_gives_up_after_twice_the_timeout_and_the_one_behind_goes_ahead() -> None:
+    async def test() -> None:
+        budget = BodyBudget(4 * MIB, timeout=0.05)
+        await budget.reserve("a", 2 * MIB)
+        head = asyncio.create_task(budget.reserve("b", 4 * MIB))  # "a" never lets go
+        await asyncio.sleep(0.02)  # so that "c" gives up later than "b"
+        behind = asyncio.create_task(budget.reserve("c", 2 * MIB))  # fits, but came later
+        await asyncio.sleep(0)
+        assert budget.waiting == 2
+        with pytest.raises(Overloaded, match="retry later"):
+            await head
+        await behind
+        assert budget.held == 4 * MIB and budget.waiting == 0
+
+    _budget_test(test)
+
+
+def test_a_cancelled_waiter_lets_the_ones_behind_it_through() -> None:
+    """A client that goes away while its body waits leaves the queue; had it been at the
+    head, the smaller body behind it would otherwise wait for nothing."""
+
+    async def test() -> None:
+        budget = BodyBudget(10 * MIB, timeout=5)
+        await budget.reserve("a", 8 * MIB)
+        head = asyncio.create_task(budget.reserve("b", 4 * MIB))
+        behind = asyncio.create_task(budget.reserve("c", 2 * MIB))
+        await asyncio.sleep(0)
+        head.cancel()
+        await behind
+        assert head.cancelled() and budget.held == 10 * MIB and budget.waiting == 0
+
+    _budget_test(test)
+
+
+def test_a_waiter_granted_as_it_is_cancelled_gives_its_share_back() -> None:
+    async def test() -> None:
+        budget = BodyBudget(4 * MIB, timeout=5)
+        await budget.reserve("a", 4 * MIB)
+        waiter = asyncio.create_task(budget.reserve("b", 4 * MIB))
+        await asyncio.sleep(0)
+        budget.release("a")  # grants "b" ...
+        waiter.cancel()  # ... which is cancelled before it runs again
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert budget.held == 0 and budget.waiting == 0
+
+    _budget_test(test)

@@ -63,6 +63,23 @@ def serve_cmd(
     auth_token_file: Annotated[
         Path | None, typer.Option(help="File holding the bearer token clients must send.")
     ] = None,
+    max_request_mb: Annotated[
+        int | None,
+        typer.Option(help="Largest request body or message (MB); 413 beyond.", show_default="64"),
+    ] = None,
+    body_memory_mb: Annotated[
+        int | None,
+        typer.Option(
+            help="MB of REST bodies over 1 MiB held at once; more wait (default: twice "
+            "--max-request-mb)."
+        ),
+    ] = None,
+    body_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a body over 1 MiB may take to arrive; then 408.", show_default="60.0"
+        ),
+    ] = None,
     request_timeout: Annotated[
         float | None,
         typer.Option(help="Seconds a request may take; then 504.", show_default="30.0"),

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.serving.errors import OK, status_of
+from streaminfer.serving.request_body import BodyBudget
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -78,9 +79,11 @@ class ServerMetrics:
             registry=self.registry,
         )
 
-    def attach(self, models: ModelRegistry, decoder_bodies: Callable[[], int]) -> None:
+    def attach(
+        self, models: ModelRegistry, decoder_bodies: Callable[[], int], budget: BodyBudget
+    ) -> None:
         """Start reporting the queue depth of ``models`` and labelling by its model names,
-        and the bodies ``decoder_bodies`` counts."""
+        the bodies ``decoder_bodies`` counts, and what the body ``budget`` holds."""
         self._models = models
         self.registry.register(_QueueDepth(models))
         Gauge(
@@ -88,6 +91,16 @@ class ServerMetrics:
             "Large request bodies in the decoder process or waiting for it.",
             registry=self.registry,
         ).set_function(decoder_bodies)
+        Gauge(
+            "streaminfer_server_body_bytes_held",
+            "Bytes reserved by the large REST bodies being read or handled.",
+            registry=self.registry,
+        ).set_function(lambda: budget.held)
+        Gauge(
+            "streaminfer_server_bodies_waiting",
+            "Large REST bodies waiting for others to be answered before they are read.",
+            registry=self.registry,
+        ).set_function(lambda: budget.waiting)
 
     def on_batch(self, model: str, rows: int) -> None:
         self._batch_size.labels(model).observe(rows)

@@ -1,28 +1,121 @@
-"""A REST request's body, read in one piece when its length is declared."""
+"""A REST request's body: read in one piece when its length is declared, large ones within
+a budget of bytes the server holds at once."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 from aiohttp import web
 
+from streaminfer.models.batcher import Overloaded
+
+SMALL_BODY_BYTES = 1 << 20
+"""Bodies up to this size skip the budget, so small requests never wait behind large ones."""
+
+
+class BodyBudget:
+    """Bytes of large request bodies that the server holds at once.
+
+    Reading a body costs twice its size for a moment, and the body and what is decoded
+    from it live until the request is answered: eight 60 MB bodies at once took a server
+    to 1,060 MB.  So a request whose body is larger than ``SMALL_BODY_BYTES`` reserves its
+    declared length (the largest allowed when the length is unknown or compressed) before
+    a byte of it is read, and holds it until answered.  While others hold the budget it
+    waits, first come first served, for at most twice ``timeout`` (429), long enough for
+    the body ahead of it to arrive or be cut off.  Then its body must arrive within
+    ``timeout`` (408): a client that trickles a large body holds its share that long only.
+    """
+
+    def __init__(self, total: int, timeout: float) -> None:
+        self.total = total
+        self.timeout = timeout
+        self.held = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._reserved: dict[int, int] = {}  # id(request): bytes it holds
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def reserve(self, request: object, size: int) -> float | None:
+        """Reserve ``size`` bytes for ``request``'s body (nothing for a small one), to be
+        given back by ``release``; the event loop's time by which the body must be read."""
+        if size <= SMALL_BODY_BYTES:
+            return None
+        size = min(size, self.total)
+        await self._acquire(size)
+        self._reserved[id(request)] = size
+        return asyncio.get_running_loop().time() + self.timeout
+
+    def release(self, request: object) -> None:
+        """Give back what ``request`` reserved, if anything: it has been answered."""
+        size = self._reserved.pop(id(request), 0)
+        if size:
+            self.held -= size
+            self._grant()
+
+    async def _acquire(self, size: int) -> None:
+        if not self._waiting and self.held + size <= self.total:
+            self.held += size
+            return
+        entry = (size, asyncio.get_running_loop().create_future())
+        self._waiting.append(entry)
+        try:
+            async with asyncio.timeout(2 * self.timeout):
+                await entry[1]
+        except BaseException as exc:
+            if entry in self._waiting:
+                self._waiting.remove(entry)
+                self._grant()  # it may have been the one holding smaller bodies back
+            elif entry[1].done() and not entry[1].cancelled():
+                self.held -= size  # granted just as it gave up
+                self._grant()
+            if isinstance(exc, TimeoutError):
+                raise Overloaded(
+                    f"the server holds its limit of large request bodies "
+                    f"({self.total >> 20} MiB) and none was answered within "
+                    f"{2 * self.timeout:g} s; retry later"
+                ) from None
+            raise
+
+    def _grant(self) -> None:
+        while self._waiting and self.held + self._waiting[0][0] <= self.total:
+            size, waiter = self._waiting.popleft()
+            self.held += size
+            waiter.set_result(None)
+
+
+BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
+
 
 async def read_body(request: web.Request) -> bytes:
-    """The body, within the app's ``client_max_size`` (413 beyond).
+    """The body, within the app's ``client_max_size`` (413 beyond) and its body budget.
 
     aiohttp's ``read()`` grows a bytearray chunk by chunk and then copies it: for a 3 MB
     JSON body that cost the server 3.2 ms of CPU where reading the declared length costs
     1.7.  A chunked or compressed body (its length unknown until read) still goes through
     ``read()``.
     """
+    if not request.body_exists:
+        return b""
     length = request.content_length
-    if length is None or request.headers.get("Content-Encoding", "identity") != "identity":
-        return await request.read()
-    if length > request.client_max_size:
+    if length is not None and request.headers.get("Content-Encoding", "identity") != "identity":
+        length = None  # the declared length is the compressed one
+    if length is not None and length > request.client_max_size:
         raise web.HTTPRequestEntityTooLarge(request.client_max_size, length)
     if length == 0:
         return b""  # aiohttp's empty payload refuses even readexactly(0)
+    budget = request.app[BODY_BUDGET]
+    read_by = await budget.reserve(request, request.client_max_size if length is None else length)
     try:
-        return await request.content.readexactly(length)
+        async with asyncio.timeout_at(read_by):
+            if length is None:
+                return await request.read()
+            return await request.content.readexactly(length)
     except asyncio.IncompleteReadError as exc:
         raise web.HTTPBadRequest(text="the body ended before its Content-Length") from exc
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            text=f"the body did not arrive within {budget.timeout:g} s (--body-timeout)"
+        ) from None

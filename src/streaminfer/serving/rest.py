@@ -14,6 +14,7 @@ from streaminfer.serving.dataplane import DataPlane
 from streaminfer.serving.errors import describe
 from streaminfer.serving.kserve_rest import KServeRest
 from streaminfer.serving.metrics import CONTENT_TYPE, ServerMetrics
+from streaminfer.serving.request_body import BODY_BUDGET, BodyBudget
 from streaminfer.serving.responses import json_response
 from streaminfer.serving.tfserving_rest import STATUS_PATH, TFServingRest
 
@@ -61,6 +62,7 @@ def build_app(
     auth: BearerAuth | None,
     max_request_bytes: int,
     handling: Handling,
+    bodies: BodyBudget,
 ) -> web.Application:
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -76,11 +78,14 @@ def build_app(
             status, message = describe(exc)
             drop_tracebacks(exc)  # its frames hold the request, its body too
             return json_response({"error": message}, status.http)
+        finally:
+            bodies.release(request)  # what its body reserved: it has been answered
 
     async def prometheus(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     app = web.Application(middlewares=[errors], client_max_size=max_request_bytes)
+    app[BODY_BUDGET] = bodies
     app.add_routes(TFServingRest(plane, metrics).routes())
     app.add_routes(KServeRest(plane, metrics).routes())
     app.add_routes([web.get(path, prometheus) for path in METRICS_PATHS])

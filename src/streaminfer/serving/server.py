@@ -35,6 +35,7 @@ from streaminfer.serving.auth import BearerAuth
 from streaminfer.serving.dataplane import DataPlane
 from streaminfer.serving.grpc_services import create_server
 from streaminfer.serving.metrics import ServerMetrics
+from streaminfer.serving.request_body import BodyBudget
 from streaminfer.serving.rest import Handling, build_app
 from streaminfer.serving.settings import ServerSettings
 
@@ -68,7 +69,8 @@ class ModelServer:
             settings.request_timeout,
             load_handler(settings.handler) if settings.handler else None,
         )
-        self.metrics.attach(self.registry, lambda: self.plane.decoder_bodies)
+        self.bodies = BodyBudget(settings.body_memory_bytes, settings.body_timeout)
+        self.metrics.attach(self.registry, lambda: self.plane.decoder_bodies, self.bodies)
         self.auth = (
             BearerAuth.from_file(settings.auth_token_file) if settings.auth_token_file else None
         )
@@ -132,7 +134,12 @@ class ModelServer:
             raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from exc
         await self._grpc.start()
         app = build_app(
-            self.plane, self.metrics, self.auth, settings.max_request_bytes, self._handling
+            self.plane,
+            self.metrics,
+            self.auth,
+            settings.max_request_bytes,
+            self._handling,
+            self.bodies,
         )
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT)
         await self._runner.setup()

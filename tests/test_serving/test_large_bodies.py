@@ -1,0 +1,153 @@
+"""Large REST bodies within a budget of bytes, against a real server process.
+
+Many large bodies at once are read a budget's worth at a time, so the server's memory
+stays bounded; a client that trickles a large body is cut off after ``--body-timeout``
+(408), and meanwhile small requests are answered and the bodies behind it wait their turn.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tests.repository import MODEL
+from tests.servers import ServerProcess
+from tests.support import wait_for
+
+PREDICT = f"/v1/models/{MODEL}:predict"
+TINY_PREDICT = "/v1/models/tiny:predict"  # stream_repo's tensor model: x [N, 4] -> y [N, 4]
+MB = 1 << 20
+
+
+def _gauge(server: ServerProcess, family: str) -> float:
+    return server.metric_samples(family)[0].value
+
+
+def _rows_body(megabytes: int) -> bytes:
+    """A JSON predict request of about ``megabytes``, far more rows than a request may hold
+    (answered 400 once it has been read and decoded)."""
+    row = b"[1.5,2.5,3.5,4.5],"
+    rows = megabytes * MB // len(row)
+    return b'{"instances": [' + row * rows + b"[1.5,2.5,3.5,4.5]]}"
+
+
+def _trickle(server: ServerProcess, declared: int) -> socket.socket:
+    """A connection that declares a body of ``declared`` bytes and sends 1 KiB of it."""
+    host, port = server.rest_target.rsplit(":", 1)
+    connection = socket.create_connection((host, int(port)))
+    connection.sendall(
+        f"POST {TINY_PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {declared}\r\n\r\n".encode()
+        + b" " * 1024
+    )
+    return connection
+
+
+def _status_line(connection: socket.socket) -> str:
+    connection.settimeout(60)
+    with connection:
+        return connection.recv(4096).split(b"\r\n", 1)[0].decode()
+
+
+def test_many_large_bodies_at_once_are_read_within_the_budget(
+    stream_repo: Path, tmp_path: Path
+) -> None:
+    """Eight 60 MB bodies sent together take turns, two at a time (the budget is twice
+    ``--max-request-mb``): each is answered, and the server grows by a fraction of the
+    1 GB it reached when all eight were read at once."""
+    body = _rows_body(60)
+    with ServerProcess(stream_repo, log=tmp_path / "serve.log") as server:
+        before = server.status_kb("VmRSS")
+
+        def post(_: int) -> tuple[int, str]:
+            with server.client() as client:
+                answer = client.post(TINY_PREDICT, content=body, timeout=120)
+                return answer.status_code, answer.text
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(post, range(8)))
+        grown = (server.status_kb("VmHWM") - before) // 1024
+        for status, text in answers:
+            assert status == 400 and "at most" in text, (status, text)
+        assert grown < 400, f"the server grew by {grown} MB"
+        assert _gauge(server, "streaminfer_server_body_bytes_held") == 0
+
+
+def test_a_trickled_body_is_cut_off_and_holds_back_neither_small_nor_later_requests(
+    stream_repo: Path, tmp_path: Path
+) -> None:
+    """With a budget of one 8 MiB body, a client declares 8 MiB and sends 1 KiB: it holds
+    the whole budget.  Small requests are answered meanwhile; a 2 MB body waits; the
+    trickler is answered 408 after ``--body-timeout``, and then the waiting body is read
+    and answered."""
+    args = ("--max-request-mb", "8", "--body-memory-mb", "8", "--body-timeout", "2")
+    with ServerProcess(stream_repo, *args, log=tmp_path / "serve.log") as server:
+        trickler = _trickle(server, 8 * MB)
+        wait_for(
+            lambda: _gauge(server, "streaminfer_server_body_bytes_held") == 8 * MB,
+            what="the trickled body to hold the budget",
+        )
+        with server.client() as client:
+            small = client.post(TINY_PREDICT, json={"instances": [[1.0, 2.0, 3.0, 4.0]]})
+        assert small.status_code == 200, small.text
+        waiting: dict[str, tuple[int, str]] = {}
+
+        def post() -> None:
+            with server.client() as client:
+                answer = client.post(TINY_PREDICT, content=_rows_body(2), timeout=60)
+                waiting["answer"] = answer.status_code, answer.text
+
+        sender = threading.Thread(target=post)
+        sender.start()
+        wait_for(
+            lambda: _gauge(server, "streaminfer_server_bodies_waiting") == 1,
+            what="the 2 MB body to wait for the budget",
+        )
+        assert "answer" not in waiting
+        assert _status_line(trickler) == "HTTP/1.1 408 Request Timeout"
+        sender.join()
+        status, text = waiting["answer"]
+        assert status == 400 and "at most" in text, (status, text)  # read and decoded
+        assert _gauge(server, "streaminfer_server_body_bytes_held") == 0
+        assert _gauge(server, "streaminfer_server_bodies_waiting") == 0
+
+
+def test_a_body_waits_at_most_twice_the_body_timeout(stream_repo: Path, tmp_path: Path) -> None:
+    """A 3 MB body, read at once, holds its share until it is answered, here held up in
+    a stopped decoder process; a 2 MB body behind it, past the 4 MiB budget, gives up
+    after twice ``--body-timeout`` and is answered 429 without being read.  Once the
+    decoder runs again, the first is answered."""
+    args = ("--max-request-mb", "4", "--body-memory-mb", "4", "--body-timeout", "1")
+    with ServerProcess(stream_repo, *args, log=tmp_path / "serve.log") as server:
+        first = _rows_body(3)
+        with server.client() as client:  # a body over 2 MB: the decoder process is started
+            assert client.post(TINY_PREDICT, content=first).status_code == 400
+        decoder = server.decoder_pid()
+        answers: dict[str, tuple[int, str]] = {}
+
+        def post(name: str, body: bytes) -> None:
+            with server.client() as client:
+                answer = client.post(TINY_PREDICT, content=body, timeout=60)
+                answers[name] = answer.status_code, answer.text
+
+        held_up = threading.Thread(target=post, args=("first", first))
+        os.kill(decoder, signal.SIGSTOP)
+        try:
+            held_up.start()
+            wait_for(
+                lambda: _gauge(server, "streaminfer_server_body_bytes_held") == len(first),
+                what="the first body to hold its share",
+            )
+            post("second", _rows_body(2))
+            assert "first" not in answers
+        finally:
+            os.kill(decoder, signal.SIGCONT)
+        held_up.join()
+        status, text = answers["second"]
+        assert status == 429 and "retry later" in text, (status, text)
+        assert answers["first"][0] == 400
+        assert _gauge(server, "streaminfer_server_body_bytes_held") == 0
