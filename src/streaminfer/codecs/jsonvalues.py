@@ -37,7 +37,7 @@ matches too, which only costs the slow path."""
 _WRITE_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
-def loads(body: bytes) -> JSON:
+def loads(body: bytes | bytearray) -> JSON:
     """A body as JSON, or DecodeError saying why it is not."""
     if not _may_hold_long_integers(body):
         try:
@@ -53,7 +53,7 @@ def loads(body: bytes) -> JSON:
 _OPEN = ord("[")
 
 
-def loads_tensors(body: bytes) -> JSON:
+def loads_tensors(body: bytes | bytearray) -> JSON:
     """``loads``, with each nested list of floats read straight into a float64 array.
 
     A list whose first leaf is a float is read by simdjson into one buffer (it refuses
@@ -112,7 +112,7 @@ def _check_lengths(lists: Any, shape: list[int]) -> None:
             _check_lengths(inner, shape[1:])
 
 
-def _may_hold_long_integers(body: bytes) -> bool:
+def _may_hold_long_integers(body: bytes | bytearray) -> bool:
     shapes = body.translate(_DIGITS_AND_SEPARATORS)
     return shapes.startswith(_LONG_INTEGER[1:]) or _LONG_INTEGER in shapes
 

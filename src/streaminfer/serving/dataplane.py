@@ -124,7 +124,7 @@ class DataPlane:
         self._decode_pool.shutdown(wait=True)
         self._body_decoder.close()
 
-    async def decode(self, parse: Callable[..., T], body: bytes, *args: Any) -> T:
+    async def decode(self, parse: Callable[..., T], body: bytes | bytearray, *args: Any) -> T:
         """``parse(body, *args)``: here for a small body, in the decoder process for a large one.
 
         ``parse`` must be a module-level function (it is sent to the decoder by name).
@@ -421,10 +421,13 @@ class ModelHandle:
             )
 
 
-def request_record(body: bytes, headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> Record:
-    """A REST request as a handler sees it: its body, and its headers (names lower-case)."""
+def request_record(
+    body: bytes | bytearray, headers: Mapping[str, str] | Iterable[tuple[str, str]]
+) -> Record:
+    """A REST request as a handler sees it: its body (as ``bytes``, like a Kafka record's
+    value), and its headers (names lower-case)."""
     pairs = headers.items() if isinstance(headers, Mapping) else headers
-    return Record(None, body, [(name.lower(), value.encode()) for name, value in pairs])
+    return Record(None, bytes(body), [(name.lower(), value.encode()) for name, value in pairs])
 
 
 def _pop_top_k(inputs: Tensors, given: int | None) -> int | None:

@@ -38,7 +38,7 @@ STOP_TIMEOUT = 5.0
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 64 << 20
 _COUNT = struct.Struct("!Q")
-Part = bytes | memoryview
+Part = bytes | bytearray | memoryview
 
 
 class BodyDecoder:
@@ -57,7 +57,7 @@ class BodyDecoder:
         """Bodies in the decoder process or waiting for it, cancelled requests' included."""
         return self._bodies
 
-    async def decode(self, parse: Callable[..., T], body: bytes, *args: Any) -> T:
+    async def decode(self, parse: Callable[..., T], body: bytes | bytearray, *args: Any) -> T:
         """``parse(body, *args)``, run in the decoder process; its exceptions are re-raised."""
         self._count_bodies(1)
         exchange = self._exchanges.submit(self._exchange, parse, body, args)
@@ -71,7 +71,9 @@ class BodyDecoder:
         with self._bodies_lock:
             self._bodies += change
 
-    def _exchange(self, parse: Callable[..., Any], body: bytes, args: tuple[Any, ...]) -> Any:
+    def _exchange(
+        self, parse: Callable[..., Any], body: bytes | bytearray, args: tuple[Any, ...]
+    ) -> Any:
         connection = self._connect()
         try:
             _send(connection, [pickle.dumps((parse, args)), body])

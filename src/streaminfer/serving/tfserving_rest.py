@@ -101,7 +101,7 @@ class TFServingRest:
             return response
 
 
-async def _predict(plane: DataPlane, model: ModelHandle, text: bytes) -> web.Response:
+async def _predict(plane: DataPlane, model: ModelHandle, text: bytes | bytearray) -> web.Response:
     """Tensors in either format; for a tabular model also records of named values.
 
     A large body is decoded in the data plane's decoder process, off the event loop;
