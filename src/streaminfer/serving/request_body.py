@@ -17,9 +17,9 @@ SMALL_BODY_BYTES = 1 << 20
 class BodyBudget:
     """Bytes of large request bodies that the server holds at once.
 
-    Reading a body costs twice its size for a moment, and the body and what is decoded
-    from it live until the request is answered: eight 60 MB bodies at once took a server
-    to 1,060 MB.  So a request whose body is larger than ``SMALL_BODY_BYTES`` reserves its
+    A body and what is decoded from it live until its request is answered, and nothing
+    bounded how many were read at once: eight 60 MB bodies took a server from 315 MB to
+    1,164.  So a request whose body is larger than ``SMALL_BODY_BYTES`` reserves its
     declared length (the largest allowed when the length is unknown or compressed) before
     a byte of it is read, and holds it until answered.  While others hold the budget it
     waits, first come first served, for at most twice ``timeout`` (429), long enough for
@@ -74,8 +74,8 @@ class BodyBudget:
             if isinstance(exc, TimeoutError):
                 raise Overloaded(
                     f"the server holds its limit of large request bodies "
-                    f"({self.total >> 20} MiB) and none was answered within "
-                    f"{2 * self.timeout:g} s; retry later"
+                    f"({self.total >> 20} MiB, --body-memory-mb) and this one waited "
+                    f"{2 * self.timeout:g} s for room; retry later"
                 ) from None
             raise
 
