@@ -14,6 +14,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
+
 from tests.repository import MODEL
 from tests.servers import ServerProcess
 from tests.support import wait_for
@@ -127,12 +129,11 @@ def test_a_body_waits_at_most_twice_the_body_timeout(stream_repo: Path, tmp_path
         with server.client() as client:  # a body over 2 MB: the decoder process is started
             assert client.post(TINY_PREDICT, content=first).status_code == 400
         decoder = server.decoder_pid()
-        answers: dict[str, tuple[int, str]] = {}
+        answers: dict[str, httpx.Response] = {}
 
         def post(name: str, body: bytes) -> None:
             with server.client() as client:
-                answer = client.post(TINY_PREDICT, content=body, timeout=60)
-                answers[name] = answer.status_code, answer.text
+                answers[name] = client.post(TINY_PREDICT, content=body, timeout=60)
 
         held_up = threading.Thread(target=post, args=("first", first))
         os.kill(decoder, signal.SIGSTOP)
@@ -147,7 +148,8 @@ def test_a_body_waits_at_most_twice_the_body_timeout(stream_repo: Path, tmp_path
         finally:
             os.kill(decoder, signal.SIGCONT)
         held_up.join()
-        status, text = answers["second"]
-        assert status == 429 and "retry later" in text, (status, text)
-        assert answers["first"][0] == 400
+        second = answers["second"]
+        assert second.status_code == 429 and "retry later" in second.text, second.text
+        assert second.headers["Retry-After"] == "1"
+        assert answers["first"].status_code == 400
         assert _gauge(server, "streaminfer_server_body_bytes_held") == 0

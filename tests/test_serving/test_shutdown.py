@@ -53,7 +53,7 @@ def test_sigterm_drains_in_flight_requests(model_repo: Path, tmp_path: Path) -> 
         # Sent after the stop, while the others are still batching: refused.
         late = kept_alive.post(path, content=body)
         assert late.status_code == 503, late.text
-        assert "shutting down" in late.text
+        assert "shutting down" in late.text and late.headers["Retry-After"] == "1"
         statuses = [reply.result().status_code for reply in replies]
         statuses.append(_status(upload))
         assert server.process.wait(60) == 0

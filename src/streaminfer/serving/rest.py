@@ -22,6 +22,7 @@ METRICS_PATHS = ("/monitoring/prometheus/metrics", "/metrics")
 _HEALTH = re.compile(r"^/v2/health/(?:live|ready)$|^/v2/models/[^/]+(?:/versions/[^/]+)?/ready$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RETRY_AFTER_S = "1"
 
 
 class Handling:
@@ -77,7 +78,10 @@ def build_app(
         except Exception as exc:
             status, message = describe(exc)
             drop_tracebacks(exc)  # its frames hold the request, its body too
-            return json_response({"error": message}, status.http)
+            response = json_response({"error": message}, status.http)
+            if status.http in (429, 503):  # overloaded or stopping: worth another try soon
+                response.headers["Retry-After"] = RETRY_AFTER_S
+            return response
         finally:
             bodies.release(request)  # what its body reserved: it has been answered
 
