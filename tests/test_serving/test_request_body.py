@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -191,3 +192,49 @@ def test_a_waiter_granted_as_it_is_cancelled_gives_its_share_back() -> None:
         assert budget.held == 0 and budget.waiting == 0
 
     _budget_test(test)
+
+
+def test_a_chunked_body_waits_for_the_budget_only_past_its_first_mib() -> None:
+    """Its length unknown, a chunked body is read like a small one up to 1 MiB, so small
+    chunked requests go on while the budget is full; past that it reserves the largest
+    body allowed, and waits for it."""
+
+    @web.middleware
+    async def release(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            budget.release(request)  # as the server's middleware does once it has answered
+
+    async def chunks(data: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 64 * 1024):
+            yield data[start : start + 64 * 1024]
+
+    budget = BodyBudget(4 * MIB, timeout=5)
+
+    async def run() -> None:
+        app = web.Application(client_max_size=4 * MIB, middlewares=[release])
+        app[BODY_BUDGET] = budget
+        app.router.add_post("/", _echo)
+        await budget.reserve("another", 4 * MIB)  # the whole budget
+        async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
+            small = bytes(range(256)) * 400
+            async with session.post(server.make_url("/"), data=chunks(small)) as reply:
+                assert reply.status == 200 and await reply.read() == small
+
+            large = bytes(range(256)) * 8192  # 2 MiB
+
+            async def post_large() -> bytes:
+                async with session.post(server.make_url("/"), data=chunks(large)) as reply:
+                    assert reply.status == 200
+                    return await reply.read()
+
+            sending = asyncio.create_task(post_large())
+            while budget.waiting == 0:
+                await asyncio.sleep(0.01)
+            assert not sending.done()
+            budget.release("another")
+            assert await sending == large
+            assert budget.held == 0 and budget.waiting == 0
+
+    asyncio.run(run())
