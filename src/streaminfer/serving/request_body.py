@@ -21,10 +21,11 @@ class BodyBudget:
     bounded how many were read at once: eight 60 MB bodies took a server from 315 MB to
     1,164.  So a request whose body is larger than ``SMALL_BODY_BYTES`` reserves its
     declared length before a byte of it is read (a body of unknown length, the largest
-    allowed once it has passed ``SMALL_BODY_BYTES``), and holds it until answered.  While others hold the budget it
-    waits, first come first served, for at most twice ``timeout`` (429), long enough for
-    the body ahead of it to arrive or be cut off.  Then its body must arrive within
-    ``timeout`` (408): a client that trickles a large body holds its share that long only.
+    allowed once it has passed ``SMALL_BODY_BYTES``), and holds it until answered.  While
+    others hold the budget it waits, first come first served, for at most twice
+    ``timeout`` (429), long enough for the body ahead of it to arrive or be cut off.  Then
+    its body must arrive within ``timeout`` (408): a client that trickles a large body
+    holds its share that long only.
     """
 
     def __init__(self, total: int, timeout: float) -> None:
