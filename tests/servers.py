@@ -154,6 +154,10 @@ class ServerProcess:
             for sample in parsed.samples
         ]
 
+    def gauge(self, family: str) -> float:
+        """The value of a metric family of one unlabelled sample, e.g. a gauge."""
+        return self.metric_samples(family)[0].value
+
     def requests_served(self) -> float:
         """Inference requests the server has counted."""
         return sum(

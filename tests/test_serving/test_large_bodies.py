@@ -25,10 +25,6 @@ TINY_PREDICT = "/v1/models/tiny:predict"  # stream_repo's tensor model: x [N, 4]
 MB = 1 << 20
 
 
-def _gauge(server: ServerProcess, family: str) -> float:
-    return server.metric_samples(family)[0].value
-
-
 def _rows_body(megabytes: int) -> bytes:
     """A JSON predict request of about ``megabytes``, far more rows than a request may hold
     (answered 400 once it has been read and decoded)."""
@@ -76,7 +72,7 @@ def test_many_large_bodies_at_once_are_read_within_the_budget(
         for status, text in answers:
             assert status == 400 and "at most" in text, (status, text)
         assert grown < 400, f"the server grew by {grown} MB"
-        assert _gauge(server, "streaminfer_server_body_bytes_held") == 0
+        assert server.gauge("streaminfer_server_body_bytes_held") == 0
 
 
 def test_a_trickled_body_is_cut_off_and_holds_back_neither_small_nor_later_requests(
@@ -90,7 +86,7 @@ def test_a_trickled_body_is_cut_off_and_holds_back_neither_small_nor_later_reque
     with ServerProcess(stream_repo, *args, log=tmp_path / "serve.log") as server:
         trickler = _trickle(server, 8 * MB)
         wait_for(
-            lambda: _gauge(server, "streaminfer_server_body_bytes_held") == 8 * MB,
+            lambda: server.gauge("streaminfer_server_body_bytes_held") == 8 * MB,
             what="the trickled body to hold the budget",
         )
         with server.client() as client:
@@ -106,7 +102,7 @@ def test_a_trickled_body_is_cut_off_and_holds_back_neither_small_nor_later_reque
         sender = threading.Thread(target=post)
         sender.start()
         wait_for(
-            lambda: _gauge(server, "streaminfer_server_bodies_waiting") == 1,
+            lambda: server.gauge("streaminfer_server_bodies_waiting") == 1,
             what="the 2 MB body to wait for the budget",
         )
         assert "answer" not in waiting
@@ -114,8 +110,8 @@ def test_a_trickled_body_is_cut_off_and_holds_back_neither_small_nor_later_reque
         sender.join()
         status, text = waiting["answer"]
         assert status == 400 and "at most" in text, (status, text)  # read and decoded
-        assert _gauge(server, "streaminfer_server_body_bytes_held") == 0
-        assert _gauge(server, "streaminfer_server_bodies_waiting") == 0
+        assert server.gauge("streaminfer_server_body_bytes_held") == 0
+        assert server.gauge("streaminfer_server_bodies_waiting") == 0
 
 
 def test_a_body_waits_at_most_twice_the_body_timeout(stream_repo: Path, tmp_path: Path) -> None:
@@ -140,7 +136,7 @@ def test_a_body_waits_at_most_twice_the_body_timeout(stream_repo: Path, tmp_path
         try:
             held_up.start()
             wait_for(
-                lambda: _gauge(server, "streaminfer_server_body_bytes_held") == len(first),
+                lambda: server.gauge("streaminfer_server_body_bytes_held") == len(first),
                 what="the first body to hold its share",
             )
             post("second", _rows_body(2))
@@ -152,4 +148,4 @@ def test_a_body_waits_at_most_twice_the_body_timeout(stream_repo: Path, tmp_path
         assert second.status_code == 429 and "retry later" in second.text, second.text
         assert second.headers["Retry-After"] == "1"
         assert answers["first"].status_code == 400
-        assert _gauge(server, "streaminfer_server_body_bytes_held") == 0
+        assert server.gauge("streaminfer_server_body_bytes_held") == 0

@@ -278,7 +278,7 @@ def _float_images_request(images: int = 44) -> bytes:
 
 
 def _decoder_bodies(server: ServerProcess) -> float:
-    return server.metric_samples("streaminfer_server_decoder_bodies")[0].value
+    return server.gauge("streaminfer_server_decoder_bodies")
 
 
 def test_health_answers_while_the_decoder_holds_a_60_mb_body(limited: ServerProcess) -> None:

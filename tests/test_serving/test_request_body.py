@@ -23,10 +23,32 @@ async def _echo(request: web.Request) -> web.Response:
     return web.Response(body=await read_body(request))
 
 
-def _with_server(test: Callable[[TestServer], Awaitable[None]]) -> None:
+async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
+    """``data`` sent chunked, ``size`` bytes a chunk."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def _with_server(
+    test: Callable[[TestServer], Awaitable[None]],
+    limit: int = LIMIT,
+    budget: BodyBudget | None = None,
+) -> None:
+    """``test`` against a server of ``_echo`` (by default its bodies all small), giving
+    back what a body reserved once it is answered, as the model server's middleware does."""
+
+    @web.middleware
+    async def release(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            bodies.release(request)
+
+    bodies = budget or BodyBudget(limit, timeout=5)
+
     async def run() -> None:
-        app = web.Application(client_max_size=LIMIT)
-        app[BODY_BUDGET] = BodyBudget(LIMIT, timeout=5)  # its bodies are all small
+        app = web.Application(client_max_size=limit, middlewares=[release])
+        app[BODY_BUDGET] = bodies
         app.router.add_post("/", _echo)
         async with TestServer(app, host="127.0.0.1") as server:
             await test(server)
@@ -47,16 +69,12 @@ def test_a_declared_length_is_read_whole_and_bounded() -> None:
 
 
 def test_chunked_and_compressed_bodies_are_read_as_sent() -> None:
-    async def chunks(data: bytes) -> AsyncIterator[bytes]:
-        for start in range(0, len(data), 100):
-            yield data[start : start + 100]
-
     async def test(server: TestServer) -> None:
         body = b"0123456789" * 90
         async with aiohttp.ClientSession() as session:
-            async with session.post(server.make_url("/"), data=chunks(body)) as reply:
+            async with session.post(server.make_url("/"), data=_chunks(body, 100)) as reply:
                 assert reply.status == 200 and await reply.read() == body
-            async with session.post(server.make_url("/"), data=chunks(body * 2)) as reply:
+            async with session.post(server.make_url("/"), data=_chunks(body * 2, 100)) as reply:
                 assert reply.status == 413  # chunked past the bound
             packed = gzip.compress(body)
             assert len(packed) < len(body)  # its Content-Length is not the body's length
@@ -88,10 +106,6 @@ def test_a_body_cut_short_leaves_the_server_answering() -> None:
 MIB = 1 << 20
 
 
-def _budget_test(test: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(test())
-
-
 def test_small_bodies_never_wait_and_large_ones_get_a_deadline() -> None:
     async def test() -> None:
         budget = BodyBudget(4 * MIB, timeout=5)
@@ -104,7 +118,7 @@ def test_small_bodies_never_wait_and_large_ones_get_a_deadline() -> None:
         budget.release("whole")
         assert budget.held == 0
 
-    _budget_test(test)
+    asyncio.run(test())
 
 
 def test_bodies_wait_their_turn_first_come_first_served() -> None:
@@ -128,7 +142,7 @@ def test_bodies_wait_their_turn_first_come_first_served() -> None:
         await asyncio.gather(b, c)
         assert order == ["b", "c"] and budget.held == 6 * MIB and budget.waiting == 0
 
-    _budget_test(test)
+    asyncio.run(test())
 
 
 def test_a_body_larger_than_the_budget_waits_for_all_of_it() -> None:
@@ -142,7 +156,7 @@ def test_a_body_larger_than_the_budget_waits_for_all_of_it() -> None:
         await huge
         assert budget.held == 4 * MIB  # the whole budget, no more
 
-    _budget_test(test)
+    asyncio.run(test())
 
 
 def test_a_body_gives_up_after_twice_the_timeout_and_the_one_behind_goes_ahead() -> None:
@@ -159,7 +173,7 @@ def test_a_body_gives_up_after_twice_the_timeout_and_the_one_behind_goes_ahead()
         await behind
         assert budget.held == 4 * MIB and budget.waiting == 0
 
-    _budget_test(test)
+    asyncio.run(test())
 
 
 def test_a_cancelled_waiter_lets_the_ones_behind_it_through() -> None:
@@ -176,7 +190,7 @@ def test_a_cancelled_waiter_lets_the_ones_behind_it_through() -> None:
         await behind
         assert head.cancelled() and budget.held == 10 * MIB and budget.waiting == 0
 
-    _budget_test(test)
+    asyncio.run(test())
 
 
 def test_a_waiter_granted_as_it_is_cancelled_gives_its_share_back() -> None:
@@ -191,41 +205,27 @@ def test_a_waiter_granted_as_it_is_cancelled_gives_its_share_back() -> None:
             await waiter
         assert budget.held == 0 and budget.waiting == 0
 
-    _budget_test(test)
+    asyncio.run(test())
 
 
 def test_a_chunked_body_waits_for_the_budget_only_past_its_first_mib() -> None:
     """Its length unknown, a chunked body is read like a small one up to 1 MiB, so small
     chunked requests go on while the budget is full; past that it reserves the largest
     body allowed, and waits for it."""
-
-    @web.middleware
-    async def release(request: web.Request, handler: Any) -> web.StreamResponse:
-        try:
-            return await handler(request)  # type: ignore[no-any-return]
-        finally:
-            budget.release(request)  # as the server's middleware does once it has answered
-
-    async def chunks(data: bytes) -> AsyncIterator[bytes]:
-        for start in range(0, len(data), 64 * 1024):
-            yield data[start : start + 64 * 1024]
-
     budget = BodyBudget(4 * MIB, timeout=5)
 
-    async def run() -> None:
-        app = web.Application(client_max_size=4 * MIB, middlewares=[release])
-        app[BODY_BUDGET] = budget
-        app.router.add_post("/", _echo)
+    async def test(server: TestServer) -> None:
         await budget.reserve("another", 4 * MIB)  # the whole budget
-        async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession() as session:
             small = bytes(range(256)) * 400
-            async with session.post(server.make_url("/"), data=chunks(small)) as reply:
+            async with session.post(server.make_url("/"), data=_chunks(small, 64 * 1024)) as reply:
                 assert reply.status == 200 and await reply.read() == small
 
             large = bytes(range(256)) * 8192  # 2 MiB
 
             async def post_large() -> bytes:
-                async with session.post(server.make_url("/"), data=chunks(large)) as reply:
+                chunked = _chunks(large, 64 * 1024)
+                async with session.post(server.make_url("/"), data=chunked) as reply:
                     assert reply.status == 200
                     return await reply.read()
 
@@ -237,4 +237,4 @@ def test_a_chunked_body_waits_for_the_budget_only_past_its_first_mib() -> None:
             assert await sending == large
             assert budget.held == 0 and budget.waiting == 0
 
-    asyncio.run(run())
+    _with_server(test, limit=4 * MIB, budget=budget)
