@@ -167,6 +167,7 @@ def test_a_commit_observes_how_long_it_took(
     cp = checkpoint(cast(Producer, slow), consumer, True, clock)
     cp.write([Produced(out, None, b"v0", [])], [Source(inp, 0, 0, None)])
     assert cp.commit() is Commit.COMMITTED
+    assert cp.commit_duration_s == pytest.approx(0.15)  # what the worker sizes its buffer by
     assert _sample(cp, "streaminfer_commit_seconds_count") == 1
     assert _sample(cp, "streaminfer_commit_seconds_sum") == pytest.approx(0.15)
     assert _sample(cp, "streaminfer_commit_seconds_bucket", le="0.1") == 0

@@ -123,6 +123,7 @@ class Checkpoint:
         self._sources: list[Sequence[Source]] = []
         self._in_transaction = False
         self._last_commit = clock()
+        self.commit_duration_s = 0.0  # how long the last successful commit took
         self._failed_delivery: KafkaError | None = None  # set from librdkafka's delivery thread
         self._lock = threading.Lock()
 
@@ -204,7 +205,8 @@ class Checkpoint:
                 self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             return self._failed(exc.args[0])
-        self.metrics.commit_duration.observe(self._clock() - started)
+        self.commit_duration_s = self._clock() - started
+        self.metrics.commit_duration.observe(self.commit_duration_s)
         self.metrics.transactions.labels("committed").inc()
         self._observe_committed()
         self._offsets.clear()

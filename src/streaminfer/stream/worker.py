@@ -96,7 +96,7 @@ class _Committed:
     outcome: Commit
     written: int  # records the commit covered
     interval_s: float  # since the commit before
-    duration_s: float
+    duration_s: float  # how long it took, when committed
 
 
 class Worker:
@@ -322,26 +322,25 @@ class Worker:
             return
         if self.settings.exactly_once:
             metadata = self.consumer.consumer_group_metadata()
-            self._commit = self._committer.submit(self._timed_commit, metadata)
+            self._commit = self._committer.submit(self._run_commit, metadata)
         else:
-            self._settle(self._timed_commit())
+            self._settle(self._run_commit())
 
     def _commit_now(self) -> None:
         """Commit everything finished, and wait for it (rebalance, shutdown)."""
         if self._commit is not None:
             self._settle(self._commit.result())
         self._emit_finished()
-        self._settle(self._timed_commit())
+        self._settle(self._run_commit())
 
     def _commit_due(self) -> bool:
         drained = not self._pending and not self.intake.forming and self.intake.idle
         return self.checkpoint.due(self._backlogged, drained)
 
-    def _timed_commit(self, group_metadata: Any = None) -> _Committed:
+    def _run_commit(self, group_metadata: Any = None) -> _Committed:
         written, since = self.checkpoint.written, self.checkpoint.since_commit_s
-        started = time.monotonic()
         outcome = self.checkpoint.commit(group_metadata)
-        return _Committed(outcome, written, since, time.monotonic() - started)
+        return _Committed(outcome, written, since, self.checkpoint.commit_duration_s)
 
     def _settle(self, done: _Committed) -> None:
         """On the loop's thread: act on a commit's outcome."""
