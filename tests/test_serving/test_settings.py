@@ -23,7 +23,7 @@ def test_a_model_batching_table_overrides_only_what_it_names(tmp_path: Path) -> 
     tiny = settings.model_batching["tiny"]
     assert (tiny.max_batch_delay_ms, tiny.max_batch_size, tiny.runners) == (5.0, 32, 3)
     assert (tiny.slice_bytes, tiny.slice_grow_ms) == (1, 2.0)  # slices kept at 32 rows
-    assert settings.default_batching.max_batch_delay_ms == 2.0
+    assert settings.default_batching.max_batch_delay_ms == 0.0
 
 
 def test_model_runs_share_the_cores_among_the_batches_that_run_at_once(tmp_path: Path) -> None:

@@ -44,7 +44,11 @@ def serve_cmd(
         int | None, typer.Option(help="Rows per batch.", show_default="16")
     ] = None,
     max_batch_delay_ms: Annotated[
-        float | None, typer.Option(help="Wait for a batch to fill (ms).", show_default="2.0")
+        float | None,
+        typer.Option(
+            help="Wait for more requests to join a batch (ms); 0: a batch takes what is queued.",
+            show_default="0",
+        ),
     ] = None,
     batch_runners: Annotated[
         int | None, typer.Option(help="Batches of one model run at once.", show_default="1")
