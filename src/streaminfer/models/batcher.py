@@ -1,9 +1,10 @@
 """Dynamic batching: concurrent single requests coalesce into one batched model run.
 
 Callers submit tensors whose first axis is their own batch (often 1).  A runner thread
-takes the first waiting request, then keeps taking more until ``max_batch_size`` rows
-(or ``merge_bytes`` of inputs) are gathered or ``max_batch_delay_ms`` has passed since
-the first, runs the model once, and hands every caller its own slice of the outputs.
+takes the first waiting request and those queued behind it, up to ``max_batch_size``
+rows (or ``merge_bytes`` of inputs), waiting up to ``max_batch_delay_ms`` for more (by
+default not at all), runs the model once, and hands every caller its own slice of the
+outputs.
 With several runners, one batch runs while the next is gathered, and the batches running
 at once hold ``max_batch_size`` rows between them.  Requests whose non-batch shapes
 differ are never mixed in one run, and a request of more than ``max_batch_size`` rows
@@ -33,7 +34,10 @@ from streaminfer.types import Tensors
 class BatchingConfig(BaseModel):
     enabled: bool = True
     max_batch_size: int = Field(default=16, ge=1)
-    max_batch_delay_ms: float = Field(default=2.0, ge=0)
+    # No wait by default, as in Triton's dynamic batcher: under load requests queue while
+    # a batch runs, so batches fill by themselves; a wait only delays a lone request
+    # (README: "Batching without waiting").
+    max_batch_delay_ms: float = Field(default=0.0, ge=0)
     max_queue: int = Field(default=1024, ge=1)  # waiting requests before callers are refused
     runners: int = Field(default=1, ge=1)  # threads running the model at once
     # A request over max_batch_size rows is cut into slices of that many, a server's bound

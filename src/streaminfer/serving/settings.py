@@ -25,10 +25,7 @@ class ServerSettings(Settings):
     default_model: str | None = None
     batching: bool = True
     max_batch_size: int = Field(default=16, ge=1)
-    # No wait by default, as in Triton's dynamic batcher: a free runner takes what is
-    # queued, and under load requests queue while a batch runs; a wait only delays a lone
-    # request (README: "Batching without waiting").
-    max_batch_delay_ms: float = Field(default=0.0, ge=0)
+    max_batch_delay_ms: float = Field(default=0.0, ge=0)  # BatchingConfig's: no wait
     max_queue: int = Field(default=1024, ge=1)
     batch_runners: int = Field(default=1, ge=1)  # batches of one model that run at once
     intra_op_threads: int | None = Field(default=None, ge=1)  # None: see runtime_options
