@@ -47,7 +47,7 @@ def serve_cmd(
         float | None,
         typer.Option(
             help="Wait for more requests to join a batch (ms); 0: a batch takes what is queued.",
-            show_default="0",
+            show_default="0.0",
         ),
     ] = None,
     batch_runners: Annotated[
