@@ -230,8 +230,9 @@ def test_a_chunked_body_waits_for_the_budget_only_past_its_first_mib() -> None:
                     return await reply.read()
 
             sending = asyncio.create_task(post_large())
-            while budget.waiting == 0:
-                await asyncio.sleep(0.01)
+            async with asyncio.timeout(10):  # the large body comes to wait for the budget
+                while budget.waiting == 0:
+                    await asyncio.sleep(0.01)
             assert not sending.done()
             budget.release("another")
             assert await sending == large

@@ -12,6 +12,8 @@ from streaminfer.cores import usable_cores
 from streaminfer.models.batcher import SLICE_BYTES, BatchingConfig
 from streaminfer.models.runtime import RuntimeOptions
 
+_BATCHING = BatchingConfig()
+
 
 class ServerSettings(Settings):
     file_section: ClassVar[str] = "server"
@@ -23,11 +25,12 @@ class ServerSettings(Settings):
     model_config_file: Path | None = None
     poll_interval: float = Field(default=2.0, gt=0)
     default_model: str | None = None
-    batching: bool = True
-    max_batch_size: int = Field(default=16, ge=1)
-    max_batch_delay_ms: float = Field(default=0.0, ge=0)  # BatchingConfig's: no wait
-    max_queue: int = Field(default=1024, ge=1)
-    batch_runners: int = Field(default=1, ge=1)  # batches of one model that run at once
+    # The batching defaults are BatchingConfig's, so that they are set in one place.
+    batching: bool = _BATCHING.enabled
+    max_batch_size: int = Field(default=_BATCHING.max_batch_size, ge=1)
+    max_batch_delay_ms: float = Field(default=_BATCHING.max_batch_delay_ms, ge=0)
+    max_queue: int = Field(default=_BATCHING.max_queue, ge=1)
+    batch_runners: int = Field(default=_BATCHING.runners, ge=1)  # batches run at once
     intra_op_threads: int | None = Field(default=None, ge=1)  # None: see runtime_options
     model_batching: dict[str, BatchingConfig] = Field(default_factory=dict)
     tls_cert: Path | None = None
