@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from streaminfer.codecs.arrays import BYTES, bytes_array
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.jsonvalues import (
+    MAX_PYTHON_VALUES,
     _may_hold_long_integers,
+    check_python_values,
     dumps,
     from_json,
     json_object,
@@ -265,3 +267,39 @@ def test_a_declared_type_takes_the_values_it_holds() -> None:
         assert_same(from_json("t", holds, np.dtype("uint64")), np.array(holds, np.uint64))
     with pytest.raises(DecodeError, match="beyond int64's range"):
         from_json("t", [-1, 2**63 + 1], np.dtype("int64"))
+
+
+def _list_of(item: bytes, count: int) -> bytes:
+    return b'{"instances": [' + b",".join([item] * count) + b"]}"
+
+
+@pytest.mark.parametrize("item", [b"0", b'""', b"[]", b"true"])
+def test_a_list_too_long_for_simdjson_is_refused_not_overrun(item: bytes) -> None:
+    """simdjson counts a list's length in 24 bits, and pysimdjson's ``as_list`` made a
+    list of the count, then wrote all the elements into it: glibc aborted the process."""
+    body = _list_of(item, 0xFFFFFF + 2)
+    for read in (loads_tensors, loads):
+        with pytest.raises(DecodeError, match="JSON values, more than the 2,097,152"):
+            read(body)
+
+
+@pytest.mark.parametrize("item", [b'{"a":1}', b"12345", b'"ab"', b"[1]"])
+def test_values_are_counted_before_they_are_read(item: bytes) -> None:
+    """Just under the limit a body is read; one value more and it is refused unread."""
+    per_item = 1 + item.count(b":") + item.count(b"[") + item.count(b"{")  # and a comma
+    fits = (MAX_PYTHON_VALUES - 3) // per_item  # the body's object, key and list: 3 more
+    read = loads_tensors(_list_of(item, fits))["instances"]
+    assert len(read) == fits
+    assert read[-1] == loads(item)
+    too_many = _list_of(item, fits + 1)
+    for read_body in (loads_tensors, loads, check_python_values):
+        with pytest.raises(DecodeError, match="JSON values"):
+            read_body(too_many)
+
+
+def test_lists_of_floats_are_not_python_values() -> None:
+    """3 million floats, one array: the limit is on Python objects, which they never become."""
+    read = loads_tensors(_list_of(b"[0.5,1.5,2.5]", 1_000_000))["instances"]
+    assert isinstance(read, np.ndarray)
+    assert read.shape == (1_000_000, 3)
+    assert read[-1].tolist() == [0.5, 1.5, 2.5]

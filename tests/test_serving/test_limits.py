@@ -277,6 +277,30 @@ def _float_images_request(images: int = 44) -> bytes:
     return ('{"instances":[' + ",".join([image] * images) + "]}").encode()
 
 
+@pytest.mark.parametrize(
+    ("item", "count"),
+    [
+        (b"0", 0xFFFFFF + 2),  # past what simdjson can count: it wrote past pysimdjson's list
+        (b'""', 0xFFFFFF + 2),  # and the decoder process died of the corrupted heap
+        (b'{"a":1}', 5_000_000),  # 40 MB: 1.8 GB of Python objects, in the decoder process
+    ],
+)
+def test_json_of_too_many_values_is_refused_by_the_same_decoder(
+    limited: ServerProcess, item: bytes, count: int
+) -> None:
+    """A body whose values would be millions of Python objects is 400 naming the limit,
+    counted before they are read, and the decoder process lives on to read the next body."""
+    with limited.client() as client:  # a body over 2 MB: the decoder process is started
+        assert client.post(PREDICT, content=_float_images_request(images=2)).status_code == 200
+        decoder = limited.decoder_pid()
+        body = b'{"instances": [' + b",".join([item] * count) + b"]}"
+        reply = client.post(f"/v1/models/{TINY}:predict", content=body, timeout=120)
+        assert reply.status_code == 400, reply.text
+        assert "JSON values, more than the 2,097,152 a request may hold" in reply.json()["error"]
+        assert client.post(PREDICT, content=_float_images_request(images=2)).status_code == 200
+    assert limited.decoder_pid() == decoder
+
+
 def _decoder_bodies(server: ServerProcess) -> float:
     return server.gauge("streaminfer_server_decoder_bodies")
 

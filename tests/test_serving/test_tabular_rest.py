@@ -74,3 +74,19 @@ def test_the_models_own_input_still_takes_tensors(delays: tuple[ServerProcess, l
     assert response.status_code == 200, response.text
     labels = [row["label"] for row in response.json()["predictions"]]
     assert labels == [str(label) for label, _ in want]
+
+
+def test_records_past_the_values_a_request_may_hold_are_refused_unread(
+    delays: tuple[ServerProcess, list],
+) -> None:
+    """A tabular model's records are read in the server itself: 60 MB of tiny records took
+    it to 2.1 GB (7.5 million dicts).  Their values are counted first, and the body refused."""
+    server, _ = delays
+    body = b'{"instances": [' + b",".join([b'{"a":1}'] * 7_500_000) + b"]}"
+    before_kb = server.status_kb("VmRSS")
+    with server.client() as client:
+        reply = client.post(PREDICT, content=body, timeout=120)
+    assert reply.status_code == 400, reply.text
+    assert "JSON values, more than the 2,097,152 a request may hold" in reply.json()["error"]
+    grown_mb = (server.status_kb("VmHWM") - before_kb) // 1024
+    assert grown_mb < 300, f"the server grew by {grown_mb} MB"

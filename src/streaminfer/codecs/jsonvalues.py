@@ -6,9 +6,10 @@ each nested list of floats straight into an array.  Arrays are written by orjson
 from their buffer, never as Python float lists.
 Bodies orjson refuses or would read differently from the JSON standard library (``NaN``
 and ``Infinity``, integers past 64 bits, nesting past 1024 levels, UTF-16) are read by
-the standard library, so any body means what it always meant.  Binary values travel as
-``{"b64": "..."}`` (TF Serving's convention, also accepted in V2 JSON); text strings
-become UTF-8 ``bytes``.
+the standard library, so any body means what it always meant.  A body whose values would
+be too many Python objects (``MAX_PYTHON_VALUES``) is refused before one is made.
+Binary values travel as ``{"b64": "..."}`` (TF Serving's convention, also accepted in V2
+JSON); text strings become UTF-8 ``bytes``.
 """
 
 from __future__ import annotations
@@ -36,9 +37,19 @@ digits to "0" and separators to "s" finds the integers in one pass; an exponent 
 matches too, which only costs the slow path."""
 _WRITE_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
+MAX_PYTHON_VALUES = 1 << 21
+"""Values (and keys) one body may hold where they are read as Python objects: all but
+lists of floats, which become one array.  Each costs 8-80 bytes, a small object 200: a
+60 MB body of ``{"a":1}`` took 2.8 GB, in the server or its decoder process.  2M values
+cost at most about 160 MB, and hold 4,096 rows of 500 features or of 500 token ids."""
+_OPENERS_AND_SEPARATORS = (ord(","), ord(":"), ord("["), ord("{"))
+_MADE_BEFORE_COUNTING = 4096
+"""Python values the fast path of ``loads_tensors`` makes before it counts the body's."""
+
 
 def loads(body: bytes | bytearray) -> JSON:
     """A body as JSON, or DecodeError saying why it is not."""
+    check_python_values(body)
     if not _may_hold_long_integers(body):
         try:
             return orjson.loads(body)
@@ -51,6 +62,26 @@ def loads(body: bytes | bytearray) -> JSON:
 
 
 _OPEN = ord("[")
+
+
+def check_python_values(body: bytes | bytearray) -> None:
+    """DecodeError if ``body`` may hold more than ``MAX_PYTHON_VALUES`` values.
+
+    Every value or key but the first follows a ``,`` ``:`` ``[`` or ``{``, so counting
+    those (strings' too, which only overcounts) bounds them without reading any.  A body
+    of fewer bytes than that needs no count: each value takes one byte at least.
+    """
+    if len(body) <= MAX_PYTHON_VALUES:
+        return
+    text = np.frombuffer(body, np.uint8)
+    values = 1 + sum(np.count_nonzero(text == char) for char in _OPENERS_AND_SEPARATORS)
+    if values > MAX_PYTHON_VALUES:
+        raise DecodeError(
+            f"the body holds up to {values:,} JSON values, more than the "
+            f"{MAX_PYTHON_VALUES:,} a request may hold other than as lists of floats; "
+            "send large tensors of other types in binary (gRPC, or KServe V2's binary "
+            "data extension)"
+        )
 
 
 def loads_tensors(body: bytes | bytearray) -> JSON:
@@ -68,38 +99,68 @@ def loads_tensors(body: bytes | bytearray) -> JSON:
     """
     try:
         if b"\\" not in body:
-            value, lists = _tensors_and_lists(simdjson.Parser().parse(body))
+            value, lists = _FastReader(body).read(simdjson.Parser().parse(body))
             if np.count_nonzero(np.frombuffer(body, np.uint8) == _OPEN) == lists:
                 return value
+    except DecodeError:
+        raise
     except Exception:  # anything simdjson or the shapes refuse: the reference reader decides
         pass
     return loads(body)
 
 
-def _tensors_and_lists(value: Any) -> tuple[JSON, int]:
-    """A simdjson value as Python values, float lists as arrays, and the ``[`` its text has."""
-    if isinstance(value, simdjson.Object):
-        keys = list(value)  # items() would convert the values to Python lists
-        if len(set(keys)) != len(keys):
-            raise ValueError("a key given twice: the reference reader keeps the last one")
-        items = [(key, *_tensors_and_lists(value[key])) for key in keys]
-        lists = sum(key.count("[") + inner for key, _, inner in items)
-        return {key: item for key, item, _ in items}, lists
-    if not isinstance(value, simdjson.Array):
-        return value, value.count("[") if isinstance(value, str) else 0
-    shape, leaf = [], value
-    while isinstance(leaf, simdjson.Array) and len(leaf):
-        shape.append(len(leaf))
-        leaf = leaf[0]
-    if isinstance(leaf, float):
-        _check_lengths(value, shape)
-        array = np.frombuffer(value.as_buffer(of_type="d"), np.float64).reshape(shape)
-        return array, int(np.cumprod(shape[:-1]).sum()) + 1
-    if isinstance(leaf, simdjson.Object):  # rows of named values: their tensors are arrays
-        items = [_tensors_and_lists(item) for item in value]
-        return [item for item, _ in items], 1 + sum(inner for _, inner in items)
-    plain = value.as_list()
-    return plain, orjson.dumps(plain).count(b"[")
+_SATURATED = 0xFFFFFF
+"""simdjson counts a list's or object's elements in 24 bits: past this, its length is
+wrong, and pysimdjson's ``as_list`` writes past the list it made for them."""
+
+
+class _FastReader:
+    """simdjson's document of a body as Python values, float lists as arrays.
+
+    Before it makes more than a few thousand Python values, the body's are counted
+    (``check_python_values``), which bounds every list's length too.
+    """
+
+    def __init__(self, body: bytes | bytearray) -> None:
+        self._body = body
+        self._made = 0
+
+    def _making(self, values: int) -> None:
+        before, self._made = self._made, self._made + values
+        if before <= _MADE_BEFORE_COUNTING < self._made:
+            check_python_values(self._body)
+
+    def read(self, value: Any) -> tuple[JSON, int]:
+        """The value, and the ``[`` its text has."""
+        if isinstance(value, simdjson.Object):
+            keys = list(value)  # items() would convert the values to Python lists
+            if len(set(keys)) != len(keys):
+                raise ValueError("a key given twice: the reference reader keeps the last one")
+            self._making(1 + len(keys))
+            items = [(key, *self.read(value[key])) for key in keys]
+            lists = sum(key.count("[") + inner for key, _, inner in items)
+            return {key: item for key, item, _ in items}, lists
+        if not isinstance(value, simdjson.Array):
+            self._making(1)
+            return value, value.count("[") if isinstance(value, str) else 0
+        shape, leaf = [], value
+        while isinstance(leaf, simdjson.Array) and len(leaf):
+            shape.append(len(leaf))
+            leaf = leaf[0]
+        if _SATURATED in shape:
+            raise ValueError("a list too long for simdjson to count")
+        if isinstance(leaf, float):
+            _check_lengths(value, shape)
+            array = np.frombuffer(value.as_buffer(of_type="d"), np.float64).reshape(shape)
+            return array, int(np.cumprod(shape[:-1]).sum()) + 1
+        if isinstance(leaf, simdjson.Object):  # rows of named values: their tensors are arrays
+            self._making(1)
+            items = [self.read(item) for item in value]
+            return [item for item, _ in items], 1 + sum(inner for _, inner in items)
+        text: bytes = value.mini  # type: ignore[assignment]  # the stub says str; it is bytes
+        self._making(len(text))  # at most a value a byte
+        plain = value.as_list()  # safe: counted, so no list in the body is near _SATURATED
+        return plain, text.count(b"[")
 
 
 def _check_lengths(lists: Any, shape: list[int]) -> None:
