@@ -12,10 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streaminfer.codecs.arrays import BYTES, bytes_array
+from streaminfer.codecs.arrays import BYTES, MAX_OBJECTS, bytes_array
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.jsonvalues import (
-    MAX_PYTHON_VALUES,
     _may_hold_long_integers,
     check_python_values,
     dumps,
@@ -287,7 +286,7 @@ def test_a_list_too_long_for_simdjson_is_refused_not_overrun(item: bytes) -> Non
 def test_values_are_counted_before_they_are_read(item: bytes) -> None:
     """Just under the limit a body is read; one value more and it is refused unread."""
     per_item = 1 + item.count(b":") + item.count(b"[") + item.count(b"{")  # and a comma
-    fits = (MAX_PYTHON_VALUES - 3) // per_item  # the body's object, key and list: 3 more
+    fits = (MAX_OBJECTS - 3) // per_item  # the body's object, key and list: 3 more
     read = loads_tensors(_list_of(item, fits))["instances"]
     assert len(read) == fits
     assert read[-1] == loads(item)

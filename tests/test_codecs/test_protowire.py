@@ -317,3 +317,17 @@ def test_protobufs_rules_for_map_entries() -> None:
     message, contents = parse_predict_request(wire + odd)
     assert bytes(contents["x"]) == b"bb"
     assert_read_as_protobuf_reads(wire + odd, TF_REQUEST)
+
+
+def test_a_tensor_of_many_fields_is_read_by_protobuf() -> None:
+    """Past 1,024 fields the walk hands the message to protobuf: 15 million ``string_val``
+    walked in Python took 54 s and 5 GB.  The reading stays protobuf's, with the
+    ``tensor_content`` of another input taken apart as before."""
+    request = predict_pb2.PredictRequest()
+    request.inputs["s"].dtype = types_pb2.DT_STRING
+    request.inputs["s"].string_val.extend([b"xy"] * 5000)
+    request.inputs["x"].tensor_content = b"\1" * 64
+    assert_read_as_protobuf_reads(request.SerializeToString(), TF_REQUEST)
+    message, contents = parse_predict_request(request.SerializeToString())
+    assert len(message.inputs["s"].string_val) == 5000
+    assert bytes(contents["x"]) == b"\1" * 64

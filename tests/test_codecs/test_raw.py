@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streaminfer.codecs.arrays import BYTES, MAX_ELEMENTS, bytes_array
+from streaminfer.codecs.arrays import BYTES, MAX_ELEMENTS, MAX_OBJECTS, bytes_array
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.raw import from_raw, to_raw
 from tests.test_codecs.strategies import arrays, assert_same
@@ -44,6 +44,7 @@ def test_strings_from_a_model_become_utf8() -> None:
         (np.dtype(np.float32), [2], b"\0" * 7, "7 bytes of data, shape [2] of float32 needs 8"),
         (np.dtype(np.int8), [-1], b"", "negative dimension"),
         (np.dtype(np.int8), [MAX_ELEMENTS, 2], b"", "more than"),
+        (BYTES, [MAX_OBJECTS + 1], b"", f"more than {MAX_OBJECTS} elements"),  # each an object
         (BYTES, [1], b"\x05\x00", "ends inside a length prefix"),
         (BYTES, [1], b"\x05\x00\x00\x00abc", "runs past the end"),
         (BYTES, [2], b"\x01\x00\x00\x00a", "1 values given, shape [2] needs 2"),

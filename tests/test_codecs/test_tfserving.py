@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streaminfer.codecs.arrays import BYTES, MAX_FILL, bytes_array
+from streaminfer.codecs.arrays import BYTES, MAX_ELEMENTS, MAX_FILL, MAX_OBJECTS, bytes_array
 from streaminfer.codecs.errors import DecodeError, EncodeError
 from streaminfer.codecs.tfserving import (
     VALUE_FIELDS,
@@ -157,6 +157,26 @@ def test_a_dtype_tf_serving_lacks_cannot_be_sent() -> None:
                 dtype=types_pb2.DT_HALF, tensor_shape={"dim": [{"size": 1}]}, half_val=[1 << 20]
             ),
             "do not fit uint16",
+        ),
+        (
+            tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_STRING, tensor_shape={"dim": [{"size": MAX_OBJECTS + 1}]}
+            ),
+            f"more than {MAX_OBJECTS} elements",  # a million strings are a million objects
+        ),
+        (
+            tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_FLOAT, tensor_shape={"dim": [{"size": MAX_ELEMENTS}]}
+            ),
+            f"0 values given, shape [{MAX_ELEMENTS}] needs {MAX_ELEMENTS}",  # numbers: 16 Mi
+        ),
+        (
+            tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_STRING,
+                tensor_shape={"dim": [{"size": 2}]},
+                string_val=[b"a", b"b", b"c"],
+            ),
+            "3 values given, shape [2] needs 2",
         ),
     ],
 )

@@ -80,6 +80,8 @@ def _input(name: str, datatype: str, shape: list[int]) -> v2.ModelInferRequest.I
         ([_input("x", "INT8", [1]), _input("x", "INT8", [1])], [b"1", b"2"], "given twice"),
         ([_input("x", "FP32", [2])], [b"1234"], "4 bytes of data"),
         ([_input("x", "BYTES", [1])], [b"\x09\x00\x00\x00abc"], "runs past the end"),
+        ([_input("x", "BYTES", [1 << 21, 2])], [], "more than 2097152 elements"),
+        ([_input("x", "FP32", [1 << 21, 2])], [], "0 values given, shape [2097152, 2]"),
     ],
 )
 def test_malformed_tensors_are_refused(

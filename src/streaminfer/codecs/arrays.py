@@ -31,6 +31,12 @@ request size limit), 128 MB at most for 8-byte types."""
 MAX_FILL = 1 << 20
 """Largest tensor one value may fill (TF's rule): 1 Mi elements, 8 MB at most."""
 
+MAX_OBJECTS = 1 << 21
+"""Most values of one tensor or body that become Python objects: a string tensor's
+elements, or JSON values other than lists of floats (``jsonvalues``).  Each takes 40-80
+bytes where a number takes 1-8: 15 million two-byte ``string_val`` (a 60 MB message) took
+the server to 5.5 GB.  2 Mi cost at most about 160 MB."""
+
 
 def numpy_dtype(model_dtype: str) -> np.dtype:
     """The array dtype of a model.json dtype name ("float32", "string", ...)."""
@@ -72,14 +78,22 @@ def element_count(name: str, shape: Sequence[int], limit: int = MAX_ELEMENTS) ->
     return count
 
 
+def element_limit(dtype: np.dtype) -> int:
+    """The most elements a peer may describe for a tensor of ``dtype``."""
+    return MAX_OBJECTS if dtype == BYTES else MAX_ELEMENTS
+
+
 def shaped(name: str, flat: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """``flat`` reshaped to ``shape``, if it holds exactly that many elements."""
     count = element_count(name, shape)
     if flat.size != count:
-        raise DecodeError(
-            f"tensor {name!r}: {flat.size} values given, shape {list(shape)} needs {count}"
-        )
+        raise wrong_count(name, flat.size, shape, count)
     return flat.reshape(shape)
+
+
+def wrong_count(name: str, given: int, shape: Sequence[int], count: int) -> DecodeError:
+    """The error for ``given`` values where ``shape`` holds ``count``."""
+    return DecodeError(f"tensor {name!r}: {given} values given, shape {list(shape)} needs {count}")
 
 
 def from_values(name: str, values: Sequence[object], dtype: np.dtype) -> np.ndarray:

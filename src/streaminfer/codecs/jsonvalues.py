@@ -7,7 +7,7 @@ from their buffer, never as Python float lists.
 Bodies orjson refuses or would read differently from the JSON standard library (``NaN``
 and ``Infinity``, integers past 64 bits, nesting past 1024 levels, UTF-16) are read by
 the standard library, so any body means what it always meant.  A body whose values would
-be too many Python objects (``MAX_PYTHON_VALUES``) is refused before one is made.
+be too many Python objects (``MAX_OBJECTS``) is refused before one is made.
 Binary values travel as ``{"b64": "..."}`` (TF Serving's convention, also accepted in V2
 JSON); text strings become UTF-8 ``bytes``.
 """
@@ -24,7 +24,13 @@ import numpy as np
 import orjson
 import simdjson
 
-from streaminfer.codecs.arrays import BYTES, bytes_array, cast_exactly, element_count
+from streaminfer.codecs.arrays import (
+    BYTES,
+    MAX_OBJECTS,
+    bytes_array,
+    cast_exactly,
+    element_count,
+)
 from streaminfer.codecs.errors import DecodeError
 
 JSON = Any
@@ -37,11 +43,6 @@ digits to "0" and separators to "s" finds the integers in one pass; an exponent 
 matches too, which only costs the slow path."""
 _WRITE_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
-MAX_PYTHON_VALUES = 1 << 21
-"""Values (and keys) one body may hold where they are read as Python objects: all but
-lists of floats, which become one array.  Each costs 8-80 bytes, a small object 200: a
-60 MB body of ``{"a":1}`` took 2.8 GB, in the server or its decoder process.  2M values
-cost at most about 160 MB, and hold 4,096 rows of 500 features or of 500 token ids."""
 _OPENERS_AND_SEPARATORS = (ord(","), ord(":"), ord("["), ord("{"))
 _MADE_BEFORE_COUNTING = 4096
 """Python values the fast path of ``loads_tensors`` makes before it counts the body's."""
@@ -65,20 +66,22 @@ _OPEN = ord("[")
 
 
 def check_python_values(body: bytes | bytearray) -> None:
-    """DecodeError if ``body`` may hold more than ``MAX_PYTHON_VALUES`` values.
+    """DecodeError if ``body`` may hold more than ``MAX_OBJECTS`` values and keys: all
+    but lists of floats, which become one array, are read as Python objects (60 MB of
+    ``{"a":1}`` took 2.8 GB).  2 Mi hold 4,096 rows of 500 features or token ids.
 
     Every value or key but the first follows a ``,`` ``:`` ``[`` or ``{``, so counting
     those (strings' too, which only overcounts) bounds them without reading any.  A body
     of fewer bytes than that needs no count: each value takes one byte at least.
     """
-    if len(body) <= MAX_PYTHON_VALUES:
+    if len(body) <= MAX_OBJECTS:
         return
     text = np.frombuffer(body, np.uint8)
     values = 1 + sum(np.count_nonzero(text == char) for char in _OPENERS_AND_SEPARATORS)
-    if values > MAX_PYTHON_VALUES:
+    if values > MAX_OBJECTS:
         raise DecodeError(
             f"the body holds up to {values:,} JSON values, more than the "
-            f"{MAX_PYTHON_VALUES:,} a request may hold other than as lists of floats; "
+            f"{MAX_OBJECTS:,} a request may hold other than as lists of floats; "
             "send large tensors of other types in binary (gRPC, or KServe V2's binary "
             "data extension)"
         )
@@ -245,7 +248,7 @@ def _bytes_from_json(name: str, value: JSON) -> np.ndarray:
         if not level:
             break
         level = level[0]
-    element_count(name, shape)
+    element_count(name, shape, MAX_OBJECTS)
     items: list[bytes] = []
     _collect(name, value, shape, items)
     return bytes_array(items).reshape(shape)

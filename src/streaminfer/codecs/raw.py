@@ -14,7 +14,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from streaminfer.codecs.arrays import BYTES, as_bytes, bytes_array, element_count, shaped
+from streaminfer.codecs.arrays import (
+    BYTES,
+    as_bytes,
+    bytes_array,
+    element_count,
+    element_limit,
+    shaped,
+)
 from streaminfer.codecs.errors import DecodeError
 
 LENGTH_PREFIX = struct.Struct("<I")
@@ -42,7 +49,7 @@ def from_raw(
     name: str, dtype: np.dtype, shape: Sequence[int], data: bytes | memoryview
 ) -> np.ndarray:
     """The array of ``dtype`` and ``shape`` that ``data`` holds, if it holds exactly that."""
-    count = element_count(name, shape)
+    count = element_count(name, shape, element_limit(dtype))
     if dtype == BYTES:
         return shaped(name, bytes_array(_split_length_prefixed(name, data)), shape)
     needed = count * dtype.itemsize

@@ -17,9 +17,11 @@ from streaminfer.codecs.arrays import (
     as_bytes,
     bytes_array,
     element_count,
+    element_limit,
     from_values,
     native,
     shaped,
+    wrong_count,
 )
 from streaminfer.codecs.errors import DecodeError, EncodeError
 from streaminfer.codecs.protowire import Buffer, length_delimited, map_entry, split_map_bytes
@@ -148,11 +150,13 @@ def from_tensor_proto(
     if proto.tensor_shape.unknown_rank:
         raise DecodeError(f"tensor {name!r}: the tensor's shape must be known")
     shape = [d.size for d in proto.tensor_shape.dim]
-    element_count(name, shape)  # before any value is read
+    count = element_count(name, shape, element_limit(dtype))  # before any value is read
     content = proto.tensor_content if content is None else content
     if len(content) and dtype != BYTES:
         return from_raw(name, dtype, shape, content)
     values = getattr(proto, VALUE_FIELDS[proto.dtype])
+    if len(values) > max(count, 1):  # more than the shape holds (or one fills): unread
+        raise wrong_count(name, len(values), shape, count)
     if dtype == BYTES:
         flat = bytes_array(list(values))
     elif proto.dtype == types_pb2.DT_HALF:

@@ -13,7 +13,16 @@ from typing import Any, TypeAlias
 import numpy as np
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
-from streaminfer.codecs.arrays import BYTES, bytes_array, from_values, native, shaped
+from streaminfer.codecs.arrays import (
+    BYTES,
+    bytes_array,
+    element_count,
+    element_limit,
+    from_values,
+    native,
+    shaped,
+    wrong_count,
+)
 from streaminfer.codecs.errors import DecodeError, EncodeError
 from streaminfer.codecs.protowire import Buffer, split_bytes_field, with_bytes_field
 from streaminfer.codecs.raw import from_raw, raw_buffer
@@ -138,7 +147,10 @@ def _read_grpc_tensor(tensor: GrpcTensor, raw: Buffer | None) -> np.ndarray:
         raise DecodeError(
             f"tensor {tensor.name!r}: {tensor.datatype} data must be sent as raw contents"
         )
+    count = element_count(tensor.name, shape, element_limit(dtype))
     values = getattr(tensor.contents, field)
+    if len(values) != count:  # before they are read
+        raise wrong_count(tensor.name, len(values), shape, count)
     if dtype == BYTES:
         return shaped(tensor.name, bytes_array(list(values)), shape)
     return shaped(tensor.name, from_values(tensor.name, values, dtype), shape)

@@ -404,9 +404,9 @@ class ModelHandle:
         return inputs
 
     def check_declared_rows(self, shapes: Iterable[Sequence[int]]) -> None:
-        """Refuse numeric tensors whose declared shapes hold more rows than ``infer``
-        would take, before their values are read (60 MB of gRPC ``float_val`` would
-        become another 60 MB array only to be refused)."""
+        """Refuse tensors whose declared shapes hold more rows than ``infer`` would take,
+        before their values are read (60 MB of gRPC ``float_val`` would become another
+        60 MB array only to be refused, 60 MB of ``string_val`` 5 GB of Python bytes)."""
         for shape in shapes:
             if len(shape):
                 self._check_batch(shape[0])

@@ -91,9 +91,7 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
         with self._metrics.track(PROTOCOL, request.model_name) as observation:
             version = messages.parse_version(request.model_version)
             model = self._plane.model(request.model_name, version)  # NOT_FOUND first
-            model.check_declared_rows(
-                tensor.shape for tensor in request.inputs if tensor.datatype != "BYTES"
-            )
+            model.check_declared_rows(tensor.shape for tensor in request.inputs)
             outputs = await model.infer(
                 read_grpc_tensors(request.inputs, raw_inputs, "input"),
                 output_filter=[output.name for output in request.outputs],

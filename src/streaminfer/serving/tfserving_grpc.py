@@ -27,7 +27,6 @@ from streaminfer.protos.tfserving import (
     predict_pb2,
     prediction_service_pb2_grpc,
     status_pb2,
-    types_pb2,
 )
 from streaminfer.serving import tfserving_messages as messages
 from streaminfer.serving.dataplane import DEFAULT_SIGNATURE, DataPlane
@@ -69,9 +68,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             model = self._plane.model(name, version, label)  # NOT_FOUND before INVALID_ARGUMENT
             signature = request.model_spec.signature_name
             model.check_declared_rows(
-                [d.size for d in tensor.tensor_shape.dim]
-                for tensor in request.inputs.values()
-                if tensor.dtype != types_pb2.DT_STRING
+                [d.size for d in tensor.tensor_shape.dim] for tensor in request.inputs.values()
             )
             outputs = await model.infer(
                 {
