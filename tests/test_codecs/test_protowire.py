@@ -17,7 +17,12 @@ from google.protobuf.message import DecodeError, Message
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streaminfer.codecs.protowire import length_delimited, split_bytes_field, with_bytes_field
+from streaminfer.codecs.protowire import (
+    TooManyFields,
+    length_delimited,
+    split_bytes_field,
+    with_bytes_field,
+)
 from streaminfer.codecs.raw import raw_buffer, to_raw
 from streaminfer.codecs.tfserving import parse_predict_request, parse_predict_response
 from streaminfer.codecs.v2 import (
@@ -331,3 +336,21 @@ def test_a_tensor_of_many_fields_is_read_by_protobuf() -> None:
     message, contents = parse_predict_request(request.SerializeToString())
     assert len(message.inputs["s"].string_val) == 5000
     assert bytes(contents["x"]) == b"\1" * 64
+
+
+def test_a_request_of_many_fields_is_refused_unread() -> None:
+    """More than 1,024 fields at the top level (5 million empty ``outputs`` took protobuf
+    255 MB) are no request for a model: refused before protobuf reads them."""
+    infer = v2.ModelInferRequest(model_name="m")
+    for _ in range(1025):
+        infer.outputs.add()
+    predict = predict_pb2.PredictRequest()
+    predict.output_filter.extend(["y"] * 1025)
+    for data, parse in (
+        (infer.SerializeToString(), parse_infer_request),
+        (predict.SerializeToString(), parse_predict_request),
+    ):
+        with pytest.raises(TooManyFields, match="more than 1024 fields"):
+            parse(data)
+    del infer.outputs[1023:]  # with its model_name, 1,024 fields
+    assert len(parse_infer_request(infer.SerializeToString())[0].outputs) == 1023

@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from streaminfer.codecs.arrays import MAX_DIMS
+from streaminfer.codecs.tfserving import to_tensor_proto
 from streaminfer.models.metadata import IMAGE_MAX_BATCH, TENSOR_MAX_BATCH
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
@@ -382,12 +383,16 @@ def test_a_max_batch_size_past_the_models_own_stays_within_memory(
         assert peak < 2 * 1024 * 1024, f"peak RSS {peak // 1024} MB"
 
 
-def test_millions_of_strings_are_refused_within_memory(stream_repo: Path, tmp_path: Path) -> None:
+def test_millions_of_repeated_values_are_refused_within_memory(
+    stream_repo: Path, tmp_path: Path
+) -> None:
     """4 million two-byte strings (a 16 MB message) over TF's ``string_val``, V2's
     ``bytes_contents`` and V2's raw BYTES, as more rows than the model takes and as one
-    row of more strings than a tensor may hold.  Before, the TF message was walked
-    field by field (15 million took 54 s and 5 GB), and string tensors were read
-    before their rows were counted."""
+    row of more strings than a tensor may hold; and 4 million empty V2 ``outputs`` or TF
+    ``output_filter`` names, more fields than a request has.  Before, the TF message was
+    walked field by field (15 million strings took 54 s and 5 GB), string tensors were
+    read before their rows were counted, and the outputs were read by protobuf and
+    answered (3 million took the server past 1 GB)."""
     strings = 4_000_000
     with ServerProcess(stream_repo, log=tmp_path / "serve.log") as server:
         before_kb = server.status_kb("VmRSS")
@@ -408,6 +413,18 @@ def test_millions_of_strings_are_refused_within_memory(stream_repo: Path, tmp_pa
             for error in (_predict(server, tf), _infer(server, typed), _infer(server, raw)):
                 assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
                 assert words in error.details()
+        outputs = v2.ModelInferRequest(model_name=TINY)
+        outputs.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+        outputs.inputs[0].contents.fp32_contents.extend([1.0] * 4)
+        for _ in range(strings):
+            outputs.outputs.add()
+        named = predict_pb2.PredictRequest()
+        named.model_spec.name = TINY
+        named.inputs["x"].CopyFrom(to_tensor_proto(np.ones((1, 4), np.float32)))
+        named.output_filter.extend(["y"] * strings)
+        for error in (_infer(server, outputs), _predict(server, named)):
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+            assert "more than 1024 fields" in error.details()
         grown_mb = (_peak_rss_kb(server) - before_kb) // 1024
         assert grown_mb < 400, f"the server grew by {grown_mb} MB"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 Buffer = bytes | memoryview
 M = TypeVar("M", bound=Message)
@@ -23,9 +23,14 @@ _LENGTH_DELIMITED = 2
 _MAP_KEY, _MAP_VALUE = 1, 2  # the fields of a protobuf map entry
 _SKIPPED_WIDTHS = {1: 8, 5: 4}  # fixed64, fixed32
 _MOST_FIELDS = 1024
-"""Fields a walk steps over before it hands the message to protobuf instead.  A tensor of
-15 million ``string_val`` is as many fields: walking them took 54 s and 5 GB, protobuf
-reads them in a third of a second.  A message of tensor data has a few fields."""
+"""Fields a walk steps over.  A message of more at its top level (inputs, outputs,
+parameters: a model has a few) is refused unread, as protobuf would make an object of
+each: 5 million empty ``outputs`` (10 MB) took 255 MB.  A tensor of more (its
+``string_val``) is read by protobuf: walking 15 million took 54 s and 5 GB."""
+
+
+class TooManyFields(DecodeError):
+    """A message with more than ``_MOST_FIELDS`` fields at its top level."""
 
 
 def with_bytes_field(message: Message, number: int, values: Sequence[Buffer]) -> bytes:
@@ -55,8 +60,9 @@ def split_bytes_field(data: bytes, message_type: type[M], number: int) -> tuple[
 
     Only the top level is walked: a field's extent is read from its key, and every field
     but ``number`` is handed to protobuf, which checks them.  What this walk cannot step
-    over (a group, a truncated field, more than ``_MOST_FIELDS``) sends the whole message
-    to protobuf, so a malformed one fails with protobuf's own ``DecodeError``.
+    over (a group, a truncated field) sends the whole message to protobuf, so a malformed
+    one fails with protobuf's own ``DecodeError``; more than ``_MOST_FIELDS`` fields,
+    with ``TooManyFields``.
     """
     view = memoryview(data)
     fields = _fields(view)
@@ -85,8 +91,8 @@ def split_map_bytes(
     Map entries are walked as ``split_bytes_field`` walks a message, and written again
     without that field; protobuf's rules stay: an entry's last key and last such field
     win, and an entry replaces an earlier one of its key.  An entry with any other field
-    protobuf keeps out of the map (as an unknown field of the message): the whole
-    message goes to protobuf then.
+    protobuf keeps out of the map (as an unknown field of the message), or a value of
+    more than ``_MOST_FIELDS`` fields: the whole message goes to protobuf then.
     """
     split = _split_map(memoryview(data), map_number, number)
     if split is None:
@@ -109,7 +115,10 @@ def _split_map(
         if key != _key(map_number):
             rest.append(view[start:stop])
             continue
-        entry = _map_entry(view[value:stop], number)
+        try:
+            entry = _map_entry(view[value:stop], number)
+        except TooManyFields:  # a tensor of many values (its string_val): protobuf reads it
+            return None
         if entry is None:
             return None
         name, content, parts = entry
@@ -174,13 +183,18 @@ def _key(number: int) -> int:
 
 def _fields(view: memoryview) -> list[tuple[int, int, int, int]] | None:
     """Each field of the message ``view`` holds, in order: (key, where it starts, where
-    its value starts, where it ends); None if the walk cannot step over one, or past
-    ``_MOST_FIELDS``."""
+    its value starts, where it ends); None if the walk cannot step over one.  Raises
+    ``TooManyFields`` past ``_MOST_FIELDS``."""
     fields: list[tuple[int, int, int, int]] = []
     position = 0
     while position < len(view):
+        if len(fields) == _MOST_FIELDS:
+            raise TooManyFields(
+                f"more than {_MOST_FIELDS} fields (inputs, outputs, parameters, ...) at the "
+                "top level of the message"
+            )
         field = _field_at(view, position)
-        if field is None or len(fields) == _MOST_FIELDS:
+        if field is None:
             return None
         key, value, stop = field
         fields.append((key, position, value, stop))
