@@ -160,10 +160,10 @@ class _FastReader:
             self._making(1)
             items = [self.read(item) for item in value]
             return [item for item, _ in items], 1 + sum(inner for _, inner in items)
-        text: bytes = value.mini  # type: ignore[assignment]  # the stub says str; it is bytes
-        self._making(len(text))  # at most a value a byte
-        plain = value.as_list()  # safe: counted, so no list in the body is near _SATURATED
-        return plain, text.count(b"[")
+        if len(self._body) > MAX_OBJECTS:  # else no list in it can pass either bound
+            self._making(len(value.mini))  # at most a value a byte
+        plain = value.as_list()  # safe: no list in the body is near _SATURATED
+        return plain, orjson.dumps(plain).count(b"[")
 
 
 def _check_lengths(lists: Any, shape: list[int]) -> None:
