@@ -48,6 +48,7 @@ def test_strings_from_a_model_become_utf8() -> None:
         (BYTES, [1], b"\x05\x00", "ends inside a length prefix"),
         (BYTES, [1], b"\x05\x00\x00\x00abc", "runs past the end"),
         (BYTES, [2], b"\x01\x00\x00\x00a", "1 values given, shape [2] needs 2"),
+        (BYTES, [1], b"\x01\x00\x00\x00a" * 2, "more than 1 strings"),
     ],
 )
 def test_malformed_data_is_refused(

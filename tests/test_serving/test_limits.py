@@ -387,12 +387,13 @@ def test_millions_of_repeated_values_are_refused_within_memory(
     stream_repo: Path, tmp_path: Path
 ) -> None:
     """4 million two-byte strings (a 16 MB message) over TF's ``string_val``, V2's
-    ``bytes_contents`` and V2's raw BYTES, as more rows than the model takes and as one
-    row of more strings than a tensor may hold; and 4 million empty V2 ``outputs`` or TF
-    ``output_filter`` names, more fields than a request has.  Before, the TF message was
-    walked field by field (15 million strings took 54 s and 5 GB), string tensors were
-    read before their rows were counted, and the outputs were read by protobuf and
-    answered (3 million took the server past 1 GB)."""
+    ``bytes_contents`` and V2's raw BYTES, as more rows than the model takes, as one row
+    of more strings than a tensor may hold, and (raw) for a shape of one; and 4 million
+    empty V2 ``outputs`` or TF ``output_filter`` names, more fields than a request has.
+    Before, the TF message was walked field by field (15 million strings took 54 s and
+    5 GB), string tensors were read before their rows were counted, raw strings were all
+    split before they were counted, and the outputs were read by protobuf and answered
+    (3 million took the server past 1 GB)."""
     strings = 4_000_000
     with ServerProcess(stream_repo, log=tmp_path / "serve.log") as server:
         before_kb = server.status_kb("VmRSS")
@@ -413,6 +414,11 @@ def test_millions_of_repeated_values_are_refused_within_memory(
             for error in (_predict(server, tf), _infer(server, typed), _infer(server, raw)):
                 assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
                 assert words in error.details()
+        one = v2.ModelInferRequest(model_name=TINY, raw_input_contents=[b"\2\0\0\0xy" * strings])
+        one.inputs.add(name="x", datatype="BYTES", shape=[1])
+        error = _infer(server, one)  # split until one string too many, not into 4 million
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert "more than 1 strings" in error.details()
         outputs = v2.ModelInferRequest(model_name=TINY)
         outputs.inputs.add(name="x", datatype="FP32", shape=[1, 4])
         outputs.inputs[0].contents.fp32_contents.extend([1.0] * 4)

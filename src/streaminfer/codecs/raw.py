@@ -51,7 +51,7 @@ def from_raw(
     """The array of ``dtype`` and ``shape`` that ``data`` holds, if it holds exactly that."""
     count = element_count(name, shape, element_limit(dtype))
     if dtype == BYTES:
-        return shaped(name, bytes_array(_split_length_prefixed(name, data)), shape)
+        return shaped(name, bytes_array(_split_length_prefixed(name, data, count)), shape)
     needed = count * dtype.itemsize
     if len(data) != needed:
         raise DecodeError(
@@ -61,10 +61,15 @@ def from_raw(
     return np.frombuffer(data, dtype=dtype.newbyteorder("<")).reshape(shape)
 
 
-def _split_length_prefixed(name: str, data: bytes | memoryview) -> list[bytes]:
-    items, offset = [], 0
+def _split_length_prefixed(name: str, data: bytes | memoryview, most: int) -> list[bytes]:
+    """The strings ``data`` holds; DecodeError past ``most`` of them, before reading more
+    (60 MB of two-byte strings would be 10 million bytes objects)."""
+    items: list[bytes] = []
+    offset = 0
     view = memoryview(data)
     while offset < len(data):
+        if len(items) == most:
+            raise DecodeError(f"tensor {name!r}: BYTES data holds more than {most} strings")
         if offset + LENGTH_PREFIX.size > len(data):
             raise DecodeError(f"tensor {name!r}: BYTES data ends inside a length prefix")
         (size,) = LENGTH_PREFIX.unpack_from(view, offset)
