@@ -30,6 +30,7 @@ from streaminfer.models.metadata import IMAGE_MAX_BATCH, TENSOR_MAX_BATCH
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.protos.tfserving import (
+    get_model_metadata_pb2,
     predict_pb2,
     prediction_service_pb2_grpc,
     tensor_pb2,
@@ -389,7 +390,8 @@ def test_millions_of_repeated_values_are_refused_within_memory(
     """4 million two-byte strings (a 16 MB message) over TF's ``string_val``, V2's
     ``bytes_contents`` and V2's raw BYTES, as more rows than the model takes, as one row
     of more strings than a tensor may hold, and (raw) for a shape of one; and 4 million
-    empty V2 ``outputs`` or TF ``output_filter`` names, more fields than a request has.
+    empty V2 ``outputs``, TF ``output_filter`` or ``metadata_field`` names, more fields
+    than a request has.
     Before, the TF message was walked field by field (15 million strings took 54 s and
     5 GB), string tensors were read before their rows were counted, raw strings were all
     split before they were counted, and the outputs were read by protobuf and answered
@@ -428,7 +430,14 @@ def test_millions_of_repeated_values_are_refused_within_memory(
         named.model_spec.name = TINY
         named.inputs["x"].CopyFrom(to_tensor_proto(np.ones((1, 4), np.float32)))
         named.output_filter.extend(["y"] * strings)
-        for error in (_infer(server, outputs), _predict(server, named)):
+        metadata = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec={"name": TINY}, metadata_field=["signature_def"] * strings
+        )
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as failure:
+                stub.GetModelMetadata(metadata, timeout=60)
+        for error in (_infer(server, outputs), _predict(server, named), failure.value):
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
             assert "more than 1024 fields" in error.details()
         grown_mb = (_peak_rss_kb(server) - before_kb) // 1024

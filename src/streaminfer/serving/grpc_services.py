@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
+from streaminfer.codecs.protowire import check_field_count
 from streaminfer.errors import drop_tracebacks
 from streaminfer.serving.auth import BearerAuth
 from streaminfer.serving.errors import Unauthenticated, describe
@@ -141,12 +142,30 @@ def add_servicer(
     generated = _Handlers()
     add_generated(servicer, generated)
     handlers = dict(generated.handlers)
-    for method, parse in parsers.items():
-        handlers[method] = grpc.unary_unary_rpc_method_handler(
-            handlers[method].unary_unary, request_deserializer=parse
-        )
+    for method, handler in handlers.items():
+        if method in parsers:
+            handlers[method] = grpc.unary_unary_rpc_method_handler(
+                handler.unary_unary, request_deserializer=parsers[method]
+            )
+        elif handler.unary_unary is not None and handler.request_deserializer is not None:
+            handlers[method] = grpc.unary_unary_rpc_method_handler(
+                handler.unary_unary,
+                request_deserializer=_counting_fields(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_registered_method_handlers(service, handlers)
+
+
+def _counting_fields(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``parse``, for a request of at most 1,024 fields at its top level (the custom
+    parsers of Predict and ModelInfer count them as they walk)."""
+
+    def parse_counted(data: bytes) -> Any:
+        check_field_count(data)
+        return parse(data)
+
+    return parse_counted
 
 
 class _Handlers:
