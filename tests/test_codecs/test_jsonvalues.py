@@ -282,7 +282,7 @@ def test_a_list_too_long_for_simdjson_is_refused_not_overrun(item: bytes) -> Non
             read(body)
 
 
-@pytest.mark.parametrize("item", [b'{"a":1}', b"12345", b'"ab"', b"[1]"])
+@pytest.mark.parametrize("item", [b'{"a":1}', b"true", b'"ab"', b"[null]"])
 def test_values_are_counted_before_they_are_read(item: bytes) -> None:
     """Just under the limit a body is read; one value more and it is refused unread."""
     per_item = 1 + item.count(b":") + item.count(b"[") + item.count(b"{")  # and a comma
@@ -296,9 +296,44 @@ def test_values_are_counted_before_they_are_read(item: bytes) -> None:
             read_body(too_many)
 
 
-def test_lists_of_floats_are_not_python_values() -> None:
-    """3 million floats, one array: the limit is on Python objects, which they never become."""
-    read = loads_tensors(_list_of(b"[0.5,1.5,2.5]", 1_000_000))["instances"]
+@pytest.mark.parametrize(
+    ("row", "dtype"),
+    [
+        (b"[0.5,1.5,2]", np.float64),
+        (b"[0,255,7]", np.int64),  # a uint8 image's pixels, say
+        (b"[1,2.5,-3]", np.float64),  # as numpy reads [1, 2.5, -3]
+    ],
+)
+def test_lists_of_numbers_are_not_python_values(row: bytes, dtype: type) -> None:
+    """3 million numbers, one array: the limit is on Python objects, which they never become."""
+    read = loads_tensors(_list_of(row, 1_000_000))["instances"]
     assert isinstance(read, np.ndarray)
+    assert read.dtype == dtype
     assert read.shape == (1_000_000, 3)
-    assert read[-1].tolist() == [0.5, 1.5, 2.5]
+    assert read[-1].tolist() == json.loads(row)
+
+
+def test_short_lists_of_integers_stay_lists() -> None:
+    """A V2 shape is read as the list it is; 257 integers are a tensor."""
+    read = loads_tensors(b'{"shape": [1, 3, 224, 224], "data": [' + b"7," * 256 + b"7]}")
+    assert read["shape"] == [1, 3, 224, 224]
+    assert isinstance(read["data"], np.ndarray) and read["data"].dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"9223372036854775807, -9223372036854775808",
+        b"2.5",  # a float among the integers: float64
+        b"9223372036854775808",  # past int64: numpy reads uint64
+        b"-1, 18446744073709551615",  # both signs past int64: float64
+        b"true",
+        b"[1]",
+    ],
+)
+def test_integer_tensors_read_as_numpy_reads_the_lists(tail: bytes) -> None:
+    body = b"[" + b"1, " * 300 + tail + b"]"
+    fast, slow = loads_tensors(body), loads(body)
+    assert _same_values(_plain(fast), slow)
+    if isinstance(fast, np.ndarray):
+        assert fast.dtype == np.asarray(slow).dtype

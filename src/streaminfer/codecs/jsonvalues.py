@@ -1,8 +1,8 @@
 """JSON text and values ⇄ numpy arrays, for both REST APIs.
 
 JSON is parsed by orjson and numbers then become an array in one ``numpy.asarray`` call;
-a request's or answer's tensors (``loads_tensors``) skip the Python floats: simdjson reads
-each nested list of floats straight into an array.  Arrays are written by orjson straight
+a request's or answer's tensors (``loads_tensors``) skip the Python numbers: simdjson reads
+each nested list of numbers straight into an array.  Arrays are written by orjson straight
 from their buffer, never as Python float lists.
 Bodies orjson refuses or would read differently from the JSON standard library (``NaN``
 and ``Infinity``, integers past 64 bits, nesting past 1024 levels, UTF-16) are read by
@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import reprlib
 from typing import Any
 
@@ -66,9 +67,9 @@ _OPEN = ord("[")
 
 
 def check_python_values(body: bytes | bytearray) -> None:
-    """DecodeError if ``body`` may hold more than ``MAX_OBJECTS`` values and keys: all
-    but lists of floats, which become one array, are read as Python objects (60 MB of
-    ``{"a":1}`` took 2.8 GB).  2 Mi hold 4,096 rows of 500 features or token ids.
+    """DecodeError if ``body`` may hold more than ``MAX_OBJECTS`` values and keys: all but
+    the lists of numbers ``loads_tensors`` reads into arrays are read as Python objects
+    (60 MB of ``{"a":1}`` took 2.8 GB).  2 Mi hold 4,096 rows of 500 named features.
 
     Every value or key but the first follows a ``,`` ``:`` ``[`` or ``{``, so counting
     those (strings' too, which only overcounts) bounds them without reading any.  A body
@@ -81,16 +82,17 @@ def check_python_values(body: bytes | bytearray) -> None:
     if values > MAX_OBJECTS:
         raise DecodeError(
             f"the body holds up to {values:,} JSON values, more than the "
-            f"{MAX_OBJECTS:,} a request may hold other than as lists of floats; "
-            "send large tensors of other types in binary (gRPC, or KServe V2's binary "
-            "data extension)"
+            f"{MAX_OBJECTS:,} a request may hold other than as rectangular lists of "
+            "numbers; send large tensors of other values in binary (gRPC, or KServe V2's "
+            "binary data extension)"
         )
 
 
 def loads_tensors(body: bytes | bytearray) -> JSON:
-    """``loads``, with each nested list of floats read straight into a float64 array.
+    """``loads``, with each nested list of numbers read straight into an array: float64,
+    or int64 for more than ``_PLAIN_INTEGERS`` integers only (as numpy reads them).
 
-    A list whose first leaf is a float is read by simdjson into one buffer (it refuses
+    A list whose first leaf is a number is read by simdjson into one buffer (it refuses
     strings, booleans, null and objects among the numbers, but flattens nested lists),
     shaped by the lengths along its first elements.  Every list above the numbers is
     checked to have its length in that shape; and the body must hold exactly as many
@@ -112,13 +114,17 @@ def loads_tensors(body: bytes | bytearray) -> JSON:
     return loads(body)
 
 
+_PLAIN_INTEGERS = 256
+"""Lists of at most this many integers stay Python lists: a V2 shape is one, and the
+reference reader's lists are what such fields are read as.  Longer ones are tensors."""
+
 _SATURATED = 0xFFFFFF
 """simdjson counts a list's or object's elements in 24 bits: past this, its length is
 wrong, and pysimdjson's ``as_list`` writes past the list it made for them."""
 
 
 class _FastReader:
-    """simdjson's document of a body as Python values, float lists as arrays.
+    """simdjson's document of a body as Python values, lists of numbers as arrays.
 
     Before it makes more than a few thousand Python values, the body's are counted
     (``check_python_values``), which bounds every list's length too.
@@ -152,9 +158,9 @@ class _FastReader:
             leaf = leaf[0]
         if _SATURATED in shape:
             raise ValueError("a list too long for simdjson to count")
-        if isinstance(leaf, float):
+        if type(leaf) is float or (type(leaf) is int and math.prod(shape) > _PLAIN_INTEGERS):
             _check_lengths(value, shape)
-            array = np.frombuffer(value.as_buffer(of_type="d"), np.float64).reshape(shape)
+            array = _numbers(value, integers=type(leaf) is int).reshape(shape)
             return array, int(np.cumprod(shape[:-1]).sum()) + 1
         if isinstance(leaf, simdjson.Object):  # rows of named values: their tensors are arrays
             self._making(1)
@@ -164,6 +170,19 @@ class _FastReader:
             self._making(len(value.mini))  # at most a value a byte
         plain = value.as_list()  # safe: no list in the body is near _SATURATED
         return plain, orjson.dumps(plain).count(b"[")
+
+
+def _numbers(lists: Any, integers: bool) -> np.ndarray:
+    """A simdjson list of numbers, flattened, as numpy reads the same Python numbers:
+    int64 if they are all integers in its range, else float64 (simdjson refuses any
+    other value; integers past int64's range, which numpy reads otherwise, refuse the
+    integer reading and the reference reader decides)."""
+    if integers:
+        try:
+            return np.frombuffer(lists.as_buffer(of_type="i"), np.int64)
+        except TypeError:  # a float among the integers (or a value that is no number)
+            pass
+    return np.frombuffer(lists.as_buffer(of_type="d"), np.float64)
 
 
 def _check_lengths(lists: Any, shape: list[int]) -> None:
