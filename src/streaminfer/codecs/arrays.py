@@ -33,9 +33,10 @@ MAX_FILL = 1 << 20
 
 MAX_OBJECTS = 1 << 21
 """Most values of one tensor or body that become Python objects: a string tensor's
-elements, or JSON values other than lists of floats (``jsonvalues``).  Each takes 40-80
-bytes where a number takes 1-8: 15 million two-byte ``string_val`` (a 60 MB message) took
-the server to 5.5 GB.  2 Mi cost at most about 160 MB."""
+elements, or JSON values other than the lists of numbers read into arrays
+(``jsonvalues``).  Each takes 40-80 bytes where a number takes 1-8: 15 million two-byte
+``string_val`` (a 60 MB message) took the server to 5.5 GB.  2 Mi cost at most about
+160 MB."""
 
 
 def numpy_dtype(model_dtype: str) -> np.dtype:

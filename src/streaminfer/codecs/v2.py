@@ -20,7 +20,6 @@ from streaminfer.codecs.arrays import (
     element_limit,
     from_values,
     native,
-    shaped,
     wrong_count,
 )
 from streaminfer.codecs.errors import DecodeError, EncodeError
@@ -152,5 +151,5 @@ def _read_grpc_tensor(tensor: GrpcTensor, raw: Buffer | None) -> np.ndarray:
     if len(values) != count:  # before they are read
         raise wrong_count(tensor.name, len(values), shape, count)
     if dtype == BYTES:
-        return shaped(tensor.name, bytes_array(list(values)), shape)
-    return shaped(tensor.name, from_values(tensor.name, values, dtype), shape)
+        return bytes_array(list(values)).reshape(shape)
+    return from_values(tensor.name, values, dtype).reshape(shape)
