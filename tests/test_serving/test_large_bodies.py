@@ -149,3 +149,36 @@ def test_a_body_waits_at_most_twice_the_body_timeout(stream_repo: Path, tmp_path
         assert second.headers["Retry-After"] == "1"
         assert answers["first"].status_code == 400
         assert server.gauge("streaminfer_server_body_bytes_held") == 0
+
+
+def test_connections_that_trickle_small_bodies_hold_their_pool_only(
+    stream_repo: Path, tmp_path: Path
+) -> None:
+    """300 connections declare a 1 MiB body each and send 1 KiB of it.  Each once got a
+    buffer of its declared length, held for as long as the client liked: 3,000 took a
+    server to 3.2 GB.  Now bodies of up to 1 MiB share a pool of half ``--body-memory-mb``
+    (4 MiB here): four hold it, the rest wait.  Every one is answered 408 (cut off) or 429
+    (waited too long), the server grows by a fraction of the 300 MiB declared, and then
+    a small request is answered and the pool is empty."""
+    args = ("--max-request-mb", "8", "--body-memory-mb", "8", "--body-timeout", "2")
+    with ServerProcess(stream_repo, *args, log=tmp_path / "serve.log") as server:
+        before = server.status_kb("VmRSS")
+        tricklers = [_trickle(server, MB) for _ in range(300)]
+        wait_for(
+            lambda: (
+                server.gauge("streaminfer_server_body_bytes_held") == 4 * MB
+                and server.gauge("streaminfer_server_bodies_waiting") == 296
+            ),
+            what="four trickled bodies to hold the pool and the others to wait",
+        )
+        with ThreadPoolExecutor(16) as pool:
+            statuses = set(pool.map(_status_line, tricklers))
+        assert statuses <= {"HTTP/1.1 408 Request Timeout", "HTTP/1.1 429 Too Many Requests"}
+        assert "HTTP/1.1 429 Too Many Requests" in statuses, statuses
+        grown = (server.status_kb("VmHWM") - before) // 1024
+        assert grown < 100, f"the server grew by {grown} MB"
+        with server.client() as client:
+            small = client.post(TINY_PREDICT, json={"instances": [[1.0, 2.0, 3.0, 4.0]]})
+        assert small.status_code == 200, small.text
+        assert server.gauge("streaminfer_server_body_bytes_held") == 0
+        assert server.gauge("streaminfer_server_bodies_waiting") == 0

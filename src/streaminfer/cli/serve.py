@@ -74,15 +74,13 @@ def serve_cmd(
     body_memory_mb: Annotated[
         int | None,
         typer.Option(
-            help="MB of REST bodies over 1 MiB held at once; more wait (default: twice "
-            "--max-request-mb)."
+            help="MB of REST bodies over 1 MiB held at once, and half as much again for "
+            "smaller ones; more wait (default: twice --max-request-mb)."
         ),
     ] = None,
     body_timeout: Annotated[
         float | None,
-        typer.Option(
-            help="Seconds a body over 1 MiB may take to arrive; then 408.", show_default="60.0"
-        ),
+        typer.Option(help="Seconds a REST body may take to arrive; then 408.", show_default="60.0"),
     ] = None,
     request_timeout: Annotated[
         float | None,

@@ -93,12 +93,12 @@ class ServerMetrics:
         ).set_function(decoder_bodies)
         Gauge(
             "streaminfer_server_body_bytes_held",
-            "Bytes reserved by the large REST bodies being read or handled.",
+            "Bytes reserved by the REST bodies being read or handled.",
             registry=self.registry,
         ).set_function(lambda: budget.held)
         Gauge(
             "streaminfer_server_bodies_waiting",
-            "Large REST bodies waiting for others to be answered before they are read.",
+            "REST bodies waiting for others to be answered before they are read.",
             registry=self.registry,
         ).set_function(lambda: budget.waiting)
 

@@ -1,5 +1,5 @@
-"""A REST request's body: read in one piece when its length is declared, large ones within
-a budget of bytes the server holds at once."""
+"""A REST request's body: read in one piece when its length is declared, within a budget
+of bytes the server holds at once."""
 
 from __future__ import annotations
 
@@ -11,80 +11,107 @@ from aiohttp import StreamReader, web
 from streaminfer.models.batcher import Overloaded
 
 SMALL_BODY_BYTES = 1 << 20
-"""Bodies up to this size skip the budget, so small requests never wait behind large ones."""
+"""Bodies up to this size have a pool of their own, so they never wait behind large ones."""
+
+
+class _Pool:
+    """Bytes handed out first come first served: one that does not fit waits, and so do
+    all that come after it, so a run of smaller bodies cannot starve a larger one."""
+
+    def __init__(self, total: int, described: str) -> None:
+        self.total = total
+        self.described = described  # for the 429: which limit was met
+        self.held = 0
+        self.waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, size: int, patience: float) -> None:
+        if not self.waiting and self.held + size <= self.total:
+            self.held += size
+            return
+        entry = (size, asyncio.get_running_loop().create_future())
+        self.waiting.append(entry)
+        try:
+            async with asyncio.timeout(patience):
+                await entry[1]
+        except BaseException as exc:
+            if entry in self.waiting:
+                self.waiting.remove(entry)
+                self.grant()  # it may have been the one holding smaller bodies back
+            elif entry[1].done() and not entry[1].cancelled():
+                self.give_back(size)  # granted just as it gave up
+            if isinstance(exc, TimeoutError):
+                raise Overloaded(
+                    f"the server already holds {self.total >> 20} MiB of {self.described}, its "
+                    f"limit, and this one waited {patience:g} s for room; retry later"
+                ) from None
+            raise
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+        self.grant()
+
+    def grant(self) -> None:
+        while self.waiting:
+            size, waiter = self.waiting[0]
+            if waiter.done():  # cancelled: its waiter has yet to run and take it out
+                self.waiting.popleft()
+                continue
+            if self.held + size > self.total:
+                return
+            self.waiting.popleft()
+            self.held += size
+            waiter.set_result(None)
 
 
 class BodyBudget:
-    """Bytes of large request bodies that the server holds at once.
+    """Bytes of request bodies that the server holds at once.
 
     A body and what is decoded from it live until its request is answered, and nothing
     bounded how many were read at once: eight 60 MB bodies took a server from 315 MB to
-    1,164.  So a request whose body is larger than ``SMALL_BODY_BYTES`` reserves its
-    declared length before a byte of it is read (a body of unknown length, the largest
-    allowed once it has passed ``SMALL_BODY_BYTES``), and holds it until answered.  While
-    others hold the budget it waits, first come first served, for at most twice
-    ``timeout`` (429), long enough for the body ahead of it to arrive or be cut off.  Then
-    its body must arrive within ``timeout`` (408): a client that trickles a large body
+    1,164, and 3,000 connections that each declared 1 MiB and sent one byte took one to
+    3.2 GB.  So a request reserves its body's declared length before a byte of it is read
+    (a body of unknown length: 1 MiB, then the largest allowed once it has passed that),
+    and holds it until answered.  Bodies of up to ``SMALL_BODY_BYTES`` reserve from a pool
+    of their own, half of ``total``, so that small requests never wait behind large
+    ones.  A body that does not fit waits, first come first served, for at most twice
+    ``timeout`` (429), long enough for the body ahead of it to arrive or be cut off.
+    Then its body must arrive within ``timeout`` (408): a client that trickles a body
     holds its share that long only.
     """
 
     def __init__(self, total: int, timeout: float) -> None:
-        self.total = total
         self.timeout = timeout
-        self.held = 0
-        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
-        self._reserved: dict[int, int] = {}  # id(request): bytes it holds
+        self.large = _Pool(total, "request bodies over 1 MiB (--body-memory-mb)")
+        self.small = _Pool(
+            max(total // 2, SMALL_BODY_BYTES),
+            "bodies of up to 1 MiB (half of --body-memory-mb)",
+        )
+        self._reserved: dict[int, tuple[_Pool, int]] = {}  # id(request): where, how much
+
+    @property
+    def held(self) -> int:
+        return self.large.held + self.small.held
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        return len(self.large.waiting) + len(self.small.waiting)
 
-    async def reserve(self, request: object, size: int) -> float | None:
-        """Reserve ``size`` bytes for ``request``'s body (nothing for a small one), to be
+    async def reserve(self, request: object, size: int) -> float:
+        """Reserve ``size`` bytes for ``request``'s body, in place of what it held, to be
         given back by ``release``; the event loop's time by which the body must be read."""
-        if size <= SMALL_BODY_BYTES:
-            return None
-        size = min(size, self.total)
-        await self._acquire(size)
-        self._reserved[id(request)] = size
+        self.release(request)
+        pool = self.small if size <= SMALL_BODY_BYTES else self.large
+        size = min(size, pool.total)
+        await pool.acquire(size, 2 * self.timeout)
+        self._reserved[id(request)] = pool, size
         return asyncio.get_running_loop().time() + self.timeout
 
     def release(self, request: object) -> None:
         """Give back what ``request`` reserved, if anything: it has been answered."""
-        size = self._reserved.pop(id(request), 0)
-        if size:
-            self.held -= size
-            self._grant()
-
-    async def _acquire(self, size: int) -> None:
-        if not self._waiting and self.held + size <= self.total:
-            self.held += size
-            return
-        entry = (size, asyncio.get_running_loop().create_future())
-        self._waiting.append(entry)
-        try:
-            async with asyncio.timeout(2 * self.timeout):
-                await entry[1]
-        except BaseException as exc:
-            if entry in self._waiting:
-                self._waiting.remove(entry)
-                self._grant()  # it may have been the one holding smaller bodies back
-            elif entry[1].done() and not entry[1].cancelled():
-                self.held -= size  # granted just as it gave up
-                self._grant()
-            if isinstance(exc, TimeoutError):
-                raise Overloaded(
-                    f"the server holds its limit of large request bodies "
-                    f"({self.total >> 20} MiB, --body-memory-mb) and this one waited "
-                    f"{2 * self.timeout:g} s for room; retry later"
-                ) from None
-            raise
-
-    def _grant(self) -> None:
-        while self._waiting and self.held + self._waiting[0][0] <= self.total:
-            size, waiter = self._waiting.popleft()
-            self.held += size
-            waiter.set_result(None)
+        reserved = self._reserved.pop(id(request), None)
+        if reserved is not None:
+            pool, size = reserved
+            pool.give_back(size)
 
 
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
@@ -133,21 +160,22 @@ async def _read_exactly(content: StreamReader, length: int) -> bytearray:
 
 
 async def _read_undeclared(request: web.Request, budget: BodyBudget) -> bytes:
-    """A chunked or compressed body, its length known only once read: its first
-    ``SMALL_BODY_BYTES`` like a small body's, the rest once it has reserved the largest
-    allowed, so that small chunked requests never wait for the budget."""
+    """A chunked or compressed body, its length known only once read: up to
+    ``SMALL_BODY_BYTES`` like a small body, past that once it has reserved the largest
+    allowed, so that small chunked requests never wait behind large bodies."""
     limit = request.client_max_size
     chunks: list[bytes] = []
     size = 0
-    read_by: float | None = None
+    read_by = await budget.reserve(request, min(limit, SMALL_BODY_BYTES))
     while True:
         async with asyncio.timeout_at(read_by):
             chunk = await request.content.readany()  # decompressed, for a compressed body
         if not chunk:
             return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            raise web.HTTPRequestEntityTooLarge(limit, size)
+        grown = size + len(chunk)
+        if grown > limit:
+            raise web.HTTPRequestEntityTooLarge(limit, grown)
         chunks.append(chunk)
-        if read_by is None and size > SMALL_BODY_BYTES:
+        if size <= SMALL_BODY_BYTES < grown:
             read_by = await budget.reserve(request, limit)
+        size = grown

@@ -38,7 +38,7 @@ class ServerSettings(Settings):
     auth_token_file: Path | None = None
     max_request_mb: int = Field(default=64, ge=1)
     body_memory_mb: int | None = Field(default=None, ge=1)  # None: twice max_request_mb
-    body_timeout: float = Field(default=60.0, gt=0)  # seconds a large body may take to arrive
+    body_timeout: float = Field(default=60.0, gt=0)  # seconds a REST body may take to arrive
     shutdown_grace: float = Field(default=10.0, ge=0)
     decode_threads: int = Field(default=4, ge=1)
     request_timeout: float = Field(default=30.0, gt=0)  # seconds; past it: 504
@@ -98,6 +98,7 @@ class ServerSettings(Settings):
 
     @property
     def body_memory_bytes(self) -> int:
-        """Bytes of large REST bodies held at once: by default two of the largest."""
+        """Bytes of REST bodies over 1 MiB held at once: by default two of the largest
+        (smaller bodies have half as much again, ``BodyBudget``)."""
         megabytes = self.body_memory_mb or 2 * self.max_request_mb
         return megabytes * 1024 * 1024
