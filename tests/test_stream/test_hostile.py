@@ -206,3 +206,36 @@ def test_values_the_models_dtype_cannot_hold_are_dead_lettered_not_rounded(
         headers = dict(letter.headers)
         assert headers["streaminfer.error.type"] == b"invalid_input"
         assert b"beyond float32's range" in headers["streaminfer.error.message"]
+
+
+def test_a_record_of_millions_of_json_values_is_dead_lettered_unmade(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable[..., ManagedProcess],
+    stream_repo: Path,
+) -> None:
+    """Topics may take large records: 9 MB of ``[],`` and 24 MB of ``{"a":1},`` are refused
+    before their values are made (they took a worker's parse to 300 and 710 MB), their
+    neighbours are served in order, and the worker goes on."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    large = f"{inp}-large"
+    TopicAdmin(kafka_settings).create(large, config={"max.message.bytes": str(32 << 20)})
+    hostile = [b'{"model":"tiny","inputs":{"x":[' + item * 3_000_000 + b"0]}}"
+               for item in (b"[],", b'{"a":1},')]  # fmt: skip
+    values = [valid(0), hostile[0], valid(1), hostile[1], valid(2)]
+    worker = embedded_worker(start_worker, stream_repo, large, out, "--batch-size", "8")
+    producer_settings = kafka_settings.model_copy(
+        update={"properties": {**kafka_settings.properties, "message.max.bytes": str(32 << 20)}}
+    )
+    produce(producer_settings, large, values)
+    docs = decoded(outputs(kafka_settings, out, 3, timeout=120))
+    assert [d["id"] for d in docs] == ["ok-0", "ok-1", "ok-2"]
+    letters = list(
+        consume(kafka_settings, f"{large}.dlq", from_beginning=True, count=2, timeout=60)
+    )
+    assert [dict(r.headers)["streaminfer.error.type"] for r in letters] == [b"too_many_values"] * 2
+    for letter, value in zip(letters, hostile, strict=True):
+        headers = dict(letter.headers)
+        assert b"more than the 2,097,152" in headers["streaminfer.error.message"], headers
+        assert headers["streaminfer.value.truncated"] == str(len(value)).encode()
+    assert worker.alive(), worker.log_tail(40)

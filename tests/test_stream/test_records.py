@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
+import numpy as np
+import orjson
 import pytest
 
-from streaminfer.stream.records import BadRecord, parse_value, plain_tensors
+from streaminfer.stream.records import LARGE_JSON_BYTES, BadRecord, parse_value, plain_tensors
 
 
 def test_a_json_record_gives_its_fields_in_any_order() -> None:
@@ -95,3 +99,37 @@ def test_a_plain_tensor_record_is_read_as_lists(value: bytes, plain: object) -> 
 )
 def test_any_other_value_is_left_to_the_parse(value: bytes | None) -> None:
     assert plain_tensors(value) is None
+
+
+def test_a_large_json_record_reads_its_numbers_into_the_arrays_a_small_one_gives() -> None:
+    rows = [[i * 0.25, i, -i, 1e-3] for i in range(120_000)]
+    small = orjson.dumps({"inputs": {"x": rows[:2]}, "model": "tiny"})
+    large = orjson.dumps({"inputs": {"x": rows}, "model": "tiny"})
+    assert len(small) <= LARGE_JSON_BYTES < len(large)
+    assert plain_tensors(small) is not None and plain_tensors(large) is None  # read once
+    tensors = parse_value(large).tensors
+    assert tensors is not None
+    np.testing.assert_array_equal(tensors["x"], np.asarray(rows))
+    assert tensors["x"].dtype == np.float64
+    integers = orjson.dumps({"instances": [{"t": list(range(i, i + 300))} for i in range(2500)]})
+    assert len(integers) > LARGE_JSON_BYTES
+    tensors = parse_value(integers).tensors
+    assert tensors is not None and tensors["t"].dtype == np.int64
+    assert tensors["t"].shape == (2500, 300) and tensors["t"][2499, 299] == 2798
+
+
+@pytest.mark.parametrize("item", [b"[],", b'{"a":1},', b'"",'])
+def test_a_large_json_record_of_too_many_values_is_refused_before_they_are_made(
+    item: bytes,
+) -> None:
+    """9 MB of ``[],`` took 300 MB as Python lists, 24 MB of ``{"a":1},`` 710 MB."""
+    value = b'{"inputs":{"x":[' + item * 3_000_000 + b"0]}}"
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadRecord, match="more than the 2,097,152") as caught:
+            parse_value(value)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.reason == "too_many_values"
+    assert peak < 20 * len(value), f"{peak:,} bytes for a {len(value):,}-byte record"

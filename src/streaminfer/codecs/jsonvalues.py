@@ -49,6 +49,19 @@ _MADE_BEFORE_COUNTING = 4096
 """Python values the fast path of ``loads_tensors`` makes before it counts the body's."""
 
 
+class TooManyValues(DecodeError):
+    """A body that may hold more than ``MAX_OBJECTS`` values other than numbers in lists."""
+
+    def __init__(self, values: int) -> None:
+        super().__init__(
+            f"the body holds up to {values:,} JSON values, more than the "
+            f"{MAX_OBJECTS:,} a request may hold other than as rectangular lists of "
+            "numbers; send large tensors of other values in binary (gRPC, or KServe V2's "
+            "binary data extension)"
+        )
+        self.values = values
+
+
 def loads(body: bytes | bytearray) -> JSON:
     """A body as JSON, or DecodeError saying why it is not."""
     check_python_values(body)
@@ -67,7 +80,7 @@ _OPEN = ord("[")
 
 
 def check_python_values(body: bytes | bytearray) -> None:
-    """DecodeError if ``body`` may hold more than ``MAX_OBJECTS`` values and keys: all but
+    """TooManyValues if ``body`` may hold more than ``MAX_OBJECTS`` values and keys: all but
     the lists of numbers ``loads_tensors`` reads into arrays are read as Python objects
     (60 MB of ``{"a":1}`` took 2.8 GB).  2 Mi hold 4,096 rows of 500 named features.
 
@@ -80,12 +93,7 @@ def check_python_values(body: bytes | bytearray) -> None:
     text = np.frombuffer(body, np.uint8)
     values = 1 + sum(np.count_nonzero(text == char) for char in _OPENERS_AND_SEPARATORS)
     if values > MAX_OBJECTS:
-        raise DecodeError(
-            f"the body holds up to {values:,} JSON values, more than the "
-            f"{MAX_OBJECTS:,} a request may hold other than as rectangular lists of "
-            "numbers; send large tensors of other values in binary (gRPC, or KServe V2's "
-            "binary data extension)"
-        )
+        raise TooManyValues(int(values))
 
 
 def loads_tensors(body: bytes | bytearray) -> JSON:

@@ -25,6 +25,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from streaminfer.codecs.arrays import MAX_OBJECTS
+from streaminfer.codecs.errors import DecodeError
+from streaminfer.codecs.jsonvalues import TooManyValues, loads_tensors
 from streaminfer.errors import RecordError
 from streaminfer.kafka.records import Headers
 from streaminfer.models.features import record_features
@@ -38,6 +41,9 @@ _ROUTING_FIELDS = frozenset(_ROUTING_KINDS)
 _SOURCE_FIELDS = frozenset(_SOURCES)
 _URL_PREFIXES = ("http://", "https://", "file://", "data:")
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+LARGE_JSON_BYTES = MAX_OBJECTS
+"""JSON records larger than this are read as the server reads a REST body: 9 MB of
+``[],`` took 300 MB as Python lists, 24 MB of ``{"a":1},`` 710 MB."""
 
 
 class BadRecord(RecordError):
@@ -90,11 +96,29 @@ def _text(value: bytes) -> str:
         raise BadRecord("record value is neither a known image format nor UTF-8 text") from exc
 
 
-def _parse_json(value: bytes) -> Request:
+def _document(value: bytes) -> Any:
+    """A JSON record's document.  One over ``LARGE_JSON_BYTES`` is read by
+    ``loads_tensors``: its lists of numbers straight into arrays, and its other values
+    counted before one is made, so that it cannot make more than ``MAX_OBJECTS``."""
+    if len(value) <= LARGE_JSON_BYTES:
+        try:
+            return orjson.loads(value)  # nesting past 1024 levels is an error, not a RecursionError
+        except orjson.JSONDecodeError as exc:
+            raise BadRecord(f"invalid JSON: {exc}", "bad_json") from exc
     try:
-        doc = orjson.loads(value)  # nesting past 1024 levels is an error, not a RecursionError
-    except orjson.JSONDecodeError as exc:
+        return loads_tensors(value)
+    except TooManyValues as exc:
+        raise BadRecord(
+            f"the record holds up to {exc.values:,} JSON values, more than the "
+            f"{MAX_OBJECTS:,} one may hold other than as rectangular lists of numbers",
+            "too_many_values",
+        ) from exc
+    except DecodeError as exc:
         raise BadRecord(f"invalid JSON: {exc}", "bad_json") from exc
+
+
+def _parse_json(value: bytes) -> Request:
+    doc = _document(value)
     if not isinstance(doc, dict):
         raise BadRecord("JSON record must be an object")
     request, sources = Request(), []
@@ -132,8 +156,8 @@ def plain_tensors(value: bytes | None) -> Plain | None:
     """The model, id and inputs of the commonest tensor record, ``{"inputs": {name: [row,
     ...]}}`` with at most a ``"model"`` and an ``"id"`` beside it, its rows still JSON
     lists; None for any other value, which ``parse_value`` then reads, and judges, on
-    its own.  Never raises."""
-    if value is None or value[:1] != b"{":
+    its own (a large one too: ``_document``).  Never raises."""
+    if value is None or value[:1] != b"{" or len(value) > LARGE_JSON_BYTES:
         return None
     try:
         doc = orjson.loads(value)
