@@ -86,6 +86,13 @@ def mixed_records(jpeg: bytes, count: int, topic: str) -> tuple[list[bytes], lis
     return values, ids
 
 
+def large_records_topic(settings: KafkaSettings, name: str, max_bytes: int) -> KafkaSettings:
+    """Create topic ``name`` for records of up to ``max_bytes``; settings to produce them."""
+    TopicAdmin(settings).create(name, config={"max.message.bytes": str(max_bytes)})
+    properties = {**settings.properties, "message.max.bytes": str(max_bytes)}
+    return settings.model_copy(update={"properties": properties})
+
+
 def assert_all_accounted_for(
     settings: KafkaSettings, out: str, dlq: str, sent: int, ids: list[str]
 ) -> None:
@@ -219,14 +226,11 @@ def test_a_record_of_millions_of_json_values_is_dead_lettered_unmade(
     neighbours are served in order, and the worker goes on."""
     inp, out = topic_factory("in"), topic_factory("out")
     large = f"{inp}-large"
-    TopicAdmin(kafka_settings).create(large, config={"max.message.bytes": str(32 << 20)})
+    producer_settings = large_records_topic(kafka_settings, large, 32 << 20)
     hostile = [b'{"model":"tiny","inputs":{"x":[' + item * 3_000_000 + b"0]}}"
                for item in (b"[],", b'{"a":1},')]  # fmt: skip
     values = [valid(0), hostile[0], valid(1), hostile[1], valid(2)]
     worker = embedded_worker(start_worker, stream_repo, large, out, "--batch-size", "8")
-    producer_settings = kafka_settings.model_copy(
-        update={"properties": {**kafka_settings.properties, "message.max.bytes": str(32 << 20)}}
-    )
     produce(producer_settings, large, values)
     docs = decoded(outputs(kafka_settings, out, 3, timeout=120))
     assert [d["id"] for d in docs] == ["ok-0", "ok-1", "ok-2"]
@@ -238,4 +242,36 @@ def test_a_record_of_millions_of_json_values_is_dead_lettered_unmade(
         headers = dict(letter.headers)
         assert b"more than the 2,097,152" in headers["streaminfer.error.message"], headers
         assert headers["streaminfer.value.truncated"] == str(len(value)).encode()
+    assert worker.alive(), worker.log_tail(40)
+
+
+def test_a_record_whose_headers_alone_fill_a_topic_is_dead_lettered(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable[..., ManagedProcess],
+    stream_repo: Path,
+) -> None:
+    """The input topic takes 4 MB records, the output and dead-letter topics 1 MB: a
+    record of 1.5 MB of headers can be neither output nor dead-lettered whole, even with
+    its value cut.  Its dead letter keeps the worker's headers and as many of its own as
+    fit, says how many it dropped, and its neighbours are served in order."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    large = f"{inp}-large"
+    producer_settings = large_records_topic(kafka_settings, large, 4 << 20)
+    heavy = [(f"h{i:04}", bytes(1000)) for i in range(1500)]
+    worker = embedded_worker(start_worker, stream_repo, large, out, "--batch-size", "8")
+    produce(producer_settings, large, [valid(0)])
+    produce(producer_settings, large, [valid(1)], headers=heavy)
+    produce(producer_settings, large, [valid(2)])
+    docs = decoded(outputs(kafka_settings, out, 2, timeout=120))
+    assert [d["id"] for d in docs] == ["ok-0", "ok-2"]
+    letters = list(
+        consume(kafka_settings, f"{large}.dlq", from_beginning=True, count=1, timeout=60)
+    )
+    assert len(letters) == 1
+    headers = dict(letters[0].headers)
+    assert headers["streaminfer.error.type"] == b"too_large", headers
+    kept = [key for key, _ in letters[0].headers if key.startswith("h")]
+    assert 0 < len(kept) < 1500 and kept == [key for key, _ in heavy[: len(kept)]]
+    assert headers["streaminfer.headers.dropped"] == str(1500 - len(kept)).encode()
     assert worker.alive(), worker.log_tail(40)

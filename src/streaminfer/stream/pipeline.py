@@ -56,7 +56,6 @@ from streaminfer.stream.outputs import (
     dead_letter,
     output,
     size,
-    truncated,
 )
 from streaminfer.stream.records import Request, numbers, parse_value, plain_tensors
 from streaminfer.stream.routing import Route
@@ -378,9 +377,7 @@ class Pipeline:
     def _dead_letter(self, work: Work) -> Produced:
         assert work.error is not None
         drop_tracebacks(work.error)  # freed with the record, not when the collector runs
-        letter = dead_letter(self.dead_letter_topic, work)
-        limit = self._limit(self.dead_letter_topic)
-        return letter if size(letter) <= limit else truncated(letter, limit)
+        return dead_letter(self.dead_letter_topic, work, self._limit(self.dead_letter_topic))
 
     def _limit(self, topic: str) -> int:
         return self.max_bytes[topic] - RECORD_OVERHEAD_BYTES
