@@ -16,7 +16,8 @@ MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
 
 # Deployment checks (tests/test_deploy, tests/test_packaging, the gRPC health test): helm,
 # kubeconform and grpc-health-probe built with `go install`; Prometheus, promtool and podman
-# (with runc, debootstrap for the base image) from Debian.  Builds and downloads are cached
+# (with runc, debootstrap for the base image) from Debian, and kcat (records written by
+# another client, tests/test_stream/test_hostile.py).  Builds and downloads are cached
 # under ~/.cache.
 TOOLS_BIN := $(HOME)/.cache/streaminfer/bin
 GO_CACHE := $(HOME)/.cache/streaminfer/go
@@ -85,10 +86,10 @@ lint: install
 
 deploy-tools: $(TOOLS_BIN)/.helm-$(HELM_VERSION) $(TOOLS_BIN)/.kubeconform-$(KUBECONFORM_VERSION) \
 	$(TOOLS_BIN)/.grpc-health-probe-$(GRPC_HEALTH_PROBE_VERSION)
-	missing=; for tool in prometheus promtool podman buildah runc debootstrap; do \
+	missing=; for tool in prometheus promtool podman buildah runc debootstrap kcat; do \
 	  command -v $$tool >/dev/null || missing=1; done; \
 	test -z "$$missing" || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	  apt-get install -y -qq --no-install-recommends prometheus podman buildah runc debootstrap uidmap)
+	  apt-get install -y -qq --no-install-recommends prometheus podman buildah runc debootstrap uidmap kcat)
 
 $(TOOLS_BIN)/.helm-$(HELM_VERSION):
 	$(GO_INSTALL) helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)

@@ -12,6 +12,7 @@ import base64
 import json
 import random
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
-from streaminfer.kafka.records import consume, produce
+from streaminfer.kafka.records import UNREADABLE_HEADERS, consume, produce
 from streaminfer.processes import ManagedProcess
 from tests.servers import ServerProcess
 from tests.support import wait_for
@@ -275,3 +276,29 @@ def test_a_record_whose_headers_alone_fill_a_topic_is_dead_lettered(
     assert 0 < len(kept) < 1500 and kept == [key for key, _ in heavy[: len(kept)]]
     assert headers["streaminfer.headers.dropped"] == str(1500 - len(kept)).encode()
     assert worker.alive(), worker.log_tail(40)
+
+
+def test_a_record_whose_header_names_are_not_utf8_is_served(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable[..., ManagedProcess],
+    stream_repo: Path,
+) -> None:
+    """kcat writes header names as given: one that is not UTF-8 makes the Python client's
+    ``headers()`` raise, for the record's every header.  The record is served in order
+    among its neighbours, its output saying its headers could not be read."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    worker = embedded_worker(start_worker, stream_repo, inp, out, "--batch-size", "8")
+    produce(kafka_settings, inp, [valid(0)])
+    kcat = ["kcat", "-b", kafka_settings.bootstrap_servers, "-t", inp, "-P"]
+    subprocess.run([*kcat, "-H", "trace=1", "-H", "\udcff\udcfename=v"], input=valid(1), check=True)
+    produce(kafka_settings, inp, [valid(2)])
+    records = outputs(kafka_settings, out, 3, timeout=120)
+    assert [d["id"] for d in decoded(records)] == ["ok-0", "ok-1", "ok-2"]
+    headers = dict(records[1].headers)
+    assert b"not UTF-8" in headers["streaminfer.headers.unreadable"], headers
+    assert "trace" not in headers
+    assert worker.alive(), worker.log_tail(40)
+    # The kcat-like consume reads it too, with the same header in place of its own.
+    inputs = list(consume(kafka_settings, inp, from_beginning=True, count=3, timeout=30))
+    assert [k for k, _ in inputs[1].headers] == [UNREADABLE_HEADERS]

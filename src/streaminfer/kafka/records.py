@@ -23,6 +23,8 @@ from streaminfer.kafka.config import KafkaSettings
 
 log = logging.getLogger(__name__)
 
+UNREADABLE_HEADERS = "streaminfer.headers.unreadable"
+
 
 @dataclass
 class Record:
@@ -43,13 +45,27 @@ class Record:
             offset=msg.offset(),
             key=msg.key(),
             value=msg.value(),
-            headers=list(msg.headers() or []),
+            headers=message_headers(msg),  # type: ignore[arg-type]
             timestamp_ms=ts if ts_type else None,
         )
 
 
 Headers = list[tuple[str, str | bytes | None]]
 DeliveryCallback = Callable[[KafkaError | None, Any], None]
+
+
+def message_headers(message: Any) -> Headers:
+    """A consumed message's headers, as a list.  A header name that is not UTF-8 (other
+    clients write any bytes) makes confluent-kafka's ``headers()`` raise, for all of the
+    record's headers: one header of ours says so in their place, so that the record is
+    served rather than stopping whoever reads it."""
+    try:
+        raw = message.headers()
+    except (SystemError, UnicodeDecodeError):  # SystemError: the client wraps the decode's
+        return [(UNREADABLE_HEADERS, b"a header name is not UTF-8, so none could be read")]
+    if not raw:
+        return []
+    return list(raw.items()) if isinstance(raw, dict) else list(raw)
 
 
 def produce_waiting(

@@ -15,7 +15,7 @@ import time
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from streaminfer.kafka.access import refuse_denied
-from streaminfer.kafka.records import Headers
+from streaminfer.kafka.records import message_headers
 from streaminfer.stream.records import Source
 from streaminfer.stream.work import InputRecord
 
@@ -287,8 +287,7 @@ def input_record(message: Message, consumed_at: float) -> InputRecord:
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     assert topic is not None and partition is not None and offset is not None
     ts_type, ts = message.timestamp()
-    raw = message.headers()
-    headers: Headers = [] if not raw else list(raw.items()) if isinstance(raw, dict) else list(raw)
+    headers = message_headers(message)
     source = Source(topic, partition, offset, ts if ts_type else None)
     return InputRecord(message.key(), message.value(), headers, source, consumed_at)
 
