@@ -23,6 +23,13 @@ def mallopt(parameter: int, value: int) -> None:
         ctypes.CDLL(None).mallopt(parameter, value)
 
 
+def trim_heaps() -> None:
+    """Give the free pages inside every heap back to the operating system (``malloc_trim``).
+    It walks the heaps, so it takes milliseconds: call it off the event loop."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 ARENAS = 2
 """Heaps all of a process's threads share.  glibc makes up to 8 a core, each keeping its
 own free memory: a worker decodes, fetches and batches on about a dozen threads, a server

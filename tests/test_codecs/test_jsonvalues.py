@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from typing import Any
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from streaminfer.codecs.arrays import BYTES, MAX_OBJECTS, bytes_array
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.jsonvalues import (
+    TooManyValues,
     _may_hold_long_integers,
     check_python_values,
     dumps,
@@ -337,3 +339,10 @@ def test_integer_tensors_read_as_numpy_reads_the_lists(tail: bytes) -> None:
     assert _same_values(_plain(fast), slow)
     if isinstance(fast, np.ndarray):
         assert fast.dtype == np.asarray(slow).dtype
+
+
+def test_too_many_values_crosses_processes_whole() -> None:
+    """The decoder process sends its errors to the server pickled."""
+    error = pickle.loads(pickle.dumps(TooManyValues(3_000_000)))
+    assert isinstance(error, TooManyValues) and error.values == 3_000_000
+    assert "3,000,000 JSON values" in str(error)

@@ -61,6 +61,9 @@ class TooManyValues(DecodeError):
         )
         self.values = values
 
+    def __reduce__(self) -> tuple[type[TooManyValues], tuple[int]]:
+        return TooManyValues, (self.values,)  # the decoder process sends it to the server
+
 
 def loads(body: bytes | bytearray) -> JSON:
     """A body as JSON, or DecodeError saying why it is not."""

@@ -1,11 +1,14 @@
 """What every gRPC service shares: error translation, the bearer-token check, the server.
 
 A request that is not a valid protobuf message never reaches a servicer: it is answered
-INVALID_ARGUMENT (gRPC itself would answer INTERNAL or UNKNOWN, blaming the server).
+INVALID_ARGUMENT (gRPC itself would answer INTERNAL or UNKNOWN, blaming the server).  Once
+a large request is answered, the heaps are trimmed (``TrimAfterLargeRequests``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,6 +17,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
+from streaminfer.allocator import LARGE_BLOCK, trim_heaps
 from streaminfer.codecs.protowire import check_field_count
 from streaminfer.errors import drop_tracebacks
 from streaminfer.serving.auth import BearerAuth
@@ -97,14 +101,23 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
-            return handler  # an unknown method (UNIMPLEMENTED), or nothing to parse
-        return grpc.unary_unary_rpc_method_handler(
-            _refusing_malformed(handler.unary_unary),
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+        return _wrapped(await continuation(details), _refusing_malformed, _tolerant)
+
+
+def _wrapped(
+    handler: grpc.RpcMethodHandler | None,
+    behavior: Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]],
+    parse: Callable[[Callable[[bytes], Any]], Callable[[bytes], Any]],
+) -> grpc.RpcMethodHandler | None:
+    """A unary method's handler with its behavior and its request's parse wrapped; any
+    other handler as it is (an unknown method, UNIMPLEMENTED, or nothing to parse)."""
+    if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+        return handler
+    return grpc.unary_unary_rpc_method_handler(
+        behavior(handler.unary_unary),
+        request_deserializer=parse(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
 
 
 def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
@@ -127,6 +140,64 @@ def _refusing_malformed(behavior: Callable[..., Awaitable[Any]]) -> Callable[...
         return await behavior(request, context)
 
     return call
+
+
+_LARGE_REQUEST = contextvars.ContextVar("large_request", default=False)
+
+
+class TrimAfterLargeRequests(grpc.aio.ServerInterceptor):
+    """Trims the heaps, in a thread, once a call whose request was ``LARGE_BLOCK`` or more
+    has been answered.  gRPC reads a message in many small blocks, and freed they stayed in
+    the heaps: after 16 requests of 60 MB at once, a server of the tiny model held 450 to
+    800 MB instead of 120.  A call's request is read in the task that then runs the call,
+    so a context variable carries whether it was large from the one to the other."""
+
+    def __init__(self) -> None:
+        self._trimming: asyncio.Future[None] | None = None
+        self._again = False
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        return _wrapped(await continuation(details), self._trimming_after, _noting_size)
+
+    def _trimming_after(
+        self, behavior: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Awaitable[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behavior(request, context)
+            finally:
+                if _LARGE_REQUEST.get():
+                    self._trim()
+
+        return call
+
+    def _trim(self) -> None:
+        """Trim now, or once more after the trim under way: the calls it ran beside may
+        have freed their memory since it began."""
+        if self._trimming is not None:
+            self._again = True
+            return
+        self._again = False
+        self._trimming = asyncio.get_running_loop().run_in_executor(None, trim_heaps)
+        self._trimming.add_done_callback(self._trimmed)
+
+    def _trimmed(self, _: asyncio.Future[None]) -> None:
+        self._trimming = None
+        if self._again:
+            self._trim()
+
+
+def _noting_size(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse_noting_size(data: bytes) -> Any:
+        if len(data) >= LARGE_BLOCK:
+            _LARGE_REQUEST.set(True)
+        return parse(data)
+
+    return parse_noting_size
 
 
 def add_servicer(
@@ -183,7 +254,10 @@ class _Handlers:
 
 
 def create_server(auth: BearerAuth | None, max_message_bytes: int) -> grpc.aio.Server:
-    interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequestInterceptor()]
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        TrimAfterLargeRequests(),  # outside: malformed requests are trimmed after too
+        MalformedRequestInterceptor(),
+    ]
     if auth is not None:
         interceptors.insert(0, AuthInterceptor(auth))
     return grpc.aio.server(
