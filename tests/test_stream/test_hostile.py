@@ -17,11 +17,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import UNREADABLE_HEADERS, consume, produce
 from streaminfer.processes import ManagedProcess
+from streaminfer.stream.outputs import HEADERS_DROPPED_HEADER, KEY_TRUNCATED_HEADER
 from tests.servers import ServerProcess
 from tests.support import wait_for
 from tests.workers import decoded, embedded_worker, outputs
@@ -278,27 +280,91 @@ def test_a_record_whose_headers_alone_fill_a_topic_is_dead_lettered(
     assert worker.alive(), worker.log_tail(40)
 
 
-def test_a_record_whose_header_names_are_not_utf8_is_served(
+def test_records_whose_header_names_are_not_utf8_are_served(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],
     start_worker: Callable[..., ManagedProcess],
     stream_repo: Path,
 ) -> None:
     """kcat writes header names as given: one that is not UTF-8 makes the Python client's
-    ``headers()`` raise, for the record's every header.  The record is served in order
-    among its neighbours, its output saying its headers could not be read."""
+    ``headers()`` fail for the record's every header, and (once the interpreter has
+    specialized the call, after a few dozen records) leave its error to surface at some
+    later call.  The records are served in order among their neighbours, their outputs
+    saying their headers could not be read."""
     inp, out = topic_factory("in"), topic_factory("out")
     worker = embedded_worker(start_worker, stream_repo, inp, out, "--batch-size", "8")
-    produce(kafka_settings, inp, [valid(0)])
+    produce(kafka_settings, inp, [valid(i) for i in range(40)])
     kcat = ["kcat", "-b", kafka_settings.bootstrap_servers, "-t", inp, "-P"]
-    subprocess.run([*kcat, "-H", "trace=1", "-H", "\udcff\udcfename=v"], input=valid(1), check=True)
-    produce(kafka_settings, inp, [valid(2)])
-    records = outputs(kafka_settings, out, 3, timeout=120)
-    assert [d["id"] for d in decoded(records)] == ["ok-0", "ok-1", "ok-2"]
-    headers = dict(records[1].headers)
-    assert b"not UTF-8" in headers["streaminfer.headers.unreadable"], headers
-    assert "trace" not in headers
+    odd = b"\n".join(valid(i) for i in range(40, 43))
+    subprocess.run([*kcat, "-H", "trace=1", "-H", "\udcff\udcfename=v"], input=odd, check=True)
+    produce(kafka_settings, inp, [valid(i) for i in range(43, 60)])
+    records = outputs(kafka_settings, out, 60, timeout=120)
+    assert [d["id"] for d in decoded(records)] == [f"ok-{i}" for i in range(60)]
+    for record in records[40:43]:
+        headers = dict(record.headers)
+        assert b"not UTF-8" in headers[UNREADABLE_HEADERS], headers
+        assert "trace" not in headers
     assert worker.alive(), worker.log_tail(40)
-    # The kcat-like consume reads it too, with the same header in place of its own.
-    inputs = list(consume(kafka_settings, inp, from_beginning=True, count=3, timeout=30))
-    assert [k for k, _ in inputs[1].headers] == [UNREADABLE_HEADERS]
+    # The kcat-like consume reads them too, with the same header in place of their own.
+    inputs = list(consume(kafka_settings, inp, from_beginning=True, count=60, timeout=30))
+    assert [[k for k, _ in r.headers] for r in inputs[40:43]] == [[UNREADABLE_HEADERS]] * 3
+
+
+def envelope(rng: random.Random) -> tuple[bytes | None, list[tuple[str, bytes | None]]]:
+    """A record's key and headers, of a shape picked at random: none, empty, odd text,
+    many, large, or large enough together with a large key to fill a 1 MB topic."""
+    names = ["", "streaminfer.error.type", "x" * 300, "\u0130\u2603", "trace", "h"]
+    headers: list[tuple[str, bytes | None]] = [
+        (rng.choice(names), rng.choice([None, b"", rng.randbytes(rng.randint(1, 3000))]))
+        for _ in range(rng.choice((0, 1, 3, 40, 900)))
+    ]
+    if rng.random() < 0.15:
+        headers.append(("large", bytes(rng.randint(500_000, 1_200_000))))
+    key = rng.choice([None, b"", rng.randbytes(rng.randint(1, 64))])
+    if rng.random() < 0.15:
+        key = rng.randbytes(rng.randint(500_000, 1_200_000))
+    return key, headers
+
+
+def test_hostile_keys_and_headers_embedded(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable[..., ManagedProcess],
+    stream_repo: Path,
+    sample_jpegs: dict[str, bytes],
+) -> None:
+    """Records of every value shape above with keys and headers of random shapes, from a
+    topic that takes 4 MB to output and dead-letter topics of 1 MB: each input offset
+    ends exactly once in the output or the dead-letter topic, the outputs in input order,
+    and the worker keeps running."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    large = f"{inp}-large"
+    producer_settings = large_records_topic(kafka_settings, large, 4 << 20)
+    rng = random.Random(SEED + 1)
+    values, _ = mixed_records(sample_jpegs["chelsea"], 45, large)
+    producer = Producer(producer_settings.client_config(**{"enable.idempotence": True}))
+    for value in values:
+        key, headers = envelope(rng)
+        producer.produce(large, value, key, headers=headers)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+    worker = embedded_worker(start_worker, stream_repo, large, out, "--batch-size", "8")
+    seen: list[int] = []
+
+    def all_seen() -> bool:
+        written = consume(kafka_settings, out, from_beginning=True, timeout=2)
+        letters = consume(kafka_settings, f"{large}.dlq", from_beginning=True, timeout=2)
+        seen[:] = [json.loads(r.value or b"")["source"]["offset"] for r in written]
+        seen.extend(int(dict(r.headers)["streaminfer.source.offset"] or b"") for r in letters)
+        return len(seen) >= len(values)
+
+    wait_for(all_seen, timeout=180, what="every record in the output or the DLQ")
+    assert sorted(seen) == list(range(len(values)))  # each exactly once
+    written = consume(kafka_settings, out, from_beginning=True, timeout=2)
+    offsets = [json.loads(r.value or b"")["source"]["offset"] for r in written]
+    assert offsets == sorted(offsets)
+    letters = consume(kafka_settings, f"{large}.dlq", from_beginning=True, timeout=2)
+    saying_cut = {HEADERS_DROPPED_HEADER, KEY_TRUNCATED_HEADER}
+    cut = [r for r in letters if {k for k, _ in r.headers} & saying_cut]
+    assert cut, "no record's key and headers filled the dead-letter topic: no test of that"
+    assert worker.alive(), worker.log_tail(40)

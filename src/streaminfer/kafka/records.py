@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -54,14 +55,21 @@ Headers = list[tuple[str, str | bytes | None]]
 DeliveryCallback = Callable[[KafkaError | None, Any], None]
 
 
+_CALL_HEADERS = operator.methodcaller("headers")
+"""``message.headers()``, called from C: for a header name that is not UTF-8 the client
+returns a list *and* sets an error, which a C caller always checks, raising SystemError
+there; a call the interpreter has specialized skips the check, and the error surfaced at
+some later call instead."""
+
+
 def message_headers(message: Any) -> Headers:
     """A consumed message's headers, as a list.  A header name that is not UTF-8 (other
     clients write any bytes) makes confluent-kafka's ``headers()`` raise, for all of the
     record's headers: one header of ours says so in their place, so that the record is
     served rather than stopping whoever reads it."""
     try:
-        raw = message.headers()
-    except (SystemError, UnicodeDecodeError):  # SystemError: the client wraps the decode's
+        raw = _CALL_HEADERS(message)
+    except SystemError:  # its cause: a UnicodeDecodeError
         return [(UNREADABLE_HEADERS, b"a header name is not UTF-8, so none could be read")]
     if not raw:
         return []
