@@ -107,3 +107,26 @@ def test_shadow_results_and_a_dead_shadow_leave_the_primary_alone(
     mirrored = decoded(outputs(kafka_settings, shadow, 100))
     assert all("shadow_error" in d for d in mirrored[50:])
     assert worker.alive()
+
+
+def test_a_handlers_text_output_is_mirrored_too(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    two_versions: Path,
+) -> None:
+    """A ``--handler`` may write outputs that are not JSON: the shadow mirrors them as
+    text.  Its thread read each as JSON and died at the first, so nothing was mirrored."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    shadow = topic_factory("shadow")
+    worker = embedded_worker(
+        start_worker, two_versions, inp, out, "--model", "tiny", "--version", "1",
+        "--shadow", "2", "--shadow-topic", shadow,
+        "--handler", "tests.handler_examples:Relabel",
+    )  # fmt: skip
+    produce(kafka_settings, inp, _keyed(20, 1), key_delimiter=b"\t")
+    primary = outputs(kafka_settings, out, 20)
+    mirrored = decoded(outputs(kafka_settings, shadow, 20))
+    assert [d["primary"] for d in mirrored] == [r.value.decode() for r in primary if r.value]
+    assert {d["shadow"]["model"]["version"] for d in mirrored} == {2}
+    assert worker.alive()

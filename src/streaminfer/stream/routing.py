@@ -139,22 +139,39 @@ class ShadowRunner:
 
     def _loop(self) -> None:
         while (job := self._queue.get()) is not None:
-            request = dataclasses.replace(
-                job.request, version=self.target.version, label=self.target.label
-            )
-            document: dict[str, Any] = {
-                "primary": orjson.loads(job.primary),
-                "shadow_target": self.target.name,
-            }
             try:
-                (outcome,) = self.predictor.predict([request])
-            except StreamInferError as exc:  # the shadow may be down: report, never retry
-                document["shadow_error"] = {"type": type(exc).__name__, "message": str(exc)}
+                self._mirror(job)
+            except Exception as exc:  # one job's failure alone: the shadow thread goes on
+                log.warning(
+                    "shadow: a record's mirror was dropped: %s: %s", type(exc).__name__, exc
+                )
+                self._on_drop()
+
+    def _mirror(self, job: ShadowJob) -> None:
+        request = dataclasses.replace(
+            job.request, version=self.target.version, label=self.target.label
+        )
+        document: dict[str, Any] = {
+            "primary": _primary(job.primary),
+            "shadow_target": self.target.name,
+        }
+        try:
+            (outcome,) = self.predictor.predict([request])
+        except StreamInferError as exc:  # the shadow may be down: report, never retry
+            document["shadow_error"] = {"type": type(exc).__name__, "message": str(exc)}
+        else:
+            if isinstance(outcome, PredictResult):
+                document["shadow"] = result_fields(outcome)
             else:
-                if isinstance(outcome, PredictResult):
-                    document["shadow"] = result_fields(outcome)
-                else:
-                    document["shadow_error"] = {"type": outcome.reason, "message": str(outcome)}
-            value = to_json(document)
-            produce_waiting(self.producer, self.topic, value, job.key, job.headers)
-            self.producer.poll(0)
+                document["shadow_error"] = {"type": outcome.reason, "message": str(outcome)}
+        value = to_json(document)
+        produce_waiting(self.producer, self.topic, value, job.key, job.headers)
+        self.producer.poll(0)
+
+
+def _primary(value: bytes) -> Any:
+    """The primary output as JSON, or as text when a ``--handler`` wrote something else."""
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value.decode("utf-8", "backslashreplace")
