@@ -508,3 +508,29 @@ def test_peak_rss_stays_under_600_mb(limited: ServerProcess, jpeg: bytes) -> Non
     peak = _peak_rss_kb(limited)
     assert peak < MAX_RSS_KB, f"peak RSS {peak // 1024} MB"
     assert limited.process is not None and limited.process.alive()
+
+
+def test_grpc_calls_past_the_limit_are_refused_unread(stream_repo: Path, tmp_path: Path) -> None:
+    """With ``--max-concurrent-rpcs 2``, eight 19 MB requests of 32 images at once: the
+    calls past two are refused RESOURCE_EXHAUSTED before gRPC reads their messages, the
+    others are answered, and the server takes calls again once they are."""
+    images = np.random.default_rng(3).random((32, 3, 224, 224), dtype=np.float32)
+    request = v2.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="input", datatype="FP32", shape=list(images.shape))
+    request.raw_input_contents.append(images.tobytes())
+    args = ("--max-concurrent-rpcs", "2")
+    with ServerProcess(stream_repo, *args, log=tmp_path / "serve.log") as server:
+
+        def infer(_: int) -> grpc.StatusCode:
+            with grpc.insecure_channel(server.grpc_target) as channel:
+                try:
+                    v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=120)
+                except grpc.RpcError as error:
+                    assert "Concurrent RPC limit" in error.details(), error.details()
+                    return error.code()
+            return grpc.StatusCode.OK
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(infer, range(8)))
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes
+        assert infer(0) == grpc.StatusCode.OK

@@ -82,6 +82,13 @@ def serve_cmd(
         float | None,
         typer.Option(help="Seconds a REST body may take to arrive; then 408.", show_default="60.0"),
     ] = None,
+    max_concurrent_rpcs: Annotated[
+        int | None,
+        typer.Option(
+            help="gRPC calls served at once; more are answered RESOURCE_EXHAUSTED before "
+            "their messages are read (default: no limit)."
+        ),
+    ] = None,
     request_timeout: Annotated[
         float | None,
         typer.Option(help="Seconds a request may take; then 504.", show_default="30.0"),

@@ -115,7 +115,9 @@ class ModelServer:
             )
             await asyncio.to_thread(self._follow, self.follower)
         self.registry.start_watching(settings.poll_interval)
-        self._grpc = create_server(self.auth, settings.max_request_bytes)
+        self._grpc = create_server(
+            self.auth, settings.max_request_bytes, settings.max_concurrent_rpcs
+        )
         tfserving_grpc.add_services(self._grpc, self.plane, self.metrics, self.to_configs)
         kserve_grpc.add_services(self._grpc, self.plane, self.metrics)
         health_grpc.add_services(

@@ -39,6 +39,7 @@ class ServerSettings(Settings):
     max_request_mb: int = Field(default=64, ge=1)
     body_memory_mb: int | None = Field(default=None, ge=1)  # None: twice max_request_mb
     body_timeout: float = Field(default=60.0, gt=0)  # seconds a REST body may take to arrive
+    max_concurrent_rpcs: int | None = Field(default=None, ge=1)  # None: gRPC calls unbounded
     shutdown_grace: float = Field(default=10.0, ge=0)
     decode_threads: int = Field(default=4, ge=1)
     request_timeout: float = Field(default=30.0, gt=0)  # seconds; past it: 504
