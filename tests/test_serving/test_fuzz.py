@@ -8,10 +8,14 @@ mutated (flipped, inserted, deleted, cut) by a seeded generator and sent raw.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import random
+import re
+import socket
 import string
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -300,3 +304,88 @@ def test_grpc_apis_with_mutated_messages(server: ServerProcess, method: str) -> 
                 assert exc.code() not in SERVER_FAULTS, (exc.code(), exc.details(), mutant[:80])
         call(message, timeout=60)  # the server still answers the valid message
     assert server.process is not None and server.process.alive()
+
+
+# -- the HTTP envelope: framing, lengths, encodings ------------------------------------------
+def _chunked(body: bytes, sizes: list[int], declared: list[str]) -> bytes:
+    """``body`` in chunked framing, cut at ``sizes``; ``declared`` overrides chunks' sizes."""
+    out, start = b"", 0
+    for i, size in enumerate([*sizes, len(body)]):
+        chunk = body[start : start + size]
+        start += len(chunk)
+        if chunk:
+            head = declared[i] if i < len(declared) else f"{len(chunk):x}"
+            out += head.encode() + b"\r\n" + chunk + b"\r\n"
+    return out + b"0\r\n\r\n"
+
+
+json_body = st.sampled_from([b'{"instances": [[1, 2, 3, 4]]}', b"{}", b"", b"\x00\xff garbage"])
+envelopes = st.fixed_dictionaries(
+    {
+        "method": st.sampled_from(["POST", "PUT", "GET"]),
+        "path": st.sampled_from([f"/v1/models/{MODEL}:predict", f"/v2/models/{MODEL}/infer"]),
+        "body": json_body,
+        "encoding": st.sampled_from(["", "gzip", "deflate", "br", "zstd", "gzip, gzip", "x"]),
+        "compress": st.booleans(),
+        "framing": st.sampled_from(["length", "chunked", "both", "none", "te-junk"]),
+        "length": st.sampled_from(["right", "short", "long", "-1", "1e3", "99999999999999999999"]),
+        "chunks": st.lists(st.integers(0, 40), max_size=4),
+        "declared": st.lists(st.sampled_from(["zz", "-1", "ffffffffffffffff", "3;x=y", ""])),
+        "extra": st.lists(
+            st.tuples(
+                st.text(string.ascii_letters + "-", min_size=1, max_size=20),
+                st.text(string.printable.strip(), max_size=60),
+            ),
+            max_size=5,
+        ),
+        "expect": st.booleans(),
+    }
+)
+
+
+def _request(e: dict[str, Any]) -> bytes:
+    """The raw bytes of a request built from envelope ``e``."""
+    body = e["body"]
+    if e["compress"] and e["encoding"] in ("gzip", "deflate"):
+        body = gzip.compress(body) if e["encoding"] == "gzip" else zlib.compress(body)
+    head = [f"{e['method']} {e['path']} HTTP/1.1", "Host: x", "Content-Type: application/json"]
+    if e["encoding"]:
+        head.append(f"Content-Encoding: {e['encoding']}")
+    if e["expect"]:
+        head.append("Expect: 100-continue")
+    lengths = {"right": len(body), "short": max(0, len(body) - 3), "long": len(body) + 5}
+    length = str(lengths.get(e["length"], e["length"]))
+    if e["framing"] in ("length", "both"):
+        head.append(f"Content-Length: {length}")
+    if e["framing"] in ("chunked", "both"):
+        head.append("Transfer-Encoding: chunked")
+        body = _chunked(body, e["chunks"], e["declared"])
+    if e["framing"] == "te-junk":
+        head.append("Transfer-Encoding: gzip, identity")
+    head += [f"{name}: {value}" for name, value in e["extra"]]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def _status(request: bytes, server: ServerProcess) -> int | None:
+    """The status the server answers ``request`` with; None if it closed without one."""
+    host, port = server.rest_target.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=20) as connection:
+        connection.sendall(request)
+        connection.shutdown(socket.SHUT_WR)  # no more is coming: a short body ends here
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    statuses = re.findall(rb"^HTTP/1\.[01] (\d{3})", answer, re.MULTILINE)
+    final = [int(s) for s in statuses if not s.startswith(b"1")]
+    return final[0] if final else None
+
+
+@FUZZ
+@given(envelope=envelopes)
+def test_rest_envelopes(server: ServerProcess, envelope: dict[str, Any]) -> None:
+    """Malformed framing, lengths and encodings are answered below 500 (or the connection
+    is closed), and none of them puts a traceback in the server's log."""
+    logged = len(server.log)
+    status = _status(_request(envelope), server)
+    assert status is None or status < 500, (status, _request(envelope)[:300])
+    assert "Traceback" not in server.log[logged:], server.log[logged:][-3000:]

@@ -85,6 +85,22 @@ def test_chunked_and_compressed_bodies_are_read_as_sent() -> None:
     _with_server(test)
 
 
+def test_a_body_that_does_not_decompress_is_the_clients_fault() -> None:
+    """It was answered 500, as if the server had failed."""
+
+    async def test(server: TestServer) -> None:
+        async with aiohttp.ClientSession() as session:
+            for encoding in ("gzip", "deflate"):
+                headers = {"Content-Encoding": encoding}
+                async with session.post(
+                    server.make_url("/"), data=b"not compressed", headers=headers
+                ) as reply:
+                    assert reply.status == 400, await reply.text()
+                    assert "the body cannot be read" in await reply.text()
+
+    _with_server(test)
+
+
 def test_a_body_cut_short_leaves_the_server_answering() -> None:
     async def test(server: TestServer) -> None:
         reader, writer = await asyncio.open_connection(server.host, server.port)

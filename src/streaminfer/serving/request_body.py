@@ -7,6 +7,7 @@ import asyncio
 from collections import deque
 
 from aiohttp import StreamReader, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from streaminfer.models.batcher import Overloaded
 
@@ -144,6 +145,11 @@ async def read_body(request: web.Request) -> bytes | bytearray:
         raise web.HTTPRequestTimeout(
             text=f"the body did not arrive within {budget.timeout:g} s (--body-timeout)"
         ) from None
+    except RequestPayloadError as exc:  # a compressed or chunked body that does not decode
+        cause = getattr(exc.__cause__, "message", None) or str(exc)
+        unreadable = web.HTTPBadRequest(text=f"the body cannot be read: {cause}")
+        unreadable.force_close()  # aiohttp ends the connection after it: tell the client
+        raise unreadable from None
 
 
 async def _read_exactly(content: StreamReader, length: int) -> bytearray:

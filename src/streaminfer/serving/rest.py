@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from streaminfer.errors import drop_tracebacks
 from streaminfer.serving.auth import BearerAuth
@@ -23,6 +26,25 @@ _HEALTH = re.compile(r"^/v2/health/(?:live|ready)$|^/v2/models/[^/]+(?:/versions
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RETRY_AFTER_S = "1"
+
+
+class _QuietClientFaults(logging.Filter):
+    """Keeps aiohttp's reports of clients' faults for DEBUG.  It logs each malformed
+    request (bad framing, a body that does not decompress) and each client gone before
+    its answer at ERROR with a traceback, thirty lines for what it has already answered
+    400 or could not answer at all: a hostile client could flood the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, RequestPayloadError):
+            error = error.__cause__
+        malformed = isinstance(error, HttpProcessingError) and 400 <= error.code < 500
+        if malformed or isinstance(error, ConnectionResetError):
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_QUIET_CLIENT_FAULTS = _QuietClientFaults()
 
 
 class Handling:
@@ -74,7 +96,10 @@ def build_app(
         except web.HTTPException as exc:  # routing: unknown path, wrong method, body too large
             if exc.status < 400:
                 raise
-            return json_response({"error": exc.text or exc.reason}, exc.status)
+            response = json_response({"error": exc.text or exc.reason}, exc.status)
+            if exc.keep_alive is False:  # the connection ends with it (a body not read)
+                response.force_close()
+            return response
         except Exception as exc:
             status, message = describe(exc)
             drop_tracebacks(exc)  # its frames hold the request, its body too
@@ -88,6 +113,7 @@ def build_app(
     async def prometheus(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
+    logging.getLogger("aiohttp.server").addFilter(_QUIET_CLIENT_FAULTS)  # once, however many apps
     app = web.Application(middlewares=[errors], client_max_size=max_request_bytes)
     app[BODY_BUDGET] = bodies
     app.add_routes(TFServingRest(plane, metrics).routes())
