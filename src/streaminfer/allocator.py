@@ -17,17 +17,21 @@ freed and keep them in per-thread arenas: four decode threads each holding the l
 50-megapixel image they decoded took the server past 700 MB."""
 
 
+def _glibc(function: str, *args: int) -> None:
+    """Call one of the C library's functions, if it has it."""
+    with contextlib.suppress(OSError, AttributeError):  # no such C library or function
+        getattr(ctypes.CDLL(None), function)(*args)
+
+
 def mallopt(parameter: int, value: int) -> None:
     """Set one of glibc's allocator parameters."""
-    with contextlib.suppress(OSError, AttributeError):  # no such C library or function
-        ctypes.CDLL(None).mallopt(parameter, value)
+    _glibc("mallopt", parameter, value)
 
 
 def trim_heaps() -> None:
     """Give the free pages inside every heap back to the operating system (``malloc_trim``).
     It walks the heaps, so it takes milliseconds: call it off the event loop."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
+    _glibc("malloc_trim", 0)
 
 
 ARENAS = 2

@@ -78,7 +78,9 @@ def fitted(letter: Produced, theirs: int, limit: int) -> Produced:
         return dataclasses.replace(letter, value=value[:left], headers=[*own, *ours])
     ours = [*ours, (HEADERS_DROPPED_HEADER, str(len(own)).encode())]  # its longest count
     left = room(key, ours)
-    sizes = itertools.accumulate(len(k) + len(v or b"") + HEADER_OVERHEAD_BYTES for k, v in own)
+    sizes = itertools.accumulate(
+        size(dataclasses.replace(letter, key=b"", value=b"", headers=[header])) for header in own
+    )
     kept = sum(1 for total in sizes if total <= left) if left > 0 else 0
     ours[-1] = (HEADERS_DROPPED_HEADER, str(len(own) - kept).encode())
     if left >= 0:
@@ -94,6 +96,7 @@ def dead_letter(topic: str, work: Work, limit: int) -> Produced:
     assert work.error is not None
     record = work.record
     theirs = list(record.headers or ())
-    ours = dead_letter_headers(trace_headers(theirs)[len(theirs) :], work.error, record.source)
+    trace = trace_headers(theirs)[len(theirs) :]  # the trace id header, if theirs had none
+    ours = dead_letter_headers(trace, work.error, record.source)
     letter = Produced(topic, record.key, record.value, [*theirs, *ours], work.error)
     return letter if size(letter) <= limit else fitted(letter, len(theirs), limit)
