@@ -8,11 +8,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import consume, produce
-from streaminfer.models.export.tiny import export_tiny_model
+from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
 from streaminfer.net import free_port
 from streaminfer.processes import ManagedProcess
 from tests.servers import ServerProcess
@@ -182,3 +183,28 @@ def test_a_server_refusing_large_requests_unannounced_is_sent_fewer_rows(
         )
         assert_tiny_outputs(kafka_settings, out, rows)
     assert "tiny refused a larger request; sending it at most" in worker.log()
+
+
+def test_a_worker_carries_on_across_connection_renewals(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+    tmp_path: Path,
+) -> None:
+    """The server renews each gRPC connection after about a second (GOAWAY, then the
+    worker opens a new one): records sent in six parts, each once the last has its
+    outputs, all come out once and in order, and no prediction failed on the way."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    args = ("--grpc-connection-age", "1")
+    with ServerProcess(stream_repo, *args, log=tmp_path / "server.log") as server:
+        worker = remote_worker(start_worker, server, "tfserving-grpc", inp, out)
+        for part in range(6):
+            ids = range(part * 50, (part + 1) * 50)
+            produce(kafka_settings, inp, [tiny_record(i) for i in ids])
+            docs = decoded(outputs(kafka_settings, out, ids.stop))
+        assert [d["id"] for d in docs] == [str(i) for i in range(300)]
+        rows = np.array([[i, 0, 0, 0] for i in range(300)], np.float32)
+        got = np.array([d["outputs"]["y"][0] for d in docs])
+        np.testing.assert_allclose(got, tiny_reference(rows), rtol=1e-6)
+    assert "prediction failed" not in worker.log()

@@ -80,13 +80,26 @@ def serve_cmd(
     ] = None,
     body_timeout: Annotated[
         float | None,
-        typer.Option(help="Seconds a REST body may take to arrive; then 408.", show_default="60.0"),
+        typer.Option(
+            help="Seconds a REST body or a gRPC request may take to arrive; then 408 / "
+            "DEADLINE_EXCEEDED.",
+            show_default="60.0",
+        ),
     ] = None,
     max_concurrent_rpcs: Annotated[
         int | None,
         typer.Option(
             help="gRPC calls served at once; more are answered RESOURCE_EXHAUSTED before "
-            "their messages are read (default: no limit)."
+            "their messages are read.",
+            show_default="4096",
+        ),
+    ] = None,
+    grpc_connection_age: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a gRPC connection lives before its client is asked to open a new "
+            "one; calls on it get --body-timeout plus --request-timeout more to finish.",
+            show_default="300.0",
         ),
     ] = None,
     request_timeout: Annotated[

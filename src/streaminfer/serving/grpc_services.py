@@ -2,7 +2,9 @@
 
 A request that is not a valid protobuf message never reaches a servicer: it is answered
 INVALID_ARGUMENT (gRPC itself would answer INTERNAL or UNKNOWN, blaming the server).  Once
-a large request is answered, the heaps are trimmed (``TrimAfterLargeRequests``).
+a large request is answered, the heaps are trimmed (``TrimAfterLargeRequests``).  A call
+whose request does not arrive in time is ended (``RequestDeadline``), and connections are
+renewed: a client cannot hold calls open for as long as it likes.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -37,6 +40,8 @@ OPEN_METHODS = frozenset(
     }
 )
 """Health checks answer without a token, like their REST counterparts."""
+
+MAX_STREAMS_PER_CONNECTION = 128
 
 
 def rpc(method: Method[Servicer]) -> Method[Servicer]:
@@ -101,7 +106,14 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        return _wrapped(await continuation(details), _refusing_malformed, _tolerant)
+        handler = await continuation(details)
+        if handler is not None and handler.unary_stream is not None:  # Health/Watch
+            return grpc.unary_stream_rpc_method_handler(
+                _refusing_malformed_stream(handler.unary_stream),
+                request_deserializer=_tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        return _wrapped(handler, _refusing_malformed, _tolerant)
 
 
 def _wrapped(
@@ -132,14 +144,29 @@ def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 def _refusing_malformed(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, _Malformed):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the request is not a valid protobuf message of this method: {request.reason}",
-            )
+        await _refuse_if_malformed(request, context)
         return await behavior(request, context)
 
     return call
+
+
+def _refusing_malformed_stream(
+    behavior: Callable[..., AsyncIterator[Any]],
+) -> Callable[..., AsyncIterator[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await _refuse_if_malformed(request, context)
+        async for answer in behavior(request, context):
+            yield answer
+
+    return call
+
+
+async def _refuse_if_malformed(request: Any, context: grpc.aio.ServicerContext) -> None:
+    if isinstance(request, _Malformed):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request is not a valid protobuf message of this method: {request.reason}",
+        )
 
 
 _LARGE_REQUEST = contextvars.ContextVar("large_request", default=False)
@@ -200,6 +227,104 @@ def _noting_size(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return parse_noting_size
 
 
+class RequestDeadline(grpc.aio.ServerInterceptor):
+    """Ends a call whose one request has not arrived ``timeout_s`` after its headers,
+    with DEADLINE_EXCEEDED.  gRPC starts a call at its headers and waits for its message
+    without end: 2,560 calls opened with a few bytes of their messages each were still
+    held after 90 s, and 12,800 took a server of the tiny model from 125 to 250 MB.
+
+    A method of one request is served as one whose client streams, whose call starts at
+    the headers and reads its one message itself (the wire is the same).  One sweeper
+    ends the reads past the deadline: a timer for each call cost small calls about 5 % of
+    their rate.  The message is read in the call's own task, which ``TrimAfterLargeRequests``
+    relies on."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._sweep_s = min(1.0, timeout_s / 4)
+        # The calls waiting for their requests, and when each began: oldest first.
+        self._reading: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()  # reads the sweeper cancelled
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.request_streaming:
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                functools.partial(self._answer, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(  # a stream of answers: Health/Watch
+            functools.partial(self._answers, handler.unary_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def _answer(
+        self,
+        behavior: Callable[..., Awaitable[Any]],
+        _: Any,
+        context: grpc.aio.ServicerContext,
+    ) -> Any:
+        return await behavior(await self._request(context), context)
+
+    async def _answers(
+        self,
+        behavior: Callable[..., AsyncIterator[Any]],
+        _: Any,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[Any]:
+        async for answer in behavior(await self._request(context), context):
+            yield answer
+
+    async def _request(self, context: grpc.aio.ServicerContext) -> Any:
+        """The call's one request, read within the deadline."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._reading[task] = time.monotonic()
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        try:
+            request = await context.read()
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise  # the client or the server's stop
+            task.uncancel()
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the request did not arrive within {self._timeout_s:g} s (--body-timeout)",
+            )
+        finally:
+            self._reading.pop(task, None)
+            self._expired.discard(task)  # a read that ended as it was cancelled: forget it
+        if request is grpc.aio.EOF:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call sent no request")
+        return request
+
+    async def _sweep(self) -> None:
+        """Every ``_sweep_s`` while calls are reading: cancel the reads past the deadline."""
+        while self._reading:
+            await asyncio.sleep(self._sweep_s)
+            too_old = time.monotonic() - self._timeout_s
+            expired = []
+            for task, began in self._reading.items():  # oldest first
+                if began >= too_old:
+                    break
+                expired.append(task)
+            for task in expired:
+                del self._reading[task]
+                self._expired.add(task)
+                task.cancel()
+        self._sweeper = None
+
+
 def add_servicer(
     server: grpc.aio.Server,
     service: str,
@@ -254,24 +379,42 @@ class _Handlers:
 
 
 def create_server(
-    auth: BearerAuth | None, max_message_bytes: int, max_concurrent_rpcs: int | None = None
+    auth: BearerAuth | None,
+    *,
+    max_message_bytes: int,
+    read_s: float,
+    connection_age_s: float,
+    connection_grace_s: float,
+    max_concurrent_rpcs: int,
 ) -> grpc.aio.Server:
-    """``max_concurrent_rpcs``: calls beyond it are refused (RESOURCE_EXHAUSTED) before
-    their messages are read, which bounds the bytes gRPC holds for them: sixteen 27 MB
-    requests at once took a server of EfficientNet-Lite0 to 939 MB, with a limit of 4
-    to 561."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [
+    """``read_s``: how long a call may wait for its request (``RequestDeadline``);
+    ``connection_age_s``: a connection older is asked to close (GOAWAY; clients open a new
+    one), and ended ``connection_grace_s`` later with the calls still on it.  That is
+    what ends a call whose client never opens a window for its answer, which held its slot
+    and the answer's memory for as long as the connection lived.  ``max_concurrent_rpcs``:
+    calls beyond it are refused
+    (RESOURCE_EXHAUSTED) before their messages are read, which bounds the bytes gRPC holds
+    for them: sixteen 27 MB requests at once took a server of EfficientNet-Lite0 to
+    939 MB, with a limit of 4 to 561."""
+    # The first is the outermost: the deadline covers calls refused for their token too.
+    interceptors: list[grpc.aio.ServerInterceptor] = [RequestDeadline(read_s)]
+    if auth is not None:
+        interceptors.append(AuthInterceptor(auth))
+    interceptors += [
         TrimAfterLargeRequests(),  # outside: malformed requests are trimmed after too
         MalformedRequestInterceptor(),
     ]
-    if auth is not None:
-        interceptors.insert(0, AuthInterceptor(auth))
     return grpc.aio.server(
         interceptors=interceptors,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # HTTP/2's advice is no fewer than 100; gRPC's default has no limit, and one
+            # connection could open calls without end.
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+            ("grpc.max_connection_age_ms", round(connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", round(connection_grace_s * 1000)),
             ("grpc.so_reuseport", 0),  # a taken port must fail, not be shared
         ],
     )

@@ -116,7 +116,14 @@ class ModelServer:
             await asyncio.to_thread(self._follow, self.follower)
         self.registry.start_watching(settings.poll_interval)
         self._grpc = create_server(
-            self.auth, settings.max_request_bytes, settings.max_concurrent_rpcs
+            self.auth,
+            max_message_bytes=settings.max_request_bytes,
+            read_s=settings.body_timeout,
+            connection_age_s=settings.grpc_connection_age,
+            # The calls on a closing connection get as long as a request may take to
+            # arrive and then to be answered.
+            connection_grace_s=settings.body_timeout + settings.request_timeout,
+            max_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         tfserving_grpc.add_services(self._grpc, self.plane, self.metrics, self.to_configs)
         kserve_grpc.add_services(self._grpc, self.plane, self.metrics)

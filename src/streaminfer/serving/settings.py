@@ -38,8 +38,13 @@ class ServerSettings(Settings):
     auth_token_file: Path | None = None
     max_request_mb: int = Field(default=64, ge=1)
     body_memory_mb: int | None = Field(default=None, ge=1)  # None: twice max_request_mb
-    body_timeout: float = Field(default=60.0, gt=0)  # seconds a REST body may take to arrive
-    max_concurrent_rpcs: int | None = Field(default=None, ge=1)  # None: gRPC calls unbounded
+    body_timeout: float = Field(default=60.0, gt=0)  # seconds a body or message may take to arrive
+    # gRPC calls at once: about 24 KB each before their messages arrive, so calls left idle
+    # hold at most some 100 MB; four times what one model's queue takes (--max-queue).
+    max_concurrent_rpcs: int = Field(default=4096, ge=1)
+    # Seconds a gRPC connection lives before its client is asked to open a new one (GOAWAY):
+    # clients spread over new replicas, and a call whose answer is never read ends.
+    grpc_connection_age: float = Field(default=300.0, gt=0)
     shutdown_grace: float = Field(default=10.0, ge=0)
     decode_threads: int = Field(default=4, ge=1)
     request_timeout: float = Field(default=30.0, gt=0)  # seconds; past it: 504
