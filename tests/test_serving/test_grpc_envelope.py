@@ -311,6 +311,24 @@ def test_calls_whose_answers_are_never_read_end_with_their_connections(
             reader.close()
 
 
+def test_answers_a_client_left_behind_are_no_error_in_the_log(
+    stream_repo: Path, tmp_path: Path
+) -> None:
+    """Clients that open no window and then close their connections: gRPC cannot send
+    the answers, and logged each at ERROR with a traceback.  Those are kept for DEBUG, and
+    the calls' slots come free."""
+    with ServerProcess(stream_repo, "--max-concurrent-rpcs", "4", log=tmp_path / "s.log") as server:
+        closed = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
+        readers = [RawConnection(server.grpc_target, closed) for _ in range(4)]
+        for reader in readers:
+            reader.send(reader.open(MODEL_INFER), framed(TINY_REQUEST), end=True)
+        wait_for(lambda: _refused(server), what="the unsent answers to hold every slot")
+        for reader in readers:
+            reader.close()
+        wait_for(lambda: not _refused(server), what="the slots to come free")
+        assert "Traceback" not in server.log, server.log[-3000:]
+
+
 def _refused(server: ServerProcess) -> bool:
     try:
         _infer(server)
@@ -417,7 +435,7 @@ def _message(e: dict[str, Any]) -> bytes:
 
 
 @settings(
-    max_examples=120,
+    max_examples=800,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

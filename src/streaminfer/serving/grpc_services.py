@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -364,6 +365,22 @@ def _counting_fields(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return parse_counted
 
 
+class _QuietCallsGone(logging.Filter):
+    """Keeps gRPC's report of an answer it could not send, its call gone (cancelled, or
+    its connection closed before a client that opened no window took it), for DEBUG:
+    gRPC logs each at ERROR with a traceback, which a client could repeat to flood the
+    log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if type(error).__name__ == "ExecuteBatchError":  # in gRPC's private module
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+_QUIET_CALLS_GONE = _QuietCallsGone()
+
+
 class _Handlers:
     """Stands in for the server to a generated registration, to keep its handlers."""
 
@@ -396,6 +413,7 @@ def create_server(
     (RESOURCE_EXHAUSTED) before their messages are read, which bounds the bytes gRPC holds
     for them: sixteen 27 MB requests at once took a server of EfficientNet-Lite0 to
     939 MB, with a limit of 4 to 561."""
+    logging.getLogger("grpc._cython.cygrpc").addFilter(_QUIET_CALLS_GONE)  # once, however often
     # The first is the outermost: the deadline covers calls refused for their token too.
     interceptors: list[grpc.aio.ServerInterceptor] = [RequestDeadline(read_s)]
     if auth is not None:
