@@ -258,6 +258,22 @@ def test_calls_left_idle_end_at_the_body_timeout(quick_server: ServerProcess) ->
     assert quick_server.process is not None and quick_server.process.alive()
 
 
+def test_memory_of_calls_left_idle_is_given_back(quick_server: ServerProcess) -> None:
+    """4,096 calls left idle at once: once they have ended, the heaps are trimmed.  The
+    server kept 88 MB of them before, 43 MB of it free, and now gives that back."""
+    before = quick_server.status_kb("VmRSS")
+    connections = [RawConnection(quick_server.grpc_target) for _ in range(32)]
+    streams = {c: [c.open(MODEL_INFER) for _ in range(128)] for c in connections}
+    for connection, opened in streams.items():
+        assert all(o.ended for o in connection.wait(opened, BODY_TIMEOUT_S + 30).values())
+        connection.close()
+    wait_for(
+        lambda: quick_server.status_kb("VmRSS") - before < 64 * 1024,
+        timeout=30,
+        what="the server to give back the memory of the calls",
+    )
+
+
 def test_a_call_that_ends_without_its_request_is_refused(quick_server: ServerProcess) -> None:
     connection = RawConnection(quick_server.grpc_target)
     stream = connection.open(MODEL_INFER)
