@@ -142,7 +142,9 @@ def test_cpu_sampler_charges_a_window_with_the_cpu_spent_within_it() -> None:
         # that already holds part of the burn and then wait for CPU that never comes.
         child.stdin.write("go\n")
         child.stdin.flush()
-        wait_for(lambda: cpu_seconds(child.pid) - started >= 0.6, what="the child's burn")
+        # Not ">= 0.6": ticks read as floats, 0.94 - 0.34 is 0.5999999999999999, and a
+        # burn of exactly 60 ticks was waited for without end.
+        wait_for(lambda: cpu_seconds(child.pid) - started >= 0.55, what="the child's burn")
         time.sleep(0.2)  # a few samples after the burn, so that they span it
         sampler.stop()
     finally:
