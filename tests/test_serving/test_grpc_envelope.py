@@ -40,16 +40,16 @@ from tests.servers import ContinuousPredictions, ServerProcess
 from tests.support import wait_for
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-BODY_TIMEOUT_S = 2.0
+BODY_TIMEOUT_S = 1.0
 SERVER_FAULTS = {"2", "13", "15"}  # UNKNOWN, INTERNAL, DATA_LOSS: the server's fault
 # gRPC's own answers, in its C core before a call reaches the server, to envelopes that
 # break its protocol: INTERNAL, as gRPC answers them in every server built on it.
-GRPC_PROTOCOL_ERRORS = {
+GRPC_PROTOCOL_ERRORS = (
     "Error parsing 'grpc-timeout' metadata",
     "Error parsing 'grpc-encoding' metadata",
     "Compression bit set but no encoding configured",
-    "Decompression failed due to zlib error",
-}
+    "Decompression failed",  # due to a zlib error, a data error ...
+)
 REFUSALS = {
     h2.errors.ErrorCodes.REFUSED_STREAM,
     h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,  # gRPC's answer to a client past the limit
@@ -156,6 +156,12 @@ class RawConnection:
         """Read until every one of ``streams`` has ended, or ``timeout``."""
         self._read_until(lambda: all(self.outcomes[s].ended for s in streams), timeout)
         return {s: self.outcomes[s] for s in streams}
+
+    def wait_answered(self, timeout: float) -> list[Outcome]:
+        """Read until every call has its answer's headers (or has ended), or ``timeout``."""
+        calls = self.outcomes.values()
+        self._read_until(lambda: all(o.headers or o.ended for o in calls), timeout)
+        return list(calls)
 
     def wait_closed(self, timeout: float) -> bool:
         """Read until the server ends the connection (GOAWAY or closing it), or ``timeout``."""
@@ -314,13 +320,7 @@ def test_calls_whose_answers_are_never_read_end_with_their_connections(
     args = ("--max-concurrent-rpcs", "4", "--grpc-connection-age", "3")
     args += ("--body-timeout", "1", "--request-timeout", "1")  # a grace of 2 s
     with ServerProcess(stream_repo, *args, log=tmp_path / "serve.log") as server:
-        closed = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
-        readers = [RawConnection(server.grpc_target, closed) for _ in range(4)]
-        for reader in readers:
-            reader.send(reader.open(MODEL_INFER), framed(TINY_REQUEST), end=True)
-        for reader in readers:  # answered, but the answers cannot leave
-            assert not any(o.ended for o in reader.wait(list(reader.outcomes), 0.2).values())
-        wait_for(lambda: _refused(server), what="the unread answers to hold every slot")
+        readers = _hold_every_slot(server, 4)
         wait_for(lambda: not _refused(server), what="the slots to come free")
         for reader in readers:
             assert all(o.ended for o in reader.wait(list(reader.outcomes), timeout=10).values())
@@ -334,15 +334,25 @@ def test_answers_a_client_left_behind_are_no_error_in_the_log(
     the answers, and logged each at ERROR with a traceback.  Those are kept for DEBUG, and
     the calls' slots come free."""
     with ServerProcess(stream_repo, "--max-concurrent-rpcs", "4", log=tmp_path / "s.log") as server:
-        closed = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
-        readers = [RawConnection(server.grpc_target, closed) for _ in range(4)]
-        for reader in readers:
-            reader.send(reader.open(MODEL_INFER), framed(TINY_REQUEST), end=True)
-        wait_for(lambda: _refused(server), what="the unsent answers to hold every slot")
-        for reader in readers:
+        for reader in _hold_every_slot(server, 4):
             reader.close()
         wait_for(lambda: not _refused(server), what="the slots to come free")
         assert "Traceback" not in server.log, server.log[-3000:]
+
+
+def _hold_every_slot(server: ServerProcess, slots: int) -> list[RawConnection]:
+    """As many clients as the server has slots, each opening no window and making one
+    call: once each call is answered (its headers arrive; its message cannot), every slot
+    is held, and a well-formed call is refused."""
+    closed = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0}
+    readers = [RawConnection(server.grpc_target, closed) for _ in range(slots)]
+    for reader in readers:
+        reader.send(reader.open(MODEL_INFER), framed(TINY_REQUEST), end=True)
+    for reader in readers:
+        [outcome] = reader.wait_answered(timeout=30)
+        assert outcome.headers and not outcome.ended, outcome
+    assert _refused(server)
+    return readers
 
 
 def _refused(server: ServerProcess) -> bool:
@@ -451,7 +461,7 @@ def _message(e: dict[str, Any]) -> bytes:
 
 
 @settings(
-    max_examples=800,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -468,22 +478,27 @@ def test_grpc_envelopes(quick_server: ServerProcess, envelope: dict[str, Any]) -
     if envelope["timeout"] is not None:
         metadata.append(("grpc-timeout", envelope["timeout"]))
     metadata += envelope["metadata"]
+    flow_blocked = envelope["settings"].get(h2.settings.SettingCodes.INITIAL_WINDOW_SIZE) == 0
+    # An answer that cannot leave leaves the call open: no use waiting long for its end.
+    timeout = BODY_TIMEOUT_S + (1 if flow_blocked else 20)
     try:
         stream = connection.open(envelope["path"], metadata)
         connection.send(stream, _message(envelope), envelope["end"] != "open", envelope["frame"])
         if envelope["end"] == "reset":
             connection.reset(stream)
             outcome = Outcome(reset=0)
+        elif envelope["path"].endswith("/Watch"):  # answered, its answers go on
+            [outcome] = connection.wait_answered(timeout)
         else:
-            outcome = connection.wait([stream], timeout=BODY_TIMEOUT_S + 20)[stream]
+            outcome = connection.wait([stream], timeout)[stream]
     except h2.exceptions.ProtocolError:
         outcome = Outcome(closed=True)  # settings the client's own state machine refuses
     finally:
         connection.close()
-    flow_blocked = envelope["settings"].get(h2.settings.SettingCodes.INITIAL_WINDOW_SIZE) == 0
     watching = envelope["path"].endswith("/Watch") and outcome.headers  # answers go on
     assert outcome.ended or flow_blocked or watching, (outcome, envelope)
     if outcome.status in SERVER_FAULTS:
-        assert outcome.trailers.get("grpc-message") in GRPC_PROTOCOL_ERRORS, (outcome, envelope)
+        message = outcome.trailers.get("grpc-message", "")
+        assert message.startswith(GRPC_PROTOCOL_ERRORS), (outcome, envelope)
     assert "Traceback" not in quick_server.log[logged:], quick_server.log[logged:][-3000:]
     _infer(quick_server)
