@@ -42,8 +42,6 @@ OPEN_METHODS = frozenset(
 )
 """Health checks answer without a token, like their REST counterparts."""
 
-MAX_STREAMS_PER_CONNECTION = 128
-
 
 def rpc(method: Method[Servicer]) -> Method[Servicer]:
     """Answer a failed call with the status its error maps to, and a message saying why."""
@@ -441,9 +439,6 @@ def create_server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            # HTTP/2's advice is no fewer than 100; gRPC's default has no limit, and one
-            # connection could open calls without end.
-            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
             ("grpc.max_connection_age_ms", round(connection_age_s * 1000)),
             ("grpc.max_connection_age_grace_ms", round(connection_grace_s * 1000)),
             ("grpc.so_reuseport", 0),  # a taken port must fail, not be shared
