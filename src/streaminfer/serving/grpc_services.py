@@ -419,10 +419,9 @@ def create_server(
     one), and ended ``connection_grace_s`` later with the calls still on it.  That is
     what ends a call whose client never opens a window for its answer, which held its slot
     and the answer's memory for as long as the connection lived.  ``max_concurrent_rpcs``:
-    calls beyond it are refused
-    (RESOURCE_EXHAUSTED) before their messages are read, which bounds the bytes gRPC holds
-    for them: sixteen 27 MB requests at once took a server of EfficientNet-Lite0 to
-    939 MB, with a limit of 4 to 561."""
+    calls beyond it are refused (RESOURCE_EXHAUSTED) before their messages are read,
+    which bounds the bytes gRPC holds for them: sixteen 27 MB requests at once took a
+    server of EfficientNet-Lite0 to 939 MB, with a limit of 4 to 561."""
     logging.getLogger("grpc._cython.cygrpc").addFilter(_QUIET_CALLS_GONE)  # once, however often
     # The first is the outermost: the deadline covers calls refused for their token too.
     trimmer = HeapTrimmer()
