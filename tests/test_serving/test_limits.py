@@ -464,7 +464,8 @@ def test_refused_large_requests_are_freed_at_once(stream_repo: Path, tmp_path: P
     now the request goes with the answer, not when Python's cycle collector next runs
     (before, the server grew by about 80 MB a REST body, and 60 a gRPC message).  Twelve
     60 MB messages at once leave it there too: the small blocks gRPC read them in stayed
-    in the heaps (300 to 700 MB of them) until the heaps were trimmed after each."""
+    in the heaps (300 to 700 MB of them) until the heaps were trimmed after each, and
+    so did twelve that do not parse."""
     body = b'{"instances": [' + b"1.5," * (10 * 2**20) + b"1.5]}"
     with (
         ServerProcess(stream_repo, log=tmp_path / "serve.log") as server,
@@ -486,6 +487,17 @@ def test_refused_large_requests_are_freed_at_once(stream_repo: Path, tmp_path: P
             errors = list(pool.map(lambda _: _predict(server, message), range(12)))
         assert all("at most 64 rows" in error.details() for error in errors)
         _settles_near(server, before, "gRPC, twelve at once")
+        with grpc.insecure_channel(server.grpc_target) as channel, ThreadPoolExecutor(12) as pool:
+            call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+            errors = list(pool.map(lambda _: _refused(call, b"\xff" * 60 * 2**20), range(12)))
+        assert all("not a valid protobuf" in error.details() for error in errors)
+        _settles_near(server, before, "gRPC, twelve at once that do not parse")
+
+
+def _refused(call: grpc.UnaryUnaryMultiCallable, request: bytes) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as failure:
+        call(request, timeout=60)
+    return failure.value
 
 
 def test_peak_rss_stays_under_600_mb(limited: ServerProcess, jpeg: bytes) -> None:

@@ -1,10 +1,9 @@
 """What every gRPC service shares: error translation, the bearer-token check, the server.
 
-A request that is not a valid protobuf message never reaches a servicer: it is answered
-INVALID_ARGUMENT (gRPC itself would answer INTERNAL or UNKNOWN, blaming the server).  Once
-a large request is answered, the heaps are trimmed (``TrimAfterLargeRequests``).  A call
-whose request does not arrive in time is ended (``RequestDeadline``), and connections are
-renewed: a client cannot hold calls open for as long as it likes.
+Every call's request is read by ``RequestReader``: one that does not arrive in time ends
+the call, one that is not a valid protobuf message never reaches a servicer, and a large
+one is followed by a trim of the heaps.  Connections are renewed: a client cannot hold
+calls open for as long as it likes.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -90,87 +88,6 @@ def _refuse(message: str) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-@dataclass(frozen=True)
-class _Malformed:
-    """What a request that does not parse becomes, so the call can answer for it."""
-
-    reason: str
-
-
-class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
-    """Answers a request that is not a valid message with INVALID_ARGUMENT."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is not None and handler.unary_stream is not None:  # Health/Watch
-            return grpc.unary_stream_rpc_method_handler(
-                _refusing_malformed_stream(handler.unary_stream),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        return _wrapped(handler, _refusing_malformed, _tolerant)
-
-
-def _wrapped(
-    handler: grpc.RpcMethodHandler | None,
-    behavior: Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]],
-    parse: Callable[[Callable[[bytes], Any]], Callable[[bytes], Any]],
-) -> grpc.RpcMethodHandler | None:
-    """A unary method's handler with its behavior and its request's parse wrapped; any
-    other handler as it is (an unknown method, UNIMPLEMENTED, or nothing to parse)."""
-    if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
-        return handler
-    return grpc.unary_unary_rpc_method_handler(
-        behavior(handler.unary_unary),
-        request_deserializer=parse(handler.request_deserializer),
-        response_serializer=handler.response_serializer,
-    )
-
-
-def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    def parse_or_mark(data: bytes) -> Any:
-        try:
-            return parse(data)
-        except (DecodeError, RecursionError, ValueError) as exc:
-            return _Malformed(str(exc)[:200])
-
-    return parse_or_mark
-
-
-def _refusing_malformed(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await _refuse_if_malformed(request, context)
-        return await behavior(request, context)
-
-    return call
-
-
-def _refusing_malformed_stream(
-    behavior: Callable[..., AsyncIterator[Any]],
-) -> Callable[..., AsyncIterator[Any]]:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await _refuse_if_malformed(request, context)
-        async for answer in behavior(request, context):
-            yield answer
-
-    return call
-
-
-async def _refuse_if_malformed(request: Any, context: grpc.aio.ServicerContext) -> None:
-    if isinstance(request, _Malformed):
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"the request is not a valid protobuf message of this method: {request.reason}",
-        )
-
-
-_LARGE_REQUEST = contextvars.ContextVar("large_request", default=False)
-
-
 class HeapTrimmer:
     """Trims the heaps in a thread (it takes milliseconds); asked while a trim runs, it
     trims once more after it, as the calls it ran beside may have freed memory since."""
@@ -193,60 +110,33 @@ class HeapTrimmer:
             self.trim()
 
 
-class TrimAfterLargeRequests(grpc.aio.ServerInterceptor):
-    """Trims the heaps once a call whose request was ``LARGE_BLOCK`` or more has been
-    answered.  gRPC reads a message in many small blocks, and freed they stayed in the
-    heaps: after 16 requests of 60 MB at once, a server of the tiny model held 450 to
-    800 MB instead of 120.  A call's request is read in the task that then runs the call,
-    so a context variable carries whether it was large from the one to the other."""
-
-    def __init__(self, trimmer: HeapTrimmer) -> None:
-        self._trimmer = trimmer
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        return _wrapped(await continuation(details), self._trimming_after, _noting_size)
-
-    def _trimming_after(
-        self, behavior: Callable[..., Awaitable[Any]]
-    ) -> Callable[..., Awaitable[Any]]:
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                return await behavior(request, context)
-            finally:
-                if _LARGE_REQUEST.get():
-                    self._trimmer.trim()
-
-        return call
+_LARGE_REQUEST = contextvars.ContextVar("large_request", default=False)
 
 
-def _noting_size(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    def parse_noting_size(data: bytes) -> Any:
-        if len(data) >= LARGE_BLOCK:
-            _LARGE_REQUEST.set(True)
-        return parse(data)
+class RequestReader(grpc.aio.ServerInterceptor):
+    """Reads the one request of every call itself, so that a call cannot wait for it
+    without end, a request that does not parse is the client's fault, and a large one
+    leaves no memory behind.
 
-    return parse_noting_size
-
-
-class RequestDeadline(grpc.aio.ServerInterceptor):
-    """Ends a call whose one request has not arrived ``timeout_s`` after its headers,
-    with DEADLINE_EXCEEDED.  gRPC starts a call at its headers and waits for its message
-    without end: 2,560 calls opened with a few bytes of their messages each were still
-    held after 90 s, and 12,800 took a server of the tiny model from 125 to 250 MB.
+    - Its request must arrive within ``timeout_s`` of the call's headers, or the call ends
+      DEADLINE_EXCEEDED.  gRPC starts a call at its headers and waits for its message
+      without end: 2,560 calls opened with a few bytes of their messages each were still
+      held after 90 s, and 12,800 took a server of the tiny model from 125 to 250 MB.
+    - A request that is not a valid message of its method is answered INVALID_ARGUMENT
+      (gRPC would answer INTERNAL or UNKNOWN, blaming the server).
+    - Once a call whose request was ``LARGE_BLOCK`` or more has been answered, the heaps
+      are trimmed.  gRPC reads a message in many small blocks, and freed they stayed in
+      the heaps: after 16 requests of 60 MB at once, a server of the tiny model held 450
+      to 800 MB instead of 120.
 
     A method of one request is served as one whose client streams, whose call starts at
     the headers and reads its one message itself (the wire is the same).  One sweeper
     ends the reads past the deadline: a timer for each call cost small calls about 5 % of
-    their rate.  The message is read in the call's own task, which ``TrimAfterLargeRequests``
-    relies on."""
+    their rate."""
 
-    def __init__(self, timeout_s: float, trimmer: HeapTrimmer) -> None:
+    def __init__(self, timeout_s: float) -> None:
         self._timeout_s = timeout_s
-        self._trimmer = trimmer
+        self._trimmer = HeapTrimmer()
         self._sweep_s = min(1.0, timeout_s / 4)
         # The calls waiting for their requests, and when each began: oldest first.
         self._reading: dict[asyncio.Task[Any], float] = {}
@@ -261,44 +151,69 @@ class RequestDeadline(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or handler.request_streaming:
             return handler
+        parse = handler.request_deserializer or _as_it_is
         if handler.unary_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                functools.partial(self._answer, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                functools.partial(self._answer, handler.unary_unary, parse),
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(  # a stream of answers: Health/Watch
-            functools.partial(self._answers, handler.unary_stream),
-            request_deserializer=handler.request_deserializer,
+            functools.partial(self._answers, handler.unary_stream, parse),
             response_serializer=handler.response_serializer,
         )
 
     async def _answer(
         self,
         behavior: Callable[..., Awaitable[Any]],
+        parse: Callable[[bytes], Any],
         _: Any,
         context: grpc.aio.ServicerContext,
     ) -> Any:
-        return await behavior(await self._request(context), context)
+        try:
+            return await behavior(await self._request(context, parse), context)
+        finally:
+            self._trim_if_large()
 
     async def _answers(
         self,
         behavior: Callable[..., AsyncIterator[Any]],
+        parse: Callable[[bytes], Any],
         _: Any,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[Any]:
-        async for answer in behavior(await self._request(context), context):
-            yield answer
+        try:
+            async for answer in behavior(await self._request(context, parse), context):
+                yield answer
+        finally:
+            self._trim_if_large()
 
-    async def _request(self, context: grpc.aio.ServicerContext) -> Any:
-        """The call's one request, read within the deadline."""
+    async def _request(
+        self, context: grpc.aio.ServicerContext, parse: Callable[[bytes], Any]
+    ) -> Any:
+        """The call's one request, read within the deadline and parsed."""
+        data = await self._read(context)
+        if data is grpc.aio.EOF:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call sent no request")
+        if len(data) >= LARGE_BLOCK:
+            _LARGE_REQUEST.set(True)
+        try:
+            return parse(data)
+        except (DecodeError, RecursionError, ValueError) as exc:
+            reason = str(exc)[:200]  # not the error: its frames hold the request
+        del data
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request is not a valid protobuf message of this method: {reason}",
+        )
+
+    async def _read(self, context: grpc.aio.ServicerContext) -> Any:
         task = asyncio.current_task()
         assert task is not None
         self._reading[task] = time.monotonic()
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         try:
-            request = await context.read()
+            return await context.read()
         except asyncio.CancelledError:
             if task not in self._expired:
                 raise  # the client or the server's stop
@@ -310,9 +225,10 @@ class RequestDeadline(grpc.aio.ServerInterceptor):
         finally:
             self._reading.pop(task, None)
             self._expired.discard(task)  # a read that ended as it was cancelled: forget it
-        if request is grpc.aio.EOF:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call sent no request")
-        return request
+
+    def _trim_if_large(self) -> None:
+        if _LARGE_REQUEST.get():
+            self._trimmer.trim()
 
     async def _sweep(self) -> None:
         """Every ``_sweep_s`` while calls are reading: cancel the reads past the deadline,
@@ -334,6 +250,10 @@ class RequestDeadline(grpc.aio.ServerInterceptor):
                 self._expired.add(task)
                 task.cancel()
         self._sweeper = None
+
+
+def _as_it_is(data: bytes) -> bytes:
+    return data
 
 
 def add_servicer(
@@ -414,7 +334,7 @@ def create_server(
     connection_grace_s: float,
     max_concurrent_rpcs: int,
 ) -> grpc.aio.Server:
-    """``read_s``: how long a call may wait for its request (``RequestDeadline``);
+    """``read_s``: how long a call may wait for its request (``RequestReader``);
     ``connection_age_s``: a connection older is asked to close (GOAWAY; clients open a new
     one), and ended ``connection_grace_s`` later with the calls still on it.  That is
     what ends a call whose client never opens a window for its answer, which held its slot
@@ -424,14 +344,9 @@ def create_server(
     server of EfficientNet-Lite0 to 939 MB, with a limit of 4 to 561."""
     logging.getLogger("grpc._cython.cygrpc").addFilter(_QUIET_CALLS_GONE)  # once, however often
     # The first is the outermost: the deadline covers calls refused for their token too.
-    trimmer = HeapTrimmer()
-    interceptors: list[grpc.aio.ServerInterceptor] = [RequestDeadline(read_s, trimmer)]
+    interceptors: list[grpc.aio.ServerInterceptor] = [RequestReader(read_s)]
     if auth is not None:
         interceptors.append(AuthInterceptor(auth))
-    interceptors += [
-        TrimAfterLargeRequests(trimmer),  # outside: malformed requests are trimmed after too
-        MalformedRequestInterceptor(),
-    ]
     return grpc.aio.server(
         interceptors=interceptors,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
