@@ -167,6 +167,45 @@ def test_warm_up_runs_are_cut_to_a_bounded_input(
     assert rows == [1, 64, 100]
 
 
+def _part_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("onnx-part")]
+
+
+def test_a_large_batch_runs_in_parts_at_once_with_the_same_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _tiny_repo(tmp_path) / "tiny" / "1"
+    monkeypatch.setattr(runtime, "SPLIT_BYTES", 4 * 16)  # 4 rows of the tiny model
+    model = OnnxModel(folder, ModelMetadata.read(folder), RuntimeOptions(intra_op_threads=3))
+    before = set(_part_threads())
+    x = np.arange(28, dtype=np.float32).reshape(7, 4)
+    for rows in (1, 3):  # a row a thread, or not enough input: run whole
+        np.testing.assert_allclose(model.run({"x": x[:rows]})["y"], tiny_reference(x[:rows]))
+    assert set(_part_threads()) == before
+    answer = model.run({"x": x})["y"]  # 7 rows in parts of 3, 3 and 1
+    np.testing.assert_allclose(answer, tiny_reference(x), rtol=1e-6)
+    ours = set(_part_threads()) - before
+    assert ours, "no part ran beside the caller"
+    model.close()
+    wait_for(lambda: not any(t.is_alive() for t in ours), what="the part threads gone")
+
+
+@pytest.mark.parametrize(
+    "options", [RuntimeOptions(intra_op_threads=2, split_batches=False), RuntimeOptions(1)]
+)
+def test_a_batch_runs_whole_when_told_or_on_one_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: RuntimeOptions
+) -> None:
+    folder = _tiny_repo(tmp_path) / "tiny" / "1"
+    monkeypatch.setattr(runtime, "SPLIT_BYTES", 16)
+    model = OnnxModel(folder, ModelMetadata.read(folder), options)
+    before = set(_part_threads())
+    x = np.arange(64, dtype=np.float32).reshape(16, 4)
+    np.testing.assert_allclose(model.run({"x": x})["y"], tiny_reference(x), rtol=1e-6)
+    assert set(_part_threads()) == before
+    model.close()
+
+
 def _held_run(
     calls: list[int], gate: threading.Event
 ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:

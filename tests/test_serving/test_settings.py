@@ -35,6 +35,8 @@ def test_model_runs_share_the_cores_among_the_batches_that_run_at_once(tmp_path:
     assert threads(batch_runners=4 * usable_cores()) == 1
     assert threads(batch_runners=2, batching=False) == 0  # requests run side by side anyway
     assert threads(intra_op_threads=3, batching=False) == 3
+    settings = ServerSettings(repo=tmp_path, split_batches=False)
+    assert not settings.runtime_options.split_batches  # --no-split-batches
 
 
 def test_the_loaded_model_gets_the_settings_threads_and_runners(tmp_path: Path) -> None:

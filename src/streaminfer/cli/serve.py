@@ -60,6 +60,15 @@ def serve_cmd(
             "with batching, else every core)."
         ),
     ] = None,
+    split_batches: Annotated[
+        bool | None,
+        typer.Option(
+            "--split-batches/--no-split-batches",
+            help="Run a large batch in parts at once, a thread each (a second copy of the "
+            "model's weights).",
+            show_default="True",
+        ),
+    ] = None,
     tls_cert: Annotated[
         Path | None, typer.Option(help="PEM certificate: TLS on both ports.")
     ] = None,

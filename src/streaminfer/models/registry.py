@@ -58,6 +58,7 @@ class LoadedVersion:
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        self.model.close()
 
 
 Listener = Callable[[str, str, int, str], None]  # (event, model, version, detail)

@@ -7,13 +7,15 @@ remote clients and the server's adapters reach this package without ever running
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from streaminfer.codecs.arrays import cast_exactly, numpy_dtype
-from streaminfer.cores import quota_cores
+from streaminfer.cores import quota_cores, usable_cores
 from streaminfer.errors import ConfigError
 from streaminfer.models.errors import InvalidInput
 from streaminfer.models.metadata import ModelMetadata, TensorSpec
@@ -27,9 +29,15 @@ class RuntimeOptions:
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     spin: bool = False  # let idle ORT threads spin: lower latency only on otherwise idle cores
+    split_batches: bool = True  # OnnxModel.run
 
 
 WARM_UP_BYTES = 16 * 2**20  # the inputs of a warm-up run, at most
+SPLIT_BYTES = 2**20
+"""A batch of at least this much input, and a row for each thread, runs split (``run``)."""
+SPLIT_MODEL_BYTES = 256 * 2**20
+"""Splitting takes a second session, a second copy of the weights: for models this size
+at most."""
 
 
 class OnnxModel:
@@ -55,14 +63,22 @@ class OnnxModel:
             session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         path = version_dir / metadata.model_file
-        try:
-            self._session = ort.InferenceSession(
-                str(path), session_options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # ORT raises its own exception types for every load failure
-            raise ConfigError(f"cannot load {path}: {exc}") from exc
+        self._session = _session(ort, path, session_options)
         self._output_names = [o.name for o in metadata.signature.outputs]
         self._check_signature()
+        # See run(): a batch split between threads, each part on one thread of its own.
+        threads = options.intra_op_threads or usable_cores()
+        self._parts = 1
+        if (
+            options.split_batches
+            and threads > 1
+            and _row_wise(metadata)
+            and path.stat().st_size <= SPLIT_MODEL_BYTES
+        ):
+            session_options.intra_op_num_threads = 1
+            self._one_thread = _session(ort, path, session_options)
+            self._helpers = ThreadPoolExecutor(threads - 1, thread_name_prefix="onnx-part")
+            self._parts = threads
 
     def _check_signature(self) -> None:
         declared = {i.name for i in self.metadata.signature.inputs}
@@ -99,9 +115,42 @@ class OnnxModel:
         return checked
 
     def run(self, inputs: Tensors) -> Tensors:
-        """Run already validated inputs (a batch along axis 0)."""
-        results = self._session.run(self._output_names, inputs)
-        return dict(zip(self._output_names, results, strict=True))
+        """Run already validated inputs (a batch along axis 0).
+
+        A large batch (``SPLIT_BYTES`` of inputs, a row for each of ORT's threads) is cut
+        into as many parts, run at once, each on one thread: ORT's threads otherwise hand
+        the work back and forth at every operator, and each hand-off waits for a core that
+        the server's event loop or a Kafka client may hold.  Serving EfficientNet-Lite0 to
+        16 clients sending JSON on 2 cores, the server took 12.2 to 12.8 ms of CPU a
+        request this way against 13.4 to 13.8 run whole.  The parts run on a second session
+        of one thread, whose copy of the weights is the price."""
+        rows = _rows(inputs)
+        if self._parts == 1 or rows < self._parts or _nbytes(inputs) < SPLIT_BYTES:
+            results = self._session.run(self._output_names, inputs)
+            return dict(zip(self._output_names, results, strict=True))
+        step = -(-rows // self._parts)
+        parts = [
+            {n: a[start : start + step] for n, a in inputs.items()}
+            for start in range(0, rows, step)
+        ]
+        others: list[Future[list[np.ndarray]]] = [
+            self._helpers.submit(self._one_thread.run, self._output_names, part)
+            for part in parts[1:]
+        ]
+        try:
+            first = self._one_thread.run(self._output_names, parts[0])
+        finally:
+            wait(others)  # none is left running, even when this part failed
+        results = [first, *(other.result() for other in others)]
+        return {
+            name: np.concatenate([result[i] for result in results])
+            for i, name in enumerate(self._output_names)
+        }
+
+    def close(self) -> None:
+        """Stop the threads that run parts of batches (none are running by now)."""
+        if self._parts > 1:
+            self._helpers.shutdown()
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Runs on zeros at each batch size, so the first real batches don't pay for lazy
@@ -117,6 +166,30 @@ class OnnxModel:
                 rows //= 2
             zeros = {s.name: np.zeros(_zeros_shape(s, rows), numpy_dtype(s.dtype)) for s in inputs}
             self.run(zeros)
+
+
+def _session(ort: Any, path: Path, options: Any) -> Any:
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types for every load failure
+        raise ConfigError(f"cannot load {path}: {exc}") from exc
+
+
+def _row_wise(metadata: ModelMetadata) -> bool:
+    """Whether every input and output has a row per row of the batch: then the outputs of
+    a batch's parts, joined, are the batch's."""
+    signature = metadata.signature
+    return signature.outputs_per_row and all(s.shape and s.shape[0] == -1 for s in signature.inputs)
+
+
+def _rows(inputs: Tensors) -> int:
+    """The rows every input has, or 0 if they differ (such a batch is run whole)."""
+    rows = {a.shape[0] if a.ndim else 0 for a in inputs.values()}
+    return rows.pop() if len(rows) == 1 else 0
+
+
+def _nbytes(inputs: Tensors) -> int:
+    return sum(a.nbytes for a in inputs.values())
 
 
 def _zeros_shape(spec: TensorSpec, rows: int) -> list[int]:

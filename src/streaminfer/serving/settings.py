@@ -32,6 +32,7 @@ class ServerSettings(Settings):
     max_queue: int = Field(default=_BATCHING.max_queue, ge=1)
     batch_runners: int = Field(default=_BATCHING.runners, ge=1)  # batches run at once
     intra_op_threads: int | None = Field(default=None, ge=1)  # None: see runtime_options
+    split_batches: bool = True  # RuntimeOptions.split_batches
     model_batching: dict[str, BatchingConfig] = Field(default_factory=dict)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -92,11 +93,12 @@ class ServerSettings(Settings):
         several batch runners, the cores shared among them, so that the batches running at
         once never ask for more threads than there are cores; else every core (0).
         """
+        threads = 0
         if self.intra_op_threads is not None:
-            return RuntimeOptions(intra_op_threads=self.intra_op_threads)
-        if self.batching and self.batch_runners > 1:
-            return RuntimeOptions(intra_op_threads=max(1, usable_cores() // self.batch_runners))
-        return RuntimeOptions(intra_op_threads=0)
+            threads = self.intra_op_threads
+        elif self.batching and self.batch_runners > 1:
+            threads = max(1, usable_cores() // self.batch_runners)
+        return RuntimeOptions(intra_op_threads=threads, split_batches=self.split_batches)
 
     @property
     def max_request_bytes(self) -> int:
