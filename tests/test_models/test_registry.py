@@ -176,7 +176,8 @@ def test_a_large_batch_runs_in_parts_at_once_with_the_same_answers(
 ) -> None:
     folder = _tiny_repo(tmp_path) / "tiny" / "1"
     monkeypatch.setattr(runtime, "SPLIT_BYTES", 4 * 16)  # 4 rows of the tiny model
-    model = OnnxModel(folder, ModelMetadata.read(folder), RuntimeOptions(intra_op_threads=3))
+    options = RuntimeOptions(intra_op_threads=3, split_batches=True)
+    model = OnnxModel(folder, ModelMetadata.read(folder), options)
     before = set(_part_threads())
     x = np.arange(28, dtype=np.float32).reshape(7, 4)
     for rows in (1, 3):  # a row a thread, or not enough input: run whole
@@ -191,9 +192,9 @@ def test_a_large_batch_runs_in_parts_at_once_with_the_same_answers(
 
 
 @pytest.mark.parametrize(
-    "options", [RuntimeOptions(intra_op_threads=2, split_batches=False), RuntimeOptions(1)]
+    "options", [RuntimeOptions(intra_op_threads=2), RuntimeOptions(1, split_batches=True)]
 )
-def test_a_batch_runs_whole_when_told_or_on_one_thread(
+def test_a_batch_runs_whole_by_default_or_on_one_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: RuntimeOptions
 ) -> None:
     folder = _tiny_repo(tmp_path) / "tiny" / "1"

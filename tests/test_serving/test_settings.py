@@ -4,12 +4,15 @@ requests of small rows."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import pytest
 
 from streaminfer.cores import usable_cores
+from streaminfer.models import runtime
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.serving.settings import ServerSettings
@@ -35,8 +38,8 @@ def test_model_runs_share_the_cores_among_the_batches_that_run_at_once(tmp_path:
     assert threads(batch_runners=4 * usable_cores()) == 1
     assert threads(batch_runners=2, batching=False) == 0  # requests run side by side anyway
     assert threads(intra_op_threads=3, batching=False) == 3
-    settings = ServerSettings(repo=tmp_path, split_batches=False)
-    assert not settings.runtime_options.split_batches  # --no-split-batches
+    assert not ServerSettings(repo=tmp_path).runtime_options.split_batches
+    assert ServerSettings(repo=tmp_path, split_batches=True).runtime_options.split_batches
 
 
 def test_the_loaded_model_gets_the_settings_threads_and_runners(tmp_path: Path) -> None:
@@ -53,6 +56,25 @@ def test_the_loaded_model_gets_the_settings_threads_and_runners(tmp_path: Path) 
         assert loaded.batcher is not None and len(loaded.batcher._threads) == 2
         x = np.arange(8, dtype=np.float32).reshape(2, 4)
         np.testing.assert_allclose(loaded.infer({"x": x})["y"], tiny_reference(x), rtol=1e-6)
+    finally:
+        registry.close()
+
+
+def test_split_batches_reach_the_loaded_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export_tiny_model(tmp_path, version=1)
+    monkeypatch.setattr(runtime, "SPLIT_BYTES", 16)  # a row of the tiny model is enough
+    settings = ServerSettings(repo=tmp_path, intra_op_threads=2, split_batches=True)
+    registry = ModelRegistry(
+        tmp_path, default_batching=settings.default_batching, runtime=settings.runtime_options
+    )
+    registry.reload()
+    try:
+        x = np.arange(64, dtype=np.float32).reshape(16, 4)
+        answer = registry.resolve("tiny").infer({"x": x})["y"]
+        np.testing.assert_allclose(answer, tiny_reference(x), rtol=1e-6)
+        assert any(t.name.startswith("onnx-part") for t in threading.enumerate())
     finally:
         registry.close()
 

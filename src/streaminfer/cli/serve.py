@@ -64,9 +64,9 @@ def serve_cmd(
         bool | None,
         typer.Option(
             "--split-batches/--no-split-batches",
-            help="Run a large batch in parts at once, a thread each (a second copy of the "
-            "model's weights).",
-            show_default="True",
+            help="Run a large batch in parts at once, a thread each (a second session of "
+            "the model: its weights twice).",
+            show_default="False",
         ),
     ] = None,
     tls_cert: Annotated[

@@ -29,7 +29,7 @@ class RuntimeOptions:
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     spin: bool = False  # let idle ORT threads spin: lower latency only on otherwise idle cores
-    split_batches: bool = True  # OnnxModel.run
+    split_batches: bool = False  # OnnxModel.run
 
 
 WARM_UP_BYTES = 16 * 2**20  # the inputs of a warm-up run, at most

@@ -32,7 +32,7 @@ class ServerSettings(Settings):
     max_queue: int = Field(default=_BATCHING.max_queue, ge=1)
     batch_runners: int = Field(default=_BATCHING.runners, ge=1)  # batches run at once
     intra_op_threads: int | None = Field(default=None, ge=1)  # None: see runtime_options
-    split_batches: bool = True  # RuntimeOptions.split_batches
+    split_batches: bool = False  # RuntimeOptions.split_batches
     model_batching: dict[str, BatchingConfig] = Field(default_factory=dict)
     tls_cert: Path | None = None
     tls_key: Path | None = None
