@@ -187,6 +187,9 @@ def test_a_large_batch_runs_in_parts_at_once_with_the_same_answers(
     np.testing.assert_allclose(answer, tiny_reference(x), rtol=1e-6)
     ours = set(_part_threads()) - before
     assert ours, "no part ran beside the caller"
+    with pytest.raises(Exception, match="double"):  # every part refuses float64: it is raised
+        model.run({"x": x.astype(np.float64)})
+    np.testing.assert_allclose(model.run({"x": x})["y"], answer)  # and the next batch runs
     model.close()
     wait_for(lambda: not any(t.is_alive() for t in ours), what="the part threads gone")
 
