@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from streaminfer.errors import InfrastructureError
-from streaminfer.types import Tensors
+from streaminfer.types import Tensors, joined_rows, row_slices
 
 
 class BatchingConfig(BaseModel):
@@ -134,7 +134,7 @@ class DynamicBatcher:
         batch is cut, and all its slices are queued, or none when the queue is full.
         """
         key = _key(inputs)  # its slices' too: they differ only along the batch axis
-        parts = _slices(inputs, self._slice_rows(inputs, key))
+        parts = row_slices(inputs, self._slice_rows(inputs, key))
         with self._closing:  # close() cannot come between the check and the puts
             if not self._closed:
                 if self._queue.qsize() >= self.config.max_queue:
@@ -186,10 +186,10 @@ class DynamicBatcher:
         return request.future
 
     def infer(self, inputs: Tensors, timeout: float | None = None) -> Tensors:
-        return _joined([part.result(timeout) for part in self.submit(inputs)])
+        return joined_rows([part.result(timeout) for part in self.submit(inputs)])
 
     async def infer_async(self, inputs: Tensors) -> Tensors:
-        return _joined(await asyncio.gather(*map(asyncio.wrap_future, self.submit(inputs))))
+        return joined_rows(await asyncio.gather(*map(asyncio.wrap_future, self.submit(inputs))))
 
     def close(self) -> None:
         """Finish what is queued, then stop the runner threads."""
@@ -284,20 +284,3 @@ class DynamicBatcher:
             end = start + request.rows
             request.future.set_result({n: v[start:end] for n, v in outputs.items()})
             start = end
-
-
-def _slices(inputs: Tensors, rows: int) -> list[Tensors]:
-    """``inputs`` cut along the batch axis into slices of at most ``rows`` rows."""
-    sizes = {array.shape[0] if array.ndim else 0 for array in inputs.values()}
-    if len(sizes) != 1 or (total := sizes.pop()) <= rows:
-        return [inputs]  # one piece; a mismatch or a scalar is refused when it is queued
-    return [
-        {name: array[start : start + rows] for name, array in inputs.items()}
-        for start in range(0, total, rows)
-    ]
-
-
-def _joined(parts: list[Tensors]) -> Tensors:
-    if len(parts) == 1:
-        return parts[0]
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}

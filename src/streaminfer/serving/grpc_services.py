@@ -9,7 +9,6 @@ calls open for as long as it likes.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
 import time
@@ -110,9 +109,6 @@ class HeapTrimmer:
             self.trim()
 
 
-_LARGE_REQUEST = contextvars.ContextVar("large_request", default=False)
-
-
 class RequestReader(grpc.aio.ServerInterceptor):
     """Reads the one request of every call itself, so that a call cannot wait for it
     without end, a request that does not parse is the client's fault, and a large one
@@ -169,10 +165,12 @@ class RequestReader(grpc.aio.ServerInterceptor):
         _: Any,
         context: grpc.aio.ServicerContext,
     ) -> Any:
+        request, large = await self._request(context, parse)
         try:
-            return await behavior(await self._request(context, parse), context)
+            return await behavior(request, context)
         finally:
-            self._trim_if_large()
+            if large:
+                self._trimmer.trim()
 
     async def _answers(
         self,
@@ -181,30 +179,35 @@ class RequestReader(grpc.aio.ServerInterceptor):
         _: Any,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[Any]:
+        request, large = await self._request(context, parse)
         try:
-            async for answer in behavior(await self._request(context, parse), context):
+            async for answer in behavior(request, context):
                 yield answer
         finally:
-            self._trim_if_large()
+            if large:
+                self._trimmer.trim()
 
     async def _request(
         self, context: grpc.aio.ServicerContext, parse: Callable[[bytes], Any]
-    ) -> Any:
-        """The call's one request, read within the deadline and parsed."""
+    ) -> tuple[Any, bool]:
+        """The call's one request, read within the deadline and parsed, and whether it was
+        large.  One that does not parse ends the call, the heaps trimmed if it was large."""
         data = await self._read(context)
         if data is grpc.aio.EOF:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call sent no request")
-        if len(data) >= LARGE_BLOCK:
-            _LARGE_REQUEST.set(True)
+        large = len(data) >= LARGE_BLOCK
         try:
-            return parse(data)
+            return parse(data), large
         except (DecodeError, RecursionError, ValueError) as exc:
             reason = str(exc)[:200]  # not the error: its frames hold the request
         del data
+        if large:
+            self._trimmer.trim()
         await context.abort(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"the request is not a valid protobuf message of this method: {reason}",
         )
+        raise AssertionError("context.abort raises")  # its stubs do not say so
 
     async def _read(self, context: grpc.aio.ServicerContext) -> Any:
         task = asyncio.current_task()
@@ -225,10 +228,6 @@ class RequestReader(grpc.aio.ServerInterceptor):
         finally:
             self._reading.pop(task, None)
             self._expired.discard(task)  # a read that ended as it was cancelled: forget it
-
-    def _trim_if_large(self) -> None:
-        if _LARGE_REQUEST.get():
-            self._trimmer.trim()
 
     async def _sweep(self) -> None:
         """Every ``_sweep_s`` while calls are reading: cancel the reads past the deadline,
