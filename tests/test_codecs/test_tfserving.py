@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -13,6 +15,7 @@ from streaminfer.codecs.tfserving import (
     VALUE_FIELDS,
     data_type,
     from_tensor_proto,
+    parse_predict_request,
     parse_predict_response,
     predict_request_bytes,
     predict_response_bytes,
@@ -77,6 +80,31 @@ def test_predict_responses_written_with_their_tensors(tensors: dict[str, np.ndar
 def test_typed_fields_round_trip(array: np.ndarray) -> None:
     native = array.astype(array.dtype.newbyteorder("="))
     assert_same(from_tensor_proto("t", _typed(native)), native)
+
+
+@given(arrays(), st.none() | shapes)
+def test_typed_fields_read_apart_as_protobuf_reads_them(
+    array: np.ndarray, declared: tuple[int, ...] | None
+) -> None:
+    """``float_val`` and ``double_val``, read apart from a request's bytes, give the array
+    protobuf's reading gives, or the same refusal (a value that fills the shape, too many
+    values, too few), and so does every other field left to protobuf."""
+    proto = _typed(array.astype(array.dtype.newbyteorder("=")))
+    if declared is not None:
+        proto.tensor_shape.Clear()
+        for size in declared:
+            proto.tensor_shape.dim.add(size=size)
+    request = predict_pb2.PredictRequest()
+    request.inputs["t"].CopyFrom(proto)
+    data = request.SerializeToString()
+    parsed, taken = parse_predict_request(data)
+    try:
+        expected = from_tensor_proto("t", predict_pb2.PredictRequest.FromString(data).inputs["t"])
+    except DecodeError as error:
+        with pytest.raises(DecodeError, match=re.escape(str(error))):
+            from_tensor_proto("t", parsed.inputs["t"], taken.get("t"))
+        return
+    assert_same(from_tensor_proto("t", parsed.inputs["t"], taken.get("t")), expected)
 
 
 @given(arrays(shape=st.just((1,))), full_shapes)

@@ -24,7 +24,13 @@ from streaminfer.codecs.arrays import (
     wrong_count,
 )
 from streaminfer.codecs.errors import DecodeError, EncodeError
-from streaminfer.codecs.protowire import Buffer, length_delimited, map_entry, split_map_bytes
+from streaminfer.codecs.protowire import (
+    Buffer,
+    Taken,
+    length_delimited,
+    map_entry,
+    split_map_bytes,
+)
 from streaminfer.codecs.raw import from_raw, raw_buffer, to_raw
 from streaminfer.protos.tfserving import predict_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from streaminfer.types import Tensors
@@ -94,7 +100,13 @@ def _described(array: np.ndarray) -> tensor_pb2.TensorProto:
 
 _INPUTS = predict_pb2.PredictRequest.DESCRIPTOR.fields_by_name["inputs"].number
 _OUTPUTS = predict_pb2.PredictResponse.DESCRIPTOR.fields_by_name["outputs"].number
-_TENSOR_CONTENT = tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name["tensor_content"].number
+_TENSOR_FIELDS = tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name
+_TENSOR_CONTENT = _TENSOR_FIELDS["tensor_content"].number
+_PACKED_VALUES = {  # read apart with tensor_content, as the values' bytes
+    types_pb2.DT_FLOAT: _TENSOR_FIELDS["float_val"].number,
+    types_pb2.DT_DOUBLE: _TENSOR_FIELDS["double_val"].number,
+}
+_READ_APART = (_TENSOR_CONTENT, *_PACKED_VALUES.values())
 
 
 def predict_request_bytes(request: predict_pb2.PredictRequest, inputs: Tensors) -> bytes:
@@ -122,23 +134,25 @@ def _with_tensor_map(message: Message, map_number: int, tensors: Tensors) -> byt
     return b"".join(parts)
 
 
-def parse_predict_request(data: bytes) -> tuple[predict_pb2.PredictRequest, dict[str, Buffer]]:
-    """A serialized ``PredictRequest`` without its inputs' ``tensor_content``, and those, as
-    views of ``data``, by input name. Raises protobuf's ``DecodeError`` for a malformed one."""
-    return split_map_bytes(data, predict_pb2.PredictRequest, _INPUTS, _TENSOR_CONTENT)
+def parse_predict_request(data: bytes) -> tuple[predict_pb2.PredictRequest, dict[str, Taken]]:
+    """A serialized ``PredictRequest`` without its inputs' ``tensor_content``, ``float_val``
+    and ``double_val``, and those, as views of ``data``, by input name. Raises protobuf's
+    ``DecodeError`` for a malformed one."""
+    return split_map_bytes(data, predict_pb2.PredictRequest, _INPUTS, _READ_APART)
 
 
-def parse_predict_response(data: bytes) -> tuple[predict_pb2.PredictResponse, dict[str, Buffer]]:
-    """A serialized ``PredictResponse`` without its outputs' ``tensor_content``, and those,
-    as views of ``data``, by output name (as ``parse_predict_request`` reads a request)."""
-    return split_map_bytes(data, predict_pb2.PredictResponse, _OUTPUTS, _TENSOR_CONTENT)
+def parse_predict_response(data: bytes) -> tuple[predict_pb2.PredictResponse, dict[str, Taken]]:
+    """A serialized ``PredictResponse`` without its outputs' ``tensor_content``,
+    ``float_val`` and ``double_val``, and those, as views of ``data``, by output name (as
+    ``parse_predict_request`` reads a request)."""
+    return split_map_bytes(data, predict_pb2.PredictResponse, _OUTPUTS, _READ_APART)
 
 
 def from_tensor_proto(
-    name: str, proto: tensor_pb2.TensorProto, content: Buffer | None = None
+    name: str, proto: tensor_pb2.TensorProto, read_apart: Taken | None = None
 ) -> np.ndarray:
-    """The array a TensorProto holds, in whichever field it was sent; ``content``: its
-    ``tensor_content`` where that was read apart (``parse_predict_request``, ``_response``)."""
+    """The array a TensorProto holds, in whichever field it was sent; ``read_apart``: the
+    fields ``parse_predict_request`` (or ``_response``) took out of it."""
     dtype = DTYPES.get(proto.dtype)
     if dtype is None:
         label = (
@@ -151,13 +165,22 @@ def from_tensor_proto(
         raise DecodeError(f"tensor {name!r}: the tensor's shape must be known")
     shape = [d.size for d in proto.tensor_shape.dim]
     count = element_count(name, shape, element_limit(dtype))  # before any value is read
-    content = proto.tensor_content if content is None else content
+    read_apart = read_apart or {}
+    content = read_apart.get(_TENSOR_CONTENT, proto.tensor_content)
     if len(content) and dtype != BYTES:
         return from_raw(name, dtype, shape, content)
-    values = getattr(proto, VALUE_FIELDS[proto.dtype])
+    number = _PACKED_VALUES.get(proto.dtype)
+    packed = None if number is None else read_apart.get(number)
+    values = (
+        getattr(proto, VALUE_FIELDS[proto.dtype])
+        if packed is None
+        else np.frombuffer(packed, dtype=dtype.newbyteorder("<"))
+    )
     if len(values) > max(count, 1):  # more than the shape holds (or one fills): unread
         raise wrong_count(name, len(values), shape, count)
-    if dtype == BYTES:
+    if isinstance(values, np.ndarray):
+        flat = values
+    elif dtype == BYTES:
         flat = bytes_array(list(values))
     elif proto.dtype == types_pb2.DT_HALF:
         flat = from_values(name, values, np.dtype(np.uint16)).view(np.float16)

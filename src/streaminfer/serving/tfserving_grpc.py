@@ -7,7 +7,7 @@ from typing import TypeAlias
 
 import grpc
 
-from streaminfer.codecs.protowire import Buffer
+from streaminfer.codecs.protowire import Taken
 from streaminfer.codecs.tfserving import (
     from_tensor_proto,
     parse_predict_request,
@@ -43,8 +43,8 @@ SERVICES = (  # what add_services serves, by the names the health service answer
     "tensorflow.serving.ModelService",
     "tensorflow.serving.InceptionService",
 )
-# A Predict request without its tensor_content, and that by input (parse_predict_request).
-PredictCall: TypeAlias = tuple[predict_pb2.PredictRequest, dict[str, Buffer]]
+# A Predict request without the tensor data read apart, and that by input (parse_predict_request).
+PredictCall: TypeAlias = tuple[predict_pb2.PredictRequest, dict[str, Taken]]
 ConfigConverter = Callable[[model_server_config_pb2.ModelServerConfig], list[ModelConfig]]
 
 
