@@ -14,11 +14,15 @@ median of ``--rounds`` rounds of ``--repeats`` calls, the ways taking turns):
 - TF Serving ``PredictRequest`` / ``PredictResponse``, written: protobuf
   (``to_tensor_proto`` into the map, then serialize) against ``predict_request_bytes``
   / ``predict_response_bytes``; read: protobuf (parse, then ``from_tensor_proto``)
-  against ``parse_predict_request`` / ``parse_predict_response``.
+  against ``parse_predict_request`` / ``parse_predict_response``;
+- a request whose numbers come in the typed fields other clients fill (TF Serving's
+  ``float_val``, V2's ``fp32_contents``), read: protobuf (parse, then
+  ``from_tensor_proto`` / ``read_grpc_tensors``, a Python float a value) against
+  ``parse_predict_request`` / ``parse_infer_request``, which read them as views.
 
 Both ways write the same message (the same bytes, but for a ``PredictResponse``,
-whose ``outputs`` protobuf writes before its ``model_spec``); the script checks that
-before it times anything.
+whose ``outputs`` protobuf writes before its ``model_spec``), and both ways read the
+same arrays from the typed fields; the script checks that before it times anything.
 """
 
 from __future__ import annotations
@@ -60,6 +64,49 @@ def ways(tensors: Tensors) -> dict[str, Callable[[], object]]:
     for kind in ("request", "answer"):
         timed.update(_v2_ways(tensors, kind))
         timed.update(_tf_ways(tensors, kind))
+    timed.update(_typed_ways(tensors))
+    return timed
+
+
+def _typed_ways(tensors: Tensors) -> dict[str, Callable[[], Tensors]]:
+    tf_request = predict_pb2.PredictRequest()
+    v2_request = v2.ModelInferRequest(model_name="m")
+    for name, array in tensors.items():
+        tensor = tf_request.inputs[name]
+        tensor.CopyFrom(to_tensor_proto(array))
+        tensor.ClearField("tensor_content")
+        tensor.float_val.extend(array.ravel().tolist())
+        described = v2_request.inputs.add(name=name, datatype="FP32", shape=array.shape)
+        described.contents.fp32_contents.extend(array.ravel().tolist())
+    tf_wire, v2_wire = tf_request.SerializeToString(), v2_request.SerializeToString()
+
+    def tf_read() -> Tensors:
+        message = predict_pb2.PredictRequest.FromString(tf_wire)
+        return {name: from_tensor_proto(name, t) for name, t in message.inputs.items()}
+
+    def tf_read_past_protobuf() -> Tensors:
+        message, read_apart = parse_predict_request(tf_wire)
+        return {
+            name: from_tensor_proto(name, t, read_apart.get(name))
+            for name, t in message.inputs.items()
+        }
+
+    def v2_read() -> Tensors:
+        message = v2.ModelInferRequest.FromString(v2_wire)
+        return read_grpc_tensors(message.inputs, message.raw_input_contents, "input")
+
+    def v2_read_past_protobuf() -> Tensors:
+        message, raw, read_apart = parse_infer_request(v2_wire)
+        return read_grpc_tensors(message.inputs, raw, "input", read_apart)
+
+    timed = {
+        "TF float_val read, protobuf": tf_read,
+        "TF float_val read, protowire": tf_read_past_protobuf,
+        "V2 fp32_contents read, protobuf": v2_read,
+        "V2 fp32_contents read, protowire": v2_read_past_protobuf,
+    }
+    for name, array in tensors.items():
+        assert all(np.array_equal(read()[name], array) for read in timed.values())
     return timed
 
 
@@ -103,8 +150,8 @@ def _v2_ways(tensors: Tensors, kind: str) -> dict[str, Callable[[], object]]:
         return read_grpc_tensors(getattr(message, described), getattr(message, raw), role)
 
     def read_past_protobuf() -> Tensors:
-        message, contents = parse_past(wire)
-        return read_grpc_tensors(getattr(message, described), contents, role)
+        message, contents, read_apart = parse_past(wire)
+        return read_grpc_tensors(getattr(message, described), contents, role, read_apart)
 
     return {
         f"V2 {kind} write, protobuf": write,
@@ -185,7 +232,7 @@ def main() -> None:
             spent[name].append((time.process_time() - started) / args.repeats * 1000)
     print(f"{args.images} images of float32 [3, 224, 224], CPU ms per message")
     for name, rounds in spent.items():
-        print(f"  {name:29} {statistics.median(rounds):7.2f} ({min(rounds):.2f}-{max(rounds):.2f})")
+        print(f"  {name:34} {statistics.median(rounds):7.2f} ({min(rounds):.2f}-{max(rounds):.2f})")
 
 
 if __name__ == "__main__":

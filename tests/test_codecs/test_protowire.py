@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from streaminfer.codecs.protowire import (
     TooManyFields,
     length_delimited,
-    split_bytes_field,
     with_bytes_field,
 )
 from streaminfer.codecs.raw import raw_buffer, to_raw
@@ -41,12 +40,18 @@ texts = st.text(max_size=6)
 
 
 def described(tensor_type: Any) -> st.SearchStrategy[list[Any]]:
-    """Up to two tensor descriptions (name, datatype, shape) of a V2 request or answer."""
+    """Up to two tensors (name, datatype, shape, some typed contents) of a V2 request or
+    answer."""
     datatypes = st.sampled_from(["FP32", "BYTES", "INT64"])
     shapes = st.lists(st.integers(-1, 2**40), max_size=3)
-    return st.lists(
-        st.builds(tensor_type, name=texts, datatype=datatypes, shape=shapes), max_size=2
+    contents = st.builds(
+        v2.InferTensorContents,
+        fp32_contents=st.lists(st.floats(width=32), max_size=3),
+        fp64_contents=st.lists(st.floats(), max_size=2),
+        int64_contents=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=2),
     )
+    tensor = st.builds(tensor_type, name=texts, datatype=datatypes, shape=shapes, contents=contents)
+    return st.lists(tensor, max_size=2)
 
 
 @st.composite
@@ -77,75 +82,87 @@ def protobuf_reading(data: bytes, message_type: type[M], parse: Callable[[bytes]
         return None
 
 
-def raw_entries(field: str) -> Callable[[Any], list[bytes]]:
-    """A V2 message's ``field`` of raw tensor data, taken out of it."""
-
-    def take(message: Any) -> list[bytes]:
-        entries = list(getattr(message, field))
-        message.ClearField(field)
-        return entries
-
-    return take
+# The fields read apart, by number: None for bytes, else the dtype of the packed numbers.
+TF_FIELDS = {4: None, 5: "<f4", 6: "<f8"}  # TensorProto's tensor_content, float_val, double_val
+V2_FIELDS = {6: "<f4", 7: "<f8"}  # InferTensorContents' fp32_contents, fp64_contents
+Fields = dict[int, Any]  # bytes, or the numbers as an array
 
 
-READ_APART = {"tensor_content": 4, "float_val": 5, "double_val": 6}  # TensorProto's numbers
+def taken_from(message: Any, numbers: dict[int, str | None]) -> Fields:
+    """The fields ``numbers`` protobuf read in ``message``, where not empty, taken out of it."""
+    found = {}
+    for number, dtype in numbers.items():
+        name = message.DESCRIPTOR.fields_by_number[number].name
+        values = getattr(message, name)
+        if len(values):
+            found[number] = values if dtype is None else np.array(values, dtype)
+        message.ClearField(name)
+    return found
 
 
-def map_contents(field: str) -> Callable[[Any], dict[str, dict[int, Any]]]:
-    """What a TF Serving message's map ``field`` holds as ``tensor_content``, ``float_val``
-    and ``double_val``, by key and field number (where not empty), taken out of its
-    tensors: the bytes, or the numbers as an array."""
-
-    def take(message: Any) -> dict[str, dict[int, Any]]:
-        taken = {}
-        for key, tensor in getattr(message, field).items():
-            found = {
-                number: getattr(tensor, name) if number == 4 else np.array(getattr(tensor, name))
-                for name, number in READ_APART.items()
-                if len(getattr(tensor, name))
-            }
-            for name in READ_APART:
-                tensor.ClearField(name)
-            if found:
-                taken[key] = found
-        return taken
-
-    return take
-
-
-def as_read(taken: dict[str, dict[int, Any]]) -> dict[str, dict[int, Any]]:
-    """``parse_predict_request``'s fields read apart as ``map_contents`` gives them."""
-    dtypes = {5: "<f4", 6: "<f8"}
+def as_read(taken: dict[Any, Any], numbers: dict[int, str | None]) -> dict[Any, Fields]:
+    """Our fields read apart, by key, as ``taken_from`` gives protobuf's."""
     return {
         key: {
-            number: bytes(value) if number == 4 else np.frombuffer(value, dtypes[number])
+            number: bytes(value)
+            if numbers[number] is None
+            else np.frombuffer(value, numbers[number])
             for number, value in fields.items()
         }
         for key, fields in taken.items()
     }
 
 
-def assert_same_fields(
-    ours: dict[str, dict[int, Any]], protobufs: dict[str, dict[int, Any]]
-) -> None:
+def assert_same_fields(ours: dict[Any, Fields], protobufs: dict[Any, Fields]) -> None:
     assert {key: sorted(fields) for key, fields in ours.items()} == {
         key: sorted(fields) for key, fields in protobufs.items()
     }
     for key, fields in ours.items():
         for number, value in fields.items():
-            if number == 4:
+            if isinstance(value, bytes):
                 assert value == protobufs[key][number]
             else:  # NaN as NaN, whatever its bits (protobuf's went through a Python float)
                 np.testing.assert_array_equal(value, protobufs[key][number])
 
 
+def raw_entries(raw: str, tensors: str) -> Callable[[Any], tuple[list[bytes], dict[int, Fields]]]:
+    """A V2 message's ``raw`` field of tensor data, and the packed float contents of its
+    ``tensors``, by index, taken out of it."""
+
+    def take(message: Any) -> tuple[list[bytes], dict[int, Fields]]:
+        entries = list(getattr(message, raw))
+        message.ClearField(raw)
+        contents = {  # reached through, an absent ``contents`` would become present
+            index: taken_from(tensor.contents, V2_FIELDS) if tensor.HasField("contents") else {}
+            for index, tensor in enumerate(getattr(message, tensors))
+        }
+        return entries, contents
+
+    return take
+
+
+def map_contents(field: str) -> Callable[[Any], dict[str, Fields]]:
+    """What a TF Serving message's map ``field`` holds as ``tensor_content``, ``float_val``
+    and ``double_val``, by key (where one is not empty), taken out of its tensors."""
+
+    def take(message: Any) -> dict[str, Fields]:
+        taken = {key: taken_from(t, TF_FIELDS) for key, t in getattr(message, field).items()}
+        return {key: found for key, found in taken.items() if found}
+
+    return take
+
+
 # Each message: its type, our reading of it, and protobuf's reading of its tensor data.
 Reader = tuple[type[Message], Callable[[bytes], Any], Callable[[Any], Any]]
-V2_REQUEST: Reader = (v2.ModelInferRequest, parse_infer_request, raw_entries("raw_input_contents"))
+V2_REQUEST: Reader = (
+    v2.ModelInferRequest,
+    parse_infer_request,
+    raw_entries("raw_input_contents", "inputs"),
+)
 V2_ANSWER: Reader = (
     v2.ModelInferResponse,
     parse_infer_response,
-    raw_entries("raw_output_contents"),
+    raw_entries("raw_output_contents", "outputs"),
 )
 TF_REQUEST: Reader = (predict_pb2.PredictRequest, parse_predict_request, map_contents("inputs"))
 TF_ANSWER: Reader = (predict_pb2.PredictResponse, parse_predict_response, map_contents("outputs"))
@@ -157,17 +174,44 @@ def assert_read_as_protobuf_reads(data: bytes, reader: Reader) -> None:
     expected = protobuf_reading(data, message_type, parse)
     if expected is None:
         return
-    message, taken = parse(data)
-    if isinstance(taken, dict):
-        assert_same_fields(as_read(taken), take(expected))
+    if message_type in (predict_pb2.PredictRequest, predict_pb2.PredictResponse):
+        message, taken = parse(data)
+        assert_same_fields(as_read(taken, TF_FIELDS), take(expected))
     else:
-        assert [bytes(entry) for entry in taken] == take(expected)
+        message, raw, contents = parse(data)
+        expected_raw, expected_contents = take(expected)
+        assert [bytes(entry) for entry in raw] == expected_raw
+        assert_same_fields(as_read(dict(enumerate(contents)), V2_FIELDS), expected_contents)
     assert message == expected
 
 
 @given(request_parts())
 def test_requests_merged_from_parts_in_any_order(parts: list[v2.ModelInferRequest]) -> None:
     assert_read_as_protobuf_reads(b"".join(part.SerializeToString() for part in parts), V2_REQUEST)
+
+
+@given(
+    request_parts(),
+    st.lists(st.floats(width=32), max_size=3),
+    st.sampled_from(["", "packed", "unpacked"]),
+)
+def test_requests_with_contents_in_pieces(
+    parts: list[v2.ModelInferRequest], more: list[float], way: str
+) -> None:
+    """An input whose ``contents`` come twice, ``fp32_contents`` packed again or a field a
+    value: protobuf merges them, and so does our reading (or leaves it to protobuf)."""
+    wire = b"".join(part.SerializeToString() for part in parts)
+    values = np.array(more, dtype="<f4").tobytes()
+    if way == "packed":
+        contents = field(6, values)
+    else:
+        contents = b"".join(
+            bytes([6 << 3 | 5]) + values[at : at + 4] for at in range(0, len(values), 4)
+        )
+    tensor = (
+        field(1, b"x") + field(5, field(6, np.array([1.5], "<f4").tobytes())) + field(5, contents)
+    )
+    assert_read_as_protobuf_reads(wire + field(5, tensor), V2_REQUEST)
 
 
 def mutated(wire: bytes, data: st.DataObject) -> bytes:
@@ -216,9 +260,32 @@ def test_arbitrary_bytes(wire: bytes) -> None:
 def test_the_raw_contents_are_views_of_the_received_bytes() -> None:
     request = v2.ModelInferRequest(model_name="m", raw_input_contents=[b"x" * 1000])
     data = request.SerializeToString()
-    message, raw = parse_infer_request(data)
+    message, raw, _ = parse_infer_request(data)
     assert message.model_name == "m" and isinstance(raw[0], memoryview)
     assert raw[0].obj is data
+
+
+def test_fp32_contents_are_views_of_the_received_bytes() -> None:
+    """Packed float contents are read as their bytes, not a Python float each; written a
+    field a value, protobuf reads them."""
+    request = v2.ModelInferRequest(model_name="m")
+    request.inputs.add(name="x", datatype="FP32", shape=[3]).contents.fp32_contents.extend(
+        [1.0, 2.0, 3.0]
+    )
+    request.inputs.add(name="y", datatype="FP64", shape=[1]).contents.fp64_contents.append(0.5)
+    request.inputs.add(name="z", datatype="INT64", shape=[1]).contents.int64_contents.append(7)
+    data = request.SerializeToString()
+    message, raw, contents = parse_infer_request(data)
+    assert raw == [] and isinstance(contents[0][6], memoryview) and contents[0][6].obj is data
+    assert [sorted(found) for found in contents] == [[6], [7], []]
+    assert (np.frombuffer(contents[1][7], "<f8") == [0.5]).all()
+    assert list(message.inputs[2].contents.int64_contents) == [7]  # left to protobuf
+    tensors = read_grpc_tensors(message.inputs, raw, "input", contents)
+    assert tensors["x"].tolist() == [1.0, 2.0, 3.0] and tensors["z"].tolist() == [7]
+    unpacked = field(5, field(1, b"w") + field(5, bytes([6 << 3 | 5]) + b"\0\0\0\0"))
+    message, raw, contents = parse_infer_request(data + unpacked)
+    assert contents[3][6].obj is not data  # protobuf read them: their values, copied
+    assert np.frombuffer(contents[3][6], "<f4").tolist() == [0.0]
 
 
 def test_a_group_is_left_to_protobuf() -> None:
@@ -252,7 +319,7 @@ def test_with_bytes_field_writes_length_delimited_entries() -> None:
     big = b"\x01" * 300  # a length of two varint bytes
     wire = with_bytes_field(v2.ModelInferRequest(id="a"), RAW, [b"", big, memoryview(b"xy")])
     assert list(v2.ModelInferRequest.FromString(wire).raw_input_contents) == [b"", big, b"xy"]
-    message, entries = split_bytes_field(wire, v2.ModelInferRequest, RAW)
+    message, entries, _ = parse_infer_request(wire)
     assert message.id == "a" and [bytes(e) for e in entries] == [b"", big, b"xy"]
 
 
@@ -385,7 +452,7 @@ def test_protobufs_rules_for_map_entries() -> None:
         + entry((2, tensor(b"")), (1, b"w"))
     )
     message, contents = parse_predict_request(wire)
-    assert as_read(contents) == {"x": {4: b"bb"}, "z": {4: b"cc"}}
+    assert as_read(contents, TF_FIELDS) == {"x": {4: b"bb"}, "z": {4: b"cc"}}
     assert sorted(message.inputs) == ["w", "x", "z"]
     assert_read_as_protobuf_reads(wire, TF_REQUEST)
     # An entry with a field besides its key and value stays out of the map: "x" keeps bb.

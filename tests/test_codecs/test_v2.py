@@ -39,10 +39,10 @@ def test_response_round_trip(tensors: dict[str, np.ndarray]) -> None:
     """An answer written past protobuf reads back alike through protobuf and past it."""
     wire = infer_response_bytes(v2.ModelInferResponse(model_name="m", id="7"), tensors)
     wired = v2.ModelInferResponse.FromString(wire)
-    response, raw = parse_infer_response(wire)
+    response, raw, read_apart = parse_infer_response(wire)
     assert response.model_name == wired.model_name == "m" and response.id == "7"
     through_protobuf = read_grpc_tensors(wired.outputs, wired.raw_output_contents, "output")
-    past_protobuf = read_grpc_tensors(response.outputs, raw, "output")
+    past_protobuf = read_grpc_tensors(response.outputs, raw, "output", read_apart)
     assert list(through_protobuf) == list(past_protobuf) == list(tensors)
     for name, array in tensors.items():
         assert_same(through_protobuf[name], array)

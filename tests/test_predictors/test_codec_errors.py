@@ -43,7 +43,7 @@ class _Loopback(RemotePredictor):
     def _infer_tensors(
         self, ref: ModelRef, inputs: Tensors, output_filter: tuple[str, ...] = ()
     ) -> tuple[int, Tensors]:
-        request, raw = parse_infer_request(infer_request_bytes(v2.ModelInferRequest(), inputs))
+        request, raw, _ = parse_infer_request(infer_request_bytes(v2.ModelInferRequest(), inputs))
         answer = [entry[: len(entry) - self._cut] for entry in raw]
         return 1, read_grpc_tensors(request.inputs, answer, "output")
 

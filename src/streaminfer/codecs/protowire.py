@@ -17,7 +17,7 @@ ms to read into an array).
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
@@ -75,31 +75,69 @@ def check_field_count(data: bytes) -> None:
     _fields(memoryview(data))
 
 
-def split_bytes_field(data: bytes, message_type: type[M], number: int) -> tuple[M, list[Buffer]]:
-    """The message ``data`` holds without its ``repeated bytes`` field ``number``, and that
-    field's entries as views of ``data``, in order.
+def split_tensor_data(
+    data: bytes,
+    message_type: type[M],
+    raw_number: int,
+    tensors_number: int,
+    numbers: Collection[int],
+) -> tuple[M, list[Buffer], list[Taken]]:
+    """The message ``data`` holds without its ``repeated bytes`` field ``raw_number`` nor
+    the fields ``numbers`` of the ``contents`` of its repeated tensors (field
+    ``tensors_number``, a V2 request's inputs or an answer's outputs); the first's entries
+    as views of ``data``, in order, and the others' as views too, a ``Taken`` a tensor.
 
-    Only the top level is walked: a field's extent is read from its key, and every field
-    but ``number`` is handed to protobuf, which checks them.  What this walk cannot step
-    over (a group, a truncated field) sends the whole message to protobuf, so a malformed
-    one fails with protobuf's own ``DecodeError``; more than ``_MOST_FIELDS`` fields,
-    with ``TooManyFields``.
+    A field's extent is read from its key, and every field but those is handed to
+    protobuf, which checks them.  What this walk cannot step over (a group, a truncated
+    field), a tensor of more than ``_MOST_FIELDS`` fields, or a repeated number written
+    unpacked (a field a value) or cut short sends the whole message to protobuf, so a
+    malformed one fails with protobuf's own ``DecodeError``.  More than ``_MOST_FIELDS``
+    fields at the top level: ``TooManyFields``.
     """
-    view = memoryview(data)
-    fields = _fields(view)
-    if fields is None:
+    tensor_type = message_type.DESCRIPTOR.fields_by_number[tensors_number].message_type
+    assert tensor_type is not None  # a repeated message field
+    contents = tensor_type.fields_by_name["contents"]
+    fields = _described(contents.message_type, numbers)
+    split = _split_tensors(memoryview(data), raw_number, (tensors_number, contents.number), fields)
+    if split is None:
         message = message_type.FromString(data)
-        name = message_type.DESCRIPTOR.fields_by_number[number].name
-        entries: list[Buffer] = list(getattr(message, name))
-        message.ClearField(name)
-        return message, entries
-    rest, entries = [], []
-    for key, start, value, stop in fields:
-        if key == _key(number):
-            entries.append(view[value:stop])
+        by_number = message_type.DESCRIPTOR.fields_by_number
+        raw: list[Buffer] = list(getattr(message, by_number[raw_number].name))
+        message.ClearField(by_number[raw_number].name)
+        taken = [  # reached through, an absent ``contents`` would become present
+            _taken_from(tensor.contents, fields) if tensor.HasField("contents") else {}
+            for tensor in getattr(message, by_number[tensors_number].name)
+        ]
+        return message, raw, taken
+    rest, raw, taken = split
+    return message_type.FromString(b"".join(rest)), raw, taken
+
+
+def _split_tensors(
+    view: memoryview, raw_number: int, path: tuple[int, int], fields: Fields
+) -> tuple[list[Buffer], list[Buffer], list[Taken]] | None:
+    """The message's fields but ``raw_number``, each tensor (``path``: its field, and its
+    contents' field) written again without ``fields``; the entries of ``raw_number``, and
+    ``fields`` by tensor; None where the walk stops."""
+    walked = _fields(view)
+    if walked is None:
+        return None
+    rest: list[Buffer] = []
+    raw: list[Buffer] = []
+    taken: list[Taken] = []
+    for key, start, value, stop in walked:
+        if key == _key(raw_number):
+            raw.append(view[value:stop])
+        elif key == _key(path[0]):
+            tensor = _take(view[value:stop], path[1:], fields)
+            if tensor is None:
+                return None
+            parts, found = tensor
+            rest += length_delimited(path[0], parts)
+            taken.append(_joined(found, fields))
         else:
             rest.append(view[start:stop])
-    return message_type.FromString(b"".join(rest)), entries
+    return rest, raw, taken
 
 
 def split_map_bytes(
@@ -110,7 +148,7 @@ def split_map_bytes(
     by map key (where one is not empty).  Each is a ``bytes`` field or a repeated
     ``float`` or ``double``.
 
-    Map entries are walked as ``split_bytes_field`` walks a message, and written again
+    Map entries are walked as ``split_tensor_data`` walks a message, and written again
     without those fields; protobuf's rules stay: an entry's last key and last ``bytes``
     field win, a packed field's occurrences add up, and an entry replaces an earlier one
     of its key.  The whole message goes to protobuf where an entry has any other field
@@ -118,36 +156,49 @@ def split_map_bytes(
     more than ``_MOST_FIELDS`` fields, or a repeated number is written unpacked (a field
     a value) or packed into bytes its width does not divide (which protobuf refuses).
     """
-    fields = _value_fields(message_type, map_number, numbers)
+    entry_type = message_type.DESCRIPTOR.fields_by_number[map_number].message_type
+    assert entry_type is not None  # a map field's entries are messages
+    fields = _described(entry_type.fields_by_name["value"].message_type, numbers)
     split = _split_map(memoryview(data), map_number, fields)
     if split is None:
-        return _parsed_map_whole(data, message_type, map_number, fields)
+        message = message_type.FromString(data)
+        tensors = getattr(message, message_type.DESCRIPTOR.fields_by_number[map_number].name)
+        taken = {name: _taken_from(value, fields) for name, value in tensors.items()}
+        return message, {name: found for name, found in taken.items() if found}
     rest, taken = split
     return message_type.FromString(b"".join(rest)), taken
 
 
-ValueFields = dict[int, tuple[str, np.dtype | None]]
-"""Fields of a map's values by number: each one's name, and the type of its packed values
-(None for a ``bytes`` field)."""
+Fields = dict[int, tuple[str, np.dtype | None]]
+"""Fields taken out of a message, by number: each one's name, and the type of its packed
+values (None for a ``bytes`` field)."""
 
 
-def _value_fields(
-    message_type: type[Message], map_number: int, numbers: Collection[int]
-) -> ValueFields:
-    entry_type = message_type.DESCRIPTOR.fields_by_number[map_number].message_type
-    assert entry_type is not None  # a map field's entries are messages
-    value_type = entry_type.fields_by_name["value"].message_type
-    assert value_type is not None  # a map<string, message>
-    fields: ValueFields = {}
+def _described(message_type: Any, numbers: Collection[int]) -> Fields:
+    """The fields ``numbers`` of ``message_type`` (a descriptor)."""
+    fields: Fields = {}
     for number in numbers:
-        field = value_type.fields_by_number[number]
+        field = message_type.fields_by_number[number]
         packed = None if field.type == FieldDescriptor.TYPE_BYTES else _PACKED[field.type]
         fields[number] = field.name, packed
     return fields
 
 
+def _taken_from(message: Any, fields: Fields) -> Taken:
+    """``fields`` taken out of a message protobuf read, as the walk gives them."""
+    found: Taken = {}
+    for number, (name, packed) in fields.items():
+        held = getattr(message, name)
+        if len(held) and packed is None:
+            found[number] = held
+        elif len(held):  # protobuf made them Python numbers
+            found[number] = np.fromiter(held, dtype=packed, count=len(held)).data.cast("B")
+        message.ClearField(name)
+    return found
+
+
 def _split_map(
-    view: memoryview, map_number: int, fields: ValueFields
+    view: memoryview, map_number: int, fields: Fields
 ) -> tuple[list[Buffer], dict[str, Taken]] | None:
     """The message's fields, each map entry written again without its value's ``fields``,
     and those by key; None where the walk stops."""
@@ -160,10 +211,7 @@ def _split_map(
         if key != _key(map_number):
             rest.append(view[start:stop])
             continue
-        try:
-            entry = _map_entry(view[value:stop], fields)
-        except TooManyFields:  # a tensor of many values (its string_val): protobuf reads it
-            return None
+        entry = _map_entry(view[value:stop], fields)
         if entry is None:
             return None
         name, found, parts = entry
@@ -174,29 +222,9 @@ def _split_map(
     return rest, taken
 
 
-def _parsed_map_whole(
-    data: bytes, message_type: type[M], map_number: int, fields: ValueFields
-) -> tuple[M, dict[str, Taken]]:
-    message = message_type.FromString(data)
-    map_field = message_type.DESCRIPTOR.fields_by_number[map_number]
-    taken: dict[str, Taken] = {}
-    for name, value in getattr(message, map_field.name).items():
-        found: Taken = {}
-        for number, (field, packed) in fields.items():
-            held = getattr(value, field)
-            if len(held) and packed is None:
-                found[number] = held
-            elif len(held):  # as the walk gives them; protobuf made them Python numbers
-                found[number] = np.fromiter(held, dtype=packed, count=len(held)).data.cast("B")
-            value.ClearField(field)
-        if found:
-            taken[name] = found
-    return message, taken
-
-
-def _map_entry(view: memoryview, fields: ValueFields) -> tuple[str, Taken, list[Buffer]] | None:
+def _map_entry(view: memoryview, fields: Fields) -> tuple[str, Taken, list[Buffer]] | None:
     """A map entry's key, its value's ``fields``, and the entry's fields without them."""
-    walked = _fields(view)
+    walked = _walked(view)
     if walked is None:
         return None
     name: Buffer = b""
@@ -204,21 +232,13 @@ def _map_entry(view: memoryview, fields: ValueFields) -> tuple[str, Taken, list[
     parts: list[Buffer] = []
     for key, start, value, stop in walked:
         if key == _key(_MAP_VALUE):
-            inner = _fields(view[value:stop])
-            if inner is None:
+            tensor = _take(view[value:stop], (), fields)
+            if tensor is None:
                 return None
-            kept = []
-            for inner_key, inner_start, inner_value, inner_stop in inner:
-                number = inner_key >> 3
-                if number not in fields:
-                    kept.append(view[value + inner_start : value + inner_stop])
-                    continue
-                packed = fields[number][1]
-                width = 1 if packed is None else packed.itemsize
-                if inner_key & 7 != _LENGTH_DELIMITED or (inner_stop - inner_value) % width:
-                    return None  # numbers a field each, or cut short: protobuf's to read
-                found.setdefault(number, []).append(view[value + inner_value : value + inner_stop])
+            kept, pieces = tensor
             parts += length_delimited(_MAP_VALUE, kept)
+            for number, more in pieces.items():
+                found.setdefault(number, []).extend(more)
         elif key == _key(_MAP_KEY):
             name = view[value:stop]
             parts.append(view[start:stop])
@@ -228,7 +248,47 @@ def _map_entry(view: memoryview, fields: ValueFields) -> tuple[str, Taken, list[
     return bytes(name).decode("utf-8", "replace"), _joined(found, fields), parts
 
 
-def _joined(found: dict[int, list[Buffer]], fields: ValueFields) -> Taken:
+def _take(
+    view: memoryview, path: Sequence[int], fields: Fields
+) -> tuple[list[Buffer], dict[int, list[Buffer]]] | None:
+    """The message ``view`` holds without ``fields`` of the message at ``path`` (numbers of
+    message fields, from this one down), as parts, and the pieces of those fields by
+    number, in order; None where the walk stops."""
+    walked = _walked(view)
+    if walked is None:
+        return None
+    kept: list[Buffer] = []
+    found: dict[int, list[Buffer]] = {}
+    for key, start, value, stop in walked:
+        if path and key == _key(path[0]):
+            inner = _take(view[value:stop], path[1:], fields)
+            if inner is None:
+                return None
+            parts, pieces = inner
+            kept += length_delimited(path[0], parts)
+            for number, more in pieces.items():
+                found.setdefault(number, []).extend(more)
+        elif not path and key >> 3 in fields:
+            packed = fields[key >> 3][1]
+            width = 1 if packed is None else packed.itemsize
+            if key & 7 != _LENGTH_DELIMITED or (stop - value) % width:
+                return None  # numbers a field each, or cut short: protobuf's to read
+            found.setdefault(key >> 3, []).append(view[value:stop])
+        else:
+            kept.append(view[start:stop])
+    return kept, found
+
+
+def _walked(view: memoryview) -> list[tuple[int, int, int, int]] | None:
+    """``_fields`` within a message: past ``_MOST_FIELDS`` (a tensor of many values, its
+    ``string_val``), None, for protobuf to read."""
+    try:
+        return _fields(view)
+    except TooManyFields:
+        return None
+
+
+def _joined(found: dict[int, list[Buffer]], fields: Fields) -> Taken:
     """A ``bytes`` field's last value, a packed field's values together; none empty."""
     joined: Taken = {}
     for number, parts in found.items():

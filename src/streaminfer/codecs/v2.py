@@ -23,7 +23,7 @@ from streaminfer.codecs.arrays import (
     wrong_count,
 )
 from streaminfer.codecs.errors import DecodeError, EncodeError
-from streaminfer.codecs.protowire import Buffer, split_bytes_field, with_bytes_field
+from streaminfer.codecs.protowire import Buffer, Taken, split_tensor_data, with_bytes_field
 from streaminfer.codecs.raw import from_raw, raw_buffer
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.types import Tensors
@@ -87,6 +87,12 @@ def numpy_dtype(name: str, datatype: str) -> np.dtype:
 
 RAW_INPUT_CONTENTS = v2.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
 RAW_OUTPUT_CONTENTS = v2.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number
+_INPUTS = v2.ModelInferRequest.DESCRIPTOR.fields_by_name["inputs"].number
+_OUTPUTS = v2.ModelInferResponse.DESCRIPTOR.fields_by_name["outputs"].number
+_PACKED_CONTENTS = {  # read apart with the raw contents, as the values' bytes
+    datatype: v2.InferTensorContents.DESCRIPTOR.fields_by_name[CONTENT_FIELDS[datatype]].number
+    for datatype in ("FP32", "FP64")
+}
 
 
 def infer_request_bytes(request: v2.ModelInferRequest, inputs: Tensors) -> bytes:
@@ -110,20 +116,33 @@ def _described(tensors: Tensors, described: RepeatedCompositeFieldContainer[Any]
     return data
 
 
-def parse_infer_request(data: bytes) -> tuple[v2.ModelInferRequest, list[Buffer]]:
-    """A serialized ``ModelInferRequest`` without its ``raw_input_contents``, and those as
-    views of ``data``. Raises protobuf's ``DecodeError`` for a malformed message."""
-    return split_bytes_field(data, v2.ModelInferRequest, RAW_INPUT_CONTENTS)
+def parse_infer_request(data: bytes) -> tuple[v2.ModelInferRequest, list[Buffer], list[Taken]]:
+    """A serialized ``ModelInferRequest`` without its ``raw_input_contents`` nor its inputs'
+    ``fp32_contents`` and ``fp64_contents``, and those as views of ``data`` (the second a
+    ``Taken`` an input). Raises protobuf's ``DecodeError`` for a malformed message."""
+    return split_tensor_data(
+        data, v2.ModelInferRequest, RAW_INPUT_CONTENTS, _INPUTS, _PACKED_CONTENTS.values()
+    )
 
 
-def parse_infer_response(data: bytes) -> tuple[v2.ModelInferResponse, list[Buffer]]:
-    """A serialized ``ModelInferResponse`` without its ``raw_output_contents``, and those
-    as views of ``data``, as ``parse_infer_request`` reads a request."""
-    return split_bytes_field(data, v2.ModelInferResponse, RAW_OUTPUT_CONTENTS)
+def parse_infer_response(data: bytes) -> tuple[v2.ModelInferResponse, list[Buffer], list[Taken]]:
+    """A serialized ``ModelInferResponse`` without its ``raw_output_contents`` nor its
+    outputs' packed float contents, and those as views of ``data``, as
+    ``parse_infer_request`` reads a request."""
+    return split_tensor_data(
+        data, v2.ModelInferResponse, RAW_OUTPUT_CONTENTS, _OUTPUTS, _PACKED_CONTENTS.values()
+    )
 
 
-def read_grpc_tensors(tensors: Sequence[GrpcTensor], raw: Sequence[Buffer], kind: str) -> Tensors:
-    """The arrays of a request's inputs or an answer's outputs (``kind``: "input", "output")."""
+def read_grpc_tensors(
+    tensors: Sequence[GrpcTensor],
+    raw: Sequence[Buffer],
+    kind: str,
+    read_apart: Sequence[Taken] = (),
+) -> Tensors:
+    """The arrays of a request's inputs or an answer's outputs (``kind``: "input",
+    "output"); ``read_apart``: the contents ``parse_infer_request`` (or ``_response``) took
+    out of each."""
     if raw and len(raw) != len(tensors):
         raise DecodeError(
             f"{len(raw)} raw_{kind}_contents for {len(tensors)} {kind}s; give one per {kind}"
@@ -132,11 +151,12 @@ def read_grpc_tensors(tensors: Sequence[GrpcTensor], raw: Sequence[Buffer], kind
     for index, tensor in enumerate(tensors):
         if tensor.name in arrays:
             raise DecodeError(f"{kind} {tensor.name!r} is given twice")
-        arrays[tensor.name] = _read_grpc_tensor(tensor, raw[index] if raw else None)
+        contents = read_apart[index] if read_apart else {}
+        arrays[tensor.name] = _read_grpc_tensor(tensor, raw[index] if raw else None, contents)
     return arrays
 
 
-def _read_grpc_tensor(tensor: GrpcTensor, raw: Buffer | None) -> np.ndarray:
+def _read_grpc_tensor(tensor: GrpcTensor, raw: Buffer | None, read_apart: Taken) -> np.ndarray:
     dtype = numpy_dtype(tensor.name, tensor.datatype)
     shape = list(tensor.shape)
     if raw is not None:
@@ -147,9 +167,17 @@ def _read_grpc_tensor(tensor: GrpcTensor, raw: Buffer | None) -> np.ndarray:
             f"tensor {tensor.name!r}: {tensor.datatype} data must be sent as raw contents"
         )
     count = element_count(tensor.name, shape, element_limit(dtype))
-    values = getattr(tensor.contents, field)
+    number = _PACKED_CONTENTS.get(tensor.datatype)
+    packed = None if number is None else read_apart.get(number)
+    values = (
+        getattr(tensor.contents, field)
+        if packed is None
+        else np.frombuffer(packed, dtype=dtype.newbyteorder("<"))
+    )
     if len(values) != count:  # before they are read
         raise wrong_count(tensor.name, len(values), shape, count)
+    if isinstance(values, np.ndarray):
+        return values.reshape(shape)
     if dtype == BYTES:
         return bytes_array(list(values)).reshape(shape)
     return from_values(tensor.name, values, dtype).reshape(shape)

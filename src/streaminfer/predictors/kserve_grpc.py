@@ -102,8 +102,9 @@ class KServeGrpcPredictor(RemotePredictor):
         return self._infer(request, inputs)
 
     def _infer(self, request: v2.ModelInferRequest, inputs: Tensors) -> tuple[int, Tensors]:
-        response, raw = self._grpc.call(self._model_infer, infer_request_bytes(request, inputs))
-        outputs = read_grpc_tensors(response.outputs, raw, "output")
+        call = self._grpc.call(self._model_infer, infer_request_bytes(request, inputs))
+        response, raw, read_apart = call
+        outputs = read_grpc_tensors(response.outputs, raw, "output", read_apart)
         return version_number(response.model_version), outputs
 
 

@@ -11,7 +11,7 @@ from typing import Any, TypeAlias
 import grpc
 from google.protobuf import json_format
 
-from streaminfer.codecs.protowire import Buffer
+from streaminfer.codecs.protowire import Buffer, Taken
 from streaminfer.codecs.v2 import infer_response_bytes, parse_infer_request, read_grpc_tensors
 from streaminfer.models.errors import ModelNotFound
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
@@ -27,8 +27,8 @@ PROTOCOL = "kserve_grpc"
 Context: TypeAlias = grpc.aio.ServicerContext
 SERVICE = "inference.GRPCInferenceService"
 SERVICES = (SERVICE,)  # for the health service
-# A ModelInfer request without its raw_input_contents, and those (parse_infer_request).
-InferCall: TypeAlias = tuple[v2.ModelInferRequest, list[Buffer]]
+# A ModelInfer request without its tensor data, and that (parse_infer_request).
+InferCall: TypeAlias = tuple[v2.ModelInferRequest, list[Buffer], list[Taken]]
 
 
 class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
@@ -87,13 +87,13 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
 
     @rpc
     async def ModelInfer(self, call: InferCall, context: Context) -> bytes:
-        request, raw_inputs = call
+        request, raw_inputs, read_apart = call
         with self._metrics.track(PROTOCOL, request.model_name) as observation:
             version = messages.parse_version(request.model_version)
             model = self._plane.model(request.model_name, version)  # NOT_FOUND first
             model.check_declared_rows(tensor.shape for tensor in request.inputs)
             outputs = await model.infer(
-                read_grpc_tensors(request.inputs, raw_inputs, "input"),
+                read_grpc_tensors(request.inputs, raw_inputs, "input", read_apart),
                 output_filter=[output.name for output in request.outputs],
                 top_k=messages.top_k_parameter(_parameters(request.parameters)),
                 classification=_classification(request.outputs),
