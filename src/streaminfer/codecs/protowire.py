@@ -1,4 +1,4 @@
-"""A message's ``repeated bytes`` field of tensor data, written and read without copies.
+"""Tensor data in protobuf messages, written and read without protobuf's copies.
 
 protobuf copies a ``bytes`` field's value into the message when it is set, again when
 the message is serialized, and again into a new ``bytes`` when it is read back: for a
