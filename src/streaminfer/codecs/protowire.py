@@ -237,8 +237,7 @@ def _map_entry(view: memoryview, fields: Fields) -> tuple[str, Taken, list[Buffe
                 return None
             kept, pieces = tensor
             parts += length_delimited(_MAP_VALUE, kept)
-            for number, more in pieces.items():
-                found.setdefault(number, []).extend(more)
+            _add_pieces(found, pieces)
         elif key == _key(_MAP_KEY):
             name = view[value:stop]
             parts.append(view[start:stop])
@@ -266,8 +265,7 @@ def _take(
                 return None
             parts, pieces = inner
             kept += length_delimited(path[0], parts)
-            for number, more in pieces.items():
-                found.setdefault(number, []).extend(more)
+            _add_pieces(found, pieces)
         elif not path and key >> 3 in fields:
             packed = fields[key >> 3][1]
             width = 1 if packed is None else packed.itemsize
@@ -277,6 +275,12 @@ def _take(
         else:
             kept.append(view[start:stop])
     return kept, found
+
+
+def _add_pieces(found: dict[int, list[Buffer]], pieces: dict[int, list[Buffer]]) -> None:
+    """A merged message's pieces after the earlier ones, as protobuf adds them up."""
+    for number, more in pieces.items():
+        found.setdefault(number, []).extend(more)
 
 
 def _walked(view: memoryview) -> list[tuple[int, int, int, int]] | None:
@@ -297,6 +301,13 @@ def _joined(found: dict[int, list[Buffer]], fields: Fields) -> Taken:
         if len(value):
             joined[number] = value
     return joined
+
+
+def packed_array(read_apart: Taken, number: int | None, dtype: np.dtype) -> np.ndarray | None:
+    """The packed field ``number`` of ``read_apart``, as an array of ``dtype`` (a view of
+    its bytes); None where that field was not read apart (or ``number`` is None)."""
+    packed = None if number is None else read_apart.get(number)
+    return None if packed is None else np.frombuffer(packed, dtype=dtype.newbyteorder("<"))
 
 
 def _key(number: int) -> int:

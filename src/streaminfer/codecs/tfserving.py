@@ -29,6 +29,7 @@ from streaminfer.codecs.protowire import (
     Taken,
     length_delimited,
     map_entry,
+    packed_array,
     split_map_bytes,
 )
 from streaminfer.codecs.raw import from_raw, raw_buffer, to_raw
@@ -169,13 +170,8 @@ def from_tensor_proto(
     content = read_apart.get(_TENSOR_CONTENT, proto.tensor_content)
     if len(content) and dtype != BYTES:
         return from_raw(name, dtype, shape, content)
-    number = _PACKED_VALUES.get(proto.dtype)
-    packed = None if number is None else read_apart.get(number)
-    values = (
-        getattr(proto, VALUE_FIELDS[proto.dtype])
-        if packed is None
-        else np.frombuffer(packed, dtype=dtype.newbyteorder("<"))
-    )
+    packed = packed_array(read_apart, _PACKED_VALUES.get(proto.dtype), dtype)
+    values = getattr(proto, VALUE_FIELDS[proto.dtype]) if packed is None else packed
     if len(values) > max(count, 1):  # more than the shape holds (or one fills): unread
         raise wrong_count(name, len(values), shape, count)
     if isinstance(values, np.ndarray):

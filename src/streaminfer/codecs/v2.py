@@ -23,7 +23,13 @@ from streaminfer.codecs.arrays import (
     wrong_count,
 )
 from streaminfer.codecs.errors import DecodeError, EncodeError
-from streaminfer.codecs.protowire import Buffer, Taken, split_tensor_data, with_bytes_field
+from streaminfer.codecs.protowire import (
+    Buffer,
+    Taken,
+    packed_array,
+    split_tensor_data,
+    with_bytes_field,
+)
 from streaminfer.codecs.raw import from_raw, raw_buffer
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.types import Tensors
@@ -167,13 +173,8 @@ def _read_grpc_tensor(tensor: GrpcTensor, raw: Buffer | None, read_apart: Taken)
             f"tensor {tensor.name!r}: {tensor.datatype} data must be sent as raw contents"
         )
     count = element_count(tensor.name, shape, element_limit(dtype))
-    number = _PACKED_CONTENTS.get(tensor.datatype)
-    packed = None if number is None else read_apart.get(number)
-    values = (
-        getattr(tensor.contents, field)
-        if packed is None
-        else np.frombuffer(packed, dtype=dtype.newbyteorder("<"))
-    )
+    packed = packed_array(read_apart, _PACKED_CONTENTS.get(tensor.datatype), dtype)
+    values = getattr(tensor.contents, field) if packed is None else packed
     if len(values) != count:  # before they are read
         raise wrong_count(tensor.name, len(values), shape, count)
     if isinstance(values, np.ndarray):
