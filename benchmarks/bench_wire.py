@@ -16,9 +16,10 @@ median of ``--rounds`` rounds of ``--repeats`` calls, the ways taking turns):
   / ``predict_response_bytes``; read: protobuf (parse, then ``from_tensor_proto``)
   against ``parse_predict_request`` / ``parse_predict_response``;
 - a request whose numbers come in the typed fields other clients fill (TF Serving's
-  ``float_val``, V2's ``fp32_contents``), read: protobuf (parse, then
-  ``from_tensor_proto`` / ``read_grpc_tensors``, a Python float a value) against
-  ``parse_predict_request`` / ``parse_infer_request``, which read them as views.
+  ``float_val``, V2's ``fp32_contents``; and the images as uint8 pixels in ``int_val``
+  and ``uint_contents``), read: protobuf (parse, then ``from_tensor_proto`` /
+  ``read_grpc_tensors``, a Python number a value) against ``parse_predict_request`` /
+  ``parse_infer_request``, which read floats as views and decode varints with numpy.
 
 Both ways write the same message (the same bytes, but for a ``PredictResponse``,
 whose ``outputs`` protobuf writes before its ``model_spec``), and both ways read the
@@ -69,15 +70,28 @@ def ways(tensors: Tensors) -> dict[str, Callable[[], object]]:
 
 
 def _typed_ways(tensors: Tensors) -> dict[str, Callable[[], Tensors]]:
+    """The images as float32 in ``float_val`` / ``fp32_contents``, and as uint8 pixels in
+    ``int_val`` / ``uint_contents`` (varints: a byte below 128, two from there)."""
+    pixels = {name: (array * 255).astype(np.uint8) for name, array in tensors.items()}
+    return {
+        **_typed_field_ways(tensors, "float_val", "fp32_contents"),
+        **_typed_field_ways(pixels, "int_val", "uint_contents"),
+    }
+
+
+def _typed_field_ways(
+    tensors: Tensors, tf_field: str, v2_field: str
+) -> dict[str, Callable[[], Tensors]]:
     tf_request = predict_pb2.PredictRequest()
     v2_request = v2.ModelInferRequest(model_name="m")
     for name, array in tensors.items():
         tensor = tf_request.inputs[name]
         tensor.CopyFrom(to_tensor_proto(array))
         tensor.ClearField("tensor_content")
-        tensor.float_val.extend(array.ravel().tolist())
-        described = v2_request.inputs.add(name=name, datatype="FP32", shape=array.shape)
-        described.contents.fp32_contents.extend(array.ravel().tolist())
+        getattr(tensor, tf_field).extend(array.ravel().tolist())
+        described = v2_request.inputs.add(name=name, datatype=datatype(array.dtype))
+        described.shape.extend(array.shape)
+        getattr(described.contents, v2_field).extend(array.ravel().tolist())
     tf_wire, v2_wire = tf_request.SerializeToString(), v2_request.SerializeToString()
 
     def tf_read() -> Tensors:
@@ -100,10 +114,10 @@ def _typed_ways(tensors: Tensors) -> dict[str, Callable[[], Tensors]]:
         return read_grpc_tensors(message.inputs, raw, "input", read_apart)
 
     timed = {
-        "TF float_val read, protobuf": tf_read,
-        "TF float_val read, protowire": tf_read_past_protobuf,
-        "V2 fp32_contents read, protobuf": v2_read,
-        "V2 fp32_contents read, protowire": v2_read_past_protobuf,
+        f"TF {tf_field} read, protobuf": tf_read,
+        f"TF {tf_field} read, protowire": tf_read_past_protobuf,
+        f"V2 {v2_field} read, protobuf": v2_read,
+        f"V2 {v2_field} read, protowire": v2_read_past_protobuf,
     }
     for name, array in tensors.items():
         assert all(np.array_equal(read()[name], array) for read in timed.values())
@@ -232,7 +246,7 @@ def main() -> None:
             spent[name].append((time.process_time() - started) / args.repeats * 1000)
     print(f"{args.images} images of float32 [3, 224, 224], CPU ms per message")
     for name, rounds in spent.items():
-        print(f"  {name:34} {statistics.median(rounds):7.2f} ({min(rounds):.2f}-{max(rounds):.2f})")
+        print(f"  {name:36} {statistics.median(rounds):7.2f} ({min(rounds):.2f}-{max(rounds):.2f})")
 
 
 if __name__ == "__main__":

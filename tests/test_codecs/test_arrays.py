@@ -19,7 +19,7 @@ from streaminfer.codecs.arrays import (
     bytes_array,
     cast_exactly,
     element_count,
-    from_values,
+    fitted,
     numpy_dtype,
     shaped,
 )
@@ -53,9 +53,12 @@ def test_claimed_shapes_are_checked_before_anything_is_allocated() -> None:
 
 
 def test_values_that_do_not_fit_the_dtype_are_refused() -> None:
-    assert from_values("t", [1, 2], np.dtype(np.uint8)).tolist() == [1, 2]
-    with pytest.raises(DecodeError, match="do not fit uint8"):
-        from_values("t", [256], np.dtype(np.uint8))
+    """A field's int32 numbers become a tensor's smaller integers only where each fits."""
+    assert fitted("t", np.array([1, 2], np.int32), np.dtype(np.uint8)).tolist() == [1, 2]
+    with pytest.raises(DecodeError, match=re.escape("values in [-1, 256] do not fit uint8")):
+        fitted("t", np.array([256, 0, -1], np.int32), np.dtype(np.uint8))
+    same = np.array([-(2**31)], np.int32)
+    assert fitted("t", same, np.dtype(np.int32)) is same
 
 
 def test_shapes_of_too_many_dimensions_are_refused_before_numpy_sees_them() -> None:

@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streaminfer.codecs.protowire import (
+    Packed,
     TooManyFields,
     length_delimited,
     with_bytes_field,
@@ -46,9 +47,13 @@ def described(tensor_type: Any) -> st.SearchStrategy[list[Any]]:
     shapes = st.lists(st.integers(-1, 2**40), max_size=3)
     contents = st.builds(
         v2.InferTensorContents,
+        bool_contents=st.lists(st.booleans(), max_size=2),
+        int_contents=st.lists(st.integers(-(2**31), 2**31 - 1), max_size=2),
+        int64_contents=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=2),
+        uint_contents=st.lists(st.integers(0, 2**32 - 1), max_size=2),
+        uint64_contents=st.lists(st.integers(0, 2**64 - 1), max_size=2),
         fp32_contents=st.lists(st.floats(width=32), max_size=3),
         fp64_contents=st.lists(st.floats(), max_size=2),
-        int64_contents=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=2),
     )
     tensor = st.builds(tensor_type, name=texts, datatype=datatypes, shape=shapes, contents=contents)
     return st.lists(tensor, max_size=2)
@@ -82,9 +87,19 @@ def protobuf_reading(data: bytes, message_type: type[M], parse: Callable[[bytes]
         return None
 
 
-# The fields read apart, by number: None for bytes, else the dtype of the packed numbers.
-TF_FIELDS = {4: None, 5: "<f4", 6: "<f8"}  # TensorProto's tensor_content, float_val, double_val
-V2_FIELDS = {6: "<f4", 7: "<f8"}  # InferTensorContents' fp32_contents, fp64_contents
+# The fields read apart, by number: None for bytes, else the dtype of the numbers.
+TF_FIELDS = {  # TensorProto's tensor_content, then float_val ... uint64_val
+    4: None,
+    5: "<f4",
+    6: "<f8",
+    7: "i4",
+    10: "i8",
+    11: "?",
+    13: "i4",
+    16: "u4",
+    17: "u8",
+}
+V2_FIELDS = {1: "?", 2: "i4", 3: "i8", 4: "u4", 5: "u8", 6: "<f4", 7: "<f8"}  # *_contents
 Fields = dict[int, Any]  # bytes, or the numbers as an array
 
 
@@ -102,15 +117,16 @@ def taken_from(message: Any, numbers: dict[int, str | None]) -> Fields:
 
 def as_read(taken: dict[Any, Any], numbers: dict[int, str | None]) -> dict[Any, Fields]:
     """Our fields read apart, by key, as ``taken_from`` gives protobuf's."""
-    return {
-        key: {
-            number: bytes(value)
-            if numbers[number] is None
-            else np.frombuffer(value, numbers[number])
-            for number, value in fields.items()
-        }
-        for key, fields in taken.items()
-    }
+    read: dict[Any, Fields] = {}
+    for key, fields in taken.items():
+        read[key] = {}
+        for number, value in fields.items():
+            if numbers[number] is None:
+                read[key][number] = bytes(value)
+            else:
+                read[key][number] = value.array()
+                assert value.array().dtype == numbers[number]
+    return read
 
 
 def assert_same_fields(ours: dict[Any, Fields], protobufs: dict[Any, Fields]) -> None:
@@ -265,27 +281,34 @@ def test_the_raw_contents_are_views_of_the_received_bytes() -> None:
     assert raw[0].obj is data
 
 
-def test_fp32_contents_are_views_of_the_received_bytes() -> None:
-    """Packed float contents are read as their bytes, not a Python float each; written a
-    field a value, protobuf reads them."""
+def test_typed_contents_are_read_apart_and_counted() -> None:
+    """Packed float contents are views of the received bytes, packed integers are counted
+    but not read; written a field a value, protobuf reads them."""
     request = v2.ModelInferRequest(model_name="m")
     request.inputs.add(name="x", datatype="FP32", shape=[3]).contents.fp32_contents.extend(
         [1.0, 2.0, 3.0]
     )
     request.inputs.add(name="y", datatype="FP64", shape=[1]).contents.fp64_contents.append(0.5)
-    request.inputs.add(name="z", datatype="INT64", shape=[1]).contents.int64_contents.append(7)
+    request.inputs.add(name="z", datatype="INT64", shape=[2]).contents.int64_contents.extend(
+        [7, -1]
+    )
+    request.inputs.add(name="s", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"a")
     data = request.SerializeToString()
     message, raw, contents = parse_infer_request(data)
-    assert raw == [] and isinstance(contents[0][6], memoryview) and contents[0][6].obj is data
-    assert [sorted(found) for found in contents] == [[6], [7], []]
-    assert (np.frombuffer(contents[1][7], "<f8") == [0.5]).all()
-    assert list(message.inputs[2].contents.int64_contents) == [7]  # left to protobuf
+    floats, ints = contents[0][6], contents[2][3]
+    assert raw == [] and isinstance(floats, Packed) and isinstance(ints, Packed)
+    assert floats.values is not None and floats.values.base.obj is data
+    assert ints.values is None and isinstance(ints.varints, memoryview) and ints.varints.obj is data
+    assert len(ints) == 2 and ints.array().tolist() == [7, -1]
+    assert [sorted(found) for found in contents] == [[6], [7], [3], []]
+    assert (contents[1][7].array() == [0.5]).all()
+    assert list(message.inputs[3].contents.bytes_contents) == [b"a"]  # left to protobuf
     tensors = read_grpc_tensors(message.inputs, raw, "input", contents)
-    assert tensors["x"].tolist() == [1.0, 2.0, 3.0] and tensors["z"].tolist() == [7]
+    assert tensors["x"].tolist() == [1.0, 2.0, 3.0] and tensors["z"].tolist() == [7, -1]
     unpacked = field(5, field(1, b"w") + field(5, bytes([6 << 3 | 5]) + b"\0\0\0\0"))
     message, raw, contents = parse_infer_request(data + unpacked)
-    assert contents[3][6].obj is not data  # protobuf read them: their values, copied
-    assert np.frombuffer(contents[3][6], "<f4").tolist() == [0.0]
+    assert contents[4][6].held is not None  # protobuf read them, as Python numbers
+    assert contents[4][6].array().tolist() == [0.0]
 
 
 def test_a_group_is_left_to_protobuf() -> None:
@@ -330,11 +353,18 @@ keys = st.sampled_from(["a", "b", "é"])  # few, so that entries share keys
 
 @st.composite
 def tensor_protos(draw: st.DrawFn) -> tensor_pb2.TensorProto:
+    int32s = st.lists(st.integers(-(2**31), 2**31 - 1), max_size=2)
     tensor = tensor_pb2.TensorProto(
         dtype=draw(st.sampled_from([types_pb2.DT_FLOAT, types_pb2.DT_STRING])),
         tensor_content=draw(st.binary(max_size=40)),
         float_val=draw(st.lists(st.floats(width=32), max_size=3)),
         double_val=draw(st.lists(st.floats(), max_size=2)),
+        int_val=draw(int32s),
+        half_val=draw(int32s),
+        int64_val=draw(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=2)),
+        bool_val=draw(st.lists(st.booleans(), max_size=2)),
+        uint32_val=draw(st.lists(st.integers(0, 2**32 - 1), max_size=2)),
+        uint64_val=draw(st.lists(st.integers(0, 2**64 - 1), max_size=2)),
     )
     tensor.tensor_shape.dim.add(size=draw(st.integers(-1, 9)))
     return tensor
@@ -342,19 +372,36 @@ def tensor_protos(draw: st.DrawFn) -> tensor_pb2.TensorProto:
 
 @st.composite
 def tensor_wire(draw: st.DrawFn) -> bytes:
-    """A TensorProto's bytes: as protobuf writes it, or with more ``float_val`` after it,
-    packed again or a field a value (protobuf reads both, and adds them up)."""
+    """A TensorProto's bytes: as protobuf writes it, or with more ``float_val`` or
+    ``int64_val`` after it, packed again or a field a value (protobuf reads both, and adds
+    them up); varints may be written longer than they need, or run past 10 bytes."""
     wire = draw(tensor_protos()).SerializeToString()
-    more = draw(st.lists(st.floats(width=32), max_size=2))
-    values = np.array(more, dtype="<f4").tobytes()
     way = draw(st.sampled_from(["none", "packed", "unpacked"]))
+    if draw(st.booleans()):
+        more = draw(st.lists(st.floats(width=32), max_size=2))
+        values = np.array(more, dtype="<f4").tobytes()
+        if way == "packed":
+            wire += field(5, values)
+        elif way == "unpacked":
+            wire += b"".join(
+                bytes([5 << 3 | 5]) + values[at : at + 4] for at in range(0, len(values), 4)
+            )
+        return wire
+    varints = draw(st.lists(varint_bytes(), max_size=3))
     if way == "packed":
-        wire += field(5, values)
+        wire += field(10, b"".join(varints))
     elif way == "unpacked":
-        wire += b"".join(
-            bytes([5 << 3 | 5]) + values[at : at + 4] for at in range(0, len(values), 4)
-        )
+        wire += b"".join(bytes([10 << 3]) + varint for varint in varints)
     return wire
+
+
+@st.composite
+def varint_bytes(draw: st.DrawFn) -> bytes:
+    """A varint as any writer may write it: of any value, in up to 12 bytes."""
+    value = draw(st.integers(0, 2**70))
+    length = draw(st.integers(1, 12))
+    groups = [(value >> (7 * at)) & 0x7F for at in range(length)]
+    return bytes(group | 0x80 for group in groups[:-1]) + bytes([groups[-1]])
 
 
 @st.composite
@@ -424,14 +471,65 @@ def test_packed_float_val_is_a_view_of_the_received_bytes() -> None:
     request.inputs["y"].double_val.extend([0.5, -2.0])
     data = request.SerializeToString()
     message, taken = parse_predict_request(data)
-    assert isinstance(taken["x"][5], memoryview) and taken["x"][5].obj is data
-    assert (np.frombuffer(taken["x"][5], "<f4") == values).all()
-    assert (np.frombuffer(taken["y"][6], "<f8") == [0.5, -2.0]).all()
+    x = taken["x"][5]
+    assert isinstance(x, Packed) and x.values is not None and x.values.base.obj is data
+    assert (x.array() == values).all() and (taken["y"][6].array() == [0.5, -2.0]).all()
     assert not message.inputs["x"].float_val and not message.inputs["y"].double_val
     unpacked = field(2, field(1, b"x") + field(2, bytes([5 << 3 | 5]) + values[:1].tobytes()))
     _, taken = parse_predict_request(data + unpacked)
-    assert taken["x"][5].obj is not data  # protobuf read them: their values, copied
-    assert (np.frombuffer(taken["x"][5], "<f4") == values[:1]).all()
+    assert taken["x"][5].held is not None  # protobuf read them, as Python numbers
+    assert (taken["x"][5].array() == values[:1]).all()
+
+
+def test_packed_integers_are_counted_before_they_are_read() -> None:
+    """57 MB of one-byte ``int64_val`` took protobuf past 1 GB before anything counted
+    them: read apart, they are counted first and decoded only when asked, as protobuf
+    decodes them (an int32 field keeps a value's low 32 bits, a bool is whether not 0)."""
+    rng = np.random.default_rng(7)
+    lengths = rng.integers(1, 11, size=50_000)  # every varint length, across many blocks
+    values = rng.integers(0, 2**63, size=50_000, dtype=np.uint64) >> (
+        np.uint64(64) - np.minimum(7 * lengths, 64).astype(np.uint64)
+    )
+    for name, dtype in (("int_val", np.int32), ("int64_val", np.int64), ("uint64_val", np.uint64)):
+        request = predict_pb2.PredictRequest()
+        tensor = request.inputs["x"]
+        if dtype is np.int32:
+            tensor.int_val.extend(values.astype(np.int32).tolist())
+        else:
+            getattr(tensor, name).extend(values.astype(dtype).tolist())
+        data = request.SerializeToString()
+        _, taken = parse_predict_request(data)
+        number = tensor.DESCRIPTOR.fields_by_name[name].number
+        packed = taken["x"][number]
+        assert isinstance(packed, Packed) and packed.varints is not None
+        assert packed.varints.obj is data and len(packed) == len(values)
+        expected = np.array(getattr(predict_pb2.PredictRequest.FromString(data).inputs["x"], name))
+        np.testing.assert_array_equal(packed.array(), expected.astype(dtype))
+    wide = field(7, bytes([0x85, 0x80, 0x80, 0x80, 0x80, 0x02]))  # 2**36 + 5 in an int32 field
+    flags = field(11, bytes([2, 0, 0x80, 0x01]))  # bools written as 2, 0 and 128
+    wire = field(INPUTS, field(1, b"x") + field(2, wide + flags))
+    _, taken = parse_predict_request(wire)
+    assert taken["x"][7].array().tolist() == [5] and taken["x"][11].array().tolist() == [
+        True,
+        False,
+        True,
+    ]
+    assert_read_as_protobuf_reads(wire, TF_REQUEST)
+
+
+@pytest.mark.parametrize(
+    "varints",
+    [
+        bytes([0x80] * 10 + [0x01]),  # 11 bytes
+        bytes([1] * 16_380 + [0x80] * 10 + [0x01]),  # 11 bytes, across a block's end
+        bytes([1, 0x81]),  # cut short
+    ],
+)
+def test_varints_protobuf_refuses_are_refused(varints: bytes) -> None:
+    wire = field(INPUTS, field(1, b"x") + field(2, field(10, varints)))
+    with pytest.raises(DecodeError):
+        predict_pb2.PredictRequest.FromString(wire)
+    assert_read_as_protobuf_reads(wire, TF_REQUEST)
 
 
 def test_protobufs_rules_for_map_entries() -> None:

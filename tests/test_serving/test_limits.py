@@ -444,6 +444,67 @@ def test_millions_of_repeated_values_are_refused_within_memory(
         assert grown_mb < 400, f"the server grew by {grown_mb} MB"
 
 
+def _field(number: int, wire_type: int, value: bytes = b"") -> bytes:
+    """One field as protobuf writes it (``number`` below 16); ``value`` after its length
+    if length-delimited."""
+    key = bytes([number << 3 | wire_type])
+    if wire_type != 2:
+        return key + value
+    size, length = len(value), bytearray()
+    while size > 0x7F:
+        length.append(size & 0x7F | 0x80)
+        size >>= 7
+    return key + bytes(length) + bytes([size]) + value
+
+
+def test_compact_values_are_refused_within_memory(stream_repo: Path, tmp_path: Path) -> None:
+    """57 MiB of the smallest values a field can hold, in messages gRPC lets through:
+    packed one-byte integers (TF ``int64_val`` and ``int_val``, V2 ``int64_contents``),
+    which protobuf made 4 to 8 bytes each of before anything counted them (the server grew
+    by 1,057 MB); and empty strings or integers written a field each, which only protobuf
+    reads (57 MB of empty strings took it past 1 GB).  The first are counted before they
+    are read, the others refused unread past 16 MiB, and the server serves on."""
+    values = 57 * 2**20
+    ones = b"\x01" * values
+    dims = _field(2, 2, _field(1, 0, b"\x01")) + _field(2, 2, _field(1, 0, b"\x04"))
+    shape = _field(2, 2, dims)  # a TensorProto's tensor_shape: [1, 4]
+
+    def predict(tensor: bytes) -> bytes:  # model_spec "tiny", inputs {"x": tensor}
+        entry = _field(1, 2, b"x") + _field(2, 2, tensor)
+        return _field(1, 2, _field(1, 2, TINY.encode())) + _field(2, 2, entry)
+
+    int64s = _field(1, 0, bytes([types_pb2.DT_INT64])) + shape
+    int32s = _field(1, 0, bytes([types_pb2.DT_INT32])) + shape
+    strings = _field(1, 0, bytes([types_pb2.DT_STRING])) + shape
+    described = v2.ModelInferRequest.InferInputTensor(name="x", datatype="INT64", shape=[1, 4])
+    v2_input = described.SerializeToString() + _field(5, 2, _field(3, 2, ones))  # int64_contents
+    infer = v2.ModelInferRequest(model_name=TINY).SerializeToString() + _field(5, 2, v2_input)
+    predict_method = "/tensorflow.serving.PredictionService/Predict"
+    cases = [
+        (predict_method, predict(int64s + _field(10, 2, ones)), "values given"),
+        (predict_method, predict(int32s + _field(7, 2, ones)), "values given"),
+        (predict_method, predict(strings + _field(8, 2) * (values // 2)), "at most 16 MiB"),
+        (predict_method, predict(int64s + _field(10, 0, b"\x01") * (values // 2)), "at most 16"),
+        ("/inference.GRPCInferenceService/ModelInfer", infer, "values given"),
+    ]
+    with (
+        ServerProcess(stream_repo, log=tmp_path / "serve.log") as server,
+        grpc.insecure_channel(server.grpc_target) as channel,
+    ):
+        before_kb = server.status_kb("VmRSS")
+        for method, request, words in cases:
+            error = _refused(channel.unary_unary(method), request)
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+            assert words in error.details(), error.details()
+        grown_mb = (_peak_rss_kb(server) - before_kb) // 1024
+        assert grown_mb < 300, f"the server grew by {grown_mb} MB"
+        good = predict_pb2.PredictRequest()
+        good.model_spec.name = TINY
+        good.inputs["x"].CopyFrom(to_tensor_proto(np.ones((1, 4), np.float32)))
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        assert stub.Predict(good, timeout=60).outputs["y"].tensor_shape.dim[1].size == 4
+
+
 def _settles_near(server: ServerProcess, before_kb: int, door: str) -> None:
     """The server's RSS comes back within 100 MB of ``before_kb`` in a few seconds, idle:
     no collection runs then, so memory held in a cycle would stay (a busy machine may

@@ -11,12 +11,17 @@ wherever they are, so the message is the one protobuf itself would write or read
 A packed ``repeated float`` or ``double`` is read as views too: on the wire it is the
 values' little-endian bytes, which protobuf would make into a list whose every value
 becomes a Python float when read (a 64-image ``float_val`` took 20 ms to parse and 300
-ms to read into an array).
+ms to read into an array).  Packed integers and bools are varints, a byte for a small
+value: protobuf made 8 bytes of each before anything could count them (57 MB of one-byte
+``int64_val`` took it past 1 GB), then a Python int of each.  Here they are counted
+first, so that a caller refuses more than its tensor's shape holds, and only then
+decoded, by numpy, a block of bytes at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -25,17 +30,26 @@ from google.protobuf.message import DecodeError, Message
 
 Buffer = bytes | memoryview
 M = TypeVar("M", bound=Message)
-Taken = dict[int, Buffer]
-"""A message's fields read apart, by number: a ``bytes`` field's value, or a packed
-field's values as their little-endian bytes; only those not empty."""
 
 _LENGTH_DELIMITED = 2
 _MAP_KEY, _MAP_VALUE = 1, 2  # the fields of a protobuf map entry
 _SKIPPED_WIDTHS = {1: 8, 5: 4}  # fixed64, fixed32
-_PACKED: dict[int, np.dtype] = {
+_FIXED: dict[int, np.dtype] = {  # packed as their little-endian bytes
     FieldDescriptor.TYPE_FLOAT: np.dtype("<f4"),
     FieldDescriptor.TYPE_DOUBLE: np.dtype("<f8"),
 }
+_VARINTS: dict[int, np.dtype] = {  # packed as varints, which protobuf cuts to the type's bits
+    FieldDescriptor.TYPE_INT32: np.dtype(np.int32),
+    FieldDescriptor.TYPE_INT64: np.dtype(np.int64),
+    FieldDescriptor.TYPE_UINT32: np.dtype(np.uint32),
+    FieldDescriptor.TYPE_UINT64: np.dtype(np.uint64),
+    FieldDescriptor.TYPE_BOOL: np.dtype(np.bool_),
+}
+_MOST_VARINT_BYTES = 10
+_VARINT_BLOCK = 1 << 14
+"""Bytes of varints looked at at once.  Their working arrays (8 bytes a value, a few of
+them) then stay under the 128 KiB that glibc hands back to the system when freed: made
+anew for each of a request's 1 MiB blocks, they cost page faults that tripled the time."""
 _MOST_FIELDS = 1024
 """Fields a walk steps over.  A message of more at its top level (inputs, outputs,
 parameters: a model has a few) is refused unread, as protobuf would make an object of
@@ -43,8 +57,27 @@ each: 5 million empty ``outputs`` (10 MB) took 255 MB.  A tensor of more (its
 ``string_val``) is read by protobuf: walking 15 million took 54 s and 5 GB."""
 
 
+MOST_READ_WHOLE = 16 << 20
+"""The largest request protobuf reads whole, where the walk cannot take its tensors apart
+(a tensor of more than ``_MOST_FIELDS`` fields: its ``string_val``, or numbers written a
+field each).  protobuf makes 8 to 16 bytes of every value, and twice that while a list
+grows: 57 MB of empty strings took it past 1 GB, of unpacked one-byte int64 to 480 MB."""
+
+
 class TooManyFields(DecodeError):
     """A message with more than ``_MOST_FIELDS`` fields at its top level."""
+
+
+class TooLargeToReadWhole(DecodeError):
+    """A message past ``MOST_READ_WHOLE`` that only protobuf could read."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(
+            f"the message ({size / 2**20:.1f} MiB) has a tensor of more than {_MOST_FIELDS} "
+            "fields (strings, or numbers not packed) or fields that cannot be stepped over; "
+            f"such a message may take at most {MOST_READ_WHOLE >> 20} MiB: send numbers as "
+            "raw contents or packed, or fewer strings a request"
+        )
 
 
 def with_bytes_field(message: Message, number: int, values: Sequence[Buffer]) -> bytes:
@@ -81,6 +114,7 @@ def split_tensor_data(
     raw_number: int,
     tensors_number: int,
     numbers: Collection[int],
+    most_whole: int | None = None,
 ) -> tuple[M, list[Buffer], list[Taken]]:
     """The message ``data`` holds without its ``repeated bytes`` field ``raw_number`` nor
     the fields ``numbers`` of the ``contents`` of its repeated tensors (field
@@ -92,7 +126,8 @@ def split_tensor_data(
     field), a tensor of more than ``_MOST_FIELDS`` fields, or a repeated number written
     unpacked (a field a value) or cut short sends the whole message to protobuf, so a
     malformed one fails with protobuf's own ``DecodeError``.  More than ``_MOST_FIELDS``
-    fields at the top level: ``TooManyFields``.
+    fields at the top level: ``TooManyFields``; a message for protobuf of more than
+    ``most_whole`` bytes: ``TooLargeToReadWhole``.
     """
     tensor_type = message_type.DESCRIPTOR.fields_by_number[tensors_number].message_type
     assert tensor_type is not None  # a repeated message field
@@ -100,7 +135,7 @@ def split_tensor_data(
     fields = _described(contents.message_type, numbers)
     split = _split_tensors(memoryview(data), raw_number, (tensors_number, contents.number), fields)
     if split is None:
-        message = message_type.FromString(data)
+        message = _read_whole(data, message_type, most_whole)
         by_number = message_type.DESCRIPTOR.fields_by_number
         raw: list[Buffer] = list(getattr(message, by_number[raw_number].name))
         message.ClearField(by_number[raw_number].name)
@@ -133,15 +168,22 @@ def _split_tensors(
             if tensor is None:
                 return None
             parts, found = tensor
+            joined = _joined(found, fields)
+            if joined is None:
+                return None
             rest += length_delimited(path[0], parts)
-            taken.append(_joined(found, fields))
+            taken.append(joined)
         else:
             rest.append(view[start:stop])
     return rest, raw, taken
 
 
 def split_map_bytes(
-    data: bytes, message_type: type[M], map_number: int, numbers: Collection[int]
+    data: bytes,
+    message_type: type[M],
+    map_number: int,
+    numbers: Collection[int],
+    most_whole: int | None = None,
 ) -> tuple[M, dict[str, Taken]]:
     """The message ``data`` holds without the fields ``numbers`` of the values of its
     ``map<string, message>`` field ``map_number``, and those fields as views of ``data``,
@@ -154,14 +196,14 @@ def split_map_bytes(
     of its key.  The whole message goes to protobuf where an entry has any other field
     (protobuf keeps it out of the map, as an unknown field of the message), a value has
     more than ``_MOST_FIELDS`` fields, or a repeated number is written unpacked (a field
-    a value) or packed into bytes its width does not divide (which protobuf refuses).
+    a value) or cut short (which protobuf refuses), within ``most_whole`` bytes.
     """
     entry_type = message_type.DESCRIPTOR.fields_by_number[map_number].message_type
     assert entry_type is not None  # a map field's entries are messages
     fields = _described(entry_type.fields_by_name["value"].message_type, numbers)
     split = _split_map(memoryview(data), map_number, fields)
     if split is None:
-        message = message_type.FromString(data)
+        message = _read_whole(data, message_type, most_whole)
         tensors = getattr(message, message_type.DESCRIPTOR.fields_by_number[map_number].name)
         taken = {name: _taken_from(value, fields) for name, value in tensors.items()}
         return message, {name: found for name, found in taken.items() if found}
@@ -169,9 +211,56 @@ def split_map_bytes(
     return message_type.FromString(b"".join(rest)), taken
 
 
-Fields = dict[int, tuple[str, np.dtype | None]]
-"""Fields taken out of a message, by number: each one's name, and the type of its packed
-values (None for a ``bytes`` field)."""
+@dataclass(frozen=True)
+class Packed:
+    """A repeated number field's values: counted, and made an array only when asked
+    (``array``), so that a caller can refuse more than it takes first."""
+
+    dtype: np.dtype  # the field's own type (``int32`` for an ``int32`` field)
+    count: int
+    values: np.ndarray | None = None  # an array (fixed-width values: views of the wire)
+    varints: Buffer | None = None  # or varints, whole
+    held: Sequence[Any] | None = None  # or the numbers protobuf read
+
+    def __len__(self) -> int:
+        return self.count
+
+    def array(self) -> np.ndarray:
+        if self.values is not None:
+            return self.values
+        if self.varints is not None:
+            return _decode_varints(self.varints, self.count, self.dtype)
+        assert self.held is not None
+        return np.fromiter(self.held, dtype=self.dtype, count=self.count)
+
+
+Taken = dict[int, Buffer | Packed]
+"""A message's fields read apart, by number: a ``bytes`` field's value, or a packed
+field's values; only those not empty."""
+
+
+def held_values(message: Message, number: int) -> Packed:
+    """The repeated number field ``number`` of a message protobuf read."""
+    field = message.DESCRIPTOR.fields_by_number[number]
+    held = getattr(message, field.name)
+    return Packed(_number_type(field), len(held), held=held)
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    dtype: np.dtype | None  # of its packed values; None for a ``bytes`` field
+    varint: bool = False
+
+
+def _read_whole(data: bytes, message_type: type[M], most_bytes: int | None) -> M:
+    if most_bytes is not None and len(data) > most_bytes:
+        raise TooLargeToReadWhole(len(data))
+    return message_type.FromString(data)
+
+
+Fields = dict[int, _Field]
+"""Fields taken out of a message, by number."""
 
 
 def _described(message_type: Any, numbers: Collection[int]) -> Fields:
@@ -179,21 +268,27 @@ def _described(message_type: Any, numbers: Collection[int]) -> Fields:
     fields: Fields = {}
     for number in numbers:
         field = message_type.fields_by_number[number]
-        packed = None if field.type == FieldDescriptor.TYPE_BYTES else _PACKED[field.type]
-        fields[number] = field.name, packed
+        if field.type == FieldDescriptor.TYPE_BYTES:
+            fields[number] = _Field(field.name, None)
+        else:
+            fields[number] = _Field(field.name, _number_type(field), field.type in _VARINTS)
     return fields
+
+
+def _number_type(field: Any) -> np.dtype:
+    return _VARINTS[field.type] if field.type in _VARINTS else _FIXED[field.type]
 
 
 def _taken_from(message: Any, fields: Fields) -> Taken:
     """``fields`` taken out of a message protobuf read, as the walk gives them."""
     found: Taken = {}
-    for number, (name, packed) in fields.items():
-        held = getattr(message, name)
-        if len(held) and packed is None:
+    for number, field in fields.items():
+        held = getattr(message, field.name)
+        if len(held) and field.dtype is None:
             found[number] = held
-        elif len(held):  # protobuf made them Python numbers
-            found[number] = np.fromiter(held, dtype=packed, count=len(held)).data.cast("B")
-        message.ClearField(name)
+        elif len(held):  # protobuf made them Python numbers, kept when cleared below
+            found[number] = held_values(message, number)
+        message.ClearField(field.name)
     return found
 
 
@@ -243,8 +338,11 @@ def _map_entry(view: memoryview, fields: Fields) -> tuple[str, Taken, list[Buffe
             parts.append(view[start:stop])
         else:
             return None  # protobuf keeps such an entry out of the map, as an unknown field
+    joined = _joined(found, fields)
+    if joined is None:
+        return None
     # A key that is not UTF-8 fails protobuf's parse of the whole message later.
-    return bytes(name).decode("utf-8", "replace"), _joined(found, fields), parts
+    return bytes(name).decode("utf-8", "replace"), joined, parts
 
 
 def _take(
@@ -267,9 +365,7 @@ def _take(
             kept += length_delimited(path[0], parts)
             _add_pieces(found, pieces)
         elif not path and key >> 3 in fields:
-            packed = fields[key >> 3][1]
-            width = 1 if packed is None else packed.itemsize
-            if key & 7 != _LENGTH_DELIMITED or (stop - value) % width:
+            if key & 7 != _LENGTH_DELIMITED or not _whole(view[value:stop], fields[key >> 3]):
                 return None  # numbers a field each, or cut short: protobuf's to read
             found.setdefault(key >> 3, []).append(view[value:stop])
         else:
@@ -292,22 +388,117 @@ def _walked(view: memoryview) -> list[tuple[int, int, int, int]] | None:
         return None
 
 
-def _joined(found: dict[int, list[Buffer]], fields: Fields) -> Taken:
-    """A ``bytes`` field's last value, a packed field's values together; none empty."""
+def _whole(piece: memoryview, field: _Field) -> bool:
+    """Whether a packed field's piece holds whole values (protobuf refuses it otherwise)."""
+    if field.varint:
+        return not piece or piece[-1] < 0x80
+    return field.dtype is None or len(piece) % field.dtype.itemsize == 0
+
+
+def _joined(found: dict[int, list[Buffer]], fields: Fields) -> Taken | None:
+    """A ``bytes`` field's last value, a packed field's values together; none empty.
+    None for varints protobuf refuses (one of more than 10 bytes)."""
     joined: Taken = {}
     for number, parts in found.items():
-        last_or_all = fields[number][1] is None or len(parts) == 1
-        value = parts[-1] if last_or_all else b"".join(parts)
-        if len(value):
+        field = fields[number]
+        value = parts[-1] if field.dtype is None or len(parts) == 1 else b"".join(parts)
+        if not len(value):
+            continue
+        if field.dtype is None:
             joined[number] = value
+        elif not field.varint:
+            values = np.frombuffer(value, dtype=field.dtype)
+            joined[number] = Packed(field.dtype, len(values), values=values)
+        else:
+            count = _count_varints(value)
+            if count is None:
+                return None
+            joined[number] = Packed(field.dtype, count, varints=value)
     return joined
 
 
-def packed_array(read_apart: Taken, number: int | None, dtype: np.dtype) -> np.ndarray | None:
-    """The packed field ``number`` of ``read_apart``, as an array of ``dtype`` (a view of
-    its bytes); None where that field was not read apart (or ``number`` is None)."""
-    packed = None if number is None else read_apart.get(number)
-    return None if packed is None else np.frombuffer(packed, dtype=dtype.newbyteorder("<"))
+def taken_bytes(read_apart: Taken, number: int) -> Buffer | None:
+    """The ``bytes`` field ``number`` of ``read_apart``, if it was read apart."""
+    value = read_apart.get(number)
+    assert not isinstance(value, Packed), f"field {number} is no bytes field"
+    return value
+
+
+def taken_packed(read_apart: Taken, number: int | None) -> Packed | None:
+    """The packed field ``number`` of ``read_apart``; None where it was not read apart
+    (or ``number`` is None)."""
+    value = None if number is None else read_apart.get(number)
+    assert value is None or isinstance(value, Packed), f"field {number} is not packed"
+    return value
+
+
+def _varint_blocks(wire: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``wire`` (bytes of varints) a block of about ``_VARINT_BLOCK`` at a time, each cut
+    after a varint's last byte: where the block starts, and where in it each of its
+    varints ends.  A block without an end (more than 10 bytes with no varint ending in
+    them) is the last one given."""
+    start = 0
+    while start < len(wire):
+        block = wire[start : start + _VARINT_BLOCK]
+        ends = np.flatnonzero(block < 0x80)
+        yield start, ends
+        if not len(ends):
+            return
+        start += int(ends[-1]) + 1
+
+
+def _count_varints(wire: Buffer) -> int | None:
+    """How many varints ``wire`` holds; None if it does not end with a whole one, or one
+    runs past 10 bytes (protobuf's limit)."""
+    data = np.frombuffer(wire, dtype=np.uint8)
+    if len(data) and data[-1] >= 0x80:
+        return None
+    count = 0
+    for start in range(0, len(data), _VARINT_BLOCK):
+        # Overlapping the next block by 9 bytes, so that a run across the cut is seen.
+        going_on = data[start : start + _VARINT_BLOCK + _MOST_VARINT_BYTES - 1] >= 0x80
+        count += min(_VARINT_BLOCK, len(data) - start) - int(
+            np.count_nonzero(going_on[:_VARINT_BLOCK])
+        )
+        # Runs of 2, 4, 8, then 10 bytes that all go on: a varint of 11 bytes or more.
+        for step in (1, 2, 4, 2):
+            going_on = going_on[:-step] & going_on[step:]
+        if going_on.any():
+            return None
+    return count
+
+
+def _decode_varints(wire: Buffer, count: int, dtype: np.dtype) -> np.ndarray:
+    """The ``count`` varints of ``wire`` (``_count_varints`` found them whole) as
+    ``dtype``, cut to its bits as protobuf cuts them (a bool: whether not 0)."""
+    data = np.frombuffer(wire, dtype=np.uint8)
+    out = np.empty(count, dtype=dtype)
+    done = 0
+    for start, ends in _varint_blocks(data):
+        block = data[start : start + int(ends[-1]) + 1]
+        values = _block_values(block, ends)
+        if dtype.kind == "b":
+            out[done : done + len(ends)] = values != 0
+        else:  # numpy casts integers by keeping their low bits
+            out[done : done + len(ends)] = values.view(np.int64 if dtype.kind == "i" else np.uint64)
+        done += len(ends)
+    return out
+
+
+def _block_values(block: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The varints of ``block``, which ends with one, as 64-bit numbers."""
+    if len(ends) == len(block):  # each a byte: below 128
+        return block.astype(np.uint64)
+    firsts = np.empty_like(ends)
+    firsts[0] = 0
+    firsts[1:] = ends[:-1] + 1
+    extra = ends - firsts  # bytes after each one's first
+    values = (block[firsts] & 0x7F).astype(np.uint64)
+    for byte in range(1, int(extra.max()) + 1):
+        longer = np.flatnonzero(extra >= byte)
+        more = (block[firsts[longer] + byte] & 0x7F).astype(np.uint64)
+        values[longer] |= more << np.uint64(7 * byte)  # the 10th byte's bit 63 only, as protobuf
+    return values
 
 
 def _key(number: int) -> int:

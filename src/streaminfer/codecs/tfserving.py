@@ -18,19 +18,22 @@ from streaminfer.codecs.arrays import (
     bytes_array,
     element_count,
     element_limit,
-    from_values,
+    fitted,
     native,
     shaped,
     wrong_count,
 )
 from streaminfer.codecs.errors import DecodeError, EncodeError
 from streaminfer.codecs.protowire import (
+    MOST_READ_WHOLE,
     Buffer,
     Taken,
+    held_values,
     length_delimited,
     map_entry,
-    packed_array,
     split_map_bytes,
+    taken_bytes,
+    taken_packed,
 )
 from streaminfer.codecs.raw import from_raw, raw_buffer, to_raw
 from streaminfer.protos.tfserving import predict_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
@@ -103,11 +106,12 @@ _INPUTS = predict_pb2.PredictRequest.DESCRIPTOR.fields_by_name["inputs"].number
 _OUTPUTS = predict_pb2.PredictResponse.DESCRIPTOR.fields_by_name["outputs"].number
 _TENSOR_FIELDS = tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name
 _TENSOR_CONTENT = _TENSOR_FIELDS["tensor_content"].number
-_PACKED_VALUES = {  # read apart with tensor_content, as the values' bytes
-    types_pb2.DT_FLOAT: _TENSOR_FIELDS["float_val"].number,
-    types_pb2.DT_DOUBLE: _TENSOR_FIELDS["double_val"].number,
+_NUMBER_FIELDS = {  # read apart with tensor_content, counted before they become an array
+    enum: _TENSOR_FIELDS[field].number
+    for enum, field in VALUE_FIELDS.items()
+    if field != "string_val"
 }
-_READ_APART = (_TENSOR_CONTENT, *_PACKED_VALUES.values())
+_READ_APART = (_TENSOR_CONTENT, *sorted(set(_NUMBER_FIELDS.values())))
 
 
 def predict_request_bytes(request: predict_pb2.PredictRequest, inputs: Tensors) -> bytes:
@@ -136,15 +140,16 @@ def _with_tensor_map(message: Message, map_number: int, tensors: Tensors) -> byt
 
 
 def parse_predict_request(data: bytes) -> tuple[predict_pb2.PredictRequest, dict[str, Taken]]:
-    """A serialized ``PredictRequest`` without its inputs' ``tensor_content``, ``float_val``
-    and ``double_val``, and those, as views of ``data``, by input name. Raises protobuf's
-    ``DecodeError`` for a malformed one."""
-    return split_map_bytes(data, predict_pb2.PredictRequest, _INPUTS, _READ_APART)
+    """A serialized ``PredictRequest`` without its inputs' ``tensor_content`` and typed
+    number fields (``float_val``, ``int_val``, ...), and those, as views of ``data`` (the
+    numbers counted, not yet read), by input name. Raises protobuf's ``DecodeError`` for a
+    malformed one."""
+    return split_map_bytes(data, predict_pb2.PredictRequest, _INPUTS, _READ_APART, MOST_READ_WHOLE)
 
 
 def parse_predict_response(data: bytes) -> tuple[predict_pb2.PredictResponse, dict[str, Taken]]:
-    """A serialized ``PredictResponse`` without its outputs' ``tensor_content``,
-    ``float_val`` and ``double_val``, and those, as views of ``data``, by output name (as
+    """A serialized ``PredictResponse`` without its outputs' ``tensor_content`` and typed
+    number fields, and those, as views of ``data``, by output name (as
     ``parse_predict_request`` reads a request)."""
     return split_map_bytes(data, predict_pb2.PredictResponse, _OUTPUTS, _READ_APART)
 
@@ -167,21 +172,23 @@ def from_tensor_proto(
     shape = [d.size for d in proto.tensor_shape.dim]
     count = element_count(name, shape, element_limit(dtype))  # before any value is read
     read_apart = read_apart or {}
-    content = read_apart.get(_TENSOR_CONTENT, proto.tensor_content)
+    content = taken_bytes(read_apart, _TENSOR_CONTENT)
+    content = proto.tensor_content if content is None else content
     if len(content) and dtype != BYTES:
         return from_raw(name, dtype, shape, content)
-    packed = packed_array(read_apart, _PACKED_VALUES.get(proto.dtype), dtype)
-    values = getattr(proto, VALUE_FIELDS[proto.dtype]) if packed is None else packed
+    if dtype == BYTES:
+        strings = proto.string_val
+        if len(strings) > max(count, 1):
+            raise wrong_count(name, len(strings), shape, count)
+        return _fill(name, bytes_array(list(strings)), shape)
+    number = _NUMBER_FIELDS[proto.dtype]
+    values = taken_packed(read_apart, number) or held_values(proto, number)
     if len(values) > max(count, 1):  # more than the shape holds (or one fills): unread
         raise wrong_count(name, len(values), shape, count)
-    if isinstance(values, np.ndarray):
-        flat = values
-    elif dtype == BYTES:
-        flat = bytes_array(list(values))
-    elif proto.dtype == types_pb2.DT_HALF:
-        flat = from_values(name, values, np.dtype(np.uint16)).view(np.float16)
+    if proto.dtype == types_pb2.DT_HALF:  # half_val holds the bit patterns, as int32
+        flat = fitted(name, values.array(), np.dtype(np.uint16)).view(np.float16)
     else:
-        flat = from_values(name, values, dtype)
+        flat = fitted(name, values.array(), dtype)
     return _fill(name, flat, shape)
 
 

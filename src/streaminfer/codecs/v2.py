@@ -18,16 +18,18 @@ from streaminfer.codecs.arrays import (
     bytes_array,
     element_count,
     element_limit,
-    from_values,
+    fitted,
     native,
     wrong_count,
 )
 from streaminfer.codecs.errors import DecodeError, EncodeError
 from streaminfer.codecs.protowire import (
+    MOST_READ_WHOLE,
     Buffer,
     Taken,
-    packed_array,
+    held_values,
     split_tensor_data,
+    taken_packed,
     with_bytes_field,
 )
 from streaminfer.codecs.raw import from_raw, raw_buffer
@@ -95,10 +97,12 @@ RAW_INPUT_CONTENTS = v2.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_c
 RAW_OUTPUT_CONTENTS = v2.ModelInferResponse.DESCRIPTOR.fields_by_name["raw_output_contents"].number
 _INPUTS = v2.ModelInferRequest.DESCRIPTOR.fields_by_name["inputs"].number
 _OUTPUTS = v2.ModelInferResponse.DESCRIPTOR.fields_by_name["outputs"].number
-_PACKED_CONTENTS = {  # read apart with the raw contents, as the values' bytes
-    datatype: v2.InferTensorContents.DESCRIPTOR.fields_by_name[CONTENT_FIELDS[datatype]].number
-    for datatype in ("FP32", "FP64")
+_NUMBER_CONTENTS = {  # read apart with the raw contents, counted before they become an array
+    datatype: v2.InferTensorContents.DESCRIPTOR.fields_by_name[field].number
+    for datatype, field in CONTENT_FIELDS.items()
+    if field != "bytes_contents"
 }
+_READ_APART = sorted(set(_NUMBER_CONTENTS.values()))
 
 
 def infer_request_bytes(request: v2.ModelInferRequest, inputs: Tensors) -> bytes:
@@ -124,19 +128,20 @@ def _described(tensors: Tensors, described: RepeatedCompositeFieldContainer[Any]
 
 def parse_infer_request(data: bytes) -> tuple[v2.ModelInferRequest, list[Buffer], list[Taken]]:
     """A serialized ``ModelInferRequest`` without its ``raw_input_contents`` nor its inputs'
-    ``fp32_contents`` and ``fp64_contents``, and those as views of ``data`` (the second a
-    ``Taken`` an input). Raises protobuf's ``DecodeError`` for a malformed message."""
+    typed number contents (``fp32_contents``, ``int64_contents``, ...), and those as views
+    of ``data`` (the second a ``Taken`` an input, its numbers counted, not yet read).
+    Raises protobuf's ``DecodeError`` for a malformed message."""
     return split_tensor_data(
-        data, v2.ModelInferRequest, RAW_INPUT_CONTENTS, _INPUTS, _PACKED_CONTENTS.values()
+        data, v2.ModelInferRequest, RAW_INPUT_CONTENTS, _INPUTS, _READ_APART, MOST_READ_WHOLE
     )
 
 
 def parse_infer_response(data: bytes) -> tuple[v2.ModelInferResponse, list[Buffer], list[Taken]]:
     """A serialized ``ModelInferResponse`` without its ``raw_output_contents`` nor its
-    outputs' packed float contents, and those as views of ``data``, as
+    outputs' typed number contents, and those as views of ``data``, as
     ``parse_infer_request`` reads a request."""
     return split_tensor_data(
-        data, v2.ModelInferResponse, RAW_OUTPUT_CONTENTS, _OUTPUTS, _PACKED_CONTENTS.values()
+        data, v2.ModelInferResponse, RAW_OUTPUT_CONTENTS, _OUTPUTS, _READ_APART
     )
 
 
@@ -173,12 +178,13 @@ def _read_grpc_tensor(tensor: GrpcTensor, raw: Buffer | None, read_apart: Taken)
             f"tensor {tensor.name!r}: {tensor.datatype} data must be sent as raw contents"
         )
     count = element_count(tensor.name, shape, element_limit(dtype))
-    packed = packed_array(read_apart, _PACKED_CONTENTS.get(tensor.datatype), dtype)
-    values = getattr(tensor.contents, field) if packed is None else packed
+    if dtype == BYTES:
+        strings = tensor.contents.bytes_contents
+        if len(strings) != count:
+            raise wrong_count(tensor.name, len(strings), shape, count)
+        return bytes_array(list(strings)).reshape(shape)
+    number = _NUMBER_CONTENTS[tensor.datatype]
+    values = taken_packed(read_apart, number) or held_values(tensor.contents, number)
     if len(values) != count:  # before they are read
         raise wrong_count(tensor.name, len(values), shape, count)
-    if isinstance(values, np.ndarray):
-        return values.reshape(shape)
-    if dtype == BYTES:
-        return bytes_array(list(values)).reshape(shape)
-    return from_values(tensor.name, values, dtype).reshape(shape)
+    return fitted(tensor.name, values.array(), dtype).reshape(shape)
