@@ -126,6 +126,8 @@ tensors = st.builds(
     tensor_content=st.binary(max_size=64),
     float_val=st.lists(st.floats(width=32, allow_nan=False), max_size=8),
     int_val=st.lists(st.integers(-(2**31), 2**31 - 1), max_size=8),
+    int64_val=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=4),
+    bool_val=st.lists(st.booleans(), max_size=4),
     string_val=st.lists(st.binary(max_size=16), max_size=3),
     half_val=st.lists(st.integers(0, 2**31 - 1), max_size=4),
 )
@@ -161,6 +163,8 @@ v2_inputs = st.builds(
         fp32_contents=st.lists(st.floats(width=32, allow_nan=False), max_size=6),
         bytes_contents=st.lists(st.binary(max_size=12), max_size=3),
         uint_contents=st.lists(st.integers(0, 2**32 - 1), max_size=4),
+        int64_contents=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=4),
+        bool_contents=st.lists(st.booleans(), max_size=4),
     ),
 )
 
@@ -239,8 +243,19 @@ def _valid_messages() -> dict[str, bytes]:
             float_val=[0.5],
         )
     )
+    pixels = predict_pb2.PredictRequest()  # uint8, one pixel value filling the image
+    pixels.model_spec.name = MODEL
+    pixels.inputs["input"].CopyFrom(fill.inputs["input"])
+    pixels.inputs["input"].ClearField("float_val")
+    pixels.inputs["input"].dtype = 4  # DT_UINT8
+    pixels.inputs["input"].int_val.append(200)
     infer = v2.ModelInferRequest(model_name=MODEL, raw_input_contents=[to_raw(bytes_array([jpeg]))])
     infer.inputs.add(name="images", datatype="BYTES", shape=[1])
+    typed = v2.ModelInferRequest(model_name=MODEL)  # uint8 pixels, packed varints
+    typed.inputs.add(name="input", datatype="UINT8", shape=[1, 3, 224, 224])
+    typed.inputs[0].contents.uint_contents.extend(
+        random.Random(5).choices(range(256), k=3 * 224 * 224)
+    )
     metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     metadata.model_spec.name = MODEL
     status = get_model_status_pb2.GetModelStatusRequest()
@@ -253,7 +268,9 @@ def _valid_messages() -> dict[str, bytes]:
         "/tensorflow.serving.InceptionService/Classify": inception_pb2.InceptionRequest(
             jpeg_encoded=jpeg
         ).SerializeToString(),
+        "/tensorflow.serving.PredictionService/Predict#ints": pixels.SerializeToString(),
         "/inference.GRPCInferenceService/ModelInfer": infer.SerializeToString(),
+        "/inference.GRPCInferenceService/ModelInfer#ints": typed.SerializeToString(),
         "/inference.GRPCInferenceService/ModelMetadata": v2.ModelMetadataRequest(
             name=MODEL, version="1"
         ).SerializeToString(),
