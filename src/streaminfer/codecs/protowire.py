@@ -20,7 +20,7 @@ decoded, by numpy, a block of bytes at a time.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -211,6 +211,12 @@ def split_map_bytes(
     return message_type.FromString(b"".join(rest)), taken
 
 
+def _read_whole(data: bytes, message_type: type[M], most_bytes: int | None) -> M:
+    if most_bytes is not None and len(data) > most_bytes:
+        raise TooLargeToReadWhole(len(data))
+    return message_type.FromString(data)
+
+
 @dataclass(frozen=True)
 class Packed:
     """A repeated number field's values: counted, and made an array only when asked
@@ -251,12 +257,6 @@ class _Field:
     name: str
     dtype: np.dtype | None  # of its packed values; None for a ``bytes`` field
     varint: bool = False
-
-
-def _read_whole(data: bytes, message_type: type[M], most_bytes: int | None) -> M:
-    if most_bytes is not None and len(data) > most_bytes:
-        raise TooLargeToReadWhole(len(data))
-    return message_type.FromString(data)
 
 
 Fields = dict[int, _Field]
@@ -432,21 +432,6 @@ def taken_packed(read_apart: Taken, number: int | None) -> Packed | None:
     return value
 
 
-def _varint_blocks(wire: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """``wire`` (bytes of varints) a block of about ``_VARINT_BLOCK`` at a time, each cut
-    after a varint's last byte: where the block starts, and where in it each of its
-    varints ends.  A block without an end (more than 10 bytes with no varint ending in
-    them) is the last one given."""
-    start = 0
-    while start < len(wire):
-        block = wire[start : start + _VARINT_BLOCK]
-        ends = np.flatnonzero(block < 0x80)
-        yield start, ends
-        if not len(ends):
-            return
-        start += int(ends[-1]) + 1
-
-
 def _count_varints(wire: Buffer) -> int | None:
     """How many varints ``wire`` holds; None if it does not end with a whole one, or one
     runs past 10 bytes (protobuf's limit)."""
@@ -473,14 +458,16 @@ def _decode_varints(wire: Buffer, count: int, dtype: np.dtype) -> np.ndarray:
     ``dtype``, cut to its bits as protobuf cuts them (a bool: whether not 0)."""
     data = np.frombuffer(wire, dtype=np.uint8)
     out = np.empty(count, dtype=dtype)
-    done = 0
-    for start, ends in _varint_blocks(data):
+    start = done = 0
+    while done < count:  # a block at a time, cut after the last varint that ends in it
+        ends = np.flatnonzero(data[start : start + _VARINT_BLOCK] < 0x80)
         block = data[start : start + int(ends[-1]) + 1]
         values = _block_values(block, ends)
         if dtype.kind == "b":
             out[done : done + len(ends)] = values != 0
         else:  # numpy casts integers by keeping their low bits
             out[done : done + len(ends)] = values.view(np.int64 if dtype.kind == "i" else np.uint64)
+        start += len(block)
         done += len(ends)
     return out
 
