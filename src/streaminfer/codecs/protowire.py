@@ -64,19 +64,25 @@ field each).  protobuf makes 8 to 16 bytes of every value, and twice that while 
 grows: 57 MB of empty strings took it past 1 GB, of unpacked one-byte int64 to 480 MB."""
 
 
-class TooManyFields(DecodeError):
+class Unread(DecodeError):
+    """A message refused before protobuf reads it, past a bound of the server's: valid
+    protobuf, maybe, but not a request to read."""
+
+
+class TooManyFields(Unread):
     """A message with more than ``_MOST_FIELDS`` fields at its top level."""
 
 
-class TooLargeToReadWhole(DecodeError):
+class TooLargeToReadWhole(Unread):
     """A message past ``MOST_READ_WHOLE`` that only protobuf could read."""
 
     def __init__(self, size: int) -> None:
         super().__init__(
-            f"the message ({size / 2**20:.1f} MiB) has a tensor of more than {_MOST_FIELDS} "
-            "fields (strings, or numbers not packed) or fields that cannot be stepped over; "
-            f"such a message may take at most {MOST_READ_WHOLE >> 20} MiB: send numbers as "
-            "raw contents or packed, or fewer strings a request"
+            f"the message ({size / 2**20:.1f} MiB) cannot be taken apart: it is not a valid "
+            f"message of this method, or has a tensor of more than {_MOST_FIELDS} fields "
+            "(strings, or numbers not packed); protobuf reads such a message whole up to "
+            f"{MOST_READ_WHOLE >> 20} MiB only: send numbers packed or as raw contents, or "
+            "fewer strings a request"
         )
 
 

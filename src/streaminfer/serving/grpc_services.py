@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from streaminfer.allocator import LARGE_BLOCK, trim_heaps
-from streaminfer.codecs.protowire import check_field_count
+from streaminfer.codecs.protowire import Unread, check_field_count
 from streaminfer.errors import drop_tracebacks
 from streaminfer.serving.auth import BearerAuth
 from streaminfer.serving.errors import Unauthenticated, describe
@@ -201,15 +201,15 @@ class RequestReader(grpc.aio.ServerInterceptor):
             trim_heaps()  # on the loop: 1-7 ms, where parsing 60 MB takes 55-140
         try:
             return parse(data), large
+        except Unread as exc:
+            reason = f"the request is refused unread: {exc}"
         except (DecodeError, RecursionError, ValueError) as exc:
-            reason = str(exc)[:200]  # not the error: its frames hold the request
+            # Not the error itself: its frames hold the request.
+            reason = f"the request is not a valid protobuf message of this method: {exc}"
         del data
         if large:
             self._trimmer.trim()
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"the request is not a valid protobuf message of this method: {reason}",
-        )
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason[:300])
         raise AssertionError("context.abort raises")  # its stubs do not say so
 
     async def _read(self, context: grpc.aio.ServicerContext) -> Any:
