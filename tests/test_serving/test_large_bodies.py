@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import threading
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -182,3 +183,48 @@ def test_connections_that_trickle_small_bodies_hold_their_pool_only(
         assert small.status_code == 200, small.text
         assert server.gauge("streaminfer_server_body_bytes_held") == 0
         assert server.gauge("streaminfer_server_bodies_waiting") == 0
+
+
+def test_a_client_that_leaves_mid_body_leaves_no_traceback(
+    stream_repo: Path, tmp_path: Path
+) -> None:
+    """A client that sends part of a body and goes away, whatever its framing (a declared
+    length, chunks, chunks of a deflated body), is nobody's error: the server logged
+    aiohttp's "Connection lost" as a request that failed unexpectedly.  Its reservation is
+    given back, and the next request is answered."""
+    heads = {
+        "length": "Content-Length: 100000\r\n",
+        "chunked": "Transfer-Encoding: chunked\r\n",
+        "deflated": "Transfer-Encoding: chunked\r\nContent-Encoding: deflate\r\n",
+    }
+    with ServerProcess(stream_repo, log=tmp_path / "serve.log") as server:
+        host, port = server.rest_target.rsplit(":", 1)
+        start = b'{"instances": [' + b"[1.5,2.5,3.5,4.5]," * 100
+        deflating = zlib.compressobj()
+        deflated = deflating.compress(start) + deflating.flush(zlib.Z_SYNC_FLUSH)
+        parts = {
+            "length": start,
+            "chunked": f"{len(start):x}\r\n".encode() + start + b"\r\n",
+            "deflated": f"{len(deflated):x}\r\n".encode() + deflated + b"\r\n",
+        }
+        for framing, head in heads.items():
+            connection = socket.create_connection((host, int(port)))
+            part = parts[framing]
+            connection.sendall(
+                f"POST {TINY_PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                f"\r\n{head}\r\n".encode()
+                + part
+            )
+            wait_for(
+                lambda: server.gauge("streaminfer_server_body_bytes_held") > 0,
+                what=f"the {framing} body to be read",
+            )
+            connection.close()
+            wait_for(
+                lambda: server.gauge("streaminfer_server_body_bytes_held") == 0,
+                what=f"the {framing} body's reservation to be given back",
+            )
+        with server.client() as client:
+            answer = client.post(TINY_PREDICT, json={"instances": [[1.0, 2.0, 3.0, 4.0]]})
+        assert answer.status_code == 200, answer.text
+        assert "Traceback" not in server.log, server.log[-3000:]

@@ -150,6 +150,10 @@ async def read_body(request: web.Request) -> bytes | bytearray:
         unreadable = web.HTTPBadRequest(text=f"the body cannot be read: {cause}")
         unreadable.force_close()  # aiohttp ends the connection after it: tell the client
         raise unreadable from None
+    except ConnectionResetError:  # the client left mid-body: nobody to answer, nothing wrong
+        lost = web.HTTPBadRequest(text="the connection was lost before the body arrived")
+        lost.force_close()
+        raise lost from None
 
 
 async def _read_exactly(content: StreamReader, length: int) -> bytearray:
