@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from streaminfer.codecs.arrays import MAX_DIMS
+from streaminfer.codecs.protowire import length_delimited
 from streaminfer.codecs.tfserving import to_tensor_proto
 from streaminfer.models.metadata import IMAGE_MAX_BATCH, TENSOR_MAX_BATCH
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
@@ -447,14 +448,9 @@ def test_millions_of_repeated_values_are_refused_within_memory(
 def _field(number: int, wire_type: int, value: bytes = b"") -> bytes:
     """One field as protobuf writes it (``number`` below 16); ``value`` after its length
     if length-delimited."""
-    key = bytes([number << 3 | wire_type])
-    if wire_type != 2:
-        return key + value
-    size, length = len(value), bytearray()
-    while size > 0x7F:
-        length.append(size & 0x7F | 0x80)
-        size >>= 7
-    return key + bytes(length) + bytes([size]) + value
+    if wire_type == 2:
+        return b"".join(length_delimited(number, [value]))
+    return bytes([number << 3 | wire_type]) + value
 
 
 def test_compact_values_are_refused_within_memory(stream_repo: Path, tmp_path: Path) -> None:

@@ -102,12 +102,23 @@ def fitted(name: str, values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     ``int_val``) as ``dtype``, refusing any that do not fit (300 for a uint8)."""
     if values.dtype == dtype:
         return values
-    if dtype.kind in "iu" and values.size:
-        info = np.iinfo(dtype)
-        low, high = values.min().item(), values.max().item()
-        if low < info.min or high > info.max:
-            raise DecodeError(f"tensor {name!r}: values in [{low}, {high}] do not fit {dtype}")
+    beyond = _beyond_range(values, dtype) if dtype.kind in "iu" else None
+    if beyond is not None:
+        low, high = beyond
+        raise DecodeError(f"tensor {name!r}: values in [{low}, {high}] do not fit {dtype}")
     return values.astype(dtype)
+
+
+def _beyond_range(array: np.ndarray, dtype: np.dtype) -> tuple[int | float, int | float] | None:
+    """The lowest and highest of ``array``, if either is beyond integer ``dtype``'s range.
+
+    As Python numbers, which compare exactly: numpy would compare 2**63 - 1 as a float,
+    2**63, with a float64 array, and with a float16 one overflow."""
+    if not array.size:
+        return None
+    info = np.iinfo(dtype)
+    low, high = array.min().item(), array.max().item()
+    return (low, high) if low < info.min or high > info.max else None
 
 
 def cast_exactly(
@@ -142,13 +153,10 @@ def cast_exactly(
     if dtype.kind in "iu":
         if have == "f" and not np.array_equal(array, np.trunc(array)):
             raise error(f"input {name!r} has fractions, {wanted} {dtype}")
-        if array.size and have != "b":
-            info = np.iinfo(dtype)
-            # As Python numbers, which compare exactly: numpy would compare 2**63 - 1 as a
-            # float, 2**63, with a float64 array, and with a float16 one overflow.
-            low, high = array.min().item(), array.max().item()
-            if low < info.min or high > info.max:
-                raise error(f"input {name!r} has values in [{low}, {high}], beyond {dtype}'s range")
+        beyond = None if have == "b" else _beyond_range(array, dtype)
+        if beyond is not None:
+            low, high = beyond
+            raise error(f"input {name!r} has values in [{low}, {high}], beyond {dtype}'s range")
         return array.astype(dtype)
     with np.errstate(over="ignore"):  # checked below, on the result: one pass, no copy
         result = array.astype(dtype)

@@ -430,10 +430,9 @@ def taken_bytes(read_apart: Taken, number: int) -> Buffer | None:
     return value
 
 
-def taken_packed(read_apart: Taken, number: int | None) -> Packed | None:
-    """The packed field ``number`` of ``read_apart``; None where it was not read apart
-    (or ``number`` is None)."""
-    value = None if number is None else read_apart.get(number)
+def taken_packed(read_apart: Taken, number: int) -> Packed | None:
+    """The packed field ``number`` of ``read_apart``; None where it was not read apart."""
+    value = read_apart.get(number)
     assert value is None or isinstance(value, Packed), f"field {number} is not packed"
     return value
 
