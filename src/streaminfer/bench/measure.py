@@ -30,31 +30,35 @@ class LatencySummary:
     mean_ms: float
 
 
-def percentile(values: Sequence[float], q: float) -> float:
+def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:
     """The ``q``-th percentile (0-100), interpolated linearly between the closest ranks."""
-    if not values:
+    if len(values) == 0:
         raise ValueError("no values to take a percentile of")
     if not 0 <= q <= 100:
         raise ValueError(f"percentile {q} is outside 0..100")
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def p99_by_second(timestamps_ms: Sequence[int], latencies_ms: Sequence[float]) -> list[float]:
+def p99_by_second(
+    timestamps_ms: Sequence[float] | np.ndarray, latencies_ms: Sequence[float] | np.ndarray
+) -> list[float]:
     """The p99 latency of the records sent in each second of a phase, in order (by their
     timestamps, from the first): a bad percentile's seconds, a spike or the whole run."""
-    seconds = (np.asarray(timestamps_ms) - min(timestamps_ms)) // 1000
+    stamps = np.asarray(timestamps_ms)
+    seconds = (stamps - stamps.min()) // 1000
     latencies = np.asarray(latencies_ms, dtype=np.float64)
     return [float(np.percentile(latencies[seconds == second], 99)) for second in np.unique(seconds)]
 
 
-def summarize_latencies(latencies_ms: Sequence[float]) -> LatencySummary:
+def summarize_latencies(latencies_ms: Sequence[float] | np.ndarray) -> LatencySummary:
+    latencies = np.asarray(latencies_ms, dtype=np.float64)
     return LatencySummary(
-        count=len(latencies_ms),
-        p50_ms=percentile(latencies_ms, 50),
-        p95_ms=percentile(latencies_ms, 95),
-        p99_ms=percentile(latencies_ms, 99),
-        max_ms=float(max(latencies_ms)),
-        mean_ms=float(np.mean(latencies_ms)),
+        count=len(latencies),
+        p50_ms=percentile(latencies, 50),
+        p95_ms=percentile(latencies, 95),
+        p99_ms=percentile(latencies, 99),
+        max_ms=float(latencies.max()),
+        mean_ms=float(latencies.mean()),
     )
 
 
@@ -95,20 +99,21 @@ class Window:
         return self.records / self.seconds
 
 
-def saturation_window(arrivals: Sequence[float]) -> Window | None:
+def saturation_window(arrivals: Sequence[float] | np.ndarray) -> Window | None:
     """Time from the first output to the last, and the records completed after the first.
 
     Outputs carry their time in groups (of one millisecond, or of one transaction when
     timed by visibility), so the records of the first group count as the start line, not
     as work done in the window.  ``None`` when every output has the same time.
     """
-    if not arrivals:
+    times = np.asarray(arrivals, dtype=np.float64)
+    if len(times) == 0:
         return None
-    first, last = min(arrivals), max(arrivals)
+    first, last = float(times.min()), float(times.max())
     if last <= first:
         return None
-    in_first_group = sum(1 for t in arrivals if t == first)
-    return Window(records=len(arrivals) - in_first_group, seconds=last - first, start=first)
+    in_first_group = int(np.count_nonzero(times == first))
+    return Window(records=len(times) - in_first_group, seconds=last - first, start=first)
 
 
 def used_between(samples: Sequence[tuple[float, float]], start: float, end: float) -> float:
