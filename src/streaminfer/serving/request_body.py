@@ -147,13 +147,17 @@ async def read_body(request: web.Request) -> bytes | bytearray:
         ) from None
     except RequestPayloadError as exc:  # a compressed or chunked body that does not decode
         cause = getattr(exc.__cause__, "message", None) or str(exc)
-        unreadable = web.HTTPBadRequest(text=f"the body cannot be read: {cause}")
-        unreadable.force_close()  # aiohttp ends the connection after it: tell the client
-        raise unreadable from None
+        raise _closing_bad_request(f"the body cannot be read: {cause}") from None
     except ConnectionResetError:  # the client left mid-body: nobody to answer, nothing wrong
-        lost = web.HTTPBadRequest(text="the connection was lost before the body arrived")
-        lost.force_close()
-        raise lost from None
+        raise _closing_bad_request("the connection was lost before the body arrived") from None
+
+
+def _closing_bad_request(text: str) -> web.HTTPBadRequest:
+    """A 400 that ends the connection: with its body half read, aiohttp ends it anyway,
+    and the client is told so."""
+    refused = web.HTTPBadRequest(text=text)
+    refused.force_close()
+    return refused
 
 
 async def _read_exactly(content: StreamReader, length: int) -> bytearray:
