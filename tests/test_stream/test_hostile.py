@@ -280,6 +280,56 @@ def test_a_record_whose_headers_alone_fill_a_topic_is_dead_lettered(
     assert worker.alive(), worker.log_tail(40)
 
 
+def test_batches_the_consumer_cannot_decompress_are_dead_lettered_across_a_kill(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable[..., ManagedProcess],
+    stream_repo: Path,
+) -> None:
+    """Compression bombs: a 150 MB record of zeros (5 KB on the broker), then a batch of
+    120 1 MB records and a valid one, both zstd.  Each inflates past the consumer's
+    ``receive.message.max.bytes`` (100 MB), so librdkafka refuses it at its first offset,
+    again at every fetch: the partition stalled.  Every offset of both batches is
+    dead-lettered once as unreadable, in order, and the records after them are served,
+    with the worker killed once after the first dead letter was committed."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    TopicAdmin(kafka_settings).create(f"{inp}.dlq", if_not_exists=True)
+    produce(kafka_settings, inp, [valid(0)])
+    bombs = {"message.max.bytes": 1_000_000_000, "batch.size": 1_000_000_000, "linger.ms": 5000}
+    producer = Producer(kafka_settings.client_config(bombs, **{"compression.type": "zstd"}))
+    for batch in ([bytes(150 << 20)], [bytes(1 << 20)] * 120 + [valid(1)]):
+        for value in batch:
+            producer.produce(inp, value)
+        assert producer.flush(60) == 0
+    produce(kafka_settings, inp, [valid(2), valid(3)])
+
+    def start() -> ManagedProcess:
+        return embedded_worker(start_worker, stream_repo, inp, out, "--batch-size", "8")
+
+    worker = start()
+    wait_for(
+        lambda: any(consume(kafka_settings, f"{inp}.dlq", True, count=1, timeout=1)),
+        timeout=120,
+        what="a dead letter",
+    )
+    worker.send_signal(signal.SIGKILL)
+    worker = start()
+    docs = decoded(outputs(kafka_settings, out, 3, timeout=120))
+    assert [d["id"] for d in docs] == ["ok-0", "ok-2", "ok-3"]
+    letters = list(consume(kafka_settings, f"{inp}.dlq", from_beginning=True, timeout=5))
+    assert [int(dict(r.headers)["streaminfer.source.offset"]) for r in letters] == list(
+        range(1, 123)
+    )  # none lost, none twice
+    for letter in letters:
+        headers = dict(letter.headers)
+        assert headers["streaminfer.error.type"] == b"unreadable_record", headers
+        assert b"Decompression" in headers["streaminfer.error.message"], headers
+        assert letter.value is None
+    assert b"offsets 1-1 " in dict(letters[0].headers)["streaminfer.error.message"]
+    assert b"offsets 2-122 " in dict(letters[-1].headers)["streaminfer.error.message"]
+    assert worker.alive(), worker.log_tail(40)
+
+
 def test_records_whose_header_names_are_not_utf8_are_served(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],

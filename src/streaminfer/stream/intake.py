@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from streaminfer.kafka.access import refuse_denied
 from streaminfer.kafka.records import message_headers
 from streaminfer.stream.records import Source
+from streaminfer.stream.unreadable import UnreadableBatches
 from streaminfer.stream.work import InputRecord
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,7 @@ class Intake:
         self.idle = False  # the last poll found nothing waiting
         self._paused = False
         self._full_since: float | None = None  # since when the buffer has been full
+        self._unreadable = UnreadableBatches(consumer)
 
     def poll(self, timeout: float, most: int) -> None:
         """Poll until the forming batch holds ``most`` records; resumes paused partitions."""
@@ -232,7 +234,8 @@ class Intake:
         if self._paused:
             self.consumer.resume(self.assigned)
             self._paused = False
-        first = self.consumer.poll(timeout)
+        self.forming += self._unreadable.take(most - len(self.forming))
+        first = self.consumer.poll(0 if self.forming else timeout)
         self.idle = first is None
         if first is None:
             return
@@ -263,8 +266,14 @@ class Intake:
     def drop(self) -> None:
         """Forget the partitions and the records polled but not yet handed on."""
         self.assigned = []
-        self.forming = []
+        self.forget()
         self._paused = False
+
+    def forget(self) -> None:
+        """Forget the records polled but not yet handed on: the partitions are read again
+        from their committed offsets."""
+        self.forming = []
+        self._unreadable.forget()
 
     def lags(self) -> dict[tuple[str, int], int]:
         """Records not yet consumed, per assigned partition, from the last fetched watermarks."""
@@ -278,8 +287,13 @@ class Intake:
     def _take(self, messages: list[Message]) -> None:
         now = time.monotonic()
         forming = self.forming
+        unreadable = self._unreadable
+        unreadable.polled()
+        searching = unreadable.searches  # the same dict throughout: a search may start here
         for message in messages:
-            if message.error() is None or _usable(message):  # most: no call to ask
+            # Most are records while no batch is being searched: nothing more to ask.
+            plain = message.error() is None and not searching
+            if plain or (not unreadable.takes(message) and _usable(message)):
                 forming.append(input_record(message, now))
 
 

@@ -328,16 +328,16 @@ class Pipeline:
     def process(self, records: list[InputRecord], abandoned: threading.Event) -> list[Work]:
         """Every record of the batch, finished: served (``result``) or failed (``error``)."""
         handler = self.handler
+        batch = [Work(r, error=r.unreadable) for r in records]
+        readable = [w for w in batch if w.error is None]
         # A handler's hooks count as waits: whether they wait on a service or compute, the
         # worker cannot tell, so they keep every lane (ChunkLanes), as they always had.
         if handler is not None and handler.preprocesses:
             started = time.perf_counter()
-            batch = preprocess(handler, [Work(r) for r in records])
+            rest = preprocess(handler, readable)
             count_wait(started)
-            rest = batch
         else:
-            batch = [Work(r) for r in records]
-            rest = batch if self.defaults.route else self._serve_stacked(batch, abandoned)
+            rest = readable if self.defaults.route else self._serve_stacked(readable, abandoned)
             for work in rest:
                 isolated(work, ("parse", parse))
         rest = self._fetch_all(rest)

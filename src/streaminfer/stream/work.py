@@ -45,6 +45,7 @@ class InputRecord:
     headers: Headers
     source: Source
     consumed_at: float  # time.monotonic() when polled
+    unreadable: RecordError | None = None  # the consumer could not read it (UnreadableBatches)
 
     @property
     def routing_key(self) -> bytes:

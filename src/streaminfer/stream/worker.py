@@ -361,7 +361,7 @@ class Worker:
         self._pending.clear()
         self._pending_records = 0
         self._pending_bytes = 0
-        self.intake.forming = []  # not yet submitted: redone from the committed offsets
+        self.intake.forget()  # not yet submitted: redone from the committed offsets
         self.metrics.in_flight.set(0)
 
     # -- rebalancing -------------------------------------------------------------------------
