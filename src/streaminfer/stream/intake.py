@@ -234,8 +234,9 @@ class Intake:
         if self._paused:
             self.consumer.resume(self.assigned)
             self._paused = False
-        self.forming += self._unreadable.take(most - len(self.forming))
-        first = self.consumer.poll(0 if self.forming else timeout)
+        unreadable = self._unreadable.take(most - len(self.forming))
+        self.forming += unreadable
+        first = self.consumer.poll(0 if unreadable else timeout)
         self.idle = first is None
         if first is None:
             return

@@ -100,6 +100,8 @@ class UnreadableBatches:
     def take(self, most: int) -> list[InputRecord]:
         """Up to ``most`` records of the measured batches, first found first; a batch
         handed out in full lets its partition go on after it."""
+        if not self._found:
+            return []
         records: list[InputRecord] = []
         now = time.monotonic()
         while self._found and len(records) < most:
