@@ -330,6 +330,32 @@ def test_batches_the_consumer_cannot_decompress_are_dead_lettered_across_a_kill(
     assert worker.alive(), worker.log_tail(40)
 
 
+def test_an_unreadable_batch_at_the_partitions_end_is_dead_lettered_without_a_reset(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable[..., ManagedProcess],
+    stream_repo: Path,
+) -> None:
+    """The last batch of the partition unreadable: its end is found without seeking past
+    the partition's (the consumer would reset its offset to the earliest and serve the
+    first record again), and the record that comes later is served once."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    worker = embedded_worker(start_worker, stream_repo, inp, out, "--batch-size", "8")
+    produce(kafka_settings, inp, [valid(0)])
+    bombs = {"message.max.bytes": 1_000_000_000, "batch.size": 1_000_000_000, "linger.ms": 5000}
+    producer = Producer(kafka_settings.client_config(bombs, **{"compression.type": "zstd"}))
+    for value in (bytes(150 << 20), valid(1), valid(2)):
+        producer.produce(inp, value)
+    assert producer.flush(60) == 0
+    letters = list(consume(kafka_settings, f"{inp}.dlq", from_beginning=True, count=3, timeout=60))
+    assert [int(dict(r.headers)["streaminfer.source.offset"]) for r in letters] == [1, 2, 3]
+    produce(kafka_settings, inp, [valid(4)])
+    docs = decoded(outputs(kafka_settings, out, 2, timeout=60))
+    assert [d["id"] for d in docs] == ["ok-0", "ok-4"]
+    assert list(consume(kafka_settings, out, from_beginning=True, timeout=3))[2:] == []
+    assert worker.alive(), worker.log_tail(40)
+
+
 def test_records_whose_header_names_are_not_utf8_are_served(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],
