@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import random
 import threading
 import time
@@ -90,6 +91,9 @@ class ServerError(RecordError):
 
 class Abandoned(Exception):
     """The batch's partitions were revoked or its transaction aborted: drop its work."""
+
+
+_UNREADABLE = operator.attrgetter("unreadable")  # records the consumer could not read
 
 
 @dataclass(frozen=True)
@@ -328,8 +332,11 @@ class Pipeline:
     def process(self, records: list[InputRecord], abandoned: threading.Event) -> list[Work]:
         """Every record of the batch, finished: served (``result``) or failed (``error``)."""
         handler = self.handler
-        batch = [Work(r, error=r.unreadable) for r in records]
-        readable = [w for w in batch if w.error is None]
+        batch = readable = [Work(r) for r in records]
+        if any(map(_UNREADABLE, records)):  # 20 ns a record to ask, 100 to make Work with it
+            for work in batch:
+                work.error = work.record.unreadable
+            readable = [w for w in batch if w.error is None]
         # A handler's hooks count as waits: whether they wait on a service or compute, the
         # worker cannot tell, so they keep every lane (ChunkLanes), as they always had.
         if handler is not None and handler.preprocesses:
