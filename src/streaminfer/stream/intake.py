@@ -234,9 +234,10 @@ class Intake:
         if self._paused:
             self.consumer.resume(self.assigned)
             self._paused = False
-        unreadable = self._unreadable.take(most - len(self.forming))
-        self.forming += unreadable
-        first = self.consumer.poll(0 if unreadable else timeout)
+        if self._unreadable.found:  # records to dead-letter first: no waiting for input
+            self.forming += self._unreadable.take(most - len(self.forming))
+            timeout = 0
+        first = self.consumer.poll(timeout)
         self.idle = first is None
         if first is None:
             return
@@ -289,8 +290,9 @@ class Intake:
         now = time.monotonic()
         forming = self.forming
         unreadable = self._unreadable
-        unreadable.polled()
         searching = unreadable.searches  # the same dict throughout: a search may start here
+        if searching:
+            unreadable.polled()
         for message in messages:
             # Most are records while no batch is being searched: nothing more to ask.
             plain = message.error() is None and not searching

@@ -64,14 +64,15 @@ class UnreadableBatches:
     def __init__(self, consumer: Consumer) -> None:
         self._consumer = consumer
         self.searches: dict[Partition, _Search] = {}  # partitions searched or handed out
-        self._found: deque[Partition] = deque()  # measured, in the order found
+        self.found: deque[Partition] = deque()  # measured, in the order found
         self._handed_out_to: dict[Partition, int] = {}  # offsets before it are dead-lettered
-        # Partitions sought since the last poll: the poll's later messages of them were
-        # fetched before the seek (the consumer drops those it still holds, not these).
+        # Partitions a probe sought since the last poll: the poll's later messages of them
+        # were fetched before the seek (the consumer drops those it still holds, not these).
         self._sought: set[Partition] = set()
 
     def polled(self) -> None:
-        """The messages ``takes`` is given next come from a new poll."""
+        """The messages ``takes`` is given next come from a new poll (needed only while
+        ``searches`` holds a partition)."""
         self._sought.clear()
 
     def takes(self, message: Message) -> bool:
@@ -100,12 +101,10 @@ class UnreadableBatches:
     def take(self, most: int) -> list[InputRecord]:
         """Up to ``most`` records of the measured batches, first found first; a batch
         handed out in full lets its partition go on after it."""
-        if not self._found:
-            return []
         records: list[InputRecord] = []
         now = time.monotonic()
-        while self._found and len(records) < most:
-            key = self._found[0]
+        while self.found and len(records) < most:
+            key = self.found[0]
             search = self.searches[key]
             first = max(search.base, self._handed_out_to.get(key, search.base))
             last = min(search.bad_end, first + most - len(records))
@@ -119,17 +118,18 @@ class UnreadableBatches:
                 source = Source(key[0], key[1], offset, None)
                 records.append(InputRecord(None, None, [], source, now, unreadable=error))
             self._handed_out_to[key] = last
-            if last == search.bad_end:
-                self._found.popleft()
+            if last == search.bad_end:  # before a poll: nothing stale to drop after it
+                self.found.popleft()
                 del self.searches[key]
-                self._seek(key, last)
+                self._sought.discard(key)
+                self._consumer.seek(TopicPartition(key[0], key[1], last))
         return records
 
     def forget(self) -> None:
         """The partitions were rewound or revoked: their next owner (or the rewind) reads
         the batches again."""
         self.searches.clear()
-        self._found.clear()
+        self.found.clear()
         self._handed_out_to.clear()
         self._sought.clear()
 
@@ -164,13 +164,10 @@ class UnreadableBatches:
             probe = (search.bad_end + search.good) // 2
         else:
             search.found = True
-            self._found.append(key)
+            self.found.append(key)
             return
         search.probe = probe
-        self._seek(key, probe)
-
-    def _seek(self, key: Partition, offset: int) -> None:
-        self._consumer.seek(TopicPartition(key[0], key[1], offset))
+        self._consumer.seek(TopicPartition(key[0], key[1], probe))
         self._sought.add(key)
 
     def _end(self, key: Partition) -> int:
