@@ -111,6 +111,16 @@ def assert_all_accounted_for(
         assert b"root:" not in message and b"PATH=" not in message  # no local file quoted
 
 
+def zstd_batch(settings: KafkaSettings, topic: str, values: list[bytes]) -> None:
+    """``values`` in one zstd record batch, however large they are together."""
+    # The long linger keeps them in one batch until the flush sends it.
+    config = {"message.max.bytes": 10**9, "batch.size": 10**9, "linger.ms": 5000}
+    producer = Producer(settings.client_config(config, **{"compression.type": "zstd"}))
+    for value in values:
+        producer.produce(topic, value)
+    assert producer.flush(60) == 0
+
+
 @pytest.fixture
 def server(stream_repo: Path, tmp_path: Path) -> Iterator[ServerProcess]:
     with ServerProcess(stream_repo, log=tmp_path / "server.log") as server:
@@ -295,12 +305,8 @@ def test_batches_the_consumer_cannot_decompress_are_dead_lettered_across_a_kill(
     inp, out = topic_factory("in"), topic_factory("out")
     TopicAdmin(kafka_settings).create(f"{inp}.dlq", if_not_exists=True)
     produce(kafka_settings, inp, [valid(0)])
-    bombs = {"message.max.bytes": 1_000_000_000, "batch.size": 1_000_000_000, "linger.ms": 5000}
-    producer = Producer(kafka_settings.client_config(bombs, **{"compression.type": "zstd"}))
-    for batch in ([bytes(150 << 20)], [bytes(1 << 20)] * 120 + [valid(1)]):
-        for value in batch:
-            producer.produce(inp, value)
-        assert producer.flush(60) == 0
+    zstd_batch(kafka_settings, inp, [bytes(150 << 20)])
+    zstd_batch(kafka_settings, inp, [bytes(1 << 20)] * 120 + [valid(1)])
     produce(kafka_settings, inp, [valid(2), valid(3)])
 
     def start() -> ManagedProcess:
@@ -342,11 +348,7 @@ def test_an_unreadable_batch_at_the_partitions_end_is_dead_lettered_without_a_re
     inp, out = topic_factory("in"), topic_factory("out")
     worker = embedded_worker(start_worker, stream_repo, inp, out, "--batch-size", "8")
     produce(kafka_settings, inp, [valid(0)])
-    bombs = {"message.max.bytes": 1_000_000_000, "batch.size": 1_000_000_000, "linger.ms": 5000}
-    producer = Producer(kafka_settings.client_config(bombs, **{"compression.type": "zstd"}))
-    for value in (bytes(150 << 20), valid(1), valid(2)):
-        producer.produce(inp, value)
-    assert producer.flush(60) == 0
+    zstd_batch(kafka_settings, inp, [bytes(150 << 20), valid(1), valid(2)])
     letters = list(consume(kafka_settings, f"{inp}.dlq", from_beginning=True, count=3, timeout=60))
     assert [int(dict(r.headers)["streaminfer.source.offset"]) for r in letters] == [1, 2, 3]
     produce(kafka_settings, inp, [valid(4)])
