@@ -86,9 +86,9 @@ class UnreadableBatches:
         if topic is None or partition is None or offset is None or offset < 0:
             return False
         key = (topic, partition)
-        search = self.searches.get(key)
         if key in self._sought:
             return True
+        search = self.searches.get(key)
         if search is None:
             if not unreadable:
                 return False
@@ -110,9 +110,9 @@ class UnreadableBatches:
             last = min(search.bad_end, first + most - len(records))
             error = UnreadableRecord(
                 f"the consumer could not read the record batch at offsets {search.base}"
-                f"-{search.bad_end - 1} of {key[0]} [{key[1]}]: {search.error} (a batch "
-                "that decompresses past the consumer's receive.message.max.bytes, a "
-                "compression bomb, is refused whole)"
+                f"-{search.bad_end - 1} of {key[0]} [{key[1]}]: {search.error} (librdkafka "
+                "refuses a batch whole: one that inflates past the consumer's "
+                "receive.message.max.bytes, a compression bomb, or one it cannot parse)"
             )
             for offset in range(first, last):
                 source = Source(key[0], key[1], offset, None)
