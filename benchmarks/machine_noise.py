@@ -6,8 +6,8 @@ Two probes take turns, each timed over about 20 ms: Python arithmetic that stays
 core's own cache, and random reads over an array of each ``--megabytes`` (the sizes of
 the worker's working set, which the shared last-level cache and memory serve).  On a
 quiet machine of its own both stay within a few percent.  A virtual machine shares that
-cache and the memory bus with its neighbours: here the reads moved by a fifth from one
-second to the next while the arithmetic held, and the worker's saturation moved with
+cache and the memory bus with its neighbours: here the reads' p90 was a third above their
+p10 while the arithmetic's was 6 % above, and the worker's saturation moved with
 them (docs/performance.md, "Why the embedded worker's saturation varies").
 """
 
@@ -31,12 +31,14 @@ def arithmetic() -> None:
 
 
 def random_reads(megabytes: int, rng: np.random.Generator) -> Callable[[], None]:
-    """A probe that sums ``READS`` random items of a ``megabytes`` array."""
+    """A probe that gathers ``READS`` random items of a ``megabytes`` array (into a buffer
+    made once: a new one each time would time the kernel mapping its pages)."""
     values = rng.integers(0, 1 << 30, megabytes * 2**20 // 8)
     where = rng.integers(0, len(values), READS)
+    gathered = np.empty(READS, dtype=values.dtype)
 
     def probe() -> None:
-        values[where].sum()
+        np.take(values, where, out=gathered)
 
     return probe
 
