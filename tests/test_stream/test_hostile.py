@@ -111,13 +111,23 @@ def assert_all_accounted_for(
         assert b"root:" not in message and b"PATH=" not in message  # no local file quoted
 
 
-def zstd_batch(settings: KafkaSettings, topic: str, values: list[bytes]) -> None:
-    """``values`` in one zstd record batch, however large they are together."""
+def zstd_batch(
+    settings: KafkaSettings, topic: str, values: list[bytes], transaction: bool = False
+) -> None:
+    """``values`` in one zstd record batch, however large they are together; with
+    ``transaction``, committed in a transaction (its marker takes the offset after them)."""
     # The long linger keeps them in one batch until the flush sends it.
     config = {"message.max.bytes": 10**9, "batch.size": 10**9, "linger.ms": 5000}
+    if transaction:
+        config["transactional.id"] = f"zstd-{topic}"
     producer = Producer(settings.client_config(config, **{"compression.type": "zstd"}))
+    if transaction:
+        producer.init_transactions(30)
+        producer.begin_transaction()
     for value in values:
         producer.produce(topic, value)
+    if transaction:
+        producer.commit_transaction(60)
     assert producer.flush(60) == 0
 
 
@@ -354,6 +364,28 @@ def test_an_unreadable_batch_at_the_partitions_end_is_dead_lettered_without_a_re
     produce(kafka_settings, inp, [valid(4)])
     docs = decoded(outputs(kafka_settings, out, 2, timeout=60))
     assert [d["id"] for d in docs] == ["ok-0", "ok-4"]
+    assert list(consume(kafka_settings, out, from_beginning=True, timeout=3))[2:] == []
+    assert worker.alive(), worker.log_tail(40)
+
+
+def test_an_unreadable_transactional_batch_last_in_its_partition_is_dead_lettered(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable[..., ManagedProcess],
+    stream_repo: Path,
+) -> None:
+    """A transactional producer's unreadable batch, nothing after it but the commit marker:
+    a probe at the marker's offset is answered by no record and no error (the consumer
+    skips markers), and the dead letters must not wait for a record produced later."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    worker = embedded_worker(start_worker, stream_repo, inp, out, "--batch-size", "8")
+    produce(kafka_settings, inp, [valid(0)])
+    zstd_batch(kafka_settings, inp, [bytes(150 << 20), valid(1), valid(2)], transaction=True)
+    letters = list(consume(kafka_settings, f"{inp}.dlq", from_beginning=True, count=3, timeout=60))
+    assert [int(dict(r.headers)["streaminfer.source.offset"]) for r in letters] == [1, 2, 3]
+    produce(kafka_settings, inp, [valid(5)])  # after the marker at offset 4
+    docs = decoded(outputs(kafka_settings, out, 2, timeout=60))
+    assert [d["id"] for d in docs] == ["ok-0", "ok-5"]
     assert list(consume(kafka_settings, out, from_beginning=True, timeout=3))[2:] == []
     assert worker.alive(), worker.log_tail(40)
 

@@ -239,10 +239,11 @@ class Intake:
             timeout = 0
         first = self.consumer.poll(timeout)
         self.idle = first is None
-        if first is None:
-            return
-        more = most - len(self.forming) - 1
-        self._take([first, *self.consumer.consume(more, timeout=0)] if more > 0 else [first])
+        if first is not None:
+            more = most - len(self.forming) - 1
+            self._take([first, *self.consumer.consume(more, timeout=0)] if more > 0 else [first])
+        if self._unreadable.searches:  # a probe may have been read past in silence
+            self._unreadable.observe_positions()
 
     def hold(self) -> None:
         """The buffer is full: pause once that has lasted; keep serving the group meanwhile."""

@@ -98,6 +98,22 @@ class UnreadableBatches:
             self._observe(key, search, offset, unreadable)
         return True
 
+    def observe_positions(self) -> None:
+        """After a poll: a probe the consumer read past, with no record or error for it,
+        landed on what read_committed skips in silence (a transaction's marker, aborted
+        records), so it is past the batch.  Nothing else answers a probe at a marker
+        that ends the partition: the dead letters would wait for the next record."""
+        probing = [(key, search) for key, search in self.searches.items() if not search.found]
+        if not probing:
+            return
+        # A seek returns once done and leaves the position unknown (negative); an error
+        # at the batch's first offset leaves it so.  So a position past the probe was
+        # reached from it, never one from before it.
+        positions = self._consumer.position([TopicPartition(*key) for key, _ in probing])
+        for (key, search), position in zip(probing, positions, strict=True):
+            if position.offset > search.probe >= 0:
+                self._observe(key, search, search.probe, unreadable=False)
+
     def take(self, most: int) -> list[InputRecord]:
         """Up to ``most`` records of the measured batches, first found first; a batch
         handed out in full lets its partition go on after it."""
