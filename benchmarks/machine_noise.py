@@ -4,11 +4,11 @@
 
 Two probes take turns, each timed over about 20 ms: Python arithmetic that stays in the
 core's own cache, and random reads over an array of each ``--megabytes`` (the sizes of
-the worker's working set, which the shared last-level cache and memory serve).  On a
-quiet machine of its own both stay within a few percent.  A virtual machine shares that
-cache and the memory bus with its neighbours: here the reads' p90 was a third above their
-p10 while the arithmetic's was 6 % above, and the worker's saturation moved with
-them (docs/performance.md, "Why the embedded worker's saturation varies").
+the worker's working set, which the shared last-level cache and memory serve).  A
+virtual machine shares that cache and the memory bus with its neighbours: here the
+reads' p90 was a third above their p10 while the arithmetic's was 6 % above, and the
+worker's saturation moved with them (docs/performance.md, "Why the embedded worker's
+saturation varies").
 """
 
 from __future__ import annotations
