@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
@@ -387,6 +387,35 @@ def test_an_unreadable_transactional_batch_last_in_its_partition_is_dead_lettere
     docs = decoded(outputs(kafka_settings, out, 2, timeout=60))
     assert [d["id"] for d in docs] == ["ok-0", "ok-5"]
     assert list(consume(kafka_settings, out, from_beginning=True, timeout=3))[2:] == []
+    assert worker.alive(), worker.log_tail(40)
+
+
+def test_an_unreadable_batch_is_dead_lettered_from_the_committed_offset_inside_it(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable[..., ManagedProcess],
+    stream_repo: Path,
+) -> None:
+    """The group's committed offset inside an unreadable batch, as a worker killed while
+    handing the batch out leaves it: librdkafka names the batch's first offset all the
+    same, and the offsets before the committed one, dead-lettered already, must not be
+    dead-lettered again."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    TopicAdmin(kafka_settings).create(f"{inp}.dlq", if_not_exists=True)
+    produce(kafka_settings, inp, [valid(0)])
+    zstd_batch(kafka_settings, inp, [bytes(150 << 20), valid(1), valid(2), valid(3)])
+    produce(kafka_settings, inp, [valid(5)])
+    group = f"g-{inp}"
+    committer = Consumer(kafka_settings.client_config(**{"group.id": group}))
+    try:
+        committer.commit(offsets=[TopicPartition(inp, 0, 3)], asynchronous=False)
+    finally:
+        committer.close()
+    worker = embedded_worker(start_worker, stream_repo, inp, out, "--batch-size", "8", group=group)
+    docs = decoded(outputs(kafka_settings, out, 1, timeout=60))
+    assert [d["id"] for d in docs] == ["ok-5"]
+    letters = list(consume(kafka_settings, f"{inp}.dlq", from_beginning=True, timeout=5))
+    assert [int(dict(r.headers)["streaminfer.source.offset"]) for r in letters] == [3, 4]
     assert worker.alive(), worker.log_tail(40)
 
 

@@ -10,7 +10,9 @@ far each time the error comes back, then halving the gap between the last offset
 failed and the first that did not, about 2·log2(n) fetches for a batch of n records.  Its
 offsets then become records without a value, dead-lettered as ``unreadable_record`` in
 their place in the partition's order, and the consumer goes on from the first offset
-after them.
+after them.  Read from an offset inside the batch (the group's committed offset, left
+there by a worker killed while handing the batch out), the error still names its first
+offset: the offsets before the committed one are not handed out again.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streaminfer.errors import RecordError
 from streaminfer.stream.records import Source
@@ -151,10 +153,15 @@ class UnreadableBatches:
 
     def _start(self, key: Partition, base: int, error: str) -> None:
         log.warning("%s [%d]: an unreadable record batch at offset %d: %s", *key, base, error)
-        # Failing again after some of it was handed out (the partition's end was unknown,
-        # so the search took the batch to end there), the offset the consumer went on
-        # from is in it too.
-        bad_end = max(base, self._handed_out_to.get(key, base)) + 1
+        # The error names the batch's first offset even when the consumer reads from an
+        # offset inside it: the group's committed offset, when a worker killed while
+        # handing the batch out, or a rewind, left it there; or where this search went on
+        # from when the partition's end was unknown, so it took the batch to end there.
+        # The offsets before that were dead-lettered already; the one read from is in
+        # the batch too.
+        start = max(base, self._handed_out_to.get(key, base), self._committed(key))
+        self._handed_out_to[key] = start
+        bad_end = start + 1
         search = _Search(base, bad_end, max(bad_end, self._end(key)), error)
         self.searches[key] = search
         self._next(key, search)
@@ -185,6 +192,20 @@ class UnreadableBatches:
         search.probe = probe
         self._consumer.seek(TopicPartition(key[0], key[1], probe))
         self._sought.add(key)
+
+    def _committed(self, key: Partition) -> int:
+        """The group's committed offset of the partition, -1 if none or unknown."""
+        try:
+            (committed,) = self._consumer.committed([TopicPartition(*key)], WATERMARK_TIMEOUT_S)
+        except KafkaException as exc:
+            log.warning(
+                "%s [%d]: no committed offset (%s): the batch is dead-lettered "
+                "from its first offset",
+                *key,
+                exc,
+            )
+            return -1
+        return committed.offset
 
     def _end(self, key: Partition) -> int:
         """The partition's end (its high watermark), 0 if unknown: no probe may seek past
