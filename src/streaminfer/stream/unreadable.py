@@ -31,7 +31,7 @@ from streaminfer.stream.work import InputRecord
 log = logging.getLogger(__name__)
 
 UNREADABLE_BATCH = frozenset({KafkaError._BAD_COMPRESSION, KafkaError._BAD_MSG})
-WATERMARK_TIMEOUT_S = 10.0
+QUERY_TIMEOUT_S = 10.0  # a search's questions to the broker: watermarks, committed offset
 
 Partition = tuple[str, int]
 
@@ -124,7 +124,7 @@ class UnreadableBatches:
         while self.found and len(records) < most:
             key = self.found[0]
             search = self.searches[key]
-            first = max(search.base, self._handed_out_to.get(key, search.base))
+            first = self._handed_out_to[key]  # set when the search started
             last = min(search.bad_end, first + most - len(records))
             error = UnreadableRecord(
                 f"the consumer could not read the record batch at offsets {search.base}"
@@ -194,9 +194,9 @@ class UnreadableBatches:
         self._sought.add(key)
 
     def _committed(self, key: Partition) -> int:
-        """The group's committed offset of the partition, -1 if none or unknown."""
+        """The group's committed offset of the partition, negative if none or unknown."""
         try:
-            (committed,) = self._consumer.committed([TopicPartition(*key)], WATERMARK_TIMEOUT_S)
+            (committed,) = self._consumer.committed([TopicPartition(*key)], QUERY_TIMEOUT_S)
         except KafkaException as exc:
             log.warning(
                 "%s [%d]: no committed offset (%s): the batch is dead-lettered "
@@ -213,5 +213,5 @@ class UnreadableBatches:
         tp = TopicPartition(*key)
         watermarks = self._consumer.get_watermark_offsets(tp, cached=True)
         if not watermarks or watermarks[1] < 0:
-            watermarks = self._consumer.get_watermark_offsets(tp, timeout=WATERMARK_TIMEOUT_S)
+            watermarks = self._consumer.get_watermark_offsets(tp, timeout=QUERY_TIMEOUT_S)
         return int(watermarks[1]) if watermarks else 0
