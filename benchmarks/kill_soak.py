@@ -1,16 +1,30 @@
 """Exactly-once under many SIGKILLs at random instants: of members, and of the supervisor.
 
     .venv/bin/python benchmarks/kill_soak.py [--records 800000] [--rate 8000] [--kills 45]
-        [--seed 1] [--partitions 4]
+        [--seed 1] [--partitions 4] [--bombs 0] [--transactional]
 
 Not a benchmark but a longer version of the suite's kill tests, for what a few kills at
 chosen moments may miss.  Starts a local broker; writes ``--records`` tiny-model tensor
 records, keyed by their number, at ``--rate`` records/s, while one ``streaminfer run
 --processes 2`` (exactly-once, embedded) reads them; meanwhile, every 0.3-4 s, kills
 one member (7 times in 10; its supervisor restarts it) or the supervisor with SIGKILL,
-and then starts a new supervisor.  A ``read_committed`` reader collects every output.
-Once all have arrived and 15 s more passed, it prints what was lost, what came twice and
-how many output partitions are out of input order, and exits 1 if any is not zero.
+and then starts a new supervisor.  A ``read_committed`` reader collects every output and
+dead letter.  Once all have arrived and 15 s more passed, it prints what was lost, what
+came twice, how many output partitions are out of input order, and, by input offset
+(where the writer's delivery reports put each record), which records did not come out
+exactly once and what came out for an offset that holds no record; it exits 1 if any of
+these is not zero, or if anything was dead-lettered but unreadable batches.
+
+With ``--bombs N``, N batches the consumer cannot read are written among the records, at
+even intervals, each to one partition in turn: a zstd batch of a 150 MB record of zeros
+and ``BOMB_COMPANIONS`` valid records, which inflates past librdkafka's
+``receive.message.max.bytes``.  Every offset of those batches must come out as one
+``unreadable_record`` dead letter.
+
+With ``--transactional`` the input is written in transactions of 200-1,000 records, one in
+``ABORTED_EVERY`` aborted, and each bomb in a transaction of its own: the records of
+aborted transactions and the offsets the commit and abort markers take must come out as
+nothing at all.
 """
 
 from __future__ import annotations
@@ -27,7 +41,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 from streaminfer.bench.suite import local_broker
 from streaminfer.kafka.admin import TopicAdmin
@@ -40,35 +54,114 @@ FAST_GROUP = ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500"
               "-X", "transaction.timeout.ms=5000"]  # fmt: skip
 MEMBER_SHARE = 0.7  # of kills: a member; the rest the supervisor, and with it every member
 SETTLE_S = 15  # after the last output: long enough for a duplicate to show
+BOMB_BYTES = 150 << 20  # zeros: 5 KB on the broker, past the consumer's 100 MB once inflated
+BOMB_COMPANIONS = 3  # valid records in a bomb's batch, dead-lettered with it
+ABORTED_EVERY = 10  # --transactional: one transaction in this many is aborted
 
 
 def record(i: int) -> bytes:
     return orjson.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [[i, 0, 0, 0]]}})
 
 
-def write(bootstrap: str, records: int, rate: float) -> None:
-    """Every record once, keyed by its number (so a key's records share a partition)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    started = time.monotonic()
-    for i in range(records):
-        while True:
-            try:
-                producer.produce("in", record(i), str(i).encode())
-                break
-            except BufferError:
-                producer.poll(0.05)
-        if i % 1000 == 999:
-            producer.poll(0)
-            time.sleep(max(0.0, (i + 1) / rate - (time.monotonic() - started)))
-    producer.flush(60)
+class Writer(threading.Thread):
+    """Writes every record once, keyed by its number (so a key's records share a
+    partition), and ``bombs`` unreadable batches among them at even intervals; keeps where
+    each landed.  With ``transactional``, in transactions of a few hundred records, one
+    in ``ABORTED_EVERY`` aborted: their records, and the markers, must come out nowhere."""
+
+    def __init__(self, bootstrap: str, args: argparse.Namespace) -> None:
+        super().__init__(daemon=True)
+        self.args = args
+        self.ids: set[int] = set()  # records committed to the input
+        self.served: set[tuple[int, int]] = set()  # their offsets: each needs one output
+        self.unreadable: set[tuple[int, int]] = set()  # the bombs' batches: one dead letter each
+        self._landed: list[tuple[int, int, int]] = []  # (partition, offset, id) not yet settled
+        self._rng = random.Random(args.seed)
+        config: dict[str, str | int] = {"bootstrap.servers": bootstrap, "linger.ms": 5}
+        # One batch a flush: the long linger holds a bomb and its companions together.
+        bomb_config = {**config, "compression.type": "zstd", "message.max.bytes": 10**9,
+                       "batch.size": 10**9, "linger.ms": 5000}  # fmt: skip
+        if args.transactional:
+            config["transactional.id"] = "soak-writer"
+            bomb_config["transactional.id"] = "soak-bomber"
+        self._producer, self._bomber = Producer(config), Producer(bomb_config)
+        if args.transactional:
+            self._producer.init_transactions(60)
+            self._bomber.init_transactions(60)
+
+    def run(self) -> None:
+        args, producer = self.args, self._producer
+        every = args.records // (args.bombs + 1) if args.bombs else 0
+        left_in_transaction = 0
+        started = time.monotonic()
+        for i in range(args.records):
+            if args.transactional and left_in_transaction == 0:
+                producer.begin_transaction()
+                left_in_transaction = self._rng.randint(200, 1000)
+            while True:
+                try:
+                    producer.produce("in", record(i), str(i).encode(), on_delivery=self._landed_at)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            left_in_transaction -= 1
+            if args.transactional and left_in_transaction == 0:
+                self._end_transaction(producer, aborted=self._rng.randrange(ABORTED_EVERY) == 0)
+            if every and i % every == every - 1 and i // every < args.bombs:
+                self._bomb((i // every) % args.partitions)
+            if i % 1000 == 999:
+                producer.poll(0)
+                time.sleep(max(0.0, (i + 1) / args.rate - (time.monotonic() - started)))
+        if args.transactional and left_in_transaction > 0:
+            self._end_transaction(producer, aborted=False)
+        producer.flush(60)
+        self._settle(aborted=False)
+
+    def _bomb(self, partition: int) -> None:
+        """A 150 MB record of zeros and its companions in one zstd batch, committed."""
+        if self.args.transactional:
+            self._bomber.begin_transaction()
+        for value in [bytes(BOMB_BYTES), *(record(-1) for _ in range(BOMB_COMPANIONS))]:
+            self._bomber.produce("in", value, partition=partition, on_delivery=self._bombed_at)
+        assert self._bomber.flush(60) == 0
+        if self.args.transactional:
+            self._bomber.commit_transaction(60)
+
+    def _end_transaction(self, producer: Producer, aborted: bool) -> None:
+        assert producer.flush(60) == 0  # every delivery report in, before the outcome
+        if aborted:
+            producer.abort_transaction(60)
+        else:
+            producer.commit_transaction(60)
+        self._settle(aborted)
+
+    def _settle(self, aborted: bool) -> None:
+        if not aborted:
+            for partition, offset, i in self._landed:
+                self.served.add((partition, offset))
+                self.ids.add(i)
+        self._landed.clear()
+
+    def _landed_at(self, error: KafkaError | None, message: Message) -> None:
+        assert error is None, error
+        i = int(message.key())
+        self._landed.append((message.partition(), message.offset(), i))
+
+    def _bombed_at(self, error: KafkaError | None, message: Message) -> None:
+        assert error is None, error
+        self.unreadable.add((message.partition(), message.offset()))
 
 
 class Reader(threading.Thread):
-    """Every committed output's (partition, id), in the order read."""
+    """Every committed output's (partition, id), in the order read; the input offset,
+    (partition, offset), of each output and of each dead letter, with its reason."""
 
     def __init__(self, bootstrap: str) -> None:
         super().__init__(daemon=True)
         self.seen: list[tuple[int, int]] = []
+        self.outputs: Counter[tuple[int, int]] = Counter()
+        self.letters: Counter[tuple[int, int]] = Counter()
+        self.reasons: Counter[bytes] = Counter()
         self.done = threading.Event()
         self._consumer = Consumer(
             {"bootstrap.servers": bootstrap, "group.id": "soak-reader",
@@ -77,12 +170,22 @@ class Reader(threading.Thread):
         )  # fmt: skip
 
     def run(self) -> None:
-        self._consumer.subscribe(["out"])
+        self._consumer.subscribe(["out", "dlq"])
         while not self.done.is_set():
             for message in self._consumer.consume(1000, 0.5):
-                if message.error() is None:
+                if message.error() is not None:
+                    continue
+                if message.topic() == "out":
                     document = orjson.loads(message.value())
                     self.seen.append((message.partition(), int(document["id"])))
+                    source = document["source"]
+                    self.outputs[(source["partition"], source["offset"])] += 1
+                else:
+                    headers = {k: v or b"" for k, v in message.headers() or []}
+                    at = (int(headers["streaminfer.source.partition"]),
+                          int(headers["streaminfer.source.offset"]))  # fmt: skip
+                    self.letters[at] += 1
+                    self.reasons[headers["streaminfer.error.type"]] += 1
         self._consumer.close()
 
 
@@ -94,7 +197,7 @@ def soak(args: argparse.Namespace, kafka: KafkaSettings, folder: Path) -> bool:
     export_tiny_model(folder / "repo", version=1)
     reader = Reader(bootstrap)
     reader.start()
-    writer = threading.Thread(target=write, args=(bootstrap, args.records, args.rate), daemon=True)
+    writer = Writer(bootstrap, args)
     writer.start()
     command = [*STREAMINFER, "run", "-b", bootstrap, *FAST_GROUP, "--input", "in",
                "--output", "out", "--dlq", "dlq", "--mode", "embedded", "--repo",
@@ -127,7 +230,7 @@ def soak(args: argparse.Namespace, kafka: KafkaSettings, folder: Path) -> bool:
             print(f"{dict(kills)}; {len(reader.seen):,} outputs so far", flush=True)
         writer.join()
         deadline = time.monotonic() + 300
-        while len(reader.seen) < args.records and time.monotonic() < deadline:
+        while len(reader.seen) < len(writer.ids) and time.monotonic() < deadline:
             time.sleep(1)
         time.sleep(SETTLE_S)
         reader.done.set()
@@ -135,17 +238,27 @@ def soak(args: argparse.Namespace, kafka: KafkaSettings, folder: Path) -> bool:
         supervisor.send_signal(signal.SIGTERM)
         supervisor.wait(120)
     ids = [i for _, i in reader.seen]
-    lost = args.records - len(set(ids))
+    lost = len(writer.ids - set(ids))
     twice = len(ids) - len(set(ids))
     by_partition: defaultdict[int, list[int]] = defaultdict(list)
     for partition, i in reader.seen:
         by_partition[partition].append(i)
     disordered = sum(sequence != sorted(sequence) for sequence in by_partition.values())
+    # By input offset: each record's output, each of the bombs' offsets' dead letter, once;
+    # nothing for an offset that is neither (a transaction marker, an aborted record).
+    missed = len(writer.served - set(reader.outputs)) + len(writer.unreadable - set(reader.letters))
+    repeated = sum(n > 1 for n in (*reader.outputs.values(), *reader.letters.values()))
+    stray = len(set(reader.outputs) - writer.served) + len(set(reader.letters) - writer.unreadable)
+    reasons = dict(reader.reasons)
     print(
-        f"{args.records:,} records, kills {dict(kills)}: {len(ids):,} outputs, lost {lost}, "
-        f"twice {twice}, output partitions out of order {disordered}"
+        f"{len(writer.ids):,} records committed to the input ({args.records:,} written), "
+        f"kills {dict(kills)}: {len(ids):,} outputs, lost {lost}, twice {twice}, output "
+        f"partitions out of order {disordered}; by input offset: {missed} missed, "
+        f"{repeated} more than once, {stray} for an offset that holds no record; "
+        f"dead letters {reasons} for the {len(writer.unreadable)} offsets of unreadable batches"
     )
-    return lost == twice == disordered == 0
+    only_unreadable = set(reasons) <= {b"unreadable_record"}
+    return lost == twice == disordered == missed == repeated == stray == 0 and only_unreadable
 
 
 def main() -> None:
@@ -155,6 +268,10 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=45)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--bombs", type=int, default=0, help="unreadable batches among them")
+    parser.add_argument(
+        "--transactional", action="store_true", help="write in transactions, some aborted"
+    )
     args = parser.parse_args()
     with local_broker() as kafka, tempfile.TemporaryDirectory() as folder:
         held = soak(args, kafka, Path(folder))
