@@ -1,7 +1,7 @@
 """Exactly-once under many SIGKILLs at random instants: of members, and of the supervisor.
 
     .venv/bin/python benchmarks/kill_soak.py [--records 800000] [--rate 8000] [--kills 45]
-        [--seed 1] [--partitions 4] [--bombs 0] [--transactional]
+        [--seed 1] [--partitions 4] [--bombs 0] [--transactional] [--mode embedded]
 
 Not a benchmark but a longer version of the suite's kill tests, for what a few kills at
 chosen moments may miss.  Starts a local broker; writes ``--records`` tiny-model tensor
@@ -21,6 +21,11 @@ and ``BOMB_COMPANIONS`` valid records, which inflates past librdkafka's
 ``receive.message.max.bytes``.  Every offset of those batches must come out as one
 ``unreadable_record`` dead letter.
 
+With ``--mode`` a remote mode (``kserve-grpc``, ``tfserving-rest`` ...), the members ask
+a ``streaminfer serve`` of the tiny model, and one kill in ``SERVER_EVERY`` is the
+server's, restarted on its ports at once: the records it was serving are retried, never
+dead-lettered, and come out once all the same.
+
 With ``--transactional`` the input is written in transactions of 200-1,000 records, one in
 ``ABORTED_EVERY`` aborted, and each bomb in a transaction of its own: the records of
 aborted transactions and the offsets the commit and abort markers take must come out as
@@ -38,6 +43,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -47,7 +53,12 @@ from streaminfer.bench.suite import local_broker
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.models.export.tiny import export_tiny_model
-from streaminfer.processes import STREAMINFER, child_pids, interrupted_by_sigterm
+from streaminfer.processes import (
+    STREAMINFER,
+    ModelServerProcess,
+    child_pids,
+    interrupted_by_sigterm,
+)
 
 # A killed member's partitions move on in seconds, and its open transaction is aborted.
 FAST_GROUP = ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500",
@@ -57,10 +68,31 @@ SETTLE_S = 15  # after the last output: long enough for a duplicate to show
 BOMB_BYTES = 150 << 20  # zeros: 5 KB on the broker, past the consumer's 100 MB once inflated
 BOMB_COMPANIONS = 3  # valid records in a bomb's batch, dead-lettered with it
 ABORTED_EVERY = 10  # --transactional: one transaction in this many is aborted
+SERVER_EVERY = 5  # a remote --mode: one kill in this many is the model server's
 
 
 def record(i: int) -> bytes:
     return orjson.dumps({"id": str(i), "model": "tiny", "inputs": {"x": [[i, 0, 0, 0]]}})
+
+
+@dataclass
+class Written:
+    """What the input holds, by the writer's delivery reports."""
+
+    ids: set[int] = field(default_factory=set)  # records committed to the input
+    served: set[tuple[int, int]] = field(default_factory=set)  # their offsets: one output each
+    unreadable: set[tuple[int, int]] = field(default_factory=set)  # bombs': one dead letter each
+
+
+@dataclass
+class Read:
+    """What came out: outputs' (partition, id) in the order read, and the input offset,
+    (partition, offset), of each output and dead letter, with the dead letters' reasons."""
+
+    seen: list[tuple[int, int]] = field(default_factory=list)
+    outputs: Counter[tuple[int, int]] = field(default_factory=Counter)
+    letters: Counter[tuple[int, int]] = field(default_factory=Counter)
+    reasons: Counter[bytes] = field(default_factory=Counter)
 
 
 class Writer(threading.Thread):
@@ -72,9 +104,7 @@ class Writer(threading.Thread):
     def __init__(self, bootstrap: str, args: argparse.Namespace) -> None:
         super().__init__(daemon=True)
         self.args = args
-        self.ids: set[int] = set()  # records committed to the input
-        self.served: set[tuple[int, int]] = set()  # their offsets: each needs one output
-        self.unreadable: set[tuple[int, int]] = set()  # the bombs' batches: one dead letter each
+        self.written = Written()
         self._landed: list[tuple[int, int, int]] = []  # (partition, offset, id) not yet settled
         self._rng = random.Random(args.seed)
         config: dict[str, str | int] = {"bootstrap.servers": bootstrap, "linger.ms": 5}
@@ -138,8 +168,8 @@ class Writer(threading.Thread):
     def _settle(self, aborted: bool) -> None:
         if not aborted:
             for partition, offset, i in self._landed:
-                self.served.add((partition, offset))
-                self.ids.add(i)
+                self.written.served.add((partition, offset))
+                self.written.ids.add(i)
         self._landed.clear()
 
     def _landed_at(self, error: KafkaError | None, message: Message) -> None:
@@ -149,19 +179,15 @@ class Writer(threading.Thread):
 
     def _bombed_at(self, error: KafkaError | None, message: Message) -> None:
         assert error is None, error
-        self.unreadable.add((message.partition(), message.offset()))
+        self.written.unreadable.add((message.partition(), message.offset()))
 
 
 class Reader(threading.Thread):
-    """Every committed output's (partition, id), in the order read; the input offset,
-    (partition, offset), of each output and of each dead letter, with its reason."""
+    """Reads every committed output and dead letter into ``read``."""
 
     def __init__(self, bootstrap: str) -> None:
         super().__init__(daemon=True)
-        self.seen: list[tuple[int, int]] = []
-        self.outputs: Counter[tuple[int, int]] = Counter()
-        self.letters: Counter[tuple[int, int]] = Counter()
-        self.reasons: Counter[bytes] = Counter()
+        self.read = Read()
         self.done = threading.Event()
         self._consumer = Consumer(
             {"bootstrap.servers": bootstrap, "group.id": "soak-reader",
@@ -177,15 +203,15 @@ class Reader(threading.Thread):
                     continue
                 if message.topic() == "out":
                     document = orjson.loads(message.value())
-                    self.seen.append((message.partition(), int(document["id"])))
+                    self.read.seen.append((message.partition(), int(document["id"])))
                     source = document["source"]
-                    self.outputs[(source["partition"], source["offset"])] += 1
+                    self.read.outputs[(source["partition"], source["offset"])] += 1
                 else:
                     headers = {k: v or b"" for k, v in message.headers() or []}
                     at = (int(headers["streaminfer.source.partition"]),
                           int(headers["streaminfer.source.offset"]))  # fmt: skip
-                    self.letters[at] += 1
-                    self.reasons[headers["streaminfer.error.type"]] += 1
+                    self.read.letters[at] += 1
+                    self.read.reasons[headers["streaminfer.error.type"]] += 1
         self._consumer.close()
 
 
@@ -200,65 +226,88 @@ def soak(args: argparse.Namespace, kafka: KafkaSettings, folder: Path) -> bool:
     writer = Writer(bootstrap, args)
     writer.start()
     command = [*STREAMINFER, "run", "-b", bootstrap, *FAST_GROUP, "--input", "in",
-               "--output", "out", "--dlq", "dlq", "--mode", "embedded", "--repo",
+               "--output", "out", "--dlq", "dlq", "--mode", args.mode, "--repo",
                str(folder / "repo"), "--group-id", "soak", "--processes", "2"]  # fmt: skip
-    env = {**os.environ, "TMPDIR": str(folder)}  # the members' folder, left by a killed one
-    rng = random.Random(args.seed)
-    kills: Counter[str] = Counter()
-    with open(folder / "workers.log", "ab") as log:
+    server = None
+    if args.mode != "embedded":
+        server = ModelServerProcess(folder / "repo", folder / "server.log")
+        rest = args.mode.endswith(("-rest", "-http"))
+        command += ["--server", server.address(rest=rest)]
+    try:
+        env = {**os.environ, "TMPDIR": str(folder)}  # the members' folder, left by a killed one
+        rng = random.Random(args.seed)
+        kills: Counter[str] = Counter()
+        with open(folder / "workers.log", "ab") as log:
 
-        def start() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            def start() -> subprocess.Popen[bytes]:
+                return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
-        supervisor = start()
-        for _ in range(args.kills):
-            time.sleep(rng.uniform(0.3, 4.0))
-            victims = child_pids(supervisor.pid)
-            if victims and rng.random() < MEMBER_SHARE:
-                os.kill(rng.choice(victims), signal.SIGKILL)
-                kills["member"] += 1
-            else:
-                supervisor.kill()
-                supervisor.wait()
-                deadline = time.monotonic() + 30  # members end with their supervisor
-                while any(Path(f"/proc/{p}").exists() for p in victims):
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"members {victims} outlived their supervisor")
-                    time.sleep(0.1)
-                supervisor = start()
-                kills["supervisor"] += 1
-            print(f"{dict(kills)}; {len(reader.seen):,} outputs so far", flush=True)
-        writer.join()
-        deadline = time.monotonic() + 300
-        while len(reader.seen) < len(writer.ids) and time.monotonic() < deadline:
-            time.sleep(1)
-        time.sleep(SETTLE_S)
-        reader.done.set()
-        reader.join()
-        supervisor.send_signal(signal.SIGTERM)
-        supervisor.wait(120)
-    ids = [i for _, i in reader.seen]
-    lost = len(writer.ids - set(ids))
+            supervisor = start()
+            for _ in range(args.kills):
+                time.sleep(rng.uniform(0.3, 4.0))
+                victims = child_pids(supervisor.pid)
+                if server is not None and rng.randrange(SERVER_EVERY) == 0:
+                    server.send_signal(signal.SIGKILL)
+                    server.wait()
+                    ports = (server.grpc_port, server.rest_port)
+                    server = ModelServerProcess(folder / "repo", folder / "server.log", ports=ports)
+                    kills["server"] += 1
+                elif victims and rng.random() < MEMBER_SHARE:
+                    os.kill(rng.choice(victims), signal.SIGKILL)
+                    kills["member"] += 1
+                else:
+                    supervisor.kill()
+                    supervisor.wait()
+                    deadline = time.monotonic() + 30  # members end with their supervisor
+                    while any(Path(f"/proc/{p}").exists() for p in victims):
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"members {victims} outlived their supervisor")
+                        time.sleep(0.1)
+                    supervisor = start()
+                    kills["supervisor"] += 1
+                print(f"{dict(kills)}; {len(reader.read.seen):,} outputs so far", flush=True)
+            writer.join()
+            deadline = time.monotonic() + 300
+            while len(reader.read.seen) < len(writer.written.ids) and time.monotonic() < deadline:
+                time.sleep(1)
+            time.sleep(SETTLE_S)
+            reader.done.set()
+            reader.join()
+            supervisor.send_signal(signal.SIGTERM)
+            supervisor.wait(120)
+    finally:
+        if server is not None:  # replaced at each of its kills: the last one
+            server.stop()
+    held, verdict = judge(writer.written, reader.read)
+    print(f"{args.records:,} records written, kills {dict(kills)}: {verdict}")
+    return held
+
+
+def judge(written: Written, read: Read) -> tuple[bool, str]:
+    """Whether exactly-once held, and the counts that say so: no record lost or twice, every
+    output partition in input order; by input offset, each record's output and each of the
+    bombs' offsets' dead letter once, nothing for an offset that is neither (a transaction
+    marker, an aborted record); and no dead letter but unreadable batches'."""
+    ids = [i for _, i in read.seen]
+    lost = len(written.ids - set(ids))
     twice = len(ids) - len(set(ids))
     by_partition: defaultdict[int, list[int]] = defaultdict(list)
-    for partition, i in reader.seen:
+    for partition, i in read.seen:
         by_partition[partition].append(i)
     disordered = sum(sequence != sorted(sequence) for sequence in by_partition.values())
-    # By input offset: each record's output, each of the bombs' offsets' dead letter, once;
-    # nothing for an offset that is neither (a transaction marker, an aborted record).
-    missed = len(writer.served - set(reader.outputs)) + len(writer.unreadable - set(reader.letters))
-    repeated = sum(n > 1 for n in (*reader.outputs.values(), *reader.letters.values()))
-    stray = len(set(reader.outputs) - writer.served) + len(set(reader.letters) - writer.unreadable)
-    reasons = dict(reader.reasons)
-    print(
-        f"{len(writer.ids):,} records committed to the input ({args.records:,} written), "
-        f"kills {dict(kills)}: {len(ids):,} outputs, lost {lost}, twice {twice}, output "
-        f"partitions out of order {disordered}; by input offset: {missed} missed, "
-        f"{repeated} more than once, {stray} for an offset that holds no record; "
-        f"dead letters {reasons} for the {len(writer.unreadable)} offsets of unreadable batches"
+    missed = len(written.served - set(read.outputs)) + len(written.unreadable - set(read.letters))
+    repeated = sum(n > 1 for n in (*read.outputs.values(), *read.letters.values()))
+    stray = len(set(read.outputs) - written.served) + len(set(read.letters) - written.unreadable)
+    reasons = dict(read.reasons)
+    verdict = (
+        f"{len(written.ids):,} records committed to the input, {len(ids):,} outputs, lost "
+        f"{lost}, twice {twice}, output partitions out of order {disordered}; by input offset: "
+        f"{missed} missed, {repeated} more than once, {stray} for an offset that holds no "
+        f"record; dead letters {reasons} for the {len(written.unreadable)} offsets of "
+        "unreadable batches"
     )
-    only_unreadable = set(reasons) <= {b"unreadable_record"}
-    return lost == twice == disordered == missed == repeated == stray == 0 and only_unreadable
+    held = lost == twice == disordered == missed == repeated == stray == 0
+    return held and set(reasons) <= {b"unreadable_record"}, verdict
 
 
 def main() -> None:
@@ -272,6 +321,7 @@ def main() -> None:
     parser.add_argument(
         "--transactional", action="store_true", help="write in transactions, some aborted"
     )
+    parser.add_argument("--mode", default="embedded", help="the members' --mode")
     args = parser.parse_args()
     with local_broker() as kafka, tempfile.TemporaryDirectory() as folder:
         held = soak(args, kafka, Path(folder))

@@ -167,8 +167,11 @@ def _answers_ok(port: int, path: str) -> bool:
 class ModelServerProcess(ManagedProcess):
     """``streaminfer serve`` on free loopback ports, returned once it reports ready."""
 
-    def __init__(self, repo: Path, log_path: Path, *extra: str) -> None:
-        self.grpc_port, self.rest_port = free_port(), free_port()
+    def __init__(
+        self, repo: Path, log_path: Path, *extra: str, ports: tuple[int, int] | None = None
+    ) -> None:
+        """``ports``: (gRPC, REST), as a server stopped before had them; free ones if None."""
+        self.grpc_port, self.rest_port = ports or (free_port(), free_port())
         args = [*STREAMINFER, "serve", "--repo", str(repo), "--grpc-port", str(self.grpc_port),
                 "--rest-port", str(self.rest_port), *extra]  # fmt: skip
         super().__init__("model server", args, log_path)
