@@ -1,7 +1,9 @@
-"""Exactly-once under many SIGKILLs at random instants: of members, and of the supervisor.
+"""Exactly-once under many SIGKILLs at random instants: of members, of the supervisor, and
+optionally of the model server and of the broker.
 
     .venv/bin/python benchmarks/kill_soak.py [--records 800000] [--rate 8000] [--kills 45]
         [--seed 1] [--partitions 4] [--bombs 0] [--transactional] [--mode embedded]
+        [--broker-kills]
 
 Not a benchmark but a longer version of the suite's kill tests, for what a few kills at
 chosen moments may miss.  Starts a local broker; writes ``--records`` tiny-model tensor
@@ -30,6 +32,10 @@ With ``--transactional`` the input is written in transactions of 200-1,000 recor
 ``ABORTED_EVERY`` aborted, and each bomb in a transaction of its own: the records of
 aborted transactions and the offsets the commit and abort markers take must come out as
 nothing at all.
+
+With ``--broker-kills``, one kill in ``BROKER_EVERY`` is the broker's,
+restarted at once on its data, which it recovers.  The writer is idempotent, so that its
+retries write no record twice, and a transaction the restart dooms is aborted.
 """
 
 from __future__ import annotations
@@ -45,14 +51,16 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
-from streaminfer.bench.suite import local_broker
 from streaminfer.kafka.admin import TopicAdmin
+from streaminfer.kafka.broker import LocalBroker
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.models.export.tiny import export_tiny_model
+from streaminfer.net import free_port
 from streaminfer.processes import (
     STREAMINFER,
     ModelServerProcess,
@@ -69,6 +77,7 @@ BOMB_BYTES = 150 << 20  # zeros: 5 KB on the broker, past the consumer's 100 MB 
 BOMB_COMPANIONS = 3  # valid records in a bomb's batch, dead-lettered with it
 ABORTED_EVERY = 10  # --transactional: one transaction in this many is aborted
 SERVER_EVERY = 5  # a remote --mode: one kill in this many is the model server's
+BROKER_EVERY = 8  # --broker-kills: one kill in this many is the broker's
 
 
 def record(i: int) -> bytes:
@@ -105,9 +114,13 @@ class Writer(threading.Thread):
         super().__init__(daemon=True)
         self.args = args
         self.written = Written()
+        self.failed: BaseException | None = None
         self._landed: list[tuple[int, int, int]] = []  # (partition, offset, id) not yet settled
         self._rng = random.Random(args.seed)
-        config: dict[str, str | int] = {"bootstrap.servers": bootstrap, "linger.ms": 5}
+        # Idempotent, so that a retry through a broker's restart writes no record twice.
+        config: dict[str, str | int | bool] = {
+            "bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True
+        }  # fmt: skip
         # One batch a flush: the long linger holds a bomb and its companions together.
         bomb_config = {**config, "compression.type": "zstd", "message.max.bytes": 10**9,
                        "batch.size": 10**9, "linger.ms": 5000}  # fmt: skip
@@ -120,6 +133,12 @@ class Writer(threading.Thread):
             self._bomber.init_transactions(60)
 
     def run(self) -> None:
+        try:
+            self._write()
+        except BaseException as exc:  # the soak reports it rather than judging half an input
+            self.failed = exc
+
+    def _write(self) -> None:
         args, producer = self.args, self._producer
         every = args.records // (args.bombs + 1) if args.bombs else 0
         left_in_transaction = 0
@@ -144,26 +163,23 @@ class Writer(threading.Thread):
                 time.sleep(max(0.0, (i + 1) / args.rate - (time.monotonic() - started)))
         if args.transactional and left_in_transaction > 0:
             self._end_transaction(producer, aborted=False)
-        producer.flush(60)
+        flush(producer)
         self._settle(aborted=False)
 
     def _bomb(self, partition: int) -> None:
-        """A 150 MB record of zeros and its companions in one zstd batch, committed."""
+        """A 150 MB record of zeros and its companions in one zstd batch, committed.  A
+        broker's restart may abort it: an aborted unreadable batch is dead-lettered too."""
         if self.args.transactional:
             self._bomber.begin_transaction()
         for value in [bytes(BOMB_BYTES), *(record(-1) for _ in range(BOMB_COMPANIONS))]:
             self._bomber.produce("in", value, partition=partition, on_delivery=self._bombed_at)
-        assert self._bomber.flush(60) == 0
         if self.args.transactional:
-            self._bomber.commit_transaction(60)
+            finish_transaction(self._bomber, commit=True)
+        else:
+            flush(self._bomber)
 
     def _end_transaction(self, producer: Producer, aborted: bool) -> None:
-        assert producer.flush(60) == 0  # every delivery report in, before the outcome
-        if aborted:
-            producer.abort_transaction(60)
-        else:
-            producer.commit_transaction(60)
-        self._settle(aborted)
+        self._settle(aborted=not finish_transaction(producer, commit=not aborted))
 
     def _settle(self, aborted: bool) -> None:
         if not aborted:
@@ -173,13 +189,38 @@ class Writer(threading.Thread):
         self._landed.clear()
 
     def _landed_at(self, error: KafkaError | None, message: Message) -> None:
-        assert error is None, error
-        i = int(message.key())
-        self._landed.append((message.partition(), message.offset(), i))
+        if error is None:  # else not written (a transaction failing on a broker's restart)
+            i = int(message.key())
+            self._landed.append((message.partition(), message.offset(), i))
 
     def _bombed_at(self, error: KafkaError | None, message: Message) -> None:
-        assert error is None, error
-        self.written.unreadable.add((message.partition(), message.offset()))
+        if error is None:
+            self.written.unreadable.add((message.partition(), message.offset()))
+
+
+def flush(producer: Producer) -> None:
+    """Every delivery report in, however long a broker's restart takes."""
+    while producer.flush(60):
+        pass
+
+
+def finish_transaction(producer: Producer, commit: bool) -> bool:
+    """Commit or abort the open transaction, through a broker's restart; whether it was
+    committed (one a restart has doomed is aborted)."""
+    flush(producer)  # every delivery report in, before the outcome
+    while True:
+        try:
+            if commit:
+                producer.commit_transaction(60)
+            else:
+                producer.abort_transaction(60)
+            return commit
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.txn_requires_abort():
+                commit = False
+            elif not error.retriable():
+                raise
 
 
 class Reader(threading.Thread):
@@ -215,9 +256,101 @@ class Reader(threading.Thread):
         self._consumer.close()
 
 
-def soak(args: argparse.Namespace, kafka: KafkaSettings, folder: Path) -> bool:
-    bootstrap = kafka.bootstrap_servers
-    admin = TopicAdmin(kafka)
+class Fleet:
+    """The processes the soak kills, each with SIGKILL and replaced at once where it was:
+    the supervisor (its members end with it), one member (its supervisor restarts it),
+    a remote mode's model server, and the broker."""
+
+    def __init__(
+        self, args: argparse.Namespace, broker: LocalBroker, folder: Path, log: IO[bytes]
+    ) -> None:
+        self._broker, self._folder, self._log = broker, folder, log
+        self._broker_kills = args.broker_kills
+        # Its own stream, drawn once a kill: which kills are the server's and the broker's
+        # is the seed's alone, whatever the timing (``kill_one``).
+        self._infrastructure = random.Random(args.seed + 1)
+        self._command = [*STREAMINFER, "run", "-b", broker_address(broker), *FAST_GROUP,
+                         "--input", "in", "--output", "out", "--dlq", "dlq", "--mode",
+                         args.mode, "--repo", str(folder / "repo"), "--group-id", "soak",
+                         "--processes", "2"]  # fmt: skip
+        self.server: ModelServerProcess | None = None
+        if args.mode != "embedded":
+            self.server = ModelServerProcess(folder / "repo", folder / "server.log")
+            rest = args.mode.endswith(("-rest", "-http"))
+            self._command += ["--server", self.server.address(rest=rest)]
+        self.supervisor = self._start_supervisor()
+
+    def _start_supervisor(self) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "TMPDIR": str(self._folder)}  # the members', left by a killed one
+        return subprocess.Popen(self._command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def kill_one(self, rng: random.Random) -> str:
+        """Kill one and start its replacement: the server or the broker as the seed has
+        it, else a member or the supervisor, chosen with ``rng`` (which skips a draw when
+        there is no member to kill: the supervisor was just started)."""
+        roll = self._infrastructure.random()
+        members = child_pids(self.supervisor.pid)
+        if self.server is not None and roll < 1 / SERVER_EVERY:
+            self.server.send_signal(signal.SIGKILL)
+            self.server.wait()
+            ports = (self.server.grpc_port, self.server.rest_port)
+            self.server = ModelServerProcess(
+                self._folder / "repo", self._folder / "server.log", ports=ports
+            )
+            return "server"
+        if self._broker_kills and roll >= 1 - 1 / BROKER_EVERY:
+            pid = self._broker.running_pid()
+            assert pid is not None, "the broker is not running"
+            os.killpg(pid, signal.SIGKILL)
+            gone(pid)
+            state = self._broker.state()
+            assert state is not None
+            self._broker.start(port=state.port)  # on its data, which it recovers
+            return "broker"
+        if members and rng.random() < MEMBER_SHARE:
+            os.kill(rng.choice(members), signal.SIGKILL)
+            return "member"
+        self.supervisor.kill()
+        self.supervisor.wait()
+        gone(*members)  # members end with their supervisor
+        self.supervisor = self._start_supervisor()
+        return "supervisor"
+
+    def stop(self) -> None:
+        """SIGTERM: the members drain and commit."""
+        self.supervisor.send_signal(signal.SIGTERM)
+        self.supervisor.wait(120)
+        if self.server is not None:
+            self.server.stop()
+
+
+def gone(*pids: int) -> None:
+    """Wait until none of ``pids`` runs (a zombie has ended: the broker's is reaped only at
+    this process's next ``Popen``)."""
+    deadline = time.monotonic() + 30
+    while any(running(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes {pids} outlived a SIGKILL by 30 s")
+        time.sleep(0.1)
+
+
+def running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def broker_address(broker: LocalBroker) -> str:
+    state = broker.state()
+    assert state is not None
+    return state.bootstrap
+
+
+def soak(args: argparse.Namespace, broker: LocalBroker, folder: Path) -> bool:
+    bootstrap = broker_address(broker)
+    admin = TopicAdmin(KafkaSettings(bootstrap_servers=bootstrap))
     for topic in ("in", "out", "dlq"):
         admin.create(topic, partitions=args.partitions)
     export_tiny_model(folder / "repo", version=1)
@@ -225,46 +358,14 @@ def soak(args: argparse.Namespace, kafka: KafkaSettings, folder: Path) -> bool:
     reader.start()
     writer = Writer(bootstrap, args)
     writer.start()
-    command = [*STREAMINFER, "run", "-b", bootstrap, *FAST_GROUP, "--input", "in",
-               "--output", "out", "--dlq", "dlq", "--mode", args.mode, "--repo",
-               str(folder / "repo"), "--group-id", "soak", "--processes", "2"]  # fmt: skip
-    server = None
-    if args.mode != "embedded":
-        server = ModelServerProcess(folder / "repo", folder / "server.log")
-        rest = args.mode.endswith(("-rest", "-http"))
-        command += ["--server", server.address(rest=rest)]
-    try:
-        env = {**os.environ, "TMPDIR": str(folder)}  # the members' folder, left by a killed one
-        rng = random.Random(args.seed)
-        kills: Counter[str] = Counter()
-        with open(folder / "workers.log", "ab") as log:
-
-            def start() -> subprocess.Popen[bytes]:
-                return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-            supervisor = start()
+    rng = random.Random(args.seed)
+    kills: Counter[str] = Counter()
+    with open(folder / "workers.log", "ab") as log:
+        fleet = Fleet(args, broker, folder, log)
+        try:
             for _ in range(args.kills):
                 time.sleep(rng.uniform(0.3, 4.0))
-                victims = child_pids(supervisor.pid)
-                if server is not None and rng.randrange(SERVER_EVERY) == 0:
-                    server.send_signal(signal.SIGKILL)
-                    server.wait()
-                    ports = (server.grpc_port, server.rest_port)
-                    server = ModelServerProcess(folder / "repo", folder / "server.log", ports=ports)
-                    kills["server"] += 1
-                elif victims and rng.random() < MEMBER_SHARE:
-                    os.kill(rng.choice(victims), signal.SIGKILL)
-                    kills["member"] += 1
-                else:
-                    supervisor.kill()
-                    supervisor.wait()
-                    deadline = time.monotonic() + 30  # members end with their supervisor
-                    while any(Path(f"/proc/{p}").exists() for p in victims):
-                        if time.monotonic() > deadline:
-                            raise RuntimeError(f"members {victims} outlived their supervisor")
-                        time.sleep(0.1)
-                    supervisor = start()
-                    kills["supervisor"] += 1
+                kills[fleet.kill_one(rng)] += 1
                 print(f"{dict(kills)}; {len(reader.read.seen):,} outputs so far", flush=True)
             writer.join()
             deadline = time.monotonic() + 300
@@ -273,11 +374,11 @@ def soak(args: argparse.Namespace, kafka: KafkaSettings, folder: Path) -> bool:
             time.sleep(SETTLE_S)
             reader.done.set()
             reader.join()
-            supervisor.send_signal(signal.SIGTERM)
-            supervisor.wait(120)
-    finally:
-        if server is not None:  # replaced at each of its kills: the last one
-            server.stop()
+        finally:
+            fleet.stop()
+    if writer.failed is not None:
+        print(f"the writer failed: {writer.failed!r}")
+        return False
     held, verdict = judge(writer.written, reader.read)
     print(f"{args.records:,} records written, kills {dict(kills)}: {verdict}")
     return held
@@ -322,9 +423,15 @@ def main() -> None:
         "--transactional", action="store_true", help="write in transactions, some aborted"
     )
     parser.add_argument("--mode", default="embedded", help="the members' --mode")
+    parser.add_argument("--broker-kills", action="store_true", help="kill the broker too")
     args = parser.parse_args()
-    with local_broker() as kafka, tempfile.TemporaryDirectory() as folder:
-        held = soak(args, kafka, Path(folder))
+    with tempfile.TemporaryDirectory() as folder:
+        broker = LocalBroker(Path(folder) / "kafka")
+        broker.start(port=free_port())
+        try:
+            held = soak(args, broker, Path(folder))
+        finally:
+            broker.stop()
     raise SystemExit(0 if held else 1)
 
 

@@ -104,13 +104,15 @@ def test_any_departure_fails(
 @pytest.mark.timeout(600)
 def test_a_short_soak_of_every_kind_holds() -> None:
     """The whole script, briefly: its own broker, transactional input with an unreadable
-    batch, members asking a model server, and kills of members, supervisors and the server
-    at the seed's instants.  It exits 0 only if its verdict holds."""
+    batch, members asking a model server, and six kills, the seed's first of the server
+    and its fourth of the broker.  It exits 0 only if its verdict holds."""
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--records", "4000", "--rate", "2000", "--kills", "6",
-         "--bombs", "1", "--transactional", "--mode", "kserve-grpc", "--seed", "11"],
+         "--bombs", "1", "--transactional", "--mode", "kserve-grpc", "--broker-kills",
+         "--seed", "13"],
         capture_output=True, text=True, timeout=540,
     )  # fmt: skip
     verdict = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-2000:]
     assert done.returncode == 0, verdict
+    assert "'server': 1" in verdict and "'broker': 1" in verdict, verdict
     assert "lost 0, twice 0" in verdict and "{b'unreadable_record': 4}" in verdict, verdict
