@@ -278,7 +278,12 @@ class Fleet:
             self.server = ModelServerProcess(folder / "repo", folder / "server.log")
             rest = args.mode.endswith(("-rest", "-http"))
             self._command += ["--server", self.server.address(rest=rest)]
-        self.supervisor = self._start_supervisor()
+        try:
+            self.supervisor = self._start_supervisor()
+        except BaseException:
+            if self.server is not None:
+                self.server.stop()
+            raise
 
     def _start_supervisor(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, "TMPDIR": str(self._folder)}  # the members', left by a killed one

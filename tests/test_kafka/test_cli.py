@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -194,3 +195,24 @@ def test_kafka_stop_then_start_on_the_same_port(
         assert run_cli("topics", "list", "-b", f"127.0.0.1:{port}").returncode == 0
     finally:
         run_cli("kafka", "stop", *data, timeout=120)
+
+
+def test_a_start_waits_a_moment_for_its_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker killed a moment ago holds its listener a little after it has exited; a start
+    then waits for the port rather than refusing it as in use."""
+    monkeypatch.setenv("KAFKA_HEAP_OPTS", "-Xms64m -Xmx384m")
+    port = free_port()
+    held = socket.create_server(("127.0.0.1", port))
+    release = threading.Timer(0.5, held.close)
+    release.start()
+    broker = LocalBroker(tmp_path / "data")
+    try:
+        state = broker.start(port=port)
+        assert state.port == port
+        assert run_cli("topics", "list", "-b", state.bootstrap).returncode == 0
+    finally:
+        release.cancel()
+        held.close()
+        broker.stop()

@@ -38,16 +38,29 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("streaminfer")) / "kafka"
 
 
-def _port_is_free(host: str, port: int) -> bool:
-    """Whether a listener could bind ``port``: as the broker does, with SO_REUSEADDR, so the
-    TIME_WAIT connections of a broker just stopped do not count as "in use"."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
+PORT_RELEASE_S = 5.0
+"""How long a start waits for its port to be let go: a broker killed a moment ago (SIGKILL,
+the OOM killer) has exited, yet its listener lingers for some tens of milliseconds more
+while clients were connecting to it."""
+
+
+def _port_is_free(host: str, port: int, wait_s: float = 0.0) -> bool:
+    """Whether a listener could bind ``port``, now or within ``wait_s``: as the broker does,
+    with SO_REUSEADDR, so the TIME_WAIT connections of a broker just stopped do not count
+    as "in use"."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                pass
+            else:
+                return True
+        if time.monotonic() >= deadline:
             return False
-        return True
+        time.sleep(0.05)
 
 
 @dataclass
@@ -222,7 +235,7 @@ class LocalBroker:
             state.authorizer = authorizer
         if state.authorizer and state.security == "plaintext":
             raise ConfigError("--authorizer needs --security sasl_ssl: ACLs bind users")
-        if not _port_is_free(state.host, state.port):
+        if not _port_is_free(state.host, state.port, PORT_RELEASE_S):
             raise ConfigError(
                 f"port {state.port} on {state.host} is in use; pick another with --port"
             )
