@@ -51,7 +51,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
@@ -59,6 +59,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.broker import LocalBroker
 from streaminfer.kafka.config import KafkaSettings
+from streaminfer.kafka.records import message_headers
 from streaminfer.models.export.tiny import export_tiny_model
 from streaminfer.net import free_port
 from streaminfer.processes import (
@@ -190,12 +191,20 @@ class Writer(threading.Thread):
 
     def _landed_at(self, error: KafkaError | None, message: Message) -> None:
         if error is None:  # else not written (a transaction failing on a broker's restart)
-            i = int(message.key())
-            self._landed.append((message.partition(), message.offset(), i))
+            key = message.key()
+            assert key is not None
+            self._landed.append((*placed(message), int(key)))
 
     def _bombed_at(self, error: KafkaError | None, message: Message) -> None:
         if error is None:
-            self.written.unreadable.add((message.partition(), message.offset()))
+            self.written.unreadable.add(placed(message))
+
+
+def placed(message: Message) -> tuple[int, int]:
+    """A delivered or consumed message's (partition, offset)."""
+    partition, offset = message.partition(), message.offset()
+    assert partition is not None and offset is not None
+    return partition, offset
 
 
 def flush(producer: Producer) -> None:
@@ -243,12 +252,12 @@ class Reader(threading.Thread):
                 if message.error() is not None:
                     continue
                 if message.topic() == "out":
-                    document = orjson.loads(message.value())
-                    self.read.seen.append((message.partition(), int(document["id"])))
+                    document = orjson.loads(message.value() or b"")
+                    self.read.seen.append((placed(message)[0], int(document["id"])))
                     source = document["source"]
                     self.read.outputs[(source["partition"], source["offset"])] += 1
-                else:
-                    headers = {k: v or b"" for k, v in message.headers() or []}
+                else:  # a dead letter's headers are ours, their values bytes
+                    headers = cast(dict[str, bytes], dict(message_headers(message)))
                     at = (int(headers["streaminfer.source.partition"]),
                           int(headers["streaminfer.source.offset"]))  # fmt: skip
                     self.read.letters[at] += 1
