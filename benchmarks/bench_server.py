@@ -107,7 +107,11 @@ def bare_inference(repo: Path, tensor: np.ndarray) -> Callable[[float], dict[str
     registry.reload()
     model = registry.resolve(MODEL).model
     checked = model.validate({"input": tensor})
-    return lambda seconds: measure(lambda: lambda: model.run(checked) and None, 1, seconds)
+
+    def call() -> None:
+        model.run(checked)
+
+    return lambda seconds: measure(lambda: call, 1, seconds)
 
 
 def clients(

@@ -45,7 +45,7 @@ Figures = tuple[float, float, float]
 
 def build_echo_model(repo: Path) -> None:
     """``echo``: y = 2x over [N, 3, 224, 224] float32, an answer as large as its request."""
-    shape = ["N", 3, 224, 224]
+    shape: list[str | int] = ["N", 3, 224, 224]
     graph = helper.make_graph(
         [helper.make_node("Mul", ["x", "two"], ["y"])],
         "echo",

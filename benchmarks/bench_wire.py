@@ -125,7 +125,7 @@ def _typed_field_ways(
 
 
 def _v2_ways(tensors: Tensors, kind: str) -> dict[str, Callable[[], object]]:
-    message_type, described, raw, write_past, parse_past, role = {
+    ways: dict[str, tuple[Any, str, str, Any, Any, str]] = {
         "request": (
             v2.ModelInferRequest,
             "inputs",
@@ -142,7 +142,8 @@ def _v2_ways(tensors: Tensors, kind: str) -> dict[str, Callable[[], object]]:
             parse_infer_response,
             "output",
         ),
-    }[kind]
+    }
+    message_type, described, raw, write_past, parse_past, role = ways[kind]
 
     def write() -> bytes:
         message = message_type(model_name="m")
@@ -176,7 +177,7 @@ def _v2_ways(tensors: Tensors, kind: str) -> dict[str, Callable[[], object]]:
 
 
 def _tf_ways(tensors: Tensors, kind: str) -> dict[str, Callable[[], object]]:
-    message_type, field, write_past, parse_past = {
+    ways: dict[str, tuple[Any, str, Any, Any]] = {
         "request": (
             predict_pb2.PredictRequest,
             "inputs",
@@ -189,7 +190,8 @@ def _tf_ways(tensors: Tensors, kind: str) -> dict[str, Callable[[], object]]:
             predict_response_bytes,
             parse_predict_response,
         ),
-    }[kind]
+    }
+    message_type, field, write_past, parse_past = ways[kind]
 
     def empty() -> Any:
         message = message_type()
