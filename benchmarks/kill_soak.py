@@ -29,9 +29,9 @@ server's, restarted on its ports at once: the records it was serving are retried
 dead-lettered, and come out once all the same.
 
 With ``--transactional`` the input is written in transactions of 200-1,000 records, one in
-``ABORTED_EVERY`` aborted, and each bomb in a transaction of its own: the records of
-aborted transactions and the offsets the commit and abort markers take must come out as
-nothing at all.
+``ABORTED_EVERY`` aborted, and each bomb in a transaction of its own, as many aborted: the
+records of aborted transactions and the offsets the commit and abort markers take must
+come out as nothing at all, and an aborted bomb's offsets as dead letters all the same.
 
 With ``--broker-kills``, one kill in ``BROKER_EVERY`` is the broker's,
 restarted at once on its data, which it recovers.  The writer is idempotent, so that its
@@ -92,6 +92,7 @@ class Written:
     ids: set[int] = field(default_factory=set)  # records committed to the input
     served: set[tuple[int, int]] = field(default_factory=set)  # their offsets: one output each
     unreadable: set[tuple[int, int]] = field(default_factory=set)  # bombs': one dead letter each
+    aborted_bombs: int = 0  # bombs whose transaction was aborted: dead-lettered all the same
 
 
 @dataclass
@@ -168,14 +169,18 @@ class Writer(threading.Thread):
         self._settle(aborted=False)
 
     def _bomb(self, partition: int) -> None:
-        """A 150 MB record of zeros and its companions in one zstd batch, committed.  A
-        broker's restart may abort it: an aborted unreadable batch is dead-lettered too."""
+        """A 150 MB record of zeros and its companions in one zstd batch; in a transaction,
+        one in ``ABORTED_EVERY`` aborted (a broker's restart may abort others).  An aborted
+        unreadable batch is dead-lettered too: librdkafka fails on it before it would
+        drop it as aborted."""
         if self.args.transactional:
             self._bomber.begin_transaction()
         for value in [bytes(BOMB_BYTES), *(record(-1) for _ in range(BOMB_COMPANIONS))]:
             self._bomber.produce("in", value, partition=partition, on_delivery=self._bombed_at)
         if self.args.transactional:
-            finish_transaction(self._bomber, commit=True)
+            commit = self._rng.randrange(ABORTED_EVERY) != 0
+            if not finish_transaction(self._bomber, commit=commit):
+                self.written.aborted_bombs += 1
         else:
             flush(self._bomber)
 
@@ -419,7 +424,7 @@ def judge(written: Written, read: Read) -> tuple[bool, str]:
         f"{lost}, twice {twice}, output partitions out of order {disordered}; by input offset: "
         f"{missed} missed, {repeated} more than once, {stray} for an offset that holds no "
         f"record; dead letters {reasons} for the {len(written.unreadable)} offsets of "
-        "unreadable batches"
+        f"unreadable batches ({written.aborted_bombs} of the batches aborted)"
     )
     held = lost == twice == disordered == missed == repeated == stray == 0
     return held and set(reasons) <= {b"unreadable_record"}, verdict
