@@ -67,6 +67,7 @@ from streaminfer.processes import (
     ModelServerProcess,
     child_pids,
     interrupted_by_sigterm,
+    running,
 )
 
 # A killed member's partitions move on in seconds, and its open transaction is aborted.
@@ -276,14 +277,19 @@ class Fleet:
     a remote mode's model server, and the broker."""
 
     def __init__(
-        self, args: argparse.Namespace, broker: LocalBroker, folder: Path, log: IO[bytes]
+        self,
+        args: argparse.Namespace,
+        broker: LocalBroker,
+        bootstrap: str,
+        folder: Path,
+        log: IO[bytes],
     ) -> None:
         self._broker, self._folder, self._log = broker, folder, log
         self._broker_kills = args.broker_kills
         # Its own stream, drawn once a kill: which kills are the server's and the broker's
         # is the seed's alone, whatever the timing (``kill_one``).
         self._infrastructure = random.Random(args.seed + 1)
-        self._command = [*STREAMINFER, "run", "-b", broker_address(broker), *FAST_GROUP,
+        self._command = [*STREAMINFER, "run", "-b", bootstrap, *FAST_GROUP,
                          "--input", "in", "--output", "out", "--dlq", "dlq", "--mode",
                          args.mode, "--repo", str(folder / "repo"), "--group-id", "soak",
                          "--processes", "2"]  # fmt: skip
@@ -322,9 +328,7 @@ class Fleet:
             assert pid is not None, "the broker is not running"
             os.killpg(pid, signal.SIGKILL)
             gone(pid)
-            state = self._broker.state()
-            assert state is not None
-            self._broker.start(port=state.port)  # on its data, which it recovers
+            self._broker.start()  # on its port and its data, which it recovers
             return "broker"
         if members and rng.random() < MEMBER_SHARE:
             os.kill(rng.choice(members), signal.SIGKILL)
@@ -344,8 +348,7 @@ class Fleet:
 
 
 def gone(*pids: int) -> None:
-    """Wait until none of ``pids`` runs (a zombie has ended: the broker's is reaped only at
-    this process's next ``Popen``)."""
+    """Wait until none of ``pids`` runs."""
     deadline = time.monotonic() + 30
     while any(running(pid) for pid in pids):
         if time.monotonic() > deadline:
@@ -353,22 +356,7 @@ def gone(*pids: int) -> None:
         time.sleep(0.1)
 
 
-def running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def broker_address(broker: LocalBroker) -> str:
-    state = broker.state()
-    assert state is not None
-    return state.bootstrap
-
-
-def soak(args: argparse.Namespace, broker: LocalBroker, folder: Path) -> bool:
-    bootstrap = broker_address(broker)
+def soak(args: argparse.Namespace, broker: LocalBroker, bootstrap: str, folder: Path) -> bool:
     admin = TopicAdmin(KafkaSettings(bootstrap_servers=bootstrap))
     for topic in ("in", "out", "dlq"):
         admin.create(topic, partitions=args.partitions)
@@ -380,7 +368,7 @@ def soak(args: argparse.Namespace, broker: LocalBroker, folder: Path) -> bool:
     rng = random.Random(args.seed)
     kills: Counter[str] = Counter()
     with open(folder / "workers.log", "ab") as log:
-        fleet = Fleet(args, broker, folder, log)
+        fleet = Fleet(args, broker, bootstrap, folder, log)
         try:
             for _ in range(args.kills):
                 time.sleep(rng.uniform(0.3, 4.0))
@@ -446,9 +434,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         broker = LocalBroker(Path(folder) / "kafka")
-        broker.start(port=free_port())
+        state = broker.start(port=free_port())
         try:
-            held = soak(args, broker, Path(folder))
+            held = soak(args, broker, state.bootstrap, Path(folder))
         finally:
             broker.stop()
     raise SystemExit(0 if held else 1)

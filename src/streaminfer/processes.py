@@ -9,6 +9,7 @@ its children in order; under ``interrupted_by_sigterm`` a SIGTERM does the same.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -39,6 +40,18 @@ def child_pids(pid: int) -> list[int]:
         except FileNotFoundError:  # the thread ended meanwhile
             continue
     return children
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs: it is neither gone nor a zombie.  A child of this process is
+    reaped first, so that a killed one does not stay a zombie until someone waits for it."""
+    with contextlib.suppress(ChildProcessError):  # not ours to reap
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # the state follows the command's name
 
 
 class ManagedProcess:

@@ -16,7 +16,7 @@ from PIL import Image
 from streaminfer.bench.configs import QUICK, QUICK_CONFIGS
 from streaminfer.bench.results import LATENCY_LOAD
 from streaminfer.bench.workloads import TabularWorkload
-from streaminfer.processes import STREAMINFER, child_pids
+from streaminfer.processes import STREAMINFER, child_pids, running
 from tests.support import run_cli, wait_for
 from tests.test_bench.cases import positive_figures, positive_spreads
 
@@ -146,14 +146,6 @@ def _is_worker(pid: int) -> bool:
     return "streaminfer.cli.main" in args and "run" in args
 
 
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
 def test_sigterm_stops_the_bench_and_every_process_it_started(tmp_path: Path) -> None:
     """``timeout`` and a cancelled CI job send SIGTERM: the broker and the worker, each in
     its own session, must not be left running."""
@@ -172,7 +164,7 @@ def test_sigterm_stops_the_bench_and_every_process_it_started(tmp_path: Path) ->
         children = wait_for(started, timeout=180, what="the bench's worker", interval=0.2)
         bench.send_signal(signal.SIGTERM)
         assert bench.wait(timeout=90) != -signal.SIGTERM  # it stopped itself, not the signal
-        wait_for(lambda: not any(_running(pid) for pid in children), what="children stopped")
+        wait_for(lambda: not any(running(pid) for pid in children), what="children stopped")
     finally:
         bench.kill()
         bench.wait()

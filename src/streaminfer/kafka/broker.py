@@ -29,6 +29,7 @@ from streaminfer.kafka.config import LIBRDKAFKA_LOGGER
 from streaminfer.kafka.jvm import KAFKA_VERSION, broker_classpath, java_executable, jvm_options
 from streaminfer.kafka.security import BrokerSecrets, Security
 from streaminfer.net import free_port
+from streaminfer.processes import running
 
 _STATE_FILE = "broker.json"
 _LOG_FILE = "broker.log"
@@ -290,9 +291,9 @@ class LocalBroker:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and running(pid):
             time.sleep(0.1)
-        if _alive(pid):
+        if running(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         state = self.state()
@@ -303,17 +304,6 @@ class LocalBroker:
 
     def log_tail(self, lines: int = 20) -> str:
         return _tail(self.log_file, lines)
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # reap our own child so it doesn't linger as a zombie
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/stat")
-    return not (status.exists() and status.read_text().split()[2] == "Z")
 
 
 def _tail(path: Path, lines: int) -> str:
