@@ -107,6 +107,7 @@ class SecureKafka:
 
     bootstrap: str
     properties: Path  # the admin user's librdkafka settings, for -F
+    oauth: Path  # the same user's by OAUTHBEARER tokens
     data_dir: Path
 
     @property
@@ -114,8 +115,17 @@ class SecureKafka:
         """The Kafka options of a command that connects as the admin user."""
         return ["-b", self.bootstrap, "-F", str(self.properties)]
 
-    def settings(self, **overrides: str) -> KafkaSettings:
-        properties = read_properties_file(self.properties) | overrides
+    @property
+    def oauth_args(self) -> list[str]:
+        """The same, logging in with tokens from the broker's own token provider."""
+        return ["-b", self.bootstrap, "-F", str(self.oauth)]
+
+    @property
+    def token_key(self) -> Path:
+        return self.data_dir / "security" / "token-signer.pem"
+
+    def settings(self, properties: Path | None = None, **overrides: str) -> KafkaSettings:
+        properties = read_properties_file(properties or self.properties) | overrides
         return KafkaSettings(bootstrap_servers=self.bootstrap, properties=properties)
 
 

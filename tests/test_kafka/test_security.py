@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import (
     AclBinding,
     AclBindingFilter,
@@ -33,7 +34,7 @@ from streaminfer.kafka.access import refuse_access_errors, refuse_denied
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.broker import BrokerState
 from streaminfer.kafka.records import produce
-from streaminfer.kafka.security import certificates
+from streaminfer.kafka.security import certificates, token_key
 from streaminfer.models.export.tiny import export_tiny_model
 from streaminfer.net import free_port
 from streaminfer.processes import STREAMINFER, ManagedProcess
@@ -76,13 +77,15 @@ def _worker_args(inp: str, out: str, *mode: str) -> list[str]:
     return ["--input", inp, "--output", out, "--group-id", f"g-{out}", *mode]
 
 
+@pytest.mark.parametrize("login", ["password", "token"])
 def test_every_command_works_with_the_properties_file(
+    login: str,
     secure_kafka: SecureKafka,
     tiny_repo: Path,
     tmp_path: Path,
     start_worker: Callable[..., ManagedProcess],
 ) -> None:
-    kafka = secure_kafka.args
+    kafka = secure_kafka.args if login == "password" else secure_kafka.oauth_args
     inp, embedded, remote = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("in", "emb", "rem"))
     control = f"models-{uuid.uuid4().hex[:8]}"
     for topic in (inp, embedded, remote):
@@ -100,6 +103,8 @@ def test_every_command_works_with_the_properties_file(
     ) as server:
         assert (served / "tiny" / "1").is_dir()  # installed before the server was ready
         in_process = ["--mode", "embedded", "--repo", str(tiny_repo)]
+        if login == "token":  # members make their own clients: each loads the provider
+            in_process += ["--processes", "2"]
         over_grpc = ["--mode", "kserve-grpc", "--server", server.grpc_target]
         start_worker(*_worker_args(inp, embedded, *in_process), *kafka)
         start_worker(*_worker_args(inp, remote, *over_grpc), *kafka)
@@ -139,19 +144,28 @@ def _kafka_commands(repo: Path) -> dict[str, list[str]]:
     }
 
 
-@pytest.mark.parametrize("refusal", ["wrong password", "untrusted CA"])
+@pytest.mark.parametrize("refusal", ["wrong password", "token of another key", "untrusted CA"])
 def test_refused_connections_end_every_command_in_one_line(
     refusal: str, secure_kafka: SecureKafka, tmp_path: Path
 ) -> None:
+    login = secure_kafka.args
     if refusal == "wrong password":
         override, expected = "sasl.password=wrong", "SASL authentication error"
+    elif refusal == "token of another key":
+        other_key = tmp_path / "other-key.pem"
+        other_key.write_bytes(token_key()[0])
+        override, expected = (
+            f"sasl.oauthbearer.config=key={other_key} subject=admin",
+            "invalid_token",
+        )
+        login = secure_kafka.oauth_args
     else:
         other_ca = tmp_path / "other-ca.pem"
         other_ca.write_bytes(certificates("127.0.0.1")[0])
         override, expected = f"ssl.ca.location={other_ca}", "certificate verify failed"
     for name, command in _kafka_commands(tmp_path).items():
         started = time.monotonic()
-        result = run_cli(*command, *secure_kafka.args, "-X", override, timeout=60)
+        result = run_cli(*command, *login, "-X", override, timeout=60)
         took = time.monotonic() - started
         assert result.returncode == 2, f"{name}: exit {result.returncode}: {result.stderr}"
         [line] = result.stderr.strip().splitlines()
@@ -199,10 +213,23 @@ def _worker_acls(inp: str, out: str, group: str) -> list[tuple[ResourceType, str
     ]
 
 
-def _worker_as(user: str, secure_kafka: SecureKafka, repo: Path, inp: str, out: str) -> list[str]:
-    login = ["-X", f"sasl.username={user}", "-X", "sasl.password=user-secret"]
+def _worker_as(
+    user: str, secure_kafka: SecureKafka, repo: Path, inp: str, out: str, by_token: bool = False
+) -> list[str]:
+    """A worker's arguments as ``user``: its SCRAM password, or a token with it as subject."""
+    if by_token:
+        token = f"sasl.oauthbearer.config=key={secure_kafka.token_key} subject={user}"
+        login = [*secure_kafka.oauth_args, "-X", token]
+    else:
+        login = [
+            *secure_kafka.args,
+            "-X",
+            f"sasl.username={user}",
+            "-X",
+            "sasl.password=user-secret",
+        ]
     embedded = ["--mode", "embedded", "--repo", str(repo)]
-    return [*_worker_args(inp, out, *embedded), *secure_kafka.args, *login]
+    return [*_worker_args(inp, out, *embedded), *login]
 
 
 def test_a_worker_not_allowed_to_write_its_output_stops_at_start(
@@ -348,3 +375,59 @@ def test_only_missing_acls_are_denials(code: int, refused: bool) -> None:
             refuse_denied(error)
     else:
         refuse_denied(error)
+
+
+def test_a_tokens_subject_is_the_user_acls_bind(
+    secure_kafka: SecureKafka, tiny_repo: Path, start_worker: Callable[..., ManagedProcess]
+) -> None:
+    inp, out = f"in-{uuid.uuid4().hex[:8]}", f"out-{uuid.uuid4().hex[:8]}"
+    settings = secure_kafka.settings()
+    TopicAdmin(settings).ensure([inp, out, f"{inp}.dlq"])
+    user = _restricted_user(secure_kafka, _worker_acls(inp, out, f"g-{out}"))
+    start_worker(*_worker_as(user, secure_kafka, tiny_repo, inp, out, by_token=True))
+    produce(settings, inp, [RECORD.encode()])
+    [record] = outputs(settings, out, 1)
+    assert json.loads(record.value)["outputs"]["y"][0] == pytest.approx(TINY_Y)
+
+    # Another subject, the same token key: its user has no ACLs, so the topic is hidden.
+    worker = start_worker(*_worker_as("stranger", secure_kafka, tiny_repo, inp, out, by_token=True))
+    assert worker.wait(60) == 2, worker.log_tail()
+    last = worker.log().strip().splitlines()[-1]
+    assert (
+        last
+        == f"streaminfer: error: input topic {inp!r} does not exist on {secure_kafka.bootstrap}"
+    )
+
+
+def test_a_provider_that_cannot_renew_does_not_stop_a_client(
+    secure_kafka: SecureKafka, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """librdkafka renews at 80 % of a token's life; a failure then is logged and retried
+    while the token lasts, and the client goes on."""
+    down = tmp_path / "identity-service-down"
+    config = f"key={secure_kafka.token_key} subject=admin lifetime_s=8 down_if={down}"
+    settings = secure_kafka.settings(
+        secure_kafka.oauth,
+        **{
+            "oauth_cb": "tests.token_providers:down_while_flagged",
+            "sasl.oauthbearer.config": config,
+        },
+    )
+    topic = f"renew-{uuid.uuid4().hex[:8]}"
+    TopicAdmin(settings).ensure([topic])
+    producer = Producer(settings.client_config(**{"enable.idempotence": True}))
+    delivered: list[KafkaError | None] = []
+    producer.produce(topic, b"before", on_delivery=lambda error, _: delivered.append(error))
+    assert producer.flush(15) == 0
+    down.touch()
+    with caplog.at_level(logging.WARNING, logger="streaminfer.kafka.tokens"):
+
+        def renewal_failed() -> bool:
+            producer.poll(0.2)  # serves the error callback, which would raise a refusal
+            return "unreachable" in caplog.text
+
+        wait_for(renewal_failed, timeout=15, what="librdkafka to ask for a new token")
+    producer.produce(topic, b"after", on_delivery=lambda error, _: delivered.append(error))
+    assert producer.flush(15) == 0  # the error callback raised nothing: it would have here
+    assert delivered == [None, None]
+    assert "raised ConnectionError: the identity service is unreachable" in caplog.text

@@ -25,6 +25,7 @@ from quixstreams import Application, message_context
 from streaminfer.errors import RecordError
 from streaminfer.images import FetchPolicy, ImageFetcher
 from streaminfer.kafka.config import parse_property
+from streaminfer.kafka.tokens import with_token_provider
 from streaminfer.models.batcher import BatchingConfig
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.predictors.base import elapsed_ms
@@ -76,7 +77,7 @@ class Classifier:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    extra = dict(parse_property(pair) for pair in args.property)
+    extra = with_token_provider(dict(parse_property(pair) for pair in args.property))
     app = Application(
         broker_address=args.bootstrap_servers,
         consumer_group=args.group_id,

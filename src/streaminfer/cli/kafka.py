@@ -38,7 +38,8 @@ def kafka_start(
     security: Annotated[
         str | None,
         typer.Option(
-            help="Client listener: plaintext, or sasl_ssl (TLS + SCRAM-SHA-512 users). "
+            help="Client listener: plaintext, or sasl_ssl (TLS + SCRAM-SHA-512 users or "
+            "OAUTHBEARER tokens). "
             "Fixed when the data dir is made (default: as before, plaintext for a new one)."
         ),
     ] = None,
@@ -52,8 +53,8 @@ def kafka_start(
 ) -> None:
     """Start the broker; returns when it answers and prints its bootstrap address.
 
-    With --security sasl_ssl it also writes a client properties file for -F (the admin
-    user's password and the CA to trust) and prints where it is.
+    With --security sasl_ssl it also writes client properties files for -F (the admin
+    user's password or token key, and the CA to trust) and prints where they are.
     """
     broker = LocalBroker(data_dir)
     chosen = _security(security)
@@ -65,7 +66,8 @@ def kafka_start(
     if state.security != "plaintext":
         acls = ", ACLs enforced" if state.authorizer else ""
         console.print(
-            f"{state.security}{acls}: connect with -F {broker.secrets.client_properties}",
+            f"{state.security}{acls}: connect with -F {broker.secrets.client_properties}\n"
+            f"or by OAUTHBEARER tokens: -F {broker.secrets.oauth_properties}",
             highlight=False,
             soft_wrap=True,  # a path to copy, unbroken
         )

@@ -26,7 +26,6 @@ batch hook that raises is called again one record at a time to find the culprit.
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -35,6 +34,7 @@ import numpy as np
 import orjson
 
 from streaminfer.errors import ConfigError, RecordError
+from streaminfer.plugins import load_object
 from streaminfer.types import Tensors
 
 T = TypeVar("T")
@@ -145,31 +145,15 @@ class Handler:
 
 def load_handler(spec: str) -> Handler:
     """The handler ``package.module:Name`` names, instantiated once; ``ConfigError`` if not."""
-    module_name, colon, class_name = spec.partition(":")
-    if not colon or not module_name or not class_name:
-        raise ConfigError(f"--handler {spec!r}: expected package.module:ClassName")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
-            raise ConfigError(
-                f"--handler {spec}: no module named {exc.name!r} on the Python path"
-            ) from None
-        raise ConfigError(f"--handler {spec}: importing {module_name} failed: {exc}") from None
-    except Exception as exc:
-        raise ConfigError(
-            f"--handler {spec}: importing {module_name} raised {type(exc).__name__}: {exc}"
-        ) from None
-    kind = getattr(module, class_name, None)
-    if kind is None:
-        raise ConfigError(f"--handler {spec}: module {module_name} has no {class_name!r}")
+    kind = load_object(spec, "--handler", "package.module:ClassName")
     if not isinstance(kind, type):
-        raise ConfigError(f"--handler {spec}: {class_name!r} is a {_kind(kind)}, not a class")
+        name = spec.partition(":")[2]
+        raise ConfigError(f"--handler {spec}: {name!r} is a {_kind(kind)}, not a class")
     try:
         instance = kind()
     except Exception as exc:
         raise ConfigError(
-            f"--handler {spec}: {class_name}() raised {type(exc).__name__}: {exc}"
+            f"--handler {spec}: {kind.__name__}() raised {type(exc).__name__}: {exc}"
         ) from None
     return Handler(instance, spec)
 

@@ -21,6 +21,9 @@ from streaminfer.errors import ConfigError
 # A SASL login the broker rejected; a TLS handshake that failed (an untrusted CA, a name
 # the certificate does not cover): the same settings fail the same way again.
 ACCESS_ERRORS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
+# ... but not an oauth_cb that failed to renew a token: the provider has logged why, and
+# librdkafka asks it again while the current token lasts (a token provider's outage).
+_TOKEN_NOT_RENEWED = "Failed to acquire SASL OAUTHBEARER token"
 DENIED = frozenset(
     {
         KafkaError.TOPIC_AUTHORIZATION_FAILED,
@@ -33,7 +36,7 @@ DENIED = frozenset(
 
 def refuse_access_errors(error: KafkaError) -> None:
     """librdkafka's ``error_cb``: raise the errors retrying cannot fix; the rest it retries."""
-    if error.code() in ACCESS_ERRORS:
+    if _for_good(error):
         raise _refused(error)
 
 
@@ -45,12 +48,16 @@ class AccessErrors:
         self.first: KafkaError | None = None
 
     def __call__(self, error: KafkaError) -> None:
-        if self.first is None and error.code() in ACCESS_ERRORS:
+        if self.first is None and _for_good(error):
             self.first = error
 
     def check(self) -> None:
         if self.first is not None:
             raise _refused(self.first)
+
+
+def _for_good(error: KafkaError) -> bool:
+    return error.code() in ACCESS_ERRORS and not error.str().startswith(_TOKEN_NOT_RENEWED)
 
 
 def _refused(error: KafkaError) -> ConfigError:

@@ -184,6 +184,7 @@ class LocalBroker:
         java = java_executable()
         classpath = broker_classpath()
         state = self._prepare(port, security, authorizer, java, classpath)
+        tokens = self.secrets.jvm_options() if state.security == "sasl_ssl" else []
         log = self.log_file.open("ab")
         log4j = resources.files("streaminfer.kafka") / "log4j2.properties"
         with resources.as_file(log4j) as log4j_path:
@@ -191,6 +192,7 @@ class LocalBroker:
                 [
                     java,
                     *jvm_options(),
+                    *tokens,
                     f"-Dlog4j2.configurationFile={log4j_path}",
                     "-cp",
                     classpath,
@@ -247,6 +249,7 @@ class LocalBroker:
             self.secrets.create(state.host)
         properties = _server_properties(state, self.data_dir)
         if state.security == "sasl_ssl":
+            self.secrets.ensure_token_key()
             properties |= self.secrets.listener_settings("SASL_SSL", state.authorizer)
         config = self.data_dir / "server.properties"
         config.touch(mode=0o600)

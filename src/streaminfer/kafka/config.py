@@ -18,6 +18,7 @@ from pydantic import Field
 from streaminfer.config import Settings
 from streaminfer.errors import ConfigError
 from streaminfer.kafka.access import refuse_access_errors
+from streaminfer.kafka.tokens import with_token_provider
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 LIBRDKAFKA_LOGGER = logging.getLogger("librdkafka")
@@ -38,7 +39,8 @@ class KafkaSettings(Settings):
 
         librdkafka's own log lines go to the ``librdkafka`` Python logger, so a CLI prints
         one clear error instead of a screen of connection retries; errors no retry fixes
-        raise from the client's next poll (:func:`refuse_access_errors`).
+        raise from the client's next poll (:func:`refuse_access_errors`). An ``oauth_cb``
+        property names the token provider the client gets (:mod:`~streaminfer.kafka.tokens`).
         """
         config: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
@@ -48,7 +50,7 @@ class KafkaSettings(Settings):
         }
         config.update(self.properties)
         config.update(required)
-        return config
+        return with_token_provider(config)
 
 
 def parse_property(pair: str) -> tuple[str, str]:
