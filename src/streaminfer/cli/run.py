@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Annotated, get_args
 import typer
 
 from streaminfer.cli.options import KafkaOptions, given_settings, kafka_options
-from streaminfer.errors import ConfigError
 from streaminfer.stream.settings import Mode, WorkerSettings
 
 if TYPE_CHECKING:
@@ -203,10 +202,7 @@ def run(
     custom = load_handler(settings.handler) if settings.handler else None
     client = kafka.settings()
     admin = TopicAdmin(client)
-    if not admin.exists(settings.input):
-        raise ConfigError(
-            f"input topic {settings.input!r} does not exist on {client.bootstrap_servers}"
-        )
+    admin.require_visible(settings.input, "input topic")
     if settings.create_topics:
         partitions = len(admin.partitions(settings.input))
         topics = [settings.output, settings.dead_letter_topic]

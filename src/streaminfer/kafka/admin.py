@@ -65,6 +65,26 @@ class TopicAdmin:
     def exists(self, name: str) -> bool:
         return name in self._metadata().topics
 
+    def require_visible(self, name: str, what: str) -> None:
+        """Fail unless topic ``name`` (``what``: "input topic") is there for this client.
+
+        Kafka leaves out of a listing every topic the user lacks DESCRIBE on, so a missing
+        topic may be one the user may not see; asked by name, the broker says which."""
+        if self.exists(name):
+            return
+        [future] = self._admin.describe_topics(
+            TopicCollection([name]), request_timeout=self._timeout
+        ).values()
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                raise ConfigError(
+                    f"{what} {name!r} is hidden from this client's user: grant it READ on "
+                    "the topic (Kafka also answers so for a topic that does not exist)"
+                ) from None
+        raise ConfigError(f"{what} {name!r} does not exist on {self._bootstrap}")
+
     def create(
         self,
         name: str,
