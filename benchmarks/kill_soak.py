@@ -3,7 +3,7 @@ optionally of the model server and of the broker.
 
     .venv/bin/python benchmarks/kill_soak.py [--records 800000] [--rate 8000] [--kills 45]
         [--seed 1] [--partitions 4] [--bombs 0] [--transactional] [--mode embedded]
-        [--broker-kills]
+        [--broker-kills] [--brokers 1] [--rolling]
 
 Not a benchmark but a longer version of the suite's kill tests, for what a few kills at
 chosen moments may miss.  Starts a local broker; writes ``--records`` tiny-model tensor
@@ -36,6 +36,12 @@ come out as nothing at all, and an aborted bomb's offsets as dead letters all th
 With ``--broker-kills``, one kill in ``BROKER_EVERY`` is the broker's,
 restarted at once on its data, which it recovers.  The writer is idempotent, so that its
 retries write no record twice, and a transaction the restart dooms is aborted.
+
+With ``--brokers 3`` the broker is a cluster of three (every topic with three replicas,
+two in sync needed), and a broker's kill is one node's, the nodes in turn, restarted while
+the others serve: partition leaders and the group's and transactions' coordinators move to
+the others and back.  With ``--rolling`` a node is stopped with SIGTERM instead, as in an
+operator's rolling restart.  Each restart waits until every replica is in sync again.
 """
 
 from __future__ import annotations
@@ -57,11 +63,10 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from streaminfer.kafka.admin import TopicAdmin
-from streaminfer.kafka.broker import LocalBroker
+from streaminfer.kafka.cluster import LocalCluster
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import message_headers
 from streaminfer.models.export.tiny import export_tiny_model
-from streaminfer.net import free_port
 from streaminfer.processes import (
     STREAMINFER,
     ModelServerProcess,
@@ -279,13 +284,14 @@ class Fleet:
     def __init__(
         self,
         args: argparse.Namespace,
-        broker: LocalBroker,
+        cluster: LocalCluster,
         bootstrap: str,
         folder: Path,
         log: IO[bytes],
     ) -> None:
-        self._broker, self._folder, self._log = broker, folder, log
-        self._broker_kills = args.broker_kills
+        self._cluster, self._folder, self._log = cluster, folder, log
+        self._broker_kills, self._rolling = args.broker_kills, args.rolling
+        self._next_node = 0
         # Its own stream, drawn once a kill: which kills are the server's and the broker's
         # is the seed's alone, whatever the timing (``kill_one``).
         self._infrastructure = random.Random(args.seed + 1)
@@ -324,11 +330,9 @@ class Fleet:
             )
             return "server"
         if self._broker_kills and roll >= 1 - 1 / BROKER_EVERY:
-            pid = self._broker.running_pid()
-            assert pid is not None, "the broker is not running"
-            os.killpg(pid, signal.SIGKILL)
-            gone(pid)
-            self._broker.start()  # on its port and its data, which it recovers
+            # Node by node, as an operator restarts them; on its port and its data.
+            self._cluster.restart(self._next_node, graceful=self._rolling)
+            self._next_node = (self._next_node + 1) % len(self._cluster.brokers)
             return "broker"
         if members and rng.random() < MEMBER_SHARE:
             os.kill(rng.choice(members), signal.SIGKILL)
@@ -356,7 +360,7 @@ def gone(*pids: int) -> None:
         time.sleep(0.1)
 
 
-def soak(args: argparse.Namespace, broker: LocalBroker, bootstrap: str, folder: Path) -> bool:
+def soak(args: argparse.Namespace, cluster: LocalCluster, bootstrap: str, folder: Path) -> bool:
     admin = TopicAdmin(KafkaSettings(bootstrap_servers=bootstrap))
     for topic in ("in", "out", "dlq"):
         admin.create(topic, partitions=args.partitions)
@@ -368,7 +372,7 @@ def soak(args: argparse.Namespace, broker: LocalBroker, bootstrap: str, folder: 
     rng = random.Random(args.seed)
     kills: Counter[str] = Counter()
     with open(folder / "workers.log", "ab") as log:
-        fleet = Fleet(args, broker, bootstrap, folder, log)
+        fleet = Fleet(args, cluster, bootstrap, folder, log)
         try:
             for _ in range(args.kills):
                 time.sleep(rng.uniform(0.3, 4.0))
@@ -431,14 +435,17 @@ def main() -> None:
     )
     parser.add_argument("--mode", default="embedded", help="the members' --mode")
     parser.add_argument("--broker-kills", action="store_true", help="kill the broker too")
+    parser.add_argument("--brokers", type=int, default=1, help="nodes of the cluster")
+    parser.add_argument(
+        "--rolling", action="store_true", help="a broker's turn is a SIGTERM, not a SIGKILL"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        broker = LocalBroker(Path(folder) / "kafka")
-        state = broker.start(port=free_port())
+        cluster = LocalCluster(Path(folder) / "kafka", args.brokers)
         try:
-            held = soak(args, broker, state.bootstrap, Path(folder))
+            held = soak(args, cluster, cluster.start(), Path(folder))
         finally:
-            broker.stop()
+            cluster.stop()
     raise SystemExit(0 if held else 1)
 
 

@@ -109,7 +109,10 @@ def kafka_status(data_dir: DataDirOpt = None) -> None:
 def topics_create(
     name: str,
     partitions: Annotated[int, typer.Option(min=1)] = 1,
-    replication_factor: Annotated[int, typer.Option(min=1)] = 1,
+    replication_factor: Annotated[
+        int | None,
+        typer.Option(min=1, help="Replicas of each partition (default: the cluster's default)."),
+    ] = None,
     config: Annotated[
         list[str] | None, typer.Option("--config-entry", "-c", help="Topic config key=value.")
     ] = None,

@@ -89,13 +89,18 @@ class TopicAdmin:
         self,
         name: str,
         partitions: int = 1,
-        replication_factor: int = 1,
+        replication_factor: int | None = None,
         config: dict[str, str] | None = None,
         if_not_exists: bool = False,
     ) -> bool:
-        """Create a topic and wait for it; returns False if it existed and ``if_not_exists``."""
+        """Create a topic and wait for it; returns False if it existed and ``if_not_exists``.
+
+        ``replication_factor=None`` takes the cluster's ``default.replication.factor``, as
+        ``kafka-topics.sh`` does: a worker's output topic on a three-broker cluster gets the
+        replicas the operator chose, not one."""
+        replicas = -1 if replication_factor is None else replication_factor  # -1: the default
         futures = self._admin.create_topics(
-            [NewTopic(name, partitions, replication_factor, config=config or {})],
+            [NewTopic(name, partitions, replicas, config=config or {})],
             operation_timeout=self._timeout,
         )
         try:
@@ -105,7 +110,17 @@ class TopicAdmin:
             if error.code() == KafkaError.TOPIC_ALREADY_EXISTS and if_not_exists:
                 return False
             raise ConfigError(f"cannot create topic {name!r}: {error.str()}") from exc
+        self._await_listed(name)
         return True
+
+    def _await_listed(self, name: str) -> None:
+        """Until the topic just created is in the metadata: in a cluster of several brokers,
+        the one answering may learn of it some moments after the controller said done."""
+        deadline = time.monotonic() + self._timeout
+        while not self.exists(name):
+            if time.monotonic() >= deadline:
+                raise InfrastructureError(f"topic {name!r} was created but is not listed")
+            time.sleep(0.05)
 
     def ensure(self, names: builtins.list[str], partitions: int = 1) -> None:
         """Create the topics that are missing; a user without CREATE may use existing ones."""
@@ -156,20 +171,31 @@ class TopicAdmin:
             PartitionInfo(p.id, p.leader, list(p.replicas), list(p.isrs))
             for p in sorted(topic.partitions.values(), key=lambda p: p.id)
         ]
-        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
-        entries = self._admin.describe_configs([resource])[resource].result(timeout=self._timeout)
+        entries = self._configs(name)
         config = {
             k: v.value for k, v in entries.items() if not v.is_default and v.value is not None
         }
         return TopicInfo(name, partitions, config)
 
+    def _configs(self, name: str) -> dict[str, Any]:
+        """The topic's config entries, asked again while the broker answering does not know
+        the topic yet: in a cluster, a new topic reaches each broker some moments apart."""
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        deadline = time.monotonic() + self._timeout
+        while True:
+            future = self._admin.describe_configs([resource])[resource]
+            try:
+                return future.result(timeout=self._timeout)  # type: ignore[no-any-return]
+            except KafkaException as exc:
+                unknown = exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+                if not unknown or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.1)
+
     def max_message_bytes(self, name: str) -> int:
         """The largest record the topic accepts (its ``max.message.bytes``, default included)."""
-        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
         try:
-            entries = self._admin.describe_configs([resource])[resource].result(
-                timeout=self._timeout
-            )
+            entries = self._configs(name)
         except KafkaException as exc:
             raise InfrastructureError(
                 f"cannot read the config of topic {name!r}: {exc.args[0].str()}"

@@ -64,6 +64,19 @@ def _port_is_free(host: str, port: int, wait_s: float = 0.0) -> bool:
         time.sleep(0.05)
 
 
+@dataclass(frozen=True)
+class Membership:
+    """This broker's place in a cluster of local brokers, each a KRaft controller voter
+    (:class:`~streaminfer.kafka.cluster.LocalCluster` starts three, to take one down while
+    the others serve)."""
+
+    cluster_id: str
+    node_id: int
+    controller_port: int
+    voters: str
+    replicas: int
+
+
 @dataclass
 class BrokerState:
     """What a data dir remembers about its broker (``broker.json``)."""
@@ -75,6 +88,10 @@ class BrokerState:
     pid: int | None = None
     security: Security = "plaintext"  # of the client listener; chosen when the dir is formatted
     authorizer: bool = False  # ACLs enforced (sasl_ssl only)
+    # One node of several (Membership); the defaults are a cluster of this broker alone.
+    node_id: int = 1
+    voters: str = ""  # controller.quorum.voters: id@host:port of every node's controller
+    replicas: int = 1  # of every topic by default and of the internal ones
 
     @property
     def bootstrap(self) -> str:
@@ -139,7 +156,7 @@ class LocalBroker:
 
         ``None`` keeps what the data dir had (``security`` is fixed when it is formatted).
         """
-        process = self._spawn(port, security, authorizer, stdout=None)
+        process = self.launch(port, security, authorizer)
         state = self.state()
         assert state is not None
         try:
@@ -172,18 +189,31 @@ class LocalBroker:
         finally:
             signal.signal(signal.SIGTERM, previous)
 
+    def launch(
+        self,
+        port: int | None = None,
+        security: Security | None = None,
+        authorizer: bool | None = None,
+        member: Membership | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start in the background without waiting for it: a node of a cluster cannot
+        answer before a majority of the voters runs. ``member`` places a new data dir's
+        broker in a cluster."""
+        return self._spawn(port, security, authorizer, stdout=None, member=member)
+
     def _spawn(
         self,
         port: int | None,
         security: Security | None,
         authorizer: bool | None,
         stdout: int | None,
+        member: Membership | None = None,
     ) -> subprocess.Popen[bytes]:
         if self.running_pid() is not None:
             raise ConfigError(f"a broker is already running for {self.data_dir}")
         java = java_executable()
         classpath = broker_classpath()
-        state = self._prepare(port, security, authorizer, java, classpath)
+        state = self._prepare(port, security, authorizer, java, classpath, member)
         tokens = self.secrets.jvm_options() if state.security == "sasl_ssl" else []
         log = self.log_file.open("ab")
         log4j = resources.files("streaminfer.kafka") / "log4j2.properties"
@@ -216,13 +246,23 @@ class LocalBroker:
         authorizer: bool | None,
         java: str,
         classpath: str,
+        member: Membership | None,
     ) -> BrokerState:
         """Write the config and format the storage the first time a data dir is used."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         state = self.state()
-        if state is None:
+        if state is None and member is not None:
             state = BrokerState(
-                cluster_id=_new_cluster_id(),
+                cluster_id=member.cluster_id,
+                port=port or 9092,
+                controller_port=member.controller_port,
+                node_id=member.node_id,
+                voters=member.voters,
+                replicas=member.replicas,
+            )
+        elif state is None:
+            state = BrokerState(
+                cluster_id=new_cluster_id(),
                 port=port or 9092,
                 controller_port=free_port(),
                 security=security or "plaintext",
@@ -242,7 +282,10 @@ class LocalBroker:
             raise ConfigError(
                 f"port {state.port} on {state.host} is in use; pick another with --port"
             )
-        if not _port_is_free(state.host, state.controller_port):
+        if state.voters:  # the other voters know this node by its controller port
+            if not _port_is_free(state.host, state.controller_port, PORT_RELEASE_S):
+                raise ConfigError(f"controller port {state.controller_port} is in use")
+        elif not _port_is_free(state.host, state.controller_port):
             state.controller_port = free_port()
         formatted = (self.data_dir / "logs" / "meta.properties").exists()
         if state.security == "sasl_ssl" and not formatted:
@@ -315,34 +358,37 @@ def _tail(path: Path, lines: int) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _new_cluster_id() -> str:
+def new_cluster_id() -> str:
     """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
 def _server_properties(state: BrokerState, data_dir: Path) -> dict[str, str]:
     client = "SASL_SSL" if state.security == "sasl_ssl" else "PLAINTEXT"
+    alone = f"{state.node_id}@{state.host}:{state.controller_port}"
+    replicas = str(state.replicas)
+    in_sync = str(min(2, state.replicas))  # of three, one may be down and writes go on
     return {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{state.host}:{state.controller_port}",
+        "node.id": str(state.node_id),
+        "controller.quorum.voters": state.voters or alone,
         "listeners": f"{client}://{state.host}:{state.port},CONTROLLER://{state.host}:{state.controller_port}",
         "advertised.listeners": f"{client}://{state.host}:{state.port}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": client,
         "listener.security.protocol.map": f"{client}:{client},CONTROLLER:PLAINTEXT",
         "log.dirs": str(data_dir / "logs"),
-        # One node: every internal topic has one replica, including the transaction log,
-        # or transactional producers could never initialise.
-        "offsets.topic.replication.factor": "1",
+        # Alone, every internal topic has one replica, including the transaction log, or
+        # transactional producers could never initialise.
+        "offsets.topic.replication.factor": replicas,
         "offsets.topic.num.partitions": "10",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": in_sync,
         "transaction.state.log.num.partitions": "10",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": in_sync,
+        "default.replication.factor": replicas,
+        "min.insync.replicas": in_sync,
         "num.partitions": "1",
         "auto.create.topics.enable": "false",
         "group.initial.rebalance.delay.ms": "0",
