@@ -200,6 +200,13 @@ def _restricted_user(secure_kafka: SecureKafka, acls: list[tuple[ResourceType, s
     return user
 
 
+def _worker_topics(secure_kafka: SecureKafka) -> tuple[str, str]:
+    """A new input and output topic for a worker, and the input's dead-letter topic."""
+    inp, out = f"in-{uuid.uuid4().hex[:8]}", f"out-{uuid.uuid4().hex[:8]}"
+    TopicAdmin(secure_kafka.settings()).ensure([inp, out, f"{inp}.dlq"])
+    return inp, out
+
+
 def _worker_acls(inp: str, out: str, group: str) -> list[tuple[ResourceType, str, str]]:
     """What a worker's user needs: read its input in its group, write its outputs in
     transactions (and DESCRIBE_CONFIGS on them: the worker reads their size limit)."""
@@ -235,8 +242,7 @@ def _worker_as(
 def test_a_worker_not_allowed_to_write_its_output_stops_at_start(
     secure_kafka: SecureKafka, tiny_repo: Path, start_worker: Callable[..., ManagedProcess]
 ) -> None:
-    inp, out = f"in-{uuid.uuid4().hex[:8]}", f"out-{uuid.uuid4().hex[:8]}"
-    TopicAdmin(secure_kafka.settings()).ensure([inp, out, f"{inp}.dlq"])
+    inp, out = _worker_topics(secure_kafka)
     acls = _worker_acls(inp, out, f"g-{out}")
     acls[acls.index((ResourceType.TOPIC, out, "WRITE"))] = (ResourceType.TOPIC, out, "DESCRIBE")
     user = _restricted_user(secure_kafka, acls)
@@ -252,8 +258,7 @@ def test_a_worker_not_allowed_to_write_its_output_stops_at_start(
 def test_a_worker_not_allowed_in_its_group_stops_instead_of_polling_on(
     secure_kafka: SecureKafka, tiny_repo: Path, start_worker: Callable[..., ManagedProcess]
 ) -> None:
-    inp, out = f"in-{uuid.uuid4().hex[:8]}", f"out-{uuid.uuid4().hex[:8]}"
-    TopicAdmin(secure_kafka.settings()).ensure([inp, out, f"{inp}.dlq"])
+    inp, out = _worker_topics(secure_kafka)
     acls = _worker_acls(inp, out, f"g-{out}")
     acls.remove((ResourceType.GROUP, f"g-{out}", "READ"))
     user = _restricted_user(secure_kafka, acls)
@@ -266,9 +271,8 @@ def test_a_worker_not_allowed_in_its_group_stops_instead_of_polling_on(
 def test_a_worker_whose_write_acl_is_revoked_stops_instead_of_retrying(
     secure_kafka: SecureKafka, tiny_repo: Path, start_worker: Callable[..., ManagedProcess]
 ) -> None:
-    inp, out = f"in-{uuid.uuid4().hex[:8]}", f"out-{uuid.uuid4().hex[:8]}"
     settings = secure_kafka.settings()
-    TopicAdmin(settings).ensure([inp, out, f"{inp}.dlq"])
+    inp, out = _worker_topics(secure_kafka)
     user = _restricted_user(secure_kafka, _worker_acls(inp, out, f"g-{out}"))
     worker = start_worker(*_worker_as(user, secure_kafka, tiny_repo, inp, out))
     produce(settings, inp, [RECORD.encode()])
@@ -380,9 +384,8 @@ def test_only_missing_acls_are_denials(code: int, refused: bool) -> None:
 def test_a_tokens_subject_is_the_user_acls_bind(
     secure_kafka: SecureKafka, tiny_repo: Path, start_worker: Callable[..., ManagedProcess]
 ) -> None:
-    inp, out = f"in-{uuid.uuid4().hex[:8]}", f"out-{uuid.uuid4().hex[:8]}"
     settings = secure_kafka.settings()
-    TopicAdmin(settings).ensure([inp, out, f"{inp}.dlq"])
+    inp, out = _worker_topics(secure_kafka)
     user = _restricted_user(secure_kafka, _worker_acls(inp, out, f"g-{out}"))
     start_worker(*_worker_as(user, secure_kafka, tiny_repo, inp, out, by_token=True))
     produce(settings, inp, [RECORD.encode()])
