@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from streaminfer.kafka.security import local_token
+
+ASKED: list[float] = []  # when down_while_flagged was called, in this process
 
 
 def down_while_flagged(config: str) -> tuple[str, float]:
     """The local broker's tokens, but raising while the file ``down_if=PATH`` names exists:
     a provider whose identity service is unreachable for a while."""
+    ASKED.append(time.monotonic())
     options = dict(pair.partition("=")[::2] for pair in config.split())
     if Path(options["down_if"]).exists():
         raise ConnectionError("the identity service is unreachable")

@@ -174,10 +174,24 @@ def test_clients_get_the_provider_only_with_oauthbearer(
     assert "oauth_cb" not in KafkaSettings().client_config()
 
 
-def test_a_failed_renewal_is_not_a_refused_login() -> None:
-    """librdkafka reports the provider's failure as an authentication error; it retries
-    while the token lasts, so it must not end the command as a rejected login does."""
-    why = "Failed to acquire SASL OAUTHBEARER token: OAuth callback raised exception"
+@pytest.mark.parametrize(
+    "why",
+    [
+        "Failed to acquire SASL OAUTHBEARER token: OAuth callback raised exception",
+        "sasl_ssl://127.0.0.1:9093/1: SASL OAUTHBEARER mechanism handshake failed: Broker: "
+        "Request not valid in current SASL state: broker's supported mechanisms: ",
+        "sasl_ssl://127.0.0.1:9093/1: SASL OAUTHBEARER mechanism handshake failed: Local: "
+        "Broker transport failure: broker's supported mechanisms: (n/a)",
+    ],
+)
+def test_authentication_errors_a_retry_fixes_are_not_refused_logins(why: str) -> None:
+    """librdkafka reports these as authentication errors too: a provider's failure to renew
+    (asked again while the token lasts), a login whose connection broke, a re-login that
+    came after its session ended. They must not end the command as a rejected login does."""
     refuse_access_errors(KafkaError(KafkaError._AUTHENTICATION, why))
+
+
+def test_a_token_the_broker_rejects_is_a_refused_login() -> None:
+    why = 'sasl_ssl://127.0.0.1:9093/1: SASL authentication error: {"status":"invalid_token"}'
     with pytest.raises(ConfigError, match="invalid_token"):
-        refuse_access_errors(KafkaError(KafkaError._AUTHENTICATION, '{"status":"invalid_token"}'))
+        refuse_access_errors(KafkaError(KafkaError._AUTHENTICATION, why))

@@ -21,9 +21,16 @@ from streaminfer.errors import ConfigError
 # A SASL login the broker rejected; a TLS handshake that failed (an untrusted CA, a name
 # the certificate does not cover): the same settings fail the same way again.
 ACCESS_ERRORS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL})
-# ... but not an oauth_cb that failed to renew a token: the provider has logged why, and
-# librdkafka asks it again while the current token lasts (a token provider's outage).
-_TOKEN_NOT_RENEWED = "Failed to acquire SASL OAUTHBEARER token"
+# ... but for those of its errors that retrying does fix, which librdkafka tells apart only
+# in words: an oauth_cb that failed to renew a token (the provider has logged why, and is
+# asked again every 10 s); and a login whose connection broke, or a re-login (KIP-368)
+# that reached the broker after the session it renews had ended (ILLEGAL_SASL_STATE),
+# where librdkafka connects and logs in afresh.
+_RETRIED = (
+    "Failed to acquire SASL OAUTHBEARER token",
+    "Request not valid in current SASL state",
+    "Broker transport failure",
+)
 DENIED = frozenset(
     {
         KafkaError.TOPIC_AUTHORIZATION_FAILED,
@@ -57,7 +64,7 @@ class AccessErrors:
 
 
 def _for_good(error: KafkaError) -> bool:
-    return error.code() in ACCESS_ERRORS and not error.str().startswith(_TOKEN_NOT_RENEWED)
+    return error.code() in ACCESS_ERRORS and not any(text in error.str() for text in _RETRIED)
 
 
 def _refused(error: KafkaError) -> ConfigError:

@@ -129,6 +129,9 @@ class BrokerSecrets:
             f"{prefix}.oauthbearer.sasl.server.callback.handler.class": (
                 f"{oauth}.OAuthBearerValidatorCallbackHandler"
             ),
+            # A connection lasts no longer than its token, then logs in again with the next
+            # one, as on Amazon MSK: a renewal that never came shows within a token's life.
+            f"{prefix}.oauthbearer.connections.max.reauth.ms": "3600000",
             # Named: Kafka 4.1's default validator checks a token's signature only when
             # built by code, and a broker's configure never does (a tampered token passed).
             "sasl.oauthbearer.jwt.validator.class": f"{oauth}.BrokerJwtValidator",

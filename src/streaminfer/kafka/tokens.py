@@ -11,8 +11,10 @@ expiry, principal, extensions)``.
   raises, or returns what librdkafka cannot use, is a ``ConfigError`` naming it, not
   librdkafka's "OAuth token not set" ten seconds later.
 * librdkafka asks again at 80 % of a token's lifetime, from its own thread.  A failure then
-  is logged, and librdkafka retries while the current token lasts: its error does not stop
-  the command (:func:`streaminfer.kafka.access.refuse_access_errors`).
+  is an outage, not a configuration error: it is logged, librdkafka asks again every 10 s,
+  and its error does not stop the command
+  (:func:`streaminfer.kafka.access.refuse_access_errors`).  The client goes on while its
+  token lasts, then waits for the next one with what it has to send.
 """
 
 from __future__ import annotations
