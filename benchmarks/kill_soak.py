@@ -3,7 +3,7 @@ optionally of the model server and of the broker.
 
     .venv/bin/python benchmarks/kill_soak.py [--records 800000] [--rate 8000] [--kills 45]
         [--seed 1] [--partitions 4] [--bombs 0] [--transactional] [--mode embedded]
-        [--broker-kills] [--brokers 1] [--rolling]
+        [--broker-kills] [--brokers 1] [--rolling] [--settle 15]
 
 Not a benchmark but a longer version of the suite's kill tests, for what a few kills at
 chosen moments may miss.  Starts a local broker; writes ``--records`` tiny-model tensor
@@ -11,11 +11,11 @@ records, keyed by their number, at ``--rate`` records/s, while one ``streaminfer
 --processes 2`` (exactly-once, embedded) reads them; meanwhile, every 0.3-4 s, kills
 one member (7 times in 10; its supervisor restarts it) or the supervisor with SIGKILL,
 and then starts a new supervisor.  A ``read_committed`` reader collects every output and
-dead letter.  Once all have arrived and 15 s more passed, it prints what was lost, what
-came twice, how many output partitions are out of input order, and, by input offset
-(where the writer's delivery reports put each record), which records did not come out
-exactly once and what came out for an offset that holds no record; it exits 1 if any of
-these is not zero, or if anything was dead-lettered but unreadable batches.
+dead letter.  Once all have arrived and ``--settle`` seconds more passed (15), it prints
+what was lost, what came twice, how many output partitions are out of input order, and,
+by input offset (where the writer's delivery reports put each record), which records did
+not come out exactly once and what came out for an offset that holds no record; it exits
+1 if any of these is not zero, or if anything was dead-lettered but unreadable batches.
 
 With ``--bombs N``, N batches the consumer cannot read are written among the records, at
 even intervals, each to one partition in turn: a zstd batch of a 150 MB record of zeros
@@ -382,7 +382,7 @@ def soak(args: argparse.Namespace, cluster: LocalCluster, bootstrap: str, folder
             deadline = time.monotonic() + 300
             while len(reader.read.seen) < len(writer.written.ids) and time.monotonic() < deadline:
                 time.sleep(1)
-            time.sleep(SETTLE_S)
+            time.sleep(args.settle)
             reader.done.set()
             reader.join()
         finally:
@@ -436,6 +436,9 @@ def main() -> None:
     parser.add_argument("--mode", default="embedded", help="the members' --mode")
     parser.add_argument("--broker-kills", action="store_true", help="kill the broker too")
     parser.add_argument("--brokers", type=int, default=1, help="nodes of the cluster")
+    parser.add_argument(
+        "--settle", type=float, default=SETTLE_S, help="seconds to wait after the last output"
+    )
     parser.add_argument(
         "--rolling", action="store_true", help="a broker's turn is a SIGTERM, not a SIGKILL"
     )

@@ -405,7 +405,7 @@ def test_tokens_are_renewed_and_a_client_rides_out_an_outage_of_its_provider(
 ) -> None:
     """The broker makes a connection log in again when its token expires, as Amazon MSK
     does, and librdkafka renews a token at 80 % of its life. Renewed tokens keep a client
-    writing across several lifetimes. While the provider fails (its identity service is
+    writing across lifetimes. While the provider fails (its identity service is
     down), each try is logged and nothing stops the client, past its token's expiry too;
     what it wrote meanwhile is delivered, once, when the provider answers again."""
     down = tmp_path / "identity-service-down"
@@ -426,12 +426,12 @@ def test_tokens_are_renewed_and_a_client_rides_out_an_outage_of_its_provider(
         producer.poll(0.2)  # serves the error callback, which would raise a refusal
         return len(delivered) >= count
 
-    # Three renewals, the connections logging in again with each new token meanwhile.
+    # Two renewals, the connections logging in again with each new token meanwhile.
     asked_before = len(ASKED)
     for n in range(1, 1000):
         write(b"before")
         wait_for(lambda n=n: written(n), timeout=15, what="a record to be delivered")
-        if len(ASKED) - asked_before >= 3:
+        if len(ASKED) - asked_before >= 2:
             break
     before = len(delivered)
     down.touch()
