@@ -71,8 +71,8 @@ from streaminfer.processes import (
     STREAMINFER,
     ModelServerProcess,
     child_pids,
+    ended,
     interrupted_by_sigterm,
-    running,
 )
 
 # A killed member's partitions move on in seconds, and its open transaction is aborted.
@@ -353,11 +353,8 @@ class Fleet:
 
 def gone(*pids: int) -> None:
     """Wait until none of ``pids`` runs."""
-    deadline = time.monotonic() + 30
-    while any(running(pid) for pid in pids):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"processes {pids} outlived a SIGKILL by 30 s")
-        time.sleep(0.1)
+    if not ended(*pids, timeout=30):
+        raise RuntimeError(f"processes {pids} outlived a SIGKILL by 30 s")
 
 
 def soak(args: argparse.Namespace, cluster: LocalCluster, bootstrap: str, folder: Path) -> bool:

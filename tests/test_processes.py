@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from streaminfer.errors import InfrastructureError
 from streaminfer.net import free_port
-from streaminfer.processes import ManagedProcess, interrupted_by_sigterm, wait_http_ok
+from streaminfer.processes import ManagedProcess, ended, interrupted_by_sigterm, wait_http_ok
 
 NEVER_READY = [sys.executable, "-c", "import time; time.sleep(120)"]
 
@@ -37,3 +38,16 @@ def test_a_process_not_ready_in_time_is_stopped(tmp_path: Path) -> None:
     with pytest.raises(InfrastructureError, match="not ready within"):
         wait_http_ok(process, free_port(), "/", timeout=0.5)
     assert not process.alive()
+
+
+def test_ended_waits_for_every_process_and_says_whether_all_ended() -> None:
+    quick = subprocess.Popen([sys.executable, "-c", "pass"])
+    slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert ended(quick.pid, timeout=30)  # reaped here: not left a zombie
+        assert not ended(quick.pid, slow.pid, timeout=0.3)
+        slow.kill()
+        assert ended(quick.pid, slow.pid, timeout=30)
+    finally:
+        slow.kill()
+        slow.wait()

@@ -54,6 +54,16 @@ def running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # the state follows the command's name
 
 
+def ended(*pids: int, timeout: float) -> bool:
+    """Whether none of ``pids`` runs any more, waiting up to ``timeout`` seconds for it."""
+    deadline = time.monotonic() + timeout
+    while any(running(pid) for pid in pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 class ManagedProcess:
     """A child process writing to a log file; stopped with SIGTERM, then SIGKILL."""
 

@@ -29,7 +29,7 @@ from streaminfer.kafka.config import LIBRDKAFKA_LOGGER
 from streaminfer.kafka.jvm import KAFKA_VERSION, broker_classpath, java_executable, jvm_options
 from streaminfer.kafka.security import BrokerSecrets, Security
 from streaminfer.net import free_port
-from streaminfer.processes import running
+from streaminfer.processes import ended
 
 _STATE_FILE = "broker.json"
 _LOG_FILE = "broker.log"
@@ -251,21 +251,16 @@ class LocalBroker:
         """Write the config and format the storage the first time a data dir is used."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         state = self.state()
-        if state is None and member is not None:
+        if state is None:
+            member = member or Membership(new_cluster_id(), 1, free_port(), voters="", replicas=1)
             state = BrokerState(
                 cluster_id=member.cluster_id,
                 port=port or 9092,
                 controller_port=member.controller_port,
+                security=security or "plaintext",
                 node_id=member.node_id,
                 voters=member.voters,
                 replicas=member.replicas,
-            )
-        elif state is None:
-            state = BrokerState(
-                cluster_id=new_cluster_id(),
-                port=port or 9092,
-                controller_port=free_port(),
-                security=security or "plaintext",
             )
         elif port is not None:
             state.port = port
@@ -336,10 +331,7 @@ class LocalBroker:
             return False
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and running(pid):
-            time.sleep(0.1)
-        if running(pid):
+        if not ended(pid, timeout=timeout):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         state = self.state()

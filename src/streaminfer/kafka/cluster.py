@@ -26,7 +26,7 @@ from confluent_kafka.admin import AdminClient
 from streaminfer.kafka.broker import LocalBroker, Membership, new_cluster_id, wait_until_ready
 from streaminfer.kafka.config import LIBRDKAFKA_LOGGER
 from streaminfer.net import free_port
-from streaminfer.processes import running
+from streaminfer.processes import ended
 
 HEALTHY_WITHIN_S = 180  # on 2 cores beside a soak's load, a JVM starts slowly
 
@@ -66,11 +66,8 @@ class LocalCluster:
         pid = broker.running_pid()
         assert pid is not None, f"node {index + 1} is not running"
         os.killpg(pid, signal.SIGTERM if graceful else signal.SIGKILL)
-        deadline = time.monotonic() + 120
-        while running(pid):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"node {index + 1} did not exit within 120 s")
-            time.sleep(0.1)
+        if not ended(pid, timeout=120):
+            raise RuntimeError(f"node {index + 1} did not exit within 120 s")
         process = broker.launch()
         state = broker.state()
         assert state is not None
