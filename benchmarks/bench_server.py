@@ -11,7 +11,7 @@ rounds take turns through every cell.  Prints a row per cell and round, then per
 the median and min-max over the rounds, then ours / MLServer round by round.
 
     python benchmarks/bench_server.py [--repo DIR] [--seconds 3] [--concurrency 1 4 16]
-        [--rounds 3] [--variant SERVE_FLAGS ...]
+        [--rounds 3] [--variant SERVE_FLAGS ...] [--baseline SRC_DIR]
         [--mlserver .venv-mlserver/bin/mlserver | --no-mlserver]
 """
 
@@ -50,6 +50,7 @@ MLSERVER = Path(__file__).resolve().parents[1] / ".venv-mlserver" / "bin" / "mls
 MLSERVER_CLIENTS = ("v2-grpc float", "v2-rest-json float")
 """What MLServer is driven with: it speaks neither TF Serving nor the binary extension."""
 MLSERVER_NAME = "mlserver"
+BASELINE_NAME = "baseline"
 Call = Callable[[], None]
 Cell = tuple[str, str, int]
 """(server, protocol/payload, concurrency)."""
@@ -295,6 +296,12 @@ def main() -> None:
         default=[],
         help="serve flags of one more server of ours to measure, as --variant='--batch-runners 2'",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="the src directory of another checkout: one more server of ours runs its code "
+        "(batching on), so a change and the tree before it are measured in one run",
+    )
     parser.add_argument("--mlserver", type=Path, default=MLSERVER, help="MLServer's executable")
     parser.add_argument("--no-mlserver", action="store_true", help="measure our server alone")
     args = parser.parse_args()
@@ -314,9 +321,15 @@ def main() -> None:
         servers: dict[str, dict[str, Callable[[], Call]]] = {}
         ours = {"ours batch=on": "--batching", "ours batch=off": "--no-batching"}
         ours.update({f"ours {flags}": flags for flags in args.variant})
+        if args.baseline:
+            ours[BASELINE_NAME] = "--batching"
         for name, flags in ours.items():
             log = Path(tempfile.mkdtemp()) / "server.log"
-            server = running.enter_context(ModelServerProcess(args.repo, log, *shlex.split(flags)))
+            # The baseline's code comes first on the path, ahead of this checkout's.
+            env = {"PYTHONPATH": str(args.baseline.resolve())} if name == BASELINE_NAME else None
+            server = running.enter_context(
+                ModelServerProcess(args.repo, log, *shlex.split(flags), env=env)
+            )
             servers[name] = clients(
                 server.address(rest=False), server.address(rest=True), tensor, jpeg
             )

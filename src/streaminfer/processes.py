@@ -191,13 +191,19 @@ class ModelServerProcess(ManagedProcess):
     """``streaminfer serve`` on free loopback ports, returned once it reports ready."""
 
     def __init__(
-        self, repo: Path, log_path: Path, *extra: str, ports: tuple[int, int] | None = None
+        self,
+        repo: Path,
+        log_path: Path,
+        *extra: str,
+        ports: tuple[int, int] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
-        """``ports``: (gRPC, REST), as a server stopped before had them; free ones if None."""
+        """``ports``: (gRPC, REST), as a server stopped before had them; free ones if None.
+        ``env``: added to its environment."""
         self.grpc_port, self.rest_port = ports or (free_port(), free_port())
         args = [*STREAMINFER, "serve", "--repo", str(repo), "--grpc-port", str(self.grpc_port),
                 "--rest-port", str(self.rest_port), *extra]  # fmt: skip
-        super().__init__("model server", args, log_path)
+        super().__init__("model server", args, log_path, env)
         wait_http_ok(self, self.rest_port, "/v2/health/ready")
 
     def address(self, rest: bool) -> str:
