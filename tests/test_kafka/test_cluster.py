@@ -1,9 +1,13 @@
-"""Against a cluster of three local brokers: the topics streaminfer makes take the
-cluster's replication, as ``kafka-topics.sh`` would give them, not one replica.
-(``tests/test_bench/test_kill_soak.py`` restarts its nodes under a worker.)"""
+"""Against a cluster of three local brokers, started by ``streaminfer kafka start --nodes
+3``: the topics streaminfer makes take the cluster's replication, as ``kafka-topics.sh``
+would give them, not one replica; a node stopped and started again by the command while
+the others serve.  (``tests/test_bench/test_kill_soak.py`` restarts its nodes under a
+worker.)"""
 
 from __future__ import annotations
 
+import re
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,19 +18,26 @@ from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.cluster import LocalCluster
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.models.export.tiny import export_tiny_model
+from streaminfer.net import free_port
 from streaminfer.processes import ManagedProcess
-from tests.support import run_cli
+from tests.support import run_cli, wait_for
 from tests.workers import decoded, embedded_worker, outputs, send_tiny_rows
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    nodes = LocalCluster(tmp_path_factory.mktemp("cluster"), nodes=3)
+    folder = tmp_path_factory.mktemp("cluster")
     try:
-        nodes.start()
+        started = run_cli("kafka", "start", "--nodes", "3", "--port", str(free_port()),
+                          "--data-dir", str(folder), timeout=300)  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        nodes = LocalCluster(folder)
+        assert started.stdout.splitlines()[-1] == nodes.bootstrap
+        assert len(nodes.bootstrap.split(",")) == 3
         yield nodes
     finally:
-        nodes.stop()
+        stopped = run_cli("kafka", "stop", "--data-dir", str(folder), timeout=300)
+        assert "3 of 3 nodes were running" in stopped.stdout, stopped.stdout + stopped.stderr
 
 
 @pytest.fixture
@@ -57,3 +68,62 @@ def test_the_topics_streaminfer_makes_have_a_replica_on_every_broker(
         assert len(partitions) == 2, topic  # the input's, for the worker's outputs
         assert all(sorted(p.replicas) == [1, 2, 3] for p in partitions), (topic, partitions)
     assert [len(p.replicas) for p in admin.describe(one).partitions] == [1]
+
+
+def test_a_node_stopped_by_the_command_leaves_the_others_serving_and_starts_again(
+    cluster: LocalCluster,
+) -> None:
+    folder = str(cluster.brokers[0].data_dir.parent)
+    topic = f"t-{uuid.uuid4().hex[:8]}"
+    assert (
+        run_cli("topics", "create", topic, "--partitions", "3", "-b", cluster.bootstrap).returncode
+        == 0
+    )
+
+    stopped = run_cli("kafka", "stop", "--node", "2", "--data-dir", folder, timeout=180)
+    assert stopped.stdout.strip() == "node 2 stopped", stopped.stderr
+    status = run_cli("kafka", "status", "--data-dir", folder)
+    assert status.returncode == 1
+    lines = status.stdout.splitlines()
+    assert lines[0].startswith("node 1: running") and lines[2].startswith("node 3: running")
+    assert lines[1].startswith("node 2: not running")
+    assert re.fullmatch(r"\d+ of \d+ partitions lack a leader or a replica in sync", lines[3])
+    # node 2 held a replica of each of the topic's partitions: each lacks it, writes go on
+    admin = TopicAdmin(KafkaSettings(bootstrap_servers=cluster.bootstrap))
+    in_sync = lambda: [sorted(p.isrs) for p in admin.describe(topic).partitions]  # noqa: E731
+    wait_for(lambda: in_sync() == [[1, 3]] * 3, 30, "node 2 out of the in-sync replicas")
+    assert cluster.lagging()[0] >= 3
+    produced = run_cli("produce", topic, "--value", "a", "--value", "b", "-b", cluster.bootstrap)
+    assert produced.returncode == 0, produced.stderr
+    read = run_cli("consume", topic, "--from-beginning", "--count", "2", "--timeout", "30",
+                   "--format", "text", "-b", cluster.bootstrap)  # fmt: skip
+    assert sorted(line.rsplit("\t", 1)[1] for line in read.stdout.splitlines()) == ["a", "b"]
+
+    started = run_cli("kafka", "start", "--data-dir", folder, timeout=300)
+    assert started.returncode == 0, started.stderr
+    status = run_cli("kafka", "status", "--data-dir", folder)
+    assert status.returncode == 0, status.stdout
+    assert status.stdout.splitlines()[3].startswith("0 of ")
+    assert in_sync() == [[1, 2, 3]] * 3
+
+
+def test_a_cluster_is_refused_what_it_cannot_be(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Checked before any node is made or stopped."""
+    folder = str(cluster.brokers[0].data_dir.parent)
+    for args, said in [
+        (["start", "--nodes", "2", "--data-dir", folder], "has 3 nodes, not 2"),
+        (["stop", "--node", "4", "--data-dir", folder], "no such cluster node"),
+        (["start", "--nodes", "3", "--security", "sasl_ssl", "--data-dir", str(tmp_path / "s")],
+         "a local cluster is plaintext"),
+    ]:  # fmt: skip
+        refused = run_cli("kafka", *args)
+        assert refused.returncode == 2 and said in refused.stderr, (args, refused.stderr)
+    assert run_cli("kafka", "status", "--data-dir", folder).returncode == 0
+
+    with socket.socket() as taken:  # the third node's port
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        refused = run_cli("kafka", "start", "--nodes", "3", "--port", str(port - 2),
+                          "--data-dir", str(tmp_path / "new"))  # fmt: skip
+    assert refused.returncode == 2 and f"{port} is in use" in refused.stderr, refused.stderr
+    assert not (tmp_path / "new" / "node-1").exists()

@@ -9,13 +9,21 @@ from pathlib import Path
 from typing import Annotated, cast
 
 import typer
+from confluent_kafka import KafkaException
 from rich.console import Console
 from rich.table import Table
 
 from streaminfer.cli.options import KafkaOptions, command_group, kafka_options
 from streaminfer.errors import ConfigError
 from streaminfer.kafka.admin import TopicAdmin
-from streaminfer.kafka.broker import KAFKA_VERSION, LocalBroker, wait_until_ready
+from streaminfer.kafka.broker import (
+    DEFAULT_PORT,
+    KAFKA_VERSION,
+    LocalBroker,
+    default_data_dir,
+    wait_until_ready,
+)
+from streaminfer.kafka.cluster import LocalCluster, node_count
 from streaminfer.kafka.config import parse_property
 from streaminfer.kafka.records import Headers, Record, consume, produce
 from streaminfer.kafka.security import SECURITY_CHOICES, Security
@@ -50,12 +58,30 @@ def kafka_start(
             help="sasl_ssl: enforce ACLs; admin is the super user (default: as before).",
         ),
     ] = None,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Brokers of a local cluster, each a KRaft voter, on --port and the ports "
+            "after it; with 3, one can stop while the others serve. Plaintext. Fixed when "
+            "the data dir is made (default: as before, one broker for a new one).",
+        ),
+    ] = None,
 ) -> None:
-    """Start the broker; returns when it answers and prints its bootstrap address.
+    """Start the broker, or the cluster's stopped nodes; returns when it answers (a
+    cluster: when every replica is in sync) and prints the bootstrap address.
 
     With --security sasl_ssl it also writes client properties files for -F (the admin
     user's password or token key, and the CA to trust) and prints where they are.
     """
+    folder = data_dir or default_data_dir()
+    if node_count(folder) or (nodes or 1) > 1:
+        if security not in (None, "plaintext") or authorizer or foreground:
+            raise ConfigError("a local cluster is plaintext, without ACLs, in the background")
+        if (folder / "broker.json").exists():
+            raise ConfigError(f"{folder} holds one broker; give a cluster another --data-dir")
+        _start_cluster(LocalCluster(folder, nodes), port)
+        return
     broker = LocalBroker(data_dir)
     chosen = _security(security)
     if foreground:
@@ -74,6 +100,15 @@ def kafka_start(
     print(state.bootstrap)
 
 
+def _start_cluster(cluster: LocalCluster, port: int | None) -> None:
+    count = len(cluster.brokers)
+    with console.status(f"Starting {count} Kafka {KAFKA_VERSION} nodes"):
+        bootstrap = cluster.start(port or DEFAULT_PORT)
+    pids = ", ".join(str(broker.running_pid()) for broker in cluster.brokers)
+    console.print(f"{count} nodes running (pids {pids}), data in {cluster.folder}")
+    print(bootstrap)
+
+
 def _security(name: str | None) -> Security | None:
     if name is not None and name not in SECURITY_CHOICES:
         raise ConfigError(f"--security must be {' or '.join(SECURITY_CHOICES)}, not {name!r}")
@@ -81,9 +116,28 @@ def _security(name: str | None) -> Security | None:
 
 
 @kafka_app.command("stop")
-def kafka_stop(data_dir: DataDirOpt = None) -> None:
-    """Stop the broker of a data dir; its topics and records stay for the next start."""
-    if LocalBroker(data_dir).stop():
+def kafka_stop(
+    data_dir: DataDirOpt = None,
+    node: Annotated[
+        int | None, typer.Option(min=1, help="A cluster's node to stop; the others serve on.")
+    ] = None,
+) -> None:
+    """Stop the broker of a data dir (every node of a cluster, or --node); its topics and
+    records stay for the next start."""
+    folder = data_dir or default_data_dir()
+    count = node_count(folder)
+    if node is not None and node > count:
+        raise ConfigError(f"--node {node}: the data dir {folder} has no such cluster node")
+    if count:
+        cluster = LocalCluster(folder)
+        if node is not None:
+            stopped = cluster.brokers[node - 1].stop()
+            console.print(f"node {node} stopped" if stopped else f"node {node} was not running")
+            return
+        running = [broker for broker in cluster.brokers if broker.running_pid() is not None]
+        cluster.stop()
+        console.print(f"Kafka stopped ({len(running)} of {count} nodes were running)")
+    elif LocalBroker(data_dir).stop():
         console.print("Kafka stopped")
     else:
         console.print("no broker was running")
@@ -91,7 +145,11 @@ def kafka_stop(data_dir: DataDirOpt = None) -> None:
 
 @kafka_app.command("status")
 def kafka_status(data_dir: DataDirOpt = None) -> None:
-    """Say whether the broker runs and answers; exit 1 if it does not."""
+    """Say whether the broker (every node of a cluster) runs and answers; exit 1 if not."""
+    folder = data_dir or default_data_dir()
+    if node_count(folder):
+        _cluster_status(LocalCluster(folder))
+        return
     broker = LocalBroker(data_dir)
     state, pid = broker.state(), broker.running_pid()
     if state is None or pid is None:
@@ -102,6 +160,28 @@ def kafka_status(data_dir: DataDirOpt = None) -> None:
         f"running: pid {pid}, bootstrap {state.bootstrap}, cluster {state.cluster_id}, "
         f"security {state.security}"
     )
+
+
+def _cluster_status(cluster: LocalCluster) -> None:
+    """A line a node, then how many partitions lag; exit 1 unless every node runs."""
+    down = 0
+    for number, broker in enumerate(cluster.brokers, 1):
+        state, pid = broker.state(), broker.running_pid()
+        assert state is not None  # a cluster's nodes are all made at once
+        if pid is None:
+            down += 1
+            console.print(f"node {number}: not running ({state.bootstrap})")
+        else:
+            console.print(f"node {number}: running, pid {pid}, {state.bootstrap}")
+    if down < len(cluster.brokers):
+        try:
+            behind, partitions = cluster.lagging()
+        except KafkaException as exc:
+            console.print(f"the running nodes do not answer: {exc.args[0].str()}")
+            raise typer.Exit(1) from None
+        console.print(f"{behind} of {partitions} partitions lack a leader or a replica in sync")
+    if down:
+        raise typer.Exit(1)
 
 
 @topics_app.command("create")

@@ -31,6 +31,7 @@ from streaminfer.kafka.security import BrokerSecrets, Security
 from streaminfer.net import free_port
 from streaminfer.processes import ended
 
+DEFAULT_PORT = 9092
 _STATE_FILE = "broker.json"
 _LOG_FILE = "broker.log"
 
@@ -45,7 +46,7 @@ the OOM killer) has exited, yet its listener lingers for some tens of millisecon
 while clients were connecting to it."""
 
 
-def _port_is_free(host: str, port: int, wait_s: float = 0.0) -> bool:
+def port_is_free(host: str, port: int, wait_s: float = 0.0) -> bool:
     """Whether a listener could bind ``port``, now or within ``wait_s``: as the broker does,
     with SO_REUSEADDR, so the TIME_WAIT connections of a broker just stopped do not count
     as "in use"."""
@@ -255,7 +256,7 @@ class LocalBroker:
             member = member or Membership(new_cluster_id(), 1, free_port(), voters="", replicas=1)
             state = BrokerState(
                 cluster_id=member.cluster_id,
-                port=port or 9092,
+                port=port or DEFAULT_PORT,
                 controller_port=member.controller_port,
                 security=security or "plaintext",
                 node_id=member.node_id,
@@ -273,14 +274,14 @@ class LocalBroker:
             state.authorizer = authorizer
         if state.authorizer and state.security == "plaintext":
             raise ConfigError("--authorizer needs --security sasl_ssl: ACLs bind users")
-        if not _port_is_free(state.host, state.port, PORT_RELEASE_S):
+        if not port_is_free(state.host, state.port, PORT_RELEASE_S):
             raise ConfigError(
                 f"port {state.port} on {state.host} is in use; pick another with --port"
             )
         if state.voters:  # the other voters know this node by its controller port
-            if not _port_is_free(state.host, state.controller_port, PORT_RELEASE_S):
+            if not port_is_free(state.host, state.controller_port, PORT_RELEASE_S):
                 raise ConfigError(f"controller port {state.controller_port} is in use")
-        elif not _port_is_free(state.host, state.controller_port):
+        elif not port_is_free(state.host, state.controller_port):
             state.controller_port = free_port()
         formatted = (self.data_dir / "logs" / "meta.properties").exists()
         if state.security == "sasl_ssl" and not formatted:

@@ -9,7 +9,9 @@ one are in sync (``min.insync.replicas`` 2 of 3), so a node may restart under lo
 node hands its leaderships over and exits; ``graceful=False``: SIGKILL), and it returns
 once the node is back and every partition has all its replicas in sync again.
 
-For the suite and ``benchmarks/kill_soak.py --brokers 3``; no command starts one.
+``streaminfer kafka start --nodes 3`` starts one (``kafka stop --node 2`` takes a node
+down, ``kafka start`` brings it back); ``benchmarks/kill_soak.py --brokers 3`` soaks a
+worker on one.
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ClusterMetadata
 
-from streaminfer.kafka.broker import LocalBroker, Membership, new_cluster_id, wait_until_ready
+from streaminfer.errors import ConfigError
+from streaminfer.kafka.broker import (
+    LocalBroker,
+    Membership,
+    new_cluster_id,
+    port_is_free,
+    wait_until_ready,
+)
 from streaminfer.kafka.config import LIBRDKAFKA_LOGGER
 from streaminfer.net import free_port
 from streaminfer.processes import ended
@@ -31,9 +40,24 @@ from streaminfer.processes import ended
 HEALTHY_WITHIN_S = 180  # on 2 cores beside a soak's load, a JVM starts slowly
 
 
+def node_count(folder: Path) -> int:
+    """How many nodes the cluster made in ``folder`` has; 0 if none was made there."""
+    count = 0
+    while (folder / f"node-{count + 1}" / "broker.json").exists():
+        count += 1
+    return count
+
+
 class LocalCluster:
-    def __init__(self, folder: Path, nodes: int = 3) -> None:
-        self.brokers = [LocalBroker(folder / f"node-{i}") for i in range(1, nodes + 1)]
+    def __init__(self, folder: Path, nodes: int | None = None) -> None:
+        """The cluster of ``folder``: as many nodes as it was made with, or ``nodes``
+        (default 3) for a new one."""
+        made = node_count(folder)
+        if made and nodes is not None and nodes != made:
+            raise ConfigError(f"the cluster of {folder} has {made} nodes, not {nodes}")
+        count = made or nodes or 3
+        self.folder = folder
+        self.brokers = [LocalBroker(folder / f"node-{i}") for i in range(1, count + 1)]
         self._admin: AdminClient | None = None
 
     @property
@@ -41,23 +65,47 @@ class LocalCluster:
         states = [broker.state() for broker in self.brokers]
         return ",".join(state.bootstrap for state in states if state is not None)
 
-    def start(self) -> str:
-        """Start every node (made the first time) and return the bootstrap servers once the
-        cluster is whole."""
+    def start(self, port: int | None = None) -> str:
+        """Start every node that is not running and return the bootstrap servers once the
+        cluster is whole.  A new cluster's nodes listen for clients on ``port`` and the
+        ports after it (free ports if None); an existing one's where they did."""
         if self.brokers[0].state() is None:
+            clients = [free_port() if port is None else port + i for i in range(len(self.brokers))]
+            taken = [str(p) for p in clients if not port_is_free("127.0.0.1", p)]
+            if taken:  # checked before any node is made: a half-made cluster could not start
+                raise ConfigError(f"port {', '.join(taken)} is in use; pick others with --port")
             cluster_id = new_cluster_id()
             controllers = [free_port() for _ in self.brokers]
             voters = ",".join(f"{i}@127.0.0.1:{port}" for i, port in enumerate(controllers, 1))
+            launched = []
             for i, (broker, controller) in enumerate(zip(self.brokers, controllers, strict=True)):
                 member = Membership(cluster_id, i + 1, controller, voters, len(self.brokers))
-                broker.launch(port=free_port(), member=member)
+                launched.append((broker, broker.launch(port=clients[i], member=member)))
         else:
-            for broker in self.brokers:
-                broker.launch()
-        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "logger": LIBRDKAFKA_LOGGER}
-        self._admin = AdminClient(config)
+            stopped = [broker for broker in self.brokers if broker.running_pid() is None]
+            launched = [(broker, broker.launch()) for broker in stopped]
+        # Each until it answers itself (the others list a killed node for some seconds
+        # more), then until every replica is in sync.
+        for broker, process in launched:
+            state = broker.state()
+            assert state is not None
+            wait_until_ready(state.bootstrap, HEALTHY_WITHIN_S, process, broker.log_file)
         self.wait_whole()
         return self.bootstrap
+
+    def _client(self) -> AdminClient:
+        if self._admin is None:
+            config: dict[str, Any] = {
+                "bootstrap.servers": self.bootstrap,
+                "logger": LIBRDKAFKA_LOGGER,
+            }
+            self._admin = AdminClient(config)
+        return self._admin
+
+    def lagging(self) -> tuple[int, int]:
+        """(partitions without a leader or with a replica out of sync, all partitions),
+        as any live node sees them."""
+        return _lagging(self._client().list_topics(timeout=5))
 
     def restart(self, index: int, graceful: bool = True) -> None:
         """Stop node ``index`` (SIGTERM, or SIGKILL if not ``graceful``), start it again on
@@ -68,16 +116,10 @@ class LocalCluster:
         os.killpg(pid, signal.SIGTERM if graceful else signal.SIGKILL)
         if not ended(pid, timeout=120):
             raise RuntimeError(f"node {index + 1} did not exit within 120 s")
-        process = broker.launch()
-        state = broker.state()
-        assert state is not None
-        # Until it answers itself: the others list a killed node for some seconds more.
-        wait_until_ready(state.bootstrap, HEALTHY_WITHIN_S, process, broker.log_file)
-        self.wait_whole()
+        self.start()
 
     def wait_whole(self) -> None:
         """Until every node is a live broker and every partition has all replicas in sync."""
-        assert self._admin is not None, "the cluster was not started"
         deadline = time.monotonic() + HEALTHY_WITHIN_S
         while not self._whole():
             if time.monotonic() > deadline:
@@ -86,18 +128,20 @@ class LocalCluster:
             time.sleep(0.5)
 
     def _whole(self) -> bool:
-        assert self._admin is not None
         try:
-            metadata = self._admin.list_topics(timeout=5)
+            metadata = self._client().list_topics(timeout=5)
         except Exception:  # a node starting: librdkafka raises until one answers
             return False
-        partitions = [p for t in metadata.topics.values() for p in t.partitions.values()]
-        return len(metadata.brokers) == len(self.brokers) and all(
-            p.leader >= 0 and len(p.isrs) == len(p.replicas) for p in partitions
-        )
+        return len(metadata.brokers) == len(self.brokers) and _lagging(metadata)[0] == 0
 
     def stop(self) -> None:
         """All nodes at once: the last of several stopped in turn would wait out its
         controlled shutdown, with no quorum left to hand its leaderships to."""
         with ThreadPoolExecutor(len(self.brokers)) as pool:
             list(pool.map(LocalBroker.stop, self.brokers))
+
+
+def _lagging(metadata: ClusterMetadata) -> tuple[int, int]:
+    partitions = [p for t in metadata.topics.values() for p in t.partitions.values()]
+    behind = sum(p.leader < 0 or len(p.isrs) < len(p.replicas) for p in partitions)
+    return behind, len(partitions)
