@@ -6,12 +6,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+import httpx
 import pytest
 from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import (
@@ -300,6 +302,51 @@ def test_a_worker_whose_write_acl_is_revoked_stops_instead_of_retrying(
     # only "Erroneous state" (the transaction's error, without its cause): that commit is
     # aborted and redone once, and the redo is denied.
     assert worker.log().count("reprocessing") <= 1
+
+
+def test_a_worker_whose_token_runs_out_is_not_ready_until_its_provider_answers(
+    secure_kafka: SecureKafka,
+    tiny_repo: Path,
+    tmp_path: Path,
+    start_worker: Callable[..., ManagedProcess],
+) -> None:
+    """A provider that fails for good would leave a worker waiting, logging each try: its
+    ``/readyz`` says so once the token has run out, and its metrics count the failures."""
+    down = tmp_path / "identity-service-down"
+    config = f"key={secure_kafka.token_key} subject=admin lifetime_s=4 down_if={down}"
+    inp, out = _worker_topics(secure_kafka)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    start_worker(
+        *_worker_args(inp, out, "--mode", "embedded", "--repo", str(tiny_repo)),
+        *secure_kafka.oauth_args,
+        "-X", "oauth_cb=tests.token_providers:down_while_flagged",
+        "-X", f"sasl.oauthbearer.config={config}",
+        "--metrics-port", str(port),
+    )  # fmt: skip
+    wait_for(lambda: _status(base + "/readyz") == 200, 60, "the worker to be ready")
+    down.touch()
+    wait_for(lambda: _status(base + "/readyz") == 503, 30, "the worker to be not ready")
+    assert time.time() > _sample(base, "streaminfer_kafka_token_expiry_timestamp_seconds")
+    wait_for(
+        lambda: _sample(base, "streaminfer_kafka_token_renewals_failed_total") >= 1, 15,
+        "a failed renewal counted",
+    )  # fmt: skip
+    assert _status(base + "/healthz") == 200  # alive: nothing to restart it for
+    down.unlink()
+    wait_for(lambda: _status(base + "/readyz") == 200, 30, "the worker to be ready again")
+
+
+def _status(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def _sample(base: str, name: str) -> float:
+    (value,) = re.findall(rf"^{name} (\S+)$", httpx.get(base + "/metrics").text, re.M)
+    return float(value)
 
 
 def test_kafka_status_reaches_the_secured_broker(secure_kafka: SecureKafka) -> None:

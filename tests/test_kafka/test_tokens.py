@@ -21,6 +21,7 @@ from streaminfer.kafka.access import refuse_access_errors
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.security import TOKEN_AUDIENCE, TOKEN_ISSUER, local_token, token_key
 from streaminfer.kafka.tokens import TokenProvider, checked_token
+from tests.support import wait_for
 
 NOW = 1_800_000_000.0
 
@@ -149,15 +150,24 @@ def test_the_first_token_is_asked_for_at_once(key_file: tuple[Path, dict[str, st
 def test_a_renewal_that_fails_is_logged_and_raised_to_librdkafka(
     key_file: tuple[Path, dict[str, str]], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """And counted; the provider says when its last token has run out (a worker is not
+    ready then), until a renewal works again."""
     down = key_file[0].with_name("down")
-    config = f"key={key_file[0]} subject=admin down_if={down}"
+    config = f"key={key_file[0]} subject=admin lifetime_s=1 down_if={down}"
     provider = TokenProvider("tests.token_providers:down_while_flagged", config)
     token, expiry = provider(config)
     assert _verify(token, key_file[1])["sub"] == "admin" and expiry > time.time()
+    assert provider.expires_at == expiry and not provider.expired
     down.touch()
     with caplog.at_level(logging.WARNING), pytest.raises(ConfigError):
         provider(config)
     assert "raised ConnectionError: the identity service is unreachable" in caplog.text
+    assert provider.failures == 1 and provider.expires_at == expiry
+    wait_for(lambda: provider.expired, 5, "the last token to run out")
+    down.unlink()
+    _, renewed = provider(config)
+    assert provider.expires_at == renewed > time.time() and not provider.expired
+    assert provider.failures == 1
 
 
 def test_clients_get_the_provider_only_with_oauthbearer(

@@ -15,6 +15,9 @@ expiry, principal, extensions)``.
   and its error does not stop the command
   (:func:`streaminfer.kafka.access.refuse_access_errors`).  The client goes on while its
   token lasts, then waits for the next one with what it has to send.
+* A provider keeps when its last token expires and how many renewals failed: a worker is
+  not ready while one of its clients' tokens has expired, and exports both as metrics,
+  so a provider that fails for good shows in Kubernetes.
 """
 
 from __future__ import annotations
@@ -45,14 +48,22 @@ class TokenProvider:
             raise ConfigError(f"{OPTION} {spec}: {type(function).__name__} is not a function")
         self.spec = spec
         self._function: Callable[[str], object] = function
+        self.expires_at = 0.0  # the last token's expiry, in seconds since the epoch
+        self.failures = 0  # renewals that failed (librdkafka asks from one thread)
         self._fetch(config)  # a token now: a provider that cannot give one stops the command
 
     def __call__(self, config: str) -> Token:
         try:
             return self._fetch(config)
         except ConfigError as exc:  # librdkafka keeps the current token and asks again
+            self.failures += 1
             LOG.warning("%s", exc)
             raise
+
+    @property
+    def expired(self) -> bool:
+        """The client's token has run out: it cannot reach Kafka until a renewal works."""
+        return time.time() >= self.expires_at
 
     def _fetch(self, config: str) -> Token:
         try:
@@ -60,9 +71,11 @@ class TokenProvider:
         except Exception as exc:
             raise ConfigError(f"{OPTION} {self.spec} raised {type(exc).__name__}: {exc}") from exc
         try:
-            return checked_token(answer, time.time())
+            token = checked_token(answer, time.time())
         except ConfigError as exc:
             raise ConfigError(f"{OPTION} {self.spec}: {exc}") from None
+        self.expires_at = float(token[1])
+        return token
 
 
 def checked_token(answer: object, now: float) -> Token:
@@ -93,6 +106,12 @@ def checked_token(answer: object, now: float) -> Token:
         ):
             raise ConfigError("the extensions must be a dict of str to str")
     return answer
+
+
+def token_provider(config: dict[str, Any]) -> TokenProvider | None:
+    """The provider a client's config gives it, if any."""
+    provider = config.get(OPTION)
+    return provider if isinstance(provider, TokenProvider) else None
 
 
 def with_token_provider(properties: dict[str, Any]) -> dict[str, Any]:

@@ -18,19 +18,21 @@ from streaminfer.stream.settings import WorkerSettings
 DEFAULT_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes
 
 
-def consumer(settings: WorkerSettings, kafka: KafkaSettings) -> Consumer:
-    return Consumer(
-        kafka.client_config(
-            {"auto.offset.reset": "earliest"},
-            **{
-                "group.id": settings.group_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "isolation.level": "read_committed",
-                "enable.partition.eof": False,
-            },
-        )
+def consumer_config(settings: WorkerSettings, kafka: KafkaSettings) -> dict[str, Any]:
+    return kafka.client_config(
+        {"auto.offset.reset": "earliest"},
+        **{
+            "group.id": settings.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+        },
     )
+
+
+def consumer(settings: WorkerSettings, kafka: KafkaSettings) -> Consumer:
+    return Consumer(consumer_config(settings, kafka))
 
 
 def producer_config(settings: WorkerSettings, kafka: KafkaSettings) -> dict[str, Any]:

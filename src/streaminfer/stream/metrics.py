@@ -118,6 +118,17 @@ class WorkerMetrics:
         self.transactions = Counter(
             "streaminfer_transactions", "Transactions by outcome", ["outcome"], registry=r
         )
+        self.token_expiry = Gauge(
+            "streaminfer_kafka_token_expiry_timestamp_seconds",
+            "When the soonest of the clients' OAUTHBEARER tokens expires (-X oauth_cb)",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.token_failures = Counter(
+            "streaminfer_kafka_token_renewals_failed",
+            "Token renewals the oauth_cb provider failed",
+            registry=r,
+        )
 
 
 class MetricsServer:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -53,6 +54,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from streaminfer.handlers import Handler
 from streaminfer.images import ImageFetcher
 from streaminfer.kafka.config import KafkaSettings
+from streaminfer.kafka.tokens import token_provider
 from streaminfer.predictors.base import Predictor, waited_s
 from streaminfer.predictors.embedded import EmbeddedPredictor
 from streaminfer.stream import clients
@@ -125,7 +127,7 @@ class Worker:
         self._sizer = ChunkSizer(settings.batch_size)
         self._lanes = ChunkLanes(settings.max_in_flight)
         self._budget = BufferBudget(self._sizer, chunks=settings.max_in_flight * 2)
-        self._last_lag = 0.0
+        self._last_gauges = 0.0
         self._served_deliveries = 0.0
         self._chunks = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="chunk")
         # Only work that cannot wait without end runs on the loop's thread: a model server's
@@ -134,9 +136,14 @@ class Worker:
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="commit")
         self._commit: Future[_Committed] | None = None  # the commit in flight
 
+        consumer_config = clients.consumer_config(settings, kafka) if consumer is None else {}
         producer_config = clients.producer_config(settings, kafka)
-        self.consumer = consumer or clients.consumer(settings, kafka)
+        self.consumer = consumer or Consumer(consumer_config)
         self.producer = producer or Producer(producer_config)
+        # The providers of tokens its clients log in with (-X oauth_cb), if any.
+        configs = (consumer_config, producer_config if producer is None else {})
+        self._tokens = [p for p in map(token_provider, configs) if p is not None]
+        self._token_failures = 0  # of those counted in the metrics so far
         self.intake = Intake(self.consumer)
         self.checkpoint = Checkpoint(
             self.producer,
@@ -176,6 +183,7 @@ class Worker:
                 settings.shadow_sample,
                 on_drop=self.metrics.shadow_dropped.inc,
             )
+        self._update_gauges()  # the token gauge has its value before the first scrape
 
     # -- control -----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -184,7 +192,9 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        return bool(self.intake.assigned) and not self._stop.is_set()
+        """Assigned partitions, not stopping, and no client whose token has run out."""
+        tokens_valid = not any(provider.expired for provider in self._tokens)
+        return bool(self.intake.assigned) and not self._stop.is_set() and tokens_valid
 
     def run(self) -> None:
         """Process until ``stop()``; then finish in-flight work, commit, and close."""
@@ -203,7 +213,7 @@ class Worker:
                 if self._commit is None:  # a committing producer takes no new outputs
                     self._emit_finished()
                 self._advance_commit()
-                self._update_lag()
+                self._update_gauges()
             self._drain(self.settings.shutdown_timeout_s * DRAIN_SHARE)
         finally:
             self._close()
@@ -409,13 +419,20 @@ class Worker:
             if self.shadow is not None:
                 self.shadow.close()
 
-    def _update_lag(self) -> None:
+    def _update_gauges(self) -> None:
+        """Every 5 s: the consumer's lag, and its clients' tokens."""
         now = time.monotonic()
-        if now - self._last_lag < 5 or not self.intake.assigned:
+        if now - self._last_gauges < 5:
             return
-        self._last_lag = now
-        for (topic, partition), lag in self.intake.lags().items():
-            self.metrics.lag.labels(topic, str(partition)).set(lag)
+        self._last_gauges = now
+        # Without tokens nothing expires: +Inf keeps an alert on the gauge quiet.
+        self.metrics.token_expiry.set(min((p.expires_at for p in self._tokens), default=math.inf))
+        failures = sum(p.failures for p in self._tokens)
+        self.metrics.token_failures.inc(failures - self._token_failures)
+        self._token_failures = failures
+        if self.intake.assigned:
+            for (topic, partition), lag in self.intake.lags().items():
+                self.metrics.lag.labels(topic, str(partition)).set(lag)
 
 
 def settle_collector() -> None:
