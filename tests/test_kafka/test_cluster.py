@@ -113,6 +113,7 @@ def test_a_cluster_is_refused_what_it_cannot_be(cluster: LocalCluster, tmp_path:
     for args, said in [
         (["start", "--nodes", "2", "--data-dir", folder], "has 3 nodes, not 2"),
         (["stop", "--node", "4", "--data-dir", folder], "no such cluster node"),
+        (["start", "--port", "1", "--data-dir", folder], "listen from port"),
         (["start", "--nodes", "3", "--security", "sasl_ssl", "--data-dir", str(tmp_path / "s")],
          "a local cluster is plaintext"),
     ]:  # fmt: skip

@@ -39,7 +39,10 @@ console = Console()
 @kafka_app.command("start")
 def kafka_start(
     port: Annotated[
-        int | None, typer.Option(help="Client port (default 9092, or as before).")
+        int | None,
+        typer.Option(
+            help="Client port (default 9092, or as before); of a cluster, its first node's."
+        ),
     ] = None,
     data_dir: DataDirOpt = None,
     foreground: Annotated[bool, typer.Option(help="Stay attached; Ctrl-C stops it.")] = False,
@@ -103,7 +106,8 @@ def kafka_start(
 def _start_cluster(cluster: LocalCluster, port: int | None) -> None:
     count = len(cluster.brokers)
     with console.status(f"Starting {count} Kafka {KAFKA_VERSION} nodes"):
-        bootstrap = cluster.start(port or DEFAULT_PORT)
+        made = cluster.brokers[0].state() is not None
+        bootstrap = cluster.start(port if made else port or DEFAULT_PORT)
     pids = ", ".join(str(broker.running_pid()) for broker in cluster.brokers)
     console.print(f"{count} nodes running (pids {pids}), data in {cluster.folder}")
     print(bootstrap)

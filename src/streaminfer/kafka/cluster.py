@@ -82,6 +82,11 @@ class LocalCluster:
                 member = Membership(cluster_id, i + 1, controller, voters, len(self.brokers))
                 launched.append((broker, broker.launch(port=clients[i], member=member)))
         else:
+            first = self.brokers[0].state()
+            if port is not None and first is not None and port != first.port:
+                raise ConfigError(
+                    f"the cluster's nodes listen from port {first.port} on, as when it was made"
+                )
             stopped = [broker for broker in self.brokers if broker.running_pid() is None]
             launched = [(broker, broker.launch()) for broker in stopped]
         # Each until it answers itself (the others list a killed node for some seconds
