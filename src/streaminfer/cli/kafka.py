@@ -81,7 +81,7 @@ def kafka_start(
     if node_count(folder) or (nodes or 1) > 1:
         if security not in (None, "plaintext") or authorizer or foreground:
             raise ConfigError("a local cluster is plaintext, without ACLs, in the background")
-        if (folder / "broker.json").exists():
+        if LocalBroker(folder).made:
             raise ConfigError(f"{folder} holds one broker; give a cluster another --data-dir")
         _start_cluster(LocalCluster(folder, nodes), port)
         return
@@ -106,8 +106,7 @@ def kafka_start(
 def _start_cluster(cluster: LocalCluster, port: int | None) -> None:
     count = len(cluster.brokers)
     with console.status(f"Starting {count} Kafka {KAFKA_VERSION} nodes"):
-        made = cluster.brokers[0].state() is not None
-        bootstrap = cluster.start(port if made else port or DEFAULT_PORT)
+        bootstrap = cluster.start(port if cluster.brokers[0].made else port or DEFAULT_PORT)
     pids = ", ".join(str(broker.running_pid()) for broker in cluster.brokers)
     console.print(f"{count} nodes running (pids {pids}), data in {cluster.folder}")
     print(bootstrap)

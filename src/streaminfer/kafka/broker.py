@@ -110,6 +110,11 @@ class LocalBroker:
     def log_file(self) -> Path:
         return self.data_dir / _LOG_FILE
 
+    @property
+    def made(self) -> bool:
+        """Whether a broker was made in this data dir (its state written)."""
+        return (self.data_dir / _STATE_FILE).exists()
+
     def state(self) -> BrokerState | None:
         path = self.data_dir / _STATE_FILE
         if not path.exists():

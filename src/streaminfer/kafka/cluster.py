@@ -43,7 +43,7 @@ HEALTHY_WITHIN_S = 180  # on 2 cores beside a soak's load, a JVM starts slowly
 def node_count(folder: Path) -> int:
     """How many nodes the cluster made in ``folder`` has; 0 if none was made there."""
     count = 0
-    while (folder / f"node-{count + 1}" / "broker.json").exists():
+    while LocalBroker(folder / f"node-{count + 1}").made:
         count += 1
     return count
 
@@ -69,21 +69,21 @@ class LocalCluster:
         """Start every node that is not running and return the bootstrap servers once the
         cluster is whole.  A new cluster's nodes listen for clients on ``port`` and the
         ports after it (free ports if None); an existing one's where they did."""
-        if self.brokers[0].state() is None:
+        first = self.brokers[0].state()
+        if first is None:
             clients = [free_port() if port is None else port + i for i in range(len(self.brokers))]
             taken = [str(p) for p in clients if not port_is_free("127.0.0.1", p)]
             if taken:  # checked before any node is made: a half-made cluster could not start
                 raise ConfigError(f"port {', '.join(taken)} is in use; pick others with --port")
             cluster_id = new_cluster_id()
             controllers = [free_port() for _ in self.brokers]
-            voters = ",".join(f"{i}@127.0.0.1:{port}" for i, port in enumerate(controllers, 1))
+            voters = ",".join(f"{i}@127.0.0.1:{c}" for i, c in enumerate(controllers, 1))
             launched = []
             for i, (broker, controller) in enumerate(zip(self.brokers, controllers, strict=True)):
                 member = Membership(cluster_id, i + 1, controller, voters, len(self.brokers))
                 launched.append((broker, broker.launch(port=clients[i], member=member)))
         else:
-            first = self.brokers[0].state()
-            if port is not None and first is not None and port != first.port:
+            if port is not None and port != first.port:
                 raise ConfigError(
                     f"the cluster's nodes listen from port {first.port} on, as when it was made"
                 )
