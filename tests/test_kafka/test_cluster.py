@@ -1,8 +1,9 @@
 """Against a cluster of three local brokers, started by ``streaminfer kafka start --nodes
-3``: the topics streaminfer makes take the cluster's replication, as ``kafka-topics.sh``
-would give them, not one replica; a node stopped and started again by the command while
-the others serve.  (``tests/test_bench/test_kill_soak.py`` restarts its nodes under a
-worker.)"""
+3 --security sasl_ssl --authorizer``: the topics streaminfer makes take the cluster's
+replication, as ``kafka-topics.sh`` would give them, not one replica; a node stopped and
+started again by the command while the others serve, logins by password and by token
+going on.  (``tests/test_bench/test_kill_soak.py`` restarts a plaintext cluster's nodes
+under a worker.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 from streaminfer.kafka.admin import TopicAdmin
 from streaminfer.kafka.cluster import LocalCluster
-from streaminfer.kafka.config import KafkaSettings
+from streaminfer.kafka.config import KafkaSettings, read_properties_file
 from streaminfer.models.export.tiny import export_tiny_model
 from streaminfer.net import free_port
 from streaminfer.processes import ManagedProcess
@@ -29,11 +30,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     folder = tmp_path_factory.mktemp("cluster")
     try:
         started = run_cli("kafka", "start", "--nodes", "3", "--port", str(free_port()),
-                          "--data-dir", str(folder), timeout=300)  # fmt: skip
+                          "--security", "sasl_ssl", "--authorizer", "--data-dir", str(folder),
+                          timeout=300)  # fmt: skip
         assert started.returncode == 0, started.stderr
         nodes = LocalCluster(folder)
         assert started.stdout.splitlines()[-1] == nodes.bootstrap
         assert len(nodes.bootstrap.split(",")) == 3
+        assert f"-F {nodes.brokers[0].secrets.client_properties}" in started.stdout
         yield nodes
     finally:
         stopped = run_cli("kafka", "stop", "--data-dir", str(folder), timeout=300)
@@ -46,19 +49,35 @@ def bootstrap(cluster: LocalCluster) -> str:
     return cluster.bootstrap
 
 
+def _properties(cluster: LocalCluster, login: str = "password") -> Path:
+    """The admin user's properties file (every node has node 1's secrets)."""
+    secrets = cluster.brokers[0].secrets
+    return secrets.client_properties if login == "password" else secrets.oauth_properties
+
+
+def _settings(cluster: LocalCluster) -> KafkaSettings:
+    properties = read_properties_file(_properties(cluster))
+    return KafkaSettings(bootstrap_servers=cluster.bootstrap, properties=properties)
+
+
+def _args(cluster: LocalCluster, login: str = "password") -> list[str]:
+    return ["-b", cluster.bootstrap, "-F", str(_properties(cluster, login))]
+
+
 def test_the_topics_streaminfer_makes_have_a_replica_on_every_broker(
-    bootstrap: str, tmp_path: Path, start_worker: Callable[..., ManagedProcess]
+    cluster: LocalCluster, tmp_path: Path, start_worker: Callable[..., ManagedProcess]
 ) -> None:
-    settings = KafkaSettings(bootstrap_servers=bootstrap)
+    settings = _settings(cluster)
     inp, out = f"in-{uuid.uuid4().hex[:8]}", f"out-{uuid.uuid4().hex[:8]}"
-    created = run_cli("topics", "create", inp, "--partitions", "2", "-b", bootstrap)
+    created = run_cli("topics", "create", inp, "--partitions", "2", *_args(cluster))
     assert created.returncode == 0, created.stderr
     one = f"one-{uuid.uuid4().hex[:8]}"
-    asked = run_cli("topics", "create", one, "--replication-factor", "1", "-b", bootstrap)
+    asked = run_cli("topics", "create", one, "--replication-factor", "1", *_args(cluster))
     assert asked.returncode == 0, asked.stderr
 
     export_tiny_model(tmp_path / "repo", version=1)
-    embedded_worker(start_worker, tmp_path / "repo", inp, out)  # makes out and its dead letters'
+    token = ("-F", str(_properties(cluster, "token")))
+    embedded_worker(start_worker, tmp_path / "repo", inp, out, *token)  # makes out and its DLQ
     send_tiny_rows(settings, inp, 20)
     assert sorted(int(d["id"]) for d in decoded(outputs(settings, out, 20))) == list(range(20))
 
@@ -73,31 +92,36 @@ def test_the_topics_streaminfer_makes_have_a_replica_on_every_broker(
 def test_a_node_stopped_by_the_command_leaves_the_others_serving_and_starts_again(
     cluster: LocalCluster,
 ) -> None:
+    """Node 1 made the secrets that the others were given copies of: without it, both
+    logins go on, and so do the ACLs."""
     folder = str(cluster.brokers[0].data_dir.parent)
     topic = f"t-{uuid.uuid4().hex[:8]}"
-    assert (
-        run_cli("topics", "create", topic, "--partitions", "3", "-b", cluster.bootstrap).returncode
-        == 0
-    )
+    created = run_cli("topics", "create", topic, "--partitions", "3", *_args(cluster))
+    assert created.returncode == 0, created.stderr
 
-    stopped = run_cli("kafka", "stop", "--node", "2", "--data-dir", folder, timeout=180)
-    assert stopped.stdout.strip() == "node 2 stopped", stopped.stderr
+    stopped = run_cli("kafka", "stop", "--node", "1", "--data-dir", folder, timeout=180)
+    assert stopped.stdout.strip() == "node 1 stopped", stopped.stderr
     status = run_cli("kafka", "status", "--data-dir", folder)
     assert status.returncode == 1
     lines = status.stdout.splitlines()
-    assert lines[0].startswith("node 1: running") and lines[2].startswith("node 3: running")
-    assert lines[1].startswith("node 2: not running")
+    assert lines[1].startswith("node 2: running") and lines[2].startswith("node 3: running")
+    assert lines[0].startswith("node 1: not running")
     assert re.fullmatch(r"\d+ of \d+ partitions lack a leader or a replica in sync", lines[3])
-    # node 2 held a replica of each of the topic's partitions: each lacks it, writes go on
-    admin = TopicAdmin(KafkaSettings(bootstrap_servers=cluster.bootstrap))
+    # node 1 held a replica of each of the topic's partitions: each lacks it, writes go on
+    admin = TopicAdmin(_settings(cluster))
     in_sync = lambda: [sorted(p.isrs) for p in admin.describe(topic).partitions]  # noqa: E731
-    wait_for(lambda: in_sync() == [[1, 3]] * 3, 30, "node 2 out of the in-sync replicas")
+    wait_for(lambda: in_sync() == [[2, 3]] * 3, 30, "node 1 out of the in-sync replicas")
     assert cluster.lagging()[0] >= 3
-    produced = run_cli("produce", topic, "--value", "a", "--value", "b", "-b", cluster.bootstrap)
+    produced = run_cli("produce", topic, "--value", "a", "--value", "b", *_args(cluster, "token"))
     assert produced.returncode == 0, produced.stderr
     read = run_cli("consume", topic, "--from-beginning", "--count", "2", "--timeout", "30",
-                   "--format", "text", "-b", cluster.bootstrap)  # fmt: skip
+                   "--format", "text", *_args(cluster))  # fmt: skip
     assert sorted(line.rsplit("\t", 1)[1] for line in read.stdout.splitlines()) == ["a", "b"]
+    key = cluster.brokers[0].secrets.token_signer
+    stranger = ["-X", f"sasl.oauthbearer.config=key={key} subject=stranger"]
+    refused = run_cli("produce", topic, "--value", "c", *_args(cluster, "token"), *stranger)
+    # no ACL lets the stranger describe the topic, so it is hidden
+    assert refused.returncode == 2 and f"unknown topic {topic!r}" in refused.stderr, refused.stderr
 
     started = run_cli("kafka", "start", "--data-dir", folder, timeout=300)
     assert started.returncode == 0, started.stderr
@@ -114,8 +138,10 @@ def test_a_cluster_is_refused_what_it_cannot_be(cluster: LocalCluster, tmp_path:
         (["start", "--nodes", "2", "--data-dir", folder], "has 3 nodes, not 2"),
         (["stop", "--node", "4", "--data-dir", folder], "no such cluster node"),
         (["start", "--port", "1", "--data-dir", folder], "listen from port"),
-        (["start", "--nodes", "3", "--security", "sasl_ssl", "--data-dir", str(tmp_path / "s")],
-         "a local cluster is plaintext"),
+        (["start", "--security", "plaintext", "--data-dir", folder], "with --security sasl_ssl"),
+        (["start", "--no-authorizer", "--data-dir", folder], "stop every node"),
+        (["start", "--nodes", "3", "--foreground", "--data-dir", str(tmp_path / "f")],
+         "runs in the background"),
     ]:  # fmt: skip
         refused = run_cli("kafka", *args)
         assert refused.returncode == 2 and said in refused.stderr, (args, refused.stderr)

@@ -66,8 +66,9 @@ def kafka_start(
         typer.Option(
             min=1,
             help="Brokers of a local cluster, each a KRaft voter, on --port and the ports "
-            "after it; with 3, one can stop while the others serve. Plaintext. Fixed when "
-            "the data dir is made (default: as before, one broker for a new one).",
+            "after it; with 3, one can stop while the others serve. Under --security "
+            "sasl_ssl every node has the same CA, admin user and token key. Fixed when the "
+            "data dir is made (default: as before, one broker for a new one).",
         ),
     ] = None,
 ) -> None:
@@ -78,38 +79,50 @@ def kafka_start(
     user's password or token key, and the CA to trust) and prints where they are.
     """
     folder = data_dir or default_data_dir()
+    chosen = _security(security)
     if node_count(folder) or (nodes or 1) > 1:
-        if security not in (None, "plaintext") or authorizer or foreground:
-            raise ConfigError("a local cluster is plaintext, without ACLs, in the background")
+        if foreground:
+            raise ConfigError("a local cluster runs in the background; --foreground is for one")
         if LocalBroker(folder).made:
             raise ConfigError(f"{folder} holds one broker; give a cluster another --data-dir")
-        _start_cluster(LocalCluster(folder, nodes), port)
+        _start_cluster(LocalCluster(folder, nodes), port, chosen, authorizer)
         return
     broker = LocalBroker(data_dir)
-    chosen = _security(security)
     if foreground:
         raise typer.Exit(broker.run_foreground(port, chosen, authorizer))
     with console.status(f"Starting Kafka {KAFKA_VERSION} (first run resolves the jars with mvn)"):
         state = broker.start(port, security=chosen, authorizer=authorizer)
     console.print(f"Kafka {KAFKA_VERSION} running (pid {state.pid}), data in {broker.data_dir}")
-    if state.security != "plaintext":
-        acls = ", ACLs enforced" if state.authorizer else ""
-        console.print(
-            f"{state.security}{acls}: connect with -F {broker.secrets.client_properties}\n"
-            f"or by OAUTHBEARER tokens: -F {broker.secrets.oauth_properties}",
-            highlight=False,
-            soft_wrap=True,  # a path to copy, unbroken
-        )
+    _print_secured(broker)
     print(state.bootstrap)
 
 
-def _start_cluster(cluster: LocalCluster, port: int | None) -> None:
+def _start_cluster(
+    cluster: LocalCluster, port: int | None, security: Security | None, authorizer: bool | None
+) -> None:
     count = len(cluster.brokers)
+    if not cluster.brokers[0].made:
+        port = port or DEFAULT_PORT
     with console.status(f"Starting {count} Kafka {KAFKA_VERSION} nodes"):
-        bootstrap = cluster.start(port if cluster.brokers[0].made else port or DEFAULT_PORT)
+        bootstrap = cluster.start(port, security, authorizer)
     pids = ", ".join(str(broker.running_pid()) for broker in cluster.brokers)
     console.print(f"{count} nodes running (pids {pids}), data in {cluster.folder}")
+    _print_secured(cluster.brokers[0])  # every node has node 1's secrets
     print(bootstrap)
+
+
+def _print_secured(broker: LocalBroker) -> None:
+    """Under sasl_ssl: the properties files a client connects with."""
+    state = broker.state()
+    if state is None or state.security == "plaintext":
+        return
+    acls = ", ACLs enforced" if state.authorizer else ""
+    console.print(
+        f"{state.security}{acls}: connect with -F {broker.secrets.client_properties}\n"
+        f"or by OAUTHBEARER tokens: -F {broker.secrets.oauth_properties}",
+        highlight=False,
+        soft_wrap=True,  # a path to copy, unbroken
+    )
 
 
 def _security(name: str | None) -> Security | None:

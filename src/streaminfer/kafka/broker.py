@@ -289,7 +289,7 @@ class LocalBroker:
         elif not port_is_free(state.host, state.controller_port):
             state.controller_port = free_port()
         formatted = (self.data_dir / "logs" / "meta.properties").exists()
-        if state.security == "sasl_ssl" and not formatted:
+        if state.security == "sasl_ssl" and not self.secrets.made:  # a cluster's node has them
             self.secrets.create(state.host)
         properties = _server_properties(state, self.data_dir)
         if state.security == "sasl_ssl":

@@ -10,7 +10,8 @@ node hands its leaderships over and exits; ``graceful=False``: SIGKILL), and it 
 once the node is back and every partition has all its replicas in sync again.
 
 ``streaminfer kafka start --nodes 3`` starts one (``kafka stop --node 2`` takes a node
-down, ``kafka start`` brings it back); ``benchmarks/kill_soak.py --brokers 3`` soaks a
+down, ``kafka start`` brings it back), plaintext or, with ``--security sasl_ssl``, with
+one set of secrets for every node; ``benchmarks/kill_soak.py --brokers 3`` soaks a
 worker on one.
 """
 
@@ -27,6 +28,7 @@ from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from streaminfer.errors import ConfigError
 from streaminfer.kafka.broker import (
+    BrokerState,
     LocalBroker,
     Membership,
     new_cluster_id,
@@ -34,6 +36,7 @@ from streaminfer.kafka.broker import (
     wait_until_ready,
 )
 from streaminfer.kafka.config import LIBRDKAFKA_LOGGER
+from streaminfer.kafka.security import Security
 from streaminfer.net import free_port
 from streaminfer.processes import ended
 
@@ -65,44 +68,86 @@ class LocalCluster:
         states = [broker.state() for broker in self.brokers]
         return ",".join(state.bootstrap for state in states if state is not None)
 
-    def start(self, port: int | None = None) -> str:
+    def start(
+        self,
+        port: int | None = None,
+        security: Security | None = None,
+        authorizer: bool | None = None,
+    ) -> str:
         """Start every node that is not running and return the bootstrap servers once the
         cluster is whole.  A new cluster's nodes listen for clients on ``port`` and the
-        ports after it (free ports if None); an existing one's where they did."""
+        ports after it (free ports if None), and share one set of secrets under
+        ``security`` sasl_ssl; an existing one's are as they were made, and ``authorizer``
+        changes only while every node is stopped."""
         first = self.brokers[0].state()
         if first is None:
             clients = [free_port() if port is None else port + i for i in range(len(self.brokers))]
             taken = [str(p) for p in clients if not port_is_free("127.0.0.1", p)]
             if taken:  # checked before any node is made: a half-made cluster could not start
                 raise ConfigError(f"port {', '.join(taken)} is in use; pick others with --port")
+            if security == "sasl_ssl":
+                self._share_secrets()
             cluster_id = new_cluster_id()
             controllers = [free_port() for _ in self.brokers]
             voters = ",".join(f"{i}@127.0.0.1:{c}" for i, c in enumerate(controllers, 1))
             launched = []
             for i, (broker, controller) in enumerate(zip(self.brokers, controllers, strict=True)):
                 member = Membership(cluster_id, i + 1, controller, voters, len(self.brokers))
-                launched.append((broker, broker.launch(port=clients[i], member=member)))
+                process = broker.launch(clients[i], security, authorizer, member=member)
+                launched.append((broker, process))
         else:
-            if port is not None and port != first.port:
-                raise ConfigError(
-                    f"the cluster's nodes listen from port {first.port} on, as when it was made"
-                )
+            self._check_unchanged(first, port, security, authorizer)
             stopped = [broker for broker in self.brokers if broker.running_pid() is None]
-            launched = [(broker, broker.launch()) for broker in stopped]
+            launched = [(broker, broker.launch(authorizer=authorizer)) for broker in stopped]
         # Each until it answers itself (the others list a killed node for some seconds
         # more), then until every replica is in sync.
         for broker, process in launched:
             state = broker.state()
             assert state is not None
-            wait_until_ready(state.bootstrap, HEALTHY_WITHIN_S, process, broker.log_file)
+            wait_until_ready(
+                state.bootstrap, HEALTHY_WITHIN_S, process, broker.log_file, self.client_settings()
+            )
         self.wait_whole()
         return self.bootstrap
+
+    def _share_secrets(self) -> None:
+        """One CA, broker certificate, admin password and token key for every node: the
+        nodes log in to each other as admin, and a client trusts and logs in to any."""
+        secrets = self.brokers[0].secrets
+        secrets.create("127.0.0.1")
+        secrets.ensure_token_key()
+        for broker in self.brokers[1:]:
+            secrets.copy_into(broker.data_dir)
+
+    def _check_unchanged(
+        self,
+        first: BrokerState,
+        port: int | None,
+        security: Security | None,
+        authorizer: bool | None,
+    ) -> None:
+        """Refuse, before any node starts, what would make the nodes differ."""
+        if port is not None and port != first.port:
+            raise ConfigError(
+                f"the cluster's nodes listen from port {first.port} on, as when it was made"
+            )
+        if security is not None and security != first.security:
+            raise ConfigError(f"the cluster was made with --security {first.security}")
+        running = any(broker.running_pid() is not None for broker in self.brokers)
+        if authorizer is not None and authorizer != first.authorizer and running:
+            raise ConfigError("stop every node to turn ACLs on or off: the nodes must agree")
+
+    def client_settings(self) -> dict[str, str]:
+        """The librdkafka settings a client needs besides the bootstrap servers: the admin
+        user's under sasl_ssl."""
+        return self.brokers[0].client_settings()
 
     def _client(self) -> AdminClient:
         if self._admin is None:
             config: dict[str, Any] = {
                 "bootstrap.servers": self.bootstrap,
                 "logger": LIBRDKAFKA_LOGGER,
+                **self.client_settings(),
             }
             self._admin = AdminClient(config)
         return self._admin

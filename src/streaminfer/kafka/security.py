@@ -78,21 +78,36 @@ class BrokerSecrets:
     def oauth_properties(self) -> Path:
         return self.folder / "oauth.properties"
 
+    @property
+    def made(self) -> bool:
+        return self.client_properties.exists()
+
     def create(self, host: str) -> None:
         """A new CA, a broker certificate for ``host`` and a random admin password."""
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         ca_pem, keystore_pem = certificates(host)
-        self.ca.write_bytes(ca_pem)
-        _write_private(self.keystore, keystore_pem)
-        password = secrets.token_urlsafe(24)
-        _write_private(self.client_properties, client_properties(password, self.ca).encode())
+        self._write_tls(ca_pem, keystore_pem, secrets.token_urlsafe(24))
 
     def ensure_token_key(self) -> None:
         """The token signing key and the files that use it, unless made already (a data dir
         from before tokens gets them at its next start)."""
-        if self.token_signer.exists():
-            return
-        key_pem, jwks = token_key()
+        if not self.token_signer.exists():
+            self._write_token_key(*token_key())
+
+    def copy_into(self, data_dir: Path) -> None:
+        """The same CA, broker certificate, admin password and token key for another node
+        of a cluster, so that a client trusts and logs in to every node alike; its
+        properties files name its own copies."""
+        other = BrokerSecrets(data_dir)
+        other._write_tls(self.ca.read_bytes(), self.keystore.read_bytes(), self.admin_password())
+        other._write_token_key(self.token_signer.read_bytes(), self.jwks.read_text())
+
+    def _write_tls(self, ca_pem: bytes, keystore_pem: bytes, password: str) -> None:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.ca.write_bytes(ca_pem)
+        _write_private(self.keystore, keystore_pem)
+        _write_private(self.client_properties, client_properties(password, self.ca).encode())
+
+    def _write_token_key(self, key_pem: bytes, jwks: str) -> None:
         self.jwks.write_text(jwks)
         _write_private(self.oauth_properties, oauth_properties(self.token_signer, self.ca).encode())
         _write_private(self.token_signer, key_pem)  # last: its presence says all are made
