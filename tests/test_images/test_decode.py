@@ -135,6 +135,14 @@ def test_transparency_is_composited_on_white() -> None:
     assert (_rgb(Image.new("LA", (2, 2), (0, 0))) == 255).all()
 
 
+def test_a_large_transparent_image_is_composited_band_by_band_as_a_whole() -> None:
+    """Three bands of rows, each composited on its own, make what one composite makes."""
+    rgba = np.random.default_rng(5).integers(0, 256, (2500, 1000, 4), dtype=np.uint8)
+    white = Image.new("RGBA", (1000, 2500), (255, 255, 255, 255))
+    whole = np.asarray(Image.alpha_composite(white, Image.fromarray(rgba)).convert("RGB"))
+    assert np.abs(_rgb(Image.fromarray(rgba)).astype(int) - whole).max() <= 1
+
+
 def test_palette_images_become_rgb() -> None:
     palette = Image.new("P", (4, 4), 1)
     palette.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)

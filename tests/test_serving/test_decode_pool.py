@@ -1,4 +1,4 @@
-"""The decode pool reads each image's size from its header to budget decoded pixels."""
+"""The decode pool reads each image's size and mode from its header to budget decoded bytes."""
 
 from __future__ import annotations
 
@@ -7,23 +7,29 @@ import threading
 
 from PIL import Image
 
-from streaminfer.serving.decode_pool import DecodePool, header_pixels
+from streaminfer.serving.decode_pool import DecodePool, header_bytes
 
 
-def _png(width: int, height: int) -> bytes:
+def _png(width: int, height: int, mode: str = "RGB", **options: int) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (width, height)).save(buffer, "PNG")
+    Image.new(mode, (width, height)).save(buffer, "PNG", **options)
     return buffer.getvalue()
 
 
-def test_header_pixels_are_read_without_decoding_and_garbage_has_none() -> None:
-    assert header_pixels(_png(30, 20)) == 600
-    assert header_pixels(b"<html>") == 0
-    assert header_pixels(b"") == 0
+def test_what_an_image_costs_is_read_from_its_header_and_garbage_costs_nothing() -> None:
+    """Pillow's own pixels, then the RGB copy unless the image is RGB: a transparent image
+    costs twice an RGB one of its size."""
+    assert header_bytes(_png(30, 20)) == 600 * 4
+    assert header_bytes(_png(30, 20, "RGBA")) == header_bytes(_png(30, 20, "LA")) == 600 * 8
+    assert header_bytes(_png(30, 20, "L")) == header_bytes(_png(30, 20, "P")) == 600 * 5
+    assert header_bytes(_png(30, 20, "P", transparency=0)) == 600 * 5
+    assert header_bytes(_png(30, 20, "I;16")) == 600 * 6
+    assert header_bytes(b"<html>") == 0
+    assert header_bytes(b"") == 0
 
 
 def test_images_over_budget_wait_for_the_ones_in_flight() -> None:
-    pool = DecodePool(3, budget=1000)
+    pool = DecodePool(3, budget=4000)
     first_running, release, first_done = threading.Event(), threading.Event(), threading.Event()
     saw_first_done: dict[str, bool] = {}
 
@@ -35,10 +41,10 @@ def test_images_over_budget_wait_for_the_ones_in_flight() -> None:
             first_done.set()
         return name
 
-    first = pool.submit(decode, _png(30, 30), "first")  # 900 of the 1000 pixels
+    first = pool.submit(decode, _png(30, 30), "first")  # 900 of the 1000 pixels' bytes
     assert first_running.wait(30)
     assert pool.submit(decode, _png(10, 10), "small").result(30) == "small"  # 100 fit beside
-    big = pool.submit(decode, _png(20, 20), "big")  # 400 wait until the first is done
+    big = pool.submit(decode, _png(10, 10, "RGBA"), "big")  # 200 wait until the first is done
     release.set()
     assert first.result(30) == "first" and big.result(30) == "big"
     assert saw_first_done == {"first": False, "small": False, "big": True}

@@ -339,9 +339,13 @@ def test_health_answers_while_the_decoder_holds_a_60_mb_body(limited: ServerProc
     assert _decoder_bodies(limited) == 0
 
 
-def _blank_png(side: int) -> bytes:
+def _b64(data: bytes) -> dict[str, str]:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+def _blank_png(side: int, mode: str = "RGB") -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (side, side), "white").save(buffer, "PNG")
+    Image.new(mode, (side, side), "white").save(buffer, "PNG")
     return buffer.getvalue()
 
 
@@ -561,18 +565,23 @@ def _refused(call: grpc.UnaryUnaryMultiCallable, request: bytes) -> grpc.RpcErro
 def test_peak_rss_stays_under_600_mb(limited: ServerProcess, jpeg: bytes) -> None:
     """After the hostile and largest legal requests above, one more of each here, six
     31-megapixel PNGs of 100 KB each (the largest a PNG may be, 94 MB apiece once decoded),
-    a 49-megapixel one (refused: PNGs decode only at full size) and 60 MB of gRPC
+    20-megapixel ones with transparency (twice the memory a pixel, so each decodes
+    alone), a 31-megapixel one with transparency and a 49-megapixel one (refused: PNGs
+    decode only at full size, and those would hold more than 160 MB) and 60 MB of gRPC
     ``float_val`` for 100 rows (a list of Python floats would be 480 MB; the rows it
     declares are refused before its values become an array)."""
     image = {"b64": base64.b64encode(jpeg).decode()}
     largest = {"b64": base64.b64encode(_blank_png(5600)).decode()}
+    transparent = [_b64(_blank_png(4472, mode)) for mode in ("RGBA", "LA")]
     too_large = {"b64": base64.b64encode(_blank_png(7000)).decode()}
     with limited.client() as client:
         assert client.post(PREDICT, json={"instances": [image] * IMAGE_MAX_BATCH}).is_success
         assert client.post(PREDICT, content=_float_images_request()).is_success
         assert client.post(PREDICT, json={"instances": [largest] * 6}).is_success
-        refused = client.post(PREDICT, json={"instances": [too_large]})
-        assert refused.status_code == 400 and "full size" in refused.text
+        assert client.post(PREDICT, json={"instances": transparent * 3}).is_success
+        for refused_image in (too_large, _b64(_blank_png(5600, "RGBA"))):
+            refused = client.post(PREDICT, json={"instances": [refused_image]})
+            assert refused.status_code == 400 and "more than 160 MB" in refused.text
     error = _predict(limited, _typed_float_request(100))
     assert "at most 64 rows" in error.details()  # from its shape, before reading its values
     peak = _peak_rss_kb(limited)

@@ -26,6 +26,7 @@ FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 
 _WHITE = (255, 255, 255)
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_BAND_PIXELS = 1 << 20  # composited at a time: 4 MB of RGBA
 # What Pillow raises on bytes that start like an image but do not decode.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
 
@@ -85,11 +86,31 @@ def load_rgb(image: Image.Image) -> Image.Image:
         # 16-bit greyscale PNG: Pillow's convert() would clip to 255, not rescale.
         image = Image.fromarray((np.clip(np.asarray(image), 0, 65535) >> 8).astype(np.uint8))
     if image.mode in _ALPHA_MODES or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        rgb = Image.new("RGB", rgba.size, _WHITE)
-        rgb.paste(rgba, mask=rgba.getchannel("A"))
-        return rgb
+        return _on_white(image)
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    """The image composited on white, a band of rows at a time: converted to RGBA whole,
+    with its alpha taken out, a 31-megapixel PNG held 13 bytes a pixel at once, not 8."""
+    width, height = image.size
+    rgb = Image.new("RGB", image.size, _WHITE)
+    rows = max(1, _BAND_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        box = (0, top, width, min(height, top + rows))
+        band = image.crop(box).convert("RGBA")
+        rgb.paste(band, box, mask=band)  # an RGBA mask is its alpha
+    return rgb
+
+
+def peak_bytes(image: Image.Image) -> int:
+    """The most :func:`load_rgb` holds for an image opened but not decoded: Pillow keeps 1
+    byte a pixel for L and P, 2 for 16-bit greyscale and 4 for the rest, and the RGB copy
+    takes 4 more unless the image is RGB already (composited bands are small)."""
+    width, height = image.size
+    own = 1 if image.mode in ("1", "L", "P") else 2 if image.mode.startswith("I;16") else 4
+    copy = 0 if image.mode == "RGB" else 4
+    return width * height * (own + copy)
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from streaminfer.images.decode import DEFAULT_MAX_PIXELS, load_rgb, open_image
+from streaminfer.images.decode import DEFAULT_MAX_PIXELS, load_rgb, open_image, peak_bytes
 from streaminfer.images.errors import DecompressionBomb, NotAnImage
 from streaminfer.models.metadata import ImagePreprocess
 
@@ -24,9 +24,10 @@ _RESAMPLE = {
 }
 
 
-# A JPEG is decoded at a reduced scale (draft); other formats only at full size, 3 bytes a
-# pixel: this bound keeps one such decode under 100 MB, within the server's memory target.
-MAX_DECODED_PIXELS = 32_000_000
+# A JPEG is decoded at a reduced scale (draft); other formats only at full size: this bound
+# on what one decode holds (decode.peak_bytes) keeps it within the server's memory target.
+# 40 megapixels of RGB, 32 of greyscale or a palette, 20 with transparency or in CMYK.
+MAX_DECODED_BYTES = 160 << 20
 
 
 def preprocess_image(
@@ -45,10 +46,11 @@ def preprocess_image(
     if draft:
         image.draft("RGB", _draft_size(image.size, spec))
     width, height = image.size  # what will be decoded: a JPEG's draft size, else all of it
-    if width * height > MAX_DECODED_PIXELS:
+    if peak_bytes(image) > MAX_DECODED_BYTES:
         raise DecompressionBomb(
             f"image is {width}x{height} = {width * height} pixels to decode at full size "
-            f"({image.format} has no reduced decoding), more than {MAX_DECODED_PIXELS}"
+            f"({image.format} has no reduced decoding), {peak_bytes(image) >> 20} MB in "
+            f"{image.mode}, more than {MAX_DECODED_BYTES >> 20} MB"
         )
     return _to_input(load_rgb(image), spec)
 
