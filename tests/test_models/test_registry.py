@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streaminfer.codecs.arrays import bytes_array
 from streaminfer.models import runtime
 from streaminfer.models.batcher import WORKER_BATCHING, BatchingConfig, DynamicBatcher, Overloaded
 from streaminfer.models.errors import BadLabel, InvalidInput, ModelNotFound
@@ -23,6 +24,7 @@ from streaminfer.models.registry import ModelRegistry
 from streaminfer.models.runtime import OnnxModel, RuntimeOptions
 from streaminfer.models.status import VersionState
 from tests.repository import MODEL
+from tests.strings import STRINGS, TEXTS, export_string_identity
 from tests.support import wait_for
 
 
@@ -138,6 +140,22 @@ def test_runtime_validation_names_the_input(tmp_path: Path) -> None:
         served.infer({"x": np.array([[0, 1e39, 0, 0]])})  # not inf, as numpy's own cast
     ints = served.infer({"x": np.ones((1, 4), dtype=np.int64)})["y"]
     np.testing.assert_allclose(ints, tiny_reference(np.ones((1, 4))), rtol=1e-6)
+    registry.close()
+
+
+def test_string_inputs_reach_the_model_as_the_text_they_encode(tmp_path: Path) -> None:
+    """ORT reads ``str``: bytes it would have made ``"b'abc'"``."""
+    export_string_identity(tmp_path)
+    registry = ModelRegistry(tmp_path)
+    registry.reload()
+    served = registry.resolve(STRINGS)
+    given = bytes_array([text.encode() for text in TEXTS])
+    assert served.infer({"s": given})["out"].tolist() == TEXTS
+    assert served.infer({"s": np.array(TEXTS)})["out"].tolist() == TEXTS  # str as it is
+    with pytest.raises(InvalidInput, match=r"'s': element 1 is not UTF-8 text"):
+        served.infer({"s": bytes_array([b"ok", b"\xff\xfe"])})
+    with pytest.raises(InvalidInput, match=r"'s': element 0 is not UTF-8 text"):
+        served.infer({"s": np.array(["\ud800"], dtype=object)})  # a lone surrogate
     registry.close()
 
 

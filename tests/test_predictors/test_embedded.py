@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streaminfer.codecs.arrays import bytes_array
 from streaminfer.errors import RecordError
 from streaminfer.models.batcher import WORKER_BATCHING
 from streaminfer.models.export.efficientnet import INPUT_NAME, OUTPUT_NAME
 from streaminfer.models.registry import ModelRegistry
 from streaminfer.predictors.base import PredictRequest, PredictResult, waited_s
 from streaminfer.predictors.embedded import EmbeddedPredictor
+from tests.strings import STRINGS, TEXTS, export_string_identity
 from tests.sums import assert_own_sums, export_column_sums
 from tests.test_predictors.cases import (
     CAT_CLASSES,
@@ -116,3 +118,24 @@ def test_a_model_answering_a_batch_as_a_whole_runs_each_record_alone(tmp_path: P
         registry.close()
     for outcomes in answers:
         assert_own_sums(outcomes, batch)
+
+
+def test_string_records_reach_the_model_as_text(tmp_path: Path) -> None:
+    """Each record's text as the model saw it; a record of bytes that are no UTF-8 fails
+    alone, with the reason."""
+    export_string_identity(tmp_path)
+    registry = ModelRegistry(tmp_path, default_batching=WORKER_BATCHING)
+    registry.reload()
+    predictor = EmbeddedPredictor(registry, 1)
+    batch = [
+        PredictRequest(model=STRINGS, tensors={"s": bytes_array([text.encode()])}) for text in TEXTS
+    ]
+    batch.append(PredictRequest(model=STRINGS, tensors={"s": bytes_array([b"\xff"])}))
+    try:
+        outcomes = predictor.predict(batch)
+    finally:
+        predictor.close()
+        registry.close()
+    answered = [o.outputs for o in outcomes[:-1] if isinstance(o, PredictResult) and o.outputs]
+    assert [outputs["out"].tolist() for outputs in answered] == [[text] for text in TEXTS]
+    assert isinstance(outcomes[-1], RecordError) and "not UTF-8" in str(outcomes[-1])

@@ -1,5 +1,11 @@
 """ONNX Runtime sessions: one per loaded version, inputs checked against the model's signature.
 
+String tensors travel as ``bytes`` everywhere else (``codecs.arrays``); ORT reads a string
+tensor's elements as ``str`` and turns anything else into text with ``str()``, so that
+``b"abc"`` reached a model as ``"b'abc'"``.  ``validate`` hands it UTF-8 text, and refuses
+bytes that are not (400, naming the input and the element).  String outputs come back as
+ORT gives them, ``str``, which every codec writes as UTF-8.
+
 ONNX Runtime itself is imported when the first model is loaded, not with this module:
 remote clients and the server's adapters reach this package without ever running a model.
 """
@@ -14,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from streaminfer.codecs.arrays import cast_exactly, numpy_dtype
+from streaminfer.codecs.arrays import BYTES, cast_exactly, numpy_dtype
 from streaminfer.cores import quota_cores, usable_cores
 from streaminfer.errors import ConfigError
 from streaminfer.models.errors import InvalidInput
@@ -101,6 +107,8 @@ class OnnxModel:
             array = cast_exactly(
                 spec.name, np.asarray(inputs[spec.name]), numpy_dtype(spec.dtype), InvalidInput
             )
+            if array.dtype == BYTES:
+                array = _as_text(spec.name, array)
             if not _shape_matches(array.shape, spec.shape):
                 raise InvalidInput(
                     f"input {spec.name!r} has shape {list(array.shape)}, "
@@ -183,6 +191,28 @@ def _rows(inputs: Tensors) -> int:
     """The rows every input has, or 0 if they differ (such a batch is run whole)."""
     rows = {a.shape[0] if a.ndim else 0 for a in inputs.values()}
     return rows.pop() if len(rows) == 1 else 0
+
+
+def _as_text(name: str, array: np.ndarray) -> np.ndarray:
+    """A string tensor's elements as ``str``, decoded as UTF-8: what ORT reads."""
+    text = np.empty(array.shape, dtype=BYTES)
+    flat = text.reshape(-1)  # a view: filling it fills ``text``
+    for index, item in enumerate(array.ravel().tolist()):
+        try:
+            if isinstance(item, bytes):
+                flat[index] = item.decode()
+            elif isinstance(item, str):
+                if not item.isascii():
+                    item.encode()  # a lone surrogate ("\ud800" in JSON) has no UTF-8
+                flat[index] = item
+            else:
+                raise InvalidInput(f"input {name!r}: element {index} is not a string")
+        except (UnicodeDecodeError, UnicodeEncodeError) as exc:
+            raise InvalidInput(
+                f"input {name!r}: element {index} is not UTF-8 text "
+                f"({exc.reason} at position {exc.start}); a string input takes text"
+            ) from None
+    return text
 
 
 def _zeros_shape(spec: TensorSpec, rows: int) -> list[int]:
