@@ -7,6 +7,7 @@ here holds for all of them; the end-to-end tests beside it prove the translation
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +17,10 @@ import pytest
 from streaminfer.codecs.arrays import BYTES, bytes_array
 from streaminfer.codecs.tfserving_json import UNNAMED
 from streaminfer.errors import RecordError
+from streaminfer.flights import FEATURES
 from streaminfer.models.errors import BadLabel, ModelNotFound
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
+from streaminfer.models.imports import import_model
 from streaminfer.models.model_config import ModelConfig, VersionPolicy
 from streaminfer.models.registry import LoadedVersion, ModelRegistry
 from streaminfer.models.status import VersionState
@@ -29,6 +32,7 @@ from streaminfer.serving.dataplane import (
     DataPlane,
 )
 from streaminfer.serving.errors import DeadlineExceeded, InvalidRequest, Unavailable
+from tests.flights import HELD_OUT, FlightsModel
 
 IMAGE_MODEL = "efficientnet-lite0"
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -212,3 +216,26 @@ def test_classification_replaces_the_outputs_asked_for(
         _, index, label = row[0].decode().split(":", 2)
         assert int(index) == class_id
         assert label == embedded.class_names[class_id]  # type: ignore[index]
+
+
+def test_records_past_the_batch_limit_are_refused_before_a_row_is_read(
+    flights_model: FlightsModel, tmp_path: Path
+) -> None:
+    """Records were held to no limit: 150,000 of them took the server 300 MB past it."""
+    import_model(flights_model.joblib, tmp_path, "delays", trust_pickle=True)
+    (version,) = (tmp_path / "delays").iterdir()
+    metadata = json.loads((version / "model.json").read_text())
+    (version / "model.json").write_text(json.dumps({**metadata, "max_batch_size": 3}))
+    registry = ModelRegistry(tmp_path)
+    registry.reload()
+    plane = DataPlane(registry)
+    try:
+        model = plane.model("delays")
+        good = HELD_OUT[FEATURES].head(3).to_dict("records")
+        assert len(asyncio.run(model.predict_records(good))) == 3
+        # Records that are not even records: refused for their count, none of them read.
+        with pytest.raises(InvalidRequest, match=r"at most 3 rows per request .*, not 4"):
+            asyncio.run(model.predict_records([{}] * 4))
+    finally:
+        plane.close()
+        registry.close()

@@ -90,3 +90,20 @@ def test_records_past_the_values_a_request_may_hold_are_refused_unread(
     assert "JSON values, more than the 2,097,152 a request may hold" in reply.json()["error"]
     grown_mb = (server.status_kb("VmHWM") - before_kb) // 1024
     assert grown_mb < 300, f"the server grew by {grown_mb} MB"
+
+
+def test_records_past_the_models_batch_limit_are_refused_before_any_row_is_built(
+    delays: tuple[ServerProcess, list],
+) -> None:
+    """Tensors were held to ``max_batch_size`` and records were not: 150,000 of them were
+    answered 200 and took the server from 314 to 616 MB."""
+    server, _ = delays
+    with server.client() as client:
+        limit = client.get("/v2/models/delays/config").json()["max_batch_size"]
+        records = ROWS.head(1).to_dict("records") * (limit + 1)
+        reply = client.post(PREDICT, json={"instances": records})
+        assert reply.status_code == 400, reply.text
+        assert f"at most {limit} rows per request" in reply.json()["error"]
+        fits = client.post(PREDICT, json={"instances": records[:limit]})
+    assert fits.status_code == 200, fits.text
+    assert len(fits.json()["predictions"]) == limit
