@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -38,6 +40,8 @@ def _config_text(repo: Path, policy: str, labels: dict[str, int]) -> str:
 
 
 def test_text_config_becomes_registry_configs(tmp_path: Path) -> None:
+    for version in (1, 2, 3):
+        (tmp_path / MODEL / str(version)).mkdir(parents=True)
     path = tmp_path / "models.config"
     path.write_text(_config_text(tmp_path, "specific { versions: 1 versions: 3 }", {"stable": 3}))
     batching = BatchingConfig(max_batch_size=4)
@@ -60,12 +64,40 @@ def test_text_config_becomes_registry_configs(tmp_path: Path) -> None:
             "positive",
         ),
         ("", "model_config_list"),
+        # Nothing a path cannot hold (a NUL was a ValueError: INTERNAL).
+        ("model_config_list { config { name: 'm\\000' } }", "invalid model name"),
+        ("model_config_list { config { name: 'm' base_path: '/m\\000' } }", "holds a NUL"),
+        # Nothing the repository (m: versions 1 and 2) cannot serve.
+        (
+            "model_config_list { config { name: 'm' "
+            "model_version_policy { specific { versions: -1 } } } }",
+            "must be positive",
+        ),
+        (
+            "model_config_list { config { name: 'm' "
+            "model_version_policy { specific { versions: 2 versions: 5 } } } }",
+            "versions [5] are not in the repository (versions there: 1, 2)",
+        ),
+        (
+            "model_config_list { config { name: 'm' version_labels { key: 'x' value: 7 } } }",
+            "label 'x' points at version 7, which is not in the repository",
+        ),
+        (
+            "model_config_list { config { name: 'm' version_labels { key: 'x' value: 1 } } }",
+            "label 'x' points at version 1, which is not served (versions served: 2)",
+        ),
+        (
+            "model_config_list { config { name: 'absent' version_labels { key: 'x' value: 1 } } }",
+            "versions served: none",
+        ),
     ],
 )
 def test_bad_configs_are_config_errors(tmp_path: Path, text: str, words: str) -> None:
+    for version in (1, 2):
+        (tmp_path / "m" / str(version)).mkdir(parents=True)
     path = tmp_path / "bad.config"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
         model_configs(read_model_config_file(path), tmp_path, BatchingConfig(), {})
 
 
@@ -113,11 +145,20 @@ def test_config_file_labels_and_reload_request(model_repo: Path, tmp_path: Path)
         assert _status(channel) == {1: END, 2: AVAILABLE}
         assert _version_for_label(channel, "stable") == 2
 
-        bad = model_management_pb2.ReloadConfigRequest(
-            config=model_server_config_pb2.ModelServerConfig()
-        )
-        bad.config.model_config_list.config.add(name=MODEL, base_path="/elsewhere")
-        with pytest.raises(grpc.RpcError) as failure:
-            service.HandleReloadConfigRequest(bad)
-        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert _status(channel) == {1: END, 2: AVAILABLE}
+        refused: list[dict[str, Any]] = [
+            {"name": MODEL, "base_path": "/elsewhere"},
+            {"name": MODEL + "\0"},  # a NUL was INTERNAL (ValueError from Path.resolve)
+            {"name": MODEL, "base_path": str(repo / MODEL) + "\0"},
+            {"name": MODEL, "model_version_policy": {"specific": {"versions": [-1]}}},
+            {"name": MODEL, "version_labels": {"stable": 3}},
+        ]
+        for entry in refused:
+            bad = model_management_pb2.ReloadConfigRequest(
+                config=model_server_config_pb2.ModelServerConfig()
+            )
+            bad.config.model_config_list.config.add(**entry)
+            with pytest.raises(grpc.RpcError) as failure:
+                service.HandleReloadConfigRequest(bad)
+            assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT, entry
+            assert _status(channel) == {1: END, 2: AVAILABLE}
+        assert _version_for_label(channel, "stable") == 2

@@ -4,6 +4,11 @@ A ``ModelConfig`` says which versions of a model to serve, its labels and its ba
 models without one get the defaults.  The text-format ModelServerConfig converts into
 these, and the same conversion serves the file at start-up and
 ``HandleReloadConfigRequest`` later, so both accept exactly the same configs.
+
+A config that cannot be served is refused whole, with the reason (INVALID_ARGUMENT over
+gRPC): a name or ``base_path`` that is no path in the repository, a version that is not
+positive, and a specific version or a label's version that the repository does not hold
+or the policy does not serve (``specific: [-1]`` once left the model unserved).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from streaminfer.errors import ConfigError
 from streaminfer.models.batcher import BatchingConfig
+from streaminfer.models.layout import parse_version
 from streaminfer.protos.tfserving import model_server_config_pb2 as msc
 
 
@@ -75,21 +81,23 @@ def model_configs(
         raise ConfigError("only model_config_list is supported, not custom_model_config")
     configs: list[ModelConfig] = []
     for entry in config.model_config_list.config:
-        if not entry.name or entry.name in (".", "..") or "/" in entry.name:
-            raise ConfigError(f"invalid model name {entry.name!r} in the model config")
+        name = entry.name
+        # A NUL reached Path.resolve, whose ValueError was answered INTERNAL.
+        if not name or name in (".", "..") or "/" in name or not name.isprintable():
+            raise ConfigError(f"invalid model name {name!r} in the model config")
         _check_base_path(entry, repo)
         try:
-            configs.append(
-                ModelConfig(
-                    name=entry.name,
-                    version_policy=_policy(entry),
-                    labels=dict(entry.version_labels),
-                    batching=model_batching.get(entry.name, batching),
-                )
+            model = ModelConfig(
+                name=name,
+                version_policy=_policy(entry),
+                labels=dict(entry.version_labels),
+                batching=model_batching.get(name, batching),
             )
         except ValidationError as exc:
             problems = "; ".join(e["msg"] for e in exc.errors())
-            raise ConfigError(f"model {entry.name!r}: {problems}") from exc
+            raise ConfigError(f"model {name!r}: {problems}") from exc
+        _check_servable(model, repo)
+        configs.append(model)
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ConfigError(f"a model is listed twice in the model config: {names}")
@@ -98,12 +106,50 @@ def model_configs(
 
 def _check_base_path(entry: msc.ModelConfig, repo: Path) -> None:
     """The registry serves one repository; a base_path elsewhere cannot be honoured."""
-    expected = (repo / entry.name).resolve()
-    if entry.base_path and Path(entry.base_path).resolve() != expected:
+    if not entry.base_path:
+        return
+    if "\0" in entry.base_path:
+        raise ConfigError(f"model {entry.name!r}: base_path {entry.base_path!r} holds a NUL")
+    try:
+        expected = (repo / entry.name).resolve()
+        given = Path(entry.base_path).resolve()
+    except (OSError, RuntimeError) as exc:  # a symbolic link loop, say
+        raise ConfigError(f"model {entry.name!r}: base_path {entry.base_path!r}: {exc}") from exc
+    if given != expected:
         raise ConfigError(
             f"model {entry.name!r}: base_path {entry.base_path!r} is not {expected}; "
             "this server serves models from its --repo only"
         )
+
+
+def _check_servable(config: ModelConfig, repo: Path) -> None:
+    """Every specific version, and every label's version, is in the repository and served."""
+    available = _versions_in(repo / config.name)
+    held = ", ".join(map(str, available)) or "none"
+    policy = config.version_policy
+    missing = [v for v in policy.versions if v not in available]
+    if policy.kind == "specific" and missing:
+        raise ConfigError(
+            f"model {config.name!r}: versions {missing} are not in the repository "
+            f"(versions there: {held})"
+        )
+    served = policy.select(available)
+    for label, version in config.labels.items():
+        if version not in served:
+            where = "served" if version in available else "in the repository"
+            raise ConfigError(
+                f"model {config.name!r}: label {label!r} points at version {version}, which "
+                f"is not {where} (versions served: {', '.join(map(str, served)) or 'none'})"
+            )
+
+
+def _versions_in(model_dir: Path) -> list[int]:
+    """The versions of a model folder, as the registry finds them."""
+    try:
+        folders = [p for p in model_dir.iterdir() if p.is_dir()]
+    except OSError:  # no such model (yet)
+        return []
+    return sorted(v for p in folders if (v := parse_version(p.name)) is not None)
 
 
 def _policy(entry: msc.ModelConfig) -> VersionPolicy:
@@ -114,5 +160,10 @@ def _policy(entry: msc.ModelConfig) -> VersionPolicy:
     if choice == "specific":
         if not policy.specific.versions:
             raise ConfigError(f"model {entry.name!r}: a specific policy needs versions")
+        if min(policy.specific.versions) < 1:
+            raise ConfigError(
+                f"model {entry.name!r}: specific versions must be positive, "
+                f"not {list(policy.specific.versions)}"
+            )
         return VersionPolicy(kind="specific", versions=list(policy.specific.versions))
     return VersionPolicy(kind="latest", num_versions=max(policy.latest.num_versions, 1))
