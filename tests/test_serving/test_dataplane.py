@@ -90,6 +90,10 @@ def test_a_handle_runs_the_version_it_found(plane: DataPlane) -> None:
     ("inputs", "options", "words"),
     [
         ({"x": X}, {"signature": "nope"}, "no signature 'nope'"),
+        *(
+            ({"x": X}, {"signature": name}, f"no signature {name!r}")  # a tensor model's
+            for name in IMAGE_SIGNATURES
+        ),
         ({"x": X}, {"output_filter": ["z"]}, "unknown outputs ['z']"),
         ({"x": X, "top_k": np.array([1, 2])}, {}, "'top_k' must be a single integer"),
         ({"x": X}, {"top_k": 0}, "top_k must be at least 1"),

@@ -13,9 +13,11 @@ from PIL import Image
 
 from streaminfer.codecs.arrays import bytes_array
 from streaminfer.codecs.tfserving import to_tensor_proto
+from streaminfer.protos.health import health_pb2, health_pb2_grpc
 from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
 from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.protos.tfserving import predict_pb2, prediction_service_pb2_grpc, types_pb2
+from streaminfer.serving.errors import MAX_MESSAGE_BYTES
 from tests.repository import MODEL
 from tests.servers import ServerProcess
 
@@ -165,6 +167,34 @@ def test_grpc_v2_errors(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as failure:
         stub.ModelMetadata(v2.ModelMetadataRequest(name="nope"))
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_long_name_in_an_error_is_cut_not_refused_by_the_client(
+    server: ServerProcess, channel: grpc.Channel
+) -> None:
+    """Quoted whole, a 20 KB model name made a status past the client's 16 KB of
+    metadata: it read RESOURCE_EXHAUSTED instead of NOT_FOUND."""
+    name = "n" * 20_000
+    calls = [
+        lambda: v2_grpc.GRPCInferenceServiceStub(channel).ModelMetadata(
+            v2.ModelMetadataRequest(name=name)
+        ),
+        lambda: prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+            predict_pb2.PredictRequest(model_spec={"name": name})
+        ),
+        lambda: health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=name)
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as failure:
+            call()
+        assert failure.value.code() == grpc.StatusCode.NOT_FOUND, failure.value.details()
+        assert " bytes cut] ... " in failure.value.details()
+    with server.client() as client:  # a URL holds at most 8 KB, the JSON error less
+        reply = client.post(f"/v2/models/{'n' * 6000}/infer", json={"inputs": []})
+    assert reply.status_code == 404
+    assert len(reply.json()["error"]) <= MAX_MESSAGE_BYTES
 
 
 def _beyond_float32(dtype: type = np.float64) -> np.ndarray:

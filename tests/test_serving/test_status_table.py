@@ -11,12 +11,14 @@ from streaminfer.errors import ConfigError, InfrastructureError, RecordError
 from streaminfer.models.batcher import Overloaded
 from streaminfer.models.errors import BadLabel, ModelNotFound
 from streaminfer.serving.errors import (
+    MAX_MESSAGE_BYTES,
     STATUS_BY_TYPE,
     DeadlineExceeded,
     InvalidRequest,
     Unauthenticated,
     Unavailable,
     Unimplemented,
+    bounded,
     describe,
     status_of,
 )
@@ -69,3 +71,20 @@ def test_unforeseen_failures_do_not_leak_their_message() -> None:
     assert status.http == 500 and "secret" not in message and "KeyError" in message
     status, message = describe(ModelNotFound("model 'x' is not served"))
     assert (status.code.name, message) == ("NOT_FOUND", "model 'x' is not served")
+
+
+@pytest.mark.parametrize("quoted", ["n" * 20_000, "é☃" * 5_000, "\ud800" * 3_000])
+def test_a_message_quoting_the_client_is_cut_to_a_bound(quoted: str) -> None:
+    """Its start and end stay: what failed, and why."""
+    status, message = describe(ModelNotFound(f"model {quoted!r} is not served (models: a, b)"))
+    assert status.code.name == "NOT_FOUND"
+    encoded = message.encode()  # a lone surrogate (no UTF-8 holds it) comes escaped
+    assert len(encoded) <= MAX_MESSAGE_BYTES
+    assert message.startswith("model '") and message.endswith("is not served (models: a, b)")
+    assert " bytes cut] ... " in message
+
+
+def test_a_short_message_is_left_whole() -> None:
+    message = "x" * MAX_MESSAGE_BYTES
+    assert bounded(message) == message
+    assert bounded("\ud800") == "\\ud800"

@@ -94,3 +94,20 @@ def test_bytes_that_are_no_utf8_are_a_bad_request(
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not UTF-8 text" in failure.value.details()
 
+
+def test_a_tensor_model_has_no_image_signature(
+    strings_server: ServerProcess, strings_channel: grpc.Channel
+) -> None:
+    body = {"instances": TEXTS, "signature_name": "serving_images"}
+    with strings_server.client() as client:
+        reply = client.post(PREDICT, json=body)
+    assert reply.status_code == 400
+    assert "no signature 'serving_images'" in reply.json()["error"]
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = STRINGS
+    request.model_spec.signature_name = "predict_images"
+    request.inputs["s"].CopyFrom(to_tensor_proto(bytes_array([b"abc"])))
+    with pytest.raises(grpc.RpcError) as failure:
+        prediction_service_pb2_grpc.PredictionServiceStub(strings_channel).Predict(request)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -140,3 +140,7 @@ def test_classify_and_regress_are_unimplemented(channel: grpc.Channel, method: s
         getattr(stub, method)(request)
     assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "use Predict" in failure.value.details()
+    request.model_spec.name = "nope"
+    with pytest.raises(grpc.RpcError) as failure:
+        getattr(stub, method)(request)
+    assert failure.value.code() == grpc.StatusCode.NOT_FOUND  # the model comes first

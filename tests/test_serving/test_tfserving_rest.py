@@ -88,6 +88,8 @@ def test_classify_and_regress_answer_501(server: ServerProcess) -> None:
             reply = client.post(f"/v1/models/{MODEL}:{verb}", json={"examples": []})
             assert reply.status_code == 501
             assert ":predict" in reply.json()["error"]
+            unknown = client.post(f"/v1/models/nope:{verb}", json={"examples": []})
+            assert unknown.status_code == 404, unknown.text  # was 501: the model comes first
 
 
 def test_prometheus_metrics_count_requests_and_batches(server: ServerProcess) -> None:

@@ -343,15 +343,16 @@ class ModelHandle:
 
     def _image_input(self, inputs: Tensors, signature: str) -> np.ndarray | None:
         """The encoded images of a request, or None when it carries the model's own tensors."""
-        wants_images = self._image_entry or signature in IMAGE_SIGNATURES
-        if signature and not wants_images and signature != DEFAULT_SIGNATURE:
-            names = ", ".join(self.signatures())
+        signatures = self.signatures()
+        if signature and signature not in signatures:  # a tensor model has no image signatures
+            names = ", ".join(signatures)
             raise InvalidRequest(
                 f"model {self.name!r} has no signature {signature!r} (signatures: {names})"
             )
         metadata = self._loaded.metadata
         if not metadata.is_image_model:
             return None
+        wants_images = self._image_entry or signature in IMAGE_SIGNATURES
         own = metadata.signature.inputs[0].name
         for name in (*IMAGE_INPUT_NAMES, own, UNNAMED):
             if name in inputs and inputs[name].dtype == BYTES:

@@ -6,6 +6,10 @@ a tensor that does not add up; every door translates them here, so a given mista
 the same status whether it came over REST or gRPC.  The status of an exception is that of
 the nearest class in its MRO that the table names, so a specific class wins over its
 parent whatever order the table lists them in.
+
+Messages quote what the client sent (a model name, a signature, a label), so every
+message leaves here cut to ``MAX_MESSAGE_BYTES``: a 20 KB model name quoted in full made
+a gRPC status its client refused to read (RESOURCE_EXHAUSTED instead of NOT_FOUND).
 """
 
 from __future__ import annotations
@@ -62,6 +66,11 @@ class Status:
         return str(self.code.name).lower()
 
 
+MAX_MESSAGE_BYTES = 2048
+"""The most UTF-8 bytes of an error message.  gRPC percent-encodes every byte outside
+printable ASCII in ``grpc-message``, so this is at most 6 KB of metadata, within the 8 KB
+that gRPC clients read by default."""
+
 OK = Status(grpc.StatusCode.OK, 200)
 _INVALID = Status(grpc.StatusCode.INVALID_ARGUMENT, 400)
 _INTERNAL = Status(grpc.StatusCode.INTERNAL, 500)
@@ -100,4 +109,19 @@ def describe(exc: BaseException) -> tuple[Status, str]:
     if status is _INTERNAL:
         log.error("request failed unexpectedly", exc_info=exc)
         return status, f"internal error ({type(exc).__name__}); see the server log"
-    return status, str(exc)
+    return status, bounded(str(exc))
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """``message``, or its start and end around a note of what was cut, in ``limit``
+    UTF-8 bytes at most: the reason a message gives usually comes at one end.  A lone
+    surrogate (which no UTF-8 holds, so no gRPC status either) is written escaped."""
+    encoded = message.encode(errors="backslashreplace")
+    if len(encoded) <= limit:
+        return encoded.decode()
+    note = f" ... [{len(encoded) - limit} bytes cut] ... "
+    keep = (limit - len(note) - 8) // 2  # the note's count shrinks by at most 8 digits
+    head = encoded[:keep].decode(errors="ignore")  # a character cut in two is dropped
+    tail = encoded[len(encoded) - keep :].decode(errors="ignore")
+    cut = len(encoded) - len(head.encode()) - len(tail.encode())
+    return f"{head} ... [{cut} bytes cut] ... {tail}"

@@ -17,6 +17,7 @@ import grpc
 
 from streaminfer.protos.health import health_pb2, health_pb2_grpc
 from streaminfer.serving.dataplane import DataPlane
+from streaminfer.serving.errors import bounded
 
 Status = health_pb2.HealthCheckResponse
 WATCH_INTERVAL_S = 0.5  # how often a watch looks for a change of status
@@ -31,7 +32,8 @@ class HealthService(health_pb2_grpc.HealthServicer):
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         if request.service not in self._services:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {request.service!r}")
+            message = bounded(f"no service {request.service!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, message)
         return Status(status=self._status())
 
     async def Watch(

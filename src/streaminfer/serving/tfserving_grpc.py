@@ -98,12 +98,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Classify(
         self, request: inference_pb2.ClassificationRequest, context: Context
     ) -> inference_pb2.ClassificationResponse:
+        self._plane.model(*messages.spec_target(request.model_spec))  # NOT_FOUND first
         raise _unimplemented("Classify")
 
     @rpc
     async def Regress(
         self, request: inference_pb2.RegressionRequest, context: Context
     ) -> inference_pb2.RegressionResponse:
+        self._plane.model(*messages.spec_target(request.model_spec))  # NOT_FOUND first
         raise _unimplemented("Regress")
 
     @rpc

@@ -82,6 +82,7 @@ class TFServingRest:
     async def _post(self, request: web.Request) -> web.Response:
         target = _Target(request.match_info["path"])
         if target.verb in ("classify", "regress"):
+            self._plane.model(target.model, target.version, target.label)  # 404 before 501
             raise Unimplemented(
                 f":{target.verb} works on tf.Example inputs, which this server's ONNX models do "
                 "not take; use :predict"
