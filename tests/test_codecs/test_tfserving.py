@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streaminfer.codecs.arrays import BYTES, MAX_ELEMENTS, MAX_FILL, MAX_OBJECTS, bytes_array
+from streaminfer.codecs.arrays import (
+    BYTES,
+    MAX_ELEMENTS,
+    MAX_FILL,
+    MAX_FILL_BYTES,
+    MAX_OBJECTS,
+    bytes_array,
+)
 from streaminfer.codecs.errors import DecodeError, EncodeError
 from streaminfer.codecs.tfserving import (
     VALUE_FIELDS,
@@ -133,6 +140,16 @@ def test_one_value_fills_at_most_max_fill_elements(dtype: types_pb2.DataType) ->
     assert from_tensor_proto("t", proto).size == MAX_FILL
     proto.tensor_shape.dim.add(size=2)
     with pytest.raises(DecodeError, match=f"more than {MAX_FILL} elements"):
+        from_tensor_proto("t", proto)
+
+
+def test_one_string_fills_at_most_max_fill_bytes() -> None:
+    """A long string filling a few elements is refused by its bytes, before any is made."""
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[b"a" * 1024])
+    proto.tensor_shape.dim.add(size=MAX_FILL_BYTES // 1024)
+    assert from_tensor_proto("t", proto).size == MAX_FILL_BYTES // 1024
+    proto.string_val[0] += b"a"
+    with pytest.raises(DecodeError, match=f"more than the {MAX_FILL_BYTES} bytes"):
         from_tensor_proto("t", proto)
 
 

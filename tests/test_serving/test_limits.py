@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streaminfer.codecs.arrays import MAX_DIMS
+from streaminfer.codecs.arrays import MAX_DIMS, MAX_FILL_BYTES
 from streaminfer.codecs.protowire import length_delimited
 from streaminfer.codecs.tfserving import to_tensor_proto
 from streaminfer.models.metadata import IMAGE_MAX_BATCH, TENSOR_MAX_BATCH
@@ -129,6 +129,20 @@ def test_a_few_bytes_declaring_a_huge_tensor_are_refused(limited: ServerProcess)
             headers={"Inference-Header-Content-Length": str(len(header))},
         )
     assert reply.status_code == 400 and "more than" in reply.json()["error"]
+
+
+def test_one_long_string_filling_a_shape_is_refused(limited: ServerProcess) -> None:
+    """Refused for its bytes, though its rows are within max_batch_size: one 1 MB string
+    filling [4096] took a server of a string model past 22 GB."""
+    fill = predict_pb2.PredictRequest()
+    fill.model_spec.name = MODEL
+    tensor = fill.inputs["images"]
+    tensor.dtype = types_pb2.DT_STRING
+    tensor.tensor_shape.dim.add(size=IMAGE_MAX_BATCH)
+    tensor.string_val.append(b"a" * (MAX_FILL_BYTES // IMAGE_MAX_BATCH + 1))
+    error = _predict(limited, fill)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"more than the {MAX_FILL_BYTES} bytes one value may fill" in error.details()
 
 
 def test_grpc_rows_past_max_batch_size_are_refused_before_values_are_read(

@@ -3,8 +3,8 @@
 Strings and encoded images are object arrays of ``bytes`` (``BYTES``); numbers keep
 their own dtype.  A peer's claimed shape is checked here before anything is allocated
 from it: at most ``MAX_DIMS`` dimensions and ``MAX_ELEMENTS`` elements, and at most
-``MAX_FILL`` elements made from a single value (TF's fill rule), the one place where a
-few bytes on the wire could become a large array.
+``MAX_FILL`` elements and ``MAX_FILL_BYTES`` made from a single value (TF's fill rule),
+the one place where a few bytes on the wire could become a large array.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ request size limit), 128 MB at most for 8-byte types."""
 
 MAX_FILL = 1 << 20
 """Largest tensor one value may fill (TF's rule): 1 Mi elements, 8 MB at most."""
+
+MAX_FILL_BYTES = MAX_FILL * 8
+"""Most bytes one value may fill: what ``MAX_FILL`` of the widest number take.  A string
+is as long as it likes, so its count alone does not bound it: one 64 KB ``string_val``
+filling [4096] made 256 MB of answer, and a 1 MB one took the server past 22 GB."""
 
 MAX_OBJECTS = 1 << 21
 """Most values of one tensor or body that become Python objects: a string tensor's

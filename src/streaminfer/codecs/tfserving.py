@@ -2,8 +2,8 @@
 
 Numbers are written as raw ``tensor_content``; they are read from it zero-copy, or
 from the typed ``*_val`` fields other clients fill, where TF's rule holds that a single
-value fills the whole shape (up to ``MAX_FILL`` elements).  ``half_val`` holds float16
-bit patterns.  Strings travel as ``string_val``, a list of bytes.
+value fills the whole shape (up to ``MAX_FILL`` elements and ``MAX_FILL_BYTES``).
+``half_val`` holds float16 bit patterns.  Strings travel as ``string_val``, a list of bytes.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 from streaminfer.codecs.arrays import (
     BYTES,
     MAX_FILL,
+    MAX_FILL_BYTES,
     as_bytes,
     bytes_array,
     element_count,
@@ -193,11 +194,18 @@ def from_tensor_proto(
 
 
 def _fill(name: str, flat: np.ndarray, shape: list[int]) -> np.ndarray:
-    """TF's rule: a single value fills the whole shape, up to ``MAX_FILL`` elements;
-    otherwise the counts must agree."""
+    """TF's rule: a single value fills the whole shape, up to ``MAX_FILL`` elements and
+    ``MAX_FILL_BYTES``; otherwise the counts must agree."""
     count = element_count(name, shape)
     if flat.size == 1 and count > 1:
         element_count(name, shape, MAX_FILL)
+        # A string fills with references to one object, but the model and the answer copy it.
+        size = len(flat[0]) if flat.dtype == BYTES else flat.itemsize
+        if count * size > MAX_FILL_BYTES:
+            raise DecodeError(
+                f"tensor {name!r}: one value of {size} bytes filling {count} elements makes "
+                f"more than the {MAX_FILL_BYTES} bytes one value may fill"
+            )
         filled = np.empty(shape, dtype=flat.dtype)
         filled.fill(flat[0])  # np.full would pass bytes through numpy's "S" type: b"a\0" -> b"a"
         return filled
