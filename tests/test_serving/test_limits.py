@@ -188,6 +188,56 @@ def test_requests_past_max_batch_size_are_400_and_the_largest_legal_ones_answer(
         assert refused.status_code == 400 and "max_batch_size" in refused.json()["error"]
 
 
+_V2_TINY = f"/v2/models/{TINY}/infer"
+
+
+def _v2_tiny(data: bytes, datatype: bytes = b"FP32", shape: bytes = b"[1, 4]") -> bytes:
+    return b'{"inputs": [{"name": "x", "datatype": "%s", "shape": %s, "data": %s}]}' % (
+        datatype,
+        shape,
+        data,
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "words"),
+    [
+        (f"/v1/models/{TINY}:predict", b'{"instances": [["\\ud800", 2, 3, 4]]}', "surrogate"),
+        (_V2_TINY, _v2_tiny(b'["\\ud800"]', b"BYTES", b"[1]"), "surrogate"),
+        (_V2_TINY, b'{"id": "\\ud800", ' + _v2_tiny(b"[1, 2, 3, 4]")[1:], "surrogate"),
+        (  # past 2 MB: read in the decoder process
+            f"/v1/models/{TINY}:predict",
+            b'{"instances": [["\\udc00", 2, 3, 4]]}' + b" " * (3 << 20),
+            "surrogate",
+        ),
+        (f"/v1/models/{TINY}:predict", b'{"instances": [[1e400, 2, 3, 4]]}', "float64's range"),
+        (_V2_TINY, _v2_tiny(b"[-1e400, 1, 2, 3]"), "float64's range"),
+        (f"/v1/models/{TINY}:predict", b'{"instances": [[1%s, 2]]}' % (b"0" * 400), "float64"),
+    ],
+)
+def test_lone_surrogates_and_numbers_past_float64_are_400(
+    limited: ServerProcess, path: str, body: bytes, words: str
+) -> None:
+    """Both were 500 or inf: a surrogate cannot become UTF-8, nor be echoed as JSON."""
+    with limited.client() as client:
+        reply = client.post(path, content=body)
+    assert reply.status_code == 400, reply.text
+    assert words in reply.json()["error"]
+
+
+def test_integers_past_64_bits_are_read_as_floats_for_a_float_model(
+    limited: ServerProcess,
+) -> None:
+    """As 2**63 always was, and as V2's FP32 reads them: one row or 300 alike."""
+    row = b"[100000000000000000000000, 2, 3, 4]"
+    with limited.client() as client:
+        for rows in (1, 300):
+            body = b'{"instances": [%s]}' % b",".join([row] * rows)
+            reply = client.post(f"/v1/models/{TINY}:predict", content=body)
+            assert reply.status_code == 200, reply.text
+            assert len(reply.json()["predictions"]) == rows
+
+
 def _nested(value: object, depth: int) -> object:
     for _ in range(depth):
         value = [value]

@@ -6,8 +6,11 @@ each nested list of numbers straight into an array.  Arrays are written by orjso
 from their buffer, never as Python float lists.
 Bodies orjson refuses or would read differently from the JSON standard library (``NaN``
 and ``Infinity``, integers past 64 bits, nesting past 1024 levels, UTF-16) are read by
-the standard library, so any body means what it always meant.  A body whose values would
-be too many Python objects (``MAX_OBJECTS``) is refused before one is made.
+the standard library, so any body means what it always meant, but for what orjson
+refuses for good reason and the standard library would let through: a lone surrogate
+(``"\\ud800"``, a string no UTF-8 can write) and a number past float64's range
+(``1e400``, which would become inf).  A body whose values would be too many Python
+objects (``MAX_OBJECTS``) is refused before one is made.
 Binary values travel as ``{"b64": "..."}`` (TF Serving's convention, also accepted in V2
 JSON); text strings become UTF-8 ``bytes``.
 """
@@ -18,6 +21,7 @@ import base64
 import binascii
 import json
 import math
+import re
 import reprlib
 from typing import Any
 
@@ -74,9 +78,45 @@ def loads(body: bytes | bytearray) -> JSON:
         except orjson.JSONDecodeError:
             pass  # maybe valid for the standard library (NaN, deep nesting, UTF-16): ask it
     try:
-        return json.loads(body)
+        text = body.decode(json.detect_encoding(body), "surrogatepass")  # as json.loads does
+        _check_surrogates(text)
+        return json.loads(text, parse_float=_finite_float)
+    except DecodeError:
+        raise
     except (ValueError, RecursionError) as exc:
         raise DecodeError(f"the body is not valid JSON: {exc}") from exc
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]|\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile(
+    r"[\ud800-\udfff]"  # undecodable UTF-8, let through by "surrogatepass"
+    r"|\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _check_surrogates(text: str) -> None:
+    """DecodeError if ``text`` writes a surrogate that is not half of a pair: the string
+    it makes cannot become UTF-8 bytes, nor be written back by orjson."""
+    if not _SURROGATE.search(text):  # the common case, without copying the text
+        return
+    # Once the escaped backslashes are gone, each backslash left starts an escape.
+    if _LONE_SURROGATE.search(text.replace("\\\\", "")):
+        raise DecodeError(
+            "the body is not valid JSON: it holds a lone surrogate (one of \\ud800-\\udfff "
+            "without the other half of its pair), which is no Unicode character"
+        )
+
+
+def _finite_float(literal: str) -> float:
+    """A JSON number as the standard library reads it, refused past float64's range,
+    where it would become inf (``NaN`` and ``Infinity`` are no numbers: kept)."""
+    value = float(literal)
+    if math.isinf(value):
+        raise DecodeError(
+            f"the body is not valid JSON: the number {literal[:40]} is beyond float64's range"
+        )
+    return value
 
 
 _OPEN = ord("[")
@@ -236,7 +276,8 @@ def from_json(name: str, value: JSON, dtype: np.dtype | None = None) -> np.ndarr
     changes no value, else DecodeError: a request that writes 1e300 or 1.5 as FP32 or
     INT32 holds data that is not the tensor it claims.  Without ``dtype``, the model's
     input check makes the same cast.  (An integer past 2**53 in a list that also holds
-    floats is read as a float64, as every JSON reader that has only doubles reads it.)
+    floats, or past 64 bits, is read as a float64, as every JSON reader that has only
+    doubles reads it.)
     """
     leaf = value
     while isinstance(leaf, list) and leaf:
@@ -245,10 +286,10 @@ def from_json(name: str, value: JSON, dtype: np.dtype | None = None) -> np.ndarr
         return _bytes_from_json(name, value.tolist() if isinstance(value, np.ndarray) else value)
     try:
         array = np.asarray(value)
-        if array.dtype == BYTES and dtype is not None and dtype.kind == "f" and _all_ints(array):
-            array = array.astype(np.float64)  # integers past 64 bits: a float holds them, rounded
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise DecodeError(f"tensor {name!r}: not a rectangular array of numbers ({exc})") from exc
+    if array.dtype == BYTES and _all_ints(array):
+        array = _past_64_bits(name, array, dtype)
     if array.dtype.kind not in "biuf":
         raise DecodeError(f"tensor {name!r}: expected numbers, booleans, strings or b64 values")
     element_count(name, array.shape)  # the same bounds as a declared shape
@@ -268,6 +309,20 @@ def from_json(name: str, value: JSON, dtype: np.dtype | None = None) -> np.ndarr
 
 def _all_ints(array: np.ndarray) -> bool:
     return all(type(item) is int for item in array.flat)
+
+
+def _past_64_bits(name: str, integers: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
+    """Integers past 64 bits as float64, rounded, as numpy reads those from 2**63 to 2**64
+    and as the fast path and orjson read them all; a dtype's cast then judges them."""
+    try:
+        floats = integers.astype(np.float64)
+    except OverflowError as exc:
+        raise DecodeError(f"tensor {name!r} has integers beyond float64's range") from exc
+    if dtype is None or dtype.kind != "f":
+        # -2**63 - 1 rounds to -2**63, which an int64 takes: keep it beyond, to be refused.
+        rounded_in = (floats == -(2.0**63)) & (integers < -(2**63))
+        floats[rounded_in] = np.nextafter(-(2.0**63), -np.inf)
+    return floats
 
 
 def _bytes_from_json(name: str, value: JSON) -> np.ndarray:
