@@ -24,6 +24,7 @@ from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import UNREADABLE_HEADERS, consume, produce
 from streaminfer.processes import ManagedProcess
 from streaminfer.stream.outputs import HEADERS_DROPPED_HEADER, KEY_TRUNCATED_HEADER
+from streaminfer.stream.records import LARGE_JSON_BYTES
 from tests.servers import ServerProcess
 from tests.support import wait_for
 from tests.workers import decoded, embedded_worker, outputs
@@ -266,6 +267,38 @@ def test_a_record_of_millions_of_json_values_is_dead_lettered_unmade(
         assert b"more than the 2,097,152" in headers["streaminfer.error.message"], headers
         assert headers["streaminfer.value.truncated"] == str(len(value)).encode()
     assert worker.alive(), worker.log_tail(40)
+
+
+def test_a_json_records_size_changes_nothing_but_how_it_is_read(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable[..., ManagedProcess],
+    stream_repo: Path,
+) -> None:
+    """Past 2 MiB, NaN and 1e999 were served (as nulls) and a 30-digit integer was
+    dead-lettered, the reverse of what the same records did under 2 MiB."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    large = f"{inp}-large"
+    producer_settings = large_records_topic(kafka_settings, large, 8 << 20)
+
+    def record(name: str, number: bytes, padding: bytes) -> bytes:
+        return b'{"id": "%s", "model": "tiny", "inputs": {"x": [[%s, 0, 0, 1]]}%s}' % (
+            name.encode(),
+            number,
+            padding,
+        )
+
+    values = [
+        record(f"{number.decode()[:8]}-{len(padding)}", number, padding)
+        for padding in (b"", b" " * LARGE_JSON_BYTES)
+        for number in (b"NaN", b"1e999", b"1" + b"0" * 29)
+    ]
+    embedded_worker(start_worker, stream_repo, large, out)
+    produce(producer_settings, large, values)
+    docs = decoded(outputs(kafka_settings, out, 2, timeout=120))
+    assert [d["id"] for d in docs] == ["10000000-0", f"10000000-{LARGE_JSON_BYTES}"]
+    letters = list(consume(kafka_settings, f"{large}.dlq", True, count=4, timeout=60))
+    assert [dict(r.headers)["streaminfer.error.type"] for r in letters] == [b"bad_json"] * 4
 
 
 def test_a_record_whose_headers_alone_fill_a_topic_is_dead_lettered(

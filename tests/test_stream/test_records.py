@@ -133,3 +133,26 @@ def test_a_large_json_record_of_too_many_values_is_refused_before_they_are_made(
         tracemalloc.stop()
     assert caught.value.reason == "too_many_values"
     assert peak < 20 * len(value), f"{peak:,} bytes for a {len(value):,}-byte record"
+
+
+def _sized(record: bytes, large: bool) -> bytes:
+    """``record``, padded with whitespace past ``LARGE_JSON_BYTES`` when ``large``."""
+    return record[:-1] + b" " * (LARGE_JSON_BYTES if large else 0) + b"}"
+
+
+@pytest.mark.parametrize("large", [False, True])
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_a_json_record_that_is_no_json_is_refused_at_any_size(number: bytes, large: bool) -> None:
+    """Above 2 MiB the standard library read these as numbers, and the model answered nulls."""
+    value = _sized(b'{"model": "tiny", "inputs": {"x": [[%s, 1, 2, 3]]}}' % number, large)
+    with pytest.raises(BadRecord, match="invalid JSON") as caught:
+        parse_value(value)
+    assert caught.value.reason == "bad_json"
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_integers_past_64_bits_are_floats_at_any_size(large: bool) -> None:
+    value = _sized(b'{"model": "tiny", "inputs": {"x": [[1%s, 1, 2, 3]]}}' % (b"0" * 29), large)
+    tensors = parse_value(value).tensors
+    assert tensors is not None
+    np.testing.assert_array_equal(tensors["x"], [[1e29, 1, 2, 3]])

@@ -23,6 +23,7 @@ import json
 import math
 import re
 import reprlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -139,9 +140,23 @@ def check_python_values(body: bytes | bytearray) -> None:
         raise TooManyValues(int(values))
 
 
-def loads_tensors(body: bytes | bytearray) -> JSON:
-    """``loads``, with each nested list of numbers read straight into an array: float64,
-    or int64 for more than ``_PLAIN_INTEGERS`` integers only (as numpy reads them).
+def loads_orjson(body: bytes | bytearray) -> JSON:
+    """A body as orjson reads it, its values counted first: ``NaN``, ``Infinity`` and
+    nesting past 1024 levels refused, integers past 64 bits read as floats.  The worker
+    reads every record so, whatever its size."""
+    check_python_values(body)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"the body is not valid JSON: {exc}") from exc
+
+
+def loads_tensors(
+    body: bytes | bytearray, reference: Callable[[bytes | bytearray], JSON] = loads
+) -> JSON:
+    """``reference`` (``loads``, or ``loads_orjson``), with each nested list of numbers
+    read straight into an array: float64, or int64 for more than ``_PLAIN_INTEGERS``
+    integers only (as numpy reads them).
 
     A list whose first leaf is a number is read by simdjson into one buffer (it refuses
     strings, booleans, null and objects among the numbers, but flattens nested lists),
@@ -150,8 +165,9 @@ def loads_tensors(body: bytes | bytearray) -> JSON:
     ``[`` as the document read has lists, so no list hides among the numbers.  (Without
     a backslash in the body, the ``[`` inside strings are those the document's strings
     hold.)  That proves every such list rectangular.  A body read any other way than
-    ``loads`` would read it (a ragged list, a string among floats, a big integer, ``NaN``)
-    fails the fast path and is read by ``loads``, so it means what it always meant.
+    ``reference`` would read it (a ragged list, a string among floats, a big integer,
+    ``NaN``) fails the fast path and is read by ``reference``, so it means what it
+    always meant.
     """
     try:
         if b"\\" not in body:
@@ -162,7 +178,7 @@ def loads_tensors(body: bytes | bytearray) -> JSON:
         raise
     except Exception:  # anything simdjson or the shapes refuse: the reference reader decides
         pass
-    return loads(body)
+    return reference(body)
 
 
 _PLAIN_INTEGERS = 256

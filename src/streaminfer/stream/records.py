@@ -27,7 +27,7 @@ import orjson
 
 from streaminfer.codecs.arrays import MAX_OBJECTS
 from streaminfer.codecs.errors import DecodeError
-from streaminfer.codecs.jsonvalues import TooManyValues, loads_tensors
+from streaminfer.codecs.jsonvalues import TooManyValues, loads_orjson, loads_tensors
 from streaminfer.errors import RecordError
 from streaminfer.kafka.records import Headers
 from streaminfer.models.features import record_features
@@ -97,16 +97,18 @@ def _text(value: bytes) -> str:
 
 
 def _document(value: bytes) -> Any:
-    """A JSON record's document.  One over ``LARGE_JSON_BYTES`` is read by
-    ``loads_tensors``: its lists of numbers straight into arrays, and its other values
-    counted before one is made, so that it cannot make more than ``MAX_OBJECTS``."""
+    """A JSON record's document, as orjson reads it.  One over ``LARGE_JSON_BYTES`` is
+    read by ``loads_tensors``: its lists of numbers straight into arrays, and its other
+    values counted before one is made, so that it cannot make more than ``MAX_OBJECTS``;
+    with orjson's reading of the rest, so that its size changes nothing else (through
+    the standard library's, ``NaN`` was served as null above 2 MiB, refused below)."""
     if len(value) <= LARGE_JSON_BYTES:
         try:
             return orjson.loads(value)  # nesting past 1024 levels is an error, not a RecursionError
         except orjson.JSONDecodeError as exc:
             raise BadRecord(f"invalid JSON: {exc}", "bad_json") from exc
     try:
-        return loads_tensors(value)
+        return loads_tensors(value, loads_orjson)
     except TooManyValues as exc:
         raise BadRecord(
             f"the record holds up to {exc.values:,} JSON values, more than the "
