@@ -3,6 +3,8 @@
 Records are CSV lines ``id,x0,x1,x2,x3`` for the tiny model (input ``x`` ``[N, 4]``, output
 ``y``); the answer is a JSON object of the id and ``y``.  A value that is not a number makes
 ``preprocess`` raise ``ValueError``; the id ``boom`` makes ``postprocess`` raise ``KeyError``.
+The ids ``exit`` and ``interrupt`` make ``preprocess``, and ``halt`` makes ``postprocess``,
+raise what is no ``Exception`` (``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit``).
 """
 
 from __future__ import annotations
@@ -17,16 +19,24 @@ def _fields(record: Record) -> list[str]:
     return (record.value or b"").decode().strip().split(",")
 
 
+_QUITTING = {"exit": SystemExit(3), "interrupt": KeyboardInterrupt(), "halt": GeneratorExit()}
+
+
 class CsvHandler:
     """One record at a time."""
 
     def preprocess(self, record: Record) -> dict[str, Any]:
-        return {"x": [[float(v) for v in _fields(record)[1:]]]}
+        ident, *values = _fields(record)
+        if ident in ("exit", "interrupt"):
+            raise _QUITTING[ident]
+        return {"x": [[float(v) for v in values]]}
 
     def postprocess(self, outputs: dict[str, Any], record: Record) -> dict[str, Any]:
         ident = _fields(record)[0]
         if ident == "boom":
             raise KeyError(ident)
+        if ident == "halt":
+            raise _QUITTING[ident]
         return {"id": ident, "y": outputs["y"][0], "offset": record.offset}
 
 

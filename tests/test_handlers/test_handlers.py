@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -116,3 +117,31 @@ def test_preprocess_must_return_tensors_or_image_bytes(returned: object, complai
         records("a")
     )
     assert image == b"\xff\xd8"
+
+
+@pytest.mark.parametrize("raised", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
+def test_a_hook_that_raises_past_exception_fails_only_its_record(raised: BaseException) -> None:
+    """Raised for one record, any of these stopped the worker, again at the same record
+    after every restart.  Hooks run on chunk threads, as here."""
+
+    class Quitting:
+        def preprocess(self, record: Record) -> dict[str, Any]:
+            if record.offset == 1:
+                raise raised
+            return {"x": [[1.0]]}
+
+    with ThreadPoolExecutor(1) as chunk:
+        outcomes = chunk.submit(Handler(Quitting()).preprocess, records("a", "b", "c")).result()
+    assert [type(o).__name__ for o in outcomes] == ["dict", "HandlerError", "dict"]
+    failed = outcomes[1]
+    assert isinstance(failed, HandlerError) and failed.exception_type == type(raised).__name__
+    assert str(failed).startswith(f"preprocess raised {type(raised).__name__}")
+
+
+def test_a_keyboard_interrupt_on_the_main_thread_is_a_ctrl_c() -> None:
+    class Interrupted:
+        def postprocess(self, outputs: dict[str, Any], record: Record) -> object:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Handler(Interrupted()).postprocess([{}], records("a"))

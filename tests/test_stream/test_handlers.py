@@ -23,7 +23,14 @@ from tests.servers import ServerProcess
 from tests.workers import decoded, embedded_worker, outputs
 
 GOOD = [f"r{i},{i},{i + 1},{-i},0.5" for i in range(12)]
-BAD = {2: "bad,1,two,3,4", 5: "boom,1,2,3,4", 9: "worse,1,2,,4"}  # raise in pre/post/pre
+BAD = {
+    2: "bad,1,two,3,4",  # raises in preprocess
+    4: "exit,1,2,3,4",  # SystemExit in preprocess: it stopped the worker
+    5: "boom,1,2,3,4",  # raises in postprocess
+    6: "interrupt,1,2,3,4",  # KeyboardInterrupt in preprocess
+    7: "halt,1,2,3,4",  # GeneratorExit in postprocess
+    9: "worse,1,2,,4",
+}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +69,12 @@ def assert_custom_outputs_and_dead_letters(settings: KafkaSettings, inp: str, ou
     messages = b" ".join(h["streaminfer.error.message"] or b"" for h in headers)
     assert re.search(rb"preprocess(_batch)? raised ValueError: could not convert", messages)
     assert re.search(rb"postprocess(_batch)? raised KeyError: 'boom'", messages)
+    for raised in (
+        rb"preprocess(_batch)? raised SystemExit: 3",
+        rb"preprocess(_batch)? raised KeyboardInterrupt",
+        rb"postprocess(_batch)? raised GeneratorExit",
+    ):
+        assert re.search(raised, messages), messages
 
 
 def test_a_handler_in_the_embedded_worker(

@@ -17,15 +17,18 @@ the user's ``PYTHONPATH`` and instantiated once without arguments.  It defines a
   [value]``: the same for a whole micro-batch in one call (one result per record, in
   order), preferred over the single-record hooks when defined.
 
-A hook may be called from several threads at once.  Whatever a hook raises (or a result
-that is not one of the above) fails only the record it was called for, as a
-``HandlerError`` (reason ``handler_error``, the message naming the exception's type); a
-batch hook that raises is called again one record at a time to find the culprit.
+A hook may be called from several threads at once.  Whatever a hook raises, even
+``SystemExit`` or ``KeyboardInterrupt`` (but for the latter on the main thread, where it
+is a Ctrl-C), or a result that is not one of the above, fails only the record it was
+called for, as a ``HandlerError`` (reason ``handler_error``, the message naming the
+exception's type); a batch hook that raises is called again one record at a time to find
+the culprit.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -161,7 +164,16 @@ def load_handler(spec: str) -> Handler:
 def _call(hook: str, fn: Callable[[], T]) -> T | HandlerError:
     try:
         return fn()
-    except Exception as exc:  # the user's code: whatever it raises is this record's
+    except BaseException as exc:  # the user's code: whatever it raises is this record's
+        # Even SystemExit or GeneratorExit: one stopped the worker at the same record after
+        # every restart.  A real Ctrl-C is raised on the main thread only (``run`` and
+        # ``serve`` handle SIGINT themselves and call hooks on other threads): there it
+        # stops the process.
+        if (
+            isinstance(exc, KeyboardInterrupt)
+            and threading.current_thread() is threading.main_thread()
+        ):
+            raise
         text = str(exc)
         text = text if len(text) <= 300 else text[:300] + "…"
         return HandlerError(hook, f"raised {type(exc).__name__}: {text}", type(exc).__name__)
