@@ -3,13 +3,22 @@ and the outputs it asks the server for and reads the answer from."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from streaminfer.errors import ConfigError
+from streaminfer.models.errors import ModelNotFound
 from streaminfer.models.features import BadFeatures
-from streaminfer.models.metadata import Feature, ModelMetadata, Signature, TensorSpec
+from streaminfer.models.metadata import (
+    MAX_FILE_BYTES,
+    Feature,
+    ModelMetadata,
+    Signature,
+    TensorSpec,
+)
 from streaminfer.predictors.base import PredictRequest, PredictResult
 from streaminfer.stream.pipeline import explain_all, tabulate_all
 from streaminfer.stream.records import Request, Source
@@ -94,11 +103,53 @@ def test_a_regressor_asks_for_every_output_one_column_per_feature(
     assert request.tensors is not None and sorted(request.tensors) == ["dep_delay", "distance"]
 
 
-def test_a_model_without_features_or_version_takes_no_records(models: TabularModels) -> None:
+def test_a_model_without_features_takes_no_records_and_a_missing_version_is_unknown(
+    models: TabularModels,
+) -> None:
     with pytest.raises(BadFeatures, match="declares no features"):
         models.get("tensors", None)
-    with pytest.raises(BadFeatures, match="no version 2"):
+    with pytest.raises(ModelNotFound, match="no version 2"):
         models.get("delays", 2)
+
+
+@pytest.mark.timeout(60)  # a FIFO's model.json, once opened, held its reader for good
+def test_only_a_model_the_repository_lists_is_read(models: TabularModels, tmp_path: Path) -> None:
+    """A record's "model" named a path: absolute, with "..", or "/proc", listed and read
+    outside the repository (and a FIFO there held the worker's thread for good)."""
+    assert models.repo is not None
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    write_version(outside, "delays", ModelMetadata.read(models.repo / "delays" / "1"))
+    (outside / "fifo" / "1").mkdir(parents=True)
+    os.mkfifo(outside / "fifo" / "1" / "model.json")
+    names = [
+        str(models.repo / "delays"),
+        f"../{outside.name}/delays",
+        str(outside / "fifo"),
+        "/proc",
+        "delays/1/..",
+        ".",
+        "",
+        "no-such-model",
+    ]
+    for name in names:
+        with pytest.raises(ModelNotFound, match="is not in the repository"):
+            models.get(name, None)
+    assert models.get("delays", None).metadata.features == FEATURES
+
+
+@pytest.mark.timeout(60)
+def test_a_model_json_that_is_a_fifo_or_too_large_is_refused_unread(
+    models: TabularModels, tmp_path: Path
+) -> None:
+    (tmp_path / "fifo" / "1").mkdir(parents=True)
+    os.mkfifo(tmp_path / "fifo" / "1" / "model.json")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        models.get("fifo", None)
+    (tmp_path / "vast" / "1").mkdir(parents=True)
+    vast = (tmp_path / "delays" / "1" / "model.json").read_bytes() + b" " * MAX_FILE_BYTES
+    (tmp_path / "vast" / "1" / "model.json").write_bytes(vast)
+    with pytest.raises(ConfigError, match=f"more than {MAX_FILE_BYTES}"):
+        models.get("vast", None)
 
 
 def served(*rows: list[float]) -> PredictResult:

@@ -10,7 +10,9 @@ many rows one request may carry (``max_batch_size``).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from stat import S_ISREG
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -23,6 +25,8 @@ IMAGE_MAX_BATCH = 64
 decoded images are 38 MB of float32 input, run in slices of the batching size."""
 TENSOR_MAX_BATCH = 4096
 """Rows one request to a tensor model may carry unless model.json says otherwise."""
+MAX_FILE_BYTES = 4 << 20
+"""The largest model.json or labels file read: 10,000 features take about 600 kB."""
 
 DType = Literal[
     "float32",
@@ -137,7 +141,7 @@ class ModelMetadata(BaseModel):
     def read(cls, version_dir: Path) -> ModelMetadata:
         path = version_dir / METADATA_FILE
         try:
-            return cls.model_validate(json.loads(path.read_text()))
+            return cls.model_validate(json.loads(read_small_file(path)))
         except FileNotFoundError as exc:
             raise ConfigError(f"{path}: missing metadata file") from exc
         except (ValueError, ValidationError) as exc:
@@ -149,4 +153,20 @@ class ModelMetadata(BaseModel):
     def labels(self, version_dir: Path) -> list[str] | None:
         if self.labels_file is None:
             return None
-        return (version_dir / self.labels_file).read_text().splitlines()
+        return read_small_file(version_dir / self.labels_file).decode().splitlines()
+
+
+def read_small_file(path: Path) -> bytes:
+    """A regular file of at most ``MAX_FILE_BYTES``; ``ConfigError`` for anything else.
+
+    Opened without blocking and checked before it is read: a FIFO in the repository
+    would hold its reader (a worker's chunk thread, for good) until someone wrote to it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as file:
+        stat = os.fstat(fd)
+        if not S_ISREG(stat.st_mode):
+            raise ConfigError(f"{path}: not a regular file")
+        if stat.st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: {stat.st_size} bytes, more than {MAX_FILE_BYTES}")
+        return file.read(MAX_FILE_BYTES + 1)

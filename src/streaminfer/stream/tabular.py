@@ -13,6 +13,7 @@ runtime: one input ``[N, features]``, outputs ``predict`` and ``predict_proba``)
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streaminfer.models.errors import ModelNotFound
 from streaminfer.models.features import (
     BadFeatures,
     Row,
@@ -111,6 +113,10 @@ class TabularModels:
     def _read(self, model: str, version: int | None) -> TabularModel:
         if self.repo is None:
             raise BadFeatures(f"a tabular record for {model!r} needs the worker's --repo")
+        # The name comes from the record: only one the repository lists becomes a path, so
+        # "/proc", "../x" or "a/b" are never looked at.
+        if model not in _model_names(self.repo):
+            raise ModelNotFound(f"model {model!r} is not in the repository")
         folder = self._version_dir(self.repo / model, version)
         metadata = ModelMetadata.read(folder)
         if not metadata.is_tabular_model:
@@ -123,8 +129,14 @@ class TabularModels:
         chosen = version if version is not None else max(versions, default=None)
         if chosen is None or chosen not in versions:
             which = "no version" if chosen is None else f"no version {chosen}"
-            raise BadFeatures(f"model {model_dir.name!r} has {which} in the repository")
+            raise ModelNotFound(f"model {model_dir.name!r} has {which} in the repository")
         return model_dir / str(chosen)
+
+
+def _model_names(repo: Path) -> set[str]:
+    """The repository's model folders (a writer's ``.tmp-*`` folders are none)."""
+    with os.scandir(repo) as entries:
+        return {e.name for e in entries if e.is_dir() and not e.name.startswith(".")}
 
 
 def _dirs(folder: Path) -> list[Path]:
