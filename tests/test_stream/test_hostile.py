@@ -469,7 +469,14 @@ def test_records_whose_header_names_are_not_utf8_are_served(
 def envelope(rng: random.Random) -> tuple[bytes | None, list[tuple[str, bytes | None]]]:
     """A record's key and headers, of a shape picked at random: none, empty, odd text,
     many, large, or large enough together with a large key to fill a 1 MB topic."""
-    names = ["", "streaminfer.error.type", "x" * 300, "\u0130\u2603", "trace", "h"]
+    names = [
+        "",
+        "streaminfer.error.type",
+        "streaminfer.source.offset",
+        "x" * 300,
+        "\u0130\u2603",
+        "h",
+    ]
     headers: list[tuple[str, bytes | None]] = [
         (rng.choice(names), rng.choice([None, b"", rng.randbytes(rng.randint(1, 3000))]))
         for _ in range(rng.choice((0, 1, 3, 40, 900)))
@@ -482,6 +489,11 @@ def envelope(rng: random.Random) -> tuple[bytes | None, list[tuple[str, bytes | 
     return key, headers
 
 
+def first(headers: list[tuple[str, bytes | None]], name: str) -> bytes:
+    """A header's first value, as many readers take it."""
+    return next(value or b"" for key, value in headers if key == name)
+
+
 def test_hostile_keys_and_headers_embedded(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],
@@ -492,7 +504,8 @@ def test_hostile_keys_and_headers_embedded(
     """Records of every value shape above with keys and headers of random shapes, from a
     topic that takes 4 MB to output and dead-letter topics of 1 MB: each input offset
     ends exactly once in the output or the dead-letter topic, the outputs in input order,
-    and the worker keeps running."""
+    and the worker keeps running.  A record's own ``streaminfer.error.type`` and
+    ``streaminfer.source.offset`` headers never come before the worker's in its dead letter."""
     inp, out = topic_factory("in"), topic_factory("out")
     large = f"{inp}-large"
     producer_settings = large_records_topic(kafka_settings, large, 4 << 20)
@@ -511,7 +524,7 @@ def test_hostile_keys_and_headers_embedded(
         written = consume(kafka_settings, out, from_beginning=True, timeout=2)
         letters = consume(kafka_settings, f"{large}.dlq", from_beginning=True, timeout=2)
         seen[:] = [json.loads(r.value or b"")["source"]["offset"] for r in written]
-        seen.extend(int(dict(r.headers)["streaminfer.source.offset"] or b"") for r in letters)
+        seen.extend(int(first(r.headers, "streaminfer.source.offset")) for r in letters)
         return len(seen) >= len(values)
 
     wait_for(all_seen, timeout=180, what="every record in the output or the DLQ")
@@ -519,8 +532,15 @@ def test_hostile_keys_and_headers_embedded(
     written = consume(kafka_settings, out, from_beginning=True, timeout=2)
     offsets = [json.loads(r.value or b"")["source"]["offset"] for r in written]
     assert offsets == sorted(offsets)
-    letters = consume(kafka_settings, f"{large}.dlq", from_beginning=True, timeout=2)
+    letters = list(consume(kafka_settings, f"{large}.dlq", from_beginning=True, timeout=2))
     saying_cut = {HEADERS_DROPPED_HEADER, KEY_TRUNCATED_HEADER}
     cut = [r for r in letters if {k for k, _ in r.headers} & saying_cut]
     assert cut, "no record's key and headers filled the dead-letter topic: no test of that"
+    spoofed = [r for r in letters if any(k == "input.streaminfer.error.type" for k, _ in r.headers)]
+    assert spoofed, "no dead-lettered record brought its own reason: no test of that"
+    for letter in letters:
+        names = [k for k, _ in letter.headers]
+        assert (
+            names.count("streaminfer.error.type") == names.count("streaminfer.source.offset") == 1
+        )
     assert worker.alive(), worker.log_tail(40)

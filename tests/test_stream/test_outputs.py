@@ -50,6 +50,17 @@ def test_a_key_too_large_is_cut_last() -> None:
     assert letter.key and letter.key == b"k" * len(letter.key) and size(letter) <= LIMIT
 
 
+def test_a_records_own_reason_and_source_headers_are_not_read_as_the_workers() -> None:
+    spoofed = [("streaminfer.error.type", b"fake_reason"), ("streaminfer.source.offset", b"999")]
+    letter = dead_letter("dlq", failed(b"k", b"v", spoofed), LIMIT)
+    first = {}
+    for name, value in letter.headers:  # as a reader that takes a header's first occurrence
+        first.setdefault(name, value)
+    assert first["streaminfer.error.type"] == b"bad_record"
+    assert first["streaminfer.source.offset"] == b"7"
+    assert first["input.streaminfer.error.type"] == b"fake_reason"  # kept, renamed
+
+
 @given(
     key=st.one_of(st.none(), st.binary(max_size=3 * LIMIT)),
     value=st.one_of(st.none(), st.binary(max_size=3 * LIMIT)),

@@ -8,7 +8,15 @@ import numpy as np
 import orjson
 import pytest
 
-from streaminfer.stream.records import LARGE_JSON_BYTES, BadRecord, parse_value, plain_tensors
+from streaminfer.kafka.records import UNREADABLE_HEADERS, Headers
+from streaminfer.stream.records import (
+    LARGE_JSON_BYTES,
+    TRACE_HEADER,
+    BadRecord,
+    parse_value,
+    plain_tensors,
+    their_headers,
+)
 
 
 def test_a_json_record_gives_its_fields_in_any_order() -> None:
@@ -156,3 +164,21 @@ def test_integers_past_64_bits_are_floats_at_any_size(large: bool) -> None:
     tensors = parse_value(value).tensors
     assert tensors is not None
     np.testing.assert_array_equal(tensors["x"], [[1e29, 1, 2, 3]])
+
+
+def test_a_records_headers_in_the_workers_namespace_are_renamed_in_its_dead_letter() -> None:
+    headers: Headers = [
+        ("streaminfer.error.type", b"fake_reason"),
+        ("trace", b"1"),
+        ("streaminfer.source.offset", b"999999"),
+        (TRACE_HEADER, b"abc"),
+        (UNREADABLE_HEADERS, b"a header name is not UTF-8"),
+    ]
+    assert their_headers(headers) == [
+        ("input.streaminfer.error.type", b"fake_reason"),
+        ("trace", b"1"),
+        ("input.streaminfer.source.offset", b"999999"),
+        (TRACE_HEADER, b"abc"),  # the trace goes on
+        (UNREADABLE_HEADERS, b"a header name is not UTF-8"),  # said by the worker's consumer
+    ]
+    assert their_headers(None) == their_headers([]) == []

@@ -14,7 +14,13 @@ import itertools
 from streaminfer.errors import RecordError
 from streaminfer.kafka.records import Headers
 from streaminfer.predictors.base import elapsed_ms
-from streaminfer.stream.records import dead_letter_headers, output_document, to_json, trace_headers
+from streaminfer.stream.records import (
+    dead_letter_headers,
+    output_document,
+    their_headers,
+    to_json,
+    trace_headers,
+)
 from streaminfer.stream.work import Produced, Work
 
 TRUNCATED_HEADER = "streaminfer.value.truncated"  # the original length of a cut DLQ value
@@ -95,7 +101,7 @@ def dead_letter(topic: str, work: Work, limit: int) -> Produced:
     why and where it failed in headers of ours; cut to fit ``limit`` if it must be."""
     assert work.error is not None
     record = work.record
-    theirs = list(record.headers or ())
+    theirs = their_headers(record.headers)
     trace = trace_headers(theirs)[len(theirs) :]  # the trace id header, if theirs had none
     ours = dead_letter_headers(trace, work.error, record.source)
     letter = Produced(topic, record.key, record.value, [*theirs, *ours], work.error)

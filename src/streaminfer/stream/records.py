@@ -29,7 +29,7 @@ from streaminfer.codecs.arrays import MAX_OBJECTS
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.jsonvalues import TooManyValues, loads_orjson, loads_tensors
 from streaminfer.errors import RecordError
-from streaminfer.kafka.records import Headers
+from streaminfer.kafka.records import UNREADABLE_HEADERS, Headers
 from streaminfer.models.features import record_features
 from streaminfer.predictors.base import PredictResult
 from streaminfer.types import Tensors
@@ -309,6 +309,22 @@ def output_document(
         doc["route"] = route
     doc["timings_ms"] = timings_ms  # each cut to the µs by elapsed_ms, where it was measured
     return doc
+
+
+_OURS = "streaminfer."  # the worker's namespace: its dead letters' headers are all in it
+_PASSED_ON = frozenset({TRACE_HEADER, UNREADABLE_HEADERS})  # a record's own, or said of it
+
+
+def their_headers(headers: Headers | None) -> Headers:
+    """A record's headers as its dead letter keeps them: any in the worker's namespace but
+    the trace id renamed ``input.<name>``, so that a reader of the first
+    ``streaminfer.error.type`` or ``streaminfer.source.offset`` finds the worker's, not
+    ones the record brought (a record replayed from a DLQ keeps its first failure's)."""
+    if not headers:
+        return []
+    return [
+        ("input." + k if k.startswith(_OURS) and k not in _PASSED_ON else k, v) for k, v in headers
+    ]
 
 
 def dead_letter_headers(headers: Headers, error: RecordError, source: Source) -> Headers:
