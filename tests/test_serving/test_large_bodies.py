@@ -3,10 +3,14 @@
 Many large bodies at once are read a budget's worth at a time, so the server's memory
 stays bounded; a client that trickles a large body is cut off after ``--body-timeout``
 (408), and meanwhile small requests are answered and the bodies behind it wait their turn.
+An answer holds its body's share until it is written, and a client that does not take it
+within ``--body-timeout`` is cut off.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -16,7 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 
+from streaminfer.models.export.tiny import export_tiny_model
 from tests.repository import MODEL
 from tests.servers import ServerProcess
 from tests.support import wait_for
@@ -228,3 +234,95 @@ def test_a_client_that_leaves_mid_body_leaves_no_traceback(
             answer = client.post(TINY_PREDICT, json={"instances": [[1.0, 2.0, 3.0, 4.0]]})
         assert answer.status_code == 200, answer.text
         assert "Traceback" not in server.log, server.log[-3000:]
+
+
+SLOW_ROWS = 3 << 18
+"""12 MiB of float32 in, as much out (a row is 4 values): more than the kernel buffers."""
+SLOW_CLIENTS = 16
+
+
+def _binary_infer(rows: int) -> bytes:
+    """A KServe V2 request of ``rows`` rows of binary float32 asking for a binary answer."""
+    header = json.dumps({
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [rows, 4],
+                    "parameters": {"binary_data_size": rows * 16}}],
+        "parameters": {"binary_data_output": True},
+    }).encode()  # fmt: skip
+    data = np.ones((rows, 4), np.float32).tobytes()
+    return (
+        (
+            f"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\n"
+            f"Inference-Header-Content-Length: {len(header)}\r\n"
+            f"Content-Length: {len(header) + len(data)}\r\n\r\n"
+        ).encode()
+        + header
+        + data
+    )
+
+
+def _send_and_never_read(server: ServerProcess, request: bytes) -> socket.socket:
+    """A connection that sends ``request`` and takes 4 KiB of its answer at most."""
+    host, port = server.rest_target.rsplit(":", 1)
+    connection = socket.socket()
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.connect((host, int(port)))
+    with contextlib.suppress(ConnectionError):  # refused before it was all sent
+        connection.sendall(request)
+    return connection
+
+
+def _ending(connection: socket.socket) -> str:
+    """How the server ended ``connection``: its status line, and whether it was reset (a
+    refusal's connection is kept alive: its head is enough)."""
+    connection.settimeout(60)
+    received = b""
+    with connection:
+        try:
+            while chunk := connection.recv(1 << 16):
+                received += chunk
+                if not received.startswith(b"HTTP/1.1 200") and b"\r\n\r\n" in received:
+                    break
+        except ConnectionResetError:
+            return received.split(b"\r\n", 1)[0].decode() + ", reset"
+    return received.split(b"\r\n", 1)[0].decode()
+
+
+def test_answers_not_read_hold_the_budget_until_their_clients_are_cut_off(
+    tmp_path: Path,
+) -> None:
+    """Sixteen clients send 12 MiB each and never read the answer, of 12 MiB too.  The
+    budget was given back as the handler returned, so every answer sat in the server's
+    buffers for as long as its client stayed connected.  Now an answer holds its body's
+    share of the budget (two at a time) until it is written; its client is cut off (reset)
+    after ``--body-timeout``, and the bodies waiting are let in then, or answered 429.
+    The server grows by the budget and what requests hold while handled, and comes back
+    to where it was once they are cut off."""
+    repo = tmp_path / "repo"
+    config = export_tiny_model(repo, version=1) / "model.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "max_batch_size": SLOW_ROWS}))
+    args = ("--max-request-mb", "13", "--body-memory-mb", "26", "--body-timeout", "2")
+    request = _binary_infer(SLOW_ROWS)
+    with ServerProcess(repo, *args, log=tmp_path / "serve.log") as server:
+        before = server.status_kb("VmRSS")
+        with ThreadPoolExecutor(SLOW_CLIENTS) as pool:
+            connections = list(
+                pool.map(lambda _: _send_and_never_read(server, request), range(SLOW_CLIENTS))
+            )
+            wait_for(  # every answer written or cut off, none waiting: then read what came
+                lambda: (
+                    server.gauge("streaminfer_server_body_bytes_held") == 0
+                    and server.gauge("streaminfer_server_bodies_waiting") == 0
+                ),
+                what="the answers not read to be cut off",
+            )
+            endings = list(pool.map(_ending, connections))
+        grown = (server.status_kb("VmHWM") - before) // 1024
+        assert set(endings) <= {"HTTP/1.1 200 OK, reset", "HTTP/1.1 429 Too Many Requests"}
+        assert "HTTP/1.1 200 OK, reset" in endings, endings
+        # The budget, and what two requests hold while handled (the tiny model's run of
+        # 786,432 rows alone takes a server up some 250 MB).
+        assert grown < 26 + 2 * 250, f"the server grew by {grown} MB"
+        wait_for(  # what the model's runs left in the heaps stays: 164 MB in one run
+            lambda: server.status_kb("VmRSS") - before < 200 * 1024,
+            what="the server's memory to come back once its clients were cut off",
+        )

@@ -19,10 +19,25 @@ STREAM_ELEMENTS = 1 << 16
 """Arrays with more values than this (about 1 MB of JSON) are encoded while they are sent."""
 SLICE_ELEMENTS = 1 << 14
 """About how many values each piece of a streamed array holds."""
+_ARRAY_BYTES = web.ResponseKey("array_bytes", int)
 
 
 def json_response(document: JSON, status: int = 200) -> web.Response:
-    return web.Response(body=json_body(document), status=status, content_type="application/json")
+    response = web.Response(
+        body=json_body(document), status=status, content_type="application/json"
+    )
+    if not isinstance(response.body, bytes):  # streamed: its arrays live until it is sent
+        response[_ARRAY_BYTES] = _array_bytes(document)
+    return response
+
+
+def answer_bytes(response: web.StreamResponse) -> int:
+    """The bytes ``response`` holds until it is written: its body, or for a streamed one
+    the arrays it encodes as it goes."""
+    if _ARRAY_BYTES in response:
+        return response[_ARRAY_BYTES]
+    body = response.body if isinstance(response, web.Response) else None
+    return len(body) if isinstance(body, (bytes, bytearray)) else 0
 
 
 def json_body(document: JSON) -> bytes | AsyncIterator[bytes]:
@@ -30,6 +45,16 @@ def json_body(document: JSON) -> bytes | AsyncIterator[bytes]:
     if not _holds_large(document):
         return dumps(document)
     return _streamed(document)
+
+
+def _array_bytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_array_bytes(item) for item in value.values())
+    if isinstance(value, list):
+        return sum(_array_bytes(item) for item in value)
+    return 0
 
 
 def _holds_large(value: Any) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -18,7 +20,7 @@ from streaminfer.serving.errors import describe
 from streaminfer.serving.kserve_rest import KServeRest
 from streaminfer.serving.metrics import CONTENT_TYPE, ServerMetrics
 from streaminfer.serving.request_body import BODY_BUDGET, BodyBudget
-from streaminfer.serving.responses import json_response
+from streaminfer.serving.responses import answer_bytes, json_response
 from streaminfer.serving.tfserving_rest import STATUS_PATH, TFServingRest
 
 METRICS_PATHS = ("/monitoring/prometheus/metrics", "/metrics")
@@ -26,6 +28,7 @@ _HEALTH = re.compile(r"^/v2/health/(?:live|ready)$|^/v2/models/[^/]+(?:/versions
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RETRY_AFTER_S = "1"
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: closing sends a reset
 
 
 class _QuietClientFaults(logging.Filter):
@@ -72,6 +75,30 @@ class Handling:
             answered.set_result(None)
 
 
+async def _send(request: web.Request, response: web.StreamResponse, timeout: float) -> None:
+    """Write ``response`` within ``timeout``, or cut its client off: one that never reads
+    its answer would hold it in the connection's buffer for as long as it stays connected."""
+    try:
+        async with asyncio.timeout(timeout):
+            await response.prepare(request)
+            await response.write_eof()  # returns once all but 64 KiB has gone to the socket
+    except TimeoutError:
+        if request.transport is not None:
+            _reset(request.transport)
+    except ConnectionError:
+        pass  # the client has gone; aiohttp finds so too, and ends the connection
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """End the connection at once, dropping what it has yet to write: close() would wait
+    to write it, and even a closed socket's queue (megabytes) waits in the kernel for
+    minutes, unless it is reset."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+    transport.abort()
+
+
 def _is_open(request: web.Request) -> bool:
     """Liveness, readiness and model status answer without a token (load balancers ask)."""
     if _HEALTH.match(request.path):
@@ -107,14 +134,24 @@ def build_app(
             if status.http in (429, 503):  # overloaded or stopping: worth another try soon
                 response.headers["Retry-After"] = RETRY_AFTER_S
             return response
+
+    @web.middleware
+    async def written(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Writes the answer here, not after the middlewares as aiohttp would, so that it
+        holds its body's share of the budget until it has been written."""
+        try:
+            response = await handler(request)
+            bodies.hold_answer(request, answer_bytes(response))
+            await _send(request, response, bodies.timeout)
+            return response
         finally:
-            bodies.release(request)  # what its body reserved: it has been answered
+            bodies.release(request)
 
     async def prometheus(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     logging.getLogger("aiohttp.server").addFilter(_QUIET_CLIENT_FAULTS)  # once, however many apps
-    app = web.Application(middlewares=[errors], client_max_size=max_request_bytes)
+    app = web.Application(middlewares=[written, errors], client_max_size=max_request_bytes)
     app[BODY_BUDGET] = bodies
     app.add_routes(TFServingRest(plane, metrics).routes())
     app.add_routes(KServeRest(plane, metrics).routes())
