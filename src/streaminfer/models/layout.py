@@ -66,12 +66,18 @@ def fingerprint(version_dir: Path) -> Fingerprint:
     return tuple(entries)
 
 
+def model_versions(model_dir: Path) -> list[int]:
+    """The versions of a model folder, in order; none if there is no such folder."""
+    try:
+        folders = [p for p in model_dir.iterdir() if p.is_dir()]
+    except OSError:  # no such model (yet)
+        return []
+    return sorted(v for p in folders if (v := parse_version(p.name)) is not None)
+
+
 def next_version(model_dir: Path) -> int:
     """One more than the highest existing version, 1 for a new model."""
-    if not model_dir.is_dir():
-        return 1
-    versions = [parse_version(p.name) for p in model_dir.iterdir() if p.is_dir()]
-    return max((v for v in versions if v is not None), default=0) + 1
+    return max(model_versions(model_dir), default=0) + 1
 
 
 def write_version_atomically(

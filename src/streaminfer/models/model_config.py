@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from streaminfer.errors import ConfigError
 from streaminfer.models.batcher import BatchingConfig
-from streaminfer.models.layout import parse_version
+from streaminfer.models.layout import model_versions
 from streaminfer.protos.tfserving import model_server_config_pb2 as msc
 
 
@@ -124,7 +124,7 @@ def _check_base_path(entry: msc.ModelConfig, repo: Path) -> None:
 
 def _check_servable(config: ModelConfig, repo: Path) -> None:
     """Every specific version, and every label's version, is in the repository and served."""
-    available = _versions_in(repo / config.name)
+    available = model_versions(repo / config.name)
     held = ", ".join(map(str, available)) or "none"
     policy = config.version_policy
     missing = [v for v in policy.versions if v not in available]
@@ -141,15 +141,6 @@ def _check_servable(config: ModelConfig, repo: Path) -> None:
                 f"model {config.name!r}: label {label!r} points at version {version}, which "
                 f"is not {where} (versions served: {', '.join(map(str, served)) or 'none'})"
             )
-
-
-def _versions_in(model_dir: Path) -> list[int]:
-    """The versions of a model folder, as the registry finds them."""
-    try:
-        folders = [p for p in model_dir.iterdir() if p.is_dir()]
-    except OSError:  # no such model (yet)
-        return []
-    return sorted(v for p in folders if (v := parse_version(p.name)) is not None)
 
 
 def _policy(entry: msc.ModelConfig) -> VersionPolicy:

@@ -343,12 +343,13 @@ class ModelHandle:
 
     def _image_input(self, inputs: Tensors, signature: str) -> np.ndarray | None:
         """The encoded images of a request, or None when it carries the model's own tensors."""
-        signatures = self.signatures()
-        if signature and signature not in signatures:  # a tensor model has no image signatures
-            names = ", ".join(signatures)
-            raise InvalidRequest(
-                f"model {self.name!r} has no signature {signature!r} (signatures: {names})"
-            )
+        if signature:  # named: one the model lists (a tensor model has no image signatures)
+            signatures = self.signatures()  # built only here: it makes a Signature of each
+            if signature not in signatures:
+                names = ", ".join(signatures)
+                raise InvalidRequest(
+                    f"model {self.name!r} has no signature {signature!r} (signatures: {names})"
+                )
         metadata = self._loaded.metadata
         if not metadata.is_image_model:
             return None

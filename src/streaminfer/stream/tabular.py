@@ -31,7 +31,7 @@ from streaminfer.models.features import (
     record_answer,
     record_tensors,
 )
-from streaminfer.models.layout import parse_version
+from streaminfer.models.layout import model_versions
 from streaminfer.models.metadata import ModelMetadata
 from streaminfer.predictors.base import PredictRequest, PredictResult
 from streaminfer.predictors.grouping import split_rows
@@ -125,7 +125,7 @@ class TabularModels:
 
     @staticmethod
     def _version_dir(model_dir: Path, version: int | None) -> Path:
-        versions = [v for v in (parse_version(p.name) for p in _dirs(model_dir)) if v is not None]
+        versions = model_versions(model_dir)
         chosen = version if version is not None else max(versions, default=None)
         if chosen is None or chosen not in versions:
             which = "no version" if chosen is None else f"no version {chosen}"
@@ -137,7 +137,3 @@ def _model_names(repo: Path) -> set[str]:
     """The repository's model folders (a writer's ``.tmp-*`` folders are none)."""
     with os.scandir(repo) as entries:
         return {e.name for e in entries if e.is_dir() and not e.name.startswith(".")}
-
-
-def _dirs(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
