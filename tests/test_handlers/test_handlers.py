@@ -145,3 +145,51 @@ def test_a_keyboard_interrupt_on_the_main_thread_is_a_ctrl_c() -> None:
 
     with pytest.raises(KeyboardInterrupt):
         Handler(Interrupted()).postprocess([{}], records("a"))
+
+
+class _Hostile(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message either")
+
+
+class _RaisingArray:
+    """A result whose own method raises something other than TypeError or ValueError."""
+
+    def __array__(self, dtype: object = None, copy: object = None) -> Any:
+        raise _Hostile
+
+
+class _RaisingList(list[Any]):
+    def __len__(self) -> int:
+        raise SystemExit(4)
+
+
+def test_a_result_whose_methods_raise_fails_only_its_record() -> None:
+    """numpy calls a result's ``__array__``; whatever it raises, and whatever the raised
+    exception's ``__str__`` raises, is that record's failure, on a chunk thread."""
+
+    class Odd:
+        def preprocess(self, record: Record) -> dict[str, Any]:
+            return {"x": _RaisingArray()} if record.offset == 1 else {"x": [[1.0]]}
+
+    with ThreadPoolExecutor(1) as chunk:
+        outcomes = chunk.submit(Handler(Odd()).preprocess, records("a", "b", "c")).result()
+    assert [type(o).__name__ for o in outcomes] == ["dict", "HandlerError", "dict"]
+    failed = outcomes[1]
+    assert isinstance(failed, HandlerError) and failed.exception_type == "_Hostile"
+    assert str(failed) == (
+        "preprocess returned a value whose methods raised _Hostile: (its message could not be read)"
+    )
+
+
+def test_a_batch_result_of_a_list_subclass_is_called_again_per_record() -> None:
+    class OddBatch:
+        def postprocess_batch(self, outputs: list[Any], records: list[Record]) -> list[Any]:
+            return _RaisingList(["v"] * len(records))
+
+        def postprocess(self, outputs: dict[str, Any], record: Record) -> object:
+            return "one"
+
+    values = Handler(OddBatch()).postprocess([{}, {}], records("a", "b"))
+    assert [type(v).__name__ for v in values] == ["HandlerError", "HandlerError"]
+    assert "returned _RaisingList, not a list of 1" in str(values[0])

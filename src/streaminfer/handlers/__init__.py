@@ -133,7 +133,8 @@ class Handler:
             name = f"{hook}_batch"
             results = _call(name, lambda: many(list(items)))
             if not isinstance(results, HandlerError):
-                if isinstance(results, list | tuple) and len(results) == len(items):
+                # Exactly a list or tuple: a subclass's own __len__ or __iter__ could raise.
+                if type(results) in (list, tuple) and len(results) == len(items):
                     return [_checked(name, check, r) for r in results]
                 wrong = f"returned {_kind(results)}, not a list of {len(items)}"
                 results = HandlerError(name, wrong)
@@ -165,18 +166,7 @@ def _call(hook: str, fn: Callable[[], T]) -> T | HandlerError:
     try:
         return fn()
     except BaseException as exc:  # the user's code: whatever it raises is this record's
-        # Even SystemExit or GeneratorExit: one stopped the worker at the same record after
-        # every restart.  A real Ctrl-C is raised on the main thread only (``run`` and
-        # ``serve`` handle SIGINT themselves and call hooks on other threads): there it
-        # stops the process.
-        if (
-            isinstance(exc, KeyboardInterrupt)
-            and threading.current_thread() is threading.main_thread()
-        ):
-            raise
-        text = str(exc)
-        text = text if len(text) <= 300 else text[:300] + "…"
-        return HandlerError(hook, f"raised {type(exc).__name__}: {text}", type(exc).__name__)
+        return _failure(hook, "raised", exc)
 
 
 def _checked(hook: str, check: Callable[[Any], T], result: Any) -> T | HandlerError:
@@ -185,7 +175,29 @@ def _checked(hook: str, check: Callable[[Any], T], result: Any) -> T | HandlerEr
     try:
         return check(result)
     except (TypeError, ValueError) as exc:
-        return HandlerError(hook, f"returned {exc}")
+        return HandlerError(hook, f"returned {_text(exc)}")
+    except BaseException as exc:  # the result's own methods (``__array__``, ``items``) ran
+        return _failure(hook, "returned a value whose methods raised", exc)
+
+
+def _failure(hook: str, what: str, exc: BaseException) -> HandlerError:
+    """Why a hook failed this record.  Even SystemExit or GeneratorExit: one stopped the
+    worker at the same record after every restart.  A real Ctrl-C is raised on the main
+    thread only (``run`` and ``serve`` handle SIGINT themselves and call hooks on other
+    threads): there it stops the process."""
+    if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+        raise exc
+    name = type(exc).__name__
+    return HandlerError(hook, f"{what} {name}: {_text(exc)}", name)
+
+
+def _text(exc: BaseException) -> str:
+    """The exception's message, at most 300 characters; its ``__str__`` is user code too."""
+    try:
+        text = str(exc)
+    except BaseException:
+        return "(its message could not be read)"
+    return text if len(text) <= 300 else text[:300] + "…"
 
 
 def _inputs(result: Any) -> Inputs:
