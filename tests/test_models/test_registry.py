@@ -329,8 +329,10 @@ def test_a_workers_batcher_slices_a_micro_batch_by_bytes_not_rows() -> None:
 
 
 def test_batcher_queue_bound_counts_requests_not_their_slices() -> None:
-    """A request cut into more slices than ``max_queue`` is served on an idle batcher; a
-    full queue still refuses the next request, whole."""
+    """A request cut into more slices than ``max_queue`` is served on an idle batcher, and
+    waiting requests count once however many slices they were cut into: two of 5 slices
+    each leave room for a third request (the slices were counted, so a few large
+    requests refused everyone else's).  A full queue refuses the next request, whole."""
     gate = threading.Event()
 
     def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -344,12 +346,17 @@ def test_batcher_queue_bound_counts_requests_not_their_slices() -> None:
     gate.clear()
     held = [batcher.submit({"x": big[:2]})]  # a full batch: it runs, held at the gate
     wait_for(lambda: batcher.queue_depth == 0, 10, "the runner to take it")
-    held += [batcher.submit({"x": big[:2]}) for _ in range(3)]  # these wait
+    held += [batcher.submit({"x": big}) for _ in range(2)]  # 10 slices wait: 2 requests
+    assert batcher.queue_depth == 2
+    held.append(batcher.submit({"x": big[:2]}))
+    assert batcher.queue_depth == 3
     with pytest.raises(Overloaded, match="more than 3 requests waiting"):
         batcher.submit({"x": big})
     gate.set()
-    answers = [part.result(5)["y"].tolist() for parts in held for part in parts]
-    assert answers == [[[0, 2], [4, 6]]] * 4
+    answers = [np.concatenate([p.result(5)["y"] for p in parts]) for parts in held]
+    for answer, sent in zip(answers, [big[:2], big, big, big[:2]], strict=True):
+        np.testing.assert_array_equal(answer, sent * 2)
+    wait_for(lambda: batcher.queue_depth == 0, 10, "every request to be taken")
     batcher.close()
 
 

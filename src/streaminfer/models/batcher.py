@@ -87,6 +87,7 @@ class _Request:
     key: Key
     nbytes: int
     future: Future[Tensors] = field(default_factory=Future)
+    last: bool = True  # the last slice of its caller's request: once taken, it waits no more
 
 
 _STOP = object()
@@ -109,6 +110,8 @@ class DynamicBatcher:
         self._room = threading.Condition()  # guards _running_rows
         self._closing = threading.Lock()  # orders submissions against close()
         self._closed = False
+        self._waiting = 0  # callers' requests with a slice still queued (max_queue)
+        self._waiting_lock = threading.Lock()
         self._slice_limits: OrderedDict[Key, int] = OrderedDict()  # rows, where grown
         self._slice_limits_lock = threading.Lock()
         self._threads = [
@@ -124,7 +127,8 @@ class DynamicBatcher:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        """Callers' requests waiting, however many slices each was cut into."""
+        return self._waiting
 
     def submit(self, inputs: Tensors) -> list[Future[Tensors]]:
         """Queue ``inputs`` in slices (of ``max_batch_size`` rows, unless ``slice_bytes``
@@ -134,19 +138,25 @@ class DynamicBatcher:
         batch is cut, and all its slices are queued, or none when the queue is full.
         """
         key = _key(inputs)  # its slices' too: they differ only along the batch axis
-        parts = row_slices(inputs, self._slice_rows(inputs, key))
+        slices = [
+            self._slice(part, key) for part in row_slices(inputs, self._slice_rows(inputs, key))
+        ]
+        for piece in slices[:-1]:
+            piece.last = False
         with self._closing:  # close() cannot come between the check and the puts
             if not self._closed:
-                if self._queue.qsize() >= self.config.max_queue:
-                    raise Overloaded(
-                        f"more than {self.config.max_queue} requests waiting for this model"
-                    )
-                return [self._enqueue(part, key) for part in parts]
-        late: list[Future[Tensors]] = []  # unloading: late callers get unbatched answers
-        for part in parts:
-            late.append(Future())
-            late[-1].set_result(self._run(part))
-        return late
+                with self._waiting_lock:
+                    if self._waiting >= self.config.max_queue:
+                        raise Overloaded(
+                            f"more than {self.config.max_queue} requests waiting for this model"
+                        )
+                    self._waiting += 1
+                for piece in slices:
+                    self._queue.put(piece)
+                return [piece.future for piece in slices]
+        for piece in slices:  # unloading: late callers get unbatched answers
+            piece.future.set_result(self._run(piece.inputs))
+        return [piece.future for piece in slices]
 
     def _slice_rows(self, inputs: Tensors, key: Key) -> int:
         rows = self.config.max_batch_size
@@ -177,13 +187,20 @@ class DynamicBatcher:
             if len(self._slice_limits) > _SLICE_SHAPES:
                 self._slice_limits.popitem(last=False)
 
-    def _enqueue(self, inputs: Tensors, key: Key) -> Future[Tensors]:
+    @staticmethod
+    def _slice(inputs: Tensors, key: Key) -> _Request:
         rows = {a.shape[0] for a in inputs.values()}
         if len(rows) != 1:
             raise ValueError("all inputs of one request must have the same batch size")
-        request = _Request(inputs, rows.pop(), key, sum(a.nbytes for a in inputs.values()))
-        self._queue.put(request)
-        return request.future
+        return _Request(inputs, rows.pop(), key, sum(a.nbytes for a in inputs.values()))
+
+    def _taken(self, request: _Request) -> _Request:
+        """``request``, off the queue into a batch: its caller's request waits no more if it
+        was the last slice."""
+        if request.last:
+            with self._waiting_lock:
+                self._waiting -= 1
+        return request
 
     def infer(self, inputs: Tensors, timeout: float | None = None) -> Tensors:
         return joined_rows([part.result(timeout) for part in self.submit(inputs)])
@@ -228,7 +245,7 @@ class DynamicBatcher:
                     lambda: not self._running_rows or self._running_rows + first.rows <= limit
                 )
                 room = limit - self._running_rows
-            batch, rows, nbytes = [first], first.rows, first.nbytes
+            batch, rows, nbytes = [self._taken(first)], first.rows, first.nbytes
             deadline = time.monotonic() + self.config.max_batch_delay_ms / 1000
             while rows < room:
                 remaining = deadline - time.monotonic()
@@ -251,7 +268,7 @@ class DynamicBatcher:
                 ):
                     self._held = item
                     break
-                batch.append(item)
+                batch.append(self._taken(item))
                 rows += item.rows
                 nbytes += item.nbytes
             with self._room:  # before the next runner gathers: it sees these rows running
