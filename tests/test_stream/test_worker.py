@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -427,6 +428,72 @@ def test_outputs_resume_in_order_after_the_broker_stalls_a_commit(
     ids = [d["id"] for d in decoded(outputs(kafka_settings, out, 300, timeout=120))]
     assert ids == [str(i) for i in range(300)]
     assert worker.alive()
+
+
+def test_a_commit_stuck_past_its_limit_ends_the_worker_to_be_restarted(
+    kafka_settings: KafkaSettings,
+    kafka_broker: LocalBroker,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+) -> None:
+    """librdkafka's ``send_offsets_to_transaction`` can wait for good for a group
+    coordinator that has left the cluster (confluentinc/librdkafka#5511): a worker's
+    outputs stopped with nothing logged.  A commit that outlives ``commit_stuck_s`` now
+    ends the worker (exit 75, saying why), and one started after it writes every output
+    once, in order.  The frozen broker stands in for the stuck call: the commit waits out
+    librdkafka's 30 s, past the 3 s allowed here.  Records keep coming until the broker
+    is frozen, so that a commit is due then."""
+    inp, out = topic_factory("in"), topic_factory("out")
+    limited = ("env", "STREAMINFER_COMMIT_STUCK_S=3")
+    worker = embedded_worker(start_worker, stream_repo, inp, out, "--model", "tiny", prefix=limited)
+    with _steady_records(kafka_settings, inp) as sent:
+        wait_for(lambda: high_watermark(kafka_settings, out, 1) > 20, what="outputs flowing")
+        with _frozen(kafka_broker):
+            sent.stop()
+            worker.process.wait(30)
+    assert worker.process.returncode == 75, worker.log()
+    assert "has not returned in 3 s (commit_stuck_s)" in worker.log()
+    embedded_worker(start_worker, stream_repo, inp, out, "--model", "tiny")
+    docs = decoded(outputs(kafka_settings, out, sent.count, timeout=120))
+    assert [d["id"] for d in docs] == [str(i) for i in range(sent.count)]
+
+
+class _SteadyRecords:
+    """Tiny-model records ``0, 1, ...``, a few hundred a second, from a thread."""
+
+    def __init__(self, settings: KafkaSettings, topic: str) -> None:
+        self.count = 0
+        self._producer = Producer(settings.client_config())
+        self._topic = topic
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._send, daemon=True)
+        self._thread.start()
+
+    def _send(self) -> None:
+        while not self._stopped.is_set():
+            for _ in range(10):
+                self._producer.produce(self._topic, tiny_record(self.count))
+                self.count += 1
+            self._producer.poll(0.02)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def flush(self) -> None:
+        self.stop()
+        assert self._producer.flush(60) == 0, "every record delivered"
+
+
+@contextlib.contextmanager
+def _steady_records(settings: KafkaSettings, topic: str) -> Iterator[_SteadyRecords]:
+    """Records sent steadily for the block, and every one delivered after it."""
+    sender = _SteadyRecords(settings, topic)
+    try:
+        yield sender
+    finally:
+        sender.flush()
 
 
 def test_a_stop_with_the_broker_frozen_ends_within_the_shutdown_timeout(

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from streaminfer.predictors.base import Predictor
 
 log = logging.getLogger("streaminfer.run")
+EXIT_COMMIT_STUCK = 75  # sysexits' EX_TEMPFAIL: a restart is the cure
 
 
 # Each option is a field of WorkerSettings with the same name; its shown default is the
@@ -191,7 +192,7 @@ def run(
     from streaminfer.models.follower import ControlFollower
     from streaminfer.stream.metrics import MetricsServer, WorkerMetrics
     from streaminfer.stream.supervisor import MEMBER_ENV, member_count, report_member_endpoint
-    from streaminfer.stream.worker import Worker
+    from streaminfer.stream.worker import CommitStuck, Worker
 
     # Before any thread allocates: images decoded, fetched and batched on a dozen threads
     # otherwise leave freed megabytes in as many heaps (peak RSS, images, embedded: 502 MB
@@ -264,6 +265,9 @@ def run(
     )
     try:
         worker.run()
+    except CommitStuck as stuck:
+        log.error("%s", stuck)
+        os._exit(EXIT_COMMIT_STUCK)  # not Python's exit: it would join the stuck thread
     finally:
         if endpoint is not None:
             endpoint.close()

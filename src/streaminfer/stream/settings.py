@@ -55,6 +55,9 @@ class WorkerSettings(Settings):
     shadow_topic: str | None = None  # default: "<output>.shadow"
     create_topics: bool = True  # create output and dead-letter topics if missing
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    # An exactly-once commit that has not returned in this long is stuck inside librdkafka
+    # (its own calls time out after 30 s each): the worker exits, to be restarted.
+    commit_stuck_s: float = Field(default=120.0, gt=0)
     # Images to a remote model: "auto" sends the bytes if the server's metadata lists an
     # encoded-image input, else preprocesses here; "bytes" / "tensor" force a path.
     remote_images: Literal["auto", "bytes", "tensor"] = "auto"

@@ -46,11 +46,13 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from streaminfer.errors import InfrastructureError
 from streaminfer.handlers import Handler
 from streaminfer.images import ImageFetcher
 from streaminfer.kafka.config import KafkaSettings
@@ -91,6 +93,13 @@ class _Chunk:
     future: Future[_Finished]
     abandoned: threading.Event
     size: int  # bytes of input values
+
+
+class CommitStuck(InfrastructureError):
+    """An exactly-once commit outlived ``commit_stuck_s``: librdkafka's call has not
+    returned, past its own timeouts.  It cannot be cut short, and the producer takes no
+    outputs meanwhile, so the process must end (``os._exit``: Python's exit would wait
+    for the thread inside the call) and be restarted."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ class Worker:
         self._in_process = predictor.mode == EmbeddedPredictor.mode and handler is None
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="commit")
         self._commit: Future[_Committed] | None = None  # the commit in flight
+        self._commit_started = 0.0  # time.monotonic() as it was submitted
 
         consumer_config = clients.consumer_config(settings, kafka) if consumer is None else {}
         producer_config = clients.producer_config(settings, kafka)
@@ -207,6 +217,7 @@ class Worker:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
+        stuck = False
         try:
             while not self._stop.is_set():
                 self._fill()
@@ -215,8 +226,12 @@ class Worker:
                 self._advance_commit()
                 self._update_gauges()
             self._drain(self.settings.shutdown_timeout_s * DRAIN_SHARE)
+        except CommitStuck:
+            stuck = True
+            raise
         finally:
-            self._close()
+            if not stuck:  # closing would wait for the very call that is stuck
+                self._close()
 
     # -- scheduling --------------------------------------------------------------------------
     def _fill(self) -> None:
@@ -326,20 +341,42 @@ class Worker:
         """Settle a finished commit; start the next one when it is due."""
         if self._commit is not None:
             if not self._commit.done():
+                if time.monotonic() - self._commit_started > self.settings.commit_stuck_s:
+                    raise self._stuck()
                 return
             self._settle(self._commit.result())
         if not self._commit_due():
             return
         if self.settings.exactly_once:
             metadata = self.consumer.consumer_group_metadata()
+            self._commit_started = time.monotonic()
             self._commit = self._committer.submit(self._run_commit, metadata)
         else:
             self._settle(self._run_commit())
 
+    def _commit_result(self) -> _Committed:
+        """The commit in flight's outcome, waited for until ``commit_stuck_s`` from its
+        start; ``CommitStuck`` past that."""
+        assert self._commit is not None
+        left = self._commit_started + self.settings.commit_stuck_s - time.monotonic()
+        try:
+            return self._commit.result(timeout=max(0.0, left))
+        except FutureTimeout:
+            raise self._stuck() from None
+
+    def _stuck(self) -> CommitStuck:
+        return CommitStuck(
+            f"the transaction's commit has not returned in {self.settings.commit_stuck_s:g} s "
+            "(commit_stuck_s), past librdkafka's own timeouts of 30 s a call: its client is "
+            "stuck (as in confluentinc/librdkafka#5511, after the group's coordinator has "
+            "left the cluster). Exiting, to be restarted: the open transaction is aborted "
+            "and its records are redone."
+        )
+
     def _commit_now(self) -> None:
         """Commit everything finished, and wait for it (rebalance, shutdown)."""
         if self._commit is not None:
-            self._settle(self._commit.result())
+            self._settle(self._commit_result())
         self._emit_finished()
         self._settle(self._run_commit())
 
@@ -387,7 +424,7 @@ class Worker:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("lost %s: their uncommitted work will be redone", _names(partitions))
         if self._commit is not None:
-            self._settle(self._commit.result())
+            self._settle(self._commit_result())
         self._drop_partitions()
 
     def _drop_partitions(self) -> None:
