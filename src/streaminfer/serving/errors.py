@@ -47,6 +47,13 @@ class Unauthenticated(RecordError):
     reason = "unauthenticated"
 
 
+class AnswerTooLarge(RecordError):
+    """The answer would be larger than gRPC may send (``--max-request-mb``): said before
+    it is built, as gRPC would refuse it only once built, at twice its size or more."""
+
+    reason = "answer_too_large"
+
+
 class Unavailable(InfrastructureError):
     """The server is shutting down and takes no new work."""
 
@@ -84,6 +91,7 @@ STATUS_BY_TYPE: Mapping[type[BaseException], Status] = {
     DecodeError: _INVALID,  # a tensor or body that does not add up
     ConfigError: _INVALID,  # a model config sent to HandleReloadConfigRequest
     Overloaded: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    AnswerTooLarge: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
     DeadlineExceeded: Status(grpc.StatusCode.DEADLINE_EXCEEDED, 504),
     InfrastructureError: Status(grpc.StatusCode.UNAVAILABLE, 503),
     asyncio.CancelledError: Status(grpc.StatusCode.CANCELLED, 499),  # the client went away

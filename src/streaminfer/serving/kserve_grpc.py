@@ -20,7 +20,7 @@ from streaminfer.serving import kserve_messages as messages
 from streaminfer.serving.classification import PARAMETER as CLASSIFICATION
 from streaminfer.serving.classification import class_count
 from streaminfer.serving.dataplane import DataPlane
-from streaminfer.serving.grpc_services import add_servicer, rpc
+from streaminfer.serving.grpc_services import add_servicer, check_answer_size, rpc
 from streaminfer.serving.metrics import ServerMetrics
 
 PROTOCOL = "kserve_grpc"
@@ -32,9 +32,10 @@ InferCall: TypeAlias = tuple[v2.ModelInferRequest, list[Buffer], list[Taken]]
 
 
 class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, metrics: ServerMetrics) -> None:
+    def __init__(self, plane: DataPlane, metrics: ServerMetrics, max_answer_bytes: int) -> None:
         self._plane = plane
         self._metrics = metrics
+        self._max_answer_bytes = max_answer_bytes
 
     @rpc
     async def ServerLive(
@@ -99,6 +100,7 @@ class InferenceService(v2_grpc.GRPCInferenceServiceServicer):
                 classification=_classification(request.outputs),
             )
             observation.version = str(model.version)
+            check_answer_size(outputs, self._max_answer_bytes)
             response = v2.ModelInferResponse(
                 model_name=model.name, model_version=observation.version, id=request.id
             )
@@ -122,13 +124,15 @@ def _parameters(parameters: Any) -> dict[str, Any]:
     }
 
 
-def add_services(server: grpc.aio.Server, plane: DataPlane, metrics: ServerMetrics) -> None:
+def add_services(
+    server: grpc.aio.Server, plane: DataPlane, metrics: ServerMetrics, max_answer_bytes: int
+) -> None:
     # ModelInfer reads its tensors as views of the received bytes and writes its answer's
     # once: protobuf does not copy them.
     add_servicer(
         server,
         SERVICE,
         v2_grpc.add_GRPCInferenceServiceServicer_to_server,
-        InferenceService(plane, metrics),
+        InferenceService(plane, metrics, max_answer_bytes),
         {"ModelInfer": parse_infer_request},
     )

@@ -125,8 +125,9 @@ class ModelServer:
             connection_grace_s=settings.body_timeout + settings.request_timeout,
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
-        tfserving_grpc.add_services(self._grpc, self.plane, self.metrics, self.to_configs)
-        kserve_grpc.add_services(self._grpc, self.plane, self.metrics)
+        most = settings.max_request_bytes  # gRPC's limit on messages either way
+        tfserving_grpc.add_services(self._grpc, self.plane, self.metrics, self.to_configs, most)
+        kserve_grpc.add_services(self._grpc, self.plane, self.metrics, most)
         health_grpc.add_services(
             self._grpc, self.plane, tfserving_grpc.SERVICES + kserve_grpc.SERVICES
         )

@@ -31,7 +31,7 @@ from streaminfer.protos.tfserving import (
 from streaminfer.serving import tfserving_messages as messages
 from streaminfer.serving.dataplane import DEFAULT_SIGNATURE, DataPlane
 from streaminfer.serving.errors import Unimplemented
-from streaminfer.serving.grpc_services import add_servicer, rpc
+from streaminfer.serving.grpc_services import add_servicer, check_answer_size, rpc
 from streaminfer.serving.metrics import ServerMetrics
 
 PROTOCOL = "tfserving_grpc"
@@ -56,9 +56,10 @@ def _unimplemented(method: str) -> Unimplemented:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, plane: DataPlane, metrics: ServerMetrics) -> None:
+    def __init__(self, plane: DataPlane, metrics: ServerMetrics, max_answer_bytes: int) -> None:
         self._plane = plane
         self._metrics = metrics
+        self._max_answer_bytes = max_answer_bytes
 
     @rpc
     async def Predict(self, call: PredictCall, context: Context) -> bytes:
@@ -79,6 +80,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 output_filter=list(request.output_filter),
             )
             observation.version = str(model.version)
+            check_answer_size(outputs, self._max_answer_bytes)
             response = predict_pb2.PredictResponse(
                 model_spec=messages.answered_spec(
                     model.name, model.version, signature or DEFAULT_SIGNATURE
@@ -159,7 +161,11 @@ class InceptionService(inception_pb2_grpc.InceptionServiceServicer):
 
 
 def add_services(
-    server: grpc.aio.Server, plane: DataPlane, metrics: ServerMetrics, to_configs: ConfigConverter
+    server: grpc.aio.Server,
+    plane: DataPlane,
+    metrics: ServerMetrics,
+    to_configs: ConfigConverter,
+    max_answer_bytes: int,
 ) -> None:
     # Predict reads its tensor_content as views of the received bytes and writes its
     # answer's once: protobuf does not copy them.
@@ -167,7 +173,7 @@ def add_services(
         server,
         SERVICES[0],
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
-        PredictionService(plane, metrics),
+        PredictionService(plane, metrics, max_answer_bytes),
         {"Predict": parse_predict_request},
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
