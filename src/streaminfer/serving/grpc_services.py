@@ -101,7 +101,10 @@ class HeapTrimmer:
             self._again = True
             return
         self._again = False
-        self._trimming = asyncio.get_running_loop().run_in_executor(None, trim_heaps)
+        try:
+            self._trimming = asyncio.get_running_loop().run_in_executor(None, trim_heaps)
+        except RuntimeError:  # the loop's executor has been shut down: the server is stopping
+            return
         self._trimming.add_done_callback(self._trimmed)
 
     def _trimmed(self, _: asyncio.Future[None]) -> None:
