@@ -4,11 +4,17 @@
 large).  500 and 422 from a server that answers are one request's failure
 (``RequestFailed``: the worker finds the record and dead-letters it if it keeps failing);
 429, 502-504, timeouts and connection failures are the infrastructure's.
+
+An answer is read as it arrives, up to ``max_answer_bytes``: httpx would hold all of it
+first (a 1 GB answer took a worker to 2.2 GB, a chunked one that never ended without
+limit).
 """
 
 from __future__ import annotations
 
+import json
 import ssl
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -17,7 +23,17 @@ from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.jsonvalues import dumps, loads, loads_tensors
 from streaminfer.errors import InfrastructureError, RequestFailed
 from streaminfer.models.errors import ModelNotFound
-from streaminfer.predictors.remote import RemoteOptions, ServerRejected
+from streaminfer.predictors.remote import AnswerTooLarge, RemoteOptions, ServerRejected
+
+ERROR_BODY_BYTES = 64 * 1024  # of an error's body, read for its explanation
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A 200 response, its body read whole."""
+
+    headers: httpx.Headers
+    content: bytes
 
 
 class HttpTransport:
@@ -25,13 +41,15 @@ class HttpTransport:
 
     def __init__(self, target: str, options: RemoteOptions) -> None:
         scheme = "https" if options.tls else "http"
-        headers = {"user-agent": "streaminfer"}
+        # Encoded answers are not asked for: the limit then counts the bytes that are kept.
+        headers = {"user-agent": "streaminfer", "accept-encoding": "identity"}
         if options.token:
             headers["authorization"] = f"Bearer {options.token}"
         verify: ssl.SSLContext | bool = True  # only consulted for https
         if options.tls:
             verify = ssl.create_default_context(cafile=options.ca_file)
         self.base_url = f"{scheme}://{target}"
+        self.max_answer_bytes = options.max_answer_bytes
         self._client = httpx.Client(
             base_url=self.base_url,
             headers=headers,
@@ -44,30 +62,29 @@ class HttpTransport:
             trust_env=False,  # a proxy from the environment must not sit between us and the server
         )
 
-    def post(self, path: str, content: bytes, headers: dict[str, str]) -> httpx.Response:
+    def post(self, path: str, content: bytes, headers: dict[str, str]) -> Answer:
         """POST and return a 200 response; any other outcome raises the matching error."""
         return self._send("POST", path, content, headers)
 
-    def get(self, path: str) -> httpx.Response:
+    def get(self, path: str) -> Answer:
         """GET and return a 200 response; any other outcome raises the matching error."""
         return self._send("GET", path, b"", {})
 
     def get_json(self, path: str) -> dict[str, Any]:
         return parse_json(self.get(path).content, self.base_url + path)
 
-    def _send(
-        self, method: str, path: str, content: bytes, headers: dict[str, str]
-    ) -> httpx.Response:
+    def _send(self, method: str, path: str, content: bytes, headers: dict[str, str]) -> Answer:
         url = self.base_url + path
         try:
-            response = self._client.request(method, path, content=content, headers=headers)
+            with self._client.stream(method, path, content=content, headers=headers) as response:
+                if response.status_code == 200:
+                    return Answer(response.headers, self._read(response, url))
+                explanation = _error_text(_start_of(response))
         except httpx.TimeoutException as exc:
             raise InfrastructureError(f"{url}: timed out ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
             raise InfrastructureError(f"{url}: {type(exc).__name__}: {exc}") from exc
-        if response.status_code == 200:
-            return response
-        message = f"{url}: {response.status_code} {_error_text(response)}"
+        message = f"{url}: {response.status_code} {explanation}"
         if response.status_code == 404:
             raise ModelNotFound(message)
         if response.status_code in (400, 413):
@@ -76,7 +93,22 @@ class HttpTransport:
             raise RequestFailed(message)
         raise InfrastructureError(message)
 
-    def post_json(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    def _read(self, response: httpx.Response, url: str) -> bytes:
+        """The body, refused as soon as it is known to pass ``max_answer_bytes``: by its
+        declared length before any of it is read, else as it arrives."""
+        most = self.max_answer_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > most:
+            raise AnswerTooLarge(f"{url}: the answer of {declared} bytes is larger than {most}")
+        chunks, size = [], 0
+        for chunk in response.iter_raw():
+            size += len(chunk)
+            if size > most:
+                raise AnswerTooLarge(f"{url}: the answer is larger than {most} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def post_json(self, path: str, body: dict[str, Any]) -> Answer:
         return self.post(path, dumps(body), {"content-type": "application/json"})
 
     def close(self) -> None:
@@ -95,12 +127,24 @@ def parse_json(content: bytes, where: str, tensors: bool = False) -> dict[str, A
     return body
 
 
-def _error_text(response: httpx.Response) -> str:
+def _start_of(response: httpx.Response) -> bytes:
+    """The first ``ERROR_BODY_BYTES`` of an error's body, where its explanation is; the
+    rest is left unread (the connection is closed with it)."""
+    start = b""
+    for chunk in response.iter_raw():
+        start += chunk
+        if len(start) >= ERROR_BODY_BYTES:
+            break
+    return start[:ERROR_BODY_BYTES]
+
+
+def _error_text(content: bytes) -> str:
     """The server's own explanation: TF Serving and KServe both use ``{"error": ...}``."""
+    text = content.decode("utf-8", "replace")
     try:
-        body = response.json()
+        body = json.loads(text)
     except ValueError:
-        return response.text[:500]
+        return text[:500]
     if isinstance(body, dict) and "error" in body:
         return str(body["error"])
-    return response.text[:500]
+    return text[:500]

@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 # Below what model servers accept (ours: 64 MiB); a server that refuses a request as too
 # large (gRPC's default limit is 4 MiB) gets it again in halves.
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+# An answer is read whole before it is decoded: past this, a server's answer is refused
+# as it arrives, not held (our server answers at most 64 MiB too).
+DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 IMAGES_INPUT = "images"  # the encoded images, a string / BYTES tensor of shape [N]
 TOP_K_PARAMETER = "top_k"
@@ -86,6 +89,7 @@ class RemoteOptions:
     max_concurrency: int = 16  # requests in flight at once, over all calling threads
     max_batch_rows: int = 32  # rows per request; larger groups are split
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
     signature_name: str = "serving_default"  # TF Serving only
     # Images to a model: "auto" sends bytes if its metadata lists an encoded-image input,
     # else preprocesses here; "bytes" / "tensor" force one path.
@@ -118,6 +122,13 @@ class ServerRejected(RecordError):
     """The server refused the input as invalid or too large (INVALID_ARGUMENT, 400, 413)."""
 
     reason = "rejected_by_server"
+
+
+class AnswerTooLarge(ServerRejected):
+    """The server's answer passed ``max_answer_bytes``: a request of fewer records gets a
+    smaller answer, so it is bisected as a refused request is, down to the record alone."""
+
+    reason = "too_large"
 
 
 def rank_from_classes(outputs: Tensors, count: int, where: str) -> list[list[Prediction]]:

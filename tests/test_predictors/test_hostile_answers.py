@@ -1,0 +1,125 @@
+"""A REST model server whose answers are too large, too slow or malformed costs a request
+its outcome, never the worker its memory or its time.
+
+The server is a small aiohttp app on loopback, in a thread of the test; the model name
+asked for picks how it answers.  The real predictors call it as the worker does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+import numpy as np
+import pytest
+from aiohttp import web
+
+from streaminfer.predictors.base import PredictRequest
+from streaminfer.predictors.kserve_http import KServeHttpPredictor
+from streaminfer.predictors.remote import AnswerTooLarge, RemoteOptions, RemotePredictor
+from streaminfer.predictors.tfserving_rest import TFServingRestPredictor
+from streaminfer.types import ModelRef
+
+MIB = 1 << 20
+LIMIT = MIB  # the clients' max_answer_bytes here
+TIMEOUT_S = 2.0
+PREDICTORS = [TFServingRestPredictor, KServeHttpPredictor]
+
+Behaviour = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def declares_a_gigabyte(request: web.Request) -> web.StreamResponse:
+    """Declares 1 GB and sends a little of it, then waits: reading it would time out."""
+    response = web.StreamResponse(headers={"Content-Length": str(1 << 30)})
+    await response.prepare(request)
+    await response.write(b" " * MIB)
+    await asyncio.sleep(3 * TIMEOUT_S)
+    return response
+
+
+async def never_ends(request: web.Request) -> web.StreamResponse:
+    """Chunked, of no declared length: 64 MiB (for ever, in a hostile server's hands)."""
+    response = web.StreamResponse()
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for _ in range(64):
+        await response.write(b" " * MIB)
+    return response
+
+
+BEHAVIOURS: dict[str, Behaviour] = {
+    "declares-a-gigabyte": declares_a_gigabyte,
+    "never-ends": never_ends,
+}
+
+
+async def _answer(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    return await BEHAVIOURS[request.match_info["model"].removesuffix(":predict")](request)
+
+
+async def _metadata(request: web.Request) -> web.StreamResponse:
+    """Every model takes and answers rows of two floats (KServe V2)."""
+    tensor = {"datatype": "FP32", "shape": [-1, 2]}
+    return web.json_response(
+        {"inputs": [{"name": "x", **tensor}], "outputs": [{"name": "y", **tensor}]}
+    )
+
+
+@pytest.fixture(scope="module")
+def hostile_server() -> Iterator[str]:
+    app = web.Application()
+    app.router.add_post("/v1/models/{model}", _answer)  # TF Serving: "<model>:predict"
+    app.router.add_post("/v2/models/{model}/infer", _answer)
+    app.router.add_get("/v2/models/{model}", _metadata)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{port}"
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def _client(predictor: type[RemotePredictor], target: str) -> RemotePredictor:
+    options = RemoteOptions(timeout_s=TIMEOUT_S, max_answer_bytes=LIMIT, v2_binary="never")
+    return predictor(target, options)
+
+
+def _ask(client: RemotePredictor, model: str) -> object:
+    return client._infer_tensors(ModelRef(model), {"x": np.ones((1, 2), np.float32)})
+
+
+@pytest.mark.parametrize("predictor", PREDICTORS)
+@pytest.mark.parametrize("model", ["declares-a-gigabyte", "never-ends"])
+def test_an_answer_past_the_limit_is_refused_as_it_arrives(
+    predictor: type[RemotePredictor], model: str, hostile_server: str
+) -> None:
+    # httpx read each whole first: a 1 GB one took a worker to 2.2 GB, an endless one
+    # grew it by 600 MB a second.  Refused, a request of fewer records is tried (remote).
+    client = _client(predictor, hostile_server)
+    started = time.monotonic()
+    try:
+        with pytest.raises(AnswerTooLarge, match=f"larger than {LIMIT}"):
+            _ask(client, model)
+    finally:
+        client.close()
+    assert time.monotonic() - started < TIMEOUT_S  # the declared length was enough
+
+
+def test_records_whose_answers_pass_the_limit_end_too_large(hostile_server: str) -> None:
+    client = _client(KServeHttpPredictor, hostile_server)
+    batch = [PredictRequest("never-ends", tensors={"x": np.ones((1, 2), np.float32)})] * 2
+    try:
+        outcomes = client.predict(batch)  # refused whole, then each record alone
+    finally:
+        client.close()
+    assert [type(o) for o in outcomes] == [AnswerTooLarge] * 2
+    assert {o.reason for o in outcomes if isinstance(o, AnswerTooLarge)} == {"too_large"}
