@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from streaminfer.errors import InfrastructureError
 from streaminfer.predictors.base import PredictRequest
 from streaminfer.predictors.kserve_http import KServeHttpPredictor
 from streaminfer.predictors.remote import AnswerTooLarge, RemoteOptions, RemotePredictor
@@ -49,9 +50,21 @@ async def never_ends(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def trickles(request: web.Request) -> web.StreamResponse:
+    """One byte every 0.1 s, for twice the clients' timeout: each read waits 0.1 s."""
+    response = web.StreamResponse()
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for _ in range(int(2 * TIMEOUT_S / 0.1)):
+        await response.write(b" ")
+        await asyncio.sleep(0.1)
+    return response
+
+
 BEHAVIOURS: dict[str, Behaviour] = {
     "declares-a-gigabyte": declares_a_gigabyte,
     "never-ends": never_ends,
+    "trickles": trickles,
 }
 
 
@@ -123,3 +136,19 @@ def test_records_whose_answers_pass_the_limit_end_too_large(hostile_server: str)
         client.close()
     assert [type(o) for o in outcomes] == [AnswerTooLarge] * 2
     assert {o.reason for o in outcomes if isinstance(o, AnswerTooLarge)} == {"too_large"}
+
+
+@pytest.mark.parametrize("predictor", PREDICTORS)
+def test_an_answer_that_trickles_times_out_with_its_request(
+    predictor: type[RemotePredictor], hostile_server: str
+) -> None:
+    # httpx's timeout bounds each read: a byte a second kept a request for as long as the
+    # server liked.  A timeout is an outage's: the batch is retried.
+    client = _client(predictor, hostile_server)
+    started = time.monotonic()
+    try:
+        with pytest.raises(InfrastructureError, match="took too long"):
+            _ask(client, "trickles")
+    finally:
+        client.close()
+    assert time.monotonic() - started < TIMEOUT_S + 0.5

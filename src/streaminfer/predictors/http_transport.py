@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,7 @@ class HttpTransport:
             verify = ssl.create_default_context(cafile=options.ca_file)
         self.base_url = f"{scheme}://{target}"
         self.max_answer_bytes = options.max_answer_bytes
+        self.timeout_s = options.timeout_s
         self._client = httpx.Client(
             base_url=self.base_url,
             headers=headers,
@@ -75,11 +78,14 @@ class HttpTransport:
 
     def _send(self, method: str, path: str, content: bytes, headers: dict[str, str]) -> Answer:
         url = self.base_url + path
+        # httpx's timeout bounds each read, not the body: one byte a second never ends.
+        deadline = time.monotonic() + self.timeout_s
         try:
             with self._client.stream(method, path, content=content, headers=headers) as response:
+                chunks = _before(deadline, response.iter_raw(), url)
                 if response.status_code == 200:
-                    return Answer(response.headers, self._read(response, url))
-                explanation = _error_text(_start_of(response))
+                    return Answer(response.headers, self._read(response, chunks, url))
+                explanation = _error_text(_start_of(chunks))
         except httpx.TimeoutException as exc:
             raise InfrastructureError(f"{url}: timed out ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
@@ -93,20 +99,20 @@ class HttpTransport:
             raise RequestFailed(message)
         raise InfrastructureError(message)
 
-    def _read(self, response: httpx.Response, url: str) -> bytes:
+    def _read(self, response: httpx.Response, chunks: Iterator[bytes], url: str) -> bytes:
         """The body, refused as soon as it is known to pass ``max_answer_bytes``: by its
         declared length before any of it is read, else as it arrives."""
         most = self.max_answer_bytes
         declared = response.headers.get("content-length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > most:
             raise AnswerTooLarge(f"{url}: the answer of {declared} bytes is larger than {most}")
-        chunks, size = [], 0
-        for chunk in response.iter_raw():
+        body, size = [], 0
+        for chunk in chunks:
             size += len(chunk)
             if size > most:
                 raise AnswerTooLarge(f"{url}: the answer is larger than {most} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            body.append(chunk)
+        return b"".join(body)
 
     def post_json(self, path: str, body: dict[str, Any]) -> Answer:
         return self.post(path, dumps(body), {"content-type": "application/json"})
@@ -127,11 +133,19 @@ def parse_json(content: bytes, where: str, tensors: bool = False) -> dict[str, A
     return body
 
 
-def _start_of(response: httpx.Response) -> bytes:
+def _before(deadline: float, chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
+    """``chunks`` while ``deadline`` has not passed; then the request has timed out."""
+    for chunk in chunks:
+        if time.monotonic() > deadline:
+            raise InfrastructureError(f"{url}: timed out (the answer took too long to arrive)")
+        yield chunk
+
+
+def _start_of(chunks: Iterator[bytes]) -> bytes:
     """The first ``ERROR_BODY_BYTES`` of an error's body, where its explanation is; the
     rest is left unread (the connection is closed with it)."""
     start = b""
-    for chunk in response.iter_raw():
+    for chunk in chunks:
         start += chunk
         if len(start) >= ERROR_BODY_BYTES:
             break
