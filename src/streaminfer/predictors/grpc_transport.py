@@ -1,10 +1,12 @@
 """One long-lived gRPC channel per remote predictor, and gRPC statuses mapped to the two errors.
 
 NOT_FOUND and INVALID_ARGUMENT are a record's fault, and so is a message refused for its
-size, which no retry can fix.  INTERNAL and UNKNOWN come from a server that answers but
-failed this one request (Triton's Python backend on a truncated JPEG): ``RequestFailed``,
-which the worker narrows down to its record.  Every other status (UNAVAILABLE,
-DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...) is the infrastructure's.
+size, which no retry can fix: an answer larger than ``max_answer_bytes`` too, refused by
+gRPC as it arrives (``AnswerTooLarge``; without a limit, a 512 MB answer took a worker
+to 1.65 GB before its tensors were refused).  INTERNAL and UNKNOWN come from a server
+that answers but failed this one request (Triton's Python backend on a truncated JPEG):
+``RequestFailed``, which the worker narrows down to its record.  Every other status
+(UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...) is the infrastructure's.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import grpc
 
 from streaminfer.errors import InfrastructureError, RequestFailed, StreamInferError
 from streaminfer.models.errors import ModelNotFound
-from streaminfer.predictors.remote import RemoteOptions, ServerRejected
+from streaminfer.predictors.remote import AnswerTooLarge, RemoteOptions, ServerRejected
 
 Reply = TypeVar("Reply")
 
@@ -25,7 +27,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_send_message_length", -1),
-    ("grpc.max_receive_message_length", -1),
     # Reconnect soon after a server restart (gRPC's default backoff grows to 120 s).
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -34,6 +35,7 @@ _CHANNEL_OPTIONS = [
     ("grpc.enable_retries", 0),  # retries are ResilientPredictor's job, with its backoff
 ]
 _TOO_LARGE = "larger than max"  # gRPC core's text when a message exceeds the size limit
+_ANSWER_TOO_LARGE = "CLIENT: Received message " + _TOO_LARGE  # ours, on an answer
 
 
 class GrpcTransport:
@@ -45,11 +47,15 @@ class GrpcTransport:
         self.metadata: tuple[tuple[str, str], ...] = ()
         if options.token:
             self.metadata = (("authorization", f"Bearer {options.token}"),)
+        channel_options = [
+            *_CHANNEL_OPTIONS,
+            ("grpc.max_receive_message_length", options.max_answer_bytes),
+        ]
         if options.tls:
             credentials = grpc.ssl_channel_credentials(root_certificates=options.read_ca())
-            self.channel = grpc.secure_channel(target, credentials, _CHANNEL_OPTIONS)
+            self.channel = grpc.secure_channel(target, credentials, channel_options)
         else:
-            self.channel = grpc.insecure_channel(target, _CHANNEL_OPTIONS)
+            self.channel = grpc.insecure_channel(target, channel_options)
 
     def call(self, method: Callable[..., Reply], request: Any) -> Reply:
         """Invoke a unary stub method under the deadline; map a failure to our errors."""
@@ -70,6 +76,8 @@ def status_error(target: str, exc: grpc.RpcError) -> StreamInferError:
         return ModelNotFound(message)
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         return ServerRejected(message)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and _ANSWER_TOO_LARGE in details:
+        return AnswerTooLarge(message)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE in details:
         return ServerRejected(message)
     if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
