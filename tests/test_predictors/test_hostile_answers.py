@@ -16,10 +16,17 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from streaminfer.codecs.tfserving_json import MODEL_VERSION_HEADER
 from streaminfer.errors import InfrastructureError
 from streaminfer.predictors.base import PredictRequest
 from streaminfer.predictors.kserve_http import KServeHttpPredictor
-from streaminfer.predictors.remote import AnswerTooLarge, RemoteOptions, RemotePredictor
+from streaminfer.predictors.remote import (
+    UNKNOWN_CLASS_ID,
+    AnswerTooLarge,
+    RemoteOptions,
+    RemotePredictor,
+    rank_from_classes,
+)
 from streaminfer.predictors.tfserving_rest import TFServingRestPredictor
 from streaminfer.types import ModelRef
 
@@ -61,10 +68,26 @@ async def trickles(request: web.Request) -> web.StreamResponse:
     return response
 
 
+ODD_VERSIONS = ["\u00b2", "9" * 5000]  # str.isdigit takes both, int() refuses both
+
+
+async def odd_version(request: web.Request) -> web.StreamResponse:
+    """A valid answer whose version (TF Serving: a header; V2: in the body) is
+    ``ODD_VERSIONS[i]``, for model ``odd-version-<i>``."""
+    version = ODD_VERSIONS[int(request.match_info["model"].removesuffix(":predict")[-1])]
+    if request.path.startswith("/v2/"):
+        y = {"name": "y", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}
+        return web.json_response({"model_version": version, "outputs": [y]})
+    answer = {"outputs": {"y": [[1.0, 2.0]]}}
+    return web.json_response(answer, headers={MODEL_VERSION_HEADER: version})
+
+
 BEHAVIOURS: dict[str, Behaviour] = {
     "declares-a-gigabyte": declares_a_gigabyte,
     "never-ends": never_ends,
     "trickles": trickles,
+    "odd-version-0": odd_version,
+    "odd-version-1": odd_version,
 }
 
 
@@ -152,3 +175,28 @@ def test_an_answer_that_trickles_times_out_with_its_request(
     finally:
         client.close()
     assert time.monotonic() - started < TIMEOUT_S + 0.5
+
+
+@pytest.mark.parametrize("predictor", PREDICTORS)
+@pytest.mark.parametrize("model", ["odd-version-0", "odd-version-1"])
+def test_a_version_that_is_no_number_is_read_as_none_given(
+    predictor: type[RemotePredictor], model: str, hostile_server: str
+) -> None:
+    # int() raised ValueError on "²" and on 5000 digits: the records were dead-lettered
+    # internal_error for the server's answer.
+    client = _client(predictor, hostile_server)
+    try:
+        version, outputs = client._infer_tensors(
+            ModelRef(model), {"x": np.ones((1, 2), np.float32)}
+        )
+    finally:
+        client.close()
+    assert version == 0
+    assert outputs["y"].tolist() == [[1.0, 2.0]]
+
+
+def test_a_class_name_that_is_no_number_has_no_id() -> None:
+    classes = np.array([["\u00b2".encode(), b"9" * 5000, b"7"]], dtype=object)
+    scores = np.array([[0.5, 0.3, 0.2]], np.float32)
+    (ranked,) = rank_from_classes({"classes": classes, "scores": scores}, 1, "server")
+    assert [p.class_id for p in ranked] == [UNKNOWN_CLASS_ID, UNKNOWN_CLASS_ID, 7]

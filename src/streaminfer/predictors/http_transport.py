@@ -23,6 +23,7 @@ import httpx
 
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.jsonvalues import dumps, loads, loads_tensors
+from streaminfer.codecs.numbers import ascii_int
 from streaminfer.errors import InfrastructureError, RequestFailed
 from streaminfer.models.errors import ModelNotFound
 from streaminfer.predictors.remote import AnswerTooLarge, RemoteOptions, ServerRejected
@@ -103,8 +104,8 @@ class HttpTransport:
         """The body, refused as soon as it is known to pass ``max_answer_bytes``: by its
         declared length before any of it is read, else as it arrives."""
         most = self.max_answer_bytes
-        declared = response.headers.get("content-length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > most:
+        declared = ascii_int(response.headers.get("content-length", ""))
+        if declared is not None and declared > most:
             raise AnswerTooLarge(f"{url}: the answer of {declared} bytes is larger than {most}")
         body, size = [], 0
         for chunk in chunks:

@@ -35,6 +35,7 @@ from typing import Literal
 import numpy as np
 
 from streaminfer.codecs.errors import DecodeError, EncodeError
+from streaminfer.codecs.numbers import ascii_int
 from streaminfer.errors import InfrastructureError, RecordError, StreamInferError
 from streaminfer.images.preprocess import preprocess_image
 from streaminfer.models.errors import InvalidInput
@@ -161,12 +162,13 @@ def rank_from_classes(outputs: Tensors, count: int, where: str) -> list[list[Pre
 
 def version_number(text: str) -> int:
     """A V2 ``model_version``; servers that don't number their versions answer 0."""
-    return int(text) if text.isdigit() else 0
+    return ascii_int(text) or 0
 
 
 def class_id(label: str) -> int:
     """The id a class name stands for, when the server named classes by number."""
-    return int(label) if label.isdigit() else UNKNOWN_CLASS_ID
+    number = ascii_int(label)
+    return UNKNOWN_CLASS_ID if number is None else number
 
 
 class RemotePredictor(Predictor):

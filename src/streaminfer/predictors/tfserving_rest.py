@@ -14,6 +14,7 @@ from google.protobuf import json_format
 
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.jsonvalues import to_json
+from streaminfer.codecs.numbers import ascii_int
 from streaminfer.codecs.tfserving_json import MODEL_VERSION_HEADER, UNNAMED, read_columns
 from streaminfer.errors import InfrastructureError
 from streaminfer.models.postprocess import Prediction
@@ -86,8 +87,8 @@ class TFServingRestPredictor(RemotePredictor):
         if UNNAMED in outputs:  # the one output of a model comes without its name
             outputs = {self._only_output(ref): outputs[UNNAMED]}
         # TF Serving does not say which version answered; streaminfer's server adds a header.
-        served = response.headers.get(MODEL_VERSION_HEADER, "")
-        version = int(served) if served.isdigit() else ref.version or 0
+        served = ascii_int(response.headers.get(MODEL_VERSION_HEADER, ""))
+        version = (ref.version or 0) if served is None else served
         return version, outputs
 
     def _only_output(self, ref: ModelRef) -> str:
