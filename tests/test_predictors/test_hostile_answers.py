@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from streaminfer.codecs.tfserving_json import MODEL_VERSION_HEADER
-from streaminfer.errors import InfrastructureError
+from streaminfer.errors import InfrastructureError, RequestFailed
 from streaminfer.predictors.base import PredictRequest
 from streaminfer.predictors.kserve_http import KServeHttpPredictor
 from streaminfer.predictors.remote import (
@@ -82,12 +82,24 @@ async def odd_version(request: web.Request) -> web.StreamResponse:
     return web.json_response(answer, headers={MODEL_VERSION_HEADER: version})
 
 
+async def fails_nested(request: web.Request) -> web.StreamResponse:
+    """500, its body a JSON array nested 10,000 deep (never closed)."""
+    return web.Response(status=500, body=b"[" * 10_000)
+
+
+async def fails_at_length(request: web.Request) -> web.StreamResponse:
+    """500, with an error message of 32 KB (within the part of the body that is read)."""
+    return web.json_response({"error": "x" * 32_000}, status=500)
+
+
 BEHAVIOURS: dict[str, Behaviour] = {
     "declares-a-gigabyte": declares_a_gigabyte,
     "never-ends": never_ends,
     "trickles": trickles,
     "odd-version-0": odd_version,
     "odd-version-1": odd_version,
+    "fails-nested": fails_nested,
+    "fails-at-length": fails_at_length,
 }
 
 
@@ -200,3 +212,19 @@ def test_a_class_name_that_is_no_number_has_no_id() -> None:
     scores = np.array([[0.5, 0.3, 0.2]], np.float32)
     (ranked,) = rank_from_classes({"classes": classes, "scores": scores}, 1, "server")
     assert [p.class_id for p in ranked] == [UNKNOWN_CLASS_ID, UNKNOWN_CLASS_ID, 7]
+
+
+@pytest.mark.parametrize("predictor", PREDICTORS)
+@pytest.mark.parametrize("model", ["fails-nested", "fails-at-length"])
+def test_a_failure_is_a_failed_request_whatever_its_explanation(
+    predictor: type[RemotePredictor], model: str, hostile_server: str
+) -> None:
+    # The nested one raised RecursionError (dead-lettered internal_error, never retried
+    # as server_error); the long one's message went whole into every retry's log line.
+    client = _client(predictor, hostile_server)
+    try:
+        with pytest.raises(RequestFailed, match=": 500 ") as failed:
+            _ask(client, model)
+    finally:
+        client.close()
+    assert len(str(failed.value)) < 1000

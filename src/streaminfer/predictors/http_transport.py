@@ -29,6 +29,7 @@ from streaminfer.models.errors import ModelNotFound
 from streaminfer.predictors.remote import AnswerTooLarge, RemoteOptions, ServerRejected
 
 ERROR_BODY_BYTES = 64 * 1024  # of an error's body, read for its explanation
+ERROR_TEXT_CHARS = 500  # of that explanation, logged at each retry and kept in dead letters
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,8 @@ def _error_text(content: bytes) -> str:
     text = content.decode("utf-8", "replace")
     try:
         body = json.loads(text)
-    except ValueError:
-        return text[:500]
+    except (ValueError, RecursionError):  # json raises RecursionError past ~1,000 levels
+        return text[:ERROR_TEXT_CHARS]
     if isinstance(body, dict) and "error" in body:
-        return str(body["error"])
-    return text[:500]
+        return str(body["error"])[:ERROR_TEXT_CHARS]
+    return text[:ERROR_TEXT_CHARS]
