@@ -8,6 +8,7 @@ asked for picks how it answers.  The real predictors call it as the worker does.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -92,7 +93,25 @@ async def fails_at_length(request: web.Request) -> web.StreamResponse:
     return web.json_response({"error": "x" * 32_000}, status=500)
 
 
+def _gzipped(size: int) -> web.StreamResponse:
+    """A TF Serving answer of ``size`` bytes, gzip-encoded whatever the client asked for."""
+    answer = b'{"outputs": {"y": [[1.0, 2.0]]}}'
+    body = gzip.compress(answer + b" " * (size - len(answer)))
+    return web.Response(body=body, headers={"Content-Encoding": "gzip"})
+
+
+async def compresses_anyway(request: web.Request) -> web.StreamResponse:
+    return _gzipped(1000)
+
+
+async def compresses_a_bomb(request: web.Request) -> web.StreamResponse:
+    """64 KiB on the wire, 64 MiB decoded."""
+    return _gzipped(64 * MIB)
+
+
 BEHAVIOURS: dict[str, Behaviour] = {
+    "compresses-anyway": compresses_anyway,
+    "compresses-a-bomb": compresses_a_bomb,
     "declares-a-gigabyte": declares_a_gigabyte,
     "never-ends": never_ends,
     "trickles": trickles,
@@ -228,3 +247,21 @@ def test_a_failure_is_a_failed_request_whatever_its_explanation(
     finally:
         client.close()
     assert len(str(failed.value)) < 1000
+
+
+def test_an_answer_compressed_all_the_same_is_read_decoded_and_bounded_decoded(
+    hostile_server: str,
+) -> None:
+    """The worker asks for answers as they are; a server that compresses them all the same
+    is read decoded, and its limit counts the decoded bytes: 64 KiB that decode to 64 MiB
+    are refused as they are decoded."""
+    client = _client(TFServingRestPredictor, hostile_server)
+    try:
+        _, outputs = client._infer_tensors(
+            ModelRef("compresses-anyway"), {"x": np.ones((1, 2), np.float32)}
+        )
+        assert outputs["y"].tolist() == [[1.0, 2.0]]
+        with pytest.raises(AnswerTooLarge, match=f"larger than {LIMIT}"):
+            _ask(client, "compresses-a-bomb")
+    finally:
+        client.close()
