@@ -392,6 +392,7 @@ def _predictor(
     )
     options = RemoteOptions(
         timeout_s=settings.request_timeout_s,
+        max_answer_bytes=settings.max_answer_mb << 20,
         max_concurrency=settings.max_in_flight * 2,
         max_batch_rows=settings.request_rows,
         image_path=settings.remote_images,

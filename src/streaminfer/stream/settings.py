@@ -41,6 +41,7 @@ class WorkerSettings(Settings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a pod, for probes and Prometheus
     request_timeout_s: float = Field(default=10.0, gt=0)
+    max_answer_mb: int = Field(default=64, ge=1)  # a model server's answer, refused past it
     # Rows one request to a model server carries at most; fewer for a model whose server
     # refused more (learned, see predictors.remote).
     request_rows: int = Field(default=1024, ge=1)
