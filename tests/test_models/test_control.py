@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import logging
@@ -159,6 +160,45 @@ def test_unsafe_archives_are_refused(kind: str, tmp_path: Path) -> None:
     with pytest.raises(DeployError, match=r"unsafe path|not a file or folder"):
         unpack(archive, target, 10**6)
     assert not (tmp_path / "evil").exists()
+
+
+def _gzip_of(header: bytes, filler: bytes, gigabytes: float) -> bytes:
+    """A gzip of ``header`` then ``filler`` repeated to ``gigabytes``: a few KiB per 16 MiB."""
+    piece = gzip.compress(filler * (16 * 1024**2 // len(filler)))  # gzip members concatenate
+    return gzip.compress(header) + piece * int(gigabytes * 64)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("bomb", "bomb.tar.gz unpacks to more than 1000000 bytes"),
+        ("long-name", "a tar header asks to read 67108864 bytes at once"),
+        ("many-members", "many-members.tar.gz holds more than 100 files"),
+    ],
+)
+def test_tar_members_are_checked_before_their_data_is_read(
+    kind: str, message: str, tmp_path: Path
+) -> None:
+    """A gzip bomb (one member claiming a terabyte: 1 GiB of zeros took 2.4 s to list), a
+    64 MiB name (read into memory whole: 1 GiB took 7.7 GB) and endless tiny members."""
+    archive = tmp_path / f"{kind}.tar.gz"
+    if kind == "bomb":
+        header = tarfile.TarInfo("model.onnx")
+        header.size = 10**12
+        archive.write_bytes(_gzip_of(header.tobuf(tarfile.GNU_FORMAT), b"\0", 1))
+    elif kind == "long-name":
+        header = tarfile.TarInfo("././@LongLink")
+        header.type, header.size = tarfile.GNUTYPE_LONGNAME, 64 * 1024**2
+        archive.write_bytes(_gzip_of(header.tobuf(tarfile.GNU_FORMAT), b"a", 1 / 16))
+    else:
+        _tar(archive, {f"f{n}": b"" for n in range(101)})
+    target = tmp_path / "target"
+    target.mkdir()
+    start = time.monotonic()
+    with pytest.raises(DeployError, match=re.escape(message)):
+        unpack(archive, target, 10**6, max_files=100)
+    assert time.monotonic() - start < 1.0
+    assert list(target.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,10 @@ installs the model the publisher checked:
   xargs -0 sha256sum) | sha256sum`` for names without backslashes or newlines.
 
 Unpacking never escapes the target: absolute paths, ``..``, links and device files are
-refused and the unpacked size is bounded.  An archive may hold the version's files at its
-root or inside one top-level folder.
+refused and the unpacked size is bounded.  A tar's members (``max_files`` at most) are
+checked as their headers are read, so a gzip bomb is refused before its data is
+decompressed.  An archive may hold the version's files at its root or inside one
+top-level folder.
 
 A local location must be a regular file or a folder holding only regular files and
 folders (no device files, FIFOs, sockets or symbolic links, which could block a reader
@@ -24,7 +26,11 @@ however slowly the server sends.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import io
+import lzma
 import os
 import stat
 import tarfile
@@ -33,8 +39,8 @@ import time
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -47,6 +53,15 @@ from streaminfer.models.metadata import METADATA_FILE, ModelMetadata
 from streaminfer.models.runtime import OnnxModel, RuntimeOptions
 
 _CHUNK = 1 << 20
+# tarfile reads a long name or pax header whole, however large the header claims it is;
+# real ones take a few KiB, and member data is read in 16 KiB pieces.
+_MAX_TAR_READ = 64 * 1024
+_MAX_NAME = 4096  # bytes in a member's path: PATH_MAX on Linux
+_DECOMPRESSORS: tuple[tuple[bytes, Callable[[io.BufferedReader], io.BufferedIOBase]], ...] = (
+    (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
+    (b"BZh", bz2.BZ2File),
+    (b"\xfd7zXZ\x00", lzma.LZMAFile),
+)
 _MAX_REDIRECTS = 3
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
@@ -65,6 +80,7 @@ class DeployLimits:
     """
 
     max_bytes: int = 4 * 1024**3  # download size, local size, and unpacked size
+    max_files: int = 10_000  # members of a tar
     timeout: float = 600.0  # whole download
     connect_timeout: float = 10.0
     read_timeout: float = 60.0  # longest silence within a download
@@ -219,12 +235,14 @@ def _save(response: httpcore.Response, target: Path, url: str, max_bytes: int) -
             out.write(chunk)
 
 
-def unpack(archive: Path, target: Path, max_bytes: int) -> None:
+def unpack(
+    archive: Path, target: Path, max_bytes: int, max_files: int = DeployLimits.max_files
+) -> None:
     """Extract a .tar(.gz) or .zip archive into ``target``, refusing anything unsafe."""
     if zipfile.is_zipfile(archive):
         _unpack_zip(archive, target, max_bytes)
     else:
-        _unpack_tar(archive, target, max_bytes)
+        _unpack_tar(archive, target, max_bytes, max_files)
     entries = list(target.iterdir())
     if not (target / METADATA_FILE).exists() and len(entries) == 1 and entries[0].is_dir():
         inner = entries[0].rename(target / f".unpacked-{time.monotonic_ns()}")
@@ -235,23 +253,79 @@ def unpack(archive: Path, target: Path, max_bytes: int) -> None:
 
 def _check_member(name: str) -> None:
     path = PurePosixPath(name)
+    if len(name.encode(errors="replace")) > _MAX_NAME:
+        raise DeployError(f"archive member name {name[:100]!r}… is longer than {_MAX_NAME} bytes")
     if not name or path.is_absolute() or ".." in path.parts or "\\" in name:
         raise DeployError(f"unsafe path {name!r} in archive")
 
 
-def _unpack_tar(archive: Path, target: Path, max_bytes: int) -> None:
+def _unpack_tar(archive: Path, target: Path, max_bytes: int, max_files: int) -> None:
+    # The stream never goes past the data allowed plus a generous header for each member.
+    end = max_bytes + (max_files + 1) * (_MAX_TAR_READ + tarfile.BLOCKSIZE)
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
+        with ExitStack() as stack:
+            stream = _TarStream(stack.enter_context(_decompressed(archive)), end)
+            # The stub wants write() and close() too, which reading needs neither of.
+            tar = stack.enter_context(tarfile.open(fileobj=stream, mode="r:"))  # type: ignore[call-overload]
+            members: list[tarfile.TarInfo] = []
+            size = 0
+            # Each member is checked before the next header is read, which skips its data:
+            # a header claiming a terabyte is refused without decompressing any of it.
+            while (member := tar.next()) is not None:
                 _check_member(member.name)
                 if not (member.isfile() or member.isdir()):
                     raise DeployError(f"archive member {member.name!r} is not a file or folder")
-            if sum(m.size for m in members) > max_bytes:
-                raise DeployError(f"{archive.name} unpacks to more than {max_bytes} bytes")
+                size += member.size
+                if size > max_bytes:
+                    raise DeployError(f"{archive.name} unpacks to more than {max_bytes} bytes")
+                members.append(member)
+                if len(members) > max_files:
+                    raise DeployError(f"{archive.name} holds more than {max_files} files")
             tar.extractall(target, members=members, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except (tarfile.TarError, EOFError, OSError, lzma.LZMAError) as exc:
         raise DeployError(f"not a readable .tar.gz or .zip archive: {exc}") from exc
+
+
+@contextmanager
+def _decompressed(archive: Path) -> Iterator[io.BufferedIOBase]:
+    """The archive's bytes, decompressed as they are read if they are gzip, bzip2 or xz."""
+    with archive.open("rb") as raw:
+        magic = raw.read(6)
+        raw.seek(0)
+        opener = next((o for prefix, o in _DECOMPRESSORS if magic.startswith(prefix)), None)
+        if opener is None:
+            yield raw
+            return
+        with opener(raw) as stream:
+            yield stream
+
+
+class _TarStream:
+    """A tar stream for ``tarfile`` with the bounds it lacks: no single read larger than
+    ``_MAX_TAR_READ`` (a header claiming a gigabyte-long name would be read into memory
+    whole) and no reading or skipping past ``end`` (endless headers, a bomb's data)."""
+
+    def __init__(self, stream: io.BufferedIOBase, end: int) -> None:
+        self._stream, self._end = stream, end
+
+    def read(self, size: int = -1) -> bytes:
+        if not 0 <= size <= _MAX_TAR_READ:
+            raise DeployError(f"a tar header asks to read {size} bytes at once")
+        data = self._stream.read(size)
+        self._check(self._stream.tell())
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_SET:
+            self._check(offset)  # before decompressing up to it
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def _check(self, position: int) -> None:
+        if position > self._end:
+            raise DeployError(f"a tar stream longer than {self._end} bytes")
 
 
 def _unpack_zip(archive: Path, target: Path, max_bytes: int) -> None:
@@ -293,7 +367,7 @@ def prepare(location: str, sha256: str | None, target: Path, limits: DeployLimit
         else:
             actual = file_digest(source)
             if sha256 is None or actual == sha256:
-                unpack(source, target, limits.max_bytes)
+                unpack(source, target, limits.max_bytes, limits.max_files)
     if sha256 is not None and actual != sha256:
         raise DeployError(f"digest mismatch for {location}: expected {sha256}, got {actual}")
     check_model(target)
