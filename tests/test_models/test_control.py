@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import re
+import resource
 import shutil
 import socketserver
 import tarfile
@@ -21,7 +22,10 @@ from functools import partial
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from streaminfer.errors import ConfigError
 from streaminfer.kafka.config import KafkaSettings
@@ -46,6 +50,7 @@ from streaminfer.models.deploy import (
 )
 from streaminfer.models.export.tiny import export_tiny_model
 from streaminfer.models.follower import ControlFollower
+from streaminfer.models.metadata import ModelMetadata, Signature, TensorSpec
 from streaminfer.models.registry import ModelRegistry
 from tests.model_hosts import ArchiveHost
 from tests.support import run_cli, wait_for
@@ -222,6 +227,62 @@ def test_versions_are_checked_before_they_are_installed(
     with pytest.raises(DeployError, match=re.escape(message)):
         prepare(source.as_uri(), sha256, tmp_path / "prepared", LIMITS)
     assert not (tmp_path / "repo" / MODEL / "1").exists()
+
+
+def _hostile_model(folder: Path, kind: str) -> Path:
+    """A valid model.json with a graph whose first run allocates 3.6 GB, or loops for ever."""
+    float_input = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    float_output = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    if kind == "memory":
+        nodes = [
+            helper.make_node("ConstantOfShape", ["shape"], ["big"]),  # [30000, 30000] floats
+            helper.make_node("ReduceSum", ["big"], ["sum"], keepdims=0),
+            helper.make_node("Add", ["x", "sum"], ["y"]),
+        ]
+        constants = [numpy_helper.from_array(np.array([30000, 30000]), "shape")]
+    else:
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["go"], ["go_on"]),
+             helper.make_node("Identity", ["v"], ["w"])],
+            "body",
+            [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+             helper.make_tensor_value_info("go", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("v", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("go_on", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("w", TensorProto.FLOAT, None)],
+        )  # fmt: skip
+        nodes = [helper.make_node("Loop", ["trips", "go", "x"], ["y"], body=body)]
+        constants = [numpy_helper.from_array(np.array(10**12), "trips"),
+                     numpy_helper.from_array(np.array(True), "go")]  # fmt: skip
+    graph = helper.make_graph(nodes, kind, [float_input], [float_output], initializer=constants)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder.mkdir()
+    onnx.save(model, str(folder / "model.onnx"))
+    tensor = partial(TensorSpec, dtype="float32", shape=[-1, 4])
+    signature = Signature(inputs=[tensor(name="x")], outputs=[tensor(name="y")])
+    ModelMetadata(signature=signature, top_k=1).write(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("memory", "running ConstantOfShape node"),
+        ("endless", "loading and running it once took longer than 3 s"),
+    ],
+)
+def test_a_model_is_run_once_in_a_process_bounded_in_memory_and_time(
+    kind: str, message: str, tmp_path: Path
+) -> None:
+    """A 200-byte graph took 3.6 GB of the follower's own memory, or its installer for ever."""
+    folder = _hostile_model(tmp_path / kind, kind)
+    limits = DeployLimits(check_memory=1024**3, check_timeout=3.0)
+    start = time.monotonic()
+    with pytest.raises(DeployError, match=re.escape(message)):
+        prepare(folder.as_uri(), None, tmp_path / "prepared", limits)
+    assert time.monotonic() - start < 10
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 1024**2  # KiB: under 1 GiB
 
 
 @pytest.mark.parametrize("kind", ["device", "fifo", "fifo-in-folder", "link-out-of-folder"])

@@ -32,7 +32,10 @@ import hashlib
 import io
 import lzma
 import os
+import signal
 import stat
+import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -85,6 +88,8 @@ class DeployLimits:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0  # longest silence within a download
     allow_file: bool = True
+    check_memory: int = 8 * 1024**3  # address space of the process that runs a model once
+    check_timeout: float = 300.0  # loading a model and running it once
 
 
 def file_digest(path: Path) -> str:
@@ -344,8 +349,34 @@ def _unpack_zip(archive: Path, target: Path, max_bytes: int) -> None:
         raise DeployError(f"not a readable .zip archive: {exc}") from exc
 
 
-def check_model(version_dir: Path) -> None:
-    """Refuse a folder that the registry could not serve: bad metadata, ONNX, or labels."""
+def check_model(version_dir: Path, limits: DeployLimits) -> None:
+    """Refuse a folder that the registry could not serve: bad metadata, ONNX, or labels.
+
+    The model is loaded and run once in a child process bounded in memory and time: a
+    200-byte graph can ask for gigabytes at its first run (a ConstantOfShape of
+    [30000, 30000] took 3.6 GB), or run for ever, and neither may reach the server.
+    """
+    command = [sys.executable, "-m", "streaminfer.models.model_check", str(version_dir)]
+    command.append(str(limits.check_memory))
+    try:
+        checked = subprocess.run(
+            command, capture_output=True, text=True, errors="replace", timeout=limits.check_timeout
+        )
+    except subprocess.TimeoutExpired as exc:  # the child is killed
+        took = f"loading and running it once took longer than {limits.check_timeout:.0f} s"
+        raise DeployError(f"not a valid model: {took}") from exc
+    if checked.returncode < 0:  # e.g. a native allocation failure that aborted it
+        raise DeployError(
+            f"not a valid model: its check died ({signal.Signals(-checked.returncode).name}); "
+            f"it may need more than {limits.check_memory} bytes of memory"
+        )
+    if checked.returncode != 0:
+        lines = checked.stderr.strip().splitlines() or ["its check failed"]
+        raise DeployError(lines[-1][:400])
+
+
+def check_model_here(version_dir: Path) -> None:
+    """:func:`check_model` in this process, unbounded: for the child that does the check."""
     try:
         metadata = ModelMetadata.read(version_dir)
         OnnxModel(version_dir, metadata, RuntimeOptions(intra_op_threads=1)).warm_up()
@@ -370,7 +401,7 @@ def prepare(location: str, sha256: str | None, target: Path, limits: DeployLimit
                 unpack(source, target, limits.max_bytes, limits.max_files)
     if sha256 is not None and actual != sha256:
         raise DeployError(f"digest mismatch for {location}: expected {sha256}, got {actual}")
-    check_model(target)
+    check_model(target, limits)
     return actual
 
 
