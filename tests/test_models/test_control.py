@@ -326,6 +326,21 @@ def test_max_bytes_is_checked_before_copying(what: str, staging: Path, tmp_path:
     assert not target.exists()
 
 
+@pytest.mark.parametrize("what", ["folder", "zip"])
+def test_max_files_is_checked_before_copying(what: str, staging: Path, tmp_path: Path) -> None:
+    """A valid model beside 100,000 empty files was copied, hashed and installed (12.7 s)."""
+    folder = tmp_path / "version"
+    shutil.copytree(staging, folder)
+    for n in range(100):
+        (folder / f"empty-{n}").touch()
+    location = folder if what == "folder" else Path(shutil.make_archive(
+        str(tmp_path / "v1"), "zip", folder))  # fmt: skip
+    target = tmp_path / "prepared"
+    with pytest.raises(DeployError, match="holds more than 100 files"):
+        prepare(location.as_uri(), None, target, DeployLimits(max_files=100))
+    assert not target.exists()
+
+
 class _SlowHost(socketserver.ThreadingTCPServer):
     """Answers every request with a status line and headers sent one byte a second."""
 

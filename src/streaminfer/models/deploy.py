@@ -12,7 +12,7 @@ installs the model the publisher checked:
   xargs -0 sha256sum) | sha256sum`` for names without backslashes or newlines.
 
 Unpacking never escapes the target: absolute paths, ``..``, links and device files are
-refused and the unpacked size is bounded.  A tar's members (``max_files`` at most) are
+refused and the unpacked size and the number of files are bounded.  A tar's members are
 checked as their headers are read, so a gzip bomb is refused before its data is
 decompressed.  An archive may hold the version's files at its root or inside one
 top-level folder.
@@ -83,7 +83,7 @@ class DeployLimits:
     """
 
     max_bytes: int = 4 * 1024**3  # download size, local size, and unpacked size
-    max_files: int = 10_000  # members of a tar
+    max_files: int = 10_000  # files and folders of a local folder or an archive
     timeout: float = 600.0  # whole download
     connect_timeout: float = 10.0
     read_timeout: float = 60.0  # longest silence within a download
@@ -107,19 +107,19 @@ def file_digest(path: Path) -> str:
 
 def digest(path: Path) -> str:
     """The digest of a version folder (its manifest) or of an archive file (its bytes)."""
-    if _local_kind(path, max_bytes=None) == "folder":
+    if _local_kind(path, max_bytes=None, max_files=None) == "folder":
         return hashlib.sha256(_manifest(path)).hexdigest()
     return file_digest(path)
 
 
-def _local_kind(path: Path, max_bytes: int | None) -> str:
-    """ "folder" or "file" for a deployable local source no larger than ``max_bytes``."""
+def _local_kind(path: Path, max_bytes: int | None, max_files: int | None) -> str:
+    """ "folder" or "file" for a deployable local source within the bounds given."""
     try:
         info = path.stat()
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         raise DeployError(f"{path}: no such file or folder") from exc
     if stat.S_ISDIR(info.st_mode):
-        size = sum(info.st_size for info in _folder_files(path).values())
+        size = sum(info.st_size for info in _folder_files(path, max_files).values())
         kind = "folder"
     elif stat.S_ISREG(info.st_mode):
         size, kind = info.st_size, "file"
@@ -130,10 +130,15 @@ def _local_kind(path: Path, max_bytes: int | None) -> str:
     return kind
 
 
-def _folder_files(folder: Path) -> dict[str, os.stat_result]:
-    """A version folder's files by relative path; anything but files and folders is refused."""
+def _folder_files(folder: Path, max_files: int | None = None) -> dict[str, os.stat_result]:
+    """A version folder's files by relative path; anything but files and folders is refused,
+    and so is a folder with more than ``max_files`` of them, before any is read."""
     files = {}
+    seen = 0
     for root, folders, names in os.walk(folder):
+        seen += len(folders) + len(names)
+        if max_files is not None and seen > max_files:
+            raise DeployError(f"{folder} holds more than {max_files} files and folders")
         for name in [*folders, *names]:
             path = Path(root, name)
             info = path.lstat()
@@ -150,11 +155,11 @@ def _manifest(folder: Path) -> bytes:
     return b"".join(f"{sha}  ".encode() + name + b"\n" for name, sha in lines)
 
 
-def _copy_folder(source: Path, target: Path, max_bytes: int) -> None:
+def _copy_folder(source: Path, target: Path, max_bytes: int, max_files: int) -> None:
     """Copy a version folder's files, at most ``max_bytes`` in all, whatever sizes they claim."""
     target.mkdir(parents=True, exist_ok=True)
     left = max_bytes
-    for name in _folder_files(source):
+    for name in _folder_files(source, max_files):  # it may have grown since it was checked
         copy = target / name
         copy.parent.mkdir(parents=True, exist_ok=True)
         with (source / name).open("rb") as reading, copy.open("wb") as writing:
@@ -190,7 +195,7 @@ def fetched(location: str, limits: DeployLimits) -> Iterator[Path]:
     path = (
         Path(urllib.request.url2pathname(parts.path)) if parts.scheme == "file" else Path(location)
     )
-    _local_kind(path, limits.max_bytes)  # before anything reads it
+    _local_kind(path, limits.max_bytes, limits.max_files)  # before anything reads it
     yield path
 
 
@@ -245,7 +250,7 @@ def unpack(
 ) -> None:
     """Extract a .tar(.gz) or .zip archive into ``target``, refusing anything unsafe."""
     if zipfile.is_zipfile(archive):
-        _unpack_zip(archive, target, max_bytes)
+        _unpack_zip(archive, target, max_bytes, max_files)
     else:
         _unpack_tar(archive, target, max_bytes, max_files)
     entries = list(target.iterdir())
@@ -333,10 +338,12 @@ class _TarStream:
             raise DeployError(f"a tar stream longer than {self._end} bytes")
 
 
-def _unpack_zip(archive: Path, target: Path, max_bytes: int) -> None:
+def _unpack_zip(archive: Path, target: Path, max_bytes: int, max_files: int) -> None:
     try:
         with zipfile.ZipFile(archive) as zipped:
             infos = zipped.infolist()
+            if len(infos) > max_files:
+                raise DeployError(f"{archive.name} holds more than {max_files} files")
             for info in infos:
                 _check_member(info.filename)
                 if stat.S_ISLNK(info.external_attr >> 16):
@@ -393,7 +400,7 @@ def prepare(location: str, sha256: str | None, target: Path, limits: DeployLimit
     """
     with fetched(location, limits) as source:
         if source.is_dir():
-            _copy_folder(source, target, limits.max_bytes)
+            _copy_folder(source, target, limits.max_bytes, limits.max_files)
             actual = digest(target)  # of the copy: what was checked is what is installed
         else:
             actual = file_digest(source)
