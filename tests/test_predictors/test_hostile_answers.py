@@ -8,7 +8,9 @@ asked for picks how it answers.  The real predictors call it as the worker does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -201,7 +203,7 @@ def test_an_answer_that_trickles_times_out_with_its_request(
     client = _client(predictor, hostile_server)
     started = time.monotonic()
     try:
-        with pytest.raises(InfrastructureError, match="took too long"):
+        with pytest.raises(InfrastructureError, match="timed out"):
             _ask(client, "trickles")
     finally:
         client.close()
@@ -265,3 +267,39 @@ def test_an_answer_compressed_all_the_same_is_read_decoded_and_bounded_decoded(
             _ask(client, "compresses-a-bomb")
     finally:
         client.close()
+
+
+@pytest.fixture
+def header_trickler() -> Iterator[str]:
+    """A server that answers each request with a status line and then a header line every
+    0.1 s, for three times the clients' timeout: no read waits long."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(1 << 16)  # the request: small, in one piece on loopback
+                connection.sendall(b"HTTP/1.1 200 OK\r\n")
+                for _ in range(int(3 * TIMEOUT_S / 0.1)):
+                    connection.sendall(b"X-Slow: 1\r\n")
+                    time.sleep(0.1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+    thread.join(10)
+
+
+def test_headers_that_trickle_time_out_with_their_request(header_trickler: str) -> None:
+    # httpx's timeout bounds each read: headers a line every 0.1 s held a request for as
+    # long as the server went on.  The whole exchange now ends at the request's timeout.
+    client = _client(TFServingRestPredictor, header_trickler)
+    started = time.monotonic()
+    try:
+        with pytest.raises(InfrastructureError, match="timed out"):
+            _ask(client, "any")
+    finally:
+        client.close()
+    assert time.monotonic() - started < TIMEOUT_S + 0.5

@@ -7,24 +7,27 @@ large).  500 and 422 from a server that answers are one request's failure
 
 An answer is read as it arrives, up to ``max_answer_bytes``: httpx would hold all of it
 first (a 1 GB answer took a worker to 2.2 GB, a chunked one that never ended without
-limit).
+limit).  The whole exchange, headers and body, ends within the request's timeout:
+httpx bounds each read only, so a server that sent a byte every half second held a
+request for as long as it went on.
 """
 
 from __future__ import annotations
 
 import json
 import ssl
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpcore
 import httpx
 
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.jsonvalues import dumps, loads, loads_tensors
 from streaminfer.codecs.numbers import ascii_int
 from streaminfer.errors import InfrastructureError, RequestFailed
+from streaminfer.http_deadline import DeadlineBackend, deadline
 from streaminfer.models.errors import ModelNotFound
 from streaminfer.predictors.remote import AnswerTooLarge, RemoteOptions, ServerRejected
 
@@ -55,16 +58,17 @@ class HttpTransport:
         self.base_url = f"{scheme}://{target}"
         self.max_answer_bytes = options.max_answer_bytes
         self.timeout_s = options.timeout_s
+        limits = httpx.Limits(
+            max_connections=options.max_concurrency,
+            max_keepalive_connections=options.max_concurrency,
+        )
         self._client = httpx.Client(
             base_url=self.base_url,
             headers=headers,
             timeout=httpx.Timeout(options.timeout_s),
-            limits=httpx.Limits(
-                max_connections=options.max_concurrency,
-                max_keepalive_connections=options.max_concurrency,
-            ),
-            verify=verify,
-            trust_env=False,  # a proxy from the environment must not sit between us and the server
+            transport=_DeadlineTransport(verify, limits),
+            # A proxy from the environment must not sit between us and the server.
+            trust_env=False,
         )
 
     def post(self, path: str, content: bytes, headers: dict[str, str]) -> Answer:
@@ -80,12 +84,13 @@ class HttpTransport:
 
     def _send(self, method: str, path: str, content: bytes, headers: dict[str, str]) -> Answer:
         url = self.base_url + path
-        # httpx's timeout bounds each read, not the body: one byte a second never ends.
-        deadline = time.monotonic() + self.timeout_s
         try:
-            with self._client.stream(method, path, content=content, headers=headers) as response:
+            with (
+                deadline(self.timeout_s),
+                self._client.stream(method, path, content=content, headers=headers) as response,
+            ):
                 # Decoded: a server may compress all the same, and the limit counts what is kept.
-                chunks = _before(deadline, response.iter_bytes(), url)
+                chunks = response.iter_bytes()
                 if response.status_code == 200:
                     return Answer(response.headers, self._read(response, chunks, url))
                 explanation = _error_text(_start_of(chunks))
@@ -136,12 +141,19 @@ def parse_json(content: bytes, where: str, tensors: bool = False) -> dict[str, A
     return body
 
 
-def _before(deadline: float, chunks: Iterator[bytes], url: str) -> Iterator[bytes]:
-    """``chunks`` while ``deadline`` has not passed; then the request has timed out."""
-    for chunk in chunks:
-        if time.monotonic() > deadline:
-            raise InfrastructureError(f"{url}: timed out (the answer took too long to arrive)")
-        yield chunk
+class _DeadlineTransport(httpx.HTTPTransport):
+    """httpx's transport over connections bounded by the exchange's deadline
+    (``streaminfer.http_deadline``).  Its own pool is replaced, as httpx takes no network
+    backend; the rest of the transport uses nothing else."""
+
+    def __init__(self, verify: ssl.SSLContext | bool, limits: httpx.Limits) -> None:
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=DeadlineBackend(),
+        )
 
 
 def _start_of(chunks: Iterator[bytes]) -> bytes:
