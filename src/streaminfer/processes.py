@@ -10,6 +10,7 @@ its children in order; under ``interrupted_by_sigterm`` a SIGTERM does the same.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import http.client
 import os
 import signal
@@ -26,8 +27,16 @@ from streaminfer.errors import InfrastructureError
 from streaminfer.net import free_port
 
 STREAMINFER = (sys.executable, "-m", "streaminfer.cli.main")
+_PR_SET_PDEATHSIG = 1
 _READY_TIMEOUT_S = 90.0
 _POLL_S = 0.05
+
+
+def die_with_parent(sig: signal.Signals) -> None:
+    """Have the kernel send ``sig`` to this process when the thread that started it ends,
+    however it ends (Linux only)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
 
 
 def child_pids(pid: int) -> list[int]:

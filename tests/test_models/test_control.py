@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -11,6 +12,8 @@ import re
 import resource
 import shutil
 import socketserver
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -52,6 +55,7 @@ from streaminfer.models.export.tiny import export_tiny_model
 from streaminfer.models.follower import ControlFollower
 from streaminfer.models.metadata import ModelMetadata, Signature, TensorSpec
 from streaminfer.models.registry import ModelRegistry
+from streaminfer.processes import child_pids
 from tests.model_hosts import ArchiveHost
 from tests.support import run_cli, wait_for
 
@@ -699,3 +703,34 @@ def test_publish_cli_builds_on_the_latest_state(
     assert state is not None
     assert state.versions == {1: VersionSource(location=staging.as_uri(), sha256=digest(staging))}
     assert state.labels == {"stable": 1}
+
+
+def test_a_model_check_ends_with_the_process_that_asked_for_it(tmp_path: Path) -> None:
+    """A check may take 8 GiB for 5 minutes: one went on after its server was killed."""
+    folder = _hostile_model(tmp_path / "endless", "endless")
+    asking = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from streaminfer.models.deploy import "
+         "DeployLimits, check_model; check_model(__import__('pathlib').Path(sys.argv[1]), "
+         "DeployLimits())", str(folder)],
+    )  # fmt: skip
+    check = wait_for(lambda: _check_of(asking.pid), 30, "the check to start")
+    # Past its imports and the model's loading (whose writes to a closed pipe would end
+    # it anyway): in the model's endless run.
+    wait_for(lambda: _cpu_seconds(check) > 3, 60, "the check to run the model")
+    asking.kill()
+    asking.wait(10)
+    wait_for(lambda: not Path(f"/proc/{check}").exists(), 10, "the check to end with it")
+
+
+def _check_of(pid: int) -> int | None:
+    """The model check process ``pid`` started, once it has (imports start others)."""
+    for child in child_pids(pid):
+        with contextlib.suppress(FileNotFoundError):
+            if b"model_check" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return child
+    return None
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime

@@ -364,7 +364,7 @@ def check_model(version_dir: Path, limits: DeployLimits) -> None:
     [30000, 30000] took 3.6 GB), or run for ever, and neither may reach the server.
     """
     command = [sys.executable, "-m", "streaminfer.models.model_check", str(version_dir)]
-    command.append(str(limits.check_memory))
+    command += [str(limits.check_memory), str(os.getpid())]
     try:
         checked = subprocess.run(
             command, capture_output=True, text=True, errors="replace", timeout=limits.check_timeout

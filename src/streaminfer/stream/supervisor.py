@@ -17,14 +17,12 @@ transactional producer, so exactly-once holds member by member.
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import logging
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,6 +31,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, multiprocess
 
 from streaminfer.cores import usable_cores
+from streaminfer.processes import die_with_parent
 from streaminfer.stream.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,6 @@ log = logging.getLogger(__name__)
 MEMBER_ENV = "STREAMINFER_MEMBER_DIR"  # set in members: where to report their endpoint
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
-_PR_SET_PDEATHSIG = 1
 
 
 def member_count(processes: int | str) -> int:
@@ -159,5 +157,4 @@ def _ready(port: int) -> bool:
 
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the supervisor dies, however it dies."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
