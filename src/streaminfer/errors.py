@@ -48,3 +48,19 @@ def drop_tracebacks(error: BaseException) -> None:
         seen.add(id(exc))
         exc.__traceback__ = None
         pending.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)
+
+
+def bounded(message: str, limit: int) -> str:
+    """``message``, or its start and end around a note of what was cut, in ``limit``
+    UTF-8 bytes at most: the reason a message gives usually comes at one end.  A lone
+    surrogate (which no UTF-8 holds, so no gRPC status nor log line either) is written
+    escaped."""
+    encoded = message.encode(errors="backslashreplace")
+    if len(encoded) <= limit:
+        return encoded.decode()
+    note = f" ... [{len(encoded) - limit} bytes cut] ... "
+    keep = (limit - len(note) - 8) // 2  # the note's count shrinks by at most 8 digits
+    head = encoded[:keep].decode(errors="ignore")  # a character cut in two is dropped
+    tail = encoded[len(encoded) - keep :].decode(errors="ignore")
+    cut = len(encoded) - len(head.encode()) - len(tail.encode())
+    return f"{head} ... [{cut} bytes cut] ... {tail}"

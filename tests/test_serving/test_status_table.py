@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from streaminfer.codecs.errors import DecodeError, EncodeError
-from streaminfer.errors import ConfigError, InfrastructureError, RecordError
+from streaminfer.errors import ConfigError, InfrastructureError, RecordError, bounded
 from streaminfer.models.batcher import Overloaded
 from streaminfer.models.errors import BadLabel, ModelNotFound
 from streaminfer.serving.errors import (
@@ -18,7 +18,6 @@ from streaminfer.serving.errors import (
     Unauthenticated,
     Unavailable,
     Unimplemented,
-    bounded,
     describe,
     status_of,
 )
@@ -86,5 +85,5 @@ def test_a_message_quoting_the_client_is_cut_to_a_bound(quoted: str) -> None:
 
 def test_a_short_message_is_left_whole() -> None:
     message = "x" * MAX_MESSAGE_BYTES
-    assert bounded(message) == message
-    assert bounded("\ud800") == "\\ud800"
+    assert bounded(message, MAX_MESSAGE_BYTES) == message
+    assert bounded("\ud800", MAX_MESSAGE_BYTES) == "\\ud800"

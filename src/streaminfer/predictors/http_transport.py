@@ -26,13 +26,15 @@ import httpx
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.jsonvalues import dumps, loads, loads_tensors
 from streaminfer.codecs.numbers import ascii_int
-from streaminfer.errors import InfrastructureError, RequestFailed
+from streaminfer.errors import InfrastructureError, RequestFailed, bounded
 from streaminfer.http_deadline import DeadlineBackend, deadline
 from streaminfer.models.errors import ModelNotFound
 from streaminfer.predictors.remote import AnswerTooLarge, RemoteOptions, ServerRejected
 
 ERROR_BODY_BYTES = 64 * 1024  # of an error's body, read for its explanation
-ERROR_TEXT_CHARS = 500  # of that explanation, logged at each retry and kept in dead letters
+# Of that explanation, logged at each retry and kept in dead letters: its start and end,
+# as a server's reason may come last (Triton's, after a traceback).
+ERROR_TEXT_BYTES = 1000
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def _error_text(content: bytes) -> str:
     try:
         body = json.loads(text)
     except (ValueError, RecursionError):  # json raises RecursionError past ~1,000 levels
-        return text[:ERROR_TEXT_CHARS]
+        return bounded(text, ERROR_TEXT_BYTES)
     if isinstance(body, dict) and "error" in body:
-        return str(body["error"])[:ERROR_TEXT_CHARS]
-    return text[:ERROR_TEXT_CHARS]
+        return bounded(str(body["error"]), ERROR_TEXT_BYTES)
+    return bounded(text, ERROR_TEXT_BYTES)

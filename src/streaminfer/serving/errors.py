@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import grpc
 
 from streaminfer.codecs.errors import DecodeError
-from streaminfer.errors import ConfigError, InfrastructureError, RecordError
+from streaminfer.errors import ConfigError, InfrastructureError, RecordError, bounded
 from streaminfer.models.batcher import Overloaded
 from streaminfer.models.errors import ModelNotFound
 
@@ -117,19 +117,4 @@ def describe(exc: BaseException) -> tuple[Status, str]:
     if status is _INTERNAL:
         log.error("request failed unexpectedly", exc_info=exc)
         return status, f"internal error ({type(exc).__name__}); see the server log"
-    return status, bounded(str(exc))
-
-
-def bounded(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
-    """``message``, or its start and end around a note of what was cut, in ``limit``
-    UTF-8 bytes at most: the reason a message gives usually comes at one end.  A lone
-    surrogate (which no UTF-8 holds, so no gRPC status either) is written escaped."""
-    encoded = message.encode(errors="backslashreplace")
-    if len(encoded) <= limit:
-        return encoded.decode()
-    note = f" ... [{len(encoded) - limit} bytes cut] ... "
-    keep = (limit - len(note) - 8) // 2  # the note's count shrinks by at most 8 digits
-    head = encoded[:keep].decode(errors="ignore")  # a character cut in two is dropped
-    tail = encoded[len(encoded) - keep :].decode(errors="ignore")
-    cut = len(encoded) - len(head.encode()) - len(tail.encode())
-    return f"{head} ... [{cut} bytes cut] ... {tail}"
+    return status, bounded(str(exc), MAX_MESSAGE_BYTES)

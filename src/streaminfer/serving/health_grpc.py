@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
+from streaminfer.errors import bounded
 from streaminfer.protos.health import health_pb2, health_pb2_grpc
 from streaminfer.serving.dataplane import DataPlane
-from streaminfer.serving.errors import bounded
+from streaminfer.serving.errors import MAX_MESSAGE_BYTES
 
 Status = health_pb2.HealthCheckResponse
 WATCH_INTERVAL_S = 0.5  # how often a watch looks for a change of status
@@ -32,7 +33,7 @@ class HealthService(health_pb2_grpc.HealthServicer):
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         if request.service not in self._services:
-            message = bounded(f"no service {request.service!r}")
+            message = bounded(f"no service {request.service!r}", MAX_MESSAGE_BYTES)
             await context.abort(grpc.StatusCode.NOT_FOUND, message)
         return Status(status=self._status())
 
