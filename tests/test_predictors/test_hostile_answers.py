@@ -158,9 +158,14 @@ def hostile_server() -> Iterator[str]:
     thread.join(10)
 
 
-def _client(predictor: type[RemotePredictor], target: str) -> RemotePredictor:
+@contextlib.contextmanager
+def _client(predictor: type[RemotePredictor], target: str) -> Iterator[RemotePredictor]:
     options = RemoteOptions(timeout_s=TIMEOUT_S, max_answer_bytes=LIMIT, v2_binary="never")
-    return predictor(target, options)
+    client = predictor(target, options)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def _ask(client: RemotePredictor, model: str) -> object:
@@ -174,23 +179,19 @@ def test_an_answer_past_the_limit_is_refused_as_it_arrives(
 ) -> None:
     # httpx read each whole first: a 1 GB one took a worker to 2.2 GB, an endless one
     # grew it by 600 MB a second.  Refused, a request of fewer records is tried (remote).
-    client = _client(predictor, hostile_server)
     started = time.monotonic()
-    try:
-        with pytest.raises(AnswerTooLarge, match=f"larger than {LIMIT}"):
-            _ask(client, model)
-    finally:
-        client.close()
+    with (
+        _client(predictor, hostile_server) as client,
+        pytest.raises(AnswerTooLarge, match=f"larger than {LIMIT}"),
+    ):
+        _ask(client, model)
     assert time.monotonic() - started < TIMEOUT_S  # the declared length was enough
 
 
 def test_records_whose_answers_pass_the_limit_end_too_large(hostile_server: str) -> None:
-    client = _client(KServeHttpPredictor, hostile_server)
     batch = [PredictRequest("never-ends", tensors={"x": np.ones((1, 2), np.float32)})] * 2
-    try:
+    with _client(KServeHttpPredictor, hostile_server) as client:
         outcomes = client.predict(batch)  # refused whole, then each record alone
-    finally:
-        client.close()
     assert [type(o) for o in outcomes] == [AnswerTooLarge] * 2
     assert {o.reason for o in outcomes if isinstance(o, AnswerTooLarge)} == {"too_large"}
 
@@ -201,13 +202,12 @@ def test_an_answer_that_trickles_times_out_with_its_request(
 ) -> None:
     # httpx's timeout bounds each read: a byte a second kept a request for as long as the
     # server liked.  A timeout is an outage's: the batch is retried.
-    client = _client(predictor, hostile_server)
     started = time.monotonic()
-    try:
-        with pytest.raises(InfrastructureError, match="timed out"):
-            _ask(client, "trickles")
-    finally:
-        client.close()
+    with (
+        _client(predictor, hostile_server) as client,
+        pytest.raises(InfrastructureError, match="timed out"),
+    ):
+        _ask(client, "trickles")
     assert time.monotonic() - started < TIMEOUT_S + 0.5
 
 
@@ -218,13 +218,10 @@ def test_a_version_that_is_no_number_is_read_as_none_given(
 ) -> None:
     # int() raised ValueError on "²" and on 5000 digits: the records were dead-lettered
     # internal_error for the server's answer.
-    client = _client(predictor, hostile_server)
-    try:
+    with _client(predictor, hostile_server) as client:
         version, outputs = client._infer_tensors(
             ModelRef(model), {"x": np.ones((1, 2), np.float32)}
         )
-    finally:
-        client.close()
     assert version == 0
     assert outputs["y"].tolist() == [[1.0, 2.0]]
 
@@ -243,12 +240,11 @@ def test_a_failure_is_a_failed_request_whatever_its_explanation(
 ) -> None:
     # The nested one raised RecursionError (dead-lettered internal_error, never retried
     # as server_error); the long one's message went whole into every retry's log line.
-    client = _client(predictor, hostile_server)
-    try:
-        with pytest.raises(RequestFailed, match=": 500 ") as failed:
-            _ask(client, model)
-    finally:
-        client.close()
+    with (
+        _client(predictor, hostile_server) as client,
+        pytest.raises(RequestFailed, match=": 500 ") as failed,
+    ):
+        _ask(client, model)
     assert len(str(failed.value)) < 1100
     if model == "fails-at-length":
         assert str(failed.value).endswith(" the reason")
@@ -260,16 +256,13 @@ def test_an_answer_compressed_all_the_same_is_read_decoded_and_bounded_decoded(
     """The worker asks for answers as they are; a server that compresses them all the same
     is read decoded, and its limit counts the decoded bytes: 64 KiB that decode to 64 MiB
     are refused as they are decoded."""
-    client = _client(TFServingRestPredictor, hostile_server)
-    try:
+    with _client(TFServingRestPredictor, hostile_server) as client:
         _, outputs = client._infer_tensors(
             ModelRef("compresses-anyway"), {"x": np.ones((1, 2), np.float32)}
         )
         assert outputs["y"].tolist() == [[1.0, 2.0]]
         with pytest.raises(AnswerTooLarge, match=f"larger than {LIMIT}"):
             _ask(client, "compresses-a-bomb")
-    finally:
-        client.close()
 
 
 @pytest.fixture
@@ -298,11 +291,10 @@ def header_trickler() -> Iterator[str]:
 def test_headers_that_trickle_time_out_with_their_request(header_trickler: str) -> None:
     # httpx's timeout bounds each read: headers a line every 0.1 s held a request for as
     # long as the server went on.  The whole exchange now ends at the request's timeout.
-    client = _client(TFServingRestPredictor, header_trickler)
     started = time.monotonic()
-    try:
-        with pytest.raises(InfrastructureError, match="timed out"):
-            _ask(client, "any")
-    finally:
-        client.close()
+    with (
+        _client(TFServingRestPredictor, header_trickler) as client,
+        pytest.raises(InfrastructureError, match="timed out"),
+    ):
+        _ask(client, "any")
     assert time.monotonic() - started < TIMEOUT_S + 0.5
