@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import socketserver
+import struct
 import subprocess
 import sys
 import tarfile
@@ -742,3 +743,29 @@ def _check_of(pid: int) -> int | None:
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _zip_of_empty_entries(path: Path, count: int) -> Path:
+    """A zip whose central directory lists ``count`` empty files (their data left out:
+    only the directory is read before unpacking)."""
+    entries = b"".join(
+        struct.pack("<4s6H3I5HII", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0,
+                    len(name), 0, 0, 0, 0, 0, 0) + name
+        for name in (f"f{i}".encode() for i in range(count))
+    )  # fmt: skip
+    end = struct.pack("<4s4HIIH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, len(entries), 0, 0)
+    path.write_bytes(entries + end)
+    return path
+
+
+def test_a_zip_index_too_large_for_max_files_is_refused_before_it_is_read(
+    tmp_path: Path,
+) -> None:
+    """200,000 entries (a 10 MB zip) took 87 MB of zipfile's objects before their count
+    was checked; a 4 GiB one would have taken tens of gigabytes."""
+    archive = _zip_of_empty_entries(tmp_path / "v1.zip", 200_000)
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) from here on
+    before = _status_kib("VmRSS")
+    with pytest.raises(DeployError, match="index is 10488890 bytes, more than 1000 files take"):
+        unpack(archive, tmp_path / "unpacked", 1 << 30, max_files=1000)
+    assert _status_kib("VmHWM") - before < 32 * 1024  # KiB
