@@ -341,7 +341,7 @@ class Worker:
         """Settle a finished commit; start the next one when it is due."""
         if self._commit is not None:
             if not self._commit.done():
-                if time.monotonic() - self._commit_started > self.settings.commit_stuck_s:
+                if self._commit_left_s() < 0:
                     raise self._stuck()
                 return
             self._settle(self._commit.result())
@@ -358,11 +358,14 @@ class Worker:
         """The commit in flight's outcome, waited for until ``commit_stuck_s`` from its
         start; ``CommitStuck`` past that."""
         assert self._commit is not None
-        left = self._commit_started + self.settings.commit_stuck_s - time.monotonic()
         try:
-            return self._commit.result(timeout=max(0.0, left))
+            return self._commit.result(timeout=max(0.0, self._commit_left_s()))
         except FutureTimeout:
             raise self._stuck() from None
+
+    def _commit_left_s(self) -> float:
+        """Seconds the commit in flight has left before it counts as stuck."""
+        return self._commit_started + self.settings.commit_stuck_s - time.monotonic()
 
     def _stuck(self) -> CommitStuck:
         return CommitStuck(
