@@ -434,6 +434,37 @@ def test_publish_errors_are_one_line(staging: Path, tmp_path: Path) -> None:
             assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_deploy_limits_are_settings_of_the_environment_and_the_config_file(
+    staging: Path, tmp_path: Path
+) -> None:
+    """A model larger than a default limit can be deployed, and a smaller one enforced."""
+    config = tmp_path / "streaminfer.toml"
+    config.write_text("[deploy]\nmax_files = 1\n")
+    dead = ["-b", "127.0.0.1:1"]  # never reached: each case fails before Kafka
+    cases = [
+        ({"STREAMINFER_DEPLOY_CHECK_MEMORY_MB": "64"}, [], "needs more than 64 MiB of memory"),
+        ({}, ["--config", str(config)], "holds more than 1 files and folders"),
+        ({"STREAMINFER_DEPLOY_ALLOW_FILE": "false"}, [], "local files may not be deployed here"),
+        ({"STREAMINFER_DEPLOY_MAX_FILES": "0"}, [], "max_files: Input should be greater"),
+    ]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        results = pool.map(
+            lambda case: run_cli(
+                "models", "publish", "deploy", MODEL, "1", "--from", str(staging),
+                *case[1], *dead, env={**os.environ, **case[0]},
+            ),
+            cases,
+        )  # fmt: skip
+        for (_, _, message), result in zip(cases, results, strict=True):
+            assert result.returncode == 2 and message in result.stderr, result.stderr
+    # The bound is in the check's own process: within it, the model passes.
+    passed = run_cli(
+        "models", "publish", "deploy", MODEL, "1", "--from", str(staging), *dead,
+        env={**os.environ, "STREAMINFER_DEPLOY_CHECK_MEMORY_MB": "2048"},
+    )  # fmt: skip
+    assert "cannot reach Kafka at 127.0.0.1:1" in passed.stderr, passed.stderr
+
+
 def _broken_copy(staging: Path, target: Path) -> Path:
     """The tiny version with its ONNX file replaced by garbage: a correct digest can't save it."""
     shutil.copytree(staging, target)

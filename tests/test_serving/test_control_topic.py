@@ -76,9 +76,12 @@ def test_a_device_file_deploy_blocks_neither_the_server_nor_its_restart(
         wait_for(lambda: serves_version_2(server), what="version 2 installed and served")
         assert "rejected model tiny version 1" in server.log
         assert server.stop() == 0  # SIGTERM
-    # The hostile event is still on the topic.
-    with ServerProcess(repo, *kafka, log=tmp_path / "serve-2.log") as server:
+    # The hostile event is still on the topic; this server's deploy settings refuse any
+    # local file, so version 1 is rejected for that, and version 2 is served as installed.
+    no_files = {"STREAMINFER_DEPLOY_ALLOW_FILE": "false"}
+    with ServerProcess(repo, *kafka, log=tmp_path / "serve-2.log", env=no_files) as server:
         assert serves_version_2(server)
+        assert "file:///dev/zero: local files may not be deployed here" in server.log
 
 
 def test_a_download_that_never_ends_delays_readiness_only_until_the_control_timeout(

@@ -185,13 +185,14 @@ def publish_deploy(
     kafka: KafkaOptions,
 ) -> None:
     """Deploy a version: checked here (reachable, digest, loads), then installed by followers."""
-    from streaminfer.models.deploy import DeployLimits, prepare, to_location
+    from streaminfer.models.deploy import DeploySettings, prepare, to_location
 
     check_name(model, "model")
     number = _version(version)
     url = to_location(location)
+    limits = DeploySettings.load(kafka.config_file).limits()
     with tempfile.TemporaryDirectory(prefix="streaminfer-check-") as folder:
-        checked = prepare(url, sha256 and sha256.lower(), Path(folder), DeployLimits())
+        checked = prepare(url, sha256 and sha256.lower(), Path(folder), limits)
     source = VersionSource(location=url, sha256=checked)
     _publish(
         kafka.settings(),

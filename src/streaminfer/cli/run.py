@@ -189,6 +189,7 @@ def run(
     from streaminfer.handlers import load_handler
     from streaminfer.images import FetchPolicy, ImageFetcher
     from streaminfer.kafka.admin import TopicAdmin
+    from streaminfer.models.deploy import DeploySettings
     from streaminfer.models.follower import ControlFollower
     from streaminfer.stream.metrics import MetricsServer, WorkerMetrics
     from streaminfer.stream.supervisor import MEMBER_ENV, member_count, report_member_endpoint
@@ -222,7 +223,8 @@ def run(
     follower = None
     if settings.control_topic is not None:
         assert registry is not None and settings.repo is not None  # checked by the settings
-        following = ControlFollower(client, settings.control_topic, settings.repo, registry)
+        limits = DeploySettings.load(kafka.config_file).limits()
+        following = ControlFollower(client, settings.control_topic, settings.repo, registry, limits)
         _stop_on_signals(following.stop, deadline)  # ends the wait below
         following.start()
         following.wait_until_current(60)  # apply the current deployments before any record

@@ -130,7 +130,9 @@ def serve_cmd(
     *,
     kafka: KafkaOptions,
 ) -> None:
+    from streaminfer.models.deploy import DeploySettings
     from streaminfer.serving import ModelServer, ServerSettings
 
     settings = ServerSettings.load(kafka.config_file, **given_settings(ctx, ServerSettings))
-    asyncio.run(ModelServer(settings, kafka.settings()).serve())
+    deploy = DeploySettings.load(kafka.config_file).limits()
+    asyncio.run(ModelServer(settings, kafka.settings(), deploy).serve())

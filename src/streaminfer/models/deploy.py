@@ -47,9 +47,13 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import ClassVar
 
 import httpcore
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
+from streaminfer.config import Settings
 from streaminfer.errors import ConfigError
 from streaminfer.http_deadline import DeadlineBackend, DeadlinePassed, deadline
 from streaminfer.models.layout import write_version_atomically
@@ -95,6 +99,39 @@ class DeployLimits:
     allow_file: bool = True
     check_memory: int = 8 * 1024**3  # address space of the process that runs a model once
     check_timeout: float = 300.0  # loading a model and running it once
+
+
+_MB = 1024 * 1024
+
+
+class DeploySettings(Settings):
+    """The limits of deployments, as users set them: ``[deploy]`` in the config file and
+    ``STREAMINFER_DEPLOY_*`` variables, read by ``serve``, ``run`` and ``models publish``."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMINFER_DEPLOY_", extra="ignore")
+    file_section: ClassVar[str] = "deploy"
+    _default: ClassVar[DeployLimits] = DeployLimits()
+
+    max_size_mb: int = Field(default=_default.max_bytes // _MB, ge=1)
+    max_files: int = Field(default=_default.max_files, ge=1)
+    download_timeout_s: float = Field(default=_default.timeout, gt=0)
+    connect_timeout_s: float = Field(default=_default.connect_timeout, gt=0)
+    read_timeout_s: float = Field(default=_default.read_timeout, gt=0)
+    allow_file: bool = _default.allow_file
+    check_memory_mb: int = Field(default=_default.check_memory // _MB, ge=64)
+    check_timeout_s: float = Field(default=_default.check_timeout, gt=0)
+
+    def limits(self) -> DeployLimits:
+        return DeployLimits(
+            max_bytes=self.max_size_mb * _MB,
+            max_files=self.max_files,
+            timeout=self.download_timeout_s,
+            connect_timeout=self.connect_timeout_s,
+            read_timeout=self.read_timeout_s,
+            allow_file=self.allow_file,
+            check_memory=self.check_memory_mb * _MB,
+            check_timeout=self.check_timeout_s,
+        )
 
 
 def file_digest(path: Path) -> str:
@@ -401,7 +438,8 @@ def check_model(version_dir: Path, limits: DeployLimits) -> None:
     if checked.returncode < 0:  # e.g. a native allocation failure that aborted it
         raise DeployError(
             f"not a valid model: its check died ({signal.Signals(-checked.returncode).name}); "
-            f"it may need more than {limits.check_memory} bytes of memory"
+            f"it may need more than {limits.check_memory // _MB} MiB of memory "
+            "(check_memory_mb in [deploy])"
         )
     if checked.returncode != 0:
         lines = checked.stderr.strip().splitlines() or ["its check failed"]
@@ -414,6 +452,8 @@ def check_model_here(version_dir: Path) -> None:
         metadata = ModelMetadata.read(version_dir)
         OnnxModel(version_dir, metadata, RuntimeOptions(intra_op_threads=1)).warm_up()
         metadata.labels(version_dir)
+    except MemoryError:  # the bound's doing, not the model's fault alone: said as such
+        raise
     except Exception as exc:  # ORT and file errors alike: the version is not servable
         text = " ".join(str(exc).replace(f"{version_dir}/", "").split()) or type(exc).__name__
         raise DeployError(f"not a valid model: {text[:300]}") from exc

@@ -30,6 +30,10 @@ def main(argv: list[str]) -> int:
     except DeployError as exc:
         print(exc, file=sys.stderr)
         return 1
+    except MemoryError:  # raised by Python's own allocations, in the imports too
+        needs = f"more than {max_memory // 1024**2} MiB of memory (check_memory_mb in [deploy])"
+        print(f"not a valid model: loading and running it once needs {needs}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -26,6 +26,7 @@ from streaminfer.allocator import keep_heaps_small
 from streaminfer.errors import ConfigError
 from streaminfer.handlers import load_handler
 from streaminfer.kafka.config import KafkaSettings
+from streaminfer.models.deploy import DeployLimits
 from streaminfer.models.follower import ControlFollower
 from streaminfer.models.model_config import ModelConfig, model_configs, read_model_config_file
 from streaminfer.models.registry import ModelRegistry
@@ -47,10 +48,17 @@ one kept alive (it is answered UNAVAILABLE) before cutting it off."""
 
 
 class ModelServer:
-    def __init__(self, settings: ServerSettings, kafka: KafkaSettings | None = None) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        kafka: KafkaSettings | None = None,
+        deploy: DeployLimits | None = None,
+    ) -> None:
         keep_heaps_small()
         self.settings = settings
-        self.kafka = kafka or KafkaSettings()  # only used with settings.control_topic
+        # Both only used with settings.control_topic.
+        self.kafka = kafka or KafkaSettings()
+        self.deploy = deploy or DeployLimits()
         self.follower: ControlFollower | None = None
         self.metrics = ServerMetrics()
         configs, only_configured = self._initial_configs()
@@ -111,7 +119,7 @@ class ModelServer:
         if settings.control_topic:
             # Made here, so that stop() reaches it while it is still being applied.
             self.follower = ControlFollower(
-                self.kafka, settings.control_topic, settings.repo, self.registry
+                self.kafka, settings.control_topic, settings.repo, self.registry, self.deploy
             )
             await asyncio.to_thread(self._follow, self.follower)
         self.registry.start_watching(settings.poll_interval)
