@@ -11,6 +11,9 @@ TRITON_VENV := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed
 MLSERVER_VENV := .venv-mlserver
 MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
+# `make test` installs the venvs side by side; editable installs write the checkout's
+# src/streaminfer.egg-info, so those take turns.
+EDITABLE := flock .install.lock
 
 .PHONY: install quix tf triton mlserver protos lint deploy-tools image test demo bench interop clean
 
@@ -31,7 +34,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,demo,bench]'
+	$(EDITABLE) $(BIN)/python -m pip install --quiet -e '.[dev,demo,bench]'
 	$(BIN)/python -m streaminfer.protos.build
 	touch $(STAMP)
 
@@ -42,7 +45,7 @@ quix: $(QUIX_STAMP)
 $(QUIX_STAMP): pyproject.toml
 	test -x $(QUIX_VENV)/bin/python || $(PYTHON) -m venv $(QUIX_VENV)
 	$(QUIX_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(QUIX_VENV)/bin/python -m pip install --quiet -e . 'quixstreams>=3.28,<4'
+	$(EDITABLE) $(QUIX_VENV)/bin/python -m pip install --quiet -e . 'quixstreams>=3.28,<4'
 	touch $(QUIX_STAMP)
 
 # TensorFlow (for `models import` of SavedModels and Keras files) is large: a venv of its
@@ -52,7 +55,7 @@ tf: $(TF_STAMP)
 $(TF_STAMP): pyproject.toml
 	test -x $(TF_VENV)/bin/python || $(PYTHON) -m venv $(TF_VENV)
 	$(TF_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(TF_VENV)/bin/python -m pip install --quiet -e '.[tensorflow]' 'protobuf<7'
+	$(EDITABLE) $(TF_VENV)/bin/python -m pip install --quiet -e '.[tensorflow]' 'protobuf<7'
 	touch $(TF_STAMP)
 
 # Third-party model servers, each with its own pins: NVIDIA Triton for tests/test_thirdparty
@@ -107,7 +110,8 @@ $(TOOLS_BIN)/.grpc-health-probe-$(GRPC_HEALTH_PROBE_VERSION):
 image: install deploy-tools
 	deploy/container/build-image.sh $(BIN)/python
 
-test: lint quix tf triton mlserver deploy-tools
+test:
+	$(MAKE) --jobs=4 --output-sync=target lint quix tf triton mlserver deploy-tools
 	$(BIN)/python -m pytest tests
 
 demo: install

@@ -13,7 +13,9 @@ Names on the wire (gRPC method paths, ``Any`` type URLs) are the same in any poo
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -28,24 +30,34 @@ def generate(source_root: Path = SOURCE_ROOT, out_root: Path | None = None) -> l
     """
     from grpc_tools import protoc  # build-time dependency only
 
-    out = str(out_root or source_root)
+    out_root = out_root or source_root
     protos = sorted((source_root / "streaminfer" / "protos").rglob("*.proto"))
     if not protos:
         return []
     include = Path(protoc.__file__).parent / "_proto"
-    args = [
-        "protoc",
-        f"--proto_path={source_root}",
-        f"--proto_path={include}",
-        f"--python_out={out}",
-        f"--pyi_out={out}",
-        f"--grpc_python_out={out}",
-        *(str(p.relative_to(source_root)) for p in protos),
-    ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed on " + ", ".join(p.name for p in protos))
-    for proto in protos:
-        own_pool(Path(out) / proto.relative_to(source_root).with_name(f"{proto.stem}_pb2.py"))
+    # Written in a folder of their own, then each renamed into place: the editable
+    # installs of several venvs (make -j) generate into one checkout at once.
+    out_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_root, prefix=".protos-") as scratch:
+        args = [
+            "protoc",
+            f"--proto_path={source_root}",
+            f"--proto_path={include}",
+            f"--python_out={scratch}",
+            f"--pyi_out={scratch}",
+            f"--grpc_python_out={scratch}",
+            *(str(p.relative_to(source_root)) for p in protos),
+        ]
+        if protoc.main(args) != 0:
+            raise SystemExit("protoc failed on " + ", ".join(p.name for p in protos))
+        for proto in protos:
+            own_pool(
+                Path(scratch) / proto.relative_to(source_root).with_name(f"{proto.stem}_pb2.py")
+            )
+        for made in sorted(Path(scratch).rglob("*.py*")):
+            target = out_root / made.relative_to(scratch)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(made, target)
     return protos
 
 
