@@ -76,7 +76,7 @@ from streaminfer.processes import (
 )
 
 # A killed member's partitions move on in seconds, and its open transaction is aborted.
-FAST_GROUP = ["-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500",
+FAST_GROUP = ["-X", "session.timeout.ms=3000", "-X", "heartbeat.interval.ms=500",
               "-X", "transaction.timeout.ms=5000"]  # fmt: skip
 MEMBER_SHARE = 0.7  # of kills: a member; the rest the supervisor, and with it every member
 SETTLE_S = 15  # after the last output: long enough for a duplicate to show

@@ -17,7 +17,7 @@ from streaminfer.processes import ManagedProcess
 # Quick failure detection so a killed worker's partitions move on in seconds.
 FAST_GROUP = [
     "-X",
-    "session.timeout.ms=6000",
+    "session.timeout.ms=3000",
     "-X",
     "heartbeat.interval.ms=500",
     "-X",

@@ -390,6 +390,12 @@ def _server_properties(state: BrokerState, data_dir: Path) -> dict[str, str]:
         "num.partitions": "1",
         "auto.create.topics.enable": "false",
         "group.initial.rebalance.delay.ms": "0",
+        # Clients may detect a dead member sooner than Kafka's 6 s floor allows.
+        "group.min.session.timeout.ms": "1000",
+        # A producer killed mid-transaction holds back read_committed readers, and the
+        # next owner of its input's offsets, until the broker aborts it: at its
+        # transaction.timeout.ms, found by a sweep every 10 s by default.
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
         "log.retention.hours": "168",
     }
 
