@@ -75,3 +75,13 @@ def test_every_letter_fits_and_keeps_why_and_where(
     assert all(name in names for name in OURS)
     if letter.value != value:
         assert dict(letter.headers)[TRUNCATED_HEADER] == str(len(value or b"")).encode()
+
+
+def test_a_long_reason_keeps_its_start_and_end_in_valid_utf8() -> None:
+    """A hook's error can quote anything: cut at a byte count, it split a character."""
+    work = failed(b"k", b"v", [])
+    work.error = BadRecord("début " + "é" * 3000 + " \udc80 the cause")
+    message = dict(dead_letter("dlq", work, 100_000).headers)["streaminfer.error.message"]
+    text = message.decode()  # strict: whole characters only
+    assert text.startswith("début ") and text.endswith(" \\udc80 the cause")
+    assert len(message) <= 2000 and "bytes cut" in text

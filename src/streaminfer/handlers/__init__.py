@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
-from streaminfer.errors import ConfigError, RecordError
+from streaminfer.errors import ConfigError, RecordError, bounded
 from streaminfer.plugins import load_object
 from streaminfer.types import Tensors
 
@@ -192,12 +192,13 @@ def _failure(hook: str, what: str, exc: BaseException) -> HandlerError:
 
 
 def _text(exc: BaseException) -> str:
-    """The exception's message, at most 300 characters; its ``__str__`` is user code too."""
+    """The exception's message, its start and end in 1,000 bytes at most (as a model
+    server's errors are kept); its ``__str__`` is user code too."""
     try:
         text = str(exc)
     except BaseException:
         return "(its message could not be read)"
-    return text if len(text) <= 300 else text[:300] + "…"
+    return bounded(text, 1000)
 
 
 def _inputs(result: Any) -> Inputs:

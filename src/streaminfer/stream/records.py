@@ -28,7 +28,7 @@ import orjson
 from streaminfer.codecs.arrays import MAX_OBJECTS
 from streaminfer.codecs.errors import DecodeError
 from streaminfer.codecs.jsonvalues import TooManyValues, loads_orjson, loads_tensors
-from streaminfer.errors import RecordError
+from streaminfer.errors import RecordError, bounded
 from streaminfer.kafka.records import UNREADABLE_HEADERS, Headers
 from streaminfer.models.features import record_features
 from streaminfer.predictors.base import PredictResult
@@ -327,12 +327,16 @@ def their_headers(headers: Headers | None) -> Headers:
     ]
 
 
+# UTF-8 bytes of a dead letter's reason: its start and end, where the cause usually is.
+MAX_ERROR_MESSAGE = 2000
+
+
 def dead_letter_headers(headers: Headers, error: RecordError, source: Source) -> Headers:
     """The original headers plus why and where the record failed."""
     return [
         *headers,
         ("streaminfer.error.type", _header_text(error.reason)),
-        ("streaminfer.error.message", _header_text(str(error))[:2000]),
+        ("streaminfer.error.message", bounded(str(error), MAX_ERROR_MESSAGE).encode()),
         ("streaminfer.source.topic", source.topic.encode()),
         ("streaminfer.source.partition", str(source.partition).encode()),
         ("streaminfer.source.offset", str(source.offset).encode()),
