@@ -247,6 +247,33 @@ def test_group_members_share_partitions_and_survive_a_kill(
     assert served_by == set(range(6))
 
 
+def test_an_incremental_rebalance_keeps_the_partitions_that_stay_served_and_ready(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+) -> None:
+    """cooperative-sticky revokes only what moves: the first worker kept two partitions
+    but took itself for one with none, and reported not ready."""
+    count = 3000
+    inp, out = topic_factory("in", partitions=4), topic_factory("out", partitions=4)
+    port = free_port()
+    args = ["--model", "tiny", "--batch-size", "8", "--max-in-flight", "2",
+            "-X", "partition.assignment.strategy=cooperative-sticky"]  # fmt: skip
+    first = embedded_worker(start_worker, stream_repo, inp, out, *args,
+                            "--metrics-port", str(port))  # fmt: skip
+    ready = f"http://127.0.0.1:{port}/readyz"
+    wait_for(lambda: _get(ready) == 200, 60, "the first worker to be ready")
+    produce_keyed(kafka_settings, inp, _tensor_inputs(count))
+    second = embedded_worker(start_worker, stream_repo, inp, out, *args)
+    wait_for(lambda: "revoked" in first.log(), 60, "the first worker to give partitions up")
+    wait_for(lambda: re.search(r"assigned \S", second.log()), 60, "the second to take them")
+    assert _get(ready) == 200, first.log_tail()
+    docs = decoded(outputs(kafka_settings, out, count, timeout=90))
+    _assert_exactly_once_in_order(docs, count)
+    assert {d["source"]["partition"] for d in docs} == set(range(4))
+
+
 def test_sigterm_finishes_and_exits_zero(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],

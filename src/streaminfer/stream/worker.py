@@ -415,26 +415,36 @@ class Worker:
         self.metrics.in_flight.set(0)
 
     # -- rebalancing -------------------------------------------------------------------------
+    # Under an eager protocol (librdkafka's default) every partition is revoked, then the
+    # new set assigned; under an incremental one (cooperative-sticky, or KIP-848's
+    # group.protocol=consumer) only the partitions that move are, and the rest stay.
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", _names(partitions))
-        self.intake.assign(partitions)
+        self.intake.assign(_merged(self.intake.assigned, partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("revoked %s", _names(partitions))
         self._commit_now()
-        self._drop_partitions()
+        self._drop_partitions(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("lost %s: their uncommitted work will be redone", _names(partitions))
         if self._commit is not None:
             self._settle(self._commit_result())
-        self._drop_partitions()
+        self._drop_partitions(partitions)
 
-    def _drop_partitions(self) -> None:
-        """Forget the partitions and everything not committed for them."""
+    def _drop_partitions(self, gone: list[TopicPartition]) -> None:
+        """Forget ``gone`` and everything not committed: work in flight is shared by all
+        partitions, so the partitions that stay are read again from their committed
+        offsets (and resumed, should backpressure have paused them)."""
+        kept = _without(self.intake.assigned, gone)
         self._abandon_pending()
         self.checkpoint.abort()
         self.intake.drop()
+        if kept:
+            self.consumer.resume(kept)
+            self.checkpoint.rewind(kept)
+            self.intake.assign(kept)
 
     # -- shutdown ----------------------------------------------------------------------------
     def _drain(self, timeout: float) -> None:
@@ -489,6 +499,20 @@ def settle_collector() -> None:
     """
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_OBJECTS, *gc.get_threshold()[1:])
+
+
+def _key(tp: TopicPartition) -> tuple[str, int]:
+    return tp.topic, tp.partition
+
+
+def _merged(held: list[TopicPartition], added: list[TopicPartition]) -> list[TopicPartition]:
+    known = {_key(tp) for tp in held}
+    return [*held, *(tp for tp in added if _key(tp) not in known)]
+
+
+def _without(held: list[TopicPartition], gone: list[TopicPartition]) -> list[TopicPartition]:
+    removed = {_key(tp) for tp in gone}
+    return [tp for tp in held if _key(tp) not in removed]
 
 
 def _names(partitions: list[TopicPartition]) -> str:
