@@ -7,8 +7,11 @@ under a worker.)"""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +23,7 @@ from streaminfer.kafka.cluster import LocalCluster
 from streaminfer.kafka.config import KafkaSettings, read_properties_file
 from streaminfer.models.export.tiny import export_tiny_model
 from streaminfer.net import free_port
-from streaminfer.processes import ManagedProcess
+from streaminfer.processes import ManagedProcess, ended
 from tests.support import run_cli, wait_for
 from tests.workers import decoded, embedded_worker, outputs, send_tiny_rows
 
@@ -154,3 +157,30 @@ def test_a_cluster_is_refused_what_it_cannot_be(cluster: LocalCluster, tmp_path:
                           "--data-dir", str(tmp_path / "new"))  # fmt: skip
     assert refused.returncode == 2 and f"{port} is in use" in refused.stderr, refused.stderr
     assert not (tmp_path / "new" / "node-1").exists()
+
+
+def test_a_node_still_shutting_down_after_most_have_ended_is_killed(tmp_path: Path) -> None:
+    """One node once held ``kafka stop`` a whole minute, unable to finish its shutdown
+    with no quorum left.  Stand-ins for the nodes (their command lines name kafka.Kafka,
+    as the stop checks): two end at SIGTERM, the third ignores it."""
+    ignore = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)"
+    nodes = []
+    for node in (1, 2, 3):
+        code = (ignore if node == 3 else "pass") + "; print(flush=True); input()"
+        process = subprocess.Popen([sys.executable, "-c", code, "kafka.Kafka"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   start_new_session=True)  # fmt: skip
+        assert process.stdout is not None and process.stdout.readline() == b"\n"  # set up
+        nodes.append(process)
+        folder = tmp_path / f"node-{node}"
+        folder.mkdir()
+        state = {"cluster_id": "c", "port": 1, "controller_port": 2, "pid": process.pid}
+        (folder / "broker.json").write_text(json.dumps(state))
+    try:
+        assert LocalCluster(tmp_path).stop() == [3]
+        # The third ignores SIGTERM: only the kill ends it.  (The stop reaps them, so
+        # their exit statuses are its, not these Popen objects'.)
+        assert ended(*(process.pid for process in nodes), timeout=30)
+    finally:
+        for process in nodes:
+            process.kill()

@@ -151,7 +151,11 @@ def kafka_stop(
             console.print(f"node {node} stopped" if stopped else f"node {node} was not running")
             return
         running = [broker for broker in cluster.brokers if broker.running_pid() is not None]
-        cluster.stop()
+        for killed in cluster.stop():
+            console.print(
+                f"node {killed} was killed: still shutting down after most nodes had ended, "
+                "it could not finish without a quorum"
+            )
         console.print(f"Kafka stopped ({len(running)} of {count} nodes were running)")
     elif LocalBroker(data_dir).stop():
         console.print("Kafka stopped")

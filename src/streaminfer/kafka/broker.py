@@ -346,6 +346,15 @@ class LocalBroker:
             self._save(state)
         return True
 
+    def kill(self) -> bool:
+        """SIGKILL the broker, if it runs (its logs are recovered at its next start)."""
+        pid = self.running_pid()
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        return True
+
     def log_tail(self, lines: int = 20) -> str:
         return _tail(self.log_file, lines)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from streaminfer.net import free_port
 from streaminfer.processes import ended
 
 HEALTHY_WITHIN_S = 180  # on 2 cores beside a soak's load, a JVM starts slowly
+_AFTER_QUORUM_S = 10  # a node's last chance to end once most nodes have (see stop)
 
 
 def node_count(folder: Path) -> int:
@@ -184,11 +185,21 @@ class LocalCluster:
             return False
         return len(metadata.brokers) == len(self.brokers) and _lagging(metadata)[0] == 0
 
-    def stop(self) -> None:
+    def stop(self) -> list[int]:
         """All nodes at once: the last of several stopped in turn would wait out its
-        controlled shutdown, with no quorum left to hand its leaderships to."""
+        controlled shutdown, with no quorum left to hand its leaderships to.  Even so, a
+        node may still be shutting down once most have ended (one hung a whole minute,
+        until its SIGKILL): with the quorum gone it cannot finish, so it gets
+        ``_AFTER_QUORUM_S`` more, then SIGKILL.  Returns the ids of the nodes killed."""
         with ThreadPoolExecutor(len(self.brokers)) as pool:
-            list(pool.map(LocalBroker.stop, self.brokers))
+            stops = [pool.submit(broker.stop) for broker in self.brokers]
+            majority = len(self.brokers) // 2 + 1
+            for count, _ in enumerate(as_completed(stops), start=1):
+                if count == majority:
+                    break
+            wait(stops, timeout=_AFTER_QUORUM_S)
+            # Those still running; each one's stop above then returns.
+            return [node for node, broker in enumerate(self.brokers, 1) if broker.kill()]
 
 
 def _lagging(metadata: ClusterMetadata) -> tuple[int, int]:
