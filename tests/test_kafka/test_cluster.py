@@ -177,7 +177,7 @@ def test_a_node_still_shutting_down_after_most_have_ended_is_killed(tmp_path: Pa
         state = {"cluster_id": "c", "port": 1, "controller_port": 2, "pid": process.pid}
         (folder / "broker.json").write_text(json.dumps(state))
     try:
-        assert LocalCluster(tmp_path).stop() == [3]
+        assert LocalCluster(tmp_path).stop(after_quorum_s=0.5) == [3]
         # The third ignores SIGTERM: only the kill ends it.  (The stop reaps them, so
         # their exit statuses are its, not these Popen objects'.)
         assert ended(*(process.pid for process in nodes), timeout=30)

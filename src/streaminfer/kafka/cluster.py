@@ -185,19 +185,19 @@ class LocalCluster:
             return False
         return len(metadata.brokers) == len(self.brokers) and _lagging(metadata)[0] == 0
 
-    def stop(self) -> list[int]:
+    def stop(self, after_quorum_s: float = _AFTER_QUORUM_S) -> list[int]:
         """All nodes at once: the last of several stopped in turn would wait out its
         controlled shutdown, with no quorum left to hand its leaderships to.  Even so, a
         node may still be shutting down once most have ended (one hung a whole minute,
         until its SIGKILL): with the quorum gone it cannot finish, so it gets
-        ``_AFTER_QUORUM_S`` more, then SIGKILL.  Returns the ids of the nodes killed."""
+        ``after_quorum_s`` more, then SIGKILL.  Returns the ids of the nodes killed."""
         with ThreadPoolExecutor(len(self.brokers)) as pool:
             stops = [pool.submit(broker.stop) for broker in self.brokers]
             majority = len(self.brokers) // 2 + 1
             for count, _ in enumerate(as_completed(stops), start=1):
                 if count == majority:
                     break
-            wait(stops, timeout=_AFTER_QUORUM_S)
+            wait(stops, timeout=after_quorum_s)
             # Those still running; each one's stop above then returns.
             return [node for node, broker in enumerate(self.brokers, 1) if broker.kill()]
 
