@@ -338,8 +338,7 @@ class LocalBroker:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         if not ended(pid, timeout=timeout):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+            self.kill()
         state = self.state()
         if state is not None:
             state.pid = None

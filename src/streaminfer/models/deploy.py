@@ -438,12 +438,16 @@ def check_model(version_dir: Path, limits: DeployLimits) -> None:
     if checked.returncode < 0:  # e.g. a native allocation failure that aborted it
         raise DeployError(
             f"not a valid model: its check died ({signal.Signals(-checked.returncode).name}); "
-            f"it may need more than {limits.check_memory // _MB} MiB of memory "
-            "(check_memory_mb in [deploy])"
+            f"it may need {more_memory_than(limits.check_memory)}"
         )
     if checked.returncode != 0:
         lines = checked.stderr.strip().splitlines() or ["its check failed"]
         raise DeployError(lines[-1][:400])
+
+
+def more_memory_than(check_memory: int) -> str:
+    """What a check that ran out of its memory needs, naming the setting that gives it."""
+    return f"more than {check_memory // _MB} MiB of memory (check_memory_mb in [deploy])"
 
 
 def check_model_here(version_dir: Path) -> None:

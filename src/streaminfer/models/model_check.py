@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-from streaminfer.models.deploy import DeployError, check_model_here
+from streaminfer.models.deploy import DeployError, check_model_here, more_memory_than
 from streaminfer.processes import die_with_parent
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
         print(exc, file=sys.stderr)
         return 1
     except MemoryError:  # raised by Python's own allocations, in the imports too
-        needs = f"more than {max_memory // 1024**2} MiB of memory (check_memory_mb in [deploy])"
+        needs = more_memory_than(max_memory)
         print(f"not a valid model: loading and running it once needs {needs}", file=sys.stderr)
         return 1
     return 0
