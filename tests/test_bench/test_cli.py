@@ -24,13 +24,15 @@ from tests.test_bench.cases import positive_figures, positive_spreads
 def test_quick_bench_writes_positive_figures_a_report_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "results"
     result = run_cli(
-        "bench", "--quick", "--records", "250", "--duration", "2", "--out", str(out), timeout=400
-    )
+        "bench", "--quick", "--records", "250", "--duration", "2", "--ceiling-duration", "0.5",
+        "--out", str(out), timeout=400,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"report: {out / 'report.md'}" in result.stdout.replace("\n", "")
 
     doc = json.loads((out / "results.json").read_text())
     assert doc["machine"]["cpus"] >= 1 and doc["elapsed_s"] > 0
+    assert (doc["settings"]["duration_s"], doc["settings"]["ceiling_s"]) == (2, 0.5)
     assert 1 <= doc["machine"]["usable_cores"] <= doc["machine"]["cpus"]
     [images] = doc["workloads"]
     assert images["name"] == "images" and images["reference"] == "embedded"
@@ -98,7 +100,8 @@ def test_tabular_bench_trains_imports_and_serves_json_flights(tmp_path: Path) ->
     out = tmp_path / "results"
     result = run_cli(
         "bench", "--quick", "--workload", "tabular", "--configs", "bare,embedded",
-        "--records", "6000", "--duration", "2", "--repeats", "1", "--out", str(out),
+        "--records", "6000", "--duration", "2", "--ceiling-duration", "0.5", "--repeats", "1",
+        "--out", str(out),
         "--reference-rate", "1500",
         timeout=200,
     )  # fmt: skip

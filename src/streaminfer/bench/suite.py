@@ -74,6 +74,7 @@ class BenchPlan:
         loads: list[float] | None = None,
         reference_rps: float | None = None,
         duration_s: float | None = None,
+        ceiling_s: float | None = None,
         repeats: int | None = None,
         quix_python: Path | None = None,
     ) -> BenchPlan:
@@ -86,7 +87,7 @@ class BenchPlan:
             loads=loads or list(preset.loads),
             reference_rps=reference_rps,
             duration_s=duration_s or preset.duration_s,
-            ceiling_s=preset.ceiling_s,
+            ceiling_s=ceiling_s or preset.ceiling_s,
             repeats=repeats or preset.repeats,
             out=out,
             quix_python=quix_python,

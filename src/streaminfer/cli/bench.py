@@ -73,6 +73,14 @@ def bench(
         float | None,
         typer.Option(min=1.0, help=f"Seconds per offered load (default: {FULL.duration_s:g})."),
     ] = None,
+    ceiling_duration: Annotated[
+        float | None,
+        typer.Option(
+            min=0.5,
+            help="Seconds per in-process ceiling measurement, each shape and each run between "
+            f"configurations (default: {FULL.ceiling_s:g}; {QUICK.ceiling_s:g} with --quick).",
+        ),
+    ] = None,
     loads: Annotated[
         str | None,
         typer.Option(
@@ -133,6 +141,7 @@ def bench(
         loads=_loads(loads),
         reference_rps=reference_rate,
         duration_s=duration,
+        ceiling_s=ceiling_duration,
         repeats=repeats,
         quix_python=python,
     )
