@@ -318,7 +318,7 @@ def test_a_worker_whose_token_runs_out_is_not_ready_until_its_provider_answers(
     inp, out = _worker_topics(secure_kafka)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    start_worker(
+    worker = start_worker(
         *_worker_args(inp, out, "--mode", "embedded", "--repo", str(tiny_repo)),
         *secure_kafka.oauth_args,
         "-X", "oauth_cb=tests.token_providers:down_while_flagged",
@@ -335,7 +335,10 @@ def test_a_worker_whose_token_runs_out_is_not_ready_until_its_provider_answers(
     )  # fmt: skip
     assert _status(base + "/healthz") == 200  # alive: nothing to restart it for
     down.unlink()
-    wait_for(lambda: _status(base + "/readyz") == 200, 30, "the worker to be ready again")
+    try:
+        wait_for(lambda: _status(base + "/readyz") == 200, 30, "the worker to be ready again")
+    except AssertionError as exc:  # what the worker did meanwhile
+        raise AssertionError(f"{exc}\n{worker.log_tail()}") from None
 
 
 def _status(url: str) -> int:

@@ -53,8 +53,17 @@ def test_two_members_share_the_work_and_one_endpoint(
         start_worker, stream_repo, inp, out, "--processes", "2", "--metrics-port", str(port)
     )
     wait_for(lambda: len(members(supervisor)) == 2, what="two members")
+    # The supervisor chose the group's assignment once (a new group: incremental) for both.
+    assert "0 members; partition assignment cooperative-sticky" in supervisor.log()
+    chosen = b"partition.assignment.strategy=cooperative-sticky"
+    wait_for(  # a member's command line is its supervisor's until it has started
+        lambda: all(chosen in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    for pid in members(supervisor)),
+        what="both members started with it",
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=90, what="ready")
+    assert supervisor.log().count("partition assignment") == 1  # the members did not ask again
     send(kafka_settings, inp, 0, 40)
     assert_once_in_order(outputs(kafka_settings, out, 40), 40)
     metrics = httpx.get(f"{url}/metrics").text

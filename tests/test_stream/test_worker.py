@@ -253,25 +253,51 @@ def test_an_incremental_rebalance_keeps_the_partitions_that_stay_served_and_read
     start_worker: Callable,
     stream_repo: Path,
 ) -> None:
-    """cooperative-sticky revokes only what moves: the first worker kept two partitions
-    but took itself for one with none, and reported not ready."""
+    """A new group rebalances incrementally (cooperative-sticky), which revokes only what
+    moves: the first worker kept two partitions but took itself for one with none, and
+    reported not ready."""
     count = 3000
     inp, out = topic_factory("in", partitions=4), topic_factory("out", partitions=4)
     port = free_port()
-    args = ["--model", "tiny", "--batch-size", "8", "--max-in-flight", "2",
-            "-X", "partition.assignment.strategy=cooperative-sticky"]  # fmt: skip
+    args = ["--model", "tiny", "--batch-size", "8", "--max-in-flight", "2"]
     first = embedded_worker(start_worker, stream_repo, inp, out, *args,
                             "--metrics-port", str(port))  # fmt: skip
     ready = f"http://127.0.0.1:{port}/readyz"
     wait_for(lambda: _get(ready) == 200, 60, "the first worker to be ready")
+    assert "0 members; partition assignment cooperative-sticky" in first.log()
     produce_keyed(kafka_settings, inp, _tensor_inputs(count))
     second = embedded_worker(start_worker, stream_repo, inp, out, *args)
     wait_for(lambda: "revoked" in first.log(), 60, "the first worker to give partitions up")
     wait_for(lambda: re.search(r"assigned \S", second.log()), 60, "the second to take them")
+    assert "1 members using cooperative-sticky; partition assignment cooperative-sticky" in (
+        second.log()
+    )
     assert _get(ready) == 200, first.log_tail()
     docs = decoded(outputs(kafka_settings, out, count, timeout=90))
     _assert_exactly_once_in_order(docs, count)
     assert {d["source"]["partition"] for d in docs} == set(range(4))
+
+
+def test_a_worker_joining_an_eager_group_rebalances_as_its_members_do(
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+) -> None:
+    """A group cannot mix eager and incremental members: one started by an older
+    streaminfer (eager) is joined eagerly, not refused with INCONSISTENT_GROUP_PROTOCOL."""
+    count = 2000
+    inp, out = topic_factory("in", partitions=4), topic_factory("out", partitions=4)
+    args = ["--model", "tiny", "--batch-size", "8"]
+    first = embedded_worker(start_worker, stream_repo, inp, out, *args,
+                            "-X", "partition.assignment.strategy=range")  # fmt: skip
+    wait_for(lambda: re.search(r"assigned \S", first.log()), 60, "the first worker's partitions")
+    produce_keyed(kafka_settings, inp, _tensor_inputs(count))
+    second = embedded_worker(start_worker, stream_repo, inp, out, *args)
+    wait_for(lambda: re.search(r"assigned \S", second.log()), 60, "the second to take some")
+    assert "1 members using range; partition assignment range,roundrobin" in second.log()
+    docs = decoded(outputs(kafka_settings, out, count, timeout=90))
+    _assert_exactly_once_in_order(docs, count)
 
 
 def test_sigterm_finishes_and_exits_zero(

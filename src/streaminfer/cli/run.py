@@ -191,6 +191,7 @@ def run(
     from streaminfer.kafka.admin import TopicAdmin
     from streaminfer.models.deploy import DeploySettings
     from streaminfer.models.follower import ControlFollower
+    from streaminfer.stream import clients
     from streaminfer.stream.metrics import MetricsServer, WorkerMetrics
     from streaminfer.stream.supervisor import MEMBER_ENV, member_count, report_member_endpoint
     from streaminfer.stream.worker import CommitStuck, Worker
@@ -212,9 +213,11 @@ def run(
             [*topics, settings.shadow_output_topic] if settings.shadow else topics, partitions
         )
 
+    # A supervisor's members join with the strategy it chose, as a property of their own.
+    assignment = clients.assignment_strategy(client, settings.group_id, admin.group)
     member = os.environ.get(MEMBER_ENV) is not None
     if not member and member_count(settings.processes) > 1:
-        raise typer.Exit(_supervise(settings))
+        raise typer.Exit(_supervise(settings, assignment))
 
     predictor, registry = _predictor(settings)
     # The shadow gets its own connections and circuit breaker: its failures stay its own.
@@ -245,6 +248,7 @@ def run(
         shadow_predictor,
         max_bytes=max_bytes,
         handler=custom,
+        assignment=assignment,
     )
     endpoint = None
     if settings.metrics_port is not None:
@@ -325,11 +329,14 @@ def _stop_on_signals(stop: Callable[[], None], deadline: _StopDeadline) -> None:
         signal.signal(sig, on_signal)
 
 
-def _supervise(settings: WorkerSettings) -> int:
+def _supervise(settings: WorkerSettings, assignment: str | None) -> int:
     """Run this same command as ``--processes`` members; returns the exit code."""
+    from streaminfer.stream.clients import ASSIGNMENT
     from streaminfer.stream.supervisor import Supervisor, member_count
 
     command = [sys.executable, "-m", "streaminfer.cli.main", *sys.argv[1:]]
+    if assignment is not None:  # the group's strategy is chosen once, for all of them
+        command += ["-X", f"{ASSIGNMENT}={assignment}"]
     count = member_count(settings.processes)
     supervisor = Supervisor(
         command, count, settings.metrics_port, settings.metrics_host, settings.shutdown_timeout_s

@@ -11,7 +11,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, TopicCollection
+from confluent_kafka import (
+    ConsumerGroupState,
+    ConsumerGroupType,
+    KafkaError,
+    KafkaException,
+    TopicCollection,
+)
 from confluent_kafka.admin import AclOperation, AdminClient, ConfigResource, NewTopic
 
 from streaminfer.errors import ConfigError, InfrastructureError
@@ -19,6 +25,11 @@ from streaminfer.kafka.access import AccessErrors
 from streaminfer.kafka.config import KafkaSettings
 
 _SLICE_S = 0.5  # how late a refused login is noticed; the client keeps connecting meanwhile
+_COORDINATOR_NOT_READY = (
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+)
 
 
 @dataclass
@@ -34,6 +45,14 @@ class TopicInfo:
     name: str
     partitions: list[PartitionInfo]
     config: dict[str, str]
+
+
+@dataclass
+class GroupInfo:
+    members: int
+    settled: bool  # no rebalance under way: ``assignor`` is the one its members agreed on
+    assignor: str  # the members' partition assignment strategy; "" while they rebalance
+    incremental_protocol: bool  # KIP-848's group protocol (group.protocol=consumer)
 
 
 class TopicAdmin:
@@ -201,6 +220,33 @@ class TopicAdmin:
                 f"cannot read the config of topic {name!r}: {exc.args[0].str()}"
             ) from exc
         return int(entries["max.message.bytes"].value)
+
+    def group(self, group_id: str) -> GroupInfo:
+        """The consumer group as the broker describes it now (a group no one joined yet is
+        reported without members). Asked again while its coordinator is still loading, as
+        on a new cluster until the offsets topic is ready."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            future = self._admin.describe_consumer_groups([group_id], request_timeout=self._timeout)
+            try:
+                found = future[group_id].result()
+                break
+            except KafkaException as exc:
+                if exc.args[0].code() not in _COORDINATOR_NOT_READY or time.monotonic() >= deadline:
+                    raise InfrastructureError(
+                        f"cannot describe consumer group {group_id!r}: {exc.args[0].str()}"
+                    ) from exc
+            time.sleep(0.2)
+        rebalancing = (
+            ConsumerGroupState.PREPARING_REBALANCING,
+            ConsumerGroupState.COMPLETING_REBALANCING,
+        )
+        return GroupInfo(
+            members=len(found.members),
+            settled=found.state not in rebalancing,
+            assignor=found.partition_assignor or "",
+            incremental_protocol=found.type == ConsumerGroupType.CONSUMER,
+        )
 
     def partitions(self, name: str) -> builtins.list[int]:
         self._require(name)

@@ -7,20 +7,79 @@ properties override, so every Kafka user's knowledge still applies.
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
+from streaminfer.errors import InfrastructureError
+from streaminfer.kafka.admin import GroupInfo
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.stream.settings import WorkerSettings
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes
+ASSIGNMENT = "partition.assignment.strategy"
+INCREMENTAL = "cooperative-sticky"
+EAGER = "range,roundrobin"  # librdkafka's default
 
 
-def consumer_config(settings: WorkerSettings, kafka: KafkaSettings) -> dict[str, Any]:
+def assignment_strategy(
+    kafka: KafkaSettings,
+    group_id: str,
+    describe: Callable[[str], GroupInfo],
+    settle_s: float = 30.0,
+) -> str | None:
+    """The partition assignment strategy a member joins its group with; None: the user's.
+
+    Incremental rebalances revoke only the partitions that move, so a member that dies or
+    joins holds up only those, where an eager one stops the whole group until the dead
+    member's session ends. But a group's members must agree on one: a group without
+    members is started incremental, and a member joining a running group takes what its
+    members use (eager for one started by an older streaminfer).
+    """
+    if {ASSIGNMENT, "group.protocol"} & kafka.properties.keys():
+        return None
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            found = describe(group_id)
+        except InfrastructureError as exc:
+            log.warning("%s: joining with librdkafka's default assignment (%s)", exc, EAGER)
+            return EAGER
+        if found.members == 0:
+            chosen = INCREMENTAL
+        elif found.incremental_protocol:
+            log.info("group %s uses KIP-848's group protocol: librdkafka joins it", group_id)
+            return None
+        elif found.settled:
+            chosen = INCREMENTAL if found.assignor == INCREMENTAL else EAGER
+        elif time.monotonic() < deadline:
+            time.sleep(0.2)  # its members are agreeing on an assignor: ask again
+            continue
+        else:
+            log.warning("group %s still rebalancing after %.0f s", group_id, settle_s)
+            chosen = EAGER
+        log.info(
+            "group %s: %d members%s; partition assignment %s",
+            group_id,
+            found.members,
+            f" using {found.assignor}" if found.assignor else "",
+            chosen,
+        )
+        return chosen
+
+
+def consumer_config(
+    settings: WorkerSettings, kafka: KafkaSettings, assignment: str | None = None
+) -> dict[str, Any]:
+    """``assignment``: the partition assignment strategy (:func:`assignment_strategy`)."""
     return kafka.client_config(
-        {"auto.offset.reset": "earliest"},
+        {"auto.offset.reset": "earliest", **({ASSIGNMENT: assignment} if assignment else {})},
         **{
             "group.id": settings.group_id,
             "enable.auto.commit": False,
@@ -31,8 +90,10 @@ def consumer_config(settings: WorkerSettings, kafka: KafkaSettings) -> dict[str,
     )
 
 
-def consumer(settings: WorkerSettings, kafka: KafkaSettings) -> Consumer:
-    return Consumer(consumer_config(settings, kafka))
+def consumer(
+    settings: WorkerSettings, kafka: KafkaSettings, assignment: str | None = None
+) -> Consumer:
+    return Consumer(consumer_config(settings, kafka, assignment))
 
 
 def producer_config(settings: WorkerSettings, kafka: KafkaSettings) -> dict[str, Any]:

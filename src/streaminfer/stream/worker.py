@@ -124,9 +124,11 @@ class Worker:
         consumer: Consumer | None = None,
         producer: Producer | None = None,
         handler: Handler | None = None,
+        assignment: str | None = None,
     ) -> None:
         """``max_bytes``: the largest record each output topic accepts, as far as known;
-        ``handler``: the ``--handler`` class, loaded once for the process."""
+        ``handler``: the ``--handler`` class, loaded once for the process; ``assignment``:
+        the partition assignment strategy (:func:`clients.assignment_strategy`)."""
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
         self._stop = threading.Event()
@@ -146,7 +148,9 @@ class Worker:
         self._commit: Future[_Committed] | None = None  # the commit in flight
         self._commit_started = 0.0  # time.monotonic() as it was submitted
 
-        consumer_config = clients.consumer_config(settings, kafka) if consumer is None else {}
+        consumer_config = (
+            clients.consumer_config(settings, kafka, assignment) if consumer is None else {}
+        )
         producer_config = clients.producer_config(settings, kafka)
         self.consumer = consumer or Consumer(consumer_config)
         self.producer = producer or Producer(producer_config)
