@@ -23,6 +23,7 @@ from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import produce
 from streaminfer.models.export.tiny import tiny_reference
 from streaminfer.net import free_port
+from streaminfer.processes import ManagedProcess
 from tests.support import run_cli, wait_for
 from tests.workers import (
     decoded,
@@ -219,6 +220,12 @@ def test_sigkill_mid_run_loses_nothing_and_duplicates_nothing(
     _assert_exactly_once_in_order(docs, count)
 
 
+def _serves(worker: ManagedProcess) -> bool:
+    """Whether the worker's last rebalance left it serving partitions, by its log."""
+    serving = re.findall(r"; serving (.*)$", worker.log(), re.M)
+    return bool(serving) and serving[-1] != "nothing"
+
+
 def test_group_members_share_partitions_and_survive_a_kill(
     kafka_settings: KafkaSettings,
     topic_factory: Callable[..., str],
@@ -230,14 +237,7 @@ def test_group_members_share_partitions_and_survive_a_kill(
     args = ("--model", "tiny", "--batch-size", "8", "--max-in-flight", "2")
     workers = [embedded_worker(start_worker, stream_repo, inp, out, *args) for _ in range(3)]
     for worker in workers:
-        wait_for(
-            lambda w=worker: (
-                "assigned" in w.log()
-                and "nothing" not in w.log().split("assigned")[-1].splitlines()[0]
-            ),
-            60,
-            "every worker to own partitions",
-        )
+        wait_for(lambda w=worker: _serves(w), 60, "every worker to own partitions")
     produce_keyed(kafka_settings, inp, _tensor_inputs(count))
     wait_for(lambda: high_watermark(kafka_settings, out, 6) >= count // 3, 60, "a third done")
     workers[0].send_signal(signal.SIGKILL)
@@ -268,7 +268,7 @@ def test_an_incremental_rebalance_keeps_the_partitions_that_stay_served_and_read
     produce_keyed(kafka_settings, inp, _tensor_inputs(count))
     second = embedded_worker(start_worker, stream_repo, inp, out, *args)
     wait_for(lambda: "revoked" in first.log(), 60, "the first worker to give partitions up")
-    wait_for(lambda: re.search(r"assigned \S", second.log()), 60, "the second to take them")
+    wait_for(lambda: _serves(second), 60, "the second to take them")
     assert "1 members using cooperative-sticky; partition assignment cooperative-sticky" in (
         second.log()
     )
@@ -291,10 +291,10 @@ def test_a_worker_joining_an_eager_group_rebalances_as_its_members_do(
     args = ["--model", "tiny", "--batch-size", "8"]
     first = embedded_worker(start_worker, stream_repo, inp, out, *args,
                             "-X", "partition.assignment.strategy=range")  # fmt: skip
-    wait_for(lambda: re.search(r"assigned \S", first.log()), 60, "the first worker's partitions")
+    wait_for(lambda: _serves(first), 60, "the first worker's partitions")
     produce_keyed(kafka_settings, inp, _tensor_inputs(count))
     second = embedded_worker(start_worker, stream_repo, inp, out, *args)
-    wait_for(lambda: re.search(r"assigned \S", second.log()), 60, "the second to take some")
+    wait_for(lambda: _serves(second), 60, "the second to take some")
     assert "1 members using range; partition assignment range,roundrobin" in second.log()
     docs = decoded(outputs(kafka_settings, out, count, timeout=90))
     _assert_exactly_once_in_order(docs, count)

@@ -422,17 +422,24 @@ class Worker:
     # Under an eager protocol (librdkafka's default) every partition is revoked, then the
     # new set assigned; under an incremental one (cooperative-sticky, or KIP-848's
     # group.protocol=consumer) only the partitions that move are, and the rest stay.
+    # The log names what a worker serves after each change: an incremental one may assign
+    # "nothing" to a worker that keeps serving what it has.
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("assigned %s", _names(partitions))
-        self.intake.assign(_merged(self.intake.assigned, partitions))
+        serving = _merged(self.intake.assigned, partitions)
+        log.info("assigned %s; serving %s", _names(partitions), _names(serving))
+        self.intake.assign(serving)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("revoked %s", _names(partitions))
+        kept = _without(self.intake.assigned, partitions)
+        log.info("revoked %s; serving %s", _names(partitions), _names(kept))
         self._commit_now()
         self._drop_partitions(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.warning("lost %s: their uncommitted work will be redone", _names(partitions))
+        kept = _names(_without(self.intake.assigned, partitions))
+        log.warning(
+            "lost %s: their uncommitted work will be redone; serving %s", _names(partitions), kept
+        )
         if self._commit is not None:
             self._settle(self._commit_result())
         self._drop_partitions(partitions)
