@@ -152,8 +152,19 @@ class Worker:
             clients.consumer_config(settings, kafka, assignment) if consumer is None else {}
         )
         producer_config = clients.producer_config(settings, kafka)
-        self.consumer = consumer or Consumer(consumer_config)
-        self.producer = producer or Producer(producer_config)
+        # A client that logs in with a token waits for its first one in whole seconds
+        # (confluent-kafka): made side by side, the worker's clients wait once.
+        with ThreadPoolExecutor(3, thread_name_prefix="connect") as connecting:
+            consumer_made = connecting.submit(
+                lambda: Consumer(consumer_config) if consumer is None else consumer
+            )
+            producer_made = connecting.submit(
+                lambda: Producer(producer_config) if producer is None else producer
+            )
+            shadow_made = connecting.submit(
+                lambda: clients.shadow_producer(kafka) if settings.shadow else None
+            )
+        self.consumer, self.producer = consumer_made.result(), producer_made.result()
         # The providers of tokens its clients log in with (-X oauth_cb), if any.
         configs = (consumer_config, producer_config if producer is None else {})
         self._tokens = [p for p in map(token_provider, configs) if p is not None]
@@ -188,11 +199,12 @@ class Worker:
             handler=handler,
         )
         self.shadow = None
-        if settings.shadow:
+        shadow_producer = shadow_made.result()
+        if settings.shadow and shadow_producer is not None:
             self.shadow = ShadowRunner(
                 shadow_predictor or predictor,
                 Target.parse(settings.shadow),
-                clients.shadow_producer(kafka),
+                shadow_producer,
                 settings.shadow_output_topic,
                 settings.shadow_sample,
                 on_drop=self.metrics.shadow_dropped.inc,
