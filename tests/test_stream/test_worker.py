@@ -23,7 +23,7 @@ from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import produce
 from streaminfer.models.export.tiny import tiny_reference
 from streaminfer.net import free_port
-from streaminfer.processes import ManagedProcess
+from streaminfer.processes import STREAMINFER, ManagedProcess
 from tests.support import run_cli, wait_for
 from tests.workers import (
     decoded,
@@ -298,6 +298,39 @@ def test_a_worker_joining_an_eager_group_rebalances_as_its_members_do(
     assert "1 members using range; partition assignment range,roundrobin" in second.log()
     docs = decoded(outputs(kafka_settings, out, count, timeout=90))
     _assert_exactly_once_in_order(docs, count)
+
+
+def test_a_worker_without_the_flag_joins_a_kip_848_group_as_a_classic_member(
+    bootstrap: str,
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+    tmp_path: Path,
+) -> None:
+    """A group of KIP-848's protocol (group.protocol=consumer) is joined as librdkafka
+    joins it by default; Kafka 4 brokers take classic members into it."""
+    count = 400
+    inp, out = topic_factory("in", partitions=4), topic_factory("out", partitions=4)
+    args = ["--input", inp, "--output", out, "--mode", "embedded", "--repo", str(stream_repo),
+            "--group-id", f"g-{inp}", "--model", "tiny", "--batch-size", "8"]  # fmt: skip
+    # Not start_worker's: the session timeout it sets is the broker's under this protocol.
+    first = ManagedProcess(
+        "kip-848 member",
+        [*STREAMINFER, "run", "-b", bootstrap, "-X", "group.protocol=consumer", *args],
+        tmp_path / "kip-848-member.log",
+    )
+    try:
+        wait_for(lambda: _serves(first), 60, "the first worker's partitions")
+        second = start_worker(*args)
+        wait_for(lambda: _serves(second), 60, "the second to take some")
+        assert "uses KIP-848's group protocol" in second.log()
+        produce_keyed(kafka_settings, inp, _tensor_inputs(count))
+        docs = decoded(outputs(kafka_settings, out, count, timeout=90))
+        _assert_exactly_once_in_order(docs, count)
+        assert {d["source"]["partition"] for d in docs} == set(range(4))
+    finally:
+        first.stop(60)
 
 
 def test_sigterm_finishes_and_exits_zero(
