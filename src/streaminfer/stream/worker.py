@@ -445,22 +445,23 @@ class Worker:
         kept = _without(self.intake.assigned, partitions)
         log.info("revoked %s; serving %s", _names(partitions), _names(kept))
         self._commit_now()
-        self._drop_partitions(partitions)
+        self._keep_only(kept)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        kept = _names(_without(self.intake.assigned, partitions))
+        kept = _without(self.intake.assigned, partitions)
         log.warning(
-            "lost %s: their uncommitted work will be redone; serving %s", _names(partitions), kept
+            "lost %s: their uncommitted work will be redone; serving %s",
+            _names(partitions),
+            _names(kept),
         )
         if self._commit is not None:
             self._settle(self._commit_result())
-        self._drop_partitions(partitions)
+        self._keep_only(kept)
 
-    def _drop_partitions(self, gone: list[TopicPartition]) -> None:
-        """Forget ``gone`` and everything not committed: work in flight is shared by all
-        partitions, so the partitions that stay are read again from their committed
+    def _keep_only(self, kept: list[TopicPartition]) -> None:
+        """Serve only ``kept`` and forget everything not committed: work in flight is shared
+        by all partitions, so the partitions that stay are read again from their committed
         offsets (and resumed, should backpressure have paused them)."""
-        kept = _without(self.intake.assigned, gone)
         self._abandon_pending()
         self.checkpoint.abort()
         self.intake.drop()
