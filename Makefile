@@ -118,9 +118,10 @@ $(TOOLS_BIN)/.grpc-health-probe-$(GRPC_HEALTH_PROBE_VERSION):
 image: install deploy-tools
 	deploy/container/build-image.sh $(BIN)/python
 
-# Two pytest workers, a test file each at a time: most of a test's time is spent waiting on
-# brokers and processes, so two keep both cores busy (22:51 of tests alone, 14:xx in two).
-# The Kafka jars are resolved first, so the two workers' brokers do not both run mvn.
+# Two pytest workers (pytest-xdist), a test file each at a time: much of a test's time is
+# spent waiting on brokers and processes, and a second worker fills it (a clean clone's
+# tests took 22:51 in one, 12:57 in two). The Kafka jars are resolved first, so the two
+# workers' brokers do not both run mvn.
 test:
 	$(MAKE) --jobs=4 --output-sync=target lint quix tf triton mlserver deploy-tools kafka-jars
 	$(BIN)/python -m pytest -n 2 --dist loadfile tests
