@@ -90,8 +90,8 @@ def serve_cmd(
     body_timeout: Annotated[
         float | None,
         typer.Option(
-            help="Seconds a REST body or a gRPC request may take to arrive; then 408 / "
-            "DEADLINE_EXCEEDED.",
+            help="Seconds a REST body or a gRPC request may take to arrive (then 408 / "
+            "DEADLINE_EXCEEDED), and a REST connection may go without a request.",
             show_default="60.0",
         ),
     ] = None,
@@ -100,6 +100,13 @@ def serve_cmd(
         typer.Option(
             help="gRPC calls served at once; more are answered RESOURCE_EXHAUSTED before "
             "their messages are read.",
+            show_default="4096",
+        ),
+    ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            help="REST connections open at once; more are closed as soon as they are accepted.",
             show_default="4096",
         ),
     ] = None,

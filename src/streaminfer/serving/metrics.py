@@ -71,6 +71,11 @@ class ServerMetrics:
             ["protocol"],
             registry=self.registry,
         )
+        self.connections_refused = Counter(
+            "streaminfer_server_rest_connections_refused",
+            "REST connections closed as soon as accepted: --max-connections were open.",
+            registry=self.registry,
+        )
         self._batch_size = Histogram(
             "streaminfer_server_batch_size",
             "Rows per model run.",

@@ -33,6 +33,7 @@ from streaminfer.models.registry import ModelRegistry
 from streaminfer.protos.tfserving import model_server_config_pb2
 from streaminfer.serving import health_grpc, kserve_grpc, tfserving_grpc
 from streaminfer.serving.auth import BearerAuth
+from streaminfer.serving.connections import Connections, listeners
 from streaminfer.serving.dataplane import DataPlane
 from streaminfer.serving.grpc_services import create_server
 from streaminfer.serving.metrics import ServerMetrics
@@ -86,6 +87,7 @@ class ModelServer:
         self.rest_port = settings.rest_port
         self._grpc: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
+        self._rest: list[asyncio.Server] = []  # the REST port, one per address
         self._handling = Handling()
 
     def to_configs(self, config: model_server_config_pb2.ModelServerConfig) -> list[ModelConfig]:
@@ -159,18 +161,36 @@ class ModelServer:
             self._handling,
             self.bodies,
         )
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT)
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, settings.host, settings.rest_port, ssl_context=self._ssl_context()
+        # keepalive_timeout: how long a connection may go without a request head
+        # (see streaminfer.serving.connections).
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=CLOSE_TIMEOUT,
+            keepalive_timeout=settings.body_timeout,
         )
+        await self._runner.setup()
+        connections = Connections(settings.max_connections, self.metrics.connections_refused.inc)
+        tls = self._ssl_context()
         try:
-            await site.start()
+            bound = listeners(settings.host, settings.rest_port, connections)
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen for REST on {settings.host}:{settings.rest_port}: {exc}"
             ) from exc
-        self.rest_port = self._runner.addresses[0][1]
+        loop, handlers = asyncio.get_running_loop(), self._runner.server
+        assert handlers is not None  # made by setup()
+        for sock in bound:
+            self._rest.append(
+                await loop.create_server(
+                    handlers,
+                    sock=sock,
+                    ssl=tls,
+                    ssl_handshake_timeout=settings.body_timeout if tls else None,
+                    backlog=128,
+                )
+            )
+        self.rest_port = bound[0].getsockname()[1]
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if not (self.settings.tls_cert and self.settings.tls_key):
@@ -205,8 +225,8 @@ class ModelServer:
     async def _stop_rest(self, runner: web.AppRunner, grace: float) -> None:
         """Listen no more, let the requests that arrived finish within ``grace`` (their
         bodies still arriving), then close the connections."""
-        for site in runner.sites:
-            await site.stop()
+        for listening in self._rest:
+            listening.close()
         await self._handling.wait(grace)
         await runner.cleanup()
 
