@@ -149,6 +149,18 @@ def test_a_grpc_connection_without_its_handshake_is_closed_after_the_timeout(
         assert time.monotonic() - started >= BODY_TIMEOUT_S - 0.5
 
 
+def test_grpc_connections_past_the_limit_are_closed_at_once(
+    limited_server: ServerProcess,
+) -> None:
+    """gRPC's own limit (``grpc.max_allowed_incoming_connections``), counting connections
+    that have not made their handshake."""
+    with ExitStack() as stack:
+        address = ("127.0.0.1", limited_server.grpc_port)
+        opened = [stack.enter_context(socket.create_connection(address)) for _ in range(LIMIT + 8)]
+        wait_for(lambda: sum(_closed_within(s, 0) for s in opened) >= 8, 2, "closed at once")
+        assert sum(_closed_within(s, 0) for s in opened) in (8, 9)
+
+
 def test_listeners_bind_every_address_on_one_port() -> None:
     connections = Connections(limit=1, on_refused=lambda: None)
     bound = listeners("", 0, connections)

@@ -106,7 +106,8 @@ def serve_cmd(
     max_connections: Annotated[
         int | None,
         typer.Option(
-            help="REST connections open at once; more are closed as soon as they are accepted.",
+            help="Connections open at once on each port (REST, gRPC); more are closed as "
+            "they are accepted.",
             show_default="4096",
         ),
     ] = None,

@@ -356,9 +356,11 @@ def create_server(
     connection_age_s: float,
     connection_grace_s: float,
     max_concurrent_rpcs: int,
+    max_connections: int,
 ) -> grpc.aio.Server:
     """``read_s``: how long a call may wait for its request (``RequestReader``), and a new
-    connection for its handshake;
+    connection for its handshake; ``max_connections``: connections open at once, more
+    are closed as they come;
     ``connection_age_s``: a connection older is asked to close (GOAWAY; clients open a new
     one), and ended ``connection_grace_s`` later with the calls still on it.  That is
     what ends a call whose client never opens a window for its answer, which held its slot
@@ -381,6 +383,7 @@ def create_server(
             ("grpc.max_connection_age_grace_ms", round(connection_grace_s * 1000)),
             # A connection that has not made its HTTP/2 (and TLS) handshake by then is closed.
             ("grpc.server_handshake_timeout_ms", round(read_s * 1000)),
+            ("grpc.max_allowed_incoming_connections", max_connections),
             ("grpc.so_reuseport", 0),  # a taken port must fail, not be shared
         ],
     )

@@ -134,6 +134,7 @@ class ModelServer:
             # arrive and then to be answered.
             connection_grace_s=settings.body_timeout + settings.request_timeout,
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
+            max_connections=settings.max_connections,
         )
         most = settings.max_request_bytes  # gRPC's limit on messages either way
         tfserving_grpc.add_services(self._grpc, self.plane, self.metrics, self.to_configs, most)

@@ -43,8 +43,8 @@ class ServerSettings(Settings):
     # gRPC calls at once: about 24 KB each before their messages arrive, so calls left idle
     # hold at most some 100 MB; four times what one model's queue takes (--max-queue).
     max_concurrent_rpcs: int = Field(default=4096, ge=1)
-    # REST connections open at once: about 6 KB each and a file descriptor; more are closed
-    # as soon as they are accepted (streaminfer.serving.connections).
+    # Connections open at once on each port: a REST one holds about 6 KB and a file
+    # descriptor; more are closed as they are accepted (streaminfer.serving.connections).
     max_connections: int = Field(default=4096, ge=1)
     # Seconds a gRPC connection lives before its client is asked to open a new one (GOAWAY):
     # clients spread over new replicas, and a call whose answer is never read ends.
