@@ -49,3 +49,10 @@ def _bindable(host: str, port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as gRPC and URLs write it: an IPv6 address in brackets, and every
+    interface (``""``) as ``[::]``."""
+    host = host or "::"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from streaminfer import net
-from streaminfer.net import ephemeral_range, free_port
+from streaminfer.net import ephemeral_range, free_port, host_port
 
 
 def test_free_ports_are_bindable_distinct_and_below_the_ephemeral_range() -> None:
@@ -28,3 +28,14 @@ def test_a_port_in_use_is_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
         picks = iter([taken, taken + 1])
         monkeypatch.setattr(net.random, "randrange", lambda *_: next(picks))
         assert free_port() == taken + 1
+
+
+@pytest.mark.parametrize(
+    ("host", "written"),
+    [("127.0.0.1", "127.0.0.1:80"), ("localhost", "localhost:80"), ("::", "[::]:80"),
+     ("::1", "[::1]:80"), ("", "[::]:80")],
+)  # fmt: skip
+def test_host_port_brackets_ipv6_and_writes_every_interface_as_ipv6_any(
+    host: str, written: str
+) -> None:
+    assert host_port(host, 80) == written

@@ -13,8 +13,12 @@ from collections.abc import Iterator
 from contextlib import ExitStack, closing
 from pathlib import Path
 
+import grpc
+import httpx
 import pytest
 
+from streaminfer.protos.kserve import grpc_predict_v2_pb2 as v2
+from streaminfer.protos.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from streaminfer.serving.connections import Connections, listeners
 from tests.servers import ServerProcess, self_signed
 from tests.support import wait_for
@@ -159,6 +163,22 @@ def test_grpc_connections_past_the_limit_are_closed_at_once(
         opened = [stack.enter_context(socket.create_connection(address)) for _ in range(LIMIT + 8)]
         wait_for(lambda: sum(_closed_within(s, 0) for s in opened) >= 8, 2, "closed at once")
         assert sum(_closed_within(s, 0) for s in opened) in (8, 9)
+
+
+@pytest.mark.parametrize("host", ["::", ""])
+def test_a_server_on_every_interface_answers_over_ipv6_and_ipv4(
+    host: str, model_repo: Path, tmp_path: Path
+) -> None:
+    """``--host ::`` (an IPv6-only cluster's) and ``--host ""``: gRPC took ``:::8500`` for a
+    domain name and refused to start."""
+    with ServerProcess(model_repo, "--host", host, log=tmp_path / "serve.log") as server:
+        for address in ("[::1]", "127.0.0.1"):
+            answer = httpx.get(f"http://{address}:{server.rest_port}/v2/health/live", timeout=10)
+            assert answer.status_code == 200, address
+            with grpc.insecure_channel(f"{address}:{server.grpc_port}") as channel:
+                stub = v2_grpc.GRPCInferenceServiceStub(channel)
+                assert stub.ServerLive(v2.ServerLiveRequest(), timeout=10).live, address
+        assert f"gRPC [::]:{server.grpc_port}" in server.log
 
 
 def test_listeners_bind_every_address_on_one_port() -> None:

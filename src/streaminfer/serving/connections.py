@@ -87,14 +87,15 @@ class _Connection(socket.socket):
 
 
 def listeners(host: str, port: int, connections: Connections) -> list[Listener]:
-    """Bound sockets for every address of ``host`` (as asyncio's ``create_server`` binds
-    them, skipping a family the host cannot open), sharing ``connections``; port 0 takes the
-    first address's free port for all."""
+    """Bound sockets for every address of ``host`` (``""``: every interface), skipping a
+    family the host cannot open, sharing ``connections``; port 0 takes the first address's
+    free port for all.  An IPv6 address bound alone (``::``) takes IPv4 too where the
+    system allows, as gRPC's port does; beside an IPv4 one it takes IPv6 only."""
+    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    families = {family for family, *_ in found}
     bound: list[Listener] = []
     try:
-        for family, *_, address in socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        ):
+        for family, *_, address in found:
             if bound and port == 0:
                 address = (address[0], bound[0].getsockname()[1], *address[2:])
             try:
@@ -103,9 +104,11 @@ def listeners(host: str, port: int, connections: Connections) -> list[Listener]:
                 continue
             bound.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:  # as asyncio does: each family on its own socket
+            if family == socket.AF_INET6 and socket.AF_INET in families:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
+        if not bound:
+            raise OSError(f"this host opens no socket of the family of {host!r}")
     except OSError:
         for sock in bound:
             sock.close()

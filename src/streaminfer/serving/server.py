@@ -30,6 +30,7 @@ from streaminfer.models.deploy import DeployLimits
 from streaminfer.models.follower import ControlFollower
 from streaminfer.models.model_config import ModelConfig, model_configs, read_model_config_file
 from streaminfer.models.registry import ModelRegistry
+from streaminfer.net import host_port
 from streaminfer.protos.tfserving import model_server_config_pb2
 from streaminfer.serving import health_grpc, kserve_grpc, tfserving_grpc
 from streaminfer.serving.auth import BearerAuth
@@ -142,7 +143,7 @@ class ModelServer:
         health_grpc.add_services(
             self._grpc, self.plane, tfserving_grpc.SERVICES + kserve_grpc.SERVICES
         )
-        address = f"{settings.host}:{settings.grpc_port}"
+        address = host_port(settings.host, settings.grpc_port)
         try:
             if settings.tls_cert and settings.tls_key:
                 credentials = grpc.ssl_server_credentials(
@@ -177,7 +178,7 @@ class ModelServer:
             bound = listeners(settings.host, settings.rest_port, connections)
         except OSError as exc:
             raise ConfigError(
-                f"cannot listen for REST on {settings.host}:{settings.rest_port}: {exc}"
+                f"cannot listen for REST on {host_port(settings.host, settings.rest_port)}: {exc}"
             ) from exc
         loop, handlers = asyncio.get_running_loop(), self._runner.server
         assert handlers is not None  # made by setup()
@@ -243,8 +244,9 @@ class ModelServer:
                 return
             models = ", ".join(self.registry.models()) or "none yet"
             print(
-                f"streaminfer server ready: gRPC {self.settings.host}:{self.grpc_port}, "
-                f"REST {self.scheme}://{self.settings.host}:{self.rest_port} (models: {models})",
+                f"streaminfer server ready: gRPC {host_port(self.settings.host, self.grpc_port)}, "
+                f"REST {self.scheme}://{host_port(self.settings.host, self.rest_port)} "
+                f"(models: {models})",
                 flush=True,
             )
             await stop.wait()
