@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import subprocess
 import sys
+import time
 
+import httpx
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from streaminfer.stream.metrics import _LATENCY_BUCKETS, observe_all
+from streaminfer.stream.metrics import _LATENCY_BUCKETS, MetricsServer, observe_all
 
 amounts = st.lists(
     st.sampled_from(_LATENCY_BUCKETS)  # on a bound: it belongs to that bucket
@@ -74,3 +78,22 @@ sys.stdout.buffer.write(generate_latest(registry))
         outputs.append(run.stdout)
     assert b'latency_bucket{le="0.5"} 4.0' in outputs[0]
     assert _counts_and_sum(outputs[0]) == _counts_and_sum(outputs[1])
+
+
+@pytest.mark.parametrize("host", ["::", "127.0.0.1"])
+def test_the_endpoint_answers_on_its_host_and_closes_connections_left_idle(host: str) -> None:
+    """``::`` answers over IPv6 and IPv4; a client that sends part of a request, then
+    nothing, loses its connection (and the server its thread) after ``idle_s``."""
+    endpoint = MetricsServer(CollectorRegistry(), 0, lambda: True, host, idle_s=1.0)
+    try:
+        for address in ("[::1]", "127.0.0.1") if host == "::" else ("127.0.0.1",):
+            answer = httpx.get(f"http://{address}:{endpoint.port}/readyz", timeout=5)
+            assert answer.status_code == 200, address
+        with socket.create_connection(("127.0.0.1", endpoint.port)) as idle:
+            idle.sendall(b"GET /metrics HTTP/1.1\r\n")
+            idle.settimeout(10)
+            started = time.monotonic()
+            assert idle.recv(100) == b""  # closed, not answered
+            assert 0.5 <= time.monotonic() - started < 10
+    finally:
+        endpoint.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -132,7 +133,13 @@ class WorkerMetrics:
 
 
 class MetricsServer:
-    """A tiny HTTP server on its own thread; ``ready`` decides what ``/readyz`` answers."""
+    """A tiny HTTP server on its own thread; ``ready`` decides what ``/readyz`` answers.
+
+    ``host`` may be an IPv6 address (``::`` takes IPv4 too where the system allows).  A
+    connection gets a thread of its own, so one that goes ``idle_s`` without sending what
+    its request needs is closed: a thread each was kept for as long as such clients
+    held their connections.
+    """
 
     def __init__(
         self,
@@ -140,9 +147,12 @@ class MetricsServer:
         port: int,
         ready: Callable[[], bool],
         host: str = "127.0.0.1",
+        idle_s: float = 10.0,
     ) -> None:
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = idle_s  # each read of a request, and each write of its answer
+
             def do_GET(self) -> None:
                 if self.path == "/metrics":
                     self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
@@ -166,7 +176,7 @@ class MetricsServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server = _HTTPServer((host, port), Handler)
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -174,3 +184,15 @@ class MetricsServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """The standard library's threaded server, in the address family of its host."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        host, port = address
+        found = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        self.address_family = found[0][0]
+        super().__init__(address, handler)
