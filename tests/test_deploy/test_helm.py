@@ -95,6 +95,15 @@ def test_secured_values_render_within_the_schemas() -> None:
     assert "scheme: HTTPS" in manifests and "--auth-token-file" in manifests
 
 
+@pytest.mark.parametrize(
+    ("values", "host"), [([], "0.0.0.0"), (["--set-string", "listenHost=::"], "::")]
+)
+def test_the_server_and_the_workers_listen_on_the_listen_host(values: list[str], host: str) -> None:
+    manifests = rendered_and_valid(*values)
+    assert re.search(rf'- --host\n\s+- "{re.escape(host)}"\n', manifests)
+    assert re.search(rf'STREAMINFER_METRICS_HOST\n\s+value: "{re.escape(host)}"\n', manifests)
+
+
 def test_embedded_fixed_workers_render_within_the_schemas() -> None:
     manifests = rendered_and_valid(*EMBEDDED_FIXED)
     assert "ScaledObject" not in manifests and "replicas: 3" in manifests
