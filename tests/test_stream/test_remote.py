@@ -16,7 +16,7 @@ from streaminfer.kafka.records import consume, produce
 from streaminfer.models.export.tiny import export_tiny_model, tiny_reference
 from streaminfer.net import free_port
 from streaminfer.processes import ManagedProcess
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, secure_server_args
 from tests.support import wait_for
 from tests.workers import assert_tiny_outputs, decoded, outputs, send_tiny_rows, tiny_record
 
@@ -81,6 +81,30 @@ def test_each_remote_mode_predicts(
     assert docs[1]["model"] == {"name": "efficientnet-lite0", "version": 1}
     assert docs[2]["outputs"]["y"][0] == pytest.approx([1.0, 1.1, 1.2, 1.3], rel=1e-6)
     assert "HTTP Request" not in worker.log()  # httpx's line per request, at INFO
+
+
+@pytest.mark.parametrize("mode", ["tfserving-grpc", "kserve-http"])
+def test_a_worker_reaches_a_server_over_tls_with_a_token(
+    mode: str,
+    kafka_settings: KafkaSettings,
+    topic_factory: Callable[..., str],
+    start_worker: Callable,
+    stream_repo: Path,
+    tmp_path: Path,
+) -> None:
+    """``--server-ca-file`` (TLS) and ``--server-token-file``, as a server that asks for
+    both (``--tls-cert`` and ``--auth-token-file``) is reached."""
+    secure = secure_server_args(tmp_path)
+    with ServerProcess(stream_repo, *secure, log=tmp_path / "server.log") as server:
+        assert server.ca_cert is not None
+        inp, out = topic_factory("in"), topic_factory("out")
+        credentials = ["--server-ca-file", str(server.ca_cert)]
+        credentials += ["--server-token-file", str(tmp_path / "token")]
+        remote_worker(start_worker, server, mode, inp, out, *credentials)
+        rows = send_tiny_rows(kafka_settings, inp, 3)
+        assert_tiny_outputs(kafka_settings, out, rows)
+        # Predicted by the server: a remote worker has no model of its own to fall back on.
+        assert {d["mode"] for d in decoded(outputs(kafka_settings, out, 3))} == {mode}
 
 
 def _tiny_records(count: int) -> list[bytes]:

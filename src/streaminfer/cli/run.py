@@ -53,6 +53,22 @@ def run(
     server: Annotated[
         str | None, typer.Option(help="Model server host:port (remote modes).")
     ] = None,
+    server_tls: Annotated[
+        bool | None,
+        typer.Option(
+            "--server-tls/--no-server-tls",
+            help="TLS to the model server, checked against the system's CAs.",
+            show_default="False",
+        ),
+    ] = None,
+    server_ca_file: Annotated[
+        Path | None,
+        typer.Option(help="PEM CAs the model server's certificate is checked against (TLS)."),
+    ] = None,
+    server_token_file: Annotated[
+        Path | None,
+        typer.Option(help="A file holding the bearer token each request to the server carries."),
+    ] = None,
     group_id: Annotated[
         str | None, typer.Option(help="Consumer group.", show_default="streaminfer")
     ] = None,
@@ -408,6 +424,9 @@ def _predictor(
         client_images=client_images,
         decode_threads=settings.decode_threads,
         v2_binary=settings.v2_binary,
+        tls=settings.server_tls,
+        ca_file=settings.server_ca_file,
+        token=_server_token(settings.server_token_file),
     )
     predictor = create_predictor(
         settings.mode,
@@ -418,3 +437,8 @@ def _predictor(
         decode_workers=settings.decode_threads,
     )
     return predictor, registry
+
+
+def _server_token(path: Path | None) -> str | None:
+    """The bearer token in ``path`` (a mounted Secret), its trailing newline dropped."""
+    return path.read_text().strip() if path is not None else None

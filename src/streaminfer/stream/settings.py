@@ -32,6 +32,11 @@ class WorkerSettings(Settings):
     model_config_file: Path | None = None  # versions and labels, TF Serving's text format
     control_topic: str | None = None  # follow model deployments published to this topic
     server: str | None = None  # host:port of the model server in remote modes
+    # TLS to it (the system's trusted roots unless a CA file is given, which implies TLS),
+    # and a file holding the bearer token each request carries.
+    server_tls: bool = False
+    server_ca_file: Path | None = None
+    server_token_file: Path | None = None
     processing_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
     batch_size: int = Field(default=16, ge=1)
     max_in_flight: int = Field(default=4, ge=1)
@@ -93,6 +98,14 @@ class WorkerSettings(Settings):
             from streaminfer.images.presets import parse_size  # light `--help`
 
             parse_size(self.input_size)
+        if self.server_ca_file is not None:
+            self.server_tls = True
+        for flag, path in (
+            ("--server-ca-file", self.server_ca_file),
+            ("--server-token-file", self.server_token_file),
+        ):
+            if path is not None and not (path.is_file() and path.read_text().strip()):
+                raise ValueError(f"{flag} {path}: not a file, or empty")
         if self.labels is not None and not self.labels.is_file():
             raise ValueError(f"--labels {self.labels}: not a file")
         for folder in self.allow_files:
