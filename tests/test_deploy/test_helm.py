@@ -93,6 +93,21 @@ def test_secured_values_render_within_the_schemas() -> None:
     assert "sasl.mechanism=SCRAM-SHA-512" in manifests
     assert 'sasl: "scram_sha512"' in manifests  # KEDA's name for it
     assert "scheme: HTTPS" in manifests and "--auth-token-file" in manifests
+    # The remote workers trust the server's certificate and send its token, mounting
+    # only those keys of its Secrets.
+    (worker,) = (
+        doc
+        for doc in manifests.split("\n---")
+        if "kind: Deployment" in doc and "name: si-streaminfer-worker\n" in doc
+    )
+    assert re.search(r"- --server-ca-file\n\s+- /etc/streaminfer/server-ca/ca.crt", worker)
+    assert re.search(r"- --server-token-file\n\s+- /etc/streaminfer/server-auth/token", worker)
+    assert re.search(
+        r"secretName: server-tls\n\s+items:\n\s+- key: tls.crt\n\s+path: ca.crt", worker
+    )
+    assert "tls.key" not in worker
+    embedded = rendered_and_valid(*SECURED, "--set", "worker.mode=embedded")
+    assert "--server-ca-file" not in embedded and "--server-token-file" not in embedded
 
 
 @pytest.mark.parametrize(
