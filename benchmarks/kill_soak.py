@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import signal
 import subprocess
 import tempfile
@@ -388,8 +389,17 @@ def soak(args: argparse.Namespace, cluster: LocalCluster, bootstrap: str, folder
         print(f"the writer failed: {writer.failed!r}")
         return False
     held, verdict = judge(writer.written, reader.read)
+    if not held:  # what the members did, for a failure that a rerun may not repeat
+        print(*_group_events(folder / "workers.log")[-100:], sep="\n")
     print(f"{args.records:,} records written, kills {dict(kills)}: {verdict}")
     return held
+
+
+def _group_events(log: Path) -> list[str]:
+    """The members' lines about partitions, transactions and errors, in order."""
+    wanted = re.compile(r"assigned|revoked|lost|abort|fenc|commit|WARNING|ERROR")
+    lines = log.read_text(errors="replace").splitlines()
+    return [line for line in lines if wanted.search(line)]
 
 
 def judge(written: Written, read: Read) -> tuple[bool, str]:

@@ -116,7 +116,7 @@ def test_a_short_soak_of_every_kind_holds() -> None:
         capture_output=True, text=True, timeout=540,
     )  # fmt: skip
     verdict = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-2000:]
-    assert done.returncode == 0, verdict
+    assert done.returncode == 0, done.stdout[-12_000:]  # on failure, the members' events too
     assert "'server': 1" in verdict and "'broker': 1" in verdict, verdict
     assert "lost 0, twice 0" in verdict and "{b'unreadable_record': 4}" in verdict, verdict
 
@@ -133,5 +133,5 @@ def test_a_rolling_restart_of_a_three_broker_cluster_holds() -> None:
         capture_output=True, text=True, timeout=540,
     )  # fmt: skip
     verdict = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-2000:]
-    assert done.returncode == 0, verdict
+    assert done.returncode == 0, done.stdout[-12_000:]  # on failure, the members' events too
     assert "'broker': 3" in verdict and "lost 0, twice 0" in verdict, verdict
