@@ -12,8 +12,9 @@ _ATTEMPTS = 100
 _handed_out: set[int] = set()  # this process's picks: never the same port twice
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now; the caller binds it soon after.
+def free_port(host: str = "127.0.0.1", count: int = 1) -> int:
+    """A port nothing listens on now, and the ``count - 1`` ports after it (a local
+    cluster's nodes listen on consecutive ports); the caller binds them soon after.
 
     The OS's own pick (``bind(host, 0)``) comes from the ephemeral range, which is also
     where every outgoing connection gets its local port: between this call and the
@@ -22,13 +23,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     below that range, where only an explicit bind can land, and checked to be free.
     """
     low, _ = ephemeral_range()
-    if low - LOWEST_PORT >= 1_000:
-        for _ in range(_ATTEMPTS):
-            port = random.randrange(LOWEST_PORT, low)
-            if port not in _handed_out and _bindable(host, port):
-                _handed_out.add(port)
-                return port
-    with socket.socket() as sock:  # no room below the range: the OS's pick
+    room_below = low - LOWEST_PORT >= 1_000
+    for _ in range(_ATTEMPTS):
+        port = random.randrange(LOWEST_PORT, low - count + 1) if room_below else _os_pick(host)
+        block = range(port, port + count)
+        if _handed_out.isdisjoint(block) and all(_bindable(host, p) for p in block):
+            _handed_out.update(block)
+            return port
+    raise OSError(f"no {count} free consecutive ports found on {host}")
+
+
+def _os_pick(host: str) -> int:
+    with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

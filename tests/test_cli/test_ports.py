@@ -30,6 +30,21 @@ def test_a_port_in_use_is_passed_over(monkeypatch: pytest.MonkeyPatch) -> None:
         assert free_port() == taken + 1
 
 
+def test_a_block_with_a_port_in_use_after_its_first_is_passed_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", free_port()))
+        held.listen()
+        taken = held.getsockname()[1]
+        picks = iter([taken - 2, taken + 1])  # the first block ends on the port in use
+        monkeypatch.setattr(net.random, "randrange", lambda *_: next(picks))
+        assert free_port(count=3) == taken + 1
+        for port in range(taken + 1, taken + 4):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port))
+
+
 @pytest.mark.parametrize(
     ("host", "written"),
     [("127.0.0.1", "127.0.0.1:80"), ("localhost", "localhost:80"), ("::", "[::]:80"),

@@ -32,7 +32,7 @@ from tests.workers import decoded, embedded_worker, outputs, send_tiny_rows
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     folder = tmp_path_factory.mktemp("cluster")
     try:
-        started = run_cli("kafka", "start", "--nodes", "3", "--port", str(free_port()),
+        started = run_cli("kafka", "start", "--nodes", "3", "--port", str(free_port(count=3)),
                           "--security", "sasl_ssl", "--authorizer", "--data-dir", str(folder),
                           timeout=300)  # fmt: skip
         assert started.returncode == 0, started.stderr
