@@ -104,13 +104,17 @@ class Written:
 
 @dataclass
 class Read:
-    """What came out: outputs' (partition, id) in the order read, and the input offset,
-    (partition, offset), of each output and dead letter, with the dead letters' reasons."""
+    """What came out: outputs' (partition, offset, id) in the order read, and the input
+    offset, (partition, offset), of each output and dead letter, with the dead letters'
+    reasons.  A message the reader's consumer hands out again at a place already read is
+    not in the topic twice: it is counted in ``reread`` only."""
 
-    seen: list[tuple[int, int]] = field(default_factory=list)
+    seen: list[tuple[int, int, int]] = field(default_factory=list)
     outputs: Counter[tuple[int, int]] = field(default_factory=Counter)
     letters: Counter[tuple[int, int]] = field(default_factory=Counter)
     reasons: Counter[bytes] = field(default_factory=Counter)
+    places: set[tuple[str, int, int]] = field(default_factory=set)  # (topic, partition, offset)
+    reread: int = 0
 
 
 class Writer(threading.Thread):
@@ -263,9 +267,14 @@ class Reader(threading.Thread):
             for message in self._consumer.consume(1000, 0.5):
                 if message.error() is not None:
                     continue
+                place = (cast(str, message.topic()), *placed(message))
+                if place in self.read.places:
+                    self.read.reread += 1
+                    continue
+                self.read.places.add(place)
                 if message.topic() == "out":
                     document = orjson.loads(message.value() or b"")
-                    self.read.seen.append((placed(message)[0], int(document["id"])))
+                    self.read.seen.append((*placed(message), int(document["id"])))
                     source = document["source"]
                     self.read.outputs[(source["partition"], source["offset"])] += 1
                 else:  # a dead letter's headers are ours, their values bytes
@@ -407,11 +416,11 @@ def judge(written: Written, read: Read) -> tuple[bool, str]:
     output partition in input order; by input offset, each record's output and each of the
     bombs' offsets' dead letter once, nothing for an offset that is neither (a transaction
     marker, an aborted record); and no dead letter but unreadable batches'."""
-    ids = [i for _, i in read.seen]
+    ids = [i for _, _, i in read.seen]
     lost = len(written.ids - set(ids))
     twice = len(ids) - len(set(ids))
     by_partition: defaultdict[int, list[int]] = defaultdict(list)
-    for partition, i in read.seen:
+    for partition, _, i in read.seen:
         by_partition[partition].append(i)
     disordered = sum(sequence != sorted(sequence) for sequence in by_partition.values())
     missed = len(written.served - set(read.outputs)) + len(written.unreadable - set(read.letters))
@@ -423,10 +432,22 @@ def judge(written: Written, read: Read) -> tuple[bool, str]:
         f"{lost}, twice {twice}, output partitions out of order {disordered}; by input offset: "
         f"{missed} missed, {repeated} more than once, {stray} for an offset that holds no "
         f"record; dead letters {reasons} for the {len(written.unreadable)} offsets of "
-        f"unreadable batches ({written.aborted_bombs} of the batches aborted)"
+        f"unreadable batches ({written.aborted_bombs} of the batches aborted); "
+        f"{read.reread} read again by the reader at an offset it had read"
     )
+    if twice:
+        verdict += f"; records twice at (output partition, offset): {_twice_at(read)}"
     held = lost == twice == disordered == missed == repeated == stray == 0
     return held and set(reasons) <= {b"unreadable_record"}, verdict
+
+
+def _twice_at(read: Read, most: int = 10) -> str:
+    """The first records that came out twice, each with where its outputs are."""
+    places: defaultdict[int, list[tuple[int, int]]] = defaultdict(list)
+    for partition, offset, i in read.seen:
+        places[i].append((partition, offset))
+    twice = [f"{i}: {at}" for i, at in places.items() if len(at) > 1]
+    return ", ".join(twice[:most])
 
 
 def main() -> None:

@@ -43,13 +43,19 @@ def read(
     outputs: list[tuple[int, int, tuple[int, int]]] | None = None,
     letters: list[tuple[tuple[int, int], bytes]] | None = None,
 ) -> Any:
-    """Outputs as (output partition, id, input offset); dead letters as (input offset, reason)."""
+    """Outputs as (output partition, id, input offset), each at its output partition's next
+    offset; dead letters as (input offset, reason)."""
     if outputs is None:
         outputs = [(0, 0, (0, 0)), (0, 1, (0, 1)), (1, 2, (1, 0))]
     if letters is None:
         letters = [((0, 3), UNREADABLE), ((0, 4), UNREADABLE)]
+    next_offset: Counter[int] = Counter()
+    seen = []
+    for partition, i, _ in outputs:
+        seen.append((partition, next_offset[partition], i))
+        next_offset[partition] += 1
     return script.Read(
-        seen=[(partition, i) for partition, i, _ in outputs],
+        seen=seen,
         outputs=Counter(at for _, _, at in outputs),
         letters=Counter(at for at, _ in letters),
         reasons=Counter(reason for _, reason in letters),
@@ -102,6 +108,13 @@ def test_any_departure_fails(
     held, verdict = script.judge(written(script), read(script, outputs, letters))
     assert not held
     assert says in verdict, verdict
+
+
+def test_a_record_twice_is_named_with_both_places_it_came_out(script: ModuleType) -> None:
+    outputs = [(0, 0, (0, 0)), (0, 1, (0, 1)), (0, 1, (0, 1)), (1, 2, (1, 0))]
+    held, verdict = script.judge(written(script), read(script, outputs))
+    assert not held
+    assert "records twice at (output partition, offset): 1: [(0, 1), (0, 2)]" in verdict
 
 
 @pytest.mark.timeout(600)

@@ -241,6 +241,8 @@ class Checkpoint:
         if not partitions:
             return
         for tp in self.consumer.committed(partitions, timeout=_TIMEOUT_S):
+            if tp.error is not None:  # not "none committed": reading from the start would redo all
+                raise KafkaException(tp.error)
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
