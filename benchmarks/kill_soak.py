@@ -3,7 +3,7 @@ optionally of the model server and of the broker.
 
     .venv/bin/python benchmarks/kill_soak.py [--records 800000] [--rate 8000] [--kills 45]
         [--seed 1] [--partitions 4] [--bombs 0] [--transactional] [--mode embedded]
-        [--broker-kills] [--brokers 1] [--rolling] [--settle 15]
+        [--broker-kills] [--brokers 1] [--rolling] [--pauses] [--settle 15]
 
 Not a benchmark but a longer version of the suite's kill tests, for what a few kills at
 chosen moments may miss.  Starts a local broker; writes ``--records`` tiny-model tensor
@@ -42,11 +42,18 @@ two in sync needed), and a broker's kill is one node's, the nodes in turn, resta
 the others serve: partition leaders and the group's and transactions' coordinators move to
 the others and back.  With ``--rolling`` a node is stopped with SIGTERM instead, as in an
 operator's rolling restart.  Each restart waits until every replica is in sync again.
+
+With ``--pauses``, half of the members' turns stop the member with SIGSTOP instead, for
+longer than its session timeout (and sometimes than its transaction timeout), then let it
+go on with SIGCONT: the zombie of a long GC pause or a starved machine.  Its group has
+given its partitions to the others meanwhile, and what it commits once it wakes must be
+fenced.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import re
@@ -80,6 +87,7 @@ from streaminfer.processes import (
 FAST_GROUP = ["-X", "session.timeout.ms=3000", "-X", "heartbeat.interval.ms=500",
               "-X", "transaction.timeout.ms=5000"]  # fmt: skip
 MEMBER_SHARE = 0.7  # of kills: a member; the rest the supervisor, and with it every member
+PAUSE_S = (3.5, 8.0)  # --pauses: past FAST_GROUP's session timeout, at times its transaction's
 SETTLE_S = 15  # after the last output: long enough for a duplicate to show
 BOMB_BYTES = 150 << 20  # zeros: 5 KB on the broker, past the consumer's 100 MB once inflated
 BOMB_COMPANIONS = 3  # valid records in a bomb's batch, dead-lettered with it
@@ -301,6 +309,8 @@ class Fleet:
     ) -> None:
         self._cluster, self._folder, self._log = cluster, folder, log
         self._broker_kills, self._rolling = args.broker_kills, args.rolling
+        self._pauses = args.pauses
+        self._paused: dict[int, threading.Timer] = {}  # stopped members: their SIGCONT
         self._next_node = 0
         # Its own stream, drawn once a kill: which kills are the server's and the broker's
         # is the seed's alone, whatever the timing (``kill_one``).
@@ -332,6 +342,7 @@ class Fleet:
         roll = self._infrastructure.random()
         members = child_pids(self.supervisor.pid)
         if self.server is not None and roll < 1 / SERVER_EVERY:
+            self._note("SIGKILL to the model server")
             self.server.send_signal(signal.SIGKILL)
             self.server.wait()
             ports = (self.server.grpc_port, self.server.rest_port)
@@ -341,20 +352,54 @@ class Fleet:
             return "server"
         if self._broker_kills and roll >= 1 - 1 / BROKER_EVERY:
             # Node by node, as an operator restarts them; on its port and its data.
+            self._note(f"restarting broker node {self._next_node + 1}")
             self._cluster.restart(self._next_node, graceful=self._rolling)
             self._next_node = (self._next_node + 1) % len(self._cluster.brokers)
             return "broker"
         if members and rng.random() < MEMBER_SHARE:
-            os.kill(rng.choice(members), signal.SIGKILL)
+            member = rng.choice(members)
+            if self._pauses and rng.random() < 0.5:
+                seconds = rng.uniform(*PAUSE_S)
+                self._note(f"SIGSTOP to member pid {member} for {seconds:.1f} s")
+                self._pause(member, seconds)
+                return "pause"
+            self._note(f"SIGKILL to member pid {member}")
+            os.kill(member, signal.SIGKILL)
             return "member"
+        self._note(f"SIGKILL to the supervisor, pid {self.supervisor.pid}")
         self.supervisor.kill()
         self.supervisor.wait()
         gone(*members)  # members end with their supervisor
         self.supervisor = self._start_supervisor()
         return "supervisor"
 
+    def _note(self, what: str) -> None:
+        """A line in the members' log, in its format, so the two read as one story."""
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        self._log.write(f"{stamp},{int(now % 1 * 1000):03d} SOAK {what}\n".encode())
+        self._log.flush()
+
+    def _pause(self, member: int, seconds: float) -> None:
+        """SIGSTOP ``member`` now and SIGCONT it ``seconds`` later (a member paused
+        already: from now on)."""
+        if (waking := self._paused.pop(member, None)) is not None:
+            waking.cancel()
+        os.kill(member, signal.SIGSTOP)
+        self._paused[member] = threading.Timer(seconds, self._wake, (member,))
+        self._paused[member].start()
+
+    def _wake(self, member: int) -> None:
+        self._paused.pop(member, None)
+        with contextlib.suppress(ProcessLookupError):  # killed while stopped
+            os.kill(member, signal.SIGCONT)
+            self._note(f"SIGCONT to member pid {member}")
+
     def stop(self) -> None:
-        """SIGTERM: the members drain and commit."""
+        """SIGTERM: the members drain and commit (a paused one woken first)."""
+        for member, waking in list(self._paused.items()):
+            waking.cancel()
+            self._wake(member)
         self.supervisor.send_signal(signal.SIGTERM)
         self.supervisor.wait(120)
         if self.server is not None:
@@ -405,8 +450,9 @@ def soak(args: argparse.Namespace, cluster: LocalCluster, bootstrap: str, folder
 
 
 def _group_events(log: Path) -> list[str]:
-    """The members' lines about partitions, transactions and errors, in order."""
-    wanted = re.compile(r"assigned|revoked|lost|abort|fenc|commit|WARNING|ERROR")
+    """The members' lines about partitions, transactions and errors, and the soak's own
+    about what it killed, in order."""
+    wanted = re.compile(r"assigned|revoked|lost|abort|fenc|commit|WARNING|ERROR|SOAK")
     lines = log.read_text(errors="replace").splitlines()
     return [line for line in lines if wanted.search(line)]
 
@@ -469,6 +515,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--rolling", action="store_true", help="a broker's turn is a SIGTERM, not a SIGKILL"
+    )
+    parser.add_argument(
+        "--pauses", action="store_true", help="half the members' turns: SIGSTOP, then SIGCONT"
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:

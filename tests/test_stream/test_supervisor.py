@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections import defaultdict
 from collections.abc import Callable
@@ -66,6 +67,11 @@ def test_two_members_share_the_work_and_one_endpoint(
     assert supervisor.log().count("partition assignment") == 1  # the members did not ask again
     send(kafka_settings, inp, 0, 40)
     assert_once_in_order(outputs(kafka_settings, out, 40), 40)
+    # Each member's lines say which it is: the index its supervisor logged it by, and its pid.
+    named = dict(re.findall(r"member (\d) started \(pid (\d+)\)", supervisor.log()))
+    assert sorted(named) == ["0", "1"]
+    for index, pid in named.items():
+        assert f"INFO member {index} (pid {pid}) streaminfer.run: worker" in supervisor.log()
     metrics = httpx.get(f"{url}/metrics").text
     consumed = [
         float(line.split()[-1])

@@ -129,7 +129,10 @@ def _root() -> None:
 
 def _configure_logging() -> None:
     level = os.environ.get("STREAMINFER_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A member of ``run --processes N`` says which it is: the members share one output.
+    member = os.environ.get("STREAMINFER_MEMBER")  # set by stream/supervisor.py
+    who = f"member {member} (pid {os.getpid()}) " if member else ""
+    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
     # librdkafka retries connections loudly; its failures reach the user as one error anyway.
     logging.getLogger("librdkafka").setLevel(
         os.environ.get("STREAMINFER_LIBRDKAFKA_LOG_LEVEL", "CRITICAL").upper()

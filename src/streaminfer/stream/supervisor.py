@@ -37,6 +37,7 @@ from streaminfer.stream.metrics import MetricsServer
 log = logging.getLogger(__name__)
 
 MEMBER_ENV = "STREAMINFER_MEMBER_DIR"  # set in members: where to report their endpoint
+MEMBER_INDEX_ENV = "STREAMINFER_MEMBER"  # set in members: their index, in their log lines
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
 
@@ -97,7 +98,8 @@ class Supervisor:
             shutil.rmtree(self._folder, ignore_errors=True)
 
     def _start(self, index: int) -> None:
-        env = {**os.environ, MEMBER_ENV: str(self._folder), _MULTIPROC_ENV: str(self._folder)}
+        env = {**os.environ, MEMBER_ENV: str(self._folder), _MULTIPROC_ENV: str(self._folder),
+               MEMBER_INDEX_ENV: str(index)}  # fmt: skip
         self._members[index] = subprocess.Popen(
             self.command, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
         )
