@@ -337,10 +337,8 @@ class Fleet:
 
     def kill_one(self, rng: random.Random) -> str:
         """Kill one and start its replacement: the server or the broker as the seed has
-        it, else a member or the supervisor, chosen with ``rng`` (which skips a draw when
-        there is no member to kill: the supervisor was just started)."""
+        it, else a member or the supervisor, chosen with ``rng``."""
         roll = self._infrastructure.random()
-        members = child_pids(self.supervisor.pid)
         if self.server is not None and roll < 1 / SERVER_EVERY:
             self._note("SIGKILL to the model server")
             self.server.send_signal(signal.SIGKILL)
@@ -356,8 +354,9 @@ class Fleet:
             self._cluster.restart(self._next_node, graceful=self._rolling)
             self._next_node = (self._next_node + 1) % len(self._cluster.brokers)
             return "broker"
-        if members and rng.random() < MEMBER_SHARE:
-            member = rng.choice(members)
+        members = self._members()
+        if rng.random() < MEMBER_SHARE:
+            member = members[int(rng.random() * len(members))]  # one draw, however many
             if self._pauses and rng.random() < 0.5:
                 seconds = rng.uniform(*PAUSE_S)
                 self._note(f"SIGSTOP to member pid {member} for {seconds:.1f} s")
@@ -372,6 +371,16 @@ class Fleet:
         gone(*members)  # members end with their supervisor
         self.supervisor = self._start_supervisor()
         return "supervisor"
+
+    def _members(self) -> list[int]:
+        """The supervisor's members, once it has one: which kind each kill is stays the
+        seed's alone, however long a supervisor takes to start them."""
+        deadline = time.monotonic() + 60
+        while not (members := child_pids(self.supervisor.pid)):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the supervisor has started no member in 60 s")
+            time.sleep(0.05)
+        return members
 
     def _note(self, what: str) -> None:
         """A line in the members' log, in its format, so the two read as one story."""

@@ -121,16 +121,17 @@ def test_a_record_twice_is_named_with_both_places_it_came_out(script: ModuleType
 def test_a_short_soak_of_every_kind_holds() -> None:
     """The whole script, briefly: its own broker, transactional input with an unreadable
     batch, members asking a model server, and six kills, the seed's first of the server
-    and its fourth of the broker.  It exits 0 only if its verdict holds."""
+    and its fourth of the broker, and among the members' turns pauses past their session
+    timeout (zombies).  It exits 0 only if its verdict holds."""
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--records", "4000", "--rate", "2000", "--kills", "6",
          "--bombs", "1", "--transactional", "--mode", "kserve-grpc", "--broker-kills",
-         "--seed", "13", "--settle", SETTLE],
+         "--pauses", "--seed", "13", "--settle", SETTLE],
         capture_output=True, text=True, timeout=540,
     )  # fmt: skip
     verdict = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-2000:]
     assert done.returncode == 0, done.stdout[-12_000:]  # on failure, the members' events too
-    assert "'server': 1" in verdict and "'broker': 1" in verdict, verdict
+    assert "'server': 1" in verdict and "'broker': 1" in verdict and "'pause'" in verdict, verdict
     assert "lost 0, twice 0" in verdict and "{b'unreadable_record': 4}" in verdict, verdict
 
 
