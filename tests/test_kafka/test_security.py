@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import (
     AclBinding,
     AclBindingFilter,
@@ -41,6 +41,8 @@ from streaminfer.kafka.tokens import token_provider
 from streaminfer.models.export.tiny import export_tiny_model
 from streaminfer.net import free_port
 from streaminfer.processes import STREAMINFER, ManagedProcess
+from streaminfer.stream.checkpoint import Checkpoint, CommitPolicy
+from streaminfer.stream.metrics import WorkerMetrics
 from tests.servers import ServerProcess
 from tests.support import SecureKafka, run_cli, wait_for
 from tests.token_providers import ASKED
@@ -431,6 +433,32 @@ def test_only_missing_acls_are_denials(code: int, refused: bool) -> None:
             refuse_denied(error)
     else:
         refuse_denied(error)
+
+
+def test_a_rewind_to_offsets_the_user_may_not_read_stops_instead_of_reading_from_the_start(
+    secure_kafka: SecureKafka,
+) -> None:
+    """The committed offsets come back with an error of the partition's own (here: its
+    topic hidden from the user).  Read as "nothing committed", the rewind would seek the
+    partition to its first record and redo it all; it refuses instead."""
+    inp, _ = _worker_topics(secure_kafka)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    user = _restricted_user(secure_kafka, [(ResourceType.GROUP, group, "READ")])
+    login = {"sasl.username": user, "sasl.password": "user-secret"}
+    config = secure_kafka.settings(**login).client_config
+    consumer = Consumer(config(**{"group.id": group}))
+    checkpoint = Checkpoint(
+        Producer(config()),
+        consumer,
+        exactly_once=False,
+        policy=CommitPolicy(0.1),
+        metrics=WorkerMetrics(),
+    )
+    try:
+        with pytest.raises(ConfigError, match=r"Kafka denied access \(TOPIC_AUTHORIZATION"):
+            checkpoint.rewind([TopicPartition(inp, 0)])
+    finally:
+        consumer.close()
 
 
 def test_a_tokens_subject_is_the_user_acls_bind(

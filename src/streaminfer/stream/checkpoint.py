@@ -38,6 +38,12 @@ from streaminfer.stream.work import Produced
 log = logging.getLogger(__name__)
 
 _TIMEOUT_S = 30.0
+# What the committed offsets' request meets while the group's coordinator is found, moves
+# or loads (a broker restarting): asked again, where librdkafka's call gives up at once.
+_COORDINATOR_MOVING = frozenset(
+    {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+     KafkaError.COORDINATOR_NOT_AVAILABLE}
+)  # fmt: skip
 ANY_PARTITION = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the partitioner picks
 NOW = 0  # a produce timestamp of 0: the time of the call
 
@@ -240,11 +246,22 @@ class Checkpoint:
         """Seek ``partitions`` back to their committed offsets."""
         if not partitions:
             return
-        for tp in self.consumer.committed(partitions, timeout=_TIMEOUT_S):
+        for tp in self._committed(partitions):
             if tp.error is not None:  # not "none committed": reading from the start would redo all
+                refuse_denied(tp.error)
                 raise KafkaException(tp.error)
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def _committed(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        deadline = time.monotonic() + _TIMEOUT_S
+        while True:
+            try:
+                return self.consumer.committed(partitions, timeout=_TIMEOUT_S)
+            except KafkaException as exc:
+                if exc.args[0].code() not in _COORDINATOR_MOVING or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def close(self) -> None:
         if self._in_transaction:
