@@ -368,7 +368,9 @@ class Fleet:
         self._note(f"SIGKILL to the supervisor, pid {self.supervisor.pid}")
         self.supervisor.kill()
         self.supervisor.wait()
-        gone(*members)  # members end with their supervisor
+        # Members end with their supervisor: the kernel sends each SIGTERM, and a paused
+        # one drains once it goes on.
+        gone(*members, timeout=PAUSE_S[1] + 45)
         self.supervisor = self._start_supervisor()
         return "supervisor"
 
@@ -415,10 +417,10 @@ class Fleet:
             self.server.stop()
 
 
-def gone(*pids: int) -> None:
+def gone(*pids: int, timeout: float) -> None:
     """Wait until none of ``pids`` runs."""
-    if not ended(*pids, timeout=30):
-        raise RuntimeError(f"processes {pids} outlived a SIGKILL by 30 s")
+    if not ended(*pids, timeout=timeout):
+        raise RuntimeError(f"processes {pids} outlived their supervisor by {timeout:g} s")
 
 
 def soak(args: argparse.Namespace, cluster: LocalCluster, bootstrap: str, folder: Path) -> bool:
