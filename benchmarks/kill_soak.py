@@ -35,7 +35,9 @@ come out as nothing at all, and an aborted bomb's offsets as dead letters all th
 
 With ``--broker-kills``, one kill in ``BROKER_EVERY`` is the broker's,
 restarted at once on its data, which it recovers.  The writer is idempotent, so that its
-retries write no record twice, and a transaction the restart dooms is aborted.
+retries write no record twice, and a transaction the restart dooms is aborted.  A
+supervisor started while the broker is down stops at once, unable to reach it; the soak
+starts it again, as a pod's restart policy would.
 
 With ``--brokers 3`` the broker is a cluster of three (every topic with three replicas,
 two in sync needed), and a broker's kill is one node's, the nodes in turn, restarted while
@@ -377,12 +379,21 @@ class Fleet:
     def _members(self) -> list[int]:
         """The supervisor's members, once it has one: which kind each kill is stays the
         seed's alone, however long a supervisor takes to start them."""
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while not (members := child_pids(self.supervisor.pid)):
             if time.monotonic() > deadline:
-                raise RuntimeError("the supervisor has started no member in 60 s")
+                raise RuntimeError("the supervisor has started no member in 120 s")
+            self.restart_ended()
             time.sleep(0.05)
         return members
+
+    def restart_ended(self) -> None:
+        """Start the supervisor again if it has ended, as a pod's restart policy would:
+        one started while the broker restarts stops at once, unable to reach it."""
+        if self.supervisor.poll() is not None:
+            self._note(f"the supervisor ended with {self.supervisor.returncode}; starting it again")
+            time.sleep(1)
+            self.supervisor = self._start_supervisor()
 
     def _note(self, what: str) -> None:
         """A line in the members' log, in its format, so the two read as one story."""
@@ -444,6 +455,7 @@ def soak(args: argparse.Namespace, cluster: LocalCluster, bootstrap: str, folder
             writer.join()
             deadline = time.monotonic() + 300
             while len(reader.read.seen) < len(writer.written.ids) and time.monotonic() < deadline:
+                fleet.restart_ended()
                 time.sleep(1)
             time.sleep(args.settle)
             reader.done.set()
