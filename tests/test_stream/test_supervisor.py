@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
+import sys
+import threading
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from streaminfer.kafka.config import KafkaSettings
 from streaminfer.kafka.records import Record
 from streaminfer.net import free_port
 from streaminfer.processes import ManagedProcess, child_pids
+from streaminfer.stream import supervisor as supervisor_module
+from streaminfer.stream.supervisor import Supervisor
 from tests.support import cpu_limited_cgroup, processes_mentioning, wait_for
 from tests.workers import decoded, embedded_worker, outputs, produce_keyed, tiny_record
 
@@ -139,3 +145,33 @@ def test_processes_auto_counts_the_cpu_quota_not_the_machines_cores(
         member_commands = processes_mentioning("streaminfer.cli.main")
         assert not member_commands & set(members(limited))  # no supervisor
         assert limited.stop() == 0
+
+
+def test_a_member_that_dies_after_a_long_run_starts_its_backoff_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash loop backs off further each time; a death after a healthy run is not one,
+    and waits only the first delay.  The member here dies at once four times, then runs
+    past the healthy time before it dies again."""
+    monkeypatch.setattr(supervisor_module, "_RESTART_BACKOFF_S", (0.01, 0.02, 0.03, 0.04))
+    monkeypatch.setattr(supervisor_module, "_HEALTHY_S", 2.0)
+    runs = tmp_path / "runs"
+    member = (
+        "import pathlib, sys, time\n"
+        f"runs = pathlib.Path({str(runs)!r})\n"
+        "n = int(runs.read_text()) + 1 if runs.exists() else 1\n"
+        "runs.write_text(str(n))\n"
+        "time.sleep(2.5 if n == 5 else 0)\n"
+        "sys.exit(3)\n"
+    )
+    supervisor = Supervisor([sys.executable, "-c", member], count=1)
+    caplog.set_level(logging.WARNING, logger=supervisor_module.__name__)
+    running = threading.Thread(target=supervisor.run)
+    running.start()
+    try:
+        wait_for(lambda: runs.exists() and int(runs.read_text()) >= 6, what="six runs")
+    finally:
+        supervisor.stop()
+        running.join(30)
+    delays = re.findall(r"exited with 3; starting it again in ([\d.]+) s", caplog.text)
+    assert delays[:5] == ["0.01", "0.02", "0.03", "0.04", "0.01"]

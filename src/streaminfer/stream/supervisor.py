@@ -40,6 +40,7 @@ MEMBER_ENV = "STREAMINFER_MEMBER_DIR"  # set in members: where to report their e
 MEMBER_INDEX_ENV = "STREAMINFER_MEMBER"  # set in members: their index, in their log lines
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
+_HEALTHY_S = 60.0  # a member that ran this long before it died starts its backoff over
 
 
 def member_count(processes: int | str) -> int:
@@ -74,6 +75,7 @@ class Supervisor:
         self._stopping = threading.Event()
         self._members: list[subprocess.Popen[bytes] | None] = [None] * count
         self._restarts = [0] * count
+        self._started = [0.0] * count  # time.monotonic() of each member's last start
 
     def stop(self) -> None:
         self._stopping.set()
@@ -103,16 +105,22 @@ class Supervisor:
         self._members[index] = subprocess.Popen(
             self.command, env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
         )
+        self._started[index] = time.monotonic()
         log.info("member %d started (pid %d)", index, self._members[index].pid)  # type: ignore[union-attr]
 
     def _restart_dead(self) -> None:
         for index, member in enumerate(self._members):
             if member is None or member.poll() is None:
                 continue
-            log.warning("member %d (pid %d) exited with %s", index, member.pid, member.returncode)
             self._forget(member.pid)
+            if time.monotonic() - self._started[index] >= _HEALTHY_S:
+                self._restarts[index] = 0  # not a crash loop: a death after a long run
             delay = _RESTART_BACKOFF_S[min(self._restarts[index], len(_RESTART_BACKOFF_S) - 1)]
             self._restarts[index] += 1
+            log.warning(
+                "member %d (pid %d) exited with %s; starting it again in %g s",
+                index, member.pid, member.returncode, delay,
+            )  # fmt: skip
             if self._stopping.wait(delay):
                 return
             self._start(index)
