@@ -157,11 +157,10 @@ def test_a_member_that_dies_after_a_long_run_starts_its_backoff_over(
     monkeypatch.setattr(supervisor_module, "_HEALTHY_S", 2.0)
     runs = tmp_path / "runs"
     member = (
-        "import pathlib, sys, time\n"
-        f"runs = pathlib.Path({str(runs)!r})\n"
-        "n = int(runs.read_text()) + 1 if runs.exists() else 1\n"
-        "runs.write_text(str(n))\n"
-        "time.sleep(2.5 if n == 5 else 0)\n"
+        "import os, sys, time\n"  # a byte a run, appended: the test reads it meanwhile
+        f"with open({str(runs)!r}, 'ab') as runs:\n"
+        "    runs.write(b'.')\n"
+        f"time.sleep(2.5 if os.path.getsize({str(runs)!r}) == 5 else 0)\n"
         "sys.exit(3)\n"
     )
     supervisor = Supervisor([sys.executable, "-c", member], count=1)
@@ -169,7 +168,7 @@ def test_a_member_that_dies_after_a_long_run_starts_its_backoff_over(
     running = threading.Thread(target=supervisor.run)
     running.start()
     try:
-        wait_for(lambda: runs.exists() and int(runs.read_text()) >= 6, what="six runs")
+        wait_for(lambda: runs.exists() and runs.stat().st_size >= 6, what="six runs")
     finally:
         supervisor.stop()
         running.join(30)
