@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import socket
 from pathlib import Path
+from typing import Any
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 LOWEST_PORT = 10_000  # below: ports that well-known services and their tests tend to use
@@ -55,6 +56,11 @@ def _bindable(host: str, port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def passive_addresses(host: str, port: int) -> list[tuple[Any, ...]]:
+    """``getaddrinfo``'s answers for listening on ``host`` (``""``: every interface)."""
+    return socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
 
 
 def host_port(host: str, port: int) -> str:

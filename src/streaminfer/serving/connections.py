@@ -19,6 +19,8 @@ import socket
 import time
 from collections.abc import Callable
 
+from streaminfer.net import passive_addresses
+
 log = logging.getLogger(__name__)
 
 _LOG_EVERY_S = 10.0  # a flood of refusals logs a line per interval, not one each
@@ -91,7 +93,7 @@ def listeners(host: str, port: int, connections: Connections) -> list[Listener]:
     family the host cannot open, sharing ``connections``; port 0 takes the first address's
     free port for all.  An IPv6 address bound alone (``::``) takes IPv4 too where the
     system allows, as gRPC's port does; beside an IPv4 one it takes IPv6 only."""
-    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    found = passive_addresses(host, port)
     families = {family for family, *_ in found}
     bound: list[Listener] = []
     try:

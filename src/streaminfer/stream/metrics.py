@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +16,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from streaminfer.net import passive_addresses
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -191,8 +192,5 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         host, port = address
-        found = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        self.address_family = found[0][0]
+        self.address_family = passive_addresses(host, port)[0][0]
         super().__init__(address, handler)
